@@ -1,0 +1,3 @@
+from smtprelay.cli import main
+
+raise SystemExit(main())

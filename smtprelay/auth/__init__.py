@@ -1,0 +1,1 @@
+"""SMTP authentication: credential storage, password hashing, verification and lockout."""

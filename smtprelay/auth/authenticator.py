@@ -1,0 +1,125 @@
+"""Checks an SMTP user name and password: lockout, verification cache, slow hash off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from smtprelay import metrics
+from smtprelay.auth.credentials import Credential, CredentialStore
+from smtprelay.auth.hashing import hash_password, verify_password
+from smtprelay.auth.lockout import Lockout
+from smtprelay.config import Config
+
+log = logging.getLogger("smtprelay.auth")
+
+_CACHE_SIZE = 10_000
+# Verifications run at most this many at once: scrypt is memory-hard and a flood of
+# guesses must not take every core from the sessions that carry mail.
+_MAX_CONCURRENT_VERIFY = 2
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    INVALID = "invalid"
+    LOCKED = "locked"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    outcome: Outcome
+    account: str | None = None
+    username: str | None = None
+    retry_after: float = 0.0
+
+
+class Authenticator:
+    def __init__(self, config: Config, store: CredentialStore) -> None:
+        self._store = store
+        self._static: dict[str, Credential] = {
+            cred.username: Credential(username=cred.username, account=account,
+                                      password_hash=cred.password_hash, source="config")
+            for account, acfg in config.accounts.items()
+            for cred in acfg.credentials
+        }
+        self._accounts = set(config.accounts)
+        auth = config.auth
+        self._lockout = Lockout(per_ip=auth.max_failures_per_ip,
+                                per_user=auth.max_failures_per_user,
+                                window=auth.failure_window, lockout=auth.lockout_duration)
+        self._cache_ttl = auth.verify_cache_ttl
+        # The cache is keyed by HMAC(process key, user, password): the password
+        # itself is never kept, and the key dies with the process.
+        self._cache_key = secrets.token_bytes(32)
+        self._cache: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._verify_slots = asyncio.Semaphore(_MAX_CONCURRENT_VERIFY)
+        self._dummy_hash = hash_password(secrets.token_urlsafe(16))
+
+    def _cache_id(self, username: str, password: str) -> bytes:
+        material = username.encode("utf-8") + b"\0" + password.encode("utf-8")
+        return hmac.new(self._cache_key, material, hashlib.sha256).digest()
+
+    def _lookup(self, username: str) -> Credential | None:
+        static = self._static.get(username)
+        if static is not None:
+            return static
+        return self._store.lookup(username)
+
+    async def authenticate(self, username: str, password: str, client_ip: str,
+                           mechanism: str) -> AuthResult:
+        result = await self._authenticate(username, password, client_ip)
+        metrics.AUTH_ATTEMPTS.labels(mechanism=mechanism, result=result.outcome.value).inc()
+        return result
+
+    async def _authenticate(self, username: str, password: str, client_ip: str) -> AuthResult:
+        wait = self._lockout.locked_for(client_ip, username)
+        if wait > 0:
+            log.warning("auth locked client=%s user=%s retry_after=%.0fs", client_ip,
+                        username, wait)
+            return AuthResult(Outcome.LOCKED, retry_after=wait)
+        try:
+            credential = await asyncio.to_thread(self._lookup, username)
+        except Exception as exc:
+            log.error("auth backend failed client=%s user=%s error=%s", client_ip, username, exc)
+            return AuthResult(Outcome.UNAVAILABLE)
+
+        cache_id = self._cache_id(username, password)
+        cached = self._cache.get(cache_id)
+        if cached is not None and credential is not None:
+            stored_hash, expires = cached
+            # A hit counts only while the credential still holds the same hash and is
+            # enabled: deleting, disabling or rotating it takes effect at once.
+            if expires > time.monotonic() and stored_hash == credential.password_hash \
+                    and not credential.disabled:
+                self._cache.move_to_end(cache_id)
+                return self._accepted(credential, client_ip)
+            self._cache.pop(cache_id, None)
+
+        async with self._verify_slots:
+            # Unknown users cost the same hash as known ones, so timing tells nothing.
+            stored = credential.password_hash if credential is not None else self._dummy_hash
+            valid = await asyncio.to_thread(verify_password, password, stored)
+        if credential is None or not valid or credential.disabled \
+                or credential.account not in self._accounts:
+            self._lockout.failure(client_ip, username)
+            reason = ("unknown user" if credential is None else
+                      "disabled" if credential.disabled and valid else
+                      "unknown account" if valid else "wrong password")
+            log.warning("auth failed client=%s user=%s reason=%s", client_ip, username, reason)
+            return AuthResult(Outcome.INVALID)
+        self._cache[cache_id] = (credential.password_hash, time.monotonic() + self._cache_ttl)
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return self._accepted(credential, client_ip)
+
+    def _accepted(self, credential: Credential, client_ip: str) -> AuthResult:
+        self._lockout.success(client_ip, credential.username)
+        return AuthResult(Outcome.OK, account=credential.account, username=credential.username)

@@ -1,0 +1,311 @@
+"""The `smtprelay` command: the daemon and the operator commands around it."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import getpass
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from smtprelay import __version__
+from smtprelay.config import ENV_CONFIG, Config, ConfigError, load_config
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """An expected failure: printed as one line, no traceback."""
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config).config
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+# -- serve / check-config -------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from smtprelay import daemon, logs
+    from smtprelay.spool.store import SpoolError
+    from smtprelay.tlsutil import TLSSetupError
+
+    config = _config(args)
+    logs.setup(config.logging.level, config.logging.format)
+    try:
+        daemon.run(config)
+    except (TLSSetupError, SpoolError) as exc:
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(exc.strerror or str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config)
+    cfg = loaded.config
+    print(f"{loaded.path}: ok ({len(cfg.listeners)} listeners, {len(cfg.accounts)} accounts)")
+    return EXIT_OK
+
+
+# -- credentials --------------------------------------------------------------------
+
+
+def _credential_store(config: Config) -> Any:
+    from smtprelay.auth.credentials import CredentialStore
+
+    store = CredentialStore(config.state_path)
+    store.open()
+    return store
+
+
+def cmd_credentials_create(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.account not in config.accounts:
+        known = ", ".join(sorted(config.accounts)) or "none"
+        raise CommandError(f"accounts.{args.account}: no such account in the configuration "
+                           f"(accounts: {known})")
+    secret = _credential_store(config).create(args.account, args.name)
+    if args.json:
+        _print_json({"username": secret.credential.username, "password": secret.password,
+                     "account": args.account, "name": args.name})
+    else:
+        print(f"account:  {args.account}")
+        print(f"username: {secret.credential.username}")
+        print(f"password: {secret.password}")
+        print("The password is shown only now; smtprelay keeps only a hash of it.")
+    return EXIT_OK
+
+
+def cmd_credentials_list(args: argparse.Namespace) -> int:
+    config = _config(args)
+    rows = [
+        {"username": c.username, "account": c.account, "name": c.name, "source": "store",
+         "created_at": c.created_at, "disabled": c.disabled}
+        for c in _credential_store(config).list(args.account)
+    ]
+    rows += [
+        {"username": c.username, "account": name, "name": None, "source": "config",
+         "created_at": None, "disabled": False}
+        for name, acc in config.accounts.items() if args.account in (None, name)
+        for c in acc.credentials
+    ]
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    print(f"{'USERNAME':<24} {'ACCOUNT':<16} {'SOURCE':<7} {'STATE':<9} {'CREATED':<21} NAME")
+    for row in rows:
+        state = "disabled" if row["disabled"] else "active"
+        print(f"{row['username']:<24} {row['account']:<16} {row['source']:<7} {state:<9} "
+              f"{_when(row['created_at']):<21} {row['name'] or ''}")
+    return EXIT_OK
+
+
+def _change_credential(args: argparse.Namespace, change: Callable[[Any, str], bool],
+                       done: str) -> int:
+    config = _config(args)
+    if any(c.username == args.username for a in config.accounts.values() for c in a.credentials):
+        raise CommandError(f"{args.username} is a static credential from the configuration "
+                           "file; edit accounts.<name>.credentials there")
+    if not change(_credential_store(config), args.username):
+        raise CommandError(f"no stored credential with username {args.username}")
+    print(f"{args.username}: {done}")
+    return EXIT_OK
+
+
+def cmd_credentials_disable(args: argparse.Namespace) -> int:
+    return _change_credential(args, lambda s, u: s.set_disabled(u, True), "disabled")
+
+
+def cmd_credentials_enable(args: argparse.Namespace) -> int:
+    return _change_credential(args, lambda s, u: s.set_disabled(u, False), "enabled")
+
+
+def cmd_credentials_delete(args: argparse.Namespace) -> int:
+    return _change_credential(args, lambda s, u: s.delete(u), "deleted")
+
+
+def cmd_credentials_hash(args: argparse.Namespace) -> int:
+    from smtprelay.auth.hashing import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise CommandError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise CommandError("empty password")
+    print(hash_password(password))
+    return EXIT_OK
+
+
+# -- queue ----------------------------------------------------------------------------
+
+
+def _queue_conn(config: Config) -> Any:
+    from smtprelay.spool.store import open_for_cli
+
+    return open_for_cli(config.spool_path)
+
+
+def _message_json(message: Any) -> dict[str, Any]:
+    return {
+        "id": message.message_id, "account": message.account,
+        "configuration_set": message.configuration_set, "mail_from": message.mail_from,
+        "received_at": message.received_at, "size": message.size,
+        "client_ip": message.client_ip, "auth_user": message.auth_user,
+        "listener": message.listener,
+        "recipients": [
+            {"address": r.address, "state": r.state.value, "attempts": r.attempts,
+             "next_attempt": r.next_attempt, "last_attempt": r.last_attempt,
+             "last_reply": r.last_reply}
+            for r in message.recipients
+        ],
+    }
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    from smtprelay.spool.store import list_messages
+
+    conn = _queue_conn(_config(args))
+    messages = list_messages(conn, limit=args.limit)
+    if args.json:
+        _print_json([_message_json(m) for m in messages])
+        return EXIT_OK
+    for m in messages:
+        print(f"{m.message_id}  {m.size:>9}  {_when(m.received_at)}  <{m.mail_from}>  "
+              f"account={m.account}")
+        for r in m.recipients:
+            extra = f"  next={_when(r.next_attempt)}" if r.state.value == "deferred" else ""
+            reply = f"  ({r.last_reply})" if r.last_reply else ""
+            print(f"    {r.state.value:<10} {r.address}{extra}{reply}")
+    print(f"-- {len(messages)} message(s)" + (" shown" if args.limit else ""))
+    return EXIT_OK
+
+
+def cmd_queue_show(args: argparse.Namespace) -> int:
+    from smtprelay.spool.store import get_body, get_message
+
+    conn = _queue_conn(_config(args))
+    message = get_message(conn, args.id)
+    if message is None:
+        raise CommandError(f"no message {args.id} in the queue")
+    if args.body:
+        sys.stdout.buffer.write(get_body(conn, args.id) or b"")
+        return EXIT_OK
+    if args.json:
+        _print_json(_message_json(message))
+        return EXIT_OK
+    data = _message_json(message)
+    for key in ("id", "account", "configuration_set", "mail_from", "size", "client_ip",
+                "auth_user", "listener"):
+        print(f"{key:<18} {data[key]}")
+    print(f"{'received_at':<18} {_when(message.received_at)}")
+    for r in message.recipients:
+        print(f"recipient          {r.address} {r.state.value} attempts={r.attempts}")
+    return EXIT_OK
+
+
+def cmd_queue_delete(args: argparse.Namespace) -> int:
+    from smtprelay.spool.store import delete_message
+
+    conn = _queue_conn(_config(args))
+    missing = [mid for mid in args.ids if not delete_message(conn, mid)]
+    for mid in args.ids:
+        if mid not in missing:
+            print(f"{mid}: deleted")
+    if missing:
+        raise CommandError(f"not in the queue: {', '.join(missing)}")
+    return EXIT_OK
+
+
+# -- argument parsing ------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", metavar="FILE",
+                        help=f"configuration file (default: ${ENV_CONFIG})")
+    listing = argparse.ArgumentParser(add_help=False)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+
+    parser = argparse.ArgumentParser(
+        prog="smtprelay", description="A self-hosted sending relay (the sending side of SES).")
+    parser.add_argument("--version", action="version", version=f"smtprelay {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("serve", parents=[common], help="run the daemon in the foreground") \
+        .set_defaults(func=cmd_serve)
+    sub.add_parser("check-config", parents=[common],
+                   help="validate the configuration; print every problem") \
+        .set_defaults(func=cmd_check_config)
+
+    creds = sub.add_parser("credentials", help="SMTP credentials").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    p = creds.add_parser("create", parents=[common, listing],
+                         help="create a credential; the password is printed once")
+    p.add_argument("account")
+    p.add_argument("--name", help="a label, e.g. the application using it")
+    p.set_defaults(func=cmd_credentials_create)
+    p = creds.add_parser("list", parents=[common, listing], help="list credentials")
+    p.add_argument("--account")
+    p.set_defaults(func=cmd_credentials_list)
+    for action, func, text in (("disable", cmd_credentials_disable, "refuse it from now on"),
+                               ("enable", cmd_credentials_enable, "accept it again"),
+                               ("delete", cmd_credentials_delete, "remove it")):
+        p = creds.add_parser(action, parents=[common], help=text)
+        p.add_argument("username")
+        p.set_defaults(func=func)
+    creds.add_parser("hash", parents=[common],
+                     help="hash a password (from stdin) for a static credential in the config") \
+        .set_defaults(func=cmd_credentials_hash)
+
+    queue = sub.add_parser("queue", help="the spool, like mailq/postqueue").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    p = queue.add_parser("list", parents=[common, listing], help="list queued messages")
+    p.add_argument("--limit", type=int, default=None, help="show at most N messages")
+    p.set_defaults(func=cmd_queue_list)
+    p = queue.add_parser("show", parents=[common, listing], help="one message in detail")
+    p.add_argument("id")
+    p.add_argument("--body", action="store_true", help="print the message bytes")
+    p.set_defaults(func=cmd_queue_show)
+    p = queue.add_parser("delete", parents=[common], help="remove messages from the queue")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.set_defaults(func=cmd_queue_delete)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        print(f"smtprelay: configuration {exc.path} has {len(exc.problems)} problem(s):",
+              file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except CommandError as exc:
+        print(f"smtprelay: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        return EXIT_OK

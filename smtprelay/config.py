@@ -1,0 +1,425 @@
+"""Configuration: one YAML file loaded into frozen, typed objects, with every problem reported.
+
+Relative paths in the file are resolved against the directory holding the file, so
+the daemon behaves the same whatever its working directory is (systemd, a shell, CI).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_CONFIG = "SMTPRELAY_CONFIG"
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    None: 1,
+    "k": 1024, "kb": 1000, "kib": 1024,
+    "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
+}
+
+
+def _parse_duration(value: Any) -> Any:
+    """Accept 30, 30s, 5m, 1h, 5d, 250ms; a bare number counts as seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m, 1h or 5d")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    raise ValueError("expected a duration such as 30s, 5m, 1h or 5d")
+
+
+def _parse_size(value: Any) -> Any:
+    """Accept 10485760, 10M, 10MiB, 10MB (decimal), 512k."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 10485760, 512k or 10M")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match:
+            unit = match.group(2).lower() if match.group(2) else None
+            return int(match.group(1)) * _SIZE_UNITS[unit]
+    raise ValueError("expected a size such as 10485760, 512k or 10M")
+
+
+Duration = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+Size = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ServerConfig(_Model):
+    hostname: str = Field(default_factory=socket.getfqdn, min_length=1)
+    data_dir: Path = Path("./var")
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname_is_a_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", value):
+            raise ValueError(f"{value!r} is not a host name (letters, digits, dots, hyphens)")
+        return value
+
+
+class TLSConfig(_Model):
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    generate_self_signed: bool = False
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    ciphers: str | None = None
+
+    @field_validator("min_version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, float | int) else value
+
+
+class ListenerConfig(_Model):
+    name: str = Field(min_length=1)
+    address: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    role: Literal["submission"] = "submission"
+
+    @field_validator("address")
+    @classmethod
+    def _address_is_ip(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+        return value
+
+
+class LimitsConfig(_Model):
+    max_message_size: Size = 10 * 1024 * 1024
+    max_recipients: int = Field(default=50, ge=1)
+    max_connections: int = Field(default=1000, ge=1)
+    max_connections_per_ip: int = Field(default=100, ge=1)
+    # RFC 5321 4.5.3.1.6: 1000 octets including CRLF.
+    max_line_length: int = Field(default=998, ge=78)
+    idle_timeout: Duration = 300.0
+    data_timeout: Duration = 180.0
+    tls_handshake_timeout: Duration = 30.0
+    max_errors: int = Field(default=10, ge=1)
+
+
+class AuthConfig(_Model):
+    max_failures_per_ip: int = Field(default=10, ge=1)
+    max_failures_per_user: int = Field(default=10, ge=1)
+    failure_window: Duration = 600.0
+    lockout_duration: Duration = 900.0
+    verify_cache_ttl: Duration = 3600.0
+
+
+class StaticCredential(_Model):
+    username: str = Field(min_length=1, max_length=256)
+    password_hash: str = Field(min_length=1)
+
+    @field_validator("password_hash")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        from smtprelay.auth.hashing import is_supported_hash
+
+        if not is_supported_hash(value):
+            raise ValueError(
+                "not a password hash smtprelay understands; "
+                "create one with `smtprelay credentials hash`"
+            )
+        return value
+
+
+def _normalise_identity(value: str) -> str:
+    value = value.strip()
+    if "@" in value:
+        local, _, domain = value.rpartition("@")
+        if not local or not domain:
+            raise ValueError(f"{value!r} is neither a domain nor an address")
+        return f"{local}@{domain.lower().rstrip('.')}"
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\.?", value):
+        raise ValueError(f"{value!r} is neither a domain nor an address")
+    return value.lower().rstrip(".")
+
+
+class AccountConfig(_Model):
+    identities: list[str] = Field(default_factory=list)
+    default_configuration_set: str | None = None
+    credentials: list[StaticCredential] = Field(default_factory=list)
+    trusted_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("identities")
+    @classmethod
+    def _identities(cls, values: list[str]) -> list[str]:
+        return [_normalise_identity(v) for v in values]
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a network in CIDR form") from None
+        return values
+
+
+class ConfigurationSetConfig(_Model):
+    sending_enabled: bool = True
+
+
+class HTTPConfig(_Model):
+    listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:8080"])
+
+    @field_validator("listen")
+    @classmethod
+    def _host_ports(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parse_host_port(value)
+        return values
+
+
+class StoreConfig(_Model):
+    backend: Literal["sqlite"] = "sqlite"
+
+
+class LoggingConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(_Model):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+    listeners: list[ListenerConfig] = Field(min_length=1)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    accounts: dict[str, AccountConfig] = Field(default_factory=dict)
+    configuration_sets: dict[str, ConfigurationSetConfig] = Field(default_factory=dict)
+    http: HTTPConfig = Field(default_factory=HTTPConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        problems: list[str] = []
+        names = [listener.name for listener in self.listeners]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(f"listeners: the name {name!r} is used twice")
+        for account_name, account in self.accounts.items():
+            default_set = account.default_configuration_set
+            if default_set is not None and default_set not in self.configuration_sets:
+                problems.append(
+                    f"accounts.{account_name}.default_configuration_set: {default_set!r} is "
+                    "not defined under configuration_sets"
+                )
+        owners: dict[str, str] = {}
+        for account_name, account in self.accounts.items():
+            for index, cred in enumerate(account.credentials):
+                if cred.username in owners:
+                    problems.append(
+                        f"accounts.{account_name}.credentials[{index}].username: "
+                        f"{cred.username!r} is already used by account {owners[cred.username]!r}"
+                    )
+                owners[cred.username] = account_name
+        networks = [
+            (ipaddress.ip_network(net, strict=False), name)
+            for name, account in self.accounts.items()
+            for net in account.trusted_networks
+        ]
+        for i, (net_a, name_a) in enumerate(networks):
+            for net_b, name_b in networks[i + 1 :]:
+                if name_a != name_b and net_a.version == net_b.version and net_a.overlaps(net_b):
+                    problems.append(
+                        f"accounts.{name_b}.trusted_networks: {net_b} overlaps {net_a} of "
+                        f"account {name_a!r}; a client address must map to one account"
+                    )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    # Paths derived from data_dir, kept here so every module agrees on the layout.
+    @property
+    def spool_path(self) -> Path:
+        return self.server.data_dir / "spool.db"
+
+    @property
+    def state_path(self) -> Path:
+        return self.server.data_dir / "state.db"
+
+    @property
+    def cert_path(self) -> Path:
+        return self.tls.cert_file or self.server.data_dir / "tls" / "cert.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return self.tls.key_file or self.server.data_dir / "tls" / "key.pem"
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split "127.0.0.1:8080" or "[::1]:8080" into host and port."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not host:port (IPv6 as [::1]:8080)")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{value!r}: port {port} is out of range")
+    return host, port
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` holds one line per problem."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration and the file it came from."""
+
+    config: Config
+    path: Path
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping key given twice instead of keeping the last."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (first on line {seen[key] + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text or "(top level)"
+
+
+def _describe(error: Any) -> list[str]:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    where = _location(loc)
+    kind = error["type"]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        return [f"{where}: unknown key (check the spelling against config/smtprelay.example.yaml)"]
+    if kind == "missing":
+        return [f"{where}: required key is missing"]
+    if kind == "literal_error":
+        return [f"{where}: {message}, got {error.get('input')!r}"]
+    if where == "(top level)":
+        return message.splitlines()
+    return [f"{where}: {line}" for line in message.splitlines()]
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make relative paths absolute against the config file's directory, in place."""
+
+    def fix(section: Any, key: str) -> None:
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            path = Path(os.path.expanduser(section[key]))
+            section[key] = str(path if path.is_absolute() else (base / path))
+
+    if raw.get("server") is None:
+        raw["server"] = {}
+    if isinstance(raw["server"], dict):
+        raw["server"].setdefault("data_dir", "./var")
+        fix(raw["server"], "data_dir")
+    fix(raw.get("tls"), "cert_file")
+    fix(raw.get("tls"), "key_file")
+
+
+def _file_problems(config: Config) -> list[str]:
+    problems: list[str] = []
+    if not config.tls.generate_self_signed:
+        needs_tls = any(listener.tls != "none" for listener in config.listeners)
+        for key, path in (("tls.cert_file", config.cert_path), ("tls.key_file", config.key_path)):
+            if needs_tls and not path.is_file():
+                problems.append(
+                    f"{key}: {path} does not exist; point it at a PEM file, or set "
+                    "tls.generate_self_signed: true for a development certificate"
+                )
+    data_dir = config.server.data_dir
+    if data_dir.exists() and not data_dir.is_dir():
+        problems.append(f"server.data_dir: {data_dir} exists and is not a directory")
+    return problems
+
+
+def load_config(path: str | Path | None) -> LoadedConfig:
+    """Read, parse and validate the configuration; raise ConfigError listing every problem."""
+    if path is None:
+        path = os.environ.get(ENV_CONFIG)
+    if not path:
+        raise ConfigError("(none)", [f"no configuration file: pass -c FILE or set {ENV_CONFIG}"])
+    file_path = Path(path).expanduser().absolute()
+    try:
+        text = file_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(file_path, ["the file does not exist"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file_path, [f"cannot be read: {exc}"]) from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(file_path, [f"{where}YAML syntax error: {problem}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(file_path, ["the top level must be a mapping of keys"])
+    _resolve_paths(raw, file_path.parent)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = [line for error in exc.errors() for line in _describe(error)]
+        raise ConfigError(file_path, problems) from None
+    problems = _file_problems(config)
+    if problems:
+        raise ConfigError(file_path, problems)
+    return LoadedConfig(config=config, path=file_path)

@@ -1,0 +1,121 @@
+"""The daemon: wires config, spool, authentication, SMTP and HTTP together and runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+
+from smtprelay import metrics, systemd, tlsutil
+from smtprelay.auth.authenticator import Authenticator
+from smtprelay.auth.credentials import CredentialStore
+from smtprelay.config import Config
+from smtprelay.http.server import HTTPServer
+from smtprelay.pipeline import Pipeline
+from smtprelay.smtp.server import SMTPServer
+from smtprelay.spool.store import Spool
+
+log = logging.getLogger("smtprelay")
+
+_DEPTH_REFRESH_SECONDS = 15.0
+
+
+class Relay:
+    """One running relay. `start()` binds every listener; `stop()` drains and closes."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.spool = Spool(config.spool_path)
+        self.credentials = CredentialStore(config.state_path)
+        self._tls: ssl.SSLContext | None = None
+        self.smtp: SMTPServer | None = None
+        self.http: HTTPServer | None = None
+        self._ready = False
+        self._depth_task: asyncio.Task[None] | None = None
+
+    def _load_tls(self) -> ssl.SSLContext | None:
+        cfg = self.config
+        if all(listener.tls == "none" for listener in cfg.listeners):
+            return None
+        if cfg.tls.generate_self_signed:
+            tlsutil.ensure_self_signed(cfg.cert_path, cfg.key_path, cfg.server.hostname)
+        return tlsutil.server_context(cfg.cert_path, cfg.key_path, cfg.tls.min_version,
+                                      cfg.tls.ciphers)
+
+    def reload_tls(self) -> None:
+        """Load the certificate again (SIGHUP); new handshakes use it, sessions go on."""
+        try:
+            self._tls = self._load_tls()
+        except tlsutil.TLSSetupError as exc:
+            log.error("tls reload failed, keeping the old certificate: %s", exc)
+            return
+        log.info("tls certificate reloaded from %s", self.config.cert_path)
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.server.data_dir.mkdir(parents=True, exist_ok=True)
+        self._tls = self._load_tls()
+        await asyncio.to_thread(self.spool.open)
+        await asyncio.to_thread(self.credentials.open)
+        handed_back = await self.spool.recover()
+        depth = await asyncio.to_thread(self.spool.pending_count)
+        metrics.SPOOL_DEPTH.set(depth)
+        log.info("spool opened path=%s messages=%d recovered_in_flight=%d", cfg.spool_path,
+                 depth, handed_back)
+        self.smtp = SMTPServer(cfg, Authenticator(cfg, self.credentials),
+                               Pipeline(cfg, self.spool), lambda: self._tls)
+        self.http = HTTPServer(cfg.http.listen, lambda: self._ready)
+        await self.http.start()
+        await self.smtp.start()
+        self._depth_task = asyncio.create_task(self._refresh_depth())
+        self._ready = True
+
+    async def _refresh_depth(self) -> None:
+        # Operators delete from the queue with the CLI, outside this process.
+        while True:
+            await asyncio.sleep(_DEPTH_REFRESH_SECONDS)
+            with contextlib.suppress(Exception):
+                metrics.SPOOL_DEPTH.set(await asyncio.to_thread(self.spool.pending_count))
+
+    async def stop(self, grace: float = 30.0) -> None:
+        self._ready = False
+        if self._depth_task is not None:
+            self._depth_task.cancel()
+        if self.smtp is not None:
+            await self.smtp.stop(grace)
+        if self.http is not None:
+            await self.http.stop()
+        await asyncio.to_thread(self.spool.close)
+        self.credentials.close()
+
+
+async def serve(config: Config) -> None:
+    relay = Relay(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, relay.reload_tls)
+    try:
+        await relay.start()
+    except BaseException:
+        await relay.stop(grace=0)
+        raise
+    systemd.notify("READY=1\nSTATUS=accepting mail")
+    log.info("smtprelay ready hostname=%s", config.server.hostname)
+    await stop.wait()
+    log.info("stopping: draining sessions")
+    systemd.notify("STOPPING=1")
+    await relay.stop()
+    log.info("stopped")
+
+
+def run(config: Config) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))

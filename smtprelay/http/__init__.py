@@ -1,0 +1,1 @@
+"""The HTTP side of the daemon: health, readiness and Prometheus metrics."""

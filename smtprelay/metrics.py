@@ -1,0 +1,51 @@
+"""Prometheus metrics of the whole daemon, declared in one place so names stay consistent."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONNECTIONS_OPEN = Gauge(
+    "smtprelay_smtp_connections_open", "SMTP connections open now", ["listener"]
+)
+CONNECTIONS_TOTAL = Counter(
+    "smtprelay_smtp_connections_total", "SMTP connections accepted", ["listener"]
+)
+CONNECTIONS_REFUSED = Counter(
+    "smtprelay_smtp_connections_refused_total",
+    "SMTP connections refused with 421 before the banner",
+    ["reason"],
+)
+TLS_HANDSHAKE_FAILURES = Counter(
+    "smtprelay_tls_handshake_failures_total", "TLS handshakes that failed", ["listener"]
+)
+AUTH_ATTEMPTS = Counter(
+    "smtprelay_auth_attempts_total", "SMTP AUTH attempts by mechanism and result",
+    ["mechanism", "result"],
+)
+MESSAGES_ACCEPTED = Counter(
+    "smtprelay_messages_accepted_total", "Messages accepted and spooled", ["listener"]
+)
+MESSAGES_REJECTED = Counter(
+    "smtprelay_messages_rejected_total", "Transactions or messages refused, by reason", ["reason"]
+)
+RECIPIENTS_ACCEPTED = Counter(
+    "smtprelay_recipients_accepted_total", "Recipients of accepted messages"
+)
+MESSAGE_BYTES = Histogram(
+    "smtprelay_message_size_bytes", "Size of accepted messages",
+    buckets=(1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216),
+)
+SPOOL_DEPTH = Gauge("smtprelay_spool_messages", "Messages in the spool with recipients pending")
+SPOOL_COMMIT_SECONDS = Histogram(
+    "smtprelay_spool_commit_seconds",
+    "Time from handing a write to the spool until it is durable (group commit included)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+SPOOL_BATCH_SIZE = Histogram(
+    "smtprelay_spool_batch_size", "Writes that shared one commit (one fsync)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+ACCEPT_SECONDS = Histogram(
+    "smtprelay_accept_seconds", "Time from the end of DATA to the 250 reply",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

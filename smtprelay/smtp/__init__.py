@@ -1,0 +1,1 @@
+"""The SMTP submission side: listeners, sessions, address syntax and the reply texts."""

@@ -1,0 +1,91 @@
+"""Every SMTP reply the server sends, in one place: SES texts (SPEC section 7) where SES has one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    text: str  # enhanced status code first, as RFC 2034 asks
+
+    def render(self) -> bytes:
+        lines = self.text.split("\n")
+        out = [f"{self.code}-{line}" for line in lines[:-1]]
+        out.append(f"{self.code} {lines[-1]}")
+        return ("\r\n".join(out) + "\r\n").encode("utf-8")
+
+    @property
+    def is_success(self) -> bool:
+        return self.code < 400
+
+
+def accepted(message_id: str) -> Reply:
+    return Reply(250, f"2.0.0 Ok {message_id}")
+
+
+def not_verified(identities: list[str]) -> Reply:
+    shown = ", ".join(identities[:5]) + (", ..." if len(identities) > 5 else "")
+    return Reply(554, "5.7.1 Message rejected: Email address is not verified. "
+                      f"The following identities failed the check: {shown}")
+
+
+AUTH_OK = Reply(235, "2.7.0 Authentication successful")
+OK = Reply(250, "2.0.0 Ok")
+RCPT_OK = Reply(250, "2.1.5 Ok")
+MAIL_OK = Reply(250, "2.1.0 Ok")
+BYE = Reply(221, "2.0.0 Bye")
+READY_TLS = Reply(220, "2.0.0 Ready to start TLS")
+START_DATA = Reply(354, "End data with <CR><LF>.<CR><LF>")
+VRFY = Reply(252, "2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
+HELP = Reply(214, "2.0.0 See https://www.rfc-editor.org/rfc/rfc5321")
+
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0 Too many concurrent SMTP connections")
+TOO_MANY_ERRORS = Reply(421, "4.7.0 Too many errors, closing connection")
+SHUTTING_DOWN = Reply(421, "4.3.2 Service shutting down, try again later")
+LOCAL_ERROR = Reply(451, "4.3.0 Temporary service failure")
+TIMEOUT = Reply(451, "4.4.2 Timeout waiting for data from client")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3 Too many recipients")
+STORAGE_FULL = Reply(452, "4.3.1 Insufficient system storage")
+AUTH_TEMP_FAILURE = Reply(454, "4.7.0 Temporary authentication failure")
+AUTH_LOCKED = Reply(454, "4.7.0 Too many failed authentication attempts, try again later")
+TLS_NOT_AVAILABLE = Reply(454, "4.7.0 TLS not available due to temporary reason")
+
+UNRECOGNIZED = Reply(500, "5.5.2 Error: command not recognized")
+LINE_TOO_LONG = Reply(500, "5.5.2 Error: line too long")
+NUL_IN_COMMAND = Reply(500, "5.5.2 Error: NUL character in command")
+SYNTAX_PARAMS = Reply(501, "5.5.4 Error: this command takes no parameters")
+HELO_SYNTAX = Reply(501, "5.5.4 Syntax: EHLO hostname")
+MAIL_SYNTAX = Reply(501, "5.5.4 Syntax: MAIL FROM:<address>")
+RCPT_SYNTAX = Reply(501, "5.5.4 Syntax: RCPT TO:<address>")
+AUTH_CANCELLED = Reply(501, "5.0.0 Authentication cancelled")
+AUTH_BAD_BASE64 = Reply(501, "5.5.2 Cannot decode response")
+AUTH_SYNTAX = Reply(501, "5.5.4 Syntax: AUTH mechanism [initial-response]")
+NOT_IMPLEMENTED = Reply(502, "5.5.1 Error: command not implemented")
+NEED_HELO = Reply(503, "5.5.1 Error: send HELO/EHLO first")
+NESTED_MAIL = Reply(503, "5.5.1 Error: nested MAIL command")
+NEED_MAIL = Reply(503, "5.5.1 Error: need MAIL command")
+NEED_RCPT = Reply(503, "5.5.1 Error: need RCPT command")
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1 Error: already authenticated")
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1 Error: AUTH not allowed during a mail transaction")
+TLS_ALREADY_ACTIVE = Reply(503, "5.5.1 Error: TLS already active")
+STARTTLS_NOT_OFFERED = Reply(502, "5.5.1 Error: STARTTLS not offered on this listener")
+AUTH_NOT_OFFERED = Reply(503, "5.5.1 Error: authentication not enabled on this listener")
+AUTH_UNKNOWN_MECHANISM = Reply(504, "5.5.4 Unrecognized authentication type")
+AUTH_REQUIRED = Reply(530, "5.7.0 Authentication required")
+TLS_REQUIRED = Reply(530, "5.7.0 Must issue a STARTTLS command first")
+AUTH_INVALID = Reply(535, "5.7.8 Authentication Credentials Invalid")
+TOO_BIG = Reply(552, "5.3.4 Message is too long.")
+PARAM_UNKNOWN = Reply(555, "5.5.4 Unsupported option")
+BODY_UNKNOWN = Reply(501, "5.5.4 Error: BODY must be 7BIT or 8BITMIME")
+SIZE_SYNTAX = Reply(501, "5.5.4 Error: SIZE takes a number of octets")
+NEEDS_SMTPUTF8 = Reply(553, "5.6.7 Error: a non-ASCII address needs the SMTPUTF8 parameter")
+BARE_LINE_ENDING = Reply(
+    554, "5.6.0 Message rejected: bare CR or LF in message data; lines must end with CRLF"
+)
+DATA_LINE_TOO_LONG = Reply(
+    554, "5.6.0 Message rejected: a line is longer than 998 characters (RFC 5321 4.5.3.1.6)"
+)
+NO_FROM = Reply(554, "5.6.0 Message rejected: the message has no From header")
+SET_PAUSED = Reply(554, "5.7.1 Sending paused for this configuration set")

@@ -1,0 +1,196 @@
+"""SMTP listeners: accept connections, enforce connection limits, run sessions, drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import ssl
+from collections import Counter
+from collections.abc import Callable
+
+from smtprelay import metrics
+from smtprelay.auth.authenticator import Authenticator
+from smtprelay.config import Config, ListenerConfig
+from smtprelay.smtp import replies as R
+from smtprelay.smtp.session import ListenerSettings, Session
+from smtprelay.submission import SubmissionHandler
+
+log = logging.getLogger("smtprelay.smtp")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TrustedNetworks:
+    """Maps a client address to the account whose trusted_networks hold it."""
+
+    def __init__(self, config: Config) -> None:
+        self._networks: list[tuple[IPNetwork, str]] = [
+            (ipaddress.ip_network(net, strict=False), name)
+            for name, account in config.accounts.items()
+            for net in account.trusted_networks
+        ]
+
+    def account_for(self, ip: str) -> str | None:
+        if not self._networks:
+            return None
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        for network, account in self._networks:
+            if address in network:
+                return account
+        return None
+
+
+def _normalise_ip(ip: str) -> str:
+    if ip.startswith("::ffff:") and "." in ip:
+        return ip[7:]
+    return ip
+
+
+class SMTPServer:
+    def __init__(
+        self,
+        config: Config,
+        authenticator: Authenticator,
+        handler: SubmissionHandler,
+        tls_context: Callable[[], ssl.SSLContext | None],
+    ) -> None:
+        self._config = config
+        self._auth = authenticator
+        self._handler = handler
+        self._tls_context = tls_context
+        self._trusted = TrustedNetworks(config)
+        self._servers: list[tuple[ListenerConfig, asyncio.Server]] = []
+        self._sessions: dict[asyncio.Task[None], Session] = {}
+        self._per_ip: Counter[str] = Counter()
+        self._open = 0
+
+    @property
+    def bound(self) -> dict[str, list[tuple[str, int]]]:
+        """Listener name to the addresses it listens on (port 0 in the config resolved)."""
+        result: dict[str, list[tuple[str, int]]] = {}
+        for listener, server in self._servers:
+            result[listener.name] = [s.getsockname()[:2] for s in server.sockets]
+        return result
+
+    async def start(self) -> None:
+        for listener in self._config.listeners:
+            self._servers.append((listener, await self._listen(listener)))
+            log.info("listening name=%s address=%s port=%s tls=%s", listener.name,
+                     listener.address, self.bound[listener.name][0][1], listener.tls)
+
+    async def _listen(self, listener: ListenerConfig) -> asyncio.Server:
+        settings = ListenerSettings(listener=listener, hostname=self._config.server.hostname,
+                                    limits=self._config.limits, tls_context=self._tls_context)
+        implicit = listener.tls == "implicit"
+        context = self._implicit_context() if implicit else None
+
+        async def on_connection(reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+            await self._serve(reader, writer, settings)
+
+        family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
+        try:
+            return await asyncio.start_server(
+                on_connection, host=listener.address, port=listener.port, family=family,
+                ssl=context, reuse_address=True, backlog=1024,
+                ssl_handshake_timeout=self._config.limits.tls_handshake_timeout if implicit
+                else None,
+            )
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"listeners.{listener.name}: cannot listen on {listener.address} port "
+                f"{listener.port}: {exc.strerror}",
+            ) from None
+
+    def _implicit_context(self) -> ssl.SSLContext:
+        """A context whose SNI hook swaps in the current one, so SIGHUP reloads apply."""
+        current = self._tls_context()
+        if current is None:
+            raise RuntimeError("implicit TLS listener without a TLS context")
+
+        def pick(ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+            latest = self._tls_context()
+            if latest is not None and latest is not current:
+                ssl_object.context = latest
+
+        current.sni_callback = pick  # type: ignore[assignment]
+        return current
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     settings: ListenerSettings) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        ip = _normalise_ip(str(peer[0]))
+        name = settings.listener.name
+        limits = self._config.limits
+        refusal: str | None = None
+        if self._open >= limits.max_connections:
+            refusal = "max_connections"
+        elif self._per_ip[ip] >= limits.max_connections_per_ip:
+            refusal = "max_connections_per_ip"
+        if refusal is not None:
+            metrics.CONNECTIONS_REFUSED.labels(reason=refusal).inc()
+            log.warning("refused connection client=%s listener=%s reason=%s", ip, name, refusal)
+            with contextlib.suppress(Exception):
+                writer.write(R.TOO_MANY_CONNECTIONS.render())
+                async with asyncio.timeout(5):
+                    await writer.drain()
+            writer.close()
+            return
+        self._open += 1
+        self._per_ip[ip] += 1
+        metrics.CONNECTIONS_OPEN.labels(listener=name).inc()
+        metrics.CONNECTIONS_TOTAL.labels(listener=name).inc()
+        session = Session(reader, writer, settings, self._auth, self._handler,
+                          self._trusted.account_for(ip), (ip, int(peer[1])))
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions[task] = session
+        try:
+            await session.run()
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("session=%s client=%s crashed", session.id, ip)
+        finally:
+            del self._sessions[task]
+            self._open -= 1
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
+            metrics.CONNECTIONS_OPEN.labels(listener=name).dec()
+            writer.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await writer.wait_closed()
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop listening, end idle sessions at once and busy ones after their command."""
+        for _, server in self._servers:
+            server.close()
+        for task, session in list(self._sessions.items()):
+            session.closing = True
+            if session.idle:
+                task.cancel()
+        if self._sessions:
+            _, pending = await asyncio.wait(list(self._sessions), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for _, server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        self._servers.clear()

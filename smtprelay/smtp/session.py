@@ -1,0 +1,638 @@
+"""One SMTP submission session: the command state machine, AUTH, STARTTLS and DATA framing.
+
+DATA is read in large chunks and framed only on <CRLF>.<CRLF>; a bare CR or LF anywhere
+in the message refuses it whole, so a body can never be split into two messages (SMTP
+smuggling). Replies are buffered while pipelined commands are waiting and flushed
+before the session blocks on the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from smtprelay import metrics
+from smtprelay.auth.authenticator import Authenticator, Outcome
+from smtprelay.config import LimitsConfig, ListenerConfig
+from smtprelay.smtp import replies as R
+from smtprelay.smtp.address import AddressError, parse_path
+from smtprelay.smtp.replies import Reply
+from smtprelay.spool.model import Envelope
+from smtprelay.submission import Client, Submission, SubmissionHandler
+
+log = logging.getLogger("smtprelay.smtp")
+
+_READ_SIZE = 65536
+# RFC 4954 4: a server should accept AUTH lines of at least 12288 octets.
+_MAX_COMMAND_LINE = 16384
+_TERMINATOR = b"\r\n.\r\n"
+
+
+class ClientGone(Exception):
+    """The client closed the connection or went silent past the timeout."""
+
+
+class _Timeout(Exception):
+    pass
+
+
+class _LineTooLong(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    listener: ListenerConfig
+    hostname: str
+    limits: LimitsConfig
+    tls_context: Callable[[], ssl.SSLContext | None]
+
+
+class _Input:
+    """A buffer over the stream reader, so DATA and pipelined commands share one read-ahead."""
+
+    __slots__ = ("_buf", "_reader")
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self._buf = bytearray()
+
+    def has_line(self) -> bool:
+        return b"\n" in self._buf
+
+    def take_all(self) -> bytes:
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+    def push_front(self, data: bytes | bytearray) -> None:
+        self._buf[:0] = data
+
+    def discard(self) -> int:
+        """Drop everything read ahead (after STARTTLS: plaintext injected before TLS)."""
+        dropped = len(self._buf)
+        self._buf.clear()
+        internal = getattr(self._reader, "_buffer", None)
+        if isinstance(internal, bytearray) and internal:
+            dropped += len(internal)
+            internal.clear()
+        return dropped
+
+    async def read_chunk(self, timeout: float) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await self._reader.read(_READ_SIZE)
+        except TimeoutError:
+            raise _Timeout from None
+        except (ConnectionError, ssl.SSLError, OSError):
+            raise ClientGone from None
+        if not chunk:
+            raise ClientGone
+        return chunk
+
+    async def readline(self, timeout: float, limit: int) -> bytes:
+        """One line without its line ending; _LineTooLong after discarding the rest of it."""
+        scanned = 0
+        while True:
+            newline = self._buf.find(b"\n", scanned)
+            if newline >= 0:
+                line = bytes(self._buf[:newline])
+                del self._buf[: newline + 1]
+                if len(line) > limit:
+                    raise _LineTooLong
+                return line[:-1] if line.endswith(b"\r") else line
+            scanned = len(self._buf)
+            if scanned > limit:
+                # Keep reading until the end of the over-long line, holding none of it.
+                self._buf.clear()
+                while True:
+                    chunk = await self.read_chunk(timeout)
+                    newline = chunk.find(b"\n")
+                    if newline >= 0:
+                        self._buf += chunk[newline + 1 :]
+                        raise _LineTooLong
+            self._buf += await self.read_chunk(timeout)
+
+
+class Session:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        settings: ListenerSettings,
+        authenticator: Authenticator,
+        handler: SubmissionHandler,
+        trusted_account: str | None,
+        peer: tuple[str, int],
+    ) -> None:
+        self._writer = writer
+        self._input = _Input(reader)
+        self._settings = settings
+        self._limits = settings.limits
+        self._auth = authenticator
+        self._handler = handler
+        self._peer_ip, self._peer_port = peer
+        self.id = os.urandom(5).hex()
+        self._out: list[bytes] = []
+        self._errors = 0
+        self._tls = writer.get_extra_info("ssl_object") is not None
+        self._helo: str | None = None
+        self._esmtp = False
+        # Trusted networks speak for their account without AUTH; AUTH may still switch.
+        self._account: str | None = trusted_account
+        self._auth_user: str | None = None
+        self._reset_transaction()
+        self.idle = False
+        self.closing = False
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _reset_transaction(self) -> None:
+        self._mail_from: str | None = None
+        self._smtputf8 = False
+        self._body_8bit = False
+        self._rcpts: list[str] = []
+        self._rcpt_keys: set[str] = set()
+
+    def _reply(self, reply: Reply) -> None:
+        self._out.append(reply.render())
+
+    async def _flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._writer.write(data)
+            try:
+                await self._writer.drain()
+            except (ConnectionError, ssl.SSLError, OSError):
+                raise ClientGone from None
+
+    async def _read_command(self) -> bytes:
+        if not self._input.has_line():
+            await self._flush()
+        self.idle = True
+        try:
+            return await self._input.readline(self._limits.idle_timeout, _MAX_COMMAND_LINE)
+        finally:
+            self.idle = False
+
+    def _client(self) -> Client:
+        ssl_object = self._writer.get_extra_info("ssl_object")
+        cipher = ssl_object.cipher() if ssl_object is not None else None
+        assert self._account is not None
+        return Client(
+            ip=self._peer_ip, port=self._peer_port, helo=self._helo or "",
+            listener=self._settings.listener.name, account=self._account,
+            auth_user=self._auth_user,
+            tls_version=ssl_object.version() if ssl_object is not None else None,
+            tls_cipher=cipher[0] if cipher else None,
+        )
+
+    # -- main loop -------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._reply(Reply(220, f"{self._settings.hostname} ESMTP smtprelay"))
+        try:
+            while not self.closing:
+                try:
+                    line = await self._read_command()
+                except _LineTooLong:
+                    self._reply(R.LINE_TOO_LONG)
+                    if self._count_error():
+                        break
+                    continue
+                if not await self._dispatch(line):
+                    break
+            if self.closing:
+                self._reply(R.SHUTTING_DOWN)
+            await self._flush()
+        except _Timeout:
+            self._reply(R.TIMEOUT)
+            log.info("session=%s client=%s timeout", self.id, self._peer_ip)
+            await self._flush_quietly()
+        except asyncio.CancelledError:
+            # Shutdown while idle: say so, then let the cancellation go on.
+            self._reply(R.SHUTTING_DOWN)
+            await self._flush_quietly()
+            raise
+        except ClientGone:
+            pass
+
+    async def _flush_quietly(self) -> None:
+        try:
+            async with asyncio.timeout(5):
+                await self._flush()
+        except (ClientGone, TimeoutError):
+            pass
+
+    def _count_error(self) -> bool:
+        """Count a client error; True when the session must end."""
+        self._errors += 1
+        if self._errors >= self._limits.max_errors:
+            self._reply(R.TOO_MANY_ERRORS)
+            log.info("session=%s client=%s too many errors", self.id, self._peer_ip)
+            return True
+        return False
+
+    async def _dispatch(self, raw: bytes) -> bool:
+        """Handle one command line; False ends the session."""
+        if b"\0" in raw:
+            self._reply(R.NUL_IN_COMMAND)
+            return not self._count_error()
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self._reply(R.UNRECOGNIZED)
+            return not self._count_error()
+        verb, _, arg = line.partition(" ")
+        verb = verb.upper()
+        handler = _COMMANDS.get(verb)
+        if handler is None:
+            if verb in ("GET", "POST", "HEAD", "PUT", "CONNECT") and self._helo is None:
+                # A web client on the SMTP port: Postfix hangs up too.
+                log.info("session=%s client=%s http request on smtp port", self.id,
+                         self._peer_ip)
+                return False
+            self._reply(R.UNRECOGNIZED)
+            return not self._count_error()
+        reply_ok = await handler(self, arg.strip())
+        if reply_ok is False:
+            return False
+        last = self._out[-1] if self._out else b""
+        if last[:1] in (b"5",) and self._count_error():
+            return False
+        return True
+
+    # -- commands --------------------------------------------------------------
+
+    def _ehlo_lines(self) -> list[str]:
+        lines = [self._settings.hostname, "PIPELINING",
+                 f"SIZE {self._limits.max_message_size}", "8BITMIME", "SMTPUTF8",
+                 "ENHANCEDSTATUSCODES"]
+        if self._settings.listener.tls == "starttls" and not self._tls:
+            lines.append("STARTTLS")
+        if self._tls:
+            lines.append("AUTH PLAIN LOGIN")
+        return lines
+
+    async def _cmd_ehlo(self, arg: str) -> bool:
+        if not arg:
+            self._reply(R.HELO_SYNTAX)
+            return True
+        self._helo = arg.split()[0][:255]
+        self._esmtp = True
+        self._reset_transaction()
+        self._reply(Reply(250, "\n".join(self._ehlo_lines())))
+        return True
+
+    async def _cmd_helo(self, arg: str) -> bool:
+        if not arg:
+            self._reply(Reply(501, "5.5.4 Syntax: HELO hostname"))
+            return True
+        self._helo = arg.split()[0][:255]
+        self._esmtp = False
+        self._reset_transaction()
+        self._reply(Reply(250, self._settings.hostname))
+        return True
+
+    async def _cmd_starttls(self, arg: str) -> bool:
+        if arg:
+            self._reply(R.SYNTAX_PARAMS)
+            return True
+        if self._tls:
+            self._reply(R.TLS_ALREADY_ACTIVE)
+            return True
+        if self._settings.listener.tls != "starttls":
+            self._reply(R.STARTTLS_NOT_OFFERED)
+            return True
+        context = self._settings.tls_context()
+        if context is None:
+            self._reply(R.TLS_NOT_AVAILABLE)
+            return True
+        injected = self._input.discard()
+        if injected:
+            # RFC 3207 6: anything sent after STARTTLS in clear must not be acted on.
+            log.warning("session=%s client=%s discarded %d bytes pipelined after STARTTLS",
+                        self.id, self._peer_ip, injected)
+        self._reply(R.READY_TLS)
+        await self._flush()
+        try:
+            await self._writer.start_tls(
+                context, ssl_handshake_timeout=self._limits.tls_handshake_timeout)
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            metrics.TLS_HANDSHAKE_FAILURES.labels(listener=self._settings.listener.name).inc()
+            log.info("session=%s client=%s STARTTLS handshake failed: %s", self.id,
+                     self._peer_ip, exc)
+            return False
+        self._tls = True
+        # RFC 3207 4.2: forget everything learnt before TLS, the client starts over.
+        self._helo = None
+        self._esmtp = False
+        self._reset_transaction()
+        return True
+
+    async def _cmd_auth(self, arg: str) -> bool:
+        if self._helo is None or not self._esmtp:
+            self._reply(R.NEED_HELO)
+            return True
+        if not self._tls:
+            self._reply(R.TLS_REQUIRED if self._settings.listener.tls == "starttls"
+                        else R.AUTH_NOT_OFFERED)
+            return True
+        if self._auth_user is not None:
+            self._reply(R.ALREADY_AUTHENTICATED)
+            return True
+        if self._mail_from is not None:
+            self._reply(R.AUTH_IN_TRANSACTION)
+            return True
+        parts = arg.split()
+        if not parts or len(parts) > 2:
+            self._reply(R.AUTH_SYNTAX)
+            return True
+        mechanism = parts[0].upper()
+        initial = parts[1] if len(parts) == 2 else None
+        if mechanism == "PLAIN":
+            credentials = await self._auth_plain(initial)
+        elif mechanism == "LOGIN":
+            credentials = await self._auth_login(initial)
+        else:
+            self._reply(R.AUTH_UNKNOWN_MECHANISM)
+            return True
+        if credentials is None:
+            return True
+        username, password = credentials
+        result = await self._auth.authenticate(username, password, self._peer_ip, mechanism)
+        if result.outcome is Outcome.OK:
+            self._account = result.account
+            self._auth_user = result.username
+            log.info("session=%s client=%s auth ok user=%s account=%s", self.id,
+                     self._peer_ip, result.username, result.account)
+            self._reply(R.AUTH_OK)
+        elif result.outcome is Outcome.LOCKED:
+            self._reply(R.AUTH_LOCKED)
+        elif result.outcome is Outcome.UNAVAILABLE:
+            self._reply(R.AUTH_TEMP_FAILURE)
+        else:
+            self._reply(R.AUTH_INVALID)
+        return True
+
+    async def _sasl_response(self, challenge: str, initial: str | None) -> bytes | None:
+        """Decode the initial response or the answer to a 334; None after replying an error."""
+        if initial is None:
+            self._reply(Reply(334, challenge))
+            try:
+                line = await self._read_command()
+            except _LineTooLong:
+                self._reply(R.LINE_TOO_LONG)
+                return None
+            text = line.decode("ascii", "replace").strip()
+        else:
+            text = initial
+        if text == "*":
+            self._reply(R.AUTH_CANCELLED)
+            return None
+        if text == "=":
+            return b""
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            metrics.AUTH_ATTEMPTS.labels(mechanism="-", result="malformed").inc()
+            self._reply(R.AUTH_BAD_BASE64)
+            return None
+
+    async def _auth_plain(self, initial: str | None) -> tuple[str, str] | None:
+        decoded = await self._sasl_response("", initial)
+        if decoded is None:
+            return None
+        fields = decoded.split(b"\0")
+        if len(fields) != 3:
+            self._reply(R.AUTH_BAD_BASE64)
+            return None
+        try:
+            authzid, authcid, password = (f.decode("utf-8") for f in fields)
+        except UnicodeDecodeError:
+            self._reply(R.AUTH_BAD_BASE64)
+            return None
+        if authzid and authzid != authcid:
+            # No proxy authorisation: acting as another user is not offered.
+            self._reply(R.AUTH_INVALID)
+            return None
+        return authcid, password
+
+    async def _auth_login(self, initial: str | None) -> tuple[str, str] | None:
+        user = await self._sasl_response("VXNlcm5hbWU6", initial)
+        if user is None:
+            return None
+        password = await self._sasl_response("UGFzc3dvcmQ6", None)
+        if password is None:
+            return None
+        try:
+            return user.decode("utf-8"), password.decode("utf-8")
+        except UnicodeDecodeError:
+            self._reply(R.AUTH_BAD_BASE64)
+            return None
+
+    async def _cmd_mail(self, arg: str) -> bool:
+        if self._helo is None:
+            self._reply(R.NEED_HELO)
+            return True
+        if self._account is None:
+            self._reply(R.AUTH_REQUIRED if self._tls or self._settings.listener.tls != "starttls"
+                        else R.TLS_REQUIRED)
+            metrics.MESSAGES_REJECTED.labels(reason="auth_required").inc()
+            return True
+        if self._mail_from is not None:
+            self._reply(R.NESTED_MAIL)
+            return True
+        try:
+            path = parse_path(arg, keyword="FROM", sender=True)
+        except AddressError as exc:
+            self._reply(exc.reply)
+            return True
+        params = path.params
+        smtputf8 = False
+        body_8bit = False
+        for key, value in params.items():
+            if key == "SIZE":
+                if value is None or not value.isdigit():
+                    self._reply(R.SIZE_SYNTAX)
+                    return True
+                if int(value) > self._limits.max_message_size:
+                    metrics.MESSAGES_REJECTED.labels(reason="too_big").inc()
+                    self._reply(R.TOO_BIG)
+                    return True
+            elif key == "BODY":
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    self._reply(R.BODY_UNKNOWN)
+                    return True
+                body_8bit = value.upper() == "8BITMIME"
+            elif key == "SMTPUTF8" and value is None:
+                smtputf8 = True
+            elif key == "AUTH":
+                pass  # RFC 4954 5: accepted and ignored from an untrusted submitter
+            else:
+                self._reply(R.PARAM_UNKNOWN)
+                return True
+        if path.address:
+            refusal = self._handler.check_sender(self._account, path.address)
+            if refusal is not None:
+                metrics.MESSAGES_REJECTED.labels(reason="identity").inc()
+                log.info("session=%s client=%s account=%s refused sender=%s", self.id,
+                         self._peer_ip, self._account, path.address)
+                self._reply(refusal)
+                return True
+        self._mail_from = path.address
+        self._smtputf8 = smtputf8
+        self._body_8bit = body_8bit
+        self._reply(R.MAIL_OK)
+        return True
+
+    async def _cmd_rcpt(self, arg: str) -> bool:
+        if self._mail_from is None:
+            self._reply(R.NEED_MAIL)
+            return True
+        try:
+            path = parse_path(arg, keyword="TO", sender=False, smtputf8=self._smtputf8)
+        except AddressError as exc:
+            self._reply(exc.reply)
+            return True
+        if path.params:
+            self._reply(R.PARAM_UNKNOWN)
+            return True
+        key = path.address.lower()
+        if key in self._rcpt_keys:
+            self._reply(R.RCPT_OK)  # the same recipient twice gets one copy
+            return True
+        if len(self._rcpts) >= self._limits.max_recipients:
+            metrics.MESSAGES_REJECTED.labels(reason="too_many_recipients").inc()
+            self._reply(R.TOO_MANY_RECIPIENTS)
+            return True
+        self._rcpts.append(path.address)
+        self._rcpt_keys.add(key)
+        self._reply(R.RCPT_OK)
+        return True
+
+    async def _cmd_data(self, arg: str) -> bool:
+        if arg:
+            self._reply(R.SYNTAX_PARAMS)
+            return True
+        if self._mail_from is None:
+            self._reply(R.NEED_MAIL)
+            return True
+        if not self._rcpts:
+            self._reply(R.NEED_RCPT)
+            return True
+        self._reply(R.START_DATA)
+        await self._flush()
+        data, refusal = await self._read_data()
+        received_at = time.time()
+        if refusal is not None:
+            reason = "too_big" if refusal is R.TOO_BIG else "bad_data"
+            metrics.MESSAGES_REJECTED.labels(reason=reason).inc()
+            log.info("session=%s client=%s refused message: %s", self.id, self._peer_ip,
+                     refusal.text)
+            self._reply(refusal)
+            self._reset_transaction()
+            return True
+        assert data is not None and self._account is not None
+        submission = Submission(
+            client=self._client(),
+            envelope=Envelope(mail_from=self._mail_from, recipients=tuple(self._rcpts),
+                              smtputf8=self._smtputf8, body_8bitmime=self._body_8bit),
+            data=data, received_at=received_at,
+        )
+        self._reset_transaction()
+        started = time.perf_counter()
+        reply = await self._handler.submit(submission)
+        metrics.ACCEPT_SECONDS.observe(time.perf_counter() - started)
+        self._reply(reply)
+        return True
+
+    async def _read_data(self) -> tuple[bytes | None, Reply | None]:
+        """Read up to <CRLF>.<CRLF>; the unstuffed message, or the reply refusing it."""
+        limits = self._limits
+        # The leading CRLF lets a message that is only "." end at once, and makes
+        # "<CRLF>." the one pattern for both terminator and dot-stuffing.
+        raw = bytearray(b"\r\n")
+        raw += self._input.take_all()
+        # Dot-stuffing makes the wire form a little longer than the message; the
+        # exact size is checked after unstuffing, this bound only caps memory.
+        cap = limits.max_message_size + 65536
+        too_big = False
+        scan_from = 0
+        while True:
+            end = raw.find(_TERMINATOR, scan_from)
+            if end >= 0:
+                break
+            if len(raw) > cap:
+                too_big = True
+                del raw[:-4]
+            scan_from = max(0, len(raw) - 4)
+            raw += await self._input.read_chunk(limits.data_timeout)
+        self._input.push_front(raw[end + 5 :])
+        if too_big:
+            return None, R.TOO_BIG
+        del raw[end + 2 :]
+        body = bytes(raw).replace(b"\r\n.", b"\r\n")[2:]
+        del raw
+        if len(body) > limits.max_message_size:
+            return None, R.TOO_BIG
+        crlf = body.count(b"\r\n")
+        if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
+            return None, R.BARE_LINE_ENDING
+        if len(body) > limits.max_line_length and \
+                max(map(len, body.split(b"\r\n"))) > limits.max_line_length:
+            return None, R.DATA_LINE_TOO_LONG
+        return body, None
+
+    async def _cmd_rset(self, arg: str) -> bool:
+        self._reset_transaction()
+        self._reply(R.OK)
+        return True
+
+    async def _cmd_noop(self, arg: str) -> bool:
+        self._reply(R.OK)
+        return True
+
+    async def _cmd_quit(self, arg: str) -> bool:
+        self._reply(R.BYE)
+        await self._flush()
+        return False
+
+    async def _cmd_vrfy(self, arg: str) -> bool:
+        self._reply(R.VRFY)
+        return True
+
+    async def _cmd_help(self, arg: str) -> bool:
+        self._reply(R.HELP)
+        return True
+
+    async def _cmd_not_implemented(self, arg: str) -> bool:
+        self._reply(R.NOT_IMPLEMENTED)
+        return True
+
+
+_COMMANDS = {
+    "EHLO": Session._cmd_ehlo,
+    "HELO": Session._cmd_helo,
+    "STARTTLS": Session._cmd_starttls,
+    "AUTH": Session._cmd_auth,
+    "MAIL": Session._cmd_mail,
+    "RCPT": Session._cmd_rcpt,
+    "DATA": Session._cmd_data,
+    "RSET": Session._cmd_rset,
+    "NOOP": Session._cmd_noop,
+    "QUIT": Session._cmd_quit,
+    "VRFY": Session._cmd_vrfy,
+    "HELP": Session._cmd_help,
+    "EXPN": Session._cmd_not_implemented,
+    "TURN": Session._cmd_not_implemented,
+    "ETRN": Session._cmd_not_implemented,
+}

@@ -1,0 +1,104 @@
+"""Values that cross the spool boundary: what the SMTP side hands in, what the queue holds."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class RecipientState(StrEnum):
+    """Where one recipient of a spooled message stands.
+
+    queued and deferred wait for the scheduler; sending is held by a delivery attempt
+    (turned back into queued on start-up, since the attempt died with the process);
+    the rest are final.
+    """
+
+    QUEUED = "queued"
+    DEFERRED = "deferred"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    SUPPRESSED = "suppressed"
+    DELETED = "deleted"
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = frozenset(
+    {RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.SUPPRESSED,
+     RecipientState.DELETED}
+)
+PENDING_STATES = (RecipientState.QUEUED, RecipientState.DEFERRED, RecipientState.SENDING)
+
+
+def new_message_id(now: float | None = None) -> str:
+    """A unique, time-ordered id: 12 hex digits of milliseconds, a dash, 16 random hex digits."""
+    millis = int((time.time() if now is None else now) * 1000)
+    return f"{millis:012x}-{os.urandom(8).hex()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    mail_from: str
+    recipients: tuple[str, ...]
+    # ESMTP facts about the transaction the delivery side must honour.
+    smtputf8: bool = False
+    body_8bitmime: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """An accepted message on its way into the spool."""
+
+    message_id: str
+    envelope: Envelope
+    data: bytes
+    account: str
+    configuration_set: str | None
+    received_at: float
+    client_ip: str
+    client_helo: str
+    auth_user: str | None
+    listener: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRecipient:
+    index: int
+    address: str
+    state: RecipientState
+    attempts: int
+    next_attempt: float
+    last_attempt: float | None
+    last_reply: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A spooled message without its bytes (those are read separately, on demand)."""
+
+    message_id: str
+    account: str
+    configuration_set: str | None
+    mail_from: str
+    received_at: float
+    size: int
+    client_ip: str
+    client_helo: str
+    auth_user: str | None
+    listener: str
+    smtputf8: bool
+    body_8bitmime: bool
+    attrs: dict[str, Any]
+    recipients: tuple[QueuedRecipient, ...]
+
+    @property
+    def pending(self) -> tuple[QueuedRecipient, ...]:
+        return tuple(r for r in self.recipients if not r.state.is_final)

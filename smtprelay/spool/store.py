@@ -1,0 +1,417 @@
+"""The durable spool: an SQLite database (WAL, synchronous=FULL) written by one thread.
+
+Every change goes through a single writer thread that takes whatever work is waiting,
+runs it in one transaction and commits once: concurrent SMTP sessions share one
+fsync (group commit) and the event loop never waits on the disk. Readers (the CLI,
+the scheduler) use their own connections; WAL lets them read while the daemon writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from smtprelay import metrics
+from smtprelay.spool.model import (
+    PENDING_STATES,
+    NewMessage,
+    QueuedMessage,
+    QueuedRecipient,
+    RecipientState,
+)
+
+log = logging.getLogger("smtprelay.spool")
+T = TypeVar("T")
+
+_MAX_BATCH = 512
+_BUSY_TIMEOUT_MS = 10_000
+
+# Each entry moves the schema one version forward; never edit a released entry.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        received_at REAL NOT NULL,
+        account TEXT NOT NULL,
+        configuration_set TEXT,
+        mail_from TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        client_ip TEXT NOT NULL,
+        client_helo TEXT NOT NULL,
+        auth_user TEXT,
+        listener TEXT NOT NULL,
+        smtputf8 INTEGER NOT NULL DEFAULT 0,
+        body_8bitmime INTEGER NOT NULL DEFAULT 0,
+        attrs TEXT NOT NULL DEFAULT '{}'
+    ) WITHOUT ROWID;
+    CREATE TABLE bodies (
+        message_id TEXT PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+        data BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE recipients (
+        message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        last_attempt REAL,
+        last_reply TEXT,
+        PRIMARY KEY (message_id, idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX recipients_due ON recipients(state, next_attempt);
+    """,
+)
+
+
+class SpoolError(Exception):
+    """The spool could not take the change; the message must not be acknowledged."""
+
+
+class SpoolFullError(SpoolError):
+    """The disk holding the spool is full."""
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the spool database with the settings every user of it must share."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit, so a committed message survives
+        # power loss, not only a process crash.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, migrations: tuple[str, ...] = _MIGRATIONS) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(migrations):
+        raise SpoolError(
+            f"the spool schema is version {version}, newer than this smtprelay knows "
+            f"({len(migrations)}); run the newer smtprelay or restore a backup"
+        )
+    for number, script in enumerate(migrations[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Work:
+    __slots__ = ("fn", "future", "queued_at")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+        self.future: Future[Any] = Future()
+        self.queued_at = time.perf_counter()
+
+
+_STOP = object()
+
+
+class GroupCommitWriter:
+    """One thread, one connection: batches queued writes into shared transactions."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self._path = path
+        self._name = name
+        self._queue: queue.SimpleQueue[_Work | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    def start(self, migrations: tuple[str, ...]) -> None:
+        self._conn = connect(self._path)
+        migrate(self._conn, migrations)
+        _fsync_dir(self._path.parent)
+        self._thread = threading.Thread(target=self._run, name=f"{self._name}-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        if self._thread is None or not self._thread.is_alive():
+            raise SpoolError(f"the {self._name} writer is not running")
+        work = _Work(fn)
+        self._queue.put(work)
+        return work.future
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _run(self) -> None:
+        assert self._conn is not None
+        conn = self._conn
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch: list[_Work] = [first]  # type: ignore[list-item]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)  # type: ignore[arg-type]
+            self._commit(conn, batch)
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Work]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        started = time.perf_counter()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for work in batch:
+                # A savepoint per piece of work: one bad write fails alone, the
+                # others in the same transaction still commit.
+                conn.execute("SAVEPOINT work")
+                try:
+                    outcomes.append((True, work.fn(conn)))
+                    conn.execute("RELEASE work")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO work")
+                    conn.execute("RELEASE work")
+                    outcomes.append((False, _translate(exc)))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            error = _translate(exc)
+            log.error("spool=%s commit failed: %s (batch of %d)", self._name, error, len(batch))
+            outcomes = [(False, error)] * len(batch)
+        done = time.perf_counter()
+        metrics.SPOOL_BATCH_SIZE.observe(len(batch))
+        for work, (ok, value) in zip(batch, outcomes, strict=True):
+            metrics.SPOOL_COMMIT_SECONDS.observe(done - work.queued_at)
+            if ok:
+                work.future.set_result(value)
+            else:
+                work.future.set_exception(value)
+        log.debug("spool=%s committed %d in %.2f ms", self._name, len(batch),
+                  (done - started) * 1000)
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+        return SpoolFullError(str(exc))
+    if isinstance(exc, sqlite3.Error):
+        return SpoolError(str(exc))
+    return exc
+
+
+class Spool:
+    """The queue of accepted messages and the state of each recipient."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = GroupCommitWriter(path, "spool")
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create or upgrade the database and start the writer (blocking: call in a thread)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer.start(_MIGRATIONS)
+        self._reader = connect(self.path)
+
+    def close(self) -> None:
+        self._writer.stop()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    # -- writes (async, group-committed) ----------------------------------------
+
+    async def enqueue(self, message: NewMessage) -> None:
+        """Return once the message is durable on disk; raise SpoolError otherwise."""
+        await self._writer.run(lambda conn: _insert(conn, message))
+
+    def enqueue_future(self, message: NewMessage) -> Future[None]:
+        return self._writer.submit(lambda conn: _insert(conn, message))
+
+    async def delete(self, message_id: str) -> bool:
+        return await self._writer.run(lambda conn: _delete(conn, message_id))
+
+    async def recover(self) -> int:
+        """Hand back recipients whose delivery attempt died with the last process."""
+        return await self._writer.run(_recover)
+
+    # -- reads (blocking; the daemon calls them through a thread) ---------------
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        assert self._reader is not None, "spool is not open"
+        with self._read_lock:
+            yield self._reader
+
+    def pending_count(self) -> int:
+        with self._read() as conn:
+            return count_pending(conn)
+
+    def get(self, message_id: str) -> QueuedMessage | None:
+        with self._read() as conn:
+            return get_message(conn, message_id)
+
+    def body(self, message_id: str) -> bytes | None:
+        with self._read() as conn:
+            return get_body(conn, message_id)
+
+
+# -- SQL, shared by the daemon and the CLI ------------------------------------------
+
+
+def _insert(conn: sqlite3.Connection, m: NewMessage) -> None:
+    env = m.envelope
+    conn.execute(
+        "INSERT INTO messages (id, received_at, account, configuration_set, mail_from, size,"
+        " client_ip, client_helo, auth_user, listener, smtputf8, body_8bitmime, attrs)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (m.message_id, m.received_at, m.account, m.configuration_set, env.mail_from,
+         len(m.data), m.client_ip, m.client_helo, m.auth_user, m.listener,
+         int(env.smtputf8), int(env.body_8bitmime), json.dumps(m.attrs, separators=(",", ":"))),
+    )
+    conn.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (m.message_id, m.data))
+    conn.executemany(
+        "INSERT INTO recipients (message_id, idx, address, state, next_attempt)"
+        " VALUES (?,?,?,?,?)",
+        [(m.message_id, i, rcpt, RecipientState.QUEUED.value, m.received_at)
+         for i, rcpt in enumerate(env.recipients)],
+    )
+
+
+def _delete(conn: sqlite3.Connection, message_id: str) -> bool:
+    return conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)).rowcount > 0
+
+
+def _recover(conn: sqlite3.Connection) -> int:
+    return conn.execute(
+        "UPDATE recipients SET state = ? WHERE state = ?",
+        (RecipientState.QUEUED.value, RecipientState.SENDING.value),
+    ).rowcount
+
+
+def count_pending(conn: sqlite3.Connection) -> int:
+    placeholders = ",".join("?" * len(PENDING_STATES))
+    row = conn.execute(
+        f"SELECT COUNT(DISTINCT message_id) FROM recipients WHERE state IN ({placeholders})",  # noqa: S608
+        [s.value for s in PENDING_STATES],
+    ).fetchone()
+    return int(row[0])
+
+
+_MESSAGE_COLUMNS = (
+    "id, account, configuration_set, mail_from, received_at, size, client_ip, client_helo,"
+    " auth_user, listener, smtputf8, body_8bitmime, attrs"
+)
+
+
+def _message_from_row(row: tuple[Any, ...], recipients: tuple[QueuedRecipient, ...]) -> QueuedMessage:
+    return QueuedMessage(
+        message_id=row[0], account=row[1], configuration_set=row[2], mail_from=row[3],
+        received_at=row[4], size=row[5], client_ip=row[6], client_helo=row[7],
+        auth_user=row[8], listener=row[9], smtputf8=bool(row[10]),
+        body_8bitmime=bool(row[11]), attrs=json.loads(row[12]), recipients=recipients,
+    )
+
+
+def _recipients(conn: sqlite3.Connection, message_id: str) -> tuple[QueuedRecipient, ...]:
+    rows = conn.execute(
+        "SELECT idx, address, state, attempts, next_attempt, last_attempt, last_reply"
+        " FROM recipients WHERE message_id = ? ORDER BY idx",
+        (message_id,),
+    ).fetchall()
+    return tuple(
+        QueuedRecipient(index=r[0], address=r[1], state=RecipientState(r[2]), attempts=r[3],
+                        next_attempt=r[4], last_attempt=r[5], last_reply=r[6])
+        for r in rows
+    )
+
+
+def get_message(conn: sqlite3.Connection, message_id: str) -> QueuedMessage | None:
+    row = conn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)  # noqa: S608
+    ).fetchone()
+    if row is None:
+        return None
+    return _message_from_row(row, _recipients(conn, message_id))
+
+
+def get_body(conn: sqlite3.Connection, message_id: str) -> bytes | None:
+    row = conn.execute("SELECT data FROM bodies WHERE message_id = ?", (message_id,)).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def list_messages(
+    conn: sqlite3.Connection, *, limit: int | None = None, after: str | None = None
+) -> list[QueuedMessage]:
+    """Messages in id (= arrival) order, paged with `after` so a huge queue lists in pieces."""
+    sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608
+    params: list[Any] = []
+    if after is not None:
+        sql += " WHERE id > ?"
+        params.append(after)
+    sql += " ORDER BY id"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return [_message_from_row(row, _recipients(conn, row[0])) for row in conn.execute(sql, params)]
+
+
+def delete_message(conn: sqlite3.Connection, message_id: str) -> bool:
+    """Delete from a connection of the caller's own (the CLI), in its own transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        deleted = _delete(conn, message_id)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return deleted
+
+
+def open_for_cli(path: Path) -> sqlite3.Connection:
+    """A connection for operator commands; creates the schema if the daemon never ran."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(path)
+    migrate(conn)
+    return conn
