@@ -19,7 +19,9 @@ DEFAULT_LOG_N = 15
 DEFAULT_R = 8
 DEFAULT_P = 1
 _KEY_LEN = 32
-_FORMAT = re.compile(r"^scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$")
+_FORMAT = re.compile(
+    r"^scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$"
+)
 
 
 def _b64(data: bytes) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 from aiohttp import web
@@ -48,12 +49,13 @@ class HTTPServer:
             try:
                 await site.start()
             except OSError as exc:
-                raise OSError(exc.errno, f"http.listen: cannot listen on {entry}: "
-                                         f"{exc.strerror}") from None
-            server = site._server  # noqa: SLF001 - aiohttp exposes no public bound address
-            if server is not None:
-                for sock in server.sockets:  # type: ignore[union-attr]
-                    self.bound.append(sock.getsockname()[:2])
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise OSError(exc.errno, f"http.listen: cannot listen on {entry}: {reason}"
+                              ) from None
+            # aiohttp exposes no public bound address; port 0 needs the real one.
+            server = getattr(site, "_server", None)
+            for sock in getattr(server, "sockets", None) or ():
+                self.bound.append(sock.getsockname()[:2])
         log.info("http listening on %s", ", ".join(f"{h}:{p}" for h, p in self.bound))
 
     async def stop(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 from collections import Counter
@@ -108,7 +109,7 @@ class SMTPServer:
             raise OSError(
                 exc.errno,
                 f"listeners.{listener.name}: cannot listen on {listener.address} port "
-                f"{listener.port}: {exc.strerror}",
+                f"{listener.port}: {os.strerror(exc.errno) if exc.errno else exc}",
             ) from None
 
     def _implicit_context(self) -> ssl.SSLContext:

@@ -85,9 +85,9 @@ class _Input:
             internal.clear()
         return dropped
 
-    async def read_chunk(self, timeout: float) -> bytes:
+    async def read_chunk(self, seconds: float) -> bytes:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 chunk = await self._reader.read(_READ_SIZE)
         except TimeoutError:
             raise _Timeout from None
@@ -97,7 +97,7 @@ class _Input:
             raise ClientGone
         return chunk
 
-    async def readline(self, timeout: float, limit: int) -> bytes:
+    async def readline(self, seconds: float, limit: int) -> bytes:
         """One line without its line ending; _LineTooLong after discarding the rest of it."""
         scanned = 0
         while True:
@@ -113,12 +113,12 @@ class _Input:
                 # Keep reading until the end of the over-long line, holding none of it.
                 self._buf.clear()
                 while True:
-                    chunk = await self.read_chunk(timeout)
+                    chunk = await self.read_chunk(seconds)
                     newline = chunk.find(b"\n")
                     if newline >= 0:
                         self._buf += chunk[newline + 1 :]
                         raise _LineTooLong
-            self._buf += await self.read_chunk(timeout)
+            self._buf += await self.read_chunk(seconds)
 
 
 class Session:
@@ -142,6 +142,7 @@ class Session:
         self.id = os.urandom(5).hex()
         self._out: list[bytes] = []
         self._errors = 0
+        self._last_code = 0
         self._tls = writer.get_extra_info("ssl_object") is not None
         self._helo: str | None = None
         self._esmtp = False
@@ -162,6 +163,7 @@ class Session:
         self._rcpt_keys: set[str] = set()
 
     def _reply(self, reply: Reply) -> None:
+        self._last_code = reply.code
         self._out.append(reply.render())
 
     async def _flush(self) -> None:
@@ -262,13 +264,12 @@ class Session:
                 return False
             self._reply(R.UNRECOGNIZED)
             return not self._count_error()
-        reply_ok = await handler(self, arg.strip())
-        if reply_ok is False:
+        self._last_code = 0
+        if not await handler(self, arg.strip()):
             return False
-        last = self._out[-1] if self._out else b""
-        if last[:1] in (b"5",) and self._count_error():
-            return False
-        return True
+        # Like Postfix's smtpd_hard_error_limit: a client that keeps earning 5xx
+        # replies is probing or broken; either way it goes.
+        return not (self._last_code >= 500 and self._count_error())
 
     # -- commands --------------------------------------------------------------
 

@@ -207,6 +207,10 @@ class GroupCommitWriter:
                     outcomes.append((True, work.fn(conn)))
                     conn.execute("RELEASE work")
                 except Exception as exc:
+                    if not conn.in_transaction:
+                        # SQLite rolled the whole transaction back (SQLITE_FULL, an I/O
+                        # error): nothing in this batch is durable, so all of it fails.
+                        raise
                     conn.execute("ROLLBACK TO work")
                     conn.execute("RELEASE work")
                     outcomes.append((False, _translate(exc)))
@@ -345,7 +349,9 @@ _MESSAGE_COLUMNS = (
 )
 
 
-def _message_from_row(row: tuple[Any, ...], recipients: tuple[QueuedRecipient, ...]) -> QueuedMessage:
+def _message_from_row(
+    row: tuple[Any, ...], recipients: tuple[QueuedRecipient, ...]
+) -> QueuedMessage:
     return QueuedMessage(
         message_id=row[0], account=row[1], configuration_set=row[2], mail_from=row[3],
         received_at=row[4], size=row[5], client_ip=row[6], client_helo=row[7],

@@ -1,0 +1,241 @@
+"""Test support: a real relay on loopback ports, run in its own thread and event loop.
+
+Tests talk to it with blocking clients (smtplib, raw sockets, swaks) exactly as an
+application would; the spool is read back with a separate SQLite connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import sqlite3
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from smtprelay.auth.credentials import CredentialStore
+from smtprelay.config import Config, load_config
+from smtprelay.daemon import Relay
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need_program(name: str) -> str:
+    """Path of an external program; a failure in CI (scripts/test installs it), else a skip."""
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None)
+    if path is None:
+        message = f"{name} is not installed (scripts/test installs it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_config(data_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """A config dict with listeners on free ports; overrides merge one level deep."""
+    config: dict[str, Any] = {
+        "server": {"hostname": "relay.test", "data_dir": str(data_dir)},
+        "tls": {"generate_self_signed": True},
+        "listeners": [
+            {"name": "submission", "address": "127.0.0.1", "port": 0, "tls": "starttls"},
+            {"name": "submissions", "address": "127.0.0.1", "port": 0, "tls": "implicit"},
+        ],
+        "limits": {"idle_timeout": "30s", "data_timeout": "30s"},
+        "accounts": {
+            "acme": {"identities": ["example.com", "news@example.org"],
+                     "default_configuration_set": "transactional"},
+            "other": {"identities": ["other.test"]},
+        },
+        "configuration_sets": {"transactional": {"sending_enabled": True}},
+        "http": {"listen": ["127.0.0.1:0"]},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@dataclass
+class Credential:
+    username: str
+    password: str
+    account: str
+
+
+class RunningRelay:
+    """A Relay started in a thread; ports are the ones the OS gave (port 0 in the config)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.relay = Relay(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> RunningRelay:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.relay.start(), self._loop).result(30)
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self.relay.stop(grace=2), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def port(self, listener: str) -> int:
+        assert self.relay.smtp is not None
+        return int(self.relay.smtp.bound[listener][0][1])
+
+    @property
+    def submission_port(self) -> int:
+        return self.port("submission")
+
+    @property
+    def submissions_port(self) -> int:
+        return self.port("submissions")
+
+    @property
+    def http_port(self) -> int:
+        assert self.relay.http is not None
+        return int(self.relay.http.bound[0][1])
+
+    def credential(self, account: str = "acme") -> Credential:
+        store = CredentialStore(self.config.state_path)
+        secret = store.create(account, "test")
+        store.close()
+        return Credential(secret.credential.username, secret.password, account)
+
+
+def spooled(config: Config) -> list[dict[str, Any]]:
+    """Every message in the spool, read with a connection of our own, as the CLI would."""
+    conn = sqlite3.connect(config.spool_path)
+    try:
+        rows = conn.execute(
+            "SELECT m.id, m.mail_from, m.account, b.data FROM messages m"
+            " JOIN bodies b ON b.message_id = m.id ORDER BY m.id").fetchall()
+        result = []
+        for mid, mail_from, account, data in rows:
+            rcpts = [r[0] for r in conn.execute(
+                "SELECT address FROM recipients WHERE message_id = ? ORDER BY idx", (mid,))]
+            result.append({"id": mid, "mail_from": mail_from, "account": account,
+                           "data": bytes(data), "recipients": rcpts})
+        return result
+    finally:
+        conn.close()
+
+
+def client_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def message(subject: str = "hello", sender: str = "app@example.com",
+            to: str = "someone@example.net", body: str = "Hello.\r\n") -> bytes:
+    return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{time.time_ns()}@example.com>\r\n\r\n{body}").encode()
+
+
+@contextlib.contextmanager
+def running(tmp_path: Path, **overrides: Any) -> Iterator[RunningRelay]:
+    path = write_config(tmp_path / "smtprelay.yaml", base_config(tmp_path / "var", **overrides))
+    relay = RunningRelay(load_config(path).config).start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
+class DaemonProcess:
+    """`smtprelay serve` as a child process on fixed free ports, as an operator runs it."""
+
+    def __init__(self, tmp_path: Path, **overrides: Any) -> None:
+        import subprocess
+        import sys
+
+        self._subprocess = subprocess
+        self._python = sys.executable
+        self.ports = {"submission": free_port(), "submissions": free_port(),
+                      "http": free_port()}
+        config = base_config(tmp_path / "var", **overrides)
+        config["listeners"][0]["port"] = self.ports["submission"]
+        config["listeners"][1]["port"] = self.ports["submissions"]
+        config["http"] = {"listen": [f"127.0.0.1:{self.ports['http']}"]}
+        self.config_path = write_config(tmp_path / "smtprelay.yaml", config)
+        self.config = load_config(self.config_path).config
+        self.log_path = tmp_path / "daemon.log"
+        self.proc: Any = None
+
+    def cli(self, *args: str, check: bool = True) -> Any:
+        run = self._subprocess.run(
+            [self._python, "-m", "smtprelay", *args, "-c", str(self.config_path)],
+            capture_output=True, text=True, timeout=60)
+        if check and run.returncode != 0:
+            raise AssertionError(f"smtprelay {' '.join(args)} failed: {run.stderr}")
+        return run
+
+    def start(self, wait: bool = True) -> DaemonProcess:
+        self._log = self.log_path.open("ab")
+        self.proc = self._subprocess.Popen(
+            [self._python, "-m", "smtprelay", "serve", "-c", str(self.config_path)],
+            stdout=self._log, stderr=self._log)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log()}")
+            with contextlib.suppress(OSError), \
+                    socket.create_connection(("127.0.0.1", self.ports["submission"]), 0.5):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"daemon not listening after {timeout}s: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int | None = None, timeout: float = 20) -> int:
+        import signal
+
+        if self.proc is None or self.proc.poll() is not None:
+            return int(self.proc.returncode) if self.proc else 0
+        self.proc.send_signal(sig or signal.SIGTERM)
+        try:
+            return int(self.proc.wait(timeout))
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(5)
+            self._log.close()

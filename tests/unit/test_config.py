@@ -1,0 +1,146 @@
+"""Configuration loading: every problem reported with its key path, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smtprelay.config import ConfigError, load_config
+from tests.support import base_config, write_config
+
+
+def problems_for(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value.problems
+
+
+def test_dev_config_is_valid() -> None:
+    loaded = load_config(Path(__file__).parents[2] / "config" / "dev.yaml")
+    assert loaded.config.tls.generate_self_signed
+    assert loaded.config.server.data_dir.name == "var"
+
+
+def test_unknown_key_is_named_with_its_path(tmp_path: Path) -> None:
+    problems = problems_for(tmp_path, """
+listeners: [{name: s, port: 2587, tls: none, colour: blue}]
+limits: {max_mesage_size: 10}
+""")
+    assert "listeners[0].colour: unknown key" in problems[0] + problems[1]
+    assert any(p.startswith("limits.max_mesage_size: unknown key") for p in problems)
+
+
+def test_wrong_types_are_all_reported_at_once(tmp_path: Path) -> None:
+    problems = problems_for(tmp_path, """
+listeners: [{name: s, port: many, tls: sometimes}]
+limits: {max_recipients: -1, idle_timeout: soon, max_message_size: huge}
+""")
+    text = "\n".join(problems)
+    assert "listeners[0].port:" in text
+    assert "listeners[0].tls:" in text and "'sometimes'" in text
+    assert "limits.max_recipients:" in text
+    assert "limits.idle_timeout: expected a duration" in text
+    assert "limits.max_message_size: expected a size" in text
+    assert len(problems) == 5
+
+
+def test_missing_certificate_names_the_key_and_the_fix(tmp_path: Path) -> None:
+    problems = problems_for(tmp_path, f"""
+tls: {{cert_file: {tmp_path}/nope.pem, key_file: {tmp_path}/nope.key}}
+listeners: [{{name: s, port: 2587}}]
+""")
+    assert problems[0].startswith(f"tls.cert_file: {tmp_path}/nope.pem does not exist")
+    assert "generate_self_signed" in problems[0]
+    assert problems[1].startswith("tls.key_file:")
+
+
+def test_yaml_syntax_error_and_duplicate_key(tmp_path: Path) -> None:
+    assert "line 2" in problems_for(tmp_path, "listeners:\n  - {name: s, port: [}\n")[0]
+    dup = problems_for(tmp_path, "limits: {}\nlimits: {}\nlisteners: []\n")[0]
+    assert "'limits' appears twice" in dup
+
+
+def test_cross_references(tmp_path: Path) -> None:
+    problems = problems_for(tmp_path, """
+listeners: [{name: a, port: 1, tls: none}, {name: a, port: 2, tls: none}]
+accounts:
+  one: {default_configuration_set: nope, trusted_networks: [10.0.0.0/8]}
+  two: {trusted_networks: [10.1.0.0/16, "not-a-net"]}
+""")
+    text = "\n".join(problems)
+    assert "accounts.two.trusted_networks: 'not-a-net' is not a network in CIDR form" in text
+    problems = problems_for(tmp_path, """
+listeners: [{name: a, port: 1, tls: none}, {name: a, port: 2, tls: none}]
+accounts:
+  one: {default_configuration_set: nope, trusted_networks: [10.0.0.0/8]}
+  two: {trusted_networks: [10.1.0.0/16]}
+""")
+    text = "\n".join(problems)
+    assert "listeners: the name 'a' is used twice" in text
+    assert "accounts.one.default_configuration_set: 'nope' is not defined" in text
+    assert "accounts.two.trusted_networks: 10.1.0.0/16 overlaps 10.0.0.0/8" in text
+
+
+def test_durations_sizes_and_relative_paths(tmp_path: Path) -> None:
+    cfg = base_config(tmp_path / "var", limits={"idle_timeout": "5m", "data_timeout": 90,
+                                               "max_message_size": "25M"})
+    cfg["server"]["data_dir"] = "state"
+    loaded = load_config(write_config(tmp_path / "c.yaml", cfg)).config
+    assert loaded.limits.idle_timeout == 300
+    assert loaded.limits.data_timeout == 90
+    assert loaded.limits.max_message_size == 25 * 1024 * 1024
+    assert loaded.server.data_dir == tmp_path / "state"
+    assert loaded.spool_path == tmp_path / "state" / "spool.db"
+
+
+def test_identities_are_normalised_and_checked(tmp_path: Path) -> None:
+    cfg = base_config(tmp_path / "var")
+    cfg["accounts"]["acme"]["identities"] = ["Example.COM.", "News@Example.org"]
+    loaded = load_config(write_config(tmp_path / "c.yaml", cfg)).config
+    assert loaded.accounts["acme"].identities == ["example.com", "News@example.org"]
+    cfg["accounts"]["acme"]["identities"] = ["not a domain"]
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path / "c.yaml", cfg))
+    assert info.value.problems == [
+        "accounts.acme.identities: 'not a domain' is neither a domain nor an address"]
+
+
+def test_static_credential_hash_must_be_ours(tmp_path: Path) -> None:
+    cfg = base_config(tmp_path / "var")
+    cfg["accounts"]["acme"]["credentials"] = [{"username": "u", "password_hash": "md5$x"}]
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path / "c.yaml", cfg))
+    assert "accounts.acme.credentials[0].password_hash: not a password hash" in \
+        info.value.problems[0]
+
+
+def test_check_config_command_prints_every_problem_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("listeners: [{name: s, port: 25, tls: none, bogus: 1}]\n"
+                    "limits: {max_recipients: lots}\n")
+    run = subprocess.run([sys.executable, "-m", "smtprelay", "check-config", "-c", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    assert f"configuration {path} has 2 problem(s)" in run.stderr
+    assert "listeners[0].bogus: unknown key" in run.stderr
+    assert "limits.max_recipients:" in run.stderr
+    good = write_config(tmp_path / "good.yaml", base_config(tmp_path / "var"))
+    run = subprocess.run([sys.executable, "-m", "smtprelay", "check-config", "-c", str(good)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "ok (2 listeners, 2 accounts)" in run.stdout
+
+
+def test_missing_config_file_and_env_variable(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "smtprelay", "check-config"],
+                         capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "SMTPRELAY_CONFIG": str(tmp_path / "x")})
+    assert run.returncode == 2
+    assert f"{tmp_path / 'x'} has 1 problem(s)" in run.stderr
+    assert "the file does not exist" in run.stderr
