@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 
@@ -29,8 +32,14 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     else:
         handler.setFormatter(logging.Formatter(
             "%(asctime)s.%(msecs)03d %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    # The event loop only puts records on a queue; a thread writes them, so a slow
+    # stderr (a full pipe to journald) never stalls SMTP sessions.
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, handler, respect_handler_level=False)
+    listener.start()
+    atexit.register(listener.stop)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]  # type: ignore[arg-type]
     root.setLevel(level.upper())
     # aiohttp and asyncio report every dropped connection; a mail server sees many.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
