@@ -45,10 +45,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from smtprelay.spool.store import SpoolError
     from smtprelay.tlsutil import TLSSetupError
 
-    config = _config(args)
+    loaded = load_config(args.config)
+    config = loaded.config
     logs.setup(config.logging.level, config.logging.format)
     try:
-        daemon.run(config)
+        daemon.run(config, str(loaded.path))
     except (TLSSetupError, SpoolError) as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:

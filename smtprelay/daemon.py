@@ -11,7 +11,7 @@ import ssl
 from smtprelay import metrics, systemd, tlsutil
 from smtprelay.auth.authenticator import Authenticator
 from smtprelay.auth.credentials import CredentialStore
-from smtprelay.config import Config
+from smtprelay.config import Config, ConfigError, load_config
 from smtprelay.http.server import HTTPServer
 from smtprelay.pipeline import Pipeline
 from smtprelay.smtp.server import SMTPServer
@@ -29,6 +29,8 @@ class Relay:
         self.config = config
         self.spool = Spool(config.spool_path)
         self.credentials = CredentialStore(config.state_path)
+        self._authenticator = Authenticator(config, self.credentials)
+        self._pipeline = Pipeline(config, self.spool)
         self._tls: ssl.SSLContext | None = None
         self.smtp: SMTPServer | None = None
         self.http: HTTPServer | None = None
@@ -53,6 +55,32 @@ class Relay:
             return
         log.info("tls certificate reloaded from %s", self.config.cert_path)
 
+    # Keys that only take effect at start: the sockets and files are already open.
+    _RESTART_ONLY = ("server", "listeners", "limits", "auth", "http", "store", "logging")
+
+    def reload(self, path: str | None) -> None:
+        """SIGHUP: accounts, identities, credentials, sets and the certificate, in place."""
+        if path is not None:
+            try:
+                new = load_config(path).config
+            except ConfigError as exc:
+                log.error("reload refused, keeping the running config: %s", "; ".join(
+                    exc.problems))
+                return
+            deferred = [key for key in self._RESTART_ONLY
+                        if getattr(new, key) != getattr(self.config, key)]
+            if deferred:
+                log.warning("reload: changes to %s take effect at the next restart",
+                            ", ".join(deferred))
+            self.config = new.model_copy(
+                update={key: getattr(self.config, key) for key in self._RESTART_ONLY})
+            self._authenticator.update_config(self.config)
+            self._pipeline.update_config(self.config)
+            if self.smtp is not None:
+                self.smtp.update_config(self.config)
+            log.info("configuration reloaded from %s", path)
+        self.reload_tls()
+
     async def start(self) -> None:
         cfg = self.config
         cfg.server.data_dir.mkdir(parents=True, exist_ok=True)
@@ -64,8 +92,7 @@ class Relay:
         metrics.SPOOL_DEPTH.set(depth)
         log.info("spool opened path=%s messages=%d recovered_in_flight=%d", cfg.spool_path,
                  depth, handed_back)
-        self.smtp = SMTPServer(cfg, Authenticator(cfg, self.credentials),
-                               Pipeline(cfg, self.spool), lambda: self._tls)
+        self.smtp = SMTPServer(cfg, self._authenticator, self._pipeline, lambda: self._tls)
         self.http = HTTPServer(cfg.http.listen, lambda: self._ready)
         await self.http.start()
         await self.smtp.start()
@@ -91,13 +118,13 @@ class Relay:
         self.credentials.close()
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, path: str | None = None) -> None:
     relay = Relay(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, relay.reload_tls)
+    loop.add_signal_handler(signal.SIGHUP, relay.reload, path)
     try:
         await relay.start()
     except BaseException:
@@ -112,10 +139,10 @@ async def serve(config: Config) -> None:
     log.info("stopped")
 
 
-def run(config: Config) -> None:
+def run(config: Config, path: str | None = None) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, path))
     else:
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, path))

@@ -49,6 +49,9 @@ class Pipeline:
         self._config = config
         self._spool = spool
 
+    def update_config(self, config: Config) -> None:
+        self._config = config
+
     def _identities(self, account: str) -> list[str]:
         settings = self._config.accounts.get(account)
         return settings.identities if settings is not None else []

@@ -44,13 +44,7 @@ class AuthResult:
 class Authenticator:
     def __init__(self, config: Config, store: CredentialStore) -> None:
         self._store = store
-        self._static: dict[str, Credential] = {
-            cred.username: Credential(username=cred.username, account=account,
-                                      password_hash=cred.password_hash, source="config")
-            for account, acfg in config.accounts.items()
-            for cred in acfg.credentials
-        }
-        self._accounts = set(config.accounts)
+        self.update_config(config)
         auth = config.auth
         self._lockout = Lockout(per_ip=auth.max_failures_per_ip,
                                 per_user=auth.max_failures_per_user,
@@ -62,6 +56,16 @@ class Authenticator:
         self._cache: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
         self._verify_slots = asyncio.Semaphore(_MAX_CONCURRENT_VERIFY)
         self._dummy_hash = hash_password(secrets.token_urlsafe(16))
+
+    def update_config(self, config: Config) -> None:
+        """Take static credentials and accounts from a reloaded config; lockout state stays."""
+        self._static: dict[str, Credential] = {
+            cred.username: Credential(username=cred.username, account=account,
+                                      password_hash=cred.password_hash, source="config")
+            for account, acfg in config.accounts.items()
+            for cred in acfg.credentials
+        }
+        self._accounts = set(config.accounts)
 
     def _cache_id(self, username: str, password: str) -> bytes:
         material = username.encode("utf-8") + b"\0" + password.encode("utf-8")

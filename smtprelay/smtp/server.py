@@ -73,6 +73,10 @@ class SMTPServer:
         self._per_ip: Counter[str] = Counter()
         self._open = 0
 
+    def update_config(self, config: Config) -> None:
+        """Accounts and trusted networks from a reloaded config; listeners stay as bound."""
+        self._trusted = TrustedNetworks(config)
+
     @property
     def bound(self) -> dict[str, list[tuple[str, int]]]:
         """Listener name to the addresses it listens on (port 0 in the config resolved)."""
@@ -168,10 +172,9 @@ class SMTPServer:
             if self._per_ip[ip] <= 0:
                 del self._per_ip[ip]
             metrics.CONNECTIONS_OPEN.labels(listener=name).dec()
+            # No wait_closed(): a TLS peer that never answers close_notify would hold
+            # the task (and a shutdown) for nothing; the transport finishes on its own.
             writer.close()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await writer.wait_closed()
 
     @property
     def session_count(self) -> int:

@@ -157,3 +157,39 @@ def test_queue_commands_while_the_daemon_runs(daemon: DaemonProcess) -> None:
     assert [m["id"] for m in json.loads(daemon.cli("queue", "list", "--json").stdout)] == ids[1:]
     gone = daemon.cli("queue", "show", ids[0], check=False)
     assert (gone.returncode, gone.stderr) == (1, f"smtprelay: no message {ids[0]} in the queue\n")
+
+
+def test_sighup_reloads_identities_and_refuses_a_broken_config(daemon: DaemonProcess) -> None:
+    import time
+
+    import yaml
+
+    cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
+    smtp = login(daemon, cred)
+    with pytest.raises(smtplib.SMTPSenderRefused):
+        smtp.sendmail("app@newbrand.test", ["a@example.net"], message(sender="app@newbrand.test"))
+    original = daemon.config_path.read_text()
+    config = yaml.safe_load(original)
+    config["accounts"]["acme"]["identities"].append("newbrand.test")
+    config["limits"]["max_recipients"] = 7
+    daemon.config_path.write_text(yaml.safe_dump(config))
+    daemon.proc.send_signal(signal.SIGHUP)
+    for _ in range(100):
+        if "configuration reloaded" in daemon.log():
+            break
+        time.sleep(0.05)
+    assert "reload: changes to limits take effect at the next restart" in daemon.log()
+    # The session opened before the reload sees the new identity.
+    assert smtp.sendmail("app@newbrand.test", ["a@example.net"],
+                         message(sender="app@newbrand.test")) == {}
+    daemon.config_path.write_text(original + "\nbogus_key: 1\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    for _ in range(100):
+        if "reload refused" in daemon.log():
+            break
+        time.sleep(0.05)
+    assert "reload refused, keeping the running config: bogus_key: unknown key" in daemon.log()
+    assert smtp.sendmail("app@newbrand.test", ["b@example.net"],
+                         message(sender="app@newbrand.test")) == {}
+    smtp.quit()
+    assert daemon.proc.poll() is None
