@@ -226,6 +226,13 @@ class DaemonProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_log(self, text: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout}s: {self.log()}")
+            time.sleep(0.05)
+
     def stop(self, sig: int | None = None, timeout: float = 20) -> int:
         import signal
 

@@ -160,8 +160,6 @@ def test_queue_commands_while_the_daemon_runs(daemon: DaemonProcess) -> None:
 
 
 def test_sighup_reloads_identities_and_refuses_a_broken_config(daemon: DaemonProcess) -> None:
-    import time
-
     import yaml
 
     cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
@@ -174,20 +172,14 @@ def test_sighup_reloads_identities_and_refuses_a_broken_config(daemon: DaemonPro
     config["limits"]["max_recipients"] = 7
     daemon.config_path.write_text(yaml.safe_dump(config))
     daemon.proc.send_signal(signal.SIGHUP)
-    for _ in range(100):
-        if "configuration reloaded" in daemon.log():
-            break
-        time.sleep(0.05)
+    daemon.wait_log("configuration reloaded")
     assert "reload: changes to limits take effect at the next restart" in daemon.log()
     # The session opened before the reload sees the new identity.
     assert smtp.sendmail("app@newbrand.test", ["a@example.net"],
                          message(sender="app@newbrand.test")) == {}
     daemon.config_path.write_text(original + "\nbogus_key: 1\n")
     daemon.proc.send_signal(signal.SIGHUP)
-    for _ in range(100):
-        if "reload refused" in daemon.log():
-            break
-        time.sleep(0.05)
+    daemon.wait_log("reload refused")
     assert "reload refused, keeping the running config: bogus_key: unknown key" in daemon.log()
     assert smtp.sendmail("app@newbrand.test", ["b@example.net"],
                          message(sender="app@newbrand.test")) == {}
