@@ -6,6 +6,7 @@ import argparse
 import datetime
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,6 +25,34 @@ class CommandError(Exception):
 
 def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config).config
+
+
+def _state_config(args: argparse.Namespace) -> Config:
+    """The config for a command that opens the daemon's databases.
+
+    Run as root, such a command first becomes the owner of data_dir (the service
+    user), so the files SQLite creates beside the databases stay writable by the
+    daemon instead of turning up owned by root.
+    """
+    # Import what the commands use while still able to read any install location.
+    import smtprelay.auth.credentials
+    import smtprelay.auth.hashing
+    import smtprelay.spool.store  # noqa: F401
+
+    config = _config(args)
+    data_dir = config.server.data_dir
+    if os.geteuid() == 0 and data_dir.is_dir():
+        owner = data_dir.stat()
+        if owner.st_uid != 0:
+            try:
+                os.setgroups([])
+                os.setgid(owner.st_gid)
+                os.setuid(owner.st_uid)
+            except OSError as exc:
+                raise CommandError(f"cannot switch to the owner of {data_dir} "
+                                   f"(uid {owner.st_uid}): {exc}; run the command as "
+                                   "that user") from None
+    return config
 
 
 def _print_json(value: Any) -> None:
@@ -78,7 +107,7 @@ def _credential_store(config: Config) -> Any:
 
 
 def cmd_credentials_create(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = _state_config(args)
     if args.account not in config.accounts:
         known = ", ".join(sorted(config.accounts)) or "none"
         raise CommandError(f"accounts.{args.account}: no such account in the configuration "
@@ -96,7 +125,7 @@ def cmd_credentials_create(args: argparse.Namespace) -> int:
 
 
 def cmd_credentials_list(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = _state_config(args)
     rows = [
         {"username": c.username, "account": c.account, "name": c.name, "source": "store",
          "created_at": c.created_at, "disabled": c.disabled}
@@ -121,7 +150,7 @@ def cmd_credentials_list(args: argparse.Namespace) -> int:
 
 def _change_credential(args: argparse.Namespace, change: Callable[[Any, str], bool],
                        done: str) -> int:
-    config = _config(args)
+    config = _state_config(args)
     if any(c.username == args.username for a in config.accounts.values() for c in a.credentials):
         raise CommandError(f"{args.username} is a static credential from the configuration "
                            "file; edit accounts.<name>.credentials there")
@@ -186,7 +215,7 @@ def _message_json(message: Any) -> dict[str, Any]:
 def cmd_queue_list(args: argparse.Namespace) -> int:
     from smtprelay.spool.store import list_messages
 
-    conn = _queue_conn(_config(args))
+    conn = _queue_conn(_state_config(args))
     messages = list_messages(conn, limit=args.limit)
     if args.json:
         _print_json([_message_json(m) for m in messages])
@@ -205,7 +234,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 def cmd_queue_show(args: argparse.Namespace) -> int:
     from smtprelay.spool.store import get_body, get_message
 
-    conn = _queue_conn(_config(args))
+    conn = _queue_conn(_state_config(args))
     message = get_message(conn, args.id)
     if message is None:
         raise CommandError(f"no message {args.id} in the queue")
@@ -228,7 +257,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 def cmd_queue_delete(args: argparse.Namespace) -> int:
     from smtprelay.spool.store import delete_message
 
-    conn = _queue_conn(_config(args))
+    conn = _queue_conn(_state_config(args))
     missing = [mid for mid in args.ids if not delete_message(conn, mid)]
     for mid in args.ids:
         if mid not in missing:
@@ -275,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = creds.add_parser(action, parents=[common], help=text)
         p.add_argument("username")
         p.set_defaults(func=func)
-    creds.add_parser("hash", parents=[common],
+    creds.add_parser("hash",
                      help="hash a password (from stdin) for a static credential in the config") \
         .set_defaults(func=cmd_credentials_hash)
 

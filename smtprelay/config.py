@@ -362,7 +362,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     def fix(section: Any, key: str) -> None:
         if isinstance(section, dict) and isinstance(section.get(key), str):
             path = Path(os.path.expanduser(section[key]))
-            section[key] = str(path if path.is_absolute() else (base / path))
+            section[key] = os.path.normpath(path if path.is_absolute() else base / path)
 
     if raw.get("server") is None:
         raw["server"] = {}

@@ -30,8 +30,10 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(_JSONFormatter())
     else:
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s.%(msecs)03d %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        formatter = logging.Formatter(
+            "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
     # The event loop only puts records on a queue; a thread writes them, so a slow
     # stderr (a full pipe to journald) never stalls SMTP sessions.
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from smtprelay.smtp import replies as R
 from smtprelay.smtp.replies import Reply
 
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
@@ -77,7 +78,7 @@ def parse_path(argument: str, *, keyword: str, sender: bool, smtputf8: bool | No
     `smtputf8` None means "decide from this command's own parameters" (MAIL);
     RCPT passes the transaction's setting.
     """
-    syntax = Reply(501, f"5.5.4 Syntax: {'MAIL FROM' if sender else 'RCPT TO'}:<address>")
+    syntax = R.MAIL_SYNTAX if sender else R.RCPT_SYNTAX
     bad = "5.1.7 Bad sender address syntax" if sender else "5.1.3 Bad recipient address syntax"
     head, sep, tail = argument.partition(":")
     if not sep or head.strip().upper() != keyword:
@@ -95,8 +96,7 @@ def parse_path(argument: str, *, keyword: str, sender: bool, smtputf8: bool | No
     if path.startswith("@"):
         raise AddressError(Reply(501, f"{bad}: source routes are not accepted"))
     if not path.isascii() and not utf8:
-        raise AddressError(Reply(553, "5.6.7 Error: a non-ASCII address needs the SMTPUTF8 "
-                                      "parameter on MAIL FROM"))
+        raise AddressError(R.NEEDS_SMTPUTF8)
     if len(path.encode("utf-8")) > MAX_ADDRESS:
         raise AddressError(Reply(501, f"{bad}: the address is longer than {MAX_ADDRESS} octets"))
     local, at, domain = path.rpartition("@")

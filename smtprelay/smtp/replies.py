@@ -25,6 +25,15 @@ def accepted(message_id: str) -> Reply:
     return Reply(250, f"2.0.0 Ok {message_id}")
 
 
+def greeting(hostname: str) -> Reply:
+    return Reply(220, f"{hostname} ESMTP smtprelay")
+
+
+def data_line_too_long(limit: int) -> Reply:
+    return Reply(554, f"5.6.0 Message rejected: a line is longer than {limit} octets "
+                      "(RFC 5321 4.5.3.1.6)")
+
+
 def not_verified(identities: list[str]) -> Reply:
     shown = ", ".join(identities[:5]) + (", ..." if len(identities) > 5 else "")
     return Reply(554, "5.7.1 Message rejected: Email address is not verified. "
@@ -56,7 +65,8 @@ UNRECOGNIZED = Reply(500, "5.5.2 Error: command not recognized")
 LINE_TOO_LONG = Reply(500, "5.5.2 Error: line too long")
 NUL_IN_COMMAND = Reply(500, "5.5.2 Error: NUL character in command")
 SYNTAX_PARAMS = Reply(501, "5.5.4 Error: this command takes no parameters")
-HELO_SYNTAX = Reply(501, "5.5.4 Syntax: EHLO hostname")
+HELO_SYNTAX = Reply(501, "5.5.4 Syntax: HELO hostname")
+EHLO_SYNTAX = Reply(501, "5.5.4 Syntax: EHLO hostname")
 MAIL_SYNTAX = Reply(501, "5.5.4 Syntax: MAIL FROM:<address>")
 RCPT_SYNTAX = Reply(501, "5.5.4 Syntax: RCPT TO:<address>")
 AUTH_CANCELLED = Reply(501, "5.0.0 Authentication cancelled")
@@ -80,12 +90,10 @@ TOO_BIG = Reply(552, "5.3.4 Message is too long.")
 PARAM_UNKNOWN = Reply(555, "5.5.4 Unsupported option")
 BODY_UNKNOWN = Reply(501, "5.5.4 Error: BODY must be 7BIT or 8BITMIME")
 SIZE_SYNTAX = Reply(501, "5.5.4 Error: SIZE takes a number of octets")
-NEEDS_SMTPUTF8 = Reply(553, "5.6.7 Error: a non-ASCII address needs the SMTPUTF8 parameter")
+NEEDS_SMTPUTF8 = Reply(
+    553, "5.6.7 Error: a non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM")
 BARE_LINE_ENDING = Reply(
     554, "5.6.0 Message rejected: bare CR or LF in message data; lines must end with CRLF"
-)
-DATA_LINE_TOO_LONG = Reply(
-    554, "5.6.0 Message rejected: a line is longer than 998 characters (RFC 5321 4.5.3.1.6)"
 )
 NO_FROM = Reply(554, "5.6.0 Message rejected: the message has no From header")
 SET_PAUSED = Reply(554, "5.7.1 Sending paused for this configuration set")

@@ -94,8 +94,6 @@ class SMTPServer:
     async def _listen(self, listener: ListenerConfig) -> asyncio.Server:
         settings = ListenerSettings(listener=listener, hostname=self._config.server.hostname,
                                     limits=self._config.limits, tls_context=self._tls_context)
-        implicit = listener.tls == "implicit"
-        context = self._implicit_context() if implicit else None
 
         async def on_connection(reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> None:
@@ -103,32 +101,34 @@ class SMTPServer:
 
         family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
         try:
+            # Implicit TLS is started by _serve, not by the server: the connection
+            # limits then refuse before a handshake is spent, and failed handshakes
+            # are counted and logged like STARTTLS ones.
             return await asyncio.start_server(
                 on_connection, host=listener.address, port=listener.port, family=family,
-                ssl=context, reuse_address=True, backlog=1024,
-                ssl_handshake_timeout=self._config.limits.tls_handshake_timeout if implicit
-                else None,
+                reuse_address=True, backlog=1024,
             )
         except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise OSError(
                 exc.errno,
                 f"listeners.{listener.name}: cannot listen on {listener.address} port "
-                f"{listener.port}: {os.strerror(exc.errno) if exc.errno else exc}",
+                f"{listener.port}: {reason}",
             ) from None
 
-    def _implicit_context(self) -> ssl.SSLContext:
-        """A context whose SNI hook swaps in the current one, so SIGHUP reloads apply."""
-        current = self._tls_context()
-        if current is None:
-            raise RuntimeError("implicit TLS listener without a TLS context")
-
-        def pick(ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
-            latest = self._tls_context()
-            if latest is not None and latest is not current:
-                ssl_object.context = latest
-
-        current.sni_callback = pick  # type: ignore[assignment]
-        return current
+    async def _start_implicit_tls(self, writer: asyncio.StreamWriter, ip: str,
+                                  listener: str) -> bool:
+        context = self._tls_context()
+        if context is None:
+            return False
+        try:
+            await writer.start_tls(
+                context, ssl_handshake_timeout=self._config.limits.tls_handshake_timeout)
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            metrics.TLS_HANDSHAKE_FAILURES.labels(listener=listener).inc()
+            log.info("client=%s listener=%s TLS handshake failed: %s", ip, listener, exc)
+            return False
+        return True
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      settings: ListenerSettings) -> None:
@@ -137,6 +137,7 @@ class SMTPServer:
         name = settings.listener.name
         limits = self._config.limits
         refusal: str | None = None
+        implicit = settings.listener.tls == "implicit"
         if self._open >= limits.max_connections:
             refusal = "max_connections"
         elif self._per_ip[ip] >= limits.max_connections_per_ip:
@@ -144,20 +145,40 @@ class SMTPServer:
         if refusal is not None:
             metrics.CONNECTIONS_REFUSED.labels(reason=refusal).inc()
             log.warning("refused connection client=%s listener=%s reason=%s", ip, name, refusal)
-            with contextlib.suppress(Exception):
-                writer.write(R.TOO_MANY_CONNECTIONS.render())
-                async with asyncio.timeout(5):
-                    await writer.drain()
+            # On an implicit-TLS port the client cannot read a clear-text 421: the
+            # close is the answer, and no handshake is spent on it.
+            if not implicit:
+                with contextlib.suppress(Exception):
+                    writer.write(R.TOO_MANY_CONNECTIONS.render())
+                    async with asyncio.timeout(5):
+                        await writer.drain()
             writer.close()
             return
         self._open += 1
         self._per_ip[ip] += 1
         metrics.CONNECTIONS_OPEN.labels(listener=name).inc()
         metrics.CONNECTIONS_TOTAL.labels(listener=name).inc()
-        session = Session(reader, writer, settings, self._auth, self._handler,
-                          self._trusted.account_for(ip), (ip, int(peer[1])))
         task = asyncio.current_task()
         assert task is not None
+        try:
+            if implicit and not await self._start_implicit_tls(writer, ip, name):
+                return
+            await self._run_session(reader, writer, settings, ip, peer, task)
+        finally:
+            self._open -= 1
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
+            metrics.CONNECTIONS_OPEN.labels(listener=name).dec()
+            # No wait_closed(): a TLS peer that never answers close_notify would hold
+            # the task (and a shutdown) for nothing; the transport finishes on its own.
+            writer.close()
+
+    async def _run_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           settings: ListenerSettings, ip: str, peer: tuple[str, int],
+                           task: asyncio.Task[None]) -> None:
+        session = Session(reader, writer, settings, self._auth, self._handler,
+                          self._trusted.account_for(ip), (ip, int(peer[1])))
         self._sessions[task] = session
         try:
             await session.run()
@@ -167,14 +188,6 @@ class SMTPServer:
             log.exception("session=%s client=%s crashed", session.id, ip)
         finally:
             del self._sessions[task]
-            self._open -= 1
-            self._per_ip[ip] -= 1
-            if self._per_ip[ip] <= 0:
-                del self._per_ip[ip]
-            metrics.CONNECTIONS_OPEN.labels(listener=name).dec()
-            # No wait_closed(): a TLS peer that never answers close_notify would hold
-            # the task (and a shutdown) for nothing; the transport finishes on its own.
-            writer.close()
 
     @property
     def session_count(self) -> int:

@@ -200,7 +200,7 @@ class Session:
     # -- main loop -------------------------------------------------------------
 
     async def run(self) -> None:
-        self._reply(Reply(220, f"{self._settings.hostname} ESMTP smtprelay"))
+        self._reply(R.greeting(self._settings.hostname))
         try:
             while not self.closing:
                 try:
@@ -285,7 +285,7 @@ class Session:
 
     async def _cmd_ehlo(self, arg: str) -> bool:
         if not arg:
-            self._reply(R.HELO_SYNTAX)
+            self._reply(R.EHLO_SYNTAX)
             return True
         self._helo = arg.split()[0][:255]
         self._esmtp = True
@@ -295,7 +295,7 @@ class Session:
 
     async def _cmd_helo(self, arg: str) -> bool:
         if not arg:
-            self._reply(Reply(501, "5.5.4 Syntax: HELO hostname"))
+            self._reply(R.HELO_SYNTAX)
             return True
         self._helo = arg.split()[0][:255]
         self._esmtp = False
@@ -590,7 +590,7 @@ class Session:
             return None, R.BARE_LINE_ENDING
         if len(body) > limits.max_line_length and \
                 max(map(len, body.split(b"\r\n"))) > limits.max_line_length:
-            return None, R.DATA_LINE_TOO_LONG
+            return None, R.data_line_too_long(limits.max_line_length)
         return body, None
 
     async def _cmd_rset(self, arg: str) -> bool:
