@@ -6,13 +6,11 @@ the spool; the SMTP session only ever sees this module's replies.
 
 from __future__ import annotations
 
-import email.utils
 import logging
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 
 from smtprelay import identities, metrics
 from smtprelay.config import Config
+from smtprelay.headers import HeaderField, MalformedHeader, addresses, parse_header_section
 from smtprelay.smtp import replies as R
 from smtprelay.smtp.replies import Reply
 from smtprelay.spool.model import NewMessage, new_message_id
@@ -23,25 +21,16 @@ log = logging.getLogger("smtprelay.pipeline")
 
 # Headers whose addresses must each fall under the account's identities (SES checks
 # From, Sender and Return-Path besides the envelope sender).
-_CHECKED_HEADERS = ("From", "Sender", "Return-Path")
+_CHECKED_HEADERS = ("from", "sender", "return-path")
 
 
-def header_block(data: bytes) -> bytes:
-    end = data.find(b"\r\n\r\n")
-    return data if end < 0 else data[: end + 2]
-
-
-def header_addresses(data: bytes) -> tuple[dict[str, list[str]], bool]:
-    """Addresses in the checked headers, and whether a From header is present at all."""
-    headers = BytesHeaderParser(policy=compat32).parsebytes(header_block(data))
+def header_addresses(fields: list[HeaderField]) -> dict[str, list[str]]:
+    """Addresses of the checked headers, by lower-case header name."""
     found: dict[str, list[str]] = {}
-    for name in _CHECKED_HEADERS:
-        values = [str(v) for v in headers.get_all(name, [])]
-        if values:
-            pairs = email.utils.getaddresses(values)
-            found[name] = [addr if addr else "(unparseable)" for _, addr in pairs] or [
-                "(unparseable)"]
-    return found, "From" in found
+    for field in fields:
+        if field.key in _CHECKED_HEADERS:
+            found.setdefault(field.key, []).extend(addresses(field.value))
+    return found
 
 
 class Pipeline:
@@ -66,8 +55,13 @@ class Pipeline:
         if account is None:
             # The account was removed by a reload while the session was open.
             return R.AUTH_REQUIRED
-        found, has_from = header_addresses(submission.data)
-        if not has_from:
+        try:
+            fields = parse_header_section(submission.data)
+        except MalformedHeader as exc:
+            metrics.MESSAGES_REJECTED.labels(reason="bad_header").inc()
+            return R.malformed_header(str(exc))
+        found = header_addresses(fields)
+        if "from" not in found:
             metrics.MESSAGES_REJECTED.labels(reason="no_from").inc()
             return R.NO_FROM
         addresses = [a for values in found.values() for a in values]

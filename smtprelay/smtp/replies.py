@@ -34,6 +34,10 @@ def data_line_too_long(limit: int) -> Reply:
                       "(RFC 5321 4.5.3.1.6)")
 
 
+def malformed_header(detail: str) -> Reply:
+    return Reply(554, f"5.6.0 Message rejected: malformed header section ({detail})")
+
+
 def not_verified(identities: list[str]) -> Reply:
     shown = ", ".join(identities[:5]) + (", ..." if len(identities) > 5 else "")
     return Reply(554, "5.7.1 Message rejected: Email address is not verified. "

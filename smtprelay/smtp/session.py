@@ -267,9 +267,10 @@ class Session:
         self._last_code = 0
         if not await handler(self, arg.strip()):
             return False
-        # Like Postfix's smtpd_hard_error_limit: a client that keeps earning 5xx
-        # replies is probing or broken; either way it goes.
-        return not (self._last_code >= 500 and self._count_error())
+        # Like Postfix's smtpd_hard_error_limit: a client that keeps making protocol
+        # or AUTH errors is probing or broken. Policy refusals (554, 552) do not
+        # count: an application sending a batch must not be cut off for them.
+        return not (self._last_code in _PROTOCOL_ERRORS and self._count_error())
 
     # -- commands --------------------------------------------------------------
 
@@ -340,7 +341,7 @@ class Session:
         return True
 
     async def _cmd_auth(self, arg: str) -> bool:
-        if self._helo is None or not self._esmtp:
+        if self._helo is None:
             self._reply(R.NEED_HELO)
             return True
         if not self._tls:
@@ -445,8 +446,7 @@ class Session:
             self._reply(R.NEED_HELO)
             return True
         if self._account is None:
-            self._reply(R.AUTH_REQUIRED if self._tls or self._settings.listener.tls != "starttls"
-                        else R.TLS_REQUIRED)
+            self._reply(R.AUTH_REQUIRED)
             metrics.MESSAGES_REJECTED.labels(reason="auth_required").inc()
             return True
         if self._mail_from is not None:
@@ -619,6 +619,8 @@ class Session:
         self._reply(R.NOT_IMPLEMENTED)
         return True
 
+
+_PROTOCOL_ERRORS = frozenset({500, 501, 502, 503, 504, 530, 535, 553, 555})
 
 _COMMANDS = {
     "EHLO": Session._cmd_ehlo,

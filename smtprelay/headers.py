@@ -1,0 +1,102 @@
+"""A strict reader of a message's header section: every line is a field or a continuation.
+
+Python's email parser stops at the first line it does not understand and calls the
+rest body, and ignores obsolete syntax such as ``From : x`` that receivers still
+honour. A relay that checks From against the sender's identities must see exactly
+the fields a receiver will see, so anything ambiguous is refused instead.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from dataclasses import dataclass
+
+# RFC 5322 2.2 field name: printable ASCII except colon; obs-syntax (4.5) allows
+# white space before the colon, which receivers accept, so we read it the same way.
+_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
+
+
+class MalformedHeader(ValueError):
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"header line {line}: {reason}")
+        self.line = line
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderField:
+    name: str  # as written, without the white space before the colon
+    value: str  # unfolded, decoded as UTF-8 (invalid bytes kept as surrogates)
+    start: int  # byte offsets of the whole field, line endings included
+    end: int
+
+    @property
+    def key(self) -> str:
+        return self.name.lower()
+
+
+def header_end(data: bytes) -> int:
+    """Offset of the body (just after the empty line), or len(data) without a body."""
+    if data.startswith(b"\r\n"):
+        return 2
+    end = data.find(b"\r\n\r\n")
+    return len(data) if end < 0 else end + 4
+
+
+def parse_header_section(data: bytes) -> list[HeaderField]:
+    """The header fields of a CRLF message; MalformedHeader for any line that is neither."""
+    end = header_end(data)
+    fields: list[HeaderField] = []
+    name: str | None = None
+    start = 0
+    parts: list[bytes] = []
+    offset = 0
+    line_no = 0
+    section = data[:end]
+    while offset < len(section):
+        newline = section.find(b"\r\n", offset)
+        stop = len(section) if newline < 0 else newline + 2
+        line = section[offset:newline if newline >= 0 else len(section)]
+        line_no += 1
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t"):
+            if name is None:
+                raise MalformedHeader(line_no, "continuation line before any header field")
+            parts.append(line)
+        else:
+            match = _FIELD.match(line)
+            if match is None:
+                raise MalformedHeader(line_no, "not a header field (name: value)")
+            if name is not None:
+                fields.append(_field(name, parts, start, offset))
+            name = match.group(1).decode("ascii")
+            start = offset
+            parts = [line[match.end():]]
+        offset = stop
+    if name is not None:
+        fields.append(_field(name, parts, start, offset))
+    return fields
+
+
+def _field(name: str, parts: list[bytes], start: int, end: int) -> HeaderField:
+    value = b"".join(parts).decode("utf-8", "surrogateescape").strip()
+    return HeaderField(name=name, value=value, start=start, end=end)
+
+
+def addresses(value: str) -> list[str]:
+    """The addresses in an address-list header; "(unparseable)" when it is ambiguous.
+
+    Every "@" outside quoted strings and comments must belong to a parsed address:
+    a value that a receiver could read as more addresses than we did is refused.
+    """
+    if value.strip() == "<>":
+        return []  # the null path, as in Return-Path: <>
+    parsed = [addr for _, addr in email.utils.getaddresses([value])]
+    bare = _COMMENT.sub("", _QUOTED.sub("", value))
+    if not parsed or any("@" not in a for a in parsed) or bare.count("@") != len(parsed):
+        return ["(unparseable)"]
+    return parsed
