@@ -22,6 +22,10 @@ AUTH_ATTEMPTS = Counter(
     "smtprelay_auth_attempts_total", "SMTP AUTH attempts by mechanism and result",
     ["mechanism", "result"],
 )
+AUTH_HASH_VERIFICATIONS = Counter(
+    "smtprelay_auth_hash_verifications_total",
+    "Slow password-hash computations (AUTH attempts the verification cache did not answer)",
+)
 MESSAGES_ACCEPTED = Counter(
     "smtprelay_messages_accepted_total", "Messages accepted and spooled", ["listener"]
 )

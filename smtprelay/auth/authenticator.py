@@ -55,6 +55,9 @@ class Authenticator:
         self._cache_key = secrets.token_bytes(32)
         self._cache: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
         self._verify_slots = asyncio.Semaphore(_MAX_CONCURRENT_VERIFY)
+        # One verification per (user, password) at a time: a smarthost opening 50
+        # sessions at once must cost one slow hash, not 50.
+        self._inflight: dict[bytes, asyncio.Task[bool]] = {}
         self._dummy_hash = hash_password(secrets.token_urlsafe(16))
 
     def update_config(self, config: Config) -> None:
@@ -107,10 +110,9 @@ class Authenticator:
                 return self._accepted(credential, client_ip)
             self._cache.pop(cache_id, None)
 
-        async with self._verify_slots:
-            # Unknown users cost the same hash as known ones, so timing tells nothing.
-            stored = credential.password_hash if credential is not None else self._dummy_hash
-            valid = await asyncio.to_thread(verify_password, password, stored)
+        # Unknown users cost the same hash as known ones, so timing tells nothing.
+        stored = credential.password_hash if credential is not None else self._dummy_hash
+        valid = await self._verify(cache_id, password, stored)
         if credential is None or not valid or credential.disabled \
                 or credential.account not in self._accounts:
             self._lockout.failure(client_ip, username)
@@ -123,6 +125,21 @@ class Authenticator:
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
         return self._accepted(credential, client_ip)
+
+    async def _verify(self, cache_id: bytes, password: str, stored: str) -> bool:
+        task = self._inflight.get(cache_id)
+        if task is None:
+            # A task of its own, shielded: a caller that goes away (client hung up)
+            # must not cancel the verification others are waiting for.
+            task = asyncio.create_task(self._verify_now(password, stored))
+            self._inflight[cache_id] = task
+            task.add_done_callback(lambda _: self._inflight.pop(cache_id, None))
+        return await asyncio.shield(task)
+
+    async def _verify_now(self, password: str, stored: str) -> bool:
+        async with self._verify_slots:
+            metrics.AUTH_HASH_VERIFICATIONS.inc()
+            return await asyncio.to_thread(verify_password, password, stored)
 
     def _accepted(self, credential: Credential, client_ip: str) -> AuthResult:
         self._lockout.success(client_ip, credential.username)

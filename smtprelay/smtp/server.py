@@ -94,6 +94,7 @@ class SMTPServer:
     async def _listen(self, listener: ListenerConfig) -> asyncio.Server:
         settings = ListenerSettings(listener=listener, hostname=self._config.server.hostname,
                                     limits=self._config.limits, tls_context=self._tls_context)
+        implicit = listener.tls == "implicit"
 
         async def on_connection(reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> None:
@@ -101,12 +102,15 @@ class SMTPServer:
 
         family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
         try:
-            # Implicit TLS is started by _serve, not by the server: the connection
-            # limits then refuse before a handshake is spent, and failed handshakes
-            # are counted and logged like STARTTLS ones.
+            # Implicit TLS must be the transport's from the first byte: a client sends
+            # its ClientHello at once, and bytes read before a later start_tls() would
+            # be lost to the plain stream and stall the handshake.
             return await asyncio.start_server(
                 on_connection, host=listener.address, port=listener.port, family=family,
-                reuse_address=True, backlog=1024,
+                ssl=self._implicit_context() if implicit else None, reuse_address=True,
+                backlog=1024,
+                ssl_handshake_timeout=self._config.limits.tls_handshake_timeout if implicit
+                else None,
             )
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
@@ -116,19 +120,19 @@ class SMTPServer:
                 f"{listener.port}: {reason}",
             ) from None
 
-    async def _start_implicit_tls(self, writer: asyncio.StreamWriter, ip: str,
-                                  listener: str) -> bool:
-        context = self._tls_context()
-        if context is None:
-            return False
-        try:
-            await writer.start_tls(
-                context, ssl_handshake_timeout=self._config.limits.tls_handshake_timeout)
-        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
-            metrics.TLS_HANDSHAKE_FAILURES.labels(listener=listener).inc()
-            log.info("client=%s listener=%s TLS handshake failed: %s", ip, listener, exc)
-            return False
-        return True
+    def _implicit_context(self) -> ssl.SSLContext:
+        """The current context, with an SNI hook that swaps in a reloaded one (SIGHUP)."""
+        current = self._tls_context()
+        if current is None:
+            raise RuntimeError("implicit TLS listener without a TLS context")
+
+        def pick(ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+            latest = self._tls_context()
+            if latest is not None and latest is not current:
+                ssl_object.context = latest
+
+        current.sni_callback = pick  # type: ignore[assignment]
+        return current
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      settings: ListenerSettings) -> None:
@@ -137,7 +141,6 @@ class SMTPServer:
         name = settings.listener.name
         limits = self._config.limits
         refusal: str | None = None
-        implicit = settings.listener.tls == "implicit"
         if self._open >= limits.max_connections:
             refusal = "max_connections"
         elif self._per_ip[ip] >= limits.max_connections_per_ip:
@@ -145,13 +148,10 @@ class SMTPServer:
         if refusal is not None:
             metrics.CONNECTIONS_REFUSED.labels(reason=refusal).inc()
             log.warning("refused connection client=%s listener=%s reason=%s", ip, name, refusal)
-            # On an implicit-TLS port the client cannot read a clear-text 421: the
-            # close is the answer, and no handshake is spent on it.
-            if not implicit:
-                with contextlib.suppress(Exception):
-                    writer.write(R.TOO_MANY_CONNECTIONS.render())
-                    async with asyncio.timeout(5):
-                        await writer.drain()
+            with contextlib.suppress(Exception):
+                writer.write(R.TOO_MANY_CONNECTIONS.render())
+                async with asyncio.timeout(5):
+                    await writer.drain()
             writer.close()
             return
         self._open += 1
@@ -161,8 +161,6 @@ class SMTPServer:
         task = asyncio.current_task()
         assert task is not None
         try:
-            if implicit and not await self._start_implicit_tls(writer, ip, name):
-                return
             await self._run_session(reader, writer, settings, ip, peer, task)
         finally:
             self._open -= 1

@@ -76,3 +76,27 @@ def test_static_credential_from_the_config(tmp_path: Path) -> None:
             smtp.login("app1", "s3cre")
         assert smtp.login("app1", "s3cret")[0] == 235
         assert smtp.sendmail("app@example.com", ["x@example.net"], message()) == {}
+
+
+async def test_concurrent_logins_cost_one_slow_hash(relay: RunningRelay,
+                                                    cred: Credential) -> None:
+    """A smarthost opening 20 sessions at once: one scrypt, then the cache answers."""
+    import asyncio
+
+    import aiosmtplib
+
+    before = samples((await fetch(relay.http_port, "/metrics"))[2])
+
+    async def session() -> int:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.submission_port,
+                                 start_tls=True, tls_context=client_context(), timeout=20)
+        await client.connect()
+        response = await client.login(cred.username, cred.password)
+        await client.quit()
+        return response.code
+
+    assert await asyncio.gather(*(session() for _ in range(20))) == [235] * 20
+    assert await session() == 235
+    after = samples((await fetch(relay.http_port, "/metrics"))[2])
+    key = ("smtprelay_auth_hash_verifications_total", ())
+    assert after[key] - before.get(key, 0.0) == 1

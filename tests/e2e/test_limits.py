@@ -96,10 +96,12 @@ def test_thousand_concurrent_connections(tmp_path: Path) -> None:
                 extra = open_raw(port, source)
                 assert read_until_close(extra) == REFUSED
                 extra.close()
-            # On the implicit-TLS port a clear-text 421 would be noise to a TLS client:
-            # the refusal is a close before any handshake.
-            with Dialog(open_raw(relay.submissions_port, "127.0.1.1")) as refused:
-                refused.run([Closed()])
+            # On the implicit-TLS port the 421 comes inside TLS, where the client can
+            # read it.
+            with Dialog.connect(relay.submissions_port, implicit_tls=True,
+                                source="127.0.1.1", banner=False) as refused:
+                refused.run([Expect(421, "4.7.0 Too many concurrent SMTP connections"),
+                             Closed(tls_alert=True)])
             # The refused ones cost the open sessions nothing.
             for sock in socks[::100]:
                 sock.sendall(b"NOOP\r\n")
@@ -131,8 +133,10 @@ def test_per_ip_connection_limit(tmp_path: Path) -> None:
             extra.close()
             accepted = fresh_good_session(port, cred, source="127.0.0.6")
             # The limit counts both listeners together.
-            with Dialog(open_raw(relay.submissions_port, "127.0.0.5")) as dialog:
-                dialog.run([Closed()])
+            with Dialog.connect(relay.submissions_port, implicit_tls=True,
+                                source="127.0.0.5", banner=False) as dialog:
+                dialog.run([Expect(421, "4.7.0 Too many concurrent SMTP connections"),
+                            Closed(tls_alert=True)])
             with Dialog.connect(relay.submissions_port, implicit_tls=True,
                                 source="127.0.0.6") as dialog:
                 dialog.run([Send(b"QUIT\r\n"), Expect(221, "2.0.0 Bye")])

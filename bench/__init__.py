@@ -1,0 +1,1 @@
+"""Benchmarks: load generator and comparison scripts (see README.md)."""

@@ -1,0 +1,153 @@
+"""Shared pieces of the benchmark scripts: run smtprelay as a subprocess on a temp config."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+SMTPRELAY = str(Path(sys.executable).with_name("smtprelay"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_banner(port: int, timeout: float = 30, plain: bool = True) -> None:
+    """Poll until the port answers (with a 220 banner when `plain`, else a TCP accept)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                if not plain or sock.recv(512).startswith(b"220"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing answers with 220 on 127.0.0.1:{port}")
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A kB figure (VmRSS, VmHWM, ...) from /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+class RelayProcess:
+    """`smtprelay serve` on a temp config with free ports; stop() removes everything."""
+
+    def __init__(self, limits: dict[str, Any] | None = None, log_level: str = "info") -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="smtprelay-bench-", dir="/tmp"))
+        self.submission_port = free_port()
+        self.submissions_port = free_port()
+        config = {
+            "server": {"hostname": "relay.bench.test", "data_dir": "./var"},
+            "tls": {"generate_self_signed": True},
+            "listeners": [
+                {"name": "submission", "address": "127.0.0.1",
+                 "port": self.submission_port, "tls": "starttls"},
+                {"name": "submissions", "address": "127.0.0.1",
+                 "port": self.submissions_port, "tls": "implicit"},
+            ],
+            "limits": limits or {},
+            "accounts": {"bench": {"identities": ["example.com"]}},
+            "http": {"listen": [f"127.0.0.1:{free_port()}"]},
+            "logging": {"level": log_level},
+        }
+        self.config_path = self.root / "smtprelay.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.log_path = self.root / "serve.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RelayProcess:
+        with self.log_path.open("wb") as log:
+            # stderr goes to a file, not a pipe nobody reads, so logging never blocks.
+            self.proc = subprocess.Popen([SMTPRELAY, "serve", "-c", str(self.config_path)],
+                                         stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_banner(self.submission_port)
+            wait_for_banner(self.submissions_port, plain=False)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def credential(self, account: str = "bench") -> tuple[str, str]:
+        out = subprocess.run([SMTPRELAY, "credentials", "create", account, "--json", "-c",
+                              str(self.config_path)], capture_output=True, text=True,
+                             check=True, timeout=60).stdout
+        data = json.loads(out)
+        return str(data["username"]), str(data["password"])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> RelayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (timeout(1), kill) into SystemExit so cleanup in `finally` runs."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE (children inherit it); returns the new soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(max(soft, wanted), hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def write_result(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def python_env() -> dict[str, str]:
+    """The environment for child Python processes, with the repo importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env

@@ -1,0 +1,1 @@
+"""Real third-party peers (Postfix, ...) that tests and benchmarks run on loopback."""
