@@ -105,3 +105,26 @@ def test_lockout_per_ip_and_per_user_expires() -> None:
     now[0] = 200  # outside the window: the first failure no longer counts
     lockout.failure("10.0.0.4", "dave")
     assert lockout.locked_for("10.0.0.4", "dave") == 0
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(
+    st.sampled_from([b"From: a@example.com", b"From : b@evil.test", b" folded", b"\tfolded",
+                     b"Subject: x", b"not a header", b"", b"X-\xff: y", b":", b"A:"]),
+    st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))),
+    max_size=12))
+def test_header_reader_sees_every_field_or_refuses(lines: list[bytes]) -> None:
+    from smtprelay.headers import MalformedHeader, parse_header_section
+
+    data = b"\r\n".join(lines) + b"\r\n\r\nbody\r\n"
+    try:
+        fields = parse_header_section(data)
+    except MalformedHeader as exc:
+        assert exc.line >= 1
+        return
+    header_lines = data[: data.find(b"\r\n\r\n")].split(b"\r\n") if not data.startswith(
+        b"\r\n") else []
+    starts = [line for line in header_lines if line and line[:1] not in (b" ", b"\t")]
+    # One field per line that starts a field: nothing is skipped or merged away.
+    assert len(fields) == len(starts)
+    assert all(f.start < f.end for f in fields)
