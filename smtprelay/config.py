@@ -165,8 +165,23 @@ def _normalise_identity(value: str) -> str:
     return value.lower().rstrip(".")
 
 
+class QuotaConfig(_Model):
+    # Recipients per second (token bucket) and per rolling 24 hours, as SES counts.
+    max_send_rate: float = Field(default=14.0, gt=0)
+    max_24h_send: int = Field(default=50_000, ge=1)
+    # Recipients that may be sent at once above the rate; default one second's worth.
+    burst: int | None = Field(default=None, ge=1)
+
+
+# SES sandbox quotas (seed: "Managing your Amazon SES sending limits").
+SANDBOX_QUOTA = QuotaConfig(max_send_rate=1.0, max_24h_send=200)
+
+
 class AccountConfig(_Model):
     identities: list[str] = Field(default_factory=list)
+    # Unset: unlimited for a production account, SES's 1/s and 200/24 h in the sandbox.
+    quota: QuotaConfig | None = None
+    sandbox: bool = False
     default_configuration_set: str | None = None
     credentials: list[StaticCredential] = Field(default_factory=list)
     trusted_networks: list[str] = Field(default_factory=list)
@@ -187,8 +202,29 @@ class AccountConfig(_Model):
         return values
 
 
+SuppressionReason = Literal["BOUNCE", "COMPLAINT"]
+
+
+class SetSuppressionConfig(_Model):
+    # Which suppression-list reasons stop delivery for messages sent with this set;
+    # an empty list sends even to suppressed addresses (SES's override).
+    reasons: tuple[SuppressionReason, ...] = ("BOUNCE", "COMPLAINT")
+
+
 class ConfigurationSetConfig(_Model):
     sending_enabled: bool = True
+    suppression: SetSuppressionConfig = Field(default_factory=SetSuppressionConfig)
+
+
+class SimulatorConfig(_Model):
+    # Recipients here never leave the machine (mailbox simulator); the sandbox
+    # accepts them as it accepts verified identities.
+    domain: str = "simulator.smtprelay.invalid"
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        return _normalise_identity(value)
 
 
 class HTTPConfig(_Model):
@@ -219,6 +255,7 @@ class Config(_Model):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     accounts: dict[str, AccountConfig] = Field(default_factory=dict)
     configuration_sets: dict[str, ConfigurationSetConfig] = Field(default_factory=dict)
+    simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
     http: HTTPConfig = Field(default_factory=HTTPConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

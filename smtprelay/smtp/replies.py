@@ -38,6 +38,16 @@ def malformed_header(detail: str) -> Reply:
     return Reply(554, f"5.6.0 Message rejected: malformed header section ({detail})")
 
 
+def blocked_attachment(filename: str, extension: str) -> Reply:
+    return Reply(554, f"5.6.1 Message rejected: attachment {filename!r} has a file extension "
+                      f"that is not allowed ({extension})")
+
+
+def duplicate_header(name: str) -> Reply:
+    return Reply(554, f"5.6.0 Message rejected: duplicate header {name!r}; it may appear "
+                      "only once")
+
+
 def not_verified(identities: list[str]) -> Reply:
     shown = ", ".join(identities[:5]) + (", ..." if len(identities) > 5 else "")
     return Reply(554, "5.7.1 Message rejected: Email address is not verified. "
@@ -101,3 +111,7 @@ BARE_LINE_ENDING = Reply(
 )
 NO_FROM = Reply(554, "5.6.0 Message rejected: the message has no From header")
 SET_PAUSED = Reply(554, "5.7.1 Sending paused for this configuration set")
+SET_UNKNOWN = Reply(554, "5.3.0 Configuration set does not exist")
+RATE_EXCEEDED = Reply(454, "4.7.0 Throttling failure: Maximum sending rate exceeded")
+DAILY_QUOTA_EXCEEDED = Reply(454, "4.7.0 Throttling failure: Daily message quota exceeded")
+BAD_MIME = Reply(554, "5.6.0 Message rejected: the MIME structure cannot be parsed")
