@@ -36,6 +36,7 @@ class Stats:
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     sessions: int = 0
+    sent: int = 0  # messages started, over all sessions: picks the next recipient
 
 
 def make_message(size: int, sender: str, recipient: str) -> bytes:
@@ -93,10 +94,13 @@ async def _session(args: argparse.Namespace, ctx: ssl.SSLContext, auth: bytes, b
             await writer.start_tls(ctx, server_hostname=host)
         await client.command(b"EHLO load.example.com\r\n", "ehlo", "2")
         await client.command(b"AUTH PLAIN " + auth + b"\r\n", "auth", "2")
-        envelope = (f"MAIL FROM:<{args.sender}> SIZE={len(body)}\r\n"
-                    f"RCPT TO:<{args.recipient}>\r\nDATA\r\n").encode()
+        # One envelope per recipient, used in turn across all sessions, so that with
+        # `--recipient` given 10 times each address gets every 10th message.
+        envelopes = [(f"MAIL FROM:<{args.sender}> SIZE={len(body)}\r\n"
+                      f"RCPT TO:<{rcpt}>\r\nDATA\r\n").encode() for rcpt in args.recipient]
         for _ in range(count):
-            writer.write(envelope)
+            writer.write(envelopes[stats.sent % len(envelopes)])
+            stats.sent += 1
             await client.reply("mail", "2")
             await client.reply("rcpt", "2")
             await client.reply("data", "3")
@@ -122,7 +126,7 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     auth = base64.b64encode(f"\0{args.user}\0{args.password}".encode())
-    body = make_message(args.size, args.sender, args.recipient)
+    body = make_message(args.size, args.sender, args.recipient[0])
     stats = Stats()
     claimed = 0
     deadline = time.monotonic() + args.duration
@@ -179,11 +183,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop starting sessions after this many seconds")
     p.add_argument("--session-timeout", type=float, default=60.0)
     p.add_argument("--sender", default="bench@example.com")
-    p.add_argument("--recipient", default="rcpt@example.net")
+    p.add_argument("--recipient", action="append",
+                   help="envelope recipient (default rcpt@example.net); repeat it to send "
+                        "each message to the next one in turn")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                    help="event loop of the generator (uvloop when installed)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.recipient = args.recipient or ["rcpt@example.net"]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

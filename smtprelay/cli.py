@@ -267,6 +267,58 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- stats ----------------------------------------------------------------------------
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    import sqlite3
+    import time
+
+    from smtprelay.quota import WINDOW, effective_quota, usage_since
+    from smtprelay.suppression import SQLiteSuppressionStore
+
+    config = _state_config(args)
+    state = sqlite3.connect(config.state_path)
+    try:
+        sent = usage_since(state, time.time() - WINDOW)
+    finally:
+        state.close()
+    suppression = SQLiteSuppressionStore(config.state_path)
+    suppression.open()
+    conn = _queue_conn(config)
+    queued: dict[str, dict[str, int]] = {}
+    for account, rstate, count in conn.execute(
+            "SELECT m.account, r.state, COUNT(*) FROM recipients r"
+            " JOIN messages m ON m.id = r.message_id GROUP BY m.account, r.state"):
+        queued.setdefault(account, {})[rstate] = count
+    rows: list[dict[str, Any]] = []
+    for name, account in config.accounts.items():
+        quota = effective_quota(config, name)
+        rows.append({
+            "account": name, "sandbox": account.sandbox,
+            "sent_24h": sent.get(name, 0),
+            "max_24h_send": quota.max_24h_send if quota else None,
+            "max_send_rate": quota.max_send_rate if quota else None,
+            "suppressed_addresses": suppression.count(name),
+            "spool_recipients": queued.get(name, {}),
+        })
+    suppression.close()
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    print(f"{'ACCOUNT':<16} {'SENT 24H':>10} {'MAX 24H':>10} {'USED':>6} {'RATE/S':>7} "
+          f"{'SUPPRESSED':>10}  SPOOL")
+    for row in rows:
+        limit = row["max_24h_send"]
+        used = f"{100 * row['sent_24h'] / limit:.1f}%" if limit else "-"
+        spool = ", ".join(f"{k}={v}" for k, v in sorted(row["spool_recipients"].items())) or "-"
+        sandbox = " (sandbox)" if row["sandbox"] else ""
+        print(f"{row['account']:<16} {row['sent_24h']:>10} {limit or 'unlimited':>10} "
+              f"{used:>6} {row['max_send_rate'] or '-':>7} {row['suppressed_addresses']:>10}  "
+              f"{spool}{sandbox}")
+    return EXIT_OK
+
+
 # -- argument parsing ------------------------------------------------------------------
 
 
@@ -320,6 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = queue.add_parser("delete", parents=[common], help="remove messages from the queue")
     p.add_argument("ids", nargs="+", metavar="ID")
     p.set_defaults(func=cmd_queue_delete)
+
+    from smtprelay.suppression_cli import register as register_suppression
+
+    register_suppression(sub, common, listing)
+    sub.add_parser("stats", parents=[common, listing],
+                   help="per account: sent in 24 h against quota, suppression, spool") \
+        .set_defaults(func=cmd_stats)
     return parser
 
 

@@ -14,8 +14,10 @@ from smtprelay.auth.credentials import CredentialStore
 from smtprelay.config import Config, ConfigError, load_config
 from smtprelay.http.server import HTTPServer
 from smtprelay.pipeline import Pipeline
+from smtprelay.quota import Quotas, SQLiteUsageStore
 from smtprelay.smtp.server import SMTPServer
 from smtprelay.spool.store import Spool
+from smtprelay.suppression import SQLiteSuppressionStore
 
 log = logging.getLogger("smtprelay")
 
@@ -29,8 +31,11 @@ class Relay:
         self.config = config
         self.spool = Spool(config.spool_path)
         self.credentials = CredentialStore(config.state_path)
+        self.usage = SQLiteUsageStore(config.state_path)
+        self.quotas = Quotas(config, self.usage)
+        self.suppression = SQLiteSuppressionStore(config.state_path)
         self._authenticator = Authenticator(config, self.credentials)
-        self._pipeline = Pipeline(config, self.spool)
+        self._pipeline = Pipeline(config, self.spool, self.quotas, self.suppression)
         self._tls: ssl.SSLContext | None = None
         self.smtp: SMTPServer | None = None
         self.http: HTTPServer | None = None
@@ -87,6 +92,9 @@ class Relay:
         self._tls = self._load_tls()
         await asyncio.to_thread(self.spool.open)
         await asyncio.to_thread(self.credentials.open)
+        await asyncio.to_thread(self.suppression.open)
+        await asyncio.to_thread(self.usage.open)
+        await asyncio.to_thread(self.quotas.load)
         handed_back = await self.spool.recover()
         depth = await asyncio.to_thread(self.spool.pending_count)
         metrics.SPOOL_DEPTH.set(depth)
@@ -115,6 +123,8 @@ class Relay:
         if self.http is not None:
             await self.http.stop()
         await asyncio.to_thread(self.spool.close)
+        await asyncio.to_thread(self.usage.close)
+        self.suppression.close()
         self.credentials.close()
 
 

@@ -37,5 +37,14 @@ class SubmissionHandler(Protocol):
     def check_sender(self, account: str, address: str) -> Reply | None:
         """A reply refusing MAIL FROM, or None to go on."""
 
+    def check_recipient(self, account: str, address: str) -> Reply | None:
+        """A reply refusing RCPT TO (sandbox, quota), or None: one recipient reserved."""
+
+    def release(self, account: str, recipients: int) -> None:
+        """Give back recipients reserved by check_recipient when no message follows."""
+
     async def submit(self, submission: Submission) -> Reply:
-        """Check, transform and spool the message; the reply to send after DATA."""
+        """Check, transform and spool the message; the reply to send after DATA.
+
+        Takes over the recipients reserved for this transaction (commits or releases).
+        """

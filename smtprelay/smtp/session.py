@@ -149,6 +149,7 @@ class Session:
         # Trusted networks speak for their account without AUTH; AUTH may still switch.
         self._account: str | None = trusted_account
         self._auth_user: str | None = None
+        self._reserved = 0  # recipients of this transaction counted against the quota
         self._reset_transaction()
         self.idle = False
         self.closing = False
@@ -156,6 +157,9 @@ class Session:
     # -- plumbing --------------------------------------------------------------
 
     def _reset_transaction(self) -> None:
+        if self._reserved and self._account is not None:
+            self._handler.release(self._account, self._reserved)
+        self._reserved = 0
         self._mail_from: str | None = None
         self._smtputf8 = False
         self._body_8bit = False
@@ -226,6 +230,8 @@ class Session:
             raise
         except ClientGone:
             pass
+        finally:
+            self._reset_transaction()
 
     async def _flush_quietly(self) -> None:
         try:
@@ -515,6 +521,14 @@ class Session:
             metrics.MESSAGES_REJECTED.labels(reason="too_many_recipients").inc()
             self._reply(R.TOO_MANY_RECIPIENTS)
             return True
+        assert self._account is not None
+        refusal = self._handler.check_recipient(self._account, path.address)
+        if refusal is not None:
+            log.info("session=%s client=%s account=%s refused rcpt=%s: %s", self.id,
+                     self._peer_ip, self._account, path.address, refusal.text)
+            self._reply(refusal)
+            return True
+        self._reserved += 1
         self._rcpts.append(path.address)
         self._rcpt_keys.add(key)
         self._reply(R.RCPT_OK)
@@ -549,6 +563,7 @@ class Session:
                               smtputf8=self._smtputf8, body_8bitmime=self._body_8bit),
             data=data, received_at=received_at,
         )
+        self._reserved = 0  # handed over: submit() commits or releases them
         self._reset_transaction()
         started = time.perf_counter()
         reply = await self._handler.submit(submission)

@@ -67,6 +67,23 @@ class NewMessage:
     auth_user: str | None
     listener: str
     attrs: dict[str, Any] = field(default_factory=dict)
+    # Recipient index -> suppression reason (BOUNCE or COMPLAINT): spooled as final,
+    # never delivered, with a Permanent/OnAccountSuppressionList bounce outcome.
+    suppressed: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A final or notable result for one recipient, kept until events publish it."""
+
+    message_id: str
+    index: int
+    kind: str  # "bounce" now; "delivery" and "delay" with the delivery stage
+    at: float
+    bounce_type: str | None = None
+    bounce_subtype: str | None = None
+    status: str | None = None
+    diagnostic: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from smtprelay import metrics
 from smtprelay.spool.model import (
     PENDING_STATES,
     NewMessage,
+    Outcome,
     QueuedMessage,
     QueuedRecipient,
     RecipientState,
@@ -72,6 +73,20 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (message_id, idx)
     ) WITHOUT ROWID;
     CREATE INDEX recipients_due ON recipients(state, next_attempt);
+    """,
+    """
+    CREATE TABLE outcomes (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        at REAL NOT NULL,
+        bounce_type TEXT,
+        bounce_subtype TEXT,
+        status TEXT,
+        diagnostic TEXT
+    );
+    CREATE INDEX outcomes_message ON outcomes(message_id);
     """,
 )
 
@@ -320,14 +335,39 @@ def _insert(conn: sqlite3.Connection, m: NewMessage) -> None:
     )
     conn.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (m.message_id, m.data))
     conn.executemany(
-        "INSERT INTO recipients (message_id, idx, address, state, next_attempt)"
-        " VALUES (?,?,?,?,?)",
-        [(m.message_id, i, rcpt, RecipientState.QUEUED.value, m.received_at)
+        "INSERT INTO recipients (message_id, idx, address, state, next_attempt, last_reply)"
+        " VALUES (?,?,?,?,?,?)",
+        [(m.message_id, i, rcpt,
+          (RecipientState.SUPPRESSED if i in m.suppressed else RecipientState.QUEUED).value,
+          m.received_at,
+          suppressed_diagnostic(m.suppressed[i]) if i in m.suppressed else None)
          for i, rcpt in enumerate(env.recipients)],
     )
+    if m.suppressed:
+        conn.executemany(
+            "INSERT INTO outcomes (message_id, idx, kind, at, bounce_type, bounce_subtype,"
+            " status, diagnostic) VALUES (?,?,?,?,?,?,?,?)",
+            [(m.message_id, i, "bounce", m.received_at, "Permanent", "OnAccountSuppressionList",
+              "5.1.1", suppressed_diagnostic(reason)) for i, reason in m.suppressed.items()],
+        )
+
+
+def suppressed_diagnostic(reason: str) -> str:
+    return f"the address is on the account-level suppression list (reason {reason})"
+
+
+def get_outcomes(conn: sqlite3.Connection, message_id: str) -> list[Outcome]:
+    return [
+        Outcome(message_id=row[0], index=row[1], kind=row[2], at=row[3], bounce_type=row[4],
+                bounce_subtype=row[5], status=row[6], diagnostic=row[7])
+        for row in conn.execute(
+            "SELECT message_id, idx, kind, at, bounce_type, bounce_subtype, status, diagnostic"
+            " FROM outcomes WHERE message_id = ? ORDER BY id", (message_id,))
+    ]
 
 
 def _delete(conn: sqlite3.Connection, message_id: str) -> bool:
+    conn.execute("DELETE FROM outcomes WHERE message_id = ?", (message_id,))
     return conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)).rowcount > 0
 
 

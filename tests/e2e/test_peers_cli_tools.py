@@ -67,10 +67,11 @@ def test_swaks_without_tls_is_refused(relay: RunningRelay, cred: Credential) -> 
     """swaks trying AUTH in clear text is told to STARTTLS first; nothing is queued."""
     result = swaks(relay, cred, "--port", str(relay.submission_port), "--auth", "PLAIN")
     # AUTH is not advertised before TLS, so swaks gives up before sending a password.
-    assert result.returncode != 0
-    assert "<-  250 STARTTLS" in result.stdout, result.stdout
-    assert "AUTH" not in result.stdout
-    assert "Host did not advertise authentication" in result.stderr
+    transcript = result.stdout + result.stderr
+    assert result.returncode != 0, transcript
+    assert "<-  250 STARTTLS" in result.stdout, transcript
+    assert "AUTH" not in result.stdout, transcript
+    assert "Host did not advertise authentication" in result.stderr, transcript
     assert spooled(relay.config) == []
 
 

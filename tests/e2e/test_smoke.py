@@ -18,7 +18,8 @@ def test_starttls_auth_send_lands_in_spool(relay: RunningRelay, cred: Credential
     (entry,) = spooled(relay.config)
     assert entry["recipients"] == ["a@example.net", "b@example.net"]
     assert entry["account"] == "acme"
-    assert entry["data"].startswith(b"From: app@example.com\r\n")
+    assert entry["data"].startswith(b"Received: from [127.0.0.1] ([127.0.0.1])\r\n")
+    assert b"\r\nFrom: app@example.com\r\n" in entry["data"]
 
 
 def test_implicit_tls_offers_and_accepts_auth(relay: RunningRelay, cred: Credential) -> None:

@@ -1,0 +1,85 @@
+"""Message hygiene over SMTP: blocked attachments and duplicates refused, trace fields added."""
+
+from __future__ import annotations
+
+import smtplib
+
+from smtprelay.headers import header_end, parse_header_section
+from tests.support import Credential, RunningRelay, client_context, message, spooled
+
+NESTED_EXE = (
+    b"From: app@example.com\r\nTo: someone@example.net\r\nSubject: invoice\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n"
+    b"--outer\r\nContent-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n"
+    b"--alt\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n"
+    b"--alt\r\nContent-Type: multipart/related; boundary=\"rel\"\r\n\r\n"
+    b"--rel\r\nContent-Type: text/html\r\n\r\n<p>See attached.</p>\r\n"
+    b"--rel\r\nContent-Type: application/octet-stream\r\n"
+    b"Content-Transfer-Encoding: base64\r\n"
+    b"Content-Disposition: attachment; filename=invoice.exe\r\n\r\nTVqQAAMAAAAEAAAA\r\n"
+    b"--rel--\r\n--alt--\r\n--outer--\r\n"
+)
+
+
+def session(relay: RunningRelay, cred: Credential) -> smtplib.SMTP:
+    smtp = smtplib.SMTP("127.0.0.1", relay.submission_port, timeout=10)
+    smtp.starttls(context=client_context())
+    smtp.login(cred.username, cred.password)
+    return smtp
+
+
+def send_raw(smtp: smtplib.SMTP, rcpts: list[str], data: bytes) -> tuple[int, bytes]:
+    smtp.mail("app@example.com")
+    for rcpt in rcpts:
+        smtp.rcpt(rcpt)
+    return smtp.data(data)
+
+
+def test_blocked_attachment_refused_then_good_message_spooled(
+        relay: RunningRelay, cred: Credential) -> None:
+    with session(relay, cred) as smtp:
+        code, text = send_raw(smtp, ["someone@example.net"], NESTED_EXE)
+        assert (code, text) == (554, b"5.6.1 Message rejected: attachment 'invoice.exe' has "
+                                     b"a file extension that is not allowed (.exe)")
+        code, text = send_raw(smtp, ["someone@example.net"],
+                              message(subject="Duplicate\r\nSUBJECT: again"))
+        assert (code, text) == (554, b"5.6.0 Message rejected: duplicate header 'SUBJECT'; "
+                                     b"it may appear only once")
+        good = NESTED_EXE.replace(b"invoice.exe", b"invoice.pdf")
+        code, _ = send_raw(smtp, ["someone@example.net"], good)
+        assert code == 250
+    (entry,) = spooled(relay.config)
+    out = entry["data"]
+    assert out[header_end(out):] == good[header_end(good):]
+    assert good[:header_end(good) - 2] in out
+
+
+def test_spooled_message_is_normalised(relay: RunningRelay, cred: Credential) -> None:
+    data = (b"X-SES-CONFIGURATION-SET: transactional\r\n"
+            b"From: app@example.com\r\nTo: someone@example.net\r\n"
+            b"Bcc: hidden@example.net,\r\n\tother@example.net\r\n"
+            b"X-SES-MESSAGE-TAGS: campaign=spring\r\nSubject: hello\r\n\r\n"
+            b"Bcc: not a header, the body\r\n")
+    with session(relay, cred) as smtp:
+        code, _ = send_raw(smtp, ["someone@example.net"], data)
+        assert code == 250
+        code, _ = send_raw(smtp, ["a@example.net", "b@example.net"], message())
+        assert code == 250
+    single, several = spooled(relay.config)
+    out = single["data"]
+    fields = parse_header_section(out)
+    assert [f.key for f in fields] == ["received", "from", "to", "subject", "message-id",
+                                       "date"]
+    received = fields[0].value
+    assert received.startswith("from ")
+    assert f"by relay.test (smtprelay) with ESMTPSA id {single['id']}" in received
+    assert "for <someone@example.net>" in received and "(using TLSv1" in received
+    assert all(len(line) <= 78 for line in out[:fields[0].end].split(b"\r\n"))
+    assert fields[4].value == f"<{single['id']}@relay.test>"
+    assert out[fields[1].start:fields[3].end] == (
+        b"From: app@example.com\r\nTo: someone@example.net\r\nSubject: hello\r\n")
+    assert out[header_end(out):] == b"Bcc: not a header, the body\r\n"
+    assert b"hidden@" not in out and b"X-SES" not in out.upper()
+    # With several recipients the Received field names none of them.
+    assert b" for <" not in several["data"]
+    assert several["data"].count(b"Message-ID:") == 1
