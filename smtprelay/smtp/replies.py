@@ -39,7 +39,9 @@ def malformed_header(detail: str) -> Reply:
 
 
 def blocked_attachment(filename: str, extension: str) -> Reply:
-    return Reply(554, f"5.6.1 Message rejected: attachment {filename!r} has a file extension "
+    # The name comes from the message: escaped to ASCII so the reply line stays 7-bit.
+    filename = filename.encode("ascii", "backslashreplace").decode("ascii")
+    return Reply(554, f"5.6.1 Message rejected: attachment '{filename}' has a file extension "
                       f"that is not allowed ({extension})")
 
 

@@ -54,6 +54,28 @@ def test_blocked_attachment_refused_then_good_message_spooled(
     assert good[:header_end(good) - 2] in out
 
 
+def test_rfc2231_and_rfc2047_encoded_exe_names_are_refused(
+        relay: RunningRelay, cred: Credential) -> None:
+    """Encoded file names are decoded before the extension check; nothing else is lost."""
+    rfc2231 = NESTED_EXE.replace(
+        b"Content-Disposition: attachment; filename=invoice.exe",
+        b"Content-Disposition: attachment;\r\n filename*0*=UTF-8''r%C3%A9sum;\r\n"
+        b" filename*1*=%C3%A9.%65xe")
+    rfc2047 = NESTED_EXE.replace(
+        b"Content-Disposition: attachment; filename=invoice.exe",
+        b"Content-Disposition: attachment; filename=\"=?UTF-8?B?aW52b2ljZS5leGU=?=\"")
+    with session(relay, cred) as smtp:
+        assert send_raw(smtp, ["someone@example.net"], rfc2231) == (
+            554, b"5.6.1 Message rejected: attachment 'r\\xe9sum\\xe9.exe' has a file "
+                 b"extension that is not allowed (.exe)")
+        assert send_raw(smtp, ["someone@example.net"], rfc2047) == (
+            554, b"5.6.1 Message rejected: attachment 'invoice.exe' has a file extension "
+                 b"that is not allowed (.exe)")
+        assert send_raw(smtp, ["someone@example.net"], message())[0] == 250
+    (entry,) = spooled(relay.config)
+    assert b"Subject: hello" in entry["data"]
+
+
 def test_spooled_message_is_normalised(relay: RunningRelay, cred: Credential) -> None:
     data = (b"X-SES-CONFIGURATION-SET: transactional\r\n"
             b"From: app@example.com\r\nTo: someone@example.net\r\n"
