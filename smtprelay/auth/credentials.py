@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import secrets
 import sqlite3
+import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +48,13 @@ def generate_username() -> str:
     return "SR" + base64.b32encode(secrets.token_bytes(12)).decode("ascii")[:18]
 
 
+_PASSWORD_ALPHABET = string.ascii_letters + string.digits
+
+
 def generate_password() -> str:
-    return secrets.token_urlsafe(33)
+    # Letters and digits only (44 of them, ~262 bits): a password starting with "-"
+    # or holding "_" breaks command-line tools and config files that get it pasted in.
+    return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(44))
 
 
 class CredentialStore:

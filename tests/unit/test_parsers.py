@@ -128,3 +128,12 @@ def test_header_reader_sees_every_field_or_refuses(lines: list[bytes]) -> None:
     # One field per line that starts a field: nothing is skipped or merged away.
     assert len(fields) == len(starts)
     assert all(f.start < f.end for f in fields)
+
+
+def test_generated_credentials_are_safe_to_paste() -> None:
+    from smtprelay.auth.credentials import generate_password, generate_username
+
+    passwords = {generate_password() for _ in range(2000)}
+    assert len(passwords) == 2000
+    assert all(len(p) == 44 and p.isalnum() and p.isascii() for p in passwords)
+    assert all(generate_username().isalnum() for _ in range(100))
