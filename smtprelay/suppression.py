@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, cast
 
+from smtprelay import sqlitedb
+
 Reason = Literal["BOUNCE", "COMPLAINT"]
 REASONS: tuple[Reason, ...] = ("BOUNCE", "COMPLAINT")
 
@@ -146,13 +148,7 @@ class SQLiteSuppressionStore:
         with self._lock:
             if self._conn is not None:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Autocommit mode (isolation_level=None): single statements commit by
-            # themselves, multi-statement changes use explicit BEGIN IMMEDIATE.
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=10000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn = sqlitedb.connect(self.path)
             conn.execute(_SCHEMA)
             self._conn = conn
 

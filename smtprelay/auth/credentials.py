@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from smtprelay import sqlitedb
 from smtprelay.auth.hashing import hash_password
 
 _SCHEMA = """
@@ -65,11 +66,7 @@ class CredentialStore:
         self._conn: sqlite3.Connection | None = None
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=10000")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn = sqlitedb.connect(self.path)
         conn.execute(_SCHEMA)
         self._conn = conn
 

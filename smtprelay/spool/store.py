@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from smtprelay import metrics
+from smtprelay import metrics, sqlitedb
 from smtprelay.spool.model import (
     PENDING_STATES,
     NewMessage,
@@ -36,7 +36,6 @@ log = logging.getLogger("smtprelay.spool")
 T = TypeVar("T")
 
 _MAX_BATCH = 512
-_BUSY_TIMEOUT_MS = 10_000
 _PAGE_SIZE = 16384
 
 # Each entry moves the schema one version forward; never edit a released entry.
@@ -100,22 +99,9 @@ class SpoolFullError(SpoolError):
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open the spool database with the settings every user of it must share."""
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-    else:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-    if not readonly:
-        # Bodies are tens of KiB: 16 KiB pages halve the pages (and WAL frames) per
-        # message. Only takes effect when the file is created.
-        conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")
-        conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsynced at every commit, so a committed message survives
-        # power loss, not only a process crash.
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-    return conn
+    """A spool connection; bodies are tens of KiB, so 16 KiB pages halve the pages
+    (and WAL frames) per message."""
+    return sqlitedb.connect(path, readonly=readonly, page_size=None if readonly else _PAGE_SIZE)
 
 
 def migrate(conn: sqlite3.Connection, migrations: tuple[str, ...] = _MIGRATIONS) -> None:
@@ -160,15 +146,16 @@ _STOP = object()
 class GroupCommitWriter:
     """One thread, one connection: batches queued writes into shared transactions."""
 
-    def __init__(self, path: Path, name: str) -> None:
+    def __init__(self, path: Path, name: str, page_size: int | None = None) -> None:
         self._path = path
         self._name = name
+        self._page_size = page_size
         self._queue: queue.SimpleQueue[_Work | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
 
     def start(self, migrations: tuple[str, ...]) -> None:
-        self._conn = connect(self._path)
+        self._conn = sqlitedb.connect(self._path, page_size=self._page_size)
         migrate(self._conn, migrations)
         _fsync_dir(self._path.parent)
         self._thread = threading.Thread(target=self._run, name=f"{self._name}-writer", daemon=True)
@@ -265,7 +252,7 @@ class Spool:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._writer = GroupCommitWriter(path, "spool")
+        self._writer = GroupCommitWriter(path, "spool", page_size=_PAGE_SIZE)
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
 

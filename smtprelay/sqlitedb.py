@@ -1,0 +1,32 @@
+"""Opening the daemon's SQLite databases (spool, state) with the settings they all share."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def connect(path: Path, *, readonly: bool = False, page_size: int | None = None
+            ) -> sqlite3.Connection:
+    """A connection in autocommit mode: WAL, synchronous=FULL, a busy timeout.
+
+    Autocommit (isolation_level=None) so single statements commit by themselves and
+    multi-statement changes use an explicit BEGIN IMMEDIATE. FULL fsyncs the WAL at
+    every commit: committed data survives power loss, not only a process crash.
+    Several processes (the daemon, the CLI) may hold connections at once.
+    """
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return conn
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    if page_size is not None:
+        conn.execute(f"PRAGMA page_size={page_size}")  # only takes effect on a new file
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
