@@ -267,6 +267,58 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_queue_retry(args: argparse.Namespace) -> int:
+    import time
+
+    from smtprelay.spool.store import get_message, retry_now
+
+    conn = _queue_conn(_state_config(args))
+    if args.all:
+        changed = retry_now(conn, None, time.time())
+    else:
+        if args.id is None:
+            raise CommandError("name a message ID, or --all")
+        if get_message(conn, args.id) is None:
+            raise CommandError(f"no message {args.id} in the queue")
+        changed = retry_now(conn, args.id, time.time())
+    print(f"{changed} recipient(s) due now; the daemon picks them up within seconds")
+    return EXIT_OK
+
+
+# -- captured (delivery.mode: capture) ------------------------------------------------
+
+
+def cmd_captured_list(args: argparse.Namespace) -> int:
+    from smtprelay.delivery.capture import list_captured
+
+    config = _config(args)
+    captured = list_captured(config.capture_dir)
+    if args.json:
+        _print_json([{"name": c.name, "message_id": c.message_id, "domain": c.domain,
+                      "mail_from": c.mail_from, "recipients": c.recipients,
+                      "captured_at": c.captured_at, "size": c.size,
+                      "file": str(config.capture_dir / c.eml)} for c in captured])
+        return EXIT_OK
+    for c in captured:
+        print(f"{c.name}  {c.size:>9}  {_when(c.captured_at)}  <{c.mail_from}>  "
+              f"{', '.join(c.recipients)}")
+    print(f"-- {len(captured)} captured message(s) in {config.capture_dir}")
+    return EXIT_OK
+
+
+def cmd_captured_show(args: argparse.Namespace) -> int:
+    from smtprelay.delivery.capture import list_captured
+
+    config = _config(args)
+    matches = [c for c in list_captured(config.capture_dir)
+               if c.name == args.name or c.message_id == args.name]
+    if not matches:
+        raise CommandError(f"nothing captured as {args.name} in {config.capture_dir}")
+    for c in matches:
+        sys.stdout.buffer.write((config.capture_dir / c.eml).read_bytes())
+    return EXIT_OK
+
+
 # -- stats ----------------------------------------------------------------------------
 
 
@@ -372,6 +424,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = queue.add_parser("delete", parents=[common], help="remove messages from the queue")
     p.add_argument("ids", nargs="+", metavar="ID")
     p.set_defaults(func=cmd_queue_delete)
+    p = queue.add_parser("retry", parents=[common],
+                         help="make a message's waiting recipients due now")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--all", action="store_true", help="every waiting recipient (= flush)")
+    p.set_defaults(func=cmd_queue_retry)
+    queue.add_parser("flush", parents=[common], help="make every waiting recipient due now") \
+        .set_defaults(func=cmd_queue_retry, all=True, id=None)
+
+    captured = sub.add_parser(
+        "captured", help="messages written by delivery.mode: capture").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    captured.add_parser("list", parents=[common, listing], help="list captured messages") \
+        .set_defaults(func=cmd_captured_list)
+    p = captured.add_parser("show", parents=[common],
+                            help="print a captured message (by name or message id)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_captured_show)
 
     from smtprelay.suppression_cli import register as register_suppression
 

@@ -227,6 +227,16 @@ class SimulatorConfig(_Model):
         return _normalise_identity(value)
 
 
+class DeliveryConfig(_Model):
+    # hold: accepted mail stays queued (no outbound transport runs).
+    # capture: "delivered" messages are written as .eml files under
+    #   data_dir/captured/ instead of leaving the machine (development, staging).
+    # mx and smarthost delivery come with the delivery release.
+    mode: Literal["hold", "capture"] = "hold"
+    # Messages handled at once by the scheduler.
+    max_concurrent: int = Field(default=100, ge=1)
+
+
 class HTTPConfig(_Model):
     listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:8080"])
 
@@ -256,6 +266,7 @@ class Config(_Model):
     accounts: dict[str, AccountConfig] = Field(default_factory=dict)
     configuration_sets: dict[str, ConfigurationSetConfig] = Field(default_factory=dict)
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     http: HTTPConfig = Field(default_factory=HTTPConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -306,6 +317,10 @@ class Config(_Model):
     @property
     def state_path(self) -> Path:
         return self.server.data_dir / "state.db"
+
+    @property
+    def capture_dir(self) -> Path:
+        return self.server.data_dir / "captured"
 
     @property
     def cert_path(self) -> Path:

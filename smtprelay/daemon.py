@@ -12,6 +12,8 @@ from smtprelay import metrics, systemd, tlsutil
 from smtprelay.auth.authenticator import Authenticator
 from smtprelay.auth.credentials import CredentialStore
 from smtprelay.config import Config, ConfigError, load_config
+from smtprelay.delivery.capture import CaptureTransport
+from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.http.server import HTTPServer
 from smtprelay.pipeline import Pipeline
 from smtprelay.quota import Quotas, SQLiteUsageStore
@@ -37,6 +39,7 @@ class Relay:
         self._authenticator = Authenticator(config, self.credentials)
         self._pipeline = Pipeline(config, self.spool, self.quotas, self.suppression)
         self._tls: ssl.SSLContext | None = None
+        self.scheduler: Scheduler | None = None
         self.smtp: SMTPServer | None = None
         self.http: HTTPServer | None = None
         self._ready = False
@@ -100,6 +103,14 @@ class Relay:
         metrics.SPOOL_DEPTH.set(depth)
         log.info("spool opened path=%s messages=%d recovered_in_flight=%d", cfg.spool_path,
                  depth, handed_back)
+        if cfg.delivery.mode == "capture":
+            self.scheduler = Scheduler(self.spool, CaptureTransport(cfg.capture_dir),
+                                       max_concurrent=cfg.delivery.max_concurrent)
+            self._pipeline.on_spooled = self.scheduler.wake
+            self.scheduler.start()
+            log.info("delivery mode=capture directory=%s", cfg.capture_dir)
+        else:
+            log.info("delivery mode=hold: accepted mail stays queued")
         self.smtp = SMTPServer(cfg, self._authenticator, self._pipeline, lambda: self._tls)
         self.http = HTTPServer(cfg.http.listen, lambda: self._ready)
         await self.http.start()
@@ -120,6 +131,8 @@ class Relay:
             self._depth_task.cancel()
         if self.smtp is not None:
             await self.smtp.stop(grace)
+        if self.scheduler is not None:
+            await self.scheduler.stop(grace=min(grace, 10.0))
         if self.http is not None:
             await self.http.stop()
         await asyncio.to_thread(self.spool.close)

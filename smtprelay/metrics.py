@@ -53,3 +53,11 @@ ACCEPT_SECONDS = Histogram(
     "smtprelay_accept_seconds", "Time from the end of DATA to the 250 reply",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+DELIVERIES = Counter(
+    "smtprelay_deliveries_total", "Recipient delivery attempts by result", ["result"]
+)
+DELIVERY_SECONDS = Histogram(
+    "smtprelay_delivery_seconds", "Time from acceptance to delivery, per recipient",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400),
+)
+DELIVERIES_IN_FLIGHT = Gauge("smtprelay_deliveries_in_flight", "Messages being delivered now")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from smtprelay import configsets, hygiene, identities, metrics
@@ -47,6 +48,8 @@ class Pipeline:
         self._spool = spool
         self._quotas = quotas
         self._suppression = suppression
+        # Called after each message is durable, so delivery starts without polling.
+        self.on_spooled: Callable[[], None] = lambda: None
 
     def update_config(self, config: Config) -> None:
         self._config = config
@@ -159,6 +162,7 @@ class Pipeline:
         except SpoolError as exc:
             log.error("msg=%s spool write failed, refused with 451: %s", message_id, exc)
             return _refuse("spool_error", R.LOCAL_ERROR)
+        self.on_spooled()
         metrics.MESSAGES_ACCEPTED.labels(listener=client.listener).inc()
         metrics.RECIPIENTS_ACCEPTED.inc(len(recipients))
         metrics.MESSAGE_BYTES.observe(len(data))

@@ -87,6 +87,18 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class RecipientUpdate:
+    """What one delivery attempt did for one held recipient."""
+
+    index: int
+    state: RecipientState  # delivered, bounced, or deferred (or queued again)
+    at: float
+    reply: str  # the remote reply or our reason, shown by `queue list`
+    next_attempt: float | None = None  # for deferred
+    outcome: Outcome | None = None  # a delivery or bounce record for events
+
+
+@dataclass(frozen=True, slots=True)
 class QueuedRecipient:
     index: int
     address: str

@@ -30,6 +30,7 @@ from smtprelay.spool.model import (
     QueuedMessage,
     QueuedRecipient,
     RecipientState,
+    RecipientUpdate,
 )
 
 log = logging.getLogger("smtprelay.spool")
@@ -282,6 +283,14 @@ class Spool:
     async def delete(self, message_id: str) -> bool:
         return await self._writer.run(lambda conn: _delete(conn, message_id))
 
+    async def claim_due(self, now: float, limit: int) -> list[QueuedMessage]:
+        """Messages with recipients due now; those recipients turn `sending` (held)."""
+        return await self._writer.run(lambda conn: _claim_due(conn, now, limit))
+
+    async def record(self, message_id: str, updates: list[RecipientUpdate]) -> None:
+        """Durably record what an attempt did for each recipient it held."""
+        await self._writer.run(lambda conn: _record(conn, message_id, updates))
+
     async def recover(self) -> int:
         """Hand back recipients whose delivery attempt died with the last process."""
         return await self._writer.run(_recover)
@@ -358,6 +367,40 @@ def _delete(conn: sqlite3.Connection, message_id: str) -> bool:
     return conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)).rowcount > 0
 
 
+def _claim_due(conn: sqlite3.Connection, now: float, limit: int) -> list[QueuedMessage]:
+    ids = [row[0] for row in conn.execute(
+        "SELECT DISTINCT message_id FROM recipients WHERE state IN (?, ?) AND next_attempt <= ?"
+        " ORDER BY next_attempt LIMIT ?",
+        (RecipientState.QUEUED.value, RecipientState.DEFERRED.value, now, limit))]
+    claimed: list[QueuedMessage] = []
+    for message_id in ids:
+        conn.execute(
+            "UPDATE recipients SET state = ? WHERE message_id = ? AND state IN (?, ?)"
+            " AND next_attempt <= ?",
+            (RecipientState.SENDING.value, message_id, RecipientState.QUEUED.value,
+             RecipientState.DEFERRED.value, now))
+        message = get_message(conn, message_id)
+        if message is not None:
+            claimed.append(message)
+    return claimed
+
+
+def _record(conn: sqlite3.Connection, message_id: str, updates: list[RecipientUpdate]) -> None:
+    for u in updates:
+        conn.execute(
+            "UPDATE recipients SET state = ?, attempts = attempts + 1, last_attempt = ?,"
+            " next_attempt = ?, last_reply = ? WHERE message_id = ? AND idx = ?",
+            (u.state.value, u.at, u.next_attempt if u.next_attempt is not None else u.at,
+             u.reply, message_id, u.index))
+        if u.outcome is not None:
+            o = u.outcome
+            conn.execute(
+                "INSERT INTO outcomes (message_id, idx, kind, at, bounce_type, bounce_subtype,"
+                " status, diagnostic) VALUES (?,?,?,?,?,?,?,?)",
+                (message_id, u.index, o.kind, o.at, o.bounce_type, o.bounce_subtype, o.status,
+                 o.diagnostic))
+
+
 def _recover(conn: sqlite3.Connection) -> int:
     return conn.execute(
         "UPDATE recipients SET state = ? WHERE state = ?",
@@ -432,6 +475,23 @@ def list_messages(
         sql += " LIMIT ?"
         params.append(limit)
     return [_message_from_row(row, _recipients(conn, row[0])) for row in conn.execute(sql, params)]
+
+
+def retry_now(conn: sqlite3.Connection, message_id: str | None, now: float) -> int:
+    """Make deferred recipients due at once (`queue retry ID`, `queue flush`)."""
+    sql = "UPDATE recipients SET next_attempt = ? WHERE state IN (?, ?)"
+    params: list[Any] = [now, RecipientState.QUEUED.value, RecipientState.DEFERRED.value]
+    if message_id is not None:
+        sql += " AND message_id = ?"
+        params.append(message_id)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        changed = conn.execute(sql, params).rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return int(changed)
 
 
 def delete_message(conn: sqlite3.Connection, message_id: str) -> bool:

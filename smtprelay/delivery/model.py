@@ -1,0 +1,43 @@
+"""Values that cross the delivery boundary: what one attempt did for each recipient."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Verdict(StrEnum):
+    DELIVERED = "delivered"  # the remote MTA took it (250)
+    DEFERRED = "deferred"  # try again later (4xx, connection, TLS or DNS trouble)
+    BOUNCED = "bounced"  # final failure (5xx, null MX, NXDOMAIN, lifetime over)
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One message to one destination domain: the envelope and the bytes to send."""
+
+    mail_from: str  # "" for the null sender of a DSN
+    recipients: tuple[str, ...]
+    data: bytes  # CRLF line endings, not dot-stuffed
+    smtputf8: bool = False
+    body_8bitmime: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    recipient: str
+    verdict: Verdict
+    code: int | None  # the SMTP reply code, None when no reply was had
+    status: str  # enhanced status code: "2.0.0", "4.4.1", "5.1.1"...
+    diagnostic: str  # "smtp; 550 5.1.1 user unknown" style text, or our own reason
+    remote_mta: str | None = None  # "mx1.example.net [192.0.2.1]"
+    retry_after: float | None = None  # seconds, when the remote said so
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A host to try, in order: MX host name, its preference and one address."""
+
+    host: str
+    address: str
+    preference: int = 0

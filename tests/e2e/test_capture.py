@@ -1,0 +1,118 @@
+"""The delivery pipeline with delivery.mode: capture: spool -> scheduler -> .eml files."""
+
+from __future__ import annotations
+
+import json
+import signal
+import smtplib
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from smtprelay.spool.store import get_message, get_outcomes, open_for_cli
+from smtprelay.suppression import SQLiteSuppressionStore
+from tests.support import DaemonProcess, client_context, message
+
+
+def wait_for(check: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def send(daemon: DaemonProcess, rcpts: list[str]) -> str:
+    cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
+    with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=10) as smtp:
+        smtp.starttls(context=client_context())
+        smtp.login(cred["username"], cred["password"])
+        smtp.mail("app@example.com")
+        for rcpt in rcpts:
+            smtp.rcpt(rcpt)
+        code, text = smtp.data(message(subject="captured"))
+    assert code == 250
+    return text.decode().split()[-1]
+
+
+def states(daemon: DaemonProcess, message_id: str) -> dict[str, str]:
+    conn = open_for_cli(daemon.config.spool_path)
+    try:
+        stored = get_message(conn, message_id)
+        assert stored is not None
+        return {r.address: r.state.value for r in stored.recipients}
+    finally:
+        conn.close()
+
+
+def test_messages_are_captured_per_domain_with_the_spooled_bytes(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path, delivery={"mode": "capture"}).start()
+    try:
+        store = SQLiteSuppressionStore(daemon.config.state_path)
+        store.open()
+        store.add("acme", "gone@x.net", "BOUNCE")
+        store.close()
+        message_id = send(daemon, ["a@x.net", "b@X.net", "c@y.org", "gone@x.net"])
+        final = wait_for(lambda: (s := states(daemon, message_id)) and
+                         "queued" not in s.values() and "sending" not in s.values() and s)
+        assert final == {"a@x.net": "delivered", "b@x.net": "delivered",
+                         "c@y.org": "delivered", "gone@x.net": "suppressed"}
+        listed = json.loads(daemon.cli("captured", "list", "--json").stdout)
+        assert sorted((c["domain"], tuple(c["recipients"])) for c in listed) == [
+            ("x.net", ("a@x.net", "b@x.net")), ("y.org", ("c@y.org",))]
+        conn = open_for_cli(daemon.config.spool_path)
+        body = bytes(conn.execute("SELECT data FROM bodies WHERE message_id = ?",
+                                  (message_id,)).fetchone()[0])
+        outcomes = get_outcomes(conn, message_id)
+        conn.close()
+        for entry in listed:
+            assert Path(entry["file"]).read_bytes() == body
+            assert entry["mail_from"] == "app@example.com"
+        shown = daemon.cli("captured", "show", f"{message_id}.y.org").stdout
+        assert "Subject: captured" in shown
+        kinds = sorted((o.index, o.kind) for o in outcomes)
+        assert kinds == [(0, "delivery"), (1, "delivery"), (2, "delivery"), (3, "bounce")]
+    finally:
+        daemon.stop()
+
+
+def test_failed_capture_is_deferred_then_flushed(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path, delivery={"mode": "capture"})
+    blocker = daemon.config.capture_dir
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the capture directory should be\n")
+    daemon.start()
+    try:
+        message_id = send(daemon, ["a@x.net"])
+        assert wait_for(lambda: states(daemon, message_id) == {"a@x.net": "deferred"})
+        listing = daemon.cli("queue", "list").stdout
+        assert "deferred   a@x.net" in listing and "capture failed" in listing
+        blocker.unlink()
+        assert daemon.cli("queue", "flush").stdout.startswith("1 recipient(s) due now")
+        assert wait_for(lambda: states(daemon, message_id) == {"a@x.net": "delivered"})
+        assert len(json.loads(daemon.cli("captured", "list", "--json").stdout)) == 1
+    finally:
+        daemon.stop()
+
+
+def test_recipients_held_by_a_killed_daemon_are_delivered_after_restart(
+        tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path).start()  # hold mode: nothing is delivered
+    message_id = send(daemon, ["a@x.net", "b@y.org"])
+    daemon.stop(signal.SIGKILL)
+    # As if the daemon died in the middle of a delivery attempt.
+    conn = sqlite3.connect(daemon.config.spool_path)
+    conn.execute("UPDATE recipients SET state = 'sending'")
+    conn.commit()
+    conn.close()
+    config = daemon.config_path.read_text() + "\ndelivery: {mode: capture}\n"
+    daemon.config_path.write_text(config)
+    daemon.start()
+    try:
+        assert wait_for(lambda: states(daemon, message_id) == {
+            "a@x.net": "delivered", "b@y.org": "delivered"})
+        assert "recovered_in_flight=2" in daemon.log()
+    finally:
+        daemon.stop()
