@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from smtprelay import metrics
+from smtprelay.delivery.bounce import classify
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict
 from smtprelay.spool.model import Outcome, QueuedMessage, RecipientState, RecipientUpdate
 from smtprelay.spool.store import Spool
@@ -144,8 +145,9 @@ class Scheduler:
                 next_attempt = None
             elif result.verdict is Verdict.BOUNCED:
                 state = RecipientState.BOUNCED
+                bounce_type, subtype = classify(result.code, result.status, result.diagnostic)
                 outcome = Outcome(message_id=message.message_id, index=index, kind="bounce",
-                                  at=now, bounce_type="Permanent", bounce_subtype="General",
+                                  at=now, bounce_type=bounce_type, bounce_subtype=subtype,
                                   status=result.status, diagnostic=result.diagnostic)
                 next_attempt = None
             else:
