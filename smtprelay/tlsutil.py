@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
-import os
 import ssl
 from pathlib import Path
 
@@ -13,6 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from smtprelay.safeio import write_durably
 
 log = logging.getLogger("smtprelay.tls")
 
@@ -73,17 +74,8 @@ def ensure_self_signed(cert_file: Path, key_file: Path, hostname: str) -> bool:
     key_bytes = key.private_bytes(serialization.Encoding.PEM,
                                   serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption())
-    _write_private(key_file, key_bytes)
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_durably(key_file, key_bytes, 0o600)
+    write_durably(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     log.warning("generated a self-signed certificate cert=%s key=%s (development only)",
                 cert_file, key_file)
     return True
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict
+from smtprelay.safeio import fsync_dir, write_durably
 from smtprelay.spool.model import QueuedMessage
 
 
@@ -35,25 +35,6 @@ class Captured:
         return f"{self.name}.eml"
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class CaptureTransport:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -64,9 +45,10 @@ class CaptureTransport:
         envelope = {"message_id": message.message_id, "domain": domain,
                     "mail_from": txn.mail_from, "recipients": list(txn.recipients),
                     "captured_at": time.time(), "size": len(txn.data)}
-        _write(self.directory / f"{name}.eml", txn.data)
-        _write(self.directory / f"{name}.json", json.dumps(envelope, indent=2).encode())
-        _fsync_dir(self.directory)
+        write_durably(self.directory / f"{name}.eml", txn.data, 0o640, sync_dir=False)
+        write_durably(self.directory / f"{name}.json", json.dumps(envelope, indent=2).encode(),
+                      0o640, sync_dir=False)
+        fsync_dir(self.directory)
 
     async def deliver(self, message: QueuedMessage, domain: str,
                       txn: Transaction) -> list[RecipientResult]:

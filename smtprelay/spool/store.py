@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import queue
 import sqlite3
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from smtprelay import metrics, sqlitedb
+from smtprelay.safeio import fsync_dir
 from smtprelay.spool.model import (
     PENDING_STATES,
     NewMessage,
@@ -124,14 +124,6 @@ def migrate(conn: sqlite3.Connection, migrations: tuple[str, ...] = _MIGRATIONS)
             raise
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _Work:
     __slots__ = ("fn", "future", "queued_at")
 
@@ -158,7 +150,7 @@ class GroupCommitWriter:
     def start(self, migrations: tuple[str, ...]) -> None:
         self._conn = sqlitedb.connect(self._path, page_size=self._page_size)
         migrate(self._conn, migrations)
-        _fsync_dir(self._path.parent)
+        fsync_dir(self._path.parent)
         self._thread = threading.Thread(target=self._run, name=f"{self._name}-writer", daemon=True)
         self._thread.start()
 

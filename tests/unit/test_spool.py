@@ -121,3 +121,15 @@ def test_cli_connection_reads_and_deletes_while_daemon_writes(tmp_path: Path) ->
 def test_message_ids_sort_by_time() -> None:
     assert new_message_id(1000.0) < new_message_id(1000.5) < new_message_id(2000.0)
     assert len({new_message_id(5.0) for _ in range(1000)}) == 1000
+
+
+def test_generated_key_is_private_and_files_are_complete(tmp_path: Path) -> None:
+    from smtprelay.tlsutil import ensure_self_signed
+
+    assert ensure_self_signed(tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem",
+                              "relay.test")
+    assert (tmp_path / "tls" / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "tls" / "cert.pem").read_bytes().startswith(b"-----BEGIN CERTIFICATE")
+    assert not list((tmp_path / "tls").glob(".*.tmp"))
+    assert not ensure_self_signed(tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem",
+                                  "relay.test")
