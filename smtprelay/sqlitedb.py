@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 BUSY_TIMEOUT_MS = 10_000
@@ -30,3 +31,39 @@ def connect(path: Path, *, readonly: bool = False, page_size: int | None = None
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+class Store:
+    """One lazily opened connection to a database holding `SCHEMA`, for one process.
+
+    Callers come from worker threads (the daemon runs SQLite off the event loop), so
+    a lock serialises use of the connection; other processes (the CLI) have their own.
+    """
+
+    SCHEMA: str = ""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+
+    def open(self) -> None:
+        with self._lock:
+            if self._conn is None:
+                conn = connect(self.path)
+                if self.SCHEMA:
+                    conn.execute(self.SCHEMA)
+                self._conn = conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.open()
+        assert self._conn is not None
+        return self._conn

@@ -15,12 +15,9 @@ indexed query however long the list is.
 from __future__ import annotations
 
 import builtins
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Protocol, cast
 
 from smtprelay import sqlitedb
@@ -130,7 +127,7 @@ class SuppressionStore(Protocol):
     def close(self) -> None: ...
 
 
-class SQLiteSuppressionStore:
+class SQLiteSuppressionStore(sqlitedb.Store):
     """The suppression list in the state database (config.state_path).
 
     Safe from several processes at once (the daemon and the CLI): WAL lets the daemon's
@@ -139,31 +136,7 @@ class SQLiteSuppressionStore:
     the pipeline calls from worker threads.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.RLock()
-
-    def open(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                return
-            conn = sqlitedb.connect(self.path)
-            conn.execute(_SCHEMA)
-            self._conn = conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self.open()
-        assert self._conn is not None
-        return self._conn
+    SCHEMA = _SCHEMA
 
     # -- the acceptance path ---------------------------------------------------------
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import base64
 import secrets
-import sqlite3
 import string
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from smtprelay import sqlitedb
 from smtprelay.auth.hashing import hash_password
@@ -58,29 +56,10 @@ def generate_password() -> str:
     return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(44))
 
 
-class CredentialStore:
+class CredentialStore(sqlitedb.Store):
     """Credentials in the state database. Safe to use from several processes at once."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
-
-    def open(self) -> None:
-        conn = sqlitedb.connect(self.path)
-        conn.execute(_SCHEMA)
-        self._conn = conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self.open()
-        assert self._conn is not None
-        return self._conn
+    SCHEMA = _SCHEMA
 
     def create(self, account: str, name: str | None = None) -> NewSecret:
         password = generate_password()
@@ -97,11 +76,12 @@ class CredentialStore:
         return NewSecret(credential=credential, password=password)
 
     def lookup(self, username: str) -> Credential | None:
-        row = self.conn.execute(
-            "SELECT username, account, password_hash, name, created_at, disabled"
-            " FROM credentials WHERE username = ?",
-            (username,),
-        ).fetchone()
+        with self._lock:  # the authenticator calls this from worker threads
+            row = self.conn.execute(
+                "SELECT username, account, password_hash, name, created_at, disabled"
+                " FROM credentials WHERE username = ?",
+                (username,),
+            ).fetchone()
         return _from_row(row) if row else None
 
     def list(self, account: str | None = None) -> list[Credential]:
