@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -151,3 +152,26 @@ def python_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
+
+
+LOAD = str(Path(__file__).resolve().parent / "submit_load.py")
+
+
+def run_load(port: int, user: str, password: str, *, sessions: int, size: int,
+             messages_per_session: int, total: int, duration: float,
+             recipients: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One run of submit_load.py in its own process; its JSON summary."""
+    cmd = [sys.executable, LOAD, "--json", f"--port={port}", f"--user={user}",
+           f"--password={password}", f"--sessions={sessions}", f"--size={size}",
+           f"--messages-per-session={messages_per_session}", f"--total={total}",
+           f"--duration={duration}", *(f"--recipient={r}" for r in recipients)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120,
+                         env=python_env(), check=False)
+    if not out.stdout.strip():
+        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
+    return dict(json.loads(out.stdout))
+
+
+def median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 2) if present else None

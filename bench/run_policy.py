@@ -20,9 +20,6 @@ Exits 1 when the msgs/s ratio is below that. Writes JSON to bench/results/.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,10 +29,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO, RelayProcess, exit_on_sigterm, python_env, write_result
+from bench._common import (
+    REPO,
+    RelayProcess,
+    exit_on_sigterm,
+    median,
+    write_result,
+)
+from bench._common import run_load as common_run_load
 from smtprelay.suppression import SQLiteSuppressionStore
 
-LOAD = str(REPO / "bench" / "submit_load.py")
 ACCOUNT = "bench"
 QUOTA = {"max_send_rate": 100_000, "max_24h_send": 100_000_000}
 TARGET_RATIO = 0.95
@@ -68,21 +71,10 @@ def configure(relay: RelayProcess, on: bool, entries: int) -> float:
 
 def run_load(port: int, user: str, password: str, recipients: list[str],
              args: argparse.Namespace, total: int | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, LOAD, "--json", f"--port={port}", f"--user={user}",
-           f"--password={password}", f"--sessions={args.sessions}", f"--size={args.size}",
-           f"--messages-per-session={args.messages_per_session}",
-           f"--total={total or args.total}", f"--duration={args.duration}",
-           *(f"--recipient={r}" for r in recipients)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 120,
-                         env=python_env(), check=False)
-    if not out.stdout.strip():
-        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
-    return dict(json.loads(out.stdout))
-
-
-def median(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return round(statistics.median(present), 2) if present else None
+    return common_run_load(port, user, password, sessions=args.sessions, size=args.size,
+                           messages_per_session=args.messages_per_session,
+                           total=total or args.total, duration=args.duration,
+                           recipients=tuple(recipients))
 
 
 def pipeline_wired() -> dict[str, bool]:

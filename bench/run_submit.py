@@ -13,10 +13,7 @@ bench/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,34 +22,21 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (
-    REPO,
     RelayProcess,
     exit_on_sigterm,
+    median,
     proc_status,
-    python_env,
     write_result,
 )
+from bench._common import run_load as common_run_load
 from tests.peers.postfix import benchmark_peer
-
-LOAD = str(REPO / "bench" / "submit_load.py")
 
 
 def run_load(port: int, user: str, password: str, sessions: int, size: int,
              args: argparse.Namespace, total: int | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, LOAD, "--json", f"--port={port}", f"--user={user}",
-           f"--password={password}", f"--sessions={sessions}", f"--size={size}",
-           f"--messages-per-session={args.messages_per_session}",
-           f"--total={total or args.total}", f"--duration={args.duration}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 120,
-                         env=python_env(), check=False)
-    if not out.stdout.strip():
-        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
-    return dict(json.loads(out.stdout))
-
-
-def median(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return round(statistics.median(present), 2) if present else None
+    return common_run_load(port, user, password, sessions=sessions, size=size,
+                           messages_per_session=args.messages_per_session,
+                           total=total or args.total, duration=args.duration)
 
 
 def main(argv: list[str] | None = None) -> int:
