@@ -17,6 +17,11 @@ from dataclasses import dataclass
 _FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
+# The forms nearly every From takes: "a@b.c" and "Plain Name <a@b.c>", with nothing in
+# them (quotes, commas, comments, a second @) that could make a receiver read more.
+_SIMPLE_ADDRESS = re.compile(
+    r"\s*(?:[A-Za-z0-9 ._'-]*<([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+)>"
+    r"|([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+))\s*")
 
 
 class MalformedHeader(ValueError):
@@ -95,6 +100,9 @@ def addresses(value: str) -> list[str]:
     """
     if value.strip() == "<>":
         return []  # the null path, as in Return-Path: <>
+    simple = _SIMPLE_ADDRESS.fullmatch(value)
+    if simple is not None:
+        return [simple.group(1) or simple.group(2)]
     parsed = [addr for _, addr in email.utils.getaddresses([value])]
     bare = _COMMENT.sub("", _QUOTED.sub("", value))
     if not parsed or any("@" not in a for a in parsed) or bare.count("@") != len(parsed):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -27,6 +28,7 @@ log = logging.getLogger("smtprelay.quota")
 
 WINDOW = 86400.0
 _MINUTE = 60
+_FLUSH_INTERVAL = 1.0
 
 
 class UsageStore(Protocol):
@@ -36,7 +38,7 @@ class UsageStore(Protocol):
         """account -> [(minute, recipients)] for minutes at or after `since`."""
 
     def add(self, account: str, minute: int, count: int) -> None:
-        """Add to a minute's count; may return before it is durable."""
+        """Add to a minute's count; it becomes durable within about a second."""
 
 
 class SQLiteUsageStore:
@@ -45,24 +47,59 @@ class SQLiteUsageStore:
         " recipients INTEGER NOT NULL, PRIMARY KEY (account, minute)) WITHOUT ROWID"
     )
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, flush_interval: float = _FLUSH_INTERVAL) -> None:
         self.path = path
         self._writer = GroupCommitWriter(path, "quota")
+        # Counts wait here and go to disk once per interval in one transaction: a
+        # write (and fsync) per accepted message would compete with the spool's own
+        # commits on the hot path. A crash forgets at most one interval of use.
+        self._pending: dict[tuple[str, int], int] = {}
+        self._pending_lock = threading.Lock()
+        self._flush_interval = flush_interval
+        self._stopped = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer.start(())
         self._writer.submit(lambda conn: conn.execute(self._SCHEMA)).result(30)
+        self._stopped.clear()
+        self._flusher = threading.Thread(target=self._flush_loop, name="quota-flush",
+                                         daemon=True)
+        self._flusher.start()
 
     def close(self) -> None:
+        self._stopped.set()
+        if self._flusher is not None:
+            self._flusher.join()
+            self._flusher = None
+        self.flush()
         self._writer.stop()
+
+    def _flush_loop(self) -> None:
+        while not self._stopped.wait(self._flush_interval):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the counts gathered since the last flush (blocking)."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+        if pending:
+            try:
+                self._writer.submit(lambda conn: _add_many(conn, pending)).result(30)
+            except Exception as exc:
+                log.error("quota usage not saved: %s", exc)
+                with self._pending_lock:  # keep them for the next flush
+                    for key, count in pending.items():
+                        self._pending[key] = self._pending.get(key, 0) + count
 
     def recent(self, since: float) -> dict[str, list[tuple[int, int]]]:
         return self._writer.submit(lambda conn: _recent(conn, int(since // _MINUTE))).result(30)
 
     def add(self, account: str, minute: int, count: int) -> None:
-        future = self._writer.submit(lambda conn: _add(conn, account, minute, count))
-        future.add_done_callback(_log_failure)
+        with self._pending_lock:
+            key = (account, minute)
+            self._pending[key] = self._pending.get(key, 0) + count
 
 
 def _recent(conn: sqlite3.Connection, since_minute: int) -> dict[str, list[tuple[int, int]]]:
@@ -75,18 +112,12 @@ def _recent(conn: sqlite3.Connection, since_minute: int) -> dict[str, list[tuple
     return result
 
 
-def _add(conn: sqlite3.Connection, account: str, minute: int, count: int) -> None:
-    conn.execute(
+def _add_many(conn: sqlite3.Connection, counts: dict[tuple[str, int], int]) -> None:
+    conn.executemany(
         "INSERT INTO quota_usage (account, minute, recipients) VALUES (?,?,?)"
         " ON CONFLICT (account, minute)"
         " DO UPDATE SET recipients = recipients + excluded.recipients",
-        (account, minute, count))
-
-
-def _log_failure(future: object) -> None:
-    exc = future.exception()  # type: ignore[attr-defined]
-    if exc is not None:
-        log.error("quota usage not saved: %s", exc)
+        [(account, minute, count) for (account, minute), count in counts.items()])
 
 
 def usage_since(conn: sqlite3.Connection, since: float) -> dict[str, int]:

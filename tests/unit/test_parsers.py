@@ -137,3 +137,18 @@ def test_generated_credentials_are_safe_to_paste() -> None:
     assert len(passwords) == 2000
     assert all(len(p) == 44 and p.isalnum() and p.isascii() for p in passwords)
     assert all(generate_username().isalnum() for _ in range(100))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(
+    st.from_regex(r"[A-Za-z0-9 ._'-]{0,20}<[a-z0-9.+_-]{1,10}@[a-z0-9.-]{1,12}>", fullmatch=True),
+    st.from_regex(r"[a-z0-9.+_'-]{1,10}@[a-z0-9.-]{1,12}", fullmatch=True),
+    st.text(alphabet="ab@<>\\\" ,.;:()'", max_size=25)))
+def test_simple_address_fast_path_agrees_with_the_full_parser(value: str) -> None:
+    import email.utils
+
+    from smtprelay.headers import _SIMPLE_ADDRESS, addresses
+
+    if _SIMPLE_ADDRESS.fullmatch(value) is None:
+        return
+    assert addresses(value) == [a for _, a in email.utils.getaddresses([value])]

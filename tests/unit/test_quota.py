@@ -73,3 +73,24 @@ def test_sandbox_defaults_and_unlimited_accounts(tmp_path: Path) -> None:
     quotas.commit("other", 1000)
     assert quotas.sent_last_24h("other") == 1000
     store.close()
+
+
+def test_usage_reaches_disk_within_the_flush_interval_without_a_clean_close(
+        tmp_path: Path) -> None:
+    import sqlite3
+    import time
+
+    from smtprelay.quota import usage_since
+
+    store = SQLiteUsageStore(tmp_path / "state.db", flush_interval=0.05)
+    store.open()
+    minute = int(time.time() // 60)
+    for _ in range(500):
+        store.add("acme", minute, 1)  # one per accepted recipient, no write each
+    conn = sqlite3.connect(tmp_path / "state.db")
+    deadline = time.monotonic() + 5
+    while usage_since(conn, time.time() - 3600).get("acme") != 500:
+        assert time.monotonic() < deadline, "usage never reached the database"
+        time.sleep(0.02)
+    conn.close()
+    store.close()
