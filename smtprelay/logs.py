@@ -25,6 +25,17 @@ class _JSONFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _DeferredQueueHandler(logging.handlers.QueueHandler):
+    """Queues the record as it is: formatting happens in the writer thread, not the loop.
+
+    The stock QueueHandler formats in the caller to make records picklable; ours stay
+    in the process and carry only strings and numbers.
+    """
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
 def setup(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -41,7 +52,7 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     listener.start()
     atexit.register(listener.stop)
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(records)]  # type: ignore[arg-type]
+    root.handlers[:] = [_DeferredQueueHandler(records)]  # type: ignore[arg-type]
     root.setLevel(level.upper())
     # aiohttp and asyncio report every dropped connection; a mail server sees many.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)

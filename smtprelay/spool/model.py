@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import random
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+_ids = random.Random()  # seeded from os.urandom once, at import
 
 
 class RecipientState(StrEnum):
@@ -40,7 +42,8 @@ PENDING_STATES = (RecipientState.QUEUED, RecipientState.DEFERRED, RecipientState
 def new_message_id(now: float | None = None) -> str:
     """A unique, time-ordered id: 12 hex digits of milliseconds, a dash, 16 random hex digits."""
     millis = int((time.time() if now is None else now) * 1000)
-    return f"{millis:012x}-{os.urandom(8).hex()}"
+    # Unique, not secret (nothing is authorised by knowing an id): no syscall needed.
+    return f"{millis:012x}-{_ids.getrandbits(64):016x}"
 
 
 @dataclass(frozen=True, slots=True)
