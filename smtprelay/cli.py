@@ -71,6 +71,7 @@ def _when(ts: float | None) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from smtprelay import daemon, logs
+    from smtprelay.delivery.smtp_transport import SmarthostPasswordError
     from smtprelay.spool.store import SpoolError
     from smtprelay.tlsutil import TLSSetupError
 
@@ -79,7 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.setup(config.logging.level, config.logging.format)
     try:
         daemon.run(config, str(loaded.path))
-    except (TLSSetupError, SpoolError) as exc:
+    except (TLSSetupError, SpoolError, SmarthostPasswordError) as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:
         raise CommandError(exc.strerror or str(exc)) from None

@@ -213,6 +213,9 @@ class SetSuppressionConfig(_Model):
 
 class ConfigurationSetConfig(_Model):
     sending_enabled: bool = True
+    # SES DeliveryOptions.TlsPolicy: require refuses to deliver this set's mail in clear
+    # (it waits in the queue instead); default: delivery.tls.
+    tls: Literal["opportunistic", "require"] | None = None
     suppression: SetSuppressionConfig = Field(default_factory=SetSuppressionConfig)
 
 
@@ -227,14 +230,120 @@ class SimulatorConfig(_Model):
         return _normalise_identity(value)
 
 
+class DeliveryDNSConfig(_Model):
+    # Resolvers for MX lookups, "host" or "host:port" ("[::1]:53" for IPv6).
+    # Empty: the system resolver (/etc/resolv.conf).
+    nameservers: list[str] = Field(default_factory=list)
+    timeout: Duration = 5.0
+
+    @field_validator("nameservers")
+    @classmethod
+    def _servers(cls, values: list[str]) -> list[str]:
+        from smtprelay.delivery.dns import parse_nameserver
+
+        for value in values:
+            parse_nameserver(value)
+        return values
+
+
+class SmarthostConfig(_Model):
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, ge=1, le=65535)
+    # starttls: STARTTLS required (never AUTH or mail in clear); implicit: TLS from the
+    # first byte (port 465); none: clear text, no AUTH (a smarthost on loopback only).
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    verify_certificate: bool = True
+    ca_file: Path | None = None
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _password_source(self) -> SmarthostConfig:
+        sources = [s for s in (self.password_env, self.password_file) if s is not None]
+        if self.username is None and sources:
+            raise ValueError("password_env/password_file given without username")
+        if self.username is not None and len(sources) != 1:
+            raise ValueError("with username, set exactly one of password_env or password_file "
+                             "(the password itself never goes in the config file)")
+        if self.username is not None and self.tls == "none":
+            raise ValueError("username needs tls: starttls or implicit; credentials are "
+                             "never sent in clear")
+        return self
+
+    def password(self) -> str | None:
+        """The smarthost password from the environment or its file (ConfigError-free:
+        the daemon reports a missing one naming the key)."""
+        if self.password_env is not None:
+            return os.environ.get(self.password_env)
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        return None
+
+
+class RetryConfig(_Model):
+    # The first retry after a temporary failure; each later one waits twice as long
+    # (with +-20% jitter) up to max_interval. A remote "try again in N minutes" wins
+    # when longer. After max_lifetime in the queue the recipient bounces.
+    first: Duration = 60.0
+    max_interval: Duration = 3600.0
+    max_lifetime: Duration = 5 * 86400.0
+
+
+class DelayConfig(_Model):
+    # A recipient still undelivered this long after acceptance gets a DeliveryDelay
+    # record (SES event), then at most one per `every` while it waits.
+    after: Duration = 900.0
+    every: Duration = 3600.0
+
+
+class DSNConfig(_Model):
+    # An RFC 3464 bounce message to the envelope sender when recipients fail for good.
+    enabled: bool = True
+    # headers: the original header section only (Postfix's default); full: the whole message.
+    return_content: Literal["headers", "full"] = "headers"
+
+
 class DeliveryConfig(_Model):
-    # hold: accepted mail stays queued (no outbound transport runs).
+    # mx: deliver to each recipient domain's MX hosts (the production mode).
+    # smarthost: hand everything to one upstream server (delivery.smarthost).
     # capture: "delivered" messages are written as .eml files under
     #   data_dir/captured/ instead of leaving the machine (development, staging).
-    # mx and smarthost delivery come with the delivery release.
-    mode: Literal["hold", "capture"] = "hold"
-    # Messages handled at once by the scheduler.
-    max_concurrent: int = Field(default=100, ge=1)
+    # hold: accepted mail stays queued; nothing is delivered.
+    mode: Literal["mx", "smarthost", "capture", "hold"] = "mx"
+    # Remote SMTP port in mx mode (tests point it at a sink on loopback).
+    port: int = Field(default=25, ge=1, le=65535)
+    # The name sent in EHLO; default: server.hostname.
+    helo_name: str | None = None
+    dns: DeliveryDNSConfig = Field(default_factory=DeliveryDNSConfig)
+    smarthost: SmarthostConfig | None = None
+    # opportunistic: STARTTLS when offered, certificate not checked, clear otherwise.
+    # require: never send in clear; defer until the remote offers working TLS.
+    tls: Literal["opportunistic", "require"] = "opportunistic"
+    # Outbound SMTP sessions open at once (in use or cached idle), and in use per
+    # recipient domain.
+    max_connections: int = Field(default=200, ge=1)
+    max_connections_per_domain: int = Field(default=10, ge=1)
+    # Messages the scheduler works on at once (each waits for a connection slot).
+    max_concurrent: int = Field(default=1000, ge=1)
+    connect_timeout: Duration = 30.0
+    # RFC 5321 4.5.3.2 waits for replies (the final "." gets twice this).
+    command_timeout: Duration = 300.0
+    # A finished session stays open this long for the next message to the same host.
+    idle_timeout: Duration = 5.0
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    delay: DelayConfig = Field(default_factory=DelayConfig)
+    dsn: DSNConfig = Field(default_factory=DSNConfig)
+
+    @model_validator(mode="after")
+    def _smarthost_needed(self) -> DeliveryConfig:
+        if self.mode == "smarthost" and self.smarthost is None:
+            raise ValueError("mode is smarthost but delivery.smarthost is not set "
+                             "(host, port, tls, username, password_env)")
+        if self.max_connections_per_domain > self.max_connections:
+            raise ValueError(f"max_connections_per_domain ({self.max_connections_per_domain}) "
+                             f"is above max_connections ({self.max_connections})")
+        return self
 
 
 class HTTPConfig(_Model):
@@ -423,6 +532,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         fix(raw["server"], "data_dir")
     fix(raw.get("tls"), "cert_file")
     fix(raw.get("tls"), "key_file")
+    delivery = raw.get("delivery")
+    if isinstance(delivery, dict):
+        fix(delivery.get("smarthost"), "ca_file")
+        fix(delivery.get("smarthost"), "password_file")
 
 
 def _file_problems(config: Config) -> list[str]:

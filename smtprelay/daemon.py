@@ -13,7 +13,11 @@ from smtprelay.auth.authenticator import Authenticator
 from smtprelay.auth.credentials import CredentialStore
 from smtprelay.config import Config, ConfigError, load_config
 from smtprelay.delivery.capture import CaptureTransport
-from smtprelay.delivery.scheduler import Scheduler
+from smtprelay.delivery.dns import MXResolver
+from smtprelay.delivery.dsn_queue import DSNFactory
+from smtprelay.delivery.pool import ConnectionPool
+from smtprelay.delivery.scheduler import DeliveryPolicy, Scheduler, Transport
+from smtprelay.delivery.smtp_transport import SmarthostPasswordError, SMTPTransport
 from smtprelay.http.server import HTTPServer
 from smtprelay.pipeline import Pipeline
 from smtprelay.quota import Quotas, SQLiteUsageStore
@@ -40,6 +44,7 @@ class Relay:
         self._pipeline = Pipeline(config, self.spool, self.quotas, self.suppression)
         self._tls: ssl.SSLContext | None = None
         self.scheduler: Scheduler | None = None
+        self.transport: SMTPTransport | None = None
         self.smtp: SMTPServer | None = None
         self.http: HTTPServer | None = None
         self._ready = False
@@ -84,6 +89,13 @@ class Relay:
                 update={key: getattr(self.config, key) for key in self._RESTART_ONLY})
             self._authenticator.update_config(self.config)
             self._pipeline.update_config(self.config)
+            if self.scheduler is not None:
+                self.scheduler.policy = DeliveryPolicy.from_config(self.config)
+            if self.transport is not None:
+                try:
+                    self.transport.update_config(self.config)
+                except SmarthostPasswordError as exc:
+                    log.error("reload: %s; keeping the old smarthost password", exc)
             if self.smtp is not None:
                 self.smtp.update_config(self.config)
             log.info("configuration reloaded from %s", path)
@@ -103,12 +115,17 @@ class Relay:
         metrics.SPOOL_DEPTH.set(depth)
         log.info("spool opened path=%s messages=%d recovered_in_flight=%d", cfg.spool_path,
                  depth, handed_back)
-        if cfg.delivery.mode == "capture":
-            self.scheduler = Scheduler(self.spool, CaptureTransport(cfg.capture_dir),
-                                       max_concurrent=cfg.delivery.max_concurrent)
+        transport = self._transport()
+        if transport is not None:
+            delivery = cfg.delivery
+            dsns = (DSNFactory(cfg.server.hostname,
+                               return_full_message=delivery.dsn.return_content == "full")
+                    if delivery.dsn.enabled else None)
+            self.scheduler = Scheduler(self.spool, transport,
+                                       max_concurrent=delivery.max_concurrent,
+                                       policy=DeliveryPolicy.from_config(cfg), dsns=dsns)
             self._pipeline.on_spooled = self.scheduler.wake
             self.scheduler.start()
-            log.info("delivery mode=capture directory=%s", cfg.capture_dir)
         else:
             log.info("delivery mode=hold: accepted mail stays queued")
         self.smtp = SMTPServer(cfg, self._authenticator, self._pipeline, lambda: self._tls)
@@ -117,6 +134,27 @@ class Relay:
         await self.smtp.start()
         self._depth_task = asyncio.create_task(self._refresh_depth())
         self._ready = True
+
+    def _transport(self) -> Transport | None:
+        delivery = self.config.delivery
+        if delivery.mode == "hold":
+            return None
+        if delivery.mode == "capture":
+            log.info("delivery mode=capture directory=%s", self.config.capture_dir)
+            return CaptureTransport(self.config.capture_dir)
+        resolver = MXResolver(delivery.dns.nameservers or None, timeout=delivery.dns.timeout)
+        pool = ConnectionPool(max_connections=delivery.max_connections,
+                              max_per_domain=delivery.max_connections_per_domain,
+                              idle_timeout=delivery.idle_timeout)
+        self.transport = SMTPTransport(self.config, resolver, pool)
+        if delivery.mode == "smarthost" and delivery.smarthost is not None:
+            host = delivery.smarthost
+            log.info("delivery mode=smarthost host=%s port=%d tls=%s auth=%s", host.host,
+                     host.port, host.tls, "yes" if host.username else "no")
+        else:
+            log.info("delivery mode=mx port=%d tls=%s nameservers=%s", delivery.port,
+                     delivery.tls, ",".join(delivery.dns.nameservers) or "system")
+        return self.transport
 
     async def _refresh_depth(self) -> None:
         # Operators delete from the queue with the CLI, outside this process.
@@ -133,6 +171,8 @@ class Relay:
             await self.smtp.stop(grace)
         if self.scheduler is not None:
             await self.scheduler.stop(grace=min(grace, 10.0))
+        if self.transport is not None:
+            await self.transport.close()
         if self.http is not None:
             await self.http.stop()
         await asyncio.to_thread(self.spool.close)

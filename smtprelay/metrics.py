@@ -61,3 +61,29 @@ DELIVERY_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400),
 )
 DELIVERIES_IN_FLIGHT = Gauge("smtprelay_deliveries_in_flight", "Messages being delivered now")
+BOUNCES = Counter(
+    "smtprelay_bounces_total", "Recipients bounced, by SES bounce type and subtype",
+    ["type", "subtype"],
+)
+DEFERRALS = Counter(
+    "smtprelay_deferrals_total", "Temporary delivery failures (the recipient waits for a retry)"
+)
+DELAYS = Counter("smtprelay_delivery_delays_total", "DeliveryDelay records, by SES delay type",
+                 ["type"])
+DSNS = Counter("smtprelay_dsns_total", "Bounce messages (RFC 3464 DSNs) queued to senders")
+QUEUE_AGE_SECONDS = Histogram(
+    "smtprelay_queue_age_seconds",
+    "Age of a recipient (time since acceptance) at each delivery attempt",
+    buckets=(0.1, 1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 3 * 86400, 5 * 86400),
+)
+OUTBOUND_CONNECTIONS = Gauge(
+    "smtprelay_outbound_connections", "Outbound SMTP sessions open (in use and idle)"
+)
+OUTBOUND_CONNECTS = Counter(
+    "smtprelay_outbound_connects_total", "Outbound connection attempts by result", ["result"]
+)
+DOMAIN_ACTIVE = Gauge(
+    "smtprelay_domain_active_connections",
+    "Outbound sessions in use per recipient domain (only domains with sessions in use)",
+    ["domain"],
+)

@@ -125,8 +125,8 @@ class SinkLoop:
         task.add_done_callback(self._tasks.discard)
 
     async def serve(self, factory: Callable[[], asyncio.BaseProtocol],
-                    tls: ssl.SSLContext | None) -> int:
-        server = await self.loop.create_server(factory, HOST, 0, ssl=tls)
+                    tls: ssl.SSLContext | None, host: str = HOST, port: int = 0) -> int:
+        server = await self.loop.create_server(factory, host, port, ssl=tls)
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
@@ -162,9 +162,10 @@ class SinkLoop:
 class Sink:
     """What every sink has: a port, a Destination and the record of what it got."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, host: str = HOST) -> None:
         self.port = port
-        self.destination = Destination(host=MX_NAME, address=HOST, preference=10)
+        self.host = host
+        self.destination = Destination(host=MX_NAME, address=host, preference=10)
         self._lock = threading.Lock()
         self.sessions: list[SessionLog] = []
         self.transactions: list[Received] = []
@@ -191,8 +192,8 @@ class Sink:
 
 
 class SmtpSink(Sink):
-    def __init__(self, port: int, script: Script) -> None:
-        super().__init__(port)
+    def __init__(self, port: int, script: Script, host: str = HOST) -> None:
+        super().__init__(port, host)
         self.script = script
 
 
@@ -344,9 +345,12 @@ class SinkFactory:
         self.tls = tls
         self.hosting = SinkLoop()
 
-    def smtp(self, script: Script | None = None, **options: Any) -> SmtpSink:
+    def smtp(self, script: Script | None = None, *, host: str = HOST, port: int = 0,
+             **options: Any) -> SmtpSink:
+        """A scripted aiosmtpd server; `host`/`port` pick where it listens (delivery tests
+        put several MX hosts on 127.0.0.N with one shared port, as delivery.port is one)."""
         script = script or Script(**options)
-        sink = SmtpSink(0, script)
+        sink = SmtpSink(0, script, host)
         hosting = self.hosting
         tls = self.tls
 
@@ -366,11 +370,12 @@ class SinkFactory:
                 timeout=60,
             )
 
-        sink.port = hosting.call(hosting.serve(factory, tls if script.implicit_tls else None))
+        sink.port = hosting.call(hosting.serve(factory, tls if script.implicit_tls else None,
+                                               host, port))
         return sink
 
-    def raw(self, handler: RawHandler) -> RawSink:
-        sink = RawSink(0)
+    def raw(self, handler: RawHandler, *, host: str = HOST, port: int = 0) -> RawSink:
+        sink = RawSink(0, host)
         hosting = self.hosting
 
         async def serve() -> int:
@@ -384,12 +389,12 @@ class SinkFactory:
 
                 return asyncio.StreamReaderProtocol(reader, connected)
 
-            return await hosting.serve(factory, None)
+            return await hosting.serve(factory, None, host, port)
 
         sink.port = hosting.call(serve())
         return sink
 
-    def greeting(self, reply: str) -> RawSink:
+    def greeting(self, reply: str, *, host: str = HOST, port: int = 0) -> RawSink:
         """A server that answers the connection with `reply` (e.g. a 421) and hangs up."""
 
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -400,7 +405,7 @@ class SinkFactory:
                 await asyncio.wait_for(reader.readline(), 1)
             writer.close()
 
-        return self.raw(handler)
+        return self.raw(handler, host=host, port=port)
 
     def stop(self) -> None:
         self.hosting.stop()

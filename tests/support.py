@@ -65,6 +65,8 @@ def base_config(data_dir: Path, **overrides: Any) -> dict[str, Any]:
         },
         "configuration_sets": {"transactional": {"sending_enabled": True}},
         "http": {"listen": ["127.0.0.1:0"]},
+        # Tests that deliver say how; the rest keep mail queued (mx would ask real DNS).
+        "delivery": {"mode": "hold"},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):

@@ -29,6 +29,7 @@ import functools
 import logging
 import re
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -206,6 +207,10 @@ class Connection:
         # True when STARTTLS failed and we reconnected in clear (opportunistic policy).
         self.tls_fallback = False
         self.transactions = 0
+        self.opened_at = time.monotonic()
+        # Set once the message body started going out in the last send(): a session
+        # that broke before that can be retried elsewhere without sending twice.
+        self.body_started = False
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._broken = False
@@ -445,6 +450,7 @@ class Connection:
         if refused is not None:
             return refused
         self._busy = True
+        self.body_started = False
         try:
             clean = await self._transaction(txn, results)
             if not clean:
@@ -554,6 +560,7 @@ class Connection:
         if data_reply.code != 354:
             self._apply(results, accepted, txn, data_reply)
             return False
+        self.body_started = True
         await self._write_bytes(_dot_stuff(txn.data) + b".\r\n", "sending message body")
         # RFC 5321 4.5.3.2.6: the server may work long on the message before the reply.
         final = await self._read_reply(

@@ -11,21 +11,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from smtprelay import metrics
-from smtprelay.delivery.bounce import classify
+from smtprelay.config import Config, DelayConfig, RetryConfig
+from smtprelay.delivery.bounce import DEFAULT_RULES, Rule, classify
+from smtprelay.delivery.dsn_queue import DSNFactory
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict
-from smtprelay.spool.model import Outcome, QueuedMessage, RecipientState, RecipientUpdate
+from smtprelay.delivery.retry import delay_type, next_retry
+from smtprelay.spool.model import (
+    Outcome,
+    QueuedMessage,
+    QueuedRecipient,
+    RecipientState,
+    RecipientUpdate,
+)
 from smtprelay.spool.store import Spool
 
 log = logging.getLogger("smtprelay.delivery")
 
 _IDLE_POLL = 5.0  # seconds between looks at the spool when nobody wakes us
 _CLAIM_BATCH = 200
-_DEFER_ON_ERROR = 60.0  # a transport failure we did not expect: try again in a minute
 
 
 class Transport(Protocol):
@@ -39,11 +49,29 @@ def recipient_domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """What the scheduler does with results: retries, delay records, bounce types."""
+
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    delay: DelayConfig = field(default_factory=DelayConfig)
+    bounce_rules: tuple[Rule, ...] = DEFAULT_RULES
+
+    @classmethod
+    def from_config(cls, config: Config) -> DeliveryPolicy:
+        return cls(retry=config.delivery.retry, delay=config.delivery.delay)
+
+
 class Scheduler:
     def __init__(self, spool: Spool, transport: Transport, *, max_concurrent: int = 100,
-                 clock: Callable[[], float] = time.time) -> None:
+                 policy: DeliveryPolicy | None = None, dsns: DSNFactory | None = None,
+                 clock: Callable[[], float] = time.time,
+                 rng: random.Random | None = None) -> None:
         self._spool = spool
         self._transport = transport
+        self.policy = policy or DeliveryPolicy()
+        self._dsns = dsns
+        self._rng = rng or random.Random()
         self._clock = clock
         self._slots = asyncio.Semaphore(max_concurrent)
         self._wake = asyncio.Event()
@@ -112,13 +140,12 @@ class Scheduler:
         data = await asyncio.to_thread(self._spool.body, message.message_id)
         if data is None:
             return  # deleted by an operator meanwhile
-        by_domain: dict[str, list[int]] = {}
+        by_domain: dict[str, list[QueuedRecipient]] = {}
         for r in held:
-            by_domain.setdefault(recipient_domain(r.address), []).append(r.index)
-        addresses = {r.index: r.address for r in held}
-        for domain, indexes in by_domain.items():
+            by_domain.setdefault(recipient_domain(r.address), []).append(r)
+        for domain, recipients in by_domain.items():
             txn = Transaction(mail_from=message.mail_from,
-                              recipients=tuple(addresses[i] for i in indexes), data=data,
+                              recipients=tuple(r.address for r in recipients), data=data,
                               smtputf8=message.smtputf8, body_8bitmime=message.body_8bitmime)
             try:
                 results = await self._transport.deliver(message, domain, txn)
@@ -127,36 +154,80 @@ class Scheduler:
                 results = [RecipientResult(recipient=a, verdict=Verdict.DEFERRED, code=None,
                                            status="4.3.0", diagnostic=f"x-local; {exc}")
                            for a in txn.recipients]
-            await self._spool.record(message.message_id,
-                                     self._updates(message, indexes, results))
+            updates = self._updates(message, recipients, results)
+            finalize = self._dsns.build if self._dsns is not None else None
+            dsn = await self._spool.record(message.message_id, updates, finalize)
+            if dsn is not None:
+                metrics.DSNS.inc()
+                log.info("msg=%s dsn=%s to=%s", message.message_id, dsn.message_id,
+                         dsn.envelope.recipients[0])
+                self.wake()
 
-    def _updates(self, message: QueuedMessage, indexes: list[int],
+    def _updates(self, message: QueuedMessage, recipients: list[QueuedRecipient],
                  results: list[RecipientResult]) -> list[RecipientUpdate]:
         now = self._clock()
+        policy = self.policy
+        expires_at = message.received_at + policy.retry.max_lifetime
+        age = max(0.0, now - message.received_at)
         updates: list[RecipientUpdate] = []
-        for index, result in zip(indexes, results, strict=True):
-            metrics.DELIVERIES.labels(result=result.verdict.value).inc()
-            if result.verdict is Verdict.DELIVERED:
-                metrics.DELIVERY_SECONDS.observe(max(0.0, now - message.received_at))
+        for r, result in zip(recipients, results, strict=True):
+            metrics.QUEUE_AGE_SECONDS.observe(age)
+            verdict = result.verdict
+            reply = result.diagnostic
+            if verdict is Verdict.DEFERRED and now >= expires_at:
+                # Postfix's maximal_queue_lifetime: the last temporary error becomes final.
+                verdict = Verdict.BOUNCED
+                reply = (f"{result.diagnostic} (gave up after "
+                         f"{_span(age)} in the queue)")
+            delay_noted: float | None = None
+            outcomes: tuple[Outcome, ...] = ()
+            next_attempt: float | None = None
+            if verdict is Verdict.DELIVERED:
+                metrics.DELIVERY_SECONDS.observe(age)
                 state = RecipientState.DELIVERED
-                outcome: Outcome | None = Outcome(
-                    message_id=message.message_id, index=index, kind="delivery", at=now,
-                    status=result.status, diagnostic=result.diagnostic)
-                next_attempt = None
-            elif result.verdict is Verdict.BOUNCED:
+                outcomes = (Outcome(message_id=message.message_id, index=r.index,
+                                    kind="delivery", at=now, status=result.status,
+                                    diagnostic=result.diagnostic,
+                                    remote_mta=result.remote_mta),)
+            elif verdict is Verdict.BOUNCED:
                 state = RecipientState.BOUNCED
-                bounce_type, subtype = classify(result.code, result.status, result.diagnostic)
-                outcome = Outcome(message_id=message.message_id, index=index, kind="bounce",
-                                  at=now, bounce_type=bounce_type, bounce_subtype=subtype,
-                                  status=result.status, diagnostic=result.diagnostic)
-                next_attempt = None
+                bounce_type, subtype = classify(result.code, result.status, result.diagnostic,
+                                                policy.bounce_rules)
+                metrics.BOUNCES.labels(type=bounce_type, subtype=subtype).inc()
+                outcomes = (Outcome(message_id=message.message_id, index=r.index, kind="bounce",
+                                    at=now, bounce_type=bounce_type, bounce_subtype=subtype,
+                                    status=result.status, diagnostic=reply,
+                                    remote_mta=result.remote_mta),)
             else:
                 state = RecipientState.DEFERRED
-                outcome = None
-                next_attempt = now + (result.retry_after or _DEFER_ON_ERROR)
-            log.info("msg=%s rcpt=%s %s status=%s %s", message.message_id, result.recipient,
-                     result.verdict.value, result.status, result.diagnostic)
-            updates.append(RecipientUpdate(index=index, state=state, at=now,
-                                           reply=result.diagnostic, next_attempt=next_attempt,
-                                           outcome=outcome))
+                metrics.DEFERRALS.inc()
+                next_attempt = next_retry(r.attempts + 1, result, policy.retry, now=now,
+                                          expires_at=expires_at, rng=self._rng)
+                if age >= policy.delay.after and (
+                        r.delay_noted is None or now - r.delay_noted >= policy.delay.every):
+                    kind = delay_type(result)
+                    metrics.DELAYS.labels(type=kind).inc()
+                    delay_noted = now
+                    outcomes = (Outcome(message_id=message.message_id, index=r.index,
+                                        kind="delay", at=now, status=result.status,
+                                        diagnostic=result.diagnostic,
+                                        remote_mta=result.remote_mta, delay_type=kind),)
+            metrics.DELIVERIES.labels(result=verdict.value).inc()
+            log.info("msg=%s rcpt=%s %s status=%s %s%s", message.message_id, result.recipient,
+                     verdict.value, result.status, reply,
+                     f" next={_span(next_attempt - now)}" if next_attempt else "")
+            updates.append(RecipientUpdate(index=r.index, state=state, at=now, reply=reply,
+                                           next_attempt=next_attempt, outcomes=outcomes,
+                                           delay_noted=delay_noted))
         return updates
+
+
+def _span(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"

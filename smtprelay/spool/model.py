@@ -81,12 +81,14 @@ class Outcome:
 
     message_id: str
     index: int
-    kind: str  # "bounce" now; "delivery" and "delay" with the delivery stage
+    kind: str  # "delivery", "bounce" or "delay"
     at: float
     bounce_type: str | None = None
     bounce_subtype: str | None = None
     status: str | None = None
     diagnostic: str | None = None
+    remote_mta: str | None = None  # "mx1.example.net [192.0.2.1]"
+    delay_type: str | None = None  # SES delayType, for "delay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +100,8 @@ class RecipientUpdate:
     at: float
     reply: str  # the remote reply or our reason, shown by `queue list`
     next_attempt: float | None = None  # for deferred
-    outcome: Outcome | None = None  # a delivery or bounce record for events
+    outcomes: tuple[Outcome, ...] = ()  # delivery, bounce or delay records for events
+    delay_noted: float | None = None  # when a delay record was last made (None: unchanged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,7 @@ class QueuedRecipient:
     next_attempt: float
     last_attempt: float | None
     last_reply: str | None
+    delay_noted: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

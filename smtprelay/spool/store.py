@@ -35,6 +35,9 @@ from smtprelay.spool.model import (
 
 log = logging.getLogger("smtprelay.spool")
 T = TypeVar("T")
+# Called in the writer's transaction when a message's last recipient turns final with
+# bounces among them: (message, its bounce outcomes, its bytes) -> a DSN to spool, or None.
+Finalizer = Callable[[QueuedMessage, list[Outcome], bytes], NewMessage | None]
 
 _MAX_BATCH = 512
 _PAGE_SIZE = 16384
@@ -87,6 +90,11 @@ _MIGRATIONS: tuple[str, ...] = (
         diagnostic TEXT
     );
     CREATE INDEX outcomes_message ON outcomes(message_id);
+    """,
+    """
+    ALTER TABLE outcomes ADD COLUMN remote_mta TEXT;
+    ALTER TABLE outcomes ADD COLUMN delay_type TEXT;
+    ALTER TABLE recipients ADD COLUMN delay_noted REAL;
     """,
 )
 
@@ -279,9 +287,15 @@ class Spool:
         """Messages with recipients due now; those recipients turn `sending` (held)."""
         return await self._writer.run(lambda conn: _claim_due(conn, now, limit))
 
-    async def record(self, message_id: str, updates: list[RecipientUpdate]) -> None:
-        """Durably record what an attempt did for each recipient it held."""
-        await self._writer.run(lambda conn: _record(conn, message_id, updates))
+    async def record(self, message_id: str, updates: list[RecipientUpdate],
+                     finalize: Finalizer | None = None) -> NewMessage | None:
+        """Durably record what an attempt did for each recipient it held.
+
+        When this leaves the message with no recipient pending and some bounced,
+        `finalize(message, bounce outcomes, body)` may return a message (the DSN) that
+        is spooled in the same transaction: it exists exactly when the results do.
+        """
+        return await self._writer.run(lambda conn: _record(conn, message_id, updates, finalize))
 
     async def recover(self) -> int:
         """Hand back recipients whose delivery attempt died with the last process."""
@@ -347,10 +361,12 @@ def suppressed_diagnostic(reason: str) -> str:
 def get_outcomes(conn: sqlite3.Connection, message_id: str) -> list[Outcome]:
     return [
         Outcome(message_id=row[0], index=row[1], kind=row[2], at=row[3], bounce_type=row[4],
-                bounce_subtype=row[5], status=row[6], diagnostic=row[7])
+                bounce_subtype=row[5], status=row[6], diagnostic=row[7], remote_mta=row[8],
+                delay_type=row[9])
         for row in conn.execute(
-            "SELECT message_id, idx, kind, at, bounce_type, bounce_subtype, status, diagnostic"
-            " FROM outcomes WHERE message_id = ? ORDER BY id", (message_id,))
+            "SELECT message_id, idx, kind, at, bounce_type, bounce_subtype, status, diagnostic,"
+            " remote_mta, delay_type FROM outcomes WHERE message_id = ? ORDER BY id",
+            (message_id,))
     ]
 
 
@@ -377,20 +393,42 @@ def _claim_due(conn: sqlite3.Connection, now: float, limit: int) -> list[QueuedM
     return claimed
 
 
-def _record(conn: sqlite3.Connection, message_id: str, updates: list[RecipientUpdate]) -> None:
+def _record(conn: sqlite3.Connection, message_id: str, updates: list[RecipientUpdate],
+            finalize: Finalizer | None = None) -> NewMessage | None:
     for u in updates:
         conn.execute(
             "UPDATE recipients SET state = ?, attempts = attempts + 1, last_attempt = ?,"
-            " next_attempt = ?, last_reply = ? WHERE message_id = ? AND idx = ?",
+            " next_attempt = ?, last_reply = ?, delay_noted = COALESCE(?, delay_noted)"
+            " WHERE message_id = ? AND idx = ?",
             (u.state.value, u.at, u.next_attempt if u.next_attempt is not None else u.at,
-             u.reply, message_id, u.index))
-        if u.outcome is not None:
-            o = u.outcome
-            conn.execute(
-                "INSERT INTO outcomes (message_id, idx, kind, at, bounce_type, bounce_subtype,"
-                " status, diagnostic) VALUES (?,?,?,?,?,?,?,?)",
-                (message_id, u.index, o.kind, o.at, o.bounce_type, o.bounce_subtype, o.status,
-                 o.diagnostic))
+             u.reply, u.delay_noted, message_id, u.index))
+        for o in u.outcomes:
+            _insert_outcome(conn, message_id, u.index, o)
+    if finalize is None or not any(u.state is RecipientState.BOUNCED for u in updates):
+        return None
+    placeholders = ",".join("?" * len(PENDING_STATES))
+    pending = conn.execute(
+        f"SELECT 1 FROM recipients WHERE message_id = ? AND state IN ({placeholders})"  # noqa: S608
+        " LIMIT 1", [message_id, *(s.value for s in PENDING_STATES)]).fetchone()
+    if pending is not None:
+        return None
+    message = get_message(conn, message_id)
+    body = get_body(conn, message_id)
+    if message is None or body is None:
+        return None
+    bounces = [o for o in get_outcomes(conn, message_id) if o.kind == "bounce"]
+    extra = finalize(message, bounces, body)
+    if extra is not None:
+        _insert(conn, extra)
+    return extra
+
+
+def _insert_outcome(conn: sqlite3.Connection, message_id: str, index: int, o: Outcome) -> None:
+    conn.execute(
+        "INSERT INTO outcomes (message_id, idx, kind, at, bounce_type, bounce_subtype,"
+        " status, diagnostic, remote_mta, delay_type) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (message_id, index, o.kind, o.at, o.bounce_type, o.bounce_subtype, o.status,
+         o.diagnostic, o.remote_mta, o.delay_type))
 
 
 def _recover(conn: sqlite3.Connection) -> int:
@@ -428,13 +466,14 @@ def _message_from_row(
 
 def _recipients(conn: sqlite3.Connection, message_id: str) -> tuple[QueuedRecipient, ...]:
     rows = conn.execute(
-        "SELECT idx, address, state, attempts, next_attempt, last_attempt, last_reply"
-        " FROM recipients WHERE message_id = ? ORDER BY idx",
+        "SELECT idx, address, state, attempts, next_attempt, last_attempt, last_reply,"
+        " delay_noted FROM recipients WHERE message_id = ? ORDER BY idx",
         (message_id,),
     ).fetchall()
     return tuple(
         QueuedRecipient(index=r[0], address=r[1], state=RecipientState(r[2]), attempts=r[3],
-                        next_attempt=r[4], last_attempt=r[5], last_reply=r[6])
+                        next_attempt=r[4], last_attempt=r[5], last_reply=r[6],
+                        delay_noted=r[7])
         for r in rows
     )
 

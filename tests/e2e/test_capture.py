@@ -107,7 +107,8 @@ def test_recipients_held_by_a_killed_daemon_are_delivered_after_restart(
     conn.execute("UPDATE recipients SET state = 'sending'")
     conn.commit()
     conn.close()
-    config = daemon.config_path.read_text() + "\ndelivery: {mode: capture}\n"
+    config = daemon.config_path.read_text().replace("mode: hold", "mode: capture")
+    assert "mode: capture" in config
     daemon.config_path.write_text(config)
     daemon.start()
     try:

@@ -1,0 +1,205 @@
+"""Outbound session limits and the cache of finished sessions for the next message.
+
+Two limits, as Postfix's qmgr applies them:
+
+- `max_connections` bounds the outbound SMTP sessions open at once, in use or idle.
+  When the limit is reached and a session is wanted, the least recently used idle
+  session is closed to make room; only when every session is in use does the caller
+  wait.
+- `max_per_domain` bounds the sessions in use at once for one recipient domain, so
+  one big destination cannot take every slot and a small receiver is not flooded.
+
+A session that ends a transaction cleanly goes back to the cache under its key (the
+address, port and client settings it was opened with) for `idle_timeout` seconds,
+and at most `max_age` seconds after it was opened, so a message to the same host
+skips TCP, greeting, EHLO and the TLS handshake. Keys are per address rather than
+per domain, so domains hosted on the same MX (every Google Workspace domain) share
+sessions, as Postfix's connection cache does by address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Hashable
+from dataclasses import dataclass
+
+from smtprelay import metrics
+from smtprelay.delivery.client import Connection
+
+_REAP_EVERY = 1.0
+
+
+@dataclass(slots=True)
+class _Idle:
+    conn: Connection
+    since: float
+
+
+class ConnectionPool:
+    def __init__(self, *, max_connections: int, max_per_domain: int, idle_timeout: float = 5.0,
+                 max_age: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_connections = max_connections
+        self.max_per_domain = max_per_domain
+        self.idle_timeout = idle_timeout
+        self.max_age = max_age
+        self._clock = clock
+        self._open = 0  # sessions counted against max_connections (in use, idle, opening)
+        self._idle: dict[Hashable, list[_Idle]] = {}
+        self._active: dict[str, int] = {}
+        self._changed = asyncio.Condition()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    # ------------------------------------------------------------------ figures
+
+    @property
+    def open_count(self) -> int:
+        return self._open
+
+    @property
+    def idle_count(self) -> int:
+        return sum(len(entries) for entries in self._idle.values())
+
+    def active(self, domain: str) -> int:
+        return self._active.get(domain, 0)
+
+    # -------------------------------------------------------------- domain slots
+
+    @contextlib.asynccontextmanager
+    async def domain_slot(self, domain: str, limit: int | None = None) -> AsyncIterator[None]:
+        """Hold one of the domain's in-use slots (`limit`, default max_per_domain)."""
+        most = self.max_per_domain if limit is None else limit
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.active(domain) < most)
+            self._active[domain] = self.active(domain) + 1
+        metrics.DOMAIN_ACTIVE.labels(domain=domain).set(self._active[domain])
+        try:
+            yield
+        finally:
+            left = self._active[domain] - 1
+            if left:
+                self._active[domain] = left
+                metrics.DOMAIN_ACTIVE.labels(domain=domain).set(left)
+            else:
+                # Unbounded label sets are a Prometheus hazard: only active domains stay.
+                del self._active[domain]
+                with contextlib.suppress(KeyError):
+                    metrics.DOMAIN_ACTIVE.remove(domain)
+            await self._notify()
+
+    # ---------------------------------------------------------------- sessions
+
+    def take_idle(self, key: Hashable) -> Connection | None:
+        """The most recently used idle session under `key` that can still be used."""
+        entries = self._idle.get(key)
+        now = self._clock()
+        while entries:
+            entry = entries.pop()
+            if not entries:
+                del self._idle[key]
+            if entry.conn.reusable and now - entry.conn.opened_at < self.max_age:
+                return entry.conn
+            self._discard(entry.conn)
+            entries = self._idle.get(key)
+        return None
+
+    async def reserve(self) -> None:
+        """Count a new session against max_connections, evicting an idle one if needed."""
+        async with self._changed:
+            while self._open >= self.max_connections:
+                if self._evict_oldest():
+                    break  # its place is ours: _open stays as it is
+                await self._changed.wait()
+            else:
+                self._open += 1
+        metrics.OUTBOUND_CONNECTIONS.set(self._open)
+
+    async def unreserve(self) -> None:
+        """A reserved session never opened (connect failed): give its place back."""
+        self._open -= 1
+        metrics.OUTBOUND_CONNECTIONS.set(self._open)
+        await self._notify()
+
+    async def release(self, key: Hashable, conn: Connection) -> None:
+        """After a transaction: keep the session for the next message, or close it."""
+        now = self._clock()
+        if (self._stopped or not conn.reusable or now - conn.opened_at >= self.max_age):
+            self._discard(conn)
+        else:
+            self._idle.setdefault(key, []).append(_Idle(conn, now))
+            self._ensure_reaper()
+        await self._notify()
+
+    def forget(self, conn: Connection) -> None:
+        """A session that broke while in use: close it and give its place back."""
+        self._discard(conn)
+
+    async def close(self) -> None:
+        """Close every idle session (QUIT); sessions in use close when released."""
+        self._stopped = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for entries in list(self._idle.values()):
+            for entry in entries:
+                self._discard(entry.conn)
+        self._idle.clear()
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=5)
+
+    # ---------------------------------------------------------------- internal
+
+    def _discard(self, conn: Connection) -> None:
+        self._open -= 1
+        metrics.OUTBOUND_CONNECTIONS.set(self._open)
+        task = asyncio.get_running_loop().create_task(conn.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _evict_oldest(self) -> bool:
+        oldest_key: Hashable | None = None
+        oldest: _Idle | None = None
+        for key, entries in self._idle.items():
+            if entries and (oldest is None or entries[0].since < oldest.since):
+                oldest_key, oldest = key, entries[0]
+        if oldest is None:
+            return False
+        entries = self._idle[oldest_key]
+        entries.pop(0)
+        if not entries:
+            del self._idle[oldest_key]
+        task = asyncio.get_running_loop().create_task(oldest.conn.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return True
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        while self._idle:
+            await asyncio.sleep(min(_REAP_EVERY, self.idle_timeout))
+            now = self._clock()
+            expired = False
+            for key in list(self._idle):
+                keep = []
+                for entry in self._idle[key]:
+                    if (now - entry.since >= self.idle_timeout or not entry.conn.reusable
+                            or now - entry.conn.opened_at >= self.max_age):
+                        self._discard(entry.conn)
+                        expired = True
+                    else:
+                        keep.append(entry)
+                if keep:
+                    self._idle[key] = keep
+                else:
+                    del self._idle[key]
+            if expired:
+                await self._notify()

@@ -1,0 +1,202 @@
+"""SMTP delivery: a recipient domain's MX hosts (mx mode) or one upstream (smarthost).
+
+For each transaction (one message, one recipient domain) the transport finds where
+to go, takes a domain slot from the pool, and walks the destinations in order: an
+idle cached session to that address if there is one, else a new one. A host that
+cannot be used (refused, timed out, 421 or 5xx greeting, TLS required but missing)
+is skipped for the next address, then the next MX, up to `MAX_HOSTS_TRIED` per
+attempt (Postfix's smtp_mx_address_limit is 5 too). Once a session is established
+the transaction's results are final for this attempt: a session that breaks
+mid-transaction defers its recipients rather than re-sending them elsewhere, except
+when a cached session turns out to have died while idle before the body went out,
+which is retried once on a fresh session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from smtprelay import metrics
+from smtprelay.config import Config
+from smtprelay.delivery.client import ClientSettings, ConnectError, Connection, TLSPolicy
+from smtprelay.delivery.dns import MXResolver, MXResult, Resolution
+from smtprelay.delivery.model import Destination, RecipientResult, Transaction, Verdict
+from smtprelay.delivery.pool import ConnectionPool
+from smtprelay.spool.model import QueuedMessage
+
+log = logging.getLogger("smtprelay.delivery")
+
+MAX_HOSTS_TRIED = 5
+
+
+class SmarthostPasswordError(Exception):
+    """The smarthost password cannot be read; the message names the config key."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    settings: ClientSettings
+    slot: str  # the pool's per-domain slot name
+    limit: int  # sessions in use at once under that slot
+
+
+def _results(txn: Transaction, verdict: Verdict, status: str, diagnostic: str, *,
+             code: int | None = None, remote_mta: str | None = None,
+             retry_after: float | None = None) -> list[RecipientResult]:
+    return [RecipientResult(recipient=r, verdict=verdict, code=code, status=status,
+                            diagnostic=diagnostic, remote_mta=remote_mta,
+                            retry_after=retry_after)
+            for r in txn.recipients]
+
+
+def smarthost_password(config: Config) -> str | None:
+    """Read the smarthost password now, or raise naming the key and what to do."""
+    smarthost = config.delivery.smarthost
+    if smarthost is None or smarthost.username is None:
+        return None
+    if smarthost.password_env is not None:
+        value = os.environ.get(smarthost.password_env)
+        if not value:
+            raise SmarthostPasswordError(
+                f"delivery.smarthost.password_env: the environment variable "
+                f"{smarthost.password_env} is not set or empty; export it before starting "
+                "smtprelay (systemd: Environment= or EnvironmentFile=)")
+        return value
+    assert smarthost.password_file is not None
+    try:
+        value = smarthost.password_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SmarthostPasswordError(
+            f"delivery.smarthost.password_file: cannot read {smarthost.password_file}: "
+            f"{exc.strerror or exc}") from None
+    if not value:
+        raise SmarthostPasswordError(
+            f"delivery.smarthost.password_file: {smarthost.password_file} is empty")
+    return value
+
+
+class SMTPTransport:
+    def __init__(self, config: Config, resolver: MXResolver, pool: ConnectionPool) -> None:
+        self._resolver = resolver
+        self._pool = pool
+        self.update_config(config)
+
+    def update_config(self, config: Config) -> None:
+        """Take a new configuration (SIGHUP): TLS policies, timeouts, smarthost password."""
+        self._config = config
+        self._password = smarthost_password(config)
+
+    # ------------------------------------------------------------------ routing
+
+    def _tls_policy(self, message: QueuedMessage) -> TLSPolicy:
+        cfg = self._config
+        wanted = cfg.delivery.tls
+        if message.configuration_set is not None:
+            cs = cfg.configuration_sets.get(message.configuration_set)
+            if cs is not None and cs.tls is not None:
+                # A set can make delivery stricter, never looser than the relay's own policy.
+                wanted = "require" if "require" in (cs.tls, wanted) else cs.tls
+        return TLSPolicy(wanted)
+
+    def _route(self, message: QueuedMessage, domain: str) -> _Route:
+        delivery = self._config.delivery
+        helo = delivery.helo_name or self._config.server.hostname
+        smarthost = delivery.smarthost
+        if delivery.mode == "smarthost" and smarthost is not None:
+            policy = TLSPolicy.NONE if smarthost.tls == "none" else TLSPolicy.REQUIRE
+            settings = ClientSettings(
+                port=smarthost.port, tls=policy, implicit_tls=smarthost.tls == "implicit",
+                verify_certificates=smarthost.verify_certificate and smarthost.tls != "none",
+                ca_file=str(smarthost.ca_file) if smarthost.ca_file else None,
+                username=smarthost.username, password=self._password, helo=helo,
+                connect_timeout=delivery.connect_timeout,
+                command_timeout=delivery.command_timeout)
+            # Everything goes to one host: the relay-wide limit is the only one.
+            return _Route(settings, slot=f"[{smarthost.host}]", limit=delivery.max_connections)
+        settings = ClientSettings(port=delivery.port, tls=self._tls_policy(message), helo=helo,
+                                  connect_timeout=delivery.connect_timeout,
+                                  command_timeout=delivery.command_timeout)
+        return _Route(settings, slot=domain, limit=delivery.max_connections_per_domain)
+
+    async def _destinations(self, domain: str) -> MXResult:
+        delivery = self._config.delivery
+        if delivery.mode == "smarthost" and delivery.smarthost is not None:
+            return await self._resolver.resolve_host(delivery.smarthost.host)
+        return await self._resolver.resolve(domain)
+
+    # ------------------------------------------------------------------ delivery
+
+    async def deliver(self, message: QueuedMessage, domain: str,
+                      txn: Transaction) -> list[RecipientResult]:
+        found = await self._destinations(domain)
+        if not found.ok:
+            verdict = (Verdict.BOUNCED if found.outcome is Resolution.PERMANENT
+                       else Verdict.DEFERRED)
+            return _results(txn, verdict, found.status, f"x-dns; {found.reason}")
+        route = self._route(message, domain)
+        async with self._pool.domain_slot(route.slot, route.limit):
+            return await self._try_hosts(found.destinations[:MAX_HOSTS_TRIED], route, txn)
+
+    async def _try_hosts(self, destinations: tuple[Destination, ...], route: _Route,
+                         txn: Transaction) -> list[RecipientResult]:
+        errors: list[ConnectError] = []
+        for destination in destinations:
+            key: Hashable = (destination.address, destination.host, route.settings)
+            conn = self._pool.take_idle(key)
+            if conn is not None:
+                results = await conn.send(txn)
+                if self._died_idle(conn, results):
+                    log.info("cached session to %s had closed; opening a new one",
+                             conn.remote_mta)
+                    self._pool.forget(conn)
+                else:
+                    await self._pool.release(key, conn)
+                    return results
+            await self._pool.reserve()
+            try:
+                conn = await Connection.open(destination, route.settings)
+            except ConnectError as exc:
+                await self._pool.unreserve()
+                metrics.OUTBOUND_CONNECTS.labels(result="failed").inc()
+                log.info("%s unusable: %s", f"{destination.host} [{destination.address}]",
+                         exc.diagnostic)
+                errors.append(exc)
+                continue
+            except BaseException:
+                await self._pool.unreserve()
+                raise
+            metrics.OUTBOUND_CONNECTS.labels(result="ok").inc()
+            try:
+                results = await conn.send(txn)
+            except BaseException:
+                self._pool.forget(conn)
+                raise
+            await self._pool.release(key, conn)
+            return results
+        return self._all_failed(errors, txn)
+
+    @staticmethod
+    def _died_idle(conn: Connection, results: list[RecipientResult]) -> bool:
+        return (not conn.reusable and not conn.body_started
+                and all(r.verdict is Verdict.DEFERRED and r.code is None for r in results))
+
+    @staticmethod
+    def _all_failed(errors: list[ConnectError], txn: Transaction) -> list[RecipientResult]:
+        if not errors:
+            return _results(txn, Verdict.DEFERRED, "4.4.4",
+                            "x-local; no usable destination address")
+        # Every host refused us for good (5xx greetings): final. Anything temporary among
+        # them: wait and try again, reporting the last temporary error.
+        if all(e.verdict is Verdict.BOUNCED for e in errors):
+            last = errors[-1]
+            return _results(txn, Verdict.BOUNCED, last.status, last.diagnostic, code=last.code,
+                            remote_mta=last.remote_mta)
+        last = [e for e in errors if e.verdict is not Verdict.BOUNCED][-1]
+        return _results(txn, Verdict.DEFERRED, last.status, last.diagnostic, code=last.code,
+                        remote_mta=last.remote_mta, retry_after=last.retry_after)
+
+    async def close(self) -> None:
+        await self._pool.close()
