@@ -27,6 +27,7 @@ import base64
 import contextlib
 import functools
 import logging
+import os
 import re
 import ssl
 import time
@@ -269,7 +270,9 @@ class Connection:
                                f"TLS handshake with {self.remote_mta} failed: {exc}",
                                remote_mta=self.remote_mta) from None
         except OSError as exc:
-            raise self._connect_error("4.4.1", exc.strerror or str(exc)) from None
+            # asyncio's "Connect call failed (...)" hides the reason in errno.
+            why = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+            raise self._connect_error("4.4.1", why) from None
 
         try:
             greeting = await self._read_reply("receiving the initial server greeting")

@@ -36,6 +36,7 @@ log = logging.getLogger("smtprelay.delivery")
 
 _IDLE_POLL = 5.0  # seconds between looks at the spool when nobody wakes us
 _CLAIM_BATCH = 200
+_MIN_SLEEP = 0.05  # a recipient due "now" but not claimed is held by a running attempt
 
 
 class Transport(Protocol):
@@ -122,8 +123,19 @@ class Scheduler:
             if len(claimed) == _CLAIM_BATCH:
                 continue  # more may be due: no sleep
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_IDLE_POLL):
+                async with asyncio.timeout(await self._sleep_time()):
                     await self._wake.wait()
+
+    async def _sleep_time(self) -> float:
+        """Until the next deferred recipient is due, at most _IDLE_POLL (operators change
+        the queue from the CLI, outside this process)."""
+        try:
+            due = await asyncio.to_thread(self._spool.next_due)
+        except Exception:
+            return _IDLE_POLL
+        if due is None:
+            return _IDLE_POLL
+        return min(_IDLE_POLL, max(_MIN_SLEEP, due - self._clock()))
 
     async def _deliver(self, message: QueuedMessage) -> None:
         metrics.DELIVERIES_IN_FLIGHT.inc()
@@ -157,6 +169,8 @@ class Scheduler:
             updates = self._updates(message, recipients, results)
             finalize = self._dsns.build if self._dsns is not None else None
             dsn = await self._spool.record(message.message_id, updates, finalize)
+            if any(u.state is RecipientState.DEFERRED for u in updates):
+                self.wake()  # the loop's sleep was computed without this retry time
             if dsn is not None:
                 metrics.DSNS.inc()
                 log.info("msg=%s dsn=%s to=%s", message.message_id, dsn.message_id,

@@ -321,6 +321,11 @@ class Spool:
         with self._read() as conn:
             return get_body(conn, message_id)
 
+    def next_due(self) -> float | None:
+        """When the earliest waiting recipient is due (None: nothing waits)."""
+        with self._read() as conn:
+            return next_due(conn)
+
 
 # -- SQL, shared by the daemon and the CLI ------------------------------------------
 
@@ -436,6 +441,15 @@ def _recover(conn: sqlite3.Connection) -> int:
         "UPDATE recipients SET state = ? WHERE state = ?",
         (RecipientState.QUEUED.value, RecipientState.SENDING.value),
     ).rowcount
+
+
+def next_due(conn: sqlite3.Connection) -> float | None:
+    # One MIN per state: each is a single step down the (state, next_attempt) index.
+    times = [row[0] for state in (RecipientState.QUEUED, RecipientState.DEFERRED)
+             for row in conn.execute("SELECT MIN(next_attempt) FROM recipients WHERE state = ?",
+                                     (state.value,))
+             if row[0] is not None]
+    return min(times) if times else None
 
 
 def count_pending(conn: sqlite3.Connection) -> int:

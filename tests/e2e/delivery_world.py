@@ -21,7 +21,15 @@ from smtprelay.spool.model import Outcome, QueuedMessage
 from smtprelay.spool.store import get_message, get_outcomes, list_messages, open_for_cli
 from tests.dnsserver import TestDNSServer
 from tests.sinks import RawHandler, RawSink, Script, SinkFactory, SmtpSink
-from tests.support import Credential, RunningRelay, client_context, message, running
+from smtprelay.config import load_config
+from tests.support import (
+    Credential,
+    RunningRelay,
+    base_config,
+    client_context,
+    message,
+    write_config,
+)
 
 T = TypeVar("T")
 
@@ -91,17 +99,23 @@ class World:
 
     # ------------------------------------------------------------------- the relay
 
-    def start(self, **delivery: Any) -> RunningRelay:
+    def config(self, *, top: dict[str, Any] | None = None, **delivery: Any) -> Path:
+        """Write the relay's config: mx mode on this world's DNS and port, `delivery`
+        keys on top, and `top` for other top-level sections."""
         settings = {"mode": "mx", "port": self.port,
                     "dns": {"nameservers": [self.dns.nameserver], "timeout": "2s"},
                     **FAST_DELIVERY, **delivery}
-        self._running = running(self.tmp_path, delivery=settings)
-        self.relay = self._running.__enter__()
+        return write_config(self.tmp_path / "smtprelay.yaml",
+                            base_config(self.tmp_path / "var", delivery=settings, **(top or {})))
+
+    def start(self, *, top: dict[str, Any] | None = None, **delivery: Any) -> RunningRelay:
+        path = self.config(top=top, **delivery)
+        self.relay = RunningRelay(load_config(path).config).start()
         return self.relay
 
     def stop(self) -> None:
         if self.relay is not None:
-            self._running.__exit__(None, None, None)
+            self.relay.stop()
             self.relay = None
 
     def submit(self, recipients: list[str], *, sender: str = "app@example.com",
