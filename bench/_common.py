@@ -23,24 +23,25 @@ RESULTS = REPO / "bench" / "results"
 SMTPRELAY = str(Path(sys.executable).with_name("smtprelay"))
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
-def wait_for_banner(port: int, timeout: float = 30, plain: bool = True) -> None:
+def wait_for_banner(port: int, timeout: float = 30, plain: bool = True,
+                    host: str = "127.0.0.1") -> None:
     """Poll until the port answers (with a 220 banner when `plain`, else a TCP accept)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            with socket.create_connection((host, port), timeout=2) as sock:
                 if not plain or sock.recv(512).startswith(b"220"):
                     return
         except OSError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"nothing answers with 220 on 127.0.0.1:{port}")
+    raise RuntimeError(f"nothing answers with 220 on {host}:{port}")
 
 
 def proc_status(pid: int, field: str) -> int:
@@ -52,9 +53,15 @@ def proc_status(pid: int, field: str) -> int:
 
 
 class RelayProcess:
-    """`smtprelay serve` on a temp config with free ports; stop() removes everything."""
+    """`smtprelay serve` on a temp config with free ports; stop() removes everything.
 
-    def __init__(self, limits: dict[str, Any] | None = None, log_level: str = "info") -> None:
+    `delivery` is the config's delivery section. The default, mode hold, keeps accepted
+    mail queued: the acceptance benchmarks measure acceptance only, and the relay's own
+    default (mx) would send every accepted message to DNS and port 25 meanwhile.
+    """
+
+    def __init__(self, limits: dict[str, Any] | None = None, log_level: str = "info",
+                 delivery: dict[str, Any] | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="smtprelay-bench-", dir="/tmp"))
         self.submission_port = free_port()
         self.submissions_port = free_port()
@@ -71,11 +78,16 @@ class RelayProcess:
             "accounts": {"bench": {"identities": ["example.com"]}},
             "http": {"listen": [f"127.0.0.1:{free_port()}"]},
             "logging": {"level": log_level},
+            "delivery": delivery or {"mode": "hold"},
         }
         self.config_path = self.root / "smtprelay.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.log_path = self.root / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def spool_path(self) -> Path:
+        return self.root / "var" / "spool.db"  # config.spool_path for data_dir ./var
 
     def start(self) -> RelayProcess:
         with self.log_path.open("wb") as log:
@@ -159,12 +171,18 @@ LOAD = str(Path(__file__).resolve().parent / "submit_load.py")
 
 def run_load(port: int, user: str, password: str, *, sessions: int, size: int,
              messages_per_session: int, total: int, duration: float,
-             recipients: tuple[str, ...] = ()) -> dict[str, Any]:
-    """One run of submit_load.py in its own process; its JSON summary."""
+             recipients: tuple[str, ...] = (), reply_log: Path | None = None) -> dict[str, Any]:
+    """One run of submit_load.py in its own process; its JSON summary.
+
+    `reply_log`: the generator writes there, per accepted message, the wall-clock time
+    it read the 250 and that reply (which names the server's queue id).
+    """
     cmd = [sys.executable, LOAD, "--json", f"--port={port}", f"--user={user}",
            f"--password={password}", f"--sessions={sessions}", f"--size={size}",
            f"--messages-per-session={messages_per_session}", f"--total={total}",
            f"--duration={duration}", *(f"--recipient={r}" for r in recipients)]
+    if reply_log is not None:
+        cmd.append(f"--reply-log={reply_log}")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120,
                          env=python_env(), check=False)
     if not out.stdout.strip():

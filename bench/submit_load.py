@@ -37,6 +37,8 @@ class Stats:
     errors: Counter[str] = field(default_factory=Counter)
     sessions: int = 0
     sent: int = 0  # messages started, over all sessions: picks the next recipient
+    # (wall-clock time the 250 was read, its last line), kept only for --reply-log
+    replies: list[tuple[float, str]] = field(default_factory=list)
 
 
 def make_message(size: int, sender: str, recipient: str) -> bytes:
@@ -108,9 +110,11 @@ async def _session(args: argparse.Namespace, ctx: ssl.SSLContext, auth: bytes, b
             await writer.drain()
             started = time.perf_counter()
             writer.write(b".\r\n")
-            await client.reply("dot", "2")
+            reply = await client.reply("dot", "2")
             stats.latencies.append(time.perf_counter() - started)
             stats.accepted += 1
+            if args.reply_log:
+                stats.replies.append((time.time(), reply.rstrip().rpartition("\n")[2]))
         writer.write(b"QUIT\r\n")
         await writer.drain()
     finally:
@@ -147,6 +151,7 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
             # A failed session's unsent messages are not claimed again: the run
             # stays bounded even against a server that refuses everything.
 
+    started_at = time.time()
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(args.sessions)))
     elapsed = time.perf_counter() - started
@@ -161,9 +166,11 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
         "host": args.host, "port": args.port, "implicit_tls": args.implicit_tls,
         "sessions": args.sessions, "messages_per_session": args.messages_per_session,
         "size": len(body), "accepted": stats.accepted, "elapsed_s": round(elapsed, 3),
+        "started_at": round(started_at, 6),
         "msgs_per_s": round(stats.accepted / elapsed, 1) if elapsed > 0 else 0.0,
         "p50_ms": pct(50), "p99_ms": pct(99), "max_ms": pct(100),
         "smtp_sessions": stats.sessions, "errors": dict(stats.errors),
+        "replies": stats.replies,  # main() writes them to --reply-log, never prints them
     }
 
 
@@ -189,6 +196,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                    help="event loop of the generator (uvloop when installed)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--reply-log", metavar="PATH",
+                   help="write one line per accepted message: the epoch time its 250 was "
+                        "read, a tab, and the 250's last line (it names the queue id)")
     args = p.parse_args(argv)
     args.recipient = args.recipient or ["rcpt@example.net"]
     return args
@@ -204,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         result = uvloop.run(run_load(args))
     else:
         result = asyncio.run(run_load(args))
+    replies = result.pop("replies")
+    if args.reply_log:
+        with open(args.reply_log, "w", encoding="utf-8") as out:
+            out.writelines(f"{at:.6f}\t{text}\n" for at, text in replies)
     if args.json:
         print(json.dumps(result))
     else:

@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from smtprelay.config import load_config
 from smtprelay.spool.model import Outcome, QueuedMessage
 from smtprelay.spool.store import get_message, get_outcomes, list_messages, open_for_cli
 from tests.dnsserver import TestDNSServer
 from tests.sinks import RawHandler, RawSink, Script, SinkFactory, SmtpSink
-from smtprelay.config import load_config
 from tests.support import (
     Credential,
     RunningRelay,

@@ -78,7 +78,8 @@ def test_connection_dropped_mid_data_is_retried_and_delivered(net: World) -> Non
     message_id = net.submit(["a@dest.test"])
     wait_for(lambda: "dropped" in mx.events)
     wait_for(lambda: _rcpt_state(net, message_id, "a@dest.test")[0] == "deferred")
-    state, reply = _rcpt_state(net, message_id, "a@dest.test")
+    assert _rcpt_state(net, message_id, "a@dest.test")[0] == "deferred"
+    reply = _rcpt_state(net, message_id, "a@dest.test")[1]
     assert reply is not None and "lost connection" in reply
     mx.script.drop_mid_data = False
     assert net.wait_final(message_id) == {"a@dest.test": "delivered"}
@@ -208,6 +209,7 @@ def test_tls_required_by_the_configuration_set_defers_a_host_without_starttls(
     message_id = net.submit(["a@dest.test"])
     wait_for(lambda: _rcpt_state(net, message_id, "a@dest.test")[0] == "deferred")
     state, reply = _rcpt_state(net, message_id, "a@dest.test")
+    assert state == "deferred"
     assert reply is not None and "TLS is required, but was not offered" in reply
     assert not mx.received
 
