@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
+from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
+from tests.e2e.delivery_world import world
 from tests.peers.postfix import SmarthostClient, smarthost_client
+from tests.sinks import SinkFactory, sink_tls, sink_tls_dir, sinks  # noqa: F401 - fixtures
 from tests.support import RunningRelay, message, need_program, running, spooled
 
 pytestmark = pytest.mark.peer
@@ -90,3 +93,30 @@ def test_wrong_password_defers_in_postfix(tmp_path: Path) -> None:
             assert held["sender"] == "app@example.com"
             assert "535 5.7.8" in postfix.log()
             assert spooled(relay.config) == []
+
+
+def test_postfix_to_relay_to_mx_found_in_dns_to_sink(
+        tmp_path: Path, dns_server: TestDNSServer, sinks: SinkFactory) -> None:  # noqa: F811
+    """The whole chain: Postfix (smarthost client) -> smtprelay -> MX via DNS -> sink."""
+    need_program("postfix")
+    with world(tmp_path, dns_server, sinks) as net:
+        mx = net.smtp_host("example.net", starttls=True)
+        relay = net.start()
+        cred = relay.credential("acme")
+        with smarthost_client(relay.submission_port, cred.username, cred.password) as postfix:
+            subject = f"end to end {time.time_ns()}"
+            data = message(subject=subject, to="someone@example.net",
+                           body="Line one.\r\n.leading dot survives\r\n\r\nBye.\r\n")
+            postfix.send("app@example.com", ["someone@example.net", "other@example.net"], data)
+            (entry,) = _wait_for_spool(relay, postfix)
+            assert net.wait_final(entry["id"], timeout=20) == {
+                "someone@example.net": "delivered", "other@example.net": "delivered"}
+        [txn] = mx.received
+        assert txn.mail_from == "app@example.com"
+        assert sorted(txn.rcpt_tos) == ["other@example.net", "someone@example.net"]
+        assert txn.tls is True
+        delivered = message_from_bytes(txn.data)
+        assert delivered["Subject"] == subject
+        # The relay sends the spooled bytes exactly: Postfix's own headers and the body.
+        assert txn.data == entry["data"]
+        assert b"\r\n.leading dot survives\r\n" in txn.data

@@ -1,0 +1,124 @@
+"""Delivery in the daemon as operators run it: a child process, killed, restarted, and
+driven with the queue commands."""
+
+from __future__ import annotations
+
+import json
+import signal
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
+from tests.e2e.delivery_world import FAST_DELIVERY, shared_port, wait_for
+from tests.sinks import SinkFactory, SmtpSink, sink_tls, sink_tls_dir, sinks  # noqa: F401
+from tests.support import DaemonProcess, client_context, message
+
+
+def _daemon(tmp_path: Path, dns: TestDNSServer, port: int, **delivery: Any) -> DaemonProcess:
+    return DaemonProcess(tmp_path, delivery={
+        "mode": "mx", "port": port, "dns": {"nameservers": [dns.nameserver]},
+        **FAST_DELIVERY, **delivery})
+
+
+def _submit(daemon: DaemonProcess, rcpts: list[str]) -> str:
+    cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
+    with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=10) as smtp:
+        smtp.starttls(context=client_context())
+        smtp.login(cred["username"], cred["password"])
+        smtp.mail("app@example.com")
+        for rcpt in rcpts:
+            smtp.rcpt(rcpt)
+        code, text = smtp.data(message(subject="process test"))
+    assert code == 250
+    return text.decode().split()[-1]
+
+
+def _queue(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    return list(json.loads(daemon.cli("queue", "list", "--json").stdout))
+
+
+def _states(daemon: DaemonProcess, message_id: str) -> dict[str, str]:
+    for m in _queue(daemon):
+        if m["id"] == message_id:
+            return {r["address"]: r["state"] for r in m["recipients"]}
+    return {}
+
+
+@pytest.fixture
+def mx(dns_server: TestDNSServer, sinks: SinkFactory) -> Iterator[SmtpSink]:  # noqa: F811
+    sink = sinks.smtp(host="127.0.0.2", port=shared_port())
+    dns_server.add("dest.test", "MX", "10 mx.dest.test.")
+    dns_server.add("mx.dest.test", "A", "127.0.0.2")
+    yield sink
+
+
+def test_killed_during_delivery_the_message_is_delivered_after_restart(
+        tmp_path: Path, dns_server: TestDNSServer, mx: SmtpSink) -> None:  # noqa: F811
+    mx.script.stall_at = "DATA"  # the body went out; the reply never comes
+    daemon = _daemon(tmp_path, dns_server, mx.port, command_timeout="60s").start()
+    try:
+        message_id = _submit(daemon, ["a@dest.test"])
+        assert wait_for(lambda: "stalled" in mx.events)
+        assert _states(daemon, message_id) == {"a@dest.test": "sending"}
+        daemon.stop(signal.SIGKILL)
+        mx.script.stall_at = None
+        daemon.start()
+        assert wait_for(lambda: _states(daemon, message_id) == {"a@dest.test": "delivered"})
+        assert "recovered_in_flight=1" in daemon.log()
+        # The stalled attempt never got its reply: at least once, and here exactly once.
+        assert [t.rcpt_tos for t in mx.received] == [("a@dest.test",)]
+    finally:
+        daemon.stop()
+
+
+def test_queue_shows_a_deferred_recipient_and_retry_sends_it_now(
+        tmp_path: Path, dns_server: TestDNSServer, mx: SmtpSink) -> None:  # noqa: F811
+    mx.script.rcpt_replies["a@dest.test"] = "450 4.2.1 mailbox busy"
+    # An hour between attempts: only `queue retry` can make it go sooner.
+    daemon = _daemon(tmp_path, dns_server, mx.port,
+                     retry={"first": "1h", "max_interval": "2h", "max_lifetime": "5d"}).start()
+    try:
+        message_id = _submit(daemon, ["a@dest.test"])
+        assert wait_for(lambda: _states(daemon, message_id) == {"a@dest.test": "deferred"})
+        listing = daemon.cli("queue", "list").stdout
+        assert "deferred" in listing and "next=" in listing
+        assert "450 4.2.1 mailbox busy" in listing
+        mx.script.rcpt_replies.clear()
+        daemon.cli("queue", "retry", message_id)
+        assert wait_for(lambda: _states(daemon, message_id) == {"a@dest.test": "delivered"})
+        assert len(mx.received) == 1
+    finally:
+        daemon.stop()
+
+
+def test_metrics_count_deliveries_bounces_and_deferrals(
+        tmp_path: Path, dns_server: TestDNSServer, mx: SmtpSink) -> None:  # noqa: F811
+    import urllib.request
+
+    mx.script.rcpt_replies["gone@dest.test"] = "550 5.1.1 no such user"
+    mx.script.rcpt_replies["later@dest.test"] = "451 4.3.0 try again in 1 hour"
+    daemon = _daemon(tmp_path, dns_server, mx.port, dsn={"enabled": False},
+                     retry={"first": "60s", "max_interval": "2h", "max_lifetime": "5d"}).start()
+    try:
+        message_id = _submit(daemon, ["a@dest.test", "gone@dest.test", "later@dest.test"])
+        assert wait_for(lambda: _states(daemon, message_id) == {
+            "a@dest.test": "delivered", "gone@dest.test": "bounced",
+            "later@dest.test": "deferred"})
+        url = f"http://127.0.0.1:{daemon.ports['http']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        assert 'smtprelay_deliveries_total{result="delivered"} 1.0' in text
+        assert 'smtprelay_bounces_total{subtype="NoEmail",type="Permanent"} 1.0' in text
+        assert "smtprelay_deferrals_total 1.0" in text
+        assert 'smtprelay_outbound_connects_total{result="ok"}' in text
+        assert "smtprelay_queue_age_seconds_count 3.0" in text
+        # The retry hint ("try again in 1 hour") decided the wait, not the 60 s backoff.
+        [m] = [m for m in _queue(daemon) if m["id"] == message_id]
+        later = next(r for r in m["recipients"] if r["address"] == "later@dest.test")
+        assert later["next_attempt"] - later["last_attempt"] == pytest.approx(3600, abs=0.01)
+    finally:
+        daemon.stop()
