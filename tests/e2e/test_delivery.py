@@ -11,13 +11,14 @@ import email
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from smtprelay.spool.model import Outcome, QueuedMessage
 from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
 from tests.e2e.delivery_world import World, wait_for, world
-from tests.sinks import SinkFactory, sink_tls, sink_tls_dir, sinks  # noqa: F401 - fixtures
+from tests.sinks import MX_NAME, SinkFactory, sink_tls, sink_tls_dir, sinks  # noqa: F401 - fixtures
 
 
 @pytest.fixture
@@ -326,3 +327,56 @@ def _greeting(reply: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWrite
             pass
         writer.close()
     return handler
+
+
+# ------------------------------------------------------------------------- smarthost
+
+def _smarthost(net: World, sink_dir: Path) -> dict[str, Any]:
+    return {"mode": "smarthost", "smarthost": {
+        "host": MX_NAME, "port": net.port, "tls": "starttls", "verify_certificate": True,
+        "ca_file": str(sink_dir / "sink-cert.pem"), "username": "relayuser",
+        "password_env": "UPSTREAM_PASSWORD"}}
+
+
+def test_smarthost_mode_sends_everything_upstream_with_auth_over_verified_tls(
+        net: World, sink_tls_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    upstream = net.sinks.smtp(host=net.address(), port=net.port, starttls=True,
+                              auth={"relayuser": "s3cret"})
+    net.dns.add(MX_NAME, "A", upstream.host)
+    monkeypatch.setenv("UPSTREAM_PASSWORD", "s3cret")
+    net.start(**_smarthost(net, sink_tls_dir))
+    message_id = net.submit(["a@dest.test", "b@other.test"])
+    assert net.wait_final(message_id) == {"a@dest.test": "delivered", "b@other.test": "delivered"}
+    assert sorted(t.rcpt_tos for t in upstream.received) == [("a@dest.test",), ("b@other.test",)]
+    assert all(t.tls and t.auth_login == "relayuser" for t in upstream.received)
+
+
+def test_smarthost_with_a_wrong_password_defers_and_never_bounces(
+        net: World, sink_tls_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    upstream = net.sinks.smtp(host=net.address(), port=net.port, starttls=True,
+                              auth={"relayuser": "s3cret"})
+    net.dns.add(MX_NAME, "A", upstream.host)
+    monkeypatch.setenv("UPSTREAM_PASSWORD", "wrong")
+    net.start(**_smarthost(net, sink_tls_dir))
+    message_id = net.submit(["a@dest.test"])
+    wait_for(lambda: _rcpt_state(net, message_id, "a@dest.test")[0] == "deferred")
+    state, reply = _rcpt_state(net, message_id, "a@dest.test")
+    assert state == "deferred" and reply is not None and "535" in reply
+    assert not upstream.received
+
+
+def test_smarthost_whose_certificate_does_not_verify_gets_nothing(
+        net: World, sink_tls_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    upstream = net.sinks.smtp(host=net.address(), port=net.port, starttls=True,
+                              auth={"relayuser": "s3cret"})
+    net.dns.add(MX_NAME, "A", upstream.host)
+    monkeypatch.setenv("UPSTREAM_PASSWORD", "s3cret")
+    settings = _smarthost(net, sink_tls_dir)
+    settings["smarthost"]["ca_file"] = None  # the system CAs do not know the sink's
+    net.start(**settings)
+    message_id = net.submit(["a@dest.test"])
+    wait_for(lambda: _rcpt_state(net, message_id, "a@dest.test")[0] == "deferred")
+    state, reply = _rcpt_state(net, message_id, "a@dest.test")
+    assert state == "deferred" and reply is not None and "certificate verify failed" in reply
+    assert not upstream.received and upstream.sessions and not any(
+        "AUTH" in s.commands for s in upstream.sessions)

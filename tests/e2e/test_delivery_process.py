@@ -122,3 +122,15 @@ def test_metrics_count_deliveries_bounces_and_deferrals(
         assert later["next_attempt"] - later["last_attempt"] == pytest.approx(3600, abs=0.01)
     finally:
         daemon.stop()
+
+
+def test_a_missing_smarthost_password_stops_the_start_naming_the_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_PASSWORD_VAR", raising=False)
+    daemon = DaemonProcess(tmp_path, delivery={"mode": "smarthost", "smarthost": {
+        "host": "smtp.upstream.test", "username": "u", "password_env": "NO_SUCH_PASSWORD_VAR"}})
+    daemon.start(wait=False)
+    assert daemon.proc.wait(timeout=20) != 0
+    log = daemon.log()
+    assert "delivery.smarthost.password_env" in log and "NO_SUCH_PASSWORD_VAR" in log
+    assert "Traceback" not in log
