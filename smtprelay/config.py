@@ -331,6 +331,9 @@ class DeliveryConfig(_Model):
     command_timeout: Duration = 300.0
     # A finished session stays open this long for the next message to the same host.
     idle_timeout: Duration = 5.0
+    # A finished message (no recipient pending) stays in the spool this long for
+    # `queue show`, then it and its outcomes are deleted.
+    keep_finished: Duration = 7 * 86400.0
     retry: RetryConfig = Field(default_factory=RetryConfig)
     delay: DelayConfig = Field(default_factory=DelayConfig)
     dsn: DSNConfig = Field(default_factory=DSNConfig)

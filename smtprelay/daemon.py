@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import ssl
+import time
 
 from smtprelay import metrics, systemd, tlsutil
 from smtprelay.auth.authenticator import Authenticator
@@ -28,6 +29,7 @@ from smtprelay.suppression import SQLiteSuppressionStore
 log = logging.getLogger("smtprelay")
 
 _DEPTH_REFRESH_SECONDS = 15.0
+_PURGE_SECONDS = 60.0
 
 
 class Relay:
@@ -49,6 +51,7 @@ class Relay:
         self.http: HTTPServer | None = None
         self._ready = False
         self._depth_task: asyncio.Task[None] | None = None
+        self._purge_task: asyncio.Task[None] | None = None
 
     def _load_tls(self) -> ssl.SSLContext | None:
         cfg = self.config
@@ -133,6 +136,7 @@ class Relay:
         await self.http.start()
         await self.smtp.start()
         self._depth_task = asyncio.create_task(self._refresh_depth())
+        self._purge_task = asyncio.create_task(self._purge_finished())
         self._ready = True
 
     def _transport(self) -> Transport | None:
@@ -156,6 +160,20 @@ class Relay:
                      delivery.tls, ",".join(delivery.dns.nameservers) or "system")
         return self.transport
 
+    async def _purge_finished(self) -> None:
+        # In small batches, so the writer thread (and every SMTP session's commit
+        # behind it) never waits long for a big purge.
+        while True:
+            await asyncio.sleep(_PURGE_SECONDS)
+            before = time.time() - self.config.delivery.keep_finished
+            try:
+                for _ in range(200):  # at most 100,000 a minute
+                    if await self.spool.purge_finished(before, limit=500) < 500:
+                        break
+                    await asyncio.sleep(0.1)
+            except Exception as exc:
+                log.error("purging finished messages from the spool failed: %s", exc)
+
     async def _refresh_depth(self) -> None:
         # Operators delete from the queue with the CLI, outside this process.
         while True:
@@ -165,8 +183,9 @@ class Relay:
 
     async def stop(self, grace: float = 30.0) -> None:
         self._ready = False
-        if self._depth_task is not None:
-            self._depth_task.cancel()
+        for task in (self._depth_task, self._purge_task):
+            if task is not None:
+                task.cancel()
         if self.smtp is not None:
             await self.smtp.stop(grace)
         if self.scheduler is not None:

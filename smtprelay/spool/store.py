@@ -95,6 +95,8 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE outcomes ADD COLUMN remote_mta TEXT;
     ALTER TABLE outcomes ADD COLUMN delay_type TEXT;
     ALTER TABLE recipients ADD COLUMN delay_noted REAL;
+    ALTER TABLE messages ADD COLUMN finished_at REAL;
+    CREATE INDEX messages_finished ON messages(finished_at) WHERE finished_at IS NOT NULL;
     """,
 )
 
@@ -297,6 +299,10 @@ class Spool:
         """
         return await self._writer.run(lambda conn: _record(conn, message_id, updates, finalize))
 
+    async def purge_finished(self, before: float, limit: int = 500) -> int:
+        """Delete up to `limit` messages finished before `before`; returns how many."""
+        return await self._writer.run(lambda conn: _purge_finished(conn, before, limit))
+
     async def recover(self) -> int:
         """Hand back recipients whose delivery attempt died with the last process."""
         return await self._writer.run(_recover)
@@ -350,6 +356,9 @@ def _insert(conn: sqlite3.Connection, m: NewMessage) -> None:
           suppressed_diagnostic(m.suppressed[i]) if i in m.suppressed else None)
          for i, rcpt in enumerate(env.recipients)],
     )
+    if m.suppressed and len(m.suppressed) == len(env.recipients):
+        conn.execute("UPDATE messages SET finished_at = ? WHERE id = ?",
+                     (m.received_at, m.message_id))
     if m.suppressed:
         conn.executemany(
             "INSERT INTO outcomes (message_id, idx, kind, at, bounce_type, bounce_subtype,"
@@ -409,13 +418,18 @@ def _record(conn: sqlite3.Connection, message_id: str, updates: list[RecipientUp
              u.reply, u.delay_noted, message_id, u.index))
         for o in u.outcomes:
             _insert_outcome(conn, message_id, u.index, o)
-    if finalize is None or not any(u.state is RecipientState.BOUNCED for u in updates):
+    if not any(u.state.is_final for u in updates):
         return None
     placeholders = ",".join("?" * len(PENDING_STATES))
     pending = conn.execute(
         f"SELECT 1 FROM recipients WHERE message_id = ? AND state IN ({placeholders})"  # noqa: S608
         " LIMIT 1", [message_id, *(s.value for s in PENDING_STATES)]).fetchone()
     if pending is not None:
+        return None
+    # Done with: kept for `queue show` and events until purge_finished removes it.
+    conn.execute("UPDATE messages SET finished_at = ? WHERE id = ?",
+                 (max(u.at for u in updates), message_id))
+    if finalize is None or not any(u.state is RecipientState.BOUNCED for u in updates):
         return None
     message = get_message(conn, message_id)
     body = get_body(conn, message_id)
@@ -434,6 +448,15 @@ def _insert_outcome(conn: sqlite3.Connection, message_id: str, index: int, o: Ou
         " status, diagnostic, remote_mta, delay_type) VALUES (?,?,?,?,?,?,?,?,?,?)",
         (message_id, index, o.kind, o.at, o.bounce_type, o.bounce_subtype, o.status,
          o.diagnostic, o.remote_mta, o.delay_type))
+
+
+def _purge_finished(conn: sqlite3.Connection, before: float, limit: int) -> int:
+    ids = [row[0] for row in conn.execute(
+        "SELECT id FROM messages WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT ?",
+        (before, limit))]
+    for message_id in ids:
+        _delete(conn, message_id)
+    return len(ids)
 
 
 def _recover(conn: sqlite3.Connection) -> int:
