@@ -73,6 +73,9 @@ class Relay:
 
     # Keys that only take effect at start: the sockets and files are already open.
     _RESTART_ONLY = ("server", "listeners", "limits", "auth", "http", "store", "logging")
+    # The transport, resolver and pool are built at start from these.
+    _DELIVERY_RESTART_ONLY = ("mode", "dns", "max_connections", "max_connections_per_domain",
+                              "max_concurrent", "idle_timeout", "dsn")
 
     def reload(self, path: str | None) -> None:
         """SIGHUP: accounts, identities, credentials, sets and the certificate, in place."""
@@ -88,8 +91,16 @@ class Relay:
             if deferred:
                 log.warning("reload: changes to %s take effect at the next restart",
                             ", ".join(deferred))
-            self.config = new.model_copy(
-                update={key: getattr(self.config, key) for key in self._RESTART_ONLY})
+            old_delivery = self.config.delivery
+            fixed = {key: getattr(old_delivery, key) for key in self._DELIVERY_RESTART_ONLY}
+            changed = [f"delivery.{key}" for key, value in fixed.items()
+                       if getattr(new.delivery, key) != value]
+            if changed:
+                log.warning("reload: changes to %s take effect at the next restart",
+                            ", ".join(changed))
+            update = {key: getattr(self.config, key) for key in self._RESTART_ONLY}
+            update["delivery"] = new.delivery.model_copy(update=fixed)
+            self.config = new.model_copy(update=update)
             self._authenticator.update_config(self.config)
             self._pipeline.update_config(self.config)
             if self.scheduler is not None:
