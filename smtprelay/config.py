@@ -283,8 +283,9 @@ class SmarthostConfig(_Model):
 
 class RetryConfig(_Model):
     # The first retry after a temporary failure; each later one waits twice as long
-    # (with +-20% jitter) up to max_interval. A remote "try again in N minutes" wins
-    # when longer. After max_lifetime in the queue the recipient bounces.
+    # (with +-20% jitter) up to max_interval. A remote "try again in N minutes"
+    # replaces the backoff for that attempt (capped at max_interval). After
+    # max_lifetime in the queue the recipient bounces.
     first: Duration = 60.0
     max_interval: Duration = 3600.0
     max_lifetime: Duration = 5 * 86400.0

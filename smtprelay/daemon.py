@@ -135,6 +135,7 @@ class Relay:
             dsns = (DSNFactory(cfg.server.hostname,
                                return_full_message=delivery.dsn.return_content == "full")
                     if delivery.dsn.enabled else None)
+            self.spool.finalize = dsns.build if dsns is not None else None
             self.scheduler = Scheduler(self.spool, transport,
                                        max_concurrent=delivery.max_concurrent,
                                        policy=DeliveryPolicy.from_config(cfg), dsns=dsns)

@@ -134,8 +134,15 @@ class ConnectionPool:
         await self._notify()
 
     def forget(self, conn: Connection) -> None:
-        """A session that broke while in use: close it and give its place back."""
+        """A session that broke while in use: close it and give its place back.
+
+        Synchronous, for cancellation paths that cannot await; the waiters for the
+        freed place are woken by a task.
+        """
         self._discard(conn)
+        task = asyncio.get_running_loop().create_task(self._notify())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         """Close every idle session (QUIT); sessions in use close when released."""

@@ -44,16 +44,16 @@ def delay_type(result: RecipientResult) -> str:
     text = result.diagnostic
     if status == "4.2.2" or _MAILBOX_FULL.search(text):
         return "MailboxFull"
-    if status.startswith("4.7.") and _SPAM.search(text):
-        return "SpamDetected"
-    if status.startswith("4.7.") or (result.code is not None and _IP.search(text)):
-        return "IPFailure"
     if text.startswith("x-local;"):
         return "InternalFailure"
     if result.code is None:
-        # Nothing was heard from a server: connection, TLS or DNS trouble. SES's own
-        # event example spells it TransientCommunicationFailure.
+        # No reply from a server: connection, TLS (4.7.4/4.7.5 are ours) or DNS
+        # trouble. SES's own event example spells it TransientCommunicationFailure.
         return "TransientCommunicationFailure"
+    if status.startswith("4.7.") and _SPAM.search(text):
+        return "SpamDetected"
+    if status.startswith("4.7.") or _IP.search(text):
+        return "IPFailure"
     if result.code // 100 == 4:
         return "RecipientServerError"
     return "General"

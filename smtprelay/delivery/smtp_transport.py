@@ -53,9 +53,12 @@ def _results(txn: Transaction, verdict: Verdict, status: str, diagnostic: str, *
 
 
 def smarthost_password(config: Config) -> str | None:
-    """Read the smarthost password now, or raise naming the key and what to do."""
+    """Read the smarthost password now, or raise naming the key and what to do.
+
+    Only in smarthost mode: a smarthost block kept in an mx configuration is unused.
+    """
     smarthost = config.delivery.smarthost
-    if smarthost is None or smarthost.username is None:
+    if config.delivery.mode != "smarthost" or smarthost is None or smarthost.username is None:
         return None
     if smarthost.password_env is not None:
         value = os.environ.get(smarthost.password_env)
@@ -147,7 +150,11 @@ class SMTPTransport:
             key: Hashable = (destination.address, destination.host, route.settings)
             conn = self._pool.take_idle(key)
             if conn is not None:
-                results = await conn.send(txn)
+                try:
+                    results = await conn.send(txn)
+                except BaseException:
+                    self._pool.forget(conn)
+                    raise
                 if self._died_idle(conn, results):
                     log.info("cached session to %s had closed; opening a new one",
                              conn.remote_mta)

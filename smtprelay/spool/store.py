@@ -258,6 +258,9 @@ class Spool:
         self._writer = GroupCommitWriter(path, "spool", page_size=_PAGE_SIZE)
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
+        # Builds the DSN of a message that arrives already finished (every recipient
+        # suppressed); the scheduler passes its own to record().
+        self.finalize: Finalizer | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -277,10 +280,10 @@ class Spool:
 
     async def enqueue(self, message: NewMessage) -> None:
         """Return once the message is durable on disk; raise SpoolError otherwise."""
-        await self._writer.run(lambda conn: _insert(conn, message))
+        await self._writer.run(lambda conn: _insert(conn, message, self.finalize))
 
     def enqueue_future(self, message: NewMessage) -> Future[None]:
-        return self._writer.submit(lambda conn: _insert(conn, message))
+        return self._writer.submit(lambda conn: _insert(conn, message, self.finalize))
 
     async def delete(self, message_id: str) -> bool:
         return await self._writer.run(lambda conn: _delete(conn, message_id))
@@ -336,7 +339,7 @@ class Spool:
 # -- SQL, shared by the daemon and the CLI ------------------------------------------
 
 
-def _insert(conn: sqlite3.Connection, m: NewMessage) -> None:
+def _insert(conn: sqlite3.Connection, m: NewMessage, finalize: Finalizer | None = None) -> None:
     env = m.envelope
     conn.execute(
         "INSERT INTO messages (id, received_at, account, configuration_set, mail_from, size,"
@@ -356,9 +359,6 @@ def _insert(conn: sqlite3.Connection, m: NewMessage) -> None:
           suppressed_diagnostic(m.suppressed[i]) if i in m.suppressed else None)
          for i, rcpt in enumerate(env.recipients)],
     )
-    if m.suppressed and len(m.suppressed) == len(env.recipients):
-        conn.execute("UPDATE messages SET finished_at = ? WHERE id = ?",
-                     (m.received_at, m.message_id))
     if m.suppressed:
         conn.executemany(
             "INSERT INTO outcomes (message_id, idx, kind, at, bounce_type, bounce_subtype,"
@@ -366,6 +366,11 @@ def _insert(conn: sqlite3.Connection, m: NewMessage) -> None:
             [(m.message_id, i, "bounce", m.received_at, "Permanent", "OnAccountSuppressionList",
               "5.1.1", suppressed_diagnostic(reason)) for i, reason in m.suppressed.items()],
         )
+    if m.suppressed and len(m.suppressed) == len(env.recipients):
+        # Every recipient refused by the suppression list: finished on arrival.
+        conn.execute("UPDATE messages SET finished_at = ? WHERE id = ?",
+                     (m.received_at, m.message_id))
+        _finalize(conn, m.message_id, finalize)
 
 
 def suppressed_diagnostic(reason: str) -> str:
@@ -429,13 +434,22 @@ def _record(conn: sqlite3.Connection, message_id: str, updates: list[RecipientUp
     # Done with: kept for `queue show` and events until purge_finished removes it.
     conn.execute("UPDATE messages SET finished_at = ? WHERE id = ?",
                  (max(u.at for u in updates), message_id))
-    if finalize is None or not any(u.state is RecipientState.BOUNCED for u in updates):
+    return _finalize(conn, message_id, finalize)
+
+
+def _finalize(conn: sqlite3.Connection, message_id: str,
+              finalize: Finalizer | None) -> NewMessage | None:
+    """A finished message with bounces (now or on any earlier attempt, or refused by
+    the suppression list) gets its DSN spooled in the same transaction."""
+    if finalize is None:
+        return None
+    bounces = [o for o in get_outcomes(conn, message_id) if o.kind == "bounce"]
+    if not bounces:
         return None
     message = get_message(conn, message_id)
     body = get_body(conn, message_id)
     if message is None or body is None:
         return None
-    bounces = [o for o in get_outcomes(conn, message_id) if o.kind == "bounce"]
     extra = finalize(message, bounces, body)
     if extra is not None:
         _insert(conn, extra)

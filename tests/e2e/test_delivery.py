@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from smtprelay.spool.model import Outcome, QueuedMessage
+from smtprelay.suppression import SQLiteSuppressionStore
 from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
 from tests.e2e.delivery_world import World, wait_for, world
 from tests.sinks import MX_NAME, SinkFactory, sink_tls, sink_tls_dir, sinks  # noqa: F401 - fixtures
@@ -380,3 +381,20 @@ def test_smarthost_whose_certificate_does_not_verify_gets_nothing(
     assert state == "deferred" and reply is not None and "certificate verify failed" in reply
     assert not upstream.received and upstream.sessions and not any(
         "AUTH" in s.commands for s in upstream.sessions)
+
+
+def test_a_message_whose_every_recipient_is_suppressed_still_gets_its_dsn(net: World) -> None:
+    senders_mx = net.smtp_host("example.com")
+    relay = net.start()
+    store = SQLiteSuppressionStore(relay.config.state_path)
+    store.open()
+    store.add("acme", "gone@dest.test", "BOUNCE")
+    store.close()
+    message_id = net.submit(["gone@dest.test"])
+    assert net.states(message_id) == {"gone@dest.test": "suppressed"}
+    wait_for(lambda: senders_mx.received)
+    [dsn] = senders_mx.received
+    text = dsn.data.decode()
+    assert "Final-Recipient: rfc822; gone@dest.test" in text
+    assert "suppression list" in text
+    assert [m.attrs for m in _dsns(net)] == [{"dsn_for": message_id}]

@@ -300,10 +300,6 @@ async def test_a_dsn_that_bounces_is_not_answered(spool: Spool) -> None:
     assert message_count(spool) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: spool.store._record only finalizes when an "
-                   "update of *this* call is BOUNCED, so a message whose last pending "
-                   "recipient is delivered never gets the DSN for recipients that bounced "
-                   "earlier (or were suppressed)")
 @pytest.mark.parametrize("earlier", ["remote-bounce", "suppressed"])
 async def test_dsn_when_the_last_pending_recipient_is_delivered(spool: Spool,
                                                                 earlier: str) -> None:

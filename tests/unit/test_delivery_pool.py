@@ -200,9 +200,6 @@ async def test_waiter_gets_the_place_of_a_broken_session_released(
     assert pool.open_count == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ConnectionPool.forget() frees a place "
-                   "(_open -= 1) but never notifies the condition, so a task waiting in "
-                   "reserve() is not woken")
 async def test_waiter_gets_the_place_of_a_session_forgotten(
         pool: ConnectionPool, sinks: SinkFactory) -> None:
     sink = sinks.smtp()

@@ -150,9 +150,6 @@ def test_delay_type_is_always_an_ses_delay_type() -> None:
                 assert delay_type(deferred(code, status, text)) in SES_DELAY_TYPES
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: delay_type checks status 4.7.x before "
-                   "code None, so TLS trouble (ConnectError 4.7.4/4.7.5, no reply) is "
-                   "IPFailure instead of TransientCommunicationFailure")
 @pytest.mark.parametrize("result", [
     deferred(None, "4.7.4", "TLS is required, but was not offered by mx.example.net "
                             "[192.0.2.1]"),

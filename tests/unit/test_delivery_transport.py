@@ -424,10 +424,6 @@ async def test_cached_session_lost_after_the_body_started_is_not_resent(net: Net
     assert (pool.open_count, pool.idle_count) == (0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: SMTPTransport._try_hosts has no "
-                   "except-BaseException around conn.send() for a cached session, so a "
-                   "cancelled delivery never forgets it: its place in max_connections "
-                   "is lost for good")
 async def test_cancelled_delivery_on_a_cached_session_gives_its_place_back(
         net: Net) -> None:
     raw = RawSMTP(stall_final_after=1)  # the second "." is never answered
