@@ -65,6 +65,7 @@ class RelayProcess:
         self.root = Path(tempfile.mkdtemp(prefix="smtprelay-bench-", dir="/tmp"))
         self.submission_port = free_port()
         self.submissions_port = free_port()
+        self.http_port = free_port()
         config = {
             "server": {"hostname": "relay.bench.test", "data_dir": "./var"},
             "tls": {"generate_self_signed": True},
@@ -76,7 +77,7 @@ class RelayProcess:
             ],
             "limits": limits or {},
             "accounts": {"bench": {"identities": ["example.com"]}},
-            "http": {"listen": [f"127.0.0.1:{free_port()}"]},
+            "http": {"listen": [f"127.0.0.1:{self.http_port}"]},
             "logging": {"level": log_level},
             "delivery": delivery or {"mode": "hold"},
         }
