@@ -37,6 +37,12 @@ class _Idle:
     since: float
 
 
+@dataclass(slots=True)
+class _Gate:
+    semaphore: asyncio.Semaphore
+    users: int = 0  # holding or waiting
+
+
 class ConnectionPool:
     def __init__(self, *, max_connections: int, max_per_domain: int, idle_timeout: float = 5.0,
                  max_age: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -48,6 +54,7 @@ class ConnectionPool:
         self._open = 0  # sessions counted against max_connections (in use, idle, opening)
         self._idle: dict[Hashable, list[_Idle]] = {}
         self._active: dict[str, int] = {}
+        self._gates: dict[str, _Gate] = {}
         self._changed = asyncio.Condition()
         self._closing: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
@@ -70,25 +77,38 @@ class ConnectionPool:
 
     @contextlib.asynccontextmanager
     async def domain_slot(self, domain: str, limit: int | None = None) -> AsyncIterator[None]:
-        """Hold one of the domain's in-use slots (`limit`, default max_per_domain)."""
-        most = self.max_per_domain if limit is None else limit
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.active(domain) < most)
-            self._active[domain] = self.active(domain) + 1
-        metrics.DOMAIN_ACTIVE.labels(domain=domain).set(self._active[domain])
+        """Hold one of the domain's in-use slots (`limit`, default max_per_domain).
+
+        A FIFO semaphore per domain: waiters get slots in arrival order, so a message
+        that has waited is not overtaken by one that just arrived (a Condition woken
+        with notify_all let newcomers win and starved the oldest: seconds of p99).
+        """
+        gate = self._gates.get(domain)
+        if gate is None:
+            gate = self._gates[domain] = _Gate(
+                asyncio.Semaphore(self.max_per_domain if limit is None else limit))
+        gate.users += 1
         try:
-            yield
+            async with gate.semaphore:
+                self._active[domain] = self.active(domain) + 1
+                metrics.DOMAIN_ACTIVE.labels(domain=domain).set(self._active[domain])
+                try:
+                    yield
+                finally:
+                    left = self._active[domain] - 1
+                    if left:
+                        self._active[domain] = left
+                        metrics.DOMAIN_ACTIVE.labels(domain=domain).set(left)
+                    else:
+                        # Unbounded label sets are a Prometheus hazard: only active
+                        # domains stay.
+                        del self._active[domain]
+                        with contextlib.suppress(KeyError):
+                            metrics.DOMAIN_ACTIVE.remove(domain)
         finally:
-            left = self._active[domain] - 1
-            if left:
-                self._active[domain] = left
-                metrics.DOMAIN_ACTIVE.labels(domain=domain).set(left)
-            else:
-                # Unbounded label sets are a Prometheus hazard: only active domains stay.
-                del self._active[domain]
-                with contextlib.suppress(KeyError):
-                    metrics.DOMAIN_ACTIVE.remove(domain)
-            await self._notify()
+            gate.users -= 1
+            if gate.users == 0:
+                del self._gates[domain]  # nobody holds or waits: forget the domain
 
     # ---------------------------------------------------------------- sessions
 

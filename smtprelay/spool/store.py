@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from smtprelay import metrics, sqlitedb
+from smtprelay.headers import header_end
 from smtprelay.safeio import fsync_dir
 from smtprelay.spool.model import (
     PENDING_STATES,
@@ -368,9 +369,7 @@ def _insert(conn: sqlite3.Connection, m: NewMessage, finalize: Finalizer | None 
         )
     if m.suppressed and len(m.suppressed) == len(env.recipients):
         # Every recipient refused by the suppression list: finished on arrival.
-        conn.execute("UPDATE messages SET finished_at = ? WHERE id = ?",
-                     (m.received_at, m.message_id))
-        _finalize(conn, m.message_id, finalize)
+        _finish(conn, m.message_id, m.received_at, finalize)
 
 
 def suppressed_diagnostic(reason: str) -> str:
@@ -431,28 +430,31 @@ def _record(conn: sqlite3.Connection, message_id: str, updates: list[RecipientUp
         " LIMIT 1", [message_id, *(s.value for s in PENDING_STATES)]).fetchone()
     if pending is not None:
         return None
-    # Done with: kept for `queue show` and events until purge_finished removes it.
-    conn.execute("UPDATE messages SET finished_at = ? WHERE id = ?",
-                 (max(u.at for u in updates), message_id))
-    return _finalize(conn, message_id, finalize)
+    return _finish(conn, message_id, max(u.at for u in updates), finalize)
 
 
-def _finalize(conn: sqlite3.Connection, message_id: str,
-              finalize: Finalizer | None) -> NewMessage | None:
-    """A finished message with bounces (now or on any earlier attempt, or refused by
-    the suppression list) gets its DSN spooled in the same transaction."""
-    if finalize is None:
-        return None
-    bounces = [o for o in get_outcomes(conn, message_id) if o.kind == "bounce"]
-    if not bounces:
-        return None
-    message = get_message(conn, message_id)
+def _finish(conn: sqlite3.Connection, message_id: str, at: float,
+            finalize: Finalizer | None) -> NewMessage | None:
+    """No recipient is pending any more: mark the message, spool its DSN if some
+    recipients bounced (now, on an earlier attempt, or by the suppression list), and
+    keep only its header section, for `queue show` and events, until purge_finished
+    removes it (the body of a delivered message is what fills a disk)."""
+    conn.execute("UPDATE messages SET finished_at = ? WHERE id = ?", (at, message_id))
     body = get_body(conn, message_id)
-    if message is None or body is None:
+    if body is None:
         return None
-    extra = finalize(message, bounces, body)
-    if extra is not None:
-        _insert(conn, extra)
+    extra: NewMessage | None = None
+    bounces = ([o for o in get_outcomes(conn, message_id) if o.kind == "bounce"]
+               if finalize is not None else [])
+    message = get_message(conn, message_id) if bounces else None
+    if finalize is not None and bounces and message is not None:
+        extra = finalize(message, bounces, body)
+        if extra is not None:
+            _insert(conn, extra)
+    end = header_end(body)
+    if end < len(body):
+        conn.execute("UPDATE bodies SET data = ? WHERE message_id = ?",
+                     (body[:end], message_id))
     return extra
 
 

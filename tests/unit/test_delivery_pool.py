@@ -427,3 +427,25 @@ async def test_close_quits_idle_sessions_and_does_not_cache_later_releases(
     assert (pool.open_count, pool.idle_count) == (0, 0)
     assert pool.take_idle("c") is None
     assert await wait_until(lambda: quits(sink) == 3)
+
+
+async def test_domain_slots_go_to_waiters_in_arrival_order(pool: ConnectionPool) -> None:
+    order: list[int] = []
+    release = asyncio.Event()
+
+    async def deliver(n: int) -> None:
+        async with pool.domain_slot("busy.test", limit=1):
+            order.append(n)
+            if n == 0:
+                await release.wait()
+
+    first = asyncio.create_task(deliver(0))
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(deliver(n)) for n in (1, 2, 3)]
+    await asyncio.sleep(0.01)  # all three are queued behind the holder
+    release.set()
+    latecomer = asyncio.create_task(deliver(4))  # arrives as the slot frees up
+    await asyncio.wait_for(asyncio.gather(first, *waiters, latecomer), 2)
+    assert order == [0, 1, 2, 3, 4]
+    assert pool.active("busy.test") == 0
+    assert "busy.test" not in pool._gates  # forgotten once nobody holds or waits

@@ -51,6 +51,12 @@ def test_finished_messages_are_marked_and_purged_with_their_outcomes(tmp_path: P
                                                       "451", next_attempt=3000.0)])
             marks = _finished(spool.path)
             assert marks == {"m1": 2001.0, "m2": 1000.0, "m3": None}
+            # Finished messages keep their header section only; pending ones all of it.
+            conn = sqlite3.connect(spool.path)
+            bodies = dict(conn.execute("SELECT message_id, data FROM bodies").fetchall())
+            conn.close()
+            assert bodies == {"m1": b"Subject: x\r\n\r\n", "m2": b"Subject: x\r\n\r\n",
+                              "m3": b"Subject: x\r\n\r\nbody\r\n"}
             assert await spool.purge_finished(before=1500.0) == 1  # only m2 is that old
             assert await spool.purge_finished(before=5000.0) == 1  # m1; m3 is pending
             assert set(_finished(spool.path)) == {"m3"}
