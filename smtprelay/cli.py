@@ -72,6 +72,7 @@ def _when(ts: float | None) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     from smtprelay import daemon, logs
     from smtprelay.delivery.smtp_transport import SmarthostPasswordError
+    from smtprelay.dkim import DKIMKeyError
     from smtprelay.spool.store import SpoolError
     from smtprelay.tlsutil import TLSSetupError
 
@@ -80,7 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.setup(config.logging.level, config.logging.format)
     try:
         daemon.run(config, str(loaded.path))
-    except (TLSSetupError, SpoolError, SmarthostPasswordError) as exc:
+    except (TLSSetupError, SpoolError, SmarthostPasswordError, DKIMKeyError) as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:
         raise CommandError(exc.strerror or str(exc)) from None
@@ -372,6 +373,75 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- dkim -----------------------------------------------------------------------------
+
+
+def _txt_strings(value: str) -> str:
+    """A TXT value as a zone file wants it: quoted strings of at most 255 bytes."""
+    data = value.encode("ascii")
+    return " ".join(f'"{data[i:i + 255].decode()}"' for i in range(0, len(data), 255))
+
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from smtprelay import dkim
+    from smtprelay.config import check_domain, check_selector
+
+    try:
+        domain = check_domain(args.domain)
+        selector = check_selector(args.selector)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    owner: tuple[int, int] | None = None
+    if args.out is not None:
+        path = Path(args.out).expanduser().absolute()
+    else:
+        if args.config is None and not os.environ.get(ENV_CONFIG):
+            raise CommandError("pass -c FILE (the key goes to data_dir/dkim/) or --out FILE")
+        # The configuration may already name the key about to be created.
+        config = load_config(args.config, check_keys=False).config
+        data_dir = config.server.data_dir
+        path = data_dir / "dkim" / f"{domain}.{selector}.pem"
+        if os.geteuid() == 0 and data_dir.is_dir() and data_dir.stat().st_uid != 0:
+            # Run as root for a daemon running as its own user: the key must be its.
+            owner = (data_dir.stat().st_uid, data_dir.stat().st_gid)
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True)
+            if owner is not None:
+                os.chown(path.parent, *owner)
+    key = dkim.generate_key(args.type)
+    try:
+        dkim.write_key(path, key)
+    except FileExistsError:
+        raise CommandError(f"{path} already exists; not replacing a key (a new selector "
+                           "is the way to rotate: keygen with --selector NEW)") from None
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if owner is not None:
+        os.chown(path, *owner)
+    kind = f"RSA {dkim.RSA_BITS}-bit, rsa-sha256" if args.type == "rsa" else \
+        "Ed25519, ed25519-sha256"
+    record = dkim.public_record(key)
+    print(f"Wrote the private key ({kind}) to {path} (mode 0600).")
+    print()
+    print(f"1. Publish this TXT record in the DNS zone of {domain}:")
+    print()
+    print(f"{selector}._domainkey.{domain}.  3600  IN  TXT  {_txt_strings(record)}")
+    print()
+    print("2. Add the key to the configuration and reload (systemctl reload smtprelay):")
+    print()
+    print("identities:")
+    print(f"  {domain}:")
+    print("    dkim:")
+    print(f"      - {{selector: {selector}, key_file: {json.dumps(str(path))}}}")
+    print()
+    print("3. Check what DNS serves, once published (the same text, in pieces):")
+    print()
+    print(f"dig +short TXT {selector}._domainkey.{domain}")
+    return EXIT_OK
+
+
 # -- argument parsing ------------------------------------------------------------------
 
 
@@ -442,6 +512,20 @@ def build_parser() -> argparse.ArgumentParser:
                             help="print a captured message (by name or message id)")
     p.add_argument("name")
     p.set_defaults(func=cmd_captured_show)
+
+    dkim = sub.add_parser("dkim", help="DKIM signing keys").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    p = dkim.add_parser("keygen", parents=[common],
+                        help="create a signing key; print the DNS record and config to add")
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--selector", required=True, metavar="S",
+                   help="the key's name in DNS: S._domainkey.DOMAIN (e.g. r2026)")
+    p.add_argument("--type", choices=("rsa", "ed25519"), default="rsa",
+                   help="rsa (2048-bit, every receiver) or ed25519 (sign with both); "
+                        "default rsa")
+    p.add_argument("--out", metavar="FILE",
+                   help="where to write the key (default: data_dir/dkim/DOMAIN.S.pem)")
+    p.set_defaults(func=cmd_dkim_keygen)
 
     from smtprelay.suppression_cli import register as register_suppression
 

@@ -350,6 +350,59 @@ class DeliveryConfig(_Model):
         return self
 
 
+# RFC 6376 3.1: a selector is one or more DNS labels.
+_SELECTOR_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def check_domain(value: str) -> str:
+    """A domain name, lower-cased, without a final dot; ValueError otherwise."""
+    value = value.strip()
+    if "@" in value or not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\.?", value):
+        raise ValueError(f"{value!r} is not a domain name")
+    return value.lower().rstrip(".")
+
+
+def check_selector(value: str) -> str:
+    if not _SELECTOR_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a DKIM selector (DNS labels: letters, digits, "
+                         "hyphens, dots between labels)")
+    return value
+
+
+class DKIMKeyConfig(_Model):
+    # The key is published at <selector>._domainkey.<domain>; its type (RSA or Ed25519)
+    # is read from the PEM file and decides the algorithm (rsa-sha256, ed25519-sha256).
+    selector: str
+    key_file: Path
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        return check_selector(value)
+
+
+class IdentityConfig(_Model):
+    # Every key signs every message whose From domain this identity covers (dual
+    # signing with an RSA and an Ed25519 key); none: mail is sent unsigned.
+    dkim: list[DKIMKeyConfig] = Field(default_factory=list)
+    # SES's custom MAIL FROM domain; validated now, used by the bounce-handling release.
+    mail_from_domain: str | None = None
+
+    @field_validator("dkim")
+    @classmethod
+    def _unique_selectors(cls, values: list[DKIMKeyConfig]) -> list[DKIMKeyConfig]:
+        selectors = [v.selector.lower() for v in values]
+        for selector in sorted({s for s in selectors if selectors.count(s) > 1}):
+            raise ValueError(f"selector {selector!r} is listed twice")
+        return values
+
+    @field_validator("mail_from_domain")
+    @classmethod
+    def _mail_from(cls, value: str | None) -> str | None:
+        return None if value is None else check_domain(value)
+
+
 class HTTPConfig(_Model):
     listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:8080"])
 
@@ -377,6 +430,7 @@ class Config(_Model):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     accounts: dict[str, AccountConfig] = Field(default_factory=dict)
+    identities: dict[str, IdentityConfig] = Field(default_factory=dict)
     configuration_sets: dict[str, ConfigurationSetConfig] = Field(default_factory=dict)
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
@@ -384,9 +438,36 @@ class Config(_Model):
     store: StoreConfig = Field(default_factory=StoreConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
+    @field_validator("identities", mode="before")
+    @classmethod
+    def _identity_domains(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        normalised: dict[str, Any] = {}
+        problems: list[str] = []
+        for name, identity in value.items():
+            try:
+                domain = check_domain(str(name))
+            except ValueError as exc:
+                problems.append(f"{exc}; the keys here are domains (mail from an address "
+                                "is signed with its domain's keys)")
+                continue
+            if domain in normalised:
+                problems.append(f"{name!r}: {domain} is listed twice")
+            normalised[domain] = identity
+        if problems:
+            raise ValueError("\n".join(problems))
+        return normalised
+
     @model_validator(mode="after")
     def _cross_references(self) -> Config:
         problems: list[str] = []
+        for domain, identity in self.identities.items():
+            mail_from = identity.mail_from_domain
+            if mail_from is not None and not mail_from.endswith("." + domain):
+                problems.append(
+                    f"identities.{domain}.mail_from_domain: {mail_from} must be a subdomain "
+                    f"of {domain} (such as bounce.{domain}), as SES requires")
         names = [listener.name for listener in self.listeners]
         for name in sorted({n for n in names if names.count(n) > 1}):
             problems.append(f"listeners: the name {name!r} is used twice")
@@ -540,10 +621,20 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     if isinstance(delivery, dict):
         fix(delivery.get("smarthost"), "ca_file")
         fix(delivery.get("smarthost"), "password_file")
+    identities = raw.get("identities")
+    if isinstance(identities, dict):
+        for identity in identities.values():
+            keys = identity.get("dkim") if isinstance(identity, dict) else None
+            for key in keys if isinstance(keys, list) else ():
+                fix(key, "key_file")
 
 
-def _file_problems(config: Config) -> list[str]:
+def _file_problems(config: Config, *, check_keys: bool) -> list[str]:
     problems: list[str] = []
+    if check_keys and any(identity.dkim for identity in config.identities.values()):
+        from smtprelay.dkim import load_keys
+
+        problems.extend(load_keys(config)[1])
     if not config.tls.generate_self_signed:
         needs_tls = any(listener.tls != "none" for listener in config.listeners)
         for key, path in (("tls.cert_file", config.cert_path), ("tls.key_file", config.key_path)):
@@ -558,8 +649,12 @@ def _file_problems(config: Config) -> list[str]:
     return problems
 
 
-def load_config(path: str | Path | None) -> LoadedConfig:
-    """Read, parse and validate the configuration; raise ConfigError listing every problem."""
+def load_config(path: str | Path | None, *, check_keys: bool = True) -> LoadedConfig:
+    """Read, parse and validate the configuration; raise ConfigError listing every problem.
+
+    check_keys=False skips reading the DKIM key files (for `smtprelay dkim keygen`,
+    which creates a key the configuration may already name).
+    """
     if path is None:
         path = os.environ.get(ENV_CONFIG)
     if not path:
@@ -588,7 +683,7 @@ def load_config(path: str | Path | None) -> LoadedConfig:
     except ValidationError as exc:
         problems = [line for error in exc.errors() for line in _describe(error)]
         raise ConfigError(file_path, problems) from None
-    problems = _file_problems(config)
+    problems = _file_problems(config, check_keys=check_keys)
     if problems:
         raise ConfigError(file_path, problems)
     return LoadedConfig(config=config, path=file_path)

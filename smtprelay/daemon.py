@@ -9,7 +9,7 @@ import signal
 import ssl
 import time
 
-from smtprelay import metrics, systemd, tlsutil
+from smtprelay import dkim, metrics, systemd, tlsutil
 from smtprelay.auth.authenticator import Authenticator
 from smtprelay.auth.credentials import CredentialStore
 from smtprelay.config import Config, ConfigError, load_config
@@ -86,6 +86,11 @@ class Relay:
                 log.error("reload refused, keeping the running config: %s", "; ".join(
                     exc.problems))
                 return
+            try:
+                signer = dkim.Signer.from_config(new)
+            except dkim.DKIMKeyError as exc:
+                log.error("reload refused, keeping the running config: %s", exc)
+                return
             deferred = [key for key in self._RESTART_ONLY
                         if getattr(new, key) != getattr(self.config, key)]
             if deferred:
@@ -103,6 +108,8 @@ class Relay:
             self.config = new.model_copy(update=update)
             self._authenticator.update_config(self.config)
             self._pipeline.update_config(self.config)
+            self._pipeline.signer = signer
+            _log_dkim(signer)
             if self.scheduler is not None:
                 self.scheduler.policy = DeliveryPolicy.from_config(self.config)
             if self.transport is not None:
@@ -119,6 +126,8 @@ class Relay:
         cfg = self.config
         cfg.server.data_dir.mkdir(parents=True, exist_ok=True)
         self._tls = self._load_tls()
+        self._pipeline.signer = dkim.Signer.from_config(cfg)
+        _log_dkim(self._pipeline.signer)
         await asyncio.to_thread(self.spool.open)
         await asyncio.to_thread(self.credentials.open)
         await asyncio.to_thread(self.suppression.open)
@@ -210,6 +219,13 @@ class Relay:
         await asyncio.to_thread(self.usage.close)
         self.suppression.close()
         self.credentials.close()
+
+
+def _log_dkim(signer: dkim.Signer) -> None:
+    if signer.domains:
+        log.info("dkim signing domains=%s", ",".join(signer.domains))
+    else:
+        log.info("dkim: no identity has keys, mail is sent unsigned")
 
 
 async def serve(config: Config, path: str | None = None) -> None:

@@ -87,3 +87,10 @@ DOMAIN_ACTIVE = Gauge(
     "Outbound sessions in use per recipient domain (only domains with sessions in use)",
     ["domain"],
 )
+DKIM_SIGNATURES = Counter(
+    "smtprelay_dkim_signatures_total", "DKIM signatures added, by algorithm", ["algorithm"]
+)
+DKIM_SIGN_SECONDS = Histogram(
+    "smtprelay_dkim_sign_seconds", "Time to DKIM-sign one message (every signature on it)",
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+)

@@ -6,10 +6,12 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from pydantic import BaseModel
 
-from smtprelay.config import Config, load_config
+from smtprelay import dkim
+from smtprelay.config import Config, ConfigError, load_config
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "smtprelay.example.yaml"
 
@@ -53,9 +55,27 @@ def test_every_key_is_documented() -> None:
     assert missing_keys(Config, raw, "") == []
 
 
-def test_example_is_valid_apart_from_the_certificate_files(tmp_path: Path) -> None:
+def test_example_is_valid_apart_from_the_certificate_and_key_files(tmp_path: Path) -> None:
     text = EXAMPLE.read_text().replace("generate_self_signed: false",
                                        "generate_self_signed: true")
     copy = tmp_path / "example.yaml"
+    copy.write_text(text)
+    # Without the DKIM key files, those keys (and nothing else) are the problems...
+    with pytest.raises(ConfigError) as info:
+        load_config(copy)
+    raw = yaml.safe_load(text)
+    wanted = [(domain, index, entry["key_file"])
+              for domain, identity in raw["identities"].items()
+              for index, entry in enumerate(identity.get("dkim", []))]
+    assert wanted
+    assert [p.split(" ", 1)[0] for p in info.value.problems] == [
+        f"identities.{domain}.dkim[{index}].key_file:" for domain, index, _ in wanted]
+    # ...and with keys where the example puts them, it loads.
+    keys = tmp_path / "dkim"
+    keys.mkdir()
+    for _, index, path in wanted:
+        moved = keys / Path(path).name
+        text = text.replace(path, str(moved))
+        dkim.write_key(moved, dkim.generate_key("rsa" if index == 0 else "ed25519"))
     copy.write_text(text)
     assert load_config(copy).config.listeners
