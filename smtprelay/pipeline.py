@@ -31,11 +31,12 @@ _CHECKED_HEADERS = ("from", "sender", "return-path")
 # The MIME walk costs ~0.2 ms for 50 KB but up to ~100 ms for hostile megabytes of
 # nesting: above this size it runs in a thread so other sessions keep moving.
 _INLINE_CHECK_LIMIT = 1024 * 1024
-# DKIM signing costs ~1.3 ms for a 2 KB message with RSA 2048 plus Ed25519, ~2.5 ms at
-# 50 KB and ~30-50 ms for 1 MB (bench/dkim_cost.py, this 2-core VM); handing a message
-# to a thread costs ~0.1 ms and the loop no less CPU, so small messages are signed
-# inline and only bigger ones, whose signing would stall other sessions, in a thread.
-_INLINE_SIGN_LIMIT = 64 * 1024
+# DKIM signing runs in a thread for every size. Dual-signing (RSA 2048 + Ed25519) a
+# 2 KB message costs ~0.9 ms inline, all of it on the loop; through to_thread the
+# loop thread spends ~0.1 ms, since OpenSSL's RSA and hashlib release the GIL, for
+# ~0.3 ms more latency on that message. 50 KB HTML: 2.4 ms inline against 0.1 ms;
+# 1 MB: 5-48 ms against 0.1-0.2 ms (bench/dkim_cost.py, 2-core VM), so no size is
+# cheaper inline. (The relaxed-body regexes do hold the GIL, in 64 KiB pieces.)
 
 
 def header_addresses(fields: list[HeaderField]) -> dict[str, list[str]]:
@@ -194,10 +195,7 @@ class Pipeline:
             return data
         started = time.perf_counter()
         try:
-            if len(data) > _INLINE_SIGN_LIMIT:
-                fields = await asyncio.to_thread(dkim.signatures, data, keys)
-            else:
-                fields = dkim.signatures(data, keys)
+            fields = await asyncio.to_thread(dkim.signatures, data, keys)
         except Exception as exc:
             # Like OpenDKIM's default for internal errors: a temporary failure, so the
             # client keeps the message instead of it leaving unsigned.
