@@ -179,7 +179,7 @@ class Signer:
 def signed_fields(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
     """The h= list: each signed field as often as it occurs, plus From once more, so a
     second From added later breaks the signature (over-signing, RFC 6376 8.15)."""
-    present = [name.lower() for name, _ in headers]
+    present = [name.lower().rstrip() for name, _ in headers]
     chosen = [name.encode() for name in SIGNED_FIELDS for _ in range(present.count(name.encode()))]
     return [*chosen, b"from"]
 
@@ -194,14 +194,28 @@ def signatures(data: bytes, keys: Iterable[SigningKey], now: float | None = None
         head, body = data, b""
     else:
         head, body = data[:split + 2], data[split + 4:]
-    # dkimpy's parser splits every line of what it is given: hand it the header only.
-    headers = [(bytes(name), bytes(value))
-               for name, value in dkimpy.rfc822_parse(head + b"\r\n")[0]]
-    include = signed_fields(headers)
-    canonical_headers = _RELAXED.canonicalize_headers(headers)
+    canonical_headers = _RELAXED.canonicalize_headers(header_fields(head))
+    include = signed_fields(canonical_headers)
     body_hash = base64.b64encode(hashlib.sha256(canonical_body(body)).digest())
     stamp = int(time.time() if now is None else now)
     return [_signature(key, canonical_headers, include, body_hash, stamp) for key in keys]
+
+
+def header_fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    """(name, value) per field of a CRLF header section, in dkimpy's form (value with
+    its folding and final CRLF). Unlike dkimpy's parser this takes the obsolete
+    "Subject : x" (RFC 5322 4.5.3), which the relay accepts; relaxed canonicalisation
+    drops the space."""
+    fields: list[list[bytes]] = []
+    for line in head.split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1][1] += line + b"\r\n"
+            continue
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise ValueError(f"not a header field: {line[:40]!r}")
+        fields.append([name, value + b"\r\n"])
+    return [(name, value) for name, value in fields]
 
 
 def canonical_body(body: bytes) -> bytes:

@@ -137,6 +137,17 @@ def test_one_changed_body_byte_fails_both_verifiers(relay: RunningRelay, dns: Te
     assert ours(mail_dkim(tampered, dns))["rsa-sha256"].startswith("fail")
 
 
+def test_obsolete_header_syntax_verifies(relay: RunningRelay, dns: TestDNSServer,
+                                         tmp_path: Path) -> None:
+    data = (b"From : app@example.com\r\nTo:someone@example.net\r\nSubject :  spaced \r\n"
+            b"\r\nbody\r\n")
+    signed = submit(relay, relay.credential(), data)
+    assert ours(mail_dkim(signed, dns))["rsa-sha256"] == "pass"
+    # OpenDKIM refuses the message itself: "dkim=permerror (bad message/signature
+    # format)", for every signature, before looking at one.
+    assert opendkim(signed, dns, tmp_path / "od") == []
+
+
 def test_client_signature_is_kept_and_ours_added(relay: RunningRelay, dns: TestDNSServer,
                                                  tmp_path: Path) -> None:
     # The application signs with its own key, using dkimpy as it stands.

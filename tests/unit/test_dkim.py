@@ -98,6 +98,15 @@ def test_h_lists_each_present_field_and_from_once_more(rsa_key: dkim.SigningKey)
                             "list-unsubscribe-post", "feedback-id", "from"]
 
 
+def test_obsolete_space_before_colon_is_signed(rsa_key: dkim.SigningKey) -> None:
+    # RFC 5322 4.5.3 allows it and the relay accepts it; dkimpy's own parser does not.
+    message = b"From: a@example.com\r\nSubject : spaced\r\nTo:b@example.net\r\n\r\nbody\r\n"
+    [field] = dkim.signatures(message, [rsa_key])
+    assert h_tag(field) == ["from", "to", "subject", "from"]
+    assert dkim.header_fields(b"A: 1\r\n\tgoes on\r\nB : 2\r\n") == [
+        (b"A", b" 1\r\n\tgoes on\r\n"), (b"B ", b" 2\r\n")]
+
+
 def test_signature_field_shape(rsa_key: dkim.SigningKey, ed_key: dkim.SigningKey) -> None:
     signed = dkim.Signer().sign(MESSAGE, [rsa_key, ed_key], now=1795370000)
     assert signed.endswith(MESSAGE)
