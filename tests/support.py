@@ -248,3 +248,21 @@ class DaemonProcess:
                 self.proc.kill()
                 self.proc.wait(5)
             self._log.close()
+
+
+def submit_to_daemon(daemon: DaemonProcess, rcpts: list[str], subject: str = "hello") -> str:
+    """Send one message through a DaemonProcess as account acme (STARTTLS + AUTH);
+    returns the relay's message id."""
+    import json
+    import smtplib
+
+    cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
+    with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=10) as smtp:
+        smtp.starttls(context=client_context())
+        smtp.login(cred["username"], cred["password"])
+        smtp.mail("app@example.com")
+        for rcpt in rcpts:
+            smtp.rcpt(rcpt)
+        code, text = smtp.data(message(subject=subject))
+    assert code == 250, text
+    return str(text.decode().split()[-1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import smtplib
 import sqlite3
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 from smtprelay.spool.store import get_message, get_outcomes, open_for_cli
 from smtprelay.suppression import SQLiteSuppressionStore
-from tests.support import DaemonProcess, client_context, message
+from tests.support import DaemonProcess, submit_to_daemon
 
 
 def wait_for(check: Any, timeout: float = 10.0) -> Any:
@@ -25,16 +24,7 @@ def wait_for(check: Any, timeout: float = 10.0) -> Any:
 
 
 def send(daemon: DaemonProcess, rcpts: list[str]) -> str:
-    cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
-    with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=10) as smtp:
-        smtp.starttls(context=client_context())
-        smtp.login(cred["username"], cred["password"])
-        smtp.mail("app@example.com")
-        for rcpt in rcpts:
-            smtp.rcpt(rcpt)
-        code, text = smtp.data(message(subject="captured"))
-    assert code == 250
-    return text.decode().split()[-1]
+    return submit_to_daemon(daemon, rcpts, subject="captured")
 
 
 def states(daemon: DaemonProcess, message_id: str) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import smtplib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
 from tests.e2e.delivery_world import FAST_DELIVERY, shared_port, wait_for
 from tests.sinks import SinkFactory, SmtpSink, sink_tls, sink_tls_dir, sinks  # noqa: F401
-from tests.support import DaemonProcess, client_context, message
+from tests.support import DaemonProcess, submit_to_daemon
 
 
 def _daemon(tmp_path: Path, dns: TestDNSServer, port: int, **delivery: Any) -> DaemonProcess:
@@ -25,16 +24,7 @@ def _daemon(tmp_path: Path, dns: TestDNSServer, port: int, **delivery: Any) -> D
 
 
 def _submit(daemon: DaemonProcess, rcpts: list[str]) -> str:
-    cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
-    with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=10) as smtp:
-        smtp.starttls(context=client_context())
-        smtp.login(cred["username"], cred["password"])
-        smtp.mail("app@example.com")
-        for rcpt in rcpts:
-            smtp.rcpt(rcpt)
-        code, text = smtp.data(message(subject="process test"))
-    assert code == 250
-    return text.decode().split()[-1]
+    return submit_to_daemon(daemon, rcpts, subject="process test")
 
 
 def _queue(daemon: DaemonProcess) -> list[dict[str, Any]]:
