@@ -525,11 +525,13 @@ class Connection:
         # later only turns the recipients still without an answer into DEFERRED.
         pipelining = "PIPELINING" in self.extensions
         if pipelining:
-            # RFC 2920: MAIL and all RCPTs in one write, then read every reply in order.
-            # DATA is not in the batch so that a transaction with every RCPT refused
-            # never starts DATA; it costs one round trip per message, which buys a clean
-            # state without relying on the server refusing DATA (RFC 2920 3.1).
-            await self._write("\r\n".join([mail, *rcpts]) + "\r\n", "sending MAIL FROM")
+            # RFC 2920: MAIL, every RCPT and DATA (allowed as the last command of a
+            # group) in one write, then every reply in order: one round trip before
+            # the body instead of two. With no recipient accepted the server refuses
+            # DATA (503/554, RFC 2920 3.1); one that says 354 anyway gets an empty
+            # message ended at once, and the transaction is reset.
+            await self._write("\r\n".join([mail, *rcpts, "DATA"]) + "\r\n",
+                              "sending MAIL FROM")
             mail_reply = await self._read_reply("sending MAIL FROM")
         else:
             mail_reply = await self._command(mail, "sending MAIL FROM")
@@ -553,13 +555,22 @@ class Connection:
                 accepted.append(i)
             else:
                 self._apply(results, [i], txn, reply)
-        if not accepted:
-            return False
 
+        if pipelining:
+            data_reply = await self._read_reply("sending DATA")
+            self._check_closing(data_reply)
+            if not accepted:
+                if data_reply.code == 354:
+                    await self._write_bytes(b".\r\n", "ending an empty message")
+                    self._check_closing(await self._read_reply("ending an empty message"))
+                return False
+        else:
+            if not accepted:
+                return False
+            data_reply = await self._command("DATA", "sending DATA")
+            self._check_closing(data_reply)
         # The transaction is now under way: if the connection dies from here on, the
         # accepted recipients are DEFERRED with the error (the caller's _Broken path).
-        data_reply = await self._command("DATA", "sending DATA")
-        self._check_closing(data_reply)
         if data_reply.code != 354:
             self._apply(results, accepted, txn, data_reply)
             return False

@@ -182,8 +182,9 @@ async def test_rset_after_failed_transaction_then_reuse(sinks: SinkFactory) -> N
 
     assert ok[0].verdict is Verdict.DELIVERED
     commands = sink.sessions[0].commands
-    # Every RCPT refused: RSET, and DATA never started for that transaction.
-    assert commands == ["EHLO", "MAIL", "RCPT", "RSET", "MAIL", "RCPT", "DATA", "QUIT"]
+    # Every RCPT refused: the pipelined DATA is refused by the server (nothing is
+    # sent), then RSET, and the session carries the next message.
+    assert commands == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA", "QUIT"]
     assert [r.rcpt_tos for r in sink.received] == [("here@example.net",)]
 
 
@@ -342,7 +343,9 @@ async def test_mail_refused_applies_to_all(sinks: SinkFactory, reply: str,
     assert results[0].diagnostic == f"smtp; {reply}"
     assert conn.reusable
     await conn.close()
-    assert "DATA" not in sink.sessions[0].commands and sink.received == []
+    # DATA went in the pipelined group and was refused: nothing was transferred.
+    assert sink.received == [] and sink.transactions == []
+    assert sink.sessions[0].commands[-2:] == ["RSET", "QUIT"]
 
 
 # ---------------------------------------------------------------- STARTTLS
@@ -589,3 +592,66 @@ def test_multiline_reply_diagnostic() -> None:
     reply = Reply(550, ("5.7.1 Message rejected", "5.7.1 see https://example.net/why"))
     assert reply.diagnostic == (
         "smtp; 550 5.7.1 Message rejected 5.7.1 see https://example.net/why")
+
+
+# ------------------------------------------------------------ DATA in the pipeline
+
+def _pipelining_server(lines: list[str], batches: list[bytes], *,
+                       data_reply: bytes) -> Any:
+    """A server offering PIPELINING that records what arrived in each read."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 pipe.example ready\r\n")
+        await writer.drain()
+        line = await reader.readline()  # EHLO
+        lines.append(line.decode().rstrip("\r\n"))
+        writer.write(b"250-pipe.example\r\n250 PIPELINING\r\n")
+        await writer.drain()
+        batch = await reader.readuntil(b"DATA\r\n")
+        batches.append(batch)
+        commands = batch.decode().split("\r\n")[:-1]
+        for command in commands[:-1]:  # MAIL and the RCPTs
+            refused = command.startswith("RCPT") and "gone@" in command
+            writer.write(b"550 5.1.1 no such user\r\n" if refused else b"250 ok\r\n")
+        writer.write(data_reply)
+        await writer.drain()
+        while line := await reader.readline():
+            lines.append(line.decode().rstrip("\r\n"))
+            if line == b".\r\n":
+                writer.write(b"250 2.0.0 queued\r\n")
+            elif line.startswith((b"RSET", b"QUIT")):
+                writer.write(b"221 bye\r\n" if line.startswith(b"QUIT") else b"250 ok\r\n")
+            await writer.drain()
+            if line.startswith(b"QUIT"):
+                break
+
+    return handler
+
+
+async def test_mail_rcpt_and_data_go_in_one_write(sinks: SinkFactory) -> None:
+    lines: list[str] = []
+    batches: list[bytes] = []
+    sink = sinks.raw(_pipelining_server(lines, batches, data_reply=b"354 go ahead\r\n"))
+    conn = await Connection.open(sink.destination, settings(sink))
+    results = await conn.send(txn("a@example.net", "b@example.net"))
+    await conn.close()
+    assert [r.verdict for r in results] == [Verdict.DELIVERED] * 2
+    # One round trip before the body: the server read MAIL, both RCPTs and DATA at once.
+    assert batches == [f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<a@example.net>\r\n"
+                       "RCPT TO:<b@example.net>\r\nDATA\r\n".encode()]
+    assert "." in lines
+
+
+async def test_a_354_after_every_recipient_was_refused_ends_an_empty_message(
+        sinks: SinkFactory) -> None:
+    """A server that says 354 to the pipelined DATA though no RCPT was accepted gets
+    an empty message ended at once: the real message is never sent to nobody."""
+    lines: list[str] = []
+    batches: list[bytes] = []
+    sink = sinks.raw(_pipelining_server(lines, batches, data_reply=b"354 go ahead\r\n"))
+    conn = await Connection.open(sink.destination, settings(sink))
+    results = await conn.send(txn("gone@example.net"))
+    assert results[0].verdict is Verdict.BOUNCED and results[0].status == "5.1.1"
+    assert not conn.body_started and conn.reusable
+    await conn.close()
+    assert lines[1:] == [".", "RSET", "QUIT"]  # no header or body line was sent
