@@ -271,15 +271,6 @@ class SmarthostConfig(_Model):
                              "never sent in clear")
         return self
 
-    def password(self) -> str | None:
-        """The smarthost password from the environment or its file (ConfigError-free:
-        the daemon reports a missing one naming the key)."""
-        if self.password_env is not None:
-            return os.environ.get(self.password_env)
-        if self.password_file is not None:
-            return self.password_file.read_text(encoding="utf-8").strip()
-        return None
-
 
 class RetryConfig(_Model):
     # The first retry after a temporary failure; each later one waits twice as long

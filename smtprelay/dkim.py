@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa,
 from dkim import canonicalization
 from dkim.canonicalization import CanonicalizationPolicy
 
+from smtprelay.headers import parse_header_section
+
 if TYPE_CHECKING:
     from smtprelay.config import Config
 
@@ -203,19 +205,14 @@ def signatures(data: bytes, keys: Iterable[SigningKey], now: float | None = None
 
 def header_fields(head: bytes) -> list[tuple[bytes, bytes]]:
     """(name, value) per field of a CRLF header section, in dkimpy's form (value with
-    its folding and final CRLF). Unlike dkimpy's parser this takes the obsolete
-    "Subject : x" (RFC 5322 4.5.3), which the relay accepts; relaxed canonicalisation
-    drops the space."""
-    fields: list[list[bytes]] = []
-    for line in head.split(b"\r\n")[:-1]:
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1][1] += line + b"\r\n"
-            continue
-        name, colon, value = line.partition(b":")
-        if not colon:
-            raise ValueError(f"not a header field: {line[:40]!r}")
-        fields.append([name, value + b"\r\n"])
-    return [(name, value) for name, value in fields]
+    its folding and final CRLF), read by the relay's own header reader. Unlike dkimpy's
+    parser it takes the obsolete "Subject : x" (RFC 5322 4.5.3), which the relay
+    accepts; relaxed canonicalisation drops the space."""
+    fields = []
+    for field in parse_header_section(head):
+        name, _, value = head[field.start:field.end].partition(b":")
+        fields.append((name, value))
+    return fields
 
 
 def canonical_body(body: bytes) -> bytes:

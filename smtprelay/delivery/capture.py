@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smtprelay.delivery.model import RecipientResult, Transaction, Verdict
+from smtprelay.delivery.model import RecipientResult, Transaction, Verdict, same_result
 from smtprelay.safeio import fsync_dir, write_durably
 from smtprelay.spool.model import QueuedMessage
 
@@ -55,14 +55,11 @@ class CaptureTransport:
         try:
             await asyncio.to_thread(self._capture, message, domain, txn)
         except OSError as exc:
-            return [RecipientResult(recipient=r, verdict=Verdict.DEFERRED, code=None,
-                                    status="4.3.0", diagnostic=f"x-local; capture failed: {exc}")
-                    for r in txn.recipients]
+            return same_result(txn.recipients, Verdict.DEFERRED, "4.3.0",
+                               f"x-local; capture failed: {exc}")
         where = f"captured {self.directory / (message.message_id + '.' + domain)}.eml"
-        return [RecipientResult(recipient=r, verdict=Verdict.DELIVERED, code=250,
-                                status="2.0.0", diagnostic=f"x-local; {where}",
-                                remote_mta="capture")
-                for r in txn.recipients]
+        return same_result(txn.recipients, Verdict.DELIVERED, "2.0.0", f"x-local; {where}",
+                           code=250, remote_mta="capture")
 
 
 def list_captured(directory: Path) -> list[Captured]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -32,6 +33,17 @@ class RecipientResult:
     diagnostic: str  # "smtp; 550 5.1.1 user unknown" style text, or our own reason
     remote_mta: str | None = None  # "mx1.example.net [192.0.2.1]"
     retry_after: float | None = None  # seconds, when the remote said so
+
+
+def same_result(recipients: Iterable[str], verdict: Verdict, status: str, diagnostic: str, *,
+                code: int | None = None, remote_mta: str | None = None,
+                retry_after: float | None = None) -> list[RecipientResult]:
+    """One result per recipient, all alike: a whole transaction delivered, deferred or
+    bounced at once (DNS, a host that could not be used, a local failure)."""
+    return [RecipientResult(recipient=r, verdict=verdict, code=code, status=status,
+                            diagnostic=diagnostic, remote_mta=remote_mta,
+                            retry_after=retry_after)
+            for r in recipients]
 
 
 @dataclass(frozen=True, slots=True)

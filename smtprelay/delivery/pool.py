@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
 from dataclasses import dataclass
+from typing import Any
 
 from smtprelay import metrics
 from smtprelay.delivery.client import Connection
@@ -160,9 +161,7 @@ class ConnectionPool:
         freed place are woken by a task.
         """
         self._discard(conn)
-        task = asyncio.get_running_loop().create_task(self._notify())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._in_background(self._notify())
 
     async def close(self) -> None:
         """Close every idle session (QUIT); sessions in use close when released."""
@@ -181,7 +180,11 @@ class ConnectionPool:
     def _discard(self, conn: Connection) -> None:
         self._open -= 1
         metrics.OUTBOUND_CONNECTIONS.set(self._open)
-        task = asyncio.get_running_loop().create_task(conn.close())
+        self._in_background(conn.close())
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        # Kept referenced until done (the loop holds tasks weakly); close() waits for them.
+        task = asyncio.get_running_loop().create_task(work)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -197,9 +200,7 @@ class ConnectionPool:
         entries.pop(0)
         if not entries:
             del self._idle[oldest_key]
-        task = asyncio.get_running_loop().create_task(oldest.conn.close())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._in_background(oldest.conn.close())
         return True
 
     async def _notify(self) -> None:

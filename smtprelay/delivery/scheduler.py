@@ -21,7 +21,7 @@ from smtprelay import metrics
 from smtprelay.config import Config, DelayConfig, RetryConfig
 from smtprelay.delivery.bounce import DEFAULT_RULES, Rule, classify
 from smtprelay.delivery.dsn_queue import DSNFactory
-from smtprelay.delivery.model import RecipientResult, Transaction, Verdict
+from smtprelay.delivery.model import RecipientResult, Transaction, Verdict, same_result
 from smtprelay.delivery.retry import delay_type, next_retry
 from smtprelay.spool.model import (
     Outcome,
@@ -163,9 +163,8 @@ class Scheduler:
                 results = await self._transport.deliver(message, domain, txn)
             except Exception as exc:
                 log.exception("msg=%s domain=%s transport failed", message.message_id, domain)
-                results = [RecipientResult(recipient=a, verdict=Verdict.DEFERRED, code=None,
-                                           status="4.3.0", diagnostic=f"x-local; {exc}")
-                           for a in txn.recipients]
+                results = same_result(txn.recipients, Verdict.DEFERRED, "4.3.0",
+                                      f"x-local; {exc}")
             updates = self._updates(message, recipients, results)
             finalize = self._dsns.build if self._dsns is not None else None
             dsn = await self._spool.record(message.message_id, updates, finalize)

@@ -23,7 +23,13 @@ from smtprelay import metrics
 from smtprelay.config import Config
 from smtprelay.delivery.client import ClientSettings, ConnectError, Connection, TLSPolicy
 from smtprelay.delivery.dns import MXResolver, MXResult, Resolution
-from smtprelay.delivery.model import Destination, RecipientResult, Transaction, Verdict
+from smtprelay.delivery.model import (
+    Destination,
+    RecipientResult,
+    Transaction,
+    Verdict,
+    same_result,
+)
 from smtprelay.delivery.pool import ConnectionPool
 from smtprelay.spool.model import QueuedMessage
 
@@ -41,15 +47,6 @@ class _Route:
     settings: ClientSettings
     slot: str  # the pool's per-domain slot name
     limit: int  # sessions in use at once under that slot
-
-
-def _results(txn: Transaction, verdict: Verdict, status: str, diagnostic: str, *,
-             code: int | None = None, remote_mta: str | None = None,
-             retry_after: float | None = None) -> list[RecipientResult]:
-    return [RecipientResult(recipient=r, verdict=verdict, code=code, status=status,
-                            diagnostic=diagnostic, remote_mta=remote_mta,
-                            retry_after=retry_after)
-            for r in txn.recipients]
 
 
 def smarthost_password(config: Config) -> str | None:
@@ -88,9 +85,35 @@ class SMTPTransport:
         self.update_config(config)
 
     def update_config(self, config: Config) -> None:
-        """Take a new configuration (SIGHUP): TLS policies, timeouts, smarthost password."""
+        """Take a new configuration (SIGHUP): TLS policies, timeouts, smarthost password.
+
+        The client settings are built here, once per configuration: the same object
+        for every message is also the same connection-cache key.
+        """
+        password = smarthost_password(config)  # raises before anything changes
         self._config = config
-        self._password = smarthost_password(config)
+        delivery = config.delivery
+        helo = delivery.helo_name or config.server.hostname
+        self._mx_settings = {
+            policy: ClientSettings(port=delivery.port, tls=policy, helo=helo,
+                                   connect_timeout=delivery.connect_timeout,
+                                   command_timeout=delivery.command_timeout)
+            for policy in (TLSPolicy.OPPORTUNISTIC, TLSPolicy.REQUIRE)}
+        smarthost = delivery.smarthost
+        self._smarthost: _Route | None = None
+        if delivery.mode == "smarthost" and smarthost is not None:
+            settings = ClientSettings(
+                port=smarthost.port,
+                tls=TLSPolicy.NONE if smarthost.tls == "none" else TLSPolicy.REQUIRE,
+                implicit_tls=smarthost.tls == "implicit",
+                verify_certificates=smarthost.verify_certificate and smarthost.tls != "none",
+                ca_file=str(smarthost.ca_file) if smarthost.ca_file else None,
+                username=smarthost.username, password=password, helo=helo,
+                connect_timeout=delivery.connect_timeout,
+                command_timeout=delivery.command_timeout)
+            # Everything goes to one host: the relay-wide limit is the only one.
+            self._smarthost = _Route(settings, slot=f"[{smarthost.host}]",
+                                     limit=delivery.max_connections)
 
     # ------------------------------------------------------------------ routing
 
@@ -105,29 +128,15 @@ class SMTPTransport:
         return TLSPolicy(wanted)
 
     def _route(self, message: QueuedMessage, domain: str) -> _Route:
-        delivery = self._config.delivery
-        helo = delivery.helo_name or self._config.server.hostname
-        smarthost = delivery.smarthost
-        if delivery.mode == "smarthost" and smarthost is not None:
-            policy = TLSPolicy.NONE if smarthost.tls == "none" else TLSPolicy.REQUIRE
-            settings = ClientSettings(
-                port=smarthost.port, tls=policy, implicit_tls=smarthost.tls == "implicit",
-                verify_certificates=smarthost.verify_certificate and smarthost.tls != "none",
-                ca_file=str(smarthost.ca_file) if smarthost.ca_file else None,
-                username=smarthost.username, password=self._password, helo=helo,
-                connect_timeout=delivery.connect_timeout,
-                command_timeout=delivery.command_timeout)
-            # Everything goes to one host: the relay-wide limit is the only one.
-            return _Route(settings, slot=f"[{smarthost.host}]", limit=delivery.max_connections)
-        settings = ClientSettings(port=delivery.port, tls=self._tls_policy(message), helo=helo,
-                                  connect_timeout=delivery.connect_timeout,
-                                  command_timeout=delivery.command_timeout)
-        return _Route(settings, slot=domain, limit=delivery.max_connections_per_domain)
+        if self._smarthost is not None:
+            return self._smarthost
+        return _Route(self._mx_settings[self._tls_policy(message)], slot=domain,
+                      limit=self._config.delivery.max_connections_per_domain)
 
     async def _destinations(self, domain: str) -> MXResult:
-        delivery = self._config.delivery
-        if delivery.mode == "smarthost" and delivery.smarthost is not None:
-            return await self._resolver.resolve_host(delivery.smarthost.host)
+        smarthost = self._config.delivery.smarthost
+        if self._smarthost is not None and smarthost is not None:
+            return await self._resolver.resolve_host(smarthost.host)
         return await self._resolver.resolve(domain)
 
     # ------------------------------------------------------------------ delivery
@@ -138,7 +147,7 @@ class SMTPTransport:
         if not found.ok:
             verdict = (Verdict.BOUNCED if found.outcome is Resolution.PERMANENT
                        else Verdict.DEFERRED)
-            return _results(txn, verdict, found.status, f"x-dns; {found.reason}")
+            return same_result(txn.recipients, verdict, found.status, f"x-dns; {found.reason}")
         route = self._route(message, domain)
         async with self._pool.domain_slot(route.slot, route.limit):
             return await self._try_hosts(found.destinations[:MAX_HOSTS_TRIED], route, txn)
@@ -193,17 +202,18 @@ class SMTPTransport:
     @staticmethod
     def _all_failed(errors: list[ConnectError], txn: Transaction) -> list[RecipientResult]:
         if not errors:
-            return _results(txn, Verdict.DEFERRED, "4.4.4",
+            return same_result(txn.recipients, Verdict.DEFERRED, "4.4.4",
                             "x-local; no usable destination address")
         # Every host refused us for good (5xx greetings): final. Anything temporary among
         # them: wait and try again, reporting the last temporary error.
         if all(e.verdict is Verdict.BOUNCED for e in errors):
             last = errors[-1]
-            return _results(txn, Verdict.BOUNCED, last.status, last.diagnostic, code=last.code,
-                            remote_mta=last.remote_mta)
+            return same_result(txn.recipients, Verdict.BOUNCED, last.status, last.diagnostic,
+                               code=last.code, remote_mta=last.remote_mta)
         last = [e for e in errors if e.verdict is not Verdict.BOUNCED][-1]
-        return _results(txn, Verdict.DEFERRED, last.status, last.diagnostic, code=last.code,
-                        remote_mta=last.remote_mta, retry_after=last.retry_after)
+        return same_result(txn.recipients, Verdict.DEFERRED, last.status, last.diagnostic,
+                           code=last.code, remote_mta=last.remote_mta,
+                           retry_after=last.retry_after)
 
     async def close(self) -> None:
         await self._pool.close()
