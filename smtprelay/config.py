@@ -211,12 +211,81 @@ class SetSuppressionConfig(_Model):
     reasons: tuple[SuppressionReason, ...] = ("BOUNCE", "COMPLAINT")
 
 
+def check_tracking_host(value: str) -> str:
+    """A tracking domain, lower-cased; ":port" allowed for tests and non-standard ports."""
+    host, sep, port = value.strip().partition(":")
+    host = check_domain(host)
+    if sep:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r}: the port after ':' must be 1-65535")
+        return f"{host}:{int(port)}"
+    return host
+
+
+class TrackingConfig(_Model):
+    # SES open and click tracking for this set's HTML parts.
+    open: bool = False
+    click: bool = False
+    # Host name of the tracking links and pixel; must be listed under tracking_domains.
+    domain: str | None = None
+    # true: https links and pixel; false: http; null: each tracked link keeps its
+    # original scheme (SES's default) and the pixel is https.
+    https: bool | None = None
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        return None if value is None else check_tracking_host(value)
+
+    @model_validator(mode="after")
+    def _domain_needed(self) -> TrackingConfig:
+        if (self.open or self.click) and self.domain is None:
+            raise ValueError("open or click tracking is on but tracking.domain is not set "
+                             "(the host name the tracking links point to, such as "
+                             "links.example.com)")
+        return self
+
+
+class UnsubscribeConfig(_Model):
+    # RFC 8058 one-click unsubscribe: List-Unsubscribe (https URL on the tracking
+    # domain) and List-Unsubscribe-Post headers, and {{unsubscribe_url}} in bodies.
+    one_click: bool = False
+    # Replace a List-Unsubscribe the sender wrote instead of keeping theirs.
+    override: bool = False
+    # An address added as <mailto:ADDRESS?subject=unsubscribe-TOKEN> after the URL.
+    mailto: str | None = None
+    # Host name for the unsubscribe URL; default: tracking.domain.
+    domain: str | None = None
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        return None if value is None else check_tracking_host(value)
+
+    @field_validator("mailto")
+    @classmethod
+    def _mailto(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        local, at, domain = value.rpartition("@")
+        if not at or not local or re.search(r"[\s<>?&%\"]", local):
+            raise ValueError(f"{value!r} is not a plain mail address")
+        return f"{local}@{check_domain(domain)}"
+
+
 class ConfigurationSetConfig(_Model):
     sending_enabled: bool = True
     # SES DeliveryOptions.TlsPolicy: require refuses to deliver this set's mail in clear
     # (it waits in the queue instead); default: delivery.tls.
     tls: Literal["opportunistic", "require"] | None = None
     suppression: SetSuppressionConfig = Field(default_factory=SetSuppressionConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    unsubscribe: UnsubscribeConfig = Field(default_factory=UnsubscribeConfig)
+
+    @property
+    def unsubscribe_domain(self) -> str | None:
+        return self.unsubscribe.domain or self.tracking.domain
 
 
 class SimulatorConfig(_Model):
@@ -405,6 +474,19 @@ class HTTPConfig(_Model):
         return values
 
 
+class TrackingDomainConfig(_Model):
+    # Certificate served by SNI for https tracking links on this host name; without
+    # one, https links need a proxy or CDN in front that ends TLS.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TrackingDomainConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        return self
+
+
 class StoreConfig(_Model):
     backend: Literal["sqlite"] = "sqlite"
 
@@ -424,6 +506,7 @@ class Config(_Model):
     identities: dict[str, IdentityConfig] = Field(default_factory=dict)
     configuration_sets: dict[str, ConfigurationSetConfig] = Field(default_factory=dict)
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    tracking_domains: dict[str, TrackingDomainConfig] = Field(default_factory=dict)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     http: HTTPConfig = Field(default_factory=HTTPConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -450,6 +533,16 @@ class Config(_Model):
             raise ValueError("\n".join(problems))
         return normalised
 
+    @field_validator("tracking_domains", mode="before")
+    @classmethod
+    def _tracking_hosts(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        normalised: dict[str, Any] = {}
+        for name, settings in value.items():
+            normalised[check_tracking_host(str(name))] = settings
+        return normalised
+
     @model_validator(mode="after")
     def _cross_references(self) -> Config:
         problems: list[str] = []
@@ -459,6 +552,19 @@ class Config(_Model):
                 problems.append(
                     f"identities.{domain}.mail_from_domain: {mail_from} must be a subdomain "
                     f"of {domain} (such as bounce.{domain}), as SES requires")
+        for set_name, settings in self.configuration_sets.items():
+            hosts = [("tracking.domain", settings.tracking.domain)]
+            if settings.unsubscribe.one_click:
+                if settings.unsubscribe_domain is None:
+                    problems.append(
+                        f"configuration_sets.{set_name}.unsubscribe: one_click needs a host "
+                        "for the unsubscribe URL: set unsubscribe.domain or tracking.domain")
+                hosts.append(("unsubscribe.domain", settings.unsubscribe.domain))
+            for key, host in hosts:
+                if host is not None and host not in self.tracking_domains:
+                    problems.append(
+                        f"configuration_sets.{set_name}.{key}: {host} is not listed under "
+                        "tracking_domains; add it there (with its certificate for https)")
         names = [listener.name for listener in self.listeners]
         for name in sorted({n for n in names if names.count(n) > 1}):
             problems.append(f"listeners: the name {name!r} is used twice")
@@ -502,6 +608,10 @@ class Config(_Model):
     @property
     def state_path(self) -> Path:
         return self.server.data_dir / "state.db"
+
+    @property
+    def tracking_keys_path(self) -> Path:
+        return self.server.data_dir / "tracking-keys.json"
 
     @property
     def capture_dir(self) -> Path:
