@@ -76,6 +76,17 @@ def public_record(key: PrivateKey) -> str:
     return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
 
 
+def txt_strings(value: str) -> str:
+    """A TXT value as a zone file wants it: quoted strings of at most 255 bytes."""
+    data = value.encode("ascii")
+    return " ".join(f'"{data[i:i + 255].decode()}"' for i in range(0, len(data), 255))
+
+
+def dns_record(domain: str, selector: str, key: PrivateKey) -> str:
+    """The zone-file line publishing ``key``, as `dkim keygen` prints and `dns-check` expects."""
+    return f"{selector}._domainkey.{domain}.  3600  IN  TXT  {txt_strings(public_record(key))}"
+
+
 def generate_key(kind: Literal["rsa", "ed25519"]) -> PrivateKey:
     if kind == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
