@@ -9,7 +9,7 @@ import signal
 import ssl
 import time
 
-from smtprelay import dkim, metrics, systemd, tlsutil
+from smtprelay import dkim, metrics, systemd, tlsutil, tokens, transforms
 from smtprelay.auth.authenticator import Authenticator
 from smtprelay.auth.credentials import CredentialStore
 from smtprelay.config import Config, ConfigError, load_config
@@ -128,6 +128,8 @@ class Relay:
         self._tls = self._load_tls()
         self._pipeline.signer = dkim.Signer.from_config(cfg)
         _log_dkim(self._pipeline.signer)
+        keyring = await asyncio.to_thread(tokens.KeyRing.open, cfg.tracking_keys_path)
+        self._pipeline.transformer = transforms.Transformer(keyring)
         await asyncio.to_thread(self.spool.open)
         await asyncio.to_thread(self.credentials.open)
         await asyncio.to_thread(self.suppression.open)

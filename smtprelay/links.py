@@ -6,7 +6,9 @@ and the open pixel. The HTML is never parsed into a tree and written back: a sma
 tokenizer that follows the HTML standard's tag and attribute rules finds the ``<a>``
 tags, and the edits are spliced into the original text, so markup that a serializer
 would "fix" (and a DKIM signer, a template engine or Outlook would notice) survives.
-Everything else in the message, headers and other parts, is kept byte for byte.
+Everything else in the message, headers and other parts, is kept byte for byte. The
+one other edit: placeholders given in `replacements` (the unsubscribe URL) are filled
+in, in text/plain parts too, with the same decode and re-encode rules.
 
 Decisions worth knowing:
 
@@ -54,7 +56,7 @@ import html
 import html.entities
 import re
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
@@ -109,32 +111,47 @@ def tracking_url(domain: str, path: str, token: str, *, https: bool | None = Tru
 
 
 def rewrite(message: bytes, *, make_click_url: ClickUrl | None, open_pixel_url: str | None,
-            max_links: int = MAX_LINKS) -> RewriteResult:
+            max_links: int = MAX_LINKS,
+            replacements: Mapping[str, str] | None = None) -> RewriteResult:
     """Track the links of every inline text/html part and add the open pixel.
 
     `make_click_url(index, url, tags)` returns the tracking URL for one link (None: no
     click tracking, but ses:* attributes are still removed); `open_pixel_url` is the
     pixel's URL (None: no open tracking). DuplicateOpenTracker for two placeholders.
+    `replacements` maps placeholders (such as ``{{unsubscribe_url}}``) to the text
+    that replaces them in every inline text/plain and text/html part; in HTML the
+    text is inserted as it is, so it must need no escaping.
     """
     problems: list[str] = []
     decoded: list[_Decoded] = []
-    for part in _html_parts(message, problems):
+    for part in _text_parts(message, problems, plain=bool(replacements)):
         item = _decode(message, part, problems)
         if item is not None:
             decoded.append(item)
-    placeholders = sum(item.text.count(OPEN_TRACKER) for item in decoded)
+    html_parts = [item for item in decoded if item.html]
+    placeholders = sum(item.text.count(OPEN_TRACKER) for item in html_parts)
     if placeholders > 1:
         raise DuplicateOpenTracker(placeholders)
     pixel_in = None
-    if open_pixel_url is not None and placeholders == 0 and decoded:
-        pixel_in = decoded[-1]
+    if open_pixel_url is not None and placeholders == 0 and html_parts:
+        pixel_in = html_parts[-1]
     edits: list[tuple[int, int, bytes]] = []
     links: list[Link] = []
     for item in decoded:
-        text, found = _rewrite_text(
-            item.text, make_click_url=make_click_url, open_pixel_url=open_pixel_url,
-            pixel_at_end=item is pixel_in, first_index=len(links),
-            max_links=max_links, problems=problems, where=item.part.number)
+        text: str | None = None
+        found: list[Link] = []
+        if item.html:
+            text, found = _rewrite_text(
+                item.text, make_click_url=make_click_url, open_pixel_url=open_pixel_url,
+                pixel_at_end=item is pixel_in, first_index=len(links),
+                max_links=max_links, problems=problems, where=item.part.number)
+        if replacements:
+            # After the link scan: a placeholder in an href is untracked, then filled in.
+            replaced = text if text is not None else item.text
+            for placeholder, value in replacements.items():
+                replaced = replaced.replace(placeholder, value)
+            if replaced != item.text:
+                text = replaced
         if text is None:
             continue
         encoded = _encode(message, item, text, problems)
@@ -443,6 +460,7 @@ class _Part:
     body: int
     end: int
     fields: Message
+    html: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,12 +470,16 @@ class _Decoded:
     charset: str
     encoding: str  # the Content-Transfer-Encoding, lower case
 
+    @property
+    def html(self) -> bool:
+        return self.part.html
+
 
 _PARSER = BytesHeaderParser(policy=policy.compat32)
 
 
-def _html_parts(data: bytes, problems: list[str]) -> Iterator[_Part]:
-    """The inline text/html leaves of the MIME tree, in document order."""
+def _text_parts(data: bytes, problems: list[str], *, plain: bool) -> Iterator[_Part]:
+    """The inline text/html (and with `plain`, text/plain) leaves, in document order."""
     top = header_end(data)
     stack = [_Part("", 0, top, len(data), _PARSER.parsebytes(data[:top]))]
     depth = {"": 0}
@@ -483,8 +505,10 @@ def _html_parts(data: bytes, problems: list[str]) -> Iterator[_Part]:
                 depth[number] = depth[part.number] + 1
                 children.append(_child(data, number, start, end))
             stack.extend(reversed(children))
-        elif ctype == "text/html" and part.fields.get_content_disposition() != "attachment":
-            yield _Part(part.number or "1", part.head, part.body, part.end, part.fields)
+        elif (ctype == "text/html" or (plain and ctype == "text/plain")) \
+                and part.fields.get_content_disposition() != "attachment":
+            yield _Part(part.number or "1", part.head, part.body, part.end, part.fields,
+                        html=ctype == "text/html")
 
 
 def _child(data: bytes, number: str, start: int, end: int) -> _Part:
@@ -531,7 +555,7 @@ _QP_PADDING = re.compile(rb"(?<![ \t])[ \t]++(?=\r\n|\Z)")
 
 
 def _decode(data: bytes, part: _Part, problems: list[str]) -> _Decoded | None:
-    where = f"part {part.number} (text/html)"
+    where = f"part {part.number} ({'text/html' if part.html else 'text/plain'})"
     # str(): compat32 hands out a Header object for a value with 8-bit bytes in it.
     encoding = str(part.fields.get("content-transfer-encoding") or "7bit").strip().lower()
     raw = data[part.body:part.end]
@@ -582,7 +606,7 @@ def _encode(data: bytes, item: _Decoded, text: str,
     try:
         octets = text.encode(item.charset, "surrogateescape")
     except (UnicodeError, ValueError):
-        problems.append(f"part {part.number} (text/html): the rewritten text does not fit "
+        problems.append(f"part {part.number}: the rewritten text does not fit "
                         f"charset {item.charset!r}, left untouched")
         return None
     if item.encoding == "base64":

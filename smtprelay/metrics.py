@@ -87,6 +87,9 @@ DOMAIN_ACTIVE = Gauge(
     "Outbound sessions in use per recipient domain (only domains with sessions in use)",
     ["domain"],
 )
+LINKS_TRACKED = Counter(
+    "smtprelay_links_tracked_total", "Links rewritten for click tracking in accepted mail"
+)
 DKIM_SIGNATURES = Counter(
     "smtprelay_dkim_signatures_total", "DKIM signatures added, by algorithm", ["algorithm"]
 )

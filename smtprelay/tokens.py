@@ -2,11 +2,14 @@
 
 A token is the URL-safe base64 (no padding) of::
 
-    header    1 byte   version (3 bits, = 1) | kind (2 bits) | 0 | compressed | address
+    header    1 byte   version (3 bits, = 1) | kind (2 bits) | whole message | compressed
+                       | address
     key id    varint   which key of the KeyRing signed it
     issued    varint   Unix seconds
     message   14 bytes the relay's message id: 6 bytes of milliseconds, 8 random bytes
-    recipient varint   index into the envelope's recipients, or varint length + UTF-8 address
+    recipient varint   index into the envelope's recipients, or varint length + UTF-8
+                       address; absent for a whole-message token (several recipients
+                       got the same copy, so a click cannot name one of them)
     -- clicks only --
     link      varint   0-based index of the link in the message
     tail      rest     [varint tag count, (varint length + UTF-8) per key and value] + URL,
@@ -62,6 +65,7 @@ _MESSAGE_ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]{16}")
 _B64_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 _F_ADDRESS = 0x01
 _F_COMPRESSED = 0x02
+_F_WHOLE_MESSAGE = 0x04
 
 Reason = Literal["tampered", "unknown key", "retired key", "malformed"]
 
@@ -87,7 +91,8 @@ class Kind(IntEnum):
 @dataclass(frozen=True, slots=True)
 class ClickToken:
     message_id: str  # "018bd0e1a2b3-0123456789abcdef"
-    recipient: int | str  # index into the envelope's recipients, or the address
+    # Index into the envelope's recipients, the address, or None: the whole message.
+    recipient: int | str | None
     link_index: int
     url: str  # where the redirect goes: http or https only
     issued_at: int  # Unix seconds
@@ -98,14 +103,14 @@ class ClickToken:
 @dataclass(frozen=True, slots=True)
 class OpenToken:
     message_id: str
-    recipient: int | str
+    recipient: int | str | None
     issued_at: int
 
 
 @dataclass(frozen=True, slots=True)
 class UnsubscribeToken:
     message_id: str
-    recipient: int | str
+    recipient: int | str | None
     issued_at: int
 
 
@@ -219,7 +224,12 @@ class KeyRing:
             if os.fstat(fd).st_mode & 0o077:
                 raise KeyRingError(f"{path}: readable by group or others; chmod 600 it")
             text = handle.read().decode("utf-8", "replace")
-        return cls.from_json(text)
+        try:
+            return cls.from_json(text)
+        except KeyRingError as exc:
+            raise KeyRingError(f"{path}: {exc}; restore it from a backup (links already "
+                               "sent need its keys), or move it away to start a new one"
+                               ) from None
 
     @classmethod
     def open(cls, path: Path, now: float | None = None) -> KeyRing:
@@ -257,7 +267,9 @@ def encode(payload: Payload, keyring: KeyRing) -> str:
     body = bytearray()
     _varint(body, payload.issued_at)
     body += bytes.fromhex(payload.message_id.replace("-", ""))
-    if isinstance(payload.recipient, str):
+    if payload.recipient is None:
+        flags |= _F_WHOLE_MESSAGE
+    elif isinstance(payload.recipient, str):
         flags |= _F_ADDRESS
         _text(body, payload.recipient)
     else:
@@ -302,7 +314,8 @@ def decode(token: str, keyring: KeyRing, now: float | None = None) -> Payload:
         raise InvalidToken("malformed")
     signed, tag = raw[:-MAC_SIZE], raw[-MAC_SIZE:]
     header = signed[0]
-    if header >> 5 != _VERSION or header & 0x04 or (header >> 3) & 0x03 > Kind.UNSUBSCRIBE:
+    if (header >> 5 != _VERSION or (header >> 3) & 0x03 > Kind.UNSUBSCRIBE
+            or header & (_F_WHOLE_MESSAGE | _F_ADDRESS) == _F_WHOLE_MESSAGE | _F_ADDRESS):
         raise InvalidToken("malformed")
     try:
         key_id, offset = _read_varint(signed, 1)
@@ -312,7 +325,7 @@ def decode(token: str, keyring: KeyRing, now: float | None = None) -> Payload:
     if not hmac.compare_digest(tag, _mac(key.secret, signed)):
         raise InvalidToken("tampered")
     try:
-        return _parse(signed, offset, Kind((header >> 3) & 0x03), header & 0x03)
+        return _parse(signed, offset, Kind((header >> 3) & 0x03), header & 0x07)
     except (ValueError, IndexError, zlib.error):
         # Signed by us yet unreadable: a bug or a format change, not an attack.
         raise InvalidToken("malformed") from None
@@ -325,8 +338,10 @@ def _parse(data: bytes, offset: int, kind: Kind, flags: int) -> Payload:
     hexid = data[offset:offset + 14].hex()
     message_id = f"{hexid[:12]}-{hexid[12:]}"
     offset += 14
-    recipient: int | str
-    if flags & _F_ADDRESS:
+    recipient: int | str | None = None
+    if flags & _F_WHOLE_MESSAGE:
+        pass
+    elif flags & _F_ADDRESS:
         recipient, offset = _read_text(data, offset)
     else:
         recipient, offset = _read_varint(data, offset)

@@ -116,4 +116,6 @@ SET_PAUSED = Reply(554, "5.7.1 Sending paused for this configuration set")
 SET_UNKNOWN = Reply(554, "5.3.0 Configuration set does not exist")
 RATE_EXCEEDED = Reply(454, "4.7.0 Throttling failure: Maximum sending rate exceeded")
 DAILY_QUOTA_EXCEEDED = Reply(454, "4.7.0 Throttling failure: Daily message quota exceeded")
+DUPLICATE_OPEN_TRACKER = Reply(
+    554, "5.6.0 Message rejected: more than one {{ses:openTracker}} placeholder; use at most one")
 BAD_MIME = Reply(554, "5.6.0 Message rejected: the MIME structure cannot be parsed")

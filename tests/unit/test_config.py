@@ -144,3 +144,46 @@ def test_missing_config_file_and_env_variable(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert f"{tmp_path / 'x'} has 1 problem(s)" in run.stderr
     assert "the file does not exist" in run.stderr
+
+
+def test_tracking_settings_are_checked_against_tracking_domains(tmp_path: Path) -> None:
+    problems = problems_for(tmp_path, """
+listeners: [{name: s, port: 2587, tls: none}]
+tracking_domains:
+  Links.Example.COM: {}
+  cdn.example.com: {cert_file: /x.pem}
+configuration_sets:
+  nodomain: {tracking: {click: true}}
+  unlisted: {tracking: {open: true, domain: other.example.com}}
+  unsub: {unsubscribe: {one_click: true, mailto: "not an address"}}
+  nohost: {unsubscribe: {one_click: true}}
+  fine: {tracking: {open: true, domain: links.example.com}, unsubscribe: {one_click: true}}
+""")
+    text = "\n".join(problems)
+    assert "tracking_domains.cdn.example.com: cert_file and key_file go together" in text
+    assert "configuration_sets.nodomain.tracking: open or click tracking is on " \
+           "but tracking.domain is not set" in text
+    assert "configuration_sets.unsub.unsubscribe.mailto:" in text
+    assert "is not a plain mail address" in text
+    assert problems_for(tmp_path, """
+listeners: [{name: s, port: 2587, tls: none}]
+tracking_domains: {"t.example.com:99999": {}}
+""") == ["tracking_domains: 't.example.com:99999': the port after ':' must be 1-65535"]
+
+
+def test_tracking_domains_must_list_every_host_a_set_uses(tmp_path: Path) -> None:
+    problems = problems_for(tmp_path, """
+listeners: [{name: s, port: 2587, tls: none}]
+tracking_domains: {"links.example.com": {}, "127.0.0.1.nip.test:8080": {}}
+configuration_sets:
+  unlisted: {tracking: {open: true, domain: other.example.com}}
+  nohost: {unsubscribe: {one_click: true}}
+  fine: {tracking: {open: true, domain: LINKS.example.com}, unsubscribe: {one_click: true}}
+  port: {tracking: {click: true, domain: "127.0.0.1.nip.test:8080"}}
+""")
+    assert problems == [
+        "configuration_sets.unlisted.tracking.domain: other.example.com is not listed under "
+        "tracking_domains; add it there (with its certificate for https)",
+        "configuration_sets.nohost.unsubscribe: one_click needs a host for the unsubscribe "
+        "URL: set unsubscribe.domain or tracking.domain",
+    ]

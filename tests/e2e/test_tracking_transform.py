@@ -1,0 +1,324 @@
+"""Tracking and unsubscribe through the real relay: what a configuration set changes.
+
+Messages go in over SMTP (STARTTLS + AUTH); the spooled bytes are what recipients
+get. Tokens are read back with the key file the daemon created, the DKIM signatures
+over the rewritten message are checked by OpenDKIM, and the MIME structure by
+Python's email package, which shares no code with the rewriter.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import logging
+import os
+import re
+import smtplib
+import stat
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smtprelay import tokens
+from smtprelay.links import OPEN_TRACKER
+from tests.dkimpeers import opendkim
+from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
+from tests.e2e.test_dkim import Key, dns, identities, keys, ours  # noqa: F401 - fixtures
+from tests.support import (
+    Credential,
+    DaemonProcess,
+    RunningRelay,
+    client_context,
+    message,
+    running,
+    spooled,
+)
+
+TRACKED = "marketing"
+SETS = {
+    "transactional": {},
+    TRACKED: {"tracking": {"open": True, "click": True, "domain": "links.example.com",
+                           "https": True},
+              "unsubscribe": {"one_click": True, "mailto": "unsub@bounce.example.com"}},
+    "keepscheme": {"tracking": {"click": True, "open": True, "domain": "links.example.com"}},
+    "override": {"tracking": {"domain": "links.example.com"},
+                 "unsubscribe": {"one_click": True, "override": True}},
+}
+TRACKING_DOMAINS = {"links.example.com": {}}
+_TOKEN = re.compile(r"https?://links\.example\.com/([cou])/([A-Za-z0-9_-]+)")
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[RunningRelay]:
+    with running(tmp_path, configuration_sets=SETS, tracking_domains=TRACKING_DOMAINS) as r:
+        yield r
+
+
+def send(relay: RunningRelay, data: bytes, rcpts: tuple[str, ...] = ("someone@example.net",),
+         cred: Credential | None = None) -> tuple[int, str]:
+    cred = cred or relay.credential()
+    with smtplib.SMTP("127.0.0.1", relay.submission_port, timeout=30) as smtp:
+        smtp.starttls(context=client_context())
+        smtp.login(cred.username, cred.password)
+        smtp.mail("app@example.com")
+        for rcpt in rcpts:
+            smtp.rcpt(rcpt)
+        code, reply = smtp.data(data)
+    return code, reply.decode()
+
+
+def delivered(relay: RunningRelay, data: bytes, **options: Any) -> bytes:
+    code, reply = send(relay, data, **options)
+    assert code == 250, reply
+    [stored] = [m for m in spooled(relay.config) if m["id"] == reply.split()[-1]]
+    return bytes(stored["data"])
+
+
+def keyring(relay: RunningRelay) -> tokens.KeyRing:
+    return tokens.KeyRing.load(relay.config.tracking_keys_path)
+
+
+def decoded_tokens(relay: RunningRelay, text: str) -> list[tuple[str, tokens.Payload]]:
+    ring = keyring(relay)
+    return [(kind, tokens.decode(token, ring)) for kind, token in _TOKEN.findall(text)]
+
+
+def parts(data: bytes) -> dict[str, str]:
+    parsed = email.message_from_bytes(data, policy=email.policy.default)
+    found = {}
+    for part in parsed.walk():
+        if not part.is_multipart():
+            found[part.get_content_type()] = part.get_content()
+    return found
+
+
+def newsletter(set_name: str = TRACKED, extra_headers: str = "") -> bytes:
+    html = (
+        '<html><body><table><tr><td>'
+        '<a href="https://shop.example/reset?user=42&amp;token=a%2Fb&#38;x=1">Reset</a> '
+        "<A HREF='http://blog.example/post?id=7' ses:tags=\"campaign:spring;variant:b\">Read</A>"
+        ' <a href="mailto:help@example.com">Mail us</a>'
+        ' <a ses:no-track href="https://private.example/keep">Private</a>'
+        ' <a href="javascript:alert(1)">JS</a>'
+        ' <a href="{{unsubscribe_url}}">Unsubscribe</a>'
+        ' Grüße — ' + "x" * 120 +
+        '</td></tr></table></body></html>')
+    text = "Hello,\r\nUnsubscribe: {{unsubscribe_url}}\r\nGrüße\r\n"
+
+    def qp(value: str) -> str:
+        import quopri
+        encoded = quopri.encodestring(value.replace("\r\n", "\n").encode("utf-8"))
+        return encoded.decode("ascii").replace("\n", "\r\n")
+
+    return (
+        "From: App <app@example.com>\r\nTo: someone@example.net\r\nSubject: news\r\n"
+        f"X-SES-CONFIGURATION-SET: {set_name}\r\n{extra_headers}"
+        "MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"b1\"\r\n\r\n"
+        "--b1\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n" + qp(text) + "\r\n"
+        "--b1\r\nContent-Type: text/html; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n" + qp(html) + "\r\n"
+        "--b1--\r\n").encode("ascii")
+
+
+def test_tracked_message_links_pixel_and_unsubscribe(relay: RunningRelay) -> None:
+    data = delivered(relay, newsletter())
+    headers = email.message_from_bytes(data, policy=email.policy.default)
+    found = parts(data)
+    html, text = found["text/html"], found["text/plain"]
+
+    # Links: the first two tracked, redirecting to exactly what a browser would open.
+    clicks = [(kind, p) for kind, p in decoded_tokens(relay, html) if kind == "c"]
+    assert [p.url for _, p in clicks] == [  # type: ignore[union-attr]
+        "https://shop.example/reset?user=42&token=a%2Fb&x=1", "http://blog.example/post?id=7"]
+    second = clicks[1][1]
+    assert isinstance(second, tokens.ClickToken)
+    assert second.tags == (("campaign", "spring"), ("variant", "b"))
+    assert second.recipient == 0 and second.link_index == 1
+    # https: true forces https even for the http link.
+    assert html.count("https://links.example.com/c/") == 2
+    assert 'href="mailto:help@example.com"' in html and 'href="javascript:alert(1)"' in html
+    assert '<a href="https://private.example/keep">Private</a>' in html
+    assert "ses:" not in html and "ses:" not in text
+
+    # The pixel before </body>, for recipient 0.
+    [opened] = [p for k, p in decoded_tokens(relay, html) if k == "o"]
+    assert isinstance(opened, tokens.OpenToken) and opened.recipient == 0
+    assert re.search(r'<img src="https://links\.example\.com/o/[^"]+" width="1" height="1"'
+                     r'[^>]*/></body>', html)
+
+    # Unsubscribe: headers, the footer link in both parts, all one URL.
+    unsubscribe = headers["List-Unsubscribe"]
+    url = re.match(r"<(https://links\.example\.com/u/[^>]+)>, <mailto:unsub@bounce\.example"
+                   r"\.com\?subject=unsubscribe-([A-Za-z0-9_-]+)>$", unsubscribe)
+    assert url is not None, unsubscribe
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert f'<a href="{url.group(1)}">Unsubscribe</a>' in html
+    assert f"Unsubscribe: {url.group(1)}\r\n" in text
+    payload = tokens.decode(url.group(2), keyring(relay))
+    assert isinstance(payload, tokens.UnsubscribeToken) and payload.recipient == 0
+    assert "{{unsubscribe_url}}" not in data.decode()
+    # Quoted-printable stayed quoted-printable, with lines of at most 76 characters.
+    body = data[data.index(b"\r\n\r\n"):]
+    assert body.count(b"Content-Transfer-Encoding: quoted-printable") == 2
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76
+    assert "Grüße — " + "x" * 120 in html
+
+
+def test_http_links_keep_their_scheme_by_default(relay: RunningRelay) -> None:
+    html = parts(delivered(relay, newsletter("keepscheme")))["text/html"]
+    assert "https://links.example.com/c/" in html and "http://links.example.com/c/" in html
+    # No unsubscribe in this set: its placeholder is the sender's business, left alone.
+    assert "{{unsubscribe_url}}" in html
+
+
+def test_several_recipients_get_whole_message_tokens_and_no_unsubscribe(
+        relay: RunningRelay, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "smtprelay.pipeline")
+    data = delivered(relay, newsletter(), rcpts=("a@example.net", "b@example.net"))
+    html = parts(data)["text/html"]
+    payloads = [p for _, p in decoded_tokens(relay, html)]
+    assert len(payloads) == 3 and all(p.recipient is None for p in payloads)
+    assert b"List-Unsubscribe" not in data
+    assert "no unsubscribe link: the message has several recipients" in caplog.text
+
+
+def test_sender_list_unsubscribe_is_kept_unless_the_set_overrides(relay: RunningRelay) -> None:
+    own = ("List-Unsubscribe: <https://app.example/unsub/9>\r\n"
+           "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+    kept = email.message_from_bytes(delivered(relay, newsletter(extra_headers=own)),
+                                    policy=email.policy.default)
+    assert kept.get_all("List-Unsubscribe") == ["<https://app.example/unsub/9>"]
+    replaced_data = delivered(relay, newsletter("override", extra_headers=own))
+    replaced = email.message_from_bytes(replaced_data, policy=email.policy.default)
+    [value] = replaced.get_all("List-Unsubscribe")
+    assert re.fullmatch(r"<https://links\.example\.com/u/[A-Za-z0-9_-]+>", value)
+    assert replaced.get_all("List-Unsubscribe-Post") == ["List-Unsubscribe=One-Click"]
+
+
+def test_without_tracking_relay_markup_is_removed_and_links_kept(relay: RunningRelay) -> None:
+    html = parts(delivered(relay, newsletter("transactional")))["text/html"]
+    assert "links.example.com" not in html
+    assert 'href="https://shop.example/reset?user=42&amp;token=a%2Fb&#38;x=1"' in html
+    assert "ses:" not in html
+
+
+def test_second_open_tracker_is_refused_and_the_session_goes_on(relay: RunningRelay) -> None:
+    html = f"<p>{OPEN_TRACKER}</p><p>{OPEN_TRACKER}</p>"
+    bad = ("From: app@example.com\r\nTo: someone@example.net\r\nSubject: twice\r\n"
+           "Content-Type: text/html\r\n\r\n" + html + "\r\n").encode()
+    cred = relay.credential()
+    before = len(spooled(relay.config))
+    with smtplib.SMTP("127.0.0.1", relay.submission_port, timeout=30) as smtp:
+        smtp.starttls(context=client_context())
+        smtp.login(cred.username, cred.password)
+        for set_name in ("transactional", TRACKED):  # refused whatever the set says
+            smtp.mail("app@example.com")
+            smtp.rcpt("someone@example.net")
+            code, reply = smtp.data(bad.replace(b"Subject", f"X-SES-CONFIGURATION-SET: "
+                                                f"{set_name}\r\nSubject".encode()))
+            assert (code, reply.decode()) == (554, "5.6.0 Message rejected: more than one "
+                                                   "{{ses:openTracker}} placeholder; use at "
+                                                   "most one")
+        smtp.mail("app@example.com")
+        smtp.rcpt("someone@example.net")
+        code, _ = smtp.data(message(subject="after the refusals"))
+        assert code == 250
+    assert len(spooled(relay.config)) == before + 1
+
+
+def test_one_placeholder_without_open_tracking_is_removed(relay: RunningRelay) -> None:
+    data = ("From: app@example.com\r\nTo: someone@example.net\r\nSubject: once\r\n"
+            f"Content-Type: text/html\r\n\r\n<p>{OPEN_TRACKER}Hi</p>\r\n").encode()
+    assert parts(delivered(relay, data))["text/html"] == "<p>Hi</p>\r\n"
+
+
+def test_ten_thousand_links_in_a_big_part(relay: RunningRelay) -> None:
+    links = "".join(f'<a href="https://shop.example/item/{i}?ref=mail">Item {i}</a><br>\r\n'
+                    for i in range(10_000))
+    data = ("From: app@example.com\r\nTo: someone@example.net\r\nSubject: catalogue\r\n"
+            f"X-SES-CONFIGURATION-SET: {TRACKED}\r\nContent-Type: text/html; charset=utf-8\r\n"
+            f"\r\n<html><body>{links}</body></html>\r\n").encode()
+    assert len(data) > 256 * 1024  # rewritten in a worker thread
+    html = parts(delivered(relay, data))["text/html"]
+    clicks = [p for kind, p in decoded_tokens(relay, html) if kind == "c"]
+    assert len(clicks) == 250
+    assert [p.url for p in clicks] == [  # type: ignore[union-attr]
+        f"https://shop.example/item/{i}?ref=mail" for i in range(250)]
+    assert '<a href="https://shop.example/item/250?ref=mail">' in html
+    assert '<a href="https://shop.example/item/9999?ref=mail">' in html
+
+
+@pytest.mark.parametrize(("part", "problem"), [
+    ("Content-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+     "PGEgaHJlZj0iaHR0cHM6Ly9zaG9wLmV4YW1wbGUvIj5Y!!!==\r\n", "invalid base64"),
+    ("Content-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+     '<a href=3D"https://shop.example/">X</a> =ZZ broken\r\n', "invalid quoted-printable"),
+    ("Content-Type: text/html; charset=x-klingon\r\n\r\n"
+     '<a href="https://shop.example/">X</a>\r\n', "unknown charset 'x-klingon'"),
+    ("Content-Type: text/html\r\n\r\n<p><a href=\"https://shop.example/\">X<div><a href=",
+     None),
+])
+def test_unreadable_parts_go_out_untouched(relay: RunningRelay, part: str, problem: str | None,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "smtprelay.pipeline")
+    data = ("From: app@example.com\r\nTo: someone@example.net\r\nSubject: odd\r\n"
+            f"X-SES-CONFIGURATION-SET: {TRACKED}\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n"
+            f"{part}\r\n--zz--\r\n").encode()
+    out = delivered(relay, data)
+    body = out[out.index(b"--zz"):]
+    if problem is None:
+        # Malformed HTML is still read as a browser would: the closed link is tracked,
+        # and the pixel goes at the end, where a browser reads it as the unclosed
+        # tag's attribute (harmless: the tag was broken before).
+        assert b'<p><a href="https://links.example.com/c/' in body
+        assert b'<a href=<img src="https://links.example.com/o/' in body
+    else:
+        assert body == data[data.index(b"--zz"):]
+        assert problem in caplog.text
+
+
+def test_tracked_quoted_printable_message_verifies_with_opendkim(
+        tmp_path: Path, keys: dict[str, Key], dns: TestDNSServer) -> None:  # noqa: F811
+    with running(tmp_path, configuration_sets=SETS, tracking_domains=TRACKING_DOMAINS,
+                 identities=identities(keys)) as relay:
+        data = delivered(relay, newsletter())
+    assert b"https://links.example.com/c/" in data and b"List-Unsubscribe:" in data
+    signature = data[:data.index(b"Received:")].decode()
+    assert "list-unsubscribe:list-unsubscribe-post" in signature.lower().replace("\r\n\t", "")
+    assert ours(opendkim(data, dns, tmp_path / "od")) == {
+        "rsa-sha256": "pass", "ed25519-sha256": "pass"}
+
+
+def test_key_file_is_private_and_a_readable_one_stops_the_daemon(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path, configuration_sets=SETS,
+                           tracking_domains=TRACKING_DOMAINS)
+    daemon.start()
+    try:
+        path = daemon.config.tracking_keys_path
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        assert daemon.stop() == 0
+    os.chmod(path, 0o644)
+    daemon.start(wait=False)
+    assert daemon.proc.wait(20) == 1
+    log = daemon.log()
+    assert f"{path}: readable by group or others; chmod 600 it" in log
+    assert "Traceback" not in log
+    os.chmod(path, 0o600)
+    path.write_text("{not json")
+    os.chmod(path, 0o600)
+    daemon.start(wait=False)
+    assert daemon.proc.wait(20) == 1
+    assert f"{path}: malformed key file" in daemon.log()
+    assert "restore it from a backup" in daemon.log()
+
+
+def test_tracking_urls_are_plain_ascii_and_unquoted(relay: RunningRelay) -> None:
+    html = parts(delivered(relay, newsletter()))["text/html"]
+    for _, token in _TOKEN.findall(html):
+        assert urllib.parse.quote(token, safe="-_") == token

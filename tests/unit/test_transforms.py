@@ -1,0 +1,109 @@
+"""The transform stage on its own: which tokens a message gets, and the unsubscribe fields."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smtprelay import tokens, unsubscribe
+from smtprelay.config import ConfigurationSetConfig
+from smtprelay.headers import parse_header_section
+from smtprelay.links import OPEN_TRACKER, DuplicateOpenTracker
+from smtprelay.transforms import Transformer
+
+RING = tokens.KeyRing.generate(1_700_000_000)
+MID = "018bd0e1a2b3-0123456789abcdef"
+TRACKED = ConfigurationSetConfig.model_validate({
+    "tracking": {"open": True, "click": True, "domain": "t.example.com:8443", "https": False},
+    "unsubscribe": {"one_click": True}})
+
+
+def apply(data: bytes, settings: ConfigurationSetConfig | None = TRACKED,
+          recipients: int = 1) -> bytes:
+    result = Transformer(RING).apply(data, message_id=MID, recipient_count=recipients,
+                                     issued_at=1_700_000_100.5, settings=settings)
+    return result.data
+
+
+def test_plain_message_without_markup_is_the_same_object() -> None:
+    data = b"From: a@example.com\r\nSubject: s\r\n\r\nJust text.\r\n"
+    assert apply(data, settings=None) is data
+
+
+def test_placeholder_split_by_a_soft_line_break_is_found() -> None:
+    data = (b"From: a@example.com\r\nSubject: s\r\nContent-Type: text/plain\r\n"
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+            b"Leave: {{unsubscr=\r\nibe_url}} or {{amazonSESUnsubscribeUrl}}\r\n")
+    out = apply(data)
+    text = email.message_from_bytes(out, policy=email.policy.default).get_content()
+    [url, again] = re.findall(r"http://t\.example\.com:8443/u/[A-Za-z0-9_-]+", text)
+    assert url == again
+    payload = tokens.decode(url.rsplit("/", 1)[1], RING, 1_700_000_200)
+    assert payload == tokens.UnsubscribeToken(MID, 0, 1_700_000_100)
+
+
+def test_duplicate_open_tracker_in_base64_is_found_without_tracking() -> None:
+    import base64
+    html = f"<p>{OPEN_TRACKER}</p>{OPEN_TRACKER}".encode()
+    data = (b"From: a@example.com\r\nContent-Type: text/html\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(html) + b"\r\n")
+    with pytest.raises(DuplicateOpenTracker):
+        apply(data, settings=None)
+
+
+def test_unsubscribe_fields_are_added_after_the_last_field() -> None:
+    data = b"From: a@example.com\r\nSubject: s\r\n\r\nbody\r\n"
+    out = apply(data)
+    assert re.fullmatch(
+        rb"From: a@example.com\r\nSubject: s\r\nList-Unsubscribe: <http://t\.example\.com:8443"
+        rb"/u/[A-Za-z0-9_-]+>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+        rb"\r\nbody\r\n", out), out
+
+
+def test_body_less_message_without_final_crlf() -> None:
+    fields_only = b"From: a@example.com\r\nSubject: s"
+    out = unsubscribe.add(fields_only, parse_header_section(fields_only),
+                          unsubscribe.header_fields("https://u.example/u/T"), override=False)
+    assert out == (b"From: a@example.com\r\nSubject: s\r\n"
+                   b"List-Unsubscribe: <https://u.example/u/T>\r\n"
+                   b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+
+
+def test_header_fields_fold_between_uris() -> None:
+    fields = unsubscribe.header_fields("https://u.example/u/" + "T" * 51, "leave@example.com",
+                                       "T" * 51)
+    assert fields.split(b"\r\n")[:2] == [
+        b"List-Unsubscribe: <https://u.example/u/" + b"T" * 51 + b">,",
+        b" <mailto:leave@example.com?subject=unsubscribe-" + b"T" * 51 + b">"]
+    parsed = email.message_from_bytes(fields + b"\r\n", policy=email.policy.default)
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_override_removes_every_sender_field() -> None:
+    data = (b"From: a@example.com\r\nList-Unsubscribe: <mailto:x@example.com>\r\n"
+            b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\nSubject: s\r\n\r\nb\r\n")
+    new = unsubscribe.header_fields("https://u.example/u/T")
+    assert unsubscribe.add(data, parse_header_section(data), new, override=False) is data
+    out = unsubscribe.add(data, parse_header_section(data), new, override=True)
+    assert out == b"From: a@example.com\r\nSubject: s\r\n" + new + b"\r\nb\r\n"
+
+
+@given(st.integers(1, 60), st.booleans())
+def test_every_token_in_a_tracked_message_verifies(recipients: int, https: bool) -> None:
+    settings = TRACKED.model_copy(update={"tracking": TRACKED.tracking.model_copy(
+        update={"https": https})})
+    data = (b"From: a@example.com\r\nContent-Type: text/html\r\n\r\n"
+            b'<a href="https://a.example/?q=1&amp;r=2">a</a><a href="http://b.example/">b</a>\r\n')
+    out = apply(data, settings, recipients).decode()
+    scheme = "https" if https else "http"
+    found = re.findall(scheme + r"://t\.example\.com:8443/([cou])/([A-Za-z0-9_-]+)", out)
+    expected_recipient = 0 if recipients == 1 else None
+    kinds = [kind for kind, _ in found]
+    assert sorted(kinds) == (["c", "c", "o", "u"] if recipients == 1 else ["c", "c", "o"])
+    for _, token in found:
+        assert tokens.decode(token, RING, 1_700_000_200).recipient == expected_recipient
