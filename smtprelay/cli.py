@@ -75,13 +75,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from smtprelay.dkim import DKIMKeyError
     from smtprelay.spool.store import SpoolError
     from smtprelay.tlsutil import TLSSetupError
+    from smtprelay.tokens import KeyRingError
 
     loaded = load_config(args.config)
     config = loaded.config
     logs.setup(config.logging.level, config.logging.format)
     try:
         daemon.run(config, str(loaded.path))
-    except (TLSSetupError, SpoolError, SmarthostPasswordError, DKIMKeyError) as exc:
+    except (TLSSetupError, SpoolError, SmarthostPasswordError, DKIMKeyError,
+            KeyRingError) as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:
         raise CommandError(exc.strerror or str(exc)) from None
