@@ -378,12 +378,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
 # -- dkim -----------------------------------------------------------------------------
 
 
-def _txt_strings(value: str) -> str:
-    """A TXT value as a zone file wants it: quoted strings of at most 255 bytes."""
-    data = value.encode("ascii")
-    return " ".join(f'"{data[i:i + 255].decode()}"' for i in range(0, len(data), 255))
-
-
 def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -424,12 +418,11 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
         os.chown(path, *owner)
     kind = f"RSA {dkim.RSA_BITS}-bit, rsa-sha256" if args.type == "rsa" else \
         "Ed25519, ed25519-sha256"
-    record = dkim.public_record(key)
     print(f"Wrote the private key ({kind}) to {path} (mode 0600).")
     print()
     print(f"1. Publish this TXT record in the DNS zone of {domain}:")
     print()
-    print(f"{selector}._domainkey.{domain}.  3600  IN  TXT  {_txt_strings(record)}")
+    print(dkim.dns_record(domain, selector, key))
     print()
     print("2. Add the key to the configuration and reload (systemctl reload smtprelay):")
     print()
@@ -442,6 +435,32 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     print()
     print(f"dig +short TXT {selector}._domainkey.{domain}")
     return EXIT_OK
+
+
+# -- dns-check ------------------------------------------------------------------------
+
+
+def cmd_dns_check(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from smtprelay import dnscheck
+
+    # Key files are read by the DKIM check itself, which reports an unusable one as a
+    # finding instead of refusing to check anything else.
+    config = load_config(args.config, check_keys=False).config
+    try:
+        checks = dnscheck.plan(config, args.domain, ips=args.ip or (),
+                               nameservers=args.nameserver or ())
+        lookups = dnscheck.Lookups(checks.nameservers, checks.timeout)
+    except dnscheck.UsageError as exc:
+        print(f"smtprelay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    findings = asyncio.run(dnscheck.run(checks, lookups))
+    if args.json:
+        _print_json([finding.as_json() for finding in findings])
+    else:
+        print(dnscheck.render(findings))
+    return EXIT_OK if all(finding.ok for finding in findings) else EXIT_FAILURE
 
 
 # -- argument parsing ------------------------------------------------------------------
@@ -528,6 +547,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE",
                    help="where to write the key (default: data_dir/dkim/DOMAIN.S.pem)")
     p.set_defaults(func=cmd_dkim_keygen)
+
+    p = sub.add_parser("dns-check", parents=[common, listing],
+                       help="check a sending domain's DKIM, SPF, DMARC, MAIL FROM and "
+                            "tracking records; exit 1 if any needs action")
+    p.add_argument("domain", metavar="DOMAIN", help="a domain under identities or an "
+                                                    "account's identities")
+    p.add_argument("--ip", action="append", metavar="ADDR",
+                   help="an outbound address of the relay that SPF must authorise "
+                        "(repeat; default: the addresses of server.hostname)")
+    p.add_argument("--nameserver", action="append", metavar="HOST[:PORT]",
+                   help="ask this DNS server (repeat; default: delivery.dns.nameservers, "
+                        "else the system resolver)")
+    p.set_defaults(func=cmd_dns_check)
 
     from smtprelay.suppression_cli import register as register_suppression
 
