@@ -274,6 +274,36 @@ class UnsubscribeConfig(_Model):
         return f"{local}@{check_domain(domain)}"
 
 
+EVENT_TYPES = ("Send", "Reject", "Bounce", "Complaint", "Delivery", "DeliveryDelay",
+               "Subscription", "Open", "Click")
+EventTypeName = Literal["Send", "Reject", "Bounce", "Complaint", "Delivery", "DeliveryDelay",
+                        "Subscription", "Open", "Click"]
+
+
+class EventDestinationConfig(_Model):
+    # Unique within the set; the delivery position is saved under "<set>/<name>", so a
+    # renamed destination starts from the events made after the rename.
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    type: Literal["file"]
+    enabled: bool = True
+    # SES event types this destination receives, or "all".
+    event_types: list[EventTypeName] | Literal["all"] = "all"
+    # file: SES JSON, one event per line (NDJSON), appended; fsync once per batch.
+    path: Path | None = None
+    # Rotate the file at this size: path -> path.1 -> ... -> path.<keep>.
+    max_size: Size = 100 * 1024 * 1024
+    keep: int = Field(default=5, ge=0)
+
+    @model_validator(mode="after")
+    def _target(self) -> EventDestinationConfig:
+        if self.type == "file" and self.path is None:
+            raise ValueError("a file destination needs path (the NDJSON file to append to)")
+        return self
+
+    def wants(self, event_type: str) -> bool:
+        return self.enabled and (self.event_types == "all" or event_type in self.event_types)
+
+
 class ConfigurationSetConfig(_Model):
     sending_enabled: bool = True
     # SES DeliveryOptions.TlsPolicy: require refuses to deliver this set's mail in clear
@@ -282,6 +312,21 @@ class ConfigurationSetConfig(_Model):
     suppression: SetSuppressionConfig = Field(default_factory=SetSuppressionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     unsubscribe: UnsubscribeConfig = Field(default_factory=UnsubscribeConfig)
+    event_destinations: list[EventDestinationConfig] = Field(default_factory=list)
+
+    @field_validator("event_destinations")
+    @classmethod
+    def _unique_names(cls, values: list[EventDestinationConfig]
+                      ) -> list[EventDestinationConfig]:
+        names = [v.name for v in values]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"the destination name {name!r} is used twice")
+        return values
+
+    @property
+    def publishes(self) -> bool:
+        """Some destination is on: events for this set are worth recording."""
+        return any(d.enabled for d in self.event_destinations)
 
     @property
     def unsubscribe_domain(self) -> str | None:

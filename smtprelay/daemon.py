@@ -19,6 +19,7 @@ from smtprelay.delivery.dsn_queue import DSNFactory
 from smtprelay.delivery.pool import ConnectionPool
 from smtprelay.delivery.scheduler import DeliveryPolicy, Scheduler, Transport
 from smtprelay.delivery.smtp_transport import SmarthostPasswordError, SMTPTransport
+from smtprelay.events.publisher import Publisher
 from smtprelay.http.server import HTTPServer
 from smtprelay.pipeline import Pipeline
 from smtprelay.quota import Quotas, SQLiteUsageStore
@@ -30,6 +31,9 @@ log = logging.getLogger("smtprelay")
 
 _DEPTH_REFRESH_SECONDS = 15.0
 _PURGE_SECONDS = 60.0
+# Mail records (what opens, clicks and unsubscribes weeks later need for their events)
+# are kept as long as tracking tokens are honoured.
+_MAIL_RECORD_SECONDS = 60 * 86400.0
 
 
 class Relay:
@@ -49,6 +53,7 @@ class Relay:
         self.transport: SMTPTransport | None = None
         self.smtp: SMTPServer | None = None
         self.http: HTTPServer | None = None
+        self.publisher: Publisher | None = None
         self._ready = False
         self._depth_task: asyncio.Task[None] | None = None
         self._purge_task: asyncio.Task[None] | None = None
@@ -119,6 +124,8 @@ class Relay:
                     log.error("reload: %s; keeping the old smarthost password", exc)
             if self.smtp is not None:
                 self.smtp.update_config(self.config)
+            if self.publisher is not None:
+                self.publisher.update_config(self.config)
             log.info("configuration reloaded from %s", path)
         self.reload_tls()
 
@@ -140,6 +147,8 @@ class Relay:
         metrics.SPOOL_DEPTH.set(depth)
         log.info("spool opened path=%s messages=%d recovered_in_flight=%d", cfg.spool_path,
                  depth, handed_back)
+        self.publisher = Publisher(self.spool, cfg)
+        await self.publisher.start()
         transport = self._transport()
         if transport is not None:
             delivery = cfg.delivery
@@ -194,6 +203,11 @@ class Relay:
                     if await self.spool.purge_finished(before, limit=500) < 500:
                         break
                     await asyncio.sleep(0.1)
+                records_before = time.time() - _MAIL_RECORD_SECONDS
+                for _ in range(200):
+                    if await self.spool.purge_mail_records(records_before, limit=500) < 500:
+                        break
+                    await asyncio.sleep(0.1)
             except Exception as exc:
                 log.error("purging finished messages from the spool failed: %s", exc)
 
@@ -215,6 +229,8 @@ class Relay:
             await self.scheduler.stop(grace=min(grace, 10.0))
         if self.transport is not None:
             await self.transport.close()
+        if self.publisher is not None:
+            await self.publisher.stop()
         if self.http is not None:
             await self.http.stop()
         await asyncio.to_thread(self.spool.close)

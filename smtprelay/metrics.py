@@ -87,6 +87,17 @@ DOMAIN_ACTIVE = Gauge(
     "Outbound sessions in use per recipient domain (only domains with sessions in use)",
     ["domain"],
 )
+EVENTS_PUBLISHED = Counter(
+    "smtprelay_events_published_total", "Events handed to a destination",
+    ["type", "configuration_set", "destination"]
+)
+EVENT_OUTBOX_DEPTH = Gauge(
+    "smtprelay_event_outbox_depth", "Events waiting for at least one destination"
+)
+EVENT_PUBLISH_FAILURES = Counter(
+    "smtprelay_event_publish_failures_total", "Failed attempts to hand events to a destination",
+    ["destination"]
+)
 LINKS_TRACKED = Counter(
     "smtprelay_links_tracked_total", "Links rewritten for click tracking in accepted mail"
 )
@@ -96,4 +107,14 @@ DKIM_SIGNATURES = Counter(
 DKIM_SIGN_SECONDS = Histogram(
     "smtprelay_dkim_sign_seconds", "Time to DKIM-sign one message (every signature on it)",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+)
+HTTP_REQUESTS = Counter(
+    "smtprelay_http_requests_total",
+    "HTTP requests answered, by route pattern (never the token) and status", ["route", "status"]
+)
+TRACKING_REQUESTS = Counter(
+    "smtprelay_tracking_requests_total",
+    "Tracking requests (click, open, unsubscribe) by result: ok, invalid (bad token), "
+    "expired (past http.tracking_window: no event), machine (flagged, still recorded)",
+    ["kind", "result"],
 )

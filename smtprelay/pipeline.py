@@ -15,12 +15,13 @@ from typing import Any
 
 from smtprelay import configsets, dkim, hygiene, identities, metrics, transforms
 from smtprelay.config import Config
+from smtprelay.events import records
 from smtprelay.headers import HeaderField, MalformedHeader, addresses, parse_header_section
 from smtprelay.quota import Quotas
 from smtprelay.smtp import replies as R
 from smtprelay.smtp.replies import Reply
-from smtprelay.spool.model import NewMessage, new_message_id
-from smtprelay.spool.store import Spool, SpoolError, SpoolFullError
+from smtprelay.spool.model import EventRecord, NewMessage, new_message_id
+from smtprelay.spool.store import Spool, SpoolError, SpoolFullError, suppressed_diagnostic
 from smtprelay.submission import Submission
 from smtprelay.suppression import SuppressionStore
 
@@ -176,12 +177,21 @@ class Pipeline:
             attrs["tracking"] = {"links": len(transformed.links),
                                  "open": transformed.opens_tracked,
                                  "unsubscribe": transformed.unsubscribe_url is not None}
+        settings = self._config.configuration_sets.get(choice.name) if choice.name else None
+        events: tuple[EventRecord, ...] = ()
+        if settings is not None and settings.publishes:
+            # The scheduler records this message's delivery events too.
+            attrs["events"] = True
+            events = records.accepted(
+                message_id, choice.name, submission.received_at,
+                {recipients[i]: suppressed_diagnostic(reason)
+                 for i, reason in suppressed.items()}, self._config.server.hostname)
         message = NewMessage(
             message_id=message_id, envelope=submission.envelope, data=data,
             account=client.account, configuration_set=choice.name,
             received_at=submission.received_at, client_ip=client.ip, client_helo=client.helo,
             auth_user=client.auth_user, listener=client.listener, attrs=attrs,
-            suppressed=suppressed,
+            suppressed=suppressed, events=events, publishes=bool(events),
         )
         try:
             await self._spool.enqueue(message)

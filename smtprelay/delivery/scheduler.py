@@ -23,7 +23,9 @@ from smtprelay.delivery.bounce import DEFAULT_RULES, Rule, classify
 from smtprelay.delivery.dsn_queue import DSNFactory
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict, same_result
 from smtprelay.delivery.retry import delay_type, next_retry
+from smtprelay.events import records
 from smtprelay.spool.model import (
+    EventRecord,
     Outcome,
     QueuedMessage,
     QueuedRecipient,
@@ -57,10 +59,12 @@ class DeliveryPolicy:
     retry: RetryConfig = field(default_factory=RetryConfig)
     delay: DelayConfig = field(default_factory=DelayConfig)
     bounce_rules: tuple[Rule, ...] = DEFAULT_RULES
+    hostname: str = "localhost"  # the reporting MTA in events
 
     @classmethod
     def from_config(cls, config: Config) -> DeliveryPolicy:
-        return cls(retry=config.delivery.retry, delay=config.delivery.delay)
+        return cls(retry=config.delivery.retry, delay=config.delivery.delay,
+                   hostname=config.server.hostname)
 
 
 class Scheduler:
@@ -167,7 +171,8 @@ class Scheduler:
                                       f"x-local; {exc}")
             updates = self._updates(message, recipients, results)
             finalize = self._dsns.build if self._dsns is not None else None
-            dsn = await self._spool.record(message.message_id, updates, finalize)
+            events = self._events(message, updates)
+            dsn = await self._spool.record(message.message_id, updates, finalize, events)
             if any(u.state is RecipientState.DEFERRED for u in updates):
                 self.wake()  # the loop's sleep was computed without this retry time
             if dsn is not None:
@@ -175,6 +180,17 @@ class Scheduler:
                 log.info("msg=%s dsn=%s to=%s", message.message_id, dsn.message_id,
                          dsn.envelope.recipients[0])
                 self.wake()
+
+    def _events(self, message: QueuedMessage,
+                updates: list[RecipientUpdate]) -> tuple[EventRecord, ...]:
+        if not message.attrs.get("events"):
+            return ()
+        addresses = {r.index: r.address for r in message.recipients}
+        return records.attempt(
+            message.message_id, message.configuration_set, message.received_at,
+            message.received_at + self.policy.retry.max_lifetime,
+            [(addresses[u.index], o) for u in updates for o in u.outcomes],
+            self.policy.hostname)
 
     def _updates(self, message: QueuedMessage, recipients: list[QueuedRecipient],
                  results: list[RecipientResult]) -> list[RecipientUpdate]:

@@ -263,6 +263,11 @@ DETAIL_TYPES: dict[EventType, type[Detail]] = {
 _TYPE_OF: dict[type[Detail], EventType] = {cls: kind for kind, cls in DETAIL_TYPES.items()}
 
 
+def type_of(detail: Detail) -> EventType:
+    """The event type a detail belongs to."""
+    return _TYPE_OF[type(detail)]
+
+
 _ids = random.Random()  # seeded from os.urandom once, at import
 _ids_lock = threading.Lock()
 _last_id = (0, 0)
@@ -310,5 +315,5 @@ class Event:
     @classmethod
     def of(cls, mail: MailInfo, detail: Detail, event_id: str | None = None) -> Event:
         """The event whose type follows from its detail, with a new id unless given."""
-        kind = _TYPE_OF[type(detail)]
+        kind = type_of(detail)
         return cls(kind, mail, detail, new_event_id() if event_id is None else event_id)

@@ -91,6 +91,26 @@ def to_ses(event: Event) -> dict[str, Any]:
     return cleaned
 
 
+def detail_object(detail: Detail) -> dict[str, Any]:
+    """The event type's own object alone (what the outbox stores)."""
+    cleaned: dict[str, Any] = _clean(_detail(detail))
+    return cleaned
+
+
+def assemble(kind: EventType, mail: MailInfo | None, detail: dict[str, Any], *,
+             message_id: str) -> dict[str, Any]:
+    """A record from a stored type object and the message's mail info; without the
+    mail info (its record expired) the ``mail`` object holds the message id alone."""
+    if mail is None:
+        mail_part: dict[str, Any] = {"messageId": message_id, "destination": [],
+                                     "headersTruncated": False, "headers": [], "tags": {}}
+    else:
+        mail_part = mail_object(mail)
+    cleaned: dict[str, Any] = _clean({"eventType": str(kind), "mail": mail_part,
+                                      DETAIL_KEYS[kind]: detail})
+    return cleaned
+
+
 def iso_timestamp(seconds: float) -> str:
     """Unix seconds as SES writes times: ISO 8601 UTC with milliseconds, "...T23:20:52.240Z".
 

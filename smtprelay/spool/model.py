@@ -56,6 +56,23 @@ class Envelope:
 
 
 @dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One event for the outbox, written in the same transaction as the change it reports.
+
+    `detail` is the event type's own SES object (``events.ses.detail_object``); the
+    ``mail`` object is rebuilt at publication from the message's mail record, which
+    outlives the spooled message for the tracking window.
+    """
+
+    event_id: str
+    message_id: str
+    type: str  # SES eventType: Send, Delivery, Bounce, ...
+    configuration_set: str | None
+    at: float
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class NewMessage:
     """An accepted message on its way into the spool."""
 
@@ -73,6 +90,10 @@ class NewMessage:
     # Recipient index -> suppression reason (BOUNCE or COMPLAINT): spooled as final,
     # never delivered, with a Permanent/OnAccountSuppressionList bounce outcome.
     suppressed: dict[int, str] = field(default_factory=dict)
+    # Events to publish (Send, suppression bounces); with any, or with `publishes`, a
+    # mail record (envelope, header section, tags) is kept for later events.
+    events: tuple[EventRecord, ...] = ()
+    publishes: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from smtprelay import metrics, sqlitedb
+from smtprelay.events import outbox
 from smtprelay.safeio import fsync_dir
 from smtprelay.spool.model import (
     PENDING_STATES,
+    EventRecord,
     NewMessage,
     Outcome,
     QueuedMessage,
@@ -97,6 +99,34 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE recipients ADD COLUMN delay_noted REAL;
     ALTER TABLE messages ADD COLUMN finished_at REAL;
     CREATE INDEX messages_finished ON messages(finished_at) WHERE finished_at IS NOT NULL;
+    """,
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        configuration_set TEXT,
+        at REAL NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE TABLE mail_records (
+        message_id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        account TEXT NOT NULL,
+        configuration_set TEXT,
+        source TEXT NOT NULL,
+        source_ip TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        header_section BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX mail_records_created ON mail_records(created_at);
+    CREATE TABLE event_cursors (
+        destination TEXT PRIMARY KEY,
+        last_id INTEGER NOT NULL
+    ) WITHOUT ROWID;
     """,
 )
 
@@ -293,14 +323,58 @@ class Spool:
         return await self._writer.run(lambda conn: _claim_due(conn, now, limit))
 
     async def record(self, message_id: str, updates: list[RecipientUpdate],
-                     finalize: Finalizer | None = None) -> NewMessage | None:
+                     finalize: Finalizer | None = None,
+                     events: tuple[EventRecord, ...] = ()) -> NewMessage | None:
         """Durably record what an attempt did for each recipient it held.
 
         When this leaves the message with no recipient pending and some bounced,
         `finalize(message, bounce outcomes, body)` may return a message (the DSN) that
         is spooled in the same transaction: it exists exactly when the results do.
         """
-        return await self._writer.run(lambda conn: _record(conn, message_id, updates, finalize))
+        def work(conn: sqlite3.Connection) -> NewMessage | None:
+            outbox.insert_events(conn, events)
+            return _record(conn, message_id, updates, finalize)
+
+        return await self._writer.run(work)
+
+    async def add_events(self, events: tuple[EventRecord, ...]) -> None:
+        """Durably add events that no spool change goes with (opens, clicks...)."""
+        await self._writer.run(lambda conn: outbox.insert_events(conn, events))
+
+    def events_after(self, last_id: int, limit: int) -> list[outbox.StoredEvent]:
+        """Events after `last_id` with their mail records, for the publisher."""
+        with self._read() as conn:
+            return outbox.events_after(conn, last_id, limit)
+
+    async def mail_record(self, message_id: str) -> outbox.MailRecord | None:
+        def read() -> outbox.MailRecord | None:
+            with self._read() as conn:
+                return outbox.mail_record(conn, message_id)
+        return await asyncio.to_thread(read)
+
+    async def advance_cursors(self, positions: dict[str, int], keep: set[str]) -> int:
+        """Save destinations' positions, forget destinations not in `keep`, and delete
+        the events every destination has passed; returns how many were deleted."""
+        return await self._writer.run(lambda conn: outbox.advance(conn, positions, keep))
+
+    def cursors(self) -> dict[str, int]:
+        with self._read() as conn:
+            return outbox.cursors(conn)
+
+    def last_event_id(self) -> int:
+        with self._read() as conn:
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+                               ).fetchone()
+            return int(row[0]) if row else 0
+
+    def event_backlog(self) -> int:
+        """Events not yet passed by every destination (the outbox's depth)."""
+        with self._read() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    async def purge_mail_records(self, before: float, limit: int = 500) -> int:
+        return await self._writer.run(
+            lambda conn: outbox.purge_mail_records(conn, before, limit))
 
     async def purge_finished(self, before: float, limit: int = 500) -> int:
         """Delete up to `limit` messages finished before `before`; returns how many."""
@@ -366,6 +440,9 @@ def _insert(conn: sqlite3.Connection, m: NewMessage, finalize: Finalizer | None 
             [(m.message_id, i, "bounce", m.received_at, "Permanent", "OnAccountSuppressionList",
               "5.1.1", suppressed_diagnostic(reason)) for i, reason in m.suppressed.items()],
         )
+    if m.events or m.publishes:
+        outbox.insert_mail_record(conn, m)
+        outbox.insert_events(conn, m.events)
     if m.suppressed and len(m.suppressed) == len(env.recipients):
         # Every recipient refused by the suppression list: finished on arrival.
         _finish(conn, m.message_id, m.received_at, finalize)

@@ -1,0 +1,189 @@
+"""SES events end to end: messages through the real daemon, events in an NDJSON file.
+
+The relay runs as `smtprelay serve` (capture delivery, so deliveries really happen);
+each line of the file is checked against the JSON Schema in docs/ written from the SES
+guide, and against what happened to the message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.e2e.delivery_world import wait_for
+from tests.support import DaemonProcess, base_config, submit_to_daemon, write_config
+
+SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "events.schema.json").read_text())
+
+
+def destinations(path: Path, **options: Any) -> dict[str, Any]:
+    return {"transactional": {"event_destinations": [
+        {"name": "archive", "type": "file", "path": str(path), **options}]}}
+
+
+def events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = path.read_bytes().splitlines()
+    records = [json.loads(line) for line in lines]
+    for record in records:
+        jsonschema.validate(record, SCHEMA)
+    return records
+
+
+def by_type(records: list[dict[str, Any]], message_id: str) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if record["mail"]["messageId"] == message_id:
+            found.setdefault(record["eventType"], []).append(record)
+    return found
+
+
+def test_send_suppression_bounce_and_delivery_events(tmp_path: Path) -> None:
+    path = tmp_path / "events" / "ses.ndjson"
+    daemon = DaemonProcess(tmp_path, delivery={"mode": "capture"},
+                           configuration_sets=destinations(path)).start()
+    try:
+        daemon.cli("suppression", "add", "gone@example.net", "--account", "acme",
+                   "--reason", "BOUNCE")
+        message_id = submit_to_daemon(daemon, ["ok@example.net", "gone@example.net"],
+                                      subject="events please")
+        assert wait_for(lambda: "Delivery" in by_type(events(path), message_id), 20)
+    finally:
+        assert daemon.stop() == 0
+    found = by_type(events(path), message_id)
+    assert sorted(found) == ["Bounce", "Delivery", "Send"]
+    [send], [bounce], [delivery] = found["Send"], found["Bounce"], found["Delivery"]
+    mail = send["mail"]
+    assert mail["source"] == "app@example.com" and mail["sendingAccountId"] == "acme"
+    assert mail["destination"] == ["ok@example.net", "gone@example.net"]
+    assert mail["commonHeaders"]["subject"] == "events please"
+    assert mail["tags"]["ses:configuration-set"] == ["transactional"]
+    assert send["send"] == {}
+    assert bounce["bounce"]["bounceType"] == "Permanent"
+    assert bounce["bounce"]["bounceSubType"] == "OnAccountSuppressionList"
+    assert [r["emailAddress"] for r in bounce["bounce"]["bouncedRecipients"]] == [
+        "gone@example.net"]
+    assert delivery["delivery"]["recipients"] == ["ok@example.net"]
+    assert delivery["delivery"]["reportingMTA"] == "relay.test"
+    assert delivery["delivery"]["processingTimeMillis"] >= 0
+    # In order: the Send was written first.
+    order = [r["eventType"] for r in events(path) if r["mail"]["messageId"] == message_id]
+    assert order[0] == "Send"
+    # Everything published: the outbox is empty again.
+    conn = sqlite3.connect(daemon.config.spool_path)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM mail_records").fetchone()[0] == 1
+    finally:
+        conn.close()
+
+
+def test_sets_without_destinations_record_nothing(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path, delivery={"mode": "capture"}).start()
+    try:
+        submit_to_daemon(daemon, ["ok@example.net"])
+    finally:
+        assert daemon.stop() == 0
+    conn = sqlite3.connect(daemon.config.spool_path)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM mail_records").fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
+def test_unwritable_destination_keeps_events_until_fixed_even_across_a_restart(
+        tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    bad = blocked / "ses.ndjson"
+    bad.mkdir()  # a directory where the file should be: every write fails
+    daemon = DaemonProcess(tmp_path, delivery={"mode": "capture"},
+                           configuration_sets=destinations(bad)).start()
+    try:
+        first = submit_to_daemon(daemon, ["a@example.net"], subject="first")
+        daemon.wait_log("configuration_sets.transactional.event_destinations[archive] "
+                        f"({bad}) failed, retrying in")
+    finally:
+        assert daemon.stop() == 0
+    assert "Traceback" not in daemon.log()
+    # Restart with the path fixed (same destination name: same position).
+    os.rmdir(bad)
+    daemon.start()
+    try:
+        second = submit_to_daemon(daemon, ["b@example.net"], subject="second")
+        assert wait_for(lambda: "Delivery" in by_type(events(bad), second), 20)
+    finally:
+        assert daemon.stop() == 0
+    records = events(bad)
+    assert sorted(by_type(records, first)) == ["Delivery", "Send"]
+    ids = [r["mail"]["messageId"] for r in records]
+    assert ids.index(first) < ids.index(second)
+
+
+def test_reload_adds_a_destination_that_starts_with_new_events(tmp_path: Path) -> None:
+    old = tmp_path / "old.ndjson"
+    new = tmp_path / "new.ndjson"
+    daemon = DaemonProcess(tmp_path, delivery={"mode": "capture"},
+                           configuration_sets=destinations(old)).start()
+    try:
+        before = submit_to_daemon(daemon, ["a@example.net"], subject="before")
+        assert wait_for(lambda: "Delivery" in by_type(events(old), before), 20)
+        config = yaml.safe_load(daemon.config_path.read_text())
+        config["configuration_sets"]["transactional"]["event_destinations"].append(
+            {"name": "opens", "type": "file", "path": str(new), "event_types": ["Send"]})
+        write_config(daemon.config_path, config)
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_log("configuration reloaded")
+        time.sleep(1.5)  # the publisher places the new destination within a pass
+        after = submit_to_daemon(daemon, ["b@example.net"], subject="after")
+        assert wait_for(lambda: "Delivery" in by_type(events(old), after), 20)
+        assert wait_for(lambda: by_type(events(new), after), 20)
+    finally:
+        assert daemon.stop() == 0
+    assert sorted(by_type(events(new), after)) == ["Send"]
+    assert by_type(events(new), before) == {}
+
+
+def test_file_rotates_by_size(tmp_path: Path) -> None:
+    path = tmp_path / "ses.ndjson"
+    daemon = DaemonProcess(tmp_path, delivery={"mode": "capture"},
+                           configuration_sets=destinations(path, max_size=2000, keep=2)).start()
+    try:
+        ids = [submit_to_daemon(daemon, ["a@example.net"], subject=f"n{i}") for i in range(4)]
+        assert wait_for(lambda: any(by_type(events(p), ids[-1]).get("Delivery") for p in (
+            path, tmp_path / "ses.ndjson.1")), 20)
+    finally:
+        assert daemon.stop() == 0
+    assert (tmp_path / "ses.ndjson.1").exists() and (tmp_path / "ses.ndjson.2").exists()
+    assert not (tmp_path / "ses.ndjson.3").exists()
+    assert all(p.stat().st_size < 2000 + 3000 for p in tmp_path.glob("ses.ndjson*"))
+
+
+@pytest.mark.parametrize("bad", [
+    {"name": "x", "type": "file"},
+    {"name": "x", "type": "webhook", "path": "/tmp/x"},
+    {"name": "bad name", "type": "file", "path": "/tmp/x"},
+    {"name": "x", "type": "file", "path": "/tmp/x", "event_types": ["Opened"]},
+])
+def test_bad_destinations_are_refused_by_check_config(tmp_path: Path, bad: dict[str, Any]
+                                                     ) -> None:
+    path = write_config(tmp_path / "c.yaml", base_config(tmp_path / "var", configuration_sets={
+        "transactional": {"event_destinations": [bad]}}))
+    run = subprocess.run([sys.executable, "-m", "smtprelay", "check-config", "-c", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert "configuration_sets.transactional.event_destinations[0]" in run.stderr
+    assert "Traceback" not in run.stderr
