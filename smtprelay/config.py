@@ -508,10 +508,111 @@ class IdentityConfig(_Model):
         return None if value is None else check_domain(value)
 
 
+# Defaults of http.machine_detection. Substrings are matched case-insensitively;
+# "/.../" is a regular expression (re.search, case-insensitive).
+_SCANNER_USER_AGENTS = (
+    # Mail security gateways that fetch every link of a message on delivery.
+    "Barracuda", "Mimecast", "Proofpoint", "ppops", "MessageLabs", "Symantec", "IronPort",
+    "Cisco", "Forcepoint", "FireEye", "Trend Micro", "TrendMicro", "Sophos", "Fortinet",
+    "Cloudmark", "SpamTitan", "Hornetsecurity", "Zscaler",
+    # Sandboxes and scripts: browsers without a person in front of them.
+    "HeadlessChrome", "PhantomJS", "python-requests", "python-urllib", "python-httpx",
+    "aiohttp", "curl/", "Wget", "Go-http-client", "Java/", "Apache-HttpClient",
+    "libwww-perl", "node-fetch", "axios/",
+    # Crawlers and link previews (chat apps unfurling a pasted link).
+    "bot", "crawler", "spider", "preview", "facebookexternalhit", "WhatsApp",
+)
+
+
+def _check_pattern(value: Any) -> Any:
+    """A user-agent rule: a non-empty substring, or "/regex/" that compiles."""
+    if not isinstance(value, str):
+        return value  # the str type check reports it
+    if not value.strip():
+        raise ValueError("an empty user-agent rule would match everything")
+    if len(value) >= 2 and value.startswith("/") and value.endswith("/"):
+        try:
+            re.compile(value[1:-1], re.IGNORECASE)
+        except re.error as exc:
+            raise ValueError(f"{value!r}: not a regular expression ({exc})") from None
+    return value
+
+
+def _check_network(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP network (CIDR such as 10.0.0.0/8)") from None
+
+
+UserAgentRule = Annotated[str, BeforeValidator(_check_pattern)]
+Network = Annotated[str, BeforeValidator(_check_network)]
+
+
+class ImageProxyRule(_Model):
+    # Mail services that fetch images on the recipient's behalf (privacy proxies,
+    # prefetching): an open from them is flagged image-proxy:<name>. A request
+    # matches when its user agent matches one of user_agents or its client IP is in
+    # one of networks.
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    user_agents: list[UserAgentRule] = Field(default_factory=list)
+    networks: list[Network] = Field(default_factory=list)
+
+
+def _default_image_proxies() -> list[ImageProxyRule]:
+    return [
+        # Apple Mail Privacy Protection downloads every image on delivery through
+        # Apple's proxies; they send just "Mozilla/5.0" and come from 17.0.0.0/8.
+        ImageProxyRule(name="apple-mail-privacy", user_agents=["/^Mozilla/5\\.0$/"],
+                       networks=["17.0.0.0/8"]),
+        ImageProxyRule(name="gmail", user_agents=["GoogleImageProxy"]),
+        ImageProxyRule(name="yahoo", user_agents=["YahooMailProxy"]),
+    ]
+
+
+class MachineDetectionConfig(_Model):
+    # Engagements these rules match are still recorded, with machine: true and the
+    # rule as the reason; nothing is dropped. HEAD requests always count as machine.
+    # A click this soon after the message was accepted (mail scanners follow every
+    # link within seconds of delivery); 0 turns the rule off. Opens are not timed:
+    # image proxies are the rule for them.
+    too_fast: Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)] = 2.0
+    # A request without a User-Agent header (browsers always send one).
+    empty_user_agent: bool = True
+    # Scanners, scripts, crawlers and link previews, for opens and clicks.
+    user_agents: list[UserAgentRule] = Field(
+        default_factory=lambda: list(_SCANNER_USER_AGENTS))
+    # Privacy proxies that prefetch images, for opens.
+    image_proxies: list[ImageProxyRule] = Field(default_factory=_default_image_proxies)
+
+    @field_validator("image_proxies")
+    @classmethod
+    def _unique_names(cls, values: list[ImageProxyRule]) -> list[ImageProxyRule]:
+        names = [v.name for v in values]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"the image proxy name {name!r} is used twice")
+        return values
+
+
 class HTTPConfig(_Model):
     listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:8080"])
+    # The same routes over TLS, with a certificate per tracking domain chosen by SNI.
+    tls_listen: list[str] = Field(default_factory=list)
+    # Opens and clicks later than this after acceptance still redirect (or get the
+    # pixel) but make no event: old mail re-opened years later is not engagement
+    # worth reporting, and a leaked link cannot be replayed forever into the stats.
+    tracking_window: Duration = 60 * 86400.0
+    # Proxies and CDNs whose X-Forwarded-For / Forwarded headers are believed.
+    trusted_proxies: list[Network] = Field(default_factory=list)
+    # A connection must deliver a whole request head (and a POST body) this soon
+    # after it opened or after the previous response, else it is closed; also the
+    # idle keep-alive limit. Slow clients (slowloris) cannot hold sockets longer.
+    read_timeout: Duration = 15.0
+    machine_detection: MachineDetectionConfig = Field(default_factory=MachineDetectionConfig)
 
-    @field_validator("listen")
+    @field_validator("listen", "tls_listen")
     @classmethod
     def _host_ports(cls, values: list[str]) -> list[str]:
         for value in values:
@@ -524,6 +625,11 @@ class TrackingDomainConfig(_Model):
     # one, https links need a proxy or CDN in front that ends TLS.
     cert_file: Path | None = None
     key_file: Path | None = None
+    # JSON files served as /.well-known/apple-app-site-association and
+    # /.well-known/assetlinks.json on this host, so app deep links (universal
+    # links, Android app links) keep working through tracked links.
+    apple_app_site_association: Path | None = None
+    assetlinks: Path | None = None
 
     @model_validator(mode="after")
     def _pair(self) -> TrackingDomainConfig:

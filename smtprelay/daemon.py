@@ -164,7 +164,7 @@ class Relay:
         else:
             log.info("delivery mode=hold: accepted mail stays queued")
         self.smtp = SMTPServer(cfg, self._authenticator, self._pipeline, lambda: self._tls)
-        self.http = HTTPServer(cfg.http.listen, lambda: self._ready)
+        self.http = HTTPServer(cfg, lambda: self._ready, keyring=keyring)
         await self.http.start()
         await self.smtp.start()
         self._depth_task = asyncio.create_task(self._refresh_depth())

@@ -1,31 +1,112 @@
-"""aiohttp server for /metrics, /healthz and /readyz on the addresses in http.listen."""
+"""aiohttp server: tracking routes, health, readiness and Prometheus metrics.
+
+The same application answers on every address of ``http.listen`` (plain HTTP) and
+``http.tls_listen`` (HTTPS, a certificate per tracking domain chosen by SNI).
+
+The HTTP side faces the internet once tracking is on, so the protocol limits are
+tight: a header line may be 8 KB, a request line 16 KB (a tracking token is at most
+8 KB, and a longer one must still get the tracking 404, not a parser error), at
+most 100 header fields, 64 KB of body; a client must send a whole request head
+within ``http.read_timeout`` of connecting (or of the previous response), so a
+client trickling bytes (slowloris) holds a socket for that long at most.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import ssl
+import sys
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from smtprelay.config import parse_host_port
+from smtprelay import metrics, tlsutil, tokens
+from smtprelay.config import Config, parse_host_port
+from smtprelay.http.tracking import TRACKING_HEADERS, EngagementSink, Tracking
 
 log = logging.getLogger("smtprelay.http")
 
+MAX_FIELD_SIZE = 8192
+MAX_LINE_SIZE = 16384
+MAX_HEADERS = 100
+MAX_BODY = 65536
+
+
+class _ProtocolLog(logging.Logger):
+    """aiohttp's protocol logger: one line per malformed request instead of a traceback.
+
+    A bad request line, a huge header or TLS bytes on the plain port is the client's
+    doing and arrives by the thousand from scanners: worth one info line each, not an
+    ERROR with a stack trace. Anything else (a bug in a handler) keeps its traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("smtprelay.http.protocol")
+        self.parent = log
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True,
+                  **kwargs: Any) -> None:
+        error = sys.exc_info()[1] if exc_info is True else exc_info
+        if isinstance(error, HttpProcessingError):
+            detail = " ".join(str(error).split())[:200]
+            self.info("%s: %s", str(msg) % args if args else msg, detail)
+        else:
+            super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+@web.middleware
+async def _count(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """smtprelay_http_requests_total by route pattern: the token never becomes a label."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "other"
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        metrics.HTTP_REQUESTS.labels(route, str(exc.status)).inc()
+        raise
+    except Exception:
+        metrics.HTTP_REQUESTS.labels(route, "500").inc()
+        raise
+    metrics.HTTP_REQUESTS.labels(route, str(response.status)).inc()
+    return response
+
+
+async def _default_headers(_request: web.Request, response: web.StreamResponse) -> None:
+    # Every answer, the router's own 404 and 405 included; handlers may say otherwise.
+    for name, value in TRACKING_HEADERS.items():
+        response.headers.setdefault(name, value)
+
 
 class HTTPServer:
-    def __init__(self, listen: list[str], ready: Callable[[], bool]) -> None:
-        self._listen = listen
+    def __init__(self, config: Config, ready: Callable[[], bool], *,
+                 keyring: tokens.KeyRing | None = None,
+                 sink: EngagementSink | None = None) -> None:
+        """`keyring` verifies tracking tokens (None: every token is refused); `sink`
+        records engagements (None: pages and redirects work, nothing is recorded,
+        unsubscribing answers 503)."""
+        self._config = config
         self._ready = ready
+        self.tracking = Tracking(config, keyring if keyring is not None else tokens.KeyRing(),
+                                 sink)
         self._runner: web.AppRunner | None = None
+        # SNI: server name -> context; "" is the fallback (the relay's own certificate).
+        self._contexts: dict[str, ssl.SSLContext] = {}
         self.bound: list[tuple[str, int]] = []
+        self.bound_tls: list[tuple[str, int]] = []
 
     def _app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[_count], client_max_size=MAX_BODY)
+        app.on_response_prepare.append(_default_headers)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        self.tracking.add_routes(app)
         return app
 
     async def _metrics(self, _request: web.Request) -> web.Response:
@@ -40,23 +121,100 @@ class HTTPServer:
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready\n")
 
-    async def start(self) -> None:
-        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        for entry in self._listen:
-            host, port = parse_host_port(entry)
-            site = web.TCPSite(self._runner, host, port, reuse_address=True)
+    # --- TLS ---------------------------------------------------------------------------
+
+    def _load_contexts(self) -> dict[str, ssl.SSLContext]:
+        """One context per tracking domain with a certificate, and the relay's as fallback."""
+        cfg = self._config
+        contexts: dict[str, ssl.SSLContext] = {}
+        for domain, settings in cfg.tracking_domains.items():
+            if settings.cert_file is None or settings.key_file is None:
+                continue
             try:
-                await site.start()
-            except OSError as exc:
-                reason = os.strerror(exc.errno) if exc.errno else str(exc)
-                raise OSError(exc.errno, f"http.listen: cannot listen on {entry}: {reason}"
-                              ) from None
-            # aiohttp exposes no public bound address; port 0 needs the real one.
-            server = getattr(site, "_server", None)
-            for sock in getattr(server, "sockets", None) or ():
-                self.bound.append(sock.getsockname()[:2])
-        log.info("http listening on %s", ", ".join(f"{h}:{p}" for h, p in self.bound))
+                ctx = tlsutil.server_context(settings.cert_file, settings.key_file,
+                                             cfg.tls.min_version, cfg.tls.ciphers)
+            except tlsutil.TLSSetupError as exc:
+                raise tlsutil.TLSSetupError(f"tracking_domains.{domain}: {exc}") from None
+            contexts[domain.partition(":")[0]] = ctx
+        if cfg.tls.generate_self_signed:
+            tlsutil.ensure_self_signed(cfg.cert_path, cfg.key_path, cfg.server.hostname)
+        if cfg.cert_path.is_file() and cfg.key_path.is_file():
+            contexts[""] = tlsutil.server_context(cfg.cert_path, cfg.key_path,
+                                                  cfg.tls.min_version, cfg.tls.ciphers)
+        missing = [d for d in cfg.tracking_domains if d.partition(":")[0] not in contexts]
+        if missing and "" not in contexts:
+            log.warning("http.tls_listen: no certificate for %s and no relay certificate "
+                        "(tls.cert_file) to fall back on; TLS handshakes for them fail",
+                        ", ".join(missing))
+        for ctx in contexts.values():
+            ctx.set_alpn_protocols(["http/1.1"])
+        return contexts
+
+    def _sni(self, sslobj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
+             _ctx: ssl.SSLContext) -> int | None:
+        """Pick the certificate by the name the client asked for (SNI), else the relay's."""
+        name = (server_name or "").lower().rstrip(".")
+        ctx = self._contexts.get(name) or self._contexts.get("")
+        if ctx is None:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        sslobj.context = ctx
+        return None
+
+    def _listening_context(self) -> ssl.SSLContext:
+        # The callback swaps in the chosen context on every handshake, so this one
+        # only needs the protocol settings, and reloading certificates needs no new socket.
+        fallback = self._contexts.get("")
+        if fallback is not None:
+            listening = fallback
+        else:
+            listening = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            listening.minimum_version = ssl.TLSVersion.TLSv1_2
+        listening.sni_callback = self._sni
+        return listening
+
+    async def reload_certificates(self) -> None:
+        """Load the tracking domains' certificates again; new handshakes use them."""
+        try:
+            contexts = await asyncio.to_thread(self._load_contexts)
+        except tlsutil.TLSSetupError as exc:
+            log.error("http tls reload failed, keeping the old certificates: %s", exc)
+            return
+        self._contexts = contexts
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        http = self._config.http
+        await self.tracking.load_files()
+        if http.tls_listen:
+            self._contexts = await asyncio.to_thread(self._load_contexts)
+        self._runner = web.AppRunner(
+            self._app(), access_log=None, handle_signals=False,
+            keepalive_timeout=http.read_timeout, max_line_size=MAX_LINE_SIZE,
+            max_field_size=MAX_FIELD_SIZE, max_headers=MAX_HEADERS, logger=_ProtocolLog())
+        await self._runner.setup()
+        for entry in http.listen:
+            self.bound.extend(await self._site(entry, None, "http.listen"))
+        if http.tls_listen:
+            listening = self._listening_context()
+            for entry in http.tls_listen:
+                self.bound_tls.extend(await self._site(entry, listening, "http.tls_listen"))
+        log.info("http listening on %s%s", ", ".join(f"{h}:{p}" for h, p in self.bound),
+                 "".join(f", https://{h}:{p}" for h, p in self.bound_tls))
+
+    async def _site(self, entry: str, ctx: ssl.SSLContext | None,
+                    key: str) -> list[tuple[str, int]]:
+        assert self._runner is not None
+        host, port = parse_host_port(entry)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ctx, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(exc.errno, f"{key}: cannot listen on {entry}: {reason}") from None
+        # aiohttp exposes no public bound address; port 0 needs the real one.
+        server = getattr(site, "_server", None)
+        return [sock.getsockname()[:2] for sock in getattr(server, "sockets", None) or ()]
 
     async def stop(self) -> None:
         if self._runner is not None:
