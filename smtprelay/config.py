@@ -879,6 +879,18 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
             keys = identity.get("dkim") if isinstance(identity, dict) else None
             for key in keys if isinstance(keys, list) else ():
                 fix(key, "key_file")
+    tracking_domains = raw.get("tracking_domains")
+    if isinstance(tracking_domains, dict):
+        for domain in tracking_domains.values():
+            for key in ("cert_file", "key_file", "apple_app_site_association", "assetlinks"):
+                fix(domain, key)
+    sets = raw.get("configuration_sets")
+    if isinstance(sets, dict):
+        for settings in sets.values():
+            destinations = settings.get("event_destinations") if isinstance(
+                settings, dict) else None
+            for destination in destinations if isinstance(destinations, list) else ():
+                fix(destination, "path")
 
 
 def _file_problems(config: Config, *, check_keys: bool) -> list[str]:

@@ -19,6 +19,7 @@ from smtprelay.delivery.dsn_queue import DSNFactory
 from smtprelay.delivery.pool import ConnectionPool
 from smtprelay.delivery.scheduler import DeliveryPolicy, Scheduler, Transport
 from smtprelay.delivery.smtp_transport import SmarthostPasswordError, SMTPTransport
+from smtprelay.events.engagement import EngagementRecorder
 from smtprelay.events.publisher import Publisher
 from smtprelay.http.server import HTTPServer
 from smtprelay.pipeline import Pipeline
@@ -54,6 +55,8 @@ class Relay:
         self.smtp: SMTPServer | None = None
         self.http: HTTPServer | None = None
         self.publisher: Publisher | None = None
+        self.engagements: EngagementRecorder | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = False
         self._depth_task: asyncio.Task[None] | None = None
         self._purge_task: asyncio.Task[None] | None = None
@@ -126,11 +129,18 @@ class Relay:
                 self.smtp.update_config(self.config)
             if self.publisher is not None:
                 self.publisher.update_config(self.config)
+            if self.engagements is not None:
+                self.engagements.config = self.config
             log.info("configuration reloaded from %s", path)
         self.reload_tls()
+        if self.http is not None and self._loop is not None:
+            # Renewed tracking-domain certificates (the listeners themselves stay);
+            # from any thread, as tests call reload from theirs.
+            asyncio.run_coroutine_threadsafe(self.http.reload_certificates(), self._loop)
 
     async def start(self) -> None:
         cfg = self.config
+        self._loop = asyncio.get_running_loop()
         cfg.server.data_dir.mkdir(parents=True, exist_ok=True)
         self._tls = self._load_tls()
         self._pipeline.signer = dkim.Signer.from_config(cfg)
@@ -164,7 +174,9 @@ class Relay:
         else:
             log.info("delivery mode=hold: accepted mail stays queued")
         self.smtp = SMTPServer(cfg, self._authenticator, self._pipeline, lambda: self._tls)
-        self.http = HTTPServer(cfg, lambda: self._ready, keyring=keyring)
+        self.engagements = EngagementRecorder(self.spool, self.suppression, cfg)
+        self.http = HTTPServer(cfg, lambda: self._ready, keyring=keyring,
+                               sink=self.engagements)
         await self.http.start()
         await self.smtp.start()
         self._depth_task = asyncio.create_task(self._refresh_depth())

@@ -191,7 +191,9 @@ class Pipeline:
             account=client.account, configuration_set=choice.name,
             received_at=submission.received_at, client_ip=client.ip, client_helo=client.helo,
             auth_user=client.auth_user, listener=client.listener, attrs=attrs,
-            suppressed=suppressed, events=events, publishes=bool(events),
+            suppressed=suppressed, events=events,
+            # An unsubscribe needs the recipient's address back from the mail record.
+            publishes=bool(events) or transformed.unsubscribe_url is not None,
         )
         try:
             await self._spool.enqueue(message)

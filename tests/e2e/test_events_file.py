@@ -162,14 +162,20 @@ def test_file_rotates_by_size(tmp_path: Path) -> None:
     daemon = DaemonProcess(tmp_path, delivery={"mode": "capture"},
                            configuration_sets=destinations(path, max_size=2000, keep=2)).start()
     try:
-        ids = [submit_to_daemon(daemon, ["a@example.net"], subject=f"n{i}") for i in range(4)]
-        assert wait_for(lambda: any(by_type(events(p), ids[-1]).get("Delivery") for p in (
-            path, tmp_path / "ses.ndjson.1")), 20)
+        for i in range(4):
+            # One at a time: each message's two events (~2.4 KB) pass max_size.
+            message_id = submit_to_daemon(daemon, ["a@example.net"], subject=f"n{i}")
+            assert wait_for(lambda mid=message_id: any(  # type: ignore[misc]
+                by_type(events(p), mid).get("Delivery") for p in tmp_path.glob("ses.ndjson*")),
+                20)
     finally:
         assert daemon.stop() == 0
     assert (tmp_path / "ses.ndjson.1").exists() and (tmp_path / "ses.ndjson.2").exists()
     assert not (tmp_path / "ses.ndjson.3").exists()
-    assert all(p.stat().st_size < 2000 + 3000 for p in tmp_path.glob("ses.ndjson*"))
+    # A file is rotated once a batch takes it to max_size, never before.
+    for rotated in (tmp_path / "ses.ndjson.1", tmp_path / "ses.ndjson.2"):
+        assert rotated.stat().st_size >= 2000
+    assert not path.exists() or path.stat().st_size < 2000
 
 
 @pytest.mark.parametrize("bad", [

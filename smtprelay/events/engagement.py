@@ -1,0 +1,114 @@
+"""Opens, clicks and unsubscribes from the HTTP side, turned into events and suppression.
+
+The tracking server (smtprelay.http.tracking) verifies the token and hands over an
+Engagement; this records it:
+
+- Open and Click: an event for the message's configuration set, when the set has an
+  event destination. The message comes from its mail record (kept for the tracking
+  window), so no token holds more than ids. Machine-made ones are recorded too, with
+  ``machine: true`` and the reason: dropping them would hide what scanners do.
+- Unsubscribe: the recipient goes on the account's suppression list (reason
+  COMPLAINT: the person asked not to get this mail, and every configuration set that
+  honours complaints stops sending to them) and a Subscription event is recorded.
+  Only a per-recipient token can unsubscribe (the relay issues those only for
+  one-recipient messages); the address comes from the mail record, never the URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from smtprelay.config import Config
+from smtprelay.events import outbox
+from smtprelay.events.model import (
+    Click,
+    Open,
+    Subscription,
+    TopicPreferences,
+)
+from smtprelay.http.tracking import Engagement
+from smtprelay.spool.store import Spool
+from smtprelay.suppression import SuppressionStore
+from smtprelay.tokens import ClickToken, OpenToken, UnsubscribeToken
+
+log = logging.getLogger("smtprelay.events")
+
+# Subscription events name a contact list; the relay has none, so the set stands in.
+_NO_SET = "default"
+
+class EngagementRecorder:
+    def __init__(self, spool: Spool, suppression: SuppressionStore, config: Config) -> None:
+        self._spool = spool
+        self._suppression = suppression
+        self.config = config
+
+    def _publishes(self, set_name: str | None) -> bool:
+        settings = self.config.configuration_sets.get(set_name) if set_name else None
+        return settings is not None and settings.publishes
+
+    async def engaged(self, engagement: Engagement) -> None:
+        payload = engagement.payload
+        try:
+            record = await self._spool.mail_record(payload.message_id)
+            if record is None or not self._publishes(record.configuration_set):
+                return
+            detail: Open | Click
+            if isinstance(payload, ClickToken):
+                detail = Click(ip_address=engagement.ip, timestamp=engagement.at,
+                               user_agent=engagement.user_agent, link=payload.url,
+                               link_tags={name: [value] for name, value in payload.tags},
+                               machine=engagement.machine,
+                               machine_reason=engagement.machine_reason)
+            elif isinstance(payload, OpenToken):
+                detail = Open(ip_address=engagement.ip, timestamp=engagement.at,
+                              user_agent=engagement.user_agent, machine=engagement.machine,
+                              machine_reason=engagement.machine_reason)
+            else:
+                return
+            await self._spool.add_events((outbox.make(
+                payload.message_id, record.configuration_set, engagement.at, detail),))
+        except Exception as exc:
+            # The person still gets their redirect or pixel; the event is what is lost,
+            # and the log says so.
+            log.error("msg=%s %s not recorded: %s", payload.message_id,
+                      type(payload).__name__, exc)
+
+    async def unsubscribe(self, engagement: Engagement) -> bool:
+        payload = engagement.payload
+        if not isinstance(payload, UnsubscribeToken) or not isinstance(payload.recipient, int):
+            return False
+        try:
+            record = await self._spool.mail_record(payload.message_id)
+        except Exception as exc:
+            log.error("msg=%s unsubscribe: mail record unreadable: %s", payload.message_id, exc)
+            return False
+        if record is None or not 0 <= payload.recipient < len(record.destination):
+            # Past the tracking window (or never recorded): nobody to unsubscribe.
+            log.warning("msg=%s unsubscribe for an unknown message or recipient",
+                        payload.message_id)
+            return True
+        address = record.destination[payload.recipient]
+        try:
+            await asyncio.to_thread(self._suppression.add, record.account, address,
+                                    "COMPLAINT", source_message_id=payload.message_id,
+                                    created_at=engagement.at)
+        except Exception as exc:
+            log.error("msg=%s unsubscribe of a recipient not recorded: %s",
+                      payload.message_id, exc)
+            return False
+        log.info("msg=%s account=%s recipient %d unsubscribed (one-click) machine=%s",
+                 payload.message_id, record.account, payload.recipient, engagement.machine)
+        if self._publishes(record.configuration_set):
+            detail = Subscription(
+                contact_list=record.configuration_set or _NO_SET, timestamp=engagement.at,
+                source="UnsubscribeHeader",
+                new_topic_preferences=TopicPreferences(unsubscribe_all=True),
+                old_topic_preferences=TopicPreferences(unsubscribe_all=False))
+            try:
+                await self._spool.add_events((outbox.make(
+                    payload.message_id, record.configuration_set, engagement.at, detail),))
+            except Exception as exc:
+                log.error("msg=%s Subscription event not recorded: %s", payload.message_id,
+                          exc)
+        return True
