@@ -437,6 +437,63 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- tracking keys ----------------------------------------------------------------------
+
+
+def _key_rows(ring: Any, now: float) -> list[dict[str, Any]]:
+    from smtprelay.tokens import RETIREMENT_GRACE
+
+    return [{"id": key.id, "created_at": _when(key.created_at),
+             "state": "active" if key.retired_at is None else (
+                 "retired" if now - key.retired_at <= RETIREMENT_GRACE else "expired"),
+             "valid_until": "-" if key.retired_at is None
+             else _when(key.retired_at + RETIREMENT_GRACE)} for key in ring.keys]
+
+
+def cmd_tracking_keys_list(args: argparse.Namespace) -> int:
+    import time
+
+    from smtprelay.tokens import KeyRing, KeyRingError
+
+    config = _state_config(args)
+    try:
+        ring = KeyRing.load(config.tracking_keys_path)
+    except KeyRingError as exc:
+        raise CommandError(str(exc)) from None
+    rows = _key_rows(ring, time.time())
+    if args.json:
+        _print_json(rows)
+    else:
+        print(f"{'ID':>4}  {'STATE':8}  {'CREATED':20}  TOKENS VALID UNTIL")
+        for row in rows:
+            print(f"{row['id']:>4}  {row['state']:8}  {row['created_at']:20}  "
+                  f"{row['valid_until']}")
+    return EXIT_OK
+
+
+def cmd_tracking_keys_rotate(args: argparse.Namespace) -> int:
+    import time
+
+    from smtprelay.tokens import RETIREMENT_GRACE, KeyRing, KeyRingError
+
+    config = _state_config(args)
+    path = config.tracking_keys_path
+    now = time.time()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ring = KeyRing.open(path, now)
+        gone = ring.prune(now)
+        key = ring.rotate(now)
+        ring.save(path)
+    except (KeyRingError, OSError) as exc:
+        raise CommandError(str(exc)) from None
+    print(f"New tracking key {key.id} written to {path}.")
+    print(f"Links already sent keep working until {_when(now + RETIREMENT_GRACE)}; "
+          f"{len(gone)} expired key(s) removed.")
+    print("Reload the daemon (systemctl reload smtprelay, or SIGHUP) to sign with it.")
+    return EXIT_OK
+
+
 # -- dns-check ------------------------------------------------------------------------
 
 
@@ -547,6 +604,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE",
                    help="where to write the key (default: data_dir/dkim/DOMAIN.S.pem)")
     p.set_defaults(func=cmd_dkim_keygen)
+
+    keys = sub.add_parser("tracking-keys", help="the keys that sign tracking links"
+                          ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = keys.add_parser("list", parents=[common, listing], help="list the signing keys")
+    p.set_defaults(func=cmd_tracking_keys_list)
+    p = keys.add_parser("rotate", parents=[common],
+                        help="start signing with a new key; old links keep working 60 days")
+    p.set_defaults(func=cmd_tracking_keys_rotate)
 
     p = sub.add_parser("dns-check", parents=[common, listing],
                        help="check a sending domain's DKIM, SPF, DMARC, MAIL FROM and "

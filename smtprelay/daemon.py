@@ -118,6 +118,7 @@ class Relay:
             self._pipeline.update_config(self.config)
             self._pipeline.signer = signer
             _log_dkim(signer)
+            self._reload_tracking_keys()
             if self.scheduler is not None:
                 self.scheduler.policy = DeliveryPolicy.from_config(self.config)
             if self.transport is not None:
@@ -137,6 +138,19 @@ class Relay:
             # Renewed tracking-domain certificates (the listeners themselves stay);
             # from any thread, as tests call reload from theirs.
             asyncio.run_coroutine_threadsafe(self.http.reload_certificates(), self._loop)
+
+    def _reload_tracking_keys(self) -> None:
+        """After `smtprelay tracking-keys rotate`: sign with the new key, verify with all."""
+        try:
+            keyring = tokens.KeyRing.load(self.config.tracking_keys_path)
+        except tokens.KeyRingError as exc:
+            log.error("reload: keeping the tracking keys in use: %s", exc)
+            return
+        if self._pipeline.transformer is not None:
+            self._pipeline.transformer.keyring = keyring
+        if self.http is not None:
+            self.http.tracking.keyring = keyring
+        log.info("tracking keys loaded: signing with key %d", keyring.active().id)
 
     async def start(self) -> None:
         cfg = self.config

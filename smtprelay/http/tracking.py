@@ -265,13 +265,14 @@ def _one_click(content_type: str, header: str, body: bytes) -> bool:
 # --- the routes ---------------------------------------------------------------------
 
 class Tracking:
-    """The tracking routes of one HTTP server: keyring, sink and rules fixed at start."""
+    """The tracking routes of one HTTP server: sink and rules fixed at start; the
+    keyring is replaced on reload (after `smtprelay tracking-keys rotate`)."""
 
     def __init__(self, config: Config, keyring: tokens.KeyRing,
                  sink: EngagementSink | None, *,
                  clock: Callable[[], float] = time.time) -> None:
         self._config = config
-        self._keyring = keyring
+        self.keyring = keyring
         self._sink = sink
         self._clock = clock
         self._window = config.http.tracking_window
@@ -336,7 +337,7 @@ class Tracking:
         if token is None:
             return None
         try:
-            payload = tokens.decode(token, self._keyring, now)
+            payload = tokens.decode(token, self.keyring, now)
         except tokens.InvalidToken as exc:
             log.info("tracking token refused kind=%s reason=%s", kind, exc.reason)
             return None

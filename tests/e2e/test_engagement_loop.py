@@ -121,3 +121,44 @@ def test_click_open_and_one_click_unsubscribe_come_back_as_events(tmp_path: Path
         assert bounce[0]["bounce"]["bounceSubType"] == "OnAccountSuppressionList"
     finally:
         assert daemon.stop() == 0
+
+
+def test_rotated_key_signs_new_links_and_old_links_keep_working(tmp_path: Path) -> None:
+    daemon = DaemonProcess(
+        tmp_path, delivery={"mode": "capture"}, tracking_domains={HOST: {}},
+        configuration_sets={"transactional": {
+            "tracking": {"click": True, "domain": HOST, "https": False}}}).start()
+    html = (b"From: app@example.com\r\nTo: r@example.net\r\nSubject: k\r\n"
+            b"Content-Type: text/html\r\n\r\n<a href=\"https://shop.example/x\">x</a>\r\n")
+
+    def link() -> str:
+        message_id = submit(daemon, cred, "r@example.net", html)
+        captured = wait_for(lambda: [c for c in json.loads(
+            daemon.cli("captured", "list", "--json").stdout) if c["message_id"] == message_id])
+        [url] = re.findall(rf"http://{HOST}/c/[A-Za-z0-9_-]+",
+                           Path(captured[0]["file"]).read_text())
+        return url
+
+    def key_id(url: str) -> int:
+        import base64
+        raw = base64.urlsafe_b64decode(url.rsplit("/", 1)[1] + "==")
+        return raw[1]  # the key id varint (one byte while ids stay below 128)
+
+    try:
+        cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
+        old = link()
+        rotated = daemon.cli("tracking-keys", "rotate")
+        assert "New tracking key 2 written" in rotated.stdout
+        import signal
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_log("tracking keys loaded: signing with key 2")
+        new = link()
+        assert (key_id(old), key_id(new)) == (1, 2)
+        for url in (old, new):
+            response = request(daemon, "GET", url)
+            assert response.status == 302
+            assert response.getheader("Location") == "https://shop.example/x"
+        listed = json.loads(daemon.cli("tracking-keys", "list", "--json").stdout)
+        assert [(k["id"], k["state"]) for k in listed] == [(1, "retired"), (2, "active")]
+    finally:
+        assert daemon.stop() == 0
