@@ -7,28 +7,47 @@ interleaving the two servers so drift hits both alike. Prints medians (msgs/s, p
 p99), the ratio smtprelay/Postfix and smtprelay's peak RSS; writes JSON to
 bench/results/.
 
+With --transforms [MESSAGE] it compares smtprelay with itself instead: MESSAGE (a kind
+from bench/transform_cost.py, 2k-text, 50k-html (the default) or 1m-html, or a file
+of CRLF lines whose From is @example.com) is submitted with X-SES-CONFIGURATION-SET
+naming a set with open + click tracking and one-click unsubscribe ("tracked") or a
+set without them ("plain"), to two relays side by side, one without DKIM keys and one
+dual-signing (RSA 2048 + Ed25519) example.com's mail. Cells alternate tracked/plain
+within each repeat; prints medians, the relay's CPU per message and the ratios
+tracked/plain.
+
     /tmp/venv/bin/python bench/run_submit.py            # about 5 minutes
+    /tmp/venv/bin/python bench/run_submit.py --transforms [50k-html] [--sessions 10 50]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import secrets
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import transform_cost
 from bench._common import (
     RelayProcess,
     exit_on_sigterm,
     median,
     proc_status,
+    python_env,
     write_result,
 )
 from bench._common import run_load as common_run_load
+from smtprelay import dkim
 from tests.peers.postfix import benchmark_peer
 
 
@@ -48,8 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--total", type=int, default=3000, help="messages per cell and run")
     p.add_argument("--duration", type=float, default=20.0, help="time bound per cell and run")
     p.add_argument("--no-postfix", action="store_true", help="measure smtprelay only")
+    p.add_argument("--transforms", nargs="?", const="50k-html", metavar="MESSAGE",
+                   help="smtprelay only: MESSAGE (2k-text, 50k-html, 1m-html or a file) "
+                        "through a set with tracking + unsubscribe against a set without, "
+                        "with and without DKIM keys (default message: 50k-html)")
     args = p.parse_args(argv)
     exit_on_sigterm()
+    if args.transforms:
+        return transforms_main(args)
 
     cells = [(s, z) for z in args.sizes for s in args.sessions]
     runs: list[dict[str, Any]] = []
@@ -118,6 +143,172 @@ def main(argv: list[str] | None = None) -> int:
     path = write_result("submit", {"when": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                    "args": vars(args), "table": table,
                                    "smtprelay_peak_rss_kib": peak_rss_kib, "runs": runs})
+    print(f"results: {path}")
+    return 0
+
+
+# --- --transforms: tracking + unsubscribe on against off, through the real daemon ------
+
+SETS = {"tracked": transform_cost.TRACKED_SET, "plain": transform_cost.PLAIN_SET}
+TRANSFORM_TARGET = 0.7  # issue 5: tracked/plain msgs/s for the 50 KB HTML case
+# submit_load.py's generator with its message replaced by a prepared file (argv[1]).
+_GENERATOR = ("import sys; from pathlib import Path; import bench.submit_load as load; "
+              "body = Path(sys.argv.pop(1)).read_bytes(); "
+              "load.make_message = lambda size, sender, recipient: body; "
+              "sys.exit(load.main(sys.argv[1:]))")
+
+
+def transform_relay(signing: bool) -> RelayProcess:
+    """A RelayProcess with both configuration sets, the tracking domain and, when
+    `signing`, an RSA 2048 and an Ed25519 DKIM key for example.com."""
+    relay = RelayProcess(limits={"max_connections": 5000, "max_connections_per_ip": 5000})
+    config = yaml.safe_load(relay.config_path.read_text())
+    config["configuration_sets"] = SETS
+    config["tracking_domains"] = {transform_cost.TRACKING_DOMAIN: {}}
+    if signing:
+        keys = relay.root / "dkim"
+        keys.mkdir()
+        entries = []
+        for selector, key in (("r2026", dkim.generate_key("rsa")),
+                              ("e2026", dkim.generate_key("ed25519"))):
+            path = keys / f"example.com.{selector}.pem"
+            dkim.write_key(path, key)
+            entries.append({"selector": selector, "key_file": str(path)})
+        config["identities"] = {"example.com": {"dkim": entries}}
+    relay.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return relay
+
+
+def transform_message(spec: str, set_name: str) -> bytes:
+    """The DATA to send, dot-stuffed: a transform_cost kind or a file, naming `set_name`."""
+    if spec in transform_cost.KINDS:
+        data = transform_cost.raw_message(spec, configuration_set=set_name,
+                                          sender="news@example.com",
+                                          recipient="rcpt@example.net")
+    else:
+        text = re.sub(rb"\r?\n", b"\r\n", Path(spec).read_bytes())
+        head, blank, body = text.partition(b"\r\n\r\n")
+        kept = [line for line in head.split(b"\r\n")
+                if not line.lower().startswith(b"x-ses-configuration-set:")]
+        data = (f"X-SES-CONFIGURATION-SET: {set_name}\r\n".encode()
+                + b"\r\n".join(kept) + blank + body)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return re.sub(rb"(?m)^\.", b"..", data)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_message_load(relay: RelayProcess, user: str, password: str, message: Path,
+                     sessions: int, args: argparse.Namespace,
+                     total: int | None = None) -> dict[str, Any]:
+    """submit_load.py with `message` as every message; its JSON summary plus the
+    relay's CPU seconds per accepted message."""
+    total = total or args.total
+    cmd = [sys.executable, "-c", _GENERATOR, str(message), "--json",
+           f"--port={relay.submission_port}", f"--user={user}", f"--password={password}",
+           f"--sessions={sessions}", f"--messages-per-session={args.messages_per_session}",
+           f"--total={total}", f"--duration={args.duration}", "--sender=news@example.com"]
+    cpu = cpu_seconds(relay.pid)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 120,
+                         env=python_env(), check=False)
+    if not out.stdout.strip():
+        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
+    result = dict(json.loads(out.stdout))
+    used = cpu_seconds(relay.pid) - cpu
+    result["cpu_ms_per_msg"] = round(used / result["accepted"] * 1000, 2) \
+        if result["accepted"] else None
+    return result
+
+
+def transforms_main(args: argparse.Namespace) -> int:
+    relays = {"no DKIM": transform_relay(signing=False), "DKIM": transform_relay(signing=True)}
+    runs: list[dict[str, Any]] = []
+    try:
+        messages: dict[str, Path] = {}
+        for set_name in SETS:
+            path = relays["no DKIM"].root / f"{set_name}.eml"
+            path.write_bytes(transform_message(args.transforms, set_name))
+            messages[set_name] = path
+        size = messages["plain"].stat().st_size
+        credentials = {}
+        for name, relay in relays.items():
+            relay.start()
+            credentials[name] = relay.credential()
+            for path in messages.values():  # warm-up, as main()
+                run_message_load(relay, *credentials[name], path, 10, args, total=300)
+        for rep in range(args.repeats):
+            for sessions in args.sessions:
+                for name, relay in relays.items():
+                    # Alternate which set goes first, so drift hits both alike.
+                    order = ["plain", "tracked"] if rep % 2 == 0 else ["tracked", "plain"]
+                    for set_name in order:
+                        result = run_message_load(relay, *credentials[name],
+                                                  messages[set_name], sessions, args)
+                        result.update(relay=name, set=set_name, repeat=rep)
+                        runs.append(result)
+                        print(f"[{rep + 1}/{args.repeats}] {name:7} {set_name:7} "
+                              f"{sessions:3} sessions: {result['msgs_per_s']:7.1f} msg/s "
+                              f"p50 {result['p50_ms']} ms p99 {result['p99_ms']} ms "
+                              f"CPU {result['cpu_ms_per_msg']} ms/msg "
+                              f"errors {result['errors'] or '-'}", flush=True)
+        peak_rss_kib = {name: proc_status(relay.pid, "VmHWM") for name, relay in relays.items()}
+    finally:
+        for relay in relays.values():
+            relay.stop()
+
+    table = []
+    for sessions in args.sessions:
+        for name in relays:
+            row: dict[str, Any] = {"sessions": sessions, "relay": name}
+            for set_name in SETS:
+                cell = [r for r in runs if r["relay"] == name and r["set"] == set_name
+                        and r["sessions"] == sessions]
+                row[set_name] = {
+                    "msgs_per_s": median([r["msgs_per_s"] for r in cell]),
+                    "p50_ms": median([r["p50_ms"] for r in cell]),
+                    "p99_ms": median([r["p99_ms"] for r in cell]),
+                    "cpu_ms_per_msg": median([r["cpu_ms_per_msg"] for r in cell]),
+                    "errors": sum(sum(r["errors"].values()) for r in cell),
+                }
+            if row["plain"]["msgs_per_s"]:
+                row["ratio"] = round((row["tracked"]["msgs_per_s"] or 0)
+                                     / row["plain"]["msgs_per_s"], 2)
+            # Each repeat's own ratio (its two cells ran back to back), then the median:
+            # steadier than the ratio of medians when the machine's load drifts.
+            pairs = {(r["repeat"], r["set"]): r["msgs_per_s"] for r in runs
+                     if r["relay"] == name and r["sessions"] == sessions}
+            row["ratio_paired"] = median([pairs[(rep, "tracked")] / pairs[(rep, "plain")]
+                                          for rep in range(args.repeats)
+                                          if pairs.get((rep, "plain"))])
+            table.append(row)
+
+    print(f"\n{args.transforms} ({size} bytes as sent), medians of {args.repeats} runs, "
+          f"{args.messages_per_session} messages/session, STARTTLS + AUTH PLAIN, fsync on")
+    print(f"{'sessions':>8} {'relay':>7} | {'plain msg/s':>11} {'p50':>7} {'p99':>7} "
+          f"{'CPU ms':>6} | {'tracked msg/s':>13} {'p50':>7} {'p99':>7} {'CPU ms':>6} | "
+          f"{'ratio':>5} {'paired':>6}")
+    for row in table:
+        plain, tracked = row["plain"], row["tracked"]
+        print(f"{row['sessions']:>8} {row['relay']:>7} | {plain['msgs_per_s']:>11} "
+              f"{plain['p50_ms']:>7} {plain['p99_ms']:>7} {plain['cpu_ms_per_msg']:>6} | "
+              f"{tracked['msgs_per_s']:>13} {tracked['p50_ms']:>7} {tracked['p99_ms']:>7} "
+              f"{tracked['cpu_ms_per_msg']:>6} | {row.get('ratio', '-'):>5} "
+              f"{row['ratio_paired'] if row['ratio_paired'] is not None else '-':>6}")
+    ratios = [row["ratio"] for row in table if "ratio" in row]
+    if ratios:
+        print(f"target tracked/plain >= {TRANSFORM_TARGET} (issue 5, 50 KB HTML): "
+              f"{'met' if min(ratios) >= TRANSFORM_TARGET else 'missed'} "
+              f"(lowest {min(ratios)})")
+    print("peak RSS (VmHWM): " + ", ".join(f"{name} {kib / 1024:.1f} MiB"
+                                           for name, kib in peak_rss_kib.items()))
+    path = write_result("submit-transforms", {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "args": vars(args), "message_bytes": size,
+        "table": table, "peak_rss_kib": peak_rss_kib, "runs": runs})
     print(f"results: {path}")
     return 0
 
