@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from smtprelay import configsets, dkim, hygiene, identities, metrics, transforms
-from smtprelay.config import Config
+from smtprelay.config import Config, ConfigurationSetConfig
 from smtprelay.events import records
 from smtprelay.headers import HeaderField, MalformedHeader, addresses, parse_header_section
 from smtprelay.quota import Quotas
@@ -151,8 +151,9 @@ class Pipeline:
             authenticated=client.auth_user is not None, message_id=message_id,
             recipient=recipients[0] if len(recipients) == 1 else None,
             received_at=submission.received_at))
+        settings = self._config.configuration_sets.get(choice.name) if choice.name else None
         transformed = await self._transform(message_id, data, len(recipients),
-                                            submission.received_at, choice.name)
+                                            submission.received_at, settings)
         if isinstance(transformed, Reply):
             return transformed
         data = transformed.data
@@ -177,7 +178,6 @@ class Pipeline:
             attrs["tracking"] = {"links": len(transformed.links),
                                  "open": transformed.opens_tracked,
                                  "unsubscribe": transformed.unsubscribe_url is not None}
-        settings = self._config.configuration_sets.get(choice.name) if choice.name else None
         events: tuple[EventRecord, ...] = ()
         if settings is not None and settings.publishes:
             # The scheduler records this message's delivery events too.
@@ -216,12 +216,11 @@ class Pipeline:
         return R.accepted(message_id)
 
     async def _transform(self, message_id: str, data: bytes, recipient_count: int,
-                         received_at: float, set_name: str | None
+                         received_at: float, settings: ConfigurationSetConfig | None
                          ) -> transforms.Result | Reply:
         """Tracking and unsubscribe as the configuration set asks, or the refusal."""
         if self.transformer is None:
             return transforms.Result(data)
-        settings = self._config.configuration_sets.get(set_name) if set_name else None
         apply = functools.partial(self.transformer.apply, data, message_id=message_id,
                                   recipient_count=recipient_count, issued_at=received_at,
                                   settings=settings)

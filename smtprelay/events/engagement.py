@@ -23,11 +23,11 @@ from smtprelay.config import Config
 from smtprelay.events import outbox
 from smtprelay.events.model import (
     Click,
+    Engagement,
     Open,
     Subscription,
     TopicPreferences,
 )
-from smtprelay.http.tracking import Engagement
 from smtprelay.spool.store import Spool
 from smtprelay.suppression import SuppressionStore
 from smtprelay.tokens import ClickToken, OpenToken, UnsubscribeToken

@@ -18,6 +18,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
+
+from smtprelay import tokens
 
 
 class EventType(StrEnum):
@@ -317,3 +320,34 @@ class Event:
         """The event whose type follows from its detail, with a new id unless given."""
         kind = type_of(detail)
         return cls(kind, mail, detail, new_event_id() if event_id is None else event_id)
+
+
+# --- engagements: what the HTTP side hands the events store ----------------------
+
+@dataclass(frozen=True, slots=True)
+class Engagement:
+    """One open, click or unsubscribe, as the HTTP side saw it."""
+
+    payload: tokens.ClickToken | tokens.OpenToken | tokens.UnsubscribeToken
+    at: float  # time.time() of the request
+    ip: str  # client IP (after trusted-proxy handling)
+    user_agent: str
+    host: str  # tracking domain the request came to (Host, lower case, no port)
+    machine: bool  # our guess that no person did this
+    # e.g. "head-request", "scanner-user-agent:<rule>", "image-proxy:<rule>",
+    # "too-fast:<seconds>s", "no-user-agent"
+    machine_reason: str | None
+
+
+class EngagementSink(Protocol):
+    """Where engagements go: the events store (SES Open/Click/Subscription events)."""
+
+    async def engaged(self, engagement: Engagement) -> None:
+        """Record an Open or Click event; never raises for bad data."""
+
+    async def unsubscribe(self, engagement: Engagement) -> bool:
+        """Add the suppression entry and the Subscription event.
+
+        True when recorded; False: it could not be recorded now, try later (the
+        client gets 503 with Retry-After).
+        """

@@ -123,19 +123,21 @@ class Publisher:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.publish_once(), 10)
 
-    async def _place_new_destinations(self) -> None:
-        current = await asyncio.to_thread(self._spool.cursors)
+    async def _place_new_destinations(self, current: dict[str, int] | None = None) -> bool:
+        """Start destinations without a saved position at the outbox's end; True if any."""
+        if current is None:
+            current = await asyncio.to_thread(self._spool.cursors)
         missing = [t.key for t in targets(self._config) if t.key not in current]
         if missing:
             latest = await asyncio.to_thread(self._spool.last_event_id)
             await self._spool.advance_cursors(
                 {key: latest for key in missing}, keep={t.key for t in targets(self._config)})
+        return bool(missing)
 
     async def _run(self) -> None:
         while True:
             self._wake.clear()
             try:
-                await self._place_new_destinations()
                 busy = await self.publish_once()
             except Exception as exc:
                 log.error("event publication failed: %s", exc)
@@ -149,15 +151,15 @@ class Publisher:
         """One batch per destination; True when some destination has more waiting."""
         all_targets = targets(self._config)
         positions = await asyncio.to_thread(self._spool.cursors)
+        if await self._place_new_destinations(positions):
+            positions = await asyncio.to_thread(self._spool.cursors)
         moved: dict[str, int] = {}
         more = False
         now = time.monotonic()
         for target in all_targets:
             if self._retry_at.get(target.key, 0.0) > now:
                 continue
-            start = positions.get(target.key)
-            if start is None:
-                continue  # placed on the next pass
+            start = positions[target.key]
             batch = await asyncio.to_thread(self._spool.events_after, start, _BATCH)
             if not batch:
                 continue

@@ -28,7 +28,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from smtprelay import metrics, tlsutil, tokens
 from smtprelay.config import Config, parse_host_port
-from smtprelay.http.tracking import TRACKING_HEADERS, EngagementSink, Tracking
+from smtprelay.events.model import EngagementSink
+from smtprelay.http.tracking import TRACKING_HEADERS, Tracking
 
 log = logging.getLogger("smtprelay.http")
 

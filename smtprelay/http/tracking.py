@@ -41,14 +41,13 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from aiohttp import web
 
 from smtprelay import metrics, tokens
 from smtprelay.config import Config
+from smtprelay.events.model import Engagement, EngagementSink
 from smtprelay.http.machine import IPAddress, Kind, MachineDetector
 
 log = logging.getLogger("smtprelay.http.tracking")
@@ -80,35 +79,6 @@ WELL_KNOWN = {
     "/.well-known/assetlinks.json": "assetlinks",
 }
 RETRY_AFTER = 60  # seconds, for an unsubscribe the sink could not record
-
-
-@dataclass(frozen=True, slots=True)
-class Engagement:
-    """One open, click or unsubscribe, as the HTTP side saw it."""
-
-    payload: tokens.ClickToken | tokens.OpenToken | tokens.UnsubscribeToken
-    at: float  # time.time() of the request
-    ip: str  # client IP (after trusted-proxy handling)
-    user_agent: str
-    host: str  # tracking domain the request came to (Host, lower case, no port)
-    machine: bool  # our guess that no person did this
-    # e.g. "head-request", "scanner-user-agent:<rule>", "image-proxy:<rule>",
-    # "too-fast:<seconds>s", "no-user-agent"
-    machine_reason: str | None
-
-
-class EngagementSink(Protocol):
-    """Where engagements go: the events store (SES Open/Click/Subscription events)."""
-
-    async def engaged(self, engagement: Engagement) -> None:
-        """Record an Open or Click event; never raises for bad data."""
-
-    async def unsubscribe(self, engagement: Engagement) -> bool:
-        """Add the suppression entry and the Subscription event.
-
-        True when recorded; False: it could not be recorded now, try later (the
-        client gets 503 with Retry-After).
-        """
 
 
 # --- client address -------------------------------------------------------------------

@@ -27,8 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from smtprelay import tlsutil, tokens
 from smtprelay.config import Config, MachineDetectionConfig, load_config
+from smtprelay.events.model import Engagement
 from smtprelay.http.server import HTTPServer
-from smtprelay.http.tracking import PIXEL, Engagement
+from smtprelay.http.tracking import PIXEL
 from tests.support import base_config, client_context, running, spooled, write_config
 
 DOMAIN = "links.test"
