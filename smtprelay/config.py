@@ -284,7 +284,7 @@ class EventDestinationConfig(_Model):
     # Unique within the set; the delivery position is saved under "<set>/<name>", so a
     # renamed destination starts from the events made after the rename.
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    type: Literal["file"]
+    type: Literal["file", "webhook"]
     enabled: bool = True
     # SES event types this destination receives, or "all".
     event_types: list[EventTypeName] | Literal["all"] = "all"
@@ -293,11 +293,28 @@ class EventDestinationConfig(_Model):
     # Rotate the file at this size: path -> path.1 -> ... -> path.<keep>.
     max_size: Size = 100 * 1024 * 1024
     keep: int = Field(default=5, ge=0)
+    # webhook: each event is POSTed as SES JSON to this http(s) URL, signed with
+    # HMAC-SHA256 under the secret held in the environment variable secret_env.
+    url: str | None = None
+    secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # A request not answered within this long counts as a failure and is retried.
+    timeout: Duration = 10.0
+    # How long a failing receiver is retried (backoff up to retry_max_interval)
+    # before its oldest events are set aside in data_dir/events-undelivered/.
+    retry_for: Duration = 3 * 86400.0
+    retry_max_interval: Duration = 300.0
 
     @model_validator(mode="after")
     def _target(self) -> EventDestinationConfig:
         if self.type == "file" and self.path is None:
             raise ValueError("a file destination needs path (the NDJSON file to append to)")
+        if self.type == "webhook":
+            if not self.url or not re.match(r"^https?://[^/\s]+", self.url):
+                raise ValueError("a webhook destination needs url: an http:// or https:// "
+                                 "address to POST events to")
+            if not self.secret_env:
+                raise ValueError("a webhook destination needs secret_env: the name of the "
+                                 "environment variable holding its signing secret")
         return self
 
     def wants(self, event_type: str) -> bool:
@@ -611,6 +628,9 @@ class HTTPConfig(_Model):
     # idle keep-alive limit. Slow clients (slowloris) cannot hold sockets longer.
     read_timeout: Duration = 15.0
     machine_detection: MachineDetectionConfig = Field(default_factory=MachineDetectionConfig)
+    # Name of the environment variable holding the admin API's bearer token
+    # (/api/v1 on every http listener). Unset, or the variable empty: no admin API.
+    admin_token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     @field_validator("listen", "tls_listen")
     @classmethod
@@ -907,6 +927,15 @@ def _file_problems(config: Config, *, check_keys: bool) -> list[str]:
                     f"{key}: {path} does not exist; point it at a PEM file, or set "
                     "tls.generate_self_signed: true for a development certificate"
                 )
+    for set_name, settings in config.configuration_sets.items():
+        for destination in settings.event_destinations:
+            if (destination.type == "webhook" and destination.enabled
+                    and destination.secret_env and not os.environ.get(destination.secret_env)):
+                problems.append(
+                    f"configuration_sets.{set_name}.event_destinations[{destination.name}]"
+                    f".secret_env: the environment variable {destination.secret_env} is not "
+                    "set or empty; export the webhook's signing secret in it (at least 16 "
+                    "random characters, e.g. `openssl rand -hex 32`)")
     data_dir = config.server.data_dir
     if data_dir.exists() and not data_dir.is_dir():
         problems.append(f"server.data_dir: {data_dir} exists and is not a directory")
