@@ -27,6 +27,7 @@ from smtprelay.quota import Quotas, SQLiteUsageStore
 from smtprelay.smtp.server import SMTPServer
 from smtprelay.spool.store import Spool
 from smtprelay.suppression import SQLiteSuppressionStore
+from smtprelay.transform_pool import TransformPool, worker_count
 
 log = logging.getLogger("smtprelay")
 
@@ -161,6 +162,9 @@ class Relay:
         _log_dkim(self._pipeline.signer)
         keyring = await asyncio.to_thread(tokens.KeyRing.open, cfg.tracking_keys_path)
         self._pipeline.transformer = transforms.Transformer(keyring)
+        workers = worker_count(cfg.server.transform_workers)
+        if workers:
+            self._pipeline.transform_pool = TransformPool(workers)
         await asyncio.to_thread(self.spool.open)
         await asyncio.to_thread(self.credentials.open)
         await asyncio.to_thread(self.suppression.open)
@@ -251,6 +255,8 @@ class Relay:
                 task.cancel()
         if self.smtp is not None:
             await self.smtp.stop(grace)
+        if self._pipeline.transform_pool is not None:
+            await asyncio.to_thread(self._pipeline.transform_pool.close)
         if self.scheduler is not None:
             await self.scheduler.stop(grace=min(grace, 10.0))
         if self.transport is not None:

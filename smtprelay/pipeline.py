@@ -24,6 +24,7 @@ from smtprelay.spool.model import EventRecord, NewMessage, new_message_id
 from smtprelay.spool.store import Spool, SpoolError, SpoolFullError, suppressed_diagnostic
 from smtprelay.submission import Submission
 from smtprelay.suppression import SuppressionStore
+from smtprelay.transform_pool import TransformPool, TransformUnavailable
 
 log = logging.getLogger("smtprelay.pipeline")
 
@@ -65,8 +66,10 @@ class Pipeline:
         self.on_spooled: Callable[[], None] = lambda: None
         # The DKIM keys; the daemon loads them at start and on reload.
         self.signer = dkim.Signer()
-        # Tracking and unsubscribe; the daemon gives it the token keys at start.
+        # Tracking and unsubscribe; the daemon gives it the token keys at start, and the
+        # worker processes that do the work for sets that track (server.transform_workers).
         self.transformer: transforms.Transformer | None = None
+        self.transform_pool: TransformPool | None = None
 
     def update_config(self, config: Config) -> None:
         self._config = config
@@ -225,12 +228,21 @@ class Pipeline:
                                   recipient_count=recipient_count, issued_at=received_at,
                                   settings=settings)
         try:
-            if len(data) > _INLINE_TRANSFORM_LIMIT:
+            if self.transform_pool is not None and transforms.changes_anything(settings):
+                result = await self.transform_pool.apply(
+                    self.transformer.keyring, data, message_id=message_id,
+                    recipient_count=recipient_count, issued_at=received_at,
+                    settings=settings)
+            elif len(data) > _INLINE_TRANSFORM_LIMIT:
                 result = await asyncio.to_thread(apply)
             else:
                 result = apply()
         except transforms.DuplicateOpenTracker:
             return _refuse("content", R.DUPLICATE_OPEN_TRACKER)
+        except TransformUnavailable as exc:
+            log.error("msg=%s %s, refused with 451 (the client will send it again)",
+                      message_id, exc)
+            return _refuse("transform_error", R.LOCAL_ERROR)
         except Exception as exc:
             log.error("msg=%s tracking transform failed, refused with 451: %r", message_id, exc)
             return _refuse("transform_error", R.LOCAL_ERROR)

@@ -19,7 +19,6 @@ message, so nothing meant for the relay reaches a recipient whatever the set say
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from smtprelay import links, tokens, unsubscribe
@@ -31,7 +30,13 @@ __all__ = ["DuplicateOpenTracker", "Result", "Transformer"]
 
 # Without any of these a message holds nothing the link rewriter would change: no
 # ses:* attribute or placeholder in clear, and no encoded part that could hide one.
-_MAYBE_MARKED = re.compile(rb"ses:|base64|quoted-printable", re.IGNORECASE)
+_MARKERS = (b"ses:", b"base64", b"quoted-printable")
+
+
+def _maybe_marked(data: bytes) -> bool:
+    # lower() and three `in` tests: a case-insensitive regex alternation costs ~25x more.
+    low = data.lower()
+    return any(marker in low for marker in _MARKERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,15 @@ class Result:
     opens_tracked: bool = False
     unsubscribe_url: str | None = None
     problems: list[str] = field(default_factory=list)
+
+
+def changes_anything(settings: ConfigurationSetConfig | None) -> bool:
+    """The set tracks or adds unsubscribe links: more than the ses:* clean-up to do."""
+    if settings is None:
+        return False
+    tracking = settings.tracking
+    return (tracking.domain is not None and (tracking.click or tracking.open)) \
+        or settings.unsubscribe.one_click
 
 
 class Transformer:
@@ -91,7 +105,7 @@ class Transformer:
                     is not False)
 
         rewritten_links: list[Link] = []
-        if make_click_url or pixel_url or unsubscribe_url or _MAYBE_MARKED.search(data):
+        if make_click_url or pixel_url or unsubscribe_url or _maybe_marked(data):
             replacements = dict.fromkeys(unsubscribe.PLACEHOLDERS, unsubscribe_url) \
                 if unsubscribe_url else None
             rewritten = links.rewrite(data, make_click_url=make_click_url,

@@ -8,13 +8,17 @@ Python's email package, which shares no code with the rewriter.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import logging
 import os
 import re
+import signal
 import smtplib
 import stat
+import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +57,8 @@ _TOKEN = re.compile(r"https?://links\.example\.com/([cou])/([A-Za-z0-9_-]+)")
 
 @pytest.fixture
 def relay(tmp_path: Path) -> Iterator[RunningRelay]:
-    with running(tmp_path, configuration_sets=SETS, tracking_domains=TRACKING_DOMAINS) as r:
+    with running(tmp_path, configuration_sets=SETS, tracking_domains=TRACKING_DOMAINS,
+                 server={"transform_workers": 2}) as r:
         yield r
 
 
@@ -322,3 +327,77 @@ def test_tracking_urls_are_plain_ascii_and_unquoted(relay: RunningRelay) -> None
     html = parts(delivered(relay, newsletter()))["text/html"]
     for _, token in _TOKEN.findall(html):
         assert urllib.parse.quote(token, safe="-_") == token
+
+
+# --- the worker processes (server.transform_workers) ------------------------------------
+
+def _transform_workers(relay: RunningRelay) -> list[int]:
+    pool = relay.relay._pipeline.transform_pool
+    assert pool is not None, "this machine should get transform workers (2+ cores)"
+    executor = pool._executor
+    if executor is None:
+        return []
+    for _ in range(100):
+        try:
+            return list(executor._processes or {})  # type: ignore[attr-defined]
+        except RuntimeError:  # changed size while copied: the pool is (re)starting
+            time.sleep(0.01)
+    return []
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_tracking_runs_in_worker_processes_and_a_killed_worker_is_replaced(
+        relay: RunningRelay) -> None:
+    first = parts(delivered(relay, newsletter()))["text/html"]
+    assert [kind for kind, _ in decoded_tokens(relay, first)].count("c") == 2
+    workers = _transform_workers(relay)
+    assert workers and os.getpid() not in workers
+    _kill(workers)
+    deadline = time.monotonic() + 10
+    while set(_transform_workers(relay)) & set(workers) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the pool notices its dead workers and is dropped
+    again = parts(delivered(relay, newsletter()))["text/html"]
+    assert [kind for kind, _ in decoded_tokens(relay, again)].count("c") == 2
+    assert not set(_transform_workers(relay)) & set(workers)
+
+
+def test_a_worker_dying_with_the_message_gives_451_and_loses_nothing(
+        relay: RunningRelay) -> None:
+    before = {m["id"] for m in spooled(relay.config)}
+    links = "".join(f'<a href="https://shop.example/item/{i}?ref=mail">Item {i}</a><br>\r\n'
+                    for i in range(40_000))
+    big = ("From: app@example.com\r\nTo: someone@example.net\r\nSubject: catalogue\r\n"
+           f"X-SES-CONFIGURATION-SET: {TRACKED}\r\nContent-Type: text/html; charset=utf-8\r\n"
+           f"\r\n<html><body>{links}</body></html>\r\n").encode()
+    done = threading.Event()
+
+    def killer() -> None:  # every worker that shows up dies, until the reply is in
+        while not done.is_set():
+            _kill(_transform_workers(relay))
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        code, reply = send(relay, big)
+    finally:
+        done.set()
+        thread.join(10)
+    assert code == 451 and "4.3.0" in reply, reply
+    assert {m["id"] for m in spooled(relay.config)} == before  # the client keeps it
+    html = parts(delivered(relay, big))["text/html"]  # the next try goes through
+    assert [kind for kind, _ in decoded_tokens(relay, html)].count("c") == 250
+
+
+def test_without_workers_the_relay_process_does_the_same_work(tmp_path: Path) -> None:
+    with running(tmp_path, configuration_sets=SETS, tracking_domains=TRACKING_DOMAINS,
+                 server={"transform_workers": 0}) as inline:
+        assert inline.relay._pipeline.transform_pool is None
+        html = parts(delivered(inline, newsletter()))["text/html"]
+        kinds = [kind for kind, _ in decoded_tokens(inline, html)]
+        assert kinds.count("c") == 2 and kinds.count("o") == 1

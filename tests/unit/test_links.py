@@ -912,3 +912,114 @@ def test_arbitrary_header_values_never_crash(ctype: bytes, param: bytes, cte: by
     head = result.data[:header_end(result.data)]
     # The only header edit there is: a switch to quoted-printable for an over-long line.
     assert head == data[:header_end(data)] or b"quoted-printable" in head
+
+
+# --- the fast paths give what the plain algorithms give --------------------------------
+
+def _reference_scan(text: str) -> tuple[list[tuple[object, ...]], int | None]:
+    """_scan without its _SKIP jump: every "<" decided by the Python loop, as before."""
+    anchors: list[tuple[object, ...]] = []
+    body_close = None
+    position = 0
+    size = len(text)
+    while True:
+        lt = text.find("<", position)
+        if lt < 0 or lt + 1 >= size:
+            break
+        char = text[lt + 1]
+        if char in links._LETTERS or (char == "/" and lt + 2 < size
+                                      and text[lt + 2] in links._LETTERS):
+            match = links._TAG.match(text, lt)
+            if match is None:
+                break
+            position = match.end()
+            name = match.group(2).lower()
+            if match.group(1):
+                if name == "body":
+                    body_close = lt
+            elif name == "a" or name.startswith("v:"):
+                anchor = links._anchor(text, match.start(3), match.end(3))
+                anchors.append((anchor.href, anchor.no_track, anchor.tags, anchor.removals))
+            elif name in links._RAW_TEXT:
+                end = links._raw_text_end[name].search(text, position)
+                if end is None:
+                    break
+                position = end.start()
+            elif name == "plaintext":
+                break
+        elif text.startswith("<!--", lt):
+            conditional = links._CONDITIONAL.match(text, lt)
+            if conditional is not None:
+                position = conditional.end()
+            elif text.startswith(">", lt + 4):
+                position = lt + 5
+            elif text.startswith("->", lt + 4):
+                position = lt + 6
+            else:
+                end = links._COMMENT_END.search(text, lt + 4)
+                if end is None:
+                    break
+                position = end.end()
+        elif char in "!?/":
+            gt = text.find(">", lt + 2)
+            if gt < 0:
+                break
+            position = gt + 1
+        else:
+            position = lt + 1
+    return anchors, body_close
+
+
+_TAG_SOUP = st.lists(st.sampled_from([
+    "<a", "<A", "<a\n", "<ab", "<abbr>", "<v:roundrect", "<V:Oval ", "</v:roundrect>",
+    "<td", "<TD", "<img", "<table", "</td>", "</a>", "<body", "</body", "</BODY>", "</bodyx>",
+    " href=", " HREF=", "=", '"', "'", " ", "\n", "\t", "\f", ">", "/", "/>", "<", "<<",
+    'alt="<a href=x>"', "alt='>'", "x", "é", "\u017f", "\u212a",
+    "<script", "<\u017fcript>", "<SCRIPT>", "</script>", "<style>", "</style", "<title>",
+    "</title>", "<textarea>", "<xmp>", "<iframe>", "<noembed>", "<noframes>", "<plaintext>",
+    "<scripts>", "<!--", "-->", "--!>", "<!-->", "<!--->", "<!--[if mso]>", "<![endif]-->",
+    "<![endif]>", "<!doctype html>", "<!DOCTYPE", "<?xml?>", "<?", "</3>", "</>", "</",
+    "<!", "ses:no-track", 'ses:tags="a:b"', "https://e.com/?a=1&amp;b=2",
+]), max_size=60).map("".join)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_TAG_SOUP)
+def test_scan_skips_exactly_what_the_plain_loop_steps_over(text: str) -> None:
+    anchors, body_close = links._scan(text)
+    found = [(a.href, a.no_track, a.tags, a.removals) for a in anchors]
+    assert (found, body_close) == _reference_scan(text)
+
+
+def test_scan_agrees_on_the_corpus_and_the_benchmark_newsletter() -> None:
+    from bench.transform_cost import raw_message
+
+    texts: list[str] = []
+    for data in [path.read_bytes() for path in sorted(CORPUS.glob("*.eml"))] + [
+            raw_message("50k-html"), raw_message("1m-html")]:
+        message = email.message_from_bytes(data, policy=email.policy.default)
+        texts.extend(part.get_content() for part in message.walk()
+                     if part.get_content_type() == "text/html")
+    assert len(texts) > 10
+    for text in texts:
+        anchors, body_close = links._scan(text)
+        assert ([(a.href, a.no_track, a.tags, a.removals) for a in anchors], body_close) \
+            == _reference_scan(text)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from([
+    b"a", b"\xe9", b"=", b" ", b"\t", b"\r\n", b"x" * 70, b"y" * 74, b"z" * 75, b".",
+    b"From ", b"\x00", b"\x7f", b"~", b" \r\n", b"\t\r\n", b"\r", b"\n"]), max_size=50)
+    .map(b"".join))
+def test_quoted_printable_fast_path_matches_line_by_line(octets: bytes) -> None:
+    line_by_line = b"\r\n".join(map(links._qp_line, octets.split(b"\r\n")))
+    assert quoted_printable(octets) == line_by_line
+
+
+@pytest.mark.parametrize("value", [
+    "https://e.com/?a=1&amp;b=2&amp;c=3", "https://e.com/?a=1&amp;copy=2",
+    "https://e.com/?a=1&copy=2&amp;b", "&amp;amp;", "&amp;#38;", "x&amp;", "&amp"])
+def test_unescape_fast_path_matches_the_reference_rules(value: str) -> None:
+    reference = links._CHARREF.sub(lambda m: links._charref(m, value), value)
+    assert links.unescape_attribute(value) == reference
