@@ -114,7 +114,10 @@ class ListenerConfig(_Model):
     address: str = "127.0.0.1"
     port: int = Field(ge=0, le=65535)
     tls: Literal["starttls", "implicit", "none"] = "starttls"
-    role: Literal["submission"] = "submission"
+    # submission: AUTH (or trusted_networks) required, mail relayed out.
+    # feedback: inbound DSNs and complaint reports (port 25 in production): no AUTH,
+    # only VERP addresses and feedback.addresses accepted as recipients.
+    role: Literal["submission", "feedback"] = "submission"
 
     @field_validator("address")
     @classmethod
@@ -276,13 +279,16 @@ class UnsubscribeConfig(_Model):
     @field_validator("mailto")
     @classmethod
     def _mailto(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        local, at, domain = value.rpartition("@")
-        if not at or not local or re.search(r"[\s<>?&%\"]", local):
-            raise ValueError(f"{value!r} is not a plain mail address")
-        return f"{local}@{check_domain(domain)}"
+        return None if value is None else _plain_address(value)
+
+
+def _plain_address(value: str) -> str:
+    """local@domain with nothing that would need quoting in a URL or a header."""
+    value = value.strip()
+    local, at, domain = value.rpartition("@")
+    if not at or not local or re.search(r"[\s<>?&%\"]", local):
+        raise ValueError(f"{value!r} is not a plain mail address")
+    return f"{local}@{check_domain(domain)}"
 
 
 EVENT_TYPES = ("Send", "Reject", "Bounce", "Complaint", "Delivery", "DeliveryDelay",
@@ -359,6 +365,24 @@ class ConfigurationSetConfig(_Model):
     @property
     def unsubscribe_domain(self) -> str | None:
         return self.unsubscribe.domain or self.tracking.domain
+
+
+class FeedbackConfig(_Model):
+    # Addresses besides the VERP ones (b-<tag>@<mail_from_domain>) the feedback
+    # listener accepts mail for: where mailbox providers send complaint reports
+    # (feedback loops: Yahoo, Microsoft JMRP, Comcast ...) and abuse@-style inboxes.
+    addresses: list[str] = Field(default_factory=list)
+    # Largest report accepted; DSNs usually return the original message (or its
+    # headers). Past it: 552 5.3.4.
+    max_message_size: Size = 10 * 1024 * 1024
+    # Reports that could not be parsed or matched to a message we sent are kept this
+    # long in data_dir/feedback.db (`smtprelay feedback unmatched`), then purged.
+    unmatched_retention: Duration = 30 * 86400.0
+
+    @field_validator("addresses")
+    @classmethod
+    def _plain_addresses(cls, values: list[str]) -> list[str]:
+        return [_plain_address(value) for value in values]
 
 
 class SimulatorConfig(_Model):
@@ -688,6 +712,7 @@ class Config(_Model):
     identities: dict[str, IdentityConfig] = Field(default_factory=dict)
     configuration_sets: dict[str, ConfigurationSetConfig] = Field(default_factory=dict)
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     tracking_domains: dict[str, TrackingDomainConfig] = Field(default_factory=dict)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     http: HTTPConfig = Field(default_factory=HTTPConfig)
