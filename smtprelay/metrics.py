@@ -118,3 +118,21 @@ TRACKING_REQUESTS = Counter(
     "expired (past http.tracking_window: no event), machine (flagged, still recorded)",
     ["kind", "result"],
 )
+WEBHOOK_FAILURES = Counter(
+    "smtprelay_webhook_failures_total",
+    "Webhook event deliveries that failed (and are retried), by destination and reason: "
+    "status_5xx, status_4xx, redirect (not followed), timeout, connect",
+    ["configuration_set", "destination", "reason"],
+)
+EVENTS_SET_ASIDE = Counter(
+    "smtprelay_events_set_aside_total",
+    "Events a destination failing for longer than its retry_for could not take, appended "
+    "to data_dir/events-undelivered/<set>.<destination>.ndjson instead",
+    ["configuration_set", "destination"],
+)
+EVENT_DESTINATION_PENDING = Gauge(
+    "smtprelay_event_destination_pending",
+    "Outbox events after a destination's position (of every set: the ones it will pass "
+    "over included), as of its last batch",
+    ["configuration_set", "destination"],
+)

@@ -1,34 +1,47 @@
 """Event publication: from the outbox to each configuration set's destinations.
 
-Every destination (``configuration_sets.<set>.event_destinations[]``) reads the outbox
-from its own saved position, takes the events of its set and types, hands them over,
-and only then saves its new position: an event is published at least once, in order,
-whatever crashes in between (a crash after the write and before the save repeats the
-last batch; receivers drop repeats by the event id). A destination that fails keeps
-its position and is retried with backoff; the others go on. Events every destination
-has passed are deleted.
+Every destination (``configuration_sets.<set>.event_destinations[]``) has its own task
+that reads the outbox from the destination's saved position, takes the events of its
+set and types, hands them over, and only then saves its new position: an event is
+published at least once, in order, whatever crashes in between (a crash after the
+hand-over and before the save repeats at most the last batch; receivers drop repeats
+by the event id). The tasks are independent, so a slow or hanging receiver holds up
+only its own destination. Events every destination has passed are deleted.
+
+A destination that fails keeps its position and is retried with exponential backoff,
+from 1s up to its ``retry_max_interval``. A webhook that has been failing for
+``retry_for`` without a break has the events older than that set aside, appended to
+``data_dir/events-undelivered/<set>.<name>.ndjson`` (so nothing is dropped and the
+outbox cannot grow without end); newer events keep being retried. When each failing
+destination started failing is kept in ``data_dir/events-retry.json``, so a restart
+neither forgets nor extends that period (it does retry at once).
 
 A destination added while the relay runs starts with the events made after that
 (as with SES, nothing is replayed); a removed one stops holding events back.
 
 Destinations: ``file`` (NDJSON, one SES record per line, fsync per batch, rotated by
-size). Written in a thread: the event loop never waits on the disk.
+size; written in a thread: the event loop never waits on the disk) and ``webhook``
+(smtprelay.events.webhook: one signed POST per event, one at a time, in order).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
 
 from smtprelay import metrics
 from smtprelay.config import Config, EventDestinationConfig
 from smtprelay.events.outbox import StoredEvent
-from smtprelay.safeio import fsync_dir
+from smtprelay.events.webhook import WebhookDestination, WebhookFailure
+from smtprelay.safeio import fsync_dir, write_durably
 from smtprelay.spool.store import Spool
 
 log = logging.getLogger("smtprelay.events")
@@ -36,7 +49,12 @@ log = logging.getLogger("smtprelay.events")
 _BATCH = 500
 _IDLE = 1.0  # seconds between looks at the outbox when there is nothing new
 _BACKOFF_FIRST = 1.0
-_BACKOFF_MAX = 300.0
+_DEPTH_REFRESH = 5.0  # seconds between counts of the whole outbox (a full COUNT(*))
+# A clean stop publishes what can go now, for at most this long (a hanging webhook
+# must not hold the shutdown up).
+_FINAL_PASS_SECONDS = 5.0
+UNDELIVERED_DIR = "events-undelivered"
+RETRY_STATE_FILE = "events-retry.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +63,49 @@ class _Target:
     configuration_set: str
     settings: EventDestinationConfig
 
+    @property
+    def config_key(self) -> str:
+        return (f"configuration_sets.{self.configuration_set}"
+                f".event_destinations[{self.settings.name}]")
+
+    def wants(self, event: StoredEvent) -> bool:
+        return (event.configuration_set == self.configuration_set
+                and self.settings.wants(event.type))
+
 
 def targets(config: Config) -> list[_Target]:
     return [_Target(f"{set_name}/{dest.name}", set_name, dest)
             for set_name, settings in config.configuration_sets.items()
             for dest in settings.event_destinations if dest.enabled]
+
+
+def append_durably(path: Path, lines: list[bytes]) -> int:
+    """Append `lines` (each a whole record with its newline) and fsync; the file's size.
+
+    A write that fails part way (ENOSPC after some blocks) is cut back off, so the file
+    never holds half a record and the retry appends whole lines after whole lines.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(b"".join(lines))
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, before)
+            raise
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if created:
+        fsync_dir(path.parent)
+    return size
 
 
 class FileDestination:
@@ -63,19 +119,7 @@ class FileDestination:
 
     def write(self, lines: list[bytes]) -> None:
         """Durably append `lines` (each a complete record with its newline)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            data = b"".join(lines)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-            size = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
-        if size >= self.max_size:
+        if append_durably(self.path, lines) >= self.max_size:
             self._rotate()
 
     def _rotate(self) -> None:
@@ -92,114 +136,368 @@ class FileDestination:
         log.info("events file rotated path=%s", self.path)
 
 
-class Publisher:
-    def __init__(self, spool: Spool, config: Config) -> None:
-        self._spool = spool
-        self._config = config
+class RetryState:
+    """Since when (Unix time) each failing destination has been failing, on disk.
+
+    Written only when a destination starts failing or recovers, so a receiver that
+    is down costs two small writes, not one per retry.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._since: dict[str, float] = {}
+        self._lock = asyncio.Lock()
+
+    def load(self) -> None:
+        """Read the file (blocking: call in a thread); a damaged one is started afresh."""
+        try:
+            data = json.loads(self.path.read_bytes())
+            self._since = {str(k): float(v) for k, v in data.items()}
+        except FileNotFoundError:
+            self._since = {}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("%s cannot be read (%s); failing event destinations start their "
+                        "retry period again", self.path, exc)
+            self._since = {}
+
+    def since(self, key: str) -> float | None:
+        return self._since.get(key)
+
+    def keys(self) -> set[str]:
+        return set(self._since)
+
+    async def update(self, changes: dict[str, float | None]) -> None:
+        async with self._lock:
+            before = dict(self._since)
+            for key, value in changes.items():
+                if value is None:
+                    self._since.pop(key, None)
+                else:
+                    self._since[key] = value
+            if self._since == before:
+                return
+            data = json.dumps(self._since, indent=1, sort_keys=True).encode() + b"\n"
+            try:
+                await asyncio.to_thread(write_durably, self.path, data, 0o640)
+            except OSError as exc:
+                # Only the retry period's start is at stake: after a restart it would
+                # count from the first new failure.
+                log.warning("cannot save %s: %s", self.path,
+                            exc.strerror or exc)
+
+
+class _Worker:
+    """Publishes one destination's events, in order, in its own task."""
+
+    def __init__(self, publisher: Publisher, target: _Target, position: int) -> None:
+        self.target = target
+        self._publisher = publisher
+        self.position = position  # the last event id handed over (and saved)
+        self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._retry_at: dict[str, float] = {}
-        self._backoff: dict[str, float] = {}
+        self._delay = 0.0
+        self._retry_at = 0.0  # time.monotonic() of the next attempt while failing
+        self._failures = 0
+        # Restored from disk: a restart retries at once but does not restart the clock.
+        self.failing_since = publisher.retry_state.since(target.key)
+        self._webhook = (WebhookDestination(target.settings)
+                         if target.settings.type == "webhook" else None)
+        self.where = (self._webhook.shown_url if self._webhook is not None
+                      else str(target.settings.path))
+        self._labels = {"configuration_set": target.configuration_set,
+                        "destination": target.settings.name}
 
-    async def start(self) -> None:
-        """Give new destinations their starting position, then publish in the background."""
-        await self._place_new_destinations()
-        self._task = asyncio.create_task(self._run(), name="events")
+    @property
+    def backing_off(self) -> bool:
+        return self._retry_at > time.monotonic()
 
-    def update_config(self, config: Config) -> None:
-        self._config = config
-        self.wake()
-
-    def wake(self) -> None:
-        self._wake.set()
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"events {self.target.key}")
 
     async def stop(self) -> None:
+        """Cancel the task; a batch half handed over saves its progress first."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        # One last pass, so a clean stop leaves nothing unpublished that could go now.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.publish_once(), 10)
 
-    async def _place_new_destinations(self, current: dict[str, int] | None = None) -> bool:
-        """Start destinations without a saved position at the outbox's end; True if any."""
-        if current is None:
-            current = await asyncio.to_thread(self._spool.cursors)
-        missing = [t.key for t in targets(self._config) if t.key not in current]
-        if missing:
-            latest = await asyncio.to_thread(self._spool.last_event_id)
-            await self._spool.advance_cursors(
-                {key: latest for key in missing}, keep={t.key for t in targets(self._config)})
-        return bool(missing)
+    async def close(self) -> None:
+        if self._webhook is not None:
+            await self._webhook.close()
+
+    def forget_metrics(self) -> None:
+        with contextlib.suppress(KeyError):
+            metrics.EVENT_DESTINATION_PENDING.remove(*self._labels.values())
 
     async def _run(self) -> None:
         while True:
-            self._wake.clear()
+            pause = self._retry_at - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            self.wake.clear()
             try:
-                busy = await self.publish_once()
-            except Exception as exc:
-                log.error("event publication failed: %s", exc)
-                busy = False
-            if not busy:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_IDLE):
-                        await self._wake.wait()
+                more = await self.publish_batch()
+            except Exception as exc:  # the spool could not be read or written
+                log.error("events destination %s: reading or saving its position in the "
+                          "outbox failed, retrying: %s", self.target.config_key, exc)
+                self._back_off()
+                more = False
+            if more or self.backing_off:
+                continue  # straight on, or to the backoff's sleep above
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_IDLE):
+                    await self.wake.wait()
 
-    async def publish_once(self) -> bool:
-        """One batch per destination; True when some destination has more waiting."""
-        all_targets = targets(self._config)
-        positions = await asyncio.to_thread(self._spool.cursors)
-        if await self._place_new_destinations(positions):
-            positions = await asyncio.to_thread(self._spool.cursors)
-        moved: dict[str, int] = {}
-        more = False
-        now = time.monotonic()
-        for target in all_targets:
-            if self._retry_at.get(target.key, 0.0) > now:
-                continue
-            start = positions[target.key]
-            batch = await asyncio.to_thread(self._spool.events_after, start, _BATCH)
-            if not batch:
-                continue
-            more = more or len(batch) == _BATCH
-            wanted = [e for e in batch if e.configuration_set == target.configuration_set
-                      and target.settings.wants(e.type)]
-            try:
-                if wanted:
-                    await self._deliver(target, wanted)
-            except Exception as exc:
-                self._failed(target, exc)
-                continue
-            self._backoff.pop(target.key, None)
-            self._retry_at.pop(target.key, None)
-            moved[target.key] = batch[-1].id
+    async def final_pass(self) -> None:
+        """At a clean stop: what can go now goes (skipped while backing off)."""
+        if self.backing_off:
+            return
+        while await self.publish_batch() and not self.backing_off:
+            pass
+
+    async def publish_batch(self) -> bool:
+        """Hand over the next batch; True when more is waiting right behind it."""
+        spool = self._publisher.spool
+        batch = await asyncio.to_thread(spool.events_after, self.position, _BATCH)
+        if not batch:
+            metrics.EVENT_DESTINATION_PENDING.labels(**self._labels).set(0)
+            return False
+        full = len(batch) == _BATCH
+        newest = batch[-1].id if not full else await asyncio.to_thread(spool.last_event_id)
+        # The last event id handed over; it moves on through events the destination does
+        # not take, so a failure part way keeps what went.
+        progress = [self.position]
+        try:
+            await self._hand_over(batch, progress)
+        except asyncio.CancelledError:
+            # Stopping: keep what went (fewer repeats after the restart), then stop.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._save(progress[0]))
+            raise
+        except Exception as exc:
+            await self._save(progress[0])
+            failed = next((e for e in batch if e.id > progress[0]), None)
+            await self._failed(exc, failed)
+            metrics.EVENT_DESTINATION_PENDING.labels(**self._labels).set(
+                max(0, newest - self.position))
+            return False
+        await self._save(progress[0])
+        metrics.EVENT_DESTINATION_PENDING.labels(**self._labels).set(
+            max(0, newest - self.position))
+        await self._succeeded()
+        return full
+
+    async def _hand_over(self, batch: list[StoredEvent], progress: list[int]) -> None:
+        target = self.target
+        published = metrics.EVENTS_PUBLISHED
+        if self._webhook is None:
+            wanted = [event for event in batch if target.wants(event)]
+            if wanted:
+                lines = [event.to_json() + b"\n" for event in wanted]
+                await asyncio.to_thread(FileDestination(target.settings).write, lines)
+            progress[0] = batch[-1].id
             for event in wanted:
-                metrics.EVENTS_PUBLISHED.labels(type=event.type,
-                                                configuration_set=target.configuration_set,
-                                                destination=target.settings.name).inc()
-        if moved or positions.keys() - {t.key for t in all_targets}:
-            await self._spool.advance_cursors(moved, keep={t.key for t in all_targets})
-        depth = await asyncio.to_thread(self._spool.event_backlog)
-        metrics.EVENT_OUTBOX_DEPTH.set(depth)
-        return more
+                published.labels(type=event.type, **self._labels).inc()
+            return
+        for event in batch:
+            if target.wants(event):
+                await self._webhook.post(event)
+                published.labels(type=event.type, **self._labels).inc()
+            progress[0] = event.id
 
-    async def _deliver(self, target: _Target, events: list[StoredEvent]) -> None:
-        settings = target.settings
-        if settings.type == "file":
-            lines = [event.to_json() + b"\n" for event in events]
-            await asyncio.to_thread(FileDestination(settings).write, lines)
-        else:  # pragma: no cover - the config admits no other type yet
-            raise ValueError(f"unknown destination type {settings.type!r}")
+    async def _save(self, position: int) -> None:
+        if position > self.position:
+            await self._publisher.spool.advance_cursors({self.target.key: position},
+                                                        keep=self._publisher.keys())
+            self.position = position
 
-    def _failed(self, target: _Target, exc: Exception) -> None:
-        delay = min(_BACKOFF_MAX, self._backoff.get(target.key, _BACKOFF_FIRST / 2) * 2)
-        self._backoff[target.key] = delay
-        self._retry_at[target.key] = time.monotonic() + delay
+    def _back_off(self) -> float:
+        ceiling = self.target.settings.retry_max_interval
+        self._delay = min(ceiling, self._delay * 2 if self._delay else _BACKOFF_FIRST)
+        self._retry_at = time.monotonic() + self._delay
+        return self._delay
+
+    async def _failed(self, exc: Exception, event: StoredEvent | None) -> None:
+        target = self.target
+        now = time.time()
+        self._failures += 1
+        if self.failing_since is None:
+            self.failing_since = now
+            await self._publisher.retry_state.update({target.key: now})
+        delay = self._back_off()
         metrics.EVENT_PUBLISH_FAILURES.labels(destination=target.key).inc()
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        where = f" ({target.settings.path})" if target.settings.path else ""
-        log.error("events destination configuration_sets.%s.event_destinations[%s]%s "
-                  "failed, retrying in %.0fs: %s", target.configuration_set,
-                  target.settings.name, where, delay, reason)
+        if isinstance(exc, WebhookFailure):
+            metrics.WEBHOOK_FAILURES.labels(reason=exc.reason, **self._labels).inc()
+            reason = f"{exc} (event {event.event_id})" if event is not None else str(exc)
+        elif isinstance(exc, OSError) and exc.strerror:
+            reason = exc.strerror
+        else:
+            reason = str(exc) or exc.__class__.__name__
+        log.error("events destination %s (%s) failed, retrying in %ss: %s",
+                  target.config_key, self.where, f"{delay:.3g}", reason)
+        if self._webhook is not None and now - self.failing_since >= target.settings.retry_for:
+            await self._set_aside(now)
+
+    async def _succeeded(self) -> None:
+        if self.failing_since is None and not self._failures:
+            return
+        if self._failures:
+            log.info("events destination %s (%s) delivering again after %d failed attempts",
+                     self.target.config_key, self.where, self._failures)
+        self._failures = 0
+        self._delay = 0.0
+        self._retry_at = 0.0
+        self.failing_since = None
+        await self._publisher.retry_state.update({self.target.key: None})
+
+    async def _set_aside(self, now: float) -> None:
+        """Move the events older than retry_for out of the way, into a file of their own."""
+        target = self.target
+        retry_for = target.settings.retry_for
+        cutoff = now - retry_for
+        path = self._publisher.undelivered_path(target)
+        # Counted, not kept: a receiver gone for days can leave millions behind.
+        moved, first_id, last_id = 0, "", ""
+        while True:
+            batch = await asyncio.to_thread(self._publisher.spool.events_after,
+                                            self.position, _BATCH)
+            # Only a prefix can go: the cursor passes events strictly in order.
+            old = list(takewhile(lambda e: e.at <= cutoff, batch))
+            if not old:
+                break
+            wanted = [event for event in old if target.wants(event)]
+            if wanted:
+                try:
+                    await asyncio.to_thread(append_durably, path,
+                                            [event.to_json() + b"\n" for event in wanted])
+                except OSError as exc:
+                    log.error("events destination %s: cannot set aside its undelivered "
+                              "events in %s (%s); they stay in the outbox and are retried",
+                              target.config_key, path, exc.strerror or exc)
+                    break
+            await self._save(old[-1].id)
+            metrics.EVENTS_SET_ASIDE.labels(**self._labels).inc(len(wanted))
+            if wanted:
+                moved += len(wanted)
+                first_id = first_id or wanted[0].event_id
+                last_id = wanted[-1].event_id
+            if len(old) < len(batch) or len(batch) < _BATCH:
+                break
+        if moved:
+            log.error("events destination %s (%s) has been failing for %s (retry_for %s): "
+                      "%d events older than %s set aside in %s (event ids %s to %s); newer "
+                      "events are still retried", target.config_key, self.where,
+                      _duration(now - (self.failing_since or now)), _duration(retry_for),
+                      moved, _duration(retry_for), path, first_id, last_id)
+
+
+class Publisher:
+    def __init__(self, spool: Spool, config: Config) -> None:
+        self.spool = spool
+        self._config = config
+        self._workers: dict[str, _Worker] = {}
+        self._changed = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.retry_state = RetryState(config.server.data_dir / RETRY_STATE_FILE)
+
+    def keys(self) -> set[str]:
+        return {target.key for target in targets(self._config)}
+
+    def undelivered_path(self, target: _Target) -> Path:
+        return (self._config.server.data_dir / UNDELIVERED_DIR
+                / f"{target.configuration_set}.{target.settings.name}.ndjson")
+
+    async def start(self) -> None:
+        """Give new destinations their starting position, then publish in the background."""
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.retry_state.load)
+        await self._reconcile()
+        self._supervisor = asyncio.create_task(self._supervise(), name="events")
+
+    def update_config(self, config: Config) -> None:
+        """A reloaded config: destinations are added, removed or restarted (any thread)."""
+        self._config = config
+        self._call(self._changed.set)
+
+    def wake(self) -> None:
+        """New events are in the outbox (any thread)."""
+        self._call(self._wake_all)
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        if self._loop is None:
+            fn()
+        else:
+            self._loop.call_soon_threadsafe(fn)
+
+    def _wake_all(self) -> None:
+        for worker in self._workers.values():
+            worker.wake.set()
+
+    async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        workers = list(self._workers.values())
+        self._workers.clear()
+        for worker in workers:
+            await worker.stop()
+        # One last pass, so a clean stop leaves nothing unpublished that could go now.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                asyncio.gather(*(worker.final_pass() for worker in workers),
+                               return_exceptions=True), _FINAL_PASS_SECONDS)
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                await worker.close()
+
+    async def _supervise(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_DEPTH_REFRESH):
+                    await self._changed.wait()
+            try:
+                if self._changed.is_set():
+                    self._changed.clear()
+                    await self._reconcile()
+                metrics.EVENT_OUTBOX_DEPTH.set(
+                    await asyncio.to_thread(self.spool.event_backlog))
+            except Exception as exc:
+                log.error("event publication: applying the destinations failed: %s", exc)
+
+    async def _reconcile(self) -> None:
+        """Run one worker per enabled destination of the current config."""
+        wanted = {target.key: target for target in targets(self._config)}
+        for key, worker in list(self._workers.items()):
+            if wanted.get(key) != worker.target:
+                del self._workers[key]
+                await worker.stop()
+                await worker.close()
+                if key not in wanted:
+                    worker.forget_metrics()
+        positions = await asyncio.to_thread(self.spool.cursors)
+        missing = [key for key in wanted if key not in positions]
+        if missing or positions.keys() - wanted.keys():
+            # New destinations start at the outbox's end; removed ones stop holding
+            # events back.
+            latest = await asyncio.to_thread(self.spool.last_event_id)
+            placed = {key: latest for key in missing}
+            await self.spool.advance_cursors(placed, keep=set(wanted))
+            positions.update(placed)
+        gone = self.retry_state.keys() - wanted.keys()
+        await self.retry_state.update(dict.fromkeys(gone))
+        for key, target in wanted.items():
+            if key not in self._workers:
+                worker = _Worker(self, target, positions[key])
+                self._workers[key] = worker
+                worker.start()
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g}{unit}"
+    return f"{seconds:.3g}s"

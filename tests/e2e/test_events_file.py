@@ -7,13 +7,22 @@ guide, and against what happened to the message.
 
 from __future__ import annotations
 
+import contextlib
+import email
+import email.policy
+import errno
+import http.client
 import json
 import os
+import re
 import signal
+import smtplib
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +31,13 @@ import pytest
 import yaml
 
 from tests.e2e.delivery_world import wait_for
-from tests.support import DaemonProcess, base_config, submit_to_daemon, write_config
+from tests.support import (
+    DaemonProcess,
+    base_config,
+    client_context,
+    submit_to_daemon,
+    write_config,
+)
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "events.schema.json").read_text())
 
@@ -193,3 +208,119 @@ def test_bad_destinations_are_refused_by_check_config(tmp_path: Path, bad: dict[
     assert run.returncode == 2
     assert "configuration_sets.transactional.event_destinations[0]" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@contextlib.contextmanager
+def small_disk(directory: Path) -> Iterator[bool]:
+    """A 64 KiB tmpfs at `directory`; False when this machine does not let us mount."""
+    directory.mkdir()
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(directory)],
+            capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        mounted = False
+    try:
+        yield mounted
+    finally:
+        if mounted and subprocess.run(["umount", str(directory)], capture_output=True,
+                                      timeout=30).returncode != 0:
+            subprocess.run(["umount", "-l", str(directory)], capture_output=True, timeout=30)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the file system is full; removing it makes the space again."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                os.write(fd, b"x" * 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                return filler
+    finally:
+        os.close(fd)
+
+
+def metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.ports['http']}/metrics",
+                                timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{")
+               and all(f'{key}="{value}"' in line for key, value in labels.items()))
+
+
+def test_a_full_disk_holds_events_and_nothing_else_until_space_is_back(tmp_path: Path
+                                                                       ) -> None:
+    host = "links.test"
+    with small_disk(tmp_path / "disk") as mounted:
+        if mounted:
+            path = tmp_path / "disk" / "ses.ndjson"
+            filler = fill(tmp_path / "disk")
+        else:  # no tmpfs here: every write to /dev/full fails with ENOSPC
+            path = Path("/dev/full")
+        daemon = DaemonProcess(
+            tmp_path, delivery={"mode": "capture"}, tracking_domains={host: {}},
+            configuration_sets={"transactional": {
+                "tracking": {"click": True, "domain": host, "https": False},
+                **destinations(path, retry_max_interval="1s")["transactional"]}}).start()
+        written = path
+        try:
+            cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
+
+            def submit(subject: str) -> str:
+                html = '<html><body><a href="https://shop.example/p">Buy</a></body></html>'
+                with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=10) as smtp:
+                    smtp.starttls(context=client_context())
+                    smtp.login(cred["username"], cred["password"])
+                    smtp.mail("app@example.com")
+                    smtp.rcpt("reader@example.net")
+                    code, reply = smtp.data((
+                        f"From: app@example.com\r\nTo: reader@example.net\r\n"
+                        f"Subject: {subject}\r\nMIME-Version: 1.0\r\n"
+                        f"Content-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n").encode())
+                assert code == 250, reply  # acceptance goes on: the spool is elsewhere
+                return reply.decode().split()[-1]
+
+            first = submit("while full")
+            daemon.wait_log("configuration_sets.transactional.event_destinations[archive] "
+                            f"({path}) failed, retrying in 1s: No space left on device")
+            assert metric(daemon, "smtprelay_event_publish_failures_total",
+                          destination="transactional/archive") >= 1
+            second = submit("still full")
+            # The tracking server answers too (and its Click event waits with the rest).
+            captured = wait_for(lambda: [c for c in json.loads(
+                daemon.cli("captured", "list", "--json").stdout) if c["message_id"] == first])
+            delivered = email.message_from_bytes(Path(captured[0]["file"]).read_bytes(),
+                                                 policy=email.policy.default)
+            [click] = re.findall(rf"http://{host}(/c/[A-Za-z0-9_-]+)", delivered.get_content())
+            conn = http.client.HTTPConnection("127.0.0.1", daemon.ports["http"], timeout=10)
+            conn.request("GET", click, headers={"Host": host, "User-Agent": "Mozilla/5.0"})
+            answer = conn.getresponse()
+            conn.close()
+            assert answer.status == 302
+            assert answer.getheader("Location") == "https://shop.example/p"
+            if mounted:
+                filler.unlink()
+            else:  # the space is "back" where the operator points the destination now
+                written = tmp_path / "ses.ndjson"
+                config = yaml.safe_load(daemon.config_path.read_text())
+                config["configuration_sets"]["transactional"]["event_destinations"][0][
+                    "path"] = str(written)
+                write_config(daemon.config_path, config)
+                daemon.proc.send_signal(signal.SIGHUP)
+
+            def all_written() -> bool:
+                found = {mid: sorted(by_type(events(written), mid)) for mid in (first, second)}
+                return found == {first: ["Click", "Delivery", "Send"],
+                                 second: ["Delivery", "Send"]}
+
+            assert wait_for(all_written, 20), events(written)
+        finally:
+            assert daemon.stop() == 0
+        # Every line whole (events() parses each), none twice.
+        records = written.read_bytes().splitlines()
+        assert len(records) == len(set(records)) == 5
+    assert "Traceback" not in daemon.log()
