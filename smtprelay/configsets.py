@@ -9,6 +9,7 @@ message still goes, as with SES.
 from __future__ import annotations
 
 import re
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from smtprelay.config import Config
@@ -57,8 +58,13 @@ def parse_tags(value: str) -> tuple[dict[str, list[str]], list[str]]:
     return tags, errors
 
 
-def choose(config: Config, account: str, fields: list[HeaderField]) -> SetChoice | Reply:
-    """The configuration set and tags for a message, or the 554 that refuses it."""
+def choose(config: Config, account: str, fields: list[HeaderField],
+           paused: Container[str] = frozenset()) -> SetChoice | Reply:
+    """The configuration set and tags for a message, or the 554 that refuses it.
+
+    `paused` holds the sets paused at run time (smtprelay.pauses): refused like a set
+    with ``sending_enabled: false``.
+    """
     control = {f.name: f.value for f in fields if f.key.startswith("x-ses-")
                or f.key == "x-configuration-set"}
     requested = next((f.value.strip() for key in SET_HEADERS for f in fields if f.key == key),
@@ -68,7 +74,7 @@ def choose(config: Config, account: str, fields: list[HeaderField]) -> SetChoice
         settings = config.configuration_sets.get(name)
         if settings is None:
             return R.SET_UNKNOWN
-        if not settings.sending_enabled:
+        if not settings.sending_enabled or name in paused:
             return R.SET_PAUSED
     tags: dict[str, list[str]] = {}
     errors: list[str] = []

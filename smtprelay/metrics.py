@@ -136,3 +136,11 @@ EVENT_DESTINATION_PENDING = Gauge(
     "over included), as of its last batch",
     ["configuration_set", "destination"],
 )
+ADMIN_AUTH_FAILURES = Counter(
+    "smtprelay_admin_auth_failures_total",
+    "Admin API requests refused with 401 (no token, a wrong one, or an expired signed one)"
+)
+CONFIGURATION_SETS_PAUSED = Gauge(
+    "smtprelay_configuration_sets_paused",
+    "Configuration sets paused at run time (admin API, smtprelay sets pause, reputation)"
+)

@@ -10,10 +10,10 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
-from smtprelay import configsets, dkim, hygiene, identities, metrics, transforms
+from smtprelay import configsets, dkim, hygiene, identities, metrics, setstats, transforms
 from smtprelay.config import Config, ConfigurationSetConfig
 from smtprelay.events import records
 from smtprelay.headers import HeaderField, MalformedHeader, addresses, parse_header_section
@@ -56,6 +56,9 @@ def header_addresses(fields: list[HeaderField]) -> dict[str, list[str]]:
 
 
 class Pipeline:
+    # The sets paused at run time (smtprelay.pauses.PausedSets); the daemon sets it.
+    paused_sets: Container[str] = frozenset()
+
     def __init__(self, config: Config, spool: Spool, quotas: Quotas,
                  suppression: SuppressionStore) -> None:
         self._config = config
@@ -131,7 +134,7 @@ class Pipeline:
             log.info("client=%s account=%s refused: identities %s not verified", client.ip,
                      client.account, ", ".join(failing))
             return _refuse("identity", R.not_verified(failing))
-        choice = configsets.choose(self._config, client.account, fields)
+        choice = configsets.choose(self._config, client.account, fields, self.paused_sets)
         if isinstance(choice, Reply):
             reason = "set_paused" if choice is R.SET_PAUSED else "set_unknown"
             return _refuse(reason, choice)
@@ -140,6 +143,8 @@ class Pipeline:
         else:
             refusal = hygiene.refusal(submission.data, fields)
         if refusal is not None:
+            self._spool.count_later(setstats.Bump(client.account, choice.name, time.time(),
+                                                  {setstats.Kind.REJECT: 1}))
             return _refuse("content", refusal)
         suppressed = await self._suppressed(client.account, choice.name,
                                             submission.envelope.recipients)

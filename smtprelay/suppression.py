@@ -114,8 +114,10 @@ class SuppressionStore(Protocol):
 
     def list(self, account: str | None = None, *, reason: Reason | None = None,
              limit: int | None = None, after: tuple[str, str] | None = None,
-             contains: str | None = None) -> builtins.list[SuppressionEntry]:
-        """Entries ordered by (account, address), those after `after` (keyset paging)."""
+             contains: str | None = None,
+             prefix: str | None = None) -> builtins.list[SuppressionEntry]:
+        """Entries ordered by (account, address), those after `after` (keyset paging);
+        `prefix` matches the start of the stored (normalised) address."""
 
     def count(self, account: str | None = None) -> int: ...
 
@@ -210,7 +212,8 @@ class SQLiteSuppressionStore(sqlitedb.Store):
 
     def list(self, account: str | None = None, *, reason: Reason | None = None,
              limit: int | None = None, after: tuple[str, str] | None = None,
-             contains: str | None = None) -> builtins.list[SuppressionEntry]:
+             contains: str | None = None,
+             prefix: str | None = None) -> builtins.list[SuppressionEntry]:
         where: builtins.list[str] = []
         params: builtins.list[object] = []
         if account is not None:
@@ -224,6 +227,12 @@ class SQLiteSuppressionStore(sqlitedb.Store):
         if reason is not None:
             where.append("reason = ?")
             params.append(reason)
+        if prefix:
+            # A range on the key, so that with an account it is a B-tree range scan
+            # (U+10FFFF sorts after every other character in UTF-8); the substr test
+            # keeps the rare address with U+10FFFF itself exact.
+            where.append("address >= ? AND address < ? AND substr(address, 1, ?) = ?")
+            params.extend((prefix, prefix + "\U0010ffff", len(prefix), prefix))
         if contains:
             # Case-insensitive substring, like grepping SES's listing; instr rather
             # than LIKE so that % and _ in the text are not wildcards.

@@ -7,9 +7,12 @@ Engagement; this records it:
   event destination. The message comes from its mail record (kept for the tracking
   window), so no token holds more than ids. Machine-made ones are recorded too, with
   ``machine: true`` and the reason: dropping them would hide what scanners do.
+  Every set counts them in its statistics (smtprelay.setstats), in the same
+  transaction as the event, whether it publishes events or not.
 - Unsubscribe: the recipient goes on the account's suppression list (reason
   COMPLAINT: the person asked not to get this mail, and every configuration set that
-  honours complaints stops sending to them) and a Subscription event is recorded.
+  honours complaints stops sending to them), a Subscription event is recorded and
+  the set's ``unsubscribe`` count goes up.
   Only a per-recipient token can unsubscribe (the relay issues those only for
   one-recipient messages); the address comes from the mail record, never the URL.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from smtprelay import setstats
 from smtprelay.config import Config
 from smtprelay.events import outbox
 from smtprelay.events.model import (
@@ -28,6 +32,7 @@ from smtprelay.events.model import (
     Subscription,
     TopicPreferences,
 )
+from smtprelay.spool.model import EventRecord
 from smtprelay.spool.store import Spool
 from smtprelay.suppression import SuppressionStore
 from smtprelay.tokens import ClickToken, OpenToken, UnsubscribeToken
@@ -49,25 +54,33 @@ class EngagementRecorder:
 
     async def engaged(self, engagement: Engagement) -> None:
         payload = engagement.payload
+        detail: Open | Click
+        if isinstance(payload, ClickToken):
+            kind = "click"
+            detail = Click(ip_address=engagement.ip, timestamp=engagement.at,
+                           user_agent=engagement.user_agent, link=payload.url,
+                           link_tags={name: [value] for name, value in payload.tags},
+                           machine=engagement.machine,
+                           machine_reason=engagement.machine_reason)
+        elif isinstance(payload, OpenToken):
+            kind = "open"
+            detail = Open(ip_address=engagement.ip, timestamp=engagement.at,
+                          user_agent=engagement.user_agent, machine=engagement.machine,
+                          machine_reason=engagement.machine_reason)
+        else:
+            return
+
+        def event(engaged: setstats.Engaged) -> EventRecord | None:
+            # The set's statistics count every engagement; an event only goes to a
+            # set that publishes.
+            if not self._publishes(engaged.configuration_set):
+                return None
+            return outbox.make(payload.message_id, engaged.configuration_set,
+                               engagement.at, detail)
+
         try:
-            record = await self._spool.mail_record(payload.message_id)
-            if record is None or not self._publishes(record.configuration_set):
-                return
-            detail: Open | Click
-            if isinstance(payload, ClickToken):
-                detail = Click(ip_address=engagement.ip, timestamp=engagement.at,
-                               user_agent=engagement.user_agent, link=payload.url,
-                               link_tags={name: [value] for name, value in payload.tags},
-                               machine=engagement.machine,
-                               machine_reason=engagement.machine_reason)
-            elif isinstance(payload, OpenToken):
-                detail = Open(ip_address=engagement.ip, timestamp=engagement.at,
-                              user_agent=engagement.user_agent, machine=engagement.machine,
-                              machine_reason=engagement.machine_reason)
-            else:
-                return
-            await self._spool.add_events((outbox.make(
-                payload.message_id, record.configuration_set, engagement.at, detail),))
+            await self._spool.record_engagement(payload.message_id, kind, engagement.at,
+                                                engagement.machine, event)
         except Exception as exc:
             # The person still gets their redirect or pixel; the event is what is lost,
             # and the log says so.
@@ -99,16 +112,20 @@ class EngagementRecorder:
             return False
         log.info("msg=%s account=%s recipient %d unsubscribed (one-click) machine=%s",
                  payload.message_id, record.account, payload.recipient, engagement.machine)
+        events: tuple[EventRecord, ...] = ()
         if self._publishes(record.configuration_set):
             detail = Subscription(
                 contact_list=record.configuration_set or _NO_SET, timestamp=engagement.at,
                 source="UnsubscribeHeader",
                 new_topic_preferences=TopicPreferences(unsubscribe_all=True),
                 old_topic_preferences=TopicPreferences(unsubscribe_all=False))
-            try:
-                await self._spool.add_events((outbox.make(
-                    payload.message_id, record.configuration_set, engagement.at, detail),))
-            except Exception as exc:
-                log.error("msg=%s Subscription event not recorded: %s", payload.message_id,
-                          exc)
+            events = (outbox.make(payload.message_id, record.configuration_set,
+                                  engagement.at, detail),)
+        counted = setstats.Bump(record.account, record.configuration_set, engagement.at,
+                                {setstats.Kind.UNSUBSCRIBE: 1})
+        try:
+            await self._spool.add_events(events, (counted,))
+        except Exception as exc:
+            log.error("msg=%s Subscription event and statistics not recorded: %s",
+                      payload.message_id, exc)
         return True

@@ -37,6 +37,9 @@ _FINAL = frozenset(
      RecipientState.DELETED}
 )
 PENDING_STATES = (RecipientState.QUEUED, RecipientState.DEFERRED, RecipientState.SENDING)
+# What a queue listing can filter on: "pending" (some recipient in PENDING_STATES),
+# "finished" (none left), or a recipient state some recipient is in.
+FILTER_STATES: tuple[str, ...] = ("pending", "finished", *(s.value for s in RecipientState))
 
 
 def new_message_id(now: float | None = None) -> str:
@@ -159,3 +162,19 @@ class QueuedMessage:
     @property
     def pending(self) -> tuple[QueuedRecipient, ...]:
         return tuple(r for r in self.recipients if not r.state.is_final)
+
+    def as_json(self) -> dict[str, Any]:
+        """What `smtprelay queue list --json` and the admin API show of it."""
+        return {
+            "id": self.message_id, "account": self.account,
+            "configuration_set": self.configuration_set, "mail_from": self.mail_from,
+            "received_at": self.received_at, "size": self.size,
+            "client_ip": self.client_ip, "auth_user": self.auth_user,
+            "listener": self.listener,
+            "recipients": [
+                {"address": r.address, "state": r.state.value, "attempts": r.attempts,
+                 "next_attempt": r.next_attempt, "last_attempt": r.last_attempt,
+                 "last_reply": r.last_reply}
+                for r in self.recipients
+            ],
+        }

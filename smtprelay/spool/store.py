@@ -18,10 +18,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from smtprelay import metrics, sqlitedb
+from smtprelay import metrics, setstats, sqlitedb
 from smtprelay.events import outbox
 from smtprelay.safeio import fsync_dir
 from smtprelay.spool.model import (
@@ -127,6 +128,27 @@ _MIGRATIONS: tuple[str, ...] = (
         destination TEXT PRIMARY KEY,
         last_id INTEGER NOT NULL
     ) WITHOUT ROWID;
+    """,
+    # Per-set statistics (hourly counters) and the tracked messages that opens and
+    # clicks are counted against: see smtprelay.setstats.
+    """
+    CREATE TABLE set_stats (
+        hour INTEGER NOT NULL,
+        configuration_set TEXT NOT NULL,
+        account TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (hour, configuration_set, account, kind)
+    ) WITHOUT ROWID;
+    CREATE TABLE tracked_messages (
+        message_id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        account TEXT NOT NULL,
+        configuration_set TEXT NOT NULL,
+        opened_at REAL,
+        clicked_at REAL
+    ) WITHOUT ROWID;
+    CREATE INDEX tracked_messages_created ON tracked_messages(created_at);
     """,
 )
 
@@ -337,9 +359,69 @@ class Spool:
 
         return await self._writer.run(work)
 
-    async def add_events(self, events: tuple[EventRecord, ...]) -> None:
-        """Durably add events that no spool change goes with (opens, clicks...)."""
-        await self._writer.run(lambda conn: outbox.insert_events(conn, events))
+    async def add_events(self, events: tuple[EventRecord, ...],
+                         counts: tuple[setstats.Bump, ...] = ()) -> None:
+        """Durably add events that no spool change goes with (unsubscribes...), and
+        the statistics they count for."""
+        def work(conn: sqlite3.Connection) -> None:
+            outbox.insert_events(conn, events)
+            setstats.apply(conn, counts)
+
+        await self._writer.run(work)
+
+    def count_later(self, counts: setstats.Bump) -> None:
+        """Count something no spool change goes with (a refused message) in the next
+        group commit, without waiting for it; a failure is logged, not raised."""
+        def logged(future: Future[None]) -> None:
+            if future.exception() is not None:
+                log.error("set statistics not saved: %s", future.exception())
+
+        try:
+            self._writer.submit(lambda conn: setstats.apply(conn, (counts,))
+                                ).add_done_callback(logged)
+        except SpoolError as exc:
+            log.error("set statistics not saved: %s", exc)
+
+    async def record_engagement(
+            self, message_id: str, kind: str, at: float, machine: bool,
+            event: Callable[[setstats.Engaged], EventRecord | None]) -> setstats.Engaged | None:
+        """Count an open or click of a tracked message and add its event, in one
+        transaction. `event` (run in the writer thread: keep it cheap) makes the event
+        for the message's set, or None; it is kept only while the message's mail
+        record is, since publishing needs it. None: the message is unknown."""
+        def work(conn: sqlite3.Connection) -> setstats.Engaged | None:
+            engaged = setstats.count_engagement(conn, message_id, kind, at, machine)
+            if engaged is not None:
+                record = event(engaged)
+                if record is not None and conn.execute(
+                        "SELECT 1 FROM mail_records WHERE message_id = ?",
+                        (message_id,)).fetchone() is not None:
+                    outbox.insert_events(conn, (record,))
+            return engaged
+
+        return await self._writer.run(work)
+
+    def set_totals(self, window: setstats.Window, *, by: str = "configuration_set",
+                   configuration_set: str | None = None,
+                   account: str | None = None) -> dict[str, setstats.Counts]:
+        """Statistics over `window` (blocking: call through a thread); see setstats.totals."""
+        with self._read() as conn:
+            return setstats.totals(conn, window, by=by, configuration_set=configuration_set,
+                                   account=account)
+
+    async def purge_stats(self, counters_before: float, tracked_before: float,
+                          limit: int = 500) -> int:
+        """Drop counters older than `counters_before` and up to `limit` tracked
+        messages created before `tracked_before`; returns how many of the latter."""
+        def work(conn: sqlite3.Connection) -> int:
+            setstats.purge(conn, counters_before)
+            return setstats.purge_tracked(conn, tracked_before, limit)
+
+        return await self._writer.run(work)
+
+    async def retry(self, message_id: str | None, now: float) -> int:
+        """Make waiting recipients (of one message, or all) due at `now`; how many."""
+        return await self._writer.run(lambda conn: _retry(conn, message_id, now))
 
     def events_after(self, last_id: int, limit: int) -> list[outbox.StoredEvent]:
         """Events after `last_id` with their mail records, for the publisher."""
@@ -404,6 +486,12 @@ class Spool:
         with self._read() as conn:
             return get_body(conn, message_id)
 
+    def messages(self, *, limit: int | None = None, after: str | None = None,
+                 filters: MessageFilter | None = None) -> list[QueuedMessage]:
+        """A page of the queue (blocking: call through a thread); see list_messages."""
+        with self._read() as conn:
+            return list_messages(conn, limit=limit, after=after, filters=filters)
+
     def next_due(self) -> float | None:
         """When the earliest waiting recipient is due (None: nothing waits)."""
         with self._read() as conn:
@@ -443,6 +531,13 @@ def _insert(conn: sqlite3.Connection, m: NewMessage, finalize: Finalizer | None 
     if m.events or m.publishes:
         outbox.insert_mail_record(conn, m)
         outbox.insert_events(conn, m.events)
+    if m.listener not in setstats.UNCOUNTED_LISTENERS:
+        setstats.bump(conn, m.account, m.configuration_set, m.received_at, {
+            setstats.Kind.SEND: len(env.recipients),
+            setstats.Kind.SUPPRESSED: len(m.suppressed)})
+        tracking = m.attrs.get("tracking")
+        if isinstance(tracking, dict) and (tracking.get("links") or tracking.get("open")):
+            setstats.track(conn, m.message_id, m.received_at, m.account, m.configuration_set)
     if m.suppressed and len(m.suppressed) == len(env.recipients):
         # Every recipient refused by the suppression list: finished on arrival.
         _finish(conn, m.message_id, m.received_at, finalize)
@@ -498,6 +593,7 @@ def _record(conn: sqlite3.Connection, message_id: str, updates: list[RecipientUp
              u.reply, u.delay_noted, message_id, u.index))
         for o in u.outcomes:
             _insert_outcome(conn, message_id, u.index, o)
+    _count_outcomes(conn, message_id, updates)
     if not any(u.state.is_final for u in updates):
         return None
     placeholders = ",".join("?" * len(PENDING_STATES))
@@ -507,6 +603,26 @@ def _record(conn: sqlite3.Connection, message_id: str, updates: list[RecipientUp
     if pending is not None:
         return None
     return _finish(conn, message_id, max(u.at for u in updates), finalize)
+
+
+def _count_outcomes(conn: sqlite3.Connection, message_id: str,
+                    updates: list[RecipientUpdate]) -> None:
+    """The set statistics of an attempt's deliveries, bounces and delays."""
+    outcomes = [o for u in updates for o in u.outcomes]
+    if not outcomes:
+        return  # a plain deferral: nothing counted, no lookup
+    row = conn.execute("SELECT account, configuration_set, listener FROM messages"
+                       " WHERE id = ?", (message_id,)).fetchone()
+    if row is None or row[2] in setstats.UNCOUNTED_LISTENERS:
+        return
+    by_hour: dict[float, dict[setstats.Kind, int]] = {}
+    for o in outcomes:
+        kind = setstats.outcome_kind(o.kind, o.bounce_type)
+        if kind is not None:
+            hour = by_hour.setdefault(setstats.hour_of(o.at) * float(setstats.HOUR), {})
+            hour[kind] = hour.get(kind, 0) + 1
+    for at, increments in by_hour.items():
+        setstats.bump(conn, row[0], row[1], at, increments)
 
 
 def _finish(conn: sqlite3.Connection, message_id: str, at: float,
@@ -624,15 +740,48 @@ def get_body(conn: sqlite3.Connection, message_id: str) -> bytes | None:
     return bytes(row[0]) if row else None
 
 
+@dataclass(frozen=True, slots=True)
+class MessageFilter:
+    """Which messages a listing shows; None: any."""
+
+    account: str | None = None
+    configuration_set: str | None = None  # "" for messages without one
+    # One of FILTER_STATES: a recipient state (some recipient is in it), "pending"
+    # or "finished".
+    state: str | None = None
+
+
 def list_messages(
-    conn: sqlite3.Connection, *, limit: int | None = None, after: str | None = None
+    conn: sqlite3.Connection, *, limit: int | None = None, after: str | None = None,
+    filters: MessageFilter | None = None,
 ) -> list[QueuedMessage]:
     """Messages in id (= arrival) order, paged with `after` so a huge queue lists in pieces."""
     sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608
+    where: list[str] = []
     params: list[Any] = []
     if after is not None:
-        sql += " WHERE id > ?"
+        where.append("id > ?")
         params.append(after)
+    if filters is not None:
+        if filters.account is not None:
+            where.append("account = ?")
+            params.append(filters.account)
+        if filters.configuration_set == "":
+            where.append("configuration_set IS NULL")
+        elif filters.configuration_set is not None:
+            where.append("configuration_set = ?")
+            params.append(filters.configuration_set)
+        if filters.state == "finished":
+            where.append("finished_at IS NOT NULL")
+        elif filters.state is not None:
+            states = ([s.value for s in PENDING_STATES] if filters.state == "pending"
+                      else [filters.state])
+            marks = ",".join("?" * len(states))
+            where.append("EXISTS (SELECT 1 FROM recipients r"  # noqa: S608 - only ? marks
+                         f" WHERE r.message_id = messages.id AND r.state IN ({marks}))")
+            params.extend(states)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY id"
     if limit is not None:
         sql += " LIMIT ?"
@@ -640,21 +789,25 @@ def list_messages(
     return [_message_from_row(row, _recipients(conn, row[0])) for row in conn.execute(sql, params)]
 
 
-def retry_now(conn: sqlite3.Connection, message_id: str | None, now: float) -> int:
-    """Make deferred recipients due at once (`queue retry ID`, `queue flush`)."""
+def _retry(conn: sqlite3.Connection, message_id: str | None, now: float) -> int:
     sql = "UPDATE recipients SET next_attempt = ? WHERE state IN (?, ?)"
     params: list[Any] = [now, RecipientState.QUEUED.value, RecipientState.DEFERRED.value]
     if message_id is not None:
         sql += " AND message_id = ?"
         params.append(message_id)
+    return int(conn.execute(sql, params).rowcount)
+
+
+def retry_now(conn: sqlite3.Connection, message_id: str | None, now: float) -> int:
+    """Make deferred recipients due at once (`queue retry ID`, `queue flush`)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        changed = conn.execute(sql, params).rowcount
+        changed = _retry(conn, message_id, now)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return int(changed)
+    return changed
 
 
 def delete_message(conn: sqlite3.Connection, message_id: str) -> bool:

@@ -1,0 +1,203 @@
+"""Per-set statistics on a real spool: what each write counts, windows, rates, purging."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from smtprelay import setstats
+from smtprelay.delivery.dsn_queue import DSN_LISTENER
+from smtprelay.setstats import HOUR, Counts, Kind, Window
+from smtprelay.spool.model import (
+    Envelope,
+    EventRecord,
+    NewMessage,
+    Outcome,
+    RecipientState,
+    RecipientUpdate,
+    new_message_id,
+)
+from smtprelay.spool.store import Spool, migrate, open_for_cli
+
+NOW = time.time()
+
+
+def new_message(rcpts: int = 1, *, configuration_set: str | None = "news",
+                account: str = "acme", suppressed: dict[int, str] | None = None,
+                tracked: bool = False, listener: str = "submission",
+                at: float = NOW) -> NewMessage:
+    return NewMessage(
+        message_id=new_message_id(at), data=b"Subject: x\r\n\r\nbody\r\n", account=account,
+        envelope=Envelope(mail_from="a@example.com",
+                          recipients=tuple(f"r{n}@example.net" for n in range(rcpts))),
+        configuration_set=configuration_set, received_at=at, client_ip="127.0.0.1",
+        client_helo="client.test", auth_user="u", listener=listener,
+        attrs={"tracking": {"links": 1, "open": True, "unsubscribe": False}} if tracked else {},
+        suppressed=suppressed or {})
+
+
+def update(index: int, kind: str, *, bounce_type: str | None = None,
+           at: float = NOW) -> RecipientUpdate:
+    state = {"delivery": RecipientState.DELIVERED, "bounce": RecipientState.BOUNCED,
+             "delay": RecipientState.DEFERRED}[kind]
+    return RecipientUpdate(index=index, state=state, at=at, reply="x",
+                           next_attempt=at + 60 if kind == "delay" else None,
+                           outcomes=(Outcome(message_id="", index=index, kind=kind, at=at,
+                                             bounce_type=bounce_type),))
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    s = Spool(tmp_path / "spool.db")
+    s.open()
+    yield s
+    s.close()
+
+
+def day(spool: Spool, now: float = NOW) -> dict[str, Counts]:
+    return spool.set_totals(Window.ending(now))
+
+
+async def test_acceptance_counts_recipients_and_suppressed_ones(spool: Spool) -> None:
+    await spool.enqueue(new_message(3, suppressed={1: "BOUNCE"}))
+    await spool.enqueue(new_message(2, configuration_set=None))
+    await spool.enqueue(new_message(4, listener=DSN_LISTENER))  # the relay's own bounce
+    found = day(spool)
+    assert found["news"][Kind.SEND] == 3 and found["news"][Kind.SUPPRESSED] == 1
+    assert found[setstats.NO_SET][Kind.SEND] == 2  # mail without a set: the pseudo-set
+    assert setstats.set_label(setstats.NO_SET) == "(none)"
+    assert sum(c[Kind.SEND] for c in found.values()) == 5  # the DSN is not counted
+    assert {DSN_LISTENER} == setstats.UNCOUNTED_LISTENERS
+
+
+async def test_attempt_results_are_counted_with_them(spool: Spool) -> None:
+    message = new_message(5)
+    await spool.enqueue(message)
+    await spool.record(message.message_id, [
+        update(0, "delivery"), update(1, "delivery"), update(2, "bounce", bounce_type="Permanent"),
+        update(3, "bounce", bounce_type="Transient"), update(4, "delay")])
+    counts = day(spool)["news"]
+    assert counts[Kind.DELIVERY] == 2 and counts[Kind.BOUNCE] == 1
+    assert counts[Kind.BOUNCE_TRANSIENT] == 1 and counts[Kind.DELIVERY_DELAY] == 1
+    # A deferral without a delay record counts nothing (and reads nothing).
+    await spool.record(message.message_id, [RecipientUpdate(
+        index=4, state=RecipientState.DEFERRED, at=NOW, reply="451", next_attempt=NOW + 60)])
+    assert day(spool)["news"] == counts
+
+
+async def test_a_failed_write_counts_nothing(spool: Spool) -> None:
+    message = new_message(2)
+    await spool.enqueue(message)
+    with pytest.raises(Exception):  # noqa: B017 - the duplicate id is refused
+        await spool.enqueue(message)
+    assert day(spool)["news"][Kind.SEND] == 2
+
+
+async def test_opens_and_clicks_count_totals_unique_and_machine(spool: Spool) -> None:
+    tracked = new_message(tracked=True)
+    await spool.enqueue(tracked)
+    made: list[setstats.Engaged] = []
+
+    def no_event(engaged: setstats.Engaged) -> EventRecord | None:
+        made.append(engaged)
+        return None
+
+    mid = tracked.message_id
+    await spool.record_engagement(mid, "open", NOW, True, no_event)  # a proxy's prefetch
+    await spool.record_engagement(mid, "open", NOW, False, no_event)  # the person
+    await spool.record_engagement(mid, "open", NOW, False, no_event)  # again
+    await spool.record_engagement(mid, "click", NOW, False, no_event)
+    unknown = await spool.record_engagement("nope", "click", NOW, False, no_event)
+    assert unknown is None
+    counts = day(spool)["news"]
+    assert (counts[Kind.OPEN], counts[Kind.OPEN_UNIQUE], counts[Kind.OPEN_MACHINE]) == (3, 1, 1)
+    assert (counts[Kind.CLICK], counts[Kind.CLICK_UNIQUE], counts[Kind.CLICK_MACHINE]) == \
+        (1, 1, 0)
+    assert made[0] == setstats.Engaged("acme", "news")
+
+
+def test_rates_follow_ses_and_are_none_without_volume() -> None:
+    counts = Counts({"delivery": 90, "bounce": 10, "bounce_transient": 50, "complaint": 1,
+                     "open_unique": 45, "click_unique": 9, "suppressed": 500})
+    assert counts.bounce_rate == pytest.approx(0.10)  # transient and suppressed left out
+    assert counts.complaint_rate == pytest.approx(1 / 90)
+    assert counts.open_rate == pytest.approx(0.5)
+    assert counts.click_rate == pytest.approx(0.1)
+    empty = Counts()
+    assert (empty.bounce_rate, empty.complaint_rate, empty.open_rate,
+            empty.click_rate) == (None, None, None, None)
+    assert Counts({"bounce": 3}).bounce_rate == 1.0
+    assert Counts({"bounce": 3}).complaint_rate is None
+    shown = counts.as_json()
+    assert set(shown["counts"]) == {str(k) for k in Kind}
+    assert shown["rates"]["bounce"] == pytest.approx(0.10)
+
+
+async def test_windows_are_whole_hours_and_old_hours_drop_out(spool: Spool) -> None:
+    hour_start = (int(NOW) // HOUR) * HOUR
+    for hours_ago in (0, 1, 23, 24, 25, 48):
+        await spool.enqueue(new_message(at=hour_start + 10 - hours_ago * HOUR))
+    now = hour_start + 1800.0
+    window = Window.ending(now, 24 * HOUR)
+    assert (window.since, window.until) == (hour_start - 24 * HOUR, hour_start + HOUR)
+    assert spool.set_totals(window)["news"][Kind.SEND] == 4  # 0, 1, 23 and 24 hours ago
+    assert spool.set_totals(Window.ending(now, HOUR))["news"][Kind.SEND] == 2
+    # Purging keeps every hour from the cut on.
+    await spool.purge_stats(hour_start - 24 * HOUR, tracked_before=0)
+    assert spool.set_totals(Window.ending(now, 15 * 86400))["news"][Kind.SEND] == 4
+
+
+async def test_totals_by_account_and_for_one_set(spool: Spool) -> None:
+    await spool.enqueue(new_message(2, account="acme"))
+    await spool.enqueue(new_message(3, account="other"))
+    await spool.enqueue(new_message(1, account="other", configuration_set="alerts"))
+    window = Window.ending(NOW)
+    by_account = spool.set_totals(window, by="account")
+    assert by_account["acme"][Kind.SEND] == 2 and by_account["other"][Kind.SEND] == 4
+    assert list(spool.set_totals(window, configuration_set="alerts")) == ["alerts"]
+    assert spool.set_totals(window, account="other")["news"][Kind.SEND] == 3
+    assert setstats.merge(spool.set_totals(window).values())[Kind.SEND] == 6
+    with pytest.raises(ValueError):
+        spool.set_totals(window, by="hour")
+
+
+async def test_counted_later_for_refusals(spool: Spool) -> None:
+    spool.count_later(setstats.Bump("acme", "news", NOW, {Kind.REJECT: 1}))
+    await spool.retry(None, NOW)  # any later write: the count went in before it
+    assert day(spool)["news"][Kind.REJECT] == 1
+
+
+async def test_tracked_messages_are_purged_after_the_tracking_window(spool: Spool) -> None:
+    old = new_message(tracked=True, at=NOW - 100 * 86400)
+    await spool.enqueue(old)
+    assert await spool.purge_stats(NOW - setstats.RETENTION, NOW - 60 * 86400) == 1
+    assert await spool.record_engagement(old.message_id, "open", NOW, False,
+                                         lambda _: None) is None
+
+
+def test_a_spool_from_before_the_statistics_reads_as_empty(tmp_path: Path) -> None:
+    from smtprelay.spool.store import _MIGRATIONS
+
+    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    migrate(conn, _MIGRATIONS[:4])
+    assert setstats.totals(conn, Window.ending(NOW)) == {}
+    conn.close()
+    upgraded = open_for_cli(tmp_path / "old.db")  # the CLI upgrades it
+    assert setstats.totals(upgraded, Window.ending(NOW)) == {}
+    upgraded.close()
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("24h", 86400.0), ("90m", 5400.0),
+                                               ("7d", 604800.0), ("30d", 15 * 86400.0)])
+def test_parse_window(text: str, seconds: float) -> None:
+    assert setstats.parse_window(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0h", "-1h", "soon", "1y", "1.5.h"])
+def test_parse_window_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="window"):
+        setstats.parse_window(text)
