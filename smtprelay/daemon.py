@@ -153,6 +153,11 @@ class Relay:
             self.http.tracking.keyring = keyring
         log.info("tracking keys loaded: signing with key %d", keyring.active().id)
 
+    def _tracking_keyring(self) -> tokens.KeyRing | None:
+        """The keys in use (reloaded on SIGHUP): they sign VERP senders too."""
+        transformer = self._pipeline.transformer
+        return transformer.keyring if transformer is not None else None
+
     async def start(self) -> None:
         cfg = self.config
         self._loop = asyncio.get_running_loop()
@@ -186,7 +191,8 @@ class Relay:
             self.spool.finalize = dsns.build if dsns is not None else None
             self.scheduler = Scheduler(self.spool, transport,
                                        max_concurrent=delivery.max_concurrent,
-                                       policy=DeliveryPolicy.from_config(cfg), dsns=dsns)
+                                       policy=DeliveryPolicy.from_config(cfg), dsns=dsns,
+                                       keyring=self._tracking_keyring)
             self._pipeline.on_spooled = self.scheduler.wake
             self.scheduler.start()
         else:

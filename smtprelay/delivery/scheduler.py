@@ -4,6 +4,16 @@ Like Postfix's qmgr in one process. It wakes when a message is spooled or on a
 timer, claims due recipients (they turn `sending`, so a crash hands them back on
 start-up), groups each message's recipients by domain into one transaction, and
 records every result in the spool before anything else happens to the message.
+
+VERP: when the identity covering a message's envelope sender has a custom MAIL FROM
+domain (``smtprelay.feedback.return_path``), each recipient goes in a transaction of
+its own with ``MAIL FROM:<b-TAG@mail_from_domain>``, the tag naming message and
+recipient, so an asynchronous bounce or complaint maps back to exactly one recipient.
+SES sends one copy per recipient too. The price: a message to 50 addresses at one
+domain is 50 transactions instead of one (on the same pooled connection, so no extra
+connections or TLS handshakes, but 50 round trips of MAIL/RCPT/DATA and 50 copies of
+the body on the wire). Without a MAIL FROM domain, recipients of one domain share a
+transaction and the sender's own address, as before; our DSNs keep the null sender.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,6 +34,7 @@ from smtprelay.delivery.dsn_queue import DSNFactory
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict, same_result
 from smtprelay.delivery.retry import delay_type, next_retry
 from smtprelay.events import records
+from smtprelay.feedback import return_path, verp
 from smtprelay.spool.model import (
     EventRecord,
     Outcome,
@@ -33,6 +44,7 @@ from smtprelay.spool.model import (
     RecipientUpdate,
 )
 from smtprelay.spool.store import Spool
+from smtprelay.tokens import KeyRing
 
 log = logging.getLogger("smtprelay.delivery")
 
@@ -60,19 +72,26 @@ class DeliveryPolicy:
     delay: DelayConfig = field(default_factory=DelayConfig)
     bounce_rules: tuple[Rule, ...] = DEFAULT_RULES
     hostname: str = "localhost"  # the reporting MTA in events
+    # Identity domain -> custom MAIL FROM domain (return_path.mail_from_domains).
+    mail_from_domains: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Config) -> DeliveryPolicy:
         return cls(retry=config.delivery.retry, delay=config.delivery.delay,
-                   hostname=config.server.hostname)
+                   hostname=config.server.hostname,
+                   mail_from_domains=return_path.mail_from_domains(config))
 
 
 class Scheduler:
     def __init__(self, spool: Spool, transport: Transport, *, max_concurrent: int = 100,
                  policy: DeliveryPolicy | None = None, dsns: DSNFactory | None = None,
                  clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 keyring: Callable[[], KeyRing | None] = lambda: None) -> None:
         self._spool = spool
+        # The tracking keys, which sign VERP tags too; a getter, since SIGHUP may load
+        # new ones.
+        self._keyring = keyring
         self._transport = transport
         self.policy = policy or DeliveryPolicy()
         self._dsns = dsns
@@ -159,27 +178,58 @@ class Scheduler:
         by_domain: dict[str, list[QueuedRecipient]] = {}
         for r in held:
             by_domain.setdefault(recipient_domain(r.address), []).append(r)
+        verp_domain, keyring = self._verp(message)
         for domain, recipients in by_domain.items():
-            txn = Transaction(mail_from=message.mail_from,
-                              recipients=tuple(r.address for r in recipients), data=data,
-                              smtputf8=message.smtputf8, body_8bitmime=message.body_8bitmime)
-            try:
-                results = await self._transport.deliver(message, domain, txn)
-            except Exception as exc:
-                log.exception("msg=%s domain=%s transport failed", message.message_id, domain)
-                results = same_result(txn.recipients, Verdict.DEFERRED, "4.3.0",
-                                      f"x-local; {exc}")
-            updates = self._updates(message, recipients, results)
-            finalize = self._dsns.build if self._dsns is not None else None
-            events = self._events(message, updates)
-            dsn = await self._spool.record(message.message_id, updates, finalize, events)
-            if any(u.state is RecipientState.DEFERRED for u in updates):
-                self.wake()  # the loop's sleep was computed without this retry time
-            if dsn is not None:
-                metrics.DSNS.inc()
-                log.info("msg=%s dsn=%s to=%s", message.message_id, dsn.message_id,
-                         dsn.envelope.recipients[0])
-                self.wake()
+            if verp_domain is None or keyring is None:
+                await self._attempt(message, domain, message.mail_from, recipients, data)
+                continue
+            for r in recipients:
+                try:
+                    sender = verp.address(message.message_id, r.index, verp_domain, keyring)
+                except ValueError as exc:  # not a spool id: cannot happen, must not stick
+                    log.error("msg=%s no VERP sender: %s", message.message_id, exc)
+                    sender = message.mail_from
+                await self._attempt(message, domain, sender, [r], data)
+
+    def _verp(self, message: QueuedMessage) -> tuple[str | None, KeyRing | None]:
+        """The MAIL FROM domain for this message's VERP senders and the keys to sign
+        them, or (None, None): the envelope sender as submitted."""
+        if not message.mail_from:
+            return None, None  # our DSNs: the null sender stays
+        domain = return_path.mail_from_domain_for(message.mail_from,
+                                                  self.policy.mail_from_domains)
+        if domain is None:
+            return None, None
+        keyring = self._keyring()
+        if keyring is None:
+            log.warning("msg=%s no tracking keys loaded to sign VERP senders with; "
+                        "sending with <%s>", message.message_id, message.mail_from)
+            return None, None
+        return domain, keyring
+
+    async def _attempt(self, message: QueuedMessage, domain: str, mail_from: str,
+                       recipients: list[QueuedRecipient], data: bytes) -> None:
+        """One transaction to `domain`, its results recorded before anything else."""
+        txn = Transaction(mail_from=mail_from,
+                          recipients=tuple(r.address for r in recipients), data=data,
+                          smtputf8=message.smtputf8, body_8bitmime=message.body_8bitmime)
+        try:
+            results = await self._transport.deliver(message, domain, txn)
+        except Exception as exc:
+            log.exception("msg=%s domain=%s transport failed", message.message_id, domain)
+            results = same_result(txn.recipients, Verdict.DEFERRED, "4.3.0",
+                                  f"x-local; {exc}")
+        updates = self._updates(message, recipients, results)
+        finalize = self._dsns.build if self._dsns is not None else None
+        events = self._events(message, updates)
+        dsn = await self._spool.record(message.message_id, updates, finalize, events)
+        if any(u.state is RecipientState.DEFERRED for u in updates):
+            self.wake()  # the loop's sleep was computed without this retry time
+        if dsn is not None:
+            metrics.DSNS.inc()
+            log.info("msg=%s dsn=%s to=%s", message.message_id, dsn.message_id,
+                     dsn.envelope.recipients[0])
+            self.wake()
 
     def _events(self, message: QueuedMessage,
                 updates: list[RecipientUpdate]) -> tuple[EventRecord, ...]:
