@@ -37,6 +37,8 @@ def _state_config(args: argparse.Namespace) -> Config:
     # Import what the commands use while still able to read any install location.
     import smtprelay.auth.credentials
     import smtprelay.auth.hashing
+    import smtprelay.pauses
+    import smtprelay.setstats
     import smtprelay.spool.store  # noqa: F401
 
     config = _config(args)
@@ -201,26 +203,16 @@ def _queue_conn(config: Config) -> Any:
 
 
 def _message_json(message: Any) -> dict[str, Any]:
-    return {
-        "id": message.message_id, "account": message.account,
-        "configuration_set": message.configuration_set, "mail_from": message.mail_from,
-        "received_at": message.received_at, "size": message.size,
-        "client_ip": message.client_ip, "auth_user": message.auth_user,
-        "listener": message.listener,
-        "recipients": [
-            {"address": r.address, "state": r.state.value, "attempts": r.attempts,
-             "next_attempt": r.next_attempt, "last_attempt": r.last_attempt,
-             "last_reply": r.last_reply}
-            for r in message.recipients
-        ],
-    }
+    result: dict[str, Any] = message.as_json()
+    return result
 
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
-    from smtprelay.spool.store import list_messages
+    from smtprelay.spool.store import MessageFilter, list_messages
 
     conn = _queue_conn(_state_config(args))
-    messages = list_messages(conn, limit=args.limit)
+    messages = list_messages(conn, limit=args.limit, filters=MessageFilter(
+        account=args.account, configuration_set=args.set, state=args.state))
     if args.json:
         _print_json([_message_json(m) for m in messages])
         return EXIT_OK
@@ -326,13 +318,23 @@ def cmd_captured_show(args: argparse.Namespace) -> int:
 # -- stats ----------------------------------------------------------------------------
 
 
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     import sqlite3
     import time
 
+    from smtprelay import setstats
+    from smtprelay.pauses import SQLitePauseStore
     from smtprelay.quota import WINDOW, effective_quota, usage_since
     from smtprelay.suppression import SQLiteSuppressionStore
 
+    try:
+        seconds = setstats.parse_window(args.window)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     config = _state_config(args)
     state = sqlite3.connect(config.state_path)
     try:
@@ -341,12 +343,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
         state.close()
     suppression = SQLiteSuppressionStore(config.state_path)
     suppression.open()
+    pause_store = SQLitePauseStore(config.state_path)
+    pauses = pause_store.all()
+    pause_store.close()
     conn = _queue_conn(config)
     queued: dict[str, dict[str, int]] = {}
     for account, rstate, count in conn.execute(
             "SELECT m.account, r.state, COUNT(*) FROM recipients r"
             " JOIN messages m ON m.id = r.message_id GROUP BY m.account, r.state"):
         queued.setdefault(account, {})[rstate] = count
+    window = setstats.Window.ending(time.time(), seconds)
+    by_set = setstats.totals(conn, window)
     rows: list[dict[str, Any]] = []
     for name, account in config.accounts.items():
         quota = effective_quota(config, name)
@@ -359,8 +366,23 @@ def cmd_stats(args: argparse.Namespace) -> int:
             "spool_recipients": queued.get(name, {}),
         })
     suppression.close()
+    sets: list[dict[str, Any]] = []
+    for key in sorted(set(config.configuration_sets) | set(by_set)):
+        settings = config.configuration_sets.get(key)
+        if key in pauses:
+            status = f"paused ({pauses[key].reason})"
+        elif settings is not None and not settings.sending_enabled:
+            status = "disabled"
+        elif settings is None and key != setstats.NO_SET:
+            status = "not configured"
+        else:
+            status = "accepting"
+        sets.append({"configuration_set": None if key == setstats.NO_SET else key,
+                     "status": status, **by_set.get(key, setstats.Counts()).as_json()})
     if args.json:
-        _print_json(rows)
+        _print_json({"window": {"seconds": window.seconds, "since": window.since,
+                                "until": window.until},
+                     "accounts": rows, "configuration_sets": sets})
         return EXIT_OK
     print(f"{'ACCOUNT':<16} {'SENT 24H':>10} {'MAX 24H':>10} {'USED':>6} {'RATE/S':>7} "
           f"{'SUPPRESSED':>10}  SPOOL")
@@ -372,6 +394,145 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"{row['account']:<16} {row['sent_24h']:>10} {limit or 'unlimited':>10} "
               f"{used:>6} {row['max_send_rate'] or '-':>7} {row['suppressed_addresses']:>10}  "
               f"{spool}{sandbox}")
+    print()
+    print(f"Configuration sets, {_when(window.since)} to {_when(window.until)} "
+          "(bounce rate: permanent bounces / (deliveries + permanent bounces))")
+    print(f"{'SET':<20} {'SENT':>7} {'DELIVERED':>9} {'BOUNCED':>7} {'BOUNCE%':>7} "
+          f"{'COMPLAINED':>10} {'COMPL%':>6} {'OPENS':>6} {'OPEN%':>6} {'CLICKS':>6} "
+          f"{'CLICK%':>6}  STATUS")
+    for row in sets:
+        c, r = row["counts"], row["rates"]
+        label = row["configuration_set"] or setstats.NO_SET_LABEL
+        print(f"{label:<20} {c['send']:>7} {c['delivery']:>9} {c['bounce']:>7} "
+              f"{_rate(r['bounce']):>7} {c['complaint']:>10} {_rate(r['complaint']):>6} "
+              f"{c['open']:>6} {_rate(r['open']):>6} {c['click']:>6} {_rate(r['click']):>6}"
+              f"  {row['status']}")
+    return EXIT_OK
+
+
+# -- configuration sets (run-time pauses) --------------------------------------------------
+
+
+def _pause_store(config: Config) -> Any:
+    from smtprelay.pauses import SQLitePauseStore
+
+    store = SQLitePauseStore(config.state_path)
+    store.open()
+    return store
+
+
+def _set_row(name: str, config: Config, pause: Any) -> dict[str, Any]:
+    settings = config.configuration_sets.get(name)
+    enabled = settings.sending_enabled if settings is not None else None
+    return {"name": name, "configured": settings is not None, "sending_enabled": enabled,
+            "paused": pause.as_json() if pause is not None else None,
+            "accepting": bool(enabled) and pause is None}
+
+
+def cmd_sets_list(args: argparse.Namespace) -> int:
+    config = _state_config(args)
+    store = _pause_store(config)
+    pauses = store.all()
+    store.close()
+    rows = [_set_row(name, config, pauses.get(name))
+            for name in sorted(set(config.configuration_sets) | set(pauses))]
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    print(f"{'SET':<24} {'STATE':<20} {'SINCE':<21} {'BY':<20} DETAIL")
+    for row in rows:
+        pause = row["paused"]
+        if pause is not None:
+            state = f"paused ({pause['reason']})"
+        elif row["sending_enabled"] is False:
+            state = "disabled in config"
+        else:
+            state = "accepting"
+        if not row["configured"]:
+            state += " *"
+        print(f"{row['name']:<24} {state:<20} "
+              f"{_when(pause['since']) if pause else '-':<21} "
+              f"{pause['by'] if pause else '-':<20} {pause['detail'] if pause else ''}")
+    if any(not row["configured"] for row in rows):
+        print("* no longer in the configuration; `smtprelay sets resume NAME` forgets it")
+    return EXIT_OK
+
+
+def cmd_sets_pause(args: argparse.Namespace) -> int:
+    from smtprelay.pauses import MAX_DETAIL, AlreadyPaused
+
+    config = _state_config(args)
+    if args.name not in config.configuration_sets:
+        known = ", ".join(sorted(config.configuration_sets)) or "none"
+        raise CommandError(f"configuration_sets.{args.name}: no such configuration set in "
+                           f"the configuration (sets: {known})")
+    detail = args.reason or ""
+    if len(detail) > MAX_DETAIL:
+        raise CommandError(f"--reason is longer than {MAX_DETAIL} characters")
+    store = _pause_store(config)
+    try:
+        store.pause(args.name, detail=detail, by="cli")
+    except AlreadyPaused as exc:
+        raise CommandError(f"{exc}; `smtprelay sets resume {args.name}` first") from None
+    finally:
+        store.close()
+    print(f"{args.name}: paused. New mail for it is refused with 554 5.7.1 (a running "
+          "daemon notices within a second); queued mail still goes.")
+    return EXIT_OK
+
+
+def cmd_sets_resume(args: argparse.Namespace) -> int:
+    config = _state_config(args)
+    store = _pause_store(config)
+    try:
+        lifted = store.resume(args.name)
+    finally:
+        store.close()
+    if lifted is None:
+        settings = config.configuration_sets.get(args.name)
+        if settings is not None and not settings.sending_enabled:
+            raise CommandError(f"{args.name} is not paused; it refuses mail because "
+                               f"configuration_sets.{args.name}.sending_enabled is false "
+                               "(change the file and reload)")
+        raise CommandError(f"{args.name} is not paused")
+    print(f"{args.name}: resumed (was paused since {_when(lifted.since)} by {lifted.by}).")
+    return EXIT_OK
+
+
+# -- admin API tokens ------------------------------------------------------------------------
+
+
+def cmd_admin_token_issue(args: argparse.Namespace) -> int:
+    import time
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from smtprelay.config import Duration
+    from smtprelay.http import admin_auth
+
+    try:
+        seconds = float(TypeAdapter(Duration).validate_python(args.expires))
+    except ValidationError:
+        raise CommandError(f"--expires {args.expires}: expected a duration such as 30m, 1h "
+                           "or 7d") from None
+    config = _config(args)
+    env = config.http.admin_token_env
+    if not env:
+        raise CommandError("http.admin_token_env is not set in the configuration, so there "
+                           "is no admin API; name an environment variable holding a secret "
+                           "there")
+    secret = admin_auth.secret_from_env(env)
+    if secret is None:
+        raise CommandError(f"the variable {env} (http.admin_token_env) is unset or empty "
+                           "here; run this with the daemon's environment (the same secret)")
+    expires_at = int(time.time() + seconds)
+    token = admin_auth.issue(secret, expires_at)
+    if args.json:
+        _print_json({"token": token, "expires_at": expires_at})
+    else:
+        print(token)
+        print(f"valid until {_when(expires_at)}; use it as Authorization: Bearer <token>",
+              file=sys.stderr)
     return EXIT_OK
 
 
@@ -565,6 +726,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True, metavar="ACTION")
     p = queue.add_parser("list", parents=[common, listing], help="list queued messages")
     p.add_argument("--limit", type=int, default=None, help="show at most N messages")
+    p.add_argument("--account", help="only this account's messages")
+    p.add_argument("--set", metavar="NAME",
+                   help="only this configuration set's messages (\"\": those without one)")
+    p.add_argument("--state", choices=_queue_states(),
+                   help="pending, finished, or a recipient state some recipient is in")
     p.set_defaults(func=cmd_queue_list)
     p = queue.add_parser("show", parents=[common, listing], help="one message in detail")
     p.add_argument("id")
@@ -629,10 +795,44 @@ def build_parser() -> argparse.ArgumentParser:
     from smtprelay.suppression_cli import register as register_suppression
 
     register_suppression(sub, common, listing)
-    sub.add_parser("stats", parents=[common, listing],
-                   help="per account: sent in 24 h against quota, suppression, spool") \
-        .set_defaults(func=cmd_stats)
+    p = sub.add_parser("stats", parents=[common, listing],
+                       help="per account: sent in 24 h against quota, suppression, spool; "
+                            "per configuration set: sends, deliveries, bounces, complaints, "
+                            "opens, clicks and rates")
+    p.add_argument("--window", default="24h",
+                   help="how far back the per-set figures go (e.g. 1h, 24h, 7d; at most "
+                        "15d); default 24h")
+    p.set_defaults(func=cmd_stats)
+
+    sets = sub.add_parser("sets", help="configuration sets: pause and resume sending"
+                          ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = sets.add_parser("list", parents=[common, listing],
+                        help="every set: accepting, paused (why, since when, by whom)")
+    p.set_defaults(func=cmd_sets_list)
+    p = sets.add_parser("pause", parents=[common],
+                        help="refuse the set's new mail with 554 5.7.1 until resumed")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--reason", metavar="TEXT", help="why, kept with the pause")
+    p.set_defaults(func=cmd_sets_pause)
+    p = sets.add_parser("resume", parents=[common], help="lift a pause (manual or reputation)")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_sets_resume)
+
+    tokens = sub.add_parser("admin-token", help="tokens for the admin API").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    p = tokens.add_parser("issue", parents=[common, listing],
+                          help="print a signed token that expires, made with the secret in "
+                               "http.admin_token_env's variable")
+    p.add_argument("--expires", required=True, metavar="DURATION",
+                   help="how long it is valid: 30m, 1h, 7d...")
+    p.set_defaults(func=cmd_admin_token_issue)
     return parser
+
+
+def _queue_states() -> tuple[str, ...]:
+    from smtprelay.spool.model import FILTER_STATES
+
+    return FILTER_STATES
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import signal
 import ssl
 import time
 
-from smtprelay import dkim, metrics, systemd, tlsutil, tokens, transforms
+from smtprelay import dkim, metrics, setstats, systemd, tlsutil, tokens, transforms
 from smtprelay.auth.authenticator import Authenticator
 from smtprelay.auth.credentials import CredentialStore
 from smtprelay.config import Config, ConfigError, load_config
@@ -21,7 +21,9 @@ from smtprelay.delivery.scheduler import DeliveryPolicy, Scheduler, Transport
 from smtprelay.delivery.smtp_transport import SmarthostPasswordError, SMTPTransport
 from smtprelay.events.engagement import EngagementRecorder
 from smtprelay.events.publisher import Publisher
+from smtprelay.http.admin import AdminServices
 from smtprelay.http.server import HTTPServer
+from smtprelay.pauses import PausedSets, SQLitePauseStore
 from smtprelay.pipeline import Pipeline
 from smtprelay.quota import Quotas, SQLiteUsageStore
 from smtprelay.smtp.server import SMTPServer
@@ -48,8 +50,10 @@ class Relay:
         self.usage = SQLiteUsageStore(config.state_path)
         self.quotas = Quotas(config, self.usage)
         self.suppression = SQLiteSuppressionStore(config.state_path)
+        self.pauses = PausedSets(SQLitePauseStore(config.state_path))
         self._authenticator = Authenticator(config, self.credentials)
         self._pipeline = Pipeline(config, self.spool, self.quotas, self.suppression)
+        self._pipeline.paused_sets = self.pauses
         self._tls: ssl.SSLContext | None = None
         self.scheduler: Scheduler | None = None
         self.transport: SMTPTransport | None = None
@@ -61,6 +65,7 @@ class Relay:
         self._ready = False
         self._depth_task: asyncio.Task[None] | None = None
         self._purge_task: asyncio.Task[None] | None = None
+        self._pauses_task: asyncio.Task[None] | None = None
 
     def _load_tls(self) -> ssl.SSLContext | None:
         cfg = self.config
@@ -135,6 +140,9 @@ class Relay:
                 self.engagements.config = self.config
             log.info("configuration reloaded from %s", path)
         self.reload_tls()
+        if self._loop is not None:
+            # `smtprelay sets pause` from another process: now rather than in a moment.
+            asyncio.run_coroutine_threadsafe(self._refresh_pauses(), self._loop)
         if self.http is not None and self._loop is not None:
             # Renewed tracking-domain certificates (the listeners themselves stay);
             # from any thread, as tests call reload from theirs.
@@ -173,6 +181,10 @@ class Relay:
         await asyncio.to_thread(self.spool.open)
         await asyncio.to_thread(self.credentials.open)
         await asyncio.to_thread(self.suppression.open)
+        await asyncio.to_thread(self.pauses.store.open)
+        await asyncio.to_thread(self.pauses.refresh)
+        if self.pauses:
+            log.info("configuration sets paused: %s", ", ".join(sorted(self.pauses)))
         await asyncio.to_thread(self.usage.open)
         await asyncio.to_thread(self.quotas.load)
         handed_back = await self.spool.recover()
@@ -200,12 +212,26 @@ class Relay:
         self.smtp = SMTPServer(cfg, self._authenticator, self._pipeline, lambda: self._tls)
         self.engagements = EngagementRecorder(self.spool, self.suppression, cfg)
         self.http = HTTPServer(cfg, lambda: self._ready, keyring=keyring,
-                               sink=self.engagements)
+                               sink=self.engagements, admin=AdminServices(
+                                   config=lambda: self.config, spool=self.spool,
+                                   suppression=self.suppression, pauses=self.pauses,
+                                   wake_scheduler=self._wake_scheduler))
         await self.http.start()
         await self.smtp.start()
         self._depth_task = asyncio.create_task(self._refresh_depth())
         self._purge_task = asyncio.create_task(self._purge_finished())
+        self._pauses_task = asyncio.create_task(self.pauses.run())
         self._ready = True
+
+    async def _refresh_pauses(self) -> None:
+        try:
+            await asyncio.to_thread(self.pauses.refresh)
+        except Exception as exc:
+            log.error("reload: paused configuration sets not re-read: %s", exc)
+
+    def _wake_scheduler(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.wake()
 
     def _transport(self) -> Transport | None:
         delivery = self.config.delivery
@@ -244,6 +270,16 @@ class Relay:
                     if await self.spool.purge_mail_records(records_before, limit=500) < 500:
                         break
                     await asyncio.sleep(0.1)
+                # Opens and clicks past the tracking window make no event: their
+                # messages' tracked rows can go, and counters older than the window
+                # statistics are kept for.
+                stats_before = time.time() - setstats.RETENTION
+                tracked_before = time.time() - self.config.http.tracking_window
+                for _ in range(200):
+                    if await self.spool.purge_stats(stats_before, tracked_before,
+                                                    limit=500) < 500:
+                        break
+                    await asyncio.sleep(0.1)
             except Exception as exc:
                 log.error("purging finished messages from the spool failed: %s", exc)
 
@@ -256,7 +292,7 @@ class Relay:
 
     async def stop(self, grace: float = 30.0) -> None:
         self._ready = False
-        for task in (self._depth_task, self._purge_task):
+        for task in (self._depth_task, self._purge_task, self._pauses_task):
             if task is not None:
                 task.cancel()
         if self.smtp is not None:
@@ -274,6 +310,7 @@ class Relay:
         await asyncio.to_thread(self.spool.close)
         await asyncio.to_thread(self.usage.close)
         self.suppression.close()
+        self.pauses.store.close()
         self.credentials.close()
 
 

@@ -1,4 +1,4 @@
-"""aiohttp server: tracking routes, health, readiness and Prometheus metrics.
+"""aiohttp server: tracking routes, the admin API, health, readiness and Prometheus metrics.
 
 The same application answers on every address of ``http.listen`` (plain HTTP) and
 ``http.tls_listen`` (HTTPS, a certificate per tracking domain chosen by SNI).
@@ -9,6 +9,10 @@ tight: a header line may be 8 KB, a request line 16 KB (a tracking token is at m
 most 100 header fields, 64 KB of body; a client must send a whole request head
 within ``http.read_timeout`` of connecting (or of the previous response), so a
 client trickling bytes (slowloris) holds a socket for that long at most.
+
+Everything under ``/api/`` belongs to the admin API (smtprelay.http.admin): it is
+checked for the bearer token before routing, so an unknown admin path without a
+token is a 401 like any other; with no admin secret configured it is a 404.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from smtprelay import metrics, tlsutil, tokens
 from smtprelay.config import Config, parse_host_port
 from smtprelay.events.model import EngagementSink
+from smtprelay.http import admin_auth
+from smtprelay.http.admin import AdminAPI, AdminServices, is_admin_path
 from smtprelay.http.tracking import TRACKING_HEADERS, Tracking
 
 log = logging.getLogger("smtprelay.http")
@@ -87,14 +93,25 @@ async def _default_headers(_request: web.Request, response: web.StreamResponse) 
 class HTTPServer:
     def __init__(self, config: Config, ready: Callable[[], bool], *,
                  keyring: tokens.KeyRing | None = None,
-                 sink: EngagementSink | None = None) -> None:
+                 sink: EngagementSink | None = None,
+                 admin: AdminServices | None = None) -> None:
         """`keyring` verifies tracking tokens (None: every token is refused); `sink`
         records engagements (None: pages and redirects work, nothing is recorded,
-        unsubscribing answers 503)."""
+        unsubscribing answers 503); `admin` is what the admin API works on (None, or
+        no secret in http.admin_token_env's variable: no admin API)."""
         self._config = config
         self._ready = ready
         self.tracking = Tracking(config, keyring if keyring is not None else tokens.KeyRing(),
                                  sink)
+        self.admin: AdminAPI | None = None
+        env = config.http.admin_token_env
+        secret = admin_auth.secret_from_env(env)
+        if admin is not None and secret is not None:
+            self.admin = AdminAPI(secret, admin, [str(n) for n in config.http.trusted_proxies])
+        elif admin is not None and env:
+            log.warning("http.admin_token_env: the variable %s is unset or empty, so the "
+                        "admin API is off; set it in the daemon's environment and restart",
+                        env)
         self._runner: web.AppRunner | None = None
         # SNI: server name -> context; "" is the fallback (the relay's own certificate).
         self._contexts: dict[str, ssl.SSLContext] = {}
@@ -102,12 +119,26 @@ class HTTPServer:
         self.bound_tls: list[tuple[str, int]] = []
 
     def _app(self) -> web.Application:
-        app = web.Application(middlewares=[_count], client_max_size=MAX_BODY)
+        admin = self.admin
+
+        @web.middleware
+        async def admin_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+            resource = request.match_info.route.resource
+            if not is_admin_path(request.path) and not (
+                    resource is not None and is_admin_path(resource.canonical)):
+                return await handler(request)
+            if admin is None:
+                raise web.HTTPNotFound()
+            return await admin.handle(request, handler)
+
+        app = web.Application(middlewares=[_count, admin_gate], client_max_size=MAX_BODY)
         app.on_response_prepare.append(_default_headers)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         self.tracking.add_routes(app)
+        if admin is not None:
+            admin.add_routes(app)
         return app
 
     async def _metrics(self, _request: web.Request) -> web.Response:

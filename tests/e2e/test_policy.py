@@ -194,7 +194,8 @@ def test_stats_shows_usage_against_quota(tmp_path: Path) -> None:
         import time
         deadline = time.monotonic() + 10
         while True:
-            rows = {r["account"]: r for r in json.loads(daemon.cli("stats", "--json").stdout)}
+            shown = json.loads(daemon.cli("stats", "--json").stdout)
+            rows = {r["account"]: r for r in shown["accounts"]}
             if rows["acme"]["sent_24h"] == 3 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)

@@ -1,0 +1,435 @@
+"""The admin API's OpenAPI 3.1 description, served at /api/v1/openapi.json (behind the token).
+
+Written by hand, next to the routes in smtprelay.http.admin, which take their
+patterns and limits from here: what the document allows is what the API accepts.
+tests/e2e/test_admin_openapi.py checks that the two describe the same routes and
+runs schemathesis against the running daemon.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from smtprelay import __version__, setstats
+from smtprelay.spool.model import FILTER_STATES
+from smtprelay.suppression import REASONS
+
+# Characters no listed address may contain: controls, and what Python's
+# str.isspace() calls white space (the suppression list's own rule).
+_EXCLUDED = "\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+# Something before the last @, and a domain after it with a character that is not a dot.
+ADDRESS_PATTERN = f"^[^{_EXCLUDED}]+@[^@{_EXCLUDED}]*[^@.{_EXCLUDED}][^@{_EXCLUDED}]*$"
+MAX_ADDRESS = 320
+WINDOW_PATTERN = r"^([1-9][0-9]{0,5})([mhd])$"
+QUEUE_STATES: tuple[str, ...] = FILTER_STATES
+MAX_PAUSE_REASON = 1000
+MAX_LIMIT = 1000
+
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+def _ok(description: str, schema: str, status: str = "200") -> dict[str, Any]:
+    return {status: {"description": description,
+                     "content": {_JSON: {"schema": _ref(schema)}}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    """References to the shared error responses; 401 and 405 go with every route."""
+    names = {400: "BadRequest", 404: "NotFound", 409: "Conflict", 413: "TooLarge",
+             415: "UnsupportedMediaType", 422: "Unprocessable"}
+    found = {str(s): {"$ref": f"#/components/responses/{names[s]}"} for s in statuses}
+    found["401"] = {"$ref": "#/components/responses/Unauthorized"}
+    found["405"] = {"$ref": "#/components/responses/MethodNotAllowed"}
+    return found
+
+
+def _param(name: str, where: str, schema: dict[str, Any], description: str, *,
+           required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required or where == "path",
+            "description": description, "schema": schema}
+
+
+_ACCOUNT = _param("account", "path", {"type": "string", "minLength": 1},
+                  "An account under `accounts` in the configuration.")
+_ADDRESS = _param("address", "path",
+                  {"type": "string", "pattern": ADDRESS_PATTERN, "maxLength": MAX_ADDRESS},
+                  "The email address (the domain is compared case-insensitively).")
+_ANY_ADDRESS = _param("address", "path", {"type": "string", "minLength": 1},
+                      "The email address as listed (the domain in any case).")
+_MESSAGE_ID = _param("message_id", "path", {"type": "string", "minLength": 1},
+                     "The relay's message id, as in the `250 Ok <id>` reply.")
+_SET_NAME = _param("name", "path", {"type": "string", "minLength": 1},
+                   "A configuration set's name.")
+_LIMIT = _param("limit", "query",
+                {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
+                "Items per page.")
+_WINDOW = _param("window", "query", {"type": "string", "pattern": WINDOW_PATTERN,
+                                     "default": "24h"},
+                 "How far back: minutes, hours or days (`60m`, `24h`, `7d`). Statistics "
+                 "are kept 15 days: a longer window reads as 15 days.")
+
+
+def _cursor(what: str) -> dict[str, Any]:
+    return _param("cursor", "query", {"type": "string", "maxLength": 320},
+                  f"`next_cursor` of the previous page: the page starts after this {what}.")
+
+
+_COUNTS = {
+    "type": "object",
+    "description": "Counters summed over the window (see docs/admin-api.md).",
+    "properties": {str(kind): {"type": "integer", "minimum": 0} for kind in setstats.Kind},
+    "required": [str(kind) for kind in setstats.Kind],
+    "additionalProperties": False,
+}
+_RATE = {"oneOf": [{"type": "number", "minimum": 0}, {"type": "null"}]}
+_RATES = {
+    "type": "object",
+    "description": "null when the denominator is 0.",
+    "properties": {
+        "bounce": {**_RATE, "description": "bounce / (delivery + bounce)"},
+        "complaint": {**_RATE, "description": "complaint / delivery"},
+        "open": {**_RATE, "description": "open_unique / delivery"},
+        "click": {**_RATE, "description": "click_unique / delivery"},
+    },
+    "required": ["bounce", "complaint", "open", "click"],
+    "additionalProperties": False,
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "properties": {"error": {
+            "type": "object",
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "required": ["code", "message"], "additionalProperties": False}},
+        "required": ["error"], "additionalProperties": False,
+    },
+    "SuppressionEntry": {
+        "type": "object",
+        "properties": {
+            "account": {"type": "string"},
+            "address": {"type": "string"},
+            "reason": {"enum": list(REASONS)},
+            "created_at": {"type": "number", "description": "Unix time it was last added."},
+            "source_message_id": {"oneOf": [{"type": "string"}, {"type": "null"}]},
+        },
+        "required": ["account", "address", "reason", "created_at", "source_message_id"],
+        "additionalProperties": False,
+    },
+    "SuppressionPage": {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": _ref("SuppressionEntry")},
+                       "next_cursor": _nullable({"type": "string"})},
+        "required": ["items", "next_cursor"], "additionalProperties": False,
+    },
+    "SuppressionPut": {
+        "type": "object",
+        "properties": {"reason": {"enum": list(REASONS)}},
+        "required": ["reason"], "additionalProperties": False,
+    },
+    "SuppressionRemoved": {
+        "type": "object",
+        "properties": {"account": {"type": "string"}, "address": {"type": "string"},
+                       "removed": {"const": True}},
+        "required": ["account", "address", "removed"], "additionalProperties": False,
+    },
+    "Recipient": {
+        "type": "object",
+        "properties": {
+            "address": {"type": "string"},
+            "state": {"enum": [s for s in QUEUE_STATES if s not in ("pending", "finished")]},
+            "attempts": {"type": "integer", "minimum": 0},
+            "next_attempt": {"type": "number"},
+            "last_attempt": _nullable({"type": "number"}),
+            "last_reply": _nullable({"type": "string"}),
+        },
+        "required": ["address", "state", "attempts", "next_attempt", "last_attempt",
+                     "last_reply"],
+        "additionalProperties": False,
+    },
+    "Message": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "account": {"type": "string"},
+            "configuration_set": _nullable({"type": "string"}),
+            "mail_from": {"type": "string", "description": "Envelope sender; \"\" for <>."},
+            "received_at": {"type": "number"},
+            "size": {"type": "integer", "minimum": 0},
+            "client_ip": {"type": "string"},
+            "auth_user": _nullable({"type": "string"}),
+            "listener": {"type": "string", "description": "\"dsn\" for bounce messages"},
+            "recipients": {"type": "array", "items": _ref("Recipient")},
+        },
+        "required": ["id", "account", "configuration_set", "mail_from", "received_at", "size",
+                     "client_ip", "auth_user", "listener", "recipients"],
+        "additionalProperties": False,
+    },
+    "MessagePage": {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": _ref("Message")},
+                       "next_cursor": _nullable({"type": "string"})},
+        "required": ["items", "next_cursor"], "additionalProperties": False,
+    },
+    "RetryResult": {
+        "type": "object",
+        "properties": {"message_id": _nullable({"type": "string"}),
+                       "recipients_due": {"type": "integer", "minimum": 0}},
+        "required": ["message_id", "recipients_due"], "additionalProperties": False,
+    },
+    "MessageDeleted": {
+        "type": "object",
+        "properties": {"message_id": {"type": "string"}, "deleted": {"const": True}},
+        "required": ["message_id", "deleted"], "additionalProperties": False,
+    },
+    "Pause": {
+        "type": "object",
+        "properties": {
+            "configuration_set": {"type": "string"},
+            "reason": {"type": "string",
+                       "description": "manual (API, CLI) or reputation (the guard)"},
+            "detail": {"type": "string", "description": "The operator's text, or the rate "
+                                                        "that tripped the guard."},
+            "since": {"type": "number"},
+            "by": {"type": "string", "description": "cli, api <client address>, ..."},
+        },
+        "required": ["configuration_set", "reason", "detail", "since", "by"],
+        "additionalProperties": False,
+    },
+    "ConfigurationSet": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "configured": {"type": "boolean",
+                           "description": "false: paused, but no longer in the configuration"},
+            "sending_enabled": _nullable({"type": "boolean"}),
+            "paused": _nullable(_ref("Pause")),
+            "accepting": {"type": "boolean",
+                          "description": "sending_enabled and not paused: new mail is taken"},
+            "publishes_events": {"type": "boolean"},
+        },
+        "required": ["name", "configured", "sending_enabled", "paused", "accepting",
+                     "publishes_events"],
+        "additionalProperties": False,
+    },
+    "ConfigurationSetList": {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": _ref("ConfigurationSet")}},
+        "required": ["items"], "additionalProperties": False,
+    },
+    "PauseRequest": {
+        "type": "object",
+        "properties": {"reason": {"type": "string", "maxLength": MAX_PAUSE_REASON,
+                                  "description": "Free text kept as the pause's detail."}},
+        "additionalProperties": False,
+    },
+    "Window": {
+        "type": "object",
+        "description": "The whole UTC hours counted: [since, until).",
+        "properties": {"seconds": {"type": "number"}, "since": {"type": "number"},
+                       "until": {"type": "number"}},
+        "required": ["seconds", "since", "until"], "additionalProperties": False,
+    },
+    "Counts": _COUNTS,
+    "Rates": _RATES,
+    "SetStats": {
+        "type": "object",
+        "properties": {"configuration_set": {"type": "string"}, "window": _ref("Window"),
+                       "counts": _ref("Counts"), "rates": _ref("Rates")},
+        "required": ["configuration_set", "window", "counts", "rates"],
+        "additionalProperties": False,
+    },
+    "StatsReport": {
+        "type": "object",
+        "properties": {
+            "window": _ref("Window"),
+            "total": {"type": "object",
+                      "properties": {"counts": _ref("Counts"), "rates": _ref("Rates")},
+                      "required": ["counts", "rates"], "additionalProperties": False},
+            "configuration_sets": {"type": "array", "items": {
+                "type": "object",
+                "properties": {
+                    "configuration_set": {
+                        "oneOf": [{"type": "string"}, {"type": "null"}],
+                        "description": "null: mail sent without a configuration set"},
+                    "counts": _ref("Counts"), "rates": _ref("Rates")},
+                "required": ["configuration_set", "counts", "rates"],
+                "additionalProperties": False}},
+            "accounts": {"type": "array", "items": {
+                "type": "object",
+                "properties": {"account": {"type": "string"}, "counts": _ref("Counts"),
+                               "rates": _ref("Rates")},
+                "required": ["account", "counts", "rates"], "additionalProperties": False}},
+        },
+        "required": ["window", "total", "configuration_sets", "accounts"],
+        "additionalProperties": False,
+    },
+}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": _ref("Error")}}}
+
+
+_RESPONSES: dict[str, Any] = {
+    "Unauthorized": {
+        "description": "No token, a wrong one, or an expired or altered signed token: "
+                       "the same answer for each.",
+        "headers": {"WWW-Authenticate": {"required": True, "schema": {
+            "type": "string", "const": 'Bearer realm="smtprelay"'}}},
+        "content": {_JSON: {"schema": _ref("Error")}},
+    },
+    "BadRequest": _error_response("A malformed query parameter or a body that is not JSON."),
+    "NotFound": _error_response("No such account, address, message, set or route."),
+    "MethodNotAllowed": {
+        "description": "The route exists, not with this method.",
+        "headers": {"Allow": {"required": True, "schema": {"type": "string"}}},
+        "content": {_JSON: {"schema": _ref("Error")}},
+    },
+    "Conflict": _error_response("The state forbids it (already paused, not paused, "
+                                "nothing to retry)."),
+    "TooLarge": _error_response("The body is over 64 KiB."),
+    "UnsupportedMediaType": _error_response("A body that is not sent as application/json."),
+    "Unprocessable": _error_response("A JSON body or address with a value the relay "
+                                     "cannot take."),
+}
+
+
+def _body(schema: str, *, required: bool) -> dict[str, Any]:
+    return {"required": required, "content": {_JSON: {"schema": _ref(schema)}}}
+
+
+_PATHS: dict[str, Any] = {
+    "/openapi.json": {"get": {
+        "operationId": "getOpenAPI", "summary": "This document.",
+        "responses": {"200": {"description": "The OpenAPI document.",
+                              "content": {_JSON: {"schema": {"type": "object"}}}},
+                      **_errors()}}},
+    "/accounts/{account}/suppression": {"get": {
+        "operationId": "searchSuppression",
+        "summary": "An account's suppressed addresses, by address.",
+        "parameters": [
+            _ACCOUNT,
+            _param("prefix", "query", {"type": "string", "maxLength": MAX_ADDRESS},
+                   "Only addresses starting with this (the domain in any case)."),
+            _param("reason", "query", {"enum": list(REASONS)}, "Only this reason."),
+            _LIMIT, _cursor("address")],
+        "responses": {**_ok("A page of entries.", "SuppressionPage"), **_errors(400, 404)}}},
+    "/accounts/{account}/suppression/{address}": {
+        "get": {
+            "operationId": "getSuppression", "summary": "One suppressed address.",
+            "parameters": [_ACCOUNT, _ANY_ADDRESS],
+            "responses": {**_ok("The entry.", "SuppressionEntry"), **_errors(404)}},
+        "put": {
+            "operationId": "putSuppression",
+            "summary": "Suppress an address, or change its reason (SES "
+                       "PutSuppressedDestination).",
+            "parameters": [_ACCOUNT, _ADDRESS],
+            "requestBody": _body("SuppressionPut", required=True),
+            "responses": {**_ok("Updated.", "SuppressionEntry"),
+                          **_ok("Added.", "SuppressionEntry", "201"),
+                          **_errors(400, 404, 413, 415, 422)}},
+        "delete": {
+            "operationId": "deleteSuppression", "summary": "Take an address off the list.",
+            "parameters": [_ACCOUNT, _ANY_ADDRESS],
+            "responses": {**_ok("Removed.", "SuppressionRemoved"), **_errors(404)}},
+    },
+    "/queue": {"get": {
+        "operationId": "listQueue",
+        "summary": "Spooled messages in arrival order (finished ones until purged).",
+        "parameters": [
+            _param("account", "query", {"type": "string", "maxLength": 256},
+                   "Only this account's messages."),
+            _param("configuration_set", "query", {"type": "string", "maxLength": 256},
+                   "Only this set's messages; empty: those sent without a set."),
+            _param("state", "query", {"enum": list(QUEUE_STATES)},
+                   "pending: some recipient still waits or is being sent; finished: none "
+                   "does; a recipient state: some recipient is in it."),
+            _LIMIT, _cursor("message id")],
+        "responses": {**_ok("A page of messages.", "MessagePage"), **_errors(400)}}},
+    "/queue/retry": {"post": {
+        "operationId": "retryQueue",
+        "summary": "Every waiting recipient due now (smtprelay queue flush).",
+        "responses": {**_ok("How many recipients are due.", "RetryResult"), **_errors()}}},
+    "/queue/{message_id}": {
+        "get": {
+            "operationId": "getMessage", "summary": "One message and its recipients.",
+            "parameters": [_MESSAGE_ID],
+            "responses": {**_ok("The message.", "Message"), **_errors(404)}},
+        "delete": {
+            "operationId": "deleteMessage",
+            "summary": "Remove a message from the spool; it is not delivered, no DSN.",
+            "parameters": [_MESSAGE_ID],
+            "responses": {**_ok("Deleted.", "MessageDeleted"), **_errors(404)}},
+    },
+    "/queue/{message_id}/retry": {"post": {
+        "operationId": "retryMessage", "summary": "A message's waiting recipients due now.",
+        "parameters": [_MESSAGE_ID],
+        "responses": {**_ok("How many recipients are due.", "RetryResult"),
+                      **_errors(404, 409)}}},
+    "/configuration-sets": {"get": {
+        "operationId": "listConfigurationSets",
+        "summary": "The configured sets (and sets still paused that the configuration "
+                   "no longer has), with their pause.",
+        "responses": {**_ok("The sets.", "ConfigurationSetList"), **_errors()}}},
+    "/configuration-sets/{name}": {"get": {
+        "operationId": "getConfigurationSet", "summary": "One set and its pause.",
+        "parameters": [_SET_NAME],
+        "responses": {**_ok("The set.", "ConfigurationSet"), **_errors(404)}}},
+    "/configuration-sets/{name}/pause": {"post": {
+        "operationId": "pauseConfigurationSet",
+        "summary": "Refuse the set's new mail with 554 5.7.1 until resumed; queued mail "
+                   "still goes.",
+        "parameters": [_SET_NAME],
+        "requestBody": _body("PauseRequest", required=False),
+        "responses": {**_ok("Paused.", "ConfigurationSet"),
+                      **_errors(400, 404, 409, 413, 415, 422)}}},
+    "/configuration-sets/{name}/resume": {"post": {
+        "operationId": "resumeConfigurationSet",
+        "summary": "Lift a pause (manual or reputation).",
+        "parameters": [_SET_NAME],
+        "responses": {**_ok("Resumed.", "ConfigurationSet"), **_errors(404, 409)}}},
+    "/configuration-sets/{name}/stats": {"get": {
+        "operationId": "getConfigurationSetStats",
+        "summary": "A set's counts and rates over a window.",
+        "parameters": [_SET_NAME, _WINDOW],
+        "responses": {**_ok("The statistics.", "SetStats"), **_errors(400, 404)}}},
+    "/stats": {"get": {
+        "operationId": "getStats",
+        "summary": "Counts and rates per set (null: no set) and per account.",
+        "parameters": [_WINDOW],
+        "responses": {**_ok("The statistics.", "StatsReport"), **_errors(400)}}},
+}
+
+
+def document() -> dict[str, Any]:
+    """A fresh copy of the document (callers may change theirs)."""
+    return copy.deepcopy({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "smtprelay admin API",
+            "version": __version__,
+            "description": "Suppression list, queue, configuration-set pauses and "
+                           "statistics of one smtprelay node. See docs/admin-api.md.",
+        },
+        "servers": [{"url": "/api/v1"}],
+        "security": [{"bearer": []}],
+        "paths": _PATHS,
+        "components": {
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "The secret in the variable http.admin_token_env names, "
+                               "or a token from `smtprelay admin-token issue`."}},
+            "schemas": _SCHEMAS,
+            "responses": _RESPONSES,
+        },
+    })
