@@ -386,14 +386,54 @@ class FeedbackConfig(_Model):
 
 
 class SimulatorConfig(_Model):
-    # Recipients here never leave the machine (mailbox simulator); the sandbox
-    # accepts them as it accepts verified identities.
+    # Recipients here never leave the machine (mailbox simulator,
+    # smtprelay.delivery.simulator); the sandbox accepts them as it accepts verified
+    # identities.
     domain: str = "simulator.smtprelay.invalid"
+    # SES leaves simulator mail out of the bounce and complaint rates. True counts it
+    # in the set statistics (so the reputation guard sees it): for rehearsing the
+    # guard's warnings and pauses on a test relay without bouncing real mail.
+    counts_for_reputation: bool = False
 
     @field_validator("domain")
     @classmethod
     def _domain(cls, value: str) -> str:
         return _normalise_identity(value)
+
+
+class RateThresholds(_Model):
+    # Rates as fractions (0.05 is 5%); at `warning` the scope is under review, at
+    # `pause` the guard pauses it. A threshold of 1 or more can never be reached.
+    warning: float = Field(gt=0)
+    pause: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RateThresholds:
+        if self.pause < self.warning:
+            raise ValueError(f"pause ({self.pause}) is below warning ({self.warning})")
+        return self
+
+
+class ReputationConfig(_Model):
+    # The reputation guard (smtprelay.reputation): bounce and complaint rates per
+    # configuration set and per account over a sliding window.
+    enabled: bool = True
+    # SES judges a "representative volume" of recent mail; a day of it is what a
+    # sender's daily quota is counted over, and what the stats show by default.
+    window: Duration = 86400.0
+    # Fewer deliveries + hard bounces than this in the window: no verdict (5 bounces
+    # out of 10 messages say little). Complaints are judged on deliveries.
+    minimum_volume: int = Field(default=500, ge=1)
+    check_interval: Duration = 60.0
+    # SES's figures: under review at 5% bounces / 0.1% complaints, paused at 10% / 0.5%.
+    bounce: RateThresholds = Field(
+        default_factory=lambda: RateThresholds(warning=0.05, pause=0.10))
+    complaint: RateThresholds = Field(
+        default_factory=lambda: RateThresholds(warning=0.001, pause=0.005))
+    # What the guard pauses: each configuration set over the pause threshold, and (with
+    # `accounts`) an account over it: all its mail refused until resumed.
+    pause_sets: bool = True
+    pause_accounts: bool = True
 
 
 class DeliveryDNSConfig(_Model):
@@ -712,6 +752,7 @@ class Config(_Model):
     identities: dict[str, IdentityConfig] = Field(default_factory=dict)
     configuration_sets: dict[str, ConfigurationSetConfig] = Field(default_factory=dict)
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    reputation: ReputationConfig = Field(default_factory=ReputationConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     tracking_domains: dict[str, TrackingDomainConfig] = Field(default_factory=dict)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)

@@ -18,6 +18,7 @@ from smtprelay.delivery.dns import MXResolver
 from smtprelay.delivery.dsn_queue import DSNFactory
 from smtprelay.delivery.pool import ConnectionPool
 from smtprelay.delivery.scheduler import DeliveryPolicy, Scheduler, Transport
+from smtprelay.delivery.simulator import SimulatorTransport
 from smtprelay.delivery.smtp_transport import SmarthostPasswordError, SMTPTransport
 from smtprelay.events.engagement import EngagementRecorder
 from smtprelay.events.publisher import Publisher
@@ -196,6 +197,11 @@ class Relay:
         await self.publisher.start()
         transport = self._transport()
         if transport is not None:
+            # The mailbox simulator answers its domain in every delivery mode.
+            simulated = SimulatorTransport(transport, self.spool,
+                                           lambda: self.config.simulator.domain,
+                                           cfg.server.hostname)
+            transport = simulated
             delivery = cfg.delivery
             dsns = (DSNFactory(cfg.server.hostname,
                                return_full_message=delivery.dsn.return_content == "full")
@@ -206,6 +212,7 @@ class Relay:
                                        policy=DeliveryPolicy.from_config(cfg), dsns=dsns,
                                        keyring=self._tracking_keyring)
             self._pipeline.on_spooled = self.scheduler.wake
+            simulated.wake = self.scheduler.wake
             self.scheduler.start()
         else:
             log.info("delivery mode=hold: accepted mail stays queued")

@@ -189,8 +189,14 @@ class Quotas:
         while state.minutes and state.minutes[0][0] < oldest:
             state.in_window -= state.minutes.popleft()[1]
 
-    def reserve(self, account: str, count: int = 1) -> Reply | None:
-        """Take `count` recipients from the quota, or the SES 454 that refuses them."""
+    def reserve(self, account: str, count: int = 1, *, daily: bool = True) -> Reply | None:
+        """Take `count` recipients from the quota, or the SES 454 that refuses them.
+
+        `daily=False` (mailbox simulator recipients): the rate applies, the 24-hour
+        quota does not, as in SES. They are pending like the others until the message
+        is committed (the session releases a count, not a list), so while a
+        transaction is open they briefly narrow the 24-hour room of concurrent ones.
+        """
         state = self._state(account)
         if state is None:
             return None
@@ -198,7 +204,7 @@ class Quotas:
         if limits is not None:
             now = self._clock()
             self._expire(state, now)
-            if state.in_window + state.pending + count > limits.max_24h_send:
+            if daily and state.in_window + state.pending + count > limits.max_24h_send:
                 return R.DAILY_QUOTA_EXCEEDED
             state.tokens = min(float(_burst(limits)),
                                state.tokens + (now - state.refilled_at) * limits.max_send_rate)
@@ -216,12 +222,16 @@ class Quotas:
             state.pending = max(0, state.pending - count)
             state.tokens = min(float(_burst(state.limits)), state.tokens + count)
 
-    def commit(self, account: str, count: int) -> None:
-        """The message is spooled: its recipients count against the 24 hours."""
+    def commit(self, account: str, count: int, *, daily: int | None = None) -> None:
+        """The message is spooled: its recipients count against the 24 hours, or only
+        `daily` of them (the rest are mailbox simulator recipients)."""
         state = self._accounts.get(account)
         if state is None or not count:
             return
         state.pending = max(0, state.pending - count)
+        count = count if daily is None else max(0, min(daily, count))
+        if not count:
+            return
         minute = int(self._clock() // _MINUTE)
         if state.minutes and state.minutes[-1][0] == minute:
             state.minutes[-1] = (minute, state.minutes[-1][1] + count)

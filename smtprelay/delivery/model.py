@@ -33,6 +33,9 @@ class RecipientResult:
     diagnostic: str  # "smtp; 550 5.1.1 user unknown" style text, or our own reason
     remote_mta: str | None = None  # "mx1.example.net [192.0.2.1]"
     retry_after: float | None = None  # seconds, when the remote said so
+    # (bounceType, bounceSubType) when the transport knows it (the mailbox simulator);
+    # None: the scheduler classifies the reply (smtprelay.delivery.bounce).
+    bounce: tuple[str, str] | None = None
 
 
 def same_result(recipients: Iterable[str], verdict: Verdict, status: str, diagnostic: str, *,

@@ -223,6 +223,14 @@ class Scheduler:
         finalize = self._dsns.build if self._dsns is not None else None
         events = self._events(message, updates)
         dsn = await self._spool.record(message.message_id, updates, finalize, events)
+        # What follows a recorded attempt (the mailbox simulator's complaints and
+        # auto-replies), after it so its events come after the Delivery.
+        after_record = getattr(self._transport, "after_record", None)
+        if after_record is not None:
+            try:
+                await after_record(message, txn, results)
+            except Exception:
+                log.exception("msg=%s after-delivery step failed", message.message_id)
         if any(u.state is RecipientState.DEFERRED for u in updates):
             self.wake()  # the loop's sleep was computed without this retry time
         if dsn is not None:
@@ -270,8 +278,8 @@ class Scheduler:
                                     remote_mta=result.remote_mta),)
             elif verdict is Verdict.BOUNCED:
                 state = RecipientState.BOUNCED
-                bounce_type, subtype = classify(result.code, result.status, result.diagnostic,
-                                                policy.bounce_rules)
+                bounce_type, subtype = result.bounce or classify(
+                    result.code, result.status, result.diagnostic, policy.bounce_rules)
                 metrics.BOUNCES.labels(type=bounce_type, subtype=subtype).inc()
                 outcomes = (Outcome(message_id=message.message_id, index=r.index, kind="bounce",
                                     at=now, bounce_type=bounce_type, bounce_subtype=subtype,

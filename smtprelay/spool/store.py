@@ -532,9 +532,10 @@ def _insert(conn: sqlite3.Connection, m: NewMessage, finalize: Finalizer | None 
         outbox.insert_mail_record(conn, m)
         outbox.insert_events(conn, m.events)
     if m.listener not in setstats.UNCOUNTED_LISTENERS:
+        left_out = setstats.uncounted(m.attrs)
         setstats.bump(conn, m.account, m.configuration_set, m.received_at, {
-            setstats.Kind.SEND: len(env.recipients),
-            setstats.Kind.SUPPRESSED: len(m.suppressed)})
+            setstats.Kind.SEND: len(env.recipients) - len(left_out),
+            setstats.Kind.SUPPRESSED: len(m.suppressed.keys() - left_out)})
         tracking = m.attrs.get("tracking")
         if isinstance(tracking, dict) and (tracking.get("links") or tracking.get("open")):
             setstats.track(conn, m.message_id, m.received_at, m.account, m.configuration_set)
@@ -611,12 +612,17 @@ def _count_outcomes(conn: sqlite3.Connection, message_id: str,
     outcomes = [o for u in updates for o in u.outcomes]
     if not outcomes:
         return  # a plain deferral: nothing counted, no lookup
-    row = conn.execute("SELECT account, configuration_set, listener FROM messages"
+    row = conn.execute("SELECT account, configuration_set, listener, attrs FROM messages"
                        " WHERE id = ?", (message_id,)).fetchone()
     if row is None or row[2] in setstats.UNCOUNTED_LISTENERS:
         return
+    left_out: frozenset[int] = frozenset()
+    if row[3] and setstats.UNCOUNTED_ATTR in row[3]:  # parse only the few that have it
+        left_out = setstats.uncounted(json.loads(row[3]))
     by_hour: dict[float, dict[setstats.Kind, int]] = {}
     for o in outcomes:
+        if o.index in left_out:
+            continue
         kind = setstats.outcome_kind(o.kind, o.bounce_type)
         if kind is not None:
             hour = by_hour.setdefault(setstats.hour_of(o.at) * float(setstats.HOUR), {})
