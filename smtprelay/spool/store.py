@@ -16,7 +16,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from smtprelay import metrics, setstats, sqlitedb
 from smtprelay.events import outbox
 from smtprelay.safeio import fsync_dir
+from smtprelay.spool import sent
 from smtprelay.spool.model import (
     PENDING_STATES,
     EventRecord,
@@ -150,6 +151,8 @@ _MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX tracked_messages_created ON tracked_messages(created_at);
     """,
+    # What feedback reports need of messages purged from the spool: see spool.sent.
+    sent.MIGRATION,
 )
 
 
@@ -313,6 +316,9 @@ class Spool:
         # Builds the DSN of a message that arrives already finished (every recipient
         # suppressed); the scheduler passes its own to record().
         self.finalize: Finalizer | None = None
+        # Keep a compact row of purged messages for the feedback processor (set when
+        # a feedback listener runs): see smtprelay.spool.sent.
+        self.keep_sent_index = False
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -460,7 +466,18 @@ class Spool:
 
     async def purge_finished(self, before: float, limit: int = 500) -> int:
         """Delete up to `limit` messages finished before `before`; returns how many."""
-        return await self._writer.run(lambda conn: _purge_finished(conn, before, limit))
+        keep = self.keep_sent_index
+        return await self._writer.run(lambda conn: _purge_finished(conn, before, limit, keep))
+
+    async def purge_sent_index(self, before: float, limit: int = 500) -> int:
+        """Forget up to `limit` purged messages accepted before `before` (spool.sent)."""
+        return await self._writer.run(lambda conn: sent.purge(conn, before, limit))
+
+    def sent_messages(self, message_ids: Iterable[str]) -> dict[str, sent.SentMessage]:
+        """The messages feedback reports name, wherever they are still known (blocking:
+        call through a thread); see smtprelay.spool.sent."""
+        with self._read() as conn:
+            return sent.lookup(conn, message_ids)
 
     async def recover(self) -> int:
         """Hand back recipients whose delivery attempt died with the last process."""
@@ -667,11 +684,14 @@ def _insert_outcome(conn: sqlite3.Connection, message_id: str, index: int, o: Ou
          o.diagnostic, o.remote_mta, o.delay_type))
 
 
-def _purge_finished(conn: sqlite3.Connection, before: float, limit: int) -> int:
+def _purge_finished(conn: sqlite3.Connection, before: float, limit: int,
+                    keep_sent: bool = False) -> int:
     ids = [row[0] for row in conn.execute(
         "SELECT id FROM messages WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT ?",
         (before, limit))]
     for message_id in ids:
+        if keep_sent:
+            sent.keep(conn, message_id)
         _delete(conn, message_id)
     return len(ids)
 
