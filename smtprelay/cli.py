@@ -323,10 +323,11 @@ def _rate(value: float | None) -> str:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    import functools
     import sqlite3
     import time
 
-    from smtprelay import setstats
+    from smtprelay import reputation, setstats
     from smtprelay.pauses import SQLitePauseStore
     from smtprelay.quota import WINDOW, effective_quota, usage_since
     from smtprelay.suppression import SQLiteSuppressionStore
@@ -345,6 +346,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     suppression.open()
     pause_store = SQLitePauseStore(config.state_path)
     pauses = pause_store.all()
+    paused_accounts = pause_store.all("account")
+    resumes = pause_store.resumes()
     pause_store.close()
     conn = _queue_conn(config)
     queued: dict[str, dict[str, int]] = {}
@@ -352,12 +355,29 @@ def cmd_stats(args: argparse.Namespace) -> int:
             "SELECT m.account, r.state, COUNT(*) FROM recipients r"
             " JOIN messages m ON m.id = r.message_id GROUP BY m.account, r.state"):
         queued.setdefault(account, {})[rstate] = count
-    window = setstats.Window.ending(time.time(), seconds)
+    now = time.time()
+    window = setstats.Window.ending(now, seconds)
     by_set = setstats.totals(conn, window)
+    by_account = setstats.totals(conn, window, by="account")
+    # The reputation guard's verdicts, made the way the daemon makes them (over
+    # reputation.window, which --window does not change).
+    verdicts = {(j.scope, j.name): j for j in reputation.judge_all(
+        functools.partial(setstats.totals, conn), resumes, config.reputation, now)}
+
+    def verdict(scope: str, name: str) -> dict[str, Any]:
+        found = verdicts.get((scope, name)) or reputation.judge(
+            scope, name, setstats.Counts(), config.reputation, now)
+        return found.as_json()
+
     rows: list[dict[str, Any]] = []
     for name, account in config.accounts.items():
         quota = effective_quota(config, name)
+        counts = by_account.get(name, setstats.Counts())
         rows.append({
+            "rates": {"bounce": counts.bounce_rate, "complaint": counts.complaint_rate},
+            "reputation": verdict("account", name),
+            "paused": (paused_accounts[name].as_json() if name in paused_accounts
+                       else None),
             "account": name, "sandbox": account.sandbox,
             "sent_24h": sent.get(name, 0),
             "max_24h_send": quota.max_24h_send if quota else None,
@@ -378,36 +398,53 @@ def cmd_stats(args: argparse.Namespace) -> int:
         else:
             status = "accepting"
         sets.append({"configuration_set": None if key == setstats.NO_SET else key,
-                     "status": status, **by_set.get(key, setstats.Counts()).as_json()})
+                     "status": status, **by_set.get(key, setstats.Counts()).as_json(),
+                     "reputation": verdict("set", key)})
     if args.json:
         _print_json({"window": {"seconds": window.seconds, "since": window.since,
                                 "until": window.until},
                      "accounts": rows, "configuration_sets": sets})
         return EXIT_OK
     print(f"{'ACCOUNT':<16} {'SENT 24H':>10} {'MAX 24H':>10} {'USED':>6} {'RATE/S':>7} "
-          f"{'SUPPRESSED':>10}  SPOOL")
+          f"{'SUPPRESSED':>10} {'BOUNCE%':>7} {'COMPL%':>6} {'REPUTATION':<10}  SPOOL")
     for row in rows:
         limit = row["max_24h_send"]
         used = f"{100 * row['sent_24h'] / limit:.1f}%" if limit else "-"
         spool = ", ".join(f"{k}={v}" for k, v in sorted(row["spool_recipients"].items())) or "-"
         sandbox = " (sandbox)" if row["sandbox"] else ""
+        paused = " PAUSED" if row["paused"] else ""
         print(f"{row['account']:<16} {row['sent_24h']:>10} {limit or 'unlimited':>10} "
-              f"{used:>6} {row['max_send_rate'] or '-':>7} {row['suppressed_addresses']:>10}  "
-              f"{spool}{sandbox}")
+              f"{used:>6} {row['max_send_rate'] or '-':>7} {row['suppressed_addresses']:>10} "
+              f"{_rate(row['rates']['bounce']):>7} {_rate(row['rates']['complaint']):>6} "
+              f"{_reputation(row['reputation']):<10}  {spool}{sandbox}{paused}")
     print()
     print(f"Configuration sets, {_when(window.since)} to {_when(window.until)} "
           "(bounce rate: permanent bounces / (deliveries + permanent bounces))")
     print(f"{'SET':<20} {'SENT':>7} {'DELIVERED':>9} {'BOUNCED':>7} {'BOUNCE%':>7} "
           f"{'COMPLAINED':>10} {'COMPL%':>6} {'OPENS':>6} {'OPEN%':>6} {'CLICKS':>6} "
-          f"{'CLICK%':>6}  STATUS")
+          f"{'CLICK%':>6} {'REPUTATION':<10}  STATUS")
     for row in sets:
         c, r = row["counts"], row["rates"]
         label = row["configuration_set"] or setstats.NO_SET_LABEL
         print(f"{label:<20} {c['send']:>7} {c['delivery']:>9} {c['bounce']:>7} "
               f"{_rate(r['bounce']):>7} {c['complaint']:>10} {_rate(r['complaint']):>6} "
               f"{c['open']:>6} {_rate(r['open']):>6} {c['click']:>6} {_rate(r['click']):>6}"
-              f"  {row['status']}")
+              f" {_reputation(row['reputation']):<10}  {row['status']}")
+    reputation_config = config.reputation
+    print()
+    print(f"Reputation over {reputation_config.window / 3600:g} h, from "
+          f"{reputation_config.minimum_volume} deliveries + hard bounces: warning at "
+          f"bounce {_rate(reputation_config.bounce.warning)} / complaint "
+          f"{_rate(reputation_config.complaint.warning)}, paused at "
+          f"{_rate(reputation_config.bounce.pause)} / "
+          f"{_rate(reputation_config.complaint.pause)}"
+          + ("" if reputation_config.enabled else " (the guard is disabled)"))
     return EXIT_OK
+
+
+def _reputation(verdict: dict[str, Any]) -> str:
+    """"ok", "warning", "paused", or "-" without a representative volume."""
+    return str(verdict["state"]) if verdict["representative"] else "-"
 
 
 # -- configuration sets (run-time pauses) --------------------------------------------------
@@ -495,6 +532,68 @@ def cmd_sets_resume(args: argparse.Namespace) -> int:
                                f"configuration_sets.{args.name}.sending_enabled is false "
                                "(change the file and reload)")
         raise CommandError(f"{args.name} is not paused")
+    print(f"{args.name}: resumed (was paused since {_when(lifted.since)} by {lifted.by}).")
+    return EXIT_OK
+
+
+# -- accounts (run-time pauses) -------------------------------------------------------------
+
+
+def cmd_accounts_list(args: argparse.Namespace) -> int:
+    config = _state_config(args)
+    store = _pause_store(config)
+    pauses = store.all("account")
+    store.close()
+    rows: list[dict[str, Any]] = [
+        {"name": name, "configured": name in config.accounts,
+         "paused": pauses[name].as_json() if name in pauses else None}
+            for name in sorted(set(config.accounts) | set(pauses))]
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    print(f"{'ACCOUNT':<24} {'STATE':<20} {'SINCE':<21} {'BY':<20} DETAIL")
+    for row in rows:
+        pause = row["paused"]
+        state = f"paused ({pause['reason']})" if pause else "accepting"
+        print(f"{row['name']:<24} {state:<20} "
+              f"{_when(pause['since']) if pause else '-':<21} "
+              f"{pause['by'] if pause else '-':<20} {pause['detail'] if pause else ''}")
+    return EXIT_OK
+
+
+def cmd_accounts_pause(args: argparse.Namespace) -> int:
+    from smtprelay.pauses import MAX_DETAIL, AlreadyPaused
+
+    config = _state_config(args)
+    if args.name not in config.accounts:
+        known = ", ".join(sorted(config.accounts)) or "none"
+        raise CommandError(f"accounts.{args.name}: no such account in the configuration "
+                           f"(accounts: {known})")
+    detail = args.reason or ""
+    if len(detail) > MAX_DETAIL:
+        raise CommandError(f"--reason is longer than {MAX_DETAIL} characters")
+    store = _pause_store(config)
+    try:
+        store.pause(args.name, detail=detail, by="cli", scope="account")
+    except AlreadyPaused as exc:
+        raise CommandError(f"account {args.name} is already paused; `smtprelay accounts "
+                           f"resume {args.name}` first ({exc})") from None
+    finally:
+        store.close()
+    print(f"{args.name}: paused. Its new mail is refused with 554 5.7.1 (a running daemon "
+          "notices within a second); queued mail still goes.")
+    return EXIT_OK
+
+
+def cmd_accounts_resume(args: argparse.Namespace) -> int:
+    config = _state_config(args)
+    store = _pause_store(config)
+    try:
+        lifted = store.resume(args.name, scope="account")
+    finally:
+        store.close()
+    if lifted is None:
+        raise CommandError(f"account {args.name} is not paused")
     print(f"{args.name}: resumed (was paused since {_when(lifted.since)} by {lifted.by}).")
     return EXIT_OK
 
@@ -817,6 +916,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sets.add_parser("resume", parents=[common], help="lift a pause (manual or reputation)")
     p.add_argument("name", metavar="NAME")
     p.set_defaults(func=cmd_sets_resume)
+
+    accounts = sub.add_parser("accounts", help="accounts: pause and resume sending"
+                              ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = accounts.add_parser("list", parents=[common, listing],
+                            help="every account: accepting or paused (why, since, by whom)")
+    p.set_defaults(func=cmd_accounts_list)
+    p = accounts.add_parser("pause", parents=[common],
+                            help="refuse all the account's new mail with 554 5.7.1")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--reason", metavar="TEXT", help="why, kept with the pause")
+    p.set_defaults(func=cmd_accounts_pause)
+    p = accounts.add_parser("resume", parents=[common],
+                            help="lift an account's pause (manual or reputation)")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_accounts_resume)
+
+    from smtprelay.send_test import register as register_send_test
+
+    register_send_test(sub, common)
 
     tokens = sub.add_parser("admin-token", help="tokens for the admin API").add_subparsers(
         dest="action", required=True, metavar="ACTION")

@@ -27,6 +27,7 @@ from smtprelay.http.server import HTTPServer
 from smtprelay.pauses import PausedSets, SQLitePauseStore
 from smtprelay.pipeline import Pipeline
 from smtprelay.quota import Quotas, SQLiteUsageStore
+from smtprelay.reputation import ReputationGuard
 from smtprelay.smtp.server import SMTPServer
 from smtprelay.spool.store import Spool
 from smtprelay.suppression import SQLiteSuppressionStore
@@ -55,6 +56,9 @@ class Relay:
         self._authenticator = Authenticator(config, self.credentials)
         self._pipeline = Pipeline(config, self.spool, self.quotas, self.suppression)
         self._pipeline.paused_sets = self.pauses
+        self._pipeline.paused_accounts = lambda: self.pauses.accounts
+        self.reputation = ReputationGuard(self.spool, self.pauses, lambda: self.config)
+        self._reputation_task: asyncio.Task[None] | None = None
         self._tls: ssl.SSLContext | None = None
         self.scheduler: Scheduler | None = None
         self.transport: SMTPTransport | None = None
@@ -228,6 +232,7 @@ class Relay:
         self._depth_task = asyncio.create_task(self._refresh_depth())
         self._purge_task = asyncio.create_task(self._purge_finished())
         self._pauses_task = asyncio.create_task(self.pauses.run())
+        self._reputation_task = asyncio.create_task(self.reputation.run())
         self._ready = True
 
     async def _refresh_pauses(self) -> None:
@@ -299,7 +304,8 @@ class Relay:
 
     async def stop(self, grace: float = 30.0) -> None:
         self._ready = False
-        for task in (self._depth_task, self._purge_task, self._pauses_task):
+        for task in (self._depth_task, self._purge_task, self._pauses_task,
+                     self._reputation_task):
             if task is not None:
                 task.cancel()
         if self.smtp is not None:

@@ -144,3 +144,20 @@ CONFIGURATION_SETS_PAUSED = Gauge(
     "smtprelay_configuration_sets_paused",
     "Configuration sets paused at run time (admin API, smtprelay sets pause, reputation)"
 )
+REPUTATION_STATE = Gauge(
+    "smtprelay_reputation_state",
+    "Reputation guard state per scope (set or account), name and metric (bounce, "
+    "complaint): 0 ok, 1 warning (under review), 2 paused",
+    ["scope", "name", "metric"],
+)
+REPUTATION_RATE = Gauge(
+    "smtprelay_reputation_rate",
+    "Bounce or complaint rate over the reputation window, as judged (scopes with a "
+    "representative volume only)",
+    ["scope", "name", "metric"],
+)
+REPUTATION_TRANSITIONS = Counter(
+    "smtprelay_reputation_transitions_total",
+    "Reputation state changes by scope, metric and new state",
+    ["scope", "metric", "state"],
+)

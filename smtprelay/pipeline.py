@@ -59,6 +59,8 @@ def header_addresses(fields: list[HeaderField]) -> dict[str, list[str]]:
 class Pipeline:
     # The sets paused at run time (smtprelay.pauses.PausedSets); the daemon sets it.
     paused_sets: Container[str] = frozenset()
+    # The accounts paused at run time (PausedSets.accounts): all their mail refused.
+    paused_accounts: Callable[[], Container[str]] = staticmethod(lambda: frozenset())
 
     def __init__(self, config: Config, spool: Spool, quotas: Quotas,
                  suppression: SuppressionStore) -> None:
@@ -138,6 +140,8 @@ class Pipeline:
             log.info("client=%s account=%s refused: identities %s not verified", client.ip,
                      client.account, ", ".join(failing))
             return _refuse("identity", R.not_verified(failing))
+        if client.account in self.paused_accounts():
+            return _refuse("account_paused", R.ACCOUNT_PAUSED)
         choice = configsets.choose(self._config, client.account, fields, self.paused_sets)
         if isinstance(choice, Reply):
             reason = "set_paused" if choice is R.SET_PAUSED else "set_unknown"

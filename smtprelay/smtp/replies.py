@@ -113,6 +113,7 @@ BARE_LINE_ENDING = Reply(
 )
 NO_FROM = Reply(554, "5.6.0 Message rejected: the message has no From header")
 SET_PAUSED = Reply(554, "5.7.1 Sending paused for this configuration set")
+ACCOUNT_PAUSED = Reply(554, "5.7.1 Sending paused for this account")
 SET_UNKNOWN = Reply(554, "5.3.0 Configuration set does not exist")
 RATE_EXCEEDED = Reply(454, "4.7.0 Throttling failure: Maximum sending rate exceeded")
 DAILY_QUOTA_EXCEEDED = Reply(454, "4.7.0 Throttling failure: Daily message quota exceeded")
