@@ -894,6 +894,10 @@ def build_parser() -> argparse.ArgumentParser:
     from smtprelay.suppression_cli import register as register_suppression
 
     register_suppression(sub, common, listing)
+
+    from smtprelay.feedback_cli import register as register_feedback
+
+    register_feedback(sub, common, listing)
     p = sub.add_parser("stats", parents=[common, listing],
                        help="per account: sent in 24 h against quota, suppression, spool; "
                             "per configuration set: sends, deliveries, bounces, complaints, "

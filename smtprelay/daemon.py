@@ -22,6 +22,10 @@ from smtprelay.delivery.simulator import SimulatorTransport
 from smtprelay.delivery.smtp_transport import SmarthostPasswordError, SMTPTransport
 from smtprelay.events.engagement import EngagementRecorder
 from smtprelay.events.publisher import Publisher
+from smtprelay.feedback import inbox as feedback_inbox
+from smtprelay.feedback.listener import FeedbackReceiver
+from smtprelay.feedback.processor import FeedbackProcessor
+from smtprelay.feedback.recorder import FeedbackRecorder
 from smtprelay.http.admin import AdminServices
 from smtprelay.http.server import HTTPServer
 from smtprelay.pauses import PausedSets, SQLitePauseStore
@@ -66,6 +70,12 @@ class Relay:
         self.http: HTTPServer | None = None
         self.publisher: Publisher | None = None
         self.engagements: EngagementRecorder | None = None
+        # Bounces and complaints after delivery: recorded here by the feedback
+        # processor, and by anything else that learns of one (inject).
+        self.feedback = FeedbackRecorder(self.spool, self.suppression, lambda: self.config)
+        self.feedback_inbox: feedback_inbox.FeedbackInbox | None = None
+        self.feedback_receiver: FeedbackReceiver | None = None
+        self.feedback_processor: FeedbackProcessor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = False
         self._depth_task: asyncio.Task[None] | None = None
@@ -139,6 +149,8 @@ class Relay:
                     log.error("reload: %s; keeping the old smarthost password", exc)
             if self.smtp is not None:
                 self.smtp.update_config(self.config)
+            if self.feedback_receiver is not None:
+                self.feedback_receiver.update_config(self.config)
             if self.publisher is not None:
                 self.publisher.update_config(self.config)
             if self.engagements is not None:
@@ -220,7 +232,9 @@ class Relay:
             self.scheduler.start()
         else:
             log.info("delivery mode=hold: accepted mail stays queued")
-        self.smtp = SMTPServer(cfg, self._authenticator, self._pipeline, lambda: self._tls)
+        await self._start_feedback()
+        self.smtp = SMTPServer(cfg, self._authenticator, self._pipeline, lambda: self._tls,
+                               feedback=self.feedback_receiver)
         self.engagements = EngagementRecorder(self.spool, self.suppression, cfg)
         self.http = HTTPServer(cfg, lambda: self._ready, keyring=keyring,
                                sink=self.engagements, admin=AdminServices(
@@ -244,6 +258,23 @@ class Relay:
     def _wake_scheduler(self) -> None:
         if self.scheduler is not None:
             self.scheduler.wake()
+
+    async def _start_feedback(self) -> None:
+        """With a feedback listener: its inbox, its processor, and the spool keeping
+        what reports about purged messages need (smtprelay.spool.sent)."""
+        if not feedback_inbox.has_listener(self.config):
+            return
+        inbox = feedback_inbox.FeedbackInbox(feedback_inbox.inbox_path(self.config))
+        await asyncio.to_thread(inbox.open)
+        self.feedback_inbox = inbox
+        self.spool.keep_sent_index = True
+        self.feedback_processor = FeedbackProcessor(
+            inbox, self.spool, self.feedback, lambda: self.config, self._tracking_keyring)
+        self.feedback_receiver = FeedbackReceiver(self.config, inbox, self._tracking_keyring)
+        self.feedback_receiver.on_stored = self.feedback_processor.wake
+        self.feedback_processor.start()
+        log.info("feedback inbox opened path=%s pending=%d", inbox.path,
+                 await asyncio.to_thread(inbox.count))
 
     def _transport(self) -> Transport | None:
         delivery = self.config.delivery
@@ -310,6 +341,10 @@ class Relay:
                 task.cancel()
         if self.smtp is not None:
             await self.smtp.stop(grace)
+        if self.feedback_processor is not None:
+            await self.feedback_processor.stop()
+        if self.feedback_inbox is not None:
+            await asyncio.to_thread(self.feedback_inbox.close)
         if self._pipeline.transform_pool is not None:
             await asyncio.to_thread(self._pipeline.transform_pool.close)
         if self.scheduler is not None:

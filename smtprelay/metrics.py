@@ -144,6 +144,34 @@ CONFIGURATION_SETS_PAUSED = Gauge(
     "smtprelay_configuration_sets_paused",
     "Configuration sets paused at run time (admin API, smtprelay sets pause, reputation)"
 )
+FEEDBACK_RECEIVED = Counter(
+    "smtprelay_feedback_received_total",
+    "Reports (DSNs, complaints, auto-replies...) the feedback listener accepted and stored"
+)
+FEEDBACK_RECIPIENTS_REFUSED = Counter(
+    "smtprelay_feedback_recipients_refused_total",
+    "RCPT refused by the feedback listener: verp (a forged, altered or retired tag) or "
+    "unknown (not a VERP address nor a feedback address)",
+    ["reason"],
+)
+FEEDBACK_INBOX_DEPTH = Gauge(
+    "smtprelay_feedback_inbox_depth", "Stored reports not yet processed"
+)
+FEEDBACK_REPORTS = Counter(
+    "smtprelay_feedback_reports_total",
+    "Processed reports by kind (delivery-report, complaint-report, auto-reply, "
+    "unparseable) and result (matched: events or suppression made; ignored: nothing to "
+    "do; unmatched: kept in the unmatched store)",
+    ["kind", "result"],
+)
+FEEDBACK_UNMATCHED = Gauge(
+    "smtprelay_feedback_unmatched", "Reports kept in the unmatched store (as of the last purge)"
+)
+FEEDBACK_BATCH_SECONDS = Histogram(
+    "smtprelay_feedback_batch_seconds",
+    "Time to process one batch of reports (parse, look up, record)",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 REPUTATION_STATE = Gauge(
     "smtprelay_reputation_state",
     "Reputation guard state per scope (set or account), name and metric (bounce, "

@@ -1,4 +1,9 @@
-"""SMTP listeners: accept connections, enforce connection limits, run sessions, drain on stop."""
+"""SMTP listeners: accept connections, enforce connection limits, run sessions, drain on stop.
+
+Submission listeners hand messages to the pipeline; feedback listeners (``role:
+feedback``) hand reports to the feedback handler, with ``feedback.max_message_size``
+as their size limit.
+"""
 
 from __future__ import annotations
 
@@ -62,10 +67,12 @@ class SMTPServer:
         authenticator: Authenticator,
         handler: SubmissionHandler,
         tls_context: Callable[[], ssl.SSLContext | None],
+        feedback: SubmissionHandler | None = None,
     ) -> None:
         self._config = config
         self._auth = authenticator
         self._handler = handler
+        self._feedback = feedback
         self._tls_context = tls_context
         self._trusted = TrustedNetworks(config)
         self._servers: list[tuple[ListenerConfig, asyncio.Server]] = []
@@ -92,13 +99,22 @@ class SMTPServer:
                      listener.address, self.bound[listener.name][0][1], listener.tls)
 
     async def _listen(self, listener: ListenerConfig) -> asyncio.Server:
+        limits = self._config.limits
+        handler = self._handler
+        if listener.role == "feedback":
+            if self._feedback is None:
+                raise RuntimeError(f"listeners.{listener.name}: role feedback, but the "
+                                   "daemon started no feedback handler")
+            handler = self._feedback
+            limits = limits.model_copy(
+                update={"max_message_size": self._config.feedback.max_message_size})
         settings = ListenerSettings(listener=listener, hostname=self._config.server.hostname,
-                                    limits=self._config.limits, tls_context=self._tls_context)
+                                    limits=limits, tls_context=self._tls_context)
         implicit = listener.tls == "implicit"
 
         async def on_connection(reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> None:
-            await self._serve(reader, writer, settings)
+            await self._serve(reader, writer, settings, handler)
 
         family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
         try:
@@ -135,7 +151,7 @@ class SMTPServer:
         return current
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     settings: ListenerSettings) -> None:
+                     settings: ListenerSettings, handler: SubmissionHandler) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         ip = _normalise_ip(str(peer[0]))
         name = settings.listener.name
@@ -161,7 +177,7 @@ class SMTPServer:
         task = asyncio.current_task()
         assert task is not None
         try:
-            await self._run_session(reader, writer, settings, ip, peer, task)
+            await self._run_session(reader, writer, settings, handler, ip, peer, task)
         finally:
             self._open -= 1
             self._per_ip[ip] -= 1
@@ -173,10 +189,12 @@ class SMTPServer:
             writer.close()
 
     async def _run_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           settings: ListenerSettings, ip: str, peer: tuple[str, int],
-                           task: asyncio.Task[None]) -> None:
-        session = Session(reader, writer, settings, self._auth, self._handler,
-                          self._trusted.account_for(ip), (ip, int(peer[1])))
+                           settings: ListenerSettings, handler: SubmissionHandler, ip: str,
+                           peer: tuple[str, int], task: asyncio.Task[None]) -> None:
+        trusted = (self._trusted.account_for(ip) if settings.listener.role == "submission"
+                   else None)
+        session = Session(reader, writer, settings, self._auth, handler, trusted,
+                          (ip, int(peer[1])))
         self._sessions[task] = session
         try:
             await session.run()

@@ -1,5 +1,9 @@
 """One SMTP submission session: the command state machine, AUTH, STARTTLS and DATA framing.
 
+A listener with ``role: feedback`` runs the same machine for inbound reports (DSNs,
+complaints) to the relay's MAIL FROM domains: no AUTH (refused with 503), any sender
+including ``<>``, and its handler decides which recipients exist.
+
 DATA is read in large chunks and framed only on <CRLF>.<CRLF>; a bare CR or LF anywhere
 in the message refuses it whole, so a body can never be split into two messages (SMTP
 smuggling). Replies are buffered while pipelined commands are waiting and flushed
@@ -139,6 +143,9 @@ class Session:
         self._auth = authenticator
         self._handler = handler
         self._peer_ip, self._peer_port = peer
+        # A feedback session receives reports from any MTA: nobody authenticates, and
+        # the handler (smtprelay.feedback.listener) judges the recipients instead.
+        self._feedback = settings.listener.role == "feedback"
         self.id = os.urandom(5).hex()
         self._out: list[bytes] = []
         self._errors = 0
@@ -147,7 +154,8 @@ class Session:
         self._helo: str | None = None
         self._esmtp = False
         # Trusted networks speak for their account without AUTH; AUTH may still switch.
-        self._account: str | None = trusted_account
+        # Feedback sessions speak for no account: "" (the handler ignores it).
+        self._account: str | None = "" if self._feedback else trusted_account
         self._auth_user: str | None = None
         self._reserved = 0  # recipients of this transaction counted against the quota
         self._reset_transaction()
@@ -286,7 +294,7 @@ class Session:
                  "ENHANCEDSTATUSCODES"]
         if self._settings.listener.tls == "starttls" and not self._tls:
             lines.append("STARTTLS")
-        if self._tls:
+        if self._tls and not self._feedback:
             lines.append("AUTH PLAIN LOGIN")
         return lines
 
@@ -347,6 +355,9 @@ class Session:
         return True
 
     async def _cmd_auth(self, arg: str) -> bool:
+        if self._feedback:
+            self._reply(R.AUTH_NOT_OFFERED)
+            return True
         if self._helo is None:
             self._reply(R.NEED_HELO)
             return True

@@ -1,0 +1,101 @@
+"""What the feedback listener accepts: reports to VERP addresses and to the feedback addresses.
+
+The SMTP side is the submission session with ``role: feedback`` (``smtprelay.smtp.session``):
+no AUTH, any envelope sender (DSNs come from ``<>``). This handler decides the rest:
+
+* RCPT: a VERP address (``b-TAG@<mail_from_domain>``) whose tag verifies with the
+  tracking keys (``smtprelay.feedback.verp``), or one of ``feedback.addresses`` (where
+  mailbox providers' feedback loops send complaint reports), compared without regard
+  to case. Everything else, a forged, altered or retired tag included, is refused
+  with ``550 5.1.1``: the listener is the MX of the MAIL FROM domains and must not
+  become a mailbox for anything else.
+* DATA: the report goes into the feedback inbox (``smtprelay.feedback.inbox``) and is
+  durable on disk before the ``250``; parsing and acting on it happen later, in the
+  processor, so a flood of reports costs the listener one group-committed write each.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from smtprelay import metrics
+from smtprelay.config import Config
+from smtprelay.feedback import return_path, verp
+from smtprelay.feedback.inbox import Arrival, FeedbackInbox
+from smtprelay.smtp.replies import Reply
+from smtprelay.spool.store import SpoolError, SpoolFullError
+from smtprelay.submission import Submission
+from smtprelay.tokens import KeyRing
+
+log = logging.getLogger("smtprelay.feedback")
+
+UNKNOWN_RECIPIENT = Reply(550, "5.1.1 Recipient address rejected: not a feedback address "
+                               "of this server")
+STORAGE_FULL = Reply(452, "4.3.1 Insufficient system storage")
+LOCAL_ERROR = Reply(451, "4.3.0 Local error in processing; try again later")
+
+
+class FeedbackReceiver:
+    """The feedback listener's ``SubmissionHandler``."""
+
+    def __init__(self, config: Config, inbox: FeedbackInbox,
+                 keyring: Callable[[], KeyRing | None]) -> None:
+        self._inbox = inbox
+        self._keyring = keyring
+        # Called after each report is durable: the processor looks at once.
+        self.on_stored: Callable[[], None] = lambda: None
+        self.update_config(config)
+
+    def update_config(self, config: Config) -> None:
+        self._domains = return_path.feedback_domains(config)
+        self._addresses = frozenset(a.lower() for a in config.feedback.addresses)
+
+    def check_sender(self, account: str, address: str) -> Reply | None:
+        return None  # reports come from anyone, most from the null sender
+
+    def check_recipient(self, account: str, address: str) -> Reply | None:
+        if address.lower() in self._addresses:
+            return None
+        local, _, domain = address.rpartition("@")
+        reason = "not a feedback address"
+        if domain.lower().rstrip(".") in self._domains:
+            keyring = self._keyring()
+            if keyring is None:
+                reason = "no tracking keys loaded"
+            else:
+                try:
+                    verp.decode(local, keyring)
+                    return None
+                except verp.InvalidVerpTag as exc:
+                    reason = f"VERP tag {exc.reason}"
+        metrics.FEEDBACK_RECIPIENTS_REFUSED.labels(
+            reason="verp" if reason.startswith("VERP") else "unknown").inc()
+        log.info("feedback listener refused rcpt=%s: %s", address, reason)
+        return UNKNOWN_RECIPIENT
+
+    def release(self, account: str, recipients: int) -> None:
+        pass  # nothing was reserved: no quota applies to reports
+
+    async def submit(self, submission: Submission) -> Reply:
+        client = submission.client
+        arrival = Arrival(received_at=submission.received_at, listener=client.listener,
+                          peer_ip=client.ip, helo=client.helo, tls=client.tls_version,
+                          mail_from=submission.envelope.mail_from,
+                          recipients=submission.envelope.recipients, raw=submission.data)
+        try:
+            report_id = await self._inbox.store(arrival)
+        except SpoolFullError as exc:
+            log.error("feedback report from %s refused with 452, disk full: %s", client.ip,
+                      exc)
+            return STORAGE_FULL
+        except SpoolError as exc:
+            log.error("feedback report from %s refused with 451: %s", client.ip, exc)
+            return LOCAL_ERROR
+        metrics.FEEDBACK_RECEIVED.inc()
+        metrics.FEEDBACK_INBOX_DEPTH.inc()
+        log.info("feedback report=%d received client=%s from=<%s> rcpts=%s size=%d",
+                 report_id, client.ip, arrival.mail_from, ",".join(arrival.recipients),
+                 len(arrival.raw))
+        self.on_stored()
+        return Reply(250, f"2.0.0 Ok: report {report_id} queued")

@@ -1,0 +1,99 @@
+"""Recording feedback: suppression entries, then events and set statistics.
+
+The feedback processor records the plans of a batch of reports here; anything else
+that learns of a bounce or complaint after delivery (the mailbox simulator, a test,
+an operator tool) uses ``inject`` to have it recorded the same way: the same SES
+event in the outbox, the same suppression entry, the same counters behind the
+reputation's bounce and complaint rates.
+
+Order: suppression first (an upsert, harmless to repeat), then events and counters in
+one spool transaction. A failure in between leaves the entries and nothing else, so
+trying again repeats only what is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+from smtprelay import setstats
+from smtprelay.config import Config
+from smtprelay.events import outbox
+from smtprelay.events.model import Bounce, BounceType, Complaint, DeliveryDelay
+from smtprelay.feedback.actions import Suppress
+from smtprelay.spool.model import EventRecord
+from smtprelay.spool.store import Spool
+from smtprelay.suppression import Reason, SuppressionStore
+
+log = logging.getLogger("smtprelay.feedback")
+
+
+class FeedbackRecorder:
+    def __init__(self, spool: Spool, suppression: SuppressionStore,
+                 config: Callable[[], Config]) -> None:
+        self._spool = spool
+        self._suppression = suppression
+        self._config = config
+
+    def publishes(self, set_name: str | None) -> bool:
+        """Whether events of ``set_name`` go anywhere (it has an event destination)."""
+        settings = self._config().configuration_sets.get(set_name) if set_name else None
+        return settings is not None and settings.publishes
+
+    async def record(self, suppressions: Sequence[Suppress], events: Sequence[EventRecord],
+                     counts: Sequence[setstats.Bump]) -> None:
+        """Durably record, in this order: the suppression entries (the last one per
+        account and address wins), the events and the counters."""
+        unique = {(s.account, s.address.lower()): s for s in suppressions}
+        if unique:
+            await asyncio.to_thread(self._suppress, unique.values())
+        if events or counts:
+            await self._spool.add_events(tuple(events), tuple(counts))
+
+    def _suppress(self, entries: Iterable[Suppress]) -> None:
+        for entry in entries:
+            self._suppression.add(entry.account, entry.address, entry.reason,
+                                  source_message_id=entry.message_id, created_at=entry.at)
+
+    async def inject(self, message_id: str, recipient_index: int,
+                     detail: Bounce | Complaint | DeliveryDelay, *, suppress: bool = True,
+                     count: bool = True) -> bool:
+        """Record ``detail`` about one recipient of a message this relay sent, as if a
+        report had come back for it: the event (when the message's set publishes and
+        its mail record is kept), a suppression entry for a Permanent bounce or a
+        complaint when ``suppress``, and the set's counter when ``count`` (the
+        simulator passes False for both: SES keeps simulator traffic off the
+        suppression list and out of the reputation). The detail's recipient list is
+        the caller's; the address suppressed is the message's own recipient.
+
+        False when the message or the recipient is unknown (nothing recorded).
+        """
+        found = await asyncio.to_thread(self._spool.sent_messages, [message_id])
+        message = found.get(message_id)
+        if message is None or not 0 <= recipient_index < len(message.recipients):
+            return False
+        address = message.recipients[recipient_index]
+        at = detail.timestamp
+        reason: Reason | None = None
+        kind: setstats.Kind | None
+        if isinstance(detail, Bounce):
+            kind = setstats.outcome_kind("bounce", str(detail.bounce_type))
+            if detail.bounce_type is BounceType.PERMANENT:
+                reason = "BOUNCE"
+        elif isinstance(detail, Complaint):
+            kind = setstats.Kind.COMPLAINT
+            reason = "COMPLAINT"
+        else:
+            kind = setstats.Kind.DELIVERY_DELAY
+        suppressions = ([Suppress(message.account, address, reason, message_id, at)]
+                        if suppress and reason is not None else [])
+        events = ([outbox.make(message_id, message.configuration_set, at, detail)]
+                  if message.mail_record and self.publishes(message.configuration_set)
+                  else [])
+        counts = ([setstats.Bump(message.account, message.configuration_set, at, {kind: 1})]
+                  if count and kind is not None else [])
+        await self.record(suppressions, events, counts)
+        log.info("msg=%s recipient %d: %s injected (suppress=%s count=%s)", message_id,
+                 recipient_index, type(detail).__name__, suppress, count)
+        return True
