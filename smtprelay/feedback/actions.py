@@ -22,10 +22,12 @@ batch of reports in a thread (``examine``), looks up the messages they name, ask
 * anything else is unmatched: kept with the reason, never dropped.
 
 Which message: the VERP tag of the report's envelope recipient, else a tag found in
-the report (ARF's Original-Mail-From, the returned original's Return-Path), else our
-message id in the returned original (our Received field, X-SMTPRelay-Message-ID),
-which is unsigned and so only trusted together with a recipient address the message
-really had.
+the report (ARF's Original-Mail-From, the returned original's Return-Path), else, for
+complaints only, our message id in the returned original (our Received field). That
+id is not signed and anyone who got the message can read it (and the other
+recipients' addresses in its To), so it only counts with a recipient the complaint
+itself names; a bounce without a valid tag is not acted on at all (a recipient could
+otherwise have the others suppressed), it is kept as unmatched.
 
 Events only go to configuration sets that publish, and only while the message's
 mail record (the ``mail`` object of the event) is kept. Event ids and bounce and
@@ -188,6 +190,11 @@ def plan(report: Report, examined: Examined, messages: Mapping[str, SentMessage]
             else:
                 notes.append(f"VERP tag names recipient {tag.recipient_index} of "
                              f"{tag.message_id}, which has {len(message.recipients)}")
+    elif isinstance(feedback, DeliveryReport):
+        named = f" (it names message {', '.join(examined.relay_ids[:_MAX_LISTED])})" \
+            if examined.relay_ids else ""
+        return _unmatched(report, kind, "a bounce without a valid VERP tag: not acted on"
+                          + named, notes)
     elif examined.relay_ids:
         for message_id in examined.relay_ids:
             message = messages.get(message_id)
