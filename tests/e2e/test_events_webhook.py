@@ -378,6 +378,14 @@ def test_a_hanging_receiver_times_out_and_holds_up_no_other_destination(
         verify(request)
 
 
+def outbox_size(daemon: DaemonProcess) -> int:
+    conn = sqlite3.connect(daemon.config.spool_path)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def test_events_failing_past_retry_for_are_set_aside_and_the_cursor_moves_on(
         tmp_path: Path, receivers: Callable[[], Receiver]) -> None:
     receiver = receivers().up()
@@ -400,6 +408,8 @@ def test_events_failing_past_retry_for_are_set_aside_and_the_cursor_moves_on(
         receiver.default = 200
         second = submit(daemon, sender, "taken")
         wait(lambda: len(receiver.delivered()) == 2, 20, "the newer events delivered")
+        # Events every destination has passed are deleted on the publisher's next pass.
+        wait(lambda: outbox_size(daemon) == 0, 20, "the outbox emptied")
     finally:
         assert daemon.stop() == 0
     assert {json.loads(r.body)["mail"]["messageId"] for r in receiver.delivered()} == {second}
