@@ -264,7 +264,7 @@ def encode(payload: Payload, keyring: KeyRing) -> str:
         raise ValueError(f"not a relay message id: {payload.message_id!r}")
     flags = 0
     body = bytearray()
-    _varint(body, payload.issued_at)
+    write_varint(body, payload.issued_at)
     body += bytes.fromhex(payload.message_id.replace("-", ""))
     if payload.recipient is None:
         flags |= _F_WHOLE_MESSAGE
@@ -272,13 +272,13 @@ def encode(payload: Payload, keyring: KeyRing) -> str:
         flags |= _F_ADDRESS
         _text(body, payload.recipient)
     else:
-        _varint(body, payload.recipient)
+        write_varint(body, payload.recipient)
     if isinstance(payload, ClickToken):
         if not _is_web_url(payload.url):
             raise ValueError("a click token's URL must be http or https")
-        _varint(body, payload.link_index)
+        write_varint(body, payload.link_index)
         tail = bytearray()
-        _varint(tail, len(payload.tags))
+        write_varint(tail, len(payload.tags))
         for name, value in payload.tags:
             _text(tail, name)
             _text(tail, value)
@@ -292,7 +292,7 @@ def encode(payload: Payload, keyring: KeyRing) -> str:
             tail = bytearray(packed)
         body += tail
     head = bytearray([_VERSION << 5 | kind << 3 | flags])
-    _varint(head, key.id)
+    write_varint(head, key.id)
     signed = bytes(head + body)
     token = _b64(signed + _mac(key.secret, signed))
     if len(token) > MAX_TOKEN_CHARS:
@@ -319,7 +319,7 @@ def decode(token: str, keyring: KeyRing, now: float | None = None) -> Payload:
             or header & (_F_WHOLE_MESSAGE | _F_ADDRESS) == _F_WHOLE_MESSAGE | _F_ADDRESS):
         raise InvalidToken("malformed")
     try:
-        key_id, offset = _read_varint(signed, 1)
+        key_id, offset = read_varint(signed, 1)
     except ValueError:
         raise InvalidToken("malformed") from None
     key = keyring.verification_key(key_id, now)
@@ -333,7 +333,7 @@ def decode(token: str, keyring: KeyRing, now: float | None = None) -> Payload:
 
 
 def _parse(data: bytes, offset: int, kind: Kind, flags: int) -> Payload:
-    issued, offset = _read_varint(data, offset)
+    issued, offset = read_varint(data, offset)
     if offset + 14 > len(data):
         raise ValueError("short message id")
     hexid = data[offset:offset + 14].hex()
@@ -345,20 +345,20 @@ def _parse(data: bytes, offset: int, kind: Kind, flags: int) -> Payload:
     elif flags & _F_ADDRESS:
         recipient, offset = _read_text(data, offset)
     else:
-        recipient, offset = _read_varint(data, offset)
+        recipient, offset = read_varint(data, offset)
     if kind is not Kind.CLICK:
         if flags & _F_COMPRESSED or offset != len(data):
             raise ValueError("trailing bytes")
         cls = OpenToken if kind is Kind.OPEN else UnsubscribeToken
         return cls(message_id, recipient, issued)
-    link_index, offset = _read_varint(data, offset)
+    link_index, offset = read_varint(data, offset)
     tail = data[offset:]
     if flags & _F_COMPRESSED:
         unpacker = zlib.decompressobj(-15)
         tail = unpacker.decompress(tail, MAX_TAIL)
         if unpacker.unconsumed_tail or not unpacker.eof:
             raise ValueError("compressed tail too long or truncated")
-    count, position = _read_varint(tail, 0)
+    count, position = read_varint(tail, 0)
     tags = []
     for _ in range(count):
         name, position = _read_text(tail, position)
@@ -382,7 +382,8 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _varint(out: bytearray, value: int) -> None:
+def write_varint(out: bytearray, value: int) -> None:
+    """Append `value` as an unsigned LEB128 varint (also the VERP tags' number format)."""
     if value < 0:
         raise ValueError(f"negative number in a token: {value}")
     while value >= 0x80:
@@ -391,10 +392,11 @@ def _varint(out: bytearray, value: int) -> None:
     out.append(value)
 
 
-def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
+def read_varint(data: bytes, offset: int, max_bits: int = 64) -> tuple[int, int]:
+    """The number at `offset` and the offset after it; ValueError if malformed."""
     value = shift = 0
     while True:
-        if offset >= len(data) or shift > 63:
+        if offset >= len(data) or shift >= max_bits:
             raise ValueError("bad varint")
         byte = data[offset]
         offset += 1
@@ -409,12 +411,12 @@ def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
 
 def _text(out: bytearray, value: str) -> None:
     raw = value.encode("utf-8")
-    _varint(out, len(raw))
+    write_varint(out, len(raw))
     out += raw
 
 
 def _read_text(data: bytes, offset: int) -> tuple[str, int]:
-    length, offset = _read_varint(data, offset)
+    length, offset = read_varint(data, offset)
     if offset + length > len(data):
         raise ValueError("short string")
     return data[offset:offset + length].decode("utf-8"), offset + length

@@ -43,7 +43,7 @@ import re
 import time
 from typing import Literal, NamedTuple
 
-from smtprelay.tokens import InvalidToken, KeyRing
+from smtprelay.tokens import InvalidToken, KeyRing, read_varint, write_varint
 
 PREFIX = "b-"
 MAC_SIZE = 10
@@ -86,9 +86,9 @@ def encode(message_id: str, recipient_index: int | None, keyring: KeyRing) -> st
         raise ValueError(f"recipient index out of range: {recipient_index}")
     key = keyring.active()
     body = bytearray()
-    _varint(body, key.id)
+    write_varint(body, key.id)
     body += bytes.fromhex(message_id.replace("-", ""))
-    _varint(body, 0 if recipient_index is None else recipient_index + 1)
+    write_varint(body, 0 if recipient_index is None else recipient_index + 1)
     signed = bytes(body)
     local = PREFIX + _base32(signed + _mac(key.secret, signed))
     if len(local) > MAX_LOCAL_PART:
@@ -128,7 +128,7 @@ def decode(local_part: str, keyring: KeyRing, now: float | None = None) -> VerpT
         raise InvalidVerpTag("malformed")
     signed, tag = raw[:-MAC_SIZE], raw[-MAC_SIZE:]
     try:
-        key_id, offset = _read_varint(signed, 0)
+        key_id, offset = read_varint(signed, 0, max_bits=36)
     except ValueError:
         raise InvalidVerpTag("malformed") from None
     try:
@@ -143,7 +143,7 @@ def decode(local_part: str, keyring: KeyRing, now: float | None = None) -> VerpT
         if offset + _MESSAGE_BYTES > len(signed):
             raise ValueError("short message id")
         hexid = signed[offset:offset + _MESSAGE_BYTES].hex()
-        index_plus_one, offset = _read_varint(signed, offset + _MESSAGE_BYTES)
+        index_plus_one, offset = read_varint(signed, offset + _MESSAGE_BYTES, max_bits=36)
         if offset != len(signed):
             raise ValueError("trailing bytes")
     except ValueError:
@@ -179,25 +179,3 @@ def _mac(secret: bytes, data: bytes) -> bytes:
 
 def _base32(data: bytes) -> str:
     return base64.b32encode(data).rstrip(b"=").decode("ascii").lower()
-
-
-def _varint(out: bytearray, value: int) -> None:
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-
-
-def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if offset >= len(data) or shift > 35:
-            raise ValueError("bad varint")
-        byte = data[offset]
-        offset += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            if byte == 0 and shift:
-                raise ValueError("overlong varint")  # one spelling per number
-            return value, offset
-        shift += 7
