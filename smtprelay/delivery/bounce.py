@@ -66,7 +66,7 @@ _STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 # pieces of IPv4 addresses ("[5.1.2.3]") from passing for a status.
 _REPLY_STATUS = re.compile(r"\b[245]\d\d[ -]([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
 _ANY_STATUS = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
-_REPLY_CODE = re.compile(r"(?:^|;)\s*([245]\d\d)(?=[ -]|$)")
+_REPLY_CODE = re.compile(r"(?:^|;)\s*([245]\d\d)(?=[ -]|:|$)")  # "554: delivery error" (Yahoo)
 
 
 @dataclass(frozen=True, slots=True)

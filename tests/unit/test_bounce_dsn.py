@@ -130,6 +130,9 @@ def _code(reply: str) -> int:
     ("550 5.2.1 The email account that you tried to reach is disabled",
      ("Permanent", "General")),
     ("451 4.3.0 Temporary local problem", ("Transient", "General")),
+    # Yahoo's and qmail's "554: delivery error: dd ..." (a colon after the code).
+    ("554: delivery error: dd This user doesn't have a yahoo.com account "
+     "(x@yahoo.com) [0] - mta1234.mail.gq1.yahoo.com", ("Permanent", "NoEmail")),
     # A user-unknown wording in a temporary reply stays temporary.
     ("450 4.1.1 <x@example.com>: Recipient address rejected: User unknown",
      ("Transient", "General")),
@@ -142,6 +145,9 @@ def test_provider_replies(reply: str, expected: tuple[str, str]) -> None:
     # The guide's own example: status 5.0.0, "smtp; 550 user unknown" -> Permanent.
     (None, "5.0.0", "smtp; 550 user unknown", ("Permanent", "NoEmail")),
     (None, "5.0.0", "smtp; 550 go away", ("Permanent", "General")),
+    # No status and "554:" (Yahoo, qmail): the code is still read from the text.
+    (None, "", "smtp; 554: delivery error: dd Sorry your message to x@yahoo.com cannot "
+     "be delivered. This mailbox is disabled (554.30)", ("Permanent", "General")),
     (None, "5.1.2", "X-Postfix; Host or domain name not found. Name service error "
      "for name=nowhere.invalid type=MX: Host not found", ("Permanent", "NoEmail")),
     (None, "5.4.4", "X-Postfix; Host or domain name not found", ("Permanent", "NoEmail")),
