@@ -177,13 +177,15 @@ def metric(port: int, name: str, **labels: str) -> float:
 
 
 def count_clicks(path: Path, deadline: float) -> int:
-    """Click events in the NDJSON file, once the publisher has caught up."""
+    """Click events in the NDJSON file and its rotated parts, once the publisher has
+    caught up."""
     last, stable_since = -1, time.monotonic()
     while time.monotonic() < deadline:
         count = 0
-        if path.exists():
-            with path.open("rb") as handle:
-                count = sum(1 for line in handle if b'"eventType":"Click"' in line)
+        # The file rotates at max_size (100 MB, ~75,000 Click events): count them all.
+        for part in sorted(path.parent.glob(path.name + "*")):
+            with part.open("rb") as handle:
+                count += sum(1 for line in handle if b'"eventType":"Click"' in line)
         if count != last:
             last, stable_since = count, time.monotonic()
         elif time.monotonic() - stable_since > 3:
