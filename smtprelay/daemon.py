@@ -240,7 +240,8 @@ class Relay:
                                sink=self.engagements, admin=AdminServices(
                                    config=lambda: self.config, spool=self.spool,
                                    suppression=self.suppression, pauses=self.pauses,
-                                   wake_scheduler=self._wake_scheduler))
+                                   wake_scheduler=self._wake_scheduler,
+                                   reputation=self.reputation.state_of))
         await self.http.start()
         await self.smtp.start()
         self._depth_task = asyncio.create_task(self._refresh_depth())

@@ -45,6 +45,7 @@ from smtprelay.config import Config
 from smtprelay.http import admin_auth, openapi
 from smtprelay.http.tracking import client_ip, parse_ip
 from smtprelay.pauses import AlreadyPaused, Pause, PausedSets
+from smtprelay.reputation import Judgement
 from smtprelay.spool.model import QueuedMessage, RecipientState
 from smtprelay.spool.store import MessageFilter, Spool
 from smtprelay.suppression import (
@@ -106,6 +107,8 @@ class AdminServices:
     suppression: SQLiteSuppressionStore
     pauses: PausedSets
     wake_scheduler: Callable[[], None] = lambda: None
+    # The reputation guard's last judgement of ("set" | "account", name), or None.
+    reputation: Callable[[str, str], Judgement | None] = lambda scope, name: None
 
 
 # -- query and body parsing ---------------------------------------------------------------
@@ -186,7 +189,8 @@ def window_json(window: setstats.Window) -> dict[str, Any]:
     return {"seconds": window.seconds, "since": window.since, "until": window.until}
 
 
-def set_json(name: str, config: Config, pause: Pause | None) -> dict[str, Any]:
+def set_json(name: str, config: Config, pause: Pause | None,
+             reputation: Judgement | None = None) -> dict[str, Any]:
     settings = config.configuration_sets.get(name)
     enabled = settings.sending_enabled if settings is not None else None
     return {
@@ -194,6 +198,19 @@ def set_json(name: str, config: Config, pause: Pause | None) -> dict[str, Any]:
         "paused": pause.as_json() if pause is not None else None,
         "accepting": bool(enabled) and pause is None,
         "publishes_events": settings.publishes if settings is not None else False,
+        "reputation": reputation.as_json() if reputation is not None else None,
+    }
+
+
+def account_json(name: str, pause: Pause | None,
+                 reputation: Judgement | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "paused": None if pause is None else {
+            "reason": pause.reason, "detail": pause.detail, "since": pause.since,
+            "by": pause.by},
+        "accepting": pause is None,
+        "reputation": reputation.as_json() if reputation is not None else None,
     }
 
 
@@ -278,6 +295,11 @@ class AdminAPI:
         r.add_post(f"{sets}/{{name}}/resume", self.set_resume)
         r.add_get(f"{sets}/{{name}}/stats", self.set_stats)
         r.add_get(f"{PREFIX}/stats", self.stats)
+        accounts = f"{PREFIX}/accounts"
+        r.add_get(accounts, self.accounts_list)
+        r.add_get(f"{accounts}/{{account}}", self.account_get)
+        r.add_post(f"{accounts}/{{account}}/pause", self.account_pause)
+        r.add_post(f"{accounts}/{{account}}/resume", self.account_resume)
 
     async def openapi_json(self, _request: web.Request) -> web.Response:
         return web.json_response(self.document)
@@ -413,16 +435,18 @@ class AdminAPI:
                        f"(configuration_sets.{name})")
         return name
 
+    def _set_json(self, name: str, pause: Pause | None) -> dict[str, Any]:
+        return set_json(name, self._services.config(), pause,
+                        self._services.reputation("set", name))
+
     async def sets_list(self, _request: web.Request) -> web.Response:
-        config = self._services.config()
         pauses = self._services.pauses
-        return web.json_response({"items": [set_json(name, config, pauses.get(name))
+        return web.json_response({"items": [self._set_json(name, pauses.get(name))
                                             for name in self._set_names()]})
 
     async def set_get(self, request: web.Request) -> web.Response:
         name = self._known_set(request)
-        return web.json_response(set_json(name, self._services.config(),
-                                          self._services.pauses.get(name)))
+        return web.json_response(self._set_json(name, self._services.pauses.get(name)))
 
     async def set_pause(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -439,7 +463,7 @@ class AdminAPI:
                                             by=f"api {self._client(request)}")
         except AlreadyPaused as exc:
             _fail(409, f"{exc}; resume it first to pause it again")
-        return web.json_response(set_json(name, config, pause))
+        return web.json_response(self._set_json(name, pause))
 
     async def set_resume(self, request: web.Request) -> web.Response:
         name = self._known_set(request)
@@ -451,7 +475,50 @@ class AdminAPI:
                     "(change the file and reload)"
                     if settings is not None and not settings.sending_enabled else "")
             _fail(409, f"configuration set {name!r} is not paused{hint}")
-        return web.json_response(set_json(name, config, None))
+        return web.json_response(self._set_json(name, None))
+
+    # -- accounts ------------------------------------------------------------------------
+
+    def _account_json(self, name: str, pause: Pause | None) -> dict[str, Any]:
+        return account_json(name, pause, self._services.reputation("account", name))
+
+    async def accounts_list(self, _request: web.Request) -> web.Response:
+        paused = self._services.pauses.accounts
+        names = sorted(set(self._services.config().accounts) | set(paused))
+        return web.json_response({"items": [self._account_json(name, paused.get(name))
+                                            for name in names]})
+
+    def _known_account(self, request: web.Request) -> str:
+        name = request.match_info["account"]
+        if (name not in self._services.config().accounts
+                and name not in self._services.pauses.accounts):
+            _fail(404, f"no account {name!r} in the configuration (accounts.{name})")
+        return name
+
+    async def account_get(self, request: web.Request) -> web.Response:
+        name = self._known_account(request)
+        return web.json_response(self._account_json(
+            name, self._services.pauses.accounts.get(name)))
+
+    async def account_pause(self, request: web.Request) -> web.Response:
+        name = self._account(request)
+        body = await read_body(request, {"reason": str})
+        detail = body.get("reason", "")
+        if len(detail) > openapi.MAX_PAUSE_REASON:
+            _fail(422, f"reason is longer than {openapi.MAX_PAUSE_REASON} characters")
+        try:
+            pause = await asyncio.to_thread(self._services.pauses.pause_account, name,
+                                            detail=detail, by=f"api {self._client(request)}")
+        except AlreadyPaused as exc:
+            _fail(409, f"{exc}; resume it first to pause it again")
+        return web.json_response(self._account_json(name, pause))
+
+    async def account_resume(self, request: web.Request) -> web.Response:
+        name = self._known_account(request)
+        lifted = await asyncio.to_thread(self._services.pauses.resume_account, name)
+        if lifted is None:
+            _fail(409, f"account {name!r} is not paused")
+        return web.json_response(self._account_json(name, None))
 
     # -- statistics -------------------------------------------------------------------------
 

@@ -33,6 +33,9 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+_STATE = {"type": "string", "enum": ["ok", "warning", "paused"]}
+
+
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"oneOf": [schema, {"type": "null"}]}
 
@@ -216,10 +219,58 @@ _SCHEMAS: dict[str, Any] = {
             "accepting": {"type": "boolean",
                           "description": "sending_enabled and not paused: new mail is taken"},
             "publishes_events": {"type": "boolean"},
+            "reputation": _nullable(_ref("Reputation")),
         },
         "required": ["name", "configured", "sending_enabled", "paused", "accepting",
-                     "publishes_events"],
+                     "publishes_events", "reputation"],
         "additionalProperties": False,
+    },
+    "Reputation": {
+        "type": "object",
+        "description": "The reputation guard's last check (null before its first one).",
+        "properties": {
+            "state": _STATE, "bounce": _STATE, "complaint": _STATE,
+            "bounce_rate": _nullable({"type": "number"}),
+            "complaint_rate": _nullable({"type": "number"}),
+            "volume": {"type": "integer", "minimum": 0,
+                       "description": "Deliveries + permanent bounces counted."},
+            "representative": {"type": "boolean",
+                               "description": "volume >= reputation.minimum_volume"},
+            "since": {"type": "number", "description": "Start of the counting."},
+        },
+        "required": ["state", "bounce", "complaint", "bounce_rate", "complaint_rate",
+                     "volume", "representative", "since"],
+        "additionalProperties": False,
+    },
+    "AccountPause": {
+        "type": "object",
+        "properties": {
+            "reason": {"type": "string",
+                       "description": "manual (API, CLI) or reputation (the guard)"},
+            "detail": {"type": "string"},
+            "since": {"type": "number"},
+            "by": {"type": "string"},
+        },
+        "required": ["reason", "detail", "since", "by"],
+        "additionalProperties": False,
+    },
+    "Account": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "paused": _nullable(_ref("AccountPause")),
+            "accepting": {"type": "boolean",
+                          "description": "not paused: new mail is taken (each set's own "
+                                         "state still applies)"},
+            "reputation": _nullable(_ref("Reputation")),
+        },
+        "required": ["name", "paused", "accepting", "reputation"],
+        "additionalProperties": False,
+    },
+    "AccountList": {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": _ref("Account")}},
+        "required": ["items"], "additionalProperties": False,
     },
     "ConfigurationSetList": {
         "type": "object",
@@ -403,6 +454,28 @@ _PATHS: dict[str, Any] = {
         "summary": "A set's counts and rates over a window.",
         "parameters": [_SET_NAME, _WINDOW],
         "responses": {**_ok("The statistics.", "SetStats"), **_errors(400, 404)}}},
+    "/accounts": {"get": {
+        "operationId": "listAccounts",
+        "summary": "The configured accounts (and accounts still paused that the "
+                   "configuration no longer has), with their pause and reputation.",
+        "responses": {**_ok("The accounts.", "AccountList"), **_errors()}}},
+    "/accounts/{account}": {"get": {
+        "operationId": "getAccount", "summary": "One account, its pause and reputation.",
+        "parameters": [_ACCOUNT],
+        "responses": {**_ok("The account.", "Account"), **_errors(404)}}},
+    "/accounts/{account}/pause": {"post": {
+        "operationId": "pauseAccount",
+        "summary": "Refuse all of the account's new mail with 554 5.7.1 until resumed; "
+                   "queued mail still goes.",
+        "parameters": [_ACCOUNT],
+        "requestBody": _body("PauseRequest", required=False),
+        "responses": {**_ok("Paused.", "Account"),
+                      **_errors(400, 404, 409, 413, 415, 422)}}},
+    "/accounts/{account}/resume": {"post": {
+        "operationId": "resumeAccount",
+        "summary": "Lift an account's pause (manual or reputation).",
+        "parameters": [_ACCOUNT],
+        "responses": {**_ok("Resumed.", "Account"), **_errors(404, 409)}}},
     "/stats": {"get": {
         "operationId": "getStats",
         "summary": "Counts and rates per set (null: no set) and per account.",

@@ -342,6 +342,41 @@ def test_a_set_paused_through_the_api_gets_554_and_other_sets_still_send(
     assert too_long.status == 422
 
 
+def test_an_account_paused_through_the_api_gets_554_for_every_set_until_resumed(
+        relay: RunningRelay) -> None:
+    admin = Admin(relay.http_port)
+    cred = relay.credential()
+    listed = {a["name"]: a for a in admin.get("/api/v1/accounts").json["items"]}
+    assert set(listed) == {"acme", "other"}
+    assert listed["acme"]["accepting"] is True and listed["acme"]["paused"] is None
+    # The guard has judged it (nothing sent yet: ok) or not yet run (null).
+    assert listed["acme"]["reputation"] is None or listed["acme"]["reputation"]["state"] == "ok"
+
+    paused = admin.post("/api/v1/accounts/acme/pause", body={"reason": "compromised key"})
+    assert paused.status == 200, paused.json
+    assert paused.json["accepting"] is False
+    assert paused.json["paused"]["detail"] == "compromised key"
+    assert paused.json["paused"]["by"] == "api 127.0.0.1"
+    for configuration_set in ("marketing", "transactional", None):
+        code, reply = send(relay, cred, ["a@x.test"], configuration_set=configuration_set)
+        assert (code, reply) == (554, "5.7.1 Sending paused for this account")
+    assert admin.post("/api/v1/accounts/acme/pause").status == 409
+    assert admin.get("/api/v1/accounts/acme").json["paused"]["reason"] == "manual"
+    # The sets themselves are not paused: resuming the account is what lets mail in.
+    sets = {s["name"]: s for s in admin.get("/api/v1/configuration-sets").json["items"]}
+    assert sets["marketing"]["accepting"] is True
+
+    resumed = admin.post("/api/v1/accounts/acme/resume")
+    assert resumed.status == 200 and resumed.json["accepting"] is True
+    assert send(relay, cred, ["a@x.test"], configuration_set="marketing")[0] == 250
+    assert admin.post("/api/v1/accounts/acme/resume").status == 409
+    for method, path in (("GET", "/api/v1/accounts/nope"),
+                         ("POST", "/api/v1/accounts/nope/pause"),
+                         ("POST", "/api/v1/accounts/nope/resume")):
+        answer = admin.call(method, path)
+        assert answer.status == 404 and "nope" in answer.json["error"]["message"], path
+
+
 def test_a_pause_made_with_the_cli_is_noticed_by_the_running_daemon(
         relay: RunningRelay) -> None:
     cred = relay.credential()

@@ -144,7 +144,7 @@ def test_admin_api_conforms_to_its_openapi_document(relay: RunningRelay,
         for name, statuses in by_pass.items():
             print(f"  {name}: {statuses.total()} requests, statuses "
                   f"{dict(sorted(statuses.items()))}")
-    assert len(ran) == 16 and total >= 800
+    assert len(ran) == 20 and total >= 800
     assert not any(status >= 500 for statuses in by_pass.values() for status in statuses)
     # Valid requests reached the routes' work, not only 401s and 404s.
     assert by_pass["positive"][200] >= 50
@@ -158,4 +158,4 @@ def test_document_is_valid_openapi_3_1(tmp_path: Path) -> None:
 
     schema = schemathesis.openapi.from_dict(openapi.document())
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 16
+    assert len(operations) == 20
