@@ -476,36 +476,51 @@ def cmd_sets_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return EXIT_OK
-    print(f"{'SET':<24} {'STATE':<20} {'SINCE':<21} {'BY':<20} DETAIL")
-    for row in rows:
+    def state(row: dict[str, Any]) -> str:
         pause = row["paused"]
         if pause is not None:
-            state = f"paused ({pause['reason']})"
+            text = f"paused ({pause['reason']})"
         elif row["sending_enabled"] is False:
-            state = "disabled in config"
+            text = "disabled in config"
         else:
-            state = "accepting"
-        if not row["configured"]:
-            state += " *"
-        print(f"{row['name']:<24} {state:<20} "
-              f"{_when(pause['since']) if pause else '-':<21} "
-              f"{pause['by'] if pause else '-':<20} {pause['detail'] if pause else ''}")
+            text = "accepting"
+        return text if row["configured"] else text + " *"
+
+    _print_pauses("SET", rows, state)
     if any(not row["configured"] for row in rows):
         print("* no longer in the configuration; `smtprelay sets resume NAME` forgets it")
     return EXIT_OK
 
 
+def _print_pauses(title: str, rows: list[dict[str, Any]],
+                  state: Callable[[dict[str, Any]], str]) -> None:
+    """The `sets list` / `accounts list` table: one row per set or account."""
+    print(f"{title:<24} {'STATE':<20} {'SINCE':<21} {'BY':<20} DETAIL")
+    for row in rows:
+        pause = row["paused"]
+        print(f"{row['name']:<24} {state(row):<20} "
+              f"{_when(pause['since']) if pause else '-':<21} "
+              f"{pause['by'] if pause else '-':<20} {pause['detail'] if pause else ''}")
+
+
+def _pause_detail(args: argparse.Namespace) -> str:
+    from smtprelay.pauses import MAX_DETAIL
+
+    detail: str = args.reason or ""
+    if len(detail) > MAX_DETAIL:
+        raise CommandError(f"--reason is longer than {MAX_DETAIL} characters")
+    return detail
+
+
 def cmd_sets_pause(args: argparse.Namespace) -> int:
-    from smtprelay.pauses import MAX_DETAIL, AlreadyPaused
+    from smtprelay.pauses import AlreadyPaused
 
     config = _state_config(args)
     if args.name not in config.configuration_sets:
         known = ", ".join(sorted(config.configuration_sets)) or "none"
         raise CommandError(f"configuration_sets.{args.name}: no such configuration set in "
                            f"the configuration (sets: {known})")
-    detail = args.reason or ""
-    if len(detail) > MAX_DETAIL:
-        raise CommandError(f"--reason is longer than {MAX_DETAIL} characters")
+    detail = _pause_detail(args)
     store = _pause_store(config)
     try:
         store.pause(args.name, detail=detail, by="cli")
@@ -551,27 +566,20 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return EXIT_OK
-    print(f"{'ACCOUNT':<24} {'STATE':<20} {'SINCE':<21} {'BY':<20} DETAIL")
-    for row in rows:
-        pause = row["paused"]
-        state = f"paused ({pause['reason']})" if pause else "accepting"
-        print(f"{row['name']:<24} {state:<20} "
-              f"{_when(pause['since']) if pause else '-':<21} "
-              f"{pause['by'] if pause else '-':<20} {pause['detail'] if pause else ''}")
+    _print_pauses("ACCOUNT", rows, lambda row: f"paused ({row['paused']['reason']})"
+                  if row["paused"] else "accepting")
     return EXIT_OK
 
 
 def cmd_accounts_pause(args: argparse.Namespace) -> int:
-    from smtprelay.pauses import MAX_DETAIL, AlreadyPaused
+    from smtprelay.pauses import AlreadyPaused
 
     config = _state_config(args)
     if args.name not in config.accounts:
         known = ", ".join(sorted(config.accounts)) or "none"
         raise CommandError(f"accounts.{args.name}: no such account in the configuration "
                            f"(accounts: {known})")
-    detail = args.reason or ""
-    if len(detail) > MAX_DETAIL:
-        raise CommandError(f"--reason is longer than {MAX_DETAIL} characters")
+    detail = _pause_detail(args)
     store = _pause_store(config)
     try:
         store.pause(args.name, detail=detail, by="cli", scope="account")

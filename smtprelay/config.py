@@ -385,6 +385,10 @@ class FeedbackConfig(_Model):
         return [_plain_address(value) for value in values]
 
 
+def is_simulator_address(address: str, domain: str) -> bool:
+    return address.rpartition("@")[2].lower().rstrip(".") == domain
+
+
 class SimulatorConfig(_Model):
     # Recipients here never leave the machine (mailbox simulator,
     # smtprelay.delivery.simulator); the sandbox accepts them as it accepts verified
@@ -394,6 +398,10 @@ class SimulatorConfig(_Model):
     # in the set statistics (so the reputation guard sees it): for rehearsing the
     # guard's warnings and pauses on a test relay without bouncing real mail.
     counts_for_reputation: bool = False
+
+    def covers(self, address: str) -> bool:
+        """The address is one of the simulator's (any local part, any +label)."""
+        return is_simulator_address(address, self.domain)
 
     @field_validator("domain")
     @classmethod

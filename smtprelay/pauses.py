@@ -116,22 +116,15 @@ class SQLitePauseStore(sqlitedb.Store):
             raise ValueError(f"reason must be one of {', '.join(REASONS)}, not {reason!r}")
         pause = Pause(configuration_set, reason, detail[:MAX_DETAIL],
                       time.time() if now is None else now, by)
-        with self._lock:
-            conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
-            table, key = _TABLES[scope]
-            try:
-                existing = self._get(configuration_set, scope)
-                if existing is None:
-                    conn.execute(
-                        f"INSERT INTO {table} ({key}, reason, detail, since,"  # noqa: S608
-                        " paused_by) VALUES (?,?,?,?,?)",
-                        (pause.configuration_set, pause.reason, pause.detail, pause.since,
-                         pause.by))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        table, key = _TABLES[scope]
+        with self.transaction() as conn:
+            existing = self._get(configuration_set, scope)
+            if existing is None:
+                conn.execute(
+                    f"INSERT INTO {table} ({key}, reason, detail, since,"  # noqa: S608
+                    " paused_by) VALUES (?,?,?,?,?)",
+                    (pause.configuration_set, pause.reason, pause.detail, pause.since,
+                     pause.by))
         if existing is not None:
             raise AlreadyPaused(existing)
         return pause
@@ -140,24 +133,17 @@ class SQLitePauseStore(sqlitedb.Store):
                now: float | None = None) -> Pause | None:
         """Lift a set's (or account's) pause; the pause lifted, or None if it was not
         paused. A lifted pause's time is remembered for the reputation guard."""
-        with self._lock:
-            conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
-            table, key = _TABLES[scope]
-            try:
-                existing = self._get(configuration_set, scope)
-                conn.execute(f"DELETE FROM {table} WHERE {key} = ?",  # noqa: S608
-                             (configuration_set,))
-                if existing is not None:
-                    conn.execute(
-                        "INSERT INTO pause_resumes (scope, name, resumed_at) VALUES (?,?,?)"
-                        " ON CONFLICT (scope, name) DO UPDATE SET resumed_at = excluded."
-                        "resumed_at", (scope, configuration_set,
-                                       time.time() if now is None else now))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        table, key = _TABLES[scope]
+        with self.transaction() as conn:
+            existing = self._get(configuration_set, scope)
+            conn.execute(f"DELETE FROM {table} WHERE {key} = ?",  # noqa: S608
+                         (configuration_set,))
+            if existing is not None:
+                conn.execute(
+                    "INSERT INTO pause_resumes (scope, name, resumed_at) VALUES (?,?,?)"
+                    " ON CONFLICT (scope, name) DO UPDATE SET resumed_at = excluded."
+                    "resumed_at", (scope, configuration_set,
+                                   time.time() if now is None else now))
         return existing
 
     def get(self, configuration_set: str, scope: Scope = "set") -> Pause | None:

@@ -15,7 +15,6 @@ from typing import Any
 
 from smtprelay import configsets, dkim, hygiene, identities, metrics, setstats, transforms
 from smtprelay.config import Config, ConfigurationSetConfig
-from smtprelay.delivery import simulator
 from smtprelay.events import records
 from smtprelay.headers import HeaderField, MalformedHeader, addresses, parse_header_section
 from smtprelay.quota import Quotas
@@ -100,8 +99,8 @@ class Pipeline:
                 metrics.MESSAGES_REJECTED.labels(reason="sandbox").inc()
                 return R.not_verified([address])
         # The mailbox simulator's recipients count against the rate, not the 24 h.
-        refusal = self._quotas.reserve(
-            account, daily=not simulator.is_simulator(address, self._config.simulator.domain))
+        refusal = self._quotas.reserve(account,
+                                       daily=not self._config.simulator.covers(address))
         if refusal is not None:
             reason = "rate" if refusal is R.RATE_EXCEEDED else "daily_quota"
             metrics.MESSAGES_REJECTED.labels(reason=reason).inc()
@@ -112,16 +111,19 @@ class Pipeline:
 
     async def submit(self, submission: Submission) -> Reply:
         """Check, transform and spool; the recipients' quota is committed or released here."""
-        count = len(submission.envelope.recipients)
-        reply = await self._submit(submission)
+        recipients = submission.envelope.recipients
+        count = len(recipients)
+        simulated = [i for i, rcpt in enumerate(recipients)
+                     if self._config.simulator.covers(rcpt)]
+        reply = await self._submit(submission, simulated)
         if reply.is_success:
-            simulated = len(self._simulator_recipients(submission.envelope.recipients))
-            self._quotas.commit(submission.client.account, count, daily=count - simulated)
+            self._quotas.commit(submission.client.account, count, daily=count - len(simulated))
         else:
             self._quotas.release(submission.client.account, count)
         return reply
 
-    async def _submit(self, submission: Submission) -> Reply:
+    async def _submit(self, submission: Submission, simulated: list[int]) -> Reply:
+        """`simulated`: the indexes of the mailbox simulator's recipients."""
         client = submission.client
         account = self._config.accounts.get(client.account)
         if account is None:
@@ -184,12 +186,10 @@ class Pipeline:
         }
         if client.tls_version:
             attrs["tls"] = client.tls_version
-        if not self._config.simulator.counts_for_reputation:
+        if simulated and not self._config.simulator.counts_for_reputation:
             # Mailbox simulator recipients stay out of the set statistics (so of the
             # reputation guard), as SES leaves them out of its rates.
-            uncounted = self._simulator_recipients(recipients)
-            if uncounted:
-                attrs["uncounted"] = uncounted
+            attrs["uncounted"] = simulated
         if choice.tag_errors:
             attrs["tag_errors"] = list(choice.tag_errors)
             log.info("msg=%s ignored bad message tags: %s", message_id,
@@ -236,10 +236,6 @@ class Pipeline:
                  client.ip, submission.envelope.mail_from, len(recipients), len(data),
                  choice.name or "-", len(suppressed))
         return R.accepted(message_id)
-
-    def _simulator_recipients(self, recipients: tuple[str, ...]) -> list[int]:
-        domain = self._config.simulator.domain
-        return [i for i, rcpt in enumerate(recipients) if simulator.is_simulator(rcpt, domain)]
 
     async def _transform(self, message_id: str, data: bytes, recipient_count: int,
                          received_at: float, settings: ConfigurationSetConfig | None

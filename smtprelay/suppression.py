@@ -178,20 +178,13 @@ class SQLiteSuppressionStore(sqlitedb.Store):
             raise ValueError(f"reason must be BOUNCE or COMPLAINT, not {reason!r}")
         key = normalise(address)
         when = time.time() if created_at is None else created_at
-        with self._lock:
-            conn = self.conn
-            # IMMEDIATE: the existence check and the write see the same state even
-            # when the CLI and the daemon add the same address at once.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                existed = conn.execute(
-                    "SELECT 1 FROM suppression WHERE account = ? AND address = ?",
-                    (account, key)).fetchone() is not None
-                conn.execute(_UPSERT, (account, key, reason, when, source_message_id))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        # IMMEDIATE: the existence check and the write see the same state even when
+        # the CLI and the daemon add the same address at once.
+        with self.transaction() as conn:
+            existed = conn.execute(
+                "SELECT 1 FROM suppression WHERE account = ? AND address = ?",
+                (account, key)).fetchone() is not None
+            conn.execute(_UPSERT, (account, key, reason, when, source_message_id))
         return not existed
 
     def remove(self, account: str, address: str) -> bool:
@@ -300,23 +293,16 @@ class SQLiteSuppressionStore(sqlitedb.Store):
         # Sorted keys turn random B-tree inserts into mostly sequential ones: each
         # page is visited once per batch instead of once per row.
         keys = sorted(batch)
-        with self._lock:
-            conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                existing = 0
-                for start in range(0, len(keys), _IN_CHUNK):
-                    chunk = keys[start:start + _IN_CHUNK]
-                    marks = ",".join("?" * len(chunk))
-                    existing += conn.execute(
-                        "SELECT count(*) FROM suppression"  # noqa: S608 - only ? marks
-                        f" WHERE account = ? AND address IN ({marks})",
-                        (account, *chunk)).fetchone()[0]
-                conn.executemany(_UPSERT, ((account, key, *batch[key], None) for key in keys))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self.transaction() as conn:
+            existing = 0
+            for start in range(0, len(keys), _IN_CHUNK):
+                chunk = keys[start:start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                existing += conn.execute(
+                    "SELECT count(*) FROM suppression"  # noqa: S608 - only ? marks
+                    f" WHERE account = ? AND address IN ({marks})",
+                    (account, *chunk)).fetchone()[0]
+            conn.executemany(_UPSERT, ((account, key, *batch[key], None) for key in keys))
         return len(keys) - int(existing)
 
 

@@ -50,6 +50,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from smtprelay.config import is_simulator_address
 from smtprelay.delivery.dsn import should_send_dsn
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict
 from smtprelay.delivery.scheduler import Transport
@@ -73,10 +74,6 @@ SCENARIOS = (SUCCESS, BOUNCE, OOTO, COMPLAINT, SUPPRESSIONLIST)
 _USER_UNKNOWN = "smtp; 550 5.1.1 user unknown"
 _SUPPRESSED = ("Amazon SES did not send the message to this address because it is on the "
                "suppression list for your account (mailbox simulator)")
-
-
-def is_simulator(address: str, domain: str) -> bool:
-    return address.rpartition("@")[2].lower().rstrip(".") == domain
 
 
 def scenario(address: str) -> str:
@@ -129,7 +126,7 @@ class SimulatorTransport:
         automatic replies (called by the scheduler once the results are recorded)."""
         simulator = self.domain()
         delivered = [r.recipient for r in results if r.verdict is Verdict.DELIVERED
-                     and is_simulator(r.recipient, simulator)]
+                     and is_simulator_address(r.recipient, simulator)]
         complained = [a for a in delivered if scenario(a) == COMPLAINT]
         away = [a for a in delivered if scenario(a) == OOTO]
         if complained:

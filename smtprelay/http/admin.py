@@ -180,6 +180,14 @@ async def read_body(request: web.Request, fields: dict[str, type]) -> dict[str, 
 # -- JSON shapes -----------------------------------------------------------------------------
 
 
+async def pause_reason(request: web.Request) -> str:
+    """The optional {"reason": text} of a pause request."""
+    detail = str((await read_body(request, {"reason": str})).get("reason", ""))
+    if len(detail) > openapi.MAX_PAUSE_REASON:
+        _fail(422, f"reason is longer than {openapi.MAX_PAUSE_REASON} characters")
+    return detail
+
+
 def entry_json(entry: SuppressionEntry) -> dict[str, Any]:
     return {"account": entry.account, "address": entry.address, "reason": entry.reason,
             "created_at": entry.created_at, "source_message_id": entry.source_message_id}
@@ -450,10 +458,7 @@ class AdminAPI:
 
     async def set_pause(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        body = await read_body(request, {"reason": str})
-        detail = body.get("reason", "")
-        if len(detail) > openapi.MAX_PAUSE_REASON:
-            _fail(422, f"reason is longer than {openapi.MAX_PAUSE_REASON} characters")
+        detail = await pause_reason(request)
         config = self._services.config()
         if name not in config.configuration_sets:
             _fail(404, f"no configuration set {name!r} in the configuration "
@@ -502,10 +507,7 @@ class AdminAPI:
 
     async def account_pause(self, request: web.Request) -> web.Response:
         name = self._account(request)
-        body = await read_body(request, {"reason": str})
-        detail = body.get("reason", "")
-        if len(detail) > openapi.MAX_PAUSE_REASON:
-            _fail(422, f"reason is longer than {openapi.MAX_PAUSE_REASON} characters")
+        detail = await pause_reason(request)
         try:
             pause = await asyncio.to_thread(self._services.pauses.pause_account, name,
                                             detail=detail, by=f"api {self._client(request)}")
