@@ -320,7 +320,6 @@ def measure(runs: int, clock: Callable[[], float] = time.perf_counter) -> list[d
     sets = {"off": ConfigurationSetConfig.model_validate(PLAIN_SET),
             "on": ConfigurationSetConfig.model_validate(TRACKED_SET)}
     rows: list[dict[str, Any]] = []
-    pool = TransformPool(2)
     for kind in KINDS:
         received_at = time.time()
         message_id = new_message_id(received_at)
@@ -329,11 +328,10 @@ def measure(runs: int, clock: Callable[[], float] = time.perf_counter) -> list[d
         n = runs if len(data) < 100_000 else max(7, runs // 5)
         stages = {name: Stage(data, message_id, received_at, settings, transformer, keys)
                   for name, settings in sets.items()}
-        workers = Stage(data, message_id, received_at, sets["on"], transformer, keys, pool)
         on = stages["on"].transform()
         row: dict[str, Any] = {
             "message": kind, "label": LABELS[kind], "bytes": len(data),
-            "bytes_tracked": len(on.data), "links_tracked": len(on.links),
+            "bytes_tracked": len(on.data), "links_tracked": on.link_count,
             "opens_tracked": on.opens_tracked, "unsubscribe": on.unsubscribe_url is not None,
             "problems": on.problems, "runs": n,
             **timings({"transform_off": stages["off"].transform,
@@ -342,10 +340,21 @@ def measure(runs: int, clock: Callable[[], float] = time.perf_counter) -> list[d
                        "transform_off_dkim": stages["off"].both,
                        "transform_on_dkim": stages["on"].both}, n, clock),
         }
-        for name, cost in asyncio.run(_loop_cost({**stages, "workers": workers}, n)).items():
+
+        async def pipelined(data: bytes = data, message_id: str = message_id,
+                            received_at: float = received_at, n: int = n,
+                            stages: dict[str, Stage] = stages) -> dict[str, dict[str, float]]:
+            pool = TransformPool(2)  # its workers belong to this event loop
+            try:
+                workers = Stage(data, message_id, received_at, sets["on"], transformer, keys,
+                                pool)
+                return await _loop_cost({**stages, "workers": workers}, n)
+            finally:
+                await pool.close()
+
+        for name, cost in asyncio.run(pipelined()).items():
             row[f"pipeline_{name}"] = cost
         rows.append(row)
-    pool.close()
     return rows
 
 

@@ -347,7 +347,7 @@ class Relay:
         if self.feedback_inbox is not None:
             await asyncio.to_thread(self.feedback_inbox.close)
         if self._pipeline.transform_pool is not None:
-            await asyncio.to_thread(self._pipeline.transform_pool.close)
+            await self._pipeline.transform_pool.close()
         if self.scheduler is not None:
             await self.scheduler.stop(grace=min(grace, 10.0))
         if self.transport is not None:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import html
 import html.entities
 import re
@@ -74,6 +75,7 @@ MAX_PROBLEMS = 20
 LINE_LIMIT = 998  # RFC 5322 2.1.1, without the CRLF
 
 ClickUrl = Callable[[int, str, dict[str, str]], str]
+_Edit = tuple[int, int, str]  # replace text[start:end] with the string
 
 
 class DuplicateOpenTracker(ValueError):
@@ -138,23 +140,19 @@ def rewrite(message: bytes, *, make_click_url: ClickUrl | None, open_pixel_url: 
     edits: list[tuple[int, int, bytes]] = []
     links: list[Link] = []
     for item in decoded:
-        text: str | None = None
+        changes: list[_Edit] = []
         found: list[Link] = []
         if item.html:
-            text, found = _rewrite_text(
+            changes, found = _rewrite_text(
                 item.text, make_click_url=make_click_url, open_pixel_url=open_pixel_url,
                 pixel_at_end=item is pixel_in, first_index=len(links),
                 max_links=max_links, problems=problems, where=item.part.number)
         if replacements:
             # After the link scan: a placeholder in an href is untracked, then filled in.
-            replaced = text if text is not None else item.text
-            for placeholder, value in replacements.items():
-                replaced = replaced.replace(placeholder, value)
-            if replaced != item.text:
-                text = replaced
-        if text is None:
+            changes = _with_replacements(item.text, changes, replacements)
+        if not changes:
             continue
-        encoded = _encode(message, item, text, problems)
+        encoded = _encode(message, item, changes, problems)
         if encoded is None:
             continue
         links.extend(found)
@@ -278,7 +276,36 @@ def _scan(text: str) -> tuple[list[_Anchor], int | None]:
     return anchors, body_close
 
 
+# The first attribute named href among the attributes of a link tag, and its value: one
+# possessive match over _ATTR's grammar (the attributes before it skipped whole), for
+# the usual link with no ses:* attribute. Groups: the "-, '- and un-quoted value.
+_HREF_NAME = r"[Hh][Rr][Ee][Ff](?=[\t\n\f\r />=]|\Z)"
+_FIRST_HREF = re.compile(
+    r"(?:[\t\n\f\r /]++|(?!" + _HREF_NAME + r")[^\t\n\f\r />][^\t\n\f\r />=]*+"
+    r"(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+"
+    r"""(?:"[^"]*+"|'[^']*+'|[^\t\n\f\r >"'][^\t\n\f\r >]*+|(?=\Z)))?+)*+"""
+    + _HREF_NAME + r"(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+"
+    r"""(?:"([^"]*+)"|'([^']*+)'|([^\t\n\f\r >"'][^\t\n\f\r >]*+)|(?=\Z)))?+""")
+
+
 def _anchor(text: str, start: int, end: int) -> _Anchor:
+    """What matters in the attributes text[start:end] of a link tag."""
+    if "ses:" in text[start:end].lower():
+        return _anchor_attributes(text, start, end)
+    # No ses:* attribute (lower() keeps every attribute name's letters in place), so
+    # only the first href counts: one regex match instead of a loop over attributes.
+    anchor = _Anchor()
+    match = _FIRST_HREF.match(text, start, end)
+    if match is not None:
+        for group, quote in ((1, '"'), (2, "'"), (3, "")):
+            if match.group(group) is not None:
+                anchor.href = (match.start(group), match.end(group), quote)
+                break
+    return anchor
+
+
+def _anchor_attributes(text: str, start: int, end: int) -> _Anchor:
+    """_anchor the long way: every attribute in turn."""
     anchor = _Anchor()
     href_seen = tags_seen = False
     position = start
@@ -307,12 +334,13 @@ def _anchor(text: str, start: int, end: int) -> _Anchor:
 
 def _rewrite_text(text: str, *, make_click_url: ClickUrl | None, open_pixel_url: str | None,
                   pixel_at_end: bool, first_index: int, max_links: int, problems: list[str],
-                  where: str) -> tuple[str | None, list[Link]]:
-    """The rewritten document (None when nothing changes) and the links tracked in it."""
+                  where: str) -> tuple[list[_Edit], list[Link]]:
+    """The edits to the document (sorted, none overlapping; none when nothing changes)
+    and the links tracked in it."""
     if make_click_url is None and open_pixel_url is None and "ses:" not in text.lower():
-        return None, []  # no link to track, no pixel, no ses:* attribute to remove
+        return [], []  # no link to track, no pixel, no ses:* attribute to remove
     anchors, body_close = _scan(text)
-    edits: list[tuple[int, int, str]] = []
+    edits: list[_Edit] = []
     links: list[Link] = []
     skipped = 0
     for anchor in anchors:
@@ -347,21 +375,43 @@ def _rewrite_text(text: str, *, make_click_url: ClickUrl | None, open_pixel_url:
     elif pixel_at_end and pixel:
         at = body_close if body_close is not None else len(text.rstrip("\r\n"))
         edits.append((at, at, pixel))
-    if not edits:
-        return None, links
     edits.sort(key=lambda edit: edit[0])
-    pieces: list[str] = []
+    kept: list[_Edit] = []
     position = 0
-    for start, end, replacement in edits:
-        if start < position:
+    for edit in edits:
+        if edit[0] < position:
             # Only a placeholder inside a removed ses:tags value gets here.
             problems.append(f"part {where}: {OPEN_TRACKER} inside a removed attribute")
             continue
+        kept.append(edit)
+        position = edit[1]
+    return kept, links
+
+
+def _with_replacements(text: str, edits: list[_Edit],
+                       replacements: Mapping[str, str]) -> list[_Edit]:
+    """`edits` and the filling in of every placeholder that none of them touches."""
+    found: list[_Edit] = []
+    for placeholder, value in replacements.items():
+        at = text.find(placeholder)
+        while at >= 0:
+            found.append((at, at + len(placeholder), value))
+            at = text.find(placeholder, at + len(placeholder))
+    kept = [(at, end, value) for at, end, value in found
+            if not any((start < end and at < stop) or (start == stop and at < start < end)
+                       for start, stop, _ in edits)]  # else inside a removed attribute
+    return sorted(edits + kept, key=lambda edit: edit[:2]) if kept else edits
+
+
+def _apply(text: str, edits: list[_Edit]) -> str:
+    pieces: list[str] = []
+    position = 0
+    for start, end, replacement in edits:
         pieces.append(text[position:start])
         pieces.append(replacement)
         position = end
     pieces.append(text[position:])
-    return "".join(pieces), links
+    return "".join(pieces)
 
 
 # Character references as the HTML standard reads them in attribute values (13.2.5.72):
@@ -413,12 +463,13 @@ def browser_url(value: str) -> str:
 
 _WEB = re.compile(r"https?://", re.IGNORECASE)
 _PLACEHOLDERS = ("{{", "}}", "%%", "*|", "|*", "{%", "%}", "[[", "]]")
+_PLACEHOLDER = re.compile("|".join(map(re.escape, _PLACEHOLDERS)))
 # RFC 3986 2: unreserved, reserved and percent-encoded octets.
 _URI_CHARS = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]++|%[0-9A-Fa-f]{2})*+")
 
 
 def _is_web_link(url: str) -> bool:
-    return _WEB.match(url) is not None and not any(p in url for p in _PLACEHOLDERS)
+    return _WEB.match(url) is not None and _PLACEHOLDER.search(url) is None
 
 
 def _untrackable(url: str) -> str | None:
@@ -488,6 +539,7 @@ class _Decoded:
     text: str
     charset: str
     encoding: str  # the Content-Transfer-Encoding, lower case
+    padded: bool = False  # quoted-printable with blanks at line ends (transport padding)
 
     @property
     def html(self) -> bool:
@@ -569,6 +621,7 @@ def _split(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int
     return spans
 
 
+_ROUND_TRIP = frozenset(("utf-8", "ascii", "iso8859-1"))
 _QP_BAD = re.compile(rb"=(?![0-9A-Fa-f]{2})(?![ \t]*+(?:\r\n|\Z))")
 _QP_PADDING = re.compile(rb"(?<![ \t])[ \t]++(?=\r\n|\Z)")
 
@@ -578,6 +631,7 @@ def _decode(data: bytes, part: _Part, problems: list[str]) -> _Decoded | None:
     # str(): compat32 hands out a Header object for a value with 8-bit bytes in it.
     encoding = str(part.fields.get("content-transfer-encoding") or "7bit").strip().lower()
     raw = data[part.body:part.end]
+    padded = False
     if encoding == "base64":
         compact = raw.translate(None, b" \t\r\n")
         try:
@@ -594,7 +648,8 @@ def _decode(data: bytes, part: _Part, problems: list[str]) -> _Decoded | None:
         # RFC 2045 6.7 (3): trailing blanks were added in transport and are deleted.
         # The regex starts with a lookbehind, so re tries it at every byte: only run
         # it when some line does end in a blank.
-        if b" \r\n" in raw or b"\t\r\n" in raw or raw.endswith((b" ", b"\t")):
+        padded = b" \r\n" in raw or b"\t\r\n" in raw or raw.endswith((b" ", b"\t"))
+        if padded:
             raw = _QP_PADDING.sub(b"", raw)
         octets = binascii.a2b_qp(raw)
     elif encoding in ("7bit", "8bit", "binary"):
@@ -605,7 +660,10 @@ def _decode(data: bytes, part: _Part, problems: list[str]) -> _Decoded | None:
     charset = part.fields.get_content_charset() or "us-ascii"
     try:
         text = octets.decode(charset, "surrogateescape")
-        exact = text.encode(charset, "surrogateescape") == octets
+        # With surrogateescape these always read back to the same bytes; others (UTF-7,
+        # ISO-2022-*, ...) may spell the same text differently.
+        exact = codecs.lookup(charset).name in _ROUND_TRIP \
+            or text.encode(charset, "surrogateescape") == octets
     except LookupError:
         problems.append(f"{where}: unknown charset {charset!r}, left untouched")
         return None
@@ -615,17 +673,22 @@ def _decode(data: bytes, part: _Part, problems: list[str]) -> _Decoded | None:
         problems.append(f"{where}: charset {charset!r} does not read back to the same "
                         "bytes, left untouched")
         return None
-    return _Decoded(part, text, charset, encoding)
+    return _Decoded(part, text, charset, encoding, padded)
 
 
 _CTE_FIELD = re.compile(rb"^content-transfer-encoding[ \t]*:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*",
                         re.IGNORECASE | re.MULTILINE)
 
 
-def _encode(data: bytes, item: _Decoded, text: str,
+def _encode(data: bytes, item: _Decoded, edits: list[_Edit],
             problems: list[str]) -> list[tuple[int, int, bytes]] | None:
-    """The byte edits that put `text` into the part, in the part's own encodings."""
+    """The byte edits that put the edited text into the part, in the part's own encodings."""
     part = item.part
+    if item.encoding == "quoted-printable":
+        requoted = _requote(data[part.body:part.end], item, edits)
+        if requoted is not None:
+            return [(part.body, part.end, requoted)]
+    text = _apply(item.text, edits)
     try:
         octets = text.encode(item.charset, "surrogateescape")
     except (UnicodeError, ValueError):
@@ -650,6 +713,68 @@ def _encode(data: bytes, item: _Decoded, text: str,
         at = part.body - 2 if part.body - 2 >= part.head else part.head
         change = (at, at, cte + b"\r\n")
     return [change, (part.body, part.end, quoted_printable(octets))]
+
+
+# Charsets whose encoder keeps no state from line to line, so a line can be encoded on
+# its own (ISO-2022-JP, for one, may not: it switches character sets with escapes).
+_STATELESS = re.compile(
+    r"utf[-_]?8|(?:us-)?ascii|iso[-_]?8859[-_]\d+|windows-125\d|cp125\d|latin[-_]?1", re.IGNORECASE)
+
+
+def _requote(raw: bytes, item: _Decoded, edits: list[_Edit]) -> bytes | None:
+    """The quoted-printable body with `edits` made, keeping the sender's own encoding of
+    every line they do not touch; None where that cannot be done exactly (then the
+    whole text is encoded afresh).
+
+    A rewrite touches a few dozen of a newsletter's hundreds of lines, and encoding all
+    of them again was the single biggest cost of tracking a message. A logical line
+    (physical lines joined at soft breaks) decodes on its own, so an untouched one can
+    keep its bytes. That needs the decoded text to have a CRLF exactly at each hard line
+    break, which equal counts prove: a CRLF encoded inside a line (=0D=0A) adds one.
+    """
+    if item.padded or not _STATELESS.fullmatch(item.charset):
+        return None  # transport padding the decoder dropped, or a stateful charset
+    text = item.text
+    # Soft breaks become "=\n" for a moment, so that every CRLF left is a hard break.
+    lines = raw.replace(b"=\r\n", b"=\n").split(b"\r\n")
+    if len(lines) != text.count("\r\n") + 1:
+        return None
+    pieces: list[bytes] = []
+    done = 0  # lines[:done] are in pieces
+    counted = position = 0  # text.count("\r\n", 0, position) == counted
+    index = 0
+    while index < len(edits):
+        # The whole lines the next edits touch: from the line start before the first one
+        # to the line end after the last one that shares a line with it.
+        first = edits[index][0]
+        begin = text.rfind("\r\n", 0, first)
+        begin = 0 if begin < 0 else begin + 2
+        end = text.find("\r\n", edits[index][1])
+        end = len(text) if end < 0 else end
+        chunk = [text[begin:first]]
+        at = first
+        while index < len(edits) and edits[index][0] <= end:
+            start, stop, replacement = edits[index]
+            chunk.append(text[at:start])
+            chunk.append(replacement)
+            at = stop
+            if stop > end:
+                end = text.find("\r\n", stop)
+                end = len(text) if end < 0 else end
+            index += 1
+        chunk.append(text[at:end])
+        counted += text.count("\r\n", position, begin)
+        position = begin
+        top = counted + text.count("\r\n", begin, end)
+        try:
+            octets = "".join(chunk).encode(item.charset, "surrogateescape")
+        except (UnicodeError, ValueError):
+            return None  # the caller reports it, encoding the whole text
+        pieces.extend(lines[done:counted])
+        pieces.extend(map(_qp_line, octets.split(b"\r\n")))
+        done = top + 1
+    pieces.extend(lines[done:])
+    return b"\r\n".join(pieces).replace(b"=\n", b"=\r\n")
 
 
 def _base64_lines(octets: bytes) -> bytes:

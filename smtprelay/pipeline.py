@@ -196,8 +196,8 @@ class Pipeline:
                      "; ".join(choice.tag_errors))
         if choice.control_headers:
             attrs["control_headers"] = choice.control_headers
-        if transformed.links or transformed.opens_tracked or transformed.unsubscribe_url:
-            attrs["tracking"] = {"links": len(transformed.links),
+        if transformed.link_count or transformed.opens_tracked or transformed.unsubscribe_url:
+            attrs["tracking"] = {"links": transformed.link_count,
                                  "open": transformed.opens_tracked,
                                  "unsubscribe": transformed.unsubscribe_url is not None}
         events: tuple[EventRecord, ...] = ()
@@ -267,8 +267,8 @@ class Pipeline:
             return _refuse("transform_error", R.LOCAL_ERROR)
         if result.problems:
             log.info("msg=%s tracking: %s", message_id, "; ".join(result.problems))
-        if result.links:
-            metrics.LINKS_TRACKED.inc(len(result.links))
+        if result.link_count:
+            metrics.LINKS_TRACKED.inc(result.link_count)
         return result
 
     async def _sign(self, message_id: str, data: bytes, from_domain: str) -> bytes | None:

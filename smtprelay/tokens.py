@@ -253,51 +253,92 @@ def _strict_int(value: object) -> int:
 
 def encode(payload: Payload, keyring: KeyRing) -> str:
     """The token for `payload`, signed with the ring's active key. ValueError for a bad payload."""
-    key = keyring.active()
+    issuer = Issuer(keyring, payload.message_id, payload.recipient, payload.issued_at)
     if isinstance(payload, ClickToken):
-        kind = Kind.CLICK
-    elif isinstance(payload, OpenToken):
-        kind = Kind.OPEN
-    else:
-        kind = Kind.UNSUBSCRIBE
-    if not _MESSAGE_ID.fullmatch(payload.message_id):
-        raise ValueError(f"not a relay message id: {payload.message_id!r}")
-    flags = 0
-    body = bytearray()
-    write_varint(body, payload.issued_at)
-    body += bytes.fromhex(payload.message_id.replace("-", ""))
-    if payload.recipient is None:
-        flags |= _F_WHOLE_MESSAGE
-    elif isinstance(payload.recipient, str):
-        flags |= _F_ADDRESS
-        _text(body, payload.recipient)
-    else:
-        write_varint(body, payload.recipient)
-    if isinstance(payload, ClickToken):
-        if not _is_web_url(payload.url):
+        return issuer.click(payload.link_index, payload.url, payload.tags)
+    if isinstance(payload, OpenToken):
+        return issuer.open()
+    return issuer.unsubscribe()
+
+
+class Issuer:
+    """The tokens of one message for one recipient (or the whole message).
+
+    What its tokens share (key, time, message id, recipient) is encoded once, and a
+    URL's compressed tail once per message: a newsletter links to the same page from
+    its picture, its title and its button (and the Outlook twin of the button), and
+    setting up a compressor is most of what a click token costs.
+    """
+
+    __slots__ = ("_common", "_flags", "_key", "_key_id", "_tails")
+
+    def __init__(self, keyring: KeyRing, message_id: str, recipient: int | str | None,
+                 issued_at: int) -> None:
+        if not _MESSAGE_ID.fullmatch(message_id):
+            raise ValueError(f"not a relay message id: {message_id!r}")
+        self._key = keyring.active()
+        key_id = bytearray()
+        write_varint(key_id, self._key.id)
+        self._key_id = bytes(key_id)
+        flags = 0
+        common = bytearray()
+        write_varint(common, issued_at)
+        common += bytes.fromhex(message_id.replace("-", ""))
+        if recipient is None:
+            flags |= _F_WHOLE_MESSAGE
+        elif isinstance(recipient, str):
+            flags |= _F_ADDRESS
+            _text(common, recipient)
+        else:
+            write_varint(common, recipient)
+        self._common = bytes(common)
+        self._flags = flags
+        self._tails: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[int, bytes]] = {}
+
+    def open(self) -> str:
+        return self._sign(Kind.OPEN, self._flags, self._common)
+
+    def unsubscribe(self) -> str:
+        return self._sign(Kind.UNSUBSCRIBE, self._flags, self._common)
+
+    def click(self, link_index: int, url: str,
+              tags: tuple[tuple[str, str], ...] = ()) -> str:
+        """ValueError if `url` is not http(s) or the token would be too long."""
+        if not _is_web_url(url):
             raise ValueError("a click token's URL must be http or https")
-        write_varint(body, payload.link_index)
-        tail = bytearray()
-        write_varint(tail, len(payload.tags))
-        for name, value in payload.tags:
-            _text(tail, name)
-            _text(tail, value)
-        tail += payload.url.encode("utf-8")
-        # A 4 KiB window and memLevel 4: URLs are short, and setting up the default
-        # 32 KiB window was most of a token's cost. Inflating with wbits -15 reads it.
-        packer = zlib.compressobj(9, zlib.DEFLATED, -12, 4)
-        packed = packer.compress(bytes(tail)) + packer.flush()
-        if len(packed) < len(tail):
-            flags |= _F_COMPRESSED
-            tail = bytearray(packed)
+        packed = self._tails.get((url, tags))
+        if packed is None:
+            packed = self._tails[(url, tags)] = _click_tail(url, tags)
+        compressed, tail = packed
+        body = bytearray(self._common)
+        write_varint(body, link_index)
         body += tail
-    head = bytearray([_VERSION << 5 | kind << 3 | flags])
-    write_varint(head, key.id)
-    signed = bytes(head + body)
-    token = _b64(signed + _mac(key.secret, signed))
-    if len(token) > MAX_TOKEN_CHARS:
-        raise ValueError(f"token would be {len(token)} characters (limit {MAX_TOKEN_CHARS})")
-    return token
+        return self._sign(Kind.CLICK, self._flags | compressed, body)
+
+    def _sign(self, kind: Kind, flags: int, body: bytes | bytearray) -> str:
+        signed = bytes((_VERSION << 5 | kind << 3 | flags,)) + self._key_id + body
+        token = _b64(signed + _mac(self._key.secret, signed))
+        if len(token) > MAX_TOKEN_CHARS:
+            raise ValueError(f"token would be {len(token)} characters "
+                             f"(limit {MAX_TOKEN_CHARS})")
+        return token
+
+
+def _click_tail(url: str, tags: tuple[tuple[str, str], ...]) -> tuple[int, bytes]:
+    """The compressed flag and the click tail: tags and URL, deflated if that is shorter."""
+    tail = bytearray()
+    write_varint(tail, len(tags))
+    for name, value in tags:
+        _text(tail, name)
+        _text(tail, value)
+    tail += url.encode("utf-8")
+    # A 4 KiB window and memLevel 4: URLs are short, and setting up the default 32 KiB
+    # window was most of a token's cost. Inflating with wbits -15 reads it.
+    packer = zlib.compressobj(9, zlib.DEFLATED, -12, 4)
+    packed = packer.compress(tail) + packer.flush()
+    if len(packed) < len(tail):
+        return _F_COMPRESSED, packed
+    return 0, bytes(tail)
 
 
 def decode(token: str, keyring: KeyRing, now: float | None = None) -> Payload:

@@ -1,39 +1,58 @@
 """Tracking transforms in worker processes, off the event loop and out of its GIL.
 
-Rewriting the links of a 50 KB newsletter is ~3-4 ms of pure Python. Inline it holds
-the event loop that many milliseconds per message; in a thread it holds the GIL just
-the same, so every other session still waits. Worker processes run it truly in
-parallel: the loop only pickles the message across a pipe (~0.1 ms for 50 KB).
+Rewriting the links of a 50 KB newsletter is ~3 ms of pure Python. Inline it holds
+the event loop that long per message; in a thread it holds the GIL just the same, so
+every other session still waits. Worker processes (`smtprelay.transform_worker`) run
+it truly in parallel. The loop talks to them over their stdin and stdout pipes with a
+length-prefixed format, so a message costs the relay a write and a read of its bytes:
+no pickling of the message and no helper threads.
 
 Only messages the configuration set really transforms (click or open tracking, or
 one-click unsubscribe) come here; the rest take the inline fast path, which costs
-microseconds. Each call carries the tracking key ring (a few hundred bytes), so a key
-rotation (SIGHUP) needs nothing from the workers: the next message is signed with
-the new key.
+microseconds. Each request carries the tracking key ring (a few hundred bytes), so a
+key rotation (SIGHUP) needs nothing from the workers: the next message is signed with
+the new key. A set's settings are pickled once per set and configuration.
 
-A worker that dies (killed by the OOM killer, say) breaks the whole pool: the
-messages it was working on are refused with 451 (the client sends them again, nothing
-is lost), and a fresh pool takes the next ones. A message that found the pool already
-broken is retried once on the fresh pool.
+A worker takes requests in order; a request goes to the worker with the fewest
+unanswered ones. A worker that dies (killed by the OOM killer, say) fails the
+messages it held; each is tried once more on a fresh worker (the transform is a pure
+function, so a second run is harmless), and if that one dies too the message is
+refused with 451: the client keeps it and sends it again. Nothing is lost either way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
+import contextlib
 import logging
-import multiprocessing
 import os
-from concurrent.futures.process import BrokenProcessPool
+import pickle
+import sys
+from pathlib import Path
 
-from smtprelay import tokens, transforms
+from smtprelay import tokens, transform_worker, transforms
 from smtprelay.config import ConfigurationSetConfig
+from smtprelay.links import DuplicateOpenTracker
 
 log = logging.getLogger("smtprelay.transforms")
+
+# Settings objects pickled so far, by identity (the entry keeps the object alive, so
+# its id cannot be reused while it is here). A reload makes new objects; old entries
+# fall out when the cache is full.
+_SETTINGS_CACHE = 64
+_STOP_TIMEOUT = 10.0
+# Where this smtprelay is imported from, so the workers run the same code even from a
+# checkout that is not installed.
+_PACKAGE_ROOT = str(Path(transform_worker.__file__).resolve().parent.parent)
 
 
 class TransformUnavailable(RuntimeError):
     """The worker died while the message was in it: answer 451, the client retries."""
+
+
+class _WorkerDied(Exception):
+    pass
 
 
 def worker_count(setting: int | str) -> int:
@@ -45,63 +64,157 @@ def worker_count(setting: int | str) -> int:
     return int(setting)
 
 
-def _apply(keyring: tokens.KeyRing, data: bytes, message_id: str, recipient_count: int,
-           issued_at: float, settings: ConfigurationSetConfig | None) -> transforms.Result:
-    return transforms.Transformer(keyring).apply(
-        data, message_id=message_id, recipient_count=recipient_count, issued_at=issued_at,
-        settings=settings)
+_Reply = tuple[int, bytes, bytes]  # status, pickled details, message
+
+
+class _Worker:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.waiting: collections.deque[asyncio.Future[_Reply]] = collections.deque()
+        self.alive = True
+        self.reader: asyncio.Task[None] | None = None
+
+    async def read_replies(self) -> None:
+        stdout = self.process.stdout
+        assert stdout is not None
+        try:
+            while True:
+                head = await stdout.readexactly(transform_worker.REPLY.size)
+                status, details_size, data_size = transform_worker.REPLY.unpack(head)
+                body = await stdout.readexactly(details_size + data_size)
+                reply = self.waiting.popleft()
+                if not reply.done():  # else the session went away meanwhile
+                    reply.set_result((status, body[:details_size], body[details_size:]))
+        except (asyncio.IncompleteReadError, ConnectionError, IndexError):
+            pass
+        finally:
+            self.alive = False
+            while self.waiting:
+                reply = self.waiting.popleft()
+                if not reply.done():
+                    reply.set_exception(_WorkerDied())
 
 
 class TransformPool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+        self._live: list[_Worker] = []
+        self._spawning: asyncio.Lock | None = None
+        self._settings: collections.OrderedDict[int, tuple[object, bytes]] = \
+            collections.OrderedDict()
+        self._closed = False
 
-    def _pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._executor is None:
-            # forkserver, not fork: the relay has threads (SQLite writer, DKIM), and a
-            # forked copy of a process with threads can hang on a lock held mid-fork.
-            self._executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=multiprocessing.get_context("forkserver"))
-        return self._executor
+    def pids(self) -> list[int]:
+        """The live workers' process ids (for tests and operators' curiosity)."""
+        return [worker.process.pid for worker in self._live if worker.alive]
 
-    def _replace_broken(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
-        if self._executor is broken:
-            log.error("a transform worker process died; starting a new pool of %d",
-                      self.workers)
-            self._executor = None
-            broken.shutdown(wait=False, cancel_futures=True)
+    async def _spawn(self) -> _Worker:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (_PACKAGE_ROOT, env.get("PYTHONPATH"))))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "smtprelay.transform_worker",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
+        worker = _Worker(process)
+        worker.reader = asyncio.create_task(self._watch(worker))
+        return worker
+
+    async def _watch(self, worker: _Worker) -> None:
+        await worker.read_replies()
+        with contextlib.suppress(ValueError):
+            self._live.remove(worker)
+        code = await worker.process.wait()
+        if not self._closed:
+            log.error("a transform worker process (pid %d) ended with %s; a new one takes "
+                      "the next message", worker.process.pid,
+                      f"signal {-code}" if code < 0 else f"exit code {code}")
+
+    async def _worker(self) -> _Worker:
+        live = [worker for worker in self._live if worker.alive]
+        if len(live) < self.workers:
+            if self._spawning is None:
+                self._spawning = asyncio.Lock()
+            async with self._spawning:
+                while len([w for w in self._live if w.alive]) < self.workers:
+                    self._live.append(await self._spawn())
+            live = [worker for worker in self._live if worker.alive]
+        return min(live, key=lambda worker: len(worker.waiting))
+
+    def _pickled_settings(self, settings: ConfigurationSetConfig | None) -> bytes:
+        entry = self._settings.get(id(settings))
+        if entry is not None and entry[0] is settings:
+            return entry[1]
+        blob = pickle.dumps(settings, protocol=pickle.HIGHEST_PROTOCOL)
+        self._settings[id(settings)] = (settings, blob)
+        if len(self._settings) > _SETTINGS_CACHE:
+            self._settings.popitem(last=False)
+        return blob
 
     async def apply(self, keyring: tokens.KeyRing, data: bytes, *, message_id: str,
                     recipient_count: int, issued_at: float,
                     settings: ConfigurationSetConfig | None) -> transforms.Result:
         """transforms.Transformer(keyring).apply(...) in a worker process.
 
-        DuplicateOpenTracker comes back as raised by the worker; TransformUnavailable
-        when the worker died with the message."""
+        The Result's `links` is empty: `link_count` says how many were tracked.
+        DuplicateOpenTracker as the worker raised it; TransformUnavailable when two
+        workers in a row died with the message, or the pool is closed."""
+        if self._closed:
+            raise TransformUnavailable("the transform pool is shut down")
+        frame = transform_worker.request(
+            message_id, recipient_count, issued_at,
+            pickle.dumps(keyring, protocol=pickle.HIGHEST_PROTOCOL),
+            self._pickled_settings(settings), data)
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):
-            pool = self._pool()
             try:
-                future = pool.submit(_apply, keyring, data, message_id, recipient_count,
-                                     issued_at, settings)
-            except (BrokenProcessPool, RuntimeError):
-                # Broken before this message got in (or shut down by a reload): it is
-                # safe to try once more on a fresh pool.
-                self._replace_broken(pool)
+                worker = await self._worker()
+            except OSError as exc:
+                raise TransformUnavailable(f"cannot start a transform worker: {exc}") \
+                    from None
+            reply: asyncio.Future[_Reply] = loop.create_future()
+            worker.waiting.append(reply)
+            stdin = worker.process.stdin
+            assert stdin is not None
+            try:
+                stdin.write(frame)
+                await stdin.drain()
+                status, details, result = await reply
+            except (_WorkerDied, ConnectionError):
                 if attempt == 2:
-                    raise TransformUnavailable("the transform pool cannot start") from None
+                    raise TransformUnavailable("the transform worker died") from None
+                log.warning("msg=%s a transform worker died with the message; trying "
+                            "another", message_id)
                 continue
-            try:
-                return await asyncio.wrap_future(future, loop=loop)
-            except BrokenProcessPool:
-                self._replace_broken(pool)
-                raise TransformUnavailable("the transform worker died") from None
+            finally:
+                if not reply.done():
+                    reply.cancel()  # given up on: its reply is dropped on arrival
+                elif not reply.cancelled():
+                    reply.exception()  # seen here, so asyncio does not report it as lost
+            # Pickles from our own worker, over a pipe nobody else holds.
+            answer = pickle.loads(details)  # noqa: S301
+            if status == transform_worker.DUPLICATE_OPEN_TRACKER:
+                raise DuplicateOpenTracker(answer)
+            if status != transform_worker.OK:
+                raise RuntimeError(f"in the transform worker: {answer}")
+            link_count, opens_tracked, unsubscribe_url, problems = answer
+            return transforms.Result(result, opens_tracked=opens_tracked,
+                                     unsubscribe_url=unsubscribe_url, problems=problems,
+                                     link_count=link_count)
         raise AssertionError("unreachable")
 
-    def close(self) -> None:
-        """Let the workers finish what they hold, then stop them (runs in a thread)."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=False)
+    async def close(self) -> None:
+        """Let the workers finish what they hold (they stop at the end of their input),
+        then reap them; a worker still busy after 10 s is killed."""
+        self._closed = True
+        workers, self._live = self._live, []
+        for worker in workers:
+            if worker.process.stdin is not None:
+                worker.process.stdin.close()
+        for worker in workers:
+            try:
+                await asyncio.wait_for(worker.process.wait(), _STOP_TIMEOUT)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+                await worker.process.wait()
+            if worker.reader is not None:
+                await worker.reader

@@ -42,10 +42,13 @@ def _maybe_marked(data: bytes) -> bool:
 @dataclass(frozen=True, slots=True)
 class Result:
     data: bytes
+    # The tracked links themselves, in-process only: a worker process sends back
+    # just their number (link_count), which is all the pipeline records.
     links: list[Link] = field(default_factory=list)
     opens_tracked: bool = False
     unsubscribe_url: str | None = None
     problems: list[str] = field(default_factory=list)
+    link_count: int = 0
 
 
 def changes_anything(settings: ConfigurationSetConfig | None) -> bool:
@@ -64,45 +67,40 @@ class Transformer:
     def apply(self, data: bytes, *, message_id: str, recipient_count: int, issued_at: float,
               settings: ConfigurationSetConfig | None) -> Result:
         """The message as the set wants it delivered. DuplicateOpenTracker: refuse it."""
-        tracking = settings.tracking if settings is not None else None
+        if settings is None or not changes_anything(settings):
+            return self._clean_up(data)
+        tracking = settings.tracking
         recipient: int | None = 0 if recipient_count == 1 else None
-        issued = int(issued_at)
         problems: list[str] = []
-
+        issuer = tokens.Issuer(self.keyring, message_id, recipient, int(issued_at))
         make_click_url: links.ClickUrl | None = None
         pixel_url: str | None = None
-        if tracking is not None and tracking.domain is not None:
+        if tracking.domain is not None:
             domain, https = tracking.domain, tracking.https
             if tracking.click:
                 def make_click_url(index: int, url: str, tags: dict[str, str]) -> str:
-                    payload = tokens.ClickToken(message_id, recipient, index, url, issued,
-                                                tuple(tags.items()))
                     try:
-                        token = tokens.encode(payload, self.keyring)
+                        token = issuer.click(index, url, tuple(tags.items()))
                     except ValueError as exc:
                         problems.append(f"link {index} not tracked: {exc}")
                         return url
                     return links.tracking_url(domain, "c", token, https=https, original=url)
             if tracking.open:
-                token = tokens.encode(tokens.OpenToken(message_id, recipient, issued),
-                                      self.keyring)
-                pixel_url = links.tracking_url(domain, "o", token,
+                pixel_url = links.tracking_url(domain, "o", issuer.open(),
                                                https=https is not False)
 
         unsubscribe_url: str | None = None
         unsubscribe_token = ""
-        if settings is not None and settings.unsubscribe.one_click:
+        if settings.unsubscribe.one_click:
             if recipient is None:
                 problems.append("no unsubscribe link: the message has several recipients "
                                 "(an unsubscribe link must name one)")
             else:
                 host = settings.unsubscribe_domain
                 assert host is not None  # the config checks one_click has a host
-                unsubscribe_token = tokens.encode(
-                    tokens.UnsubscribeToken(message_id, recipient, issued), self.keyring)
+                unsubscribe_token = issuer.unsubscribe()
                 unsubscribe_url = links.tracking_url(
-                    host, "u", unsubscribe_token, https=tracking is None or tracking.https
-                    is not False)
+                    host, "u", unsubscribe_token, https=tracking.https is not False)
 
         rewritten_links: list[Link] = []
         if make_click_url or pixel_url or unsubscribe_url or _maybe_marked(data):
@@ -114,11 +112,20 @@ class Transformer:
             rewritten_links = rewritten.links
             problems.extend(rewritten.problems)
 
-        if unsubscribe_url is not None and settings is not None:
+        if unsubscribe_url is not None:
             fields = parse_header_section(data)
             data = unsubscribe.add(
                 data, fields,
                 unsubscribe.header_fields(unsubscribe_url, settings.unsubscribe.mailto,
                                           unsubscribe_token),
                 override=settings.unsubscribe.override)
-        return Result(data, rewritten_links, pixel_url is not None, unsubscribe_url, problems)
+        return Result(data, rewritten_links, pixel_url is not None, unsubscribe_url, problems,
+                      len(rewritten_links))
+
+    @staticmethod
+    def _clean_up(data: bytes) -> Result:
+        """A set that neither tracks nor adds unsubscribe: only ses:* markup goes."""
+        if not _maybe_marked(data):
+            return Result(data)
+        rewritten = links.rewrite(data, make_click_url=None, open_pixel_url=None)
+        return Result(rewritten.data, rewritten.links, problems=rewritten.problems)

@@ -334,15 +334,7 @@ def test_tracking_urls_are_plain_ascii_and_unquoted(relay: RunningRelay) -> None
 def _transform_workers(relay: RunningRelay) -> list[int]:
     pool = relay.relay._pipeline.transform_pool
     assert pool is not None, "this machine should get transform workers (2+ cores)"
-    executor = pool._executor
-    if executor is None:
-        return []
-    for _ in range(100):
-        try:
-            return list(executor._processes or {})  # type: ignore[attr-defined]
-        except RuntimeError:  # changed size while copied: the pool is (re)starting
-            time.sleep(0.01)
-    return []
+    return pool.pids()
 
 
 def _kill(pids: list[int]) -> None:

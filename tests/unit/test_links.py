@@ -991,6 +991,28 @@ def test_scan_skips_exactly_what_the_plain_loop_steps_over(text: str) -> None:
     assert (found, body_close) == _reference_scan(text)
 
 
+_ATTRIBUTE_SOUP = st.lists(st.sampled_from([
+    " ", "\n", "\t", "\f", "/", "=", " = ", "href", "HREF", "hReF", "hrefx", "xhref", "href=",
+    '"', "'", '"https://a.example/?x=1&amp;y=2"', "'https://b.example/'", "https://c.example/",
+    "\u212aref", "\u017f", "ses:no-track", "SES:TAGS", "ses:tags=", '"k:v"', "style", "=x",
+    'title=" href=evil"', "alt='href=\"x\"'", "a", "é",
+]), max_size=14).map("".join)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_ATTRIBUTE_SOUP)
+def test_anchor_fast_path_finds_what_the_attribute_loop_finds(attributes: str) -> None:
+    text = "<a" + (" " if attributes[:1] not in ("", " ", "\n", "\t", "\f", "/") else "") \
+        + attributes + ">"
+    match = links._TAG.match(text)
+    if match is None:
+        return  # not a tag: _scan never asks
+    fast = links._anchor(text, match.start(3), match.end(3))
+    slow = links._anchor_attributes(text, match.start(3), match.end(3))
+    assert (fast.href, fast.no_track, fast.tags, fast.removals) \
+        == (slow.href, slow.no_track, slow.tags, slow.removals)
+
+
 def test_scan_agrees_on_the_corpus_and_the_benchmark_newsletter() -> None:
     from bench.transform_cost import raw_message
 
@@ -1023,3 +1045,55 @@ def test_quoted_printable_fast_path_matches_line_by_line(octets: bytes) -> None:
 def test_unescape_fast_path_matches_the_reference_rules(value: str) -> None:
     reference = links._CHARREF.sub(lambda m: links._charref(m, value), value)
     assert links.unescape_attribute(value) == reference
+
+
+_QP_PIECES = ["a", "é", "€", "=", " ", "\t", "\r\n", "x" * 70, "y" * 90, "<a href=", ".", "~",
+              "\r", "\n", "\x00"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(_QP_PIECES), max_size=40).map("".join),
+       st.sampled_from(["ours", "binascii", "binascii-wide"]),
+       st.lists(st.tuples(st.integers(0, 120), st.integers(0, 90),
+                          st.lists(st.sampled_from([*_QP_PIECES, "https://t.example/c/AbC"]),
+                                   max_size=4).map("".join)), max_size=6),
+       st.sampled_from(["utf-8", "iso-8859-15"]))
+def test_requote_keeps_untouched_lines_and_decodes_to_the_edited_text(
+        text: str, encoder: str, raw_edits: list[tuple[int, int, str]], charset: str) -> None:
+    """Re-encoding only the touched lines gives the same decoded text as encoding all."""
+    try:
+        octets = text.encode(charset)
+        for _, _, replacement in raw_edits:
+            replacement.encode(charset)
+    except UnicodeEncodeError:
+        return
+    if encoder == "ours":
+        raw = quoted_printable(octets)
+    else:  # other mail tools' line lengths, and their own choice of what to escape
+        raw = binascii.b2a_qp(octets.replace(b"\r\n", b"\n"), istext=True,
+                              header=False).replace(b"\n", b"\r\n")
+        if encoder == "binascii-wide":
+            raw = raw.replace(b"=\r\n", b"")  # no soft breaks: long lines
+    edits: list[tuple[int, int, str]] = []
+    position = 0
+    for offset, length, replacement in raw_edits:
+        start = min(len(text), position + offset)
+        end = min(len(text), start + length)
+        edits.append((start, end, replacement))
+        position = end
+    part = links._Part("1", 0, 0, len(raw), Message())
+    padded = b" \r\n" in raw or b"\t\r\n" in raw or raw.endswith((b" ", b"\t"))
+    item = links._Decoded(part, binascii.a2b_qp(raw).decode(charset, "surrogateescape"),
+                          charset, "quoted-printable", padded)
+    if item.text != text:
+        return  # binascii's encoder lost a CR or LF: not a message we would decode
+    requoted = links._requote(raw, item, edits)
+    if padded or raw.count(b"\r\n") - raw.count(b"=\r\n") != text.count("\r\n"):
+        assert requoted is None  # padding, or =0D=0A in a line: encoded afresh
+        return
+    assert requoted is not None
+    edited = links._apply(text, edits)
+    assert binascii.a2b_qp(requoted).decode(charset, "surrogateescape") == edited
+    untouched = set(raw.replace(b"=\r\n", b"=\n").split(b"\r\n"))
+    for line in requoted.replace(b"=\r\n", b"=\n").split(b"\r\n"):
+        assert line in untouched or all(len(row) <= 76 for row in line.split(b"=\n"))

@@ -189,6 +189,50 @@ def test_typical_lengths() -> None:
                                                       RING)) < 2100
 
 
+# The wire format is a promise to every link already in someone's inbox: these tokens,
+# made by the first release's encoder, must still come out byte for byte.
+GOLDEN_RING = KeyRing([Key(7, b"k" * 32, NOW)])
+GOLDEN = [
+    (OpenToken(MID, 0, int(NOW)), "KAeA4s-qBgGL0OGiswEjRWeJq83vAE4_88rBG8-souNMkwiO64w"),
+    (UnsubscribeToken(MID, 3, int(NOW)), "MAeA4s-qBgGL0OGiswEjRWeJq83vA6DZm3hMvQj64khGfeN5C8M"),
+    (OpenToken(MID, None, int(NOW)), "LAeA4s-qBgGL0OGiswEjRWeJq83vvyHiGEpAIUCg7s6dusnz7Q"),
+    (UnsubscribeToken(MID, "a@b.example", int(NOW)),
+     "MQeA4s-qBgGL0OGiswEjRWeJq83vC2FAYi5leGFtcGxlFRXW0FwO5H3nGFq7b9zDzQ"),
+    (ClickToken(MID, 0, 3, TYPICAL, int(NOW)),
+     "IgeA4s-qBgGL0OGiswEjRWeJq83vAAMlzFsKgCAQRuFW01sa0VMgLSXEfkpwVJwRW3631w_O6U6RzIvWrTWFy1IO"
+     "UC6RziXt1QlrzsXHY2AbsFahjVMtDiaicYAISv8qYfeVDMj68IF7VtYf0fz9NE7zDSgH07Wflfl94BxowvfmSmE"),
+    (ClickToken(MID, None, 250, "https://a.example/", int(NOW), (("k", "v"),)),
+     "JAeA4s-qBgGL0OGiswEjRWeJq83v-gEBAWsBdmh0dHBzOi8vYS5leGFtcGxlL0gO4fUGKY6Z2BOk_7EetSU"),
+]
+
+
+@pytest.mark.parametrize(("payload", "token"), GOLDEN)
+def test_tokens_are_the_same_bytes_as_the_first_release_made(payload: Payload,
+                                                             token: str) -> None:
+    assert encode(payload, GOLDEN_RING) == token
+    assert decode(token, GOLDEN_RING, NOW) == payload
+
+
+@settings(max_examples=100, deadline=None)
+@given(message_ids, recipients, times,
+       st.lists(st.tuples(st.integers(0, 300), st.sampled_from([TYPICAL, "https://a.example/",
+                                                               "http://b.example/?x=1"]),
+                          st.sampled_from([(), (("campaign", "spring"),)])), max_size=12))
+def test_one_issuer_per_message_makes_the_tokens_encode_makes(
+        message_id: str, recipient: int | str | None, issued: int,
+        links: list[tuple[int, str, tuple[tuple[str, str], ...]]]) -> None:
+    """Repeated URLs share a cached tail; every token must still be the one encode() makes."""
+    issuer = tokens.Issuer(RING, message_id, recipient, issued)
+    for index, url, tags in links:
+        payload = ClickToken(message_id, recipient, index, url, issued, tags)
+        token = issuer.click(index, url, tags)
+        assert token == encode(payload, RING)
+        assert decode(token, RING, NOW) == payload
+    assert issuer.open() == encode(OpenToken(message_id, recipient, issued), RING)
+    assert issuer.unsubscribe() == encode(UnsubscribeToken(message_id, recipient, issued),
+                                          RING)
+
+
 # --- keys and rotation -----------------------------------------------------------------
 
 def test_rotation_keeps_old_tokens_valid_for_the_grace_period() -> None:
