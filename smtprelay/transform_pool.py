@@ -42,6 +42,9 @@ log = logging.getLogger("smtprelay.transforms")
 # fall out when the cache is full.
 _SETTINGS_CACHE = 64
 _STOP_TIMEOUT = 10.0
+# How much of a worker's replies to buffer before pausing the pipe: a few messages'
+# worth, so a big message arrives in a few reads rather than many 64 KiB ones.
+_READ_BUFFER = 1 << 20
 # Where this smtprelay is imported from, so the workers run the same code even from a
 # checkout that is not installed.
 _PACKAGE_ROOT = str(Path(transform_worker.__file__).resolve().parent.parent)
@@ -81,10 +84,11 @@ class _Worker:
             while True:
                 head = await stdout.readexactly(transform_worker.REPLY.size)
                 status, details_size, data_size = transform_worker.REPLY.unpack(head)
-                body = await stdout.readexactly(details_size + data_size)
+                details = await stdout.readexactly(details_size)
+                data = await stdout.readexactly(data_size)
                 reply = self.waiting.popleft()
                 if not reply.done():  # else the session went away meanwhile
-                    reply.set_result((status, body[:details_size], body[details_size:]))
+                    reply.set_result((status, details, data))
         except (asyncio.IncompleteReadError, ConnectionError, IndexError):
             pass
         finally:
@@ -113,7 +117,8 @@ class TransformPool:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (_PACKAGE_ROOT, env.get("PYTHONPATH"))))
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "smtprelay.transform_worker",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+            limit=_READ_BUFFER)
         worker = _Worker(process)
         worker.reader = asyncio.create_task(self._watch(worker))
         return worker
@@ -209,10 +214,11 @@ class TransformPool:
         for worker in workers:
             if worker.process.stdin is not None:
                 worker.process.stdin.close()
+        if workers:
+            await asyncio.wait([asyncio.ensure_future(worker.process.wait())
+                                for worker in workers], timeout=_STOP_TIMEOUT)
         for worker in workers:
-            try:
-                await asyncio.wait_for(worker.process.wait(), _STOP_TIMEOUT)
-            except TimeoutError:
+            if worker.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.kill()
                 await worker.process.wait()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import email
 import email.policy
+import json
 import logging
 import os
 import re
@@ -384,6 +385,97 @@ def test_a_worker_dying_with_the_message_gives_451_and_loses_nothing(
     assert {m["id"] for m in spooled(relay.config)} == before  # the client keeps it
     html = parts(delivered(relay, big))["text/html"]  # the next try goes through
     assert [kind for kind, _ in decoded_tokens(relay, html)].count("c") == 250
+
+
+def test_a_message_whose_worker_dies_is_tried_once_more_on_a_fresh_one(
+        relay: RunningRelay, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "smtprelay.transforms")
+    before = {m["id"] for m in spooled(relay.config)}
+    links = "".join(f'<a href="https://shop.example/item/{i}?ref=mail">Item {i}</a><br>\r\n'
+                    for i in range(40_000))
+    big = ("From: app@example.com\r\nTo: someone@example.net\r\nSubject: catalogue\r\n"
+           f"X-SES-CONFIGURATION-SET: {TRACKED}\r\nContent-Type: text/html; charset=utf-8\r\n"
+           f"\r\n<html><body>{links}</body></html>\r\n").encode()
+    pool = relay.relay._pipeline.transform_pool
+    assert pool is not None
+    killed: list[int] = []
+
+    def killer() -> None:  # the first worker seen holding a message dies, once
+        deadline = time.monotonic() + 20
+        while not killed and time.monotonic() < deadline:
+            for worker in list(pool._live):
+                if worker.waiting and worker.alive:
+                    _kill([worker.process.pid])
+                    killed.append(worker.process.pid)
+                    return
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    code, reply = send(relay, big)
+    thread.join(20)
+    assert killed, "the message never reached a worker"
+    assert code == 250, reply
+    assert len({m["id"] for m in spooled(relay.config)} - before) == 1
+    assert "a transform worker died with the message; trying another" in caplog.text
+    assert killed[0] not in _transform_workers(relay)
+    html = parts(delivered(relay, big))["text/html"]
+    assert [kind for kind, _ in decoded_tokens(relay, html)].count("c") == 250
+
+
+def _worker_children(pid: int) -> list[int]:
+    """Live transform workers whose parent is `pid` (a zombie counts as gone)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+            if int(fields[1]) == pid and fields[0] != "Z" \
+                    and b"smtprelay.transform_worker" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.append(pid)
+    return alive
+
+
+def _send_to_daemon(daemon: DaemonProcess) -> None:
+    cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
+    with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=30) as smtp:
+        smtp.starttls(context=client_context())
+        smtp.login(cred["username"], cred["password"])
+        smtp.mail("app@example.com")
+        smtp.rcpt("someone@example.net")
+        code, reply = smtp.data(newsletter())
+    assert code == 250, reply
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_workers_end_with_the_relay_however_it_ends(tmp_path: Path, how: int) -> None:
+    """A stopped relay leaves no worker behind; a killed one neither (their input closes)."""
+    daemon = DaemonProcess(tmp_path, configuration_sets=SETS,
+                           tracking_domains=TRACKING_DOMAINS, server={"transform_workers": 2})
+    daemon.start()
+    try:
+        _send_to_daemon(daemon)
+        workers = _worker_children(daemon.proc.pid)
+        assert len(workers) == 2
+    finally:
+        code = daemon.stop(how)
+    assert code == (0 if how == signal.SIGTERM else -signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(workers)
+    assert "Traceback" not in daemon.log()
 
 
 def test_without_workers_the_relay_process_does_the_same_work(tmp_path: Path) -> None:
