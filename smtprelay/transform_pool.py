@@ -13,11 +13,12 @@ microseconds. Each request carries the tracking key ring (a few hundred bytes), 
 key rotation (SIGHUP) needs nothing from the workers: the next message is signed with
 the new key. A set's settings are pickled once per set and configuration.
 
-A worker takes requests in order; a request goes to the worker with the fewest
-unanswered ones. A worker that dies (killed by the OOM killer, say) fails the
-messages it held; each is tried once more on a fresh worker (the transform is a pure
-function, so a second run is harmless), and if that one dies too the message is
-refused with 451: the client keeps it and sends it again. Nothing is lost either way.
+A worker takes requests in order; a request goes to an idle worker, or starts one
+(up to `server.transform_workers`), or waits behind the fewest unanswered ones. A
+worker that dies (killed by the OOM killer, say) fails the messages it held; each is
+tried once more on a fresh worker (the transform is a pure function, so a second run
+is harmless), and if that one dies too the message is refused with 451: the client
+keeps it and sends it again. Nothing is lost either way.
 """
 
 from __future__ import annotations
@@ -134,14 +135,25 @@ class TransformPool:
                       f"signal {-code}" if code < 0 else f"exit code {code}")
 
     async def _worker(self) -> _Worker:
+        """An idle worker, else a new one while there are fewer than `workers`, else the
+        least busy. Workers start on demand, as a ProcessPoolExecutor's do: a relay that
+        tracks one message now and then runs one."""
         live = [worker for worker in self._live if worker.alive]
+        idle = next((worker for worker in live if not worker.waiting), None)
+        if idle is not None:
+            return idle
         if len(live) < self.workers:
             if self._spawning is None:
                 self._spawning = asyncio.Lock()
             async with self._spawning:
-                while len([w for w in self._live if w.alive]) < self.workers:
-                    self._live.append(await self._spawn())
-            live = [worker for worker in self._live if worker.alive]
+                live = [worker for worker in self._live if worker.alive]
+                idle = next((worker for worker in live if not worker.waiting), None)
+                if idle is not None:
+                    return idle
+                if len(live) < self.workers:
+                    worker = await self._spawn()
+                    self._live.append(worker)
+                    return worker
         return min(live, key=lambda worker: len(worker.waiting))
 
     def _pickled_settings(self, settings: ConfigurationSetConfig | None) -> bytes:
