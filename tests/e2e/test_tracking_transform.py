@@ -359,14 +359,19 @@ def test_tracking_runs_in_worker_processes_and_a_killed_worker_is_replaced(
     assert not set(_transform_workers(relay)) & set(workers)
 
 
+def catalogue() -> bytes:
+    """A tracked message with 40,000 links: long enough in a worker to be killed there."""
+    links = "".join(f'<a href="https://shop.example/item/{i}?ref=mail">Item {i}</a><br>\r\n'
+                    for i in range(40_000))
+    return ("From: app@example.com\r\nTo: someone@example.net\r\nSubject: catalogue\r\n"
+            f"X-SES-CONFIGURATION-SET: {TRACKED}\r\nContent-Type: text/html; charset=utf-8\r\n"
+            f"\r\n<html><body>{links}</body></html>\r\n").encode()
+
+
 def test_a_worker_dying_with_the_message_gives_451_and_loses_nothing(
         relay: RunningRelay) -> None:
     before = {m["id"] for m in spooled(relay.config)}
-    links = "".join(f'<a href="https://shop.example/item/{i}?ref=mail">Item {i}</a><br>\r\n'
-                    for i in range(40_000))
-    big = ("From: app@example.com\r\nTo: someone@example.net\r\nSubject: catalogue\r\n"
-           f"X-SES-CONFIGURATION-SET: {TRACKED}\r\nContent-Type: text/html; charset=utf-8\r\n"
-           f"\r\n<html><body>{links}</body></html>\r\n").encode()
+    big = catalogue()
     done = threading.Event()
 
     def killer() -> None:  # every worker that shows up dies, until the reply is in
@@ -391,11 +396,7 @@ def test_a_message_whose_worker_dies_is_tried_once_more_on_a_fresh_one(
         relay: RunningRelay, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "smtprelay.transforms")
     before = {m["id"] for m in spooled(relay.config)}
-    links = "".join(f'<a href="https://shop.example/item/{i}?ref=mail">Item {i}</a><br>\r\n'
-                    for i in range(40_000))
-    big = ("From: app@example.com\r\nTo: someone@example.net\r\nSubject: catalogue\r\n"
-           f"X-SES-CONFIGURATION-SET: {TRACKED}\r\nContent-Type: text/html; charset=utf-8\r\n"
-           f"\r\n<html><body>{links}</body></html>\r\n").encode()
+    big = catalogue()
     pool = relay.relay._pipeline.transform_pool
     assert pool is not None
     killed: list[int] = []
