@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import pickle
+import site
 import sys
 from pathlib import Path
 
@@ -49,6 +50,22 @@ _READ_BUFFER = 1 << 20
 # Where this smtprelay is imported from, so the workers run the same code even from a
 # checkout that is not installed.
 _PACKAGE_ROOT = str(Path(transform_worker.__file__).resolve().parent.parent)
+
+
+def _worker_environment() -> dict[str, str]:
+    """The relay's environment; from a checkout, with the checkout first on the path.
+
+    An installed smtprelay needs nothing: the worker runs the same interpreter and
+    finds it where the relay did. A site-packages directory must not go on PYTHONPATH,
+    which comes before the standard library (a backport there would shadow it).
+    """
+    env = dict(os.environ)
+    installed = {str(Path(path).resolve())
+                 for path in (*site.getsitepackages(), site.getusersitepackages())}
+    if _PACKAGE_ROOT not in installed:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (_PACKAGE_ROOT,
+                                                          env.get("PYTHONPATH"))))
+    return env
 
 
 class TransformUnavailable(RuntimeError):
@@ -114,11 +131,10 @@ class TransformPool:
         return [worker.process.pid for worker in self._live if worker.alive]
 
     async def _spawn(self) -> _Worker:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, (_PACKAGE_ROOT, env.get("PYTHONPATH"))))
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "smtprelay.transform_worker",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            env=_worker_environment(),
             limit=_READ_BUFFER)
         worker = _Worker(process)
         worker.reader = asyncio.create_task(self._watch(worker))
