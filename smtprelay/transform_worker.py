@@ -82,7 +82,7 @@ def serve(source: BinaryIO, sink: BinaryIO) -> int:
             status, details, data = FAILED, repr(exc), b""
         else:
             status, data = OK, result.data
-            details = (len(result.links), result.opens_tracked, result.unsubscribe_url,
+            details = (result.link_count, result.opens_tracked, result.unsubscribe_url,
                        result.problems)
         packed = pickle.dumps(details, protocol=pickle.HIGHEST_PROTOCOL)
         sink.write(REPLY.pack(status, len(packed), len(data)) + packed + data)
