@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import getpass
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from smtprelay import __version__
@@ -450,12 +451,25 @@ def _reputation(verdict: dict[str, Any]) -> str:
 # -- configuration sets (run-time pauses) --------------------------------------------------
 
 
-def _pause_store(config: Config) -> Any:
+@contextlib.contextmanager
+def _pause_store(config: Config) -> Iterator[Any]:
     from smtprelay.pauses import SQLitePauseStore
 
     store = SQLitePauseStore(config.state_path)
     store.open()
-    return store
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _require_configured(name: str, names: Iterable[str], key: str, what: str,
+                        listed: str) -> None:
+    """CommandError naming the config key when `name` is not among `names`."""
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise CommandError(f"{key}.{name}: no such {what} in the configuration "
+                           f"({listed}: {known})")
 
 
 def _set_row(name: str, config: Config, pause: Any) -> dict[str, Any]:
@@ -468,9 +482,8 @@ def _set_row(name: str, config: Config, pause: Any) -> dict[str, Any]:
 
 def cmd_sets_list(args: argparse.Namespace) -> int:
     config = _state_config(args)
-    store = _pause_store(config)
-    pauses = store.all()
-    store.close()
+    with _pause_store(config) as store:
+        pauses = store.all()
     rows = [_set_row(name, config, pauses.get(name))
             for name in sorted(set(config.configuration_sets) | set(pauses))]
     if args.json:
@@ -516,18 +529,14 @@ def cmd_sets_pause(args: argparse.Namespace) -> int:
     from smtprelay.pauses import AlreadyPaused
 
     config = _state_config(args)
-    if args.name not in config.configuration_sets:
-        known = ", ".join(sorted(config.configuration_sets)) or "none"
-        raise CommandError(f"configuration_sets.{args.name}: no such configuration set in "
-                           f"the configuration (sets: {known})")
+    _require_configured(args.name, config.configuration_sets, "configuration_sets",
+                        "configuration set", "sets")
     detail = _pause_detail(args)
-    store = _pause_store(config)
-    try:
-        store.pause(args.name, detail=detail, by="cli")
-    except AlreadyPaused as exc:
-        raise CommandError(f"{exc}; `smtprelay sets resume {args.name}` first") from None
-    finally:
-        store.close()
+    with _pause_store(config) as store:
+        try:
+            store.pause(args.name, detail=detail, by="cli")
+        except AlreadyPaused as exc:
+            raise CommandError(f"{exc}; `smtprelay sets resume {args.name}` first") from None
     print(f"{args.name}: paused. New mail for it is refused with 554 5.7.1 (a running "
           "daemon notices within a second); queued mail still goes.")
     return EXIT_OK
@@ -535,11 +544,8 @@ def cmd_sets_pause(args: argparse.Namespace) -> int:
 
 def cmd_sets_resume(args: argparse.Namespace) -> int:
     config = _state_config(args)
-    store = _pause_store(config)
-    try:
+    with _pause_store(config) as store:
         lifted = store.resume(args.name)
-    finally:
-        store.close()
     if lifted is None:
         settings = config.configuration_sets.get(args.name)
         if settings is not None and not settings.sending_enabled:
@@ -556,9 +562,8 @@ def cmd_sets_resume(args: argparse.Namespace) -> int:
 
 def cmd_accounts_list(args: argparse.Namespace) -> int:
     config = _state_config(args)
-    store = _pause_store(config)
-    pauses = store.all("account")
-    store.close()
+    with _pause_store(config) as store:
+        pauses = store.all("account")
     rows: list[dict[str, Any]] = [
         {"name": name, "configured": name in config.accounts,
          "paused": pauses[name].as_json() if name in pauses else None}
@@ -575,19 +580,14 @@ def cmd_accounts_pause(args: argparse.Namespace) -> int:
     from smtprelay.pauses import AlreadyPaused
 
     config = _state_config(args)
-    if args.name not in config.accounts:
-        known = ", ".join(sorted(config.accounts)) or "none"
-        raise CommandError(f"accounts.{args.name}: no such account in the configuration "
-                           f"(accounts: {known})")
+    _require_configured(args.name, config.accounts, "accounts", "account", "accounts")
     detail = _pause_detail(args)
-    store = _pause_store(config)
-    try:
-        store.pause(args.name, detail=detail, by="cli", scope="account")
-    except AlreadyPaused as exc:
-        raise CommandError(f"account {args.name} is already paused; `smtprelay accounts "
-                           f"resume {args.name}` first ({exc})") from None
-    finally:
-        store.close()
+    with _pause_store(config) as store:
+        try:
+            store.pause(args.name, detail=detail, by="cli", scope="account")
+        except AlreadyPaused as exc:
+            raise CommandError(f"account {args.name} is already paused; `smtprelay accounts "
+                               f"resume {args.name}` first ({exc})") from None
     print(f"{args.name}: paused. Its new mail is refused with 554 5.7.1 (a running daemon "
           "notices within a second); queued mail still goes.")
     return EXIT_OK
@@ -595,11 +595,8 @@ def cmd_accounts_pause(args: argparse.Namespace) -> int:
 
 def cmd_accounts_resume(args: argparse.Namespace) -> int:
     config = _state_config(args)
-    store = _pause_store(config)
-    try:
+    with _pause_store(config) as store:
         lifted = store.resume(args.name, scope="account")
-    finally:
-        store.close()
     if lifted is None:
         raise CommandError(f"account {args.name} is not paused")
     print(f"{args.name}: resumed (was paused since {_when(lifted.since)} by {lifted.by}).")

@@ -715,10 +715,10 @@ def _encode(data: bytes, item: _Decoded, edits: list[_Edit],
     return [change, (part.body, part.end, quoted_printable(octets))]
 
 
-# Charsets whose encoder keeps no state from line to line, so a line can be encoded on
-# its own (ISO-2022-JP, for one, may not: it switches character sets with escapes).
-_STATELESS = re.compile(
-    r"utf[-_]?8|(?:us-)?ascii|iso[-_]?8859[-_]\d+|windows-125\d|cp125\d|latin[-_]?1", re.IGNORECASE)
+# Codecs (codecs.lookup names, as for _ROUND_TRIP) that keep no state from line to
+# line, so a line can be encoded on its own (ISO-2022-JP, for one, may not: it switches
+# character sets with escapes).
+_STATELESS = re.compile(r"utf-8|ascii|iso8859-\d+|cp125\d")
 
 
 def _requote(raw: bytes, item: _Decoded, edits: list[_Edit]) -> bytes | None:
@@ -732,7 +732,7 @@ def _requote(raw: bytes, item: _Decoded, edits: list[_Edit]) -> bytes | None:
     keep its bytes. That needs the decoded text to have a CRLF exactly at each hard line
     break, which equal counts prove: a CRLF encoded inside a line (=0D=0A) adds one.
     """
-    if item.padded or not _STATELESS.fullmatch(item.charset):
+    if item.padded or not _STATELESS.fullmatch(codecs.lookup(item.charset).name):
         return None  # transport padding the decoder dropped, or a stateful charset
     text = item.text
     # Soft breaks become "=\n" for a moment, so that every CRLF left is a hard break.

@@ -92,7 +92,6 @@ class _Worker:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
         self.waiting: collections.deque[asyncio.Future[_Reply]] = collections.deque()
-        self.alive = True
         self.reader: asyncio.Task[None] | None = None
 
     async def read_replies(self) -> None:
@@ -110,7 +109,6 @@ class _Worker:
         except (asyncio.IncompleteReadError, ConnectionError, IndexError):
             pass
         finally:
-            self.alive = False
             while self.waiting:
                 reply = self.waiting.popleft()
                 if not reply.done():
@@ -121,14 +119,14 @@ class TransformPool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._live: list[_Worker] = []
-        self._spawning: asyncio.Lock | None = None
+        self._spawning = asyncio.Lock()
         self._settings: collections.OrderedDict[int, tuple[object, bytes]] = \
             collections.OrderedDict()
         self._closed = False
 
     def pids(self) -> list[int]:
         """The live workers' process ids (for tests and operators' curiosity)."""
-        return [worker.process.pid for worker in self._live if worker.alive]
+        return [worker.process.pid for worker in self._live]
 
     async def _spawn(self) -> _Worker:
         process = await asyncio.create_subprocess_exec(
@@ -142,6 +140,7 @@ class TransformPool:
 
     async def _watch(self, worker: _Worker) -> None:
         await worker.read_replies()
+        # In the same step as its last reply: a worker is in _live exactly while alive.
         with contextlib.suppress(ValueError):
             self._live.remove(worker)
         code = await worker.process.wait()
@@ -150,27 +149,25 @@ class TransformPool:
                       "the next message", worker.process.pid,
                       f"signal {-code}" if code < 0 else f"exit code {code}")
 
-    async def _worker(self) -> _Worker:
-        """An idle worker, else a new one while there are fewer than `workers`, else the
-        least busy. Workers start on demand, as a ProcessPoolExecutor's do: a relay that
-        tracks one message now and then runs one."""
-        live = [worker for worker in self._live if worker.alive]
-        idle = next((worker for worker in live if not worker.waiting), None)
-        if idle is not None:
+    def _pick(self) -> _Worker | None:
+        """An idle worker; else None while there is room for another; else the least busy.
+
+        Workers start on demand, as a ProcessPoolExecutor's do: a relay that tracks one
+        message now and then runs one."""
+        idle = next((worker for worker in self._live if not worker.waiting), None)
+        if idle is not None or len(self._live) < self.workers:
             return idle
-        if len(live) < self.workers:
-            if self._spawning is None:
-                self._spawning = asyncio.Lock()
+        return min(self._live, key=lambda worker: len(worker.waiting))
+
+    async def _worker(self) -> _Worker:
+        worker = self._pick()
+        if worker is None:
             async with self._spawning:
-                live = [worker for worker in self._live if worker.alive]
-                idle = next((worker for worker in live if not worker.waiting), None)
-                if idle is not None:
-                    return idle
-                if len(live) < self.workers:
+                worker = self._pick()  # another request may have started one meanwhile
+                if worker is None:
                     worker = await self._spawn()
                     self._live.append(worker)
-                    return worker
-        return min(live, key=lambda worker: len(worker.waiting))
+        return worker
 
     def _pickled_settings(self, settings: ConfigurationSetConfig | None) -> bytes:
         entry = self._settings.get(id(settings))

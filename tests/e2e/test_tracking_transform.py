@@ -405,7 +405,7 @@ def test_a_message_whose_worker_dies_is_tried_once_more_on_a_fresh_one(
         deadline = time.monotonic() + 20
         while not killed and time.monotonic() < deadline:
             for worker in list(pool._live):
-                if worker.waiting and worker.alive:
+                if worker.waiting:
                     _kill([worker.process.pid])
                     killed.append(worker.process.pid)
                     return
