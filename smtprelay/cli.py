@@ -586,8 +586,8 @@ def cmd_accounts_pause(args: argparse.Namespace) -> int:
         try:
             store.pause(args.name, detail=detail, by="cli", scope="account")
         except AlreadyPaused as exc:
-            raise CommandError(f"account {args.name} is already paused; `smtprelay accounts "
-                               f"resume {args.name}` first ({exc})") from None
+            raise CommandError(f"{exc}; `smtprelay accounts resume {args.name}` first"
+                               ) from None
     print(f"{args.name}: paused. Its new mail is refused with 554 5.7.1 (a running daemon "
           "notices within a second); queued mail still goes.")
     return EXIT_OK

@@ -69,8 +69,9 @@ class Pause:
 
 
 class AlreadyPaused(Exception):
-    def __init__(self, pause: Pause) -> None:
-        super().__init__(f"configuration set {pause.configuration_set!r} is already paused "
+    def __init__(self, pause: Pause, scope: Scope = "set") -> None:
+        what = "configuration set" if scope == "set" else "account"
+        super().__init__(f"{what} {pause.configuration_set!r} is already paused "
                          f"({pause.reason}, by {pause.by})")
         self.pause = pause
 
@@ -126,7 +127,7 @@ class SQLitePauseStore(sqlitedb.Store):
                     (pause.configuration_set, pause.reason, pause.detail, pause.since,
                      pause.by))
         if existing is not None:
-            raise AlreadyPaused(existing)
+            raise AlreadyPaused(existing, scope)
         return pause
 
     def resume(self, configuration_set: str, *, scope: Scope = "set",

@@ -361,6 +361,10 @@ def test_an_account_paused_through_the_api_gets_554_for_every_set_until_resumed(
         code, reply = send(relay, cred, ["a@x.test"], configuration_set=configuration_set)
         assert (code, reply) == (554, "5.7.1 Sending paused for this account")
     assert admin.post("/api/v1/accounts/acme/pause").status == 409
+    again = admin.post("/api/v1/accounts/acme/pause")
+    assert again.json["error"]["message"] == ("account 'acme' is already paused (manual, by "
+                                              "api 127.0.0.1); resume it first to pause it "
+                                              "again")
     assert admin.get("/api/v1/accounts/acme").json["paused"]["reason"] == "manual"
     # The sets themselves are not paused: resuming the account is what lets mail in.
     sets = {s["name"]: s for s in admin.get("/api/v1/configuration-sets").json["items"]}
