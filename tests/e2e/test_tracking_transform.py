@@ -248,7 +248,7 @@ def test_ten_thousand_links_in_a_big_part(relay: RunningRelay) -> None:
     data = ("From: app@example.com\r\nTo: someone@example.net\r\nSubject: catalogue\r\n"
             f"X-SES-CONFIGURATION-SET: {TRACKED}\r\nContent-Type: text/html; charset=utf-8\r\n"
             f"\r\n<html><body>{links}</body></html>\r\n").encode()
-    assert len(data) > 256 * 1024  # rewritten in a worker thread
+    assert len(data) > 256 * 1024
     html = parts(delivered(relay, data))["text/html"]
     clicks = [p for kind, p in decoded_tokens(relay, html) if kind == "c"]
     assert len(clicks) == 250
@@ -256,6 +256,32 @@ def test_ten_thousand_links_in_a_big_part(relay: RunningRelay) -> None:
         f"https://shop.example/item/{i}?ref=mail" for i in range(250)]
     assert '<a href="https://shop.example/item/250?ref=mail">' in html
     assert '<a href="https://shop.example/item/9999?ref=mail">' in html
+
+
+_PIXEL = re.compile(r'<img src="https://links\.example\.com/o/[A-Za-z0-9_-]+" width="1" '
+                    r'height="1" alt="" style="border:0;width:1px;height:1px;" />')
+
+
+def test_a_20_mb_html_part_is_tracked_in_a_worker_and_otherwise_kept(tmp_path: Path) -> None:
+    with running(tmp_path, configuration_sets=SETS, tracking_domains=TRACKING_DOMAINS,
+                 server={"transform_workers": 2},
+                 limits={"max_message_size": 24 * 1024 * 1024}) as relay:
+        row = ('<tr><td style="padding:4px">' + "x" * 60 + '</td><td><a href='
+               '"https://shop.example/p?id=1">Buy</a></td></tr>\r\n')
+        html = ("<html><body><table>\r\n" + row * (20_000_000 // len(row))
+                + "</table></body></html>\r\n")
+        data = ("From: app@example.com\r\nTo: someone@example.net\r\nSubject: big\r\n"
+                f"X-SES-CONFIGURATION-SET: {TRACKED}\r\n"
+                "Content-Type: text/html; charset=utf-8\r\n\r\n" + html).encode()
+        assert len(data) > 20_000_000
+        before = {m["id"] for m in spooled(relay.config)}
+        out = parts(delivered(relay, data))["text/html"]
+        assert len({m["id"] for m in spooled(relay.config)} - before) == 1
+        assert [kind for kind, _ in decoded_tokens(relay, out[:200_000])].count("c") == 250
+        assert len(_PIXEL.findall(out)) == 1
+        # Apart from the 250 tracked links and the pixel, every byte is as it was sent.
+        restored = _TOKEN.sub("https://shop.example/p?id=1", _PIXEL.sub("", out))
+        assert restored == html
 
 
 @pytest.mark.parametrize(("part", "problem"), [
