@@ -1,6 +1,6 @@
 """What DKIM signing costs per message, in microseconds (medians of several runs).
 
-Signs, with smtprelay.dkim exactly as the pipeline does (relaxed/relaxed, the h= list,
+Signs, with smtprelay.transform.dkim exactly as the pipeline does (relaxed/relaxed, the h= list,
 the DKIM-Signature fields): a 2 KB text message, a 50 KB HTML message, a 1 MB message
 (HTML part plus a base64 attachment, the usual shape of a big mail) and a 1 MB
 whitespace-heavy text message (the worst case for relaxed body canonicalisation),
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dkim as dkimpy
 
-from smtprelay import dkim
+from smtprelay.transform import dkim
 
 _HEADER = ("From: News <news@example.com>\r\nTo: someone@example.net\r\n"
            "Subject: The November letter\r\nDate: Sun, 22 Nov 2026 17:47:41 +0000\r\n"

@@ -37,7 +37,7 @@ from bench._common import (
     write_result,
 )
 from bench._common import run_load as common_run_load
-from smtprelay.suppression import SQLiteSuppressionStore
+from smtprelay.policy.suppression import SQLiteSuppressionStore
 
 ACCOUNT = "bench"
 QUOTA = {"max_send_rate": 100_000, "max_24h_send": 100_000_000}

@@ -47,7 +47,7 @@ from bench._common import (
     write_result,
 )
 from bench._common import run_load as common_run_load
-from smtprelay import dkim
+from smtprelay.transform import dkim
 from tests.peers.postfix import benchmark_peer
 
 

@@ -1,6 +1,6 @@
 """What tracking, one-click unsubscribe and DKIM cost per message, in microseconds.
 
-Runs, in-process and exactly as smtprelay.pipeline does after the hygiene stage, on
+Runs, in-process and exactly as smtprelay.submission.pipeline does after the hygiene stage, on
 three messages (2 KB text/plain; a 50 KB table-heavy HTML newsletter with 40 links,
 quoted-printable; 1 MB of the same HTML with 250 links):
 
@@ -41,12 +41,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from smtprelay import dkim, hygiene, pipeline, transforms
 from smtprelay.config import ConfigurationSetConfig
-from smtprelay.headers import parse_header_section
+from smtprelay.mail.headers import parse_header_section
 from smtprelay.spool.model import new_message_id
-from smtprelay.tokens import KeyRing
-from smtprelay.transform_pool import TransformPool
+from smtprelay.submission import pipeline
+from smtprelay.transform import dkim, hygiene, tracking
+from smtprelay.transform.pool import TransformPool
+from smtprelay.transform.tokens import KeyRing
 
 TRACKING_DOMAIN = "links.example.com"
 # The configuration sets: what config/smtprelay.example.yaml shows, and nothing.
@@ -252,17 +253,17 @@ def timings(cells: dict[str, Callable[[], Any]], runs: int,
 
 
 class Stage:
-    """The transform and DKIM steps of smtprelay.pipeline.Pipeline, for one message."""
+    """The transform and DKIM steps of smtprelay.submission.pipeline.Pipeline, for one message."""
 
     def __init__(self, data: bytes, message_id: str, received_at: float,
-                 settings: ConfigurationSetConfig, transformer: transforms.Transformer,
+                 settings: ConfigurationSetConfig, transformer: tracking.Transformer,
                  keys: list[dkim.SigningKey], pool: TransformPool | None = None) -> None:
         self.data = data
         self.keys = keys
         self.transform = functools.partial(
             transformer.apply, data, message_id=message_id, recipient_count=1,
             issued_at=received_at, settings=settings)
-        self.pool = pool if transforms.changes_anything(settings) else None
+        self.pool = pool if tracking.changes_anything(settings) else None
         self.in_pool = functools.partial(
             pool.apply, transformer.keyring, data, message_id=message_id,
             recipient_count=1, issued_at=received_at, settings=settings) if pool else None
@@ -315,7 +316,7 @@ def signing_keys() -> list[dkim.SigningKey]:
 
 
 def measure(runs: int, clock: Callable[[], float] = time.perf_counter) -> list[dict[str, Any]]:
-    transformer = transforms.Transformer(KeyRing.generate())
+    transformer = tracking.Transformer(KeyRing.generate())
     keys = signing_keys()
     sets = {"off": ConfigurationSetConfig.model_validate(PLAIN_SET),
             "on": ConfigurationSetConfig.model_validate(TRACKED_SET)}

@@ -1,4 +1,4 @@
-from smtprelay.cli import main
+from smtprelay.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

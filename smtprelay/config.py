@@ -157,7 +157,7 @@ class StaticCredential(_Model):
     @field_validator("password_hash")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        from smtprelay.auth.hashing import is_supported_hash
+        from smtprelay.infra.passwords import is_supported_hash
 
         if not is_supported_hash(value):
             raise ValueError(
@@ -423,7 +423,7 @@ class RateThresholds(_Model):
 
 
 class ReputationConfig(_Model):
-    # The reputation guard (smtprelay.reputation): bounce and complaint rates per
+    # The reputation guard (smtprelay.policy.reputation): bounce and complaint rates per
     # configuration set and per account over a sliding window.
     enabled: bool = True
     # SES judges a "representative volume" of recent mail; a day of it is what a
@@ -1001,7 +1001,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
 def _file_problems(config: Config, *, check_keys: bool) -> list[str]:
     problems: list[str] = []
     if check_keys and any(identity.dkim for identity in config.identities.values()):
-        from smtprelay.dkim import load_keys
+        from smtprelay.transform.dkim import load_keys
 
         problems.extend(load_keys(config)[1])
     if not config.tls.generate_self_signed:

@@ -34,7 +34,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from smtprelay.delivery.model import Destination
-from smtprelay.tlsutil import ensure_self_signed, server_context
+from smtprelay.infra.tls import ensure_self_signed, server_context
 
 T = TypeVar("T")
 HOST = "127.0.0.1"

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
+from smtprelay.app.daemon import Relay
 from smtprelay.auth.credentials import CredentialStore
 from smtprelay.config import Config, load_config
-from smtprelay.daemon import Relay
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

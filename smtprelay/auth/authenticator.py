@@ -12,11 +12,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from smtprelay import metrics
 from smtprelay.auth.credentials import Credential, CredentialStore
-from smtprelay.auth.hashing import hash_password, verify_password
 from smtprelay.auth.lockout import Lockout
 from smtprelay.config import Config
+from smtprelay.infra import metrics
+from smtprelay.infra.passwords import hash_password, verify_password
 
 log = logging.getLogger("smtprelay.auth")
 

@@ -8,8 +8,8 @@ import string
 import time
 from dataclasses import dataclass
 
-from smtprelay import sqlitedb
-from smtprelay.auth.hashing import hash_password
+from smtprelay.db import sqlite
+from smtprelay.infra.passwords import hash_password
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS credentials (
@@ -56,7 +56,7 @@ def generate_password() -> str:
     return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(44))
 
 
-class CredentialStore(sqlitedb.Store):
+class CredentialStore(sqlite.Store):
     """Credentials in the state database. Safe to use from several processes at once."""
 
     SCHEMA = _SCHEMA

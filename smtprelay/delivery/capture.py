@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict, same_result
-from smtprelay.safeio import fsync_dir, write_durably
+from smtprelay.infra.safeio import fsync_dir, write_durably
 from smtprelay.spool.model import QueuedMessage
 
 

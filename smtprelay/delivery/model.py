@@ -34,7 +34,7 @@ class RecipientResult:
     remote_mta: str | None = None  # "mx1.example.net [192.0.2.1]"
     retry_after: float | None = None  # seconds, when the remote said so
     # (bounceType, bounceSubType) when the transport knows it (the mailbox simulator);
-    # None: the scheduler classifies the reply (smtprelay.delivery.bounce).
+    # None: the scheduler classifies the reply (smtprelay.bounces.classification).
     bounce: tuple[str, str] | None = None
 
 

@@ -26,8 +26,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from smtprelay import metrics
 from smtprelay.delivery.client import Connection
+from smtprelay.infra import metrics
 
 _REAP_EVERY = 1.0
 

@@ -6,7 +6,7 @@ start-up), groups each message's recipients by domain into one transaction, and
 records every result in the spool before anything else happens to the message.
 
 VERP: when the identity covering a message's envelope sender has a custom MAIL FROM
-domain (``smtprelay.feedback.return_path``), each recipient goes in a transaction of
+domain (``smtprelay.bounces.return_path``), each recipient goes in a transaction of
 its own with ``MAIL FROM:<b-TAG@mail_from_domain>``, the tag naming message and
 recipient, so an asynchronous bounce or complaint maps back to exactly one recipient.
 SES sends one copy per recipient too. The price: a message to 50 addresses at one
@@ -27,14 +27,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from smtprelay import metrics
+from smtprelay.bounces import return_path, verp
+from smtprelay.bounces.classification import DEFAULT_RULES, Rule, classify
 from smtprelay.config import Config, DelayConfig, RetryConfig
-from smtprelay.delivery.bounce import DEFAULT_RULES, Rule, classify
-from smtprelay.delivery.dsn_queue import DSNFactory
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict, same_result
+from smtprelay.delivery.notify_sender import DSNFactory
 from smtprelay.delivery.retry import delay_type, next_retry
 from smtprelay.events import records
-from smtprelay.feedback import return_path, verp
+from smtprelay.infra import metrics
 from smtprelay.spool.model import (
     EventRecord,
     Outcome,
@@ -44,7 +44,7 @@ from smtprelay.spool.model import (
     RecipientUpdate,
 )
 from smtprelay.spool.store import Spool
-from smtprelay.tokens import KeyRing
+from smtprelay.transform.tokens import KeyRing
 
 log = logging.getLogger("smtprelay.delivery")
 

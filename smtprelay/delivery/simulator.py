@@ -51,12 +51,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from smtprelay.config import is_simulator_address
-from smtprelay.delivery.dsn import should_send_dsn
+from smtprelay.delivery.dsn_compose import should_send_dsn
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict
 from smtprelay.delivery.scheduler import Transport
 from smtprelay.events import outbox
 from smtprelay.events.model import Complaint, new_event_id
-from smtprelay.headers import HeaderField, MalformedHeader, addresses, parse_header_section
+from smtprelay.mail.headers import HeaderField, MalformedHeader, addresses, parse_header_section
 from smtprelay.spool.model import Envelope, NewMessage, QueuedMessage, new_message_id
 from smtprelay.spool.store import Spool
 

@@ -19,7 +19,6 @@ import os
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from smtprelay import metrics
 from smtprelay.config import Config
 from smtprelay.delivery.client import ClientSettings, ConnectError, Connection, TLSPolicy
 from smtprelay.delivery.dns import MXResolver, MXResult, Resolution
@@ -31,6 +30,7 @@ from smtprelay.delivery.model import (
     same_result,
 )
 from smtprelay.delivery.pool import ConnectionPool
+from smtprelay.infra import metrics
 from smtprelay.spool.model import QueuedMessage
 
 log = logging.getLogger("smtprelay.delivery")

@@ -7,7 +7,7 @@ Engagement; this records it:
   event destination. The message comes from its mail record (kept for the tracking
   window), so no token holds more than ids. Machine-made ones are recorded too, with
   ``machine: true`` and the reason: dropping them would hide what scanners do.
-  Every set counts them in its statistics (smtprelay.setstats), in the same
+  Every set counts them in its statistics (smtprelay.spool.set_stats), in the same
   transaction as the event, whether it publishes events or not.
 - Unsubscribe: the recipient goes on the account's suppression list (reason
   COMPLAINT: the person asked not to get this mail, and every configuration set that
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from smtprelay import setstats
 from smtprelay.config import Config
 from smtprelay.events import outbox
 from smtprelay.events.model import (
@@ -32,10 +31,11 @@ from smtprelay.events.model import (
     Subscription,
     TopicPreferences,
 )
+from smtprelay.policy.suppression import SuppressionStore
+from smtprelay.spool import set_stats
 from smtprelay.spool.model import EventRecord
 from smtprelay.spool.store import Spool
-from smtprelay.suppression import SuppressionStore
-from smtprelay.tokens import ClickToken, OpenToken, UnsubscribeToken
+from smtprelay.transform.tokens import ClickToken, OpenToken, UnsubscribeToken
 
 log = logging.getLogger("smtprelay.events")
 
@@ -70,7 +70,7 @@ class EngagementRecorder:
         else:
             return
 
-        def event(engaged: setstats.Engaged) -> EventRecord | None:
+        def event(engaged: set_stats.Engaged) -> EventRecord | None:
             # The set's statistics count every engagement; an event only goes to a
             # set that publishes.
             if not self._publishes(engaged.configuration_set):
@@ -121,8 +121,8 @@ class EngagementRecorder:
                 old_topic_preferences=TopicPreferences(unsubscribe_all=False))
             events = (outbox.make(payload.message_id, record.configuration_set,
                                   engagement.at, detail),)
-        counted = setstats.Bump(record.account, record.configuration_set, engagement.at,
-                                {setstats.Kind.UNSUBSCRIBE: 1})
+        counted = set_stats.Bump(record.account, record.configuration_set, engagement.at,
+                                {set_stats.Kind.UNSUBSCRIBE: 1})
         try:
             await self._spool.add_events(events, (counted,))
         except Exception as exc:

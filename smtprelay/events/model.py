@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from smtprelay import tokens
+from smtprelay.transform import tokens
 
 
 class EventType(StrEnum):

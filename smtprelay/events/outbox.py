@@ -23,7 +23,7 @@ from typing import Any
 
 from smtprelay.events import ses
 from smtprelay.events.model import Detail, EventType, MailInfo, new_event_id, type_of
-from smtprelay.headers import header_end
+from smtprelay.mail.headers import header_end
 from smtprelay.spool.model import EventRecord, NewMessage
 
 

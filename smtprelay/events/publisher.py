@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from itertools import takewhile
 from pathlib import Path
 
-from smtprelay import metrics
 from smtprelay.config import Config, EventDestinationConfig
 from smtprelay.events.outbox import StoredEvent
 from smtprelay.events.webhook import WebhookDestination, WebhookFailure
-from smtprelay.safeio import fsync_dir, write_durably
+from smtprelay.infra import metrics
+from smtprelay.infra.safeio import fsync_dir, write_durably
 from smtprelay.spool.store import Spool
 
 log = logging.getLogger("smtprelay.events")

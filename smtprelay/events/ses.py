@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from smtprelay import headers
 from smtprelay.events.model import (
     Bounce,
     Click,
@@ -39,6 +38,7 @@ from smtprelay.events.model import (
     Subscription,
     TopicPreferences,
 )
+from smtprelay.mail import headers
 
 # The guide: headersTruncated is true "if the headers are larger than 10 KB", without
 # saying which KB; we read it as 10 KiB of header fields as written (line endings

@@ -30,7 +30,7 @@ from smtprelay.feedback.classify import (
     recover_tag,
     relay_message_ids,
 )
-from smtprelay.feedback.dsn import DeliveryReport, RecipientStatus
+from smtprelay.feedback.dsn_parse import DeliveryReport, RecipientStatus
 from smtprelay.feedback.mime import OriginalMessage
 
 __all__ = [

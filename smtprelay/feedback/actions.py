@@ -44,11 +44,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from smtprelay import setstats
-from smtprelay.delivery.bounce import DEFAULT_RULES, Rule
+from smtprelay.bounces import verp
+from smtprelay.bounces.classification import DEFAULT_RULES, Rule
 from smtprelay.events import ses
 from smtprelay.events.model import Detail, type_of
-from smtprelay.feedback import verp
 from smtprelay.feedback.arf import ComplaintReport
 from smtprelay.feedback.autoreply import AutoReply
 from smtprelay.feedback.classify import (
@@ -62,13 +61,14 @@ from smtprelay.feedback.classify import (
     recover_tag,
     relay_message_ids,
 )
-from smtprelay.feedback.dsn import DeliveryReport, RecipientStatus
+from smtprelay.feedback.dsn_parse import DeliveryReport, RecipientStatus
 from smtprelay.feedback.fields import normalise_address
 from smtprelay.feedback.inbox import Report, Verdict
+from smtprelay.policy.suppression import Reason
+from smtprelay.spool import set_stats
 from smtprelay.spool.model import EventRecord
 from smtprelay.spool.sent import SentMessage
-from smtprelay.suppression import Reason
-from smtprelay.tokens import KeyRing
+from smtprelay.transform.tokens import KeyRing
 
 MATCHED = "matched"  # events, suppression entries or counters made
 IGNORED = "ignored"  # nothing to do (an auto-reply, a "delivered" status)
@@ -133,7 +133,7 @@ class Plan:
     result: str  # MATCHED, IGNORED or UNMATCHED
     summary: str  # for the log line
     events: list[EventRecord] = field(default_factory=list)
-    counts: list[setstats.Bump] = field(default_factory=list)
+    counts: list[set_stats.Bump] = field(default_factory=list)
     suppressions: list[Suppress] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # logged, not kept
 
@@ -272,16 +272,16 @@ def _delivery(report: Report, feedback: DeliveryReport, targets: list[_Target],
         details: list[Detail] = [
             *bounce_details(feedback, statuses, received_at=at, new_id=ids.next),
             *delay_details(feedback, statuses, received_at=at)]
-        increments: dict[setstats.Kind, int] = {}
+        increments: dict[set_stats.Kind, int] = {}
         for status in statuses:
-            counted = setstats.outcome_kind(status.outcome, status.bounce_type)
+            counted = set_stats.outcome_kind(status.outcome, status.bounce_type)
             if counted is not None:
                 increments[counted] = increments.get(counted, 0) + 1
             if status.outcome == "bounce" and status.permanent:
                 result.suppressions.append(Suppress(message.account, status.final_recipient,
                                                     "BOUNCE", message.message_id, at))
             said.append(f"{status.final_recipient} {_outcome_text(status)}")
-        result.counts.append(setstats.Bump(message.account, message.configuration_set, at,
+        result.counts.append(set_stats.Bump(message.account, message.configuration_set, at,
                                            increments))
         _add_events(result, ids, message, details, at, publishes)
     result.summary = f"msg={','.join(grouped)} " + "; ".join(said)
@@ -324,8 +324,8 @@ def _complaint(report: Report, feedback: ComplaintReport, targets: list[_Target]
             result.suppressions.extend(Suppress(message.account, address, "COMPLAINT",
                                                 message.message_id, at)
                                        for address in addresses)
-            result.counts.append(setstats.Bump(message.account, message.configuration_set,
-                                               at, {setstats.Kind.COMPLAINT: len(addresses)}))
+            result.counts.append(set_stats.Bump(message.account, message.configuration_set,
+                                               at, {set_stats.Kind.COMPLAINT: len(addresses)}))
         _add_events(result, ids, message, [detail], at, publishes)
     result.summary = (f"msg={','.join(grouped)} complaint "
                       f"({feedback.feedback_type or 'abuse'}) from "

@@ -13,7 +13,7 @@ The answer is one of four kinds (``Feedback``), told apart by class or ``kind``:
   keeps the message with the reason.
 
 ``analyse`` never raises, whatever the bytes, and its work is bounded: input is cut at
-``mime.MAX_INPUT``, at most ``mime.MAX_PARTS`` MIME parts and ``dsn.MAX_RECIPIENTS``
+``mime.MAX_INPUT``, at most ``mime.MAX_PARTS`` MIME parts and ``dsn_parse.MAX_RECIPIENTS``
 recipients are read, and every regex runs on capped text.
 
 What the parser cannot know is which addresses the message went to. The VERP
@@ -31,7 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from smtprelay.delivery.bounce import DEFAULT_RULES, Rule
+from smtprelay.bounces import verp
+from smtprelay.bounces.classification import DEFAULT_RULES, Rule
 from smtprelay.events.model import (
     Bounce,
     BounceSubType,
@@ -41,12 +42,12 @@ from smtprelay.events.model import (
     DeliveryDelay,
     new_event_id,
 )
-from smtprelay.feedback import arf, autoreply, dsn, mime, textbounce, verp
+from smtprelay.feedback import arf, autoreply, dsn_parse, mime, textbounce
 from smtprelay.feedback.arf import ComplaintReport
 from smtprelay.feedback.autoreply import AutoReply
-from smtprelay.feedback.dsn import DeliveryReport, Notes, RecipientStatus
+from smtprelay.feedback.dsn_parse import DeliveryReport, Notes, RecipientStatus
 from smtprelay.feedback.fields import normalise_address
-from smtprelay.tokens import KeyRing
+from smtprelay.transform.tokens import KeyRing
 
 # A remote DSN's delay without Will-Retry-Until: RFC 5321 4.5.4.1 asks MTAs to keep
 # trying for 4-5 days, and Postfix, Exim and we give up after 5.
@@ -93,7 +94,7 @@ def _analyse(raw: bytes, rules: Sequence[Rule]) -> Feedback:
     complaint = arf.read(message)
     if complaint is not None:
         return complaint
-    report = dsn.read(message, rules)
+    report = dsn_parse.read(message, rules)
     if report is not None:
         if report.recipients:
             return report

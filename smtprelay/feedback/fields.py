@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-# Our own DSNs cap a diagnostic at 16 KiB (smtprelay.delivery.dsn.MAX_DIAGNOSTIC); a
+# Our own DSNs cap a diagnostic at 16 KiB (smtprelay.delivery.dsn_compose.MAX_DIAGNOSTIC); a
 # little more leaves room for the type prefix. Nothing legitimate is longer.
 MAX_VALUE = 20000
 _LINE_END = re.compile(r"\r\n|\r|\n")

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smtprelay import sqlitedb
 from smtprelay.config import Config
+from smtprelay.db import sqlite
 from smtprelay.spool.store import GroupCommitWriter, migrate
 
 PENDING = "pending"
@@ -215,7 +215,7 @@ def get(conn: sqlite3.Connection, report_id: int) -> Report | None:
 def open_for_cli(path: Path) -> sqlite3.Connection:
     """A connection for operator commands; creates the schema if the daemon never ran."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlitedb.connect(path)
+    conn = sqlite.connect(path)
     migrate(conn, MIGRATIONS)
     return conn
 
@@ -233,7 +233,7 @@ class FeedbackInbox:
         """Create or upgrade the database and start the writer (blocking: call in a thread)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer.start(MIGRATIONS)
-        self._reader = sqlitedb.connect(self.path)
+        self._reader = sqlite.connect(self.path)
 
     def close(self) -> None:
         self._writer.stop()

@@ -4,7 +4,7 @@ The SMTP side is the submission session with ``role: feedback`` (``smtprelay.smt
 no AUTH, any envelope sender (DSNs come from ``<>``). This handler decides the rest:
 
 * RCPT: a VERP address (``b-TAG@<mail_from_domain>``) whose tag verifies with the
-  tracking keys (``smtprelay.feedback.verp``), or one of ``feedback.addresses`` (where
+  tracking keys (``smtprelay.bounces.verp``), or one of ``feedback.addresses`` (where
   mailbox providers' feedback loops send complaint reports), compared without regard
   to case. Everything else, a forged, altered or retired tag included, is refused
   with ``550 5.1.1``: the listener is the MX of the MAIL FROM domains and must not
@@ -19,14 +19,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from smtprelay import metrics
+from smtprelay.bounces import return_path, verp
 from smtprelay.config import Config
-from smtprelay.feedback import return_path, verp
 from smtprelay.feedback.inbox import Arrival, FeedbackInbox
-from smtprelay.smtp.replies import Reply
+from smtprelay.infra import metrics
+from smtprelay.mail.replies import Reply
 from smtprelay.spool.store import SpoolError, SpoolFullError
-from smtprelay.submission import Submission
-from smtprelay.tokens import KeyRing
+from smtprelay.submission.seam import Submission
+from smtprelay.transform.tokens import KeyRing
 
 log = logging.getLogger("smtprelay.feedback")
 

@@ -68,7 +68,7 @@ _HEADERS_ONLY = frozenset({"text/rfc822-headers", "message/global-headers",
 _TAG = re.compile(r"<[^>]*>")
 _SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _BLOCK_TAG = re.compile(r"<\s*(br|/p|/div|/tr|/li|/h\d)\b[^>]*>", re.IGNORECASE)
-# What our own Received field says (smtprelay.hygiene.received_field): "by host
+# What our own Received field says (smtprelay.transform.hygiene.received_field): "by host
 # (smtprelay) with ESMTPSA id <message id>", and "for <rcpt>" with a single recipient.
 _OUR_RECEIVED_ID = re.compile(r"\(smtprelay\)\s+with\s+\S+\s+id\s+([0-9a-f]{12}-[0-9a-f]{16})\b")
 _OUR_RECEIVED_FOR = re.compile(r"\(smtprelay\).*?\bfor\s+<([^<>\s]+@[^<>\s]+)>")

@@ -29,15 +29,15 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from smtprelay import metrics
+from smtprelay.bounces.classification import DEFAULT_RULES, Rule
 from smtprelay.config import Config
-from smtprelay.delivery.bounce import DEFAULT_RULES, Rule
 from smtprelay.feedback import actions
 from smtprelay.feedback.inbox import UNMATCHED, FeedbackInbox, Report, Verdict
 from smtprelay.feedback.recorder import FeedbackRecorder
+from smtprelay.infra import metrics
 from smtprelay.spool.sent import SENT_INDEX_RETENTION, SentMessage
 from smtprelay.spool.store import Spool
-from smtprelay.tokens import KeyRing
+from smtprelay.transform.tokens import KeyRing
 
 log = logging.getLogger("smtprelay.feedback")
 

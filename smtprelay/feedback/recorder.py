@@ -17,14 +17,14 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
-from smtprelay import setstats
 from smtprelay.config import Config
 from smtprelay.events import outbox
 from smtprelay.events.model import Bounce, BounceType, Complaint, DeliveryDelay
 from smtprelay.feedback.actions import Suppress
+from smtprelay.policy.suppression import Reason, SuppressionStore
+from smtprelay.spool import set_stats
 from smtprelay.spool.model import EventRecord
 from smtprelay.spool.store import Spool
-from smtprelay.suppression import Reason, SuppressionStore
 
 log = logging.getLogger("smtprelay.feedback")
 
@@ -42,7 +42,7 @@ class FeedbackRecorder:
         return settings is not None and settings.publishes
 
     async def record(self, suppressions: Sequence[Suppress], events: Sequence[EventRecord],
-                     counts: Sequence[setstats.Bump]) -> None:
+                     counts: Sequence[set_stats.Bump]) -> None:
         """Durably record, in this order: the suppression entries (the last one per
         account and address wins), the events and the counters."""
         unique = {(s.account, s.address.lower()): s for s in suppressions}
@@ -76,22 +76,22 @@ class FeedbackRecorder:
         address = message.recipients[recipient_index]
         at = detail.timestamp
         reason: Reason | None = None
-        kind: setstats.Kind | None
+        kind: set_stats.Kind | None
         if isinstance(detail, Bounce):
-            kind = setstats.outcome_kind("bounce", str(detail.bounce_type))
+            kind = set_stats.outcome_kind("bounce", str(detail.bounce_type))
             if detail.bounce_type is BounceType.PERMANENT:
                 reason = "BOUNCE"
         elif isinstance(detail, Complaint):
-            kind = setstats.Kind.COMPLAINT
+            kind = set_stats.Kind.COMPLAINT
             reason = "COMPLAINT"
         else:
-            kind = setstats.Kind.DELIVERY_DELAY
+            kind = set_stats.Kind.DELIVERY_DELAY
         suppressions = ([Suppress(message.account, address, reason, message_id, at)]
                         if suppress and reason is not None else [])
         events = ([outbox.make(message_id, message.configuration_set, at, detail)]
                   if message.mail_record and self.publishes(message.configuration_set)
                   else [])
-        counts = ([setstats.Bump(message.account, message.configuration_set, at, {kind: 1})]
+        counts = ([set_stats.Bump(message.account, message.configuration_set, at, {kind: 1})]
                   if count and kind is not None else [])
         await self.record(suppressions, events, counts)
         log.info("msg=%s recipient %d: %s injected (suppress=%s count=%s)", message_id,

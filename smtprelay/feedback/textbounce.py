@@ -18,9 +18,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from smtprelay.delivery.bounce import DEFAULT_RULES, Rule
+from smtprelay.bounces.classification import DEFAULT_RULES, Rule
 from smtprelay.feedback import mime
-from smtprelay.feedback.dsn import DeliveryReport, Notes, RecipientStatus, make_recipient
+from smtprelay.feedback.dsn_parse import DeliveryReport, Notes, RecipientStatus, make_recipient
 from smtprelay.feedback.fields import (
     collapse,
     lines_of,

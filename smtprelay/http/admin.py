@@ -40,15 +40,13 @@ from typing import Any, NoReturn, cast
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from smtprelay import metrics, setstats
 from smtprelay.config import Config
 from smtprelay.http import admin_auth, openapi
 from smtprelay.http.tracking import client_ip, parse_ip
-from smtprelay.pauses import AlreadyPaused, Pause, PausedSets
-from smtprelay.reputation import Judgement
-from smtprelay.spool.model import QueuedMessage, RecipientState
-from smtprelay.spool.store import MessageFilter, Spool
-from smtprelay.suppression import (
+from smtprelay.infra import metrics
+from smtprelay.policy.pauses import AlreadyPaused, Pause, PausedSets
+from smtprelay.policy.reputation import Judgement
+from smtprelay.policy.suppression import (
     REASONS,
     Reason,
     SQLiteSuppressionStore,
@@ -56,6 +54,9 @@ from smtprelay.suppression import (
     address_problem,
     normalise,
 )
+from smtprelay.spool import set_stats
+from smtprelay.spool.model import QueuedMessage, RecipientState
+from smtprelay.spool.store import MessageFilter, Spool
 
 log = logging.getLogger("smtprelay.http.admin")
 
@@ -127,13 +128,13 @@ def parse_window(text: str | None) -> float:
     """The window query parameter ("24h", "90m", "7d") in seconds; longer than the
     statistics kept (15 days) reads as 15 days."""
     if text is None:
-        return setstats.DAY
+        return set_stats.DAY
     match = _WINDOW.search(text)
     if match is None:
         _fail(400, "window must be a whole number of minutes, hours or days, such as "
                    "60m, 24h or 7d")
     seconds = int(match.group(1)) * _WINDOW_UNITS[match.group(2)]
-    return float(min(seconds, setstats.RETENTION))
+    return float(min(seconds, set_stats.RETENTION))
 
 
 def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
@@ -193,7 +194,7 @@ def entry_json(entry: SuppressionEntry) -> dict[str, Any]:
             "created_at": entry.created_at, "source_message_id": entry.source_message_id}
 
 
-def window_json(window: setstats.Window) -> dict[str, Any]:
+def window_json(window: set_stats.Window) -> dict[str, Any]:
     return {"seconds": window.seconds, "since": window.since, "until": window.until}
 
 
@@ -222,7 +223,7 @@ def account_json(name: str, pause: Pause | None,
     }
 
 
-def stats_json(counts: setstats.Counts) -> dict[str, Any]:
+def stats_json(counts: set_stats.Counts) -> dict[str, Any]:
     return counts.as_json()
 
 
@@ -526,18 +527,18 @@ class AdminAPI:
 
     async def set_stats(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        window = setstats.Window.ending(self._clock(), parse_window(request.query.get("window")))
+        window = set_stats.Window.ending(self._clock(), parse_window(request.query.get("window")))
         found = await asyncio.to_thread(self._services.spool.set_totals, window,
                                         configuration_set=name)
         if name not in found and name not in self._services.config().configuration_sets:
             _fail(404, f"no configuration set {name!r} in the configuration "
                        f"(configuration_sets.{name}) and no statistics for it")
-        counts = found.get(name, setstats.Counts())
+        counts = found.get(name, set_stats.Counts())
         return web.json_response({"configuration_set": name, "window": window_json(window),
                                   **stats_json(counts)})
 
     async def stats(self, request: web.Request) -> web.Response:
-        window = setstats.Window.ending(self._clock(), parse_window(request.query.get("window")))
+        window = set_stats.Window.ending(self._clock(), parse_window(request.query.get("window")))
         spool = self._services.spool
         by_set = await asyncio.to_thread(spool.set_totals, window)
         by_account = await asyncio.to_thread(spool.set_totals, window, by="account")
@@ -545,10 +546,10 @@ class AdminAPI:
         keys = sorted(set(config.configuration_sets) | set(by_set))
         return web.json_response({
             "window": window_json(window),
-            "total": stats_json(setstats.merge(by_set.values())),
+            "total": stats_json(set_stats.merge(by_set.values())),
             "configuration_sets": [
-                {"configuration_set": None if key == setstats.NO_SET else key,
-                 **stats_json(by_set.get(key, setstats.Counts()))} for key in keys],
+                {"configuration_set": None if key == set_stats.NO_SET else key,
+                 **stats_json(by_set.get(key, set_stats.Counts()))} for key in keys],
             "accounts": [{"account": account, **stats_json(by_account[account])}
                          for account in sorted(by_account)],
         })

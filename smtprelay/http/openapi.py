@@ -11,9 +11,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from smtprelay import __version__, setstats
+from smtprelay import __version__
+from smtprelay.policy.suppression import REASONS
+from smtprelay.spool import set_stats
 from smtprelay.spool.model import FILTER_STATES
-from smtprelay.suppression import REASONS
 
 # Characters no listed address may contain: controls, and what Python's
 # str.isspace() calls white space (the suppression list's own rule).
@@ -89,8 +90,8 @@ def _cursor(what: str) -> dict[str, Any]:
 _COUNTS = {
     "type": "object",
     "description": "Counters summed over the window (see docs/admin-api.md).",
-    "properties": {str(kind): {"type": "integer", "minimum": 0} for kind in setstats.Kind},
-    "required": [str(kind) for kind in setstats.Kind],
+    "properties": {str(kind): {"type": "integer", "minimum": 0} for kind in set_stats.Kind},
+    "required": [str(kind) for kind in set_stats.Kind],
     "additionalProperties": False,
 }
 _RATE = {"oneOf": [{"type": "number", "minimum": 0}, {"type": "null"}]}

@@ -30,12 +30,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from smtprelay import metrics, tlsutil, tokens
 from smtprelay.config import Config, parse_host_port
 from smtprelay.events.model import EngagementSink
 from smtprelay.http import admin_auth
 from smtprelay.http.admin import AdminAPI, AdminServices, is_admin_path
 from smtprelay.http.tracking import TRACKING_HEADERS, Tracking
+from smtprelay.infra import metrics, tls
+from smtprelay.transform import tokens
 
 log = logging.getLogger("smtprelay.http")
 
@@ -163,15 +164,15 @@ class HTTPServer:
             if settings.cert_file is None or settings.key_file is None:
                 continue
             try:
-                ctx = tlsutil.server_context(settings.cert_file, settings.key_file,
+                ctx = tls.server_context(settings.cert_file, settings.key_file,
                                              cfg.tls.min_version, cfg.tls.ciphers)
-            except tlsutil.TLSSetupError as exc:
-                raise tlsutil.TLSSetupError(f"tracking_domains.{domain}: {exc}") from None
+            except tls.TLSSetupError as exc:
+                raise tls.TLSSetupError(f"tracking_domains.{domain}: {exc}") from None
             contexts[domain.partition(":")[0]] = ctx
         if cfg.tls.generate_self_signed:
-            tlsutil.ensure_self_signed(cfg.cert_path, cfg.key_path, cfg.server.hostname)
+            tls.ensure_self_signed(cfg.cert_path, cfg.key_path, cfg.server.hostname)
         if cfg.cert_path.is_file() and cfg.key_path.is_file():
-            contexts[""] = tlsutil.server_context(cfg.cert_path, cfg.key_path,
+            contexts[""] = tls.server_context(cfg.cert_path, cfg.key_path,
                                                   cfg.tls.min_version, cfg.tls.ciphers)
         missing = [d for d in cfg.tracking_domains if d.partition(":")[0] not in contexts]
         if missing and "" not in contexts:
@@ -208,7 +209,7 @@ class HTTPServer:
         """Load the tracking domains' certificates again; new handshakes use them."""
         try:
             contexts = await asyncio.to_thread(self._load_contexts)
-        except tlsutil.TLSSetupError as exc:
+        except tls.TLSSetupError as exc:
             log.error("http tls reload failed, keeping the old certificates: %s", exc)
             return
         self._contexts = contexts

@@ -1,7 +1,7 @@
 """The tracking routes: click redirects, the open pixel, one-click unsubscribe, deep-link files.
 
-``/c/<token>``, ``/o/<token>`` and ``/u/<token>`` are the URLs smtprelay.transforms
-puts into messages. A token is signed (smtprelay.tokens), so answering needs no
+``/c/<token>``, ``/o/<token>`` and ``/u/<token>`` are the URLs smtprelay.transform.tracking
+puts into messages. A token is signed (smtprelay.transform.tokens), so answering needs no
 database: the click URL comes out of the token, never out of the request, which is
 why this can never be an open redirect. What happened is handed to an
 EngagementSink (the events store), which turns it into SES Open, Click and
@@ -45,10 +45,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from smtprelay import metrics, tokens
 from smtprelay.config import Config
 from smtprelay.events.model import Engagement, EngagementSink
 from smtprelay.http.machine import IPAddress, Kind, MachineDetector
+from smtprelay.infra import metrics
+from smtprelay.transform import tokens
 
 log = logging.getLogger("smtprelay.http.tracking")
 

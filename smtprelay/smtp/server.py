@@ -17,12 +17,12 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 
-from smtprelay import metrics
 from smtprelay.auth.authenticator import Authenticator
 from smtprelay.config import Config, ListenerConfig
-from smtprelay.smtp import replies as R
+from smtprelay.infra import metrics
+from smtprelay.mail import replies as R
 from smtprelay.smtp.session import ListenerSettings, Session
-from smtprelay.submission import SubmissionHandler
+from smtprelay.submission.seam import SubmissionHandler
 
 log = logging.getLogger("smtprelay.smtp")
 

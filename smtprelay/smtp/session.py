@@ -22,14 +22,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from smtprelay import metrics
 from smtprelay.auth.authenticator import Authenticator, Outcome
 from smtprelay.config import LimitsConfig, ListenerConfig
-from smtprelay.smtp import replies as R
-from smtprelay.smtp.address import AddressError, parse_path
-from smtprelay.smtp.replies import Reply
+from smtprelay.infra import metrics
+from smtprelay.mail import replies as R
+from smtprelay.mail.address import AddressError, parse_path
+from smtprelay.mail.replies import Reply
 from smtprelay.spool.model import Envelope
-from smtprelay.submission import Client, Submission, SubmissionHandler
+from smtprelay.submission.seam import Client, Submission, SubmissionHandler
 
 log = logging.getLogger("smtprelay.smtp")
 

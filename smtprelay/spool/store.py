@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from smtprelay import metrics, setstats, sqlitedb
+from smtprelay.db import sqlite
 from smtprelay.events import outbox
-from smtprelay.safeio import fsync_dir
-from smtprelay.spool import sent
+from smtprelay.infra import metrics
+from smtprelay.infra.safeio import fsync_dir
+from smtprelay.spool import sent, set_stats
 from smtprelay.spool.model import (
     PENDING_STATES,
     EventRecord,
@@ -131,7 +132,7 @@ _MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     """,
     # Per-set statistics (hourly counters) and the tracked messages that opens and
-    # clicks are counted against: see smtprelay.setstats.
+    # clicks are counted against: see smtprelay.spool.set_stats.
     """
     CREATE TABLE set_stats (
         hour INTEGER NOT NULL,
@@ -167,7 +168,7 @@ class SpoolFullError(SpoolError):
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A spool connection; bodies are tens of KiB, so 16 KiB pages halve the pages
     (and WAL frames) per message."""
-    return sqlitedb.connect(path, readonly=readonly, page_size=None if readonly else _PAGE_SIZE)
+    return sqlite.connect(path, readonly=readonly, page_size=None if readonly else _PAGE_SIZE)
 
 
 def migrate(conn: sqlite3.Connection, migrations: tuple[str, ...] = _MIGRATIONS) -> None:
@@ -213,7 +214,7 @@ class GroupCommitWriter:
         self._conn: sqlite3.Connection | None = None
 
     def start(self, migrations: tuple[str, ...]) -> None:
-        self._conn = sqlitedb.connect(self._path, page_size=self._page_size)
+        self._conn = sqlite.connect(self._path, page_size=self._page_size)
         migrate(self._conn, migrations)
         fsync_dir(self._path.parent)
         self._thread = threading.Thread(target=self._run, name=f"{self._name}-writer", daemon=True)
@@ -366,16 +367,16 @@ class Spool:
         return await self._writer.run(work)
 
     async def add_events(self, events: tuple[EventRecord, ...],
-                         counts: tuple[setstats.Bump, ...] = ()) -> None:
+                         counts: tuple[set_stats.Bump, ...] = ()) -> None:
         """Durably add events that no spool change goes with (unsubscribes...), and
         the statistics they count for."""
         def work(conn: sqlite3.Connection) -> None:
             outbox.insert_events(conn, events)
-            setstats.apply(conn, counts)
+            set_stats.apply(conn, counts)
 
         await self._writer.run(work)
 
-    def count_later(self, counts: setstats.Bump) -> None:
+    def count_later(self, counts: set_stats.Bump) -> None:
         """Count something no spool change goes with (a refused message) in the next
         group commit, without waiting for it; a failure is logged, not raised."""
         def logged(future: Future[None]) -> None:
@@ -383,20 +384,20 @@ class Spool:
                 log.error("set statistics not saved: %s", future.exception())
 
         try:
-            self._writer.submit(lambda conn: setstats.apply(conn, (counts,))
+            self._writer.submit(lambda conn: set_stats.apply(conn, (counts,))
                                 ).add_done_callback(logged)
         except SpoolError as exc:
             log.error("set statistics not saved: %s", exc)
 
     async def record_engagement(
             self, message_id: str, kind: str, at: float, machine: bool,
-            event: Callable[[setstats.Engaged], EventRecord | None]) -> setstats.Engaged | None:
+            event: Callable[[set_stats.Engaged], EventRecord | None]) -> set_stats.Engaged | None:
         """Count an open or click of a tracked message and add its event, in one
         transaction. `event` (run in the writer thread: keep it cheap) makes the event
         for the message's set, or None; it is kept only while the message's mail
         record is, since publishing needs it. None: the message is unknown."""
-        def work(conn: sqlite3.Connection) -> setstats.Engaged | None:
-            engaged = setstats.count_engagement(conn, message_id, kind, at, machine)
+        def work(conn: sqlite3.Connection) -> set_stats.Engaged | None:
+            engaged = set_stats.count_engagement(conn, message_id, kind, at, machine)
             if engaged is not None:
                 record = event(engaged)
                 if record is not None and conn.execute(
@@ -407,12 +408,12 @@ class Spool:
 
         return await self._writer.run(work)
 
-    def set_totals(self, window: setstats.Window, *, by: str = "configuration_set",
+    def set_totals(self, window: set_stats.Window, *, by: str = "configuration_set",
                    configuration_set: str | None = None,
-                   account: str | None = None) -> dict[str, setstats.Counts]:
-        """Statistics over `window` (blocking: call through a thread); see setstats.totals."""
+                   account: str | None = None) -> dict[str, set_stats.Counts]:
+        """Statistics over `window` (blocking: call through a thread); see set_stats.totals."""
         with self._read() as conn:
-            return setstats.totals(conn, window, by=by, configuration_set=configuration_set,
+            return set_stats.totals(conn, window, by=by, configuration_set=configuration_set,
                                    account=account)
 
     async def purge_stats(self, counters_before: float, tracked_before: float,
@@ -420,8 +421,8 @@ class Spool:
         """Drop counters older than `counters_before` and up to `limit` tracked
         messages created before `tracked_before`; returns how many of the latter."""
         def work(conn: sqlite3.Connection) -> int:
-            setstats.purge(conn, counters_before)
-            return setstats.purge_tracked(conn, tracked_before, limit)
+            set_stats.purge(conn, counters_before)
+            return set_stats.purge_tracked(conn, tracked_before, limit)
 
         return await self._writer.run(work)
 
@@ -548,14 +549,14 @@ def _insert(conn: sqlite3.Connection, m: NewMessage, finalize: Finalizer | None 
     if m.events or m.publishes:
         outbox.insert_mail_record(conn, m)
         outbox.insert_events(conn, m.events)
-    if m.listener not in setstats.UNCOUNTED_LISTENERS:
-        left_out = setstats.uncounted(m.attrs)
-        setstats.bump(conn, m.account, m.configuration_set, m.received_at, {
-            setstats.Kind.SEND: len(env.recipients) - len(left_out),
-            setstats.Kind.SUPPRESSED: len(m.suppressed.keys() - left_out)})
+    if m.listener not in set_stats.UNCOUNTED_LISTENERS:
+        left_out = set_stats.uncounted(m.attrs)
+        set_stats.bump(conn, m.account, m.configuration_set, m.received_at, {
+            set_stats.Kind.SEND: len(env.recipients) - len(left_out),
+            set_stats.Kind.SUPPRESSED: len(m.suppressed.keys() - left_out)})
         tracking = m.attrs.get("tracking")
         if isinstance(tracking, dict) and (tracking.get("links") or tracking.get("open")):
-            setstats.track(conn, m.message_id, m.received_at, m.account, m.configuration_set)
+            set_stats.track(conn, m.message_id, m.received_at, m.account, m.configuration_set)
     if m.suppressed and len(m.suppressed) == len(env.recipients):
         # Every recipient refused by the suppression list: finished on arrival.
         _finish(conn, m.message_id, m.received_at, finalize)
@@ -631,21 +632,21 @@ def _count_outcomes(conn: sqlite3.Connection, message_id: str,
         return  # a plain deferral: nothing counted, no lookup
     row = conn.execute("SELECT account, configuration_set, listener, attrs FROM messages"
                        " WHERE id = ?", (message_id,)).fetchone()
-    if row is None or row[2] in setstats.UNCOUNTED_LISTENERS:
+    if row is None or row[2] in set_stats.UNCOUNTED_LISTENERS:
         return
     left_out: frozenset[int] = frozenset()
-    if row[3] and setstats.UNCOUNTED_ATTR in row[3]:  # parse only the few that have it
-        left_out = setstats.uncounted(json.loads(row[3]))
-    by_hour: dict[float, dict[setstats.Kind, int]] = {}
+    if row[3] and set_stats.UNCOUNTED_ATTR in row[3]:  # parse only the few that have it
+        left_out = set_stats.uncounted(json.loads(row[3]))
+    by_hour: dict[float, dict[set_stats.Kind, int]] = {}
     for o in outcomes:
         if o.index in left_out:
             continue
-        kind = setstats.outcome_kind(o.kind, o.bounce_type)
+        kind = set_stats.outcome_kind(o.kind, o.bounce_type)
         if kind is not None:
-            hour = by_hour.setdefault(setstats.hour_of(o.at) * float(setstats.HOUR), {})
+            hour = by_hour.setdefault(set_stats.hour_of(o.at) * float(set_stats.HOUR), {})
             hour[kind] = hour.get(kind, 0) + 1
     for at, increments in by_hour.items():
-        setstats.bump(conn, row[0], row[1], at, increments)
+        set_stats.bump(conn, row[0], row[1], at, increments)
 
 
 def _finish(conn: sqlite3.Connection, message_id: str, at: float,

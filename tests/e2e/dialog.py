@@ -1,7 +1,7 @@
 """A tiny SMTP dialog runner over real sockets, for exact-byte abuse scripts.
 
 A script is a list of steps: Send raw bytes, Expect one exact reply (code and text,
-multi-line replies joined with "\\n" as in smtprelay.smtp.replies), Accepted (a
+multi-line replies joined with "\\n" as in smtprelay.mail.replies), Accepted (a
 `250 2.0.0 Ok <id>`, the id recorded), StartTLS (wrap the socket after the 220),
 Closed (the server hangs up). Nothing in it is lenient: a reply that differs in any
 byte fails the step with the whole transcript so far.

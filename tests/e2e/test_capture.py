@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from smtprelay.policy.suppression import SQLiteSuppressionStore
 from smtprelay.spool.store import get_message, get_outcomes, open_for_cli
-from smtprelay.suppression import SQLiteSuppressionStore
 from tests.support import DaemonProcess, submit_to_daemon
 
 

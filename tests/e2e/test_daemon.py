@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from smtprelay.tlsutil import ensure_self_signed
+from smtprelay.infra.tls import ensure_self_signed
 from tests.support import DaemonProcess, client_context, message
 
 

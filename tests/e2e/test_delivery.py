@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from smtprelay.policy.suppression import SQLiteSuppressionStore
 from smtprelay.spool.model import Outcome, QueuedMessage
-from smtprelay.suppression import SQLiteSuppressionStore
 from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
 from tests.e2e.delivery_world import World, wait_for, world
 from tests.sinks import MX_NAME, SinkFactory, sink_tls, sink_tls_dir, sinks  # noqa: F401 - fixtures

@@ -22,7 +22,7 @@ from typing import Any
 import dkim as dkimpy
 import pytest
 
-from smtprelay import dkim
+from smtprelay.transform import dkim
 from tests.dkimpeers import Result, mail_dkim, opendkim, publish, record_line
 from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
 from tests.support import (

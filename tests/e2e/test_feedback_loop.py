@@ -23,11 +23,12 @@ from typing import Any
 import jsonschema
 import pytest
 
-from smtprelay import metrics, setstats
-from smtprelay.feedback import verp
+from smtprelay.bounces import verp
+from smtprelay.infra import metrics
+from smtprelay.policy.suppression import SQLiteSuppressionStore, SuppressionEntry
+from smtprelay.spool import set_stats
 from smtprelay.spool.model import new_message_id
-from smtprelay.suppression import SQLiteSuppressionStore, SuppressionEntry
-from smtprelay.tokens import KeyRing
+from smtprelay.transform.tokens import KeyRing
 from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
 from tests.e2e.delivery_world import World, wait_for, world
 from tests.e2e.feedback_mail import (
@@ -138,10 +139,10 @@ def drained(relay: RunningRelay) -> bool:
     return inbox.count() == 0
 
 
-def set_counts(relay: RunningRelay) -> setstats.Counts:
-    totals = relay.relay.spool.set_totals(setstats.Window.ending(time.time()),
+def set_counts(relay: RunningRelay) -> set_stats.Counts:
+    totals = relay.relay.spool.set_totals(set_stats.Window.ending(time.time()),
                                           configuration_set="transactional")
-    return totals.get("transactional", setstats.Counts())
+    return totals.get("transactional", set_stats.Counts())
 
 
 def reports_total(kind: str, result: str) -> float:
@@ -205,9 +206,9 @@ def test_a_bounce_and_a_complaint_become_events_suppression_and_statistics(
     assert alice is not None and (alice.reason, alice.source_message_id) == ("BOUNCE",
                                                                              message_id)
     assert bob is not None and (bob.reason, bob.source_message_id) == ("COMPLAINT", message_id)
-    counts = wait_for(lambda: (lambda c: c if c[setstats.Kind.COMPLAINT] else None)(
+    counts = wait_for(lambda: (lambda c: c if c[set_stats.Kind.COMPLAINT] else None)(
         set_counts(relay)))
-    assert counts[setstats.Kind.BOUNCE] == 1 and counts[setstats.Kind.COMPLAINT] == 1
+    assert counts[set_stats.Kind.BOUNCE] == 1 and counts[set_stats.Kind.COMPLAINT] == 1
     assert counts.bounce_rate == pytest.approx(1 / 3)  # 2 deliveries, 1 hard bounce
     assert reports_total("delivery-report", "matched") == before + 1
 
@@ -384,7 +385,7 @@ def test_ten_thousand_reports_are_all_processed_while_submissions_keep_flowing(
     assert len(latencies) > 20
     assert max(latencies) < SUBMISSION_BOUND, sorted(latencies)[-5:]
     counts = set_counts(relay)
-    assert counts[setstats.Kind.BOUNCE] == BOMB
+    assert counts[set_stats.Kind.BOUNCE] == BOMB
     entry = suppressed(relay, "erin@dest.test")
     assert entry is not None and entry.reason == "BOUNCE"
     print(f"\n{BOMB} reports: sent in {sent_in:.1f}s ({out.decode().strip()}), all processed "

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from smtprelay.auth.hashing import hash_password
+from smtprelay.infra.passwords import hash_password
 from tests.support import Credential, RunningRelay, client_context, message, running
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import smtplib
 
-from smtprelay.headers import header_end, parse_header_section
+from smtprelay.mail.headers import header_end, parse_header_section
 from tests.support import Credential, RunningRelay, client_context, message, spooled
 
 NESTED_EXE = (

@@ -7,8 +7,8 @@ import smtplib
 from pathlib import Path
 from typing import Any
 
+from smtprelay.policy.suppression import SQLiteSuppressionStore
 from smtprelay.spool.store import get_message, get_outcomes, open_for_cli
-from smtprelay.suppression import SQLiteSuppressionStore
 from tests.support import (
     Credential,
     DaemonProcess,

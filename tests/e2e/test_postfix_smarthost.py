@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from smtprelay.headers import header_end
+from smtprelay.mail.headers import header_end
 from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
 from tests.e2e.delivery_world import world
 from tests.peers.postfix import SmarthostClient, smarthost_client

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from smtprelay import setstats
-from smtprelay.suppression import SQLiteSuppressionStore
+from smtprelay.policy.suppression import SQLiteSuppressionStore
+from smtprelay.spool import set_stats
 from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
 from tests.e2e.delivery_world import World, wait_for, world
 from tests.sinks import SinkFactory, sink_tls, sink_tls_dir, sinks  # noqa: F401 - fixtures
@@ -112,9 +112,9 @@ def test_every_simulator_address_answers_here_and_nothing_leaves(net: World) -> 
         assert store.list() == []
     finally:
         store.close()
-    totals = net.relay.relay.spool.set_totals(setstats.Window.ending(time.time()))
-    assert all(c[setstats.Kind.SEND] == 0 and c[setstats.Kind.BOUNCE] == 0
-               and c[setstats.Kind.DELIVERY] == 0 for c in totals.values()), totals
+    totals = net.relay.relay.spool.set_totals(set_stats.Window.ending(time.time()))
+    assert all(c[set_stats.Kind.SEND] == 0 and c[set_stats.Kind.BOUNCE] == 0
+               and c[set_stats.Kind.DELIVERY] == 0 for c in totals.values()), totals
     assert net.relay.relay.quotas.sent_last_24h("acme") == 0
 
 

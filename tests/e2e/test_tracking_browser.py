@@ -2,7 +2,7 @@
 
 Debian's chromium runs headless and is driven over the DevTools protocol (CDP) with a
 few lines of aiohttp websocket code, so no selenium or playwright is needed. The
-message is built by smtprelay.transforms exactly as the relay would send it, saved as
+message is built by smtprelay.transform.tracking exactly as the relay would send it, saved as
 a local HTML file, and opened in the browser; the tracking links point at a real
 HTTPServer and the original link at a landing page served by the test.
 """
@@ -25,9 +25,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from smtprelay import tokens, transforms
 from smtprelay.config import ConfigurationSetConfig, load_config
 from smtprelay.http.server import HTTPServer
+from smtprelay.transform import tokens, tracking
 from tests.e2e.test_tracking_http import BROWSER, MESSAGE_ID, RecordingSink
 from tests.support import base_config, free_port, need_program, write_config
 
@@ -147,7 +147,7 @@ async def test_a_browser_opens_clicks_and_unsubscribes(tmp_path: Path) -> None:
             "tracking": {"open": True, "click": True, "domain": domain, "https": False},
             "unsubscribe": {"one_click": True}})
         # Accepted a minute ago: a click now is not "too fast" for a person.
-        result = transforms.Transformer(ring).apply(
+        result = tracking.Transformer(ring).apply(
             data, message_id=MESSAGE_ID, recipient_count=1, issued_at=time.time() - 60,
             settings=settings)
         assert len(result.links) == 1 and result.opens_tracked and result.unsubscribe_url

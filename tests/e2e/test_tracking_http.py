@@ -25,11 +25,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from smtprelay import tlsutil, tokens
 from smtprelay.config import Config, MachineDetectionConfig, load_config
 from smtprelay.events.model import Engagement
 from smtprelay.http.server import HTTPServer
 from smtprelay.http.tracking import PIXEL
+from smtprelay.infra import tls
+from smtprelay.transform import tokens
 from tests.support import base_config, client_context, running, spooled, write_config
 
 DOMAIN = "links.test"
@@ -489,7 +490,7 @@ def der_of(path: Path) -> bytes:
 async def test_https_serves_each_tracking_domain_its_certificate(tmp_path: Path) -> None:
     certs = tmp_path / "certs"
     for name in ("a.test", "b.test"):
-        tlsutil.ensure_self_signed(certs / f"{name}.pem", certs / f"{name}.key", name)
+        tls.ensure_self_signed(certs / f"{name}.pem", certs / f"{name}.key", name)
     domains = {name: {"cert_file": str(certs / f"{name}.pem"),
                       "key_file": str(certs / f"{name}.key")} for name in ("a.test", "b.test")}
     domains["c.test"] = {}  # no certificate of its own: the relay's

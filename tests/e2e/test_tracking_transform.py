@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from smtprelay import tokens
-from smtprelay.links import OPEN_TRACKER
+from smtprelay.transform import tokens
+from smtprelay.transform.links import OPEN_TRACKER
 from tests.dkimpeers import opendkim
 from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
 from tests.e2e.test_dkim import Key, dns, identities, keys, ours  # noqa: F401 - fixtures
@@ -183,7 +183,7 @@ def test_http_links_keep_their_scheme_by_default(relay: RunningRelay) -> None:
 
 def test_several_recipients_get_whole_message_tokens_and_no_unsubscribe(
         relay: RunningRelay, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "smtprelay.pipeline")
+    caplog.set_level(logging.INFO, "smtprelay.submission.pipeline")
     data = delivered(relay, newsletter(), rcpts=("a@example.net", "b@example.net"))
     html = parts(data)["text/html"]
     payloads = [p for _, p in decoded_tokens(relay, html)]
@@ -296,7 +296,7 @@ def test_a_20_mb_html_part_is_tracked_in_a_worker_and_otherwise_kept(tmp_path: P
 ])
 def test_unreadable_parts_go_out_untouched(relay: RunningRelay, part: str, problem: str | None,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "smtprelay.pipeline")
+    caplog.set_level(logging.INFO, "smtprelay.submission.pipeline")
     data = ("From: app@example.com\r\nTo: someone@example.net\r\nSubject: odd\r\n"
             f"X-SES-CONFIGURATION-SET: {TRACKED}\r\nMIME-Version: 1.0\r\n"
             "Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n"
@@ -420,7 +420,7 @@ def test_a_worker_dying_with_the_message_gives_451_and_loses_nothing(
 
 def test_a_message_whose_worker_dies_is_tried_once_more_on_a_fresh_one(
         relay: RunningRelay, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, "smtprelay.transforms")
+    caplog.set_level(logging.WARNING, "smtprelay.transform.tracking")
     before = {m["id"] for m in spooled(relay.config)}
     big = catalogue()
     pool = relay.relay._pipeline.transform_pool
@@ -460,7 +460,7 @@ def _worker_children(pid: int) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             cmdline = (entry / "cmdline").read_bytes()
             if int(fields[1]) == pid and fields[0] != "Z" \
-                    and b"smtprelay.transform_worker" in cmdline:
+                    and b"smtprelay.transform.worker" in cmdline:
                 found.append(int(entry.name))
     return found
 

@@ -372,7 +372,7 @@ def benchmark_peer(username: str, password: str, *, hostname: str = "postfix-pee
     Accepted mail goes to the hold queue: cleanup writes and fsyncs the queue file as
     shipped, and nothing is delivered, so only acceptance is measured.
     """
-    from smtprelay.tlsutil import ensure_self_signed
+    from smtprelay.infra.tls import ensure_self_signed
 
     port = free_port()
     _safe(username, "username")

@@ -18,15 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smtprelay.delivery.bounce import (
+from smtprelay.bounces.classification import (
     DEFAULT_RULES,
     SES_BOUNCE_TYPES,
     Rule,
     classify,
     rules_from_config,
 )
-from smtprelay.delivery.dsn import FailedRecipient, build_dsn, should_send_dsn
-from smtprelay.headers import HeaderField, header_end, parse_header_section
+from smtprelay.delivery.dsn_compose import FailedRecipient, build_dsn, should_send_dsn
+from smtprelay.mail.headers import HeaderField, header_end, parse_header_section
 from smtprelay.spool.store import suppressed_diagnostic
 
 # --- classification -------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from smtprelay.delivery.dsn_queue import DSN_LISTENER, DSNFactory
+from smtprelay.delivery.notify_sender import DSN_LISTENER, DSNFactory
 from smtprelay.spool.model import (
     Envelope,
     NewMessage,

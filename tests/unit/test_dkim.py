@@ -14,8 +14,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from smtprelay import dkim
 from smtprelay.config import ConfigError, load_config
+from smtprelay.transform import dkim
 from tests.support import base_config, write_config
 
 MESSAGE = (b"Received: from app ([127.0.0.1]) by relay.test; Sun, 22 Nov 2026 17:47:42 +0000\r\n"

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from smtprelay import dkim
 from smtprelay.config import Config, load_config
-from smtprelay.dnscheck import (
+from smtprelay.operations.dns_check import (
     Finding,
     Lookups,
     SPFError,
@@ -30,6 +29,7 @@ from smtprelay.dnscheck import (
     render,
     run,
 )
+from smtprelay.transform import dkim
 from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401
 from tests.support import base_config, write_config
 

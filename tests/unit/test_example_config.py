@@ -10,8 +10,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from smtprelay import dkim
 from smtprelay.config import Config, ConfigError, load_config
+from smtprelay.transform import dkim
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "smtprelay.example.yaml"
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from smtprelay import setstats
 from smtprelay.feedback import actions
 from smtprelay.feedback.arf import ComplaintReport
 from smtprelay.feedback.inbox import Report
+from smtprelay.spool import set_stats
 from smtprelay.spool.sent import SentMessage
-from smtprelay.tokens import Key, KeyRing
+from smtprelay.transform.tokens import Key, KeyRing
 
 DATA = Path(__file__).parent.parent / "data" / "feedback"
 RING = KeyRing([Key(1, b"feedback-samples-secret-0123456789", 1.69e9)])
@@ -47,7 +47,7 @@ def test_a_permanent_bounce_makes_an_event_a_suppression_entry_and_a_count() -> 
     assert [(s.account, s.address, s.reason, s.message_id) for s in plan.suppressions] == [
         ("acme", "user@example.net", "BOUNCE", MSG_A)]
     assert [(c.account, c.configuration_set, dict(c.increments)) for c in plan.counts] == [
-        ("acme", "tx", {setstats.Kind.BOUNCE: 1})]
+        ("acme", "tx", {set_stats.Kind.BOUNCE: 1})]
     [event] = plan.events
     assert (event.type, event.message_id, event.configuration_set) == ("Bounce", MSG_A, "tx")
     assert event.detail["bounceType"] == "Permanent"
@@ -76,7 +76,7 @@ def test_no_event_without_a_publishing_set_or_a_mail_record_but_still_suppressed
 def test_a_delay_makes_a_delivery_delay_and_no_suppression() -> None:
     plan = planned(report("postfix_delay.eml", TAG1))
     assert plan.suppressions == []
-    assert [dict(c.increments) for c in plan.counts] == [{setstats.Kind.DELIVERY_DELAY: 1}]
+    assert [dict(c.increments) for c in plan.counts] == [{set_stats.Kind.DELIVERY_DELAY: 1}]
     [event] = plan.events
     assert event.type == "DeliveryDelay"
     assert event.detail["delayedRecipients"][0]["emailAddress"] == "second@example.org"
@@ -97,7 +97,7 @@ def test_a_complaint_to_a_feedback_address_is_traced_by_its_original_mail_from()
     # The tag names recipient 0: the address as we sent it, not the redacted To.
     assert [(s.address, s.reason) for s in plan.suppressions] == [
         ("user@example.net", "COMPLAINT")]
-    assert [dict(c.increments) for c in plan.counts] == [{setstats.Kind.COMPLAINT: 1}]
+    assert [dict(c.increments) for c in plan.counts] == [{set_stats.Kind.COMPLAINT: 1}]
     [event] = plan.events
     assert event.type == "Complaint"
     assert event.detail["complainedRecipients"] == [{"emailAddress": "user@example.net"}]

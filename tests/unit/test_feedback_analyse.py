@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from smtprelay.bounces import verp
 from smtprelay.events.model import (
     Bounce,
     BouncedRecipient,
@@ -34,9 +35,8 @@ from smtprelay.feedback import (
     find_verp_tags,
     recover_tag,
     relay_message_ids,
-    verp,
 )
-from smtprelay.tokens import Key, KeyRing
+from smtprelay.transform.tokens import Key, KeyRing
 
 DATA = Path(__file__).parent.parent / "data" / "feedback"
 SAMPLES = sorted(path.name for path in DATA.glob("*.eml"))

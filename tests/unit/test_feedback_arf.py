@@ -14,7 +14,7 @@ import pytest
 from smtprelay.feedback import arf, mime
 from smtprelay.feedback.arf import ComplaintReport
 from smtprelay.feedback.classify import Unparseable, analyse, recover_tag
-from smtprelay.tokens import Key, KeyRing
+from smtprelay.transform.tokens import Key, KeyRing
 
 DATA = Path(__file__).parent.parent / "data" / "feedback"
 RING = KeyRing([Key(1, b"feedback-samples-secret-0123456789", 1.69e9)])

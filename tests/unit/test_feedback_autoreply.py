@@ -11,7 +11,7 @@ import pytest
 from smtprelay.feedback import autoreply
 from smtprelay.feedback.autoreply import AutoReply
 from smtprelay.feedback.classify import analyse
-from smtprelay.feedback.dsn import DeliveryReport
+from smtprelay.feedback.dsn_parse import DeliveryReport
 from smtprelay.feedback.fields import Field
 
 DATA = Path(__file__).parent.parent / "data" / "feedback"

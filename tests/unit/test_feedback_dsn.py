@@ -1,4 +1,4 @@
-"""Delivery status notifications (smtprelay.feedback.dsn and .textbounce): every sample
+"""Delivery status notifications (smtprelay.feedback.dsn_parse and .textbounce): every sample
 of tests/data/feedback (see its README for what each imitates), our own DSNs, and the
 bad inputs: no delivery-status part, statuses for addresses never sent to, a
 10,000-recipient report.
@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from smtprelay.delivery.bounce import DEFAULT_RULES, Rule
-from smtprelay.delivery.dsn import FailedRecipient, build_dsn
-from smtprelay.feedback import dsn, mime
+from smtprelay.bounces.classification import DEFAULT_RULES, Rule
+from smtprelay.delivery.dsn_compose import FailedRecipient, build_dsn
+from smtprelay.feedback import dsn_parse, mime
 from smtprelay.feedback.classify import Unparseable, analyse, attribute
-from smtprelay.feedback.dsn import DeliveryReport, RecipientStatus
+from smtprelay.feedback.dsn_parse import DeliveryReport, RecipientStatus
 
 DATA = Path(__file__).parent.parent / "data" / "feedback"
 
@@ -590,7 +590,7 @@ def test_report_without_delivery_status_part_falls_back_to_marked_heuristics() -
         "truncated": False,
     }
     with pytest.raises(mime.NotAReport, match="no message/delivery-status part"):
-        dsn.parse(sample("dsn_no_delivery_status.eml"))
+        dsn_parse.parse(sample("dsn_no_delivery_status.eml"))
 
 
 def test_report_without_delivery_status_part_or_readable_text_is_unparseable() -> None:
@@ -611,7 +611,7 @@ def test_delivery_status_part_naming_no_recipient() -> None:
     assert result == Unparseable("the delivery-status part names no recipient",
                                  subject="report", report_from="someone@example.net")
     with pytest.raises(mime.NotAReport, match="names no recipient"):
-        dsn.parse(raw)
+        dsn_parse.parse(raw)
 
 
 def test_status_for_an_address_that_was_never_sent_to() -> None:
@@ -644,7 +644,7 @@ def test_original_recipient_matches_too() -> None:
 
 
 def test_strict_parse_accepts_a_dsn() -> None:
-    assert dsn.parse(sample("sendmail_bounce.eml")).recipients[0].final_recipient == (
+    assert dsn_parse.parse(sample("sendmail_bounce.eml")).recipients[0].final_recipient == (
         "prof@example.edu")
 
 

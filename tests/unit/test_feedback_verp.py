@@ -1,4 +1,4 @@
-"""VERP tags (smtprelay.feedback.verp): round trips, tamper detection, case folding,
+"""VERP tags (smtprelay.bounces.verp): round trips, tamper detection, case folding,
 key rotation, and the size limits of a local part."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtprelay.feedback import verp
-from smtprelay.tokens import RETIREMENT_GRACE, Key, KeyRing, OpenToken
-from smtprelay.tokens import encode as encode_token
+from smtprelay.bounces import verp
+from smtprelay.transform.tokens import RETIREMENT_GRACE, Key, KeyRing, OpenToken
+from smtprelay.transform.tokens import encode as encode_token
 
 SAMPLES_KEY = Key(1, b"feedback-samples-secret-0123456789", 1.69e9)
 NOW = 1.7e9

@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtprelay import attachments, hygiene
-from smtprelay.headers import header_end, parse_header_section
-from smtprelay.hygiene import ReceivedInfo, normalise, refusal
-from smtprelay.smtp import replies as R
+from smtprelay.mail import replies as R
+from smtprelay.mail.headers import header_end, parse_header_section
+from smtprelay.policy import attachments
+from smtprelay.transform import hygiene
+from smtprelay.transform.hygiene import ReceivedInfo, normalise, refusal
 
 INFO = ReceivedInfo(
     hostname="relay.test", client_helo="client.example", client_ip="192.0.2.7",

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smtprelay import links
-from smtprelay.headers import header_end
-from smtprelay.links import (
+from smtprelay.mail.headers import header_end
+from smtprelay.transform import links
+from smtprelay.transform.links import (
     OPEN_TRACKER,
     DuplicateOpenTracker,
     Link,

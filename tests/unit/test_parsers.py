@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtprelay.auth.hashing import hash_password, is_supported_hash, verify_password
 from smtprelay.auth.lockout import Lockout
-from smtprelay.identities import covers, failing
-from smtprelay.smtp.address import AddressError, parse_path
+from smtprelay.infra.passwords import hash_password, is_supported_hash, verify_password
+from smtprelay.mail.address import AddressError, parse_path
+from smtprelay.policy.identities import covers, failing
 
 
 @pytest.mark.parametrize(("argument", "address"), [
@@ -114,7 +114,7 @@ def test_lockout_per_ip_and_per_user_expires() -> None:
     st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))),
     max_size=12))
 def test_header_reader_sees_every_field_or_refuses(lines: list[bytes]) -> None:
-    from smtprelay.headers import MalformedHeader, parse_header_section
+    from smtprelay.mail.headers import MalformedHeader, parse_header_section
 
     data = b"\r\n".join(lines) + b"\r\n\r\nbody\r\n"
     try:
@@ -147,7 +147,7 @@ def test_generated_credentials_are_safe_to_paste() -> None:
 def test_simple_address_fast_path_agrees_with_the_full_parser(value: str) -> None:
     import email.utils
 
-    from smtprelay.headers import _SIMPLE_ADDRESS, addresses
+    from smtprelay.mail.headers import _SIMPLE_ADDRESS, addresses
 
     if _SIMPLE_ADDRESS.fullmatch(value) is None:
         return

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from smtprelay import configsets
 from smtprelay.config import Config
-from smtprelay.headers import parse_header_section
-from smtprelay.pauses import AlreadyPaused, PausedSets, SQLitePauseStore
-from smtprelay.smtp import replies as R
+from smtprelay.mail import replies as R
+from smtprelay.mail.headers import parse_header_section
+from smtprelay.policy import configuration_sets
+from smtprelay.policy.pauses import AlreadyPaused, PausedSets, SQLitePauseStore
 
 
 @pytest.fixture
@@ -119,12 +119,12 @@ def test_a_paused_set_is_refused_like_a_disabled_one() -> None:
 
     def choose(header: str, paused: set[str]) -> object:
         fields = parse_header_section(f"{header}From: a@example.com\r\n\r\n".encode())
-        return configsets.choose(config, "acme", fields, paused)
+        return configuration_sets.choose(config, "acme", fields, paused)
 
     assert choose("", {"news"}) is R.SET_PAUSED  # the account's default set
     assert choose("X-SES-CONFIGURATION-SET: news\r\n", {"news"}) is R.SET_PAUSED
     assert isinstance(choose("X-SES-CONFIGURATION-SET: alerts\r\n", {"news"}),
-                      configsets.SetChoice)
+                      configuration_sets.SetChoice)
     assert choose("X-SES-CONFIGURATION-SET: off\r\n", set()) is R.SET_PAUSED
     assert choose("X-SES-CONFIGURATION-SET: nope\r\n", {"nope"}) is R.SET_UNKNOWN
     assert (R.SET_PAUSED.code, R.SET_PAUSED.text) == (

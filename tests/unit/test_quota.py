@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from smtprelay.config import load_config
-from smtprelay.quota import Quotas, SQLiteUsageStore
-from smtprelay.smtp import replies as R
+from smtprelay.mail import replies as R
+from smtprelay.policy.quota import Quotas, SQLiteUsageStore
 from tests.support import base_config, write_config
 
 
@@ -80,7 +80,7 @@ def test_usage_reaches_disk_within_the_flush_interval_without_a_clean_close(
     import sqlite3
     import time
 
-    from smtprelay.quota import usage_since
+    from smtprelay.policy.quota import usage_since
 
     store = SQLiteUsageStore(tmp_path / "state.db", flush_interval=0.05)
     store.open()

@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from smtprelay import setstats
 from smtprelay.config import Config, ReputationConfig
-from smtprelay.pauses import PausedSets, SQLitePauseStore
-from smtprelay.reputation import ReputationGuard, State, judge
-from smtprelay.setstats import Kind
+from smtprelay.policy.pauses import PausedSets, SQLitePauseStore
+from smtprelay.policy.reputation import ReputationGuard, State, judge
+from smtprelay.spool import set_stats
+from smtprelay.spool.set_stats import Kind
 from smtprelay.spool.store import Spool
 
 NOW = 1_700_000_000.0
 CONFIG = ReputationConfig(minimum_volume=20)
 
 
-def counts(**values: int) -> setstats.Counts:
-    return setstats.Counts({str(Kind(k)): v for k, v in values.items()})
+def counts(**values: int) -> set_stats.Counts:
+    return set_stats.Counts({str(Kind(k)): v for k, v in values.items()})
 
 
 def test_rates_map_to_states_with_ses_thresholds() -> None:
@@ -57,7 +57,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Spool, PausedSets]]:
 
 
 def add(spool: Spool, account: str, set_name: str | None, at: float, **values: int) -> None:
-    bump = setstats.Bump(account, set_name, at, {Kind(k): v for k, v in values.items()})
+    bump = set_stats.Bump(account, set_name, at, {Kind(k): v for k, v in values.items()})
     asyncio.run(spool.add_events((), counts=(bump,)))
 
 
@@ -76,7 +76,7 @@ def test_a_set_over_the_pause_threshold_is_paused_once_and_logged(
     guard = make_guard(spool, pauses, clock, pause_accounts=False)
     add(spool, "acme", "news", NOW, delivery=90, bounce=10)
     add(spool, "acme", "ok", NOW, delivery=1000)
-    caplog.set_level(logging.INFO, "smtprelay.reputation")
+    caplog.set_level(logging.INFO, "smtprelay.policy.reputation")
     asyncio.run(guard.check())
     assert "news" in pauses and "ok" not in pauses
     assert pauses["news"].reason == "reputation" and "10.00%" in pauses["news"].detail
@@ -99,13 +99,13 @@ def test_a_resumed_set_is_judged_only_after_the_resume(
     pauses.store.resume("news", now=NOW + 30)  # as the CLI does, at the test's time
     pauses.store.resume("acme", scope="account", now=NOW + 30)
     pauses.refresh()
-    caplog.set_level(logging.INFO, "smtprelay.reputation")
+    caplog.set_level(logging.INFO, "smtprelay.policy.reputation")
     clock[0] = NOW + 60
     asyncio.run(guard.check())
     assert "news" not in pauses and "acme" not in pauses.accounts
     assert "reputation set=news bounce rate -: paused -> ok" in caplog.text
     # New bounces count from the next whole hour on.
-    later = (setstats.hour_of(NOW) + 1) * setstats.HOUR + 10.0
+    later = (set_stats.hour_of(NOW) + 1) * set_stats.HOUR + 10.0
     add(spool, "acme", "news", later, delivery=10, bounce=15)
     clock[0] = later + 1
     asyncio.run(guard.check())

@@ -17,8 +17,8 @@ import pytest
 
 from smtprelay.config import DelayConfig, RetryConfig
 from smtprelay.delivery.dns import MXResolver
-from smtprelay.delivery.dsn_queue import DSNFactory
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict
+from smtprelay.delivery.notify_sender import DSNFactory
 from smtprelay.delivery.pool import ConnectionPool
 from smtprelay.delivery.retry import next_retry
 from smtprelay.delivery.scheduler import DeliveryPolicy, Scheduler, recipient_domain

@@ -7,12 +7,12 @@ import asyncio
 import time
 from pathlib import Path
 
+from smtprelay.bounces import return_path, verp
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict
 from smtprelay.delivery.scheduler import DeliveryPolicy, Scheduler
-from smtprelay.feedback import return_path, verp
 from smtprelay.spool.model import Envelope, NewMessage, QueuedMessage, new_message_id
 from smtprelay.spool.store import Spool
-from smtprelay.tokens import KeyRing
+from smtprelay.transform.tokens import KeyRing
 
 DOMAINS = {"example.com": "bounce.example.com", "sub.example.com": "rp.sub.example.com"}
 

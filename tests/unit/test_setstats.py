@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from smtprelay import setstats
-from smtprelay.delivery.dsn_queue import DSN_LISTENER
-from smtprelay.setstats import HOUR, Counts, Kind, Window
+from smtprelay.delivery.notify_sender import DSN_LISTENER
+from smtprelay.spool import set_stats
 from smtprelay.spool.model import (
     Envelope,
     EventRecord,
@@ -21,6 +20,7 @@ from smtprelay.spool.model import (
     RecipientUpdate,
     new_message_id,
 )
+from smtprelay.spool.set_stats import HOUR, Counts, Kind, Window
 from smtprelay.spool.store import Spool, migrate, open_for_cli
 
 NOW = time.time()
@@ -68,10 +68,10 @@ async def test_acceptance_counts_recipients_and_suppressed_ones(spool: Spool) ->
     await spool.enqueue(new_message(4, listener=DSN_LISTENER))  # the relay's own bounce
     found = day(spool)
     assert found["news"][Kind.SEND] == 3 and found["news"][Kind.SUPPRESSED] == 1
-    assert found[setstats.NO_SET][Kind.SEND] == 2  # mail without a set: the pseudo-set
-    assert setstats.set_label(setstats.NO_SET) == "(none)"
+    assert found[set_stats.NO_SET][Kind.SEND] == 2  # mail without a set: the pseudo-set
+    assert set_stats.set_label(set_stats.NO_SET) == "(none)"
     assert sum(c[Kind.SEND] for c in found.values()) == 5  # the DSN is not counted
-    assert DSN_LISTENER in setstats.UNCOUNTED_LISTENERS
+    assert DSN_LISTENER in set_stats.UNCOUNTED_LISTENERS
 
 
 async def test_attempt_results_are_counted_with_them(spool: Spool) -> None:
@@ -100,9 +100,9 @@ async def test_a_failed_write_counts_nothing(spool: Spool) -> None:
 async def test_opens_and_clicks_count_totals_unique_and_machine(spool: Spool) -> None:
     tracked = new_message(tracked=True)
     await spool.enqueue(tracked)
-    made: list[setstats.Engaged] = []
+    made: list[set_stats.Engaged] = []
 
-    def no_event(engaged: setstats.Engaged) -> EventRecord | None:
+    def no_event(engaged: set_stats.Engaged) -> EventRecord | None:
         made.append(engaged)
         return None
 
@@ -117,7 +117,7 @@ async def test_opens_and_clicks_count_totals_unique_and_machine(spool: Spool) ->
     assert (counts[Kind.OPEN], counts[Kind.OPEN_UNIQUE], counts[Kind.OPEN_MACHINE]) == (3, 1, 1)
     assert (counts[Kind.CLICK], counts[Kind.CLICK_UNIQUE], counts[Kind.CLICK_MACHINE]) == \
         (1, 1, 0)
-    assert made[0] == setstats.Engaged("acme", "news")
+    assert made[0] == set_stats.Engaged("acme", "news")
 
 
 def test_rates_follow_ses_and_are_none_without_volume() -> None:
@@ -160,13 +160,13 @@ async def test_totals_by_account_and_for_one_set(spool: Spool) -> None:
     assert by_account["acme"][Kind.SEND] == 2 and by_account["other"][Kind.SEND] == 4
     assert list(spool.set_totals(window, configuration_set="alerts")) == ["alerts"]
     assert spool.set_totals(window, account="other")["news"][Kind.SEND] == 3
-    assert setstats.merge(spool.set_totals(window).values())[Kind.SEND] == 6
+    assert set_stats.merge(spool.set_totals(window).values())[Kind.SEND] == 6
     with pytest.raises(ValueError):
         spool.set_totals(window, by="hour")
 
 
 async def test_counted_later_for_refusals(spool: Spool) -> None:
-    spool.count_later(setstats.Bump("acme", "news", NOW, {Kind.REJECT: 1}))
+    spool.count_later(set_stats.Bump("acme", "news", NOW, {Kind.REJECT: 1}))
     await spool.retry(None, NOW)  # any later write: the count went in before it
     assert day(spool)["news"][Kind.REJECT] == 1
 
@@ -174,7 +174,7 @@ async def test_counted_later_for_refusals(spool: Spool) -> None:
 async def test_tracked_messages_are_purged_after_the_tracking_window(spool: Spool) -> None:
     old = new_message(tracked=True, at=NOW - 100 * 86400)
     await spool.enqueue(old)
-    assert await spool.purge_stats(NOW - setstats.RETENTION, NOW - 60 * 86400) == 1
+    assert await spool.purge_stats(NOW - set_stats.RETENTION, NOW - 60 * 86400) == 1
     assert await spool.record_engagement(old.message_id, "open", NOW, False,
                                          lambda _: None) is None
 
@@ -184,20 +184,20 @@ def test_a_spool_from_before_the_statistics_reads_as_empty(tmp_path: Path) -> No
 
     conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
     migrate(conn, _MIGRATIONS[:4])
-    assert setstats.totals(conn, Window.ending(NOW)) == {}
+    assert set_stats.totals(conn, Window.ending(NOW)) == {}
     conn.close()
     upgraded = open_for_cli(tmp_path / "old.db")  # the CLI upgrades it
-    assert setstats.totals(upgraded, Window.ending(NOW)) == {}
+    assert set_stats.totals(upgraded, Window.ending(NOW)) == {}
     upgraded.close()
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("24h", 86400.0), ("90m", 5400.0),
                                                ("7d", 604800.0), ("30d", 15 * 86400.0)])
 def test_parse_window(text: str, seconds: float) -> None:
-    assert setstats.parse_window(text) == seconds
+    assert set_stats.parse_window(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "0h", "-1h", "soon", "1y", "1.5.h"])
 def test_parse_window_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="window"):
-        setstats.parse_window(text)
+        set_stats.parse_window(text)

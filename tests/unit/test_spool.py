@@ -40,7 +40,7 @@ def spool(tmp_path: Path) -> Spool:
 
 
 async def test_concurrent_enqueues_share_commits(spool: Spool) -> None:
-    from smtprelay import metrics
+    from smtprelay.infra import metrics
 
     before = metrics.SPOOL_BATCH_SIZE.collect()[0].samples
     count_before = next(s.value for s in before if s.name.endswith("_count"))
@@ -124,7 +124,7 @@ def test_message_ids_sort_by_time() -> None:
 
 
 def test_generated_key_is_private_and_files_are_complete(tmp_path: Path) -> None:
-    from smtprelay.tlsutil import ensure_self_signed
+    from smtprelay.infra.tls import ensure_self_signed
 
     assert ensure_self_signed(tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem",
                               "relay.test")

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from smtprelay.suppression import (
+from smtprelay.cli.suppression import (
+    UnreadableFile,
+    parse_created_at,
+    parse_csv,
+    parse_json,
+)
+from smtprelay.policy.suppression import (
     SQLiteSuppressionStore,
     SuppressionStore,
     address_problem,
     normalise,
     parse_reason,
-)
-from smtprelay.suppression_cli import (
-    UnreadableFile,
-    parse_created_at,
-    parse_csv,
-    parse_json,
 )
 
 
@@ -175,7 +175,7 @@ def test_import_entries_counts_new_and_updates(store: SQLiteSuppressionStore) ->
 
 def test_import_spans_several_transactions(store: SQLiteSuppressionStore,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("smtprelay.suppression.IMPORT_BATCH", 100)
+    monkeypatch.setattr("smtprelay.policy.suppression.IMPORT_BATCH", 100)
     rows = [(f"u{i}@example.com", "BOUNCE", None) for i in range(1050)]
     assert store.import_entries("acme", rows) == 1050  # type: ignore[arg-type]
     assert store.import_entries("acme", rows[:500]) == 0  # type: ignore[arg-type]

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtprelay import tokens
-from smtprelay.tokens import (
+from smtprelay.transform import tokens
+from smtprelay.transform.tokens import (
     RETIREMENT_GRACE,
     ClickToken,
     InvalidToken,

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smtprelay import tokens, unsubscribe
 from smtprelay.config import ConfigurationSetConfig
-from smtprelay.headers import parse_header_section
-from smtprelay.links import OPEN_TRACKER, DuplicateOpenTracker
-from smtprelay.transforms import Transformer
+from smtprelay.mail.headers import parse_header_section
+from smtprelay.transform import tokens, unsubscribe
+from smtprelay.transform.links import OPEN_TRACKER, DuplicateOpenTracker
+from smtprelay.transform.tracking import Transformer
 
 RING = tokens.KeyRing.generate(1_700_000_000)
 MID = "018bd0e1a2b3-0123456789abcdef"

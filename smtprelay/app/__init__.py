@@ -1,0 +1,1 @@
+"""The daemon: wiring every stage together, its lifecycle, signals and systemd."""

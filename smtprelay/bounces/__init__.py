@@ -1,0 +1,3 @@
+"""Bounce knowledge shared by delivery and the feedback loop: SES bounce types from
+SMTP replies, VERP envelope senders and the Return-Path domain.
+"""

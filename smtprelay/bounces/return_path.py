@@ -1,0 +1,48 @@
+"""The envelope sender a delivered message goes out with, and the domains bounces come back to.
+
+SES's custom MAIL FROM domain: an identity (``identities.<domain>``) may name a
+``mail_from_domain`` (a subdomain of it, such as ``bounce.example.com``). Mail whose
+envelope sender that identity covers is then delivered with
+``MAIL FROM:<b-TAG@bounce.example.com>``, a VERP address (``smtprelay.bounces.verp``)
+naming the message and the recipient, one per recipient: the receiving MTA writes it
+as the Return-Path, DSNs come back to it, and the feedback listener (the MX of
+``bounce.example.com``) maps each one to the message and recipient it is about. SPF
+for that domain also passes aligned with a From at ``example.com``.
+
+Without a ``mail_from_domain`` the sender's own address is used, as given at
+submission; asynchronous bounces then go to the sender's own mailbox and cannot be
+matched (only the ones the relay meets during delivery become Bounce events).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from smtprelay.config import Config
+
+
+def mail_from_domains(config: Config) -> dict[str, str]:
+    """Identity domain -> its custom MAIL FROM domain, for the identities that have one."""
+    return {domain: identity.mail_from_domain.lower()
+            for domain, identity in config.identities.items()
+            if identity.mail_from_domain}
+
+
+def feedback_domains(config: Config) -> frozenset[str]:
+    """Every MAIL FROM domain: where the feedback listener accepts VERP addresses."""
+    return frozenset(mail_from_domains(config).values())
+
+
+def mail_from_domain_for(sender: str, domains: Mapping[str, str]) -> str | None:
+    """The MAIL FROM domain of the most specific identity covering ``sender`` that has
+    one (example.com covers news.example.com, as for DKIM keys); None: the sender's own
+    address stays the envelope sender (and so does the null sender of our DSNs)."""
+    if not domains or "@" not in sender:
+        return None
+    domain = sender.rpartition("@")[2].lower().rstrip(".")
+    while domain:
+        found = domains.get(domain)
+        if found:
+            return found
+        domain = domain.partition(".")[2]
+    return None

@@ -1,0 +1,1 @@
+"""The `smtprelay` command: one module per command group, shared helpers in `common`."""

@@ -1,0 +1,1 @@
+"""SQLite for every store: connections with the relay's pragmas and versioned schemas."""

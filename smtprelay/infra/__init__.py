@@ -1,0 +1,5 @@
+"""What every stage stands on, knowing nothing of mail: durable file writes, TLS
+contexts, password hashes, metrics and logging set-up.
+
+Leaf modules: they import nothing of smtprelay outside this package.
+"""

@@ -1,0 +1,320 @@
+"""What happens to a message after DATA: policy checks, then the spool, then the reply.
+
+Later stages (quotas, suppression, transforms) plug in here, between the checks and
+the spool; the SMTP session only ever sees this module's replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Container
+from typing import Any
+
+from smtprelay.config import Config, ConfigurationSetConfig
+from smtprelay.events import records
+from smtprelay.infra import metrics
+from smtprelay.mail import replies as R
+from smtprelay.mail.headers import HeaderField, MalformedHeader, addresses, parse_header_section
+from smtprelay.mail.replies import Reply
+from smtprelay.policy import configuration_sets, identities
+from smtprelay.policy.quota import Quotas
+from smtprelay.policy.suppression import SuppressionStore
+from smtprelay.spool import set_stats
+from smtprelay.spool.model import EventRecord, NewMessage, new_message_id
+from smtprelay.spool.store import Spool, SpoolError, SpoolFullError, suppressed_diagnostic
+from smtprelay.submission.seam import Submission
+from smtprelay.transform import dkim, hygiene, tracking
+from smtprelay.transform.pool import TransformPool, TransformUnavailable
+
+log = logging.getLogger("smtprelay.submission.pipeline")
+
+# Headers whose addresses must each fall under the account's identities (SES checks
+# From, Sender and Return-Path besides the envelope sender).
+_CHECKED_HEADERS = ("from", "sender", "return-path")
+# The MIME walk costs ~0.2 ms for 50 KB but up to ~100 ms for hostile megabytes of
+# nesting: above this size it runs in a thread so other sessions keep moving.
+_INLINE_CHECK_LIMIT = 1024 * 1024
+# Link rewriting is pure Python (it holds the GIL either way): inline it costs ~3 ms
+# for 50 KB of HTML, less than a thread hop's latency is worth; a big part (30 ms per
+# MB) goes to a thread so the loop keeps answering other sessions in between.
+_INLINE_TRANSFORM_LIMIT = 256 * 1024
+# DKIM signing runs in a thread for every size. Dual-signing (RSA 2048 + Ed25519) a
+# 2 KB message costs ~0.9 ms inline, all of it on the loop; through to_thread the
+# loop thread spends ~0.1 ms, since OpenSSL's RSA and hashlib release the GIL, for
+# ~0.3 ms more latency on that message. 50 KB HTML: 2.4 ms inline against 0.1 ms;
+# 1 MB: 5-48 ms against 0.1-0.2 ms (bench/dkim_cost.py, 2-core VM), so no size is
+# cheaper inline. (The relaxed-body regexes do hold the GIL, in 64 KiB pieces.)
+
+
+def header_addresses(fields: list[HeaderField]) -> dict[str, list[str]]:
+    """Addresses of the checked headers, by lower-case header name."""
+    found: dict[str, list[str]] = {}
+    for field in fields:
+        if field.key in _CHECKED_HEADERS:
+            found.setdefault(field.key, []).extend(addresses(field.value))
+    return found
+
+
+class Pipeline:
+    # The sets paused at run time (smtprelay.policy.pauses.PausedSets); the daemon sets it.
+    paused_sets: Container[str] = frozenset()
+    # The accounts paused at run time (PausedSets.accounts): all their mail refused.
+    paused_accounts: Callable[[], Container[str]] = staticmethod(lambda: frozenset())
+
+    def __init__(self, config: Config, spool: Spool, quotas: Quotas,
+                 suppression: SuppressionStore) -> None:
+        self._config = config
+        self._spool = spool
+        self._quotas = quotas
+        self._suppression = suppression
+        # Called after each message is durable, so delivery starts without polling.
+        self.on_spooled: Callable[[], None] = lambda: None
+        # The DKIM keys; the daemon loads them at start and on reload.
+        self.signer = dkim.Signer()
+        # Tracking and unsubscribe; the daemon gives it the token keys at start, and the
+        # worker processes that do the work for sets that track (server.transform_workers).
+        self.transformer: tracking.Transformer | None = None
+        self.transform_pool: TransformPool | None = None
+
+    def update_config(self, config: Config) -> None:
+        self._config = config
+        self._quotas.update_config(config)
+
+    def _identities(self, account: str) -> list[str]:
+        settings = self._config.accounts.get(account)
+        return settings.identities if settings is not None else []
+
+    def check_sender(self, account: str, address: str) -> Reply | None:
+        failing = identities.failing(self._identities(account), [address])
+        return R.not_verified(failing) if failing else None
+
+    def check_recipient(self, account: str, address: str) -> Reply | None:
+        settings = self._config.accounts.get(account)
+        if settings is None:
+            return R.AUTH_REQUIRED
+        if settings.sandbox:
+            # SES sandbox: only verified identities and the mailbox simulator.
+            allowed = [*settings.identities, self._config.simulator.domain]
+            if identities.failing(allowed, [address]):
+                metrics.MESSAGES_REJECTED.labels(reason="sandbox").inc()
+                return R.not_verified([address])
+        # The mailbox simulator's recipients count against the rate, not the 24 h.
+        refusal = self._quotas.reserve(account,
+                                       daily=not self._config.simulator.covers(address))
+        if refusal is not None:
+            reason = "rate" if refusal is R.RATE_EXCEEDED else "daily_quota"
+            metrics.MESSAGES_REJECTED.labels(reason=reason).inc()
+        return refusal
+
+    def release(self, account: str, recipients: int) -> None:
+        self._quotas.release(account, recipients)
+
+    async def submit(self, submission: Submission) -> Reply:
+        """Check, transform and spool; the recipients' quota is committed or released here."""
+        recipients = submission.envelope.recipients
+        count = len(recipients)
+        simulated = [i for i, rcpt in enumerate(recipients)
+                     if self._config.simulator.covers(rcpt)]
+        reply = await self._submit(submission, simulated)
+        if reply.is_success:
+            self._quotas.commit(submission.client.account, count, daily=count - len(simulated))
+        else:
+            self._quotas.release(submission.client.account, count)
+        return reply
+
+    async def _submit(self, submission: Submission, simulated: list[int]) -> Reply:
+        """`simulated`: the indexes of the mailbox simulator's recipients."""
+        client = submission.client
+        account = self._config.accounts.get(client.account)
+        if account is None:
+            # The account was removed by a reload while the session was open.
+            return R.AUTH_REQUIRED
+        try:
+            fields = parse_header_section(submission.data)
+        except MalformedHeader as exc:
+            return _refuse("bad_header", R.malformed_header(str(exc)))
+        found = header_addresses(fields)
+        if "from" not in found:
+            return _refuse("no_from", R.NO_FROM)
+        failing = identities.failing(account.identities,
+                                     [a for values in found.values() for a in values])
+        if failing:
+            log.info("client=%s account=%s refused: identities %s not verified", client.ip,
+                     client.account, ", ".join(failing))
+            return _refuse("identity", R.not_verified(failing))
+        if client.account in self.paused_accounts():
+            return _refuse("account_paused", R.ACCOUNT_PAUSED)
+        choice = configuration_sets.choose(self._config, client.account, fields, self.paused_sets)
+        if isinstance(choice, Reply):
+            reason = "set_paused" if choice is R.SET_PAUSED else "set_unknown"
+            return _refuse(reason, choice)
+        if len(submission.data) > _INLINE_CHECK_LIMIT:
+            refusal = await asyncio.to_thread(hygiene.refusal, submission.data, fields)
+        else:
+            refusal = hygiene.refusal(submission.data, fields)
+        if refusal is not None:
+            self._spool.count_later(set_stats.Bump(client.account, choice.name, time.time(),
+                                                  {set_stats.Kind.REJECT: 1}))
+            return _refuse("content", refusal)
+        suppressed = await self._suppressed(client.account, choice.name,
+                                            submission.envelope.recipients)
+        if suppressed is None:
+            return _refuse("suppression_error", R.LOCAL_ERROR)
+
+        message_id = new_message_id(submission.received_at)
+        recipients = submission.envelope.recipients
+        data = hygiene.normalise(submission.data, fields, info=hygiene.ReceivedInfo(
+            hostname=self._config.server.hostname, client_helo=client.helo,
+            client_ip=client.ip, tls_version=client.tls_version, tls_cipher=client.tls_cipher,
+            authenticated=client.auth_user is not None, message_id=message_id,
+            recipient=recipients[0] if len(recipients) == 1 else None,
+            received_at=submission.received_at))
+        settings = self._config.configuration_sets.get(choice.name) if choice.name else None
+        transformed = await self._transform(message_id, data, len(recipients),
+                                            submission.received_at, settings)
+        if isinstance(transformed, Reply):
+            return transformed
+        data = transformed.data
+        from_domain = identities.split_address(found["from"][0])[1]
+        signed = await self._sign(message_id, data, from_domain)
+        if signed is None:
+            return _refuse("dkim_error", R.LOCAL_ERROR)
+        data = signed
+        attrs: dict[str, Any] = {
+            "tags": configuration_sets.auto_tags(choice, from_domain=from_domain,
+                                                 source_ip=client.ip,
+                                                 caller=client.auth_user or client.account),
+        }
+        if client.tls_version:
+            attrs["tls"] = client.tls_version
+        if simulated and not self._config.simulator.counts_for_reputation:
+            # Mailbox simulator recipients stay out of the set statistics (so of the
+            # reputation guard), as SES leaves them out of its rates.
+            attrs["uncounted"] = simulated
+        if choice.tag_errors:
+            attrs["tag_errors"] = list(choice.tag_errors)
+            log.info("msg=%s ignored bad message tags: %s", message_id,
+                     "; ".join(choice.tag_errors))
+        if choice.control_headers:
+            attrs["control_headers"] = choice.control_headers
+        if transformed.link_count or transformed.opens_tracked or transformed.unsubscribe_url:
+            attrs["tracking"] = {"links": transformed.link_count,
+                                 "open": transformed.opens_tracked,
+                                 "unsubscribe": transformed.unsubscribe_url is not None}
+        events: tuple[EventRecord, ...] = ()
+        if settings is not None and settings.publishes:
+            # The scheduler records this message's delivery events too.
+            attrs["events"] = True
+            events = records.accepted(
+                message_id, choice.name, submission.received_at,
+                {recipients[i]: suppressed_diagnostic(reason)
+                 for i, reason in suppressed.items()}, self._config.server.hostname)
+        message = NewMessage(
+            message_id=message_id, envelope=submission.envelope, data=data,
+            account=client.account, configuration_set=choice.name,
+            received_at=submission.received_at, client_ip=client.ip, client_helo=client.helo,
+            auth_user=client.auth_user, listener=client.listener, attrs=attrs,
+            suppressed=suppressed, events=events,
+            # An unsubscribe needs the recipient's address back from the mail record.
+            publishes=bool(events) or transformed.unsubscribe_url is not None,
+        )
+        try:
+            await self._spool.enqueue(message)
+        except SpoolFullError as exc:
+            log.error("msg=%s spool full, refused with 452: %s", message_id, exc)
+            return _refuse("storage_full", R.STORAGE_FULL)
+        except SpoolError as exc:
+            log.error("msg=%s spool write failed, refused with 451: %s", message_id, exc)
+            return _refuse("spool_error", R.LOCAL_ERROR)
+        self.on_spooled()
+        metrics.MESSAGES_ACCEPTED.labels(listener=client.listener).inc()
+        metrics.RECIPIENTS_ACCEPTED.inc(len(recipients))
+        metrics.MESSAGE_BYTES.observe(len(data))
+        if len(suppressed) < len(recipients):
+            metrics.SPOOL_DEPTH.inc()
+        log.info("msg=%s accepted account=%s user=%s client=%s from=<%s> rcpts=%d size=%d "
+                 "set=%s suppressed=%d", message_id, client.account, client.auth_user or "-",
+                 client.ip, submission.envelope.mail_from, len(recipients), len(data),
+                 choice.name or "-", len(suppressed))
+        return R.accepted(message_id)
+
+    async def _transform(self, message_id: str, data: bytes, recipient_count: int,
+                         received_at: float, settings: ConfigurationSetConfig | None
+                         ) -> tracking.Result | Reply:
+        """Tracking and unsubscribe as the configuration set asks, or the refusal."""
+        if self.transformer is None:
+            return tracking.Result(data)
+        apply = functools.partial(self.transformer.apply, data, message_id=message_id,
+                                  recipient_count=recipient_count, issued_at=received_at,
+                                  settings=settings)
+        try:
+            if self.transform_pool is not None and tracking.changes_anything(settings):
+                result = await self.transform_pool.apply(
+                    self.transformer.keyring, data, message_id=message_id,
+                    recipient_count=recipient_count, issued_at=received_at,
+                    settings=settings)
+            elif len(data) > _INLINE_TRANSFORM_LIMIT:
+                result = await asyncio.to_thread(apply)
+            else:
+                result = apply()
+        except tracking.DuplicateOpenTracker:
+            return _refuse("content", R.DUPLICATE_OPEN_TRACKER)
+        except TransformUnavailable as exc:
+            log.error("msg=%s %s, refused with 451 (the client will send it again)",
+                      message_id, exc)
+            return _refuse("transform_error", R.LOCAL_ERROR)
+        except Exception as exc:
+            log.error("msg=%s tracking transform failed, refused with 451: %r", message_id, exc)
+            return _refuse("transform_error", R.LOCAL_ERROR)
+        if result.problems:
+            log.info("msg=%s tracking: %s", message_id, "; ".join(result.problems))
+        if result.link_count:
+            metrics.LINKS_TRACKED.inc(result.link_count)
+        return result
+
+    async def _sign(self, message_id: str, data: bytes, from_domain: str) -> bytes | None:
+        """The message with our DKIM signatures in front (the last change before the
+        spool); unchanged when no identity with keys covers the From domain."""
+        keys = self.signer.keys_for(from_domain)
+        if not keys:
+            return data
+        started = time.perf_counter()
+        try:
+            fields = await asyncio.to_thread(dkim.signatures, data, keys)
+        except Exception as exc:
+            # Like OpenDKIM's default for internal errors: a temporary failure, so the
+            # client keeps the message instead of it leaving unsigned.
+            log.error("msg=%s DKIM signing failed, refused with 451: %r", message_id, exc)
+            return None
+        metrics.DKIM_SIGN_SECONDS.observe(time.perf_counter() - started)
+        for key in keys:
+            metrics.DKIM_SIGNATURES.labels(algorithm=key.algorithm).inc()
+        log.debug("msg=%s dkim d=%s s=%s", message_id, keys[0].domain,
+                  ",".join(key.selector for key in keys))
+        return b"".join(fields) + data
+
+    async def _suppressed(self, account: str, set_name: str | None,
+                          recipients: tuple[str, ...]) -> dict[int, str] | None:
+        """Recipient index -> reason, for the reasons the configuration set applies."""
+        reasons: tuple[str, ...] = ("BOUNCE", "COMPLAINT")
+        if set_name is not None:
+            reasons = self._config.configuration_sets[set_name].suppression.reasons
+        if not reasons:
+            return {}
+        try:
+            entries = await asyncio.to_thread(self._suppression.lookup, account, recipients)
+        except Exception as exc:
+            # Sending anyway could mail people who asked not to get mail: the client
+            # retries on a 451 instead.
+            log.error("suppression lookup failed account=%s: %s", account, exc)
+            return None
+        return {i: entries[rcpt].reason for i, rcpt in enumerate(recipients)
+                if rcpt in entries and entries[rcpt].reason in reasons}
+
+
+def _refuse(reason: str, reply: Reply) -> Reply:
+    metrics.MESSAGES_REJECTED.labels(reason=reason).inc()
+    return reply

@@ -1,0 +1,50 @@
+"""The seam between the SMTP session and everything after it: what a session hands on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from smtprelay.mail.replies import Reply
+from smtprelay.spool.model import Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Who submitted: the connection and the account it speaks for."""
+
+    ip: str
+    port: int
+    helo: str
+    listener: str
+    account: str
+    auth_user: str | None  # None when the account comes from trusted_networks
+    tls_version: str | None
+    tls_cipher: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    client: Client
+    envelope: Envelope
+    data: bytes  # dot-unstuffed, CRLF line endings, as received
+    received_at: float
+
+
+class SubmissionHandler(Protocol):
+    """Policy and acceptance, as seen from an SMTP session."""
+
+    def check_sender(self, account: str, address: str) -> Reply | None:
+        """A reply refusing MAIL FROM, or None to go on."""
+
+    def check_recipient(self, account: str, address: str) -> Reply | None:
+        """A reply refusing RCPT TO (sandbox, quota), or None: one recipient reserved."""
+
+    def release(self, account: str, recipients: int) -> None:
+        """Give back recipients reserved by check_recipient when no message follows."""
+
+    async def submit(self, submission: Submission) -> Reply:
+        """Check, transform and spool the message; the reply to send after DATA.
+
+        Takes over the recipients reserved for this transaction (commits or releases).
+        """

@@ -1,0 +1,185 @@
+"""Message hygiene before the spool: refuse what SES refuses, strip Bcc, stamp the trace fields."""
+
+# Both functions are pure and splice the original bytes by the offsets the header
+# reader found: the message is never re-serialised, so everything not named here
+# reaches the recipient byte for byte (and a later DKIM signature covers what the
+# client wrote).
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from smtprelay.mail import replies as R
+from smtprelay.mail.headers import HeaderField
+from smtprelay.mail.replies import Reply
+from smtprelay.policy import attachments
+
+# SES Developer Guide, "Amazon SES header fields": these "can't appear more than once in
+# the header section of a message" (seed 004, line ~4730). To, Cc, Received and
+# Resent-* are deliberately absent from SES's list and may repeat.
+_SES_LIST = """
+    Accept-Language acceptLanguage Archived-At Auto-Submitted Bounces-to Comments
+    Content-Alternative Content-Base Content-Class Content-Description Content-Disposition
+    Content-Duration Content-ID Content-Language Content-Length Content-Location
+    Content-MD5 Content-Transfer-Encoding Content-Type Date Delivered-To
+    Disposition-Notification-Options Disposition-Notification-To DKIM-Signature
+    DomainKey-Signature Errors-To From Importance In-Reply-To Keywords List-Archive
+    List-Help List-Id List-Owner List-Post List-Subscribe List-Unsubscribe Message-Context
+    Message-ID MIME-Version Organization Original-From Original-Message-ID
+    Original-Recipient Original-Subject Precedence Priority References Reply-To
+    Return-Path Return-Receipt-To Sender Solicitation Sensitivity Subject Thread-Index
+    Thread-Topic User-Agent VBR-Info
+"""
+SINGLE_FIELDS = frozenset(name.lower() for name in _SES_LIST.split())
+
+# RFC 5322 3.6.3 / 3.6.6: blind copies must not reach any recipient.
+_BLIND = frozenset(("bcc", "resent-bcc"))
+_LINE_LIMIT = 78  # RFC 5322 2.1.1 "SHOULD"
+# Only what a host name or address literal is made of survives from the client's HELO:
+# no CR/LF (header injection), no parentheses (comment nesting), no ";" (a Received
+# parser would take what follows for the date), no white space (fake "by"/"with" clauses).
+_NOT_HOST = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedInfo:
+    """What the Received field records about this hop (RFC 5321 4.4)."""
+
+    hostname: str  # our server.hostname
+    client_helo: str
+    client_ip: str
+    tls_version: str | None  # e.g. "TLSv1.3", None for clear text
+    tls_cipher: str | None
+    authenticated: bool  # True when the client used SMTP AUTH
+    message_id: str  # the relay's id (also used as the "id" clause of Received)
+    recipient: str | None  # the single envelope recipient, or None when there are several
+    received_at: float  # epoch seconds
+
+
+def refusal(data: bytes, fields: list[HeaderField]) -> Reply | None:
+    """Why the message must be refused, or None.
+
+    Checked in this order: a field from SES's single-occurrence list given twice, a
+    MIME structure that cannot be walked, an attachment with a blocked extension.
+    """
+    seen: set[str] = set()
+    for field in fields:
+        if field.key in SINGLE_FIELDS:
+            if field.key in seen:
+                return R.duplicate_header(field.name)
+            seen.add(field.key)
+    try:
+        blocked = attachments.first_blocked(data, fields)
+    except attachments.MimeError:
+        return R.BAD_MIME
+    if blocked is not None:
+        return R.blocked_attachment(_shorten(blocked.filename), blocked.extension)
+    return None
+
+
+def normalise(data: bytes, fields: list[HeaderField], *, info: ReceivedInfo) -> bytes:
+    """The message as it will be spooled: Bcc and control headers out, trace fields in."""
+    kept: list[bytes | memoryview] = []
+    view = memoryview(data)
+    position = 0
+    has_id = has_date = False
+    for field in fields:
+        key = field.key
+        has_id = has_id or key == "message-id"
+        has_date = has_date or key == "date"
+        if key in _BLIND or key.startswith("x-ses-") or key == "x-configuration-set":
+            kept.append(view[position:field.start])
+            position = field.end
+    # New fields go after the last field, i.e. before the empty line (or at the very
+    # end of a message without a body, or at 0 for a message without header fields).
+    insert_at = fields[-1].end if fields else 0
+    kept.append(view[position:insert_at])
+    stamp = email.utils.format_datetime(datetime.fromtimestamp(info.received_at, UTC))
+    added = b""
+    if not has_id:
+        added += f"Message-ID: <{_host(info.message_id)}@{_host(info.hostname)}>\r\n".encode()
+    if not has_date:
+        added += f"Date: {stamp}\r\n".encode()
+    if added and insert_at > 0 and not _ends_with_crlf(kept):
+        # A body-less message whose last line has no CRLF: end it before adding fields.
+        added = b"\r\n" + added
+    return b"".join([received_field(info, stamp), *kept, added, view[insert_at:]])
+
+
+def received_field(info: ReceivedInfo, stamp: str | None = None) -> bytes:
+    """The Received field (RFC 5321 4.4) for this hop, folded, CRLF-terminated."""
+    if stamp is None:
+        stamp = email.utils.format_datetime(datetime.fromtimestamp(info.received_at, UTC))
+    tls = info.tls_version is not None
+    # RFC 3848 protocol types.
+    protocol = "ESMTP" + ("S" if tls else "") + ("A" if info.authenticated else "")
+    clauses = [
+        f"from {_host(info.client_helo) or 'unknown'} ({_ip_literal(info.client_ip)})",
+        f"by {_host(info.hostname)} (smtprelay) with {protocol} id {_host(info.message_id)}",
+    ]
+    if info.recipient is not None:
+        # Only for a single recipient: with several, naming one would leak it to the others.
+        clauses.append(f"for <{_CONTROL.sub('', info.recipient)}>")
+    if tls:
+        cipher = f" with cipher {_host(info.tls_cipher)}" if info.tls_cipher else ""
+        clauses.append(f"(using {_host(info.tls_version or '')}{cipher})")
+    clauses[-1] += ";"
+    clauses.append(stamp)
+    lines: list[str] = []
+    for index, clause in enumerate(clauses):
+        lines.extend(_fold("Received: " + clause if index == 0 else "\t" + clause))
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def _fold(line: str) -> list[str]:
+    """Break a line before spaces so no piece exceeds the limit (a longer word stays whole).
+
+    The CRLF goes *before* the space and the space is kept, so unfolding (RFC 5322 2.2.3)
+    gives back exactly the text, which matters inside a quoted local part.
+    """
+    pieces: list[str] = []
+    while len(line) > _LINE_LIMIT:
+        cut = line.rfind(" ", 1, _LINE_LIMIT + 1)
+        if cut <= 1:
+            cut = line.find(" ", _LINE_LIMIT + 1)  # one long word: break after it
+            if cut < 0:
+                break
+        pieces.append(line[:cut])
+        line = line[cut:]
+    pieces.append(line)
+    return pieces
+
+
+def _host(text: str | None) -> str:
+    return _NOT_HOST.sub("", text or "")
+
+
+def _ip_literal(ip: str) -> str:
+    """RFC 5321 4.1.3 address literal of the client, "unknown" if it is not an address."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"[{address.ipv4_mapped}]"
+        # Rebuilt from the bytes to drop a "%scope" zone, which has no literal syntax.
+        return f"[IPv6:{ipaddress.IPv6Address(address.packed).compressed}]"
+    return f"[{address}]"
+
+
+def _ends_with_crlf(pieces: list[bytes | memoryview]) -> bool:
+    # Pieces are whole fields, so a CRLF is never split across two of them.
+    last = next((piece for piece in reversed(pieces) if len(piece)), b"\r\n")
+    return bytes(last[-2:]) == b"\r\n"
+
+
+def _shorten(filename: str, limit: int = 100) -> str:
+    # SMTP reply lines are limited to 512 octets (RFC 5321 4.5.3.1.5); keep the end,
+    # which holds the extension the reply is about.
+    return filename if len(filename) <= limit else "..." + filename[-limit:]

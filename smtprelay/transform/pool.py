@@ -1,0 +1,252 @@
+"""Tracking transforms in worker processes, off the event loop and out of its GIL.
+
+Rewriting the links of a 50 KB newsletter is ~3 ms of pure Python. Inline it holds
+the event loop that long per message; in a thread it holds the GIL just the same, so
+every other session still waits. Worker processes (`smtprelay.transform.worker`) run
+it truly in parallel. The loop talks to them over their stdin and stdout pipes with a
+length-prefixed format, so a message costs the relay a write and a read of its bytes:
+no pickling of the message and no helper threads.
+
+Only messages the configuration set really transforms (click or open tracking, or
+one-click unsubscribe) come here; the rest take the inline fast path, which costs
+microseconds. Each request carries the tracking key ring (a few hundred bytes), so a
+key rotation (SIGHUP) needs nothing from the workers: the next message is signed with
+the new key. A set's settings are pickled once per set and configuration.
+
+A worker takes requests in order; a request goes to an idle worker, or starts one
+(up to `server.transform_workers`), or waits behind the fewest unanswered ones. A
+worker that dies (killed by the OOM killer, say) fails the messages it held; each is
+tried once more on a fresh worker (the transform is a pure function, so a second run
+is harmless), and if that one dies too the message is refused with 451: the client
+keeps it and sends it again. Nothing is lost either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import pickle
+import site
+import sys
+from pathlib import Path
+
+from smtprelay.config import ConfigurationSetConfig
+from smtprelay.transform import tokens, tracking
+from smtprelay.transform import worker as worker_wire
+from smtprelay.transform.links import DuplicateOpenTracker
+
+log = logging.getLogger("smtprelay.transform.tracking")
+
+# Settings objects pickled so far, by identity (the entry keeps the object alive, so
+# its id cannot be reused while it is here). A reload makes new objects; old entries
+# fall out when the cache is full.
+_SETTINGS_CACHE = 64
+_STOP_TIMEOUT = 10.0
+# How much of a worker's replies to buffer before pausing the pipe: a few messages'
+# worth, so a big message arrives in a few reads rather than many 64 KiB ones.
+_READ_BUFFER = 1 << 20
+# Where this smtprelay is imported from, so the workers run the same code even from a
+# checkout that is not installed.
+_PACKAGE_ROOT = str(Path(worker_wire.__file__).resolve().parents[2])
+
+
+def _worker_environment() -> dict[str, str]:
+    """The relay's environment; from a checkout, with the checkout first on the path.
+
+    An installed smtprelay needs nothing: the worker runs the same interpreter and
+    finds it where the relay did. A site-packages directory must not go on PYTHONPATH,
+    which comes before the standard library (a backport there would shadow it).
+    """
+    env = dict(os.environ)
+    installed = {str(Path(path).resolve())
+                 for path in (*site.getsitepackages(), site.getusersitepackages())}
+    if _PACKAGE_ROOT not in installed:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (_PACKAGE_ROOT,
+                                                          env.get("PYTHONPATH"))))
+    return env
+
+
+class TransformUnavailable(RuntimeError):
+    """The worker died while the message was in it: answer 451, the client retries."""
+
+
+class _WorkerDied(Exception):
+    pass
+
+
+def worker_count(setting: int | str) -> int:
+    """`server.transform_workers`: "auto" is one per core up to 4, none on one core."""
+    if setting == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+        return 0 if cores < 2 else min(4, cores)
+    return int(setting)
+
+
+_Reply = tuple[int, bytes, bytes]  # status, pickled details, message
+
+
+class _Worker:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.waiting: collections.deque[asyncio.Future[_Reply]] = collections.deque()
+        self.reader: asyncio.Task[None] | None = None
+
+    async def read_replies(self) -> None:
+        stdout = self.process.stdout
+        assert stdout is not None
+        try:
+            while True:
+                head = await stdout.readexactly(worker_wire.REPLY.size)
+                status, details_size, data_size = worker_wire.REPLY.unpack(head)
+                details = await stdout.readexactly(details_size)
+                data = await stdout.readexactly(data_size)
+                reply = self.waiting.popleft()
+                if not reply.done():  # else the session went away meanwhile
+                    reply.set_result((status, details, data))
+        except (asyncio.IncompleteReadError, ConnectionError, IndexError):
+            pass
+        finally:
+            while self.waiting:
+                reply = self.waiting.popleft()
+                if not reply.done():
+                    reply.set_exception(_WorkerDied())
+
+
+class TransformPool:
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._live: list[_Worker] = []
+        self._spawning = asyncio.Lock()
+        self._settings: collections.OrderedDict[int, tuple[object, bytes]] = \
+            collections.OrderedDict()
+        self._closed = False
+
+    def pids(self) -> list[int]:
+        """The live workers' process ids (for tests and operators' curiosity)."""
+        return [worker.process.pid for worker in self._live]
+
+    async def _spawn(self) -> _Worker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "smtprelay.transform.worker",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            env=_worker_environment(),
+            limit=_READ_BUFFER)
+        worker = _Worker(process)
+        worker.reader = asyncio.create_task(self._watch(worker))
+        return worker
+
+    async def _watch(self, worker: _Worker) -> None:
+        await worker.read_replies()
+        # In the same step as its last reply: a worker is in _live exactly while alive.
+        with contextlib.suppress(ValueError):
+            self._live.remove(worker)
+        code = await worker.process.wait()
+        if not self._closed:
+            log.error("a transform worker process (pid %d) ended with %s; a new one takes "
+                      "the next message", worker.process.pid,
+                      f"signal {-code}" if code < 0 else f"exit code {code}")
+
+    def _pick(self) -> _Worker | None:
+        """An idle worker; else None while there is room for another; else the least busy.
+
+        Workers start on demand, as a ProcessPoolExecutor's do: a relay that tracks one
+        message now and then runs one."""
+        idle = next((worker for worker in self._live if not worker.waiting), None)
+        if idle is not None or len(self._live) < self.workers:
+            return idle
+        return min(self._live, key=lambda worker: len(worker.waiting))
+
+    async def _worker(self) -> _Worker:
+        worker = self._pick()
+        if worker is None:
+            async with self._spawning:
+                worker = self._pick()  # another request may have started one meanwhile
+                if worker is None:
+                    worker = await self._spawn()
+                    self._live.append(worker)
+        return worker
+
+    def _pickled_settings(self, settings: ConfigurationSetConfig | None) -> bytes:
+        entry = self._settings.get(id(settings))
+        if entry is not None and entry[0] is settings:
+            return entry[1]
+        blob = pickle.dumps(settings, protocol=pickle.HIGHEST_PROTOCOL)
+        self._settings[id(settings)] = (settings, blob)
+        if len(self._settings) > _SETTINGS_CACHE:
+            self._settings.popitem(last=False)
+        return blob
+
+    async def apply(self, keyring: tokens.KeyRing, data: bytes, *, message_id: str,
+                    recipient_count: int, issued_at: float,
+                    settings: ConfigurationSetConfig | None) -> tracking.Result:
+        """tracking.Transformer(keyring).apply(...) in a worker process.
+
+        The Result's `links` is empty: `link_count` says how many were tracked.
+        DuplicateOpenTracker as the worker raised it; TransformUnavailable when two
+        workers in a row died with the message, or the pool is closed."""
+        if self._closed:
+            raise TransformUnavailable("the transform pool is shut down")
+        frame = worker_wire.request(
+            message_id, recipient_count, issued_at,
+            pickle.dumps(keyring, protocol=pickle.HIGHEST_PROTOCOL),
+            self._pickled_settings(settings), data)
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            try:
+                worker = await self._worker()
+            except OSError as exc:
+                raise TransformUnavailable(f"cannot start a transform worker: {exc}") \
+                    from None
+            reply: asyncio.Future[_Reply] = loop.create_future()
+            worker.waiting.append(reply)
+            stdin = worker.process.stdin
+            assert stdin is not None
+            try:
+                stdin.write(frame)
+                await stdin.drain()
+                status, details, result = await reply
+            except (_WorkerDied, ConnectionError):
+                if attempt == 2:
+                    raise TransformUnavailable("the transform worker died") from None
+                log.warning("msg=%s a transform worker died with the message; trying "
+                            "another", message_id)
+                continue
+            finally:
+                if not reply.done():
+                    reply.cancel()  # given up on: its reply is dropped on arrival
+                elif not reply.cancelled():
+                    reply.exception()  # seen here, so asyncio does not report it as lost
+            # Pickles from our own worker, over a pipe nobody else holds.
+            answer = pickle.loads(details)  # noqa: S301
+            if status == worker_wire.DUPLICATE_OPEN_TRACKER:
+                raise DuplicateOpenTracker(answer)
+            if status != worker_wire.OK:
+                raise RuntimeError(f"in the transform worker: {answer}")
+            link_count, opens_tracked, unsubscribe_url, problems = answer
+            return tracking.Result(result, opens_tracked=opens_tracked,
+                                     unsubscribe_url=unsubscribe_url, problems=problems,
+                                     link_count=link_count)
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        """Let the workers finish what they hold (they stop at the end of their input),
+        then reap them; a worker still busy after 10 s is killed."""
+        self._closed = True
+        workers, self._live = self._live, []
+        for worker in workers:
+            if worker.process.stdin is not None:
+                worker.process.stdin.close()
+        if workers:
+            await asyncio.wait([asyncio.ensure_future(worker.process.wait())
+                                for worker in workers], timeout=_STOP_TIMEOUT)
+        for worker in workers:
+            if worker.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+                await worker.process.wait()
+            if worker.reader is not None:
+                await worker.reader

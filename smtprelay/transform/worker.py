@@ -1,0 +1,109 @@
+"""A transform worker process: `python -m smtprelay.transform.worker`, started by the pool.
+
+It reads requests on stdin and writes one reply per request, in order, on stdout,
+until stdin closes. Each request carries everything the transform needs (the message,
+its id, recipient count and time, the set's settings and the tracking key ring), so
+the worker holds no state but a cache of settings it has already unpickled.
+
+The wire format is length-prefixed and binary, so a 50 KB message crosses the pipe as
+it is: no pickling of the message, no helper threads in the relay (a
+ProcessPoolExecutor's feeder and manager threads cost the relay ~1 ms of CPU per
+message, a third of the transform itself).
+
+    request:  !II   parameters length, message length; pickled parameters; message
+    reply:    !BII  status, details length, message length; pickled details; message
+
+Status OK: details are (link count, open pixel added, unsubscribe URL, problems) and
+the message is the transformed one. DUPLICATE_OPEN_TRACKER: details are the number of
+placeholders. FAILED: details are the exception's repr, for the relay's log.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import struct
+import sys
+from typing import Any, BinaryIO
+
+REQUEST = struct.Struct("!II")
+REPLY = struct.Struct("!BII")
+OK, DUPLICATE_OPEN_TRACKER, FAILED = 0, 1, 2
+# Settings and key rings seen recently, by their pickled bytes: a set's settings are
+# the same object for every message until a reload, so unpickle them once.
+_CACHE_SIZE = 64
+
+
+def request(message_id: str, recipient_count: int, issued_at: float, keyring: bytes,
+            settings: bytes, data: bytes) -> bytes:
+    """One request frame; `keyring` and `settings` are pickled (see the pool's cache)."""
+    parameters = pickle.dumps((message_id, recipient_count, issued_at, keyring, settings),
+                              protocol=pickle.HIGHEST_PROTOCOL)
+    return REQUEST.pack(len(parameters), len(data)) + parameters + data
+
+
+def serve(source: BinaryIO, sink: BinaryIO) -> int:
+    """Answer requests until `source` ends; 0 at a clean end, 1 on a cut-off request."""
+    from smtprelay.transform import tracking
+
+    cache: dict[bytes, Any] = {}
+
+    def thawed(blob: bytes) -> Any:
+        value = cache.get(blob)
+        if value is None:
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()
+            value = cache[blob] = pickle.loads(blob)  # noqa: S301  # from the relay
+        return value
+
+    while True:
+        head = source.read(REQUEST.size)
+        if not head:
+            return 0
+        if len(head) < REQUEST.size:
+            return 1
+        parameters_size, data_size = REQUEST.unpack(head)
+        body = source.read(parameters_size + data_size)
+        if len(body) < parameters_size + data_size:
+            return 1
+        data = body[parameters_size:]
+        details: object
+        try:
+            # The relay is the only writer of this pipe.
+            message_id, recipient_count, issued_at, keyring, settings = \
+                pickle.loads(body[:parameters_size])  # noqa: S301
+            result = tracking.Transformer(thawed(keyring)).apply(
+                data, message_id=message_id, recipient_count=recipient_count,
+                issued_at=issued_at, settings=thawed(settings))
+        except tracking.DuplicateOpenTracker as exc:
+            status, details, data = DUPLICATE_OPEN_TRACKER, exc.count, b""
+        except Exception as exc:  # the relay logs it and answers 451
+            status, details, data = FAILED, repr(exc), b""
+        else:
+            status, data = OK, result.data
+            details = (result.link_count, result.opens_tracked, result.unsubscribe_url,
+                       result.problems)
+        packed = pickle.dumps(details, protocol=pickle.HIGHEST_PROTOCOL)
+        sink.write(REPLY.pack(status, len(packed), len(data)) + packed + data)
+        sink.flush()
+
+
+def main() -> int:
+    # Ctrl-C and a service manager's SIGTERM reach the whole process group; the relay
+    # decides when workers stop, by closing their stdin once the messages they hold are
+    # done (and their stdin closes too if the relay dies).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Replies own file descriptor 1; anything printed by mistake goes to stderr instead
+    # of corrupting them.
+    sink = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    try:
+        return serve(sys.stdin.buffer, sink)
+    except BrokenPipeError:
+        return 0  # the relay went away
+
+
+if __name__ == "__main__":
+    sys.exit(main())
