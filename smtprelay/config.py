@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import dns.nameserver
 import yaml
 from pydantic import (
     BaseModel,
@@ -444,6 +445,32 @@ class ReputationConfig(_Model):
     pause_accounts: bool = True
 
 
+def parse_nameserver(text: str) -> dns.nameserver.Do53Nameserver:
+    """``"127.0.0.1:5353"``, ``"[::1]:5353"``, ``"::1"`` or ``"127.0.0.1"`` (port 53)."""
+    spec = text.strip()
+    port = 53
+    if spec.startswith("["):
+        host, _, rest = spec[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                raise ValueError(f"bad nameserver {text!r}: expected [address]:port")
+            port = int(rest[1:])
+    elif spec.count(":") == 1:  # host:port; several colons is a bare IPv6 address
+        host, _, port_text = spec.partition(":")
+        if not port_text.isdigit():
+            raise ValueError(f"bad nameserver {text!r}: expected address:port")
+        port = int(port_text)
+    else:
+        host = spec
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"bad nameserver {text!r}: not an IP address") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"bad nameserver {text!r}: port out of range")
+    return dns.nameserver.Do53Nameserver(str(address), port)
+
+
 class DeliveryDNSConfig(_Model):
     # Resolvers for MX lookups, "host" or "host:port" ("[::1]:53" for IPv6).
     # Empty: the system resolver (/etc/resolv.conf).
@@ -453,8 +480,6 @@ class DeliveryDNSConfig(_Model):
     @field_validator("nameservers")
     @classmethod
     def _servers(cls, values: list[str]) -> list[str]:
-        from smtprelay.delivery.dns import parse_nameserver
-
         for value in values:
             parse_nameserver(value)
         return values

@@ -13,6 +13,7 @@ from typing import Any
 
 # Imported here, not inside the commands: a command run as root switches to the owner
 # of data_dir before opening the database, and may then no longer read the install.
+from smtprelay.cli.common import CommandError, format_time, print_json, state_config
 from smtprelay.feedback import inbox
 
 _SHOWN_RECIPIENTS = 2
@@ -35,24 +36,23 @@ def register(sub: Any, common: argparse.ArgumentParser,
 
 
 def cmd_unmatched(args: argparse.Namespace) -> int:
-    from smtprelay.cli.main import CommandError, _print_json, _state_config, _when
 
     if args.limit is not None and args.limit < 0:
         raise CommandError("--limit must be 0 or more")
-    conn = inbox.open_for_cli(inbox.inbox_path(_state_config(args)))
+    conn = inbox.open_for_cli(inbox.inbox_path(state_config(args)))
     try:
         reports = inbox.listing(conn, inbox.UNMATCHED, limit=args.limit)
         pending = inbox.count(conn, inbox.PENDING)
     finally:
         conn.close()
     if args.json:
-        _print_json([report.as_json() for report in reports])
+        print_json([report.as_json() for report in reports])
         return 0
     print(f"{'ID':>7} {'RECEIVED':<21} {'KIND':<16} {'FROM':<28} {'TO':<40} REASON")
     for report in reports:
         to = ",".join(report.recipients[:_SHOWN_RECIPIENTS]) + (
             ",..." if len(report.recipients) > _SHOWN_RECIPIENTS else "")
-        print(f"{report.id:>7} {_when(report.received_at):<21} {report.kind or '-':<16} "
+        print(f"{report.id:>7} {format_time(report.received_at):<21} {report.kind or '-':<16} "
               f"{_short(report.mail_from or '<>', 28):<28} {_short(to, 40):<40} "
               f"{report.reason or '-'}")
     print(f"-- {len(reports)} unmatched report{'' if len(reports) == 1 else 's'}"
@@ -61,9 +61,8 @@ def cmd_unmatched(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from smtprelay.cli.main import CommandError, _print_json, _state_config
 
-    path = inbox.inbox_path(_state_config(args))
+    path = inbox.inbox_path(state_config(args))
     if not path.exists():
         raise CommandError(f"no report {args.id}: {path} does not exist (no feedback "
                            "listener has run)")
@@ -77,7 +76,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                            "events are not kept; see `smtprelay feedback unmatched`)")
     raw = report.raw or b""
     if args.json:
-        _print_json({**report.as_json(), "raw": raw.decode("utf-8", "replace")})
+        print_json({**report.as_json(), "raw": raw.decode("utf-8", "replace")})
         return 0
     sys.stdout.flush()
     sys.stdout.buffer.write(raw)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import getpass
 import json
 import os
@@ -13,61 +12,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from smtprelay import __version__
+from smtprelay.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    config_from,
+    format_time,
+    print_json,
+    state_config,
+)
 from smtprelay.config import ENV_CONFIG, Config, ConfigError, load_config
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
-
-class CommandError(Exception):
-    """An expected failure: printed as one line, no traceback."""
-
-
-def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.config).config
-
-
-def _state_config(args: argparse.Namespace) -> Config:
-    """The config for a command that opens the daemon's databases.
-
-    Run as root, such a command first becomes the owner of data_dir (the service
-    user), so the files SQLite creates beside the databases stay writable by the
-    daemon instead of turning up owned by root.
-    """
-    # Import what the commands use while still able to read any install location.
-    import smtprelay.auth.credentials
-    import smtprelay.infra.passwords
-    import smtprelay.policy.pauses
-    import smtprelay.spool.set_stats
-    import smtprelay.spool.store  # noqa: F401
-
-    config = _config(args)
-    data_dir = config.server.data_dir
-    if os.geteuid() == 0 and data_dir.is_dir():
-        owner = data_dir.stat()
-        if owner.st_uid != 0:
-            try:
-                os.setgroups([])
-                os.setgid(owner.st_gid)
-                os.setuid(owner.st_uid)
-            except OSError as exc:
-                raise CommandError(f"cannot switch to the owner of {data_dir} "
-                                   f"(uid {owner.st_uid}): {exc}; run the command as "
-                                   "that user") from None
-    return config
-
-
-def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
 
 # -- serve / check-config -------------------------------------------------------------
 
@@ -115,14 +70,14 @@ def _credential_store(config: Config) -> Any:
 
 
 def cmd_credentials_create(args: argparse.Namespace) -> int:
-    config = _state_config(args)
+    config = state_config(args)
     if args.account not in config.accounts:
         known = ", ".join(sorted(config.accounts)) or "none"
         raise CommandError(f"accounts.{args.account}: no such account in the configuration "
                            f"(accounts: {known})")
     secret = _credential_store(config).create(args.account, args.name)
     if args.json:
-        _print_json({"username": secret.credential.username, "password": secret.password,
+        print_json({"username": secret.credential.username, "password": secret.password,
                      "account": args.account, "name": args.name})
     else:
         print(f"account:  {args.account}")
@@ -133,7 +88,7 @@ def cmd_credentials_create(args: argparse.Namespace) -> int:
 
 
 def cmd_credentials_list(args: argparse.Namespace) -> int:
-    config = _state_config(args)
+    config = state_config(args)
     rows = [
         {"username": c.username, "account": c.account, "name": c.name, "source": "store",
          "created_at": c.created_at, "disabled": c.disabled}
@@ -146,19 +101,19 @@ def cmd_credentials_list(args: argparse.Namespace) -> int:
         for c in acc.credentials
     ]
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return EXIT_OK
     print(f"{'USERNAME':<24} {'ACCOUNT':<16} {'SOURCE':<7} {'STATE':<9} {'CREATED':<21} NAME")
     for row in rows:
         state = "disabled" if row["disabled"] else "active"
         print(f"{row['username']:<24} {row['account']:<16} {row['source']:<7} {state:<9} "
-              f"{_when(row['created_at']):<21} {row['name'] or ''}")
+              f"{format_time(row['created_at']):<21} {row['name'] or ''}")
     return EXIT_OK
 
 
 def _change_credential(args: argparse.Namespace, change: Callable[[Any, str], bool],
                        done: str) -> int:
-    config = _state_config(args)
+    config = state_config(args)
     if any(c.username == args.username for a in config.accounts.values() for c in a.credentials):
         raise CommandError(f"{args.username} is a static credential from the configuration "
                            "file; edit accounts.<name>.credentials there")
@@ -212,17 +167,17 @@ def _message_json(message: Any) -> dict[str, Any]:
 def cmd_queue_list(args: argparse.Namespace) -> int:
     from smtprelay.spool.store import MessageFilter, list_messages
 
-    conn = _queue_conn(_state_config(args))
+    conn = _queue_conn(state_config(args))
     messages = list_messages(conn, limit=args.limit, filters=MessageFilter(
         account=args.account, configuration_set=args.set, state=args.state))
     if args.json:
-        _print_json([_message_json(m) for m in messages])
+        print_json([_message_json(m) for m in messages])
         return EXIT_OK
     for m in messages:
-        print(f"{m.message_id}  {m.size:>9}  {_when(m.received_at)}  <{m.mail_from}>  "
+        print(f"{m.message_id}  {m.size:>9}  {format_time(m.received_at)}  <{m.mail_from}>  "
               f"account={m.account}")
         for r in m.recipients:
-            extra = f"  next={_when(r.next_attempt)}" if r.state.value == "deferred" else ""
+            extra = f"  next={format_time(r.next_attempt)}" if r.state.value == "deferred" else ""
             reply = f"  ({r.last_reply})" if r.last_reply else ""
             print(f"    {r.state.value:<10} {r.address}{extra}{reply}")
     print(f"-- {len(messages)} message(s)" + (" shown" if args.limit else ""))
@@ -232,7 +187,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 def cmd_queue_show(args: argparse.Namespace) -> int:
     from smtprelay.spool.store import get_body, get_message
 
-    conn = _queue_conn(_state_config(args))
+    conn = _queue_conn(state_config(args))
     message = get_message(conn, args.id)
     if message is None:
         raise CommandError(f"no message {args.id} in the queue")
@@ -240,13 +195,13 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(get_body(conn, args.id) or b"")
         return EXIT_OK
     if args.json:
-        _print_json(_message_json(message))
+        print_json(_message_json(message))
         return EXIT_OK
     data = _message_json(message)
     for key in ("id", "account", "configuration_set", "mail_from", "size", "client_ip",
                 "auth_user", "listener"):
         print(f"{key:<18} {data[key]}")
-    print(f"{'received_at':<18} {_when(message.received_at)}")
+    print(f"{'received_at':<18} {format_time(message.received_at)}")
     for r in message.recipients:
         print(f"recipient          {r.address} {r.state.value} attempts={r.attempts}")
     return EXIT_OK
@@ -255,7 +210,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 def cmd_queue_delete(args: argparse.Namespace) -> int:
     from smtprelay.spool.store import delete_message
 
-    conn = _queue_conn(_state_config(args))
+    conn = _queue_conn(state_config(args))
     missing = [mid for mid in args.ids if not delete_message(conn, mid)]
     for mid in args.ids:
         if mid not in missing:
@@ -270,7 +225,7 @@ def cmd_queue_retry(args: argparse.Namespace) -> int:
 
     from smtprelay.spool.store import get_message, retry_now
 
-    conn = _queue_conn(_state_config(args))
+    conn = _queue_conn(state_config(args))
     if args.all:
         changed = retry_now(conn, None, time.time())
     else:
@@ -289,16 +244,16 @@ def cmd_queue_retry(args: argparse.Namespace) -> int:
 def cmd_captured_list(args: argparse.Namespace) -> int:
     from smtprelay.delivery.capture import list_captured
 
-    config = _config(args)
+    config = config_from(args)
     captured = list_captured(config.capture_dir)
     if args.json:
-        _print_json([{"name": c.name, "message_id": c.message_id, "domain": c.domain,
+        print_json([{"name": c.name, "message_id": c.message_id, "domain": c.domain,
                       "mail_from": c.mail_from, "recipients": c.recipients,
                       "captured_at": c.captured_at, "size": c.size,
                       "file": str(config.capture_dir / c.eml)} for c in captured])
         return EXIT_OK
     for c in captured:
-        print(f"{c.name}  {c.size:>9}  {_when(c.captured_at)}  <{c.mail_from}>  "
+        print(f"{c.name}  {c.size:>9}  {format_time(c.captured_at)}  <{c.mail_from}>  "
               f"{', '.join(c.recipients)}")
     print(f"-- {len(captured)} captured message(s) in {config.capture_dir}")
     return EXIT_OK
@@ -307,7 +262,7 @@ def cmd_captured_list(args: argparse.Namespace) -> int:
 def cmd_captured_show(args: argparse.Namespace) -> int:
     from smtprelay.delivery.capture import list_captured
 
-    config = _config(args)
+    config = config_from(args)
     matches = [c for c in list_captured(config.capture_dir)
                if c.name == args.name or c.message_id == args.name]
     if not matches:
@@ -339,7 +294,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         seconds = set_stats.parse_window(args.window)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    config = _state_config(args)
+    config = state_config(args)
     state = sqlite3.connect(config.state_path)
     try:
         sent = usage_since(state, time.time() - WINDOW)
@@ -404,7 +359,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
                      "status": status, **by_set.get(key, set_stats.Counts()).as_json(),
                      "reputation": verdict("set", key)})
     if args.json:
-        _print_json({"window": {"seconds": window.seconds, "since": window.since,
+        print_json({"window": {"seconds": window.seconds, "since": window.since,
                                 "until": window.until},
                      "accounts": rows, "configuration_sets": sets})
         return EXIT_OK
@@ -421,7 +376,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
               f"{_rate(row['rates']['bounce']):>7} {_rate(row['rates']['complaint']):>6} "
               f"{_reputation(row['reputation']):<10}  {spool}{sandbox}{paused}")
     print()
-    print(f"Configuration sets, {_when(window.since)} to {_when(window.until)} "
+    print(f"Configuration sets, {format_time(window.since)} to {format_time(window.until)} "
           "(bounce rate: permanent bounces / (deliveries + permanent bounces))")
     print(f"{'SET':<20} {'SENT':>7} {'DELIVERED':>9} {'BOUNCED':>7} {'BOUNCE%':>7} "
           f"{'COMPLAINED':>10} {'COMPL%':>6} {'OPENS':>6} {'OPEN%':>6} {'CLICKS':>6} "
@@ -483,13 +438,13 @@ def _set_row(name: str, config: Config, pause: Any) -> dict[str, Any]:
 
 
 def cmd_sets_list(args: argparse.Namespace) -> int:
-    config = _state_config(args)
+    config = state_config(args)
     with _pause_store(config) as store:
         pauses = store.all()
     rows = [_set_row(name, config, pauses.get(name))
             for name in sorted(set(config.configuration_sets) | set(pauses))]
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return EXIT_OK
     def state(row: dict[str, Any]) -> str:
         pause = row["paused"]
@@ -514,7 +469,7 @@ def _print_pauses(title: str, rows: list[dict[str, Any]],
     for row in rows:
         pause = row["paused"]
         print(f"{row['name']:<24} {state(row):<20} "
-              f"{_when(pause['since']) if pause else '-':<21} "
+              f"{format_time(pause['since']) if pause else '-':<21} "
               f"{pause['by'] if pause else '-':<20} {pause['detail'] if pause else ''}")
 
 
@@ -530,7 +485,7 @@ def _pause_detail(args: argparse.Namespace) -> str:
 def cmd_sets_pause(args: argparse.Namespace) -> int:
     from smtprelay.policy.pauses import AlreadyPaused
 
-    config = _state_config(args)
+    config = state_config(args)
     _require_configured(args.name, config.configuration_sets, "configuration_sets",
                         "configuration set", "sets")
     detail = _pause_detail(args)
@@ -545,7 +500,7 @@ def cmd_sets_pause(args: argparse.Namespace) -> int:
 
 
 def cmd_sets_resume(args: argparse.Namespace) -> int:
-    config = _state_config(args)
+    config = state_config(args)
     with _pause_store(config) as store:
         lifted = store.resume(args.name)
     if lifted is None:
@@ -555,7 +510,7 @@ def cmd_sets_resume(args: argparse.Namespace) -> int:
                                f"configuration_sets.{args.name}.sending_enabled is false "
                                "(change the file and reload)")
         raise CommandError(f"{args.name} is not paused")
-    print(f"{args.name}: resumed (was paused since {_when(lifted.since)} by {lifted.by}).")
+    print(f"{args.name}: resumed (was paused since {format_time(lifted.since)} by {lifted.by}).")
     return EXIT_OK
 
 
@@ -563,7 +518,7 @@ def cmd_sets_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_accounts_list(args: argparse.Namespace) -> int:
-    config = _state_config(args)
+    config = state_config(args)
     with _pause_store(config) as store:
         pauses = store.all("account")
     rows: list[dict[str, Any]] = [
@@ -571,7 +526,7 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
          "paused": pauses[name].as_json() if name in pauses else None}
             for name in sorted(set(config.accounts) | set(pauses))]
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return EXIT_OK
     _print_pauses("ACCOUNT", rows, lambda row: f"paused ({row['paused']['reason']})"
                   if row["paused"] else "accepting")
@@ -581,7 +536,7 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
 def cmd_accounts_pause(args: argparse.Namespace) -> int:
     from smtprelay.policy.pauses import AlreadyPaused
 
-    config = _state_config(args)
+    config = state_config(args)
     _require_configured(args.name, config.accounts, "accounts", "account", "accounts")
     detail = _pause_detail(args)
     with _pause_store(config) as store:
@@ -596,12 +551,12 @@ def cmd_accounts_pause(args: argparse.Namespace) -> int:
 
 
 def cmd_accounts_resume(args: argparse.Namespace) -> int:
-    config = _state_config(args)
+    config = state_config(args)
     with _pause_store(config) as store:
         lifted = store.resume(args.name, scope="account")
     if lifted is None:
         raise CommandError(f"account {args.name} is not paused")
-    print(f"{args.name}: resumed (was paused since {_when(lifted.since)} by {lifted.by}).")
+    print(f"{args.name}: resumed (was paused since {format_time(lifted.since)} by {lifted.by}).")
     return EXIT_OK
 
 
@@ -621,7 +576,7 @@ def cmd_admin_token_issue(args: argparse.Namespace) -> int:
     except ValidationError:
         raise CommandError(f"--expires {args.expires}: expected a duration such as 30m, 1h "
                            "or 7d") from None
-    config = _config(args)
+    config = config_from(args)
     env = config.http.admin_token_env
     if not env:
         raise CommandError("http.admin_token_env is not set in the configuration, so there "
@@ -634,10 +589,10 @@ def cmd_admin_token_issue(args: argparse.Namespace) -> int:
     expires_at = int(time.time() + seconds)
     token = admin_auth.issue(secret, expires_at)
     if args.json:
-        _print_json({"token": token, "expires_at": expires_at})
+        print_json({"token": token, "expires_at": expires_at})
     else:
         print(token)
-        print(f"valid until {_when(expires_at)}; use it as Authorization: Bearer <token>",
+        print(f"valid until {format_time(expires_at)}; use it as Authorization: Bearer <token>",
               file=sys.stderr)
     return EXIT_OK
 
@@ -710,11 +665,11 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
 def _key_rows(ring: Any, now: float) -> list[dict[str, Any]]:
     from smtprelay.transform.tokens import RETIREMENT_GRACE
 
-    return [{"id": key.id, "created_at": _when(key.created_at),
+    return [{"id": key.id, "created_at": format_time(key.created_at),
              "state": "active" if key.retired_at is None else (
                  "retired" if now - key.retired_at <= RETIREMENT_GRACE else "expired"),
              "valid_until": "-" if key.retired_at is None
-             else _when(key.retired_at + RETIREMENT_GRACE)} for key in ring.keys]
+             else format_time(key.retired_at + RETIREMENT_GRACE)} for key in ring.keys]
 
 
 def cmd_tracking_keys_list(args: argparse.Namespace) -> int:
@@ -722,14 +677,14 @@ def cmd_tracking_keys_list(args: argparse.Namespace) -> int:
 
     from smtprelay.transform.tokens import KeyRing, KeyRingError
 
-    config = _state_config(args)
+    config = state_config(args)
     try:
         ring = KeyRing.load(config.tracking_keys_path)
     except KeyRingError as exc:
         raise CommandError(str(exc)) from None
     rows = _key_rows(ring, time.time())
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     else:
         print(f"{'ID':>4}  {'STATE':8}  {'CREATED':20}  TOKENS VALID UNTIL")
         for row in rows:
@@ -743,7 +698,7 @@ def cmd_tracking_keys_rotate(args: argparse.Namespace) -> int:
 
     from smtprelay.transform.tokens import RETIREMENT_GRACE, KeyRing, KeyRingError
 
-    config = _state_config(args)
+    config = state_config(args)
     path = config.tracking_keys_path
     now = time.time()
     try:
@@ -755,7 +710,7 @@ def cmd_tracking_keys_rotate(args: argparse.Namespace) -> int:
     except (KeyRingError, OSError) as exc:
         raise CommandError(str(exc)) from None
     print(f"New tracking key {key.id} written to {path}.")
-    print(f"Links already sent keep working until {_when(now + RETIREMENT_GRACE)}; "
+    print(f"Links already sent keep working until {format_time(now + RETIREMENT_GRACE)}; "
           f"{len(gone)} expired key(s) removed.")
     print("Reload the daemon (systemctl reload smtprelay, or SIGHUP) to sign with it.")
     return EXIT_OK
@@ -781,7 +736,7 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     findings = asyncio.run(dns_check.run(checks, lookups))
     if args.json:
-        _print_json([finding.as_json() for finding in findings])
+        print_json([finding.as_json() for finding in findings])
     else:
         print(dns_check.render(findings))
     return EXIT_OK if all(finding.ok for finding in findings) else EXIT_FAILURE

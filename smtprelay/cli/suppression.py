@@ -28,6 +28,7 @@ from typing import IO, Any
 
 # Imported here, not inside the commands: a command run as root switches to the owner
 # of data_dir before opening the database, and may then no longer read the install.
+from smtprelay.cli.common import CommandError, config_from, format_time, state_config
 from smtprelay.policy.suppression import (
     REASONS,
     Reason,
@@ -109,7 +110,6 @@ def register(sub: Any, common: argparse.ArgumentParser,
 
 
 def _check_account(config: Any, account: str | None) -> None:
-    from smtprelay.cli.main import CommandError
 
     if account is not None and account not in config.accounts:
         known = ", ".join(sorted(config.accounts)) or "none"
@@ -118,9 +118,8 @@ def _check_account(config: Any, account: str | None) -> None:
 
 
 def _open_store(args: argparse.Namespace) -> SQLiteSuppressionStore:
-    from smtprelay.cli.main import _state_config
 
-    config = _state_config(args)
+    config = state_config(args)
     _check_account(config, getattr(args, "account", None))
     store = SQLiteSuppressionStore(config.state_path)
     store.open()
@@ -141,7 +140,6 @@ def _entry_json(entry: SuppressionEntry) -> dict[str, Any]:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from smtprelay.cli.main import CommandError
 
     problem = address_problem(args.address)
     if problem is not None:
@@ -157,7 +155,6 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from smtprelay.cli.main import CommandError
 
     store = _open_store(args)
     try:
@@ -172,7 +169,6 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from smtprelay.cli.main import CommandError, _when
 
     if args.limit is not None and args.limit < 0:
         raise CommandError("--limit must be 0 or more")
@@ -200,7 +196,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for entry in entries:
             if args.limit is not None and shown >= args.limit:
                 break
-            print(f"{entry.address:<40} {entry.reason:<9} {_when(entry.created_at):<21} "
+            print(f"{entry.address:<40} {entry.reason:<9} {format_time(entry.created_at):<21} "
                   f"{entry.account}")
             shown += 1
         print(f"-- {shown} entr{'y' if shown == 1 else 'ies'}"
@@ -449,7 +445,6 @@ def _json_array_items(text: str, name: str, result: ParseResult) -> Iterator[tup
 def _read_input(path: str) -> tuple[str, str]:
     """(text, display name). Bytes that are not UTF-8 survive as surrogates so that
     the rows holding them are reported one by one instead of failing the file."""
-    from smtprelay.cli.main import CommandError
 
     try:
         if path == "-":
@@ -474,12 +469,11 @@ def _input_format(path: str, text: str, given: str | None) -> str:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from smtprelay.cli.main import CommandError, _config
 
     # Validate the account before reading a possibly large file, and read the file
     # before _state_config: run as root, that drops to data_dir's owner, who may not
     # be able to read the operator's file.
-    _check_account(_config(args), args.account)
+    _check_account(config_from(args), args.account)
     text, name = _read_input(args.file)
     fmt = _input_format(args.file, text, args.format)
     try:
@@ -530,9 +524,8 @@ def write_ndjson(out: IO[str], entries: Iterator[SuppressionEntry]) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from smtprelay.cli.main import CommandError, _config
 
-    _check_account(_config(args), args.account)
+    _check_account(config_from(args), args.account)
     fmt = args.format or (_EXTENSIONS.get(Path(args.output).suffix.lower()) if args.output
                           else None) or "csv"
     # Opened before _state_config for the same reason import reads its file first:

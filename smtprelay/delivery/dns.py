@@ -48,6 +48,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+from smtprelay.config import parse_nameserver
 from smtprelay.delivery.model import Destination
 
 log = logging.getLogger(__name__)
@@ -102,32 +103,6 @@ class _Lookup:
     mx: tuple[tuple[int, dns.name.Name], ...] = ()
     addresses: tuple[str, ...] = ()
     detail: str = ""  # for FAILED: "SERVFAIL from 127.0.0.1:5353"
-
-
-def parse_nameserver(text: str) -> dns.nameserver.Do53Nameserver:
-    """``"127.0.0.1:5353"``, ``"[::1]:5353"``, ``"::1"`` or ``"127.0.0.1"`` (port 53)."""
-    spec = text.strip()
-    port = 53
-    if spec.startswith("["):
-        host, _, rest = spec[1:].partition("]")
-        if rest:
-            if not rest.startswith(":") or not rest[1:].isdigit():
-                raise ValueError(f"bad nameserver {text!r}: expected [address]:port")
-            port = int(rest[1:])
-    elif spec.count(":") == 1:  # host:port; several colons is a bare IPv6 address
-        host, _, port_text = spec.partition(":")
-        if not port_text.isdigit():
-            raise ValueError(f"bad nameserver {text!r}: expected address:port")
-        port = int(port_text)
-    else:
-        host = spec
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"bad nameserver {text!r}: not an IP address") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"bad nameserver {text!r}: port out of range")
-    return dns.nameserver.Do53Nameserver(str(address), port)
 
 
 def mail_domain(text: str) -> dns.name.Name:

@@ -54,7 +54,7 @@ from smtprelay.config import is_simulator_address
 from smtprelay.delivery.dsn_compose import should_send_dsn
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict
 from smtprelay.delivery.scheduler import Transport
-from smtprelay.events import outbox
+from smtprelay.events import records
 from smtprelay.events.model import Complaint, new_event_id
 from smtprelay.mail.headers import HeaderField, MalformedHeader, addresses, parse_header_section
 from smtprelay.spool.model import Envelope, NewMessage, QueuedMessage, new_message_id
@@ -144,7 +144,7 @@ class SimulatorTransport:
                            feedback_id=new_event_id(now),
                            user_agent="smtprelay mailbox simulator",
                            complaint_feedback_type="abuse", arrival_date=now)
-        record = outbox.make(message.message_id, message.configuration_set, now, detail)
+        record = records.make(message.message_id, message.configuration_set, now, detail)
         try:
             await self.spool.add_events((record,))
         except Exception as exc:

@@ -23,7 +23,7 @@ import asyncio
 import logging
 
 from smtprelay.config import Config
-from smtprelay.events import outbox
+from smtprelay.events import records
 from smtprelay.events.model import (
     Click,
     Engagement,
@@ -75,7 +75,7 @@ class EngagementRecorder:
             # set that publishes.
             if not self._publishes(engaged.configuration_set):
                 return None
-            return outbox.make(payload.message_id, engaged.configuration_set,
+            return records.make(payload.message_id, engaged.configuration_set,
                                engagement.at, detail)
 
         try:
@@ -119,7 +119,7 @@ class EngagementRecorder:
                 source="UnsubscribeHeader",
                 new_topic_preferences=TopicPreferences(unsubscribe_all=True),
                 old_topic_preferences=TopicPreferences(unsubscribe_all=False))
-            events = (outbox.make(payload.message_id, record.configuration_set,
+            events = (records.make(payload.message_id, record.configuration_set,
                                   engagement.at, detail),)
         counted = set_stats.Bump(record.account, record.configuration_set, engagement.at,
                                 {set_stats.Kind.UNSUBSCRIBE: 1})

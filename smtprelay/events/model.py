@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from smtprelay.spool.outbox import MailInfo as MailInfo  # part of the event vocabulary
 from smtprelay.transform import tokens
 
 
@@ -100,25 +101,6 @@ class ComplaintSubType(StrEnum):
 class SubscriptionStatus(StrEnum):
     OPT_IN = "OptIn"
     OPT_OUT = "OptOut"
-
-
-@dataclass(frozen=True, slots=True)
-class MailInfo:
-    """What every event says about the message it is about (SES's ``mail`` object)."""
-
-    message_id: str  # ours, as returned in "250 2.0.0 Ok <id>"
-    timestamp: float  # acceptance time
-    source: str  # envelope MAIL FROM ("" for the null sender)
-    source_ip: str
-    sending_account_id: str  # our account name
-    caller_identity: str  # the AUTH user, or the account
-    destination: tuple[str, ...]  # envelope recipients
-    # The header section as accepted (before our DKIM signature): what the sender
-    # wrote plus what hygiene added, which is what SES shows as "original headers".
-    # The whole message may be given; only the header section is read.
-    header_section: bytes
-    # The message's tags, the ses:* automatic ones included (configsets.auto_tags).
-    tags: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,10 +38,11 @@ from itertools import takewhile
 from pathlib import Path
 
 from smtprelay.config import Config, EventDestinationConfig
-from smtprelay.events.outbox import StoredEvent
+from smtprelay.events.ses import stored_to_json
 from smtprelay.events.webhook import WebhookDestination, WebhookFailure
 from smtprelay.infra import metrics
 from smtprelay.infra.safeio import fsync_dir, write_durably
+from smtprelay.spool.outbox import StoredEvent
 from smtprelay.spool.store import Spool
 
 log = logging.getLogger("smtprelay.events")
@@ -294,7 +295,7 @@ class _Worker:
         if self._webhook is None:
             wanted = [event for event in batch if target.wants(event)]
             if wanted:
-                lines = [event.to_json() + b"\n" for event in wanted]
+                lines = [stored_to_json(event) + b"\n" for event in wanted]
                 await asyncio.to_thread(FileDestination(target.settings).write, lines)
             progress[0] = batch[-1].id
             for event in wanted:
@@ -370,7 +371,7 @@ class _Worker:
             if wanted:
                 try:
                     await asyncio.to_thread(append_durably, path,
-                                            [event.to_json() + b"\n" for event in wanted])
+                                            [stored_to_json(event) + b"\n" for event in wanted])
                 except OSError as exc:
                     log.error("events destination %s: cannot set aside its undelivered "
                               "events in %s (%s); they stay in the outbox and are retried",

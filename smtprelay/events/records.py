@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from smtprelay.events import outbox
+from smtprelay.events import ses
 from smtprelay.events.model import (
     Bounce,
     BouncedRecipient,
@@ -22,12 +22,23 @@ from smtprelay.events.model import (
     DelayType,
     Delivery,
     DeliveryDelay,
+    Detail,
     Send,
     new_event_id,
+    type_of,
 )
 from smtprelay.spool.model import EventRecord, Outcome
 
 _REMOTE_IP = re.compile(r"\[([0-9A-Fa-f:.]+)\]\s*$")
+
+
+def make(message_id: str, configuration_set: str | None, at: float,
+         detail: Detail) -> EventRecord:
+    """An outbox row for `detail`, with a new event id."""
+    kind = type_of(detail)
+    return EventRecord(event_id=new_event_id(at), message_id=message_id, type=str(kind),
+                       configuration_set=configuration_set, at=at,
+                       detail=ses.detail_object(detail))
 
 
 def remote_ip(remote_mta: str | None) -> str | None:
@@ -42,9 +53,9 @@ def accepted(message_id: str, configuration_set: str | None, at: float,
              suppressed: dict[str, str], hostname: str) -> tuple[EventRecord, ...]:
     """Send, and one Bounce for the recipients the suppression list refused
     (address -> diagnostic)."""
-    events = [outbox.make(message_id, configuration_set, at, Send())]
+    events = [make(message_id, configuration_set, at, Send())]
     if suppressed:
-        events.append(outbox.make(message_id, configuration_set, at, Bounce(
+        events.append(make(message_id, configuration_set, at, Bounce(
             bounce_type=BounceType.PERMANENT,
             bounce_sub_type=BounceSubType.ON_ACCOUNT_SUPPRESSION_LIST,
             bounced_recipients=tuple(
@@ -75,7 +86,7 @@ def attempt(message_id: str, configuration_set: str | None, received_at: float,
     events: list[EventRecord] = []
     if delivered:
         first = delivered[0][1]
-        events.append(outbox.make(message_id, configuration_set, first.at, Delivery(
+        events.append(make(message_id, configuration_set, first.at, Delivery(
             timestamp=first.at,
             processing_time_millis=max(0, round((first.at - received_at) * 1000)),
             recipients=tuple(address for address, _ in delivered),
@@ -83,7 +94,7 @@ def attempt(message_id: str, configuration_set: str | None, received_at: float,
             reporting_mta=hostname, remote_mta_ip=remote_ip(first.remote_mta))))
     for (bounce_type, subtype), group in bounced.items():
         first = group[0][1]
-        events.append(outbox.make(message_id, configuration_set, first.at, Bounce(
+        events.append(make(message_id, configuration_set, first.at, Bounce(
             bounce_type=BounceType(bounce_type), bounce_sub_type=BounceSubType(subtype),
             bounced_recipients=tuple(
                 BouncedRecipient(email_address=address, action="failed",
@@ -93,7 +104,7 @@ def attempt(message_id: str, configuration_set: str | None, received_at: float,
             remote_mta_ip=remote_ip(first.remote_mta))))
     for kind, group in delayed.items():
         first = group[0][1]
-        events.append(outbox.make(message_id, configuration_set, first.at, DeliveryDelay(
+        events.append(make(message_id, configuration_set, first.at, DeliveryDelay(
             delay_type=DelayType(kind),
             delayed_recipients=tuple(
                 DelayedRecipient(email_address=address, status=o.status or "4.0.0",

@@ -31,7 +31,6 @@ from smtprelay.events.model import (
     Detail,
     Event,
     EventType,
-    MailInfo,
     Open,
     Reject,
     Send,
@@ -39,6 +38,7 @@ from smtprelay.events.model import (
     TopicPreferences,
 )
 from smtprelay.mail import headers
+from smtprelay.spool.outbox import MailInfo, StoredEvent
 
 # The guide: headersTruncated is true "if the headers are larger than 10 KB", without
 # saying which KB; we read it as 10 KiB of header fields as written (line endings
@@ -89,6 +89,17 @@ def to_ses(event: Event) -> dict[str, Any]:
     }
     cleaned: dict[str, Any] = _clean(record)
     return cleaned
+
+
+def stored_to_ses(event: StoredEvent) -> dict[str, Any]:
+    """The published form of an outbox row."""
+    return assemble(EventType(event.type), event.mail, event.detail,
+                    message_id=event.message_id)
+
+
+def stored_to_json(event: StoredEvent) -> bytes:
+    return json.dumps(stored_to_ses(event), ensure_ascii=False,
+                      separators=(",", ":")).encode("utf-8")
 
 
 def detail_object(detail: Detail) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from yarl import URL
 
 from smtprelay import __version__
 from smtprelay.config import EventDestinationConfig
-from smtprelay.events.outbox import StoredEvent
+from smtprelay.events.ses import stored_to_json
+from smtprelay.spool.outbox import StoredEvent
 
 USER_AGENT: Final = f"smtprelay/{__version__}"
 # An answer's body is read (so the connection can be reused) up to this much, then the
@@ -89,7 +90,7 @@ class WebhookDestination:
 
     async def post(self, event: StoredEvent) -> None:
         """Deliver one event; raise WebhookFailure unless the receiver answered 2xx."""
-        body = event.to_json()
+        body = stored_to_json(event)
         try:
             await self._post_once(event.event_id, body)
         except aiohttp.ServerDisconnectedError:

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 
 from smtprelay.config import Config
-from smtprelay.events import outbox
+from smtprelay.events import records
 from smtprelay.events.model import Bounce, BounceType, Complaint, DeliveryDelay
 from smtprelay.feedback.actions import Suppress
 from smtprelay.policy.suppression import Reason, SuppressionStore
@@ -88,7 +88,7 @@ class FeedbackRecorder:
             kind = set_stats.Kind.DELIVERY_DELAY
         suppressions = ([Suppress(message.account, address, reason, message_id, at)]
                         if suppress and reason is not None else [])
-        events = ([outbox.make(message_id, message.configuration_set, at, detail)]
+        events = ([records.make(message_id, message.configuration_set, at, detail)]
                   if message.mail_record and self.publishes(message.configuration_set)
                   else [])
         counts = ([set_stats.Bump(message.account, message.configuration_set, at, {kind: 1})]

@@ -49,8 +49,7 @@ import dns.reversename
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from smtprelay.config import Config, IdentityConfig, check_domain
-from smtprelay.delivery.dns import parse_nameserver
+from smtprelay.config import Config, IdentityConfig, check_domain, parse_nameserver
 from smtprelay.transform import dkim
 
 Status = Literal["ok", "warning", "error"]

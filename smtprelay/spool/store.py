@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from smtprelay.db import sqlite
-from smtprelay.events import outbox
 from smtprelay.infra import metrics
 from smtprelay.infra.safeio import fsync_dir
-from smtprelay.spool import sent, set_stats
+from smtprelay.spool import outbox, sent, set_stats
 from smtprelay.spool.model import (
     PENDING_STATES,
     EventRecord,

@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtprelay.delivery.dns import MXResolver, MXResult, Resolution, mail_domain, parse_nameserver
+from smtprelay.config import parse_nameserver
+from smtprelay.delivery.dns import MXResolver, MXResult, Resolution, mail_domain
 from smtprelay.delivery.model import Destination
 from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401
 

@@ -38,7 +38,7 @@ from smtprelay.feedback import (
 )
 from smtprelay.transform.tokens import Key, KeyRing
 
-DATA = Path(__file__).parent.parent / "data" / "feedback"
+DATA = Path(__file__).parents[2] / "data" / "feedback"
 SAMPLES = sorted(path.name for path in DATA.glob("*.eml"))
 RING = KeyRing([Key(1, b"feedback-samples-secret-0123456789", 1.69e9)])
 NOW = 1.7e9

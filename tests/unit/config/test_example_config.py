@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from smtprelay.config import Config, ConfigError, load_config
 from smtprelay.transform import dkim
 
-EXAMPLE = Path(__file__).parents[2] / "config" / "smtprelay.example.yaml"
+EXAMPLE = Path(__file__).parents[3] / "config" / "smtprelay.example.yaml"
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:

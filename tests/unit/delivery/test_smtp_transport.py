@@ -38,7 +38,7 @@ from tests.sinks import (  # noqa: F401 (sink_tls: a fixture sinks uses)
     sink_tls_dir,
     sinks,
 )
-from tests.unit.delivery_kit import (
+from tests.unit.delivery.kit import (
     BODY,
     SENDER,
     RawSMTP,

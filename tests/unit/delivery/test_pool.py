@@ -22,7 +22,7 @@ from tests.sinks import (  # noqa: F401 (sink_tls, sink_tls_dir: fixtures sinks 
     sink_tls_dir,
     sinks,
 )
-from tests.unit.delivery_kit import MonotonicClock, has_sample, sample, wait_until
+from tests.unit.delivery.kit import MonotonicClock, has_sample, sample, wait_until
 
 # ruff: noqa: F811  (fixtures imported from tests/sinks.py are redefined as parameters)
 

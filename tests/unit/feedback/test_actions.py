@@ -14,7 +14,7 @@ from smtprelay.spool import set_stats
 from smtprelay.spool.sent import SentMessage
 from smtprelay.transform.tokens import Key, KeyRing
 
-DATA = Path(__file__).parent.parent / "data" / "feedback"
+DATA = Path(__file__).parents[2] / "data" / "feedback"
 RING = KeyRing([Key(1, b"feedback-samples-secret-0123456789", 1.69e9)])
 NOW = 1.7e9
 TAG0 = "b-aeayxt7fnaaf6ku4hzy5as4gagjhcggbw5zfl63jxy@bounce.example.com"

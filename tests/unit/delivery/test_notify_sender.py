@@ -34,7 +34,7 @@ from smtprelay.spool.store import (
     migrate,
     open_for_cli,
 )
-from tests.unit.delivery_kit import queued
+from tests.unit.delivery.kit import queued
 
 SENDER = "app@example.com"
 NOW = 1_700_000_000.0

@@ -1,5 +1,8 @@
 """The durable event outbox: event rows and mail records in the spool database.
 
+The rows hold SES's JSON objects already made (`smtprelay.events.records.make`); this
+module only stores and reads them, and `smtprelay.events` assembles the published form.
+
 An event is written in the same SQLite transaction as the change it reports (the
 message accepted, a recipient's result recorded), so a crash can neither lose it nor
 report something that did not happen. Each row holds only the event type's own SES
@@ -18,22 +21,30 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from smtprelay.events import ses
-from smtprelay.events.model import Detail, EventType, MailInfo, new_event_id, type_of
 from smtprelay.mail.headers import header_end
 from smtprelay.spool.model import EventRecord, NewMessage
 
 
-def make(message_id: str, configuration_set: str | None, at: float,
-         detail: Detail) -> EventRecord:
-    """An outbox row for `detail`, with a new event id."""
-    kind = type_of(detail)
-    return EventRecord(event_id=new_event_id(at), message_id=message_id, type=str(kind),
-                       configuration_set=configuration_set, at=at,
-                       detail=ses.detail_object(detail))
+@dataclass(frozen=True, slots=True)
+class MailInfo:
+    """What every event says about the message it is about (SES's ``mail`` object)."""
+
+    message_id: str  # ours, as returned in "250 2.0.0 Ok <id>"
+    timestamp: float  # acceptance time
+    source: str  # envelope MAIL FROM ("" for the null sender)
+    source_ip: str
+    sending_account_id: str  # our account name
+    caller_identity: str  # the AUTH user, or the account
+    destination: tuple[str, ...]  # envelope recipients
+    # The header section as accepted (before our DKIM signature): what the sender
+    # wrote plus what hygiene added, which is what SES shows as "original headers".
+    # The whole message may be given; only the header section is read.
+    header_section: bytes
+    # The message's tags, the ses:* automatic ones included (configsets.auto_tags).
+    tags: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +68,6 @@ class StoredEvent:
     at: float
     detail: dict[str, Any]
     mail: MailInfo | None  # None when the mail record is gone (past the tracking window)
-
-    def to_ses(self) -> dict[str, Any]:
-        return ses.assemble(EventType(self.type), self.mail, self.detail,
-                            message_id=self.message_id)
-
-    def to_json(self) -> bytes:
-        return json.dumps(self.to_ses(), ensure_ascii=False,
-                          separators=(",", ":")).encode("utf-8")
 
 
 def insert_mail_record(conn: sqlite3.Connection, m: NewMessage) -> None:

@@ -21,7 +21,7 @@ def problems_for(tmp_path: Path, text: str) -> list[str]:
 
 
 def test_dev_config_is_valid() -> None:
-    loaded = load_config(Path(__file__).parents[2] / "config" / "dev.yaml")
+    loaded = load_config(Path(__file__).parents[3] / "config" / "dev.yaml")
     assert loaded.config.tls.generate_self_signed
     assert loaded.config.server.data_dir.name == "var"
 

@@ -34,7 +34,7 @@ from smtprelay.spool.model import (
 from smtprelay.spool.store import Spool, get_outcomes, open_for_cli
 from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401
 from tests.sinks import SinkFactory, sink_tls, sink_tls_dir, sinks  # noqa: F401
-from tests.unit.delivery_kit import WallClock, make_config, mx, sample, shared_port, wait_until
+from tests.unit.delivery.kit import WallClock, make_config, mx, sample, shared_port, wait_until
 
 # ruff: noqa: F811  (fixtures imported from tests/ modules are redefined as parameters)
 

@@ -14,7 +14,7 @@ from smtprelay.feedback.classify import analyse
 from smtprelay.feedback.dsn_parse import DeliveryReport
 from smtprelay.feedback.fields import Field
 
-DATA = Path(__file__).parent.parent / "data" / "feedback"
+DATA = Path(__file__).parents[2] / "data" / "feedback"
 
 
 def sample(name: str) -> bytes:

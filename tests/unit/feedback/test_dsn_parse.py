@@ -23,7 +23,7 @@ from smtprelay.feedback import dsn_parse, mime
 from smtprelay.feedback.classify import Unparseable, analyse, attribute
 from smtprelay.feedback.dsn_parse import DeliveryReport, RecipientStatus
 
-DATA = Path(__file__).parent.parent / "data" / "feedback"
+DATA = Path(__file__).parents[2] / "data" / "feedback"
 
 
 def sample(name: str) -> bytes:

@@ -30,7 +30,7 @@ from smtprelay.transform.links import (
     tracking_url,
 )
 
-CORPUS = Path(__file__).parent.parent / "data" / "html"
+CORPUS = Path(__file__).parents[2] / "data" / "html"
 EXPECTED = json.loads((CORPUS / "expected.json").read_text(encoding="utf-8"))
 MARK = "https://t.test/c/"
 PIXEL = "https://t.test/o/TOKEN"

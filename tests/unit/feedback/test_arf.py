@@ -16,7 +16,7 @@ from smtprelay.feedback.arf import ComplaintReport
 from smtprelay.feedback.classify import Unparseable, analyse, recover_tag
 from smtprelay.transform.tokens import Key, KeyRing
 
-DATA = Path(__file__).parent.parent / "data" / "feedback"
+DATA = Path(__file__).parents[2] / "data" / "feedback"
 RING = KeyRing([Key(1, b"feedback-samples-secret-0123456789", 1.69e9)])
 TAG0 = "b-aeayxt7fnaaf6ku4hzy5as4gagjhcggbw5zfl63jxy@bounce.example.com"
 TAG1 = "b-aeayxt7fnaaf6ku4hzy5as4gaipid6aulayopgx4nm@bounce.example.com"

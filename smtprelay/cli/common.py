@@ -1,0 +1,65 @@
+"""What every command group shares: loading the config, exit codes, output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from typing import Any
+
+from smtprelay.config import Config, load_config
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """An expected failure: printed as one line, no traceback."""
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    return load_config(args.config).config
+
+
+def state_config(args: argparse.Namespace) -> Config:
+    """The config for a command that opens the daemon's databases.
+
+    Run as root, such a command first becomes the owner of data_dir (the service
+    user), so the files SQLite creates beside the databases stay writable by the
+    daemon instead of turning up owned by root.
+    """
+    # Import what the commands use while still able to read any install location.
+    import smtprelay.auth.credentials
+    import smtprelay.infra.passwords
+    import smtprelay.policy.pauses
+    import smtprelay.spool.set_stats
+    import smtprelay.spool.store  # noqa: F401
+
+    config = config_from(args)
+    data_dir = config.server.data_dir
+    if os.geteuid() == 0 and data_dir.is_dir():
+        owner = data_dir.stat()
+        if owner.st_uid != 0:
+            try:
+                os.setgroups([])
+                os.setgid(owner.st_gid)
+                os.setuid(owner.st_uid)
+            except OSError as exc:
+                raise CommandError(f"cannot switch to the owner of {data_dir} "
+                                   f"(uid {owner.st_uid}): {exc}; run the command as "
+                                   "that user") from None
+    return config
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def format_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
