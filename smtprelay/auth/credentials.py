@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from smtprelay.db import sqlite
 from smtprelay.infra.passwords import hash_password
 
-_SCHEMA = """
+# Each entry moves these tables one version on; never edit a released entry. The
+# first uses IF NOT EXISTS to adopt databases made before schemas were versioned.
+_MIGRATIONS: tuple[str, ...] = ("""
 CREATE TABLE IF NOT EXISTS credentials (
     username TEXT PRIMARY KEY,
     account TEXT NOT NULL,
@@ -20,7 +22,7 @@ CREATE TABLE IF NOT EXISTS credentials (
     created_at REAL NOT NULL,
     disabled INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID
-"""
+""",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,8 @@ def generate_password() -> str:
 class CredentialStore(sqlite.Store):
     """Credentials in the state database. Safe to use from several processes at once."""
 
-    SCHEMA = _SCHEMA
+    COMPONENT = "credentials"
+    MIGRATIONS = _MIGRATIONS
 
     def create(self, account: str, name: str | None = None) -> NewSecret:
         password = generate_password()

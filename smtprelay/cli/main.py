@@ -23,6 +23,7 @@ from smtprelay.cli.common import (
     state_config,
 )
 from smtprelay.config import ENV_CONFIG, Config, ConfigError, load_config
+from smtprelay.db.migrations import SchemaTooNew
 
 # -- serve / check-config -------------------------------------------------------------
 
@@ -41,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.setup(config.logging.level, config.logging.format)
     try:
         daemon.run(config, str(loaded.path))
-    except (TLSSetupError, SpoolError, SmarthostPasswordError, DKIMKeyError,
+    except (TLSSetupError, SpoolError, SchemaTooNew, SmarthostPasswordError, DKIMKeyError,
             KeyRingError) as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:
@@ -930,7 +931,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
-    except CommandError as exc:
+    except (CommandError, SchemaTooNew) as exc:
         print(f"smtprelay: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except BrokenPipeError:

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from smtprelay.db.migrations import migrate
+
 BUSY_TIMEOUT_MS = 10_000
 
 
@@ -36,13 +38,15 @@ def connect(path: Path, *, readonly: bool = False, page_size: int | None = None
 
 
 class Store:
-    """One lazily opened connection to a database holding `SCHEMA`, for one process.
+    """One lazily opened connection, for one process, to a database shared by several
+    stores: each owns its tables and migrates them as `COMPONENT` (db.migrations).
 
     Callers come from worker threads (the daemon runs SQLite off the event loop), so
     a lock serialises use of the connection; other processes (the CLI) have their own.
     """
 
-    SCHEMA: str = ""
+    COMPONENT: str = ""
+    MIGRATIONS: tuple[str, ...] = ()
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -53,8 +57,13 @@ class Store:
         with self._lock:
             if self._conn is None:
                 conn = connect(self.path)
-                if self.SCHEMA:
-                    conn.execute(self.SCHEMA)
+                if self.MIGRATIONS:
+                    try:
+                        migrate(conn, self.MIGRATIONS, database=str(self.path),
+                                component=self.COMPONENT)
+                    except BaseException:
+                        conn.close()
+                        raise
                 self._conn = conn
 
     def close(self) -> None:

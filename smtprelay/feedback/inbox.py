@@ -1,7 +1,7 @@
 """The feedback inbox: every report the feedback listener accepted, durable before its 250.
 
 ``data_dir/feedback.db`` (SQLite, WAL, synchronous=FULL), written by one group-commit
-thread (``smtprelay.spool.store.GroupCommitWriter``), so that thousands of reports
+thread (``smtprelay.db.writer.GroupCommitWriter``), so that thousands of reports
 arriving at once share fsyncs and the event loop never waits for the disk. It is a
 database of its own, not a table of the spool: a flood of reports must not queue in
 front of the submissions' commits.
@@ -29,7 +29,8 @@ from typing import Any
 
 from smtprelay.config import Config
 from smtprelay.db import sqlite
-from smtprelay.spool.store import GroupCommitWriter, migrate
+from smtprelay.db.migrations import migrate
+from smtprelay.db.writer import GroupCommitWriter
 
 PENDING = "pending"
 UNMATCHED = "unmatched"
@@ -216,7 +217,7 @@ def open_for_cli(path: Path) -> sqlite3.Connection:
     """A connection for operator commands; creates the schema if the daemon never ran."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite.connect(path)
-    migrate(conn, MIGRATIONS)
+    migrate(conn, MIGRATIONS, database=str(path))
     return conn
 
 
@@ -242,7 +243,7 @@ class FeedbackInbox:
             self._reader = None
 
     async def store(self, arrival: Arrival) -> int:
-        """Return the report's id once it is durable on disk; SpoolError otherwise."""
+        """Return the report's id once it is durable on disk; WriteError otherwise."""
         return await self._writer.run(lambda conn: _insert(conn, arrival))
 
     async def finish(self, verdicts: Sequence[Verdict], now: float) -> None:

@@ -21,10 +21,10 @@ from collections.abc import Callable
 
 from smtprelay.bounces import return_path, verp
 from smtprelay.config import Config
+from smtprelay.db.writer import DiskFullError, WriteError
 from smtprelay.feedback.inbox import Arrival, FeedbackInbox
 from smtprelay.infra import metrics
 from smtprelay.mail.replies import Reply
-from smtprelay.spool.store import SpoolError, SpoolFullError
 from smtprelay.submission.seam import Submission
 from smtprelay.transform.tokens import KeyRing
 
@@ -85,11 +85,11 @@ class FeedbackReceiver:
                           recipients=submission.envelope.recipients, raw=submission.data)
         try:
             report_id = await self._inbox.store(arrival)
-        except SpoolFullError as exc:
+        except DiskFullError as exc:
             log.error("feedback report from %s refused with 452, disk full: %s", client.ip,
                       exc)
             return STORAGE_FULL
-        except SpoolError as exc:
+        except WriteError as exc:
             log.error("feedback report from %s refused with 451: %s", client.ip, exc)
             return LOCAL_ERROR
         metrics.FEEDBACK_RECEIVED.inc()

@@ -49,6 +49,18 @@ SPOOL_BATCH_SIZE = Histogram(
     "smtprelay_spool_batch_size", "Writes that shared one commit (one fsync)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
+# The other SQLite databases written with group commit (quota counters, feedback
+# reports): the spool keeps its own two histograms above.
+DB_COMMIT_SECONDS = Histogram(
+    "smtprelay_db_commit_seconds",
+    "Time from handing a write to a database until it is durable, by database",
+    ["database"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+DB_BATCH_SIZE = Histogram(
+    "smtprelay_db_batch_size", "Writes that shared one commit (one fsync), by database",
+    ["database"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 ACCEPT_SECONDS = Histogram(
     "smtprelay_accept_seconds", "Time from the end of DATA to the 250 reply",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),

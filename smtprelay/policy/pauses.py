@@ -46,15 +46,30 @@ REASONS: tuple[Reason, ...] = ("manual", "reputation")
 REFRESH_SECONDS = 0.5
 MAX_DETAIL = 1000  # characters of free text kept with a pause
 
-_SCHEMA = """
+# Each entry moves these tables one version on; never edit a released entry. The
+# first uses IF NOT EXISTS to adopt databases made before schemas were versioned.
+_MIGRATIONS: tuple[str, ...] = ("""
 CREATE TABLE IF NOT EXISTS set_pauses (
     configuration_set TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT '',
     since REAL NOT NULL,
     paused_by TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS account_pauses (
+    account TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    since REAL NOT NULL,
+    paused_by TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pause_resumes (
+    scope TEXT NOT NULL,
+    name TEXT NOT NULL,
+    resumed_at REAL NOT NULL,
+    PRIMARY KEY (scope, name)
 ) WITHOUT ROWID
-"""
+""",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,21 +92,6 @@ class AlreadyPaused(Exception):
         self.pause = pause
 
 
-_MORE_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS account_pauses (
-    account TEXT PRIMARY KEY,
-    reason TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '',
-    since REAL NOT NULL,
-    paused_by TEXT NOT NULL
-) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS pause_resumes (
-    scope TEXT NOT NULL,
-    name TEXT NOT NULL,
-    resumed_at REAL NOT NULL,
-    PRIMARY KEY (scope, name)
-) WITHOUT ROWID""",
-)
 # scope -> (table, key column); fixed strings, never from input.
 _TABLES: dict[str, tuple[str, str]] = {"set": ("set_pauses", "configuration_set"),
                                        "account": ("account_pauses", "account")}
@@ -101,15 +101,8 @@ class SQLitePauseStore(sqlite.Store):
     """The paused sets and accounts in the state database (config.state_path);
     blocking calls. `scope` picks sets (the default) or accounts."""
 
-    SCHEMA = _SCHEMA
-
-    def open(self) -> None:
-        with self._lock:
-            fresh = self._conn is None
-            super().open()
-            if fresh:
-                for statement in _MORE_SCHEMA:
-                    self.conn.execute(statement)
+    COMPONENT = "pauses"
+    MIGRATIONS = _MIGRATIONS
 
     def pause(self, configuration_set: str, *, reason: Reason = "manual", detail: str = "",
               by: str, now: float | None = None, scope: Scope = "set") -> Pause:

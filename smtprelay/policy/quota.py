@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Protocol
 
 from smtprelay.config import SANDBOX_QUOTA, Config, QuotaConfig
+from smtprelay.db.writer import GroupCommitWriter
 from smtprelay.mail import replies as R
 from smtprelay.mail.replies import Reply
-from smtprelay.spool.store import GroupCommitWriter
 
 log = logging.getLogger("smtprelay.policy.quota")
 
@@ -42,9 +42,11 @@ class UsageStore(Protocol):
 
 
 class SQLiteUsageStore:
-    _SCHEMA = (
+    # Versioned as the "quota" tables of the state database (db.migrations); the first
+    # entry adopts databases made before schemas were versioned.
+    MIGRATIONS: tuple[str, ...] = (
         "CREATE TABLE IF NOT EXISTS quota_usage (account TEXT NOT NULL, minute INTEGER NOT NULL,"
-        " recipients INTEGER NOT NULL, PRIMARY KEY (account, minute)) WITHOUT ROWID"
+        " recipients INTEGER NOT NULL, PRIMARY KEY (account, minute)) WITHOUT ROWID",
     )
 
     def __init__(self, path: Path, flush_interval: float = _FLUSH_INTERVAL) -> None:
@@ -61,8 +63,7 @@ class SQLiteUsageStore:
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer.start(())
-        self._writer.submit(lambda conn: conn.execute(self._SCHEMA)).result(30)
+        self._writer.start(self.MIGRATIONS, component="quota")
         self._stopped.clear()
         self._flusher = threading.Thread(target=self._flush_loop, name="quota-flush",
                                          daemon=True)

@@ -34,7 +34,9 @@ IMPORT_BATCH = 10_000
 # 3.32, older builds 999. A message has at most limits.max_recipients addresses.
 _IN_CHUNK = 500
 
-_SCHEMA = """
+# Each entry moves these tables one version on; never edit a released entry. The
+# first uses IF NOT EXISTS to adopt databases made before schemas were versioned.
+_MIGRATIONS: tuple[str, ...] = ("""
 CREATE TABLE IF NOT EXISTS suppression (
     account TEXT NOT NULL,
     address TEXT NOT NULL,
@@ -43,7 +45,7 @@ CREATE TABLE IF NOT EXISTS suppression (
     source_message_id TEXT,
     PRIMARY KEY (account, address)
 ) WITHOUT ROWID
-"""
+""",)
 # WITHOUT ROWID: the primary key is the only way rows are found, so the table itself
 # is the (account, address) B-tree and a lookup reads one tree, not an index and then
 # the table.
@@ -138,7 +140,8 @@ class SQLiteSuppressionStore(sqlite.Store):
     the pipeline calls from worker threads.
     """
 
-    SCHEMA = _SCHEMA
+    COMPONENT = "suppression"
+    MIGRATIONS = _MIGRATIONS
 
     # -- the acceptance path ---------------------------------------------------------
 

@@ -12,10 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -23,8 +21,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from smtprelay.db import sqlite
+from smtprelay.db.migrations import migrate as migrate_to
+from smtprelay.db.writer import CommitMetrics, DiskFullError, GroupCommitWriter, WriteError
 from smtprelay.infra import metrics
-from smtprelay.infra.safeio import fsync_dir
 from smtprelay.spool import outbox, sent, set_stats
 from smtprelay.spool.model import (
     PENDING_STATES,
@@ -156,12 +155,13 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 
 
-class SpoolError(Exception):
-    """The spool could not take the change; the message must not be acknowledged."""
+SpoolError = WriteError  # the spool could not take the change: do not acknowledge
+SpoolFullError = DiskFullError
 
 
-class SpoolFullError(SpoolError):
-    """The disk holding the spool is full."""
+def migrate(conn: sqlite3.Connection, migrations: tuple[str, ...] = _MIGRATIONS) -> None:
+    """Bring a spool database to the current schema (or to `migrations`' last)."""
+    migrate_to(conn, migrations, database="the spool")
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -170,147 +170,14 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return sqlite.connect(path, readonly=readonly, page_size=None if readonly else _PAGE_SIZE)
 
 
-def migrate(conn: sqlite3.Connection, migrations: tuple[str, ...] = _MIGRATIONS) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(migrations):
-        raise SpoolError(
-            f"the spool schema is version {version}, newer than this smtprelay knows "
-            f"({len(migrations)}); run the newer smtprelay or restore a backup"
-        )
-    for number, script in enumerate(migrations[version:], start=version + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in filter(str.strip, script.split(";")):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={number}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-
-class _Work:
-    __slots__ = ("fn", "future", "queued_at")
-
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
-        self.fn = fn
-        self.future: Future[Any] = Future()
-        self.queued_at = time.perf_counter()
-
-
-_STOP = object()
-
-
-class GroupCommitWriter:
-    """One thread, one connection: batches queued writes into shared transactions."""
-
-    def __init__(self, path: Path, name: str, page_size: int | None = None) -> None:
-        self._path = path
-        self._name = name
-        self._page_size = page_size
-        self._queue: queue.SimpleQueue[_Work | object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None
-
-    def start(self, migrations: tuple[str, ...]) -> None:
-        self._conn = sqlite.connect(self._path, page_size=self._page_size)
-        migrate(self._conn, migrations)
-        fsync_dir(self._path.parent)
-        self._thread = threading.Thread(target=self._run, name=f"{self._name}-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
-        if self._thread is None or not self._thread.is_alive():
-            raise SpoolError(f"the {self._name} writer is not running")
-        work = _Work(fn)
-        self._queue.put(work)
-        return work.future
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.wrap_future(self.submit(fn))
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._queue.put(_STOP)
-            self._thread.join()
-            self._thread = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def _run(self) -> None:
-        assert self._conn is not None
-        conn = self._conn
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            batch: list[_Work] = [first]  # type: ignore[list-item]
-            while len(batch) < _MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)  # type: ignore[arg-type]
-            self._commit(conn, batch)
-
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Work]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
-        started = time.perf_counter()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for work in batch:
-                # A savepoint per piece of work: one bad write fails alone, the
-                # others in the same transaction still commit.
-                conn.execute("SAVEPOINT work")
-                try:
-                    outcomes.append((True, work.fn(conn)))
-                    conn.execute("RELEASE work")
-                except Exception as exc:
-                    if not conn.in_transaction:
-                        # SQLite rolled the whole transaction back (SQLITE_FULL, an I/O
-                        # error): nothing in this batch is durable, so all of it fails.
-                        raise
-                    conn.execute("ROLLBACK TO work")
-                    conn.execute("RELEASE work")
-                    outcomes.append((False, _translate(exc)))
-            conn.execute("COMMIT")
-        except Exception as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            error = _translate(exc)
-            log.error("spool=%s commit failed: %s (batch of %d)", self._name, error, len(batch))
-            outcomes = [(False, error)] * len(batch)
-        done = time.perf_counter()
-        metrics.SPOOL_BATCH_SIZE.observe(len(batch))
-        for work, (ok, value) in zip(batch, outcomes, strict=True):
-            metrics.SPOOL_COMMIT_SECONDS.observe(done - work.queued_at)
-            if ok:
-                work.future.set_result(value)
-            else:
-                work.future.set_exception(value)
-        log.debug("spool=%s committed %d in %.2f ms", self._name, len(batch),
-                  (done - started) * 1000)
-
-
-def _translate(exc: Exception) -> Exception:
-    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
-        return SpoolFullError(str(exc))
-    if isinstance(exc, sqlite3.Error):
-        return SpoolError(str(exc))
-    return exc
-
-
 class Spool:
     """The queue of accepted messages and the state of each recipient."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._writer = GroupCommitWriter(path, "spool", page_size=_PAGE_SIZE)
+        self._writer = GroupCommitWriter(
+            path, "spool", page_size=_PAGE_SIZE,
+            metrics=CommitMetrics(metrics.SPOOL_COMMIT_SECONDS, metrics.SPOOL_BATCH_SIZE))
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
         # Builds the DSN of a message that arrives already finished (every recipient
