@@ -19,7 +19,7 @@ from smtprelay.infra import metrics
 from smtprelay.mail import replies as R
 from smtprelay.mail.headers import HeaderField, MalformedHeader, addresses, parse_header_section
 from smtprelay.mail.replies import Reply
-from smtprelay.policy import configuration_sets, identities
+from smtprelay.policy import configuration_sets, content, identities
 from smtprelay.policy.quota import Quotas
 from smtprelay.policy.suppression import SuppressionStore
 from smtprelay.spool import set_stats
@@ -152,9 +152,9 @@ class Pipeline:
             reason = "set_paused" if choice is R.SET_PAUSED else "set_unknown"
             return _refuse(reason, choice)
         if len(submission.data) > _INLINE_CHECK_LIMIT:
-            refusal = await asyncio.to_thread(hygiene.refusal, submission.data, fields)
+            refusal = await asyncio.to_thread(content.refusal, submission.data, fields)
         else:
-            refusal = hygiene.refusal(submission.data, fields)
+            refusal = content.refusal(submission.data, fields)
         if refusal is not None:
             self._spool.count_later(set_stats.Bump(client.account, choice.name, time.time(),
                                                   {set_stats.Kind.REJECT: 1}))

@@ -1,6 +1,9 @@
-"""Message hygiene before the spool: refuse what SES refuses, strip Bcc, stamp the trace fields."""
+"""Message hygiene before the spool: strip Bcc and control fields, stamp the trace fields.
 
-# Both functions are pure and splice the original bytes by the offsets the header
+What SES refuses outright is checked before, by `smtprelay.policy.content`.
+"""
+
+# The function is pure and splice the original bytes by the offsets the header
 # reader found: the message is never re-serialised, so everything not named here
 # reaches the recipient byte for byte (and a later DKIM signature covers what the
 # client wrote).
@@ -13,28 +16,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from smtprelay.mail import replies as R
 from smtprelay.mail.headers import HeaderField
-from smtprelay.mail.replies import Reply
-from smtprelay.policy import attachments
-
-# SES Developer Guide, "Amazon SES header fields": these "can't appear more than once in
-# the header section of a message" (seed 004, line ~4730). To, Cc, Received and
-# Resent-* are deliberately absent from SES's list and may repeat.
-_SES_LIST = """
-    Accept-Language acceptLanguage Archived-At Auto-Submitted Bounces-to Comments
-    Content-Alternative Content-Base Content-Class Content-Description Content-Disposition
-    Content-Duration Content-ID Content-Language Content-Length Content-Location
-    Content-MD5 Content-Transfer-Encoding Content-Type Date Delivered-To
-    Disposition-Notification-Options Disposition-Notification-To DKIM-Signature
-    DomainKey-Signature Errors-To From Importance In-Reply-To Keywords List-Archive
-    List-Help List-Id List-Owner List-Post List-Subscribe List-Unsubscribe Message-Context
-    Message-ID MIME-Version Organization Original-From Original-Message-ID
-    Original-Recipient Original-Subject Precedence Priority References Reply-To
-    Return-Path Return-Receipt-To Sender Solicitation Sensitivity Subject Thread-Index
-    Thread-Topic User-Agent VBR-Info
-"""
-SINGLE_FIELDS = frozenset(name.lower() for name in _SES_LIST.split())
 
 # RFC 5322 3.6.3 / 3.6.6: blind copies must not reach any recipient.
 _BLIND = frozenset(("bcc", "resent-bcc"))
@@ -59,27 +41,6 @@ class ReceivedInfo:
     message_id: str  # the relay's id (also used as the "id" clause of Received)
     recipient: str | None  # the single envelope recipient, or None when there are several
     received_at: float  # epoch seconds
-
-
-def refusal(data: bytes, fields: list[HeaderField]) -> Reply | None:
-    """Why the message must be refused, or None.
-
-    Checked in this order: a field from SES's single-occurrence list given twice, a
-    MIME structure that cannot be walked, an attachment with a blocked extension.
-    """
-    seen: set[str] = set()
-    for field in fields:
-        if field.key in SINGLE_FIELDS:
-            if field.key in seen:
-                return R.duplicate_header(field.name)
-            seen.add(field.key)
-    try:
-        blocked = attachments.first_blocked(data, fields)
-    except attachments.MimeError:
-        return R.BAD_MIME
-    if blocked is not None:
-        return R.blocked_attachment(_shorten(blocked.filename), blocked.extension)
-    return None
 
 
 def normalise(data: bytes, fields: list[HeaderField], *, info: ReceivedInfo) -> bytes:
@@ -177,9 +138,3 @@ def _ends_with_crlf(pieces: list[bytes | memoryview]) -> bool:
     # Pieces are whole fields, so a CRLF is never split across two of them.
     last = next((piece for piece in reversed(pieces) if len(piece)), b"\r\n")
     return bytes(last[-2:]) == b"\r\n"
-
-
-def _shorten(filename: str, limit: int = 100) -> str:
-    # SMTP reply lines are limited to 512 octets (RFC 5321 4.5.3.1.5); keep the end,
-    # which holds the extension the reply is about.
-    return filename if len(filename) <= limit else "..." + filename[-limit:]
