@@ -80,7 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from smtprelay.tlsutil import TLSSetupError
     from smtprelay.tokens import KeyRingError
 
-    loaded = load_config(args.config)
+    loaded = load_config(args.config, check_files=False)  # daemon.run runs the preflight
     config = loaded.config
     logs.setup(config.logging.level, config.logging.format)
     try:
@@ -96,8 +96,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    loaded = load_config(args.config)
+    from smtprelay import preflight
+
+    loaded = load_config(args.config, check_files=False)
     cfg = loaded.config
+    problems = preflight.problems(cfg)
+    if problems:
+        raise ConfigError(loaded.path, problems)
     print(f"{loaded.path}: ok ({len(cfg.listeners)} listeners, {len(cfg.accounts)} accounts)")
     return EXIT_OK
 

@@ -1027,11 +1027,14 @@ def _file_problems(config: Config, *, check_keys: bool) -> list[str]:
     return problems
 
 
-def load_config(path: str | Path | None, *, check_keys: bool = True) -> LoadedConfig:
+def load_config(path: str | Path | None, *, check_keys: bool = True,
+                check_files: bool = True) -> LoadedConfig:
     """Read, parse and validate the configuration; raise ConfigError listing every problem.
 
     check_keys=False skips reading the DKIM key files (for `smtprelay dkim keygen`,
-    which creates a key the configuration may already name).
+    which creates a key the configuration may already name). check_files=False skips
+    every check of files and variables the configuration names: `check-config` and
+    `serve` run smtprelay.preflight instead, which reports them all together.
     """
     if path is None:
         path = os.environ.get(ENV_CONFIG)
@@ -1061,7 +1064,7 @@ def load_config(path: str | Path | None, *, check_keys: bool = True) -> LoadedCo
     except ValidationError as exc:
         problems = [line for error in exc.errors() for line in _describe(error)]
         raise ConfigError(file_path, problems) from None
-    problems = _file_problems(config, check_keys=check_keys)
+    problems = _file_problems(config, check_keys=check_keys) if check_files else []
     if problems:
         raise ConfigError(file_path, problems)
     return LoadedConfig(config=config, path=file_path)

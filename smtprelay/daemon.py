@@ -392,6 +392,12 @@ async def serve(config: Config, path: str | None = None) -> None:
 
 
 def run(config: Config, path: str | None = None) -> None:
+    """Check every file first (ConfigError, every problem listed), then serve."""
+    from smtprelay import preflight
+
+    problems = preflight.problems(config)
+    if problems:
+        raise ConfigError(path or "(configuration)", problems)
     try:
         import uvloop
     except ImportError:

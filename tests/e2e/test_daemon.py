@@ -103,9 +103,10 @@ def test_unusable_certificate_is_a_clear_error(tmp_path: Path) -> None:
     key.write_text("not a key\n")
     d = DaemonProcess(tmp_path, tls={"cert_file": str(cert), "key_file": str(key)})
     d.start(wait=False)
-    assert d.proc.wait(20) == 1
+    assert d.proc.wait(20) == 2
     assert "Traceback" not in d.log()
-    assert f"tls: cannot load certificate {cert} with key {key}" in d.log()
+    assert f"tls.cert_file: {cert} is not a PEM certificate" in d.log()
+    assert f"tls.key_file: {key} is not a PEM private key" in d.log()
 
 
 def test_credentials_lifecycle_through_the_cli(daemon: DaemonProcess) -> None:
