@@ -74,6 +74,7 @@ def _when(ts: float | None) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from smtprelay import daemon, logs
+    from smtprelay.datadir import DataDirError
     from smtprelay.delivery.smtp_transport import SmarthostPasswordError
     from smtprelay.dkim import DKIMKeyError
     from smtprelay.spool.store import SpoolError
@@ -86,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         daemon.run(config, str(loaded.path))
     except (TLSSetupError, SpoolError, SmarthostPasswordError, DKIMKeyError,
-            KeyRingError) as exc:
+            KeyRingError, DataDirError) as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:
         raise CommandError(exc.strerror or str(exc)) from None

@@ -392,15 +392,16 @@ async def serve(config: Config, path: str | None = None) -> None:
 
 
 def run(config: Config, path: str | None = None) -> None:
-    """Check every file first (ConfigError, every problem listed), then serve."""
-    from smtprelay import preflight
+    """Check every file first (ConfigError), then hold data_dir (DataDirError), then serve."""
+    from smtprelay import datadir, preflight
 
     problems = preflight.problems(config)
     if problems:
         raise ConfigError(path or "(configuration)", problems)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(config, path))
-    else:
-        uvloop.run(serve(config, path))
+    with datadir.hold(config.server.data_dir):
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(serve(config, path))
+        else:
+            uvloop.run(serve(config, path))

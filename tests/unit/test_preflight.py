@@ -1,13 +1,16 @@
-"""smtprelay.preflight: which file is at fault and what to do, without false alarms."""
+"""smtprelay.preflight: which file is at fault and what to do, without false alarms;
+smtprelay.datadir: one relay per data_dir."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 
-from smtprelay import preflight
+from smtprelay import datadir, preflight
 from smtprelay.config import Config
 from smtprelay.tlsutil import ensure_self_signed
 from smtprelay.tokens import KeyRing
@@ -151,3 +154,26 @@ def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
     assert preflight.problems(cfg) == [
         f"server.data_dir: {cfg.server.data_dir} exists and is not a directory; point "
         "server.data_dir at a directory (it is created if missing)"]
+
+
+def test_data_dir_is_held_once(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    with datadir.hold(data_dir):
+        assert (data_dir / "serve.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(datadir.DataDirError) as refused, datadir.hold(data_dir):
+            pass
+        assert str(refused.value) == (
+            f"server.data_dir: {data_dir} is in use by another smtprelay serve "
+            f"(pid {os.getpid()}); stop that one first, or give this one a data_dir of its "
+            "own. Nothing was changed.")
+    with datadir.hold(data_dir):  # released on the way out
+        pass
+
+
+def test_data_dir_that_cannot_be_made(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(datadir.DataDirError, match=rf"server.data_dir: cannot create "
+                                                   rf"{blocker}/var: Not a directory; "), \
+            datadir.hold(blocker / "var"):
+        pass
