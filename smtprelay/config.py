@@ -1023,40 +1023,11 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
                 fix(destination, "path")
 
 
-def _file_problems(config: Config, *, check_keys: bool) -> list[str]:
-    problems: list[str] = []
-    if check_keys and any(identity.dkim for identity in config.identities.values()):
-        from smtprelay.transform.dkim import load_keys
-
-        problems.extend(load_keys(config)[1])
-    if not config.tls.generate_self_signed:
-        needs_tls = any(listener.tls != "none" for listener in config.listeners)
-        for key, path in (("tls.cert_file", config.cert_path), ("tls.key_file", config.key_path)):
-            if needs_tls and not path.is_file():
-                problems.append(
-                    f"{key}: {path} does not exist; point it at a PEM file, or set "
-                    "tls.generate_self_signed: true for a development certificate"
-                )
-    for set_name, settings in config.configuration_sets.items():
-        for destination in settings.event_destinations:
-            if (destination.type == "webhook" and destination.enabled
-                    and destination.secret_env and not os.environ.get(destination.secret_env)):
-                problems.append(
-                    f"configuration_sets.{set_name}.event_destinations[{destination.name}]"
-                    f".secret_env: the environment variable {destination.secret_env} is not "
-                    "set or empty; export the webhook's signing secret in it (at least 16 "
-                    "random characters, e.g. `openssl rand -hex 32`)")
-    data_dir = config.server.data_dir
-    if data_dir.exists() and not data_dir.is_dir():
-        problems.append(f"server.data_dir: {data_dir} exists and is not a directory")
-    return problems
-
-
-def load_config(path: str | Path | None, *, check_keys: bool = True) -> LoadedConfig:
+def load_config(path: str | Path | None) -> LoadedConfig:
     """Read, parse and validate the configuration; raise ConfigError listing every problem.
 
-    check_keys=False skips reading the DKIM key files (for `smtprelay dkim keygen`,
-    which creates a key the configuration may already name).
+    Only the file itself: the certificates, keys and variables it names are checked by
+    `smtprelay.app.preflight`, for the commands that use them.
     """
     if path is None:
         path = os.environ.get(ENV_CONFIG)
@@ -1086,7 +1057,4 @@ def load_config(path: str | Path | None, *, check_keys: bool = True) -> LoadedCo
     except ValidationError as exc:
         problems = [line for error in exc.errors() for line in _describe(error)]
         raise ConfigError(file_path, problems) from None
-    problems = _file_problems(config, check_keys=check_keys)
-    if problems:
-        raise ConfigError(file_path, problems)
     return LoadedConfig(config=config, path=file_path)

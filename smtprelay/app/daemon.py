@@ -9,10 +9,10 @@ import signal
 import ssl
 import time
 
-from smtprelay.app import systemd
+from smtprelay.app import preflight, systemd
 from smtprelay.auth.authenticator import Authenticator
 from smtprelay.auth.credentials import CredentialStore
-from smtprelay.config import Config, ConfigError, load_config
+from smtprelay.config import Config, ConfigError
 from smtprelay.delivery.capture import CaptureTransport
 from smtprelay.delivery.dns import MXResolver
 from smtprelay.delivery.notify_sender import DSNFactory
@@ -113,7 +113,7 @@ class Relay:
         """SIGHUP: accounts, identities, credentials, sets and the certificate, in place."""
         if path is not None:
             try:
-                new = load_config(path).config
+                new = preflight.load_checked(path).config
             except ConfigError as exc:
                 log.error("reload refused, keeping the running config: %s", "; ".join(
                     exc.problems))
@@ -395,9 +395,16 @@ async def serve(config: Config, path: str | None = None) -> None:
 
 
 def run(config: Config, path: str | None = None) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(config, path))
-    else:
-        uvloop.run(serve(config, path))
+    """Check every file first (ConfigError), then hold data_dir (DataDirError), then serve."""
+    from smtprelay.app import datadir
+
+    problems = preflight.problems(config)
+    if problems:
+        raise ConfigError(path or "(configuration)", problems)
+    with datadir.hold(config.server.data_dir):
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(serve(config, path))
+        else:
+            uvloop.run(serve(config, path))

@@ -30,6 +30,7 @@ from smtprelay.db.migrations import SchemaTooNew
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from smtprelay.app import daemon
+    from smtprelay.app.datadir import DataDirError
     from smtprelay.delivery.smtp_transport import SmarthostPasswordError
     from smtprelay.infra import logs
     from smtprelay.infra.tls import TLSSetupError
@@ -37,13 +38,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from smtprelay.transform.dkim import DKIMKeyError
     from smtprelay.transform.tokens import KeyRingError
 
-    loaded = load_config(args.config)
+    loaded = load_config(args.config)  # daemon.run runs the preflight
     config = loaded.config
     logs.setup(config.logging.level, config.logging.format)
     try:
         daemon.run(config, str(loaded.path))
     except (TLSSetupError, SpoolError, SchemaTooNew, SmarthostPasswordError, DKIMKeyError,
-            KeyRingError) as exc:
+            KeyRingError, DataDirError) as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:
         raise CommandError(exc.strerror or str(exc)) from None
@@ -53,7 +54,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    loaded = load_config(args.config)
+    from smtprelay.app import preflight
+
+    loaded = preflight.load_checked(args.config)
     cfg = loaded.config
     print(f"{loaded.path}: ok ({len(cfg.listeners)} listeners, {len(cfg.accounts)} accounts)")
     return EXIT_OK
@@ -619,7 +622,7 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
         if args.config is None and not os.environ.get(ENV_CONFIG):
             raise CommandError("pass -c FILE (the key goes to data_dir/dkim/) or --out FILE")
         # The configuration may already name the key about to be created.
-        config = load_config(args.config, check_keys=False).config
+        config = load_config(args.config).config
         data_dir = config.server.data_dir
         path = data_dir / "dkim" / f"{domain}.{selector}.pem"
         if os.geteuid() == 0 and data_dir.is_dir() and data_dir.stat().st_uid != 0:
@@ -727,7 +730,7 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
 
     # Key files are read by the DKIM check itself, which reports an unusable one as a
     # finding instead of refusing to check anything else.
-    config = load_config(args.config, check_keys=False).config
+    config = load_config(args.config).config
     try:
         checks = dns_check.plan(config, args.domain, ips=args.ip or (),
                                nameservers=args.nameserver or ())

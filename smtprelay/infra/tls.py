@@ -33,8 +33,15 @@ def server_context(cert_file: Path, key_file: Path, min_version: str = "1.2",
             ctx.set_ciphers(ciphers)
         except ssl.SSLError as exc:
             raise TLSSetupError(f"tls.ciphers: {ciphers!r} selects no cipher ({exc})") from None
+
+    def no_pass_phrase() -> str:
+        # Without a callback OpenSSL asks for the pass phrase on the terminal, and a
+        # start in the foreground (or a reload) waits there for an answer.
+        raise TLSSetupError(f"tls: {key_file} is encrypted; smtprelay needs the key "
+                            "without a pass phrase")
+
     try:
-        ctx.load_cert_chain(cert_file, key_file)
+        ctx.load_cert_chain(cert_file, key_file, password=no_pass_phrase)
     except FileNotFoundError as exc:
         raise TLSSetupError(
             f"tls: {exc.filename or cert_file} does not exist; set tls.cert_file and "

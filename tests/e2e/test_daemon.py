@@ -103,9 +103,10 @@ def test_unusable_certificate_is_a_clear_error(tmp_path: Path) -> None:
     key.write_text("not a key\n")
     d = DaemonProcess(tmp_path, tls={"cert_file": str(cert), "key_file": str(key)})
     d.start(wait=False)
-    assert d.proc.wait(20) == 1
+    assert d.proc.wait(20) == 2
     assert "Traceback" not in d.log()
-    assert f"tls: cannot load certificate {cert} with key {key}" in d.log()
+    assert f"tls.cert_file: {cert} is not a PEM certificate" in d.log()
+    assert f"tls.key_file: {key} is not a PEM private key" in d.log()
 
 
 def test_credentials_lifecycle_through_the_cli(daemon: DaemonProcess) -> None:
@@ -185,3 +186,39 @@ def test_sighup_reloads_identities_and_refuses_a_broken_config(daemon: DaemonPro
                          message(sender="app@newbrand.test")) == {}
     smtp.quit()
     assert daemon.proc.poll() is None
+
+
+def test_a_second_serve_on_the_same_data_dir_is_refused(daemon: DaemonProcess) -> None:
+    import subprocess
+    import sys
+
+    cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
+    with login(daemon, cred) as smtp:
+        smtp.sendmail("app@example.com", ["first@example.net"], message())
+    data_dir = daemon.config.server.data_dir
+    second = subprocess.run([sys.executable, "-m", "smtprelay", "serve", "-c",
+                             str(daemon.config_path)], capture_output=True, text=True,
+                            timeout=60)
+    assert second.returncode == 1, second.stderr
+    assert "Traceback" not in second.stderr
+    assert (f"server.data_dir: {data_dir} is in use by another smtprelay serve "
+            f"(pid {daemon.proc.pid})") in second.stderr
+    # Refused before the spool: the running relay's deliveries under way are not
+    # handed back behind its back.
+    assert "spool opened" not in second.stderr
+    # The first one goes on serving.
+    assert daemon.proc.poll() is None
+    with login(daemon, cred) as smtp:
+        assert smtp.sendmail("app@example.com", ["second@example.net"], message()) == {}
+    # Killed without a chance to clean up, it leaves its pid in the lock file, and the
+    # next start takes over all the same.
+    lock = data_dir / "serve.lock"
+    killed = daemon.proc.pid
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert lock.read_text().strip() == str(killed)
+    daemon.start()
+    assert daemon.proc.pid != killed
+    assert lock.read_text().strip() == str(daemon.proc.pid)
+    listed = json.loads(daemon.cli("queue", "list", "--json").stdout)
+    assert sorted(m["recipients"][0]["address"] for m in listed) == [
+        "first@example.net", "second@example.net"]

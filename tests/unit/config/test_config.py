@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from smtprelay.app.preflight import load_checked
 from smtprelay.config import ConfigError, load_config
 from tests.support import base_config, write_config
 
@@ -16,7 +17,7 @@ def problems_for(tmp_path: Path, text: str) -> list[str]:
     path = tmp_path / "c.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        load_checked(path)
     return info.value.problems
 
 

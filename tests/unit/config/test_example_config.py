@@ -10,7 +10,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from smtprelay.config import Config, ConfigError, load_config
+from smtprelay.app.preflight import load_checked
+from smtprelay.config import Config, ConfigError
 from smtprelay.transform import dkim
 
 EXAMPLE = Path(__file__).parents[3] / "config" / "smtprelay.example.yaml"
@@ -62,7 +63,7 @@ def test_example_is_valid_apart_from_the_certificate_and_key_files(tmp_path: Pat
     copy.write_text(text)
     # Without the DKIM key files, those keys (and nothing else) are the problems...
     with pytest.raises(ConfigError) as info:
-        load_config(copy)
+        load_checked(copy)
     raw = yaml.safe_load(text)
     wanted = [(domain, index, entry["key_file"])
               for domain, identity in raw["identities"].items()
@@ -78,4 +79,4 @@ def test_example_is_valid_apart_from_the_certificate_and_key_files(tmp_path: Pat
         text = text.replace(path, str(moved))
         dkim.write_key(moved, dkim.generate_key("rsa" if index == 0 else "ed25519"))
     copy.write_text(text)
-    assert load_config(copy).config.listeners
+    assert load_checked(copy).config.listeners

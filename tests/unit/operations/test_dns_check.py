@@ -391,7 +391,7 @@ def test_dkim_dns_record_is_the_keygen_line(rsa_key: dkim.PrivateKey) -> None:
 
 def config(tmp_path: Path, **overrides: object) -> Config:
     path = write_config(tmp_path / "c.yaml", base_config(tmp_path / "var", **overrides))
-    return load_config(path, check_keys=False).config
+    return load_config(path).config
 
 
 def test_plan_accepts_identities_and_account_identities(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from smtprelay.app.preflight import load_checked
 from smtprelay.config import ConfigError, load_config
 from smtprelay.transform import dkim
 from tests.support import base_config, write_config
@@ -181,7 +182,7 @@ def config_with(tmp_path: Path, identities: object) -> Path:
 
 def problems(path: Path) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        load_checked(path)
     return info.value.problems
 
 
@@ -232,7 +233,7 @@ def test_unusable_key_files_are_named_by_key_path(tmp_path: Path) -> None:
     assert "is encrypted" in found[3]
     assert "is a directory" in found[4]
     # keygen may run before the key exists: it loads the file without the keys.
-    assert load_config(path, check_keys=False).config.identities["example.com"].dkim
+    assert load_config(path).config.identities["example.com"].dkim
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
