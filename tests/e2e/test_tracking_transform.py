@@ -385,6 +385,28 @@ def test_tracking_runs_in_worker_processes_and_a_killed_worker_is_replaced(
     assert not set(_transform_workers(relay)) & set(workers)
 
 
+def test_workers_run_the_relays_code_when_started_inside_another_checkout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relay run from a directory holding another smtprelay (an operator's other
+    checkout, say) still gets its own transform code in the workers."""
+    checkout = tmp_path / "checkout"
+    (checkout / "smtprelay").mkdir(parents=True)
+    (checkout / "smtprelay" / "__init__.py").write_text("")
+    marker = tmp_path / "decoy-worker-ran"
+    (checkout / "smtprelay" / "transform_worker.py").write_text(
+        f"import pathlib, sys\npathlib.Path({str(marker)!r}).touch()\nsys.exit(3)\n")
+    monkeypatch.chdir(checkout)
+    with running(tmp_path, configuration_sets=SETS, tracking_domains=TRACKING_DOMAINS,
+                 server={"transform_workers": 2}) as relay:
+        assert relay.relay._pipeline.transform_pool is not None
+        code, reply = send(relay, newsletter())
+    assert not marker.exists(), "the worker ran the other checkout's code"
+    assert code == 250, reply
+    [stored] = [m for m in spooled(relay.config) if m["id"] == reply.split()[-1]]
+    html = parts(bytes(stored["data"]))["text/html"]
+    assert [kind for kind, _ in decoded_tokens(relay, html)].count("c") == 2
+
+
 def catalogue() -> bytes:
     """A tracked message with 40,000 links: long enough in a worker to be killed there."""
     links = "".join(f'<a href="https://shop.example/item/{i}?ref=mail">Item {i}</a><br>\r\n'
