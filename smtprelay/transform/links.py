@@ -753,7 +753,9 @@ def _requote(raw: bytes, item: _Decoded, edits: list[_Edit]) -> bytes | None:
         end = len(text) if end < 0 else end
         chunk = [text[begin:first]]
         at = first
-        while index < len(edits) and edits[index][0] <= end:
+        # end + 1: an edit between the CR and the LF at `end` changes this line's break,
+        # and rfind would put its line start back at `begin`, encoding the line twice.
+        while index < len(edits) and edits[index][0] <= end + 1:
             start, stop, replacement = edits[index]
             chunk.append(text[at:start])
             chunk.append(replacement)

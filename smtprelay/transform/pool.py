@@ -130,8 +130,11 @@ class TransformPool:
         return [worker.process.pid for worker in self._live]
 
     async def _spawn(self) -> _Worker:
+        # -P: -m would put the working directory first on the path, so a relay started
+        # inside another checkout (or next to a stray pickle.py) would run that code.
+        # Unlike -I it keeps PYTHONPATH (see _worker_environment) and site-packages.
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "smtprelay.transform.worker",
+            sys.executable, "-P", "-m", "smtprelay.transform.worker",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             env=_worker_environment(),
             limit=_READ_BUFFER)

@@ -337,7 +337,8 @@ def test_key_file_is_private_and_a_readable_one_stops_the_daemon(tmp_path: Path)
         assert daemon.stop() == 0
     os.chmod(path, 0o644)
     daemon.start(wait=False)
-    assert daemon.proc.wait(20) == 1
+    # 2: the start-up check (app.preflight) refuses it like every unusable file.
+    assert daemon.proc.wait(20) == 2
     log = daemon.log()
     assert f"{path}: readable by group or others; chmod 600 it" in log
     assert "Traceback" not in log
@@ -345,7 +346,7 @@ def test_key_file_is_private_and_a_readable_one_stops_the_daemon(tmp_path: Path)
     path.write_text("{not json")
     os.chmod(path, 0o600)
     daemon.start(wait=False)
-    assert daemon.proc.wait(20) == 1
+    assert daemon.proc.wait(20) == 2
     assert f"{path}: malformed key file" in daemon.log()
     assert "restore it from a backup" in daemon.log()
 
@@ -383,6 +384,29 @@ def test_tracking_runs_in_worker_processes_and_a_killed_worker_is_replaced(
     again = parts(delivered(relay, newsletter()))["text/html"]
     assert [kind for kind, _ in decoded_tokens(relay, again)].count("c") == 2
     assert not set(_transform_workers(relay)) & set(workers)
+
+
+def test_workers_run_the_relays_code_when_started_inside_another_checkout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relay run from a directory holding another smtprelay (an operator's other
+    checkout, say) still gets its own transform code in the workers."""
+    checkout = tmp_path / "checkout"
+    (checkout / "smtprelay" / "transform").mkdir(parents=True)
+    (checkout / "smtprelay" / "__init__.py").write_text("")
+    (checkout / "smtprelay" / "transform" / "__init__.py").write_text("")
+    marker = tmp_path / "decoy-worker-ran"
+    (checkout / "smtprelay" / "transform" / "worker.py").write_text(
+        f"import pathlib, sys\npathlib.Path({str(marker)!r}).touch()\nsys.exit(3)\n")
+    monkeypatch.chdir(checkout)
+    with running(tmp_path, configuration_sets=SETS, tracking_domains=TRACKING_DOMAINS,
+                 server={"transform_workers": 2}) as relay:
+        assert relay.relay._pipeline.transform_pool is not None
+        code, reply = send(relay, newsletter())
+    assert not marker.exists(), "the worker ran the other checkout's code"
+    assert code == 250, reply
+    [stored] = [m for m in spooled(relay.config) if m["id"] == reply.split()[-1]]
+    html = parts(bytes(stored["data"]))["text/html"]
+    assert [kind for kind, _ in decoded_tokens(relay, html)].count("c") == 2
 
 
 def catalogue() -> bytes:

@@ -6,6 +6,7 @@ import base64
 import binascii
 import email
 import email.policy
+import itertools
 import json
 import re
 import time
@@ -14,7 +15,7 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from smtprelay.mail.headers import header_end
@@ -1052,6 +1053,9 @@ _QP_PIECES = ["a", "é", "€", "=", " ", "\t", "\r\n", "x" * 70, "y" * 90, "<a 
 
 
 @settings(max_examples=2000, deadline=None)
+# Found by hypothesis: an empty edit between the CR and the LF that end the line an
+# earlier edit touched; the line came out twice (486 characters decoded, not 198).
+@example("y" * 270 + "a" * 16 + "\r\n", "ours", [(77, 90, ""), (120, 0, "")], "utf-8")
 @given(st.lists(st.sampled_from(_QP_PIECES), max_size=40).map("".join),
        st.sampled_from(["ours", "binascii", "binascii-wide"]),
        st.lists(st.tuples(st.integers(0, 120), st.integers(0, 90),
@@ -1097,3 +1101,33 @@ def test_requote_keeps_untouched_lines_and_decodes_to_the_edited_text(
     untouched = set(raw.replace(b"=\r\n", b"=\n").split(b"\r\n"))
     for line in requoted.replace(b"=\r\n", b"=\n").split(b"\r\n"):
         assert line in untouched or all(len(row) <= 76 for row in line.split(b"=\n"))
+
+
+def _requoted_text(text: str, edits: list[tuple[int, int, str]]) -> str:
+    raw = quoted_printable(text.encode())
+    part = links._Part("1", 0, 0, len(raw), Message())
+    item = links._Decoded(part, text, "utf-8", "quoted-printable")
+    requoted = links._requote(raw, item, edits)
+    assert requoted is not None
+    assert all(len(row) <= 76 for row in requoted.split(b"\r\n"))
+    return binascii.a2b_qp(requoted).decode()
+
+
+def test_requote_an_edit_inside_the_crlf_after_an_edited_line() -> None:
+    text = "y" * 270 + "a" * 16 + "\r\n"  # the example hypothesis found
+    edits = [(77, 167, ""), (287, 287, "")]
+    assert _requoted_text(text, edits) == links._apply(text, edits)  # 198 characters
+
+
+def test_requote_edits_at_every_line_boundary() -> None:
+    """Every pair of edits around hard line breaks, empty lines and the ends of the text:
+    the edited lines are encoded once each, whichever side of a CR or LF an edit is on."""
+    text = "ab\r\ncd\r\n\r\nef"
+    spans = [(start, end) for start in range(len(text) + 1)
+             for end in range(start, len(text) + 1)]
+    for first, second in itertools.combinations_with_replacement(spans, 2):
+        if first[1] > second[0]:
+            continue
+        for one, two in itertools.product(["", "X", "\r\n"], repeat=2):
+            edits = [(*first, one), (*second, two)]
+            assert _requoted_text(text, edits) == links._apply(text, edits), edits
