@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     wired = pipeline_wired()
     if not all(wired.values()):
         missing = " and ".join(k for k, v in wired.items() if not v)
-        print(f"note: smtprelay/pipeline.py does not use {missing} yet: 'on' measures "
+        print(f"note: smtprelay/submission/pipeline.py does not use {missing} yet: 'on' measures "
               "nothing new", flush=True)
 
     suppressed = listed(7)

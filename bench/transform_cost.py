@@ -56,7 +56,7 @@ TRACKED_SET: dict[str, Any] = {
     "unsubscribe": {"one_click": True},
 }
 PLAIN_SET: dict[str, Any] = {}
-# As the pipeline decides (smtprelay/pipeline.py); read from there so they stay in step.
+# As the pipeline decides (smtprelay/submission/pipeline.py); read from there so they stay in step.
 INLINE_TRANSFORM_LIMIT: int = pipeline._INLINE_TRANSFORM_LIMIT
 
 KINDS = ("2k-text", "50k-html", "1m-html")

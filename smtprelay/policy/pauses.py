@@ -38,7 +38,7 @@ from typing import Any, Literal
 from smtprelay.db import sqlite
 from smtprelay.infra import metrics
 
-log = logging.getLogger("smtprelay.policy.pauses")
+log = logging.getLogger("smtprelay.pauses")
 
 Scope = Literal["set", "account"]
 Reason = Literal["manual", "reputation"]

@@ -24,7 +24,7 @@ from smtprelay.db.writer import GroupCommitWriter
 from smtprelay.mail import replies as R
 from smtprelay.mail.replies import Reply
 
-log = logging.getLogger("smtprelay.policy.quota")
+log = logging.getLogger("smtprelay.quota")
 
 WINDOW = 86400.0
 _MINUTE = 60

@@ -49,7 +49,7 @@ from smtprelay.policy.pauses import AlreadyPaused, PausedSets
 from smtprelay.spool import set_stats
 from smtprelay.spool.store import Spool
 
-log = logging.getLogger("smtprelay.policy.reputation")
+log = logging.getLogger("smtprelay.reputation")
 
 GUARD = "reputation-guard"  # the `by` of its pauses
 SCOPES = ("set", "account")

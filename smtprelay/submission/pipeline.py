@@ -29,7 +29,7 @@ from smtprelay.submission.seam import Submission
 from smtprelay.transform import dkim, hygiene, tracking
 from smtprelay.transform.pool import TransformPool, TransformUnavailable
 
-log = logging.getLogger("smtprelay.submission.pipeline")
+log = logging.getLogger("smtprelay.pipeline")
 
 # Headers whose addresses must each fall under the account's identities (SES checks
 # From, Sender and Return-Path besides the envelope sender).

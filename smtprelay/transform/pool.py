@@ -38,7 +38,7 @@ from smtprelay.transform import tokens, tracking
 from smtprelay.transform import worker as worker_wire
 from smtprelay.transform.links import DuplicateOpenTracker
 
-log = logging.getLogger("smtprelay.transform.tracking")
+log = logging.getLogger("smtprelay.transforms")
 
 # Settings objects pickled so far, by identity (the entry keeps the object alive, so
 # its id cannot be reused while it is here). A reload makes new objects; old entries
