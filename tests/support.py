@@ -22,12 +22,24 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import settings
 
 from smtprelay.app.daemon import Relay
 from smtprelay.auth.credentials import CredentialStore
 from smtprelay.config import Config, load_config
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The Hypothesis profile tests/conftest.py loads.
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or "ci"
+
+
+def examples(thorough: int) -> int:
+    """max_examples for a property test: `thorough` under HYPOTHESIS_PROFILE=thorough,
+    otherwise no more than the loaded profile's count, so that a large count written
+    for a long hunt does not slow every run."""
+    if HYPOTHESIS_PROFILE == "thorough":
+        return thorough
+    return min(thorough, settings().max_examples)
 
 
 def need_program(name: str) -> str:

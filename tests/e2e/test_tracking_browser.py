@@ -55,6 +55,36 @@ class CDP:
                     return result
                 self.events.append(message)
 
+    async def event(self, method: str, after: int, timeout: float = 15) -> int:
+        """The index in self.events of the first `method` event at or after `after`."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for index in range(after, len(self.events)):
+                    if self.events[index].get("method") == method:
+                        return index
+                after = len(self.events)
+                self.events.append(await self._ws.receive_json())
+
+    async def click_and_load(self, selector: str) -> None:
+        """Click an element that navigates; return once the new document has loaded.
+
+        Polling with Runtime.evaluate during the navigation would race it: an evaluate
+        still in flight in the old document when the browser commits the new one is
+        answered "Inspected target navigated or closed". Page events need no answer
+        from the old document, so waiting on them cannot lose that race. (Page.navigate
+        answers only when the new document is about to commit, and commands sent after
+        it go to that document, so it needs no such wait.)
+        """
+        start = len(self.events)
+        await self.evaluate(f"document.querySelector({json.dumps(selector)}).click()")
+        navigated = start
+        while True:  # a subframe of the old page may navigate first
+            navigated = await self.event("Page.frameNavigated", navigated)
+            if "parentId" not in self.events[navigated]["params"]["frame"]:
+                break
+            navigated += 1
+        await self.event("Page.loadEventFired", navigated)
+
     async def evaluate(self, expression: str) -> Any:
         answer = await self.call("Runtime.evaluate", expression=expression,
                                  returnByValue=True, awaitPromise=True)
@@ -173,7 +203,7 @@ async def test_a_browser_opens_clicks_and_unsubscribes(tmp_path: Path) -> None:
             assert (opened.machine, opened.user_agent, opened.ip) == (False, BROWSER,
                                                                       "127.0.0.1")
 
-            await cdp.evaluate("document.querySelector('a').click()")
+            await cdp.click_and_load("a")
             href = await cdp.wait_for(
                 f"location.href.startsWith('http://127.0.0.1:{landing_port}/') && "
                 "document.readyState === 'complete' && location.href")
@@ -191,7 +221,7 @@ async def test_a_browser_opens_clicks_and_unsubscribes(tmp_path: Path) -> None:
             await cdp.wait_for("document.readyState === 'complete' && "
                                "!!document.querySelector('form button')")
             assert sink.unsubscribed == []
-            await cdp.evaluate("document.querySelector('form button').click()")
+            await cdp.click_and_load("form button")
             title = await cdp.wait_for("document.readyState === 'complete' && "
                                        "document.querySelector('h1') && "
                                        "document.querySelector('h1').textContent"

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from smtprelay.bounces import verp
 from smtprelay.transform.tokens import RETIREMENT_GRACE, Key, KeyRing, OpenToken
 from smtprelay.transform.tokens import encode as encode_token
+from tests.support import examples
 
 SAMPLES_KEY = Key(1, b"feedback-samples-secret-0123456789", 1.69e9)
 NOW = 1.7e9
@@ -25,7 +26,7 @@ def ring() -> KeyRing:
     return KeyRing([SAMPLES_KEY])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(message_ids, indexes)
 def test_round_trip(message_id: str, index: int | None) -> None:
     local = verp.encode(message_id, index, ring())
@@ -36,7 +37,7 @@ def test_round_trip(message_id: str, index: int | None) -> None:
     assert verp.decode(local, ring(), NOW) == (message_id, index)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(message_ids, indexes, st.data())
 def test_any_single_character_change_is_rejected(
         message_id: str, index: int | None, data: st.DataObject) -> None:
@@ -51,7 +52,7 @@ def test_any_single_character_change_is_rejected(
         verp.decode(changed, ring(), NOW)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(message_ids, indexes, st.data())
 def test_upper_casing_still_decodes(message_id: str, index: int | None,
                                     data: st.DataObject) -> None:
@@ -63,7 +64,7 @@ def test_upper_casing_still_decodes(message_id: str, index: int | None,
     assert verp.decode(mixed, ring(), NOW) == (message_id, index)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(max_size=100))
 def test_arbitrary_strings_raise_only_invalid_verp_tag(text: str) -> None:
     try:

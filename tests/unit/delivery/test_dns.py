@@ -23,6 +23,7 @@ from smtprelay.config import parse_nameserver
 from smtprelay.delivery.dns import MXResolver, MXResult, Resolution, mail_domain
 from smtprelay.delivery.model import Destination
 from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401
+from tests.support import examples
 
 
 class Clock:
@@ -553,7 +554,7 @@ def test_resolve_never_raises_whatever_the_domain() -> None:
         resolver = MXResolver([server.nameserver], timeout=0.5)
         loop = asyncio.new_event_loop()
 
-        @settings(max_examples=300, deadline=None)
+        @settings(max_examples=examples(300), deadline=None)
         @given(st.one_of(
             st.text(max_size=80),
             st.from_regex(r"\[?[A-Za-z0-9:.\-_\\ \]\[]{0,40}\]?", fullmatch=True),

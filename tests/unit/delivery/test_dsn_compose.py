@@ -28,6 +28,7 @@ from smtprelay.bounces.classification import (
 from smtprelay.delivery.dsn_compose import FailedRecipient, build_dsn, should_send_dsn
 from smtprelay.mail.headers import HeaderField, header_end, parse_header_section
 from smtprelay.spool.store import suppressed_diagnostic
+from tests.support import examples
 
 # --- classification -------------------------------------------------------------------
 
@@ -522,7 +523,7 @@ _recipient = st.builds(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(recipients=st.lists(_recipient, min_size=1, max_size=4), sender=_any_text)
 def test_dsn_always_well_formed(recipients: list[FailedRecipient], sender: str) -> None:
     data = _dsn(*recipients, sender=sender)

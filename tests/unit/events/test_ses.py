@@ -53,6 +53,7 @@ from smtprelay.events import (
     to_ses,
 )
 from smtprelay.events.ses import DETAIL_KEYS
+from tests.support import examples
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 SCHEMA = json.loads((DOCS / "events.schema.json").read_text(encoding="utf-8"))
@@ -783,7 +784,7 @@ details = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(header=st.one_of(st.binary(max_size=400), header_lines),
        source=texts, account=texts, destination=st.lists(texts, max_size=3).map(tuple),
        tags=st.dictionaries(texts, st.lists(texts, max_size=3), max_size=4),

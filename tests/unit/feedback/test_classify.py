@@ -37,6 +37,7 @@ from smtprelay.feedback import (
     relay_message_ids,
 )
 from smtprelay.transform.tokens import Key, KeyRing
+from tests.support import examples
 
 DATA = Path(__file__).parents[2] / "data" / "feedback"
 SAMPLES = sorted(path.name for path in DATA.glob("*.eml"))
@@ -109,7 +110,7 @@ def _assert_an_answer(raw: bytes) -> None:
         assert result.reason and result.reason != "internal error while parsing", result
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=4096))
 def test_random_bytes_never_raise(raw: bytes) -> None:
     _assert_an_answer(raw)
@@ -126,13 +127,13 @@ _mime_words = st.sampled_from([
 ])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_mime_words, max_size=60))
 def test_mime_shaped_junk_never_raises(words: list[bytes]) -> None:
     _assert_an_answer(b"".join(words))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(SAMPLES), st.data())
 def test_mutated_samples_never_raise(name: str, data: st.DataObject) -> None:
     raw = bytearray(sample(name))

@@ -10,6 +10,7 @@ from smtprelay.auth.lockout import Lockout
 from smtprelay.infra.passwords import hash_password, is_supported_hash, verify_password
 from smtprelay.mail.address import AddressError, parse_path
 from smtprelay.policy.identities import covers, failing
+from tests.support import examples
 
 
 @pytest.mark.parametrize(("argument", "address"), [
@@ -54,7 +55,7 @@ def test_utf8_address_with_smtputf8_and_params() -> None:
         parse_path("TO:<>", keyword="TO", sender=False)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.text(max_size=300))
 def test_parser_only_ever_raises_address_error(argument: str) -> None:
     try:
@@ -107,7 +108,7 @@ def test_lockout_per_ip_and_per_user_expires() -> None:
     assert lockout.locked_for("10.0.0.4", "dave") == 0
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.lists(st.one_of(
     st.sampled_from([b"From: a@example.com", b"From : b@evil.test", b" folded", b"\tfolded",
                      b"Subject: x", b"not a header", b"", b"X-\xff: y", b":", b"A:"]),
@@ -139,7 +140,7 @@ def test_generated_credentials_are_safe_to_paste() -> None:
     assert all(generate_username().isalnum() for _ in range(100))
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=examples(1000), deadline=None)
 @given(st.one_of(
     st.from_regex(r"[A-Za-z0-9 ._'-]{0,20}<[a-z0-9.+_-]{1,10}@[a-z0-9.-]{1,12}>", fullmatch=True),
     st.from_regex(r"[a-z0-9.+_'-]{1,10}@[a-z0-9.-]{1,12}", fullmatch=True),

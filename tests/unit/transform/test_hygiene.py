@@ -17,6 +17,7 @@ from smtprelay.policy import attachments, content
 from smtprelay.policy.content import refusal
 from smtprelay.transform import hygiene
 from smtprelay.transform.hygiene import ReceivedInfo, normalise
+from tests.support import examples
 
 INFO = ReceivedInfo(
     hostname="relay.test", client_helo="client.example", client_ip="192.0.2.7",
@@ -528,7 +529,7 @@ _infos = st.builds(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(_messages(), _infos)
 def test_normalise_property(data: bytes, info: ReceivedInfo) -> None:
     fields = parse_header_section(data)
@@ -548,7 +549,7 @@ def test_normalise_property(data: bytes, info: ReceivedInfo) -> None:
     assert all(len(line) <= 998 for line in out[:after[0].end].split(b"\r\n"))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=600), st.sampled_from([b"b", b"=_x", b"a b"]))
 def test_refusal_never_crashes_on_junk_bodies(body: bytes, boundary: bytes) -> None:
     data = (b"From: a@example.com\r\nContent-Type: multipart/mixed; boundary=\"" + boundary +

@@ -30,6 +30,7 @@ from smtprelay.transform.links import (
     rewrite,
     tracking_url,
 )
+from tests.support import examples
 
 CORPUS = Path(__file__).parents[2] / "data" / "html"
 EXPECTED = json.loads((CORPUS / "expected.json").read_text(encoding="utf-8"))
@@ -551,7 +552,7 @@ def test_deep_nesting_stops_at_the_limit() -> None:
     assert result.data == data and result.links == [] and "nested" in result.problems[0]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.one_of(st.binary(max_size=400), st.lists(st.sampled_from(
     [b"a", b"\xe9", b" ", b"\t", b"=", b"\r", b"\n", b"\r\n", b"x" * 70]), max_size=60)
     .map(b"".join)))
@@ -838,7 +839,7 @@ def documents(draw: st.DrawFn, cap: int) -> Doc:
     return doc
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_generated_documents_change_exactly_where_expected(data: st.DataObject) -> None:
     cap = data.draw(st.sampled_from([250, 2]), label="cap")
@@ -849,7 +850,7 @@ def test_generated_documents_change_exactly_where_expected(data: st.DataObject) 
     assert [link.tags for link in result.links] == doc.tags
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), st.sampled_from(["quoted-printable", "base64", "8bit"]))
 def test_generated_documents_in_any_transfer_encoding(data: st.DataObject, cte: str) -> None:
     doc = data.draw(documents(250))
@@ -874,7 +875,7 @@ _JUNK = st.lists(st.sampled_from([
 ]), max_size=40).map("".join)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(_JUNK)
 def test_arbitrary_html_changes_only_in_hrefs_and_ses_attributes(html: str) -> None:
     output, result = track_html(html)
@@ -885,7 +886,7 @@ def test_arbitrary_html_changes_only_in_hrefs_and_ses_attributes(html: str) -> N
         f"{MARK}{link.index}" for link in result.links]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.binary(max_size=300), st.sampled_from(["8bit", "quoted-printable", "base64"]),
        st.sampled_from(["utf-8", "us-ascii", "iso-8859-1", "utf-16", "shift_jis", "nope"]))
 def test_arbitrary_bytes_never_crash(body: bytes, cte: str, charset: str) -> None:
@@ -899,7 +900,7 @@ def test_arbitrary_bytes_never_crash(body: bytes, cte: str, charset: str) -> Non
     assert result.data.startswith(head) and result.data.endswith(b"\r\n--=_b--\r\nepilogue\r\n")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.sampled_from([b"text/html; charset=", b"multipart/mixed; boundary=", b"text/html; "]),
        st.binary(max_size=40), st.binary(max_size=20), st.binary(max_size=200))
 def test_arbitrary_header_values_never_crash(ctype: bytes, param: bytes, cte: bytes,
@@ -984,7 +985,7 @@ _TAG_SOUP = st.lists(st.sampled_from([
 ]), max_size=60).map("".join)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(3000), deadline=None)
 @given(_TAG_SOUP)
 def test_scan_skips_exactly_what_the_plain_loop_steps_over(text: str) -> None:
     anchors, body_close = links._scan(text)
@@ -1000,7 +1001,7 @@ _ATTRIBUTE_SOUP = st.lists(st.sampled_from([
 ]), max_size=14).map("".join)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(3000), deadline=None)
 @given(_ATTRIBUTE_SOUP)
 def test_anchor_fast_path_finds_what_the_attribute_loop_finds(attributes: str) -> None:
     text = "<a" + (" " if attributes[:1] not in ("", " ", "\n", "\t", "\f", "/") else "") \
@@ -1030,7 +1031,7 @@ def test_scan_agrees_on_the_corpus_and_the_benchmark_newsletter() -> None:
             == _reference_scan(text)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(st.lists(st.sampled_from([
     b"a", b"\xe9", b"=", b" ", b"\t", b"\r\n", b"x" * 70, b"y" * 74, b"z" * 75, b".",
     b"From ", b"\x00", b"\x7f", b"~", b" \r\n", b"\t\r\n", b"\r", b"\n"]), max_size=50)
@@ -1052,7 +1053,7 @@ _QP_PIECES = ["a", "é", "€", "=", " ", "\t", "\r\n", "x" * 70, "y" * 90, "<a 
               "\r", "\n", "\x00"]
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 # Found by hypothesis: an empty edit between the CR and the LF that end the line an
 # earlier edit touched; the line came out twice (486 characters decoded, not 198).
 @example("y" * 270 + "a" * 16 + "\r\n", "ours", [(77, 90, ""), (120, 0, "")], "utf-8")

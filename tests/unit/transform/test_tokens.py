@@ -26,6 +26,7 @@ from smtprelay.transform.tokens import (
     decode,
     encode,
 )
+from tests.support import examples
 
 MID = "018bd0e1a2b3-0123456789abcdef"
 NOW = 1_700_000_000.0
@@ -57,7 +58,7 @@ def reason(token: str, ring: KeyRing = RING, now: float = NOW) -> str:
 
 # --- round trip ------------------------------------------------------------------------
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(payloads)
 def test_every_payload_round_trips(payload: Payload) -> None:
     token = encode(payload, RING)
@@ -65,7 +66,7 @@ def test_every_payload_round_trips(payload: Payload) -> None:
     assert token.isascii() and all(c.isalnum() or c in "-_" for c in token)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(payloads, st.data())
 def test_any_single_character_change_is_rejected(payload: Payload, data: st.DataObject) -> None:
     token = encode(payload, RING)
@@ -78,7 +79,7 @@ def test_any_single_character_change_is_rejected(payload: Payload, data: st.Data
             decode(changed, RING, NOW)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(payloads, st.data())
 def test_any_single_byte_change_is_rejected(payload: Payload, data: st.DataObject) -> None:
     raw = bytearray(base64.urlsafe_b64decode(encode(payload, RING) + "=="))
@@ -213,7 +214,7 @@ def test_tokens_are_the_same_bytes_as_the_first_release_made(payload: Payload,
     assert decode(token, GOLDEN_RING, NOW) == payload
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(message_ids, recipients, times,
        st.lists(st.tuples(st.integers(0, 300), st.sampled_from([TYPICAL, "https://a.example/",
                                                                "http://b.example/?x=1"]),
