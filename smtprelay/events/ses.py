@@ -13,7 +13,6 @@ as written, and text that is not valid Unicode is written with U+FFFD in its pla
 
 from __future__ import annotations
 
-import email.header
 import email.utils
 import json
 import math
@@ -37,7 +36,7 @@ from smtprelay.events.model import (
     Subscription,
     TopicPreferences,
 )
-from smtprelay.mail import headers
+from smtprelay.mail import encoded_words, headers
 from smtprelay.spool.outbox import MailInfo, StoredEvent
 
 # The guide: headersTruncated is true "if the headers are larger than 10 KB", without
@@ -188,7 +187,7 @@ def common_headers(fields: Sequence[headers.HeaderField]) -> dict[str, Any]:
         elif key in _SINGLE and _SINGLE[key] not in single:
             name = _SINGLE[key]
             if name == "subject":
-                single[name] = _decoded(f.value)
+                single[name] = encoded_words.decode(f.value)
             elif name == "returnPath":
                 # The address alone, without the angle brackets; as written if unclear.
                 found = headers.addresses(f.value)
@@ -204,7 +203,7 @@ def _address_list(value: str) -> list[str]:
     # headers.addresses is the relay's own ambiguity check (the one From is judged by).
     if headers.addresses(value) == ["(unparseable)"]:
         return [value]
-    out = [_format_address(_decoded(name), address)
+    out = [_format_address(encoded_words.decode(name), address)
            for name, address in email.utils.getaddresses([value]) if address]
     return out or ([value] if value else [])
 
@@ -215,16 +214,6 @@ def _format_address(name: str, address: str) -> str:
     if _NEEDS_QUOTES.search(name):
         name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{name} <{address}>"
-
-
-def _decoded(value: str) -> str:
-    """RFC 2047 encoded words decoded; the value as written if they do not decode."""
-    if "=?" not in value:
-        return value
-    try:
-        return str(email.header.make_header(email.header.decode_header(value)))
-    except Exception:  # unknown charsets, bad base64, ...: the email package raises many
-        return value
 
 
 def _from_domain(mail: MailInfo, fields: Sequence[headers.HeaderField]) -> str | None:

@@ -27,7 +27,6 @@ at most the tail of the original.
 from __future__ import annotations
 
 import email.errors
-import email.header
 import email.message
 import email.parser
 import email.policy
@@ -47,6 +46,7 @@ from smtprelay.feedback.fields import (
     parse_date,
     read_header_section,
 )
+from smtprelay.mail import encoded_words
 
 MAX_INPUT = 4 * 1024 * 1024
 MAX_PARTS = 1000
@@ -226,12 +226,8 @@ def decode_words(value: str | None) -> str | None:
     """An RFC 2047 encoded header value ("=?utf-8?q?...?=") as text."""
     if value is None:
         return None
-    if "=?" not in value:
-        return value
-    try:
-        return collapse(str(email.header.make_header(email.header.decode_header(value))))
-    except (email.errors.HeaderParseError, LookupError, ValueError, UnicodeError):
-        return value
+    decoded = encoded_words.decode(value)
+    return value if decoded is value else collapse(decoded)
 
 
 @dataclass(frozen=True, slots=True)

@@ -336,3 +336,13 @@ def test_report_without_date_uses_the_receipt_time() -> None:
     assert isinstance(report, ComplaintReport) and report.date is None
     assert complaint_detail(report, ["a@example.net"], received_at=123.0,
                             new_id=lambda _: "c").timestamp == 123.0
+
+
+def test_an_encoded_word_with_a_garbled_charset_name_stays_as_written() -> None:
+    # Found by hypothesis (test_mutated_samples_never_raise): a stray byte in the
+    # charset name raised email.errors.CharsetError, and analyse gave up with
+    # "internal error while parsing".
+    raw = bytearray((DATA / "autoreply_x_autoreply.eml").read_bytes())
+    del raw[0:1]
+    raw[129] = 0x80
+    assert not isinstance(analyse(bytes(raw)), Unparseable)
