@@ -1,0 +1,59 @@
+"""Configuration: one YAML file loaded into frozen, typed objects, with every problem reported.
+
+One module per job: `values` (the value types and checks the sections use), a module
+per group of sections (`server`, `accounts`, `sets`, `delivery`), `schema` (the whole
+file and the checks that span sections) and `loading` (reading the file, ConfigError).
+The rest of smtprelay imports from here, not from the modules.
+"""
+
+from smtprelay.config.accounts import SANDBOX_QUOTA, IdentityConfig, QuotaConfig
+from smtprelay.config.delivery import DelayConfig, RetryConfig
+from smtprelay.config.loading import ENV_CONFIG, ConfigError, LoadedConfig, load_config
+from smtprelay.config.schema import Config
+from smtprelay.config.server import (
+    ImageProxyRule,
+    LimitsConfig,
+    ListenerConfig,
+    MachineDetectionConfig,
+)
+from smtprelay.config.sets import (
+    ConfigurationSetConfig,
+    EventDestinationConfig,
+    RateThresholds,
+    ReputationConfig,
+    is_simulator_address,
+)
+from smtprelay.config.values import (
+    Duration,
+    check_domain,
+    check_selector,
+    parse_host_port,
+    parse_nameserver,
+)
+
+__all__ = [
+    "ENV_CONFIG",
+    "SANDBOX_QUOTA",
+    "Config",
+    "ConfigError",
+    "ConfigurationSetConfig",
+    "DelayConfig",
+    "Duration",
+    "EventDestinationConfig",
+    "IdentityConfig",
+    "ImageProxyRule",
+    "LimitsConfig",
+    "ListenerConfig",
+    "LoadedConfig",
+    "MachineDetectionConfig",
+    "QuotaConfig",
+    "RateThresholds",
+    "ReputationConfig",
+    "RetryConfig",
+    "check_domain",
+    "check_selector",
+    "is_simulator_address",
+    "load_config",
+    "parse_host_port",
+    "parse_nameserver",
+]

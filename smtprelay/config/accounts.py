@@ -1,0 +1,99 @@
+"""Who sends: accounts (identities, quotas, static credentials, trusted networks) and
+the identities' DKIM keys and MAIL FROM domains.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from smtprelay.config.values import Model, check_domain, check_selector, normalise_identity
+
+
+class StaticCredential(Model):
+    username: str = Field(min_length=1, max_length=256)
+    password_hash: str = Field(min_length=1)
+
+    @field_validator("password_hash")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        from smtprelay.infra.passwords import is_supported_hash
+
+        if not is_supported_hash(value):
+            raise ValueError(
+                "not a password hash smtprelay understands; "
+                "create one with `smtprelay credentials hash`"
+            )
+        return value
+
+
+class QuotaConfig(Model):
+    # Recipients per second (token bucket) and per rolling 24 hours, as SES counts.
+    max_send_rate: float = Field(default=14.0, gt=0)
+    max_24h_send: int = Field(default=50_000, ge=1)
+    # Recipients that may be sent at once above the rate; default one second's worth.
+    burst: int | None = Field(default=None, ge=1)
+
+
+# SES sandbox quotas (seed: "Managing your Amazon SES sending limits").
+SANDBOX_QUOTA = QuotaConfig(max_send_rate=1.0, max_24h_send=200)
+
+
+class AccountConfig(Model):
+    identities: list[str] = Field(default_factory=list)
+    # Unset: unlimited for a production account, SES's 1/s and 200/24 h in the sandbox.
+    quota: QuotaConfig | None = None
+    sandbox: bool = False
+    default_configuration_set: str | None = None
+    credentials: list[StaticCredential] = Field(default_factory=list)
+    trusted_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("identities")
+    @classmethod
+    def _identities(cls, values: list[str]) -> list[str]:
+        return [normalise_identity(v) for v in values]
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a network in CIDR form") from None
+        return values
+
+
+class DKIMKeyConfig(Model):
+    # The key is published at <selector>._domainkey.<domain>; its type (RSA or Ed25519)
+    # is read from the PEM file and decides the algorithm (rsa-sha256, ed25519-sha256).
+    selector: str
+    key_file: Path
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        return check_selector(value)
+
+
+class IdentityConfig(Model):
+    # Every key signs every message whose From domain this identity covers (dual
+    # signing with an RSA and an Ed25519 key); none: mail is sent unsigned.
+    dkim: list[DKIMKeyConfig] = Field(default_factory=list)
+    # SES's custom MAIL FROM domain; validated now, used by the bounce-handling release.
+    mail_from_domain: str | None = None
+
+    @field_validator("dkim")
+    @classmethod
+    def _unique_selectors(cls, values: list[DKIMKeyConfig]) -> list[DKIMKeyConfig]:
+        selectors = [v.selector.lower() for v in values]
+        for selector in sorted({s for s in selectors if selectors.count(s) > 1}):
+            raise ValueError(f"selector {selector!r} is listed twice")
+        return values
+
+    @field_validator("mail_from_domain")
+    @classmethod
+    def _mail_from(cls, value: str | None) -> str | None:
+        return None if value is None else check_domain(value)

@@ -1,0 +1,164 @@
+"""The whole file: `Config`, its sections, the checks that span sections (names used
+twice, references between sections) and the paths derived from data_dir.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from smtprelay.config.accounts import AccountConfig, IdentityConfig
+from smtprelay.config.delivery import DeliveryConfig
+from smtprelay.config.server import (
+    AuthConfig,
+    HTTPConfig,
+    LimitsConfig,
+    ListenerConfig,
+    LoggingConfig,
+    ServerConfig,
+    StoreConfig,
+    TLSConfig,
+    TrackingDomainConfig,
+)
+from smtprelay.config.sets import (
+    ConfigurationSetConfig,
+    FeedbackConfig,
+    ReputationConfig,
+    SimulatorConfig,
+)
+from smtprelay.config.values import Model, check_domain, check_tracking_host
+
+
+class Config(Model):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+    listeners: list[ListenerConfig] = Field(min_length=1)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    accounts: dict[str, AccountConfig] = Field(default_factory=dict)
+    identities: dict[str, IdentityConfig] = Field(default_factory=dict)
+    configuration_sets: dict[str, ConfigurationSetConfig] = Field(default_factory=dict)
+    simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    reputation: ReputationConfig = Field(default_factory=ReputationConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    tracking_domains: dict[str, TrackingDomainConfig] = Field(default_factory=dict)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    http: HTTPConfig = Field(default_factory=HTTPConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @field_validator("identities", mode="before")
+    @classmethod
+    def _identity_domains(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        normalised: dict[str, Any] = {}
+        problems: list[str] = []
+        for name, identity in value.items():
+            try:
+                domain = check_domain(str(name))
+            except ValueError as exc:
+                problems.append(f"{exc}; the keys here are domains (mail from an address "
+                                "is signed with its domain's keys)")
+                continue
+            if domain in normalised:
+                problems.append(f"{name!r}: {domain} is listed twice")
+            normalised[domain] = identity
+        if problems:
+            raise ValueError("\n".join(problems))
+        return normalised
+
+    @field_validator("tracking_domains", mode="before")
+    @classmethod
+    def _tracking_hosts(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        normalised: dict[str, Any] = {}
+        for name, settings in value.items():
+            normalised[check_tracking_host(str(name))] = settings
+        return normalised
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        problems: list[str] = []
+        for domain, identity in self.identities.items():
+            mail_from = identity.mail_from_domain
+            if mail_from is not None and not mail_from.endswith("." + domain):
+                problems.append(
+                    f"identities.{domain}.mail_from_domain: {mail_from} must be a subdomain "
+                    f"of {domain} (such as bounce.{domain}), as SES requires")
+        for set_name, settings in self.configuration_sets.items():
+            hosts = [("tracking.domain", settings.tracking.domain)]
+            if settings.unsubscribe.one_click:
+                if settings.unsubscribe_domain is None:
+                    problems.append(
+                        f"configuration_sets.{set_name}.unsubscribe: one_click needs a host "
+                        "for the unsubscribe URL: set unsubscribe.domain or tracking.domain")
+                hosts.append(("unsubscribe.domain", settings.unsubscribe.domain))
+            for key, host in hosts:
+                if host is not None and host not in self.tracking_domains:
+                    problems.append(
+                        f"configuration_sets.{set_name}.{key}: {host} is not listed under "
+                        "tracking_domains; add it there (with its certificate for https)")
+        names = [listener.name for listener in self.listeners]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(f"listeners: the name {name!r} is used twice")
+        for account_name, account in self.accounts.items():
+            default_set = account.default_configuration_set
+            if default_set is not None and default_set not in self.configuration_sets:
+                problems.append(
+                    f"accounts.{account_name}.default_configuration_set: {default_set!r} is "
+                    "not defined under configuration_sets"
+                )
+        owners: dict[str, str] = {}
+        for account_name, account in self.accounts.items():
+            for index, cred in enumerate(account.credentials):
+                if cred.username in owners:
+                    problems.append(
+                        f"accounts.{account_name}.credentials[{index}].username: "
+                        f"{cred.username!r} is already used by account {owners[cred.username]!r}"
+                    )
+                owners[cred.username] = account_name
+        networks = [
+            (ipaddress.ip_network(net, strict=False), name)
+            for name, account in self.accounts.items()
+            for net in account.trusted_networks
+        ]
+        for i, (net_a, name_a) in enumerate(networks):
+            for net_b, name_b in networks[i + 1 :]:
+                if name_a != name_b and net_a.version == net_b.version and net_a.overlaps(net_b):
+                    problems.append(
+                        f"accounts.{name_b}.trusted_networks: {net_b} overlaps {net_a} of "
+                        f"account {name_a!r}; a client address must map to one account"
+                    )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    # Paths derived from data_dir, kept here so every module agrees on the layout.
+    @property
+    def spool_path(self) -> Path:
+        return self.server.data_dir / "spool.db"
+
+    @property
+    def state_path(self) -> Path:
+        return self.server.data_dir / "state.db"
+
+    @property
+    def tracking_keys_path(self) -> Path:
+        return self.server.data_dir / "tracking-keys.json"
+
+    @property
+    def capture_dir(self) -> Path:
+        return self.server.data_dir / "captured"
+
+    @property
+    def cert_path(self) -> Path:
+        return self.tls.cert_file or self.server.data_dir / "tls" / "cert.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return self.tls.key_file or self.server.data_dir / "tls" / "key.pem"

@@ -1,0 +1,215 @@
+"""The relay's own sections: server, TLS, listeners, limits, AUTH lockout, the HTTP
+listener (with its machine detection and tracking domains), store and logging.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from smtprelay.config.values import (
+    Duration,
+    DurationOrZero,
+    Model,
+    Network,
+    Size,
+    UserAgentRule,
+    parse_host_port,
+)
+
+
+class ServerConfig(Model):
+    hostname: str = Field(default_factory=socket.getfqdn, min_length=1)
+    data_dir: Path = Path("./var")
+    # Worker processes for click/open tracking and unsubscribe (pure Python, ~3-4 ms
+    # per 50 KB newsletter); "auto": one per core up to 4, none on a single core. 0:
+    # in the relay's own process.
+    transform_workers: int | Literal["auto"] = "auto"
+
+    @field_validator("transform_workers")
+    @classmethod
+    def _workers_in_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 64:
+            raise ValueError("must be between 0 and 64, or auto")
+        return value
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname_is_a_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", value):
+            raise ValueError(f"{value!r} is not a host name (letters, digits, dots, hyphens)")
+        return value
+
+
+class TLSConfig(Model):
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    generate_self_signed: bool = False
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    ciphers: str | None = None
+
+    @field_validator("min_version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, float | int) else value
+
+
+class ListenerConfig(Model):
+    name: str = Field(min_length=1)
+    address: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    # submission: AUTH (or trusted_networks) required, mail relayed out.
+    # feedback: inbound DSNs and complaint reports (port 25 in production): no AUTH,
+    # only VERP addresses and feedback.addresses accepted as recipients.
+    role: Literal["submission", "feedback"] = "submission"
+
+    @field_validator("address")
+    @classmethod
+    def _address_is_ip(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+        return value
+
+
+class LimitsConfig(Model):
+    max_message_size: Size = 10 * 1024 * 1024
+    max_recipients: int = Field(default=50, ge=1)
+    max_connections: int = Field(default=1000, ge=1)
+    max_connections_per_ip: int = Field(default=100, ge=1)
+    # RFC 5321 4.5.3.1.6: 1000 octets including CRLF.
+    max_line_length: int = Field(default=998, ge=78)
+    idle_timeout: Duration = 300.0
+    data_timeout: Duration = 180.0
+    tls_handshake_timeout: Duration = 30.0
+    max_errors: int = Field(default=10, ge=1)
+
+
+class AuthConfig(Model):
+    max_failures_per_ip: int = Field(default=10, ge=1)
+    max_failures_per_user: int = Field(default=10, ge=1)
+    failure_window: Duration = 600.0
+    lockout_duration: Duration = 900.0
+    verify_cache_ttl: Duration = 3600.0
+
+
+# Defaults of http.machine_detection. Substrings are matched case-insensitively;
+# "/.../" is a regular expression (re.search, case-insensitive).
+_SCANNER_USER_AGENTS = (
+    # Mail security gateways that fetch every link of a message on delivery.
+    "Barracuda", "Mimecast", "Proofpoint", "ppops", "MessageLabs", "Symantec", "IronPort",
+    "Cisco", "Forcepoint", "FireEye", "Trend Micro", "TrendMicro", "Sophos", "Fortinet",
+    "Cloudmark", "SpamTitan", "Hornetsecurity", "Zscaler",
+    # Sandboxes and scripts: browsers without a person in front of them.
+    "HeadlessChrome", "PhantomJS", "python-requests", "python-urllib", "python-httpx",
+    "aiohttp", "curl/", "Wget", "Go-http-client", "Java/", "Apache-HttpClient",
+    "libwww-perl", "node-fetch", "axios/",
+    # Crawlers and link previews (chat apps unfurling a pasted link).
+    "bot", "crawler", "spider", "preview", "facebookexternalhit", "WhatsApp",
+)
+
+
+class ImageProxyRule(Model):
+    # Mail services that fetch images on the recipient's behalf (privacy proxies,
+    # prefetching): an open from them is flagged image-proxy:<name>. A request
+    # matches when its user agent matches one of user_agents or its client IP is in
+    # one of networks.
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    user_agents: list[UserAgentRule] = Field(default_factory=list)
+    networks: list[Network] = Field(default_factory=list)
+
+
+def _default_image_proxies() -> list[ImageProxyRule]:
+    return [
+        # Apple Mail Privacy Protection downloads every image on delivery through
+        # Apple's proxies; they send just "Mozilla/5.0" and come from 17.0.0.0/8.
+        ImageProxyRule(name="apple-mail-privacy", user_agents=["/^Mozilla/5\\.0$/"],
+                       networks=["17.0.0.0/8"]),
+        ImageProxyRule(name="gmail", user_agents=["GoogleImageProxy"]),
+        ImageProxyRule(name="yahoo", user_agents=["YahooMailProxy"]),
+    ]
+
+
+class MachineDetectionConfig(Model):
+    # Engagements these rules match are still recorded, with machine: true and the
+    # rule as the reason; nothing is dropped. HEAD requests always count as machine.
+    # A click this soon after the message was accepted (mail scanners follow every
+    # link within seconds of delivery); 0 turns the rule off. Opens are not timed:
+    # image proxies are the rule for them.
+    too_fast: DurationOrZero = 2.0
+    # A request without a User-Agent header (browsers always send one).
+    empty_user_agent: bool = True
+    # Scanners, scripts, crawlers and link previews, for opens and clicks.
+    user_agents: list[UserAgentRule] = Field(
+        default_factory=lambda: list(_SCANNER_USER_AGENTS))
+    # Privacy proxies that prefetch images, for opens.
+    image_proxies: list[ImageProxyRule] = Field(default_factory=_default_image_proxies)
+
+    @field_validator("image_proxies")
+    @classmethod
+    def _unique_names(cls, values: list[ImageProxyRule]) -> list[ImageProxyRule]:
+        names = [v.name for v in values]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"the image proxy name {name!r} is used twice")
+        return values
+
+
+class HTTPConfig(Model):
+    listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:8080"])
+    # The same routes over TLS, with a certificate per tracking domain chosen by SNI.
+    tls_listen: list[str] = Field(default_factory=list)
+    # Opens and clicks later than this after acceptance still redirect (or get the
+    # pixel) but make no event: old mail re-opened years later is not engagement
+    # worth reporting, and a leaked link cannot be replayed forever into the stats.
+    tracking_window: Duration = 60 * 86400.0
+    # Proxies and CDNs whose X-Forwarded-For / Forwarded headers are believed.
+    trusted_proxies: list[Network] = Field(default_factory=list)
+    # A connection must deliver a whole request head (and a POST body) this soon
+    # after it opened or after the previous response, else it is closed; also the
+    # idle keep-alive limit. Slow clients (slowloris) cannot hold sockets longer.
+    read_timeout: Duration = 15.0
+    machine_detection: MachineDetectionConfig = Field(default_factory=MachineDetectionConfig)
+    # Name of the environment variable holding the admin API's bearer token
+    # (/api/v1 on every http listener). Unset, or the variable empty: no admin API.
+    admin_token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("listen", "tls_listen")
+    @classmethod
+    def _host_ports(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parse_host_port(value)
+        return values
+
+
+class TrackingDomainConfig(Model):
+    # Certificate served by SNI for https tracking links on this host name; without
+    # one, https links need a proxy or CDN in front that ends TLS.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # JSON files served as /.well-known/apple-app-site-association and
+    # /.well-known/assetlinks.json on this host, so app deep links (universal
+    # links, Android app links) keep working through tracked links.
+    apple_app_site_association: Path | None = None
+    assetlinks: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TrackingDomainConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        return self
+
+
+class StoreConfig(Model):
+    backend: Literal["sqlite"] = "sqlite"
+
+
+class LoggingConfig(Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
