@@ -19,7 +19,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtprelay.config import parse_nameserver
 from smtprelay.delivery.dns import MXResolver, MXResult, Resolution, mail_domain
 from smtprelay.delivery.model import Destination
 from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401
@@ -527,15 +526,6 @@ async def test_resolve_host_failures_are_all_temporary(server: TestDNSServer,
 
 
 # --- configuration ----------------------------------------------------------------------
-
-@pytest.mark.parametrize(("text", "address", "port"), [
-    ("127.0.0.1:5353", "127.0.0.1", 5353), ("127.0.0.1", "127.0.0.1", 53),
-    ("[::1]:5353", "::1", 5353), ("[::1]", "::1", 53), ("::1", "::1", 53),
-    (" 127.0.0.53 ", "127.0.0.53", 53)])
-def test_nameserver_forms(text: str, address: str, port: int) -> None:
-    nameserver = parse_nameserver(text)
-    assert (nameserver.address, nameserver.port) == (address, port)
-
 
 @pytest.mark.parametrize("text", ["dns.example.test", "127.0.0.1:0", "127.0.0.1:70000",
                                   "[::1]5353", "", "127.0.0.1:x", "[::1]:",
