@@ -61,7 +61,10 @@ class RelayProcess:
     """
 
     def __init__(self, limits: dict[str, Any] | None = None, log_level: str = "info",
-                 delivery: dict[str, Any] | None = None) -> None:
+                 delivery: dict[str, Any] | None = None, source: Path | None = None) -> None:
+        # `source`: another checkout of smtprelay to run instead of this one (a
+        # baseline commit beside the new one, measured in the same run).
+        self.source = source
         self.root = Path(tempfile.mkdtemp(prefix="smtprelay-bench-", dir="/tmp"))
         self.submission_port = free_port()
         self.submissions_port = free_port()
@@ -87,14 +90,28 @@ class RelayProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def command(self) -> list[str]:
+        return [SMTPRELAY] if self.source is None else [sys.executable, "-m", "smtprelay"]
+
+    @property
+    def environment(self) -> dict[str, str] | None:
+        """With a `source`, that checkout first on the path (and nothing of this one)."""
+        if self.source is None:
+            return None
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(self.source)
+        return env
+
+    @property
     def spool_path(self) -> Path:
         return self.root / "var" / "spool.db"  # config.spool_path for data_dir ./var
 
     def start(self) -> RelayProcess:
         with self.log_path.open("wb") as log:
             # stderr goes to a file, not a pipe nobody reads, so logging never blocks.
-            self.proc = subprocess.Popen([SMTPRELAY, "serve", "-c", str(self.config_path)],
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([*self.command, "serve", "-c", str(self.config_path)],
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.environment)
         try:
             wait_for_banner(self.submission_port)
             wait_for_banner(self.submissions_port, plain=False)
@@ -109,9 +126,9 @@ class RelayProcess:
         return self.proc.pid
 
     def credential(self, account: str = "bench") -> tuple[str, str]:
-        out = subprocess.run([SMTPRELAY, "credentials", "create", account, "--json", "-c",
-                              str(self.config_path)], capture_output=True, text=True,
-                             check=True, timeout=60).stdout
+        out = subprocess.run([*self.command, "credentials", "create", account, "--json",
+                              "-c", str(self.config_path)], capture_output=True, text=True,
+                             check=True, timeout=60, env=self.environment).stdout
         data = json.loads(out)
         return str(data["username"]), str(data["password"])
 

@@ -285,9 +285,8 @@ class Target(Protocol):
 
 
 class RelayTarget:
-    name = "smtprelay"
-
-    def __init__(self, relay: RelayProcess) -> None:
+    def __init__(self, relay: RelayProcess, name: str = "smtprelay") -> None:
+        self.name = name
         self.relay = relay
         self.port = relay.submission_port
         self.user, self.password = relay.credential()
@@ -768,6 +767,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="mx: Postfix looks up example.net's MX like smtprelay (private "
                         "mount namespace for resolv.conf); static: relayhost [sink]:port")
     p.add_argument("--no-postfix", action="store_true", help="measure smtprelay only")
+    p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                   help="also run the smtprelay in CHECKOUT (an older commit, e.g. from "
+                        "`git worktree add`), interleaved, and print this/baseline")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy cell")
     p.add_argument("--profile-sessions", type=int, default=50)
     p.add_argument("--profile-size", type=int, default=2048)
@@ -786,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     resolver: CachingResolver | None = None
     sink: Sink | None = None
     relay: RelayProcess | None = None
+    baseline: RelayProcess | None = None
     peer: BenchmarkPeer | None = None
     targets: list[Target] = []
     runs: list[dict[str, Any]] = []
@@ -812,6 +815,15 @@ def main(argv: list[str] | None = None) -> int:
         relay.start()
         relay_target = RelayTarget(relay)
         targets.append(relay_target)
+        if args.baseline is not None:
+            baseline = RelayProcess(
+                limits={"max_connections": 5000, "max_connections_per_ip": 5000},
+                log_level=args.log_level, source=args.baseline.resolve(),
+                delivery={"mode": "mx", "port": sink.port,
+                          "dns": {"nameservers": [nameserver]},
+                          "max_connections_per_domain": args.dest_concurrency})
+            baseline.start()
+            targets.append(RelayTarget(baseline, "baseline"))
         if not args.no_postfix:
             peer = postfix_relay(args.postfix_route, sink, args.dest_concurrency)
             peer.start()
@@ -845,6 +857,8 @@ def main(argv: list[str] | None = None) -> int:
             target.close()
         if relay is not None:
             relay.stop()
+        if baseline is not None:
+            baseline.stop()
         if peer is not None:
             peer.stop()
         if sink is not None:
@@ -859,7 +873,9 @@ def main(argv: list[str] | None = None) -> int:
     if profiled is not None:
         print_profile(profiled)
     path = write_result("delivery", {"when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                     "smtprelay": source_version(), "args": vars(args),
+                                     "smtprelay": source_version(),
+                                     "args": {k: str(v) if isinstance(v, Path) else v
+                                              for k, v in vars(args).items()},
                                      "resolver": resolver_note,
                                      "table": table, "profile": profiled, "runs": runs})
     print(f"results: {path}")
@@ -880,7 +896,7 @@ def summarise(runs: list[dict[str, Any]], cells: list[tuple[int, int]]) -> list[
     table = []
     for sessions, size in cells:
         row: dict[str, Any] = {"sessions": sessions, "size": size}
-        for name in ("smtprelay", "postfix"):
+        for name in ("smtprelay", "baseline", "postfix"):
             cell = [r for r in runs if r["target"] == name and r["sessions"] == sessions
                     and abs(r["size"] - size) < 1024]
             if cell:
@@ -892,6 +908,11 @@ def summarise(runs: list[dict[str, Any]], cells: list[tuple[int, int]]) -> list[
         postfix_rate = row.get("postfix", {}).get("delivered_msgs_per_s")
         if relay_rate and postfix_rate:
             row["ratio"] = round(relay_rate / postfix_rate, 2)
+        baseline_rate = row.get("baseline", {}).get("delivered_msgs_per_s")
+        if relay_rate and baseline_rate:
+            row["vs_baseline"] = round(relay_rate / baseline_rate, 2)
+            row["accept_vs_baseline"] = round(
+                row["smtprelay"]["accept_msgs_per_s"] / row["baseline"]["accept_msgs_per_s"], 2)
         table.append(row)
     return table
 
@@ -911,6 +932,12 @@ def print_table(table: list[dict[str, Any]], args: argparse.Namespace) -> None:
                         f"{r.get('p99_ms', '-')!s:>7} {r.get('cpu_ms_per_msg', '-')!s:>6}")
         print(f"{row['sessions']:>8} {row['size'] // 1024:>4}KB | {'':9} {cols[0]} | "
               f"{'':7} {cols[1]} | {row.get('ratio', '-')}")
+        if "baseline" in row:
+            base = row["baseline"]
+            print(f"{'':>8} {'':>6} | baseline  {base['delivered_msgs_per_s']!s:>11} "
+                  f"{base['p50_ms']!s:>7} {base['p99_ms']!s:>7} {base['cpu_ms_per_msg']!s:>6} | "
+                  f"this/baseline: delivered {row.get('vs_baseline', '-')}, accepted "
+                  f"{row.get('accept_vs_baseline', '-')}")
 
 
 def print_profile(summary: dict[str, Any]) -> None:

@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--total", type=int, default=3000, help="messages per cell and run")
     p.add_argument("--duration", type=float, default=20.0, help="time bound per cell and run")
     p.add_argument("--no-postfix", action="store_true", help="measure smtprelay only")
+    p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                   help="also run the smtprelay in CHECKOUT (an older commit, e.g. from "
+                        "`git worktree add`), interleaved, and print this/baseline")
     p.add_argument("--transforms", nargs="?", const="50k-html", metavar="MESSAGE",
                    help="smtprelay only: MESSAGE (2k-text, 50k-html, 1m-html or a file) "
                         "through a set with tracking + unsubscribe against a set without, "
@@ -80,11 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     relay = RelayProcess(limits={"max_connections": 5000, "max_connections_per_ip": 5000})
     peer = None if args.no_postfix else benchmark_peer("bench", secrets.token_hex(12))
+    baseline = None if args.baseline is None else RelayProcess(
+        limits={"max_connections": 5000, "max_connections_per_ip": 5000},
+        source=args.baseline.resolve())
     try:
         relay.start()
         relay_user, relay_password = relay.credential()
         targets: dict[str, tuple[int, str, str]] = {
             "smtprelay": (relay.submission_port, relay_user, relay_password)}
+        if baseline is not None:
+            baseline.start()
+            targets["baseline"] = (baseline.submission_port, *baseline.credential())
         if peer is not None:
             peer.start()
             targets["postfix"] = (peer.port, peer.username, peer.password)
@@ -107,13 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         peak_rss_kib = proc_status(relay.pid, "VmHWM")
     finally:
         relay.stop()
+        if baseline is not None:
+            baseline.stop()
         if peer is not None:
             peer.stop()
 
     table = []
     for sessions, size in cells:
         row: dict[str, Any] = {"sessions": sessions, "size": size}
-        for name in ("smtprelay", "postfix"):
+        for name in ("smtprelay", "baseline", "postfix"):
             cell = [r for r in runs if r["target"] == name and r["sessions"] == sessions
                     and r["size"] == size]
             if cell:
@@ -126,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         if "postfix" in row and row["postfix"]["msgs_per_s"]:
             row["ratio"] = round(row["smtprelay"]["msgs_per_s"] / row["postfix"]["msgs_per_s"],
                                  2)
+        if "baseline" in row and row["baseline"]["msgs_per_s"]:
+            row["vs_baseline"] = round(
+                row["smtprelay"]["msgs_per_s"] / row["baseline"]["msgs_per_s"], 2)
         table.append(row)
 
     print(f"\nmedians of {args.repeats} runs, {args.messages_per_session} messages/session, "
@@ -139,9 +153,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{relay_row['msgs_per_s']:>15} {relay_row['p50_ms']:>7} {relay_row['p99_ms']:>7} | "
               f"{pf.get('msgs_per_s', '-'):>13} {pf.get('p50_ms', '-'):>7} "
               f"{pf.get('p99_ms', '-'):>7} | {row.get('ratio', '-'):>5}")
+        if "baseline" in row:
+            base = row["baseline"]
+            print(f"{'':>8} {'':>6} | baseline {base['msgs_per_s']:>6} {base['p50_ms']:>7} "
+                  f"{base['p99_ms']:>7} | this/baseline {row['vs_baseline']}")
     print(f"smtprelay peak RSS (VmHWM): {peak_rss_kib / 1024:.1f} MiB")
     path = write_result("submit", {"when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                   "args": vars(args), "table": table,
+                                   "args": {k: str(v) if isinstance(v, Path) else v
+                                            for k, v in vars(args).items()},
+                                   "table": table,
                                    "smtprelay_peak_rss_kib": peak_rss_kib, "runs": runs})
     print(f"results: {path}")
     return 0
