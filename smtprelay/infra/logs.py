@@ -53,6 +53,12 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     atexit.register(listener.stop)
     root = logging.getLogger()
     root.handlers[:] = [_DeferredQueueHandler(records)]  # type: ignore[arg-type]
+    # Neither format shows the caller's file, line, thread or process: skip finding
+    # them for each record, a stack walk on the event loop per logged line.
+    logging._srcfile = None  # type: ignore[attr-defined]  # the documented switch
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root.setLevel(level.upper())
     # aiohttp and asyncio report every dropped connection; a mail server sees many.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)

@@ -92,6 +92,16 @@ def _field(name: str, parts: list[bytes], start: int, end: int) -> HeaderField:
     return HeaderField(name=name, value=value, start=start, end=end)
 
 
+def content_type(fields: list[HeaderField]) -> str:
+    """The media type of the message's top level as Python's email package reads it:
+    text/plain without a Content-Type field or with a value it cannot read."""
+    for field in fields:
+        if field.key == "content-type":
+            media = field.value.split(";", 1)[0].strip().lower()
+            return media if media.count("/") == 1 else "text/plain"
+    return "text/plain"
+
+
 def addresses(value: str) -> list[str]:
     """The addresses in an address-list header; "(unparseable)" when it is ambiguous.
 

@@ -17,7 +17,13 @@ from smtprelay.config import Config, ConfigurationSetConfig
 from smtprelay.events import records
 from smtprelay.infra import metrics
 from smtprelay.mail import replies as R
-from smtprelay.mail.headers import HeaderField, MalformedHeader, addresses, parse_header_section
+from smtprelay.mail.headers import (
+    HeaderField,
+    MalformedHeader,
+    addresses,
+    content_type,
+    parse_header_section,
+)
 from smtprelay.mail.replies import Reply
 from smtprelay.policy import configuration_sets, content, identities
 from smtprelay.policy.quota import Quotas
@@ -174,7 +180,8 @@ class Pipeline:
             received_at=submission.received_at))
         settings = self._config.configuration_sets.get(choice.name) if choice.name else None
         transformed = await self._transform(message_id, data, len(recipients),
-                                            submission.received_at, settings)
+                                            submission.received_at, settings,
+                                            content_type(fields))
         if isinstance(transformed, Reply):
             return transformed
         data = transformed.data
@@ -242,14 +249,14 @@ class Pipeline:
         return R.accepted(message_id)
 
     async def _transform(self, message_id: str, data: bytes, recipient_count: int,
-                         received_at: float, settings: ConfigurationSetConfig | None
-                         ) -> tracking.Result | Reply:
+                         received_at: float, settings: ConfigurationSetConfig | None,
+                         media_type: str) -> tracking.Result | Reply:
         """Tracking and unsubscribe as the configuration set asks, or the refusal."""
         if self.transformer is None:
             return tracking.Result(data)
         apply = functools.partial(self.transformer.apply, data, message_id=message_id,
                                   recipient_count=recipient_count, issued_at=received_at,
-                                  settings=settings)
+                                  settings=settings, media_type=media_type)
         try:
             if self.transform_pool is not None and tracking.changes_anything(settings):
                 result = await self.transform_pool.apply(

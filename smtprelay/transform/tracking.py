@@ -65,9 +65,17 @@ class Transformer:
         self.keyring = keyring
 
     def apply(self, data: bytes, *, message_id: str, recipient_count: int, issued_at: float,
-              settings: ConfigurationSetConfig | None) -> Result:
-        """The message as the set wants it delivered. DuplicateOpenTracker: refuse it."""
+              settings: ConfigurationSetConfig | None, media_type: str | None = None) -> Result:
+        """The message as the set wants it delivered. DuplicateOpenTracker: refuse it.
+
+        `media_type`: the top level's Content-Type as the pipeline read it
+        (mail.headers.content_type), when known.
+        """
         if settings is None or not changes_anything(settings):
+            if media_type == "text/plain":
+                # One text/plain part: there is no HTML whose ses:* markup would go,
+                # so the scan of every byte for markers is not needed either.
+                return Result(data)
             return self._clean_up(data)
         tracking = settings.tracking
         recipient: int | None = 0 if recipient_count == 1 else None

@@ -183,7 +183,7 @@ def test_http_links_keep_their_scheme_by_default(relay: RunningRelay) -> None:
 
 def test_several_recipients_get_whole_message_tokens_and_no_unsubscribe(
         relay: RunningRelay, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "smtprelay.submission.pipeline")
+    caplog.set_level(logging.INFO, "smtprelay.pipeline")
     data = delivered(relay, newsletter(), rcpts=("a@example.net", "b@example.net"))
     html = parts(data)["text/html"]
     payloads = [p for _, p in decoded_tokens(relay, html)]
@@ -296,7 +296,7 @@ def test_a_20_mb_html_part_is_tracked_in_a_worker_and_otherwise_kept(tmp_path: P
 ])
 def test_unreadable_parts_go_out_untouched(relay: RunningRelay, part: str, problem: str | None,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "smtprelay.submission.pipeline")
+    caplog.set_level(logging.INFO, "smtprelay.pipeline")
     data = ("From: app@example.com\r\nTo: someone@example.net\r\nSubject: odd\r\n"
             f"X-SES-CONFIGURATION-SET: {TRACKED}\r\nMIME-Version: 1.0\r\n"
             "Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n"
@@ -444,7 +444,7 @@ def test_a_worker_dying_with_the_message_gives_451_and_loses_nothing(
 
 def test_a_message_whose_worker_dies_is_tried_once_more_on_a_fresh_one(
         relay: RunningRelay, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, "smtprelay.transform.tracking")
+    caplog.set_level(logging.WARNING, "smtprelay.transforms")
     before = {m["id"] for m in spooled(relay.config)}
     big = catalogue()
     pool = relay.relay._pipeline.transform_pool

@@ -76,7 +76,7 @@ def test_a_set_over_the_pause_threshold_is_paused_once_and_logged(
     guard = make_guard(spool, pauses, clock, pause_accounts=False)
     add(spool, "acme", "news", NOW, delivery=90, bounce=10)
     add(spool, "acme", "ok", NOW, delivery=1000)
-    caplog.set_level(logging.INFO, "smtprelay.policy.reputation")
+    caplog.set_level(logging.INFO, "smtprelay.reputation")
     asyncio.run(guard.check())
     assert "news" in pauses and "ok" not in pauses
     assert pauses["news"].reason == "reputation" and "10.00%" in pauses["news"].detail
@@ -99,7 +99,7 @@ def test_a_resumed_set_is_judged_only_after_the_resume(
     pauses.store.resume("news", now=NOW + 30)  # as the CLI does, at the test's time
     pauses.store.resume("acme", scope="account", now=NOW + 30)
     pauses.refresh()
-    caplog.set_level(logging.INFO, "smtprelay.policy.reputation")
+    caplog.set_level(logging.INFO, "smtprelay.reputation")
     clock[0] = NOW + 60
     asyncio.run(guard.check())
     assert "news" not in pauses and "acme" not in pauses.accounts

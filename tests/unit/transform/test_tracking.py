@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smtprelay.config import ConfigurationSetConfig
-from smtprelay.mail.headers import parse_header_section
+from smtprelay.mail.headers import content_type, parse_header_section
 from smtprelay.transform import tokens, unsubscribe
 from smtprelay.transform.links import OPEN_TRACKER, DuplicateOpenTracker
 from smtprelay.transform.tracking import Transformer
@@ -107,3 +107,47 @@ def test_every_token_in_a_tracked_message_verifies(recipients: int, https: bool)
     assert sorted(kinds) == (["c", "c", "o", "u"] if recipients == 1 else ["c", "c", "o"])
     for _, token in found:
         assert tokens.decode(token, RING, 1_700_000_200).recipient == expected_recipient
+
+
+# --- the text/plain shortcut: the pipeline passes the top level's media type -----------
+
+_TYPES = st.sampled_from([
+    None, "text/plain", "TEXT/PLAIN; charset=utf-8", "text/html", "Text/HTML", "text/plain ;x",
+    "multipart/alternative; boundary=b", "multipart/mixed; boundary=\"b\"", "textplain",
+    "text/plain/x", "message/rfc822", "text/html\r\n\t; charset=utf-8", "text/\r\n html"])
+_BODIES = st.sampled_from([
+    b"Just text with ses:no-track in it.\r\n",
+    b'<a href="https://example.com/" ses:no-track>x</a>\r\n',
+    b"--b\r\nContent-Type: text/html\r\n\r\n<a ses:tags=\"a:b\" href=\"http://x/\">x</a>\r\n"
+    b"--b--\r\n",
+    b"--b\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    b"PGEgc2VzOm5vLXRyYWNrIGhyZWY9Imh0dHA6Ly94LyI+eDwvYT4=\r\n--b--\r\n",
+])
+
+
+@given(_TYPES, _BODIES)
+def test_the_media_type_shortcut_changes_nothing(ctype: str | None, body: bytes) -> None:
+    head = b"From: a@example.com\r\nSubject: s\r\n"
+    if ctype is not None:
+        head += b"Content-Type: " + ctype.encode() + b"\r\n"
+    data = head + b"\r\n" + body
+    fields = parse_header_section(data)
+    transformer = Transformer(RING)
+    for settings in (None, ConfigurationSetConfig()):
+        without = transformer.apply(data, message_id=MID, recipient_count=1,
+                                    issued_at=1_700_000_100.5, settings=settings)
+        with_type = transformer.apply(data, message_id=MID, recipient_count=1,
+                                      issued_at=1_700_000_100.5, settings=settings,
+                                      media_type=content_type(fields))
+        assert with_type.data == without.data
+        assert with_type.problems == without.problems
+
+
+def test_content_type_reads_the_top_level_as_the_email_package_does() -> None:
+    for value, media in (("text/HTML; charset=utf-8", "text/html"), ("garbage", "text/plain"),
+                         ("a/b/c", "text/plain"), (" Multipart/Mixed ; boundary=x",
+                                                    "multipart/mixed")):
+        data = b"Content-Type: " + value.encode() + b"\r\n\r\nx"
+        assert content_type(parse_header_section(data)) == media
+        assert email.message_from_bytes(data).get_content_type() == media
+    assert content_type(parse_header_section(b"Subject: s\r\n\r\nx")) == "text/plain"
