@@ -230,14 +230,18 @@ def _starttls_injection(cred: Credential) -> list[Step]:
             *ehlo_tls(), *login(cred), *good_message()]
 
 
-def _smuggle(ending: bytes) -> Callable[[Credential], list[Step]]:
-    """A body with a fake end of data `ending` and a smuggled second transaction."""
+def _smuggle(ending: bytes, padding: int = 0) -> Callable[[Credential], list[Step]]:
+    """A body with a fake end of data `ending` and a smuggled second transaction
+    (after `padding` lines of 78 octets: a message longer than a line takes another
+    path through the checks)."""
     smuggled = (b"MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n"
                 b"From: evil@example.com\r\n\r\n" + EVIL_MARKER + b" smuggled\r\n")
+    lines = b"x" * 76 + b"\r\n"
 
     def script(cred: Credential) -> list[Step]:
+        body = lines * padding + b"hi" + ending + smuggled
         return [*tls_login(cred), *mail_rcpt_data(),
-                Send(evil_body(body=b"hi" + ending + smuggled) + b".\r\n"), BARE_EOL,
+                Send(evil_body(body=body) + b".\r\n"), BARE_EOL,
                 # Exactly one reply: the next command's answer comes straight after.
                 Send(b"NOOP\r\n"), OK, *good_message()]
     return script
@@ -405,6 +409,10 @@ CASES = [
     Case("smuggle_cr_dot_cr", _smuggle(b"\r.\r")),
     Case("smuggle_crlf_dot_cr", _smuggle(b"\r\n.\r")),
     Case("smuggle_bare_lf_line", _smuggle(b"\n")),
+    # As many bare CR as bare LF: counting each alone cannot tell them from CRLF pairs.
+    Case("smuggle_lf_dot_cr", _smuggle(b"\n.\r")),
+    Case("smuggle_lf_dot_cr_long_message", _smuggle(b"\n.\r", padding=40)),
+    Case("smuggle_lf_dot_lf_long_message", _smuggle(b"\n.\n", padding=40)),
     Case("starttls_twice", _starttls_twice),
     Case("implicit_tls_starttls", _implicit_starttls, "submissions"),
     Case("starttls_command_injection", _starttls_injection),
