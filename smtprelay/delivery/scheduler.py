@@ -19,7 +19,6 @@ transaction and the sender's own address, as before; our DSNs keep the null send
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -35,6 +34,7 @@ from smtprelay.delivery.notify_sender import DSNFactory
 from smtprelay.delivery.retry import delay_type, next_retry
 from smtprelay.events import records
 from smtprelay.infra import metrics
+from smtprelay.infra.background import BackgroundLoop
 from smtprelay.spool.model import (
     EventRecord,
     Outcome,
@@ -98,17 +98,15 @@ class Scheduler:
         self._rng = rng or random.Random()
         self._clock = clock
         self._slots = asyncio.Semaphore(max_concurrent)
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop("scheduler", self._round)
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._stopping = False
 
     def wake(self) -> None:
         """A message was spooled: look now instead of at the next poll."""
-        self._wake.set()
+        self._loop.wake()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="scheduler")
+        self._loop.start()
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming; give deliveries under way `grace` seconds, then cancel them.
@@ -116,10 +114,7 @@ class Scheduler:
         A cancelled delivery's recipients stay `sending` in the spool and are handed
         back at the next start: at-least-once, never lost.
         """
-        self._stopping = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
+        await self._loop.stop(finish_round=True)
         if self._in_flight:
             _, pending = await asyncio.wait(self._in_flight, timeout=grace)
             for task in pending:
@@ -127,27 +122,23 @@ class Scheduler:
             if pending:
                 await asyncio.wait(pending, timeout=5)
 
-    async def _run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                claimed = await self._spool.claim_due(self._clock(), _CLAIM_BATCH)
-            except Exception as exc:
-                log.error("scheduler could not read the spool: %s", exc)
-                claimed = []
-            for message in claimed:
-                await self._slots.acquire()
-                if self._stopping:
-                    self._slots.release()
-                    break
-                task = asyncio.create_task(self._deliver(message))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
-            if len(claimed) == _CLAIM_BATCH:
-                continue  # more may be due: no sleep
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(await self._sleep_time()):
-                    await self._wake.wait()
+    async def _round(self) -> float:
+        try:
+            claimed = await self._spool.claim_due(self._clock(), _CLAIM_BATCH)
+        except Exception as exc:
+            log.error("scheduler could not read the spool: %s", exc)
+            claimed = []
+        for message in claimed:
+            await self._slots.acquire()
+            if self._loop.stopping:
+                self._slots.release()
+                break
+            task = asyncio.create_task(self._deliver(message))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        if len(claimed) == _CLAIM_BATCH:
+            return 0  # more may be due: no sleep
+        return await self._sleep_time()
 
     async def _sleep_time(self) -> float:
         """Until the next deferred recipient is due, at most _IDLE_POLL (operators change

@@ -41,6 +41,7 @@ from smtprelay.config import Config, EventDestinationConfig
 from smtprelay.events.ses import stored_to_json
 from smtprelay.events.webhook import WebhookDestination, WebhookFailure
 from smtprelay.infra import metrics
+from smtprelay.infra.background import BackgroundLoop
 from smtprelay.infra.safeio import fsync_dir, write_durably
 from smtprelay.spool.outbox import StoredEvent
 from smtprelay.spool.store import Spool
@@ -194,8 +195,7 @@ class _Worker:
         self.target = target
         self._publisher = publisher
         self.position = position  # the last event id handed over (and saved)
-        self.wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop(f"events {target.key}", self._round)
         self._delay = 0.0
         self._retry_at = 0.0  # time.monotonic() of the next attempt while failing
         self._failures = 0
@@ -213,15 +213,14 @@ class _Worker:
         return self._retry_at > time.monotonic()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"events {self.target.key}")
+        self._loop.start()
+
+    def wake(self) -> None:
+        self._loop.wake()
 
     async def stop(self) -> None:
         """Cancel the task; a batch half handed over saves its progress first."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     async def close(self) -> None:
         if self._webhook is not None:
@@ -231,24 +230,20 @@ class _Worker:
         with contextlib.suppress(KeyError):
             metrics.EVENT_DESTINATION_PENDING.remove(*self._labels.values())
 
-    async def _run(self) -> None:
-        while True:
-            pause = self._retry_at - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
-            self.wake.clear()
-            try:
-                more = await self.publish_batch()
-            except Exception as exc:  # the spool could not be read or written
-                log.error("events destination %s: reading or saving its position in the "
-                          "outbox failed, retrying: %s", self.target.config_key, exc)
-                self._back_off()
-                more = False
-            if more or self.backing_off:
-                continue  # straight on, or to the backoff's sleep above
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_IDLE):
-                    await self.wake.wait()
+    async def _round(self) -> float:
+        pause = self._retry_at - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)  # backing off: new events do not cut it short
+        try:
+            more = await self.publish_batch()
+        except Exception as exc:  # the spool could not be read or written
+            log.error("events destination %s: reading or saving its position in the "
+                      "outbox failed, retrying: %s", self.target.config_key, exc)
+            self._back_off()
+            more = False
+        if more or self.backing_off:
+            return 0  # straight on, or to the backoff's sleep above
+        return _IDLE
 
     async def final_pass(self) -> None:
         """At a clean stop: what can go now goes (skipped while backing off)."""
@@ -434,7 +429,7 @@ class Publisher:
 
     def _wake_all(self) -> None:
         for worker in self._workers.values():
-            worker.wake.set()
+            worker.wake()
 
     async def stop(self) -> None:
         if self._supervisor is not None:

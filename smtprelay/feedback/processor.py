@@ -24,7 +24,6 @@ Every ``_MAINTENANCE_SECONDS`` it also purges unmatched reports past
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from smtprelay.feedback import actions
 from smtprelay.feedback.inbox import UNMATCHED, FeedbackInbox, Report, Verdict
 from smtprelay.feedback.recorder import FeedbackRecorder
 from smtprelay.infra import metrics
+from smtprelay.infra.background import BackgroundLoop
 from smtprelay.spool.sent import SENT_INDEX_RETENTION, SentMessage
 from smtprelay.spool.store import Spool
 from smtprelay.transform.tokens import KeyRing
@@ -59,44 +59,34 @@ class FeedbackProcessor:
         self._config = config
         self._keyring = keyring
         self._rules = rules
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop("feedback-processor", self._round)
+        self._next_maintenance = 0.0
 
     def wake(self) -> None:
         """A report was stored: look now instead of at the next poll."""
-        self._wake.set()
+        self._loop.wake()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="feedback-processor")
+        self._next_maintenance = 0.0
+        self._loop.start()
 
     async def stop(self) -> None:
         """Stop between steps; a batch cut short is processed again at the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        next_maintenance = 0.0
-        while True:
-            self._wake.clear()
-            if time.monotonic() >= next_maintenance:
-                next_maintenance = time.monotonic() + _MAINTENANCE_SECONDS
-                await self._maintain()
-            try:
-                processed = await self.process_batch()
-            except Exception as exc:
-                log.error("feedback processing failed, trying again in %.0fs: %s",
-                          _RETRY_SECONDS, exc)
-                await asyncio.sleep(_RETRY_SECONDS)
-                continue
-            if processed:
-                await asyncio.sleep(0)  # other tasks first, then the next batch
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_IDLE_POLL):
-                    await self._wake.wait()
+    async def _round(self) -> float:
+        if time.monotonic() >= self._next_maintenance:
+            self._next_maintenance = time.monotonic() + _MAINTENANCE_SECONDS
+            await self._maintain()
+        try:
+            processed = await self.process_batch()
+        except Exception as exc:
+            log.error("feedback processing failed, trying again in %.0fs: %s",
+                      _RETRY_SECONDS, exc)
+            await asyncio.sleep(_RETRY_SECONDS)  # not cut short by a wake
+            return 0
+        # Straight on (after other tasks) while there is more, else until woken.
+        return 0 if processed else _IDLE_POLL
 
     async def process_batch(self) -> int:
         """Process the oldest pending reports; how many (0: the inbox is empty)."""
