@@ -18,7 +18,14 @@ from collections.abc import Callable
 
 from smtprelay.delivery.dsn_compose import FailedRecipient, build_dsn, should_send_dsn
 from smtprelay.mail.headers import MalformedHeader, parse_header_section
-from smtprelay.spool.model import Envelope, NewMessage, Outcome, QueuedMessage, new_message_id
+from smtprelay.spool.model import (
+    Envelope,
+    MessageAttributes,
+    NewMessage,
+    Outcome,
+    QueuedMessage,
+    new_message_id,
+)
 
 log = logging.getLogger("smtprelay.delivery")
 
@@ -66,4 +73,4 @@ class DSNFactory:
                               smtputf8=not sender.isascii(), body_8bitmime=not data.isascii()),
             data=data, account=message.account, configuration_set=None, received_at=now,
             client_ip="127.0.0.1", client_helo=self.reporting_mta, auth_user=None,
-            listener=DSN_LISTENER, attrs={"dsn_for": message.message_id})
+            listener=DSN_LISTENER, attrs=MessageAttributes(dsn_for=message.message_id))

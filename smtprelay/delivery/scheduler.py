@@ -232,7 +232,7 @@ class Scheduler:
 
     def _events(self, message: QueuedMessage,
                 updates: list[RecipientUpdate]) -> tuple[EventRecord, ...]:
-        if not message.attrs.get("events"):
+        if not message.attrs.events:
             return ()
         addresses = {r.index: r.address for r in message.recipients}
         return records.attempt(

@@ -57,7 +57,13 @@ from smtprelay.delivery.scheduler import Transport
 from smtprelay.events import records
 from smtprelay.events.model import Complaint, new_event_id
 from smtprelay.mail.headers import HeaderField, MalformedHeader, addresses, parse_header_section
-from smtprelay.spool.model import Envelope, NewMessage, QueuedMessage, new_message_id
+from smtprelay.spool.model import (
+    Envelope,
+    MessageAttributes,
+    NewMessage,
+    QueuedMessage,
+    new_message_id,
+)
 from smtprelay.spool.store import Spool
 
 log = logging.getLogger("smtprelay.simulator")
@@ -135,7 +141,7 @@ class SimulatorTransport:
             await self._auto_reply(message, txn, address)
 
     async def _complaint(self, message: QueuedMessage, recipients: list[str]) -> None:
-        if not message.attrs.get("events"):
+        if not message.attrs.events:
             log.info("msg=%s simulated complaint from %s (the set publishes no events)",
                      message.message_id, ", ".join(recipients))
             return
@@ -176,7 +182,7 @@ class SimulatorTransport:
                             hostname=self.hostname, now=now),
             account=message.account, configuration_set=None, received_at=now,
             client_ip="127.0.0.1", client_helo=self.hostname, auth_user=None,
-            listener=SIMULATOR_LISTENER, attrs={"auto_reply_for": message.message_id})
+            listener=SIMULATOR_LISTENER, attrs=MessageAttributes(auto_reply_for=message.message_id))
         try:
             await self.spool.enqueue(reply)
         except Exception as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -76,6 +77,97 @@ class EventRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Tracking:
+    """What the tracking transform put in a message."""
+
+    links: int
+    open: bool
+    unsubscribe: bool
+
+
+@dataclass(frozen=True, eq=False)
+class MessageAttributes(Mapping[str, Any]):
+    """What the relay knows of a message beyond its envelope, kept with it in the spool.
+
+    Code reads the typed fields. The spool stores `as_json()`, which is also the
+    read-only mapping this value is (so `attrs["tags"]` and comparing with a dict keep
+    meaning what they meant when this was a dict); keys a newer smtprelay wrote are
+    kept in `extra`, so reading and writing a message back loses nothing.
+    """
+
+    tags: dict[str, list[str]] | None = None  # the message tags, ses:* ones included
+    tls: str | None = None  # TLS version of the submission, None for plain text
+    uncounted: tuple[int, ...] | None = None  # recipient indexes left out of the stats
+    tag_errors: tuple[str, ...] | None = None  # message tags that were ignored, and why
+    control_headers: dict[str, str] | None = None  # X-SES-* fields the relay removed
+    tracking: Tracking | None = None
+    events: bool = False  # the configuration set publishes events for it
+    dsn_for: str | None = None  # a DSN: the message it reports on
+    auto_reply_for: str | None = None  # a mailbox simulator auto-reply: the message
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.tags is not None:
+            out["tags"] = self.tags
+        if self.tls is not None:
+            out["tls"] = self.tls
+        if self.uncounted is not None:
+            out["uncounted"] = list(self.uncounted)
+        if self.tag_errors is not None:
+            out["tag_errors"] = list(self.tag_errors)
+        if self.control_headers is not None:
+            out["control_headers"] = self.control_headers
+        if self.tracking is not None:
+            out["tracking"] = {"links": self.tracking.links, "open": self.tracking.open,
+                               "unsubscribe": self.tracking.unsubscribe}
+        if self.events:
+            out["events"] = True
+        if self.dsn_for is not None:
+            out["dsn_for"] = self.dsn_for
+        if self.auto_reply_for is not None:
+            out["auto_reply_for"] = self.auto_reply_for
+        out.update((key, value) for key, value in self.extra.items() if key not in out)
+        return out
+
+    @classmethod
+    def from_json(cls, value: Any) -> MessageAttributes:
+        """Read what the spool stored; a value of the wrong type is left in `extra`."""
+        if not isinstance(value, dict):
+            return cls()
+        extra = dict(value)
+
+        def take(key: str, kind: type) -> Any:
+            return extra.pop(key) if isinstance(extra.get(key), kind) else None
+
+        tags = take("tags", dict)
+        uncounted = take("uncounted", list)
+        tag_errors = take("tag_errors", list)
+        tracking = take("tracking", dict)
+        return cls(
+            tags=tags, tls=take("tls", str),
+            uncounted=None if uncounted is None else tuple(
+                i for i in uncounted if isinstance(i, int) and not isinstance(i, bool)),
+            tag_errors=None if tag_errors is None else tuple(str(e) for e in tag_errors),
+            control_headers=take("control_headers", dict),
+            tracking=None if tracking is None else Tracking(
+                links if isinstance(links := tracking.get("links"), int) else 0,
+                tracking.get("open") is True, tracking.get("unsubscribe") is True),
+            events=extra.pop("events") if extra.get("events") is True else False,
+            dsn_for=take("dsn_for", str),
+            auto_reply_for=take("auto_reply_for", str), extra=extra)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.as_json()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.as_json())
+
+    def __len__(self) -> int:
+        return len(self.as_json())
+
+
+@dataclass(frozen=True, slots=True)
 class NewMessage:
     """An accepted message on its way into the spool."""
 
@@ -89,7 +181,7 @@ class NewMessage:
     client_helo: str
     auth_user: str | None
     listener: str
-    attrs: dict[str, Any] = field(default_factory=dict)
+    attrs: MessageAttributes = field(default_factory=MessageAttributes)
     # Recipient index -> suppression reason (BOUNCE or COMPLAINT): spooled as final,
     # never delivered, with a Permanent/OnAccountSuppressionList bounce outcome.
     suppressed: dict[int, str] = field(default_factory=dict)
@@ -156,7 +248,7 @@ class QueuedMessage:
     listener: str
     smtputf8: bool
     body_8bitmime: bool
-    attrs: dict[str, Any]
+    attrs: MessageAttributes
     recipients: tuple[QueuedRecipient, ...]
 
     @property

@@ -71,7 +71,7 @@ class StoredEvent:
 
 
 def insert_mail_record(conn: sqlite3.Connection, m: NewMessage) -> None:
-    tags = m.attrs.get("tags", {})
+    tags = m.attrs.tags or {}
     conn.execute(
         "INSERT OR REPLACE INTO mail_records (message_id, created_at, account,"
         " configuration_set, source, source_ip, caller, destination, tags, header_section)"

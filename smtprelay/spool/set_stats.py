@@ -49,19 +49,6 @@ NO_SET_LABEL = "(none)"
 # Listeners of messages the relay writes itself (dsn_queue.DSN_LISTENER, the mailbox
 # simulator's auto-replies): not the sender's mail, so not in its statistics.
 UNCOUNTED_LISTENERS = frozenset({"dsn", "simulator"})
-# The message attribute listing recipient indexes left out of the counts (mailbox
-# simulator recipients, set by the pipeline): neither their Send nor their outcomes
-# count, so they never move a bounce or complaint rate.
-UNCOUNTED_ATTR = "uncounted"
-
-
-def uncounted(attrs: Mapping[str, Any]) -> frozenset[int]:
-    value = attrs.get(UNCOUNTED_ATTR)
-    if not isinstance(value, list):
-        return frozenset()
-    return frozenset(i for i in value if isinstance(i, int))
-
-
 class Kind(StrEnum):
     SEND = "send"
     SUPPRESSED = "suppressed"

@@ -28,6 +28,7 @@ from smtprelay.spool import outbox, sent, set_stats
 from smtprelay.spool.model import (
     PENDING_STATES,
     EventRecord,
+    MessageAttributes,
     NewMessage,
     Outcome,
     QueuedMessage,
@@ -393,7 +394,8 @@ def _insert(conn: sqlite3.Connection, m: NewMessage, finalize: Finalizer | None 
         " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (m.message_id, m.received_at, m.account, m.configuration_set, env.mail_from,
          len(m.data), m.client_ip, m.client_helo, m.auth_user, m.listener,
-         int(env.smtputf8), int(env.body_8bitmime), json.dumps(m.attrs, separators=(",", ":"))),
+         int(env.smtputf8), int(env.body_8bitmime),
+         json.dumps(m.attrs.as_json(), separators=(",", ":"))),
     )
     conn.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (m.message_id, m.data))
     conn.executemany(
@@ -416,12 +418,12 @@ def _insert(conn: sqlite3.Connection, m: NewMessage, finalize: Finalizer | None 
         outbox.insert_mail_record(conn, m)
         outbox.insert_events(conn, m.events)
     if m.listener not in set_stats.UNCOUNTED_LISTENERS:
-        left_out = set_stats.uncounted(m.attrs)
+        left_out = frozenset(m.attrs.uncounted or ())
         set_stats.bump(conn, m.account, m.configuration_set, m.received_at, {
             set_stats.Kind.SEND: len(env.recipients) - len(left_out),
             set_stats.Kind.SUPPRESSED: len(m.suppressed.keys() - left_out)})
-        tracking = m.attrs.get("tracking")
-        if isinstance(tracking, dict) and (tracking.get("links") or tracking.get("open")):
+        tracking = m.attrs.tracking
+        if tracking is not None and (tracking.links or tracking.open):
             set_stats.track(conn, m.message_id, m.received_at, m.account, m.configuration_set)
     if m.suppressed and len(m.suppressed) == len(env.recipients):
         # Every recipient refused by the suppression list: finished on arrival.
@@ -501,8 +503,8 @@ def _count_outcomes(conn: sqlite3.Connection, message_id: str,
     if row is None or row[2] in set_stats.UNCOUNTED_LISTENERS:
         return
     left_out: frozenset[int] = frozenset()
-    if row[3] and set_stats.UNCOUNTED_ATTR in row[3]:  # parse only the few that have it
-        left_out = set_stats.uncounted(json.loads(row[3]))
+    if row[3] and '"uncounted"' in row[3]:  # parse only the few that have it
+        left_out = frozenset(MessageAttributes.from_json(json.loads(row[3])).uncounted or ())
     by_hour: dict[float, dict[set_stats.Kind, int]] = {}
     for o in outcomes:
         if o.index in left_out:
@@ -601,7 +603,8 @@ def _message_from_row(
         message_id=row[0], account=row[1], configuration_set=row[2], mail_from=row[3],
         received_at=row[4], size=row[5], client_ip=row[6], client_helo=row[7],
         auth_user=row[8], listener=row[9], smtputf8=bool(row[10]),
-        body_8bitmime=bool(row[11]), attrs=json.loads(row[12]), recipients=recipients,
+        body_8bitmime=bool(row[11]), attrs=MessageAttributes.from_json(json.loads(row[12])),
+        recipients=recipients,
     )
 
 

@@ -11,7 +11,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Container
-from typing import Any
 
 from smtprelay.config import Config, ConfigurationSetConfig
 from smtprelay.events import records
@@ -29,7 +28,13 @@ from smtprelay.policy import configuration_sets, content, identities
 from smtprelay.policy.quota import Quotas
 from smtprelay.policy.suppression import SuppressionStore
 from smtprelay.spool import set_stats
-from smtprelay.spool.model import EventRecord, NewMessage, new_message_id
+from smtprelay.spool.model import (
+    EventRecord,
+    MessageAttributes,
+    NewMessage,
+    Tracking,
+    new_message_id,
+)
 from smtprelay.spool.store import Spool, SpoolError, SpoolFullError, suppressed_diagnostic
 from smtprelay.submission.seam import Submission
 from smtprelay.transform import dkim, hygiene, tracking
@@ -190,31 +195,29 @@ class Pipeline:
         if signed is None:
             return _refuse("dkim_error", R.LOCAL_ERROR)
         data = signed
-        attrs: dict[str, Any] = {
-            "tags": configuration_sets.auto_tags(choice, from_domain=from_domain,
-                                                 source_ip=client.ip,
-                                                 caller=client.auth_user or client.account),
-        }
-        if client.tls_version:
-            attrs["tls"] = client.tls_version
-        if simulated and not self._config.simulator.counts_for_reputation:
-            # Mailbox simulator recipients stay out of the set statistics (so of the
-            # reputation guard), as SES leaves them out of its rates.
-            attrs["uncounted"] = simulated
         if choice.tag_errors:
-            attrs["tag_errors"] = list(choice.tag_errors)
             log.info("msg=%s ignored bad message tags: %s", message_id,
                      "; ".join(choice.tag_errors))
-        if choice.control_headers:
-            attrs["control_headers"] = choice.control_headers
-        if transformed.link_count or transformed.opens_tracked or transformed.unsubscribe_url:
-            attrs["tracking"] = {"links": transformed.link_count,
-                                 "open": transformed.opens_tracked,
-                                 "unsubscribe": transformed.unsubscribe_url is not None}
-        events: tuple[EventRecord, ...] = ()
-        if settings is not None and settings.publishes:
+        publishes = settings is not None and settings.publishes
+        attrs = MessageAttributes(
+            tags=configuration_sets.auto_tags(choice, from_domain=from_domain,
+                                              source_ip=client.ip,
+                                              caller=client.auth_user or client.account),
+            tls=client.tls_version or None,
+            # Mailbox simulator recipients stay out of the set statistics (so of the
+            # reputation guard), as SES leaves them out of its rates.
+            uncounted=tuple(simulated) if simulated
+            and not self._config.simulator.counts_for_reputation else None,
+            tag_errors=choice.tag_errors or None,
+            control_headers=choice.control_headers or None,
+            tracking=Tracking(transformed.link_count, transformed.opens_tracked,
+                              transformed.unsubscribe_url is not None)
+            if transformed.link_count or transformed.opens_tracked
+            or transformed.unsubscribe_url else None,
             # The scheduler records this message's delivery events too.
-            attrs["events"] = True
+            events=publishes)
+        events: tuple[EventRecord, ...] = ()
+        if publishes:
             events = records.accepted(
                 message_id, choice.name, submission.received_at,
                 {recipients[i]: suppressed_diagnostic(reason)

@@ -20,7 +20,12 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from smtprelay.config import Config
-from smtprelay.spool.model import QueuedMessage, QueuedRecipient, RecipientState
+from smtprelay.spool.model import (
+    MessageAttributes,
+    QueuedMessage,
+    QueuedRecipient,
+    RecipientState,
+)
 from tests.dnsserver import TestDNSServer
 from tests.sinks import RawHandler
 from tests.support import base_config
@@ -93,7 +98,8 @@ def queued(*recipients: str, configuration_set: str | None = None,
         message_id="0000000000aa-00000000000000bb", account="acme",
         configuration_set=configuration_set, mail_from=mail_from, received_at=at,
         size=len(BODY), client_ip="127.0.0.1", client_helo="client.test", auth_user="u",
-        listener="submission", smtputf8=False, body_8bitmime=False, attrs={},
+        listener="submission", smtputf8=False, body_8bitmime=False,
+        attrs=MessageAttributes(),
         recipients=tuple(
             QueuedRecipient(index=i, address=a, state=RecipientState.SENDING, attempts=0,
                             next_attempt=at, last_attempt=None, last_reply=None)

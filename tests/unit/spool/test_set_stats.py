@@ -14,10 +14,12 @@ from smtprelay.spool import set_stats
 from smtprelay.spool.model import (
     Envelope,
     EventRecord,
+    MessageAttributes,
     NewMessage,
     Outcome,
     RecipientState,
     RecipientUpdate,
+    Tracking,
     new_message_id,
 )
 from smtprelay.spool.set_stats import HOUR, Counts, Kind, Window
@@ -36,7 +38,8 @@ def new_message(rcpts: int = 1, *, configuration_set: str | None = "news",
                           recipients=tuple(f"r{n}@example.net" for n in range(rcpts))),
         configuration_set=configuration_set, received_at=at, client_ip="127.0.0.1",
         client_helo="client.test", auth_user="u", listener=listener,
-        attrs={"tracking": {"links": 1, "open": True, "unsubscribe": False}} if tracked else {},
+        attrs=MessageAttributes(tracking=Tracking(links=1, open=True, unsubscribe=False))
+        if tracked else MessageAttributes(),
         suppressed=suppressed or {})
 
 
