@@ -182,15 +182,6 @@ def _client_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
     return ctx
 
 
-def _dot_stuff(data: bytes) -> bytes:
-    """RFC 5321 4.5.2 transparency, and the CRLF that must precede the final "."."""
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    if data.startswith(b"."):
-        data = b"." + data
-    return data.replace(b"\r\n.", b"\r\n..")
-
-
 def _has_line_break(value: str) -> bool:
     # An address with CR/LF would inject commands into the session.
     return "\r" in value or "\n" in value or "\0" in value
@@ -575,7 +566,7 @@ class Connection:
             self._apply(results, accepted, txn, data_reply)
             return False
         self.body_started = True
-        await self._write_bytes(_dot_stuff(txn.data) + b".\r\n", "sending message body")
+        await self._write_bytes(txn.wire_bytes(), "sending message body")
         # RFC 5321 4.5.3.2.6: the server may work long on the message before the reply.
         final = await self._read_reply(
             "sending end of data -- message may be sent more than once",

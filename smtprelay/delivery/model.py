@@ -13,6 +13,26 @@ class Verdict(StrEnum):
     BOUNCED = "bounced"  # final failure (5xx, null MX, NXDOMAIN, lifetime over)
 
 
+class WireForm:
+    """A message as DATA sends it: dot-stuffed (RFC 5321 4.5.2), ending in CRLF and the
+    final ".". Made on first use and kept, so a message sent in several transactions
+    (one per recipient with VERP) is stuffed once, not once per transaction."""
+
+    __slots__ = ("_data", "_wire")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._wire: bytes | None = None
+
+    def as_sent(self) -> bytes:
+        if self._wire is None:
+            data = self._data
+            ending = b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"
+            head = b"." if data.startswith(b".") else b""
+            self._wire = b"".join((head, data.replace(b"\r\n.", b"\r\n.."), ending))
+        return self._wire
+
+
 @dataclass(frozen=True, slots=True)
 class Transaction:
     """One message to one destination domain: the envelope and the bytes to send."""
@@ -22,6 +42,11 @@ class Transaction:
     data: bytes  # CRLF line endings, not dot-stuffed
     smtputf8: bool = False
     body_8bitmime: bool = False
+    # The wire form of `data`, shared by the transactions of one message.
+    wire: WireForm | None = None
+
+    def wire_bytes(self) -> bytes:
+        return (self.wire or WireForm(self.data)).as_sent()
 
 
 @dataclass(frozen=True, slots=True)

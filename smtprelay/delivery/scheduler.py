@@ -29,7 +29,13 @@ from typing import Protocol
 from smtprelay.bounces import return_path, verp
 from smtprelay.bounces.classification import DEFAULT_RULES, Rule, classify
 from smtprelay.config import Config, DelayConfig, RetryConfig
-from smtprelay.delivery.model import RecipientResult, Transaction, Verdict, same_result
+from smtprelay.delivery.model import (
+    RecipientResult,
+    Transaction,
+    Verdict,
+    WireForm,
+    same_result,
+)
 from smtprelay.delivery.notify_sender import DSNFactory
 from smtprelay.delivery.retry import delay_type, next_retry
 from smtprelay.events import records
@@ -170,9 +176,11 @@ class Scheduler:
         for r in held:
             by_domain.setdefault(recipient_domain(r.address), []).append(r)
         verp_domain, keyring = self._verp(message)
+        wire = WireForm(data)
         for domain, recipients in by_domain.items():
             if verp_domain is None or keyring is None:
-                await self._attempt(message, domain, message.mail_from, recipients, data)
+                await self._attempt(message, domain, message.mail_from, recipients, data,
+                                    wire)
                 continue
             for r in recipients:
                 try:
@@ -180,7 +188,7 @@ class Scheduler:
                 except ValueError as exc:  # not a spool id: cannot happen, must not stick
                     log.error("msg=%s no VERP sender: %s", message.message_id, exc)
                     sender = message.mail_from
-                await self._attempt(message, domain, sender, [r], data)
+                await self._attempt(message, domain, sender, [r], data, wire)
 
     def _verp(self, message: QueuedMessage) -> tuple[str | None, KeyRing | None]:
         """The MAIL FROM domain for this message's VERP senders and the keys to sign
@@ -199,11 +207,13 @@ class Scheduler:
         return domain, keyring
 
     async def _attempt(self, message: QueuedMessage, domain: str, mail_from: str,
-                       recipients: list[QueuedRecipient], data: bytes) -> None:
+                       recipients: list[QueuedRecipient], data: bytes,
+                       wire: WireForm) -> None:
         """One transaction to `domain`, its results recorded before anything else."""
         txn = Transaction(mail_from=mail_from,
                           recipients=tuple(r.address for r in recipients), data=data,
-                          smtputf8=message.smtputf8, body_8bitmime=message.body_8bitmime)
+                          smtputf8=message.smtputf8, body_8bitmime=message.body_8bitmime,
+                          wire=wire)
         try:
             results = await self._transport.deliver(message, domain, txn)
         except Exception as exc:

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from smtprelay.delivery.client import (
     ClientSettings,
@@ -22,7 +25,7 @@ from smtprelay.delivery.client import (
     TLSPolicy,
     parse_retry_hint,
 )
-from smtprelay.delivery.model import Destination, Transaction, Verdict
+from smtprelay.delivery.model import Destination, Transaction, Verdict, WireForm
 from tests.sinks import (  # noqa: F401 (sink_tls: a fixture the others use)
     HOST,
     MX_NAME,
@@ -33,6 +36,7 @@ from tests.sinks import (  # noqa: F401 (sink_tls: a fixture the others use)
     sink_tls_dir,
     sinks,
 )
+from tests.support import examples
 
 # Fixtures imported from tests/sinks.py are "redefined" as test parameters (F811); a
 # `pytest_plugins` registration in tests/conftest.py would make the import unnecessary.
@@ -655,3 +659,20 @@ async def test_a_354_after_every_recipient_was_refused_ends_an_empty_message(
     assert not conn.body_started and conn.reusable
     await conn.close()
     assert lines[1:] == [".", "RSET", "QUIT"]  # no header or body line was sent
+
+
+def _stuffed_as_before(data: bytes) -> bytes:
+    """The transparency the client applied per transaction until the wire form was
+    made once per message (delivery.client._dot_stuff plus the final dot)."""
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    if data.startswith(b"."):
+        data = b"." + data
+    return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+@hypothesis_settings(max_examples=examples(300))
+@given(st.lists(st.sampled_from([b".", b"..", b"x", b"\r\n", b"\r\n.", b".\r\n"]),
+                max_size=12).map(b"".join))
+def test_the_wire_form_stuffs_dots_as_the_client_did(data: bytes) -> None:
+    assert WireForm(data).as_sent() == _stuffed_as_before(data)

@@ -99,3 +99,13 @@ def test_mail_from_domain_lookup() -> None:
     assert return_path.mail_from_domain_for("x@example.net", DOMAINS) is None
     assert return_path.mail_from_domain_for("", DOMAINS) is None
     assert return_path.mail_from_domain_for("x@example.com", {}) is None
+
+
+async def test_the_transactions_of_one_message_share_one_wire_form(tmp_path: Path) -> None:
+    rcpts = ("a@dest.test", "b@dest.test", "c@other.test")
+    _, txns = await deliver(tmp_path, "app@example.com", rcpts, KeyRing.generate())
+    assert len(txns) == 3
+    assert txns[0].wire is not None and all(t.wire is txns[0].wire for t in txns)
+    sent = [t.wire_bytes() for t in txns]
+    assert sent[0] == b"From: a@example.com\r\n\r\nhi\r\n.\r\n"
+    assert all(s is sent[0] for s in sent)  # stuffed once, not once per transaction
