@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from smtprelay.config import Config
+from smtprelay.mail.address import domain_of
 
 
 def mail_from_domains(config: Config) -> dict[str, str]:
@@ -39,7 +40,7 @@ def mail_from_domain_for(sender: str, domains: Mapping[str, str]) -> str | None:
     address stays the envelope sender (and so does the null sender of our DSNs)."""
     if not domains or "@" not in sender:
         return None
-    domain = sender.rpartition("@")[2].lower().rstrip(".")
+    domain = domain_of(sender)
     while domain:
         found = domains.get(domain)
         if found:

@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from smtprelay.config import Config, ListenerConfig, load_config
+from smtprelay.mail.address import local_of
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 USER_ENV, PASSWORD_ENV = "SMTPRELAY_USER", "SMTPRELAY_PASSWORD"
@@ -233,7 +234,7 @@ def _follow(config: Config, queue_id: str, timeout: float) -> list[dict[str, Any
                                 f"{config.spool_path} (deleted, or another relay's spool?)")
         done = all(r.state.value in _FINAL for r in message.recipients)
         if done and complained is None and any(
-                r.address.split("@")[0].split("+")[0].lower() == "complaint"
+                local_of(r.address).split("+")[0].lower() == "complaint"
                 for r in message.recipients) and time.monotonic() < deadline:
             time.sleep(0.2)  # the simulator's Complaint follows the Delivery
             continue

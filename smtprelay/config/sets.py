@@ -19,6 +19,7 @@ from smtprelay.config.values import (
     normalise_identity,
     plain_address,
 )
+from smtprelay.mail.address import domain_of
 
 SuppressionReason = Literal["BOUNCE", "COMPLAINT"]
 
@@ -152,7 +153,7 @@ class ConfigurationSetConfig(Model):
 
 
 def is_simulator_address(address: str, domain: str) -> bool:
-    return address.rpartition("@")[2].lower().rstrip(".") == domain
+    return domain_of(address) == domain
 
 
 class SimulatorConfig(Model):

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 import dns.nameserver
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from smtprelay.mail.address import Address
+
 
 # The base of every section: unknown keys are refused, loaded objects are frozen.
 class Model(BaseModel):
@@ -110,10 +112,10 @@ def check_tracking_host(value: str) -> str:
 def normalise_identity(value: str) -> str:
     value = value.strip()
     if "@" in value:
-        local, _, domain = value.rpartition("@")
-        if not local or not domain:
+        address = Address.parse(value)
+        if not address.local or not address.domain:
             raise ValueError(f"{value!r} is neither a domain nor an address")
-        return f"{local}@{domain.lower().rstrip('.')}"
+        return str(address)
     if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\.?", value):
         raise ValueError(f"{value!r} is neither a domain nor an address")
     return value.lower().rstrip(".")

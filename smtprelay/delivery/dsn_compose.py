@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from smtprelay.mail.address import local_of
 from smtprelay.mail.headers import HeaderField, header_end
 
 MAX_LINE = 998  # RFC 5322 2.1.1, octets without the CRLF
@@ -310,7 +311,7 @@ def should_send_dsn(envelope_sender: str, original_headers: list[HeaderField]) -
     sender = envelope_sender.strip().strip("<>").strip()
     if not sender:
         return False  # the null reverse-path: RFC 5321 4.5.5 forbids answering it
-    if (sender.rpartition("@")[0] or sender).lower() == "mailer-daemon":
+    if (local_of(sender) or sender).lower() == "mailer-daemon":
         return False
     for header in original_headers:
         if header.key == "auto-submitted":

@@ -41,6 +41,7 @@ from smtprelay.delivery.retry import delay_type, next_retry
 from smtprelay.events import records
 from smtprelay.infra import metrics
 from smtprelay.infra.background import BackgroundLoop
+from smtprelay.mail.address import domain_of
 from smtprelay.spool.model import (
     EventRecord,
     Outcome,
@@ -67,7 +68,7 @@ class Transport(Protocol):
 
 
 def recipient_domain(address: str) -> str:
-    return address.rpartition("@")[2].lower()
+    return domain_of(address)
 
 
 @dataclass(frozen=True, slots=True)

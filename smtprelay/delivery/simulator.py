@@ -56,6 +56,7 @@ from smtprelay.delivery.model import RecipientResult, Transaction, Verdict
 from smtprelay.delivery.scheduler import Transport
 from smtprelay.events import records
 from smtprelay.events.model import Complaint, new_event_id
+from smtprelay.mail.address import local_of
 from smtprelay.mail.headers import HeaderField, MalformedHeader, addresses, parse_header_section
 from smtprelay.spool.model import (
     Envelope,
@@ -84,8 +85,7 @@ _SUPPRESSED = ("Amazon SES did not send the message to this address because it i
 
 def scenario(address: str) -> str:
     """The simulator local part of `address` without its +label, lower case."""
-    local = address.rpartition("@")[0]
-    return local.split("+", 1)[0].lower()
+    return local_of(address).split("+", 1)[0].lower()
 
 
 def result_for(address: str, domain: str) -> RecipientResult:

@@ -64,6 +64,7 @@ from smtprelay.feedback.classify import (
 from smtprelay.feedback.dsn_parse import DeliveryReport, RecipientStatus
 from smtprelay.feedback.fields import normalise_address
 from smtprelay.feedback.inbox import Report, Verdict
+from smtprelay.mail.address import local_of
 from smtprelay.policy.suppression import Reason
 from smtprelay.spool import set_stats
 from smtprelay.spool.model import EventRecord
@@ -101,7 +102,7 @@ def examine(report: Report, keyring: KeyRing | None,
     notes: list[str] = []
     if keyring is not None:
         for address in report.recipients:
-            local = address.rpartition("@")[0]
+            local = local_of(address)
             if not local.lower().startswith(verp.PREFIX):
                 continue  # a feedback address
             try:

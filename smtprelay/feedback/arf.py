@@ -42,6 +42,7 @@ from smtprelay.feedback.fields import (
     read_header_section,
     read_text_fields,
 )
+from smtprelay.mail.address import local_of
 
 FEEDBACK_REPORT_TYPE = "message/feedback-report"
 # RFC 5965 7.3 and RFC 6591 (auth-failure): the IANA Feedback Report Type Values, which
@@ -212,7 +213,7 @@ def _inline_original(message: mime.ParsedMessage) -> mime.OriginalMessage | None
 
 
 def _redacted(address: str) -> bool:
-    local = address.rpartition("@")[0].lower()
+    local = local_of(address).lower()
     return not local or "redacted" in local or set(local) <= {"x", "*", "."}
 
 

@@ -24,6 +24,7 @@ from smtprelay.config import Config
 from smtprelay.db.writer import DiskFullError, WriteError
 from smtprelay.feedback.inbox import Arrival, FeedbackInbox
 from smtprelay.infra import metrics
+from smtprelay.mail.address import Address
 from smtprelay.mail.replies import Reply
 from smtprelay.submission.seam import Submission
 from smtprelay.transform.tokens import KeyRing
@@ -57,9 +58,10 @@ class FeedbackReceiver:
     def check_recipient(self, account: str, address: str) -> Reply | None:
         if address.lower() in self._addresses:
             return None
-        local, _, domain = address.rpartition("@")
+        parsed = Address.parse(address)
+        local = parsed.local
         reason = "not a feedback address"
-        if domain.lower().rstrip(".") in self._domains:
+        if parsed.domain in self._domains:
             keyring = self._keyring()
             if keyring is None:
                 reason = "no tracking keys loaded"

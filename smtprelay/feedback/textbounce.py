@@ -28,6 +28,7 @@ from smtprelay.feedback.fields import (
     parse_address_field,
     read_header_section,
 )
+from smtprelay.mail.address import local_of
 
 _ADDRESS = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
 _ADDRESS_RE = re.compile(_ADDRESS)
@@ -100,7 +101,7 @@ class _Found:
 def from_mail_daemon(message: mime.ParsedMessage) -> bool:
     """From MAILER-DAEMON, postmaster or a "Mail Delivery System"."""
     sender = message.header("from") or ""
-    local = parse_address_field(sender)[1].rpartition("@")[0]
+    local = local_of(parse_address_field(sender)[1])
     return bool(_DAEMON_LOCAL.match(local) or _BOUNCE_FROM_NAME.search(sender))
 
 
@@ -267,7 +268,7 @@ def _generic(message: mime.ParsedMessage, text: str) -> list[_Found]:
     on_reply_lines: list[str] = []
     for line in lines_of(text):
         for address in _ADDRESS_RE.findall(line):
-            local = address.rpartition("@")[0]
+            local = local_of(address)
             if normalise_address(address) in ours or _DAEMON_LOCAL.match(local):
                 continue
             candidates.append(address)

@@ -1,4 +1,5 @@
-"""RFC 5321 path syntax for MAIL FROM and RCPT TO: strict enough to refuse what would hurt us."""
+"""Mail addresses: one way to split and compare them, and RFC 5321 path syntax for MAIL
+FROM and RCPT TO, strict enough to refuse what would hurt us."""
 
 from __future__ import annotations
 
@@ -25,6 +26,42 @@ _DOMAIN_UTF8 = re.compile(rf"{_LABEL_UTF8}(?:\.{_LABEL_UTF8})*")
 _IPV4_LITERAL = re.compile(r"\[(?:\d{1,3}\.){3}\d{1,3}\]")
 _IPV6_LITERAL = re.compile(r"\[IPv6:[0-9A-Fa-f:.]+\]", re.IGNORECASE)
 _PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+))?")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """An address split at its last "@", the way every stage reads one.
+
+    The domain is normalised: DNS names compare case-insensitively and may carry the
+    root's trailing dot. The local part stays as written: RFC 5321 leaves its case to
+    the receiving system, so whoever compares local parts says how.
+    """
+
+    local: str
+    domain: str  # lower case, without a trailing dot; "" when there was no "@"
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        local, _, domain = text.rpartition("@")
+        return cls(local, normal_domain(domain))
+
+    def __str__(self) -> str:
+        return f"{self.local}@{self.domain}"
+
+
+def normal_domain(domain: str) -> str:
+    """How a domain is compared: lower case, without the root's trailing dot."""
+    return domain.lower().rstrip(".")
+
+
+def domain_of(address: str) -> str:
+    """The normalised domain of `address` ("" without an "@")."""
+    return normal_domain(address.rpartition("@")[2])
+
+
+def local_of(address: str) -> str:
+    """The local part of `address` as written ("" without an "@")."""
+    return address.rpartition("@")[0]
 
 
 class AddressError(Exception):

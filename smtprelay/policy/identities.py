@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from smtprelay.mail.address import Address
+
 
 def split_address(address: str) -> tuple[str, str]:
-    local, _, domain = address.rpartition("@")
-    return local, domain.lower().rstrip(".")
+    parsed = Address.parse(address)
+    return parsed.local, parsed.domain
 
 
 def covers(identity: str, address: str) -> bool:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, cast
 
 from smtprelay.db import sqlite
+from smtprelay.mail.address import Address
 
 Reason = Literal["BOUNCE", "COMPLAINT"]
 REASONS: tuple[Reason, ...] = ("BOUNCE", "COMPLAINT")
@@ -70,10 +71,7 @@ def normalise(address: str) -> str:
     two addresses. A string without `@` is returned stripped, unchanged otherwise.
     """
     address = address.strip()
-    local, at, domain = address.rpartition("@")
-    if not at:
-        return address
-    return f"{local}@{domain.lower().rstrip('.')}"
+    return str(Address.parse(address)) if "@" in address else address
 
 
 def address_problem(address: str) -> str | None:
