@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from hypothesis import settings
 
-from tests.support import HYPOTHESIS_PROFILE, Credential, RunningRelay, running
+from tests.support import HYPOTHESIS_PROFILE, Credential, RunningRelay, relay_fixture
 
 # Hypothesis profiles, registered before any test module is imported so that the
 # examples() counts in @settings see them. "ci" is used whenever tests run (also with
@@ -24,11 +21,13 @@ settings.register_profile("thorough", settings.get_profile("default"), max_examp
 settings.load_profile(HYPOTHESIS_PROFILE)
 
 
-@pytest.fixture
-def relay(tmp_path: Path) -> Iterator[RunningRelay]:
-    """A relay with the default test config (see tests/support.py)."""
-    with running(tmp_path) as r:
-        yield r
+# Fixtures for every test: dns_server (tests/dnsserver.py), the SMTP sinks that play
+# remote hosts (sinks, and the TLS they use: tests/sinks.py), a relay with the default
+# test config and a credential for it; a module that needs another relay makes its own
+# with relay_fixture (tests/support.py).
+pytest_plugins = ["tests.dnsserver", "tests.sinks"]
+
+relay = relay_fixture()
 
 
 @pytest.fixture

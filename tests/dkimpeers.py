@@ -17,6 +17,7 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,6 +71,26 @@ def record_line(keygen_output: str) -> str:
              and " IN " in line]
     assert len(lines) == 1, keygen_output
     return lines[0]
+
+
+# The keys the end-to-end tests sign with: an RSA and an Ed25519 key for example.com,
+# made by `smtprelay dkim keygen` (tests/e2e/conftest.py's `keys` fixture).
+
+@dataclass(frozen=True)
+class Key:
+    selector: str
+    path: Path
+    record: str  # the zone file line keygen printed
+
+
+def identities(keys: dict[str, Key]) -> dict[str, Any]:
+    return {"example.com": {"dkim": [{"selector": k.selector, "key_file": str(k.path)}
+                                     for k in (keys["rsa"], keys["ed25519"])]}}
+
+
+def ours(results: list[Result]) -> dict[str, str]:
+    return {r.algorithm: r.result for r in results
+            if r.domain == "example.com" and r.selector in ("r2026", "e2026")}
 
 
 def opendkim(message: bytes, dns: TestDNSServer, workdir: Path) -> list[Result]:

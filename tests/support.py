@@ -8,25 +8,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import json
 import os
 import shutil
+import smtplib
 import socket
 import sqlite3
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import jsonschema
 import pytest
 import yaml
 from hypothesis import settings
+from prometheus_client.parser import text_string_to_metric_families
 
 from smtprelay.app.daemon import Relay
 from smtprelay.auth.credentials import CredentialStore
 from smtprelay.config import Config, load_config
+from smtprelay.infra.tls import ensure_self_signed
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # The Hypothesis profile tests/conftest.py loads.
@@ -55,6 +62,8 @@ def need_program(name: str) -> str:
 
 
 def free_port() -> int:
+    """A port free on 127.0.0.1; delivery tests bind it on 127.0.0.2.. as well, for MX
+    hosts (delivery.port is one port for every host)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -189,6 +198,85 @@ def running(tmp_path: Path, **overrides: Any) -> Iterator[RunningRelay]:
         relay.stop()
 
 
+def relay_fixture(config: Callable[..., dict[str, Any]] | None = None, *,
+                  scope: Literal["function", "module"] = "function",
+                  env: Mapping[str, str] | None = None, **overrides: Any) -> Any:
+    """A `relay` fixture: a RunningRelay with the default test config (base_config)
+    changed by `overrides`, as running() takes them, and the environment variables `env`
+    set while it runs; a new relay for each test, or with scope="module" one for the
+    whole module. tests/conftest.py's `relay` is relay_fixture(); a module that needs
+    another relay says so with `relay = relay_fixture(...)`.
+
+    Overrides made from other fixtures come from `config`, a function whose parameters
+    name those fixtures: relay_fixture(lambda keys: {"identities": identities(keys)}).
+    """
+    wanted = list(inspect.signature(config).parameters) if config else []
+
+    @pytest.fixture(scope=scope, name="relay")
+    def relay(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRelay]:
+        """A relay on loopback ports with the test config (see tests/support.py)."""
+        directory = (request.getfixturevalue("tmp_path") if scope == "function"
+                     else tmp_path_factory.mktemp("relay"))
+        made = config(*(request.getfixturevalue(name) for name in wanted)) if config else {}
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in (env or {}).items():
+                patch.setenv(name, value)
+            with running(directory, **overrides, **made) as r:
+                yield r
+
+    return relay
+
+
+def session(relay: RunningRelay, cred: Credential) -> smtplib.SMTP:
+    """An SMTP connection to the relay's submission port, after STARTTLS and AUTH."""
+    smtp = smtplib.SMTP("127.0.0.1", relay.submission_port, timeout=10)
+    smtp.starttls(context=client_context())
+    smtp.login(cred.username, cred.password)
+    return smtp
+
+
+def send_raw(smtp: smtplib.SMTP, rcpts: list[str], data: bytes) -> tuple[int, bytes]:
+    smtp.mail("app@example.com")
+    for rcpt in rcpts:
+        smtp.rcpt(rcpt)
+    return smtp.data(data)
+
+
+EVENTS_SCHEMA = json.loads(
+    (Path(__file__).parents[1] / "docs" / "events.schema.json").read_text())
+
+
+def events(path: Path, *, validate: bool = True) -> list[dict[str, Any]]:
+    """The records in an events file (none while there is no file), each checked against
+    docs/events.schema.json unless `validate` is false."""
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_bytes().splitlines()]
+    if validate:
+        for record in records:
+            jsonschema.validate(record, EVENTS_SCHEMA)
+    return records
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text as {(sample name, sorted labels): value}."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def pem_pair(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for relay.test and its key: cert.pem, key.pem in `directory`."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    ensure_self_signed(cert, key, "relay.test")
+    return cert, key
+
+
+def tls(cert: Path, key: Path, **more: Any) -> dict[str, Any]:
+    """A config's tls section with these files instead of a generated certificate."""
+    return {"generate_self_signed": False, "cert_file": str(cert), "key_file": str(key), **more}
+
+
 class DaemonProcess:
     """`smtprelay serve` as a child process on fixed free ports, as an operator runs it."""
 
@@ -260,6 +348,21 @@ class DaemonProcess:
                 self.proc.kill()
                 self.proc.wait(5)
             self._log.close()
+
+
+def metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`."""
+    with urllib.request.urlopen(
+            f"http://127.0.0.1:{daemon.ports['http']}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        sample, value = line.rsplit(" ", 1)
+        if all(f'{key}="{wanted}"' in sample for key, wanted in labels.items()):
+            total += float(value)
+    return total
 
 
 def submit_to_daemon(daemon: DaemonProcess, rcpts: list[str], subject: str = "hello") -> str:

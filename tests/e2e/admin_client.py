@@ -20,6 +20,9 @@ from tests.support import Credential, RunningRelay, client_context, message
 
 SECRET = "test-admin-secret-0123456789abcdef"
 ENV = "SMTPRELAY_TEST_ADMIN_TOKEN"
+# The relay the admin API tests run: the API on, its token in ENV, two sets.
+ADMIN_HTTP = {"listen": ["127.0.0.1:0"], "admin_token_env": ENV}
+TWO_SETS = {"transactional": {}, "marketing": {}}
 
 
 @dataclass

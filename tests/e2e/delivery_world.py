@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import smtplib
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from tests.support import (
     RunningRelay,
     base_config,
     client_context,
+    free_port,
     message,
     write_config,
 )
@@ -40,13 +40,6 @@ FAST_DELIVERY: dict[str, Any] = {
     "command_timeout": "3s",
     "idle_timeout": "2s",
 }
-
-
-def shared_port() -> int:
-    """A port free on 127.0.0.1; MX sinks bind it on 127.0.0.2.. as well."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(check: Callable[[], T], timeout: float = 15.0, interval: float = 0.05) -> T:
@@ -63,7 +56,7 @@ class World:
         self.tmp_path = tmp_path
         self.dns = dns
         self.sinks = sinks
-        self.port = shared_port()
+        self.port = free_port()
         self.relay: RunningRelay | None = None
         self._cred: Credential | None = None
         self._next_host = 2

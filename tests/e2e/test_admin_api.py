@@ -14,32 +14,22 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from smtprelay.http import admin_auth
-from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
-from tests.e2e.admin_client import ENV, SECRET, Admin, send, suppression_path
-from tests.e2e.delivery_world import World, wait_for, world
-from tests.sinks import SinkFactory, sink_tls, sink_tls_dir, sinks  # noqa: F401 - fixtures
-from tests.support import RunningRelay, running
+from tests.e2e.admin_client import ADMIN_HTTP, ENV, SECRET, TWO_SETS, Admin, send, suppression_path
+from tests.e2e.delivery_world import World, wait_for
+from tests.support import RunningRelay, relay_fixture, running
 
-ADMIN_HTTP = {"listen": ["127.0.0.1:0"], "admin_token_env": ENV}
-TWO_SETS = {"transactional": {}, "marketing": {}}
+relay = relay_fixture(env={ENV: SECRET}, http=ADMIN_HTTP, configuration_sets=TWO_SETS)
 
 
 @pytest.fixture
 def admin_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV, SECRET)
-
-
-@pytest.fixture
-def relay(tmp_path: Path, admin_env: None) -> Iterator[RunningRelay]:
-    with running(tmp_path, http=ADMIN_HTTP, configuration_sets=TWO_SETS) as r:
-        yield r
 
 
 def cli(relay: RunningRelay, *args: str) -> subprocess.CompletedProcess[str]:
@@ -235,10 +225,9 @@ def test_suppression_round_trip_and_a_suppressed_recipient_is_not_sent_to(
 
 
 @pytest.fixture
-def net(tmp_path: Path, dns_server: TestDNSServer,  # noqa: F811
-        sinks: SinkFactory, admin_env: None) -> Iterator[World]:  # noqa: F811
-    with world(tmp_path, dns_server, sinks) as w:
-        yield w
+def net(admin_env: None, net: World) -> World:
+    """tests/e2e/conftest.py's `net`, with the admin token in the environment."""
+    return net
 
 
 def test_queue_list_show_retry_and_delete_a_message_a_host_keeps_deferring(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +26,16 @@ from schemathesis import GenerationMode
 from schemathesis.core.parameters import ParameterLocation
 
 from smtprelay.http.admin import PREFIX
-from tests.e2e.admin_client import ENV, SECRET, send
-from tests.support import RunningRelay, running
+from tests.e2e.admin_client import ADMIN_HTTP, ENV, SECRET, TWO_SETS, send
+from tests.support import RunningRelay, relay_fixture
 
 # Per operation and pass; ADMIN_API_EXAMPLES=500 for a long hunt.
 EXAMPLES = int(os.environ.get("ADMIN_API_EXAMPLES", "25"))
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 
 
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRelay]:
-    patch = pytest.MonkeyPatch()
-    patch.setenv(ENV, SECRET)
-    try:
-        with running(tmp_path_factory.mktemp("admin-openapi"),
-                     http={"listen": ["127.0.0.1:0"], "admin_token_env": ENV},
-                     configuration_sets={"transactional": {}, "marketing": {}}) as r:
-            yield r
-    finally:
-        patch.undo()
+relay = relay_fixture(scope="module", env={ENV: SECRET}, http=ADMIN_HTTP,
+                      configuration_sets=TWO_SETS)
 
 
 def fetch_document(port: int) -> dict[str, Any]:

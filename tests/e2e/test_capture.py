@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import sqlite3
-import time
 from pathlib import Path
-from typing import Any
 
 from smtprelay.policy.suppression import SQLiteSuppressionStore
 from smtprelay.spool.store import get_message, get_outcomes, open_for_cli
+from tests.e2e import delivery_world
 from tests.support import DaemonProcess, submit_to_daemon
 
-
-def wait_for(check: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
+# These tests wait 10 s at most for what they expect (the delivery tests 15 s).
+wait_for = functools.partial(delivery_world.wait_for, timeout=10.0)
 
 
 def send(daemon: DaemonProcess, rcpts: list[str]) -> str:

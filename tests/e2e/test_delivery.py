@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import email
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +17,8 @@ import pytest
 
 from smtprelay.policy.suppression import SQLiteSuppressionStore
 from smtprelay.spool.model import Outcome, QueuedMessage
-from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
-from tests.e2e.delivery_world import World, wait_for, world
-from tests.sinks import MX_NAME, SinkFactory, sink_tls, sink_tls_dir, sinks  # noqa: F401 - fixtures
-
-
-@pytest.fixture
-def net(tmp_path: Path, dns_server: TestDNSServer,  # noqa: F811
-        sinks: SinkFactory) -> Iterator[World]:  # noqa: F811
-    with world(tmp_path, dns_server, sinks) as w:
-        yield w
+from tests.e2e.delivery_world import World, wait_for
+from tests.sinks import MX_NAME
 
 
 def test_recipients_of_one_domain_go_in_one_transaction_with_the_spooled_bytes(
@@ -340,7 +332,7 @@ def _smarthost(net: World, sink_dir: Path) -> dict[str, Any]:
 
 
 def test_smarthost_mode_sends_everything_upstream_with_auth_over_verified_tls(
-        net: World, sink_tls_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        net: World, sink_tls_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     upstream = net.sinks.smtp(host=net.address(), port=net.port, starttls=True,
                               auth={"relayuser": "s3cret"})
     net.dns.add(MX_NAME, "A", upstream.host)
@@ -353,7 +345,7 @@ def test_smarthost_mode_sends_everything_upstream_with_auth_over_verified_tls(
 
 
 def test_smarthost_with_a_wrong_password_defers_and_never_bounces(
-        net: World, sink_tls_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        net: World, sink_tls_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     upstream = net.sinks.smtp(host=net.address(), port=net.port, starttls=True,
                               auth={"relayuser": "s3cret"})
     net.dns.add(MX_NAME, "A", upstream.host)
@@ -367,7 +359,7 @@ def test_smarthost_with_a_wrong_password_defers_and_never_bounces(
 
 
 def test_smarthost_whose_certificate_does_not_verify_gets_nothing(
-        net: World, sink_tls_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        net: World, sink_tls_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     upstream = net.sinks.smtp(host=net.address(), port=net.port, starttls=True,
                               auth={"relayuser": "s3cret"})
     net.dns.add(MX_NAME, "A", upstream.host)

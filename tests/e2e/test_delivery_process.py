@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
-from tests.e2e.delivery_world import FAST_DELIVERY, shared_port, wait_for
-from tests.sinks import SinkFactory, SmtpSink, sink_tls, sink_tls_dir, sinks  # noqa: F401
-from tests.support import DaemonProcess, submit_to_daemon
+from tests.dnsserver import TestDNSServer
+from tests.e2e.delivery_world import FAST_DELIVERY, wait_for
+from tests.sinks import SinkFactory, SmtpSink
+from tests.support import DaemonProcess, free_port, submit_to_daemon
 
 
 def _daemon(tmp_path: Path, dns: TestDNSServer, port: int, **delivery: Any) -> DaemonProcess:
@@ -39,15 +39,15 @@ def _states(daemon: DaemonProcess, message_id: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def mx(dns_server: TestDNSServer, sinks: SinkFactory) -> Iterator[SmtpSink]:  # noqa: F811
-    sink = sinks.smtp(host="127.0.0.2", port=shared_port())
+def mx(dns_server: TestDNSServer, sinks: SinkFactory) -> Iterator[SmtpSink]:
+    sink = sinks.smtp(host="127.0.0.2", port=free_port())
     dns_server.add("dest.test", "MX", "10 mx.dest.test.")
     dns_server.add("mx.dest.test", "A", "127.0.0.2")
     yield sink
 
 
 def test_killed_during_delivery_the_message_is_delivered_after_restart(
-        tmp_path: Path, dns_server: TestDNSServer, mx: SmtpSink) -> None:  # noqa: F811
+        tmp_path: Path, dns_server: TestDNSServer, mx: SmtpSink) -> None:
     mx.script.stall_at = "DATA"  # the body went out; the reply never comes
     daemon = _daemon(tmp_path, dns_server, mx.port, command_timeout="60s").start()
     try:
@@ -66,7 +66,7 @@ def test_killed_during_delivery_the_message_is_delivered_after_restart(
 
 
 def test_queue_shows_a_deferred_recipient_and_retry_sends_it_now(
-        tmp_path: Path, dns_server: TestDNSServer, mx: SmtpSink) -> None:  # noqa: F811
+        tmp_path: Path, dns_server: TestDNSServer, mx: SmtpSink) -> None:
     mx.script.rcpt_replies["a@dest.test"] = "450 4.2.1 mailbox busy"
     # An hour between attempts: only `queue retry` can make it go sooner.
     daemon = _daemon(tmp_path, dns_server, mx.port,
@@ -86,7 +86,7 @@ def test_queue_shows_a_deferred_recipient_and_retry_sends_it_now(
 
 
 def test_metrics_count_deliveries_bounces_and_deferrals(
-        tmp_path: Path, dns_server: TestDNSServer, mx: SmtpSink) -> None:  # noqa: F811
+        tmp_path: Path, dns_server: TestDNSServer, mx: SmtpSink) -> None:
     import urllib.request
 
     mx.script.rcpt_replies["gone@dest.test"] = "550 5.1.1 no such user"

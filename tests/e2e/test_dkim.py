@@ -10,27 +10,23 @@ from __future__ import annotations
 import json
 import logging
 import smtplib
-import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import dkim as dkimpy
 import pytest
 
 from smtprelay.transform import dkim
-from tests.dkimpeers import Result, mail_dkim, opendkim, publish, record_line
-from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
+from tests.dkimpeers import Key, identities, mail_dkim, opendkim, ours
+from tests.dnsserver import TestDNSServer
 from tests.support import (
     Credential,
     DaemonProcess,
     RunningRelay,
     client_context,
     message,
+    relay_fixture,
     running,
     spooled,
 )
@@ -38,44 +34,7 @@ from tests.support import (
 pytestmark = pytest.mark.peer
 
 
-@dataclass(frozen=True)
-class Key:
-    selector: str
-    path: Path
-    record: str  # the zone file line keygen printed
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Key]:
-    """An RSA and an Ed25519 key for example.com, made by the CLI as an operator would."""
-    directory = tmp_path_factory.mktemp("dkim")
-    made = {}
-    for selector, kind in (("r2026", "rsa"), ("e2026", "ed25519")):
-        path = directory / f"example.com.{selector}.pem"
-        run = subprocess.run([sys.executable, "-m", "smtprelay", "dkim", "keygen",
-                              "example.com", "--selector", selector, "--type", kind,
-                              "--out", str(path)], capture_output=True, text=True, timeout=60)
-        assert run.returncode == 0, run.stderr
-        made[kind] = Key(selector, path, record_line(run.stdout))
-    return made
-
-
-@pytest.fixture
-def dns(dns_server: TestDNSServer, keys: dict[str, Key]) -> TestDNSServer:  # noqa: F811
-    for key in keys.values():
-        publish(dns_server, key.record)
-    return dns_server
-
-
-def identities(keys: dict[str, Key]) -> dict[str, Any]:
-    return {"example.com": {"dkim": [{"selector": k.selector, "key_file": str(k.path)}
-                                     for k in (keys["rsa"], keys["ed25519"])]}}
-
-
-@pytest.fixture
-def relay(tmp_path: Path, keys: dict[str, Key]) -> Iterator[RunningRelay]:
-    with running(tmp_path, identities=identities(keys)) as r:
-        yield r
+relay = relay_fixture(lambda keys: {"identities": identities(keys)})
 
 
 def submit(relay: RunningRelay, cred: Credential, data: bytes,
@@ -95,11 +54,6 @@ def submit(relay: RunningRelay, cred: Credential, data: bytes,
 
 def txt(value: str) -> str:
     return " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
-
-
-def ours(results: list[Result]) -> dict[str, str]:
-    return {r.algorithm: r.result for r in results
-            if r.domain == "example.com" and r.selector in ("r2026", "e2026")}
 
 
 def test_submitted_mail_is_signed_with_both_keys_and_verifies(

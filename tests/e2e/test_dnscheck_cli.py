@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401
+from tests.dnsserver import TestDNSServer
 from tests.support import base_config, free_port, write_config
 
 IP = "192.0.2.25"
@@ -109,7 +109,7 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path, dns_server: TestDNSServer,  # noqa: F811
+def world(tmp_path: Path, dns_server: TestDNSServer,
           keys: dict[str, Key]) -> World:
     return World(tmp_path, dns_server, keys)
 

@@ -14,22 +14,10 @@ import smtplib
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from tests.e2e.delivery_world import wait_for
-from tests.support import DaemonProcess, client_context
+from tests.support import DaemonProcess, client_context, events
 
-SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "events.schema.json").read_text())
 HOST = "links.test"
-
-
-def events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_bytes().splitlines()]
-    for record in records:
-        jsonschema.validate(record, SCHEMA)
-    return records
 
 
 def submit(daemon: DaemonProcess, cred: dict[str, str], rcpt: str, data: bytes) -> str:

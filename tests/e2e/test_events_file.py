@@ -21,12 +21,10 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
 
@@ -35,26 +33,16 @@ from tests.support import (
     DaemonProcess,
     base_config,
     client_context,
+    events,
+    metric,
     submit_to_daemon,
     write_config,
 )
-
-SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "events.schema.json").read_text())
 
 
 def destinations(path: Path, **options: Any) -> dict[str, Any]:
     return {"transactional": {"event_destinations": [
         {"name": "archive", "type": "file", "path": str(path), **options}]}}
-
-
-def events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    lines = path.read_bytes().splitlines()
-    records = [json.loads(line) for line in lines]
-    for record in records:
-        jsonschema.validate(record, SCHEMA)
-    return records
 
 
 def by_type(records: list[dict[str, Any]], message_id: str) -> dict[str, list[dict[str, Any]]]:
@@ -241,15 +229,6 @@ def fill(directory: Path) -> Path:
                 return filler
     finally:
         os.close(fd)
-
-
-def metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.ports['http']}/metrics",
-                                timeout=10) as response:
-        text = response.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{")
-               and all(f'{key}="{value}"' in line for key, value in labels.items()))
 
 
 def test_a_full_disk_holds_events_and_nothing_else_until_space_is_back(tmp_path: Path

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from tests.support import (
     client_context,
     free_port,
     message,
+    metric,
     write_config,
 )
 
@@ -192,21 +192,6 @@ def verify(request: Received) -> None:
     assert headers["User-Agent"].startswith("smtprelay/")
     record = json.loads(request.body)
     assert record["eventType"] in ("Send", "Delivery") and "mail" in record
-
-
-def metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` whose labels include `labels`."""
-    with urllib.request.urlopen(
-            f"http://127.0.0.1:{daemon.ports['http']}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        sample, value = line.rsplit(" ", 1)
-        if all(f'{key}="{wanted}"' in sample for key, wanted in labels.items()):
-            total += float(value)
-    return total
 
 
 def failures_logged(daemon: DaemonProcess, text: str = "failed, retrying in") -> int:

@@ -16,11 +16,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 
 from smtprelay.bounces import verp
@@ -29,28 +27,18 @@ from smtprelay.policy.suppression import SQLiteSuppressionStore, SuppressionEntr
 from smtprelay.spool import set_stats
 from smtprelay.spool.model import new_message_id
 from smtprelay.transform.tokens import KeyRing
-from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
-from tests.e2e.delivery_world import World, wait_for, world
+from tests.e2e.delivery_world import World, wait_for
 from tests.e2e.feedback_mail import (
     arf_report,
     auto_reply,
     postfix_dsn,
     report_without_status_part,
 )
-from tests.sinks import SinkFactory, sink_tls, sink_tls_dir, sinks  # noqa: F401 - fixtures
-from tests.support import RunningRelay, client_context, message
+from tests.support import RunningRelay, client_context, events, message
 
-SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "events.schema.json").read_text())
 MAIL_FROM_DOMAIN = "bounce.example.com"
 FBL = "fbl@example.com"
 ROOT = Path(__file__).parents[2]
-
-
-@pytest.fixture
-def net(tmp_path: Path, dns_server: TestDNSServer,  # noqa: F811
-        sinks: SinkFactory) -> Iterator[World]:  # noqa: F811
-    with world(tmp_path, dns_server, sinks) as w:
-        yield w
 
 
 def settings(tmp_path: Path, **extra: Any) -> dict[str, Any]:
@@ -67,16 +55,6 @@ def settings(tmp_path: Path, **extra: Any) -> dict[str, Any]:
             {"name": "archive", "type": "file", "path": str(tmp_path / "events.ndjson")}]}},
         **extra,
     }
-
-
-def events(tmp_path: Path) -> list[dict[str, Any]]:
-    path = tmp_path / "events.ndjson"
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_bytes().splitlines()]
-    for record in records:
-        jsonschema.validate(record, SCHEMA)
-    return records
 
 
 def of(records: list[dict[str, Any]], message_id: str, kind: str) -> list[dict[str, Any]]:
@@ -182,7 +160,8 @@ def test_a_bounce_and_a_complaint_become_events_suppression_and_statistics(
                 sender="feedback@arf.provider.test")
 
     found = wait_for(lambda: (lambda r: r if of(r, message_id, "Bounce")
-                              and of(r, message_id, "Complaint") else None)(events(tmp_path)))
+                              and of(r, message_id, "Complaint") else None)(
+                                  events(tmp_path / "events.ndjson")))
     assert found, "no Bounce and Complaint events"
     [bounce] = of(found, message_id, "Bounce")
     assert bounce["bounce"]["bounceType"] == "Permanent"
@@ -290,10 +269,11 @@ def test_bad_and_odd_reports_are_kept_ignored_or_attributed_carefully(
     # carol complains; the provider sends no original, only Original-Mail-From.
     send_report(relay, FBL, arf_report(FBL, original_mail_from=carol, original=None,
                                        feedback_type="abuse"))
-    wait_for(lambda: drained(relay) and of(events(tmp_path), message_id, "Complaint"))
+    wait_for(lambda: drained(relay)
+             and of(events(tmp_path / "events.ndjson"), message_id, "Complaint"))
     assert drained(relay)
 
-    records = events(tmp_path)
+    records = events(tmp_path / "events.ndjson")
     assert not of(records, message_id, "Bounce")
     [delay] = of(records, message_id, "DeliveryDelay")
     assert [r["emailAddress"] for r in delay["deliveryDelay"]["delayedRecipients"]] == [
@@ -413,8 +393,9 @@ def test_reports_waiting_in_the_inbox_are_processed_after_a_restart(
     net.stop()
 
     relay = net.start(top=settings(tmp_path))
-    wait_for(lambda: drained(relay) and len(of(events(tmp_path), message_id, "Bounce")) == 3)
-    bounces = of(events(tmp_path), message_id, "Bounce")
+    wait_for(lambda: drained(relay)
+             and len(of(events(tmp_path / "events.ndjson"), message_id, "Bounce")) == 3)
+    bounces = of(events(tmp_path / "events.ndjson"), message_id, "Bounce")
     assert len(bounces) == 3
     assert len({b["bounce"]["feedbackId"] for b in bounces}) == 3
     entry = suppressed(relay, "frank@dest.test")

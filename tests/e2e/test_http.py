@@ -7,23 +7,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from smtprelay.infra.passwords import hash_password
-from tests.support import Credential, RunningRelay, client_context, message, running
+from tests.support import Credential, RunningRelay, client_context, message, running, samples
 
 
 async def fetch(port: int, path: str) -> tuple[int, str, str]:
     async with aiohttp.ClientSession() as http, \
             http.get(f"http://127.0.0.1:{port}{path}") as response:
         return response.status, response.headers.get("Content-Type", ""), await response.text()
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
-    }
 
 
 async def test_health_and_readiness(relay: RunningRelay) -> None:

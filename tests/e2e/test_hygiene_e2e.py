@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import smtplib
-
 from smtprelay.mail.headers import header_end, parse_header_section
-from tests.support import Credential, RunningRelay, client_context, message, spooled
+from tests.support import Credential, RunningRelay, message, send_raw, session, spooled
 
 NESTED_EXE = (
     b"From: app@example.com\r\nTo: someone@example.net\r\nSubject: invoice\r\n"
@@ -19,20 +17,6 @@ NESTED_EXE = (
     b"Content-Disposition: attachment; filename=invoice.exe\r\n\r\nTVqQAAMAAAAEAAAA\r\n"
     b"--rel--\r\n--alt--\r\n--outer--\r\n"
 )
-
-
-def session(relay: RunningRelay, cred: Credential) -> smtplib.SMTP:
-    smtp = smtplib.SMTP("127.0.0.1", relay.submission_port, timeout=10)
-    smtp.starttls(context=client_context())
-    smtp.login(cred.username, cred.password)
-    return smtp
-
-
-def send_raw(smtp: smtplib.SMTP, rcpts: list[str], data: bytes) -> tuple[int, bytes]:
-    smtp.mail("app@example.com")
-    for rcpt in rcpts:
-        smtp.rcpt(rcpt)
-    return smtp.data(data)
 
 
 def test_blocked_attachment_refused_then_good_message_spooled(

@@ -16,15 +16,10 @@ from tests.support import (
     client_context,
     message,
     running,
+    send_raw,
+    session,
     spooled,
 )
-
-
-def session(relay: RunningRelay, cred: Credential) -> smtplib.SMTP:
-    smtp = smtplib.SMTP("127.0.0.1", relay.submission_port, timeout=10)
-    smtp.starttls(context=client_context())
-    smtp.login(cred.username, cred.password)
-    return smtp
 
 
 def queued(relay: RunningRelay, message_id: str) -> Any:
@@ -33,13 +28,6 @@ def queued(relay: RunningRelay, message_id: str) -> Any:
         return get_message(conn, message_id), get_outcomes(conn, message_id)
     finally:
         conn.close()
-
-
-def send_raw(smtp: smtplib.SMTP, rcpts: list[str], data: bytes) -> tuple[int, bytes]:
-    smtp.mail("app@example.com")
-    for rcpt in rcpts:
-        smtp.rcpt(rcpt)
-    return smtp.data(data)
 
 
 def test_burst_of_50_recipients_against_14_per_second(tmp_path: Path) -> None:

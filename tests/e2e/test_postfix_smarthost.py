@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from smtprelay.mail.headers import header_end
-from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
+from tests.dnsserver import TestDNSServer
 from tests.e2e.delivery_world import world
 from tests.peers.postfix import SmarthostClient, smarthost_client
-from tests.sinks import SinkFactory, sink_tls, sink_tls_dir, sinks  # noqa: F401 - fixtures
+from tests.sinks import SinkFactory
 from tests.support import RunningRelay, message, need_program, running, spooled
 
 pytestmark = pytest.mark.peer
@@ -97,7 +97,7 @@ def test_wrong_password_defers_in_postfix(tmp_path: Path) -> None:
 
 
 def test_postfix_to_relay_to_mx_found_in_dns_to_sink(
-        tmp_path: Path, dns_server: TestDNSServer, sinks: SinkFactory) -> None:  # noqa: F811
+        tmp_path: Path, dns_server: TestDNSServer, sinks: SinkFactory) -> None:
     """The whole chain: Postfix (smarthost client) -> smtprelay -> MX via DNS -> sink."""
     need_program("postfix")
     with world(tmp_path, dns_server, sinks) as net:

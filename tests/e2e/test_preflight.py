@@ -12,8 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from smtprelay.infra.tls import ensure_self_signed
-from tests.support import base_config, write_config
+from tests.support import base_config, pem_pair, tls, write_config
 
 COMMANDS = ("check-config", "serve")
 NO_SECRET = "SMTPRELAY_TEST_PREFLIGHT_UNSET_SECRET"
@@ -30,12 +29,6 @@ def run(command: str, config: Path) -> subprocess.CompletedProcess[str]:
         out, err = proc.communicate()
         pytest.fail(f"smtprelay {command} did not stop on its own: {err}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def pem_pair(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    ensure_self_signed(cert, key, "relay.test")
-    return cert, key
 
 
 def der_certificate(pem: Path) -> Path:
@@ -57,10 +50,6 @@ def der_key(pem: Path) -> Path:
 
 def config_file(tmp_path: Path, **overrides: Any) -> Path:
     return write_config(tmp_path / "smtprelay.yaml", base_config(tmp_path / "var", **overrides))
-
-
-def tls(cert: Path, key: Path) -> dict[str, Any]:
-    return {"generate_self_signed": False, "cert_file": str(cert), "key_file": str(key)}
 
 
 def assert_refused(run: subprocess.CompletedProcess[str], config: Path,

@@ -10,36 +10,17 @@ from __future__ import annotations
 
 import email
 import email.policy
-import json
 import smtplib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from smtprelay.policy.suppression import SQLiteSuppressionStore
 from smtprelay.spool import set_stats
-from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
-from tests.e2e.delivery_world import World, wait_for, world
-from tests.sinks import SinkFactory, sink_tls, sink_tls_dir, sinks  # noqa: F401 - fixtures
-from tests.support import client_context, message
+from tests.e2e.delivery_world import World, wait_for
+from tests.support import client_context, events, message
 
 SIM = "simulator.smtprelay.invalid"
-
-
-@pytest.fixture
-def net(tmp_path: Path, dns_server: TestDNSServer,  # noqa: F811
-        sinks: SinkFactory) -> Iterator[World]:  # noqa: F811
-    with world(tmp_path, dns_server, sinks) as w:
-        yield w
-
-
-def _events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_bytes().splitlines()]
 
 
 def _with_events(path: Path, **accounts: Any) -> dict[str, Any]:
@@ -88,8 +69,8 @@ def test_every_simulator_address_answers_here_and_nothing_leaves(net: World) -> 
     assert "example.com" in names
 
     # The events: Delivery, both Bounces, the Complaint.
-    found = wait_for(lambda: [e for e in _events(path) if e["eventType"] == "Complaint"]
-                     and _events(path))
+    found = wait_for(lambda: [e for e in events(path, validate=False)
+                              if e["eventType"] == "Complaint"] and events(path, validate=False))
     mine = [e for e in found if e["mail"]["messageId"] == message_id]
     kinds = sorted(e["eventType"] for e in mine)
     assert kinds.count("Complaint") == 1 and "Delivery" in kinds and "Send" in kinds

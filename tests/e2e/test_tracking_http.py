@@ -23,7 +23,6 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from smtprelay.config import Config, MachineDetectionConfig, load_config
 from smtprelay.events.model import Engagement
@@ -31,7 +30,14 @@ from smtprelay.http.server import HTTPServer
 from smtprelay.http.tracking import PIXEL
 from smtprelay.infra import tls
 from smtprelay.transform import tokens
-from tests.support import base_config, client_context, running, spooled, write_config
+from tests.support import (
+    base_config,
+    client_context,
+    running,
+    samples,
+    spooled,
+    write_config,
+)
 
 DOMAIN = "links.test"
 PORTED = "go.example.com:8080"
@@ -163,11 +169,6 @@ def assert_tracking_headers(headers: Any) -> None:
     assert headers["Referrer-Policy"] == "no-referrer"
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert "Set-Cookie" not in headers
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 # --- clicks ----------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import stat
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,15 @@ import pytest
 
 from smtprelay.transform import tokens
 from smtprelay.transform.links import OPEN_TRACKER
-from tests.dkimpeers import opendkim
-from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401 - fixture
-from tests.e2e.test_dkim import Key, dns, identities, keys, ours  # noqa: F401 - fixtures
+from tests.dkimpeers import Key, identities, opendkim, ours
+from tests.dnsserver import TestDNSServer
 from tests.support import (
     Credential,
     DaemonProcess,
     RunningRelay,
     client_context,
     message,
+    relay_fixture,
     running,
     spooled,
 )
@@ -56,11 +55,8 @@ TRACKING_DOMAINS = {"links.example.com": {}}
 _TOKEN = re.compile(r"https?://links\.example\.com/([cou])/([A-Za-z0-9_-]+)")
 
 
-@pytest.fixture
-def relay(tmp_path: Path) -> Iterator[RunningRelay]:
-    with running(tmp_path, configuration_sets=SETS, tracking_domains=TRACKING_DOMAINS,
-                 server={"transform_workers": 2}) as r:
-        yield r
+relay = relay_fixture(configuration_sets=SETS, tracking_domains=TRACKING_DOMAINS,
+                      server={"transform_workers": 2})
 
 
 def send(relay: RunningRelay, data: bytes, rcpts: tuple[str, ...] = ("someone@example.net",),
@@ -315,7 +311,7 @@ def test_unreadable_parts_go_out_untouched(relay: RunningRelay, part: str, probl
 
 
 def test_tracked_quoted_printable_message_verifies_with_opendkim(
-        tmp_path: Path, keys: dict[str, Key], dns: TestDNSServer) -> None:  # noqa: F811
+        tmp_path: Path, keys: dict[str, Key], dns: TestDNSServer) -> None:
     with running(tmp_path, configuration_sets=SETS, tracking_domains=TRACKING_DOMAINS,
                  identities=identities(keys)) as relay:
         data = delivered(relay, newsletter())

@@ -12,28 +12,17 @@ from cryptography.hazmat.primitives import serialization
 
 from smtprelay.app import datadir, preflight
 from smtprelay.config import Config
-from smtprelay.infra.tls import ensure_self_signed
 from smtprelay.transform.tokens import KeyRing
-from tests.support import base_config
+from tests.support import base_config, pem_pair, tls
 
 
 def config(tmp_path: Path, **overrides: Any) -> Config:
     return Config.model_validate(base_config(tmp_path / "var", **overrides))
 
 
-def pair(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    ensure_self_signed(cert, key, "relay.test")
-    return cert, key
-
-
-def tls(cert: Path, key: Path, **more: Any) -> dict[str, Any]:
-    return {"generate_self_signed": False, "cert_file": str(cert), "key_file": str(key), **more}
-
-
 def test_a_usable_configuration_has_no_problem(tmp_path: Path) -> None:
-    cert, key = pair(tmp_path / "tls")
-    links_cert, links_key = pair(tmp_path / "links")
+    cert, key = pem_pair(tmp_path / "tls")
+    links_cert, links_key = pem_pair(tmp_path / "links")
     aasa = tmp_path / "aasa.json"
     aasa.write_text('{"applinks": {}}')
     password = tmp_path / "password"
@@ -72,15 +61,15 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
 
 
 def test_a_key_of_another_certificate(tmp_path: Path) -> None:
-    cert, _ = pair(tmp_path / "one")
-    _, other = pair(tmp_path / "two")
+    cert, _ = pem_pair(tmp_path / "one")
+    _, other = pem_pair(tmp_path / "two")
     assert preflight.problems(config(tmp_path, tls=tls(cert, other))) == [
         f"tls.key_file: {other} is not the key of the certificate in tls.cert_file ({cert}); "
         "install the key the certificate was issued for, or a new pair"]
 
 
 def test_an_encrypted_key_is_named_without_asking_for_a_pass_phrase(tmp_path: Path) -> None:
-    cert, key = pair(tmp_path / "tls")
+    cert, key = pem_pair(tmp_path / "tls")
     loaded = serialization.load_pem_private_key(key.read_bytes(), password=None)
     key.write_bytes(loaded.private_bytes(serialization.Encoding.PEM,
                                          serialization.PrivateFormat.PKCS8,
@@ -92,7 +81,7 @@ def test_an_encrypted_key_is_named_without_asking_for_a_pass_phrase(tmp_path: Pa
 
 
 def test_pem_that_openssl_takes_is_not_refused(tmp_path: Path) -> None:
-    cert, key = pair(tmp_path / "tls")
+    cert, key = pem_pair(tmp_path / "tls")
     # Explanatory text around the blocks, CRLF, and OpenSSL's TRUSTED CERTIFICATE label.
     text = cert.read_text()
     cert.write_text("subject=CN = relay.test\r\n" + text.replace("\n", "\r\n")
@@ -102,14 +91,14 @@ def test_pem_that_openssl_takes_is_not_refused(tmp_path: Path) -> None:
 
 
 def test_a_cipher_list_that_selects_nothing(tmp_path: Path) -> None:
-    cert, key = pair(tmp_path / "tls")
+    cert, key = pem_pair(tmp_path / "tls")
     assert preflight.problems(config(tmp_path, tls=tls(cert, key, ciphers="NO-SUCH"))) == [
         "tls.ciphers: 'NO-SUCH' selects no cipher; give an OpenSSL cipher list (such as "
         "ECDHE+AESGCM:ECDHE+CHACHA20), or remove the key"]
 
 
 def test_tracking_domain_files(tmp_path: Path) -> None:
-    _, key = pair(tmp_path / "tls")
+    _, key = pem_pair(tmp_path / "tls")
     broken = tmp_path / "assetlinks.json"
     broken.write_text("{not json")
     missing = tmp_path / "aasa.json"

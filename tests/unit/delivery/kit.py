@@ -10,7 +10,6 @@ arrives, a reply that takes a while, a final "." that is never answered.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,13 +60,6 @@ class WallClock:
 
     def set(self, now: float) -> None:
         self.now = now
-
-
-def shared_port() -> int:
-    """A port free on 127.0.0.1, for MX hosts on 127.0.0.N (delivery.port is one port)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def mx(dns: TestDNSServer, domain: str, *hosts: tuple[int, str, str | None]) -> None:

@@ -26,21 +26,8 @@ from smtprelay.delivery.client import (
     parse_retry_hint,
 )
 from smtprelay.delivery.model import Destination, Transaction, Verdict, WireForm
-from tests.sinks import (  # noqa: F401 (sink_tls: a fixture the others use)
-    HOST,
-    MX_NAME,
-    Sink,
-    SinkFactory,
-    closed_port,
-    sink_tls,
-    sink_tls_dir,
-    sinks,
-)
+from tests.sinks import HOST, MX_NAME, Sink, SinkFactory, closed_port
 from tests.support import examples
-
-# Fixtures imported from tests/sinks.py are "redefined" as test parameters (F811); a
-# `pytest_plugins` registration in tests/conftest.py would make the import unnecessary.
-# ruff: noqa: F811
 
 MESSAGE = (
     b"From: sender@example.com\r\n"

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from smtprelay.delivery.dns import MXResolver, MXResult, Resolution, mail_domain
 from smtprelay.delivery.model import Destination
-from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401
+from tests.dnsserver import TestDNSServer
 from tests.support import examples
 
 
@@ -44,12 +44,12 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def resolver(dns_server: TestDNSServer, clock: Clock) -> MXResolver:  # noqa: F811
+def resolver(dns_server: TestDNSServer, clock: Clock) -> MXResolver:
     return MXResolver([dns_server.nameserver], timeout=0.5, clock=clock, rng=random.Random(7))
 
 
 @pytest.fixture
-def server(dns_server: TestDNSServer) -> TestDNSServer:  # noqa: F811
+def server(dns_server: TestDNSServer) -> TestDNSServer:
     return dns_server  # the shorter name; dns_server also checks the server had no errors
 
 

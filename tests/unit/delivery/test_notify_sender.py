@@ -10,7 +10,6 @@ import email
 import email.utils
 import re
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,14 +39,6 @@ SENDER = "app@example.com"
 NOW = 1_700_000_000.0
 BODY = (b"From: App <app@example.com>\r\nTo: x@a.test\r\nSubject: invoice 42\r\n"
         b"Message-ID: <m42@example.com>\r\n\r\nPlease pay.\r\n")
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Iterator[Spool]:
-    s = Spool(tmp_path / "spool.db")
-    s.open()
-    yield s
-    s.close()
 
 
 def new_message(*recipients: str, sender: str = SENDER, data: bytes = BODY,

@@ -15,16 +15,8 @@ import pytest
 
 from smtprelay.delivery.client import ClientSettings, Connection
 from smtprelay.delivery.pool import ConnectionPool
-from tests.sinks import (  # noqa: F401 (sink_tls, sink_tls_dir: fixtures sinks uses)
-    SinkFactory,
-    SmtpSink,
-    sink_tls,
-    sink_tls_dir,
-    sinks,
-)
+from tests.sinks import SinkFactory, SmtpSink
 from tests.unit.delivery.kit import MonotonicClock, has_sample, sample, wait_until
-
-# ruff: noqa: F811  (fixtures imported from tests/sinks.py are redefined as parameters)
 
 ACTIVE = "smtprelay_domain_active_connections"
 OPEN = "smtprelay_outbound_connections"

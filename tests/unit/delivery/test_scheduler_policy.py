@@ -32,11 +32,10 @@ from smtprelay.spool.model import (
     new_message_id,
 )
 from smtprelay.spool.store import Spool, get_outcomes, open_for_cli
-from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401
-from tests.sinks import SinkFactory, sink_tls, sink_tls_dir, sinks  # noqa: F401
-from tests.unit.delivery.kit import WallClock, make_config, mx, sample, shared_port, wait_until
-
-# ruff: noqa: F811  (fixtures imported from tests/ modules are redefined as parameters)
+from tests.dnsserver import TestDNSServer
+from tests.sinks import SinkFactory
+from tests.support import free_port
+from tests.unit.delivery.kit import WallClock, make_config, mx, sample, wait_until
 
 SENDER = "app@example.com"
 BODY = b"From: app@example.com\r\nTo: x@a.test\r\nSubject: policy\r\n\r\nHello.\r\n"
@@ -145,14 +144,6 @@ class Bench:
             return [row[0] for row in conn.execute("SELECT id FROM messages ORDER BY id")]
         finally:
             conn.close()
-
-
-@pytest.fixture
-async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
-    s = Spool(tmp_path / "spool.db")
-    s.open()
-    yield s
-    s.close()
 
 
 @pytest.fixture
@@ -396,7 +387,7 @@ async def test_one_dsn_when_the_last_recipient_bounces(bench: Bench, remote: Rem
 async def test_deferred_by_a_real_mx_then_bounced_at_expiry_and_the_dsn_delivered(
         spool: Spool, tmp_path: Path, dns_server: TestDNSServer,
         sinks: SinkFactory) -> None:
-    port = shared_port()
+    port = free_port()
     rcpt_mx = sinks.smtp(host="127.0.0.2", port=port,
                          rcpt_replies={"x@a.test": "451 4.7.1 greylisted, try again later"})
     sender_mx = sinks.smtp(host="127.0.0.3", port=port)

@@ -27,17 +27,9 @@ from smtprelay.delivery.smtp_transport import (
     SmarthostPasswordError,
     SMTPTransport,
 )
-from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401
-from tests.sinks import (  # noqa: F401 (sink_tls: a fixture sinks uses)
-    MX_NAME,
-    RawSink,
-    Script,
-    SinkFactory,
-    SmtpSink,
-    sink_tls,
-    sink_tls_dir,
-    sinks,
-)
+from tests.dnsserver import TestDNSServer
+from tests.sinks import MX_NAME, RawSink, Script, SinkFactory, SmtpSink
+from tests.support import free_port
 from tests.unit.delivery.kit import (
     BODY,
     SENDER,
@@ -46,11 +38,8 @@ from tests.unit.delivery.kit import (
     mx,
     queued,
     sample,
-    shared_port,
     wait_until,
 )
-
-# ruff: noqa: F811  (fixtures imported from tests/ modules are redefined as parameters)
 
 
 def txn(*recipients: str, data: bytes = BODY) -> Transaction:
@@ -64,7 +53,7 @@ class Net:
         self.tmp_path = tmp_path
         self.dns = dns
         self.sinks = sinks
-        self.port = shared_port()
+        self.port = free_port()
         self.transports: list[SMTPTransport] = []
         self.pools: list[ConnectionPool] = []
         self._last = 1

@@ -5,7 +5,6 @@ suppression entries and counters, or kept as unmatched with the reason."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from smtprelay.feedback import actions
 from smtprelay.feedback.arf import ComplaintReport
@@ -13,8 +12,8 @@ from smtprelay.feedback.inbox import Report
 from smtprelay.spool import set_stats
 from smtprelay.spool.sent import SentMessage
 from smtprelay.transform.tokens import Key, KeyRing
+from tests.unit.feedback.kit import DATA
 
-DATA = Path(__file__).parents[2] / "data" / "feedback"
 RING = KeyRing([Key(1, b"feedback-samples-secret-0123456789", 1.69e9)])
 NOW = 1.7e9
 TAG0 = "b-aeayxt7fnaaf6ku4hzy5as4gagjhcggbw5zfl63jxy@bounce.example.com"

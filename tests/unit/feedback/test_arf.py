@@ -5,8 +5,6 @@ non-ARF SpamCop form. Every field of each result is compared."""
 from __future__ import annotations
 
 import dataclasses
-import email.utils
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,20 +13,12 @@ from smtprelay.feedback import arf, mime
 from smtprelay.feedback.arf import ComplaintReport
 from smtprelay.feedback.classify import Unparseable, analyse, recover_tag
 from smtprelay.transform.tokens import Key, KeyRing
+from tests.unit.feedback.kit import sample, ts
 
-DATA = Path(__file__).parents[2] / "data" / "feedback"
 RING = KeyRing([Key(1, b"feedback-samples-secret-0123456789", 1.69e9)])
 TAG0 = "b-aeayxt7fnaaf6ku4hzy5as4gagjhcggbw5zfl63jxy@bounce.example.com"
 TAG1 = "b-aeayxt7fnaaf6ku4hzy5as4gaipid6aulayopgx4nm@bounce.example.com"
 MSG_A = "018bcfe56800-5f2a9c3e71d04b86"
-
-
-def sample(name: str) -> bytes:
-    return (DATA / name).read_bytes()
-
-
-def ts(date: str) -> float:
-    return email.utils.parsedate_to_datetime(date).timestamp()
 
 
 def complaint_of(name: str) -> ComplaintReport:

@@ -3,9 +3,6 @@ marker on its own, and the reports that carry auto-reply markers yet are not rep
 
 from __future__ import annotations
 
-import email.utils
-from pathlib import Path
-
 import pytest
 
 from smtprelay.feedback import autoreply
@@ -13,16 +10,7 @@ from smtprelay.feedback.autoreply import AutoReply
 from smtprelay.feedback.classify import analyse
 from smtprelay.feedback.dsn_parse import DeliveryReport
 from smtprelay.feedback.fields import Field
-
-DATA = Path(__file__).parents[2] / "data" / "feedback"
-
-
-def sample(name: str) -> bytes:
-    return (DATA / name).read_bytes()
-
-
-def ts(date: str) -> float:
-    return email.utils.parsedate_to_datetime(date).timestamp()
+from tests.unit.feedback.kit import sample, ts
 
 
 def test_outlook_out_of_office() -> None:

@@ -5,7 +5,6 @@ tracing a report back to our message, and the SES event records made from a repo
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,8 +37,8 @@ from smtprelay.feedback import (
 )
 from smtprelay.transform.tokens import Key, KeyRing
 from tests.support import examples
+from tests.unit.feedback.kit import DATA, sample
 
-DATA = Path(__file__).parents[2] / "data" / "feedback"
 SAMPLES = sorted(path.name for path in DATA.glob("*.eml"))
 RING = KeyRing([Key(1, b"feedback-samples-secret-0123456789", 1.69e9)])
 NOW = 1.7e9
@@ -49,10 +48,6 @@ MSG_B = "018bd3a4c100-0a1b2c3d4e5f6071"
 # Parsing a few MB in one go should take well under a second; the bound is generous
 # for a loaded machine, and still catches anything quadratic.
 SLOW = 5.0
-
-
-def sample(name: str) -> bytes:
-    return (DATA / name).read_bytes()
 
 
 KINDS = {

@@ -10,9 +10,7 @@ recipient (``view`` leaves out only the raw field lists, checked separately).
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,17 +20,7 @@ from smtprelay.delivery.dsn_compose import FailedRecipient, build_dsn
 from smtprelay.feedback import dsn_parse, mime
 from smtprelay.feedback.classify import Unparseable, analyse, attribute
 from smtprelay.feedback.dsn_parse import DeliveryReport, RecipientStatus
-
-DATA = Path(__file__).parents[2] / "data" / "feedback"
-
-
-def sample(name: str) -> bytes:
-    return (DATA / name).read_bytes()
-
-
-def ts(date: str) -> float:
-    """A date as Unix seconds, by the stdlib (not by the code under test)."""
-    return email.utils.parsedate_to_datetime(date).timestamp()
+from tests.unit.feedback.kit import sample, ts
 
 
 def report_of(name: str) -> DeliveryReport:

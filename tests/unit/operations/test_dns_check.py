@@ -30,14 +30,14 @@ from smtprelay.operations.dns_check import (
     run,
 )
 from smtprelay.transform import dkim
-from tests.dnsserver import TestDNSServer, dns_server  # noqa: F401
+from tests.dnsserver import TestDNSServer
 from tests.support import base_config, write_config
 
 IP = "192.0.2.25"
 
 
 @pytest.fixture
-def server(dns_server: TestDNSServer) -> TestDNSServer:  # noqa: F811
+def server(dns_server: TestDNSServer) -> TestDNSServer:
     return dns_server
 
 

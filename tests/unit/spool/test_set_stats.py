@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,14 +50,6 @@ def update(index: int, kind: str, *, bounce_type: str | None = None,
                            next_attempt=at + 60 if kind == "delay" else None,
                            outcomes=(Outcome(message_id="", index=index, kind=kind, at=at,
                                              bounce_type=bounce_type),))
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Iterator[Spool]:
-    s = Spool(tmp_path / "spool.db")
-    s.open()
-    yield s
-    s.close()
 
 
 def day(spool: Spool, now: float = NOW) -> dict[str, Counts]:

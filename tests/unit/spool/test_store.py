@@ -31,14 +31,6 @@ def new_message(i: int = 0, size: int = 100, rcpts: int = 2) -> NewMessage:
     )
 
 
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    s = Spool(tmp_path / "spool.db")
-    s.open()
-    yield s
-    s.close()
-
-
 async def test_concurrent_enqueues_share_commits(spool: Spool) -> None:
     from smtprelay.infra import metrics
 

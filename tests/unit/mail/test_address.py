@@ -1,0 +1,63 @@
+"""SMTP path syntax (smtprelay.mail.address): MAIL FROM and RCPT TO arguments, fuzzed."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from smtprelay.mail.address import AddressError, parse_path
+from tests.support import examples
+
+
+@pytest.mark.parametrize(("argument", "address"), [
+    ("FROM:<a@Example.COM>", "a@example.com"),
+    ("from: <a.b+c@example.com>", "a.b+c@example.com"),
+    ("FROM:<>", ""),
+    ('FROM:<"odd local"@example.com>', '"odd local"@example.com'),
+    ("FROM:<a@[127.0.0.1]>", "a@[127.0.0.1]"),
+    ("FROM:<a@[IPv6:::1]>", "a@[ipv6:::1]"),
+])
+def test_valid_senders(argument: str, address: str) -> None:
+    assert parse_path(argument, keyword="FROM", sender=True).address == address
+
+
+@pytest.mark.parametrize(("argument", "reply"), [
+    ("FROM:<a@b", "501 5.5.4 Syntax: MAIL FROM:<address>"),
+    ("FROM:a@b", "501 5.5.4 Syntax: MAIL FROM:<address>"),
+    ("TO:<a@b>", "501 5.5.4 Syntax: MAIL FROM:<address>"),
+    ("FROM:<@x:a@b>", "501 5.1.7 Bad sender address syntax: source routes are not accepted"),
+    ("FROM:<" + "a" * 65 + "@example.com>",
+     "501 5.1.7 Bad sender address syntax: the local part is longer than 64 octets"),
+    ("FROM:<" + "a" * 300 + "@example.com>",
+     "501 5.1.7 Bad sender address syntax: the address is longer than 254 octets"),
+    ("FROM:<a..b@example.com>", "501 5.1.7 Bad sender address syntax: invalid local part"),
+    ("FROM:<a@-x.com>", "501 5.1.7 Bad sender address syntax: invalid domain"),
+    ("FROM:<a@[1.2.3]>", "501 5.1.7 Bad sender address syntax: invalid address literal"),
+    ("FROM:<jösé@example.com>",
+     "553 5.6.7 Error: a non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM"),
+])
+def test_invalid_senders(argument: str, reply: str) -> None:
+    with pytest.raises(AddressError) as info:
+        parse_path(argument, keyword="FROM", sender=True)
+    assert f"{info.value.reply.code} {info.value.reply.text}" == reply
+
+
+def test_utf8_address_with_smtputf8_and_params() -> None:
+    path = parse_path("FROM:<jösé@exämple.com> SMTPUTF8 SIZE=100 BODY=8BITMIME",
+                      keyword="FROM", sender=True)
+    assert path.address == "jösé@exämple.com"
+    assert path.params == {"SMTPUTF8": None, "SIZE": "100", "BODY": "8BITMIME"}
+    with pytest.raises(AddressError):
+        parse_path("TO:<>", keyword="TO", sender=False)
+
+
+@settings(max_examples=examples(400), deadline=None)
+@given(st.text(max_size=300))
+def test_parser_only_ever_raises_address_error(argument: str) -> None:
+    try:
+        result = parse_path(argument, keyword="FROM", sender=True)
+    except AddressError as exc:
+        assert 500 <= exc.reply.code < 600
+    else:
+        assert result.address == "" or "@" in result.address
