@@ -1,44 +1,33 @@
-"""The MIME layer of a feedback message: parse it once, with bounded work, and find parts.
+"""The MIME layer of a feedback message: read it once, with bounded work, and find parts.
 
-Parsing uses the stdlib ``email.parser.BytesParser`` with ``policy=compat32``: both
-policies share the feed parser, which never raises on a broken structure (it records a
-defect and goes on), but the default policy parses structured header values on access
-and has raised on malformed address and parameter values in several Python releases,
-and is about three times slower. compat32 hands header values back as the raw strings,
-which ``fields.clean`` turns into text; nothing here needs more from it.
+The walk is ``smtprelay.mail.mime``'s lenient reading with any line end (CRLF, LF or a
+lone CR: bounces are saved and forwarded by every kind of software): the structure as
+Python's email package reads it, without that parser's costs (its parameter parser is
+quadratic on some values, and it builds a Message per delivery-status block). It
+never raises on a broken structure, reads only header blocks, finds part boundaries
+with ``bytes.find``, and does not look into ``message/*`` parts: a returned original
+is only of interest for its header section (``OriginalMessage``), and a
+delivery-status part is read as text.
 
-Two guards on the stdlib parser, through the ``_class`` it accepts (``_Part``):
-
-* ``email.message._parseparam`` is quadratic in the length of a Content-Type value
-  with many ``;`` inside quotes (200 KB of them took 28 s in a test); the feed parser
-  calls it for every multipart boundary. Parameter-bearing fields are cut to
-  ``MAX_PARAMETER_FIELD`` characters when read, far beyond any real one.
-* Every ``message/*`` part is kept as a raw leaf instead of being parsed further.
-  The feed parser would turn a delivery-status part into one Message per block (four
-  times slower than reading the blocks ourselves: 0.3 s for 10,000 recipients) and
-  fully parse a returned original, whose structure is of no interest: only its header
-  section is read (``OriginalMessage``).
-
-Input beyond ``MAX_INPUT`` is cut before parsing and the result says so. A report's
+Input beyond ``MAX_INPUT`` is not read and the result says so. A report's
 machine-readable parts come first and the returned original last, so what is lost is
-at most the tail of the original.
+at most the tail of the original. Beyond ``MAX_PARTS`` parts the rest is left out
+(``too_many_parts``); parts nested more than ``mail.mime.MAX_DEPTH`` levels deep make
+the input unreadable (MimeError).
 """
 
 from __future__ import annotations
 
-import email.errors
-import email.message
-import email.parser
-import email.policy
+import base64
+import binascii
 import html
+import quopri
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from smtprelay.feedback.fields import (
     Field,
     all_values,
-    clean,
     collapse,
     decode_bytes,
     first,
@@ -47,15 +36,13 @@ from smtprelay.feedback.fields import (
     read_header_section,
 )
 from smtprelay.mail import encoded_words
+from smtprelay.mail.mime import Part, Walk, token
 
 MAX_INPUT = 4 * 1024 * 1024
 MAX_PARTS = 1000
-MAX_PARAMETER_FIELD = 4096
 # Text handed to the wording heuristics: a bounce's explanation is at the start.
 MAX_TEXT = 256 * 1024
-_PARAMETER_FIELDS = frozenset({"content-type", "content-disposition"})
-# Raw message/* leaves get this type while parsing; content_type() gives the real one.
-_RAW_PREFIX = "application/x-smtprelay-raw-"
+_UUENCODED = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
 
 ORIGINAL_TYPES = frozenset({
     "message/rfc822", "message/global",  # the whole original (RFC 6532 for the second)
@@ -87,45 +74,23 @@ class MimeError(NotAReport):
     """The input cannot be read as a message at all."""
 
 
-class _Part(email.message.Message):
-    """The parts the parser builds: see the module docstring for both overrides."""
-
-    def get(self, name: str, failobj: Any = None) -> Any:
-        value = super().get(name, failobj)
-        if (isinstance(value, str) and len(value) > MAX_PARAMETER_FIELD
-                and name.lower() in _PARAMETER_FIELDS):
-            return value[:MAX_PARAMETER_FIELD]
-        return value
-
-    def get_content_type(self) -> str:
-        real = super().get_content_type()
-        if real.startswith("message/"):
-            return _RAW_PREFIX + real[len("message/"):]
-        return real
+def content_type(part: Part) -> str:
+    """The part's content type, lower case ("message/delivery-status")."""
+    return part.content_type
 
 
-def content_type(part: email.message.Message) -> str:
-    """The part's real content type, lower case ("message/delivery-status")."""
-    return email.message.Message.get_content_type(part)
-
-
-def parameter(part: email.message.Message, name: str) -> str:
-    """A Content-Type parameter, lower case, "" when absent."""
-    try:
-        value = part.get_param(name, "")
-    except (ValueError, IndexError, LookupError):
-        return ""
-    if isinstance(value, tuple):  # an RFC 2231 value: (charset, language, text)
-        value = value[2]
-    return clean(str(value)).strip().lower()
+def parameter(part: Part, name: str) -> str:
+    """A Content-Type parameter, lower case, "" when absent; 8-bit octets in it read as
+    replacement characters (report-type and charset are ASCII tokens)."""
+    return token(part.param(name) or "").strip().lower()
 
 
 @dataclass(frozen=True, slots=True)
 class ParsedMessage:
-    root: email.message.Message
+    root: Part
     headers: tuple[Field, ...]  # the top-level header section, as text
     # Every part in document order (the root first), not looking into message/*.
-    parts: tuple[email.message.Message, ...]
+    parts: tuple[Part, ...]
     truncated: bool  # the input was longer than MAX_INPUT and was cut
     too_many_parts: bool  # more than MAX_PARTS parts; the rest were not looked at
 
@@ -151,55 +116,87 @@ class ParsedMessage:
     def date(self) -> float | None:
         return parse_date(self.header("date"))
 
-    def parts_of_type(self, *types: str) -> list[email.message.Message]:
+    def parts_of_type(self, *types: str) -> list[Part]:
         return [part for part in self.parts if content_type(part) in types]
 
 
 def parse(raw: bytes) -> ParsedMessage:
-    """The message's structure; MimeError only if the stdlib parser gives up entirely."""
-    truncated = len(raw) > MAX_INPUT
-    data = raw[:MAX_INPUT]
-    try:
-        root = email.parser.BytesParser(_class=_Part, policy=email.policy.compat32).parsebytes(
-            data)
-    except RecursionError:
-        raise MimeError("MIME parts nested too deeply") from None
-    except (email.errors.MessageError, ValueError, LookupError, IndexError,
-            TypeError) as exc:
-        raise MimeError(f"the email parser failed: {exc!r}") from None
-    headers = tuple(
-        Field.of(clean(name), collapse(clean(str(value)))) for name, value in root.items())
-    parts: list[email.message.Message] = []
-    stack: list[email.message.Message] = [root]
-    too_many = False
-    while stack:
-        part = stack.pop()
-        if len(parts) >= MAX_PARTS:
-            too_many = True
-            break
-        parts.append(part)
-        payload = part.get_payload()
-        if isinstance(payload, list):
-            stack.extend(reversed([p for p in payload
-                                   if isinstance(p, email.message.Message)]))
-    return ParsedMessage(root, headers, tuple(parts), truncated, too_many)
+    """The message's structure; MimeError only for absurdly deep nesting."""
+    walk = Walk(raw, strict=False, any_newline=True, max_input=MAX_INPUT, max_parts=MAX_PARTS)
+    parts = tuple(walk)
+    if any(problem.kind == "depth" for problem in walk.problems):
+        raise MimeError("MIME parts nested too deeply")
+    root = parts[0]
+    # 8-bit octets in a field read as replacement characters (what the email package
+    # this replaced gave for them).
+    headers = tuple(Field.of(field.name, collapse(field.raw.decode("ascii", "replace")))
+                    for field in root.fields)
+    too_many = any(problem.kind == "parts" for problem in walk.problems)
+    return ParsedMessage(root, headers, parts, walk.truncated, too_many)
 
 
-def part_bytes(part: email.message.Message) -> bytes:
+def part_bytes(part: Part) -> bytes:
     """A leaf part's content, transfer encoding undone; b"" for a multipart."""
-    if part.is_multipart():
+    if part.content_type.startswith("multipart/"):
         return b""
+    body = part.body
+    encoding = part.transfer_encoding
+    if encoding == "quoted-printable":
+        return quopri.decodestring(body)
+    if encoding == "base64":
+        return _base64(body)
+    if encoding in _UUENCODED:
+        try:
+            return _uudecode(body)
+        except ValueError:
+            return body
+    return body
+
+
+def _base64(body: bytes) -> bytes:
+    """As forgiving as the email package: padding added, stray characters skipped, and
+    the text as it is when nothing decodes."""
+    compact = b"".join(body.splitlines())
+    padding = b"=" * (-len(compact) % 4)
     try:
-        decoded = part.get_payload(decode=True)
-    except (ValueError, LookupError, TypeError, IndexError):
-        decoded = None
-    if isinstance(decoded, bytes):
-        return decoded
-    payload = part.get_payload()
-    return payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+        return base64.b64decode(compact + padding, validate=True)
+    except binascii.Error:
+        pass
+    for attempt in (compact, compact + b"=="):
+        try:
+            return base64.b64decode(attempt, validate=False)
+        except binascii.Error:
+            pass
+    return compact
 
 
-def part_text(part: email.message.Message, limit: int | None = None) -> str:
+def _uudecode(body: bytes) -> bytes:
+    """The lines between "begin <mode> <name>" and "end"; ValueError without a begin line."""
+    lines = iter(body.splitlines())
+    for line in lines:
+        if line.startswith(b"begin "):
+            try:
+                int(line.removeprefix(b"begin ").partition(b" ")[0], base=8)
+            except ValueError:
+                continue
+            break
+    else:
+        raise ValueError("no begin line")
+    decoded = []
+    for line in lines:
+        if not line:
+            raise ValueError("truncated")
+        if line.strip(b" \t\r\n\f") == b"end":
+            break
+        try:
+            decoded.append(binascii.a2b_uu(line))
+        except binascii.Error:
+            # Broken encoders pad their lines: decode only what the length octet counts.
+            decoded.append(binascii.a2b_uu(line[:(((line[0] - 32) & 63) * 4 + 5) // 3]))
+    return b"".join(decoded)
+
+
+def part_text(part: Part, limit: int | None = None) -> str:
     """A leaf part's content as text, in its declared charset (UTF-8 when none)."""
     data = part_bytes(part)
     if limit is not None:

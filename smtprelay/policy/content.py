@@ -42,7 +42,7 @@ def refusal(data: bytes, fields: list[HeaderField]) -> Reply | None:
                 return R.duplicate_header(field.name)
             seen.add(field.key)
     try:
-        blocked = attachments.first_blocked(data, fields)
+        blocked = attachments.first_blocked(data)
     except attachments.MimeError:
         return R.BAD_MIME
     if blocked is not None:

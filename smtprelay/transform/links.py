@@ -59,18 +59,13 @@ import re
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from email import policy
-from email.message import Message
-from email.parser import BytesHeaderParser
 
-from smtprelay.mail.headers import header_end
+from smtprelay.mail import mime
 
 OPEN_TRACKER = "{{ses:openTracker}}"
 MAX_LINKS = 250  # SES: "The click tracking system can track a maximum of 250 links."
 # A longer URL would make a token too long for a link (see tokens.MAX_TOKEN_CHARS).
 MAX_URL = 4096
-MAX_DEPTH = 32
-MAX_PARTS = 1000
 MAX_PROBLEMS = 20
 LINE_LIMIT = 998  # RFC 5322 2.1.1, without the CRLF
 
@@ -529,7 +524,7 @@ class _Part:
     head: int  # offsets: header block, body, end of the body
     body: int
     end: int
-    fields: Message
+    walked: mime.Part  # as the walk found it: its fields, where they end
     html: bool = True
 
 
@@ -546,79 +541,35 @@ class _Decoded:
         return self.part.html
 
 
-_PARSER = BytesHeaderParser(policy=policy.compat32)
-
-
 def _text_parts(data: bytes, problems: list[str], *, plain: bool) -> Iterator[_Part]:
-    """The inline text/html (and with `plain`, text/plain) leaves, in document order."""
-    top = header_end(data)
-    stack = [_Part("", 0, top, len(data), _PARSER.parsebytes(data[:top]))]
-    depth = {"": 0}
-    count = 1
-    while stack:
-        part = stack.pop()
-        ctype = part.fields.get_content_type()
-        if ctype.startswith("multipart/"):
-            boundary = part.fields.get_boundary()
-            if not boundary or not boundary.isascii():
-                problems.append(f"part {part.number or 'message'}: multipart without a "
-                                "usable boundary, not searched")
-                continue
-            children = []
-            for index, (start, end) in enumerate(
-                    _split(data, part.body, part.end, boundary.encode("ascii")), 1):
-                count += 1
-                number = f"{part.number}.{index}" if part.number else str(index)
-                if count > MAX_PARTS or depth[part.number] >= MAX_DEPTH:
-                    problems.append(f"part {number}: too many or too deeply nested parts, "
-                                    "not searched")
-                    break
-                depth[number] = depth[part.number] + 1
-                children.append(_child(data, number, start, end))
-            stack.extend(reversed(children))
-        elif (ctype == "text/html" or (plain and ctype == "text/plain")) \
-                and part.fields.get_content_disposition() != "attachment":
-            yield _Part(part.number or "1", part.head, part.body, part.end, part.fields,
-                        html=ctype == "text/html")
+    """The inline text/html (and with `plain`, text/plain) leaves, in document order.
 
-
-def _child(data: bytes, number: str, start: int, end: int) -> _Part:
-    if data.startswith(b"\r\n", start, end):
-        head, body = b"", start + 2  # no header fields: text/plain
-    else:
-        blank = data.find(b"\r\n\r\n", start, end)
-        body = end if blank < 0 else blank + 4
-        head = data[start:body]
-    return _Part(number, start, body, end, _PARSER.parsebytes(head))
-
-
-def _split(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
-    """(start, end) of each body part between delimiter lines (RFC 2046 5.1.1).
-
-    The CRLF before a delimiter belongs to the delimiter; transport padding after it
-    is allowed; the close delimiter ends the parts (the epilogue is nobody's).
+    Forwarded messages (message/rfc822) are leaves of the lenient walk, so nothing
+    inside them is found.
     """
-    marker = b"--" + boundary
-    line = re.compile(re.escape(marker) + rb"(--)?[ \t]*+(?:\r\n|\Z)")
-    spans: list[tuple[int, int]] = []
-    part_start: int | None = None
-    candidate = start if data.startswith(marker, start, end) else -1
-    if candidate < 0:
-        found = data.find(b"\r\n" + marker, start, end)
-        candidate = found + 2 if found >= 0 else -1
-    while candidate >= 0:
-        match = line.match(data, candidate, end)
-        if match is not None:
-            if part_start is not None:
-                spans.append((part_start, max(part_start, candidate - 2)))
-            if match.group(1):
-                return spans
-            part_start = match.end()
-        found = data.find(b"\r\n" + marker, candidate + 1, end)
-        candidate = found + 2 if found >= 0 else -1
-    if part_start is not None:
-        spans.append((part_start, end))  # no close delimiter: the part runs to the end
-    return spans
+    walk = mime.Walk(data, strict=False)
+    reported = 0
+    for part in walk:
+        # What the walk left out is reported where it happened, between the parts.
+        reported = _report(walk.problems, reported, problems)
+        ctype = part.content_type
+        if (ctype == "text/html" or (plain and ctype == "text/plain")) \
+                and part.disposition != "attachment":
+            yield _Part(part.number or "1", part.header_start, part.body_start, part.body_end,
+                        part, html=ctype == "text/html")
+    _report(walk.problems, reported, problems)
+
+
+def _report(found: list[mime.Problem], reported: int, problems: list[str]) -> int:
+    for problem in found[reported:]:
+        number = ".".join(map(str, problem.path))
+        if problem.kind == "boundary":
+            problems.append(f"part {number or 'message'}: multipart without a usable "
+                            "boundary, not searched")
+        else:
+            problems.append(f"part {number}: too many or too deeply nested parts, "
+                            "not searched")
+    return len(found)
 
 
 _ROUND_TRIP = frozenset(("utf-8", "ascii", "iso8859-1"))
@@ -628,8 +579,7 @@ _QP_PADDING = re.compile(rb"(?<![ \t])[ \t]++(?=\r\n|\Z)")
 
 def _decode(data: bytes, part: _Part, problems: list[str]) -> _Decoded | None:
     where = f"part {part.number} ({'text/html' if part.html else 'text/plain'})"
-    # str(): compat32 hands out a Header object for a value with 8-bit bytes in it.
-    encoding = str(part.fields.get("content-transfer-encoding") or "7bit").strip().lower()
+    encoding = part.walked.transfer_encoding or "7bit"
     raw = data[part.body:part.end]
     padded = False
     if encoding == "base64":
@@ -657,7 +607,7 @@ def _decode(data: bytes, part: _Part, problems: list[str]) -> _Decoded | None:
     else:
         problems.append(f"{where}: unknown transfer encoding {encoding!r}, left untouched")
         return None
-    charset = part.fields.get_content_charset() or "us-ascii"
+    charset = part.walked.charset or "us-ascii"
     try:
         text = octets.decode(charset, "surrogateescape")
         # With surrogateescape these always read back to the same bytes; others (UTF-7,
@@ -704,14 +654,13 @@ def _encode(data: bytes, item: _Decoded, edits: list[_Edit],
     if item.encoding == "binary" or max(map(len, octets.split(b"\r\n"))) <= LINE_LIMIT:
         return [(part.body, part.end, octets)]
     # A rewritten line is now too long for SMTP: quoted-printable it is, header included.
-    header = data[part.head:part.body]
-    field_match = _CTE_FIELD.search(header)
+    fields_end = part.walked.header_end
+    field_match = _CTE_FIELD.search(data[part.head:fields_end])
     cte = b"Content-Transfer-Encoding: quoted-printable"
     if field_match is not None:
         change = (part.head + field_match.start(), part.head + field_match.end(), cte)
     else:
-        at = part.body - 2 if part.body - 2 >= part.head else part.head
-        change = (at, at, cte + b"\r\n")
+        change = (fields_end, fields_end, cte + b"\r\n")  # after the last field
     return [change, (part.body, part.end, quoted_printable(octets))]
 
 
