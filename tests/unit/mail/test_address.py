@@ -1,4 +1,5 @@
-"""SMTP path syntax (smtprelay.mail.address): MAIL FROM and RCPT TO arguments, fuzzed."""
+"""smtprelay.mail.address: the one way addresses are split and compared, and SMTP path
+syntax (MAIL FROM and RCPT TO arguments), fuzzed."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtprelay.mail.address import AddressError, parse_path
+from smtprelay.bounces.return_path import mail_from_domain_for
+from smtprelay.config.sets import is_simulator_address
+from smtprelay.delivery.scheduler import recipient_domain
+from smtprelay.mail.address import Address, AddressError, domain_of, local_of, parse_path
+from smtprelay.policy.identities import covers
+from smtprelay.policy.suppression import normalise
 from tests.support import examples
 
 
@@ -61,3 +67,26 @@ def test_parser_only_ever_raises_address_error(argument: str) -> None:
         assert 500 <= exc.reply.code < 600
     else:
         assert result.address == "" or "@" in result.address
+
+
+@pytest.mark.parametrize(("text", "local", "domain"), [
+    ("App@Example.COM.", "App", "example.com"),
+    ('"a@b"@Example.org', '"a@b"', "example.org"),
+    ("no-at-sign", "", "no-at-sign"),
+    ("x@", "x", ""),
+])
+def test_address_splits_at_the_last_at_and_normalises_only_the_domain(
+        text: str, local: str, domain: str) -> None:
+    address = Address.parse(text)
+    assert (address.local, address.domain) == (local, domain)
+    assert domain_of(text) == domain
+    assert local_of(text) == (local if "@" in text else "")
+
+
+def test_every_stage_reads_a_trailing_dot_domain_alike() -> None:
+    assert recipient_domain("a@Dest.Example.") == "dest.example"
+    assert is_simulator_address("bounce@Simulator.Test.", "simulator.test")
+    assert covers("example.com", "app@News.Example.com.")
+    assert normalise("Gone@Example.NET.") == "Gone@example.net"
+    assert mail_from_domain_for("app@Example.com.", {"example.com": "bounce.example.com"}) \
+        == "bounce.example.com"
