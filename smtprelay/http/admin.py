@@ -215,9 +215,7 @@ def account_json(name: str, pause: Pause | None,
                  reputation: Judgement | None = None) -> dict[str, Any]:
     return {
         "name": name,
-        "paused": None if pause is None else {
-            "reason": pause.reason, "detail": pause.detail, "since": pause.since,
-            "by": pause.by},
+        "paused": pause.as_json() if pause is not None else None,
         "accepting": pause is None,
         "reputation": reputation.as_json() if reputation is not None else None,
     }

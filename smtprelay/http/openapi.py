@@ -198,7 +198,7 @@ _SCHEMAS: dict[str, Any] = {
     "Pause": {
         "type": "object",
         "properties": {
-            "configuration_set": {"type": "string"},
+            "configuration_set": {"type": "string", "description": "The set paused."},
             "reason": {"type": "string",
                        "description": "manual (API, CLI) or reputation (the guard)"},
             "detail": {"type": "string", "description": "The operator's text, or the rate "
@@ -246,13 +246,14 @@ _SCHEMAS: dict[str, Any] = {
     "AccountPause": {
         "type": "object",
         "properties": {
+            "account": {"type": "string", "description": "The account paused."},
             "reason": {"type": "string",
                        "description": "manual (API, CLI) or reputation (the guard)"},
             "detail": {"type": "string"},
             "since": {"type": "number"},
             "by": {"type": "string"},
         },
-        "required": ["reason", "detail", "since", "by"],
+        "required": ["account", "reason", "detail", "since", "by"],
         "additionalProperties": False,
     },
     "Account": {

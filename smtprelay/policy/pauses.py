@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from smtprelay.db import sqlite
@@ -44,6 +44,7 @@ Scope = Literal["set", "account"]
 Reason = Literal["manual", "reputation"]
 REASONS: tuple[Reason, ...] = ("manual", "reputation")
 REFRESH_SECONDS = 0.5
+_WHAT: dict[str, str] = {"set": "configuration set", "account": "account"}
 MAX_DETAIL = 1000  # characters of free text kept with a pause
 
 # Each entry moves these tables one version on; never edit a released entry. The
@@ -74,20 +75,32 @@ CREATE TABLE IF NOT EXISTS pause_resumes (
 
 @dataclass(frozen=True, slots=True)
 class Pause:
-    configuration_set: str
+    """A pause in force: `name` is the configuration set or the account, as `scope` says."""
+
+    scope: Scope
+    name: str
     reason: str  # one of REASONS (a newer smtprelay may write others)
     detail: str
     since: float
     by: str
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # The key says what `name` is, so an account's pause never claims to be a set's.
+        return {_JSON_KEYS[self.scope]: self.name, "reason": self.reason,
+                "detail": self.detail, "since": self.since, "by": self.by}
+
+
+_JSON_KEYS: dict[str, str] = {"set": "configuration_set", "account": "account"}
+
+
+def describe(scope: Scope, name: str) -> str:
+    """"configuration set 'news'" or "account 'acme'": how messages name a pause's target."""
+    return f"{_WHAT[scope]} {name!r}"
 
 
 class AlreadyPaused(Exception):
-    def __init__(self, pause: Pause, scope: Scope = "set") -> None:
-        what = "configuration set" if scope == "set" else "account"
-        super().__init__(f"{what} {pause.configuration_set!r} is already paused "
+    def __init__(self, pause: Pause) -> None:
+        super().__init__(f"{describe(pause.scope, pause.name)} is already paused "
                          f"({pause.reason}, by {pause.by})")
         self.pause = pause
 
@@ -104,53 +117,50 @@ class SQLitePauseStore(sqlite.Store):
     COMPONENT = "pauses"
     MIGRATIONS = _MIGRATIONS
 
-    def pause(self, configuration_set: str, *, reason: Reason = "manual", detail: str = "",
-              by: str, now: float | None = None, scope: Scope = "set") -> Pause:
+    def pause(self, name: str, *, reason: Reason = "manual", detail: str = "", by: str,
+              now: float | None = None, scope: Scope = "set") -> Pause:
         """Pause a set (or an account); AlreadyPaused (with the pause in force) if it is."""
         if reason not in REASONS:
             raise ValueError(f"reason must be one of {', '.join(REASONS)}, not {reason!r}")
-        pause = Pause(configuration_set, reason, detail[:MAX_DETAIL],
+        pause = Pause(scope, name, reason, detail[:MAX_DETAIL],
                       time.time() if now is None else now, by)
         table, key = _TABLES[scope]
         with self.transaction() as conn:
-            existing = self._get(configuration_set, scope)
+            existing = self._get(name, scope)
             if existing is None:
                 conn.execute(
                     f"INSERT INTO {table} ({key}, reason, detail, since,"  # noqa: S608
                     " paused_by) VALUES (?,?,?,?,?)",
-                    (pause.configuration_set, pause.reason, pause.detail, pause.since,
-                     pause.by))
+                    (pause.name, pause.reason, pause.detail, pause.since, pause.by))
         if existing is not None:
-            raise AlreadyPaused(existing, scope)
+            raise AlreadyPaused(existing)
         return pause
 
-    def resume(self, configuration_set: str, *, scope: Scope = "set",
+    def resume(self, name: str, *, scope: Scope = "set",
                now: float | None = None) -> Pause | None:
         """Lift a set's (or account's) pause; the pause lifted, or None if it was not
         paused. A lifted pause's time is remembered for the reputation guard."""
         table, key = _TABLES[scope]
         with self.transaction() as conn:
-            existing = self._get(configuration_set, scope)
-            conn.execute(f"DELETE FROM {table} WHERE {key} = ?",  # noqa: S608
-                         (configuration_set,))
+            existing = self._get(name, scope)
+            conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (name,))  # noqa: S608
             if existing is not None:
                 conn.execute(
                     "INSERT INTO pause_resumes (scope, name, resumed_at) VALUES (?,?,?)"
                     " ON CONFLICT (scope, name) DO UPDATE SET resumed_at = excluded."
-                    "resumed_at", (scope, configuration_set,
-                                   time.time() if now is None else now))
+                    "resumed_at", (scope, name, time.time() if now is None else now))
         return existing
 
-    def get(self, configuration_set: str, scope: Scope = "set") -> Pause | None:
+    def get(self, name: str, scope: Scope = "set") -> Pause | None:
         with self._lock:
-            return self._get(configuration_set, scope)
+            return self._get(name, scope)
 
-    def _get(self, configuration_set: str, scope: Scope = "set") -> Pause | None:
+    def _get(self, name: str, scope: Scope = "set") -> Pause | None:
         table, key = _TABLES[scope]
         row = self.conn.execute(
             f"SELECT {key}, reason, detail, since, paused_by FROM {table}"  # noqa: S608
-            f" WHERE {key} = ?", (configuration_set,)).fetchone()
-        return None if row is None else _pause(row)
+            f" WHERE {key} = ?", (name,)).fetchone()
+        return None if row is None else _pause(scope, row)
 
     def all(self, scope: Scope = "set") -> dict[str, Pause]:
         table, key = _TABLES[scope]
@@ -158,7 +168,7 @@ class SQLitePauseStore(sqlite.Store):
             rows = self.conn.execute(
                 f"SELECT {key}, reason, detail, since, paused_by FROM {table}"  # noqa: S608
                 f" ORDER BY {key}").fetchall()
-        return {row[0]: _pause(row) for row in rows}
+        return {row[0]: _pause(scope, row) for row in rows}
 
     def resumes(self) -> dict[tuple[str, str], float]:
         """(scope, name) -> when its last pause was lifted."""
@@ -168,9 +178,12 @@ class SQLitePauseStore(sqlite.Store):
         return {(str(row[0]), str(row[1])): float(row[2]) for row in rows}
 
 
-def _pause(row: tuple[Any, ...]) -> Pause:
-    return Pause(configuration_set=str(row[0]), reason=str(row[1]), detail=str(row[2]),
+def _pause(scope: Scope, row: tuple[Any, ...]) -> Pause:
+    return Pause(scope=scope, name=str(row[0]), reason=str(row[1]), detail=str(row[2]),
                  since=float(row[3]), by=str(row[4]))
+
+
+_SCOPES: tuple[Scope, ...] = ("set", "account")
 
 
 class PausedSets(Mapping[str, Pause]):
@@ -200,67 +213,58 @@ class PausedSets(Mapping[str, Pause]):
     def __contains__(self, name: object) -> bool:
         return name in self._pauses
 
+    def all(self, scope: Scope = "set") -> Mapping[str, Pause]:
+        """The pauses in force, from memory: the store's call, so that the operations
+        layer takes either."""
+        return self._pauses if scope == "set" else self.accounts
+
+    def _replace(self, scope: Scope, pauses: dict[str, Pause]) -> None:
+        # One assignment: readers see the old dict or the new, never one half-changed.
+        if scope == "set":
+            self._pauses = pauses
+            metrics.CONFIGURATION_SETS_PAUSED.set(len(pauses))
+        else:
+            self.accounts = pauses
+
     def refresh(self) -> None:
         """Read the list again (blocking: call in a thread)."""
         with self._changing:
-            current = self.store.all()
-            for name in current.keys() - self._pauses.keys():
-                pause = current[name]
-                log.info("configuration set %s paused (%s by %s%s)", name, pause.reason,
-                         pause.by, f": {pause.detail}" if pause.detail else "")
-            for name in self._pauses.keys() - current.keys():
-                log.info("configuration set %s resumed", name)
-            self._pauses = current  # one assignment: readers see the old dict or the new
-            metrics.CONFIGURATION_SETS_PAUSED.set(len(current))
-            accounts = self.store.all("account")
-            for name in accounts.keys() - self.accounts.keys():
-                pause = accounts[name]
-                log.info("account %s paused (%s by %s%s)", name, pause.reason, pause.by,
-                         f": {pause.detail}" if pause.detail else "")
-            for name in self.accounts.keys() - accounts.keys():
-                log.info("account %s resumed", name)
-            self.accounts = accounts
+            for scope in _SCOPES:
+                current = self.store.all(scope)
+                known = self.all(scope)
+                for name in current.keys() - known.keys():
+                    pause = current[name]
+                    log.info("%s %s paused (%s by %s%s)", _WHAT[scope], name, pause.reason,
+                             pause.by, f": {pause.detail}" if pause.detail else "")
+                for name in known.keys() - current.keys():
+                    log.info("%s %s resumed", _WHAT[scope], name)
+                self._replace(scope, current)
 
-    def pause(self, configuration_set: str, *, reason: Reason = "manual", detail: str = "",
-              by: str) -> Pause:
-        """Blocking (a thread): pause in the store and here."""
+    def pause(self, name: str, *, reason: Reason = "manual", detail: str = "", by: str,
+              scope: Scope = "set") -> Pause:
+        """Blocking (a thread): pause a set (or an account) in the store and here."""
         with self._changing:
-            pause = self.store.pause(configuration_set, reason=reason, detail=detail, by=by)
-            self._pauses = {**self._pauses, configuration_set: pause}
-            metrics.CONFIGURATION_SETS_PAUSED.set(len(self._pauses))
-        log.info("configuration set %s paused (%s by %s%s)", configuration_set, reason, by,
+            pause = self.store.pause(name, reason=reason, detail=detail, by=by, scope=scope)
+            self._replace(scope, {**self.all(scope), name: pause})
+        log.info("%s %s paused (%s by %s%s)", _WHAT[scope], name, reason, by,
                  f": {detail}" if detail else "")
         return pause
 
-    def resume(self, configuration_set: str) -> Pause | None:
-        """Blocking (a thread): lift the pause in the store and here."""
+    def resume(self, name: str, *, scope: Scope = "set") -> Pause | None:
+        """Blocking (a thread): lift a set's (or an account's) pause in the store and here."""
         with self._changing:
-            lifted = self.store.resume(configuration_set)
-            self._pauses = {k: v for k, v in self._pauses.items() if k != configuration_set}
-            metrics.CONFIGURATION_SETS_PAUSED.set(len(self._pauses))
+            lifted = self.store.resume(name, scope=scope)
+            self._replace(scope, {k: v for k, v in self.all(scope).items() if k != name})
         if lifted is not None:
-            log.info("configuration set %s resumed", configuration_set)
+            log.info("%s %s resumed", _WHAT[scope], name)
         return lifted
 
     def pause_account(self, account: str, *, reason: Reason = "manual", detail: str = "",
                       by: str) -> Pause:
-        """Blocking (a thread): pause an account's sending in the store and here."""
-        with self._changing:
-            pause = self.store.pause(account, reason=reason, detail=detail, by=by,
-                                     scope="account")
-            self.accounts = {**self.accounts, account: pause}
-        log.info("account %s paused (%s by %s%s)", account, reason, by,
-                 f": {detail}" if detail else "")
-        return pause
+        return self.pause(account, reason=reason, detail=detail, by=by, scope="account")
 
     def resume_account(self, account: str) -> Pause | None:
-        """Blocking (a thread): lift an account's pause in the store and here."""
-        with self._changing:
-            lifted = self.store.resume(account, scope="account")
-            self.accounts = {k: v for k, v in self.accounts.items() if k != account}
-        if lifted is not None:
-            log.info("account %s resumed", account)
-        return lifted
+        return self.resume(account, scope="account")
 
     async def run(self, interval: float = REFRESH_SECONDS) -> None:
         """Refresh forever (a task the daemon cancels at stop)."""

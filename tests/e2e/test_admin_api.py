@@ -370,6 +370,38 @@ def test_an_account_paused_through_the_api_gets_554_for_every_set_until_resumed(
         assert answer.status == 404 and "nope" in answer.json["error"]["message"], path
 
 
+def test_the_api_names_a_paused_account_account_and_a_paused_set_configuration_set(
+        relay: RunningRelay) -> None:
+    admin = Admin(relay.http_port)
+    paused = admin.post("/api/v1/accounts/acme/pause", body={"reason": "leaked key"})
+    assert paused.status == 200, paused.json
+    pause = paused.json["paused"]
+    assert pause == {"account": "acme", "reason": "manual", "detail": "leaked key",
+                     "since": pause["since"], "by": "api 127.0.0.1"}
+    listed = {a["name"]: a for a in admin.get("/api/v1/accounts").json["items"]}
+    assert listed["acme"]["paused"] == pause
+    assert admin.get("/api/v1/accounts/acme").json["paused"] == pause
+    marketing = admin.post("/api/v1/configuration-sets/marketing/pause").json["paused"]
+    assert marketing["configuration_set"] == "marketing" and "account" not in marketing
+
+
+def test_the_cli_names_a_paused_account_account_and_a_paused_set_configuration_set(
+        relay: RunningRelay) -> None:
+    assert cli(relay, "accounts", "pause", "other", "--reason", "typo").returncode == 0
+    rows = {r["name"]: r for r in json.loads(cli(relay, "accounts", "list", "--json").stdout)}
+    pause = rows["other"]["paused"]
+    assert pause == {"account": "other", "reason": "manual", "detail": "typo",
+                     "since": pause["since"], "by": "cli"}
+    assert rows["acme"]["paused"] is None
+    stats = json.loads(cli(relay, "stats", "--json").stdout)
+    assert {a["account"]: a["paused"] for a in stats["accounts"]} == {"acme": None,
+                                                                      "other": pause}
+    assert cli(relay, "sets", "pause", "marketing").returncode == 0
+    sets = {r["name"]: r for r in json.loads(cli(relay, "sets", "list", "--json").stdout)}
+    marketing = sets["marketing"]["paused"]
+    assert marketing["configuration_set"] == "marketing" and "account" not in marketing
+
+
 def test_a_pause_made_with_the_cli_is_noticed_by_the_running_daemon(
         relay: RunningRelay) -> None:
     cred = relay.credential()
