@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from smtprelay.config import Config, load_config
+from smtprelay.operations.errors import CONFIG_KEYS, NotConfigured, OperationError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -18,6 +19,16 @@ EXIT_USAGE = 2
 
 class CommandError(Exception):
     """An expected failure: printed as one line, no traceback."""
+
+
+def refusal(exc: OperationError) -> str:
+    """How the CLI says an operation's refusal, where a command has no words of its own."""
+    if isinstance(exc, NotConfigured):
+        what, listed = ("configuration set", "sets") if exc.scope == "set" else (
+            "account", "accounts")
+        return (f"{CONFIG_KEYS[exc.scope]}.{exc.name}: no such {what} in the configuration "
+                f"({listed}: {', '.join(exc.known) or 'none'})")
+    return str(exc)
 
 
 def config_from(args: argparse.Namespace) -> Config:

@@ -17,8 +17,11 @@ the client's address and the route pattern; tokens never are.
 Lists page with ``limit`` (1-1000, default 100) and ``cursor``: pass the previous
 answer's ``next_cursor`` to get the page after it (null: there is none). A cursor
 is the last key of the page (an address, a message id), so any string is a valid
-cursor: the page starts after it. Database work runs in threads or in the spool's
-writer; the event loop never waits on the disk.
+cursor: the page starts after it.
+
+Each route parses its request, runs the operation the CLI runs too
+(smtprelay.operations) in a thread, so the event loop never waits on the disk, and
+says its result or refusal (`refusal`) in the API's shapes.
 
 What the validation accepts is exactly what openapi.json says (the same patterns
 and ranges, from smtprelay.http.openapi), so a client generated from the document
@@ -44,18 +47,22 @@ from smtprelay.config import Config
 from smtprelay.http import admin_auth, openapi
 from smtprelay.http.tracking import client_ip, parse_ip
 from smtprelay.infra import metrics
-from smtprelay.policy.pauses import AlreadyPaused, Pause, PausedSets
-from smtprelay.policy.reputation import Judgement
-from smtprelay.policy.suppression import (
-    REASONS,
-    Reason,
-    SQLiteSuppressionStore,
-    SuppressionEntry,
-    address_problem,
-    normalise,
+from smtprelay.operations import pauses as pause_ops
+from smtprelay.operations import queue as queue_ops
+from smtprelay.operations import stats as stats_ops
+from smtprelay.operations import suppression as suppression_ops
+from smtprelay.operations.errors import (
+    AlreadyPaused,
+    Conflict,
+    NotConfigured,
+    NotFound,
+    OperationError,
 )
+from smtprelay.operations.paging import Page
+from smtprelay.policy.pauses import PausedSets, Scope
+from smtprelay.policy.reputation import Judgement
+from smtprelay.policy.suppression import REASONS, Reason, SQLiteSuppressionStore, address_problem
 from smtprelay.spool import set_stats
-from smtprelay.spool.model import QueuedMessage, RecipientState
 from smtprelay.spool.store import MessageFilter, Spool
 
 log = logging.getLogger("smtprelay.http.admin")
@@ -87,6 +94,15 @@ class APIError(Exception):
         self.status = status
         self.code = code or _STATUS_CODES.get(status, "error")
         self.message = message
+
+
+def refusal(exc: OperationError) -> APIError:
+    """An operation's refusal as the API says it: 404, 409 or 422 and its message."""
+    if isinstance(exc, NotConfigured | NotFound):
+        return APIError(404, str(exc))
+    if isinstance(exc, AlreadyPaused):
+        return APIError(409, f"{exc}; resume it first to pause it again")
+    return APIError(409 if isinstance(exc, Conflict) else 422, str(exc))
 
 
 def error_response(status: int, code: str, message: str,
@@ -178,51 +194,17 @@ async def read_body(request: web.Request, fields: dict[str, type]) -> dict[str, 
     return value
 
 
+async def pause_detail(request: web.Request) -> str:
+    """The optional {"reason": text} of a pause request (its length is the operation's
+    to check)."""
+    return str((await read_body(request, {"reason": str})).get("reason", ""))
+
+
 # -- JSON shapes -----------------------------------------------------------------------------
 
 
-async def pause_reason(request: web.Request) -> str:
-    """The optional {"reason": text} of a pause request."""
-    detail = str((await read_body(request, {"reason": str})).get("reason", ""))
-    if len(detail) > openapi.MAX_PAUSE_REASON:
-        _fail(422, f"reason is longer than {openapi.MAX_PAUSE_REASON} characters")
-    return detail
-
-
-def entry_json(entry: SuppressionEntry) -> dict[str, Any]:
-    return {"account": entry.account, "address": entry.address, "reason": entry.reason,
-            "created_at": entry.created_at, "source_message_id": entry.source_message_id}
-
-
-def window_json(window: set_stats.Window) -> dict[str, Any]:
-    return {"seconds": window.seconds, "since": window.since, "until": window.until}
-
-
-def set_json(name: str, config: Config, pause: Pause | None,
-             reputation: Judgement | None = None) -> dict[str, Any]:
-    settings = config.configuration_sets.get(name)
-    enabled = settings.sending_enabled if settings is not None else None
-    return {
-        "name": name, "configured": settings is not None, "sending_enabled": enabled,
-        "paused": pause.as_json() if pause is not None else None,
-        "accepting": bool(enabled) and pause is None,
-        "publishes_events": settings.publishes if settings is not None else False,
-        "reputation": reputation.as_json() if reputation is not None else None,
-    }
-
-
-def account_json(name: str, pause: Pause | None,
-                 reputation: Judgement | None = None) -> dict[str, Any]:
-    return {
-        "name": name,
-        "paused": pause.as_json() if pause is not None else None,
-        "accepting": pause is None,
-        "reputation": reputation.as_json() if reputation is not None else None,
-    }
-
-
-def stats_json(counts: set_stats.Counts) -> dict[str, Any]:
-    return counts.as_json()
+def page_json(page: Page[Any], item: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    return {"items": [item(i) for i in page.items], "next_cursor": page.next_cursor}
 
 
 # -- the API -------------------------------------------------------------------------------------
@@ -235,6 +217,7 @@ class AdminAPI:
         self._services = services
         self._trusted = [ipaddress.ip_network(n) for n in trusted_proxies]
         self._clock = clock
+        self._queue = queue_ops.DaemonSpool(services.spool)
         self.document = openapi.document()
         if len(secret) < admin_auth.MIN_SECRET_CHARS:
             log.warning("http.admin_token_env: the admin secret is %d characters; use at "
@@ -262,6 +245,9 @@ class AdminAPI:
                                      headers=UNAUTHORIZED_HEADERS)
         try:
             response = await handler(request)
+        except OperationError as exc:
+            failure = refusal(exc)
+            response = error_response(failure.status, failure.code, failure.message)
         except APIError as exc:
             response = error_response(exc.status, exc.code, exc.message)
         except web.HTTPException as exc:
@@ -315,8 +301,7 @@ class AdminAPI:
 
     def _account(self, request: web.Request) -> str:
         account = request.match_info["account"]
-        if account not in self._services.config().accounts:
-            _fail(404, f"no account {account!r} in the configuration (accounts.{account})")
+        suppression_ops.check_account(self._services.config(), account)
         return account
 
     async def suppression_search(self, request: web.Request) -> web.Response:
@@ -325,56 +310,43 @@ class AdminAPI:
         reason = _choice(request, "reason", REASONS)
         prefix = _text(request, "prefix", 320)
         cursor = _text(request, "cursor", 320)
-        store = self._services.suppression
-        entries = await asyncio.to_thread(
-            store.list, account, reason=cast(Reason | None, reason), limit=limit + 1,
-            after=(account, cursor) if cursor is not None else None,
-            prefix=normalise(prefix) if prefix else None)
-        more = len(entries) > limit
-        entries = entries[:limit]
-        return web.json_response({
-            "items": [entry_json(e) for e in entries],
-            "next_cursor": entries[-1].address if more else None})
-
-    def _address(self, request: web.Request) -> str:
-        return request.match_info["address"]
+        found = await asyncio.to_thread(
+            suppression_ops.page, self._services.suppression, self._services.config(),
+            account, reason=cast(Reason | None, reason), prefix=prefix, limit=limit,
+            after=cursor)
+        return web.json_response(page_json(found, lambda entry: entry.as_json()))
 
     async def suppression_get(self, request: web.Request) -> web.Response:
         account = self._account(request)
-        address = self._address(request)
-        entry = await asyncio.to_thread(self._services.suppression.get, account, address)
-        if entry is None:
-            _fail(404, f"{address} is not on account {account}'s suppression list")
-        return web.json_response(entry_json(entry))
+        entry = await asyncio.to_thread(suppression_ops.get, self._services.suppression,
+                                        self._services.config(), account,
+                                        request.match_info["address"])
+        return web.json_response(entry.as_json())
 
     async def suppression_put(self, request: web.Request) -> web.Response:
         account = self._account(request)
-        address = self._address(request)
+        address = request.match_info["address"]
         body = await read_body(request, {"reason": str})
-        if _ADDRESS.search(address) is None or address_problem(address) is not None:
+        # The document's pattern, which generated clients check too; the operation
+        # checks the rest (and says why for an address the pattern lets through).
+        if _ADDRESS.search(address) is None:
             _fail(422, address_problem(address) or f"{address!r} is not an email address "
                   "smtprelay can list (one @, a domain, no spaces or control characters, "
                   "at most 320 characters)")
-        reason = body.get("reason")
-        if reason not in REASONS:
-            _fail(422, "reason must be BOUNCE or COMPLAINT")
-        store = self._services.suppression
-        created = await asyncio.to_thread(store.add, account, address, reason)
-        entry = await asyncio.to_thread(store.get, account, address)
-        assert entry is not None
-        log.info("admin api: account=%s suppressed %s reason=%s (%s)", account, entry.address,
-                 reason, "new" if created else "updated")
-        return web.json_response(entry_json(entry), status=201 if created else 200)
+        added = await asyncio.to_thread(
+            suppression_ops.add, self._services.suppression, self._services.config(),
+            account, address, body.get("reason"))
+        log.info("admin api: account=%s suppressed %s reason=%s (%s)", account,
+                 added.entry.address, added.entry.reason, "new" if added.created else "updated")
+        return web.json_response(added.entry.as_json(), status=201 if added.created else 200)
 
     async def suppression_delete(self, request: web.Request) -> web.Response:
         account = self._account(request)
-        address = self._address(request)
-        removed = await asyncio.to_thread(self._services.suppression.remove, account, address)
-        if not removed:
-            _fail(404, f"{address} is not on account {account}'s suppression list")
-        log.info("admin api: account=%s unsuppressed %s", account, normalise(address))
-        return web.json_response({"account": account, "address": normalise(address),
-                                  "removed": True})
+        address = await asyncio.to_thread(
+            suppression_ops.remove, self._services.suppression, self._services.config(),
+            account, request.match_info["address"])
+        log.info("admin api: account=%s unsuppressed %s", account, address)
+        return web.json_response({"account": account, "address": address, "removed": True})
 
     # -- queue ----------------------------------------------------------------------------
 
@@ -385,169 +357,111 @@ class AdminAPI:
             configuration_set=_text(request, "configuration_set", 256),
             state=_choice(request, "state", openapi.QUEUE_STATES))
         cursor = _text(request, "cursor", 256)
-        messages = await asyncio.to_thread(self._services.spool.messages, limit=limit + 1,
-                                           after=cursor, filters=filters)
-        more = len(messages) > limit
-        messages = messages[:limit]
-        return web.json_response({
-            "items": [m.as_json() for m in messages],
-            "next_cursor": messages[-1].message_id if more else None})
-
-    async def _message(self, request: web.Request) -> QueuedMessage:
-        message_id = request.match_info["message_id"]
-        message = await asyncio.to_thread(self._services.spool.get, message_id)
-        if message is None:
-            _fail(404, f"no message {message_id} in the queue")
-        return message
+        found = await asyncio.to_thread(queue_ops.page, self._queue, filters, limit=limit,
+                                        after=cursor)
+        return web.json_response(page_json(found, lambda message: message.as_json()))
 
     async def queue_get(self, request: web.Request) -> web.Response:
-        return web.json_response((await self._message(request)).as_json())
+        message = await asyncio.to_thread(queue_ops.show, self._queue,
+                                          request.match_info["message_id"])
+        return web.json_response(message.as_json())
 
     async def queue_delete(self, request: web.Request) -> web.Response:
         message_id = request.match_info["message_id"]
-        if not await self._services.spool.delete(message_id):
-            _fail(404, f"no message {message_id} in the queue")
+        await asyncio.to_thread(queue_ops.delete, self._queue, message_id)
         log.info("admin api: msg=%s deleted from the queue", message_id)
         return web.json_response({"message_id": message_id, "deleted": True})
 
     async def queue_retry(self, request: web.Request) -> web.Response:
-        message = await self._message(request)
-        due = await self._services.spool.retry(message.message_id, self._clock())
-        if not due:
-            waiting = [r for r in message.recipients if r.state is RecipientState.SENDING]
-            _fail(409, f"message {message.message_id} has no recipient waiting for a retry "
-                       + ("(a delivery attempt holds it now)" if waiting
-                          else "(every recipient is final)"))
+        message_id = request.match_info["message_id"]
+        due = await asyncio.to_thread(queue_ops.retry, self._queue, message_id, self._clock())
         self._services.wake_scheduler()
-        log.info("admin api: msg=%s %d recipient(s) due now", message.message_id, due)
-        return web.json_response({"message_id": message.message_id, "recipients_due": due})
+        log.info("admin api: msg=%s %d recipient(s) due now", message_id, due)
+        return web.json_response({"message_id": message_id, "recipients_due": due})
 
     async def queue_retry_all(self, _request: web.Request) -> web.Response:
-        due = await self._services.spool.retry(None, self._clock())
+        due = await asyncio.to_thread(queue_ops.retry_all, self._queue, self._clock())
         self._services.wake_scheduler()
         log.info("admin api: queue flushed, %d recipient(s) due now", due)
         return web.json_response({"message_id": None, "recipients_due": due})
 
-    # -- configuration sets ------------------------------------------------------------------
+    # -- configuration sets and accounts: pauses --------------------------------------------
 
-    def _set_names(self) -> list[str]:
-        names = set(self._services.config().configuration_sets) | set(self._services.pauses)
-        return sorted(names)
+    def _target_json(self, target: pause_ops.Target) -> dict[str, Any]:
+        judged = self._services.reputation(target.scope, target.name)
+        # Beside what the CLI shows too: a set's publishes_events, an account's accepting.
+        own = ({"publishes_events": target.publishes_events} if target.scope == "set"
+               else {"accepting": target.accepting})
+        return {**target.as_json(), **own,
+                "reputation": judged.as_json() if judged is not None else None}
 
-    def _known_set(self, request: web.Request) -> str:
-        name = request.match_info["name"]
-        if (name not in self._services.config().configuration_sets
-                and name not in self._services.pauses):
-            _fail(404, f"no configuration set {name!r} in the configuration "
-                       f"(configuration_sets.{name})")
-        return name
+    def _listing(self, scope: Scope) -> web.Response:
+        # The daemon's PausedSets answer from memory: no thread needed.
+        targets = pause_ops.listing(self._services.pauses, self._services.config(), scope)
+        return web.json_response({"items": [self._target_json(t) for t in targets]})
 
-    def _set_json(self, name: str, pause: Pause | None) -> dict[str, Any]:
-        return set_json(name, self._services.config(), pause,
-                        self._services.reputation("set", name))
+    def _found(self, scope: Scope, name: str) -> web.Response:
+        return web.json_response(self._target_json(pause_ops.find(
+            self._services.pauses, self._services.config(), scope, name)))
+
+    async def _pause(self, request: web.Request, scope: Scope, name: str) -> web.Response:
+        detail = await pause_detail(request)
+        target = await asyncio.to_thread(
+            pause_ops.pause, self._services.pauses, self._services.config(), scope, name,
+            detail=detail, by=f"api {self._client(request)}")
+        return web.json_response(self._target_json(target))
+
+    async def _resume(self, scope: Scope, name: str) -> web.Response:
+        resumed = await asyncio.to_thread(pause_ops.resume, self._services.pauses,
+                                          self._services.config(), scope, name)
+        return web.json_response(self._target_json(resumed.target))
 
     async def sets_list(self, _request: web.Request) -> web.Response:
-        pauses = self._services.pauses
-        return web.json_response({"items": [self._set_json(name, pauses.get(name))
-                                            for name in self._set_names()]})
+        return self._listing("set")
 
     async def set_get(self, request: web.Request) -> web.Response:
-        name = self._known_set(request)
-        return web.json_response(self._set_json(name, self._services.pauses.get(name)))
+        return self._found("set", request.match_info["name"])
 
     async def set_pause(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        detail = await pause_reason(request)
-        config = self._services.config()
-        if name not in config.configuration_sets:
-            _fail(404, f"no configuration set {name!r} in the configuration "
-                       f"(configuration_sets.{name})")
-        try:
-            pause = await asyncio.to_thread(self._services.pauses.pause, name, detail=detail,
-                                            by=f"api {self._client(request)}")
-        except AlreadyPaused as exc:
-            _fail(409, f"{exc}; resume it first to pause it again")
-        return web.json_response(self._set_json(name, pause))
+        return await self._pause(request, "set", request.match_info["name"])
 
     async def set_resume(self, request: web.Request) -> web.Response:
-        name = self._known_set(request)
-        lifted = await asyncio.to_thread(self._services.pauses.resume, name)
-        config = self._services.config()
-        if lifted is None:
-            settings = config.configuration_sets.get(name)
-            hint = ("; sending_enabled: false in the configuration keeps it refusing mail "
-                    "(change the file and reload)"
-                    if settings is not None and not settings.sending_enabled else "")
-            _fail(409, f"configuration set {name!r} is not paused{hint}")
-        return web.json_response(self._set_json(name, None))
-
-    # -- accounts ------------------------------------------------------------------------
-
-    def _account_json(self, name: str, pause: Pause | None) -> dict[str, Any]:
-        return account_json(name, pause, self._services.reputation("account", name))
+        return await self._resume("set", request.match_info["name"])
 
     async def accounts_list(self, _request: web.Request) -> web.Response:
-        paused = self._services.pauses.accounts
-        names = sorted(set(self._services.config().accounts) | set(paused))
-        return web.json_response({"items": [self._account_json(name, paused.get(name))
-                                            for name in names]})
-
-    def _known_account(self, request: web.Request) -> str:
-        name = request.match_info["account"]
-        if (name not in self._services.config().accounts
-                and name not in self._services.pauses.accounts):
-            _fail(404, f"no account {name!r} in the configuration (accounts.{name})")
-        return name
+        return self._listing("account")
 
     async def account_get(self, request: web.Request) -> web.Response:
-        name = self._known_account(request)
-        return web.json_response(self._account_json(
-            name, self._services.pauses.accounts.get(name)))
+        return self._found("account", request.match_info["account"])
 
     async def account_pause(self, request: web.Request) -> web.Response:
-        name = self._account(request)
-        detail = await pause_reason(request)
-        try:
-            pause = await asyncio.to_thread(self._services.pauses.pause_account, name,
-                                            detail=detail, by=f"api {self._client(request)}")
-        except AlreadyPaused as exc:
-            _fail(409, f"{exc}; resume it first to pause it again")
-        return web.json_response(self._account_json(name, pause))
+        # An unknown account is a 404 before its body is read, as it has always been.
+        return await self._pause(request, "account", self._account(request))
 
     async def account_resume(self, request: web.Request) -> web.Response:
-        name = self._known_account(request)
-        lifted = await asyncio.to_thread(self._services.pauses.resume_account, name)
-        if lifted is None:
-            _fail(409, f"account {name!r} is not paused")
-        return web.json_response(self._account_json(name, None))
+        return await self._resume("account", request.match_info["account"])
 
     # -- statistics -------------------------------------------------------------------------
 
+    def _window(self, request: web.Request) -> set_stats.Window:
+        return set_stats.Window.ending(self._clock(), parse_window(request.query.get("window")))
+
     async def set_stats(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        window = set_stats.Window.ending(self._clock(), parse_window(request.query.get("window")))
-        found = await asyncio.to_thread(self._services.spool.set_totals, window,
-                                        configuration_set=name)
-        if name not in found and name not in self._services.config().configuration_sets:
-            _fail(404, f"no configuration set {name!r} in the configuration "
-                       f"(configuration_sets.{name}) and no statistics for it")
-        counts = found.get(name, set_stats.Counts())
-        return web.json_response({"configuration_set": name, "window": window_json(window),
-                                  **stats_json(counts)})
+        window = self._window(request)
+        counts = await asyncio.to_thread(stats_ops.set_report, self._queue,
+                                         self._services.config(), name, window)
+        return web.json_response({"configuration_set": name, "window": window.as_json(),
+                                  **counts.as_json()})
 
     async def stats(self, request: web.Request) -> web.Response:
-        window = set_stats.Window.ending(self._clock(), parse_window(request.query.get("window")))
-        spool = self._services.spool
-        by_set = await asyncio.to_thread(spool.set_totals, window)
-        by_account = await asyncio.to_thread(spool.set_totals, window, by="account")
-        config = self._services.config()
-        keys = sorted(set(config.configuration_sets) | set(by_set))
+        report = await asyncio.to_thread(stats_ops.report, self._queue,
+                                         self._services.config(), self._window(request))
         return web.json_response({
-            "window": window_json(window),
-            "total": stats_json(set_stats.merge(by_set.values())),
-            "configuration_sets": [
-                {"configuration_set": None if key == set_stats.NO_SET else key,
-                 **stats_json(by_set.get(key, set_stats.Counts()))} for key in keys],
-            "accounts": [{"account": account, **stats_json(by_account[account])}
-                         for account in sorted(by_account)],
+            "window": report.window.as_json(),
+            "total": report.total.as_json(),
+            "configuration_sets": [{"configuration_set": row.configuration_set,
+                                    **row.counts.as_json()} for row in report.sets],
+            "accounts": [{"account": account, **counts.as_json()}
+                         for account, counts in report.accounts],
         })

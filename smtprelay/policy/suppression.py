@@ -18,7 +18,7 @@ import builtins
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 from smtprelay.db import sqlite
 from smtprelay.mail.address import Address
@@ -61,6 +61,10 @@ class SuppressionEntry:
     reason: Reason
     created_at: float  # last time the address was added (SES's LastUpdateTime)
     source_message_id: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"account": self.account, "address": self.address, "reason": self.reason,
+                "created_at": self.created_at, "source_message_id": self.source_message_id}
 
 
 def normalise(address: str) -> str:

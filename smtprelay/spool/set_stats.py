@@ -275,6 +275,9 @@ class Window:
     def until(self) -> float:
         return float((self.last_hour + 1) * HOUR)
 
+    def as_json(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "since": self.since, "until": self.until}
+
 
 def totals(conn: sqlite3.Connection, window: Window, *, by: str = "configuration_set",
            configuration_set: str | None = None, account: str | None = None

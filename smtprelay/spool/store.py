@@ -212,7 +212,11 @@ class Spool:
         return self._writer.submit(lambda conn: _insert(conn, message, self.finalize))
 
     async def delete(self, message_id: str) -> bool:
-        return await self._writer.run(lambda conn: _delete(conn, message_id))
+        return await asyncio.wrap_future(self.delete_future(message_id))
+
+    def delete_future(self, message_id: str) -> Future[bool]:
+        """delete() for a caller in another thread (the operations the admin API runs)."""
+        return self._writer.submit(lambda conn: _delete(conn, message_id))
 
     async def claim_due(self, now: float, limit: int) -> list[QueuedMessage]:
         """Messages with recipients due now; those recipients turn `sending` (held)."""
@@ -295,7 +299,11 @@ class Spool:
 
     async def retry(self, message_id: str | None, now: float) -> int:
         """Make waiting recipients (of one message, or all) due at `now`; how many."""
-        return await self._writer.run(lambda conn: _retry(conn, message_id, now))
+        return await asyncio.wrap_future(self.retry_future(message_id, now))
+
+    def retry_future(self, message_id: str | None, now: float) -> Future[int]:
+        """retry() for a caller in another thread."""
+        return self._writer.submit(lambda conn: _retry(conn, message_id, now))
 
     def events_after(self, last_id: int, limit: int) -> list[outbox.StoredEvent]:
         """Events after `last_id` with their mail records, for the publisher."""
@@ -716,6 +724,16 @@ def delete_message(conn: sqlite3.Connection, message_id: str) -> bool:
         conn.execute("ROLLBACK")
         raise
     return deleted
+
+
+def recipient_states(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    """account -> recipient state -> how many recipients of its spooled messages."""
+    found: dict[str, dict[str, int]] = {}
+    for account, state, count in conn.execute(
+            "SELECT m.account, r.state, COUNT(*) FROM recipients r"
+            " JOIN messages m ON m.id = r.message_id GROUP BY m.account, r.state"):
+        found.setdefault(account, {})[state] = count
+    return found
 
 
 def open_for_cli(path: Path) -> sqlite3.Connection:

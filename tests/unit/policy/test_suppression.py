@@ -1,5 +1,5 @@
 """The suppression list on real SQLite: normalisation, upserts, paging, bulk import, and
-lookup latency with a million entries; plus the import-file parsers of the CLI."""
+lookup latency with a million entries; plus the import-file parsers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from smtprelay.cli.suppression import (
+from smtprelay.operations.suppression_files import (
     UnreadableFile,
     parse_created_at,
     parse_csv,

@@ -1,0 +1,129 @@
+"""An account's suppression list: add, remove, look up, list, import, export.
+
+Blocking calls on the state database's `SQLiteSuppressionStore` (the daemon's, or
+one the CLI opens). Every call names a configured account, or none where a listing
+may span them all; the file formats are in `suppression_files`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from smtprelay.config import Config
+from smtprelay.operations import paging, suppression_files
+from smtprelay.operations.errors import (
+    BadAddress,
+    BadReason,
+    NotSuppressed,
+    require_configured,
+)
+from smtprelay.policy.suppression import (
+    REASONS,
+    Reason,
+    SQLiteSuppressionStore,
+    SuppressionEntry,
+    address_problem,
+    normalise,
+)
+
+# Entries fetched at a time by the listings that go through a whole list, so that a
+# million of them never sit in memory at once.
+_PAGE = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    entry: SuppressionEntry
+    created: bool  # False: it was listed, and its reason and time are updated
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    new: int
+    updated: int
+
+
+def check_account(config: Config, account: str | None) -> None:
+    """NotConfigured unless `account` is None or a configured account."""
+    if account is not None:
+        require_configured(config, "account", account)
+
+
+def add(store: SQLiteSuppressionStore, config: Config, account: str, address: str,
+        reason: str | None) -> Added:
+    """Suppress `address` for `account` (SES's PutSuppressedDestination): adding a
+    listed address again updates its reason and time."""
+    check_account(config, account)
+    problem = address_problem(address)
+    if problem is not None:
+        raise BadAddress(problem)
+    if reason not in REASONS:
+        raise BadReason
+    created = store.add(account, address, reason)
+    entry = store.get(account, address)
+    assert entry is not None  # just written; nothing else removes entries
+    return Added(entry, created)
+
+
+def remove(store: SQLiteSuppressionStore, config: Config, account: str, address: str) -> str:
+    """Take `address` off the list; the address as it was listed (normalised)."""
+    check_account(config, account)
+    if not store.remove(account, address):
+        raise NotSuppressed(account, address)
+    return normalise(address)
+
+
+def get(store: SQLiteSuppressionStore, config: Config, account: str,
+        address: str) -> SuppressionEntry:
+    check_account(config, account)
+    entry = store.get(account, address)
+    if entry is None:
+        raise NotSuppressed(account, address)
+    return entry
+
+
+def page(store: SQLiteSuppressionStore, config: Config, account: str, *,
+         reason: Reason | None = None, prefix: str | None = None, limit: int,
+         after: str | None = None) -> paging.Page[SuppressionEntry]:
+    """A page of an account's list in address order; `prefix` matches the start of
+    the listed address (the domain in any case)."""
+    check_account(config, account)
+    return paging.page(
+        lambda n: store.list(account, reason=reason, limit=n,
+                             after=(account, after) if after is not None else None,
+                             prefix=normalise(prefix) if prefix else None),
+        limit, key=lambda entry: entry.address)
+
+
+def entries(store: SQLiteSuppressionStore, config: Config, account: str | None, *,
+            reason: Reason | None = None, contains: str | None = None,
+            limit: int | None = None) -> Iterator[SuppressionEntry]:
+    """Every matching entry, by account then address, or the first `limit`; read a
+    page at a time. `contains`: a case-insensitive substring of the address."""
+    check_account(config, account)
+    size = _PAGE if limit is None else max(1, min(limit, _PAGE))
+    found = store.iterate(account, reason=reason, contains=contains, page=size)
+    return found if limit is None else itertools.islice(found, max(0, limit))
+
+
+def import_rows(store: SQLiteSuppressionStore, config: Config, account: str,
+                parsed: suppression_files.ParseResult) -> Imported:
+    """Put a parsed file's good rows on the account's list, in transactions of
+    IMPORT_BATCH rows."""
+    check_account(config, account)
+    new = store.import_entries(account, parsed.rows.values())
+    return Imported(new, len(parsed.rows) - new)
+
+
+def export(store: SQLiteSuppressionStore, config: Config, out: IO[str], fmt: str,
+           account: str | None, *, reason: Reason | None = None) -> int:
+    """Write the list (or an account's) as `fmt` ("csv" or "json": NDJSON), in the
+    form an import reads; how many entries. CSV has an account column when it
+    holds several accounts."""
+    found = entries(store, config, account, reason=reason)
+    if fmt == "csv":
+        return suppression_files.write_csv(out, found, with_account=account is None)
+    return suppression_files.write_ndjson(out, found)
