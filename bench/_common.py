@@ -133,13 +133,7 @@ class RelayProcess:
         return str(data["username"]), str(data["password"])
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, grace=20)
         self.proc = None
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -148,6 +142,18 @@ class RelayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, grace: float) -> None:
+    """SIGTERM, `grace` seconds to exit, then SIGKILL; nothing if it already ended."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def exit_on_sigterm() -> None:

@@ -66,6 +66,7 @@ from bench._common import (
     median,
     raise_nofile,
     run_load,
+    stop_process,
     wait_for_banner,
     write_result,
 )
@@ -170,13 +171,7 @@ class CachingResolver:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, grace=10)
         self.proc = None
 
 
@@ -229,13 +224,7 @@ class Sink:
         return got
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, grace=10)
         self.proc = None
         shutil.rmtree(self.dumps, ignore_errors=True)
 

@@ -48,6 +48,7 @@ from bench._common import (
     median,
     python_env,
     run_load,
+    stop_process,
     wait_for_banner,
     write_result,
 )
@@ -154,13 +155,7 @@ class AiosmtpdProcess:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, grace=20)
         self.proc = None
 
 
