@@ -8,18 +8,15 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass
 
 # MAX_DEPTH, MAX_PARTS and MimeError are part of this module's interface (policy.content
 # catches MimeError).
-from smtprelay.mail import mime
+from smtprelay.mail import encoded_words, mime
 from smtprelay.mail.mime import MAX_DEPTH as MAX_DEPTH
 from smtprelay.mail.mime import MAX_PARTS as MAX_PARTS
 from smtprelay.mail.mime import MimeError as MimeError
-from smtprelay.mail.mime import decode_text
 
 # SES Developer Guide, "Amazon SES unsupported attachment types" (seed 004, line ~4800).
 _SES_TABLE = """
@@ -31,9 +28,6 @@ _SES_TABLE = """
 """
 BLOCKED_EXTENSIONS = frozenset(_SES_TABLE.split())
 
-# RFC 2047 encoded-word (RFC 2231 section 5 allows a language after the charset).
-_ENCODED_WORD = re.compile(r"=\?([^?*]*)(?:\*[^?]*)?\?([bBqQ])\?([^?]*)\?=")
-_BETWEEN_WORDS = re.compile(r"(\?=)\s+(=\?)")
 # What Windows ignores at the end of a name ("a.exe." and "a.exe " open as a.exe), plus
 # controls and invisible format characters that some clients drop when saving. Matched
 # at the start of the reversed name: a `[...]+$` search is quadratic on a long run of
@@ -71,27 +65,10 @@ def first_blocked(data: bytes) -> Blocked | None:
     return None
 
 
-def _decode_words(text: str) -> str:
-    """RFC 2047 encoded-words decoded (Outlook puts them in quoted names, RFC 2047 5 aside)."""
-    def word(match: re.Match[str]) -> str:
-        charset, encoding, payload = match.groups()
-        try:
-            if encoding in "bB":
-                raw = base64.b64decode(payload + "=" * (-len(payload) % 4))
-            else:
-                raw = binascii.a2b_qp(payload.encode("ascii", "replace"), header=True)
-        except (binascii.Error, ValueError):
-            return match.group(0)
-        return decode_text(raw, charset or "utf-8")
-
-    # White space between adjacent encoded-words is not part of the text (RFC 2047 6.2).
-    return _ENCODED_WORD.sub(word, _BETWEEN_WORDS.sub(r"\1\2", text))
-
-
 def _check_name(name: str) -> Blocked | None:
     # Both the name as written and decoded: clients that do not decode encoded-words
     # show the raw text, and the raw text is what some of them save under.
-    candidates = [name, _decode_words(name)] if "=?" in name else [name]
+    candidates = [name, encoded_words.decode_anywhere(name)] if "=?" in name else [name]
     for candidate in candidates:
         extension = blocked_extension(candidate)
         if extension is not None:

@@ -263,9 +263,6 @@ class PausedSets(Mapping[str, Pause]):
                       by: str) -> Pause:
         return self.pause(account, reason=reason, detail=detail, by=by, scope="account")
 
-    def resume_account(self, account: str) -> Pause | None:
-        return self.resume(account, scope="account")
-
     async def run(self, interval: float = REFRESH_SECONDS) -> None:
         """Refresh forever (a task the daemon cancels at stop)."""
         failing = False

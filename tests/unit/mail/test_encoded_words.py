@@ -26,3 +26,8 @@ def test_decode(value: str, text: str) -> None:
 def test_decode_never_raises(charset: str, payload: str, encoding: str) -> None:
     value = f"=?{charset}?{encoding}?{payload}?="
     assert isinstance(encoded_words.decode(value), str)
+
+
+def test_decode_anywhere_reads_words_inside_quotes() -> None:
+    assert encoded_words.decode_anywhere('"=?utf-8?q?inv=C3=B6ice?= =?utf-8?b?LmV4ZQ==?="') \
+        == '"invöice.exe"'
