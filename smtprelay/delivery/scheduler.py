@@ -105,15 +105,15 @@ class Scheduler:
         self._rng = rng or random.Random()
         self._clock = clock
         self._slots = asyncio.Semaphore(max_concurrent)
-        self._loop = BackgroundLoop("scheduler", self._round)
+        self._rounds = BackgroundLoop("scheduler", self._round)
         self._in_flight: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         """A message was spooled: look now instead of at the next poll."""
-        self._loop.wake()
+        self._rounds.wake()
 
     def start(self) -> None:
-        self._loop.start()
+        self._rounds.start()
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming; give deliveries under way `grace` seconds, then cancel them.
@@ -121,7 +121,7 @@ class Scheduler:
         A cancelled delivery's recipients stay `sending` in the spool and are handed
         back at the next start: at-least-once, never lost.
         """
-        await self._loop.stop(finish_round=True)
+        await self._rounds.stop(finish_round=True)
         if self._in_flight:
             _, pending = await asyncio.wait(self._in_flight, timeout=grace)
             for task in pending:
@@ -137,7 +137,7 @@ class Scheduler:
             claimed = []
         for message in claimed:
             await self._slots.acquire()
-            if self._loop.stopping:
+            if self._rounds.stopping:
                 self._slots.release()
                 break
             task = asyncio.create_task(self._deliver(message))

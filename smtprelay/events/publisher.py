@@ -195,7 +195,7 @@ class _Worker:
         self.target = target
         self._publisher = publisher
         self.position = position  # the last event id handed over (and saved)
-        self._loop = BackgroundLoop(f"events {target.key}", self._round)
+        self._rounds = BackgroundLoop(f"events {target.key}", self._round)
         self._delay = 0.0
         self._retry_at = 0.0  # time.monotonic() of the next attempt while failing
         self._failures = 0
@@ -213,14 +213,14 @@ class _Worker:
         return self._retry_at > time.monotonic()
 
     def start(self) -> None:
-        self._loop.start()
+        self._rounds.start()
 
     def wake(self) -> None:
-        self._loop.wake()
+        self._rounds.wake()
 
     async def stop(self) -> None:
         """Cancel the task; a batch half handed over saves its progress first."""
-        await self._loop.stop()
+        await self._rounds.stop()
 
     async def close(self) -> None:
         if self._webhook is not None:

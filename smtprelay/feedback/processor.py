@@ -59,20 +59,20 @@ class FeedbackProcessor:
         self._config = config
         self._keyring = keyring
         self._rules = rules
-        self._loop = BackgroundLoop("feedback-processor", self._round)
+        self._rounds = BackgroundLoop("feedback-processor", self._round)
         self._next_maintenance = 0.0
 
     def wake(self) -> None:
         """A report was stored: look now instead of at the next poll."""
-        self._loop.wake()
+        self._rounds.wake()
 
     def start(self) -> None:
         self._next_maintenance = 0.0
-        self._loop.start()
+        self._rounds.start()
 
     async def stop(self) -> None:
         """Stop between steps; a batch cut short is processed again at the next start."""
-        await self._loop.stop()
+        await self._rounds.stop()
 
     async def _round(self) -> float:
         if time.monotonic() >= self._next_maintenance:
