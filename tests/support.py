@@ -162,10 +162,11 @@ def spooled(config: Config) -> list[dict[str, Any]]:
     conn = sqlite3.connect(config.spool_path)
     try:
         rows = conn.execute(
-            "SELECT m.id, m.mail_from, m.account, b.data FROM messages m"
+            "SELECT m.id, m.mail_from, m.account, b.prefix, b.data FROM messages m"
             " JOIN bodies b ON b.message_id = m.id ORDER BY m.id").fetchall()
         result = []
-        for mid, mail_from, account, data in rows:
+        for mid, mail_from, account, prefix, body in rows:
+            data = bytes(prefix) + bytes(body)  # the relay's own fields, then the client's
             rcpts = [r[0] for r in conn.execute(
                 "SELECT address FROM recipients WHERE message_id = ? ORDER BY idx", (mid,))]
             result.append({"id": mid, "mail_from": mail_from, "account": account,

@@ -132,6 +132,13 @@ class GroupCommitWriter:
             self._commit(conn, batch)
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Work]) -> None:
+        # Work whose waiter gave up (a cancelled task: asyncio.wrap_future cancels the
+        # future it waits on) is not done, as no one was told it would be; the rest
+        # can no longer be cancelled, so setting their results below cannot fail
+        # (it would kill this thread, and with it every later write).
+        batch = [work for work in batch if work.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         outcomes: list[tuple[bool, Any]] = []
         started = time.perf_counter()
         try:

@@ -44,8 +44,8 @@ class CaptureTransport:
         name = f"{message.message_id}.{domain}"
         envelope = {"message_id": message.message_id, "domain": domain,
                     "mail_from": txn.mail_from, "recipients": list(txn.recipients),
-                    "captured_at": time.time(), "size": len(txn.data)}
-        write_durably(self.directory / f"{name}.eml", txn.data, 0o640, sync_dir=False)
+                    "captured_at": time.time(), "size": txn.size}
+        write_durably(self.directory / f"{name}.eml", txn.whole, 0o640, sync_dir=False)
         write_durably(self.directory / f"{name}.json", json.dumps(envelope, indent=2).encode(),
                       0o640, sync_dir=False)
         fsync_dir(self.directory)

@@ -482,10 +482,10 @@ class Connection:
                               f"{self.remote_mta} does not support 8BITMIME, and the "
                               "message has 8-bit content; conversion is not implemented")
         size_param = self.extensions.get("SIZE", "")
-        if size_param.isdigit() and int(size_param) > 0 and len(txn.data) > int(size_param):
+        if size_param.isdigit() and int(size_param) > 0 and txn.size > int(size_param):
             # RFC 1870 6: a message over the declared limit must not be sent.
             return self._fill(results, txn.recipients, Verdict.BOUNCED, None, "5.3.4",
-                              f"message size {len(txn.data)} exceeds the fixed maximum "
+                              f"message size {txn.size} exceeds the fixed maximum "
                               f"message size of {size_param} of {self.remote_mta}")
         if _has_line_break(txn.mail_from):
             return self._fill(results, txn.recipients, Verdict.BOUNCED, None, "5.1.7",
@@ -504,7 +504,7 @@ class Connection:
         pending = [i for i, r in enumerate(results) if r is None]
         params = ""
         if "SIZE" in self.extensions:
-            params += f" SIZE={len(txn.data)}"
+            params += f" SIZE={txn.size}"
         if txn.body_8bitmime and "8BITMIME" in self.extensions:
             params += " BODY=8BITMIME"
         if txn.smtputf8 and "SMTPUTF8" in self.extensions:
@@ -566,7 +566,7 @@ class Connection:
             self._apply(results, accepted, txn, data_reply)
             return False
         self.body_started = True
-        await self._write_bytes(txn.wire_bytes(), "sending message body")
+        await self._write_bytes(txn.wire_pieces(), "sending message body")
         # RFC 5321 4.5.3.2.6: the server may work long on the message before the reply.
         final = await self._read_reply(
             "sending end of data -- message may be sent more than once",
@@ -631,12 +631,15 @@ class Connection:
         # UTF-8 is only legal in addresses with SMTPUTF8; the pre-checks see to that.
         await self._write_bytes(text.encode("utf-8"), phase)
 
-    async def _write_bytes(self, data: bytes, phase: str) -> None:
+    async def _write_bytes(self, data: bytes | tuple[bytes, ...], phase: str) -> None:
         writer = self._writer
         if writer is None or writer.is_closing():
             raise _Broken(f"lost connection with {self.remote_mta} while {phase}")
         try:
-            writer.write(data)
+            if isinstance(data, tuple):
+                writer.writelines(data)
+            else:
+                writer.write(data)
             async with asyncio.timeout(self.settings.command_timeout):
                 await writer.drain()
         except TimeoutError:

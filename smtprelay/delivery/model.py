@@ -16,21 +16,39 @@ class Verdict(StrEnum):
 class WireForm:
     """A message as DATA sends it: dot-stuffed (RFC 5321 4.5.2), ending in CRLF and the
     final ".". Made on first use and kept, so a message sent in several transactions
-    (one per recipient with VERP) is stuffed once, not once per transaction."""
+    (one per recipient with VERP) is stuffed once, not once per transaction.
 
-    __slots__ = ("_data", "_wire")
+    The relay's prefix (its DKIM-Signature and Received fields, whole lines) and the
+    client's bytes stay apart, written one after the other: neither is copied to join
+    them, and a piece without a line that starts with "." is not copied at all.
+    """
 
-    def __init__(self, data: bytes) -> None:
+    __slots__ = ("_data", "_prefix", "_wire")
+
+    def __init__(self, data: bytes, prefix: bytes = b"") -> None:
+        self._prefix = prefix
         self._data = data
-        self._wire: bytes | None = None
+        self._wire: tuple[bytes, ...] | None = None
+
+    def pieces(self) -> tuple[bytes, ...]:
+        """The wire form in pieces, to be written in this order."""
+        if self._wire is None:
+            prefix, data = self._prefix, self._data
+            pieces: list[bytes] = []
+            if (prefix or data).startswith(b"."):
+                pieces.append(b".")
+            if prefix:
+                pieces.append(prefix.replace(b"\r\n.", b"\r\n.."))
+                if data.startswith(b"."):
+                    pieces.append(b".")  # the prefix ends with a CRLF: data starts a line
+            if data:
+                pieces.append(data.replace(b"\r\n.", b"\r\n.."))
+            pieces.append(b".\r\n" if (data or prefix).endswith(b"\r\n") else b"\r\n.\r\n")
+            self._wire = tuple(pieces)
+        return self._wire
 
     def as_sent(self) -> bytes:
-        if self._wire is None:
-            data = self._data
-            ending = b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"
-            head = b"." if data.startswith(b".") else b""
-            self._wire = b"".join((head, data.replace(b"\r\n.", b"\r\n.."), ending))
-        return self._wire
+        return b"".join(self.pieces())
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +60,25 @@ class Transaction:
     data: bytes  # CRLF line endings, not dot-stuffed
     smtputf8: bool = False
     body_8bitmime: bool = False
-    # The wire form of `data`, shared by the transactions of one message.
+    # The wire form of `prefix + data`, shared by the transactions of one message.
     wire: WireForm | None = None
+    # The relay's own fields in front of `data` (spool.model.NewMessage.prefix).
+    prefix: bytes = b""
+
+    @property
+    def size(self) -> int:
+        return len(self.prefix) + len(self.data)
+
+    @property
+    def whole(self) -> bytes:
+        """The message (a copy when there is a prefix)."""
+        return self.prefix + self.data if self.prefix else self.data
+
+    def wire_pieces(self) -> tuple[bytes, ...]:
+        return (self.wire or WireForm(self.data, self.prefix)).pieces()
 
     def wire_bytes(self) -> bytes:
-        return (self.wire or WireForm(self.data)).as_sent()
+        return b"".join(self.wire_pieces())
 
 
 @dataclass(frozen=True, slots=True)

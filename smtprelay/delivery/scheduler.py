@@ -170,18 +170,19 @@ class Scheduler:
         held = [r for r in message.recipients if r.state is RecipientState.SENDING]
         if not held:
             return
-        data = await asyncio.to_thread(self._spool.body, message.message_id)
-        if data is None:
+        parts = await asyncio.to_thread(self._spool.body_parts, message.message_id)
+        if parts is None:
             return  # deleted by an operator meanwhile
+        prefix, data = parts
         by_domain: dict[str, list[QueuedRecipient]] = {}
         for r in held:
             by_domain.setdefault(recipient_domain(r.address), []).append(r)
         verp_domain, keyring = self._verp(message)
-        wire = WireForm(data)
+        wire = WireForm(data, prefix)
         for domain, recipients in by_domain.items():
             if verp_domain is None or keyring is None:
                 await self._attempt(message, domain, message.mail_from, recipients, data,
-                                    wire)
+                                    prefix, wire)
                 continue
             for r in recipients:
                 try:
@@ -189,7 +190,7 @@ class Scheduler:
                 except ValueError as exc:  # not a spool id: cannot happen, must not stick
                     log.error("msg=%s no VERP sender: %s", message.message_id, exc)
                     sender = message.mail_from
-                await self._attempt(message, domain, sender, [r], data, wire)
+                await self._attempt(message, domain, sender, [r], data, prefix, wire)
 
     def _verp(self, message: QueuedMessage) -> tuple[str | None, KeyRing | None]:
         """The MAIL FROM domain for this message's VERP senders and the keys to sign
@@ -208,13 +209,13 @@ class Scheduler:
         return domain, keyring
 
     async def _attempt(self, message: QueuedMessage, domain: str, mail_from: str,
-                       recipients: list[QueuedRecipient], data: bytes,
+                       recipients: list[QueuedRecipient], data: bytes, prefix: bytes,
                        wire: WireForm) -> None:
         """One transaction to `domain`, its results recorded before anything else."""
         txn = Transaction(mail_from=mail_from,
                           recipients=tuple(r.address for r in recipients), data=data,
                           smtputf8=message.smtputf8, body_8bitmime=message.body_8bitmime,
-                          wire=wire)
+                          wire=wire, prefix=prefix)
         try:
             results = await self._transport.deliver(message, domain, txn)
         except Exception as exc:

@@ -168,12 +168,13 @@ def _text(request: web.Request, name: str, max_length: int) -> str | None:
 
 
 async def read_body(request: web.Request, fields: dict[str, type]) -> dict[str, Any]:
-    """A JSON object with only `fields` (name -> type); {} for an empty body."""
+    """A JSON object with only `fields` (name -> type); {} for no body at all (white
+    space is not JSON: a 400, as for any other body that is not)."""
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         _fail(413, "the body is larger than the relay takes (64 KiB)")
-    if not raw.strip():
+    if not raw:
         return {}
     media_type = request.content_type.lower()
     if media_type != "application/json" and not media_type.endswith("+json"):

@@ -55,7 +55,7 @@ import re
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
 MAX_DEPTH = 32
 MAX_PARTS = 1000
@@ -197,10 +197,14 @@ class Walk:
 
     def __init__(self, data: bytes, *, strict: bool, any_newline: bool = False,
                  max_input: int | None = None, max_depth: int = MAX_DEPTH,
-                 max_parts: int = MAX_PARTS) -> None:
+                 max_parts: int = MAX_PARTS,
+                 root_fields: tuple[Field, ...] | None = None) -> None:
+        """`root_fields`: the strict reading's root header fields when the caller has
+        read them already (`fields_of`), so the header section is not read twice."""
         if strict and any_newline:
             raise ValueError("the strict reading is for CRLF messages only")
         self.data = data
+        self.root_fields = root_fields
         self.strict = strict
         self.any_newline = any_newline
         self.end = len(data) if max_input is None else min(len(data), max_input)
@@ -249,8 +253,10 @@ class Walk:
         else:
             blank = data.find(b"\r\n\r\n", 0, end)
             header_end, body = (blank + 2, blank + 4) if blank >= 0 else (end, end)
-        return self._part((), 0, header_end, body, end,
-                          _strict_fields(data, 0, header_end, root=True), "text/plain")
+        fields = self.root_fields
+        if fields is None:
+            fields = _strict_fields(data, 0, header_end, root=True)
+        return self._part((), 0, header_end, body, end, fields, "text/plain")
 
     def _strict_child(self, path: tuple[int, ...], start: int, end: int) -> Part:
         data = self.data
@@ -424,6 +430,28 @@ def _octets(text: str) -> bytes:
         return text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogatepass")
+
+
+class _Located(Protocol):
+    """A header field as smtprelay.mail.headers found it: name and byte offsets."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+
+
+def fields_of(data: bytes, located: Sequence[_Located]) -> tuple[Field, ...]:
+    """The strict reading's root fields, from the fields the header reader found in
+    `data` (mail.headers.parse_header_section): no second pass over the section."""
+    fields = []
+    for field in located:
+        colon = data.index(b":", field.start, field.end)
+        end = field.end - 2 if data.startswith(b"\r\n", field.end - 2, field.end) else field.end
+        fields.append(Field(field.name, data[colon + 1:end]))
+    return tuple(fields)
 
 
 def _unfold(raw: bytes, any_newline: bool) -> bytes:

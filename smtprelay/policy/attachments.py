@@ -53,9 +53,11 @@ def blocked_extension(filename: str) -> str | None:
     return None
 
 
-def first_blocked(data: bytes) -> Blocked | None:
-    """The first attachment in document order with a blocked extension; MimeError if unwalkable."""
-    for part in mime.Walk(data, strict=True):
+def first_blocked(data: bytes, root_fields: tuple[mime.Field, ...] | None = None
+                  ) -> Blocked | None:
+    """The first attachment in document order with a blocked extension; MimeError if
+    unwalkable. `root_fields`: the message's header fields, when read already."""
+    for part in mime.Walk(data, strict=True, root_fields=root_fields):
         # Every name in every Content-Type and Content-Disposition field, not only the
         # first: clients differ in which one they show.
         for name in part.filenames:

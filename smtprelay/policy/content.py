@@ -6,6 +6,7 @@ cannot be walked, an attachment of a blocked type."""
 
 from __future__ import annotations
 
+from smtprelay.mail import mime
 from smtprelay.mail import replies as R
 from smtprelay.mail.headers import HeaderField
 from smtprelay.mail.replies import Reply
@@ -42,7 +43,7 @@ def refusal(data: bytes, fields: list[HeaderField]) -> Reply | None:
                 return R.duplicate_header(field.name)
             seen.add(field.key)
     try:
-        blocked = attachments.first_blocked(data)
+        blocked = attachments.first_blocked(data, mime.fields_of(data, fields))
     except attachments.MimeError:
         return R.BAD_MIME
     if blocked is not None:

@@ -182,6 +182,10 @@ class NewMessage:
     auth_user: str | None
     listener: str
     attrs: MessageAttributes = field(default_factory=MessageAttributes)
+    # The relay's own fields in front of `data` (its DKIM-Signature and Received
+    # fields), stored apart so that the client's bytes are never copied to put them
+    # in front (mox's MsgPrefix): the message is `prefix + data`.
+    prefix: bytes = b""
     # Recipient index -> suppression reason (BOUNCE or COMPLAINT): spooled as final,
     # never delivered, with a Permanent/OnAccountSuppressionList bounce outcome.
     suppressed: dict[int, str] = field(default_factory=dict)
@@ -190,6 +194,9 @@ class NewMessage:
     events: tuple[EventRecord, ...] = ()
     publishes: bool = False
 
+    @property
+    def size(self) -> int:
+        return len(self.prefix) + len(self.data)
 
 @dataclass(frozen=True, slots=True)
 class Outcome:

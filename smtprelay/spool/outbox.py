@@ -78,7 +78,8 @@ def insert_mail_record(conn: sqlite3.Connection, m: NewMessage) -> None:
         " VALUES (?,?,?,?,?,?,?,?,?,?)",
         (m.message_id, m.received_at, m.account, m.configuration_set, m.envelope.mail_from,
          m.client_ip, m.auth_user or m.account, json.dumps(list(m.envelope.recipients)),
-         json.dumps(tags, separators=(",", ":")), m.data[:header_end(m.data)]))
+         json.dumps(tags, separators=(",", ":")),
+         m.prefix + m.data[:header_end(m.data)]))
 
 
 def insert_events(conn: sqlite3.Connection, events: Iterable[EventRecord]) -> None:

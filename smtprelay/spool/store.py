@@ -153,6 +153,9 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
     # What feedback reports need of messages purged from the spool: see spool.sent.
     sent.MIGRATION,
+    # The relay's own fields (DKIM-Signature, Received), apart from the client's
+    # bytes: NewMessage.prefix. The message is prefix || data.
+    "ALTER TABLE bodies ADD COLUMN prefix BLOB NOT NULL DEFAULT x'';",
 )
 
 
@@ -379,6 +382,11 @@ class Spool:
         with self._read() as conn:
             return get_body(conn, message_id)
 
+    def body_parts(self, message_id: str) -> tuple[bytes, bytes] | None:
+        """The relay's prefix and the client's bytes, not joined (delivery sends both)."""
+        with self._read() as conn:
+            return get_body_parts(conn, message_id)
+
     def messages(self, *, limit: int | None = None, after: str | None = None,
                  filters: MessageFilter | None = None) -> list[QueuedMessage]:
         """A page of the queue (blocking: call through a thread); see list_messages."""
@@ -401,11 +409,12 @@ def _insert(conn: sqlite3.Connection, m: NewMessage, finalize: Finalizer | None 
         " client_ip, client_helo, auth_user, listener, smtputf8, body_8bitmime, attrs)"
         " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (m.message_id, m.received_at, m.account, m.configuration_set, env.mail_from,
-         len(m.data), m.client_ip, m.client_helo, m.auth_user, m.listener,
+         m.size, m.client_ip, m.client_helo, m.auth_user, m.listener,
          int(env.smtputf8), int(env.body_8bitmime),
          json.dumps(m.attrs.as_json(), separators=(",", ":"))),
     )
-    conn.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (m.message_id, m.data))
+    conn.execute("INSERT INTO bodies (message_id, prefix, data) VALUES (?, ?, ?)",
+                 (m.message_id, m.prefix, m.data))
     conn.executemany(
         "INSERT INTO recipients (message_id, idx, address, state, next_attempt, last_reply)"
         " VALUES (?,?,?,?,?,?)",
@@ -640,8 +649,19 @@ def get_message(conn: sqlite3.Connection, message_id: str) -> QueuedMessage | No
 
 
 def get_body(conn: sqlite3.Connection, message_id: str) -> bytes | None:
-    row = conn.execute("SELECT data FROM bodies WHERE message_id = ?", (message_id,)).fetchone()
-    return bytes(row[0]) if row else None
+    """The whole message (or, once finished, its header section)."""
+    parts = get_body_parts(conn, message_id)
+    if parts is None:
+        return None
+    prefix, data = parts
+    return prefix + data if prefix else data
+
+
+def get_body_parts(conn: sqlite3.Connection, message_id: str) -> tuple[bytes, bytes] | None:
+    """The relay's own fields and the client's message, apart (NewMessage.prefix)."""
+    row = conn.execute("SELECT prefix, data FROM bodies WHERE message_id = ?",
+                       (message_id,)).fetchone()
+    return (bytes(row[0]), bytes(row[1])) if row else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -177,7 +177,9 @@ class Pipeline:
 
         message_id = new_message_id(submission.received_at)
         recipients = submission.envelope.recipients
-        data = hygiene.normalise(submission.data, fields, info=hygiene.ReceivedInfo(
+        # Our Received field stays apart from the client's bytes: it becomes the
+        # spool's prefix (NewMessage.prefix), with the DKIM signatures in front of it.
+        received, data = hygiene.clean(submission.data, fields, info=hygiene.ReceivedInfo(
             hostname=self._config.server.hostname, client_helo=client.helo,
             client_ip=client.ip, tls_version=client.tls_version, tls_cipher=client.tls_cipher,
             authenticated=client.auth_user is not None, message_id=message_id,
@@ -191,10 +193,14 @@ class Pipeline:
             return transformed
         data = transformed.data
         from_domain = identities.split_address(found["from"][0])[1]
-        signed = await self._sign(message_id, data, from_domain)
-        if signed is None:
+        # The signatures cover `data`; our Received field is not among the fields
+        # signed (dkim.SIGNED_FIELDS), so it need not be in what is hashed.
+        # The header fields read above still describe `data` when nothing changed it
+        # (no field taken out or added, no tracking): the signer need not read them again.
+        signatures = await self._sign(message_id, data, from_domain,
+                                      fields if data is submission.data else None)
+        if signatures is None:
             return _refuse("dkim_error", R.LOCAL_ERROR)
-        data = signed
         if choice.tag_errors:
             log.info("msg=%s ignored bad message tags: %s", message_id,
                      "; ".join(choice.tag_errors))
@@ -227,7 +233,7 @@ class Pipeline:
             account=client.account, configuration_set=choice.name,
             received_at=submission.received_at, client_ip=client.ip, client_helo=client.helo,
             auth_user=client.auth_user, listener=client.listener, attrs=attrs,
-            suppressed=suppressed, events=events,
+            prefix=signatures + received, suppressed=suppressed, events=events,
             # An unsubscribe needs the recipient's address back from the mail record.
             publishes=bool(events) or transformed.unsubscribe_url is not None,
         )
@@ -242,12 +248,12 @@ class Pipeline:
         self.on_spooled()
         metrics.MESSAGES_ACCEPTED.labels(listener=client.listener).inc()
         metrics.RECIPIENTS_ACCEPTED.inc(len(recipients))
-        metrics.MESSAGE_BYTES.observe(len(data))
+        metrics.MESSAGE_BYTES.observe(message.size)
         if len(suppressed) < len(recipients):
             metrics.SPOOL_DEPTH.inc()
         log.info("msg=%s accepted account=%s user=%s client=%s from=<%s> rcpts=%d size=%d "
                  "set=%s suppressed=%d", message_id, client.account, client.auth_user or "-",
-                 client.ip, submission.envelope.mail_from, len(recipients), len(data),
+                 client.ip, submission.envelope.mail_from, len(recipients), message.size,
                  choice.name or "-", len(suppressed))
         return R.accepted(message_id)
 
@@ -285,15 +291,17 @@ class Pipeline:
             metrics.LINKS_TRACKED.inc(result.link_count)
         return result
 
-    async def _sign(self, message_id: str, data: bytes, from_domain: str) -> bytes | None:
-        """The message with our DKIM signatures in front (the last change before the
-        spool); unchanged when no identity with keys covers the From domain."""
+    async def _sign(self, message_id: str, data: bytes, from_domain: str,
+                    fields: list[HeaderField] | None) -> bytes | None:
+        """Our DKIM-Signature fields for the message (the last change before the spool;
+        they go in front of it), empty when no identity with keys covers the From
+        domain; None when signing failed."""
         keys = self.signer.keys_for(from_domain)
         if not keys:
-            return data
+            return b""
         started = time.perf_counter()
         try:
-            fields = await asyncio.to_thread(dkim.signatures, data, keys)
+            signed = await asyncio.to_thread(dkim.signatures, data, keys, None, fields)
         except Exception as exc:
             # Like OpenDKIM's default for internal errors: a temporary failure, so the
             # client keeps the message instead of it leaving unsigned.
@@ -304,7 +312,7 @@ class Pipeline:
             metrics.DKIM_SIGNATURES.labels(algorithm=key.algorithm).inc()
         log.debug("msg=%s dkim d=%s s=%s", message_id, keys[0].domain,
                   ",".join(key.selector for key in keys))
-        return b"".join(fields) + data
+        return b"".join(signed)
 
     async def _suppressed(self, account: str, set_name: str | None,
                           recipients: tuple[str, ...]) -> dict[int, str] | None:

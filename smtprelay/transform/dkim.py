@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa,
 from dkim import canonicalization
 from dkim.canonicalization import CanonicalizationPolicy
 
-from smtprelay.mail.headers import parse_header_section
+from smtprelay.mail.headers import HeaderField, parse_header_section
 
 if TYPE_CHECKING:
     from smtprelay.config import Config
@@ -197,8 +197,12 @@ def signed_fields(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
     return [*chosen, b"from"]
 
 
-def signatures(data: bytes, keys: Iterable[SigningKey], now: float | None = None) -> list[bytes]:
-    """One DKIM-Signature field (CRLF-terminated) per key, over `data` (CRLF lines)."""
+def signatures(data: bytes, keys: Iterable[SigningKey], now: float | None = None,
+               fields: Sequence[HeaderField] | None = None) -> list[bytes]:
+    """One DKIM-Signature field (CRLF-terminated) per key, over `data` (CRLF lines).
+
+    `fields`: `data`'s header fields as parse_header_section found them, when the
+    caller has them, so the header section is not read again."""
     keys = list(keys)
     if not keys:
         return []
@@ -207,20 +211,22 @@ def signatures(data: bytes, keys: Iterable[SigningKey], now: float | None = None
         head, body = data, b""
     else:
         head, body = data[:split + 2], data[split + 4:]
-    canonical_headers = _RELAXED.canonicalize_headers(header_fields(head))
+    canonical_headers = _RELAXED.canonicalize_headers(header_fields(head, fields))
     include = signed_fields(canonical_headers)
     body_hash = base64.b64encode(hashlib.sha256(canonical_body(body)).digest())
     stamp = int(time.time() if now is None else now)
     return [_signature(key, canonical_headers, include, body_hash, stamp) for key in keys]
 
 
-def header_fields(head: bytes) -> list[tuple[bytes, bytes]]:
+def header_fields(head: bytes, found: Sequence[HeaderField] | None = None
+                  ) -> list[tuple[bytes, bytes]]:
     """(name, value) per field of a CRLF header section, in dkimpy's form (value with
-    its folding and final CRLF), read by the relay's own header reader. Unlike dkimpy's
-    parser it takes the obsolete "Subject : x" (RFC 5322 4.5.3), which the relay
-    accepts; relaxed canonicalisation drops the space."""
+    its folding and final CRLF), read by the relay's own header reader (or given as
+    it found them: `found`). Unlike dkimpy's parser it takes the obsolete
+    "Subject : x" (RFC 5322 4.5.3), which the relay accepts; relaxed canonicalisation
+    drops the space."""
     fields = []
-    for field in parse_header_section(head):
+    for field in parse_header_section(head) if found is None else found:
         name, _, value = head[field.start:field.end].partition(b":")
         fields.append((name, value))
     return fields

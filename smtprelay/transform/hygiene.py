@@ -45,6 +45,16 @@ class ReceivedInfo:
 
 def normalise(data: bytes, fields: list[HeaderField], *, info: ReceivedInfo) -> bytes:
     """The message as it will be spooled: Bcc and control headers out, trace fields in."""
+    received, message = clean(data, fields, info=info)
+    return received + message
+
+
+def clean(data: bytes, fields: list[HeaderField], *, info: ReceivedInfo
+          ) -> tuple[bytes, bytes]:
+    """(our Received field, the client's message with Bcc and control fields out and
+    Message-ID and Date in if missing). The message is `data` itself, not a copy,
+    when none of that changes it: the Received field stays apart, as the spool's prefix.
+    """
     kept: list[bytes | memoryview] = []
     view = memoryview(data)
     position = 0
@@ -56,11 +66,14 @@ def normalise(data: bytes, fields: list[HeaderField], *, info: ReceivedInfo) -> 
         if key in _BLIND or key.startswith("x-ses-") or key == "x-configuration-set":
             kept.append(view[position:field.start])
             position = field.end
+    stamp = email.utils.format_datetime(datetime.fromtimestamp(info.received_at, UTC))
+    received = received_field(info, stamp)
+    if position == 0 and has_id and has_date:
+        return received, data
     # New fields go after the last field, i.e. before the empty line (or at the very
     # end of a message without a body, or at 0 for a message without header fields).
     insert_at = fields[-1].end if fields else 0
     kept.append(view[position:insert_at])
-    stamp = email.utils.format_datetime(datetime.fromtimestamp(info.received_at, UTC))
     added = b""
     if not has_id:
         added += f"Message-ID: <{_host(info.message_id)}@{_host(info.hostname)}>\r\n".encode()
@@ -69,7 +82,7 @@ def normalise(data: bytes, fields: list[HeaderField], *, info: ReceivedInfo) -> 
     if added and insert_at > 0 and not _ends_with_crlf(kept):
         # A body-less message whose last line has no CRLF: end it before adding fields.
         added = b"\r\n" + added
-    return b"".join([received_field(info, stamp), *kept, added, view[insert_at:]])
+    return received, b"".join([*kept, added, view[insert_at:]])
 
 
 def received_field(info: ReceivedInfo, stamp: str | None = None) -> bytes:

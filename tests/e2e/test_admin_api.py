@@ -512,3 +512,16 @@ def test_stats_count_what_happened_to_mail_with_rates(net: World) -> None:
     table = subprocess.run([sys.executable, "-m", "smtprelay", "stats", "-c", str(config)],
                            capture_output=True, text=True, timeout=60).stdout
     assert re.search(r"transactional\s+6\s+4\s+1\s+20\.0%", table), table
+
+
+def test_a_body_of_white_space_is_not_json_and_pauses_nothing(relay: RunningRelay) -> None:
+    # Found by schemathesis: "\r" as a JSON body paused the account as an empty one.
+    admin = Admin(relay.http_port)
+    for raw in (b"\r", b" ", b"\r\n\t"):
+        answer = admin.post("/api/v1/accounts/acme/pause", raw=raw,
+                            headers={"Content-Type": "application/json"})
+        assert answer.status == 400 and "not JSON" in answer.json["error"]["message"], raw
+    listed = {a["name"]: a for a in admin.get("/api/v1/accounts").json["items"]}
+    assert listed["acme"]["paused"] is None and listed["acme"]["accepting"] is True
+    # No body at all is still an empty request: the pause takes no options.
+    assert admin.post("/api/v1/accounts/acme/pause").status == 200

@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 
 from smtprelay.policy.suppression import SQLiteSuppressionStore
-from smtprelay.spool.store import get_message, get_outcomes, open_for_cli
+from smtprelay.spool.store import get_body, get_message, get_outcomes, open_for_cli
 from tests.e2e import delivery_world
 from tests.support import DaemonProcess, submit_to_daemon
 
@@ -54,8 +54,7 @@ def test_messages_are_captured_per_domain_with_the_spooled_bytes(tmp_path: Path)
         listed = [c for c in everything if c["message_id"] == message_id]
         conn = open_for_cli(daemon.config.spool_path)
         # Finished: the spool keeps only the header section (the body filled disks).
-        headers = bytes(conn.execute("SELECT data FROM bodies WHERE message_id = ?",
-                                  (message_id,)).fetchone()[0])
+        headers = get_body(conn, message_id) or b""
         outcomes = get_outcomes(conn, message_id)
         conn.close()
         for entry in listed:

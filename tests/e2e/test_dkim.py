@@ -190,3 +190,22 @@ def test_captured_mail_verifies(tmp_path: Path, keys: dict[str, Key],
         assert "dkim signing domains=example.com" in daemon.log()
     finally:
         daemon.stop()
+
+
+def test_the_clients_bytes_are_spooled_as_sent_with_our_fields_apart(
+        relay: RunningRelay) -> None:
+    import sqlite3
+    data = (b"From: App <app@example.com>\r\nTo: someone@example.net\r\nSubject: apart\r\n"
+            b"Message-ID: <apart@example.com>\r\nDate: Tue, 14 Nov 2023 22:13:20 +0000\r\n"
+            b"\r\nNothing to change here.\r\n")
+    signed = submit(relay, relay.credential(), data)
+    conn = sqlite3.connect(relay.config.spool_path)
+    try:
+        [(prefix, stored)] = conn.execute("SELECT prefix, data FROM bodies").fetchall()
+    finally:
+        conn.close()
+    assert bytes(stored) == data  # byte for byte: nothing was prepended to it
+    assert bytes(prefix).startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
+    assert bytes(prefix).count(b"DKIM-Signature:") == 2
+    assert b"\r\nReceived: from " in bytes(prefix) and bytes(prefix).endswith(b"\r\n")
+    assert signed == bytes(prefix) + data

@@ -663,3 +663,17 @@ def _stuffed_as_before(data: bytes) -> bytes:
                 max_size=12).map(b"".join))
 def test_the_wire_form_stuffs_dots_as_the_client_did(data: bytes) -> None:
     assert WireForm(data).as_sent() == _stuffed_as_before(data)
+
+
+@hypothesis_settings(max_examples=examples(300))
+@given(st.lists(st.sampled_from([b".", b"..", b"x", b"\r\n", b"\r\n.", b".\r\n"]),
+                max_size=6).map(lambda pieces: b"".join(pieces) + b"\r\n"),
+       st.lists(st.sampled_from([b".", b"..", b"x", b"\r\n", b"\r\n.", b".\r\n"]),
+                max_size=12).map(b"".join))
+def test_a_prefix_and_the_clients_bytes_stuff_as_the_joined_message(prefix: bytes,
+                                                                    data: bytes) -> None:
+    # The prefix is whole lines (the relay's own header fields), so it ends in CRLF.
+    pieces = WireForm(data, prefix).pieces()
+    assert b"".join(pieces) == _stuffed_as_before(prefix + data)
+    if data and b"\r\n." not in data:
+        assert any(piece is data for piece in pieces)  # the client's bytes, not a copy

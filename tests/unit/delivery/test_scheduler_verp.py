@@ -108,4 +108,5 @@ async def test_the_transactions_of_one_message_share_one_wire_form(tmp_path: Pat
     assert txns[0].wire is not None and all(t.wire is txns[0].wire for t in txns)
     sent = [t.wire_bytes() for t in txns]
     assert sent[0] == b"From: a@example.com\r\n\r\nhi\r\n.\r\n"
-    assert all(s is sent[0] for s in sent)  # stuffed once, not once per transaction
+    pieces = [t.wire_pieces() for t in txns]
+    assert all(p is pieces[0] for p in pieces)  # stuffed once, not once per transaction

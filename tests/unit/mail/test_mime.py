@@ -455,3 +455,32 @@ def test_absurd_rfc2231_section_numbers() -> None:
     number = "1" * 5000
     assert mime.parameters(f"a/b; name*{number}=x; name*0=y")[1] == {
         f"name*{number}": ["x"], "name": ["y"]}
+
+
+@settings(max_examples=examples(1000), deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["Content-Type", "content-type", "Content-Disposition", "Subject", "X-A"]),
+    st.sampled_from([" ", "", " \t"]),
+    st.lists(st.sampled_from(["text/plain", "multipart/mixed", "; boundary=b", "; name=a.exe",
+                              "\r\n\t", " ", "=?utf-8?q?x?=", "\r", "é"]), max_size=5)
+    .map("".join)), max_size=6),
+    st.sampled_from(["\r\nbody\r\n", "\r\n--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b--\r\n",
+                     ""]))
+def test_root_fields_from_the_header_reader_walk_as_the_walk_reads_them(
+        fields: list[tuple[str, str, str]], rest: str) -> None:
+    from smtprelay.mail.headers import MalformedHeader, parse_header_section
+    data = ("".join(f"{name}{space}:{value}\r\n" for name, space, value in fields)
+            + rest).encode()
+    try:
+        found = parse_header_section(data)
+    except MalformedHeader:
+        return  # the pipeline refuses the message before any walk
+    given_fields = mime.fields_of(data, found)
+    assert given_fields == Walk(data, strict=True)._strict_root().fields
+    try:
+        walked = list(Walk(data, strict=True))
+    except MimeError as exc:
+        with pytest.raises(MimeError, match=str(exc)):
+            list(Walk(data, strict=True, root_fields=given_fields))
+        return
+    assert list(Walk(data, strict=True, root_fields=given_fields)) == walked

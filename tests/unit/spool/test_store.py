@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
+from smtprelay.db.sqlite import connect
 from smtprelay.spool.model import Envelope, NewMessage, RecipientState, new_message_id
 from smtprelay.spool.store import (
+    _MIGRATIONS,
     Spool,
     SpoolFullError,
     count_pending,
     delete_message,
     get_message,
     list_messages,
+    migrate,
     open_for_cli,
 )
 
@@ -125,3 +129,33 @@ def test_generated_key_is_private_and_files_are_complete(tmp_path: Path) -> None
     assert not list((tmp_path / "tls").glob(".*.tmp"))
     assert not ensure_self_signed(tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem",
                                   "relay.test")
+
+
+async def test_the_relays_prefix_is_stored_apart_and_read_back_in_front(spool: Spool) -> None:
+    prefix = b"DKIM-Signature: v=1; a=ed25519-sha256\r\nReceived: by relay.test\r\n"
+    client = b"From: a@example.com\r\n\r\nbody\r\n"
+    message = dataclasses.replace(new_message(), data=client, prefix=prefix)
+    await spool.enqueue(message)
+    assert spool.body_parts(message.message_id) == (prefix, client)
+    assert spool.body(message.message_id) == prefix + client
+    stored = spool.get(message.message_id)
+    assert stored is not None and stored.size == len(prefix) + len(client)
+
+
+def test_a_spool_without_the_prefix_column_is_upgraded_and_reads_as_before(
+        tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    old = connect(path)
+    migrate(old, _MIGRATIONS[:-1])
+    old.execute("INSERT INTO messages (id, received_at, account, mail_from, size, client_ip,"
+                " client_helo, listener) VALUES ('old', 1, 'acme', 'a@example.com', 3,"
+                " '127.0.0.1', 'c', 'submission')")
+    old.execute("INSERT INTO bodies VALUES ('old', x'616263')")
+    old.close()
+    spool = Spool(path)
+    spool.open()
+    try:
+        assert spool.body_parts("old") == (b"", b"abc")
+        assert spool.body("old") == b"abc"
+    finally:
+        spool.close()

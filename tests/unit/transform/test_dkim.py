@@ -338,3 +338,13 @@ def test_keygen_with_out_and_bad_arguments(tmp_path: Path) -> None:
                          timeout=60)
     assert bad.returncode == 1 and "pass -c FILE" in bad.stderr
     assert not (tmp_path / "x.pem").exists()
+
+
+def test_signing_with_the_fields_already_read_gives_the_same_signatures(tmp_path: Path) -> None:
+    from smtprelay.mail.headers import parse_header_section
+    data = (b"From: App <app@example.com>\r\nTo: a@example.net,\r\n\tb@example.net\r\n"
+            b"Subject : folded\r\n  twice\r\nDate: Tue, 14 Nov 2023 22:13:20 +0000\r\n\r\nhi\r\n")
+    keys = [key(tmp_path, "ed25519", selector="e"), key(tmp_path, "rsa", selector="r")]
+    assert dkim.signatures(data, keys, now=1700000000,
+                           fields=parse_header_section(data)) \
+        == dkim.signatures(data, keys, now=1700000000)

@@ -259,3 +259,14 @@ def test_normalise_property(data: bytes, info: ReceivedInfo) -> None:
             and not f.key.startswith("x-ses-")]
     assert [out[f.start:f.end].rstrip(b"\r\n") for f in after[1:1 + len(kept)]] == kept
     assert all(len(line) <= 998 for line in out[:after[0].end].split(b"\r\n"))
+
+
+def test_clean_keeps_the_received_field_apart_and_the_clients_bytes_uncopied() -> None:
+    data = msg("From: a@example.com\nMessage-ID: <1@example.com>\nDate: " + STAMP + "\n", "hi\n")
+    received, message = hygiene.clean(data, parse_header_section(data), info=INFO)
+    assert message is data  # nothing to take out or add: no copy
+    assert received == hygiene.received_field(INFO)
+    assert received + message == spool(data)
+    with_bcc = msg("From: a@example.com\nBcc: x@example.net\n", "hi\n")
+    received, message = hygiene.clean(with_bcc, parse_header_section(with_bcc), info=INFO)
+    assert received + message == spool(with_bcc) and b"Bcc" not in message
