@@ -6,20 +6,20 @@ import asyncio
 import contextlib
 import logging
 import signal
-import ssl
 import time
 
 from smtprelay.app import preflight, systemd
+from smtprelay.app.live import Live
 from smtprelay.auth.authenticator import Authenticator
 from smtprelay.auth.credentials import CredentialStore
-from smtprelay.config import Config, ConfigError
+from smtprelay.config import Config, ConfigError, Derived
 from smtprelay.delivery.capture import CaptureTransport
 from smtprelay.delivery.dns import MXResolver
 from smtprelay.delivery.notify_sender import DSNFactory
 from smtprelay.delivery.pool import ConnectionPool
 from smtprelay.delivery.scheduler import DeliveryPolicy, Scheduler, Transport
 from smtprelay.delivery.simulator import SimulatorTransport
-from smtprelay.delivery.smtp_transport import SmarthostPasswordError, SMTPTransport
+from smtprelay.delivery.smtp_transport import SMTPTransport
 from smtprelay.events.engagement import EngagementRecorder
 from smtprelay.events.publisher import Publisher
 from smtprelay.feedback import inbox as feedback_inbox
@@ -28,7 +28,7 @@ from smtprelay.feedback.processor import FeedbackProcessor
 from smtprelay.feedback.recorder import FeedbackRecorder
 from smtprelay.http.admin import AdminServices
 from smtprelay.http.server import HTTPServer
-from smtprelay.infra import metrics, tls
+from smtprelay.infra import metrics
 from smtprelay.policy.pauses import PausedSets, SQLitePauseStore
 from smtprelay.policy.quota import Quotas, SQLiteUsageStore
 from smtprelay.policy.reputation import ReputationGuard
@@ -37,7 +37,6 @@ from smtprelay.smtp.server import SMTPServer
 from smtprelay.spool import set_stats
 from smtprelay.spool.store import Spool
 from smtprelay.submission.pipeline import Pipeline
-from smtprelay.transform import dkim, tokens, tracking
 from smtprelay.transform.pool import TransformPool, worker_count
 
 log = logging.getLogger("smtprelay")
@@ -50,32 +49,42 @@ _MAIL_RECORD_SECONDS = 60 * 86400.0
 
 
 class Relay:
-    """One running relay. `start()` binds every listener; `stop()` drains and closes."""
+    """One running relay. `start()` binds every listener; `stop()` drains and closes.
+
+    Every component is built once, given what it needs through its constructor: the
+    holder of the configuration and keys in force (`self.live`, smtprelay.app.live),
+    which SIGHUP swaps, and the callbacks and collaborators built before it. Those that
+    need the keys, the listeners' TLS context or another component made at start are
+    built in `start()`, each after what it needs.
+    """
 
     def __init__(self, config: Config) -> None:
-        self.config = config
-        self.spool = Spool(config.spool_path)
+        self.live = Live(config)
+        # DSNs to senders; the delivery mode and `delivery.dsn` need a restart.
+        self._dsns = _dsn_factory(config)
+        self.spool = Spool(config.spool_path,
+                           finalize=self._dsns.build if self._dsns is not None else None,
+                           # What reports about purged messages need (smtprelay.spool.sent).
+                           keep_sent_index=feedback_inbox.has_listener(config))
         self.credentials = CredentialStore(config.state_path)
         self.usage = SQLiteUsageStore(config.state_path)
-        self.quotas = Quotas(config, self.usage)
+        self.quotas = Quotas(self.live, self.usage)
         self.suppression = SQLiteSuppressionStore(config.state_path)
         self.pauses = PausedSets(SQLitePauseStore(config.state_path))
-        self._authenticator = Authenticator(config, self.credentials)
-        self._pipeline = Pipeline(config, self.spool, self.quotas, self.suppression)
-        self._pipeline.paused_sets = self.pauses
-        self._pipeline.paused_accounts = lambda: self.pauses.accounts
-        self.reputation = ReputationGuard(self.spool, self.pauses, lambda: self.config)
+        self._authenticator = Authenticator(self.live, self.credentials)
+        self.reputation = ReputationGuard(self.spool, self.pauses, self.live)
         self._reputation_task: asyncio.Task[None] | None = None
-        self._tls: ssl.SSLContext | None = None
+        # Bounces and complaints after delivery: recorded here by the feedback
+        # processor, and by anything else that learns of one (inject).
+        self.feedback = FeedbackRecorder(self.spool, self.suppression, self.live)
+        self._transform_pool: TransformPool | None = None
+        self._pipeline: Pipeline | None = None
         self.scheduler: Scheduler | None = None
         self.transport: SMTPTransport | None = None
         self.smtp: SMTPServer | None = None
         self.http: HTTPServer | None = None
         self.publisher: Publisher | None = None
         self.engagements: EngagementRecorder | None = None
-        # Bounces and complaints after delivery: recorded here by the feedback
-        # processor, and by anything else that learns of one (inject).
-        self.feedback = FeedbackRecorder(self.spool, self.suppression, lambda: self.config)
         self.feedback_inbox: feedback_inbox.FeedbackInbox | None = None
         self.feedback_receiver: FeedbackReceiver | None = None
         self.feedback_processor: FeedbackProcessor | None = None
@@ -85,81 +94,20 @@ class Relay:
         self._purge_task: asyncio.Task[None] | None = None
         self._pauses_task: asyncio.Task[None] | None = None
 
-    def _load_tls(self) -> ssl.SSLContext | None:
-        cfg = self.config
-        if all(listener.tls == "none" for listener in cfg.listeners):
-            return None
-        if cfg.tls.generate_self_signed:
-            tls.ensure_self_signed(cfg.cert_path, cfg.key_path, cfg.server.hostname)
-        return tls.server_context(cfg.cert_path, cfg.key_path, cfg.tls.min_version,
-                                      cfg.tls.ciphers)
-
-    def reload_tls(self) -> None:
-        """Load the certificate again (SIGHUP); new handshakes use it, sessions go on."""
-        try:
-            self._tls = self._load_tls()
-        except tls.TLSSetupError as exc:
-            log.error("tls reload failed, keeping the old certificate: %s", exc)
-            return
-        log.info("tls certificate reloaded from %s", self.config.cert_path)
-
-    # Keys that only take effect at start: the sockets and files are already open.
-    _RESTART_ONLY = ("server", "listeners", "limits", "auth", "http", "store", "logging")
-    # The transport, resolver and pool are built at start from these.
-    _DELIVERY_RESTART_ONLY = ("mode", "dns", "max_connections", "max_connections_per_domain",
-                              "max_concurrent", "idle_timeout", "dsn")
+    @property
+    def config(self) -> Config:
+        """The configuration in force (a reload swaps it)."""
+        return self.live.config
 
     def reload(self, path: str | None) -> None:
-        """SIGHUP: accounts, identities, credentials, sets and the certificate, in place."""
+        """SIGHUP: the configuration with accounts, identities, credentials, sets and the
+        DKIM and tracking keys (smtprelay.app.live), the certificate, the pauses."""
         if path is not None:
-            try:
-                new = preflight.load_checked(path).config
-            except ConfigError as exc:
-                log.error("reload refused, keeping the running config: %s", "; ".join(
-                    exc.problems))
-                return
-            try:
-                signer = dkim.Signer.from_config(new)
-            except dkim.DKIMKeyError as exc:
-                log.error("reload refused, keeping the running config: %s", exc)
-                return
-            deferred = [key for key in self._RESTART_ONLY
-                        if getattr(new, key) != getattr(self.config, key)]
-            if deferred:
-                log.warning("reload: changes to %s take effect at the next restart",
-                            ", ".join(deferred))
-            old_delivery = self.config.delivery
-            fixed = {key: getattr(old_delivery, key) for key in self._DELIVERY_RESTART_ONLY}
-            changed = [f"delivery.{key}" for key, value in fixed.items()
-                       if getattr(new.delivery, key) != value]
-            if changed:
-                log.warning("reload: changes to %s take effect at the next restart",
-                            ", ".join(changed))
-            update = {key: getattr(self.config, key) for key in self._RESTART_ONLY}
-            update["delivery"] = new.delivery.model_copy(update=fixed)
-            self.config = new.model_copy(update=update)
-            self._authenticator.update_config(self.config)
-            self._pipeline.update_config(self.config)
-            self._pipeline.signer = signer
-            _log_dkim(signer)
-            self._reload_tracking_keys()
-            if self.scheduler is not None:
-                self.scheduler.policy = DeliveryPolicy.from_config(self.config)
-            if self.transport is not None:
-                try:
-                    self.transport.update_config(self.config)
-                except SmarthostPasswordError as exc:
-                    log.error("reload: %s; keeping the old smarthost password", exc)
-            if self.smtp is not None:
-                self.smtp.update_config(self.config)
-            if self.feedback_receiver is not None:
-                self.feedback_receiver.update_config(self.config)
+            if not self.live.reload(path):
+                return  # refused, and logged: everything stays as it was
             if self.publisher is not None:
-                self.publisher.update_config(self.config)
-            if self.engagements is not None:
-                self.engagements.config = self.config
-            log.info("configuration reloaded from %s", path)
-        self.reload_tls()
+                self.publisher.config_swapped()
+        self.live.reload_tls()
         if self._loop is not None:
             # `smtprelay sets pause` from another process: now rather than in a moment.
             asyncio.run_coroutine_threadsafe(self._refresh_pauses(), self._loop)
@@ -168,36 +116,15 @@ class Relay:
             # from any thread, as tests call reload from theirs.
             asyncio.run_coroutine_threadsafe(self.http.reload_certificates(), self._loop)
 
-    def _reload_tracking_keys(self) -> None:
-        """After `smtprelay tracking-keys rotate`: sign with the new key, verify with all."""
-        try:
-            keyring = tokens.KeyRing.load(self.config.tracking_keys_path)
-        except tokens.KeyRingError as exc:
-            log.error("reload: keeping the tracking keys in use: %s", exc)
-            return
-        if self._pipeline.transformer is not None:
-            self._pipeline.transformer.keyring = keyring
-        if self.http is not None:
-            self.http.tracking.keyring = keyring
-        log.info("tracking keys loaded: signing with key %d", keyring.active().id)
-
-    def _tracking_keyring(self) -> tokens.KeyRing | None:
-        """The keys in use (reloaded on SIGHUP): they sign VERP senders too."""
-        transformer = self._pipeline.transformer
-        return transformer.keyring if transformer is not None else None
-
     async def start(self) -> None:
         cfg = self.config
         self._loop = asyncio.get_running_loop()
         cfg.server.data_dir.mkdir(parents=True, exist_ok=True)
-        self._tls = self._load_tls()
-        self._pipeline.signer = dkim.Signer.from_config(cfg)
-        _log_dkim(self._pipeline.signer)
-        keyring = await asyncio.to_thread(tokens.KeyRing.open, cfg.tracking_keys_path)
-        self._pipeline.transformer = tracking.Transformer(keyring)
+        # The certificate, DKIM keys, tracking keys and smarthost password.
+        await asyncio.to_thread(self.live.open)
         workers = worker_count(cfg.server.transform_workers)
         if workers:
-            self._pipeline.transform_pool = TransformPool(workers)
+            self._transform_pool = TransformPool(workers)
         await asyncio.to_thread(self.spool.open)
         await asyncio.to_thread(self.credentials.open)
         await asyncio.to_thread(self.suppression.open)
@@ -212,36 +139,33 @@ class Relay:
         metrics.SPOOL_DEPTH.set(depth)
         log.info("spool opened path=%s messages=%d recovered_in_flight=%d", cfg.spool_path,
                  depth, handed_back)
-        self.publisher = Publisher(self.spool, cfg)
+        self.publisher = Publisher(self.spool, self.live)
         await self.publisher.start()
         transport = self._transport()
         if transport is not None:
-            # The mailbox simulator answers its domain in every delivery mode.
-            simulated = SimulatorTransport(transport, self.spool,
-                                           lambda: self.config.simulator.domain,
-                                           cfg.server.hostname)
-            transport = simulated
-            delivery = cfg.delivery
-            dsns = (DSNFactory(cfg.server.hostname,
-                               return_full_message=delivery.dsn.return_content == "full")
-                    if delivery.dsn.enabled else None)
-            self.spool.finalize = dsns.build if dsns is not None else None
-            self.scheduler = Scheduler(self.spool, transport,
-                                       max_concurrent=delivery.max_concurrent,
-                                       policy=DeliveryPolicy.from_config(cfg), dsns=dsns,
-                                       keyring=self._tracking_keyring)
-            self._pipeline.on_spooled = self.scheduler.wake
-            simulated.wake = self.scheduler.wake
+            # The mailbox simulator answers its domain in every delivery mode. It wakes
+            # the scheduler that is built on it, hence _wake_scheduler.
+            simulated = SimulatorTransport(transport, self.spool, self.live,
+                                           cfg.server.hostname, wake=self._wake_scheduler)
+            self.scheduler = Scheduler(self.spool, simulated,
+                                       max_concurrent=cfg.delivery.max_concurrent,
+                                       policy=Derived(self.live, DeliveryPolicy.from_config),
+                                       dsns=self._dsns, keys=self.live)
             self.scheduler.start()
         else:
             log.info("delivery mode=hold: accepted mail stays queued")
+        self._pipeline = Pipeline(
+            self.live, self.spool, self.quotas, self.suppression,
+            paused_sets=self.pauses, paused_accounts=lambda: self.pauses.accounts,
+            transform_pool=self._transform_pool,
+            on_spooled=self.scheduler.wake if self.scheduler is not None else lambda: None)
         await self._start_feedback()
-        self.smtp = SMTPServer(cfg, self._authenticator, self._pipeline, lambda: self._tls,
+        self.smtp = SMTPServer(self.live, self._authenticator, self._pipeline,
                                feedback=self.feedback_receiver)
-        self.engagements = EngagementRecorder(self.spool, self.suppression, cfg)
-        self.http = HTTPServer(cfg, lambda: self._ready, keyring=keyring,
+        self.engagements = EngagementRecorder(self.spool, self.suppression, self.live)
+        self.http = HTTPServer(cfg, lambda: self._ready, keys=self.live,
                                sink=self.engagements, admin=AdminServices(
-                                   config=lambda: self.config, spool=self.spool,
+                                   live=self.live, spool=self.spool,
                                    suppression=self.suppression, pauses=self.pauses,
                                    wake_scheduler=self._wake_scheduler,
                                    reputation=self.reputation.state_of))
@@ -264,18 +188,17 @@ class Relay:
             self.scheduler.wake()
 
     async def _start_feedback(self) -> None:
-        """With a feedback listener: its inbox, its processor, and the spool keeping
-        what reports about purged messages need (smtprelay.spool.sent)."""
+        """With a feedback listener: its inbox and its processor (the spool keeps what
+        reports about purged messages need: keep_sent_index)."""
         if not feedback_inbox.has_listener(self.config):
             return
         inbox = feedback_inbox.FeedbackInbox(feedback_inbox.inbox_path(self.config))
         await asyncio.to_thread(inbox.open)
         self.feedback_inbox = inbox
-        self.spool.keep_sent_index = True
-        self.feedback_processor = FeedbackProcessor(
-            inbox, self.spool, self.feedback, lambda: self.config, self._tracking_keyring)
-        self.feedback_receiver = FeedbackReceiver(self.config, inbox, self._tracking_keyring)
-        self.feedback_receiver.on_stored = self.feedback_processor.wake
+        self.feedback_processor = FeedbackProcessor(inbox, self.spool, self.feedback,
+                                                    self.live)
+        self.feedback_receiver = FeedbackReceiver(self.live, inbox,
+                                                  on_stored=self.feedback_processor.wake)
         self.feedback_processor.start()
         log.info("feedback inbox opened path=%s pending=%d", inbox.path,
                  await asyncio.to_thread(inbox.count))
@@ -291,7 +214,7 @@ class Relay:
         pool = ConnectionPool(max_connections=delivery.max_connections,
                               max_per_domain=delivery.max_connections_per_domain,
                               idle_timeout=delivery.idle_timeout)
-        self.transport = SMTPTransport(self.config, resolver, pool)
+        self.transport = SMTPTransport(self.live, resolver, pool)
         if delivery.mode == "smarthost" and delivery.smarthost is not None:
             host = delivery.smarthost
             log.info("delivery mode=smarthost host=%s port=%d tls=%s auth=%s", host.host,
@@ -349,8 +272,8 @@ class Relay:
             await self.feedback_processor.stop()
         if self.feedback_inbox is not None:
             await asyncio.to_thread(self.feedback_inbox.close)
-        if self._pipeline.transform_pool is not None:
-            await self._pipeline.transform_pool.close()
+        if self._transform_pool is not None:
+            await self._transform_pool.close()
         if self.scheduler is not None:
             await self.scheduler.stop(grace=min(grace, 10.0))
         if self.transport is not None:
@@ -366,11 +289,14 @@ class Relay:
         self.credentials.close()
 
 
-def _log_dkim(signer: dkim.Signer) -> None:
-    if signer.domains:
-        log.info("dkim signing domains=%s", ",".join(signer.domains))
-    else:
-        log.info("dkim: no identity has keys, mail is sent unsigned")
+def _dsn_factory(config: Config) -> DSNFactory | None:
+    """What builds our DSNs to senders; None when they are off or nothing is delivered
+    (delivery mode hold)."""
+    delivery = config.delivery
+    if delivery.mode == "hold" or not delivery.dsn.enabled:
+        return None
+    return DSNFactory(config.server.hostname,
+                      return_full_message=delivery.dsn.return_content == "full")
 
 
 async def serve(config: Config, path: str | None = None) -> None:

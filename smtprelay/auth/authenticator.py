@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from smtprelay.auth.credentials import Credential, CredentialStore
 from smtprelay.auth.lockout import Lockout
-from smtprelay.config import Config
+from smtprelay.config import Config, ConfigSource, Derived
 from smtprelay.infra import metrics
 from smtprelay.infra.passwords import hash_password, verify_password
 
@@ -41,11 +41,30 @@ class AuthResult:
     retry_after: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class _FromConfig:
+    """The static credentials (by user name) and the accounts of one configuration."""
+
+    static: dict[str, Credential]
+    accounts: frozenset[str]
+
+    @classmethod
+    def of(cls, config: Config) -> _FromConfig:
+        return cls({cred.username: Credential(username=cred.username, account=account,
+                                              password_hash=cred.password_hash,
+                                              source="config")
+                    for account, acfg in config.accounts.items()
+                    for cred in acfg.credentials},
+                   frozenset(config.accounts))
+
+
 class Authenticator:
-    def __init__(self, config: Config, store: CredentialStore) -> None:
+    def __init__(self, live: ConfigSource, store: CredentialStore) -> None:
         self._store = store
-        self.update_config(config)
-        auth = config.auth
+        # Static credentials and accounts follow a reload; lockout state stays.
+        self._from_config = Derived(live, _FromConfig.of)
+        # `auth` needs a restart: a reload keeps its running values.
+        auth = live.config.auth
         self._lockout = Lockout(per_ip=auth.max_failures_per_ip,
                                 per_user=auth.max_failures_per_user,
                                 window=auth.failure_window, lockout=auth.lockout_duration)
@@ -60,22 +79,12 @@ class Authenticator:
         self._inflight: dict[bytes, asyncio.Task[bool]] = {}
         self._dummy_hash = hash_password(secrets.token_urlsafe(16))
 
-    def update_config(self, config: Config) -> None:
-        """Take static credentials and accounts from a reloaded config; lockout state stays."""
-        self._static: dict[str, Credential] = {
-            cred.username: Credential(username=cred.username, account=account,
-                                      password_hash=cred.password_hash, source="config")
-            for account, acfg in config.accounts.items()
-            for cred in acfg.credentials
-        }
-        self._accounts = set(config.accounts)
-
     def _cache_id(self, username: str, password: str) -> bytes:
         material = username.encode("utf-8") + b"\0" + password.encode("utf-8")
         return hmac.new(self._cache_key, material, hashlib.sha256).digest()
 
     def _lookup(self, username: str) -> Credential | None:
-        static = self._static.get(username)
+        static = self._from_config().static.get(username)
         if static is not None:
             return static
         return self._store.lookup(username)
@@ -114,7 +123,7 @@ class Authenticator:
         stored = credential.password_hash if credential is not None else self._dummy_hash
         valid = await self._verify(cache_id, password, stored)
         if credential is None or not valid or credential.disabled \
-                or credential.account not in self._accounts:
+                or credential.account not in self._from_config().accounts:
             self._lockout.failure(client_ip, username)
             reason = ("unknown user" if credential is None else
                       "disabled" if credential.disabled and valid else

@@ -2,7 +2,8 @@
 
 One module per job: `values` (the value types and checks the sections use), a module
 per group of sections (`server`, `accounts`, `sets`, `delivery`), `schema` (the whole
-file and the checks that span sections) and `loading` (reading the file, ConfigError).
+file and the checks that span sections), `loading` (reading the file, ConfigError) and
+`source` (how a running component reads the configuration in force, which SIGHUP swaps).
 The rest of smtprelay imports from here, not from the modules.
 """
 
@@ -23,6 +24,7 @@ from smtprelay.config.sets import (
     ReputationConfig,
     is_simulator_address,
 )
+from smtprelay.config.source import ConfigSource, Derived
 from smtprelay.config.values import (
     Duration,
     check_domain,
@@ -36,8 +38,10 @@ __all__ = [
     "SANDBOX_QUOTA",
     "Config",
     "ConfigError",
+    "ConfigSource",
     "ConfigurationSetConfig",
     "DelayConfig",
+    "Derived",
     "Duration",
     "EventDestinationConfig",
     "IdentityConfig",

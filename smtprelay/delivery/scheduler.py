@@ -51,6 +51,7 @@ from smtprelay.spool.model import (
     RecipientUpdate,
 )
 from smtprelay.spool.store import Spool
+from smtprelay.transform.keys import KeySource
 from smtprelay.transform.tokens import KeyRing
 
 log = logging.getLogger("smtprelay.delivery")
@@ -91,22 +92,29 @@ class DeliveryPolicy:
 
 class Scheduler:
     def __init__(self, spool: Spool, transport: Transport, *, max_concurrent: int = 100,
-                 policy: DeliveryPolicy | None = None, dsns: DSNFactory | None = None,
+                 policy: Callable[[], DeliveryPolicy] | None = None,
+                 dsns: DSNFactory | None = None,
                  clock: Callable[[], float] = time.time,
                  rng: random.Random | None = None,
-                 keyring: Callable[[], KeyRing | None] = lambda: None) -> None:
+                 keys: KeySource | None = None) -> None:
         self._spool = spool
-        # The tracking keys, which sign VERP tags too; a getter, since SIGHUP may load
-        # new ones.
-        self._keyring = keyring
+        # The tracking keys in force, which sign VERP tags too (None: no VERP).
+        self._keys = keys
         self._transport = transport
-        self.policy = policy or DeliveryPolicy()
+        # The policy in force: the daemon's follows a reload (DeliveryPolicy.from_config
+        # of the holder's configuration, in a config.Derived).
+        default = DeliveryPolicy()
+        self._policy = policy if policy is not None else lambda: default
         self._dsns = dsns
         self._rng = rng or random.Random()
         self._clock = clock
         self._slots = asyncio.Semaphore(max_concurrent)
         self._rounds = BackgroundLoop("scheduler", self._round)
         self._in_flight: set[asyncio.Task[None]] = set()
+
+    @property
+    def policy(self) -> DeliveryPolicy:
+        return self._policy()
 
     def wake(self) -> None:
         """A message was spooled: look now instead of at the next poll."""
@@ -201,7 +209,7 @@ class Scheduler:
                                                   self.policy.mail_from_domains)
         if domain is None:
             return None, None
-        keyring = self._keyring()
+        keyring = self._keys.keyring if self._keys is not None else None
         if keyring is None:
             log.warning("msg=%s no tracking keys loaded to sign VERP senders with; "
                         "sending with <%s>", message.message_id, message.mail_from)

@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from smtprelay.config import is_simulator_address
+from smtprelay.config import ConfigSource, is_simulator_address
 from smtprelay.delivery.dsn_compose import should_send_dsn
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict
 from smtprelay.delivery.scheduler import Transport
@@ -113,11 +113,14 @@ class SimulatorTransport:
 
     inner: Transport
     spool: Spool
-    domain: Callable[[], str]  # a getter: SIGHUP may change simulator.domain
+    live: ConfigSource  # simulator.domain follows a reload
     hostname: str
     # Called once an auto-reply is spooled, so the scheduler sends it now.
     wake: Callable[[], None] = lambda: None
     clock: Callable[[], float] = time.time
+
+    def domain(self) -> str:
+        return self.live.config.simulator.domain
 
     async def deliver(self, message: QueuedMessage, domain: str,
                       txn: Transaction) -> list[RecipientResult]:

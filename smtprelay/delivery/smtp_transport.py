@@ -18,8 +18,9 @@ import logging
 import os
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Protocol
 
-from smtprelay.config import Config
+from smtprelay.config import Config, ConfigSource, Derived
 from smtprelay.delivery.client import ClientSettings, ConnectError, Connection, TLSPolicy
 from smtprelay.delivery.dns import MXResolver, MXResult, Resolution
 from smtprelay.delivery.model import (
@@ -78,47 +79,60 @@ def smarthost_password(config: Config) -> str | None:
     return value
 
 
-class SMTPTransport:
-    def __init__(self, config: Config, resolver: MXResolver, pool: ConnectionPool) -> None:
-        self._resolver = resolver
-        self._pool = pool
-        self.update_config(config)
+class TransportSource(ConfigSource, Protocol):
+    """What the transport reads, swapped by a reload: the configuration and the smarthost
+    password read for it (smarthost_password; None without one)."""
 
-    def update_config(self, config: Config) -> None:
-        """Take a new configuration (SIGHUP): TLS policies, timeouts, smarthost password.
+    @property
+    def smarthost_password(self) -> str | None: ...
 
-        The client settings are built here, once per configuration: the same object
-        for every message is also the same connection-cache key.
-        """
-        password = smarthost_password(config)  # raises before anything changes
-        self._config = config
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """The client settings of one configuration, made once: the same object for every
+    message is also the same connection-cache key."""
+
+    config: Config
+    mx: dict[TLSPolicy, ClientSettings]
+    smarthost: _Route | None
+
+    @classmethod
+    def of(cls, config: Config, password: str | None) -> _Settings:
         delivery = config.delivery
         helo = delivery.helo_name or config.server.hostname
-        self._mx_settings = {
-            policy: ClientSettings(port=delivery.port, tls=policy, helo=helo,
-                                   connect_timeout=delivery.connect_timeout,
-                                   command_timeout=delivery.command_timeout)
-            for policy in (TLSPolicy.OPPORTUNISTIC, TLSPolicy.REQUIRE)}
+        mx = {policy: ClientSettings(port=delivery.port, tls=policy, helo=helo,
+                                     connect_timeout=delivery.connect_timeout,
+                                     command_timeout=delivery.command_timeout)
+              for policy in (TLSPolicy.OPPORTUNISTIC, TLSPolicy.REQUIRE)}
         smarthost = delivery.smarthost
-        self._smarthost: _Route | None = None
-        if delivery.mode == "smarthost" and smarthost is not None:
-            settings = ClientSettings(
-                port=smarthost.port,
-                tls=TLSPolicy.NONE if smarthost.tls == "none" else TLSPolicy.REQUIRE,
-                implicit_tls=smarthost.tls == "implicit",
-                verify_certificates=smarthost.verify_certificate and smarthost.tls != "none",
-                ca_file=str(smarthost.ca_file) if smarthost.ca_file else None,
-                username=smarthost.username, password=password, helo=helo,
-                connect_timeout=delivery.connect_timeout,
-                command_timeout=delivery.command_timeout)
-            # Everything goes to one host: the relay-wide limit is the only one.
-            self._smarthost = _Route(settings, slot=f"[{smarthost.host}]",
-                                     limit=delivery.max_connections)
+        if delivery.mode != "smarthost" or smarthost is None:
+            return cls(config, mx, None)
+        settings = ClientSettings(
+            port=smarthost.port,
+            tls=TLSPolicy.NONE if smarthost.tls == "none" else TLSPolicy.REQUIRE,
+            implicit_tls=smarthost.tls == "implicit",
+            verify_certificates=smarthost.verify_certificate and smarthost.tls != "none",
+            ca_file=str(smarthost.ca_file) if smarthost.ca_file else None,
+            username=smarthost.username, password=password, helo=helo,
+            connect_timeout=delivery.connect_timeout,
+            command_timeout=delivery.command_timeout)
+        # Everything goes to one host: the relay-wide limit is the only one.
+        return cls(config, mx, _Route(settings, slot=f"[{smarthost.host}]",
+                                      limit=delivery.max_connections))
+
+
+class SMTPTransport:
+    def __init__(self, live: TransportSource, resolver: MXResolver,
+                 pool: ConnectionPool) -> None:
+        self._resolver = resolver
+        self._pool = pool
+        # TLS policies, timeouts and the smarthost follow a reload (SIGHUP).
+        self._settings = Derived(live, lambda config: _Settings.of(config,
+                                                                   live.smarthost_password))
 
     # ------------------------------------------------------------------ routing
 
-    def _tls_policy(self, message: QueuedMessage) -> TLSPolicy:
-        cfg = self._config
+    def _tls_policy(self, message: QueuedMessage, cfg: Config) -> TLSPolicy:
         wanted = cfg.delivery.tls
         if message.configuration_set is not None:
             cs = cfg.configuration_sets.get(message.configuration_set)
@@ -127,15 +141,15 @@ class SMTPTransport:
                 wanted = "require" if "require" in (cs.tls, wanted) else cs.tls
         return TLSPolicy(wanted)
 
-    def _route(self, message: QueuedMessage, domain: str) -> _Route:
-        if self._smarthost is not None:
-            return self._smarthost
-        return _Route(self._mx_settings[self._tls_policy(message)], slot=domain,
-                      limit=self._config.delivery.max_connections_per_domain)
+    def _route(self, message: QueuedMessage, domain: str, settings: _Settings) -> _Route:
+        if settings.smarthost is not None:
+            return settings.smarthost
+        return _Route(settings.mx[self._tls_policy(message, settings.config)], slot=domain,
+                      limit=settings.config.delivery.max_connections_per_domain)
 
-    async def _destinations(self, domain: str) -> MXResult:
-        smarthost = self._config.delivery.smarthost
-        if self._smarthost is not None and smarthost is not None:
+    async def _destinations(self, domain: str, settings: _Settings) -> MXResult:
+        smarthost = settings.config.delivery.smarthost
+        if settings.smarthost is not None and smarthost is not None:
             return await self._resolver.resolve_host(smarthost.host)
         return await self._resolver.resolve(domain)
 
@@ -143,12 +157,13 @@ class SMTPTransport:
 
     async def deliver(self, message: QueuedMessage, domain: str,
                       txn: Transaction) -> list[RecipientResult]:
-        found = await self._destinations(domain)
+        settings = self._settings()
+        found = await self._destinations(domain, settings)
         if not found.ok:
             verdict = (Verdict.BOUNCED if found.outcome is Resolution.PERMANENT
                        else Verdict.DEFERRED)
             return same_result(txn.recipients, verdict, found.status, f"x-dns; {found.reason}")
-        route = self._route(message, domain)
+        route = self._route(message, domain, settings)
         async with self._pool.domain_slot(route.slot, route.limit):
             return await self._try_hosts(found.destinations[:MAX_HOSTS_TRIED], route, txn)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from smtprelay.config import Config
+from smtprelay.config import ConfigSource
 from smtprelay.events import records
 from smtprelay.events.model import (
     Click,
@@ -43,13 +43,14 @@ log = logging.getLogger("smtprelay.events")
 _NO_SET = "default"
 
 class EngagementRecorder:
-    def __init__(self, spool: Spool, suppression: SuppressionStore, config: Config) -> None:
+    def __init__(self, spool: Spool, suppression: SuppressionStore,
+                 live: ConfigSource) -> None:
         self._spool = spool
         self._suppression = suppression
-        self.config = config
+        self._live = live
 
     def _publishes(self, set_name: str | None) -> bool:
-        settings = self.config.configuration_sets.get(set_name) if set_name else None
+        settings = self._live.config.configuration_sets.get(set_name) if set_name else None
         return settings is not None and settings.publishes
 
     async def engaged(self, engagement: Engagement) -> None:

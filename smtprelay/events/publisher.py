@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from itertools import takewhile
 from pathlib import Path
 
-from smtprelay.config import Config, EventDestinationConfig
+from smtprelay.config import Config, ConfigSource, EventDestinationConfig
 from smtprelay.events.ses import stored_to_json
 from smtprelay.events.webhook import WebhookDestination, WebhookFailure
 from smtprelay.infra import metrics
@@ -389,20 +389,22 @@ class _Worker:
 
 
 class Publisher:
-    def __init__(self, spool: Spool, config: Config) -> None:
+    def __init__(self, spool: Spool, live: ConfigSource) -> None:
         self.spool = spool
-        self._config = config
+        self._live = live
+        # The configuration whose destinations run (set by _reconcile).
+        self._applied: Config | None = None
         self._workers: dict[str, _Worker] = {}
         self._changed = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.retry_state = RetryState(config.server.data_dir / RETRY_STATE_FILE)
+        self.retry_state = RetryState(live.config.server.data_dir / RETRY_STATE_FILE)
 
     def keys(self) -> set[str]:
-        return {target.key for target in targets(self._config)}
+        return {target.key for target in targets(self._live.config)}
 
     def undelivered_path(self, target: _Target) -> Path:
-        return (self._config.server.data_dir / UNDELIVERED_DIR
+        return (self._live.config.server.data_dir / UNDELIVERED_DIR
                 / f"{target.configuration_set}.{target.settings.name}.ndjson")
 
     async def start(self) -> None:
@@ -412,9 +414,9 @@ class Publisher:
         await self._reconcile()
         self._supervisor = asyncio.create_task(self._supervise(), name="events")
 
-    def update_config(self, config: Config) -> None:
-        """A reloaded config: destinations are added, removed or restarted (any thread)."""
-        self._config = config
+    def config_swapped(self) -> None:
+        """The holder's configuration was swapped (SIGHUP): its destinations are added,
+        removed or restarted now rather than at the next pass (any thread)."""
         self._call(self._changed.set)
 
     def wake(self) -> None:
@@ -456,7 +458,7 @@ class Publisher:
                 async with asyncio.timeout(_DEPTH_REFRESH):
                     await self._changed.wait()
             try:
-                if self._changed.is_set():
+                if self._changed.is_set() or self._live.config is not self._applied:
                     self._changed.clear()
                     await self._reconcile()
                 metrics.EVENT_OUTBOX_DEPTH.set(
@@ -466,7 +468,8 @@ class Publisher:
 
     async def _reconcile(self) -> None:
         """Run one worker per enabled destination of the current config."""
-        wanted = {target.key: target for target in targets(self._config)}
+        self._applied = config = self._live.config
+        wanted = {target.key: target for target in targets(config)}
         for key, worker in list(self._workers.items()):
             if wanted.get(key) != worker.target:
                 del self._workers[key]

@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from smtprelay.bounces import return_path, verp
-from smtprelay.config import Config
+from smtprelay.config import Config, Derived
 from smtprelay.db.writer import DiskFullError, WriteError
 from smtprelay.feedback.inbox import Arrival, FeedbackInbox
+from smtprelay.feedback.processor import FeedbackSource
 from smtprelay.infra import metrics
 from smtprelay.mail.address import Address
 from smtprelay.mail.replies import Reply
 from smtprelay.submission.seam import Submission
-from smtprelay.transform.tokens import KeyRing
 
 log = logging.getLogger("smtprelay.feedback")
 
@@ -37,40 +38,48 @@ STORAGE_FULL = Reply(452, "4.3.1 Insufficient system storage")
 LOCAL_ERROR = Reply(451, "4.3.0 Local error in processing; try again later")
 
 
+@dataclass(frozen=True, slots=True)
+class _Recipients:
+    """What RCPT accepts under one configuration: VERP addresses at these domains, and
+    the feedback addresses (lower case)."""
+
+    domains: frozenset[str]
+    addresses: frozenset[str]
+
+    @classmethod
+    def of(cls, config: Config) -> _Recipients:
+        return cls(return_path.feedback_domains(config),
+                   frozenset(a.lower() for a in config.feedback.addresses))
+
+
 class FeedbackReceiver:
     """The feedback listener's ``SubmissionHandler``."""
 
-    def __init__(self, config: Config, inbox: FeedbackInbox,
-                 keyring: Callable[[], KeyRing | None]) -> None:
+    def __init__(self, live: FeedbackSource, inbox: FeedbackInbox, *,
+                 on_stored: Callable[[], None] = lambda: None) -> None:
+        self._live = live
         self._inbox = inbox
-        self._keyring = keyring
         # Called after each report is durable: the processor looks at once.
-        self.on_stored: Callable[[], None] = lambda: None
-        self.update_config(config)
-
-    def update_config(self, config: Config) -> None:
-        self._domains = return_path.feedback_domains(config)
-        self._addresses = frozenset(a.lower() for a in config.feedback.addresses)
+        self._on_stored = on_stored
+        # The addresses it answers for follow a reload.
+        self._recipients = Derived(live, _Recipients.of)
 
     def check_sender(self, account: str, address: str) -> Reply | None:
         return None  # reports come from anyone, most from the null sender
 
     def check_recipient(self, account: str, address: str) -> Reply | None:
-        if address.lower() in self._addresses:
+        recipients = self._recipients()
+        if address.lower() in recipients.addresses:
             return None
         parsed = Address.parse(address)
         local = parsed.local
         reason = "not a feedback address"
-        if parsed.domain in self._domains:
-            keyring = self._keyring()
-            if keyring is None:
-                reason = "no tracking keys loaded"
-            else:
-                try:
-                    verp.decode(local, keyring)
-                    return None
-                except verp.InvalidVerpTag as exc:
-                    reason = f"VERP tag {exc.reason}"
+        if parsed.domain in recipients.domains:
+            try:
+                verp.decode(local, self._live.keyring)
+                return None
+            except verp.InvalidVerpTag as exc:
+                reason = f"VERP tag {exc.reason}"
         metrics.FEEDBACK_RECIPIENTS_REFUSED.labels(
             reason="verp" if reason.startswith("VERP") else "unknown").inc()
         log.info("feedback listener refused rcpt=%s: %s", address, reason)
@@ -99,5 +108,5 @@ class FeedbackReceiver:
         log.info("feedback report=%d received client=%s from=<%s> rcpts=%s size=%d",
                  report_id, client.ip, arrival.mail_from, ",".join(arrival.recipients),
                  len(arrival.raw))
-        self.on_stored()
+        self._on_stored()
         return Reply(250, f"2.0.0 Ok: report {report_id} queued")

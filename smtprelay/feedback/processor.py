@@ -26,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from smtprelay.bounces.classification import DEFAULT_RULES, Rule
-from smtprelay.config import Config
+from smtprelay.config import ConfigSource
 from smtprelay.feedback import actions
 from smtprelay.feedback.inbox import UNMATCHED, FeedbackInbox, Report, Verdict
 from smtprelay.feedback.recorder import FeedbackRecorder
@@ -37,6 +38,7 @@ from smtprelay.infra import metrics
 from smtprelay.infra.background import BackgroundLoop
 from smtprelay.spool.sent import SENT_INDEX_RETENTION, SentMessage
 from smtprelay.spool.store import Spool
+from smtprelay.transform.keys import KeySource
 from smtprelay.transform.tokens import KeyRing
 
 log = logging.getLogger("smtprelay.feedback")
@@ -49,15 +51,18 @@ _MAINTENANCE_SECONDS = 600.0
 _PURGE_LIMIT = 500
 
 
+class FeedbackSource(ConfigSource, KeySource, Protocol):
+    """What the feedback side reads, swapped by a reload: the configuration and the
+    tracking keys, which verify VERP tags (the daemon's holder, smtprelay.app.live)."""
+
+
 class FeedbackProcessor:
     def __init__(self, inbox: FeedbackInbox, spool: Spool, recorder: FeedbackRecorder,
-                 config: Callable[[], Config], keyring: Callable[[], KeyRing | None],
-                 rules: Sequence[Rule] = DEFAULT_RULES) -> None:
+                 live: FeedbackSource, rules: Sequence[Rule] = DEFAULT_RULES) -> None:
         self._inbox = inbox
         self._spool = spool
         self._recorder = recorder
-        self._config = config
-        self._keyring = keyring
+        self._live = live
         self._rules = rules
         self._rounds = BackgroundLoop("feedback-processor", self._round)
         self._next_maintenance = 0.0
@@ -95,7 +100,7 @@ class FeedbackProcessor:
             metrics.FEEDBACK_INBOX_DEPTH.set(0)
             return 0
         started = time.perf_counter()
-        keyring = self._keyring()
+        keyring = self._live.keyring
         examined = await asyncio.to_thread(_examine_all, reports, keyring, self._rules)
         wanted = {tag.message_id for e in examined for tag in e.tags}
         wanted.update(message_id for e in examined for message_id in e.relay_ids)
@@ -129,7 +134,7 @@ class FeedbackProcessor:
         now = time.time()
         try:
             for _ in range(100):
-                if await self._inbox.purge(now - self._config().feedback.unmatched_retention,
+                if await self._inbox.purge(now - self._live.config.feedback.unmatched_retention,
                                            _PURGE_LIMIT) < _PURGE_LIMIT:
                     break
                 await asyncio.sleep(0.1)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
-from smtprelay.config import Config
+from smtprelay.config import ConfigSource
 from smtprelay.events import records
 from smtprelay.events.model import Bounce, BounceType, Complaint, DeliveryDelay
 from smtprelay.feedback.actions import Suppress
@@ -31,14 +31,14 @@ log = logging.getLogger("smtprelay.feedback")
 
 class FeedbackRecorder:
     def __init__(self, spool: Spool, suppression: SuppressionStore,
-                 config: Callable[[], Config]) -> None:
+                 live: ConfigSource) -> None:
         self._spool = spool
         self._suppression = suppression
-        self._config = config
+        self._live = live
 
     def publishes(self, set_name: str | None) -> bool:
         """Whether events of ``set_name`` go anywhere (it has an event destination)."""
-        settings = self._config().configuration_sets.get(set_name) if set_name else None
+        settings = self._live.config.configuration_sets.get(set_name) if set_name else None
         return settings is not None and settings.publishes
 
     async def record(self, suppressions: Sequence[Suppress], events: Sequence[EventRecord],

@@ -43,7 +43,7 @@ from typing import Any, NoReturn, cast
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from smtprelay.config import Config
+from smtprelay.config import ConfigSource
 from smtprelay.http import admin_auth, openapi
 from smtprelay.http.tracking import client_ip, parse_ip
 from smtprelay.infra import metrics
@@ -119,7 +119,7 @@ def _fail(status: int, message: str) -> NoReturn:
 class AdminServices:
     """What the admin API works on: the daemon's own objects."""
 
-    config: Callable[[], Config]  # the config in force (it changes on SIGHUP)
+    live: ConfigSource  # the config in force (a reload swaps it)
     spool: Spool
     suppression: SQLiteSuppressionStore
     pauses: PausedSets
@@ -302,7 +302,7 @@ class AdminAPI:
 
     def _account(self, request: web.Request) -> str:
         account = request.match_info["account"]
-        suppression_ops.check_account(self._services.config(), account)
+        suppression_ops.check_account(self._services.live.config, account)
         return account
 
     async def suppression_search(self, request: web.Request) -> web.Response:
@@ -312,7 +312,7 @@ class AdminAPI:
         prefix = _text(request, "prefix", 320)
         cursor = _text(request, "cursor", 320)
         found = await asyncio.to_thread(
-            suppression_ops.page, self._services.suppression, self._services.config(),
+            suppression_ops.page, self._services.suppression, self._services.live.config,
             account, reason=cast(Reason | None, reason), prefix=prefix, limit=limit,
             after=cursor)
         return web.json_response(page_json(found, lambda entry: entry.as_json()))
@@ -320,7 +320,7 @@ class AdminAPI:
     async def suppression_get(self, request: web.Request) -> web.Response:
         account = self._account(request)
         entry = await asyncio.to_thread(suppression_ops.get, self._services.suppression,
-                                        self._services.config(), account,
+                                        self._services.live.config, account,
                                         request.match_info["address"])
         return web.json_response(entry.as_json())
 
@@ -335,7 +335,7 @@ class AdminAPI:
                   "smtprelay can list (one @, a domain, no spaces or control characters, "
                   "at most 320 characters)")
         added = await asyncio.to_thread(
-            suppression_ops.add, self._services.suppression, self._services.config(),
+            suppression_ops.add, self._services.suppression, self._services.live.config,
             account, address, body.get("reason"))
         log.info("admin api: account=%s suppressed %s reason=%s (%s)", account,
                  added.entry.address, added.entry.reason, "new" if added.created else "updated")
@@ -344,7 +344,7 @@ class AdminAPI:
     async def suppression_delete(self, request: web.Request) -> web.Response:
         account = self._account(request)
         address = await asyncio.to_thread(
-            suppression_ops.remove, self._services.suppression, self._services.config(),
+            suppression_ops.remove, self._services.suppression, self._services.live.config,
             account, request.match_info["address"])
         log.info("admin api: account=%s unsuppressed %s", account, address)
         return web.json_response({"account": account, "address": address, "removed": True})
@@ -398,23 +398,23 @@ class AdminAPI:
 
     def _listing(self, scope: Scope) -> web.Response:
         # The daemon's PausedSets answer from memory: no thread needed.
-        targets = pause_ops.listing(self._services.pauses, self._services.config(), scope)
+        targets = pause_ops.listing(self._services.pauses, self._services.live.config, scope)
         return web.json_response({"items": [self._target_json(t) for t in targets]})
 
     def _found(self, scope: Scope, name: str) -> web.Response:
         return web.json_response(self._target_json(pause_ops.find(
-            self._services.pauses, self._services.config(), scope, name)))
+            self._services.pauses, self._services.live.config, scope, name)))
 
     async def _pause(self, request: web.Request, scope: Scope, name: str) -> web.Response:
         detail = await pause_detail(request)
         target = await asyncio.to_thread(
-            pause_ops.pause, self._services.pauses, self._services.config(), scope, name,
+            pause_ops.pause, self._services.pauses, self._services.live.config, scope, name,
             detail=detail, by=f"api {self._client(request)}")
         return web.json_response(self._target_json(target))
 
     async def _resume(self, scope: Scope, name: str) -> web.Response:
         resumed = await asyncio.to_thread(pause_ops.resume, self._services.pauses,
-                                          self._services.config(), scope, name)
+                                          self._services.live.config, scope, name)
         return web.json_response(self._target_json(resumed.target))
 
     async def sets_list(self, _request: web.Request) -> web.Response:
@@ -451,13 +451,13 @@ class AdminAPI:
         name = request.match_info["name"]
         window = self._window(request)
         counts = await asyncio.to_thread(stats_ops.set_report, self._queue,
-                                         self._services.config(), name, window)
+                                         self._services.live.config, name, window)
         return web.json_response({"configuration_set": name, "window": window.as_json(),
                                   **counts.as_json()})
 
     async def stats(self, request: web.Request) -> web.Response:
         report = await asyncio.to_thread(stats_ops.report, self._queue,
-                                         self._services.config(), self._window(request))
+                                         self._services.live.config, self._window(request))
         return web.json_response({
             "window": report.window.as_json(),
             "total": report.total.as_json(),

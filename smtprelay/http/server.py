@@ -37,6 +37,7 @@ from smtprelay.http.admin import AdminAPI, AdminServices, is_admin_path
 from smtprelay.http.tracking import TRACKING_HEADERS, Tracking
 from smtprelay.infra import metrics, tls
 from smtprelay.transform import tokens
+from smtprelay.transform.keys import KeySource
 
 log = logging.getLogger("smtprelay.http")
 
@@ -91,19 +92,24 @@ async def _default_headers(_request: web.Request, response: web.StreamResponse) 
         response.headers.setdefault(name, value)
 
 
+class _NoKeys:
+    keyring = tokens.KeyRing()
+
+
 class HTTPServer:
     def __init__(self, config: Config, ready: Callable[[], bool], *,
-                 keyring: tokens.KeyRing | None = None,
+                 keys: KeySource | None = None,
                  sink: EngagementSink | None = None,
                  admin: AdminServices | None = None) -> None:
-        """`keyring` verifies tracking tokens (None: every token is refused); `sink`
-        records engagements (None: pages and redirects work, nothing is recorded,
-        unsubscribing answers 503); `admin` is what the admin API works on (None, or
-        no secret in http.admin_token_env's variable: no admin API)."""
+        """`config`: the configuration at start (`http` and the tracking domains need a
+        restart); `keys` are the tracking keys in force, which verify tracking tokens
+        (None: every token is refused); `sink` records engagements (None: pages and
+        redirects work, nothing is recorded, unsubscribing answers 503); `admin` is what
+        the admin API works on (None, or no secret in http.admin_token_env's variable:
+        no admin API)."""
         self._config = config
         self._ready = ready
-        self.tracking = Tracking(config, keyring if keyring is not None else tokens.KeyRing(),
-                                 sink)
+        self.tracking = Tracking(config, keys if keys is not None else _NoKeys(), sink)
         self.admin: AdminAPI | None = None
         env = config.http.admin_token_env
         secret = admin_auth.secret_from_env(env)

@@ -50,6 +50,7 @@ from smtprelay.events.model import Engagement, EngagementSink
 from smtprelay.http.machine import IPAddress, Kind, MachineDetector
 from smtprelay.infra import metrics
 from smtprelay.transform import tokens
+from smtprelay.transform.keys import KeySource
 
 log = logging.getLogger("smtprelay.http.tracking")
 
@@ -236,14 +237,15 @@ def _one_click(content_type: str, header: str, body: bytes) -> bool:
 # --- the routes ---------------------------------------------------------------------
 
 class Tracking:
-    """The tracking routes of one HTTP server: sink and rules fixed at start; the
-    keyring is replaced on reload (after `smtprelay tracking-keys rotate`)."""
+    """The tracking routes of one HTTP server: sink and rules fixed at start; the keys
+    are read from `keys` for every token, so a reload (after `smtprelay tracking-keys
+    rotate`) applies at once."""
 
-    def __init__(self, config: Config, keyring: tokens.KeyRing,
+    def __init__(self, config: Config, keys: KeySource,
                  sink: EngagementSink | None, *,
                  clock: Callable[[], float] = time.time) -> None:
         self._config = config
-        self.keyring = keyring
+        self._keys = keys
         self._sink = sink
         self._clock = clock
         self._window = config.http.tracking_window
@@ -308,7 +310,7 @@ class Tracking:
         if token is None:
             return None
         try:
-            payload = tokens.decode(token, self.keyring, now)
+            payload = tokens.decode(token, self._keys.keyring, now)
         except tokens.InvalidToken as exc:
             log.info("tracking token refused kind=%s reason=%s", kind, exc.reason)
             return None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from smtprelay.config import SANDBOX_QUOTA, Config, QuotaConfig
+from smtprelay.config import SANDBOX_QUOTA, Config, ConfigSource, QuotaConfig
 from smtprelay.db.writer import GroupCommitWriter
 from smtprelay.mail import replies as R
 from smtprelay.mail.replies import Reply
@@ -151,12 +151,14 @@ def effective_quota(config: Config, account: str) -> QuotaConfig | None:
 
 
 class Quotas:
-    def __init__(self, config: Config, store: UsageStore,
+    def __init__(self, live: ConfigSource, store: UsageStore,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
         self._accounts: dict[str, _Account] = {}
-        self._config = config
+        self._live = live
+        # The configuration the accounts' limits were taken from.
+        self._config = live.config
 
     def load(self) -> None:
         """Read the last 24 h of usage (blocking: call in a thread at start-up)."""
@@ -167,7 +169,11 @@ class Quotas:
                 state.minutes.extend(minutes)
                 state.in_window = sum(count for _, count in minutes)
 
-    def update_config(self, config: Config) -> None:
+    def _follow(self) -> None:
+        """After a reload, the accounts' new limits; their usage and tokens stay."""
+        config = self._live.config
+        if config is self._config:
+            return
         self._config = config
         for name, state in self._accounts.items():
             if name in config.accounts:
@@ -175,6 +181,7 @@ class Quotas:
                 state.tokens = min(state.tokens, float(_burst(state.limits)))
 
     def _state(self, account: str) -> _Account | None:
+        self._follow()
         state = self._accounts.get(account)
         if state is None:
             if account not in self._config.accounts:
@@ -218,6 +225,7 @@ class Quotas:
 
     def release(self, account: str, count: int) -> None:
         """The transaction ended without a message: give the recipients back."""
+        self._follow()
         state = self._accounts.get(account)
         if state is not None and count:
             state.pending = max(0, state.pending - count)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from smtprelay.config import Config, RateThresholds, ReputationConfig
+from smtprelay.config import ConfigSource, RateThresholds, ReputationConfig
 from smtprelay.infra import metrics
 from smtprelay.policy.pauses import AlreadyPaused, PausedSets
 from smtprelay.spool import set_stats
@@ -155,11 +155,11 @@ def label(scope: str, name: str) -> str:
 class ReputationGuard:
     """The background task; `judgements` holds the last check's verdicts."""
 
-    def __init__(self, spool: Spool, pauses: PausedSets, config: Callable[[], Config],
+    def __init__(self, spool: Spool, pauses: PausedSets, live: ConfigSource,
                  clock: Callable[[], float] = time.time) -> None:
         self._spool = spool
         self._pauses = pauses
-        self._config = config
+        self._live = live
         self._clock = clock
         self._states: dict[tuple[str, str, str], State] = {}
         self.judgements: dict[tuple[str, str], Judgement] = {}
@@ -171,7 +171,7 @@ class ReputationGuard:
         """Check forever (a task the daemon cancels at stop)."""
         failing = False
         while True:
-            await asyncio.sleep(self._config().reputation.check_interval)
+            await asyncio.sleep(self._live.config.reputation.check_interval)
             try:
                 await self.check()
             except Exception as exc:
@@ -184,7 +184,7 @@ class ReputationGuard:
                 failing = False
 
     async def check(self) -> list[Judgement]:
-        config = self._config().reputation
+        config = self._live.config.reputation
         if not config.enabled:
             return []
         now = self._clock()

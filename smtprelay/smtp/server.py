@@ -15,10 +15,10 @@ import os
 import socket
 import ssl
 from collections import Counter
-from collections.abc import Callable
+from typing import Protocol
 
 from smtprelay.auth.authenticator import Authenticator
-from smtprelay.config import Config, ListenerConfig
+from smtprelay.config import Config, ConfigSource, Derived, ListenerConfig
 from smtprelay.infra import metrics
 from smtprelay.mail import replies as R
 from smtprelay.smtp.session import ListenerSettings, Session
@@ -60,29 +60,39 @@ def _normalise_ip(ip: str) -> str:
     return ip
 
 
+class ServerSource(ConfigSource, Protocol):
+    """What the listeners read, swapped by a reload: the configuration (accounts' trusted
+    networks at once; listeners and limits need a restart, so a reload keeps them) and
+    the relay's TLS context (None: no listener uses TLS)."""
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None: ...
+
+
 class SMTPServer:
     def __init__(
         self,
-        config: Config,
+        live: ServerSource,
         authenticator: Authenticator,
         handler: SubmissionHandler,
-        tls_context: Callable[[], ssl.SSLContext | None],
         feedback: SubmissionHandler | None = None,
     ) -> None:
-        self._config = config
+        self._live = live
         self._auth = authenticator
         self._handler = handler
         self._feedback = feedback
-        self._tls_context = tls_context
-        self._trusted = TrustedNetworks(config)
+        self._trusted = Derived(live, TrustedNetworks)
         self._servers: list[tuple[ListenerConfig, asyncio.Server]] = []
         self._sessions: dict[asyncio.Task[None], Session] = {}
         self._per_ip: Counter[str] = Counter()
         self._open = 0
 
-    def update_config(self, config: Config) -> None:
-        """Accounts and trusted networks from a reloaded config; listeners stay as bound."""
-        self._trusted = TrustedNetworks(config)
+    @property
+    def _config(self) -> Config:
+        return self._live.config
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        return self._live.tls_context
 
     @property
     def bound(self) -> dict[str, list[tuple[str, int]]]:
@@ -191,7 +201,7 @@ class SMTPServer:
     async def _run_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                            settings: ListenerSettings, handler: SubmissionHandler, ip: str,
                            peer: tuple[str, int], task: asyncio.Task[None]) -> None:
-        trusted = (self._trusted.account_for(ip) if settings.listener.role == "submission"
+        trusted = (self._trusted().account_for(ip) if settings.listener.role == "submission"
                    else None)
         session = Session(reader, writer, settings, self._auth, handler, trusted,
                           (ip, int(peer[1])))

@@ -177,7 +177,8 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 class Spool:
     """The queue of accepted messages and the state of each recipient."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, finalize: Finalizer | None = None,
+                 keep_sent_index: bool = False) -> None:
         self.path = path
         self._writer = GroupCommitWriter(
             path, "spool", page_size=_PAGE_SIZE,
@@ -186,10 +187,10 @@ class Spool:
         self._read_lock = threading.Lock()
         # Builds the DSN of a message that arrives already finished (every recipient
         # suppressed); the scheduler passes its own to record().
-        self.finalize: Finalizer | None = None
-        # Keep a compact row of purged messages for the feedback processor (set when
-        # a feedback listener runs): see smtprelay.spool.sent.
-        self.keep_sent_index = False
+        self.finalize = finalize
+        # Keep a compact row of purged messages for the feedback processor (when a
+        # feedback listener runs): see smtprelay.spool.sent.
+        self.keep_sent_index = keep_sent_index
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -11,8 +11,9 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Container
+from typing import Protocol
 
-from smtprelay.config import Config, ConfigurationSetConfig
+from smtprelay.config import Config, ConfigSource, ConfigurationSetConfig
 from smtprelay.events import records
 from smtprelay.infra import metrics
 from smtprelay.mail import replies as R
@@ -38,6 +39,7 @@ from smtprelay.spool.model import (
 from smtprelay.spool.store import Spool, SpoolError, SpoolFullError, suppressed_diagnostic
 from smtprelay.submission.seam import Submission
 from smtprelay.transform import dkim, hygiene, tracking
+from smtprelay.transform.keys import KeySource, SignerSource
 from smtprelay.transform.pool import TransformPool, TransformUnavailable
 
 log = logging.getLogger("smtprelay.pipeline")
@@ -69,30 +71,35 @@ def header_addresses(fields: list[HeaderField]) -> dict[str, list[str]]:
     return found
 
 
-class Pipeline:
-    # The sets paused at run time (smtprelay.policy.pauses.PausedSets); the daemon sets it.
-    paused_sets: Container[str] = frozenset()
-    # The accounts paused at run time (PausedSets.accounts): all their mail refused.
-    paused_accounts: Callable[[], Container[str]] = staticmethod(lambda: frozenset())
+class PipelineSource(ConfigSource, KeySource, SignerSource, Protocol):
+    """What the pipeline reads for every message, swapped by a reload: the configuration,
+    the tracking keys and the DKIM keys (the daemon's holder, smtprelay.app.live)."""
 
-    def __init__(self, config: Config, spool: Spool, quotas: Quotas,
-                 suppression: SuppressionStore) -> None:
-        self._config = config
+
+class Pipeline:
+    def __init__(self, live: PipelineSource, spool: Spool, quotas: Quotas,
+                 suppression: SuppressionStore, *,
+                 paused_sets: Container[str] = frozenset(),
+                 paused_accounts: Callable[[], Container[str]] = frozenset,
+                 transform_pool: TransformPool | None = None,
+                 on_spooled: Callable[[], None] = lambda: None) -> None:
+        self._live = live
         self._spool = spool
         self._quotas = quotas
         self._suppression = suppression
+        # The sets paused at run time (smtprelay.policy.pauses.PausedSets), and the
+        # accounts (PausedSets.accounts): all their mail refused.
+        self.paused_sets = paused_sets
+        self.paused_accounts = paused_accounts
+        # The worker processes that track and add unsubscribe links for sets that do
+        # (server.transform_workers); None: that work is done here.
+        self.transform_pool = transform_pool
         # Called after each message is durable, so delivery starts without polling.
-        self.on_spooled: Callable[[], None] = lambda: None
-        # The DKIM keys; the daemon loads them at start and on reload.
-        self.signer = dkim.Signer()
-        # Tracking and unsubscribe; the daemon gives it the token keys at start, and the
-        # worker processes that do the work for sets that track (server.transform_workers).
-        self.transformer: tracking.Transformer | None = None
-        self.transform_pool: TransformPool | None = None
+        self.on_spooled = on_spooled
 
-    def update_config(self, config: Config) -> None:
-        self._config = config
-        self._quotas.update_config(config)
+    @property
+    def _config(self) -> Config:
+        return self._live.config
 
     def _identities(self, account: str) -> list[str]:
         settings = self._config.accounts.get(account)
@@ -261,15 +268,14 @@ class Pipeline:
                          received_at: float, settings: ConfigurationSetConfig | None,
                          media_type: str) -> tracking.Result | Reply:
         """Tracking and unsubscribe as the configuration set asks, or the refusal."""
-        if self.transformer is None:
-            return tracking.Result(data)
-        apply = functools.partial(self.transformer.apply, data, message_id=message_id,
+        transformer = tracking.Transformer(self._live.keyring)
+        apply = functools.partial(transformer.apply, data, message_id=message_id,
                                   recipient_count=recipient_count, issued_at=received_at,
                                   settings=settings, media_type=media_type)
         try:
             if self.transform_pool is not None and tracking.changes_anything(settings):
                 result = await self.transform_pool.apply(
-                    self.transformer.keyring, data, message_id=message_id,
+                    transformer.keyring, data, message_id=message_id,
                     recipient_count=recipient_count, issued_at=received_at,
                     settings=settings)
             elif len(data) > _INLINE_TRANSFORM_LIMIT:
@@ -296,7 +302,7 @@ class Pipeline:
         """Our DKIM-Signature fields for the message (the last change before the spool;
         they go in front of it), empty when no identity with keys covers the From
         domain; None when signing failed."""
-        keys = self.signer.keys_for(from_domain)
+        keys = self._live.signer.keys_for(from_domain)
         if not keys:
             return b""
         started = time.perf_counter()

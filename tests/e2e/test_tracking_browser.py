@@ -25,6 +25,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from smtprelay.app.live import Live
 from smtprelay.config import ConfigurationSetConfig, load_config
 from smtprelay.http.server import HTTPServer
 from smtprelay.transform import tokens, tracking
@@ -163,7 +164,7 @@ async def test_a_browser_opens_clicks_and_unsubscribes(tmp_path: Path) -> None:
     config = load_config(path).config
     ring = tokens.KeyRing.generate()
     sink = RecordingSink()
-    server = HTTPServer(config, lambda: True, keyring=ring, sink=sink)
+    server = HTTPServer(config, lambda: True, keys=Live(config, keyring=ring), sink=sink)
     await server.start()
     try:
         original = f"http://127.0.0.1:{landing_port}/landing?x=1&y=%2F#section"

@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 import yaml
 
+from smtprelay.app.live import Live
 from smtprelay.config import Config, MachineDetectionConfig, load_config
 from smtprelay.events.model import Engagement
 from smtprelay.http.server import HTTPServer
@@ -104,7 +105,7 @@ async def serve(tmp_path: Path, *, sink: RecordingSink | None = None, no_sink: b
     config = load_config(path).config
     ring = tokens.KeyRing.generate()
     recorder = None if no_sink else (sink or RecordingSink())
-    server = HTTPServer(config, lambda: True, keyring=ring, sink=recorder)
+    server = HTTPServer(config, lambda: True, keys=Live(config, keyring=ring), sink=recorder)
     await server.start()
     try:
         yield Served(server, ring, recorder, config)

@@ -18,7 +18,9 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
+from smtprelay.app.live import Live
 from smtprelay.config import Config
+from smtprelay.delivery.smtp_transport import smarthost_password
 from smtprelay.spool.model import (
     MessageAttributes,
     QueuedMessage,
@@ -68,6 +70,12 @@ def mx(dns: TestDNSServer, domain: str, *hosts: tuple[int, str, str | None]) -> 
         dns.add(domain, "MX", f"{preference} {host}.", ttl=60)
         if address is not None:
             dns.add(host, "A", address, ttl=60)
+
+
+def live(config: Config) -> Live:
+    """The holder of `config` and its smarthost password, as the daemon's start reads it
+    (SmarthostPasswordError when it cannot be)."""
+    return Live(config, smarthost_password=smarthost_password(config))
 
 
 def make_config(tmp_path: Path, *, configuration_sets: dict[str, Any] | None = None,

@@ -35,7 +35,7 @@ from smtprelay.spool.store import Spool, get_outcomes, open_for_cli
 from tests.dnsserver import TestDNSServer
 from tests.sinks import SinkFactory
 from tests.support import free_port
-from tests.unit.delivery.kit import WallClock, make_config, mx, sample, wait_until
+from tests.unit.delivery.kit import WallClock, live, make_config, mx, sample, wait_until
 
 SENDER = "app@example.com"
 BODY = b"From: app@example.com\r\nTo: x@a.test\r\nSubject: policy\r\n\r\nHello.\r\n"
@@ -95,7 +95,7 @@ class Bench:
         self.rng_seed = rng_seed
         factory = DSNFactory("relay.test", clock=self.clock) if dsns else None
         self.scheduler = Scheduler(spool, transport, clock=self.clock,
-                                   policy=DeliveryPolicy(retry=RETRY, delay=delay),
+                                   policy=lambda: DeliveryPolicy(retry=RETRY, delay=delay),
                                    dsns=factory, rng=random.Random(rng_seed))
 
     async def submit(self, *recipients: str, sender: str = SENDER) -> str:
@@ -395,7 +395,8 @@ async def test_deferred_by_a_real_mx_then_bounced_at_expiry_and_the_dsn_delivere
     mx(dns_server, "example.com", (10, "mx.example.com", "127.0.0.3"))
     config = make_config(tmp_path, port=port)
     pool = ConnectionPool(max_connections=4, max_per_domain=2, idle_timeout=30.0)
-    transport = SMTPTransport(config, MXResolver([dns_server.nameserver], timeout=1.0), pool)
+    transport = SMTPTransport(live(config), MXResolver([dns_server.nameserver], timeout=1.0),
+                              pool)
     bench = Bench(spool, transport)
     bench.scheduler.start()
     try:

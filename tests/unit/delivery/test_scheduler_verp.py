@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from smtprelay.bounces import return_path, verp
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict
@@ -40,8 +41,8 @@ async def deliver(tmp_path: Path, sender: str, rcpts: tuple[str, ...],
         client_helo="c", auth_user="u", listener="submission")
     await spool.enqueue(message)
     remote = Remote()
-    scheduler = Scheduler(spool, remote, policy=DeliveryPolicy(mail_from_domains=DOMAINS),
-                          keyring=lambda: keyring)
+    scheduler = Scheduler(spool, remote, policy=lambda: DeliveryPolicy(mail_from_domains=DOMAINS),
+                          keys=None if keyring is None else SimpleNamespace(keyring=keyring))
     scheduler.start()
     try:
         for _ in range(300):

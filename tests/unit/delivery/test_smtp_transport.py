@@ -26,6 +26,7 @@ from smtprelay.delivery.smtp_transport import (
     MAX_HOSTS_TRIED,
     SmarthostPasswordError,
     SMTPTransport,
+    smarthost_password,
 )
 from tests.dnsserver import TestDNSServer
 from tests.sinks import MX_NAME, RawSink, Script, SinkFactory, SmtpSink
@@ -34,6 +35,7 @@ from tests.unit.delivery.kit import (
     BODY,
     SENDER,
     RawSMTP,
+    live,
     make_config,
     mx,
     queued,
@@ -99,7 +101,7 @@ class Net:
         pool = ConnectionPool(max_connections=config.delivery.max_connections,
                               max_per_domain=config.delivery.max_connections_per_domain,
                               idle_timeout=30.0)
-        transport = SMTPTransport(config, resolver, pool)
+        transport = SMTPTransport(live(config), resolver, pool)
         self.transports.append(transport)
         self.pools.append(pool)
         return transport
@@ -566,7 +568,7 @@ def smarthost_config(tmp_path: Path, **smarthost: Any) -> Config:
 
 def new_transport(config: Config) -> SMTPTransport:
     pool = ConnectionPool(max_connections=2, max_per_domain=2)
-    return SMTPTransport(config, MXResolver(["127.0.0.1:9"], timeout=0.5), pool)
+    return SMTPTransport(live(config), MXResolver(["127.0.0.1:9"], timeout=0.5), pool)
 
 
 def test_missing_password_env_names_the_key_and_the_variable(
@@ -620,7 +622,7 @@ async def test_reload_with_a_missing_password_keeps_the_old_one(
     monkeypatch.delenv("SMARTHOST_TEST_PASSWORD")
     new = make_config(net.tmp_path, mode="smarthost", smarthost=smarthost)
     with pytest.raises(SmarthostPasswordError):
-        transport.update_config(new)
+        smarthost_password(new)  # what a reload reads first: refused, the holder keeps the old
     (result,) = await transport.deliver(queued("x@a.test"), "a.test", txn("x@a.test"))
     assert result.verdict is Verdict.DELIVERED, result
     assert sink.received[0].auth_login == "relay"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from smtprelay.app.live import Live
 from smtprelay.config import load_config
 from smtprelay.mail import replies as R
 from smtprelay.policy.quota import Quotas, SQLiteUsageStore
@@ -21,7 +22,7 @@ def test_rate_bucket_allows_a_burst_then_refills(tmp_path: Path) -> None:
     store = SQLiteUsageStore(tmp_path / "state.db")
     store.open()
     now = [1_000_000.0]
-    quotas = Quotas(config, store, clock=lambda: now[0])  # type: ignore[arg-type]
+    quotas = Quotas(Live(config), store, clock=lambda: now[0])  # type: ignore[arg-type]
     results = [quotas.reserve("acme") for _ in range(20)]
     assert results[:14] == [None] * 14
     assert results[14:] == [R.RATE_EXCEEDED] * 6
@@ -37,7 +38,7 @@ def test_daily_quota_counts_committed_and_pending_and_survives_restart(tmp_path:
     store = SQLiteUsageStore(tmp_path / "state.db")
     store.open()
     now = [2_000_000.0]
-    quotas = Quotas(config, store, clock=lambda: now[0])  # type: ignore[arg-type]
+    quotas = Quotas(Live(config), store, clock=lambda: now[0])  # type: ignore[arg-type]
     for _ in range(6):
         assert quotas.reserve("acme") is None
     quotas.commit("acme", 6)
@@ -50,7 +51,7 @@ def test_daily_quota_counts_committed_and_pending_and_survives_restart(tmp_path:
 
     store = SQLiteUsageStore(tmp_path / "state.db")
     store.open()
-    restarted = Quotas(config, store, clock=lambda: now[0])  # type: ignore[arg-type]
+    restarted = Quotas(Live(config), store, clock=lambda: now[0])  # type: ignore[arg-type]
     restarted.load()
     assert restarted.sent_last_24h("acme") == 6
     assert [restarted.reserve("acme") for _ in range(5)] == [None] * 4 + [
@@ -65,7 +66,7 @@ def test_sandbox_defaults_and_unlimited_accounts(tmp_path: Path) -> None:
     config = config_with(tmp_path, sandbox=True)
     store = SQLiteUsageStore(tmp_path / "state.db")
     store.open()
-    quotas = Quotas(config, store, clock=lambda: 5.0)  # type: ignore[arg-type]
+    quotas = Quotas(Live(config), store, clock=lambda: 5.0)  # type: ignore[arg-type]
     assert quotas.reserve("acme") is None
     assert quotas.reserve("acme") is R.RATE_EXCEEDED  # 1 per second in the sandbox
     for _ in range(1000):

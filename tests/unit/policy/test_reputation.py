@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from smtprelay.app.live import Live
 from smtprelay.config import Config, ReputationConfig
 from smtprelay.policy.pauses import PausedSets, SQLitePauseStore
 from smtprelay.policy.reputation import ReputationGuard, State, judge
@@ -66,7 +67,7 @@ def make_guard(spool: Spool, pauses: PausedSets, clock: list[float],
     config = Config.model_validate({
         "listeners": [{"name": "s", "port": 0}],
         "reputation": {"minimum_volume": 20, **reputation}})
-    return ReputationGuard(spool, pauses, lambda: config, clock=lambda: clock[0])
+    return ReputationGuard(spool, pauses, Live(config), clock=lambda: clock[0])
 
 
 def test_a_set_over_the_pause_threshold_is_paused_once_and_logged(

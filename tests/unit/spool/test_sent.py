@@ -27,10 +27,9 @@ async def _send(spool: Spool, message: NewMessage, *states: RecipientState) -> N
 
 async def test_purged_messages_stay_findable_while_a_feedback_listener_runs(
         tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool.db")
+    spool = Spool(tmp_path / "spool.db", keep_sent_index=True)
     spool.open()
     try:
-        spool.keep_sent_index = True
         delivered, bounced = RecipientState.DELIVERED, RecipientState.BOUNCED
         await _send(spool, _message("m1", ("x@a.test", "y@a.test")), bounced, delivered)
         await _send(spool, _message("m2", ("z@a.test",), publishes=True), delivered)
