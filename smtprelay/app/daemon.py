@@ -150,7 +150,8 @@ class Relay:
             self.scheduler = Scheduler(self.spool, simulated,
                                        max_concurrent=cfg.delivery.max_concurrent,
                                        policy=Derived(self.live, DeliveryPolicy.from_config),
-                                       dsns=self._dsns, keys=self.live)
+                                       dsns=self._dsns, keys=self.live,
+                                       suppress=self.feedback.suppress)
             self.scheduler.start()
         else:
             log.info("delivery mode=hold: accepted mail stays queued")

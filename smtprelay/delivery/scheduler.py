@@ -22,13 +22,13 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from smtprelay.bounces import return_path, verp
 from smtprelay.bounces.classification import DEFAULT_RULES, Rule, classify
-from smtprelay.config import Config, DelayConfig, RetryConfig
+from smtprelay.config import Config, DelayConfig, RetryConfig, is_simulator_address
 from smtprelay.delivery.model import (
     RecipientResult,
     Transaction,
@@ -42,6 +42,7 @@ from smtprelay.events import records
 from smtprelay.infra import metrics
 from smtprelay.infra.background import BackgroundLoop
 from smtprelay.mail.address import domain_of
+from smtprelay.policy.suppression import Suppress
 from smtprelay.spool.model import (
     EventRecord,
     Outcome,
@@ -82,12 +83,21 @@ class DeliveryPolicy:
     hostname: str = "localhost"  # the reporting MTA in events
     # Identity domain -> custom MAIL FROM domain (return_path.mail_from_domains).
     mail_from_domains: Mapping[str, str] = field(default_factory=dict)
+    # The mailbox simulator's domain: its bounces list no one (SES keeps simulator
+    # traffic off the suppression list).
+    simulator_domain: str | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> DeliveryPolicy:
         return cls(retry=config.delivery.retry, delay=config.delivery.delay,
                    hostname=config.server.hostname,
-                   mail_from_domains=return_path.mail_from_domains(config))
+                   mail_from_domains=return_path.mail_from_domains(config),
+                   simulator_domain=config.simulator.domain)
+
+    def suppresses(self, address: str) -> bool:
+        """Whether a hard bounce of `address` puts it on the suppression list."""
+        return self.simulator_domain is None or not is_simulator_address(
+            address, self.simulator_domain)
 
 
 class Scheduler:
@@ -96,8 +106,13 @@ class Scheduler:
                  dsns: DSNFactory | None = None,
                  clock: Callable[[], float] = time.time,
                  rng: random.Random | None = None,
-                 keys: KeySource | None = None) -> None:
+                 keys: KeySource | None = None,
+                 suppress: Callable[[Sequence[Suppress]], Awaitable[None]] | None = None
+                 ) -> None:
         self._spool = spool
+        # Where a hard bounce at delivery lists its address (the daemon's feedback
+        # recorder, which applies the set's suppression.reasons as for a DSN's).
+        self._suppress = suppress
         # The tracking keys in force, which sign VERP tags too (None: no VERP).
         self._keys = keys
         self._transport = transport
@@ -231,6 +246,9 @@ class Scheduler:
             results = same_result(txn.recipients, Verdict.DEFERRED, "4.3.0",
                                   f"x-local; {exc}")
         updates = self._updates(message, recipients, results)
+        # Before the attempt is recorded: an upsert, harmless to repeat if recording
+        # fails and the recipient bounces again at the next attempt.
+        await self._suppress_hard_bounces(message, recipients, updates)
         finalize = self._dsns.build if self._dsns is not None else None
         events = self._events(message, updates)
         dsn = await self._spool.record(message.message_id, updates, finalize, events)
@@ -260,6 +278,31 @@ class Scheduler:
             message.received_at + self.policy.retry.max_lifetime,
             [(addresses[u.index], o) for u in updates for o in u.outcomes],
             self.policy.hostname)
+
+    async def _suppress_hard_bounces(self, message: QueuedMessage,
+                                     recipients: list[QueuedRecipient],
+                                     updates: list[RecipientUpdate]) -> None:
+        """A Permanent bounce at delivery (a 5xx reply, a null MX, a host that does not
+        exist) lists the recipient, as a DSN saying so later would; not for the mailbox
+        simulator, nor for our own DSNs and auto-replies, which have no sender to
+        protect."""
+        if self._suppress is None or message.attrs.dsn_for or message.attrs.auto_reply_for:
+            return
+        policy = self.policy
+        addresses = {r.index: r.address for r in recipients}
+        entries = [
+            Suppress(message.account, addresses[u.index], "BOUNCE", message.message_id,
+                     outcome.at, message.configuration_set, outcome.diagnostic)
+            for u in updates for outcome in u.outcomes
+            if outcome.kind == "bounce" and outcome.bounce_type == "Permanent"
+            and policy.suppresses(addresses[u.index])]
+        if not entries:
+            return
+        try:
+            await self._suppress(entries)
+        except Exception as exc:
+            log.error("msg=%s hard bounces not put on the suppression list (%s): %s",
+                      message.message_id, ", ".join(e.address for e in entries), exc)
 
     def _updates(self, message: QueuedMessage, recipients: list[QueuedRecipient],
                  results: list[RecipientResult]) -> list[RecipientUpdate]:

@@ -65,7 +65,7 @@ from smtprelay.feedback.dsn_parse import DeliveryReport, RecipientStatus
 from smtprelay.feedback.fields import normalise_address
 from smtprelay.feedback.inbox import Report, Verdict
 from smtprelay.mail.address import local_of
-from smtprelay.policy.suppression import Reason
+from smtprelay.policy.suppression import Suppress
 from smtprelay.spool import set_stats
 from smtprelay.spool.model import EventRecord
 from smtprelay.spool.sent import SentMessage
@@ -117,15 +117,6 @@ def examine(report: Report, keyring: KeyRing | None,
             source = "report"
     relay_ids = () if tags else relay_message_ids(feedback)
     return Examined(feedback, tuple(dict.fromkeys(tags)), source, relay_ids, tuple(notes))
-
-
-@dataclass(frozen=True, slots=True)
-class Suppress:
-    account: str
-    address: str
-    reason: Reason
-    message_id: str
-    at: float
 
 
 @dataclass(slots=True)
@@ -279,8 +270,9 @@ def _delivery(report: Report, feedback: DeliveryReport, targets: list[_Target],
             if counted is not None:
                 increments[counted] = increments.get(counted, 0) + 1
             if status.outcome == "bounce" and status.permanent:
-                result.suppressions.append(Suppress(message.account, status.final_recipient,
-                                                    "BOUNCE", message.message_id, at))
+                result.suppressions.append(Suppress(
+                    message.account, status.final_recipient, "BOUNCE", message.message_id,
+                    at, message.configuration_set, status.diagnostic_code))
             said.append(f"{status.final_recipient} {_outcome_text(status)}")
         result.counts.append(set_stats.Bump(message.account, message.configuration_set, at,
                                            increments))
@@ -323,7 +315,8 @@ def _complaint(report: Report, feedback: ComplaintReport, targets: list[_Target]
         detail = complaint_detail(feedback, addresses, received_at=at, new_id=ids.next)
         if counts:
             result.suppressions.extend(Suppress(message.account, address, "COMPLAINT",
-                                                message.message_id, at)
+                                                message.message_id, at,
+                                                message.configuration_set)
                                        for address in addresses)
             result.counts.append(set_stats.Bump(message.account, message.configuration_set,
                                                at, {set_stats.Kind.COMPLAINT: len(addresses)}))

@@ -20,8 +20,7 @@ from collections.abc import Iterable, Sequence
 from smtprelay.config import ConfigSource
 from smtprelay.events import records
 from smtprelay.events.model import Bounce, BounceType, Complaint, DeliveryDelay
-from smtprelay.feedback.actions import Suppress
-from smtprelay.policy.suppression import Reason, SuppressionStore
+from smtprelay.policy.suppression import Reason, Suppress, SuppressionStore, reasons_for
 from smtprelay.spool import set_stats
 from smtprelay.spool.model import EventRecord
 from smtprelay.spool.store import Spool
@@ -45,16 +44,25 @@ class FeedbackRecorder:
                      counts: Sequence[set_stats.Bump]) -> None:
         """Durably record, in this order: the suppression entries (the last one per
         account and address wins), the events and the counters."""
-        unique = {(s.account, s.address.lower()): s for s in suppressions}
-        if unique:
-            await asyncio.to_thread(self._suppress, unique.values())
+        await self.suppress(suppressions)
         if events or counts:
             await self._spool.add_events(tuple(events), tuple(counts))
+
+    async def suppress(self, suppressions: Sequence[Suppress]) -> None:
+        """Put each address on its account's list, when the reason is one its message's
+        configuration set applies (suppression.reasons); the last entry per account and
+        address wins. Raises what the store raises."""
+        config = self._live.config
+        unique = {(s.account, s.address.lower()): s for s in suppressions
+                  if s.reason in reasons_for(config, s.configuration_set)}
+        if unique:
+            await asyncio.to_thread(self._suppress, unique.values())
 
     def _suppress(self, entries: Iterable[Suppress]) -> None:
         for entry in entries:
             self._suppression.add(entry.account, entry.address, entry.reason,
-                                  source_message_id=entry.message_id, created_at=entry.at)
+                                  source_message_id=entry.message_id, created_at=entry.at,
+                                  diagnostic=entry.diagnostic)
 
     async def inject(self, message_id: str, recipient_index: int,
                      detail: Bounce | Complaint | DeliveryDelay, *, suppress: bool = True,
@@ -86,7 +94,10 @@ class FeedbackRecorder:
             reason = "COMPLAINT"
         else:
             kind = set_stats.Kind.DELIVERY_DELAY
-        suppressions = ([Suppress(message.account, address, reason, message_id, at)]
+        diagnostic = (detail.bounced_recipients[0].diagnostic_code
+                      if isinstance(detail, Bounce) and detail.bounced_recipients else None)
+        suppressions = ([Suppress(message.account, address, reason, message_id, at,
+                                  message.configuration_set, diagnostic)]
                         if suppress and reason is not None else [])
         events = ([records.make(message_id, message.configuration_set, at, detail)]
                   if message.mail_record and self.publishes(message.configuration_set)

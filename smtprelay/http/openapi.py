@@ -125,8 +125,13 @@ _SCHEMAS: dict[str, Any] = {
             "reason": {"enum": list(REASONS)},
             "created_at": {"type": "number", "description": "Unix time it was last added."},
             "source_message_id": {"oneOf": [{"type": "string"}, {"type": "null"}]},
+            "diagnostic": {"oneOf": [{"type": "string"}, {"type": "null"}],
+                           "description": "The bounce that listed the address: the "
+                                          "receiving server's reply or the DSN's "
+                                          "Diagnostic-Code."},
         },
-        "required": ["account", "address", "reason", "created_at", "source_message_id"],
+        "required": ["account", "address", "reason", "created_at", "source_message_id",
+                     "diagnostic"],
         "additionalProperties": False,
     },
     "SuppressionPage": {

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
+from smtprelay.config import Config
 from smtprelay.db import sqlite
 from smtprelay.mail.address import Address
 
@@ -46,12 +47,16 @@ CREATE TABLE IF NOT EXISTS suppression (
     source_message_id TEXT,
     PRIMARY KEY (account, address)
 ) WITHOUT ROWID
-""",)
+""",
+    # Why the address went on the list: the bounce's diagnostic (an MX's reply, a DSN's
+    # Diagnostic-Code), kept so an operator can judge an entry before removing it.
+    "ALTER TABLE suppression ADD COLUMN diagnostic TEXT",
+)
 # WITHOUT ROWID: the primary key is the only way rows are found, so the table itself
 # is the (account, address) B-tree and a lookup reads one tree, not an index and then
 # the table.
 
-_COLUMNS = "account, address, reason, created_at, source_message_id"
+_COLUMNS = "account, address, reason, created_at, source_message_id, diagnostic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +66,37 @@ class SuppressionEntry:
     reason: Reason
     created_at: float  # last time the address was added (SES's LastUpdateTime)
     source_message_id: str | None
+    diagnostic: str | None = None  # the bounce that put it there, when one did
 
     def as_json(self) -> dict[str, Any]:
         return {"account": self.account, "address": self.address, "reason": self.reason,
-                "created_at": self.created_at, "source_message_id": self.source_message_id}
+                "created_at": self.created_at, "source_message_id": self.source_message_id,
+                "diagnostic": self.diagnostic}
+
+
+@dataclass(frozen=True, slots=True)
+class Suppress:
+    """An address to put on its account's list, from a bounce or complaint of a message
+    the relay sent (a reply at delivery, a DSN, an ARF report, an unsubscribe)."""
+
+    account: str
+    address: str
+    reason: Reason
+    message_id: str
+    at: float
+    configuration_set: str | None = None  # the message's: its suppression.reasons apply
+    diagnostic: str | None = None
+
+
+def reasons_for(config: Config, configuration_set: str | None) -> tuple[str, ...]:
+    """The suppression reasons that apply to mail of `configuration_set`: the set's
+    `suppression.reasons`, both for mail without a set (SES's account-level default).
+    Both ways: a listed address with another reason is mailed, and a bounce or
+    complaint with another reason does not list the address."""
+    if configuration_set is None:
+        return REASONS
+    settings = config.configuration_sets.get(configuration_set)
+    return settings.suppression.reasons if settings is not None else REASONS
 
 
 def normalise(address: str) -> str:
@@ -108,7 +140,8 @@ class SuppressionStore(Protocol):
         """The suppressed ones among `addresses`, keyed by the address as passed in."""
 
     def add(self, account: str, address: str, reason: Reason, *,
-            source_message_id: str | None = None, created_at: float | None = None) -> bool:
+            source_message_id: str | None = None, created_at: float | None = None,
+            diagnostic: str | None = None) -> bool:
         """Add or update an entry; True if the address was not listed before."""
 
     def remove(self, account: str, address: str) -> bool:
@@ -175,7 +208,8 @@ class SQLiteSuppressionStore(sqlite.Store):
     # -- single entries ----------------------------------------------------------------
 
     def add(self, account: str, address: str, reason: Reason, *,
-            source_message_id: str | None = None, created_at: float | None = None) -> bool:
+            source_message_id: str | None = None, created_at: float | None = None,
+            diagnostic: str | None = None) -> bool:
         problem = address_problem(address)
         if problem is not None:
             raise ValueError(problem)
@@ -189,7 +223,7 @@ class SQLiteSuppressionStore(sqlite.Store):
             existed = conn.execute(
                 "SELECT 1 FROM suppression WHERE account = ? AND address = ?",
                 (account, key)).fetchone() is not None
-            conn.execute(_UPSERT, (account, key, reason, when, source_message_id))
+            conn.execute(_UPSERT, (account, key, reason, when, source_message_id, diagnostic))
         return not existed
 
     def remove(self, account: str, address: str) -> bool:
@@ -307,16 +341,18 @@ class SQLiteSuppressionStore(sqlite.Store):
                     "SELECT count(*) FROM suppression"  # noqa: S608 - only ? marks
                     f" WHERE account = ? AND address IN ({marks})",
                     (account, *chunk)).fetchone()[0]
-            conn.executemany(_UPSERT, ((account, key, *batch[key], None) for key in keys))
+            conn.executemany(_UPSERT, ((account, key, *batch[key], None, None)
+                                       for key in keys))
         return len(keys) - int(existing)
 
 
 # Re-adding updates the reason and time, as SES's PutSuppressedDestination does.
 _UPSERT = (
-    "INSERT INTO suppression (account, address, reason, created_at, source_message_id)"
-    " VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO suppression (account, address, reason, created_at, source_message_id,"
+    " diagnostic) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (account, address) DO UPDATE SET reason = excluded.reason,"
-    " created_at = excluded.created_at, source_message_id = excluded.source_message_id"
+    " created_at = excluded.created_at, source_message_id = excluded.source_message_id,"
+    " diagnostic = excluded.diagnostic"
 )
 
 
@@ -325,4 +361,5 @@ def _entry(row: tuple[object, ...]) -> SuppressionEntry:
         account=str(row[0]), address=str(row[1]), reason=cast(Reason, row[2]),
         created_at=float(cast(float, row[3])),
         source_message_id=None if row[4] is None else str(row[4]),
+        diagnostic=None if row[5] is None else str(row[5]),
     )

@@ -185,6 +185,9 @@ def test_a_bounce_and_a_complaint_become_events_suppression_and_statistics(
     assert alice is not None and (alice.reason, alice.source_message_id) == ("BOUNCE",
                                                                              message_id)
     assert bob is not None and (bob.reason, bob.source_message_id) == ("COMPLAINT", message_id)
+    # The DSN's Diagnostic-Code stays on the entry; a complaint has none.
+    assert alice.diagnostic is not None and "User unknown" in alice.diagnostic
+    assert bob.diagnostic is None
     counts = wait_for(lambda: (lambda c: c if c[set_stats.Kind.COMPLAINT] else None)(
         set_counts(relay)))
     assert counts[set_stats.Kind.BOUNCE] == 1 and counts[set_stats.Kind.COMPLAINT] == 1

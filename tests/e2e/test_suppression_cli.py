@@ -30,7 +30,8 @@ def test_add_list_remove(tmp_path: Path) -> None:
         ("acme", "Bob@example.com", "COMPLAINT"), ("acme", "bob@example.com", "BOUNCE"),
         ("other", "x@other.test", "BOUNCE")]
     assert set(listing[0]) == {"account", "address", "reason", "created_at",
-                               "source_message_id"}
+                               "source_message_id", "diagnostic"}
+    assert listing[0]["diagnostic"] is None  # added by hand, not by a bounce
     assert abs(listing[0]["created_at"] - time.time()) < 60
     assert json.loads(d.cli("suppression", "list", "--json", "--account", "other",
                             "--reason", "complaint").stdout) == []
