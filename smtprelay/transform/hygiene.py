@@ -1,4 +1,5 @@
-"""Message hygiene before the spool: strip Bcc and control fields, stamp the trace fields.
+"""Message hygiene before the spool: strip Bcc, Return-Path and control fields, stamp
+the trace fields.
 
 What SES refuses outright is checked before, by `smtprelay.policy.content`.
 """
@@ -20,6 +21,10 @@ from smtprelay.mail.headers import HeaderField
 
 # RFC 5322 3.6.3 / 3.6.6: blind copies must not reach any recipient.
 _BLIND = frozenset(("bcc", "resent-bcc"))
+# RFC 5321 4.4: Return-Path is added by the final delivery, from the envelope sender;
+# one written by the client would reach recipients naming an address the bounces do
+# not go to. (The identity check has read it before it goes.)
+_ADDED_AT_FINAL_DELIVERY = frozenset(("return-path",))
 _LINE_LIMIT = 78  # RFC 5322 2.1.1 "SHOULD"
 # Only what a host name or address literal is made of survives from the client's HELO:
 # no CR/LF (header injection), no parentheses (comment nesting), no ";" (a Received
@@ -63,7 +68,8 @@ def clean(data: bytes, fields: list[HeaderField], *, info: ReceivedInfo
         key = field.key
         has_id = has_id or key == "message-id"
         has_date = has_date or key == "date"
-        if key in _BLIND or key.startswith("x-ses-") or key == "x-configuration-set":
+        if key in _BLIND or key in _ADDED_AT_FINAL_DELIVERY or key.startswith("x-ses-") \
+                or key == "x-configuration-set":
             kept.append(view[position:field.start])
             position = field.end
     stamp = email.utils.format_datetime(datetime.fromtimestamp(info.received_at, UTC))

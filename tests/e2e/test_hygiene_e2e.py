@@ -89,3 +89,16 @@ def test_spooled_message_is_normalised(relay: RunningRelay, cred: Credential) ->
     # With several recipients the Received field names none of them.
     assert b" for <" not in several["data"]
     assert several["data"].count(b"Message-ID:") == 1
+
+
+def test_a_return_path_from_the_client_is_removed_after_the_identity_check(
+        relay: RunningRelay, cred: Credential) -> None:
+    # RFC 5321 4.4: the final delivery adds it from the envelope sender.
+    mine = b"Return-Path: <bounces@example.com>\r\n" + message()
+    foreign = b"Return-Path: <someone@elsewhere.test>\r\n" + message()
+    with session(relay, cred) as smtp:
+        assert send_raw(smtp, ["someone@example.net"], mine)[0] == 250
+        code, text = send_raw(smtp, ["someone@example.net"], foreign)
+        assert code == 554 and b"someone@elsewhere.test" in text  # checked, then removed
+    [entry] = spooled(relay.config)
+    assert b"Return-Path" not in entry["data"] and b"bounces@example.com" not in entry["data"]
