@@ -77,9 +77,17 @@ class PathArgument:
 
 
 def _split_path(text: str, syntax: Reply) -> tuple[str, str]:
-    """Split '<path> params' into the path between the brackets and the rest."""
+    """Split '<path> params' into the path between the brackets and the rest.
+
+    A path without brackets ("MAIL FROM: sender@example.com", as the SES guide's own
+    command-line session types it) is its first word, as Postfix takes it by default
+    (strict_rfc821_envelopes = no); the address rules that follow are the same.
+    """
     if not text.startswith("<"):
-        raise AddressError(syntax)
+        word, _, rest = text.partition(" ")
+        if not word or "<" in word or ">" in word:
+            raise AddressError(syntax)
+        return word, rest.strip()
     i = 1
     in_quotes = False
     while i < len(text):

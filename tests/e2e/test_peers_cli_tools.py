@@ -154,3 +154,41 @@ async def test_aiosmtplib_implicit_tls(relay: RunningRelay, cred: Credential) ->
     (entry,) = spooled(relay.config)
     assert reply == f"2.0.0 Ok {entry['id']}"
     assert b"Subject: implicit" in entry["data"]
+
+
+@pytest.mark.parametrize("listener", ["submission", "submissions"])
+def test_the_ses_guides_command_line_session_sends_one_message(
+        relay: RunningRelay, cred: Credential, listener: str) -> None:
+    """The SES Developer Guide's "Using the command line to send email" input file,
+    piped into `openssl s_client -crlf -quiet` as the guide says: AUTH LOGIN, then
+    MAIL FROM and RCPT TO with a space and no angle brackets."""
+    import base64
+    program = need_program("openssl")
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    input_txt = (
+        "EHLO example.com\nAUTH LOGIN\n"
+        f"{b64(cred.username)}\n{b64(cred.password)}\n"
+        "MAIL FROM: app@example.com\nRCPT TO: recipient@example.net\nDATA\n"
+        "X-SES-CONFIGURATION-SET: transactional\n"
+        "From: Sender Name <app@example.com>\nTo: recipient@example.net\n"
+        "Subject: Amazon SES SMTP Test\n\n"
+        "This message was sent using the Amazon SES SMTP interface.\n.\nQUIT\n")
+    args = [program, "s_client", "-crlf", "-quiet",
+            "-connect", f"127.0.0.1:{relay.port(listener)}"]
+    if listener == "submission":
+        args[2:2] = ["-starttls", "smtp"]
+    result = subprocess.run(args, input=input_txt, capture_output=True, text=True,
+                            timeout=30, check=False)
+    replies = [line for line in result.stdout.splitlines() if line[:3].isdigit()]
+    assert "235 2.7.0 Authentication successful" in replies, result.stdout
+    assert [r for r in replies if r.startswith(("501", "421", "5"))] == [], result.stdout
+    assert any(r.startswith("250 2.0.0 Ok ") for r in replies), result.stdout
+    assert replies[-1].startswith("221"), result.stdout
+    [entry] = spooled(relay.config)
+    assert entry["mail_from"] == "app@example.com"
+    assert entry["recipients"] == ["recipient@example.net"]
+    assert b"This message was sent using the Amazon SES SMTP interface." in entry["data"]
+    assert b"X-SES-CONFIGURATION-SET" not in entry["data"]

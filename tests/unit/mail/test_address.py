@@ -23,6 +23,10 @@ from tests.support import examples
     ('FROM:<"odd local"@example.com>', '"odd local"@example.com'),
     ("FROM:<a@[127.0.0.1]>", "a@[127.0.0.1]"),
     ("FROM:<a@[IPv6:::1]>", "a@[ipv6:::1]"),
+    # Without brackets, as the SES guide's command-line session and Postfix take it.
+    ("FROM:a@b", "a@b"),
+    ("FROM: sender@Example.com", "sender@example.com"),
+    ("from:  a@b SIZE=10", "a@b"),
 ])
 def test_valid_senders(argument: str, address: str) -> None:
     assert parse_path(argument, keyword="FROM", sender=True).address == address
@@ -30,7 +34,10 @@ def test_valid_senders(argument: str, address: str) -> None:
 
 @pytest.mark.parametrize(("argument", "reply"), [
     ("FROM:<a@b", "501 5.5.4 Syntax: MAIL FROM:<address>"),
-    ("FROM:a@b", "501 5.5.4 Syntax: MAIL FROM:<address>"),
+    ("FROM:a@b>", "501 5.5.4 Syntax: MAIL FROM:<address>"),
+    ("FROM: a<@b", "501 5.5.4 Syntax: MAIL FROM:<address>"),
+    ("FROM:", "501 5.5.4 Syntax: MAIL FROM:<address>"),
+    ("FROM: a..b@example.com", "501 5.1.7 Bad sender address syntax: invalid local part"),
     ("TO:<a@b>", "501 5.5.4 Syntax: MAIL FROM:<address>"),
     ("FROM:<@x:a@b>", "501 5.1.7 Bad sender address syntax: source routes are not accepted"),
     ("FROM:<" + "a" * 65 + "@example.com>",
