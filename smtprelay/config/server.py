@@ -86,6 +86,11 @@ class LimitsConfig(Model):
     max_connections_per_ip: int = Field(default=100, ge=1)
     # RFC 5321 4.5.3.1.6: 1000 octets including CRLF.
     max_line_length: int = Field(default=998, ge=78)
+    # A bare CR or LF in DATA: normalize takes it for a line end and stores CRLF (Postfix
+    # 3.9's smtpd_forbid_bare_newline = normalize; Python's smtplib sends file bytes as
+    # they are); reject refuses the message (554 5.6.0). Either way only CRLF.CRLF
+    # ends DATA, so no line ending can smuggle a second message.
+    bare_line_endings: Literal["normalize", "reject"] = "normalize"
     idle_timeout: Duration = 300.0
     data_timeout: Duration = 180.0
     tls_handshake_timeout: Duration = 30.0

@@ -17,6 +17,7 @@ import base64
 import binascii
 import logging
 import os
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -37,6 +38,15 @@ _READ_SIZE = 65536
 # RFC 4954 4: a server should accept AUTH lines of at least 12288 octets.
 _MAX_COMMAND_LINE = 16384
 _DOT_LINE = b"\r\n."  # a line that starts with "." (after the CRLF before it)
+
+
+# Any line end: a CRLF pair, or a CR or LF alone.
+_BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _unstuffed(wire: bytes) -> bytes:
+    """RFC 5321 4.5.2: one leading "." taken off every line that has one."""
+    return (b"\r\n" + wire).replace(b"\r\n.", b"\r\n")[2:]
 
 
 def lines_within(body: bytes, limit: int) -> bool:
@@ -632,16 +642,23 @@ class Session:
             return None, R.TOO_BIG
         # One pass per check, each in C: these scans are most of what DATA costs the
         # loop for a big message, so none is repeated and the body is copied once.
-        if stuffed:
-            body = bytes(memoryview(raw)[: end + 2]).replace(b"\r\n.", b"\r\n")[2:]
-        else:
-            body = bytes(memoryview(raw)[2 : end + 2])
+        wire = bytes(memoryview(raw)[2 : end + 2])
         del raw
+        body = _unstuffed(wire) if stuffed else wire
         if len(body) > limits.max_message_size:
             return None, R.TOO_BIG
         line_feeds = body.count(b"\n")
         if body.count(b"\r") != line_feeds or body.count(b"\r\n") != line_feeds:
-            return None, R.BARE_LINE_ENDING
+            if limits.bare_line_endings == "reject":
+                return None, R.BARE_LINE_ENDING
+            # Every bare CR or LF ends a line, so a line after one may be dot-stuffed
+            # too: end the lines first, then unstuff (the end of DATA was found on the
+            # bytes as sent, and only <CRLF>.<CRLF> is one).
+            body = _unstuffed(_BARE_LINE_END.sub(b"\r\n", wire))
+            log.info("session=%s bare CR or LF in message data: taken for line ends",
+                     self.id)
+            if len(body) > limits.max_message_size:
+                return None, R.TOO_BIG
         if len(body) > limits.max_line_length and not lines_within(body,
                                                                    limits.max_line_length):
             return None, R.data_line_too_long(limits.max_line_length)

@@ -41,7 +41,11 @@ from tests.e2e.dialog import (
     starttls,
     tls_login,
 )
-from tests.support import Credential, RunningRelay, running, spooled
+from tests.support import Credential, RunningRelay, relay_fixture, running, spooled
+
+# The table's smuggling cases check the refusal of limits.bare_line_endings: reject;
+# test_bare_line_endings.py checks the default, normalize, with the same endings.
+relay = relay_fixture(limits={"bare_line_endings": "reject"})
 
 MAIL_OK = Expect(250, "2.1.0 Ok")
 RCPT_OK = Expect(250, "2.1.5 Ok")
