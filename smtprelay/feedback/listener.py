@@ -85,9 +85,6 @@ class FeedbackReceiver:
         log.info("feedback listener refused rcpt=%s: %s", address, reason)
         return UNKNOWN_RECIPIENT
 
-    def release(self, account: str, recipients: int) -> None:
-        pass  # nothing was reserved: no quota applies to reports
-
     async def submit(self, submission: Submission) -> Reply:
         client = submission.client
         arrival = Arrival(received_at=submission.received_at, listener=client.listener,

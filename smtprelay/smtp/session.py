@@ -181,7 +181,6 @@ class Session:
         # Feedback sessions speak for no account: "" (the handler ignores it).
         self._account: str | None = "" if self._feedback else trusted_account
         self._auth_user: str | None = None
-        self._reserved = 0  # recipients of this transaction counted against the quota
         self._reset_transaction()
         self.idle = False
         self.closing = False
@@ -189,9 +188,6 @@ class Session:
     # -- plumbing --------------------------------------------------------------
 
     def _reset_transaction(self) -> None:
-        if self._reserved and self._account is not None:
-            self._handler.release(self._account, self._reserved)
-        self._reserved = 0
         self._mail_from: str | None = None
         self._smtputf8 = False
         self._body_8bit = False
@@ -563,7 +559,6 @@ class Session:
                      self._peer_ip, self._account, path.address, refusal.text)
             self._reply(refusal)
             return True
-        self._reserved += 1
         self._rcpts.append(path.address)
         self._rcpt_keys.add(key)
         self._reply(R.RCPT_OK)
@@ -598,7 +593,6 @@ class Session:
                               smtputf8=self._smtputf8, body_8bitmime=self._body_8bit),
             data=data, received_at=received_at,
         )
-        self._reserved = 0  # handed over: submit() commits or releases them
         self._reset_transaction()
         started = time.perf_counter()
         reply = await self._handler.submit(submission)

@@ -119,28 +119,35 @@ class Pipeline:
             if identities.failing(allowed, [address]):
                 metrics.MESSAGES_REJECTED.labels(reason="sandbox").inc()
                 return R.not_verified([address])
-        # The mailbox simulator's recipients count against the rate, not the 24 h.
-        refusal = self._quotas.reserve(account,
-                                       daily=not self._config.simulator.covers(address))
-        if refusal is not None:
-            reason = "rate" if refusal is R.RATE_EXCEEDED else "daily_quota"
-            metrics.MESSAGES_REJECTED.labels(reason=reason).inc()
-        return refusal
-
-    def release(self, account: str, recipients: int) -> None:
-        self._quotas.release(account, recipients)
+        return None
 
     async def submit(self, submission: Submission) -> Reply:
-        """Check, transform and spool; the recipients' quota is committed or released here."""
+        """Quotas, then check, transform and spool; the quotas are committed for a
+        spooled message and given back for any other outcome."""
+        account = submission.client.account
         recipients = submission.envelope.recipients
-        count = len(recipients)
         simulated = [i for i, rcpt in enumerate(recipients)
                      if self._config.simulator.covers(rcpt)]
+        daily = len(recipients) - len(simulated)
+        # SES refuses a message over its sender's rate or 24-hour quota whole, after
+        # DATA: a refusal per recipient at RCPT lets a client send the message to the
+        # others and drop the refused one silently (smtplib.sendmail does).
+        # The mailbox simulator's recipients count against the rate, not the 24 h.
+        refusal = self._quotas.reserve(account, daily, daily=True) if daily else None
+        if refusal is None and simulated:
+            refusal = self._quotas.reserve(account, len(simulated), daily=False)
+            if refusal is not None and daily:
+                self._quotas.release(account, daily)
+        if refusal is not None:
+            reason = "rate" if refusal is R.RATE_EXCEEDED else "daily_quota"
+            log.info("client=%s account=%s refused: %s (%d recipients)",
+                     submission.client.ip, account, refusal.text, len(recipients))
+            return _refuse(reason, refusal)
         reply = await self._submit(submission, simulated)
         if reply.is_success:
-            self._quotas.commit(submission.client.account, count, daily=count - len(simulated))
+            self._quotas.commit(account, len(recipients), daily=daily)
         else:
-            self._quotas.release(submission.client.account, count)
+            self._quotas.release(account, len(recipients))
         return reply
 
     async def _submit(self, submission: Submission, simulated: list[int]) -> Reply:

@@ -38,13 +38,12 @@ class SubmissionHandler(Protocol):
         """A reply refusing MAIL FROM, or None to go on."""
 
     def check_recipient(self, account: str, address: str) -> Reply | None:
-        """A reply refusing RCPT TO (sandbox, quota), or None: one recipient reserved."""
-
-    def release(self, account: str, recipients: int) -> None:
-        """Give back recipients reserved by check_recipient when no message follows."""
+        """A reply refusing RCPT TO (the sandbox, an address not served), or None."""
 
     async def submit(self, submission: Submission) -> Reply:
         """Check, transform and spool the message; the reply to send after DATA.
 
-        Takes over the recipients reserved for this transaction (commits or releases).
+        The sending quotas are taken here, for the whole message: one over the rate or
+        the 24-hour quota is refused whole (SES's 454), so no recipient is dropped
+        from a message its sender thinks was sent.
         """

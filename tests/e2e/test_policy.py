@@ -7,6 +7,8 @@ import smtplib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from smtprelay.policy.suppression import SQLiteSuppressionStore
 from smtprelay.spool.store import get_message, get_outcomes, open_for_cli
 from tests.support import (
@@ -30,25 +32,29 @@ def queued(relay: RunningRelay, message_id: str) -> Any:
         conn.close()
 
 
-def test_burst_of_50_recipients_against_14_per_second(tmp_path: Path) -> None:
+def test_a_burst_of_50_recipients_over_the_rate_is_refused_whole(tmp_path: Path) -> None:
+    """SES refuses a message over the rate whole, after DATA (its 454), so smtplib's
+    sendmail raises instead of dropping the refused recipients silently. (One token a
+    second and a burst of 14: a refusal below needs no more than 5 s between sends.)"""
     accounts = {"acme": {"identities": ["example.com"],
-                         "quota": {"max_send_rate": 14, "max_24h_send": 1000}}}
+                         "quota": {"max_send_rate": 1, "burst": 14, "max_24h_send": 1000}}}
+    rate = (454, b"4.7.0 Throttling failure: Maximum sending rate exceeded")
     with running(tmp_path, accounts=accounts, configuration_sets={}) as relay:
         cred = relay.credential()
         smtp = session(relay, cred)
         smtp.mail("app@example.com")
-        replies = [smtp.rcpt(f"r{n}@example.net") for n in range(50)]
-        accepted = [n for n, (code, _) in enumerate(replies) if code == 250]
-        throttled = [reply for reply in replies if reply[0] != 250]
-        assert 14 <= len(accepted) <= 16  # 14 at once, maybe one more as the bucket refills
-        assert set(throttled) == {(454, b"4.7.0 Throttling failure: Maximum sending rate "
-                                        b"exceeded")}
-        code, text = smtp.data(message())
-        assert code == 250
+        assert {smtp.rcpt(f"r{n}@example.net") for n in range(50)} == {(250, b"2.1.5 Ok")}
+        assert smtp.data(message()) == rate
+        # Nothing was taken: 14 fit at once, and then 5 are over the rate.
+        assert send_raw(smtp, [f"s{n}@example.net" for n in range(14)], message())[0] == 250
+        assert send_raw(smtp, [f"t{n}@example.net" for n in range(5)], message()) == rate
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            smtp.sendmail("app@example.com", [f"v{n}@example.net" for n in range(5)],
+                          message())
+        assert (refused.value.smtp_code, refused.value.smtp_error) == rate
         smtp.quit()
         (entry,) = spooled(relay.config)
-        assert entry["recipients"] == [f"r{n}@example.net" for n in accepted]
-        assert text.decode().endswith(entry["id"])
+        assert entry["recipients"] == [f"s{n}@example.net" for n in range(14)]
 
 
 def test_daily_quota_reached_mid_session_and_after_restart(tmp_path: Path) -> None:
@@ -59,19 +65,16 @@ def test_daily_quota_reached_mid_session_and_after_restart(tmp_path: Path) -> No
         cred = relay.credential()
         smtp = session(relay, cred)
         assert send_raw(smtp, ["a@x.net", "b@x.net", "c@x.net"], message())[0] == 250
-        smtp.mail("app@example.com")
-        assert [smtp.rcpt(r) for r in ("d@x.net", "e@x.net", "f@x.net")] == [
-            (250, b"2.1.5 Ok"), (250, b"2.1.5 Ok"), daily]
-        assert smtp.data(message())[0] == 250
-        smtp.mail("app@example.com")
-        assert smtp.rcpt("g@x.net") == daily
-        smtp.rset()
+        # Three more would make 6: the whole message is refused, nothing counted...
+        assert send_raw(smtp, ["d@x.net", "e@x.net", "f@x.net"], message()) == daily
+        # ...so two still fit, and then nothing more.
+        assert send_raw(smtp, ["d@x.net", "e@x.net"], message())[0] == 250
+        assert send_raw(smtp, ["g@x.net"], message()) == daily
         smtp.quit()
         assert sum(len(e["recipients"]) for e in spooled(relay.config)) == 5
     with running(tmp_path, accounts=accounts, configuration_sets={}) as relay:
         smtp = session(relay, cred)
-        smtp.mail("app@example.com")
-        assert smtp.rcpt("h@x.net") == daily
+        assert send_raw(smtp, ["h@x.net"], message()) == daily
         smtp.quit()
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from smtprelay.policy.suppression import SQLiteSuppressionStore
 from smtprelay.spool import set_stats
 from tests.e2e.delivery_world import World, wait_for
-from tests.support import client_context, events, message
+from tests.support import client_context, events, message, send_raw
 
 SIM = "simulator.smtprelay.invalid"
 
@@ -108,13 +108,13 @@ def test_simulator_recipients_use_the_rate_but_not_the_daily_quota(net: World) -
     with smtplib.SMTP("127.0.0.1", net.relay.submission_port, timeout=10) as smtp:
         smtp.starttls(context=client_context())
         smtp.login(cred.username, cred.password)
-        smtp.mail("app@example.com")
-        # Three simulator recipients with a 24-hour quota of one: the burst allows them.
-        for label in ("a", "b", "c"):
-            assert smtp.rcpt(f"success+{label}@{SIM}")[0] == 250
-        code, text = smtp.rcpt(f"success+d@{SIM}")
-        assert code == 454 and b"rate" in text.lower()  # the rate does apply
-        assert smtp.data(message(subject="rate"))[0] == 250
+        # Four simulator recipients against a burst of three: the rate applies, and
+        # refuses the message whole.
+        four = [f"success+{label}@{SIM}" for label in "abcd"]
+        code, text = send_raw(smtp, four, message(subject="rate"))
+        assert code == 454 and b"rate" in text.lower()
+        # Three, with a 24-hour quota of one: the burst allows them, the 24 h do not count.
+        assert send_raw(smtp, four[:3], message(subject="rate"))[0] == 250
     assert net.relay.relay.quotas.sent_last_24h("acme") == 0
     time.sleep(1.2)  # a token back
     with smtplib.SMTP("127.0.0.1", net.relay.submission_port, timeout=10) as smtp:
