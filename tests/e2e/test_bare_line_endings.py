@@ -18,7 +18,7 @@ SMUGGLED = (b"MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.net>\r\nDA
 
 @pytest.mark.parametrize("ending", [
     b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r\n.\r", b"\r.\r\n", b"\n.\r",
-    b"\r\n\x00.\r\n", b"\n",
+    b"\r.\n", b"\r\n\x00.\r\n", b"\n",
 ], ids=repr)
 def test_a_smuggling_ending_stays_inside_one_message(relay: RunningRelay, cred: Credential,
                                                      ending: bytes) -> None:
