@@ -15,6 +15,7 @@ from smtprelay.auth.credentials import CredentialStore
 from smtprelay.config import Config, ConfigError, Derived
 from smtprelay.delivery.capture import CaptureTransport
 from smtprelay.delivery.dns import MXResolver
+from smtprelay.delivery.mail_from import MailFromChecks
 from smtprelay.delivery.notify_sender import DSNFactory
 from smtprelay.delivery.pool import ConnectionPool
 from smtprelay.delivery.scheduler import DeliveryPolicy, Scheduler, Transport
@@ -80,6 +81,7 @@ class Relay:
         self._transform_pool: TransformPool | None = None
         self._pipeline: Pipeline | None = None
         self.scheduler: Scheduler | None = None
+        self.mail_from: MailFromChecks | None = None
         self.transport: SMTPTransport | None = None
         self.smtp: SMTPServer | None = None
         self.http: HTTPServer | None = None
@@ -141,6 +143,12 @@ class Relay:
                  depth, handed_back)
         self.publisher = Publisher(self.spool, self.live)
         await self.publisher.start()
+        # Custom MAIL FROM domains are used (or refuse mail) by whether their MX record
+        # is there: checked once before the listeners open, then in the background.
+        dns_settings = cfg.delivery.dns
+        self.mail_from = MailFromChecks(self.live, MXResolver(
+            dns_settings.nameservers or None, timeout=dns_settings.timeout))
+        await self.mail_from.start(first_within=dns_settings.timeout + 1.0)
         transport = self._transport()
         if transport is not None:
             # The mailbox simulator answers its domain in every delivery mode. It wakes
@@ -151,7 +159,8 @@ class Relay:
                                        max_concurrent=cfg.delivery.max_concurrent,
                                        policy=Derived(self.live, DeliveryPolicy.from_config),
                                        dsns=self._dsns, keys=self.live,
-                                       suppress=self.feedback.suppress)
+                                       suppress=self.feedback.suppress,
+                                       mail_from=self.mail_from)
             self.scheduler.start()
         else:
             log.info("delivery mode=hold: accepted mail stays queued")
@@ -159,7 +168,8 @@ class Relay:
             self.live, self.spool, self.quotas, self.suppression,
             paused_sets=self.pauses, paused_accounts=lambda: self.pauses.accounts,
             transform_pool=self._transform_pool,
-            on_spooled=self.scheduler.wake if self.scheduler is not None else lambda: None)
+            on_spooled=self.scheduler.wake if self.scheduler is not None else lambda: None,
+            mail_from=self.mail_from)
         await self._start_feedback()
         self.smtp = SMTPServer(self.live, self._authenticator, self._pipeline,
                                feedback=self.feedback_receiver)
@@ -277,6 +287,8 @@ class Relay:
             await self._transform_pool.close()
         if self.scheduler is not None:
             await self.scheduler.stop(grace=min(grace, 10.0))
+        if self.mail_from is not None:
+            await self.mail_from.stop()
         if self.transport is not None:
             await self.transport.close()
         if self.publisher is not None:

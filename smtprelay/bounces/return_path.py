@@ -17,9 +17,24 @@ matched (only the ones the relay meets during delivery become Bounce events).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 from smtprelay.config import Config
 from smtprelay.mail.address import domain_of
+
+
+class MailFromVerification(Protocol):
+    """Whether a custom MAIL FROM domain has its MX record now (SES's "Success"
+    state); smtprelay.delivery.mail_from checks them in the background."""
+
+    def verified(self, domain: str) -> bool: ...
+
+
+class AllVerified:
+    """Every MAIL FROM domain taken as set up: for relays and tests that do not check."""
+
+    def verified(self, domain: str) -> bool:
+        return True
 
 
 def mail_from_domains(config: Config) -> dict[str, str]:
@@ -45,5 +60,22 @@ def mail_from_domain_for(sender: str, domains: Mapping[str, str]) -> str | None:
         found = domains.get(domain)
         if found:
             return found
+        domain = domain.partition(".")[2]
+    return None
+
+
+def refused_mail_from(sender: str, config: Config,
+                      verification: MailFromVerification) -> str | None:
+    """The custom MAIL FROM domain whose missing MX record refuses mail from ``sender``
+    (its identity says ``behavior_on_mx_failure: reject``), or None: send it."""
+    domains = mail_from_domains(config)
+    found = mail_from_domain_for(sender, domains)
+    if found is None or verification.verified(found):
+        return None
+    domain = domain_of(sender)
+    while domain:
+        identity = config.identities.get(domain)
+        if identity is not None and identity.mail_from_domain:
+            return found if identity.behavior_on_mx_failure == "reject" else None
         domain = domain.partition(".")[2]
     return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -82,8 +83,13 @@ class IdentityConfig(Model):
     # Every key signs every message whose From domain this identity covers (dual
     # signing with an RSA and an Ed25519 key); none: mail is sent unsigned.
     dkim: list[DKIMKeyConfig] = Field(default_factory=list)
-    # SES's custom MAIL FROM domain; validated now, used by the bounce-handling release.
+    # SES's custom MAIL FROM domain: mail from this identity goes out with a VERP
+    # sender at it (smtprelay.bounces.return_path), while it publishes an MX record.
     mail_from_domain: str | None = None
+    # SES's "behavior on MX failure" while that MX record is missing: use_default sends
+    # with the sender's own address as the envelope sender; reject refuses the mail at
+    # submission (554 ... MailFromDomainNotVerified).
+    behavior_on_mx_failure: Literal["use_default", "reject"] = "use_default"
 
     @field_validator("dkim")
     @classmethod

@@ -249,6 +249,18 @@ class MXResolver:
             return MXResult(Resolution.TEMPORARY, (), "4.4.3",
                             f"lookup of relay host {host}: internal error: {e!r}")
 
+    async def mx_hosts(self, domain: str) -> list[str] | None:
+        """The MX hosts ``domain`` publishes (empty: none, or only a null MX, or the
+        domain does not exist); None when DNS could not say (a temporary failure)."""
+        try:
+            name = mail_domain(domain.strip())
+        except ValueError:
+            return []
+        answer = await self._lookup(name, MX)
+        if answer.kind is _Kind.FAILED:
+            return None
+        return [_show(host) for _, host in sorted(answer.mx) if host != dns.name.root]
+
     def clear_cache(self) -> None:
         self._cache.clear()
 

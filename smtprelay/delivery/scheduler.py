@@ -107,9 +107,11 @@ class Scheduler:
                  clock: Callable[[], float] = time.time,
                  rng: random.Random | None = None,
                  keys: KeySource | None = None,
-                 suppress: Callable[[Sequence[Suppress]], Awaitable[None]] | None = None
-                 ) -> None:
+                 suppress: Callable[[Sequence[Suppress]], Awaitable[None]] | None = None,
+                 mail_from: return_path.MailFromVerification | None = None) -> None:
         self._spool = spool
+        # Which custom MAIL FROM domains have their MX record now (None: all of them).
+        self._mail_from = mail_from or return_path.AllVerified()
         # Where a hard bounce at delivery lists its address (the daemon's feedback
         # recorder, which applies the set's suppression.reasons as for a DSN's).
         self._suppress = suppress
@@ -223,6 +225,12 @@ class Scheduler:
         domain = return_path.mail_from_domain_for(message.mail_from,
                                                   self.policy.mail_from_domains)
         if domain is None:
+            return None, None
+        if not self._mail_from.verified(domain):
+            # SES's "use default MAIL FROM domain": no MX, so VERP bounces would be lost
+            # (an identity set to reject had its mail refused at submission).
+            log.info("msg=%s MAIL FROM domain %s has no MX record: sending with <%s>",
+                     message.message_id, domain, message.mail_from)
             return None, None
         keyring = self._keys.keyring if self._keys is not None else None
         if keyring is None:

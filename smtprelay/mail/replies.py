@@ -115,6 +115,15 @@ NO_FROM = Reply(554, "5.6.0 Message rejected: the message has no From header")
 SET_PAUSED = Reply(554, "5.7.1 Sending paused for this configuration set")
 ACCOUNT_PAUSED = Reply(554, "5.7.1 Sending paused for this account")
 SET_UNKNOWN = Reply(554, "5.3.0 Configuration set does not exist")
+
+
+def mail_from_not_verified(domain: str) -> Reply:
+    """SES's MailFromDomainNotVerified: the identity's custom MAIL FROM domain has no
+    MX record and its behavior on MX failure is to reject."""
+    return Reply(554, f"5.7.1 Message rejected: MailFromDomainNotVerified: the MAIL FROM "
+                      f"domain {domain} has no MX record")
+
+
 RATE_EXCEEDED = Reply(454, "4.7.0 Throttling failure: Maximum sending rate exceeded")
 DAILY_QUOTA_EXCEEDED = Reply(454, "4.7.0 Throttling failure: Daily message quota exceeded")
 DUPLICATE_OPEN_TRACKER = Reply(

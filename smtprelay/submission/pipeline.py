@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Container
 from typing import Protocol
 
+from smtprelay.bounces import return_path
 from smtprelay.config import Config, ConfigSource, ConfigurationSetConfig
 from smtprelay.events import records
 from smtprelay.infra import metrics
@@ -82,7 +83,8 @@ class Pipeline:
                  paused_sets: Container[str] = frozenset(),
                  paused_accounts: Callable[[], Container[str]] = frozenset,
                  transform_pool: TransformPool | None = None,
-                 on_spooled: Callable[[], None] = lambda: None) -> None:
+                 on_spooled: Callable[[], None] = lambda: None,
+                 mail_from: return_path.MailFromVerification | None = None) -> None:
         self._live = live
         self._spool = spool
         self._quotas = quotas
@@ -96,6 +98,8 @@ class Pipeline:
         self.transform_pool = transform_pool
         # Called after each message is durable, so delivery starts without polling.
         self.on_spooled = on_spooled
+        # Which custom MAIL FROM domains have their MX record (None: all of them).
+        self._mail_from = mail_from or return_path.AllVerified()
 
     @property
     def _config(self) -> Config:
@@ -107,7 +111,13 @@ class Pipeline:
 
     def check_sender(self, account: str, address: str) -> Reply | None:
         failing = identities.failing(self._identities(account), [address])
-        return R.not_verified(failing) if failing else None
+        if failing:
+            return R.not_verified(failing)
+        missing = return_path.refused_mail_from(address, self._config, self._mail_from)
+        if missing is not None:
+            metrics.MESSAGES_REJECTED.labels(reason="mail_from_domain").inc()
+            return R.mail_from_not_verified(missing)
+        return None
 
     def check_recipient(self, account: str, address: str) -> Reply | None:
         settings = self._config.accounts.get(account)

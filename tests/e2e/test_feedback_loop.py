@@ -57,6 +57,13 @@ def settings(tmp_path: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
+def start_with_mx(net: World, top: dict[str, Any]) -> RunningRelay:
+    """The relay, once the MAIL FROM domain publishes the MX record that makes the
+    relay use it (smtprelay.delivery.mail_from): the feedback listener's host."""
+    net.mx(MAIL_FROM_DOMAIN, (10, "feedback.relay.test", "127.0.0.1"))
+    return net.start(top=top)
+
+
 def of(records: list[dict[str, Any]], message_id: str, kind: str) -> list[dict[str, Any]]:
     return [r for r in records if r["mail"]["messageId"] == message_id and r["eventType"] == kind]
 
@@ -138,7 +145,7 @@ def cli(relay: RunningRelay, tmp_path: Path, *args: str) -> subprocess.Completed
 def test_a_bounce_and_a_complaint_become_events_suppression_and_statistics(
         net: World, tmp_path: Path) -> None:
     mx(net)
-    relay = net.start(top=settings(tmp_path))
+    relay = start_with_mx(net, settings(tmp_path))
     rcpts = ["alice@dest.test", "bob@dest.test"]
     message_id = net.submit(rcpts)
     assert net.wait_final(message_id) == {r: "delivered" for r in rcpts}
@@ -204,7 +211,7 @@ def test_a_bounce_and_a_complaint_become_events_suppression_and_statistics(
 
 def test_the_listener_takes_only_verp_and_feedback_addresses_and_no_auth(
         net: World, tmp_path: Path) -> None:
-    relay = net.start(top=settings(tmp_path, feedback={"max_message_size": "64k"}))
+    relay = start_with_mx(net, settings(tmp_path, feedback={"max_message_size": "64k"}))
     keyring = KeyRing.load(relay.config.tracking_keys_path)
     genuine = verp.address(new_message_id(), 0, MAIL_FROM_DOMAIN, keyring)
     local = genuine.partition("@")[0]
@@ -238,7 +245,7 @@ def test_the_listener_takes_only_verp_and_feedback_addresses_and_no_auth(
 def test_bad_and_odd_reports_are_kept_ignored_or_attributed_carefully(
         net: World, tmp_path: Path) -> None:
     mx(net)
-    relay = net.start(top=settings(tmp_path))
+    relay = start_with_mx(net, settings(tmp_path))
     rcpts = ["carol@dest.test", "dave@dest.test"]
     message_id = net.submit(rcpts)
     net.wait_final(message_id)
@@ -316,7 +323,7 @@ SUBMISSION_BOUND = 2.0  # seconds: the slowest submission while the reports pour
 def test_ten_thousand_reports_are_all_processed_while_submissions_keep_flowing(
         net: World, tmp_path: Path) -> None:
     mx(net)
-    relay = net.start(top=settings(tmp_path))
+    relay = start_with_mx(net, settings(tmp_path))
     message_id = net.submit(["erin@dest.test"])
     net.wait_final(message_id)
     sender = verp_senders(net, message_id, ["erin@dest.test"])["erin@dest.test"]
@@ -380,7 +387,7 @@ def test_ten_thousand_reports_are_all_processed_while_submissions_keep_flowing(
 def test_reports_waiting_in_the_inbox_are_processed_after_a_restart(
         net: World, tmp_path: Path) -> None:
     mx(net)
-    relay = net.start(top=settings(tmp_path))
+    relay = start_with_mx(net, settings(tmp_path))
     message_id = net.submit(["frank@dest.test"])
     net.wait_final(message_id)
     sender = verp_senders(net, message_id, ["frank@dest.test"])["frank@dest.test"]
@@ -395,7 +402,7 @@ def test_reports_waiting_in_the_inbox_are_processed_after_a_restart(
     assert suppressed(relay, "frank@dest.test") is None
     net.stop()
 
-    relay = net.start(top=settings(tmp_path))
+    relay = start_with_mx(net, settings(tmp_path))
     wait_for(lambda: drained(relay)
              and len(of(events(tmp_path / "events.ndjson"), message_id, "Bounce")) == 3)
     bounces = of(events(tmp_path / "events.ndjson"), message_id, "Bounce")
