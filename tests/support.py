@@ -237,8 +237,9 @@ def session(relay: RunningRelay, cred: Credential) -> smtplib.SMTP:
     return smtp
 
 
-def send_raw(smtp: smtplib.SMTP, rcpts: list[str], data: bytes) -> tuple[int, bytes]:
-    smtp.mail("app@example.com")
+def send_raw(smtp: smtplib.SMTP, rcpts: list[str], data: bytes,
+             sender: str = "app@example.com") -> tuple[int, bytes]:
+    smtp.mail(sender)
     for rcpt in rcpts:
         smtp.rcpt(rcpt)
     return smtp.data(data)

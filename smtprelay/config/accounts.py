@@ -79,6 +79,21 @@ class DKIMKeyConfig(Model):
         return check_selector(value)
 
 
+class SendingAuthorizationConfig(Model):
+    # SES's sending authorization policy, for this relay's accounts: the accounts
+    # (other than those listing the identity) that may send as it, naming it with the
+    # X-SES-SOURCE-ARN / X-SES-FROM-ARN / X-SES-RETURN-PATH-ARN headers.
+    accounts: list[str] = Field(default_factory=list)
+    # A condition, as a policy's ses:FromAddress: the From addresses the delegates may
+    # use (identities: a domain or an address); empty: any under the identity.
+    from_addresses: list[str] = Field(default_factory=list)
+
+    @field_validator("from_addresses")
+    @classmethod
+    def _identities(cls, values: list[str]) -> list[str]:
+        return [normalise_identity(v) for v in values]
+
+
 class IdentityConfig(Model):
     # Every key signs every message whose From domain this identity covers (dual
     # signing with an RSA and an Ed25519 key); none: mail is sent unsigned.
@@ -90,6 +105,8 @@ class IdentityConfig(Model):
     # with the sender's own address as the envelope sender; reject refuses the mail at
     # submission (554 ... MailFromDomainNotVerified).
     behavior_on_mx_failure: Literal["use_default", "reject"] = "use_default"
+    # Other accounts allowed to send as this identity (SES's sending authorization).
+    sending_authorization: SendingAuthorizationConfig | None = None
 
     @field_validator("dkim")
     @classmethod

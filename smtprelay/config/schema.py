@@ -90,6 +90,12 @@ class Config(Model):
                 problems.append(
                     f"identities.{domain}.mail_from_domain: {mail_from} must be a subdomain "
                     f"of {domain} (such as bounce.{domain}), as SES requires")
+            authorization = identity.sending_authorization
+            for account_name in authorization.accounts if authorization else ():
+                if account_name not in self.accounts:
+                    problems.append(
+                        f"identities.{domain}.sending_authorization.accounts: {account_name!r} "
+                        "is not an account; list it under accounts or remove it here")
         for set_name, settings in self.configuration_sets.items():
             hosts = [("tracking.domain", settings.tracking.domain)]
             if settings.unsubscribe.one_click:

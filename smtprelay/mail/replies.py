@@ -117,6 +117,13 @@ ACCOUNT_PAUSED = Reply(554, "5.7.1 Sending paused for this account")
 SET_UNKNOWN = Reply(554, "5.3.0 Configuration set does not exist")
 
 
+def access_denied(user: str, arn: str) -> Reply:
+    """SES's refusal of a cross-account send the identity's policy does not allow."""
+    shown = "".join(c if " " <= c < "\x7f" else "?" for c in arn)[:200]
+    return Reply(554, f"5.7.1 Access denied: User {user} is not authorized to perform "
+                      f"ses:SendRawEmail on resource {shown}")
+
+
 def mail_from_not_verified(domain: str) -> Reply:
     """SES's MailFromDomainNotVerified: the identity's custom MAIL FROM domain has no
     MX record and its behavior on MX failure is to reject."""

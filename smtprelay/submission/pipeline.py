@@ -26,7 +26,7 @@ from smtprelay.mail.headers import (
     parse_header_section,
 )
 from smtprelay.mail.replies import Reply
-from smtprelay.policy import configuration_sets, content, identities
+from smtprelay.policy import authorization, configuration_sets, content, identities
 from smtprelay.policy.quota import Quotas
 from smtprelay.policy.suppression import SuppressionStore
 from smtprelay.spool import set_stats
@@ -110,7 +110,10 @@ class Pipeline:
         return settings.identities if settings is not None else []
 
     def check_sender(self, account: str, address: str) -> Reply | None:
-        failing = identities.failing(self._identities(account), [address])
+        # An identity that authorizes the account may be the sender too; the message's
+        # X-SES-SOURCE-ARN must then name it (checked after DATA).
+        mine = [*self._identities(account), *authorization.delegates_of(self._config, account)]
+        failing = identities.failing(mine, [address])
         if failing:
             return R.not_verified(failing)
         missing = return_path.refused_mail_from(address, self._config, self._mail_from)
@@ -174,8 +177,24 @@ class Pipeline:
         found = header_addresses(fields)
         if "from" not in found:
             return _refuse("no_from", R.NO_FROM)
-        failing = identities.failing(account.identities,
-                                     [a for values in found.values() for a in values])
+        caller = client.auth_user or client.account
+        granted = authorization.grant(self._config, client.account, caller, fields)
+        if isinstance(granted, Reply):
+            log.info("client=%s account=%s refused: %s", client.ip, client.account,
+                     granted.text)
+            return _refuse("access_denied", granted)
+        own = account.identities
+        mail_from = submission.envelope.mail_from
+        failing = identities.failing([*own, *granted.sender], [mail_from] if mail_from else [])
+        for header, allowed in (("from", granted.from_header), ("sender", granted.from_header),
+                                ("return-path", granted.return_path)):
+            for address in identities.failing([*own, *allowed], found.get(header, [])):
+                if address not in failing:
+                    failing.append(address)
+        if not failing and granted.delegated_from is not None and authorization.from_allowed(
+                self._config, granted.delegated_from, found.get("from", [])):
+            # The identity's policy does not let delegates write this From.
+            return _refuse("access_denied", R.access_denied(caller, granted.from_arn))
         if failing:
             log.info("client=%s account=%s refused: identities %s not verified", client.ip,
                      client.account, ", ".join(failing))
