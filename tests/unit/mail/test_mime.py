@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 import string
 
 import pytest
@@ -480,7 +481,7 @@ def test_root_fields_from_the_header_reader_walk_as_the_walk_reads_them(
     try:
         walked = list(Walk(data, strict=True))
     except MimeError as exc:
-        with pytest.raises(MimeError, match=str(exc)):
+        with pytest.raises(MimeError, match=re.escape(str(exc))):
             list(Walk(data, strict=True, root_fields=given_fields))
         return
     assert list(Walk(data, strict=True, root_fields=given_fields)) == walked
