@@ -135,6 +135,13 @@ class Live:
         if deferred:
             log.warning("reload: changes to %s take effect at the next restart",
                         ", ".join(deferred))
+        if new.tls.profile != old.tls.profile:
+            # OpenSSL takes them from the context a connection was accepted on, which
+            # for implicit TLS and https is the one made at start (the SNI callbacks
+            # swap in only the certificate).
+            log.warning("reload: changes to tls.min_version, tls.ciphers or tls.groups "
+                        "apply to STARTTLS now, to implicit-TLS listeners and "
+                        "http.tls_listen at the next restart")
         fixed = {key: getattr(old.delivery, key) for key in DELIVERY_RESTART_ONLY}
         changed = [f"delivery.{key}" for key, value in fixed.items()
                    if getattr(new.delivery, key) != value]
@@ -160,8 +167,7 @@ def _load_tls(config: Config) -> ssl.SSLContext | None:
         return None
     if config.tls.generate_self_signed:
         tls.ensure_self_signed(config.cert_path, config.key_path, config.server.hostname)
-    return tls.server_context(config.cert_path, config.key_path, config.tls.min_version,
-                              config.tls.ciphers)
+    return tls.server_context(config.cert_path, config.key_path, config.tls.profile)
 
 
 def _log_dkim(signer: dkim.Signer) -> None:

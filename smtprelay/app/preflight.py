@@ -9,6 +9,7 @@ what to do. Nothing here writes: it runs before `serve` takes data_dir.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import ssl
@@ -41,9 +42,13 @@ def load_checked(path: str | Path | None, *, dkim_keys: bool = True) -> LoadedCo
 def problems(config: Config, *, dkim_keys: bool = True) -> list[str]:
     """One line per file or variable `serve` would fail on; empty when it can start."""
     found = _cipher_problems(config)
-    ciphers = None if found else config.tls.ciphers
-    found += _relay_tls(config, ciphers)
-    found += _tracking_domains(config, ciphers)
+    # With bad ciphers, the certificates are checked with the default ones, so that
+    # each problem is reported once.
+    profile = config.tls.profile
+    if found:
+        profile = dataclasses.replace(profile, ciphers=tls.MOZILLA_INTERMEDIATE_CIPHERS)
+    found += _relay_tls(config, profile)
+    found += _tracking_domains(config, profile)
     if dkim_keys:
         found += dkim.load_keys(config)[1]
     found += _smarthost(config)
@@ -57,17 +62,16 @@ def problems(config: Config, *, dkim_keys: bool = True) -> list[str]:
 
 def _cipher_problems(config: Config) -> list[str]:
     ciphers = config.tls.ciphers
-    if not ciphers:
-        return []
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(ciphers)
     except ssl.SSLError:
         return [f"tls.ciphers: {ciphers!r} selects no cipher; give an OpenSSL cipher list "
-                "(such as ECDHE+AESGCM:ECDHE+CHACHA20), or remove the key"]
+                "(such as ECDHE+AESGCM:ECDHE+CHACHA20), or remove the key for Mozilla's "
+                "intermediate list"]
     return []
 
 
-def _relay_tls(config: Config, ciphers: str | None) -> list[str]:
+def _relay_tls(config: Config, profile: tls.Profile) -> list[str]:
     """The listeners' certificate, and the fallback of http.tls_listen when it is there."""
     cert, key = config.cert_path, config.key_path
     both = os.path.isfile(cert) and os.path.isfile(key)  # False, not an error, if unreadable
@@ -78,16 +82,16 @@ def _relay_tls(config: Config, ciphers: str | None) -> list[str]:
         return []
     fix = "point it at a PEM file, or set tls.generate_self_signed: true for a " \
           "development certificate"
-    return _pair("tls", cert, key, config.tls.min_version, ciphers, fix)
+    return _pair("tls", cert, key, profile, fix)
 
 
-def _tracking_domains(config: Config, ciphers: str | None) -> list[str]:
+def _tracking_domains(config: Config, profile: tls.Profile) -> list[str]:
     found: list[str] = []
     for domain, settings in config.tracking_domains.items():
         prefix = f"tracking_domains.{domain}"
         if settings.cert_file is not None and settings.key_file is not None:
-            found += _pair(prefix, settings.cert_file, settings.key_file,
-                           config.tls.min_version, ciphers, "fix the path")
+            found += _pair(prefix, settings.cert_file, settings.key_file, profile,
+                           "fix the path")
         for key in ("apple_app_site_association", "assetlinks"):
             source: Path | None = getattr(settings, key)
             if source is None:
@@ -105,8 +109,7 @@ def _tracking_domains(config: Config, ciphers: str | None) -> list[str]:
     return found
 
 
-def _pair(prefix: str, cert: Path, key: Path, min_version: str, ciphers: str | None,
-          fix: str) -> list[str]:
+def _pair(prefix: str, cert: Path, key: Path, profile: tls.Profile, fix: str) -> list[str]:
     """A certificate and its key as the daemon loads them; each bad file named."""
     cert_key, key_key = f"{prefix}.cert_file", f"{prefix}.key_file"
     cert_data, cert_problem = _read(cert_key, cert, fix)
@@ -118,7 +121,7 @@ def _pair(prefix: str, cert: Path, key: Path, min_version: str, ciphers: str | N
     # `cryptography` does not, like TRUSTED CERTIFICATE); `cryptography` then tells
     # which file is at fault, as OpenSSL's "PEM lib" does not say.
     try:
-        tls.server_context(cert, key, min_version, ciphers)
+        tls.server_context(cert, key, profile)
     except tls.TLSSetupError as exc:
         failure = str(exc)
     else:

@@ -21,6 +21,7 @@ from smtprelay.config.values import (
     UserAgentRule,
     parse_host_port,
 )
+from smtprelay.infra import tls
 
 
 class ServerConfig(Model):
@@ -51,12 +52,29 @@ class TLSConfig(Model):
     key_file: Path | None = None
     generate_self_signed: bool = False
     min_version: Literal["1.2", "1.3"] = "1.2"
-    ciphers: str | None = None
+    # TLS 1.2 suites (OpenSSL cipher list; TLS 1.3 keeps OpenSSL's three) and the
+    # key-exchange groups: Mozilla's intermediate profile by default (infra.tls). The
+    # ciphers are checked by check-config (app.preflight); groups None is OpenSSL's list.
+    ciphers: str = Field(default=tls.MOZILLA_INTERMEDIATE_CIPHERS, min_length=1)
+    groups: str | None = tls.MOZILLA_INTERMEDIATE_GROUPS
 
     @field_validator("min_version", mode="before")
     @classmethod
     def _version_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, float | int) else value
+
+    @field_validator("groups")
+    @classmethod
+    def _groups_known_to_openssl(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = tls.groups_problem(value)
+            if problem is not None:
+                raise ValueError(problem.removeprefix("tls.groups: "))
+        return value
+
+    @property
+    def profile(self) -> tls.Profile:
+        return tls.Profile(self.min_version, self.ciphers, self.groups)
 
 
 class ListenerConfig(Model):

@@ -171,15 +171,14 @@ class HTTPServer:
                 continue
             try:
                 ctx = tls.server_context(settings.cert_file, settings.key_file,
-                                             cfg.tls.min_version, cfg.tls.ciphers)
+                                         cfg.tls.profile)
             except tls.TLSSetupError as exc:
                 raise tls.TLSSetupError(f"tracking_domains.{domain}: {exc}") from None
             contexts[domain.partition(":")[0]] = ctx
         if cfg.tls.generate_self_signed:
             tls.ensure_self_signed(cfg.cert_path, cfg.key_path, cfg.server.hostname)
         if cfg.cert_path.is_file() and cfg.key_path.is_file():
-            contexts[""] = tls.server_context(cfg.cert_path, cfg.key_path,
-                                                  cfg.tls.min_version, cfg.tls.ciphers)
+            contexts[""] = tls.server_context(cfg.cert_path, cfg.key_path, cfg.tls.profile)
         missing = [d for d in cfg.tracking_domains if d.partition(":")[0] not in contexts]
         if missing and "" not in contexts:
             log.warning("http.tls_listen: no certificate for %s and no relay certificate "
@@ -202,12 +201,14 @@ class HTTPServer:
     def _listening_context(self) -> ssl.SSLContext:
         # The callback swaps in the chosen context on every handshake, so this one
         # only needs the protocol settings, and reloading certificates needs no new socket.
+        # It must have them all: OpenSSL keeps the versions, suites and groups of the
+        # context a connection was accepted on, and takes only the certificate from the
+        # one the callback picks.
         fallback = self._contexts.get("")
         if fallback is not None:
             listening = fallback
         else:
-            listening = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            listening.minimum_version = ssl.TLSVersion.TLSv1_2
+            listening = tls.protocol_context(self._config.tls.profile)
         listening.sni_callback = self._sni
         return listening
 

@@ -94,7 +94,7 @@ def test_a_cipher_list_that_selects_nothing(tmp_path: Path) -> None:
     cert, key = pem_pair(tmp_path / "tls")
     assert preflight.problems(config(tmp_path, tls=tls(cert, key, ciphers="NO-SUCH"))) == [
         "tls.ciphers: 'NO-SUCH' selects no cipher; give an OpenSSL cipher list (such as "
-        "ECDHE+AESGCM:ECDHE+CHACHA20), or remove the key"]
+        "ECDHE+AESGCM:ECDHE+CHACHA20), or remove the key for Mozilla's intermediate list"]
 
 
 def test_tracking_domain_files(tmp_path: Path) -> None:

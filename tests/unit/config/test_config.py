@@ -10,6 +10,7 @@ import pytest
 
 from smtprelay.app.preflight import load_checked
 from smtprelay.config import ConfigError, load_config
+from smtprelay.infra.tls import MOZILLA_INTERMEDIATE_CIPHERS
 from tests.support import base_config, write_config
 
 
@@ -188,3 +189,25 @@ configuration_sets:
         "configuration_sets.nohost.unsubscribe: one_click needs a host for the unsubscribe "
         "URL: set unsubscribe.domain or tracking.domain",
     ]
+
+
+def test_tls_defaults_to_mozillas_intermediate_profile(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("listeners: [{name: s, port: 2587, tls: none}]\n")
+    config = load_config(path).config
+    assert config.tls.min_version == "1.2"
+    assert config.tls.ciphers == MOZILLA_INTERMEDIATE_CIPHERS
+    assert config.tls.groups == "X25519:prime256v1:secp384r1"
+    path.write_text("listeners: [{name: s, port: 2587, tls: none}]\ntls: {groups: null}\n")
+    assert load_config(path).config.tls.groups is None
+
+
+def test_unknown_tls_groups_are_named(tmp_path: Path) -> None:
+    problems = problems_for(tmp_path, """
+listeners: [{name: s, port: 2587, tls: none}]
+tls: {groups: "X25519:X488:prime256v1"}
+""")
+    assert len(problems) == 1
+    assert problems[0].startswith("tls.groups: OpenSSL "), problems
+    assert "knows no group 'X488'; give OpenSSL's names separated by colons" in problems[0]
+    assert "remove the key for the default, 'X25519:prime256v1:secp384r1'" in problems[0]

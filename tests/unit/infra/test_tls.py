@@ -1,0 +1,54 @@
+"""The server profile's contexts (infra.tls): Mozilla's intermediate settings, and the
+groups set through OpenSSL where Python's ssl has no call for them."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from smtprelay.infra import tls
+
+
+def test_the_default_profile_is_mozillas_intermediate() -> None:
+    ctx = tls.protocol_context()
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert not ctx.options & ssl.OP_CIPHER_SERVER_PREFERENCE
+    assert ctx.options & ssl.OP_NO_COMPRESSION
+    tls12 = [c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert tls12 == tls.MOZILLA_INTERMEDIATE_CIPHERS.split(":")
+    assert not any("CBC" in c["description"] for c in ctx.get_ciphers())
+    assert tls.protocol_context(tls.Profile(min_version="1.3")).minimum_version \
+        == ssl.TLSVersion.TLSv1_3
+
+
+def test_groups_are_checked_by_openssl() -> None:
+    assert tls.groups_problem(tls.MOZILLA_INTERMEDIATE_GROUPS) is None
+    assert tls.groups_problem("X448:secp521r1:ffdhe2048") is None
+    problem = tls.groups_problem("X25519:curve25519x:P-384")
+    assert problem is not None and problem.startswith("tls.groups: OpenSSL")
+    assert "knows no group 'curve25519x'" in problem, problem
+    with pytest.raises(tls.TLSSetupError, match="knows no group 'nope'"):
+        tls.set_groups(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), "nope")
+
+
+def test_a_python_that_cannot_set_groups_says_what_to_do(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not CPython, or no libssl in reach: an error naming tls.groups and the way out,
+    not a silent fall back to OpenSSL's list."""
+    monkeypatch.setattr(tls, "_libssl", tls.GroupsUnsupported("pypy is not CPython"))
+    with pytest.raises(tls.TLSSetupError) as info:
+        tls.protocol_context()
+    assert str(info.value) == (
+        "tls.groups: this Python cannot restrict the key-exchange groups (pypy is not "
+        "CPython); set tls.groups: null to keep OpenSSL's own list, or run smtprelay on "
+        "CPython with its ssl module")
+    assert tls.protocol_context(tls.Profile(groups=None)) is not None
+
+
+def test_the_pointer_is_checked_before_use() -> None:
+    """The SSL_CTX read out of the SSLContext answers with the context's own options."""
+    lib = tls._load_libssl()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.options |= ssl.OP_NO_TICKET
+    assert lib.get_options(tls._ssl_ctx(ctx, lib)) == ctx.options
