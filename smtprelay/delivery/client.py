@@ -83,6 +83,26 @@ class ClientSettings:
     ca_file: str | None = None
 
 
+# A diagnostic that already names its RFC 3464 type ("smtp; 550 ...", "x-dns; ...").
+_TYPED = re.compile(r"^[A-Za-z][A-Za-z0-9-]*; ")
+
+
+def without_reply(status: str, text: str) -> str:
+    """The RFC 3464 Diagnostic-Code of a failure no server reply told us of: a
+    connection refused or timed out, a TLS handshake that failed, a lost connection.
+
+    Written as SES writes them, as an SMTP reply with the "smtp" type: the guide's
+    DeliveryDelay example says "smtp; 421 4.4.1 Unable to connect to remote host" for a
+    host it could not connect to. 421 (service not available, RFC 5321 4.2.3) for a
+    temporary failure, 554 for a final one; the status is ours, the text our reason.
+    The result's ``code`` stays None: nothing was heard (retry.delay_type reads that).
+    Already typed text is kept.
+    """
+    if _TYPED.match(text):
+        return text
+    return f"smtp; {554 if status.startswith('5') else 421} {status} {text}"
+
+
 class ConnectError(Exception):
     """Why a host could not be used at all; nothing was sent through it.
 
@@ -94,6 +114,8 @@ class ConnectError(Exception):
     def __init__(self, verdict: Verdict, status: str, diagnostic: str, *,
                  code: int | None = None, remote_mta: str | None = None,
                  retry_after: float | None = None) -> None:
+        if code is None:
+            diagnostic = without_reply(status, diagnostic)
         super().__init__(diagnostic)
         self.verdict = verdict
         self.status = status
@@ -208,6 +230,7 @@ class Connection:
         self._broken = False
         self._closed = False
         self._busy = False
+        self._local_ip: str | None = None
 
     # ----------------------------------------------------------------- opening
 
@@ -264,6 +287,7 @@ class Connection:
             # asyncio's "Connect call failed (...)" hides the reason in errno.
             why = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
             raise self._connect_error("4.4.1", why) from None
+        _ = self.local_ip  # known from here on, whatever happens to the session
 
         try:
             greeting = await self._read_reply("receiving the initial server greeting")
@@ -413,6 +437,16 @@ class Connection:
         return (not self._broken and not self._closed and not self._busy
                 and self._writer is not None and not self._writer.is_closing()
                 and self._reader is not None and not self._reader.at_eof())
+
+    @property
+    def local_ip(self) -> str | None:
+        """Our address on this connection (getsockname), for ses:outgoing-ip; kept
+        once known, so a result made after the connection broke still has it."""
+        if self._local_ip is None and self._writer is not None:
+            sockname = self._writer.get_extra_info("sockname")
+            if isinstance(sockname, tuple) and sockname and isinstance(sockname[0], str):
+                self._local_ip = sockname[0]
+        return self._local_ip
 
     @property
     def tls_version(self) -> str | None:
@@ -605,9 +639,11 @@ class Connection:
 
     def _result(self, rcpt: str, verdict: Verdict, code: int | None, status: str,
                 diagnostic: str, retry_after: float | None = None) -> RecipientResult:
+        if code is None:
+            diagnostic = without_reply(status, diagnostic)
         return RecipientResult(recipient=rcpt, verdict=verdict, code=code, status=status,
                                diagnostic=diagnostic, remote_mta=self.remote_mta,
-                               retry_after=retry_after)
+                               retry_after=retry_after, outgoing_ip=self.local_ip)
 
     def _fill(self, results: list[RecipientResult | None], names: Sequence[str],
               verdict: Verdict, code: int | None, status: str, diagnostic: str,

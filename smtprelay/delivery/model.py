@@ -93,6 +93,9 @@ class RecipientResult:
     # (bounceType, bounceSubType) when the transport knows it (the mailbox simulator);
     # None: the scheduler classifies the reply (smtprelay.bounces.classification).
     bounce: tuple[str, str] | None = None
+    # Our end of the connection the result came over ("192.0.2.1"): SES's
+    # ses:outgoing-ip tag. None when no connection was made.
+    outgoing_ip: str | None = None
 
 
 def same_result(recipients: Iterable[str], verdict: Verdict, status: str, diagnostic: str, *,

@@ -34,8 +34,11 @@ def next_retry(attempts: int, result: RecipientResult, retry: RetryConfig, *, no
 _MAILBOX_FULL = re.compile(r"mailbox (is )?full|over ?quota|quota exceeded|insufficient storage",
                            re.IGNORECASE)
 _SPAM = re.compile(r"spam|unsolicited|bulk mail", re.IGNORECASE)
+# Aimed at the sending IP. Not "try again later": nearly every 4xx says it ("451 4.3.0
+# Temporary server error, try again later" is the receiver's own trouble, which SES
+# calls RecipientServerError, as docs/events.md's DeliveryDelay example does).
 _IP = re.compile(r"block ?list|blacklist|blocked|rbl|rate limit|too many (connections|messages)"
-                 r"|throttl|reputation|try again later", re.IGNORECASE)
+                 r"|throttl|reputation", re.IGNORECASE)
 
 
 def delay_type(result: RecipientResult) -> str:

@@ -337,7 +337,8 @@ class Scheduler:
                 outcomes = (Outcome(message_id=message.message_id, index=r.index,
                                     kind="delivery", at=now, status=result.status,
                                     diagnostic=result.diagnostic,
-                                    remote_mta=result.remote_mta),)
+                                    remote_mta=result.remote_mta,
+                                    outgoing_ip=result.outgoing_ip),)
             elif verdict is Verdict.BOUNCED:
                 state = RecipientState.BOUNCED
                 bounce_type, subtype = result.bounce or classify(
@@ -346,7 +347,8 @@ class Scheduler:
                 outcomes = (Outcome(message_id=message.message_id, index=r.index, kind="bounce",
                                     at=now, bounce_type=bounce_type, bounce_subtype=subtype,
                                     status=result.status, diagnostic=reply,
-                                    remote_mta=result.remote_mta),)
+                                    remote_mta=result.remote_mta,
+                                    outgoing_ip=result.outgoing_ip),)
             else:
                 state = RecipientState.DEFERRED
                 metrics.DEFERRALS.inc()
@@ -360,7 +362,8 @@ class Scheduler:
                     outcomes = (Outcome(message_id=message.message_id, index=r.index,
                                         kind="delay", at=now, status=result.status,
                                         diagnostic=result.diagnostic,
-                                        remote_mta=result.remote_mta, delay_type=kind),)
+                                        remote_mta=result.remote_mta, delay_type=kind,
+                                        outgoing_ip=result.outgoing_ip),)
             metrics.DELIVERIES.labels(result=verdict.value).inc()
             log.info("msg=%s rcpt=%s %s status=%s %s%s", message.message_id, result.recipient,
                      verdict.value, result.status, reply,

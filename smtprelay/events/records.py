@@ -29,16 +29,31 @@ from smtprelay.events.model import (
 )
 from smtprelay.spool.model import EventRecord, Outcome
 
+# SES's auto-tag: "The IP address that Amazon SES used to send the email."
+OUTGOING_IP = "ses:outgoing-ip"
 _REMOTE_IP = re.compile(r"\[([0-9A-Fa-f:.]+)\]\s*$")
 
 
 def make(message_id: str, configuration_set: str | None, at: float,
-         detail: Detail) -> EventRecord:
-    """An outbox row for `detail`, with a new event id."""
+         detail: Detail, *, outgoing_ip: str | None = None) -> EventRecord:
+    """An outbox row for `detail`, with a new event id; `outgoing_ip` (our end of the
+    connection the event is about) becomes the record's ``ses:outgoing-ip`` tag."""
     kind = type_of(detail)
     return EventRecord(event_id=new_event_id(at), message_id=message_id, type=str(kind),
                        configuration_set=configuration_set, at=at,
-                       detail=ses.detail_object(detail))
+                       detail=ses.detail_object(detail),
+                       mail_tags={OUTGOING_IP: [outgoing_ip]} if outgoing_ip else None)
+
+
+def bounce_reporting_mta(hostname: str) -> str:
+    """``bounce.reportingMTA`` of a bounce the relay itself decided on (a refusal at
+    delivery, a lifetime over, the suppression list): "dsn; <our host>", as every Bounce
+    example of the SES guide writes it ("dsn; mta.example.com", seed 004 lines ~10891
+    and ~11865) and docs/events.md says. A bounce that came back as a DSN keeps that
+    DSN's Reporting-MTA as written instead (feedback.classify); Delivery and
+    DeliveryDelay write our bare host name (the guide's "host name of the mail server
+    that sent the mail")."""
+    return f"dsn; {hostname}"
 
 
 def remote_ip(remote_mta: str | None) -> str | None:
@@ -62,7 +77,8 @@ def accepted(message_id: str, configuration_set: str | None, at: float,
                 BouncedRecipient(email_address=address, action="failed", status="5.1.1",
                                  diagnostic_code=diagnostic)
                 for address, diagnostic in suppressed.items()),
-            timestamp=at, feedback_id=new_event_id(at), reporting_mta=f"dns; {hostname}")))
+            timestamp=at, feedback_id=new_event_id(at),
+            reporting_mta=bounce_reporting_mta(hostname))))
     return tuple(events)
 
 
@@ -82,7 +98,6 @@ def attempt(message_id: str, configuration_set: str | None, received_at: float,
             bounced.setdefault(key, []).append((address, outcome))
         elif outcome.kind == "delay":
             delayed.setdefault(outcome.delay_type or "General", []).append((address, outcome))
-    reporting = f"dns; {hostname}"
     events: list[EventRecord] = []
     if delivered:
         first = delivered[0][1]
@@ -91,7 +106,8 @@ def attempt(message_id: str, configuration_set: str | None, received_at: float,
             processing_time_millis=max(0, round((first.at - received_at) * 1000)),
             recipients=tuple(address for address, _ in delivered),
             smtp_response=_smtp_response(first.diagnostic),
-            reporting_mta=hostname, remote_mta_ip=remote_ip(first.remote_mta))))
+            reporting_mta=hostname, remote_mta_ip=remote_ip(first.remote_mta)),
+            outgoing_ip=first.outgoing_ip))
     for (bounce_type, subtype), group in bounced.items():
         first = group[0][1]
         events.append(make(message_id, configuration_set, first.at, Bounce(
@@ -100,8 +116,9 @@ def attempt(message_id: str, configuration_set: str | None, received_at: float,
                 BouncedRecipient(email_address=address, action="failed",
                                  status=o.status, diagnostic_code=o.diagnostic)
                 for address, o in group),
-            timestamp=first.at, feedback_id=new_event_id(first.at), reporting_mta=reporting,
-            remote_mta_ip=remote_ip(first.remote_mta))))
+            timestamp=first.at, feedback_id=new_event_id(first.at),
+            reporting_mta=bounce_reporting_mta(hostname),
+            remote_mta_ip=remote_ip(first.remote_mta)), outgoing_ip=first.outgoing_ip))
     for kind, group in delayed.items():
         first = group[0][1]
         events.append(make(message_id, configuration_set, first.at, DeliveryDelay(
@@ -110,8 +127,8 @@ def attempt(message_id: str, configuration_set: str | None, received_at: float,
                 DelayedRecipient(email_address=address, status=o.status or "4.0.0",
                                  diagnostic_code=o.diagnostic or "")
                 for address, o in group),
-            expiration_time=expires_at, reporting_mta=reporting, timestamp=first.at,
-            remote_mta_ip=remote_ip(first.remote_mta))))
+            expiration_time=expires_at, reporting_mta=hostname, timestamp=first.at,
+            remote_mta_ip=remote_ip(first.remote_mta)), outgoing_ip=first.outgoing_ip))
     return tuple(events)
 
 

@@ -93,7 +93,7 @@ def to_ses(event: Event) -> dict[str, Any]:
 def stored_to_ses(event: StoredEvent) -> dict[str, Any]:
     """The published form of an outbox row."""
     return assemble(EventType(event.type), event.mail, event.detail,
-                    message_id=event.message_id)
+                    message_id=event.message_id, mail_tags=event.mail_tags)
 
 
 def stored_to_json(event: StoredEvent) -> bytes:
@@ -108,14 +108,19 @@ def detail_object(detail: Detail) -> dict[str, Any]:
 
 
 def assemble(kind: EventType, mail: MailInfo | None, detail: dict[str, Any], *,
-             message_id: str) -> dict[str, Any]:
+             message_id: str, mail_tags: dict[str, list[str]] | None = None
+             ) -> dict[str, Any]:
     """A record from a stored type object and the message's mail info; without the
-    mail info (its record expired) the ``mail`` object holds the message id alone."""
+    mail info (its record expired) the ``mail`` object holds the message id alone.
+    `mail_tags` are the event's own tags (ses:outgoing-ip), added to ``mail.tags``."""
     if mail is None:
         mail_part: dict[str, Any] = {"messageId": message_id, "destination": [],
                                      "headersTruncated": False, "headers": [], "tags": {}}
     else:
         mail_part = mail_object(mail)
+    if mail_tags:
+        mail_part["tags"] = {**mail_part["tags"],
+                             **{name: list(values) for name, values in mail_tags.items()}}
     cleaned: dict[str, Any] = _clean({"eventType": str(kind), "mail": mail_part,
                                       DETAIL_KEYS[kind]: detail})
     return cleaned

@@ -74,6 +74,9 @@ class EventRecord:
     configuration_set: str | None
     at: float
     detail: dict[str, Any]
+    # Tags this event adds to its ``mail.tags`` (SES's ses:outgoing-ip, known only once
+    # a connection was made); the message's own tags come from its mail record.
+    mail_tags: dict[str, list[str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +215,9 @@ class Outcome:
     diagnostic: str | None = None
     remote_mta: str | None = None  # "mx1.example.net [192.0.2.1]"
     delay_type: str | None = None  # SES delayType, for "delay"
+    # Our end of the connection ("192.0.2.1"), for the events' ses:outgoing-ip tag; not
+    # kept in the outcomes table (the events are made from the attempt's own outcomes).
+    outgoing_ip: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,8 +39,9 @@ class MailInfo:
     sending_account_id: str  # our account name
     caller_identity: str  # the AUTH user, or the account
     destination: tuple[str, ...]  # envelope recipients
-    # The header section as accepted (before our DKIM signature): what the sender
-    # wrote plus what hygiene added, which is what SES shows as "original headers".
+    # The client's header section as accepted (after hygiene's changes to it, such as a
+    # missing Message-ID added), without the relay's own fields in front (its
+    # DKIM-Signature and Received: NewMessage.prefix): SES's "original headers".
     # The whole message may be given; only the header section is read.
     header_section: bytes
     # The message's tags, the ses:* automatic ones included (configsets.auto_tags).
@@ -68,6 +69,7 @@ class StoredEvent:
     at: float
     detail: dict[str, Any]
     mail: MailInfo | None  # None when the mail record is gone (past the tracking window)
+    mail_tags: dict[str, list[str]] | None = None  # EventRecord.mail_tags
 
 
 def insert_mail_record(conn: sqlite3.Connection, m: NewMessage) -> None:
@@ -79,15 +81,19 @@ def insert_mail_record(conn: sqlite3.Connection, m: NewMessage) -> None:
         (m.message_id, m.received_at, m.account, m.configuration_set, m.envelope.mail_from,
          m.client_ip, m.auth_user or m.account, json.dumps(list(m.envelope.recipients)),
          json.dumps(tags, separators=(",", ":")),
-         m.prefix + m.data[:header_end(m.data)]))
+         # The client's fields only: the relay's own (m.prefix) are not the message's
+         # "original headers" that SES's mail object shows.
+         m.data[:header_end(m.data)]))
 
 
 def insert_events(conn: sqlite3.Connection, events: Iterable[EventRecord]) -> None:
     conn.executemany(
-        "INSERT INTO events (event_id, message_id, type, configuration_set, at, detail)"
-        " VALUES (?,?,?,?,?,?)",
+        "INSERT INTO events (event_id, message_id, type, configuration_set, at, detail,"
+        " mail_tags) VALUES (?,?,?,?,?,?,?)",
         [(e.event_id, e.message_id, e.type, e.configuration_set, e.at,
-          json.dumps(e.detail, ensure_ascii=False, separators=(",", ":"))) for e in events])
+          json.dumps(e.detail, ensure_ascii=False, separators=(",", ":")),
+          None if not e.mail_tags else json.dumps(e.mail_tags, separators=(",", ":")))
+         for e in events])
 
 
 _RECORD_COLUMNS = ("message_id, created_at, account, configuration_set, source, source_ip,"
@@ -112,7 +118,8 @@ def mail_record(conn: sqlite3.Connection, message_id: str) -> MailRecord | None:
 
 def events_after(conn: sqlite3.Connection, last_id: int, limit: int) -> list[StoredEvent]:
     rows = conn.execute(
-        "SELECT id, event_id, message_id, type, configuration_set, at, detail FROM events"
+        "SELECT id, event_id, message_id, type, configuration_set, at, detail, mail_tags"
+        " FROM events"
         " WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
     records: dict[str, MailInfo | None] = {}
     out = []
@@ -123,7 +130,8 @@ def events_after(conn: sqlite3.Connection, last_id: int, limit: int) -> list[Sto
             records[message_id] = found.mail if found is not None else None
         out.append(StoredEvent(id=row[0], event_id=row[1], message_id=message_id, type=row[3],
                                configuration_set=row[4], at=row[5],
-                               detail=json.loads(row[6]), mail=records[message_id]))
+                               detail=json.loads(row[6]), mail=records[message_id],
+                               mail_tags=json.loads(row[7]) if row[7] else None))
     return out
 
 

@@ -156,6 +156,8 @@ _MIGRATIONS: tuple[str, ...] = (
     # The relay's own fields (DKIM-Signature, Received), apart from the client's
     # bytes: NewMessage.prefix. The message is prefix || data.
     "ALTER TABLE bodies ADD COLUMN prefix BLOB NOT NULL DEFAULT x'';",
+    # Tags an event adds to its mail object (ses:outgoing-ip): EventRecord.mail_tags.
+    "ALTER TABLE events ADD COLUMN mail_tags TEXT;",
 )
 
 

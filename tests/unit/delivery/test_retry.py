@@ -129,6 +129,14 @@ def test_before_the_expiry_the_backoff_is_untouched() -> None:
      "TransientCommunicationFailure"),
     # Any other 4xx the server said.
     (deferred(451, "4.3.0", "Local error in processing"), "RecipientServerError"),
+    # "try again later" is what nearly every 4xx says; it does not make the reply about
+    # our IP (docs/events.md's DeliveryDelay example, issue 15).
+    (deferred(451, "4.3.0", "Temporary server error, try again later"),
+     "RecipientServerError"),
+    (deferred(451, "4.3.2", "System not accepting network messages, try again later"),
+     "RecipientServerError"),
+    (deferred(421, "4.4.5", "Server busy, try again later"), "RecipientServerError"),
+    (deferred(421, "4.0.0", "Too many connections, try again later"), "IPFailure"),
     (deferred(450, "4.1.1", "Recipient address rejected: unverified"),
      "RecipientServerError"),
     # A reply that is not 4xx (nonsense codes are deferred too).

@@ -1,0 +1,63 @@
+"""SES feedback notifications (``notificationType``) in an SNS envelope: the shape that
+list managers with an "SES bounces via SNS" endpoint read (issue 15).
+
+A building block, not yet a destination format: ``notification`` turns one published
+event record (``events.ses``) into SES's notification JSON (the guide, "Amazon SES
+notification contents" and "Amazon SNS notification examples", seed 004 ~6380-7100),
+and ``sns_envelope`` wraps it as SNS POSTs it (``Type: Notification``). Only Bounce,
+Complaint and Delivery have notifications; every other event type gives None.
+
+What cannot match AWS: ``TopicArn`` and ``sourceArn`` name no AWS account, and the
+envelope's ``Signature`` is not an SNS signature (there is no AWS key to sign with):
+a consumer must turn SNS signature verification off to accept these.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+NOTIFICATION_TYPES = ("Bounce", "Complaint", "Delivery")
+_DETAIL = {"Bounce": "bounce", "Complaint": "complaint", "Delivery": "delivery"}
+# The mail object of a notification: the event record's, with sourceIp and
+# callerIdentity (as in the guide's notification examples) and without tags.
+_MAIL_ORDER = ("timestamp", "messageId", "source", "sourceArn", "sourceIp", "callerIdentity",
+               "sendingAccountId", "destination", "headersTruncated", "headers",
+               "commonHeaders")
+
+
+def notification(record: dict[str, Any]) -> dict[str, Any] | None:
+    """SES's notification for an event record, or None for a type SES has none for."""
+    kind = record.get("eventType")
+    if kind not in NOTIFICATION_TYPES:
+        return None
+    mail = dict(record["mail"])
+    tags = mail.get("tags", {})
+    if "ses:source-ip" in tags:
+        mail["sourceIp"] = tags["ses:source-ip"][0]
+    if "ses:caller-identity" in tags:
+        mail["callerIdentity"] = tags["ses:caller-identity"][0]
+    key = _DETAIL[kind]
+    return {"notificationType": kind, key: record[key],
+            "mail": {name: mail[name] for name in _MAIL_ORDER if name in mail}}
+
+
+def sns_envelope(message: dict[str, Any], *, topic_arn: str, timestamp: str,
+                 unsubscribe_url: str, signing_cert_url: str,
+                 message_id: str | None = None) -> dict[str, Any]:
+    """``message`` as SNS delivers it to an HTTP(S) subscriber: ``Message`` is the JSON
+    as a string. ``Signature`` is a fixed placeholder that no SNS client can verify;
+    see the module's note."""
+    return {
+        "Type": "Notification",
+        "MessageId": message_id or str(uuid.uuid4()),
+        "TopicArn": topic_arn,
+        "Message": json.dumps(message, ensure_ascii=False, separators=(",", ":")),
+        "Timestamp": timestamp,
+        "SignatureVersion": "1",
+        "Signature": base64.b64encode(b"smtprelay: not an SNS signature").decode(),
+        "SigningCertURL": signing_cert_url,
+        "UnsubscribeURL": unsubscribe_url,
+    }
