@@ -82,6 +82,10 @@ EventTypeName = Literal["Send", "Reject", "Bounce", "Complaint", "Delivery", "De
                         "Subscription", "Open", "Click"]
 
 
+# The event types SES sends feedback notifications for (notificationType).
+NOTIFICATION_TYPES = ("Bounce", "Complaint", "Delivery")
+
+
 class EventDestinationConfig(Model):
     # Unique within the set; the delivery position is saved under "<set>/<name>", so a
     # renamed destination starts from the events made after the rename.
@@ -99,6 +103,14 @@ class EventDestinationConfig(Model):
     # HMAC-SHA256 under the secret held in the environment variable secret_env.
     url: str | None = None
     secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # event: SES's event publishing JSON (eventType), every type event_types names.
+    # notification: SES's feedback notifications (notificationType Bounce, Complaint,
+    # Delivery; the other types are not sent), a webhook's wrapped in an SNS envelope
+    # as an "SES bounces via SNS" endpoint reads them (docs/events.md).
+    format: Literal["event", "notification"] = "event"
+    # notification: the TopicArn written in the SNS envelope (no AWS account is behind
+    # it). Default: arn:smtprelay:sns:<server.hostname>:<set>-<name>.
+    topic_arn: str | None = Field(default=None, min_length=1, max_length=256)
     # A request not answered within this long counts as a failure and is retried.
     timeout: Duration = 10.0
     # How long a failing receiver is retried (backoff up to retry_max_interval)
@@ -120,6 +132,8 @@ class EventDestinationConfig(Model):
         return self
 
     def wants(self, event_type: str) -> bool:
+        if self.format == "notification" and event_type not in NOTIFICATION_TYPES:
+            return False  # SES has feedback notifications for these types only
         return self.enabled and (self.event_types == "all" or event_type in self.event_types)
 
 

@@ -1,7 +1,7 @@
 """SES feedback notifications (``notificationType``) in an SNS envelope: the shape that
 list managers with an "SES bounces via SNS" endpoint read (issue 15).
 
-A building block, not yet a destination format: ``notification`` turns one published
+An event destination's ``format: notification``: ``notification`` turns one published
 event record (``events.ses``) into SES's notification JSON (the guide, "Amazon SES
 notification contents" and "Amazon SNS notification examples", seed 004 ~6380-7100),
 and ``sns_envelope`` wraps it as SNS POSTs it (``Type: Notification``). Only Bounce,
@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from typing import Any
 
-NOTIFICATION_TYPES = ("Bounce", "Complaint", "Delivery")
+from smtprelay.config import EventDestinationConfig
+from smtprelay.config.sets import NOTIFICATION_TYPES
+from smtprelay.events.ses import stored_to_json, stored_to_ses
+from smtprelay.spool.outbox import StoredEvent
+
 _DETAIL = {"Bounce": "bounce", "Complaint": "complaint", "Delivery": "delivery"}
 # The mail object of a notification: the event record's, with sourceIp and
 # callerIdentity (as in the guide's notification examples) and without tags.
@@ -61,3 +66,50 @@ def sns_envelope(message: dict[str, Any], *, topic_arn: str, timestamp: str,
         "SigningCertURL": signing_cert_url,
         "UnsubscribeURL": unsubscribe_url,
     }
+
+
+def default_topic_arn(hostname: str, configuration_set: str, destination: str) -> str:
+    return f"arn:smtprelay:sns:{hostname}:{configuration_set}-{destination}"
+
+
+class Renderer:
+    """One destination's bodies: SES event JSON, or (format: notification) the
+    notification JSON, for a webhook in its SNS envelope."""
+
+    def __init__(self, settings: EventDestinationConfig, *, topic_arn: str,
+                 hostname: str) -> None:
+        self.notifications = settings.format == "notification"
+        self.topic_arn = settings.topic_arn or topic_arn
+        self._hostname = hostname
+
+    def line(self, event: StoredEvent) -> bytes:
+        """A file destination's line (without its newline)."""
+        if not self.notifications:
+            return stored_to_json(event)
+        return _dumps(notification(stored_to_ses(event)) or {})
+
+    def body(self, event: StoredEvent) -> bytes:
+        """A webhook's request body."""
+        if not self.notifications:
+            return stored_to_json(event)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.at))
+        stamp += f".{int(event.at * 1000) % 1000:03d}Z"
+        envelope = sns_envelope(
+            notification(stored_to_ses(event)) or {}, topic_arn=self.topic_arn,
+            timestamp=stamp, message_id=event.event_id,
+            unsubscribe_url=f"https://{self._hostname}/sns/unsubscribe-not-supported",
+            signing_cert_url=f"https://{self._hostname}/sns/no-signing-certificate.pem")
+        return _dumps(envelope)
+
+    def headers(self, event: StoredEvent) -> dict[str, str]:
+        """What SNS adds to each POST (x-amz-sns-*); nothing for SES event JSON."""
+        if not self.notifications:
+            return {"Content-Type": "application/json"}
+        return {"Content-Type": "text/plain; charset=UTF-8",
+                "x-amz-sns-message-type": "Notification",
+                "x-amz-sns-message-id": event.event_id,
+                "x-amz-sns-topic-arn": self.topic_arn}
+
+
+def _dumps(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -38,7 +38,7 @@ from itertools import takewhile
 from pathlib import Path
 
 from smtprelay.config import Config, ConfigSource, EventDestinationConfig
-from smtprelay.events.ses import stored_to_json
+from smtprelay.events.notifications import Renderer, default_topic_arn
 from smtprelay.events.webhook import WebhookDestination, WebhookFailure
 from smtprelay.infra import metrics
 from smtprelay.infra.background import BackgroundLoop
@@ -201,7 +201,11 @@ class _Worker:
         self._failures = 0
         # Restored from disk: a restart retries at once but does not restart the clock.
         self.failing_since = publisher.retry_state.since(target.key)
-        self._webhook = (WebhookDestination(target.settings)
+        self._renderer = Renderer(target.settings, hostname=publisher.hostname,
+                                  topic_arn=default_topic_arn(
+                                      publisher.hostname, target.configuration_set,
+                                      target.settings.name))
+        self._webhook = (WebhookDestination(target.settings, self._renderer)
                          if target.settings.type == "webhook" else None)
         self.where = (self._webhook.shown_url if self._webhook is not None
                       else str(target.settings.path))
@@ -290,7 +294,7 @@ class _Worker:
         if self._webhook is None:
             wanted = [event for event in batch if target.wants(event)]
             if wanted:
-                lines = [stored_to_json(event) + b"\n" for event in wanted]
+                lines = [self._renderer.line(event) + b"\n" for event in wanted]
                 await asyncio.to_thread(FileDestination(target.settings).write, lines)
             progress[0] = batch[-1].id
             for event in wanted:
@@ -366,7 +370,8 @@ class _Worker:
             if wanted:
                 try:
                     await asyncio.to_thread(append_durably, path,
-                                            [stored_to_json(event) + b"\n" for event in wanted])
+                                            [self._renderer.line(event) + b"\n"
+                                             for event in wanted])
                 except OSError as exc:
                     log.error("events destination %s: cannot set aside its undelivered "
                               "events in %s (%s); they stay in the outbox and are retried",
@@ -399,6 +404,10 @@ class Publisher:
         self._supervisor: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.retry_state = RetryState(live.config.server.data_dir / RETRY_STATE_FILE)
+
+    @property
+    def hostname(self) -> str:
+        return self._live.config.server.hostname
 
     def keys(self) -> set[str]:
         return {target.key for target in targets(self._live.config)}

@@ -25,7 +25,7 @@ from yarl import URL
 
 from smtprelay import __version__
 from smtprelay.config import EventDestinationConfig
-from smtprelay.events.ses import stored_to_json
+from smtprelay.events.notifications import Renderer
 from smtprelay.spool.outbox import StoredEvent
 
 USER_AGENT: Final = f"smtprelay/{__version__}"
@@ -65,8 +65,9 @@ def shown_url(url: str | URL) -> str:
 class WebhookDestination:
     """POSTs events to one receiver. Create and use it inside the event loop."""
 
-    def __init__(self, settings: EventDestinationConfig) -> None:
+    def __init__(self, settings: EventDestinationConfig, renderer: Renderer) -> None:
         assert settings.url is not None and settings.secret_env is not None
+        self._renderer = renderer
         self.url = URL(settings.url)
         self.shown_url = shown_url(self.url)
         # load_config refuses an unset or empty variable, so this is there; read once,
@@ -90,18 +91,19 @@ class WebhookDestination:
 
     async def post(self, event: StoredEvent) -> None:
         """Deliver one event; raise WebhookFailure unless the receiver answered 2xx."""
-        body = stored_to_json(event)
+        body = self._renderer.body(event)
+        extra = self._renderer.headers(event)
         try:
-            await self._post_once(event.event_id, body)
+            await self._post_once(event.event_id, body, extra)
         except aiohttp.ServerDisconnectedError:
             # The receiver closed a kept-alive connection just as we reused it (a race
             # every keep-alive client meets); a fresh connection settles it at once.
-            await self._post_once(event.event_id, body)
+            await self._post_once(event.event_id, body, extra)
 
-    async def _post_once(self, event_id: str, body: bytes) -> None:
+    async def _post_once(self, event_id: str, body: bytes, extra: dict[str, str]) -> None:
         timestamp = str(int(time.time()))
         headers = {
-            "Content-Type": "application/json",
+            **extra,
             "X-Smtprelay-Event-Id": event_id,
             "X-Smtprelay-Timestamp": timestamp,
             "X-Smtprelay-Signature": signature(self._secret, timestamp, body),

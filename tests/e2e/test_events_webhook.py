@@ -435,3 +435,49 @@ def test_the_signature_shown_in_the_docs_is_what_the_relay_computes() -> None:
     assert "`example-secret-0123456789`" in docs
     assert shown == signature(b"example-secret-0123456789", "1700016530",
                               b'{"eventType":"Send","mail":{...},"send":{}}')
+
+
+def test_the_notification_format_sends_ses_notifications_in_an_sns_envelope(
+        tmp_path: Path, receivers: Callable[[], Receiver]) -> None:
+    """format: notification, as an "SES bounces via SNS" endpoint reads it: only
+    Bounce, Complaint and Delivery, as SES's notificationType JSON; a webhook gets it
+    as SNS's Message string with SNS's headers, a file one notification per line."""
+    receiver = receivers().up()
+    events_path, notes_path = tmp_path / "events.ndjson", tmp_path / "notes.ndjson"
+    daemon = DaemonProcess(tmp_path, delivery={"mode": "capture"}, configuration_sets={
+        "transactional": {"event_destinations": [
+            archive(events_path),
+            {"name": "notes", "type": "file", "path": str(notes_path),
+             "format": "notification"},
+            webhook(receiver.url, "sns", format="notification")]}}).start()
+    try:
+        message_id = submit(daemon, Sender(daemon), "notified")
+        wait(lambda: len(lines(events_path)) == 2, 20, "Send and Delivery in the archive")
+        wait(lambda: receiver.delivered(), 20, "the Delivery notification")
+        wait(lambda: lines(notes_path), 20, "a line in the notifications file")
+    finally:
+        assert daemon.stop() == 0
+    assert [json.loads(line)["eventType"] for line in lines(events_path)] == [
+        "Send", "Delivery"]
+    [request] = receiver.delivered()  # no Send: SES has no notification for it
+    headers = request.headers
+    assert headers["Content-Type"] == "text/plain; charset=UTF-8"
+    assert headers["x-amz-sns-message-type"] == "Notification"
+    assert headers["x-amz-sns-topic-arn"] == "arn:smtprelay:sns:relay.test:transactional-sns"
+    envelope = json.loads(request.body)
+    assert envelope["Type"] == "Notification"
+    assert envelope["MessageId"] == headers["x-amz-sns-message-id"]
+    assert envelope["TopicArn"] == headers["x-amz-sns-topic-arn"]
+    assert {"Timestamp", "SignatureVersion", "Signature", "SigningCertURL",
+            "UnsubscribeURL"} <= set(envelope)
+    notification = json.loads(envelope["Message"])
+    assert notification["notificationType"] == "Delivery"
+    assert notification["mail"]["messageId"] == message_id
+    assert notification["mail"]["source"] == "app@example.com"
+    assert "tags" not in notification["mail"] and "delivery" in notification
+    [line] = lines(notes_path)
+    assert json.loads(line) == notification  # the file has the notification itself
+    # Our HMAC signature covers the SNS body as it covers SES JSON.
+    expected = hmac.new(SECRET.encode(), headers["X-Smtprelay-Timestamp"].encode() + b"."
+                        + request.body, hashlib.sha256).hexdigest()
+    assert headers["X-Smtprelay-Signature"] == f"v1={expected}"
