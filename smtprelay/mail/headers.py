@@ -102,6 +102,35 @@ def content_type(fields: list[HeaderField]) -> str:
     return "text/plain"
 
 
+# RFC 5322 lets comments nest; real mail nests them once or twice. Python's address
+# parser recurses per level (thousands of "(" raise RecursionError), so deeper values
+# are not handed to it: the pipeline refuses them, and readers elsewhere take them as
+# unparseable.
+MAX_COMMENT_DEPTH = 20
+
+
+def comment_depth(value: str) -> int:
+    """How deep comments nest in a header value (quoted strings and quoted pairs
+    skipped, as RFC 5322 reads them); one pass, no recursion."""
+    depth = deepest = 0
+    quoted = escaped = False
+    for char in value:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif quoted:
+            quoted = char != '"'
+        elif char == '"' and depth == 0:
+            quoted = True
+        elif char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")" and depth:
+            depth -= 1
+    return deepest
+
+
 def addresses(value: str) -> list[str]:
     """The addresses in an address-list header; "(unparseable)" when it is ambiguous.
 
@@ -113,6 +142,8 @@ def addresses(value: str) -> list[str]:
     simple = _SIMPLE_ADDRESS.fullmatch(value)
     if simple is not None:
         return [simple.group(1) or simple.group(2)]
+    if "(" in value and comment_depth(value) > MAX_COMMENT_DEPTH:
+        return ["(unparseable)"]
     parsed = [addr for _, addr in email.utils.getaddresses([value])]
     bare = _COMMENT.sub("", _QUOTED.sub("", value))
     if not parsed or any("@" not in a for a in parsed) or bare.count("@") != len(parsed):

@@ -117,6 +117,11 @@ ACCOUNT_PAUSED = Reply(554, "5.7.1 Sending paused for this account")
 SET_UNKNOWN = Reply(554, "5.3.0 Configuration set does not exist")
 
 
+def nested_too_deep(field: str, limit: int) -> Reply:
+    return Reply(554, f"5.6.0 Message rejected: comments nest more than {limit} levels "
+                      f"deep in the {field} header")
+
+
 def access_denied(user: str, arn: str) -> Reply:
     """SES's refusal of a cross-account send the identity's policy does not allow."""
     shown = "".join(c if " " <= c < "\x7f" else "?" for c in arn)[:200]

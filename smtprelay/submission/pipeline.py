@@ -19,9 +19,11 @@ from smtprelay.events import records
 from smtprelay.infra import metrics
 from smtprelay.mail import replies as R
 from smtprelay.mail.headers import (
+    MAX_COMMENT_DEPTH,
     HeaderField,
     MalformedHeader,
     addresses,
+    comment_depth,
     content_type,
     parse_header_section,
 )
@@ -48,6 +50,11 @@ log = logging.getLogger("smtprelay.pipeline")
 # Headers whose addresses must each fall under the account's identities (SES checks
 # From, Sender and Return-Path besides the envelope sender).
 _CHECKED_HEADERS = ("from", "sender", "return-path")
+# Every field that holds addresses (RFC 5322 3.6.2-3.6.6): what events, DSNs and
+# receivers parse as address lists.
+_ADDRESS_FIELDS = frozenset((
+    "from", "sender", "reply-to", "to", "cc", "bcc", "return-path", "resent-from",
+    "resent-sender", "resent-to", "resent-cc", "resent-bcc", "disposition-notification-to"))
 # The MIME walk costs ~0.2 ms for 50 KB but up to ~100 ms for hostile megabytes of
 # nesting: above this size it runs in a thread so other sessions keep moving.
 _INLINE_CHECK_LIMIT = 1024 * 1024
@@ -174,6 +181,11 @@ class Pipeline:
             fields = parse_header_section(submission.data)
         except MalformedHeader as exc:
             return _refuse("bad_header", R.malformed_header(str(exc)))
+        for field in fields:
+            if (field.key in _ADDRESS_FIELDS and "(" in field.value
+                    and comment_depth(field.value) > MAX_COMMENT_DEPTH):
+                # Address parsers recurse per level: refused whole, before any reads it.
+                return _refuse("bad_header", R.nested_too_deep(field.name, MAX_COMMENT_DEPTH))
         found = header_addresses(fields)
         if "from" not in found:
             return _refuse("no_from", R.NO_FROM)

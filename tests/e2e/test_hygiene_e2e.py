@@ -102,3 +102,26 @@ def test_a_return_path_from_the_client_is_removed_after_the_identity_check(
         assert code == 554 and b"someone@elsewhere.test" in text  # checked, then removed
     [entry] = spooled(relay.config)
     assert b"Return-Path" not in entry["data"] and b"bounces@example.com" not in entry["data"]
+
+
+def test_thousands_of_nested_comments_in_an_address_field_are_refused_cleanly(
+        relay: RunningRelay, cred: Credential, caplog: object) -> None:
+    """Before: a From with 3,000 nested "(" raised RecursionError (no reply after DATA,
+    a 179 KB traceback), and a To with 2,700 was accepted and then failed every event
+    destination for ever. Now each is a 554 5.6.0, and the session goes on."""
+    raw = "(" * 3000 + "x" + ")" * 3000
+    deep = "\r\n ".join(raw[i:i + 70] for i in range(0, len(raw), 70))  # folded lines
+    with session(relay, cred) as smtp:
+        for field in (f"From: {deep} app@example.com", f"To: {deep} b@example.net"):
+            data = (f"{field}\r\nSubject: nested\r\n").encode()
+            if not field.startswith("From"):
+                data = b"From: app@example.com\r\n" + data
+            data += b"\r\nbody\r\n"
+            code, text = send_raw(smtp, ["someone@example.net"], data)
+            name = field.split(":")[0]
+            assert (code, text) == (554, f"5.6.0 Message rejected: comments nest more than "
+                                         f"20 levels deep in the {name} header".encode())
+        assert send_raw(smtp, ["someone@example.net"], message())[0] == 250
+    assert len(spooled(relay.config)) == 1
+    records = getattr(caplog, "records", [])
+    assert not any(r.exc_info for r in records)

@@ -42,3 +42,20 @@ def test_simple_address_fast_path_agrees_with_the_full_parser(value: str) -> Non
     if _SIMPLE_ADDRESS.fullmatch(value) is None:
         return
     assert addresses(value) == [a for _, a in email.utils.getaddresses([value])]
+
+
+def test_comment_depth_counts_nesting_outside_quoted_strings() -> None:
+    from smtprelay.mail.headers import comment_depth
+    assert comment_depth("a@example.com") == 0
+    assert comment_depth("(one) a@example.com (two (three))") == 2
+    assert comment_depth('"(not a comment" <a@example.com>') == 0
+    assert comment_depth(r"(a \( still one) x") == 1
+    assert comment_depth("(" * 5000 + ")" * 5000) == 5000  # no recursion to count it
+
+
+def test_addresses_in_deeply_nested_comments_are_unparseable_not_a_crash() -> None:
+    from smtprelay.mail.headers import MAX_COMMENT_DEPTH, addresses
+    deep = "(" * 3000 + "x" + ")" * 3000 + " a@example.com"
+    assert addresses(deep) == ["(unparseable)"]
+    ok = "(" * MAX_COMMENT_DEPTH + ")" * MAX_COMMENT_DEPTH + " a@example.com"
+    assert addresses(ok) == ["a@example.com"]
