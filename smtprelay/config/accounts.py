@@ -61,10 +61,29 @@ class AccountConfig(Model):
     def _networks(cls, values: list[str]) -> list[str]:
         for value in values:
             try:
-                ipaddress.ip_network(value, strict=False)
+                network = ipaddress.ip_network(value, strict=False)
             except ValueError:
                 raise ValueError(f"{value!r} is not a network in CIDR form") from None
+            if _host_bits(value, network):
+                # 127.0.0.57/31 would silently trust 127.0.0.56 too.
+                raise ValueError(f"{value!r} has host bits set: write the network it "
+                                 f"means, {network}, or the single address "
+                                 f"{value.partition('/')[0]}/{network.max_prefixlen}")
+            mapped = getattr(network.network_address, "ipv4_mapped", None)
+            if mapped is not None:
+                # Clients connect over IPv4 or IPv6, never as ::ffff:a.b.c.d: it would
+                # never match. The IPv4 form is what is meant.
+                four = ipaddress.ip_network(
+                    f"{mapped}/{max(0, network.prefixlen - 96)}", strict=False)
+                raise ValueError(f"{value!r} is an IPv4-mapped IPv6 network, which no "
+                                 f"client address matches; write {four} instead")
         return values
+
+
+def _host_bits(value: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether `value` names an address inside `network` rather than the network."""
+    address = ipaddress.ip_address(value.partition("/")[0])
+    return address != network.network_address
 
 
 class DKIMKeyConfig(Model):

@@ -211,3 +211,22 @@ tls: {groups: "X25519:X488:prime256v1"}
     assert problems[0].startswith("tls.groups: OpenSSL "), problems
     assert "knows no group 'X488'; give OpenSSL's names separated by colons" in problems[0]
     assert "remove the key for the default, 'X25519:prime256v1:secp384r1'" in problems[0]
+
+
+@pytest.mark.parametrize(("network", "says"), [
+    ("127.0.0.57/31", "'127.0.0.57/31' has host bits set: write the network it means, "
+                      "127.0.0.56/31, or the single address 127.0.0.57/32"),
+    ("2001:db8::1/64", "'2001:db8::1/64' has host bits set"),
+    ("::ffff:127.0.0.58/128", "'::ffff:127.0.0.58/128' is an IPv4-mapped IPv6 network, "
+                              "which no client address matches; write 127.0.0.58/32 "
+                              "instead"),
+])
+def test_trusted_networks_that_would_not_mean_what_they_say_are_refused(
+        tmp_path: Path, network: str, says: str) -> None:
+    # Before: the first was widened silently to 127.0.0.56/31, the last never matched.
+    path = write_config(tmp_path / "c.yaml", base_config(tmp_path / "var", accounts={
+        "acme": {"identities": ["example.com"], "trusted_networks": [network]}}))
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    problems = "\n".join(raised.value.problems)
+    assert "accounts.acme.trusted_networks" in problems and says in problems
