@@ -83,6 +83,15 @@ class Authenticator:
         material = username.encode("utf-8") + b"\0" + password.encode("utf-8")
         return hmac.new(self._cache_key, material, hashlib.sha256).digest()
 
+    async def _shown(self, username: str) -> str:
+        """A user name as logs may show it: as typed when it is a credential's, else a
+        hash (a password typed into the user name field must not reach the log)."""
+        try:
+            known = await asyncio.to_thread(self._lookup, username) is not None
+        except Exception:
+            known = False
+        return username if known else _unknown(username)
+
     def _lookup(self, username: str) -> Credential | None:
         static = self._from_config().static.get(username)
         if static is not None:
@@ -99,7 +108,7 @@ class Authenticator:
         wait = self._lockout.locked_for(client_ip, username)
         if wait > 0:
             log.warning("auth locked client=%s user=%s retry_after=%.0fs", client_ip,
-                        username, wait)
+                        await self._shown(username), wait)
             return AuthResult(Outcome.LOCKED, retry_after=wait)
         try:
             credential = await asyncio.to_thread(self._lookup, username)
@@ -128,7 +137,8 @@ class Authenticator:
             reason = ("unknown user" if credential is None else
                       "disabled" if credential.disabled and valid else
                       "unknown account" if valid else "wrong password")
-            log.warning("auth failed client=%s user=%s reason=%s", client_ip, username, reason)
+            shown = username if credential is not None else _unknown(username)
+            log.warning("auth failed client=%s user=%s reason=%s", client_ip, shown, reason)
             return AuthResult(Outcome.INVALID)
         self._cache[cache_id] = (credential.password_hash, time.monotonic() + self._cache_ttl)
         if len(self._cache) > _CACHE_SIZE:
@@ -153,3 +163,11 @@ class Authenticator:
     def _accepted(self, credential: Credential, client_ip: str) -> AuthResult:
         self._lockout.success(client_ip, credential.username)
         return AuthResult(Outcome.OK, account=credential.account, username=credential.username)
+
+
+def _unknown(username: str) -> str:
+    """An unknown user name in the log: a hash an operator can match against what a
+    client was told to use, never the text (it may be a password typed in the wrong
+    field)."""
+    return "unknown:" + hashlib.sha256(username.encode("utf-8", "surrogateescape")
+                                       ).hexdigest()[:12]

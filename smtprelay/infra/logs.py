@@ -25,6 +25,26 @@ class _JSONFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+# Every C0 control character and DEL, as a visible escape: a client-supplied value (an
+# AUTH user name, a HELO, an address) with CR or LF in it cannot forge another line.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
+_CONTROLS.update({ord("\r"): "\\r", ord("\n"): "\\n", ord("\t"): "\\t"})
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one line: control characters written as escapes."""
+    return text.translate(_CONTROLS) if not text.isprintable() else text
+
+
+class _TextFormatter(logging.Formatter):
+    """key=value text, one line per record whatever the values hold (the JSON format
+    escapes them by itself). A traceback, added after the message, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 class _DeferredQueueHandler(logging.handlers.QueueHandler):
     """Queues the record as it is: formatting happens in the writer thread, not the loop.
 
@@ -41,7 +61,7 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(_JSONFormatter())
     else:
-        formatter = logging.Formatter(
+        formatter = _TextFormatter(
             "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S")
         formatter.converter = time.gmtime
         handler.setFormatter(formatter)
