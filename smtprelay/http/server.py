@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import ssl
 import sys
 from collections.abc import Callable
@@ -63,10 +64,21 @@ class _ProtocolLog(logging.Logger):
                   **kwargs: Any) -> None:
         error = sys.exc_info()[1] if exc_info is True else exc_info
         if isinstance(error, HttpProcessingError):
-            detail = " ".join(str(error).split())[:200]
+            detail = _without_tokens(" ".join(str(error).split()))[:200]
             self.info("%s: %s", str(msg) % args if args else msg, detail)
         else:
             super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+# A request line aiohttp quotes in its error: the target's path after a route prefix
+# (/c/, /o/, /u/, /api/...) and any query may hold a tracking token or an address.
+_TARGET = re.compile(r"(\b(?:GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE)\s+"
+                     r"/?[^/\s?']{0,16}/?)[^\s']*")
+
+
+def _without_tokens(text: str) -> str:
+    """aiohttp's error text with the request target cut after its first path segment."""
+    return _TARGET.sub(lambda m: m.group(1) + "…", text)
 
 
 @web.middleware

@@ -38,3 +38,23 @@ def test_a_user_name_cannot_forge_a_log_line_nor_leak_a_password(tmp_path: Path)
     failed = [line for line in lines if "auth failed" in line]
     assert len(failed) == 4 and all("user=unknown:" in line for line in failed)
     assert "Tr0ub4dor" not in daemon.log() and "forged" not in daemon.log()
+
+
+def test_a_malformed_request_for_a_tracking_url_logs_no_token(tmp_path: Path) -> None:
+    import socket
+    daemon = DaemonProcess(tmp_path).start()
+    requests = [b"GET /c/SECRETTOKEN456 HTTP/9.9\r\nHost: a\r\n\r\n",
+                b"GET /u/SECRET\x01TOKEN789 HTTP/1.1\r\nHost: a\r\n\r\n",
+                b"GET /o/SECRETTOKEN?x=SECRETQUERY HTTP/1.1\r\nHost: a\r\n"
+                b"Content-Length: x\r\n\r\n"]
+    try:
+        for request in requests:
+            with socket.create_connection(("127.0.0.1", daemon.ports["http"]), 5) as sock:
+                sock.sendall(request)
+                assert sock.recv(64).startswith(b"HTTP/1.0 400 Bad Request")
+        assert wait_for(lambda: daemon.log().count("smtprelay.http.protocol") >= 2, 10)
+    finally:
+        daemon.stop()
+    log = daemon.log()
+    assert "SECRET" not in log
+    assert "b'GET /c/… HTTP/9.9'" in log  # which route, not which token
