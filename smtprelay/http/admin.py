@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
+import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -174,6 +175,13 @@ async def read_body(request: web.Request, fields: dict[str, type]) -> dict[str, 
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         _fail(413, "the body is larger than the relay takes (64 KiB)")
+    except (ConnectionResetError, aiohttp.ClientPayloadError, aiohttp.EofStream) as exc:
+        # The client went away in the middle of its body: nothing was done, and no one
+        # is there to read an answer. An info line, not an ERROR with a traceback.
+        log.info("admin api: %s %s from %s: the client closed the connection in the "
+                 "middle of its body (%s)", request.method, request.path, request.remote,
+                 type(exc).__name__)
+        raise web.HTTPBadRequest(text="incomplete body") from None
     if not raw:
         return {}
     media_type = request.content_type.lower()

@@ -525,3 +525,22 @@ def test_a_body_of_white_space_is_not_json_and_pauses_nothing(relay: RunningRela
     assert listed["acme"]["paused"] is None and listed["acme"]["accepting"] is True
     # No body at all is still an empty request: the pause takes no options.
     assert admin.post("/api/v1/accounts/acme/pause").status == 200
+
+
+def test_a_client_gone_in_the_middle_of_its_body_is_an_info_line_not_an_error(
+        relay: RunningRelay, caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+    caplog.set_level(logging.INFO, logger="smtprelay.http.admin")
+    with socket.create_connection(("127.0.0.1", relay.http_port), 5) as sock:
+        sock.sendall(b"POST /api/v1/accounts/acme/pause HTTP/1.1\r\nHost: relay.test\r\n"
+                     b"Authorization: Bearer " + SECRET.encode() + b"\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                     b'{"reason"')
+        # The body ends 91 octets short: the client is done sending (EOF), then waits.
+        sock.shutdown(socket.SHUT_WR)
+        answer = sock.recv(64)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
+    assert wait_for(lambda: "in the middle of its body" in caplog.text, 10)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    listed = {a["name"]: a for a in Admin(relay.http_port).get("/api/v1/accounts").json["items"]}
+    assert listed["acme"]["paused"] is None
