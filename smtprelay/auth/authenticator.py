@@ -67,6 +67,8 @@ class Authenticator:
         auth = live.config.auth
         self._lockout = Lockout(per_ip=auth.max_failures_per_ip,
                                 per_user=auth.max_failures_per_user,
+                                per_user_everywhere=auth.max_failures_per_user_everywhere,
+                                min_addresses=auth.user_lockout_min_addresses,
                                 window=auth.failure_window, lockout=auth.lockout_duration)
         self._cache_ttl = auth.verify_cache_ttl
         # The cache is keyed by HMAC(process key, user, password): the password

@@ -1,4 +1,5 @@
-"""Failed-AUTH lockout: too many failures from one client address or for one user name."""
+"""Failed-AUTH lockout: too many failures from one client address, for one user name
+at one address, or for one user name from many addresses."""
 
 from __future__ import annotations
 
@@ -52,24 +53,79 @@ class _Window:
         self._failures.pop(key, None)
 
 
+class _Spread:
+    """Failures for one user name from anywhere: locked only at a high count that came
+    from several addresses (a distributed guess), never from one address alone."""
+
+    def __init__(self, limit: int, min_addresses: int, window: float, lockout: float,
+                 clock: Callable[[], float]) -> None:
+        self.limit = limit
+        self.min_addresses = min_addresses
+        self.window = window
+        self.lockout = lockout
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()
+        self._locked = _Window(1, window, lockout, clock)  # only its lock table is used
+
+    def locked_for(self, key: str) -> float:
+        return self._locked.locked_for(key)
+
+    def fail(self, key: str, address: str) -> None:
+        now = self._clock()
+        times = self._failures.get(key)
+        if times is None:
+            times = self._failures[key] = deque()
+            if len(self._failures) > _MAX_KEYS:
+                self._failures.popitem(last=False)
+        self._failures.move_to_end(key)
+        times.append((now, address))
+        while times and times[0][0] <= now - self.window:
+            times.popleft()
+        if len(times) >= self.limit and len({a for _, a in times}) >= self.min_addresses:
+            self._locked.fail(key)  # limit 1: locked now
+            times.clear()
+
+
 class Lockout:
-    """Counts AUTH failures per client IP and per user name over a sliding window."""
+    """Counts AUTH failures over a sliding window, as large providers do:
+
+    - per client address: `per_ip` failures lock the address for every user name;
+    - per user name at one address: `per_user` failures lock that pair only, so a
+      stranger guessing from elsewhere cannot lock the real user out;
+    - per user name everywhere: `per_user_everywhere` failures that came from at
+      least `min_addresses` addresses lock the user name for everyone (a guess
+      spread over many addresses).
+
+    Failures decay with time only: a successful AUTH clears its own (user, address)
+    pair, never the address's count, so a tenant cannot interleave its own logins to
+    guess on without limit.
+    """
 
     def __init__(self, *, per_ip: int, per_user: int, window: float, lockout: float,
+                 per_user_everywhere: int = 100, min_addresses: int = 5,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._ips = _Window(per_ip, window, lockout, clock)
-        self._users = _Window(per_user, window, lockout, clock)
+        self._pairs = _Window(per_user, window, lockout, clock)
+        self._users = _Spread(per_user_everywhere, min_addresses, window, lockout, clock)
 
     def locked_for(self, ip: str, username: str | None) -> float:
-        """Seconds until this address or user may try again; 0 when not locked."""
-        user_wait = self._users.locked_for(username) if username is not None else 0.0
-        return max(self._ips.locked_for(ip), user_wait)
+        """Seconds until this address, or this user name here, may try again; 0 when
+        not locked."""
+        wait = self._ips.locked_for(ip)
+        if username is not None:
+            wait = max(wait, self._pairs.locked_for(_pair(username, ip)),
+                       self._users.locked_for(username))
+        return wait
 
     def failure(self, ip: str, username: str | None) -> None:
         self._ips.fail(ip)
         if username is not None:
-            self._users.fail(username)
+            self._pairs.fail(_pair(username, ip))
+            self._users.fail(username, ip)
 
     def success(self, ip: str, username: str) -> None:
-        self._ips.clear(ip)
-        self._users.clear(username)
+        self._pairs.clear(_pair(username, ip))
+
+
+def _pair(username: str, ip: str) -> str:
+    return f"{username}\x00{ip}"

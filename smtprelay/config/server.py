@@ -116,8 +116,14 @@ class LimitsConfig(Model):
 
 
 class AuthConfig(Model):
+    # Failures in failure_window that lock: a client address (for every user name)...
     max_failures_per_ip: int = Field(default=10, ge=1)
+    # ...a user name at one address (only there: a stranger cannot lock the user out)...
     max_failures_per_user: int = Field(default=10, ge=1)
+    # ...and a user name everywhere, once this many came from at least
+    # user_lockout_min_addresses addresses (a guess spread over many of them).
+    max_failures_per_user_everywhere: int = Field(default=100, ge=1)
+    user_lockout_min_addresses: int = Field(default=5, ge=1)
     failure_window: Duration = 600.0
     lockout_duration: Duration = 900.0
     verify_cache_ttl: Duration = 3600.0

@@ -569,7 +569,9 @@ def test_auth_lockout_per_ip(tmp_path: Path) -> None:
 
 def test_auth_lockout_per_user(tmp_path: Path) -> None:
     """Failures for one user name from several addresses lock that user, not the others."""
-    with running(tmp_path, auth={"max_failures_per_user": 3, "max_failures_per_ip": 100}) as relay:
+    with running(tmp_path, auth={"max_failures_per_user_everywhere": 3,
+                                 "user_lockout_min_addresses": 3,
+                                 "max_failures_per_ip": 100}) as relay:
         cred, other = relay.credential(), relay.credential()
         for source in ("127.0.0.11", "127.0.0.12", "127.0.0.13"):
             with Dialog.connect(relay.submission_port, source=source) as dialog:
@@ -581,6 +583,38 @@ def test_auth_lockout_per_user(tmp_path: Path) -> None:
                                     "try again later"),
                         *login(other), *good_message()])
             finish(relay, other, dialog)
+
+
+def test_a_stranger_locks_a_user_out_only_at_the_strangers_own_address(
+        tmp_path: Path) -> None:
+    """Before: 10 wrong passwords from anywhere locked a known user out for 15 minutes."""
+    with running(tmp_path, auth={"max_failures_per_user": 3,
+                                 "max_failures_per_ip": 100}) as relay:
+        cred = relay.credential()
+        wrong = Send(b"AUTH PLAIN " + plain(cred.username, "guess") + b"\r\n")
+        locked = Expect(454, "4.7.0 Too many failed authentication attempts, try again later")
+        with Dialog.connect(relay.submission_port, source="127.0.0.21") as dialog:
+            dialog.run([*starttls(), wrong, AUTH_INVALID, wrong, AUTH_INVALID, wrong,
+                        AUTH_INVALID, *login(cred)[:1], locked])
+        # The real user, at its own address, is not locked out.
+        accepted = fresh_good_session(relay.submission_port, cred, source="127.0.0.22")
+        check_spool(relay, [accepted])
+
+
+def test_own_logins_between_guesses_do_not_reset_the_addresses_count(
+        tmp_path: Path) -> None:
+    """Before: a tenant's successful AUTH cleared its IP's failures, so 4 x (9 guesses
+    + 1 own login) made 36 guesses without a lockout. Now the IP locks at its limit."""
+    with running(tmp_path, auth={"max_failures_per_ip": 5}) as relay:
+        tenant, victim = relay.credential(), relay.credential()
+        wrong = Send(b"AUTH PLAIN " + plain(victim.username, "guess") + b"\r\n")
+        locked = Expect(454, "4.7.0 Too many failed authentication attempts, try again later")
+        with Dialog.connect(relay.submission_port, source="127.0.0.23") as dialog:
+            dialog.run([*starttls(), wrong, AUTH_INVALID, wrong, AUTH_INVALID, wrong,
+                        AUTH_INVALID, wrong, AUTH_INVALID, *login(tenant)])
+        with Dialog.connect(relay.submission_port, source="127.0.0.23") as dialog:
+            dialog.run([*starttls(), wrong, AUTH_INVALID,  # the fifth: the IP is locked
+                        *login(tenant)[:1], locked])
 
 
 @pytest.mark.parametrize("action", ["disable", "delete"])

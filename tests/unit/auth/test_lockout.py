@@ -1,24 +1,66 @@
-"""AUTH lockout (smtprelay.auth.lockout): per client address and per user, expiring."""
+"""AUTH lockout (smtprelay.auth.lockout): per client address, per user name at an
+address, and per user name everywhere only for a guess spread over many addresses."""
 
 from __future__ import annotations
 
 from smtprelay.auth.lockout import Lockout
 
 
-def test_lockout_per_ip_and_per_user_expires() -> None:
+def lockout(now: list[float], **limits: int) -> Lockout:
+    settings = {"per_ip": 3, "per_user": 2, "per_user_everywhere": 4, "min_addresses": 2,
+                **limits}
+    return Lockout(window=60, lockout=100, clock=lambda: now[0], **settings)
+
+
+def test_a_user_is_locked_at_the_guessing_address_not_everywhere() -> None:
     now = [0.0]
-    lockout = Lockout(per_ip=3, per_user=2, window=60, lockout=100, clock=lambda: now[0])
-    lockout.failure("10.0.0.1", "alice")
-    assert lockout.locked_for("10.0.0.1", "alice") == 0
-    lockout.failure("10.0.0.2", "alice")
-    assert lockout.locked_for("10.0.0.9", "alice") == 100  # the user, from anywhere
-    assert lockout.locked_for("10.0.0.1", "bob") == 0
-    for _ in range(3):
-        lockout.failure("10.0.0.3", None)
-    assert lockout.locked_for("10.0.0.3", "carol") == 100  # the address, for anyone
+    guard = lockout(now)
+    guard.failure("10.0.0.1", "alice")
+    assert guard.locked_for("10.0.0.1", "alice") == 0
+    guard.failure("10.0.0.1", "alice")
+    assert guard.locked_for("10.0.0.1", "alice") == 100
+    assert guard.locked_for("10.0.0.9", "alice") == 0  # the real alice, elsewhere
+    assert guard.locked_for("10.0.0.1", "bob") == 0  # the address, not yet
+
+
+def test_an_address_is_locked_for_every_user_name() -> None:
+    now = [0.0]
+    guard = lockout(now)
+    for user in ("a", "b", None):
+        guard.failure("10.0.0.3", user)
+    assert guard.locked_for("10.0.0.3", "carol") == 100
     now[0] = 101
-    assert lockout.locked_for("10.0.0.3", "alice") == 0
-    lockout.failure("10.0.0.4", "dave")
-    now[0] = 200  # outside the window: the first failure no longer counts
-    lockout.failure("10.0.0.4", "dave")
-    assert lockout.locked_for("10.0.0.4", "dave") == 0
+    assert guard.locked_for("10.0.0.3", "carol") == 0
+
+
+def test_a_success_does_not_clear_the_addresses_failures() -> None:
+    # Before: each own login reset the address's count, so 4 x (9 failures + 1 login)
+    # made 36 guesses without a lockout.
+    now = [0.0]
+    guard = lockout(now, per_user=10)
+    guard.failure("10.0.0.5", "victim")
+    guard.failure("10.0.0.5", "victim")
+    guard.success("10.0.0.5", "tenant")
+    guard.failure("10.0.0.5", "victim")
+    assert guard.locked_for("10.0.0.5", "anyone") == 100
+
+
+def test_a_user_name_is_locked_everywhere_only_for_a_spread_guess() -> None:
+    now = [0.0]
+    guard = lockout(now, per_ip=100, per_user=100)
+    for _ in range(6):
+        guard.failure("10.0.0.6", "dave")  # many, but from one address
+    assert guard.locked_for("10.0.0.7", "dave") == 0
+    guard.failure("10.0.0.8", "erin")
+    for _ in range(3):
+        guard.failure("10.0.0.9", "erin")  # 4 failures from 2 addresses
+    assert guard.locked_for("10.0.0.1", "erin") == 100
+
+
+def test_failures_outside_the_window_no_longer_count() -> None:
+    now = [0.0]
+    guard = lockout(now)
+    guard.failure("10.0.0.4", "dave")
+    now[0] = 200
+    guard.failure("10.0.0.4", "dave")
+    assert guard.locked_for("10.0.0.4", "dave") == 0
