@@ -251,6 +251,13 @@ class Relay:
                     if await self.spool.purge_mail_records(records_before, limit=500) < 500:
                         break
                     await asyncio.sleep(0.1)
+                # Which bounces and complaints were counted: as long as reports about
+                # them can still be matched to a message.
+                for _ in range(200):
+                    if await self.spool.purge_counted_feedback(records_before,
+                                                               limit=500) < 500:
+                        break
+                    await asyncio.sleep(0.1)
                 # Opens and clicks past the tracking window make no event: their
                 # messages' tracked rows can go, and counters older than the window
                 # statistics are kept for.

@@ -128,6 +128,8 @@ class Plan:
     counts: list[set_stats.Bump] = field(default_factory=list)
     suppressions: list[Suppress] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # logged, not kept
+    # (message id, address, kind, time): counted now, so a repeat is not (spool.sent).
+    counted: list[tuple[str, str, str, float]] = field(default_factory=list)
 
 
 class EventIds:
@@ -154,9 +156,18 @@ class _Target:
 
 
 def plan(report: Report, examined: Examined, messages: Mapping[str, SentMessage],
-         publishes: Callable[[str | None], bool]) -> Plan:
+         publishes: Callable[[str | None], bool],
+         counted: set[tuple[str, str, str]] | None = None) -> Plan:
     """What ``report`` leads to, given the messages it may name (``messages``, from
-    ``Spool.sent_messages``) and which configuration sets publish events."""
+    ``Spool.sent_messages``) and which configuration sets publish events.
+
+    ``counted``: the (message id, lower-cased address, "bounce" | "complaint") already
+    counted (``Spool.counted_feedback``), updated with what this plan counts: a repeat
+    report about the same recipient of the same message makes no second event,
+    statistic or reputation count (a provider's repeated complaint, a DSN after the
+    bounce at delivery)."""
+    if counted is None:
+        counted = set()
     feedback = examined.feedback
     kind = feedback.kind
     notes = list(examined.notes)
@@ -208,10 +219,21 @@ def plan(report: Report, examined: Examined, messages: Mapping[str, SentMessage]
         targets.extend(_Target(message, i, address)
                        for i, address in enumerate(message.recipients))
     if isinstance(feedback, DeliveryReport):
-        return _delivery(report, feedback, targets, publishes, notes)
+        return _delivery(report, feedback, targets, publishes, notes, counted)
     assert isinstance(feedback, ComplaintReport)
     precise = bool(examined.tags) and not whole
-    return _complaint(report, feedback, targets, precise, publishes, notes)
+    return _complaint(report, feedback, targets, precise, publishes, notes, counted)
+
+
+def _first_time(counted: set[tuple[str, str, str]], message_id: str, address: str,
+                kind: str) -> bool:
+    """Whether this is the first report of `kind` for this recipient of this message
+    (and remember it)."""
+    key = (message_id, address.lower(), kind)
+    if key in counted:
+        return False
+    counted.add(key)
+    return True
 
 
 def _unmatched(report: Report, kind: str, reason: str, notes: list[str]) -> Plan:
@@ -225,7 +247,8 @@ def _listed(addresses: Sequence[str]) -> str:
 
 
 def _delivery(report: Report, feedback: DeliveryReport, targets: list[_Target],
-              publishes: Callable[[str | None], bool], notes: list[str]) -> Plan:
+              publishes: Callable[[str | None], bool], notes: list[str],
+              counted: set[tuple[str, str, str]]) -> Plan:
     kind = feedback.kind
     by_address = {normalise_address(t.address): t for t in targets}
     attribution = attribute(feedback, [t.address for t in targets])
@@ -244,6 +267,7 @@ def _delivery(report: Report, feedback: DeliveryReport, targets: list[_Target],
     # Per message, each status under the address as we sent it (SES's emailAddress is
     # the recipient's, even when the remote names where it forwarded to).
     grouped: dict[str, tuple[SentMessage, list[RecipientStatus]]] = {}
+    repeats: list[str] = []
     for status in attribution.matched:
         if status.outcome == "ignored":
             continue
@@ -251,9 +275,17 @@ def _delivery(report: Report, feedback: DeliveryReport, targets: list[_Target],
         if status.original_recipient:
             names.insert(0, normalise_address(status.original_recipient))
         target = next(by_address[name] for name in names if name in by_address)
+        if status.outcome == "bounce" and not _first_time(
+                counted, target.message.message_id, target.address, "bounce"):
+            repeats.append(target.address)
+            continue
         entry = grouped.setdefault(target.message.message_id, (target.message, []))
         entry[1].append(dataclasses.replace(status, final_recipient=target.address))
     if not grouped:
+        if repeats:
+            return Plan(Verdict(report.id, kind), IGNORED,
+                        f"a bounce already counted for {_listed(repeats)}: not again",
+                        notes=notes)
         return Plan(Verdict(report.id, kind), IGNORED,
                     "only delivered, relayed or expanded recipients", notes=notes)
     result = Plan(Verdict(report.id, kind), MATCHED, "", notes=notes)
@@ -266,9 +298,12 @@ def _delivery(report: Report, feedback: DeliveryReport, targets: list[_Target],
             *delay_details(feedback, statuses, received_at=at)]
         increments: dict[set_stats.Kind, int] = {}
         for status in statuses:
-            counted = set_stats.outcome_kind(status.outcome, status.bounce_type)
-            if counted is not None:
-                increments[counted] = increments.get(counted, 0) + 1
+            stat = set_stats.outcome_kind(status.outcome, status.bounce_type)
+            if stat is not None:
+                increments[stat] = increments.get(stat, 0) + 1
+            if status.outcome == "bounce":
+                result.counted.append((message.message_id, status.final_recipient,
+                                       "bounce", at))
             if status.outcome == "bounce" and status.permanent:
                 result.suppressions.append(Suppress(
                     message.account, status.final_recipient, "BOUNCE", message.message_id,
@@ -291,7 +326,7 @@ def _outcome_text(status: RecipientStatus) -> str:
 
 def _complaint(report: Report, feedback: ComplaintReport, targets: list[_Target],
                precise: bool, publishes: Callable[[str | None], bool],
-               notes: list[str]) -> Plan:
+               notes: list[str], counted: set[tuple[str, str, str]]) -> Plan:
     kind = feedback.kind
     if not precise:
         # No per-recipient tag: only the recipients the report itself names count.
@@ -300,14 +335,24 @@ def _complaint(report: Report, feedback: ComplaintReport, targets: list[_Target]
         if not targets:
             return _unmatched(report, kind, "the complaint names no recipient of the message "
                               "(redacted, and no per-recipient VERP tag)", notes)
-    grouped: dict[str, tuple[SentMessage, list[str]]] = {}
-    for target in targets:
-        entry = grouped.setdefault(target.message.message_id, (target.message, []))
-        if target.address not in entry[1]:
-            entry[1].append(target.address)
     # not-spam: the provider takes a spam verdict back; SES passes it on as a
     # Complaint, but it is no reason to stop mailing the person.
     counts = feedback.feedback_type != "not-spam"
+    grouped: dict[str, tuple[SentMessage, list[str]]] = {}
+    repeats: list[str] = []
+    for target in targets:
+        if counts and not _first_time(counted, target.message.message_id, target.address,
+                                      "complaint"):
+            if target.address not in repeats:
+                repeats.append(target.address)
+            continue
+        entry = grouped.setdefault(target.message.message_id, (target.message, []))
+        if target.address not in entry[1]:
+            entry[1].append(target.address)
+    if not grouped:
+        return Plan(Verdict(report.id, kind), IGNORED,
+                    f"a complaint already counted for {_listed(repeats)}: not again",
+                    notes=notes)
     result = Plan(Verdict(report.id, kind), MATCHED, "", notes=notes)
     ids = EventIds(report)
     at = report.received_at
@@ -320,6 +365,8 @@ def _complaint(report: Report, feedback: ComplaintReport, targets: list[_Target]
                                        for address in addresses)
             result.counts.append(set_stats.Bump(message.account, message.configuration_set,
                                                at, {set_stats.Kind.COMPLAINT: len(addresses)}))
+            result.counted.extend((message.message_id, address, "complaint", at)
+                                  for address in addresses)
         _add_events(result, ids, message, [detail], at, publishes)
     result.summary = (f"msg={','.join(grouped)} complaint "
                       f"({feedback.feedback_type or 'abuse'}) from "

@@ -106,11 +106,16 @@ class FeedbackProcessor:
         wanted.update(message_id for e in examined for message_id in e.relay_ids)
         messages = (await asyncio.to_thread(self._spool.sent_messages, wanted)
                     if wanted else {})
-        plans = [self._plan(report, found, messages)
+        # What was counted already (and, as the plans go, what they count): one bounce
+        # and one complaint per message and recipient.
+        counted = (await asyncio.to_thread(self._spool.counted_feedback, wanted)
+                   if wanted else set())
+        plans = [self._plan(report, found, messages, counted)
                  for report, found in zip(reports, examined, strict=True)]
         await self._recorder.record([s for p in plans for s in p.suppressions],
                                     [e for p in plans for e in p.events],
-                                    [c for p in plans for c in p.counts])
+                                    [c for p in plans for c in p.counts],
+                                    [k for p in plans for k in p.counted])
         await self._inbox.finish([p.verdict for p in plans], time.time())
         for report, found, p in zip(reports, examined, plans, strict=True):
             metrics.FEEDBACK_REPORTS.labels(kind=found.feedback.kind, result=p.result).inc()
@@ -120,9 +125,11 @@ class FeedbackProcessor:
         return len(reports)
 
     def _plan(self, report: Report, examined: actions.Examined,
-              messages: dict[str, SentMessage]) -> actions.Plan:
+              messages: dict[str, SentMessage],
+              counted: set[tuple[str, str, str]]) -> actions.Plan:
         try:
-            return actions.plan(report, examined, messages, self._recorder.publishes)
+            return actions.plan(report, examined, messages, self._recorder.publishes,
+                                counted)
         except Exception as exc:
             # A bug must not stop the inbox behind this report, nor lose it.
             log.exception("feedback report=%d could not be planned", report.id)

@@ -41,12 +41,14 @@ class FeedbackRecorder:
         return settings is not None and settings.publishes
 
     async def record(self, suppressions: Sequence[Suppress], events: Sequence[EventRecord],
-                     counts: Sequence[set_stats.Bump]) -> None:
+                     counts: Sequence[set_stats.Bump],
+                     counted: Sequence[tuple[str, str, str, float]] = ()) -> None:
         """Durably record, in this order: the suppression entries (the last one per
-        account and address wins), the events and the counters."""
+        account and address wins), then in one transaction the events, the counters
+        and what they counted (so a repeat of a report is not counted again)."""
         await self.suppress(suppressions)
-        if events or counts:
-            await self._spool.add_events(tuple(events), tuple(counts))
+        if events or counts or counted:
+            await self._spool.add_events(tuple(events), tuple(counts), tuple(counted))
 
     async def suppress(self, suppressions: Sequence[Suppress]) -> None:
         """Put each address on its account's list, when the reason is one its message's
@@ -96,6 +98,16 @@ class FeedbackRecorder:
             kind = set_stats.Kind.DELIVERY_DELAY
         diagnostic = (detail.bounced_recipients[0].diagnostic_code
                       if isinstance(detail, Bounce) and detail.bounced_recipients else None)
+        counted: list[tuple[str, str, str, float]] = []
+        once = "complaint" if isinstance(detail, Complaint) else \
+            "bounce" if isinstance(detail, Bounce) else None
+        if count and once is not None:
+            seen = await asyncio.to_thread(self._spool.counted_feedback, [message_id])
+            if (message_id, address.lower(), once) in seen:
+                log.info("msg=%s recipient %d: %s already counted, not again", message_id,
+                         recipient_index, type(detail).__name__)
+                return True
+            counted.append((message_id, address, once, at))
         suppressions = ([Suppress(message.account, address, reason, message_id, at,
                                   message.configuration_set, diagnostic)]
                         if suppress and reason is not None else [])
@@ -104,7 +116,7 @@ class FeedbackRecorder:
                   else [])
         counts = ([set_stats.Bump(message.account, message.configuration_set, at, {kind: 1})]
                   if count and kind is not None else [])
-        await self.record(suppressions, events, counts)
+        await self.record(suppressions, events, counts, counted)
         log.info("msg=%s recipient %d: %s injected (suppress=%s count=%s)", message_id,
                  recipient_index, type(detail).__name__, suppress, count)
         return True

@@ -110,3 +110,47 @@ def purge(conn: sqlite3.Connection, before: float, limit: int) -> int:
     return int(conn.execute(
         "DELETE FROM sent_messages WHERE message_id IN (SELECT message_id FROM sent_messages"
         " WHERE received_at < ? LIMIT ?)", (before, limit)).rowcount)
+
+
+# Bounces and complaints already counted, per message and recipient (issue 16): a
+# second report about the same recipient of the same message (a provider's repeated
+# complaint, a DSN after the bounce at delivery) makes no second event, statistic or
+# reputation count. Kept as long as the sent index.
+COUNTED_MIGRATION = """
+    CREATE TABLE counted_feedback (
+        message_id TEXT NOT NULL,
+        address TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('bounce', 'complaint')),
+        at REAL NOT NULL,
+        PRIMARY KEY (message_id, address, kind)
+    ) WITHOUT ROWID;
+    CREATE INDEX counted_feedback_at ON counted_feedback(at);
+    """
+
+Counted = tuple[str, str, str]  # (message id, recipient address lower-cased, kind)
+
+
+def counted(conn: sqlite3.Connection, message_ids: Iterable[str]) -> set[Counted]:
+    """What was already counted for these messages."""
+    ids = list(dict.fromkeys(message_ids))
+    found: set[Counted] = set()
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found.update((str(r[0]), str(r[1]), str(r[2])) for r in conn.execute(
+            f"SELECT message_id, address, kind FROM counted_feedback"  # noqa: S608
+            f" WHERE message_id IN ({marks})", chunk))
+    return found
+
+
+def count(conn: sqlite3.Connection, entries: Iterable[tuple[str, str, str, float]]) -> None:
+    """Remember (message id, address, kind, time) entries as counted."""
+    conn.executemany("INSERT OR IGNORE INTO counted_feedback (message_id, address, kind, at)"
+                     " VALUES (?, lower(?), ?, ?)", list(entries))
+
+
+def purge_counted(conn: sqlite3.Connection, before: float, limit: int) -> int:
+    return int(conn.execute(
+        "DELETE FROM counted_feedback WHERE (message_id, address, kind) IN (SELECT"
+        " message_id, address, kind FROM counted_feedback WHERE at < ? LIMIT ?)",
+        (before, limit)).rowcount)

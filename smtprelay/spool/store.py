@@ -158,6 +158,8 @@ _MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE bodies ADD COLUMN prefix BLOB NOT NULL DEFAULT x'';",
     # Tags an event adds to its mail object (ses:outgoing-ip): EventRecord.mail_tags.
     "ALTER TABLE events ADD COLUMN mail_tags TEXT;",
+    # Bounces and complaints counted once per message and recipient: spool.sent.
+    sent.COUNTED_MIGRATION,
 )
 
 
@@ -244,12 +246,15 @@ class Spool:
         return await self._writer.run(work)
 
     async def add_events(self, events: tuple[EventRecord, ...],
-                         counts: tuple[set_stats.Bump, ...] = ()) -> None:
-        """Durably add events that no spool change goes with (unsubscribes...), and
-        the statistics they count for."""
+                         counts: tuple[set_stats.Bump, ...] = (),
+                         counted: tuple[tuple[str, str, str, float], ...] = ()) -> None:
+        """Durably add events that no spool change goes with (unsubscribes...), the
+        statistics they count for, and (`counted`) the bounces and complaints they
+        report, so that a repeat of the report is not counted again (spool.sent)."""
         def work(conn: sqlite3.Connection) -> None:
             outbox.insert_events(conn, events)
             set_stats.apply(conn, counts)
+            sent.count(conn, counted)
 
         await self._writer.run(work)
 
@@ -354,6 +359,15 @@ class Spool:
     async def purge_sent_index(self, before: float, limit: int = 500) -> int:
         """Forget up to `limit` purged messages accepted before `before` (spool.sent)."""
         return await self._writer.run(lambda conn: sent.purge(conn, before, limit))
+
+    def counted_feedback(self, message_ids: Iterable[str]) -> set[sent.Counted]:
+        """The (message id, address, kind) bounces and complaints already counted for
+        these messages (blocking: call through a thread)."""
+        with self._read() as conn:
+            return sent.counted(conn, message_ids)
+
+    async def purge_counted_feedback(self, before: float, limit: int = 500) -> int:
+        return await self._writer.run(lambda conn: sent.purge_counted(conn, before, limit))
 
     def sent_messages(self, message_ids: Iterable[str]) -> dict[str, sent.SentMessage]:
         """The messages feedback reports name, wherever they are still known (blocking:
@@ -501,6 +515,13 @@ def _record(conn: sqlite3.Connection, message_id: str, updates: list[RecipientUp
         for o in u.outcomes:
             _insert_outcome(conn, message_id, u.index, o)
     _count_outcomes(conn, message_id, updates)
+    bounced = [(u.index, o.at) for u in updates for o in u.outcomes if o.kind == "bounce"]
+    if bounced:
+        # A DSN about the same recipient later is then not counted again.
+        addresses = dict(conn.execute(
+            "SELECT idx, address FROM recipients WHERE message_id = ?", (message_id,)))
+        sent.count(conn, [(message_id, addresses[i], "bounce", at) for i, at in bounced
+                          if i in addresses])
     if not any(u.state.is_final for u in updates):
         return None
     placeholders = ",".join("?" * len(PENDING_STATES))

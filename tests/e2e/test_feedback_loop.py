@@ -331,6 +331,7 @@ def test_ten_thousand_reports_are_all_processed_while_submissions_keep_flowing(
     report.write_bytes(postfix_dsn(sender, [("erin@dest.test", "failed", "5.1.1",
                                              "550 5.1.1 User unknown")]))
     before = reports_total("delivery-report", "matched")
+    ignored_before = reports_total("delivery-report", "ignored")
     cred = relay.credential("acme")
     latencies: list[float] = []
     stop = threading.Event()
@@ -371,11 +372,14 @@ def test_ten_thousand_reports_are_all_processed_while_submissions_keep_flowing(
     stop.set()
     submitter.join(30)
     assert not failures, failures
-    assert reports_total("delivery-report", "matched") - before == BOMB
+    # All processed; the same bounce of the same recipient is counted once (issue 16:
+    # a repeated report must not inflate the bounce rate), the rest ignored as repeats.
+    assert reports_total("delivery-report", "matched") - before == 1
+    assert reports_total("delivery-report", "ignored") - ignored_before == BOMB - 1
     assert len(latencies) > 20
     assert max(latencies) < SUBMISSION_BOUND, sorted(latencies)[-5:]
     counts = set_counts(relay)
-    assert counts[set_stats.Kind.BOUNCE] == BOMB
+    assert counts[set_stats.Kind.BOUNCE] == 1
     entry = suppressed(relay, "erin@dest.test")
     assert entry is not None and entry.reason == "BOUNCE"
     print(f"\n{BOMB} reports: sent in {sent_in:.1f}s ({out.decode().strip()}), all processed "
@@ -403,10 +407,40 @@ def test_reports_waiting_in_the_inbox_are_processed_after_a_restart(
     net.stop()
 
     relay = start_with_mx(net, settings(tmp_path))
-    wait_for(lambda: drained(relay)
-             and len(of(events(tmp_path / "events.ndjson"), message_id, "Bounce")) == 3)
-    bounces = of(events(tmp_path / "events.ndjson"), message_id, "Bounce")
-    assert len(bounces) == 3
-    assert len({b["bounce"]["feedbackId"] for b in bounces}) == 3
+    # Three reports of one bounce of one recipient: all processed, one Bounce event.
+    assert wait_for(lambda: drained(relay)
+                    and len(of(events(tmp_path / "events.ndjson"), message_id, "Bounce")) == 1)
+    assert set_counts(relay)[set_stats.Kind.BOUNCE] == 1
     entry = suppressed(relay, "frank@dest.test")
     assert entry is not None and entry.reason == "BOUNCE"
+
+
+def test_a_repeated_complaint_and_a_dsn_after_a_bounce_at_delivery_count_once(
+        net: World, tmp_path: Path) -> None:
+    """Issue 16: two complaints from one recipient about one message counted twice (two
+    over 250 messages crossed 0.5 % and paused the account); a DSN for a recipient the
+    MX had already refused at RCPT counted a second bounce."""
+    sink = net.smtp_host("dest.test", rcpt_replies={"gone@dest.test": "550 5.1.1 no such user"})
+    _SINKS.setdefault(id(net), []).append(sink)
+    relay = start_with_mx(net, settings(tmp_path))
+    rcpts = ["bob@dest.test", "gone@dest.test"]
+    message_id = net.submit(rcpts)
+    assert net.wait_final(message_id) == {"bob@dest.test": "delivered",
+                                          "gone@dest.test": "bounced"}
+    [bob_sender] = [t.mail_from for t in _received(net) if t.rcpt_tos == ("bob@dest.test",)]
+    keyring = KeyRing.load(relay.config.tracking_keys_path)
+    gone_sender = verp.address(message_id, 1, MAIL_FROM_DOMAIN, keyring)
+    original = (f"Return-Path: <{bob_sender}>\nFrom: app@example.com\n"
+                "To: redacted@dest.test\nSubject: delivery test\n\nHello.\n")
+    for _ in range(2):
+        send_report(relay, FBL, arf_report(FBL, original_mail_from=None, original=original),
+                    sender="feedback@arf.provider.test")
+    send_report(relay, gone_sender, postfix_dsn(gone_sender, [
+        ("gone@dest.test", "failed", "5.1.1", "550 5.1.1 no such user")]))
+    assert wait_for(lambda: drained(relay) and of(events(tmp_path / "events.ndjson"),
+                                                   message_id, "Complaint"))
+    counts = set_counts(relay)
+    assert counts[set_stats.Kind.COMPLAINT] == 1 and counts[set_stats.Kind.BOUNCE] == 1
+    published = events(tmp_path / "events.ndjson")
+    assert len(of(published, message_id, "Complaint")) == 1
+    assert len(of(published, message_id, "Bounce")) == 1  # the one at delivery
