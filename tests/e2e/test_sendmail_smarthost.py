@@ -2,8 +2,9 @@
 STARTTLS on 587, AUTH PLAIN and LOGIN (authinfo's `M:` names one mechanism at a time,
 so each is really used), the relay's certificate verified against a test CA
 (`confCACERT` and the access map's `TLS_Srv:... VERIFY:128+CN:...`). With a CA that did
-not sign the relay's certificate, Sendmail refuses to send and keeps the message.
-Sendmail 8.17 has no implicit-TLS client, so there is no 465 case.
+not sign the relay's certificate, or with a certificate the CA signed for another name,
+Sendmail refuses to send (before AUTH) and keeps the message. Sendmail 8.17 has no
+implicit-TLS client, so there is no 465 case.
 
 Sendmail runs from the Debian package unpacked by scripts/install-test-deps, not
 installed (tests/peers/unpacked.py, tests/peers/sendmail.py).
@@ -21,7 +22,8 @@ import pytest
 
 from tests.e2e.smarthost_peers import auth_user, relay_with_ca, wait_for_spool
 from tests.peers.sendmail import smarthost_client
-from tests.support import message, spooled
+from tests.peers.testca import TestCA
+from tests.support import message, running, spooled, tls
 
 pytestmark = pytest.mark.peer
 
@@ -88,4 +90,26 @@ def test_sendmail_refuses_a_certificate_its_ca_did_not_sign(tmp_path: Path) -> N
             # Sendmail quit right after the handshake: no AUTH, no MAIL.
             assert ">>> AUTH" not in sendmail.transcript, sendmail.transcript
             assert ">>> MAIL" not in sendmail.transcript, sendmail.transcript
+            assert spooled(relay.config) == []
+
+
+def test_sendmail_refuses_a_certificate_for_another_name(tmp_path: Path) -> None:
+    # The recipe's "+CN:relay.test": a certificate the CA signed, but for another
+    # name, verifies and is still refused.
+    ca = TestCA.create(tmp_path / "ca")
+    cert, key = ca.issue(tmp_path / "relay-tls", "elsewhere.test")
+    with running(tmp_path, tls=tls(cert, key)) as relay:
+        cred = relay.credential("acme")
+        with smarthost_client(relay.submission_port, cred.username, cred.password,
+                              ca.cert_file) as sendmail:
+            code = sendmail.send("app@example.com", ["someone@example.net"],
+                                 message(subject="must not pass", to="someone@example.net"))
+            assert code == 0, sendmail.diagnostics()
+            assert len(sendmail.queue()) == 1, sendmail.diagnostics()
+            tls_line = sendmail.wait_for_log(r"STARTTLS=client, relay=relay\.test\.?, ")
+            assert "verify=OK" in tls_line, sendmail.diagnostics()
+            sendmail.wait_for_log(r"ruleset=tls_server, .*reject=454 .*CN elsewhere\.test "
+                                  r"does not match relay\.test")
+            sendmail.wait_for_log(r"to=someone@example\.net,.* stat=Deferred: 454 ")
+            assert ">>> AUTH" not in sendmail.transcript, sendmail.transcript
             assert spooled(relay.config) == []
