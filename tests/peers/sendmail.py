@@ -13,7 +13,8 @@ What Sendmail needs beyond the recipe to run here:
 - Its files on a path with no group- or world-writable directory in it. Sendmail
   checks every directory up to / and, finding /tmp, ignores the authinfo map as
   "World writable directory" (it then connects, does STARTTLS, and never tries AUTH,
-  which the relay answers with 530 5.7.0 Authentication required) and the CA file. So
+  which the relay answers with 530 5.7.0 Authentication required; it also logs the CA
+  file as unsafe, though it still used it in that test). So
   the instance's directory is mounted at ETC (an empty directory of the unpacked
   package under PEERS_DIR, root-owned all the way up) in Sendmail's namespace, and
   the configuration names files there.
