@@ -8,12 +8,18 @@ must never ask this machine's resolver about `.test` names, so each one runs und
 `unshare -m` with private copies of /etc/passwd, /etc/group, /etc/hosts and
 /etc/resolv.conf bind-mounted over the real ones. Nothing outside the instance's temp
 dir is written, and the bind mounts end with the process tree.
+
+Two more things a peer can ask for (Sendmail does): a directory of its temp dir mounted
+at another path (Sendmail refuses files whose path has a world-writable directory, such
+as /tmp, in it), and a syslog socket: /dev/log, in a private /dev, pointing to a socket
+of the instance (the machine runs no syslog daemon, and Sendmail logs nowhere else).
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -68,8 +74,12 @@ class Namespace:
 a canonical name followed by aliases, as in a hosts file line).
     """
 
-    def __init__(self, directory: Path, users: list[str], hosts: dict[str, str]) -> None:
+    def __init__(self, directory: Path, users: list[str], hosts: dict[str, str], *,
+                 binds: dict[Path, Path] | None = None, dev_log: Path | None = None) -> None:
         self.directory = directory
+        # target (an existing directory) -> source: mounted after the files.
+        self.binds = dict(binds or {})
+        self.dev_log = dev_log
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o755)
         passwd = Path("/etc/passwd").read_text()
@@ -100,7 +110,19 @@ a canonical name followed by aliases, as in a hosts file line).
 
     def command(self, *args: str) -> list[str]:
         mounts = " && ".join(
-            f'mount --bind "$0/{Path(target).name}" {target}' for target in self.files)
+            [f'mount --bind "$0/{Path(target).name}" {target}' for target in self.files]
+            + [f"mount --bind {shlex.quote(str(source))} {shlex.quote(str(target))}"
+               for target, source in self.binds.items()])
+        if self.dev_log is not None:
+            # A private /dev with what the MTAs open (null, the random devices, /dev/fd)
+            # and log -> the instance's socket; the real /dev stays reachable via "$0/dev".
+            (self.directory / "dev").mkdir(exist_ok=True)
+            mounts += (' && mount --bind /dev "$0/dev" && mount -t tmpfs -o mode=755 tmpfs /dev'
+                       ' && for n in null zero full random urandom tty; do'
+                       ' touch /dev/$n && mount --bind "$0/dev/$n" /dev/$n || exit 1; done'
+                       ' && ln -s /proc/self/fd /dev/fd && ln -s /proc/self/fd/0 /dev/stdin'
+                       ' && ln -s /proc/self/fd/1 /dev/stdout && ln -s /proc/self/fd/2 /dev/stderr'
+                       f" && ln -s {shlex.quote(str(self.dev_log))} /dev/log")
         return [UNSHARE, "--mount", "--propagation", "private", "sh", "-c",
                 f'{mounts} && shift && exec "$@"', str(self.directory), "--", *args]
 
