@@ -109,8 +109,12 @@ class LimitsConfig(Model):
     # they are); reject refuses the message (554 5.6.0). Either way only CRLF.CRLF
     # ends DATA, so no line ending can smuggle a second message.
     bare_line_endings: Literal["normalize", "reject"] = "normalize"
+    # Each whole command line must arrive within idle_timeout, and the whole of DATA
+    # within data_timeout plus the time its size needs at min_data_rate (bytes per
+    # second): a client trickling a byte at a time cannot hold a session open.
     idle_timeout: Duration = 300.0
     data_timeout: Duration = 180.0
+    min_data_rate: Size = Field(default=1024, ge=1)
     tls_handshake_timeout: Duration = 30.0
     max_errors: int = Field(default=10, ge=1)
 

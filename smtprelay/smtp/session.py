@@ -126,7 +126,17 @@ class _Input:
         return chunk
 
     async def readline(self, seconds: float, limit: int) -> bytes:
-        """One line without its line ending; _LineTooLong after discarding the rest of it."""
+        """One line without its line ending; _LineTooLong after discarding the rest of it.
+
+        `seconds` bounds the whole line, not each chunk of it: a client trickling a
+        byte every few seconds cannot hold the session past it."""
+        try:
+            async with asyncio.timeout(seconds):
+                return await self._readline(seconds, limit)
+        except TimeoutError:
+            raise _Timeout from None
+
+    async def _readline(self, seconds: float, limit: int) -> bytes:
         scanned = 0
         while True:
             newline = self._buf.find(b"\n", scanned)
@@ -612,6 +622,12 @@ class Session:
         cap = limits.max_message_size + 65536
         too_big = stuffed = False
         scan_from = 0
+        # A deadline for the whole of DATA, not per chunk: data_timeout, plus the time
+        # what has arrived needed at limits.min_data_rate. A client trickling bytes is
+        # cut off, one sending a big message at a fair rate is not.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        received = len(raw)
         # One scan, in C, for every "<CRLF>.": the first followed by CRLF ends the
         # message, any other starts a dot-stuffed line. Most messages have none.
         while True:
@@ -630,7 +646,13 @@ class Session:
                 too_big = True
                 del raw[:-4]
                 scan_from = 0
-            raw += await self._input.read_chunk(limits.data_timeout)
+            left = started + limits.data_timeout + received / limits.min_data_rate \
+                - loop.time()
+            if left <= 0:
+                raise _Timeout
+            chunk = await self._input.read_chunk(min(left, limits.data_timeout))
+            received += len(chunk)
+            raw += chunk
         self._input.push_front(raw[end + 5 :])
         if too_big:
             return None, R.TOO_BIG

@@ -518,6 +518,40 @@ def test_client_stops_mid_data(tmp_path: Path) -> None:
             finish(relay, cred, dialog)
 
 
+@pytest.mark.parametrize("stage", ["command", "data"])
+def test_a_client_trickling_bytes_is_cut_off_at_the_whole_deadline(
+        tmp_path: Path, stage: str) -> None:
+    """Issue 16: the timeouts restarted with every chunk, so one byte every few seconds
+    held a session for ever. Now a whole command line must arrive within idle_timeout
+    and the whole of DATA within data_timeout (+ its size at min_data_rate)."""
+    limits = {"idle_timeout": "2s", "data_timeout": "2s", "min_data_rate": "1k"}
+    with running(tmp_path, limits=limits) as relay:
+        cred = relay.credential()
+        with Dialog.connect(relay.submission_port) as dialog:
+            steps = [*tls_login(cred)] if stage == "command" else \
+                [*tls_login(cred), *mail_rcpt_data()]
+            dialog.run(steps)
+            trickle = b"NOOP and then some more words\r\n" if stage == "command" \
+                else evil_body()
+            started = time.monotonic()
+            answer = b""
+            for byte in trickle:  # one byte every 0.2 s: each well inside the timeout
+                try:
+                    dialog.sock.sendall(bytes([byte]))
+                    dialog.sock.settimeout(0.2)
+                    answer += dialog.sock.recv(1024)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                if answer:
+                    break
+            elapsed = time.monotonic() - started
+            assert answer.startswith(b"451 4.4.2 Timeout waiting for data from client"), answer
+            assert 1.5 < elapsed < 4.5  # the whole deadline, not a per-byte one
+        finish(relay, cred, dialog)
+
+
 @pytest.mark.parametrize("garbage", [b"\x16\x03\x01\x00\x05hello", b"EHLO x\r\n" * 3,
                                      b"\x00" * 64 + b"\xff" * 64])
 def test_tls_handshake_garbage(relay: RunningRelay, cred: Credential, garbage: bytes) -> None:
