@@ -492,6 +492,12 @@ class Session:
         if self._helo is None:
             self._reply(R.NEED_HELO)
             return True
+        if not self._tls and not self._feedback and self._settings.listener.tls == "starttls":
+            # Nothing is sent in clear on a STARTTLS listener, trusted networks included
+            # (a host that cannot do TLS belongs on a `tls: none` listener).
+            self._reply(R.TLS_REQUIRED)
+            metrics.MESSAGES_REJECTED.labels(reason="tls_required").inc()
+            return True
         if self._account is None:
             self._reply(R.AUTH_REQUIRED)
             metrics.MESSAGES_REJECTED.labels(reason="auth_required").inc()

@@ -174,7 +174,8 @@ def _unknown_user(cred: Credential) -> list[Step]:
 
 
 def _mail_before_auth(cred: Credential) -> list[Step]:
-    return [*ehlo_plain(), Send(b"MAIL FROM:<app@example.com>\r\n"), AUTH_REQUIRED,
+    # Before STARTTLS the client is told what it must do first, as the docs say.
+    return [*ehlo_plain(), Send(b"MAIL FROM:<app@example.com>\r\n"), TLS_REQUIRED,
             Send(b"RCPT TO:<someone@example.net>\r\n"),
             Expect(503, "5.5.1 Error: need MAIL command"),
             *starttls(), Send(b"MAIL FROM:<app@example.com>\r\n"), AUTH_REQUIRED,
@@ -689,6 +690,17 @@ def test_trusted_network_sends_without_auth(tmp_path: Path) -> None:
             finish(relay, cred, dialog)
         (entry, _) = spooled(relay.config)
         assert entry["account"] == "acme"
+
+
+def test_a_trusted_network_sends_nothing_in_clear_on_a_starttls_listener(
+        tmp_path: Path) -> None:
+    """Before: a trusted client's MAIL before STARTTLS was taken, in clear."""
+    accounts = {"acme": {"identities": ["example.com"], "trusted_networks": ["127.0.0.0/8"]}}
+    with running(tmp_path, accounts=accounts, configuration_sets={}) as relay:
+        with Dialog.connect(relay.submission_port) as dialog:
+            dialog.run([*ehlo_plain(), Send(b"MAIL FROM:<app@example.com>\r\n"),
+                        TLS_REQUIRED, *starttls(), *good_message(0)])
+        assert len(spooled(relay.config)) == 1
 
 
 def test_untrusted_network_needs_auth(relay: RunningRelay, cred: Credential) -> None:
