@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -71,6 +72,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MIN_MS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
 _MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC) - _EPOCH) // timedelta(
     milliseconds=1)
+
+log = logging.getLogger("smtprelay.events")
 
 
 def to_json(event: Event) -> bytes:
@@ -157,7 +160,16 @@ def mail_object(mail: MailInfo) -> dict[str, Any]:
         "timestamp": iso_timestamp(mail.timestamp),
         "source": mail.source,
     }
-    domain = _from_domain(mail, fields)
+    # What a client wrote is parsed here, maybe months after acceptance (a record from
+    # an older relay, a report's original): a value no parser of ours survives must
+    # cost the event its commonHeaders, never the stream behind it its publication.
+    try:
+        domain = _from_domain(mail, fields)
+        common = common_headers(fields)
+    except (RecursionError, ValueError, LookupError, TypeError) as exc:
+        log.warning("msg=%s header fields not readable for the event (%s): commonHeaders "
+                    "left out", mail.message_id, type(exc).__name__)
+        domain, common = None, {}
     if domain:
         # SES writes the ARN of the identity that sent; ours is a pseudo-ARN in the same
         # six-part shape, so code that splits an ARN keeps working (docs/events.md).
@@ -169,7 +181,7 @@ def mail_object(mail: MailInfo) -> dict[str, Any]:
         "destination": list(mail.destination),
         "headersTruncated": truncated,
         "headers": [{"name": f.name, "value": f.value} for f in kept],
-        "commonHeaders": common_headers(fields),
+        "commonHeaders": common,
         "tags": {name: list(values) for name, values in mail.tags.items()},
     })
     return out

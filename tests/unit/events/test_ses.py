@@ -885,3 +885,39 @@ if __name__ == "__main__":  # print the examples for docs/events.md
         print(f"<!-- example: {kind} -->\n```json")
         print(pretty(doc_example(kind)))
         print("```\n")
+
+
+_HEADER_PIECES = st.sampled_from([
+    "From", "To", "Cc", "Reply-To", "Sender", "Subject", "Date", "Message-ID", "X-A", ":",
+    " ", "\t", "\r\n", "\r\n ", "(", ")", '"', "\\", "<", ">", "@", ",", ";",
+    "=?utf-8?b?w6k=?=", "=?x?q?", "é", "\udcff", "a@b.example", "example.com",
+])
+
+
+@pytest.mark.parametrize("depth", [0, 2, 25, 3000])
+@settings(max_examples=examples(2000), deadline=None)
+@given(st.lists(_HEADER_PIECES, max_size=60).map("".join))
+def test_the_serialiser_survives_any_header_section(depth: int, text: str) -> None:
+    """Issue 16: one crafted header (a To with 2,700 nested comments) made an event
+    that no destination could serialise, blocking its stream for ever. Any header
+    section must give a record that is JSON and matches the schema."""
+    from smtprelay.events.ses import stored_to_json
+    from smtprelay.spool.outbox import StoredEvent
+    # The deep To first, so that what follows cannot make it part of a body; its
+    # comments folded over lines of 70, as a client would send them.
+    nested = f"{'(' * depth}x{')' * depth}"
+    folded = "\r\n ".join(nested[i:i + 70] for i in range(0, len(nested), 70))
+    section = (f"To: {folded} a@b.example\r\n".encode()
+               + text.encode("utf-8", "surrogateescape") + b"\r\n\r\n")
+    mail = MailInfo(message_id="018bd0e1a2b3-0123456789abcdef", timestamp=1700000000.0,
+                    source="app@example.com", source_ip="192.0.2.1",
+                    sending_account_id="acme", caller_identity="u",
+                    destination=("a@b.example",), header_section=section, tags={})
+    event = StoredEvent(id=1, event_id="e", message_id=mail.message_id, type="Delivery",
+                        configuration_set="set", at=1700000001.0,
+                        detail={"timestamp": "2023-11-14T22:13:21.000Z",
+                                "processingTimeMillis": 1, "recipients": ["a@b.example"],
+                                "smtpResponse": "250 ok", "reportingMTA": "relay.test"},
+                        mail=mail)
+    record = json.loads(stored_to_json(event))
+    VALIDATOR.validate(record)
