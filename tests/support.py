@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import inspect
 import json
 import os
@@ -16,6 +17,7 @@ import smtplib
 import socket
 import sqlite3
 import ssl
+import subprocess
 import threading
 import time
 import urllib.request
@@ -383,3 +385,37 @@ def submit_to_daemon(daemon: DaemonProcess, rcpts: list[str], subject: str = "he
         code, text = smtp.data(message(subject=subject))
     assert code == 250, text
     return str(text.decode().split()[-1])
+
+
+@contextlib.contextmanager
+def small_disk(directory: Path, size: str = "64k") -> Iterator[bool]:
+    """A tmpfs of `size` at `directory`; False when this machine does not let us mount
+    (mounting needs root)."""
+    directory.mkdir(exist_ok=True)
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)],
+            capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        mounted = False
+    try:
+        yield mounted
+    finally:
+        if mounted and subprocess.run(["umount", str(directory)], capture_output=True,
+                                      timeout=30).returncode != 0:
+            subprocess.run(["umount", "-l", str(directory)], capture_output=True, timeout=30)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the file system is full; removing it makes the space again."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                os.write(fd, b"x" * 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                return filler
+    finally:
+        os.close(fd)

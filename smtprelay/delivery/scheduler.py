@@ -29,6 +29,7 @@ from typing import Protocol
 from smtprelay.bounces import return_path, verp
 from smtprelay.bounces.classification import DEFAULT_RULES, Rule, classify
 from smtprelay.config import Config, DelayConfig, RetryConfig, is_simulator_address
+from smtprelay.db.writer import WriteError
 from smtprelay.delivery.model import (
     RecipientResult,
     Transaction,
@@ -45,13 +46,14 @@ from smtprelay.mail.address import domain_of
 from smtprelay.policy.suppression import Suppress
 from smtprelay.spool.model import (
     EventRecord,
+    NewMessage,
     Outcome,
     QueuedMessage,
     QueuedRecipient,
     RecipientState,
     RecipientUpdate,
 )
-from smtprelay.spool.store import Spool
+from smtprelay.spool.store import Finalizer, Spool
 from smtprelay.transform.keys import KeySource
 from smtprelay.transform.tokens import KeyRing
 
@@ -59,6 +61,9 @@ log = logging.getLogger("smtprelay.delivery")
 
 _IDLE_POLL = 5.0  # seconds between looks at the spool when nobody wakes us
 _CLAIM_BATCH = 200
+# Results the spool cannot take (a full disk) are retried after 1 s, 2 s, ... 30 s.
+_RECORD_RETRY_FIRST = 1.0
+_RECORD_RETRY_MAX = 30.0
 _MIN_SLEEP = 0.05  # a recipient due "now" but not claimed is held by a running attempt
 
 
@@ -127,6 +132,8 @@ class Scheduler:
         self._clock = clock
         self._slots = asyncio.Semaphore(max_concurrent)
         self._rounds = BackgroundLoop("scheduler", self._round)
+        self._claim_failing_since: float | None = None
+        self._claim_pause = 0.0
         self._in_flight: set[asyncio.Task[None]] = set()
 
     @property
@@ -154,12 +161,51 @@ class Scheduler:
             if pending:
                 await asyncio.wait(pending, timeout=5)
 
+    async def _record(self, message: QueuedMessage, updates: list[RecipientUpdate],
+                      finalize: Finalizer | None, events: tuple[EventRecord, ...]
+                      ) -> NewMessage | None:
+        """Record an attempt's results. A spool that cannot take them (a full disk) is
+        retried, from memory, until it can: the recipients stay held meanwhile, so none
+        is sent again (only a crash in between loses the results, and then the
+        recipients are handed back as after any crash)."""
+        pause = _RECORD_RETRY_FIRST
+        failing_since: float | None = None
+        while True:
+            try:
+                dsn = await self._spool.record(message.message_id, updates, finalize, events)
+            except WriteError as exc:
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.error("msg=%s delivery results not recorded (%s): kept in memory "
+                              "and retried until the spool takes them", message.message_id,
+                              exc)
+                metrics.DELIVERY_RESULTS_UNRECORDED.inc()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _RECORD_RETRY_MAX)
+                continue
+            if failing_since is not None:
+                log.info("msg=%s delivery results recorded after %.0f s", message.message_id,
+                         time.monotonic() - failing_since)
+            return dsn
+
     async def _round(self) -> float:
         try:
             claimed = await self._spool.claim_due(self._clock(), _CLAIM_BATCH)
         except Exception as exc:
-            log.error("scheduler could not read the spool: %s", exc)
-            claimed = []
+            # Once per state change, and backing off: a full disk made this a line
+            # every 50 ms (the due recipients looked ready at once).
+            if self._claim_failing_since is None:
+                self._claim_failing_since = time.monotonic()
+                log.error("scheduler cannot claim mail from the spool (%s); retrying with "
+                          "backoff", exc)
+            self._claim_pause = min(self._claim_pause * 2, _RECORD_RETRY_MAX) \
+                if self._claim_pause else _RECORD_RETRY_FIRST
+            return self._claim_pause
+        if self._claim_failing_since is not None:
+            log.info("scheduler claims mail from the spool again after %.0f s",
+                     time.monotonic() - self._claim_failing_since)
+            self._claim_failing_since = None
+            self._claim_pause = 0.0
         for message in claimed:
             await self._slots.acquire()
             if self._rounds.stopping:
@@ -259,7 +305,7 @@ class Scheduler:
         await self._suppress_hard_bounces(message, recipients, updates)
         finalize = self._dsns.build if self._dsns is not None else None
         events = self._events(message, updates)
-        dsn = await self._spool.record(message.message_id, updates, finalize, events)
+        dsn = await self._record(message, updates, finalize, events)
         # What follows a recorded attempt (the mailbox simulator's complaints and
         # auto-replies), after it so its events come after the Delivery.
         after_record = getattr(self._transport, "after_record", None)

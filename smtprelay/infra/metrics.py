@@ -201,3 +201,8 @@ REPUTATION_TRANSITIONS = Counter(
     "Reputation state changes by scope, metric and new state",
     ["scope", "metric", "state"],
 )
+
+DELIVERY_RESULTS_UNRECORDED = Counter(
+    "smtprelay_delivery_results_unrecorded_total",
+    "Attempts to record delivery results the spool could not take (a full disk); the "
+    "results are kept in memory and recorded once it can")

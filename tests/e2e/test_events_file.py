@@ -7,10 +7,8 @@ guide, and against what happened to the message.
 
 from __future__ import annotations
 
-import contextlib
 import email
 import email.policy
-import errno
 import http.client
 import json
 import os
@@ -21,7 +19,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +31,9 @@ from tests.support import (
     base_config,
     client_context,
     events,
+    fill,
     metric,
+    small_disk,
     submit_to_daemon,
     write_config,
 )
@@ -196,39 +195,6 @@ def test_bad_destinations_are_refused_by_check_config(tmp_path: Path, bad: dict[
     assert run.returncode == 2
     assert "configuration_sets.transactional.event_destinations[0]" in run.stderr
     assert "Traceback" not in run.stderr
-
-
-@contextlib.contextmanager
-def small_disk(directory: Path) -> Iterator[bool]:
-    """A 64 KiB tmpfs at `directory`; False when this machine does not let us mount."""
-    directory.mkdir()
-    try:
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(directory)],
-            capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        mounted = False
-    try:
-        yield mounted
-    finally:
-        if mounted and subprocess.run(["umount", str(directory)], capture_output=True,
-                                      timeout=30).returncode != 0:
-            subprocess.run(["umount", "-l", str(directory)], capture_output=True, timeout=30)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file until the file system is full; removing it makes the space again."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        while True:
-            try:
-                os.write(fd, b"x" * 4096)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-                return filler
-    finally:
-        os.close(fd)
 
 
 def test_a_full_disk_holds_events_and_nothing_else_until_space_is_back(tmp_path: Path
