@@ -96,6 +96,13 @@ def base_config(data_dir: Path, **overrides: Any) -> dict[str, Any]:
             config[key] = {**config[key], **value}
         else:
             config[key] = value
+    # Tests are not about tenancy unless they say so: every set any test account may
+    # name, unless the set names its accounts or says shared: false itself
+    # (tests/e2e/test_tenant_isolation.py does).
+    for name, set_settings in list(config.get("configuration_sets", {}).items()):
+        if isinstance(set_settings, dict) and "accounts" not in set_settings \
+                and "shared" not in set_settings:
+            config["configuration_sets"][name] = {**set_settings, "shared": True}
     return config
 
 

@@ -119,6 +119,19 @@ class Config(Model):
                     f"accounts.{account_name}.default_configuration_set: {default_set!r} is "
                     "not defined under configuration_sets"
                 )
+        for set_name, settings in self.configuration_sets.items():
+            for account_name in settings.accounts or ():
+                if account_name not in self.accounts:
+                    problems.append(
+                        f"configuration_sets.{set_name}.accounts: {account_name!r} is not an "
+                        "account; list it under accounts or remove it here")
+        for account_name, account in self.accounts.items():
+            default_set = account.default_configuration_set
+            if default_set is not None and default_set in self.configuration_sets \
+                    and not self.may_use_set(account_name, default_set):
+                problems.append(
+                    f"accounts.{account_name}.default_configuration_set: {default_set!r} "
+                    f"does not list {account_name!r} in its accounts; add it there")
         owners: dict[str, str] = {}
         for account_name, account in self.accounts.items():
             for index, cred in enumerate(account.credentials):
@@ -145,6 +158,19 @@ class Config(Model):
         return self
 
     # Paths derived from data_dir, kept here so every module agrees on the layout.
+    def may_use_set(self, account: str, set_name: str) -> bool:
+        """Whether `account` may send with configuration set `set_name` (tenant
+        isolation: configuration_sets.<name>.accounts / shared)."""
+        settings = self.configuration_sets.get(set_name)
+        if settings is None:
+            return False
+        if settings.shared:
+            return True
+        if settings.accounts is not None:
+            return account in settings.accounts
+        owner = self.accounts.get(account)
+        return owner is not None and owner.default_configuration_set == set_name
+
     @property
     def spool_path(self) -> Path:
         return self.server.data_dir / "spool.db"

@@ -138,6 +138,12 @@ class EventDestinationConfig(Model):
 
 
 class ConfigurationSetConfig(Model):
+    # Who may use the set (one tenant never uses another's): these accounts; by
+    # default (null) the accounts whose default_configuration_set it is; shared: true
+    # lets every account use it. Any other use gets SES's "554 5.3.0 Configuration
+    # set does not exist", as if it did not.
+    accounts: list[str] | None = None
+    shared: bool = False
     sending_enabled: bool = True
     # SES DeliveryOptions.TlsPolicy: require refuses to deliver this set's mail in clear
     # (it waits in the queue instead); default: delivery.tls.

@@ -72,7 +72,9 @@ def choose(config: Config, account: str, fields: list[HeaderField],
     name = requested or config.accounts[account].default_configuration_set
     if name is not None:
         settings = config.configuration_sets.get(name)
-        if settings is None:
+        if settings is None or not config.may_use_set(account, name):
+            # Another tenant's set is answered as one that does not exist: its name
+            # tells nothing about who has it.
             return R.SET_UNKNOWN
         if not settings.sending_enabled or name in paused:
             return R.SET_PAUSED

@@ -114,7 +114,8 @@ def test_a_paused_set_is_refused_like_a_disabled_one() -> None:
         "listeners": [{"name": "s", "address": "127.0.0.1", "port": 0, "tls": "none"}],
         "accounts": {"acme": {"identities": ["example.com"],
                               "default_configuration_set": "news"}},
-        "configuration_sets": {"news": {}, "alerts": {}, "off": {"sending_enabled": False}},
+        "configuration_sets": {"news": {}, "alerts": {"accounts": ["acme"]},
+                               "off": {"sending_enabled": False, "shared": True}},
     })
 
     def choose(header: str, paused: set[str]) -> object:
