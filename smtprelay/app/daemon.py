@@ -30,6 +30,7 @@ from smtprelay.feedback.recorder import FeedbackRecorder
 from smtprelay.http.admin import AdminServices
 from smtprelay.http.server import HTTPServer
 from smtprelay.infra import metrics
+from smtprelay.policy.contacts import SQLiteContactStore
 from smtprelay.policy.pauses import PausedSets, SQLitePauseStore
 from smtprelay.policy.quota import Quotas, SQLiteUsageStore
 from smtprelay.policy.reputation import ReputationGuard
@@ -71,6 +72,8 @@ class Relay:
         self.usage = SQLiteUsageStore(config.state_path)
         self.quotas = Quotas(self.live, self.usage)
         self.suppression = SQLiteSuppressionStore(config.state_path)
+        # The contact lists' contacts and their subscriptions (policy.contacts).
+        self.contacts = SQLiteContactStore(config.state_path)
         self.pauses = PausedSets(SQLitePauseStore(config.state_path))
         self._authenticator = Authenticator(self.live, self.credentials)
         self.reputation = ReputationGuard(self.spool, self.pauses, self.live)
@@ -130,6 +133,7 @@ class Relay:
         await asyncio.to_thread(self.spool.open)
         await asyncio.to_thread(self.credentials.open)
         await asyncio.to_thread(self.suppression.open)
+        await asyncio.to_thread(self.contacts.open)
         await asyncio.to_thread(self.pauses.store.open)
         await asyncio.to_thread(self.pauses.refresh)
         if self.pauses:
@@ -169,11 +173,11 @@ class Relay:
             paused_sets=self.pauses, paused_accounts=lambda: self.pauses.accounts,
             transform_pool=self._transform_pool,
             on_spooled=self.scheduler.wake if self.scheduler is not None else lambda: None,
-            mail_from=self.mail_from)
+            mail_from=self.mail_from, contacts=self.contacts)
         await self._start_feedback()
         self.smtp = SMTPServer(self.live, self._authenticator, self._pipeline,
                                feedback=self.feedback_receiver)
-        self.engagements = EngagementRecorder(self.spool, self.suppression, self.live)
+        self.engagements = EngagementRecorder(self.spool, self.contacts, self.live)
         self.http = HTTPServer(cfg, lambda: self._ready, keys=self.live,
                                sink=self.engagements, admin=AdminServices(
                                    live=self.live, spool=self.spool,
@@ -305,6 +309,7 @@ class Relay:
         await asyncio.to_thread(self.spool.close)
         await asyncio.to_thread(self.usage.close)
         self.suppression.close()
+        self.contacts.close()
         self.pauses.store.close()
         self.credentials.close()
 

@@ -160,7 +160,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # status 5.1.1, which would otherwise read as NoEmail.
     _p("OnAccountSuppressionList",
        text=r"account-level suppression list|suppression list for your account"
-            r"|on ?account ?suppression ?list"),
+            r"|on ?account ?suppression ?list|recipient unsubscribed from"),
     _p("Suppressed",
        text=r"global suppression list|recent history of bouncing"),
     # Specific enhanced codes, regardless of wording.

@@ -1,14 +1,15 @@
 """Configuration: one YAML file loaded into frozen, typed objects, with every problem reported.
 
 One module per job: `values` (the value types and checks the sections use), a module
-per group of sections (`server`, `accounts`, `sets`, `delivery`), `schema` (the whole
-file and the checks that span sections), `loading` (reading the file, ConfigError) and
-`source` (how a running component reads the configuration in force, which SIGHUP swaps).
-The rest of smtprelay imports from here, not from the modules.
+per group of sections (`server`, `accounts`, `sets`, `lists`, `delivery`), `schema`
+(the whole file and the checks that span sections), `loading` (reading the file,
+ConfigError) and `source` (how a running component reads the configuration in force,
+which SIGHUP swaps). The rest of smtprelay imports from here, not from the modules.
 """
 
 from smtprelay.config.accounts import SANDBOX_QUOTA, IdentityConfig, QuotaConfig
 from smtprelay.config.delivery import DelayConfig, RetryConfig
+from smtprelay.config.lists import ContactListConfig, SubscriptionStatus, TopicConfig
 from smtprelay.config.loading import ENV_CONFIG, ConfigError, LoadedConfig, load_config
 from smtprelay.config.schema import Config
 from smtprelay.config.server import (
@@ -40,6 +41,7 @@ __all__ = [
     "ConfigError",
     "ConfigSource",
     "ConfigurationSetConfig",
+    "ContactListConfig",
     "DelayConfig",
     "Derived",
     "Duration",
@@ -54,6 +56,8 @@ __all__ = [
     "RateThresholds",
     "ReputationConfig",
     "RetryConfig",
+    "SubscriptionStatus",
+    "TopicConfig",
     "check_domain",
     "check_selector",
     "is_simulator_address",

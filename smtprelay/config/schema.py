@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from smtprelay.config.accounts import AccountConfig, IdentityConfig
 from smtprelay.config.delivery import DeliveryConfig
+from smtprelay.config.lists import ContactListConfig, check_list_names
 from smtprelay.config.server import (
     AuthConfig,
     HTTPConfig,
@@ -41,6 +42,7 @@ class Config(Model):
     accounts: dict[str, AccountConfig] = Field(default_factory=dict)
     identities: dict[str, IdentityConfig] = Field(default_factory=dict)
     configuration_sets: dict[str, ConfigurationSetConfig] = Field(default_factory=dict)
+    contact_lists: dict[str, ContactListConfig] = Field(default_factory=dict)
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
     reputation: ReputationConfig = Field(default_factory=ReputationConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
@@ -70,6 +72,11 @@ class Config(Model):
         if problems:
             raise ValueError("\n".join(problems))
         return normalised
+
+    @field_validator("contact_lists", mode="before")
+    @classmethod
+    def _list_names(cls, value: Any) -> Any:
+        return check_list_names(value)
 
     @field_validator("tracking_domains", mode="before")
     @classmethod
@@ -109,6 +116,17 @@ class Config(Model):
                     problems.append(
                         f"configuration_sets.{set_name}.{key}: {host} is not listed under "
                         "tracking_domains; add it there (with its certificate for https)")
+        for list_name, contact_list in self.contact_lists.items():
+            if contact_list.account not in self.accounts:
+                problems.append(
+                    f"contact_lists.{list_name}.account: {contact_list.account!r} is not an "
+                    "account; list it under accounts or name the account that sends to "
+                    "this list")
+            if contact_list.unsubscribe_domain not in self.tracking_domains:
+                problems.append(
+                    f"contact_lists.{list_name}.unsubscribe_domain: "
+                    f"{contact_list.unsubscribe_domain} is not listed under tracking_domains; "
+                    "add it there (with its certificate for https)")
         names = [listener.name for listener in self.listeners]
         for name in sorted({n for n in names if names.count(n) > 1}):
             problems.append(f"listeners: the name {name!r} is used twice")

@@ -9,10 +9,15 @@ Engagement; this records it:
   ``machine: true`` and the reason: dropping them would hide what scanners do.
   Every set counts them in its statistics (smtprelay.spool.set_stats), in the same
   transaction as the event, whether it publishes events or not.
-- Unsubscribe: the recipient goes on the account's suppression list (reason
-  COMPLAINT: the person asked not to get this mail, and every configuration set that
-  honours complaints stops sending to them), a Subscription event is recorded and
-  the set's ``unsubscribe`` count goes up.
+- Unsubscribe: a subscription change, never an account-wide suppression entry (a
+  person who leaves a newsletter still gets password resets). A token that names a
+  contact list (the message was sent with X-SES-LIST-MANAGEMENT-OPTIONS) opts the
+  contact out of its topic, or of the whole list when it named no topic; any other
+  (a configuration set's own one-click unsubscribe) opts the person out of the set's
+  implicit list, so later mail of that set, and only of that set, is held back
+  (smtprelay.policy.contacts). A Subscription event with the contact's preferences
+  before and after is recorded, and the set's ``unsubscribe`` count goes up, when
+  something changed.
   Only a per-recipient token can unsubscribe (the relay issues those only for
   one-recipient messages); the address comes from the mail record, never the URL.
 """
@@ -22,16 +27,19 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from smtprelay.config import ConfigSource
+from smtprelay.config import ConfigSource, ContactListConfig
 from smtprelay.events import records
 from smtprelay.events.model import (
     Click,
     Engagement,
     Open,
     Subscription,
+    SubscriptionStatus,
     TopicPreferences,
+    TopicStatus,
 )
-from smtprelay.policy.suppression import SuppressionStore
+from smtprelay.policy import contacts
+from smtprelay.policy.contacts import Contact, ContactStore
 from smtprelay.spool import set_stats
 from smtprelay.spool.model import EventRecord
 from smtprelay.spool.store import Spool
@@ -39,14 +47,32 @@ from smtprelay.transform.tokens import ClickToken, OpenToken, UnsubscribeToken
 
 log = logging.getLogger("smtprelay.events")
 
-# Subscription events name a contact list; the relay has none, so the set stands in.
-_NO_SET = "default"
+_STATUS = {"OPT_IN": SubscriptionStatus.OPT_IN, "OPT_OUT": SubscriptionStatus.OPT_OUT}
+
+
+def preferences(contact: Contact | None, settings: ContactListConfig | None
+                ) -> TopicPreferences:
+    """A contact's preferences as a Subscription event writes them: every topic of the
+    list with the contact's status for it (its default when the contact has none),
+    then any topic the contact has a preference for that the list no longer has."""
+    if contact is None:
+        contact = Contact("", "")
+    statuses: list[TopicStatus] = []
+    known: set[str] = set()
+    for topic in settings.topics if settings is not None else ():
+        known.add(topic.name)
+        statuses.append(TopicStatus(topic.name, _STATUS[contact.status(topic)]))
+    for name, status in sorted(contact.topics.items()):
+        if name not in known:
+            statuses.append(TopicStatus(name, _STATUS[status]))
+    return TopicPreferences(unsubscribe_all=contact.unsubscribe_all,
+                            topic_subscription_status=tuple(statuses))
+
 
 class EngagementRecorder:
-    def __init__(self, spool: Spool, suppression: SuppressionStore,
-                 live: ConfigSource) -> None:
+    def __init__(self, spool: Spool, contacts: ContactStore, live: ConfigSource) -> None:
         self._spool = spool
-        self._suppression = suppression
+        self._contacts = contacts
         self._live = live
 
     def _publishes(self, set_name: str | None) -> bool:
@@ -103,23 +129,44 @@ class EngagementRecorder:
                         payload.message_id)
             return True
         address = record.destination[payload.recipient]
+        settings: ContactListConfig | None = None
+        if payload.contact_list is not None:
+            # The list and topic the message named; the address is the recipient's.
+            contact_list = shown = payload.contact_list
+            topic = payload.topic
+            settings = self._live.config.contact_lists.get(contact_list)
+            if settings is None or settings.account != record.account:
+                # Removed (or given away) since: the person's wish is kept all the same,
+                # should the list come back.
+                log.warning("msg=%s unsubscribe from contact list %s, which account %s "
+                            "no longer has", payload.message_id, contact_list, record.account)
+                settings = None
+        elif record.configuration_set is not None:
+            # A set's own one-click unsubscribe: scoped to that set's mail.
+            contact_list, topic = contacts.set_scope(record.configuration_set), None
+            shown = record.configuration_set
+        else:
+            log.warning("msg=%s unsubscribe for a message with neither a contact list nor "
+                        "a configuration set; nothing to change", payload.message_id)
+            return True
         try:
-            await asyncio.to_thread(self._suppression.add, record.account, address,
-                                    "COMPLAINT", source_message_id=payload.message_id,
-                                    created_at=engagement.at)
+            before, after = await asyncio.to_thread(
+                self._contacts.unsubscribe, contact_list, address, topic, at=engagement.at)
         except Exception as exc:
             log.error("msg=%s unsubscribe of a recipient not recorded: %s",
                       payload.message_id, exc)
             return False
-        log.info("msg=%s account=%s recipient %d unsubscribed (one-click) machine=%s",
-                 payload.message_id, record.account, payload.recipient, engagement.machine)
+        log.info("msg=%s account=%s recipient %d unsubscribed from %s%s (one-click) "
+                 "machine=%s", payload.message_id, record.account, payload.recipient,
+                 contact_list, f" topic {topic}" if topic else "", engagement.machine)
+        old, new = preferences(before, settings), preferences(after, settings)
+        if before is not None and old == new:
+            return True  # already out: nothing changed, nothing to report or count
         events: tuple[EventRecord, ...] = ()
         if self._publishes(record.configuration_set):
-            detail = Subscription(
-                contact_list=record.configuration_set or _NO_SET, timestamp=engagement.at,
-                source="UnsubscribeHeader",
-                new_topic_preferences=TopicPreferences(unsubscribe_all=True),
-                old_topic_preferences=TopicPreferences(unsubscribe_all=False))
+            detail = Subscription(contact_list=shown, timestamp=engagement.at,
+                                  source="UnsubscribeHeader", new_topic_preferences=new,
+                                  old_topic_preferences=old)
             events = (records.make(payload.message_id, record.configuration_set,
                                   engagement.at, detail),)
         counted = set_stats.Bump(record.account, record.configuration_set, engagement.at,

@@ -198,8 +198,9 @@ class TopicPreferences:
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
-    """A contact changed its preferences; for us, always a one-click unsubscribe
-    (new preferences with unsubscribe_all=True)."""
+    """A contact changed its preferences; for us, always an unsubscribe (one-click or
+    the page's button): from a topic (its status OptOut in the new preferences) or
+    from the whole list or configuration set (unsubscribe_all=True)."""
 
     contact_list: str
     timestamp: float
@@ -328,7 +329,7 @@ class EngagementSink(Protocol):
         """Record an Open or Click event; never raises for bad data."""
 
     async def unsubscribe(self, engagement: Engagement) -> bool:
-        """Add the suppression entry and the Subscription event.
+        """Record the subscription change (policy.contacts) and the Subscription event.
 
         True when recorded; False: it could not be recorded now, try later (the
         client gets 503 with Retry-After).

@@ -5,7 +5,7 @@ puts into messages. A token is signed (smtprelay.transform.tokens), so answering
 database: the click URL comes out of the token, never out of the request, which is
 why this can never be an open redirect. What happened is handed to an
 EngagementSink (the events store), which turns it into SES Open, Click and
-Subscription events and suppression entries.
+Subscription events and subscription changes (smtprelay.policy.contacts).
 
 Decisions worth knowing:
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
+import html
 import ipaddress
 import json
 import logging
@@ -193,6 +194,32 @@ CONFIRM_PAGE = _page(
     "<input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\n"
     "<button type=\"submit\">Unsubscribe</button>\n"
     "</form>")
+
+
+def confirm_page(config: Config, payload: tokens.UnsubscribeToken) -> str:
+    """The confirmation page; for a contact list's message it names the topic (or the
+    list) the button leaves, as the list describes it. Everything shown is escaped."""
+    settings = None if payload.contact_list is None else \
+        config.contact_lists.get(payload.contact_list)
+    if settings is None:
+        return CONFIRM_PAGE
+    topic = None if payload.topic is None else settings.topic(payload.topic)
+    if topic is not None:
+        what = f"<strong>{html.escape(topic.display_name)}</strong> emails"
+        about = topic.description
+    else:
+        what = "any of these emails"
+        about = settings.description
+    return _page(
+        "Unsubscribe",
+        f"<p>Do you want to stop receiving {what} at this address?</p>\n"
+        + (f"<p>{html.escape(about)}</p>\n" if about else "")
+        + "<form method=\"post\">\n"
+        "<input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\n"
+        "<button type=\"submit\">Unsubscribe</button>\n"
+        "</form>")
+
+
 DONE_PAGE = _page(
     "You are unsubscribed",
     "<p>This address will not receive these emails any more.</p>")
@@ -378,10 +405,11 @@ class Tracking:
     async def _unsubscribe_page(self, request: web.Request) -> web.StreamResponse:
         if self._domain(request) is None:
             return _not_found()
-        if self._decode(self._target(request, "u"), "unsubscribe", self._clock()) is None:
+        payload = self._decode(self._target(request, "u"), "unsubscribe", self._clock())
+        if not isinstance(payload, tokens.UnsubscribeToken):
             metrics.TRACKING_REQUESTS.labels("unsubscribe", "invalid").inc()
             return _not_found()
-        return web.Response(text=CONFIRM_PAGE, content_type="text/html",
+        return web.Response(text=confirm_page(self._config, payload), content_type="text/html",
                             headers=_PAGE_HEADERS)
 
     async def _unsubscribe(self, request: web.Request) -> web.StreamResponse:

@@ -136,6 +136,25 @@ def mail_from_not_verified(domain: str) -> Reply:
                       f"domain {domain} has no MX record")
 
 
+def contact_list_unknown(name: str) -> Reply:
+    """X-SES-LIST-MANAGEMENT-OPTIONS names a list the sending account does not have (SES
+    documents no SMTP text; its API says NotFoundException). A list of another account
+    gets the same answer, so nothing is learnt about other accounts."""
+    return Reply(554, f"5.3.0 Message rejected: Contact list {name} does not exist")
+
+
+def topic_unknown(contact_list: str, topic: str) -> Reply:
+    return Reply(554, f"5.3.0 Message rejected: Topic {topic} does not exist in contact "
+                      f"list {contact_list}")
+
+
+def bad_list_management(detail: str) -> Reply:
+    # The detail quotes the header's value: escaped to ASCII so the reply stays 7-bit.
+    detail = detail.encode("ascii", "backslashreplace").decode("ascii")[:300]
+    return Reply(554, "5.6.0 Message rejected: X-SES-LIST-MANAGEMENT-OPTIONS must be "
+                      f"'<list>; topic=<topic>' (topic optional): {detail}")
+
+
 RATE_EXCEEDED = Reply(454, "4.7.0 Throttling failure: Maximum sending rate exceeded")
 DAILY_QUOTA_EXCEEDED = Reply(454, "4.7.0 Throttling failure: Daily message quota exceeded")
 DUPLICATE_OPEN_TRACKER = Reply(

@@ -646,6 +646,9 @@ def plan(config: Config, domain: str, *, ips: Sequence[str] = (),
             if host is not None:
                 tracking.setdefault(host.partition(":")[0],
                                     f"configuration_sets.{name}.{field_name}")
+    for name, contact_list in config.contact_lists.items():
+        tracking.setdefault(contact_list.unsubscribe_domain.partition(":")[0],
+                            f"contact_lists.{name}.unsubscribe_domain")
     return Plan(domain, f"identities.{key}", config.identities.get(key) or IdentityConfig(),
                 config.server.hostname, addresses, tuple(sorted(tracking.items())),
                 config.delivery.mode == "smarthost",

@@ -189,8 +189,10 @@ class NewMessage:
     # fields), stored apart so that the client's bytes are never copied to put them
     # in front (mox's MsgPrefix): the message is `prefix + data`.
     prefix: bytes = b""
-    # Recipient index -> suppression reason (BOUNCE or COMPLAINT): spooled as final,
-    # never delivered, with a Permanent/OnAccountSuppressionList bounce outcome.
+    # Recipient index -> suppression reason (BOUNCE or COMPLAINT), or UNSUBSCRIBED
+    # for a contact that left the message's list or topic (store.unsubscribed_reason):
+    # spooled as final, never delivered, with a Permanent/OnAccountSuppressionList
+    # bounce outcome whose diagnostic says which (store.suppressed_diagnostic).
     suppressed: dict[int, str] = field(default_factory=dict)
     # Events to publish (Send, suppression bounces); with any, or with `publishes`, a
     # mail record (envelope, header section, tags) is kept for later events.

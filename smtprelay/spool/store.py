@@ -464,7 +464,20 @@ def _insert(conn: sqlite3.Connection, m: NewMessage, finalize: Finalizer | None 
         _finish(conn, m.message_id, m.received_at, finalize)
 
 
+# The `suppressed` reason of a recipient held back by a contact list rather than by
+# the suppression list: "UNSUBSCRIBED <where>" (see unsubscribed_reason).
+UNSUBSCRIBED = "UNSUBSCRIBED"
+
+
+def unsubscribed_reason(where: str) -> str:
+    """The reason for a contact that unsubscribed from `where` ("contact list 'news'",
+    "topic 'sports' of contact list 'news'", "configuration set 'marketing'")."""
+    return f"{UNSUBSCRIBED} {where}"
+
+
 def suppressed_diagnostic(reason: str) -> str:
+    if reason.startswith(UNSUBSCRIBED + " "):
+        return f"the recipient unsubscribed from {reason[len(UNSUBSCRIBED) + 1:]}"
     return f"the address is on the account-level suppression list (reason {reason})"
 
 

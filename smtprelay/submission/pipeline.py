@@ -28,7 +28,8 @@ from smtprelay.mail.headers import (
     parse_header_section,
 )
 from smtprelay.mail.replies import Reply
-from smtprelay.policy import authorization, configuration_sets, content, identities
+from smtprelay.policy import authorization, configuration_sets, contacts, content, identities
+from smtprelay.policy.contacts import ContactStore, ListOptions
 from smtprelay.policy.quota import Quotas
 from smtprelay.policy.suppression import SuppressionStore
 from smtprelay.spool import set_stats
@@ -39,7 +40,13 @@ from smtprelay.spool.model import (
     Tracking,
     new_message_id,
 )
-from smtprelay.spool.store import Spool, SpoolError, SpoolFullError, suppressed_diagnostic
+from smtprelay.spool.store import (
+    Spool,
+    SpoolError,
+    SpoolFullError,
+    suppressed_diagnostic,
+    unsubscribed_reason,
+)
 from smtprelay.submission.seam import Submission
 from smtprelay.transform import dkim, hygiene, tracking
 from smtprelay.transform.keys import KeySource, SignerSource
@@ -91,11 +98,15 @@ class Pipeline:
                  paused_accounts: Callable[[], Container[str]] = frozenset,
                  transform_pool: TransformPool | None = None,
                  on_spooled: Callable[[], None] = lambda: None,
-                 mail_from: return_path.MailFromVerification | None = None) -> None:
+                 mail_from: return_path.MailFromVerification | None = None,
+                 contacts: ContactStore | None = None) -> None:
         self._live = live
         self._spool = spool
         self._quotas = quotas
         self._suppression = suppression
+        # The contact lists' contacts (policy.contacts); None: mail naming a list is
+        # refused with 451 (a pipeline built without the state database's contacts).
+        self._contacts = contacts
         # The sets paused at run time (smtprelay.policy.pauses.PausedSets), and the
         # accounts (PausedSets.accounts): all their mail refused.
         self.paused_sets = paused_sets
@@ -217,6 +228,11 @@ class Pipeline:
         if isinstance(choice, Reply):
             reason = "set_paused" if choice is R.SET_PAUSED else "set_unknown"
             return _refuse(reason, choice)
+        options = contacts.options_of(self._config, client.account, fields)
+        if isinstance(options, Reply):
+            log.info("client=%s account=%s refused: %s", client.ip, client.account,
+                     options.text)
+            return _refuse("list_management", options)
         if len(submission.data) > _INLINE_CHECK_LIMIT:
             refusal = await asyncio.to_thread(content.refusal, submission.data, fields)
         else:
@@ -226,7 +242,8 @@ class Pipeline:
                                                   {set_stats.Kind.REJECT: 1}))
             return _refuse("content", refusal)
         suppressed = await self._suppressed(client.account, choice.name,
-                                            submission.envelope.recipients)
+                                            submission.envelope.recipients, options,
+                                            submission.received_at)
         if suppressed is None:
             return _refuse("suppression_error", R.LOCAL_ERROR)
 
@@ -241,9 +258,12 @@ class Pipeline:
             recipient=recipients[0] if len(recipients) == 1 else None,
             received_at=submission.received_at))
         settings = self._config.configuration_sets.get(choice.name) if choice.name else None
+        list_unsubscribe = None if options is None else tracking.ListUnsubscribe(
+            options.contact_list, None if options.topic is None else options.topic.name,
+            options.settings.unsubscribe_domain, options.settings.https)
         transformed = await self._transform(message_id, data, len(recipients),
                                             submission.received_at, settings,
-                                            content_type(fields))
+                                            content_type(fields), list_unsubscribe)
         if isinstance(transformed, Reply):
             return transformed
         data = transformed.data
@@ -314,18 +334,23 @@ class Pipeline:
 
     async def _transform(self, message_id: str, data: bytes, recipient_count: int,
                          received_at: float, settings: ConfigurationSetConfig | None,
-                         media_type: str) -> tracking.Result | Reply:
-        """Tracking and unsubscribe as the configuration set asks, or the refusal."""
+                         media_type: str,
+                         list_unsubscribe: tracking.ListUnsubscribe | None = None
+                         ) -> tracking.Result | Reply:
+        """Tracking and unsubscribe as the configuration set (and the contact list the
+        message names) ask, or the refusal."""
         transformer = tracking.Transformer(self._live.keyring)
         apply = functools.partial(transformer.apply, data, message_id=message_id,
                                   recipient_count=recipient_count, issued_at=received_at,
-                                  settings=settings, media_type=media_type)
+                                  settings=settings, media_type=media_type,
+                                  list_unsubscribe=list_unsubscribe)
         try:
-            if self.transform_pool is not None and tracking.changes_anything(settings):
+            if self.transform_pool is not None and tracking.changes_anything(
+                    settings, list_unsubscribe):
                 result = await self.transform_pool.apply(
                     transformer.keyring, data, message_id=message_id,
                     recipient_count=recipient_count, issued_at=received_at,
-                    settings=settings)
+                    settings=settings, list_unsubscribe=list_unsubscribe)
             elif len(data) > _INLINE_TRANSFORM_LIMIT:
                 result = await asyncio.to_thread(apply)
             else:
@@ -369,22 +394,64 @@ class Pipeline:
         return b"".join(signed)
 
     async def _suppressed(self, account: str, set_name: str | None,
-                          recipients: tuple[str, ...]) -> dict[int, str] | None:
-        """Recipient index -> reason, for the reasons the configuration set applies."""
+                          recipients: tuple[str, ...], options: ListOptions | None,
+                          received_at: float) -> dict[int, str] | None:
+        """Recipient index -> reason: the suppression list's, for the reasons the
+        configuration set applies, else the contact lists' (UNSUBSCRIBED ...). One
+        thread hop for both, as they are in the same database."""
         reasons: tuple[str, ...] = ("BOUNCE", "COMPLAINT")
         if set_name is not None:
             reasons = self._config.configuration_sets[set_name].suppression.reasons
-        if not reasons:
-            return {}
+        if not reasons and options is None and (set_name is None or self._contacts is None):
+            return {}  # nothing to look up: no thread hop
+        if options is not None and self._contacts is None:
+            log.error("account=%s: mail to contact list %s refused with 451: this "
+                      "pipeline has no contact store", account, options.contact_list)
+            return None
+
+        def look() -> dict[int, str]:
+            held: dict[int, str] = {}
+            if reasons:
+                entries = self._suppression.lookup(account, recipients)
+                held = {i: entries[rcpt].reason for i, rcpt in enumerate(recipients)
+                        if rcpt in entries and entries[rcpt].reason in reasons}
+            for i, reason in self._unsubscribed(set_name, recipients, options,
+                                                received_at).items():
+                held.setdefault(i, reason)
+            return held
+
         try:
-            entries = await asyncio.to_thread(self._suppression.lookup, account, recipients)
+            return await asyncio.to_thread(look)
         except Exception as exc:
             # Sending anyway could mail people who asked not to get mail: the client
             # retries on a 451 instead.
-            log.error("suppression lookup failed account=%s: %s", account, exc)
+            log.error("suppression or contact lookup failed account=%s: %s", account, exc)
             return None
-        return {i: entries[rcpt].reason for i, rcpt in enumerate(recipients)
-                if rcpt in entries and entries[rcpt].reason in reasons}
+
+    def _unsubscribed(self, set_name: str | None, recipients: tuple[str, ...],
+                      options: ListOptions | None, received_at: float) -> dict[int, str]:
+        """The recipients who left the message's list or topic (each recipient not yet
+        a contact of the list becomes one, as SES does), or the configuration set's own
+        implicit list; blocking, in a thread."""
+        store = self._contacts
+        if store is None:
+            return {}
+        held: dict[int, str] = {}
+        if options is not None:
+            found = store.contacts(options.contact_list, recipients, create_at=received_at)
+            for i, rcpt in enumerate(recipients):
+                contact = found.get(rcpt)
+                if contact is not None and not contact.receives(options.topic):
+                    where = (f"contact list {options.contact_list!r}"
+                             if contact.unsubscribe_all else options.where)
+                    held[i] = unsubscribed_reason(where)
+        if set_name is not None:
+            found = store.contacts(contacts.set_scope(set_name), recipients)
+            for i, rcpt in enumerate(recipients):
+                contact = found.get(rcpt)
+                if contact is not None and contact.unsubscribe_all and i not in held:
+                    held[i] = unsubscribed_reason(f"configuration set {set_name!r}")
+        return held
 
 
 def _refuse(reason: str, reply: Reply) -> Reply:

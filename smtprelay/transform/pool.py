@@ -8,10 +8,11 @@ length-prefixed format, so a message costs the relay a write and a read of its b
 no pickling of the message and no helper threads.
 
 Only messages the configuration set really transforms (click or open tracking, or
-one-click unsubscribe) come here; the rest take the inline fast path, which costs
-microseconds. Each request carries the tracking key ring (a few hundred bytes), so a
-key rotation (SIGHUP) needs nothing from the workers: the next message is signed with
-the new key. A set's settings are pickled once per set and configuration.
+one-click unsubscribe) and messages to a contact list come here; the rest take the
+inline fast path, which costs microseconds. Each request carries the tracking key
+ring (a few hundred bytes), so a key rotation (SIGHUP) needs nothing from the workers:
+the next message is signed with the new key. A set's settings are pickled once per set
+and configuration.
 
 A worker takes requests in order; a request goes to an idle worker, or starts one
 (up to `server.transform_workers`), or waits behind the fewest unanswered ones. A
@@ -185,7 +186,9 @@ class TransformPool:
 
     async def apply(self, keyring: tokens.KeyRing, data: bytes, *, message_id: str,
                     recipient_count: int, issued_at: float,
-                    settings: ConfigurationSetConfig | None) -> tracking.Result:
+                    settings: ConfigurationSetConfig | None,
+                    list_unsubscribe: tracking.ListUnsubscribe | None = None
+                    ) -> tracking.Result:
         """tracking.Transformer(keyring).apply(...) in a worker process.
 
         The Result's `links` is empty: `link_count` says how many were tracked.
@@ -196,7 +199,7 @@ class TransformPool:
         frame = worker_wire.request(
             message_id, recipient_count, issued_at,
             pickle.dumps(keyring, protocol=pickle.HIGHEST_PROTOCOL),
-            self._pickled_settings(settings), data)
+            self._pickled_settings(settings), data, list_unsubscribe)
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):
             try:

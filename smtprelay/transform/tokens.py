@@ -10,11 +10,20 @@ A token is the URL-safe base64 (no padding) of::
     recipient varint   index into the envelope's recipients, or varint length + UTF-8
                        address; absent for a whole-message token (several recipients
                        got the same copy, so a click cannot name one of them)
+    -- list unsubscribes only (kind 3) --
+    list      varint length + UTF-8: the contact list the message named
+    topic     varint length + UTF-8: its topic, empty for the whole list
     -- clicks only --
     link      varint   0-based index of the link in the message
     tail      rest     [varint tag count, (varint length + UTF-8) per key and value] + URL,
                        raw-deflated (zlib) only when that makes it shorter
     mac       16 bytes HMAC-SHA256 over a context label and everything above, truncated
+
+The kinds: click (0), open (1), unsubscribe (2), and list unsubscribe (3), an
+unsubscribe of a message sent with X-SES-LIST-MANAGEMENT-OPTIONS: it names the list
+and topic the person leaves, so the HTTP side needs no lookup to know what to change
+(the address still comes from the message's mail record, never from the token). A
+kind-2 token leaves the configuration set's own implicit list (policy.contacts).
 
 Why a 128-bit tag: forging a token means guessing the tag online, one HTTP request
 per guess, and 2**-128 per guess is far beyond reach; truncating HMAC-SHA256 to 128
@@ -23,7 +32,8 @@ while saving 22 characters in every tracked link. The key id goes in clear so ke
 can rotate: a retired key still verifies for RETIREMENT_GRACE, then its tokens die.
 
 Measured lengths (tests/unit/test_tokens.py::test_typical_lengths keeps them honest):
-an open or unsubscribe token is 51 characters; a click on a typical 107-character
+an open or unsubscribe token is 51 characters (a list's unsubscribe 76 with the list
+"newsletters" and topic "weekly"); a click on a typical 107-character
 marketing URL with utm parameters is 175; a 311-character URL with a dozen tracking
 parameters is 358 (deflate pays off from about 100 characters of URL). So even with
 ``https://links.example.com/c/`` in front, typical tracked links stay far under the
@@ -85,6 +95,7 @@ class Kind(IntEnum):
     CLICK = 0
     OPEN = 1
     UNSUBSCRIBE = 2
+    LIST_UNSUBSCRIBE = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +122,10 @@ class UnsubscribeToken:
     message_id: str
     recipient: int | str | None
     issued_at: int
+    # The contact list (and topic) of a message sent with list-management options;
+    # None: the configuration set's own one-click unsubscribe.
+    contact_list: str | None = None
+    topic: str | None = None
 
 
 Payload = ClickToken | OpenToken | UnsubscribeToken
@@ -258,7 +273,7 @@ def encode(payload: Payload, keyring: KeyRing) -> str:
         return issuer.click(payload.link_index, payload.url, payload.tags)
     if isinstance(payload, OpenToken):
         return issuer.open()
-    return issuer.unsubscribe()
+    return issuer.unsubscribe(payload.contact_list, payload.topic)
 
 
 class Issuer:
@@ -298,8 +313,19 @@ class Issuer:
     def open(self) -> str:
         return self._sign(Kind.OPEN, self._flags, self._common)
 
-    def unsubscribe(self) -> str:
-        return self._sign(Kind.UNSUBSCRIBE, self._flags, self._common)
+    def unsubscribe(self, contact_list: str | None = None, topic: str | None = None) -> str:
+        """The unsubscribe token; with `contact_list`, one that leaves that list (or its
+        `topic`) rather than the configuration set's implicit list."""
+        if contact_list is None:
+            if topic is not None:
+                raise ValueError("a topic needs its contact list")
+            return self._sign(Kind.UNSUBSCRIBE, self._flags, self._common)
+        if not contact_list:
+            raise ValueError("empty contact list name")
+        body = bytearray(self._common)
+        _text(body, contact_list)
+        _text(body, topic or "")
+        return self._sign(Kind.LIST_UNSUBSCRIBE, self._flags, body)
 
     def click(self, link_index: int, url: str,
               tags: tuple[tuple[str, str], ...] = ()) -> str:
@@ -356,7 +382,7 @@ def decode(token: str, keyring: KeyRing, now: float | None = None) -> Payload:
         raise InvalidToken("malformed")
     signed, tag = raw[:-MAC_SIZE], raw[-MAC_SIZE:]
     header = signed[0]
-    if (header >> 5 != _VERSION or (header >> 3) & 0x03 > Kind.UNSUBSCRIBE
+    if (header >> 5 != _VERSION
             or header & (_F_WHOLE_MESSAGE | _F_ADDRESS) == _F_WHOLE_MESSAGE | _F_ADDRESS):
         raise InvalidToken("malformed")
     try:
@@ -387,6 +413,12 @@ def _parse(data: bytes, offset: int, kind: Kind, flags: int) -> Payload:
         recipient, offset = _read_text(data, offset)
     else:
         recipient, offset = read_varint(data, offset)
+    if kind is Kind.LIST_UNSUBSCRIBE:
+        contact_list, offset = _read_text(data, offset)
+        topic, offset = _read_text(data, offset)
+        if flags & _F_COMPRESSED or offset != len(data) or not contact_list:
+            raise ValueError("trailing bytes or no list")
+        return UnsubscribeToken(message_id, recipient, issued, contact_list, topic or None)
     if kind is not Kind.CLICK:
         if flags & _F_COMPRESSED or offset != len(data):
             raise ValueError("trailing bytes")

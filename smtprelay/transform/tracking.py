@@ -12,6 +12,11 @@ link is added: SES too adds one only "if the email is being sent to a single
 recipient". The address itself is never put in a token: tokens are signed, not
 encrypted, and URLs end up in proxy and browser logs.
 
+A message sent with list-management options (policy.contacts) gets the one-click
+unsubscribe whatever its set says, as SES adds it whenever ListManagementOptions is
+given: its URL is on the list's own host, its token names the list and topic, and it
+replaces a List-Unsubscribe the sender wrote ("Amazon SES overrides them").
+
 Even without tracking, ``ses:no-track`` and ``ses:tags`` attributes are removed, the
 ``{{ses:openTracker}}`` placeholder is removed, and a second placeholder refuses the
 message, so nothing meant for the relay reaches a recipient whatever the set says.
@@ -26,7 +31,7 @@ from smtprelay.mail.headers import parse_header_section
 from smtprelay.transform import links, tokens, unsubscribe
 from smtprelay.transform.links import DuplicateOpenTracker, Link
 
-__all__ = ["DuplicateOpenTracker", "Result", "Transformer"]
+__all__ = ["DuplicateOpenTracker", "ListUnsubscribe", "Result", "Transformer"]
 
 # Without any of these a message holds nothing the link rewriter would change: no
 # ses:* attribute or placeholder in clear, and no encoded part that could hide one.
@@ -37,6 +42,17 @@ def _maybe_marked(data: bytes) -> bool:
     # lower() and three `in` tests: a case-insensitive regex alternation costs ~25x more.
     low = data.lower()
     return any(marker in low for marker in _MARKERS)
+
+
+@dataclass(frozen=True, slots=True)
+class ListUnsubscribe:
+    """The unsubscribe link of a message sent to a contact list (picklable: it crosses
+    the pipe to a transform worker)."""
+
+    contact_list: str
+    topic: str | None
+    host: str  # the list's unsubscribe_domain
+    https: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +67,12 @@ class Result:
     link_count: int = 0
 
 
-def changes_anything(settings: ConfigurationSetConfig | None) -> bool:
-    """The set tracks or adds unsubscribe links: more than the ses:* clean-up to do."""
+def changes_anything(settings: ConfigurationSetConfig | None,
+                     list_unsubscribe: ListUnsubscribe | None = None) -> bool:
+    """The set tracks or adds unsubscribe links, or the message goes to a contact list:
+    more than the ses:* clean-up to do."""
+    if list_unsubscribe is not None:
+        return True
     if settings is None:
         return False
     tracking = settings.tracking
@@ -65,25 +85,27 @@ class Transformer:
         self.keyring = keyring
 
     def apply(self, data: bytes, *, message_id: str, recipient_count: int, issued_at: float,
-              settings: ConfigurationSetConfig | None, media_type: str | None = None) -> Result:
+              settings: ConfigurationSetConfig | None, media_type: str | None = None,
+              list_unsubscribe: ListUnsubscribe | None = None) -> Result:
         """The message as the set wants it delivered. DuplicateOpenTracker: refuse it.
 
         `media_type`: the top level's Content-Type as the pipeline read it
-        (mail.headers.content_type), when known.
+        (mail.headers.content_type), when known. `list_unsubscribe`: the message named
+        a contact list, so it gets that list's unsubscribe link.
         """
-        if settings is None or not changes_anything(settings):
+        if not changes_anything(settings, list_unsubscribe):
             if media_type == "text/plain":
                 # One text/plain part: there is no HTML whose ses:* markup would go,
                 # so the scan of every byte for markers is not needed either.
                 return Result(data)
             return self._clean_up(data)
-        tracking = settings.tracking
+        tracking = settings.tracking if settings is not None else None
         recipient: int | None = 0 if recipient_count == 1 else None
         problems: list[str] = []
         issuer = tokens.Issuer(self.keyring, message_id, recipient, int(issued_at))
         make_click_url: links.ClickUrl | None = None
         pixel_url: str | None = None
-        if tracking.domain is not None:
+        if tracking is not None and tracking.domain is not None:
             domain, https = tracking.domain, tracking.https
             if tracking.click:
                 def make_click_url(index: int, url: str, tags: dict[str, str]) -> str:
@@ -99,7 +121,20 @@ class Transformer:
 
         unsubscribe_url: str | None = None
         unsubscribe_token = ""
-        if settings.unsubscribe.one_click:
+        mailto: str | None = None
+        override = True
+        if list_unsubscribe is not None:
+            if recipient is None:
+                problems.append("no unsubscribe link: the message has several recipients "
+                                "(an unsubscribe link must name one)")
+            else:
+                unsubscribe_token = issuer.unsubscribe(list_unsubscribe.contact_list,
+                                                       list_unsubscribe.topic)
+                unsubscribe_url = links.tracking_url(
+                    list_unsubscribe.host, "u", unsubscribe_token,
+                    https=list_unsubscribe.https)
+        elif settings is not None and settings.unsubscribe.one_click:
+            mailto, override = settings.unsubscribe.mailto, settings.unsubscribe.override
             if recipient is None:
                 problems.append("no unsubscribe link: the message has several recipients "
                                 "(an unsubscribe link must name one)")
@@ -108,7 +143,7 @@ class Transformer:
                 assert host is not None  # the config checks one_click has a host
                 unsubscribe_token = issuer.unsubscribe()
                 unsubscribe_url = links.tracking_url(
-                    host, "u", unsubscribe_token, https=tracking.https is not False)
+                    host, "u", unsubscribe_token, https=settings.tracking.https is not False)
 
         rewritten_links: list[Link] = []
         if make_click_url or pixel_url or unsubscribe_url or _maybe_marked(data):
@@ -124,9 +159,8 @@ class Transformer:
             fields = parse_header_section(data)
             data = unsubscribe.add(
                 data, fields,
-                unsubscribe.header_fields(unsubscribe_url, settings.unsubscribe.mailto,
-                                          unsubscribe_token),
-                override=settings.unsubscribe.override)
+                unsubscribe.header_fields(unsubscribe_url, mailto, unsubscribe_token),
+                override=override)
         return Result(data, rewritten_links, pixel_url is not None, unsubscribe_url, problems,
                       len(rewritten_links))
 

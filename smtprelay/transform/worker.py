@@ -36,10 +36,11 @@ _CACHE_SIZE = 64
 
 
 def request(message_id: str, recipient_count: int, issued_at: float, keyring: bytes,
-            settings: bytes, data: bytes) -> bytes:
-    """One request frame; `keyring` and `settings` are pickled (see the pool's cache)."""
-    parameters = pickle.dumps((message_id, recipient_count, issued_at, keyring, settings),
-                              protocol=pickle.HIGHEST_PROTOCOL)
+            settings: bytes, data: bytes, list_unsubscribe: object = None) -> bytes:
+    """One request frame; `keyring` and `settings` are pickled (see the pool's cache);
+    `list_unsubscribe` is the message's tracking.ListUnsubscribe, or None."""
+    parameters = pickle.dumps((message_id, recipient_count, issued_at, keyring, settings,
+                               list_unsubscribe), protocol=pickle.HIGHEST_PROTOCOL)
     return REQUEST.pack(len(parameters), len(data)) + parameters + data
 
 
@@ -71,11 +72,12 @@ def serve(source: BinaryIO, sink: BinaryIO) -> int:
         details: object
         try:
             # The relay is the only writer of this pipe.
-            message_id, recipient_count, issued_at, keyring, settings = \
+            message_id, recipient_count, issued_at, keyring, settings, list_unsubscribe = \
                 pickle.loads(body[:parameters_size])  # noqa: S301
             result = tracking.Transformer(thawed(keyring)).apply(
                 data, message_id=message_id, recipient_count=recipient_count,
-                issued_at=issued_at, settings=thawed(settings))
+                issued_at=issued_at, settings=thawed(settings),
+                list_unsubscribe=list_unsubscribe)
         except tracking.DuplicateOpenTracker as exc:
             status, details, data = DUPLICATE_OPEN_TRACKER, exc.count, b""
         except Exception as exc:  # the relay logs it and answers 451

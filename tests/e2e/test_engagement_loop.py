@@ -1,6 +1,7 @@
 """The whole engagement loop through the real daemon: a tracked message is delivered, its
 links are followed over HTTP, and the opens, clicks and one-click unsubscribe come back
-as SES events, with the unsubscribed address suppressed for the next message.
+as SES events, with the unsubscribed address held back from the set's next message
+(and kept off the account's suppression list).
 """
 
 from __future__ import annotations
@@ -97,9 +98,10 @@ def test_click_open_and_one_click_unsubscribe_come_back_as_events(tmp_path: Path
         assert subscription["newTopicPreferences"]["unsubscribeAll"] is True
         assert found["Click"]["mail"]["commonHeaders"]["subject"] == "offer"
 
-        listed = daemon.cli("suppression", "list", "--json").stdout
-        assert "reader@example.net" in listed and "COMPLAINT" in listed
-        # The next message to the unsubscribed reader is not delivered.
+        # A subscription change scoped to the set, not an account-wide complaint.
+        assert "reader@example.net" not in daemon.cli("suppression", "list", "--json").stdout
+        assert subscription["contactList"] == "transactional"
+        # The set's next message to the unsubscribed reader is not delivered.
         again = submit(daemon, cred, "reader@example.net", (
             b"From: app@example.com\r\nTo: reader@example.net\r\nSubject: again\r\n\r\n"
             b"Hi\r\n"))
@@ -107,6 +109,8 @@ def test_click_open_and_one_click_unsubscribe_come_back_as_events(tmp_path: Path
                                    if r["mail"]["messageId"] == again
                                    and r["eventType"] == "Bounce"], 20)
         assert bounce[0]["bounce"]["bounceSubType"] == "OnAccountSuppressionList"
+        assert bounce[0]["bounce"]["bouncedRecipients"][0]["diagnosticCode"] == (
+            "the recipient unsubscribed from configuration set 'transactional'")
     finally:
         assert daemon.stop() == 0
 

@@ -14,7 +14,7 @@ from smtprelay.bounces.classification import (
     classify,
     rules_from_config,
 )
-from smtprelay.spool.store import suppressed_diagnostic
+from smtprelay.spool.store import suppressed_diagnostic, unsubscribed_reason
 from tests.unit.provider_replies import (
     GMAIL_ATTACHMENT,
     GMAIL_NO_USER,
@@ -100,6 +100,8 @@ def test_provider_replies(reply: str, expected: tuple[str, str]) -> None:
     (None, "5.1.10", "null MX (RFC 7505): the domain accepts no mail",
      ("Permanent", "NoEmail")),
     (550, "5.1.1", suppressed_diagnostic("BOUNCE"),
+     ("Permanent", "OnAccountSuppressionList")),
+    (550, "5.1.1", suppressed_diagnostic(unsubscribed_reason("contact list 'news'")),
      ("Permanent", "OnAccountSuppressionList")),
     (None, "5.1.1", "Amazon SES has suppressed sending to this address because it has "
      "a recent history of bouncing as an invalid address.", ("Permanent", "Suppressed")),

@@ -14,6 +14,7 @@ import pytest
 from smtprelay.auth.credentials import CredentialStore
 from smtprelay.db import sqlite
 from smtprelay.db.migrations import SchemaTooNew, migrate
+from smtprelay.policy.contacts import SQLiteContactStore
 from smtprelay.policy.pauses import SQLitePauseStore
 from smtprelay.policy.quota import SQLiteUsageStore
 from smtprelay.policy.suppression import SQLiteSuppressionStore
@@ -26,7 +27,8 @@ def versions(path: Path) -> dict[str, int]:
 
 def test_every_store_of_the_state_database_records_its_own_version(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    stores = [CredentialStore(path), SQLiteSuppressionStore(path), SQLitePauseStore(path)]
+    stores = [CredentialStore(path), SQLiteSuppressionStore(path), SQLitePauseStore(path),
+              SQLiteContactStore(path)]
     for store in stores:
         store.open()
     usage = SQLiteUsageStore(path)
@@ -34,7 +36,8 @@ def test_every_store_of_the_state_database_records_its_own_version(tmp_path: Pat
     usage.close()
     for store in stores:
         store.close()
-    assert versions(path) == {"credentials": 1, "suppression": 2, "pauses": 1, "quota": 1}
+    assert versions(path) == {"credentials": 1, "suppression": 2, "pauses": 1, "quota": 1,
+                              "contacts": 1}
 
 
 def test_a_state_database_from_before_versioning_is_adopted_with_its_rows(

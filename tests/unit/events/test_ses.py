@@ -843,8 +843,13 @@ DOC_DETAILS: dict[str, Detail] = {
                           "smtp; 451 4.3.0 Temporary server error, try again later"),),
         expiration_time=_T + 86400.0, reporting_mta="relay.example.com", timestamp=_T + 600.25,
         remote_mta_ip="198.51.100.25"),
-    "Subscription": Subscription("marketing", _T + 3600.0, "UnsubscribeHeader",
-                                 TopicPreferences(True), TopicPreferences(False)),
+    # A one-click unsubscribe from the topic "weekly" of the contact list "newsletters".
+    "Subscription": Subscription(
+        "newsletters", _T + 3600.0, "UnsubscribeHeader",
+        TopicPreferences(False, (TopicStatus("weekly", SubscriptionStatus.OPT_OUT),
+                                 TopicStatus("events", SubscriptionStatus.OPT_OUT))),
+        TopicPreferences(False, (TopicStatus("weekly", SubscriptionStatus.OPT_IN),
+                                 TopicStatus("events", SubscriptionStatus.OPT_OUT)))),
     "Open": Open("203.0.113.7", _T + 120.5, "Mozilla/5.0 (Windows NT 10.0; Win64; x64)",
                  machine=True, machine_reason="prefetch"),
     "Click": Click("203.0.113.7", _T + 130.75,

@@ -418,9 +418,12 @@ def test_plan_lists_tracking_hosts_without_ports(tmp_path: Path) -> None:
             "a": {"tracking": {"click": True, "domain": "links.example.com:8443"}},
             "b": {"unsubscribe": {"one_click": True, "domain": "unsub.example.com"}},
             "c": {}},
-        tracking_domains={"links.example.com:8443": {}, "unsub.example.com": {}})
+        contact_lists={"news": {"account": "acme", "unsubscribe_domain": "lists.example.com"}},
+        tracking_domains={"links.example.com:8443": {}, "unsub.example.com": {},
+                          "lists.example.com": {}})
     assert plan(cfg, "example.com").tracking_hosts == (
         ("links.example.com", "configuration_sets.a.tracking.domain"),
+        ("lists.example.com", "contact_lists.news.unsubscribe_domain"),
         ("unsub.example.com", "configuration_sets.b.unsubscribe.domain"))
 
 

@@ -47,6 +47,9 @@ payloads: st.SearchStrategy[Payload] = st.one_of(
               tag_lists.map(tuple)),
     st.builds(OpenToken, message_ids, recipients, times),
     st.builds(UnsubscribeToken, message_ids, recipients, times),
+    # A contact list's unsubscribe: the list, and the topic or none (the whole list).
+    st.builds(UnsubscribeToken, message_ids, recipients, times, st.text(min_size=1, max_size=64),
+              st.one_of(st.none(), st.text(min_size=1, max_size=64))),
 )
 
 
@@ -149,7 +152,31 @@ def test_kinds_are_distinct() -> None:
     assert isinstance(opened, OpenToken) and isinstance(unsubscribed, UnsubscribeToken)
 
 
+def test_a_list_unsubscribe_names_its_list_and_topic() -> None:
+    topic = decode(encode(UnsubscribeToken(MID, 0, 5, "news", "sports"), RING), RING, NOW)
+    whole = decode(encode(UnsubscribeToken(MID, 0, 5, "news"), RING), RING, NOW)
+    plain = decode(encode(UnsubscribeToken(MID, 0, 5), RING), RING, NOW)
+    assert topic == UnsubscribeToken(MID, 0, 5, "news", "sports")
+    assert whole == UnsubscribeToken(MID, 0, 5, "news", None)
+    assert plain == UnsubscribeToken(MID, 0, 5, None, None)
+    # The list is signed like the rest: another list cannot be written into the token.
+    token = base64.urlsafe_b64decode(encode(UnsubscribeToken(MID, 0, 5, "news"), RING) + "==")
+    assert b"news" in token
+    assert reason(tokens._b64(token.replace(b"news", b"nexs"))) == "tampered"
+
+
+def test_a_list_unsubscribe_without_its_list_is_malformed() -> None:
+    key = RING.active()
+    signed = bytearray(base64.urlsafe_b64decode(
+        encode(UnsubscribeToken(MID, 0, 5), RING) + "=="))[:-tokens.MAC_SIZE]
+    signed[0] |= tokens.Kind.LIST_UNSUBSCRIBE << 3  # kind 2 -> 3, with nothing after
+    forged = tokens._b64(bytes(signed) + tokens._mac(key.secret, bytes(signed)))
+    assert reason(forged) == "malformed"
+
+
 @pytest.mark.parametrize("payload", [
+    UnsubscribeToken(MID, 0, 0, None, "sports"),  # a topic needs its list
+    UnsubscribeToken(MID, 0, 0, "", None),
     OpenToken("018BD0E1A2B3-0123456789ABCDEF", 0, 0),  # upper case would not round trip
     OpenToken("018bd0e1a2b3_0123456789abcdef", 0, 0),
     OpenToken(MID, -1, 0),
@@ -176,6 +203,8 @@ def test_typical_lengths() -> None:
     """The numbers stated in the module docstring."""
     assert len(encode(OpenToken(MID, 0, int(NOW)), RING)) == 51
     assert len(encode(UnsubscribeToken(MID, 0, int(NOW)), RING)) == 51
+    # A list's: 4/3 of a byte per character of the names, and 2 for their lengths.
+    assert len(encode(UnsubscribeToken(MID, 0, int(NOW), "newsletters", "weekly"), RING)) == 76
     assert len(encode(ClickToken(MID, 0, 3, TYPICAL, int(NOW)), RING)) == 175
     heavy = ("https://shop.example.com/c/womens/shoes/running?sku=ABC-12345&color=blue"
              "&size=38&utm_source=newsletter&utm_medium=email&utm_campaign=2024-05-spring"

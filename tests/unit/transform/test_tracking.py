@@ -14,7 +14,7 @@ from smtprelay.config import ConfigurationSetConfig
 from smtprelay.mail.headers import content_type, parse_header_section
 from smtprelay.transform import tokens, unsubscribe
 from smtprelay.transform.links import OPEN_TRACKER, DuplicateOpenTracker
-from smtprelay.transform.tracking import Transformer
+from smtprelay.transform.tracking import ListUnsubscribe, Result, Transformer
 
 RING = tokens.KeyRing.generate(1_700_000_000)
 MID = "018bd0e1a2b3-0123456789abcdef"
@@ -151,3 +151,63 @@ def test_content_type_reads_the_top_level_as_the_email_package_does() -> None:
         assert content_type(parse_header_section(data)) == media
         assert email.message_from_bytes(data).get_content_type() == media
     assert content_type(parse_header_section(b"Subject: s\r\n\r\nx")) == "text/plain"
+
+
+# --- contact lists ---------------------------------------------------------------------
+
+NEWS = ListUnsubscribe("news", "sports", "links.example.com")
+
+
+def list_apply(data: bytes, settings: ConfigurationSetConfig | None,
+               recipients: int = 1) -> Result:
+    return Transformer(RING).apply(data, message_id=MID, recipient_count=recipients,
+                                   issued_at=1_700_000_100.5, settings=settings,
+                                   list_unsubscribe=NEWS)
+
+
+@pytest.mark.parametrize("settings", [None, ConfigurationSetConfig(), TRACKED])
+def test_a_list_message_gets_the_lists_link_whatever_the_set_says(
+        settings: ConfigurationSetConfig | None) -> None:
+    data = (b"From: a@example.com\r\nList-Unsubscribe: <https://sender.example/u>\r\n"
+            b"Subject: s\r\nContent-Type: text/plain\r\n\r\nLeave: {{unsubscribe_url}}\r\n")
+    result = list_apply(data, settings)
+    url = result.unsubscribe_url
+    assert url is not None and url.startswith("https://links.example.com/u/")
+    payload = tokens.decode(url.rsplit("/", 1)[1], RING, 1_700_000_200)
+    assert payload == tokens.UnsubscribeToken(MID, 0, 1_700_000_100, "news", "sports")
+    fields = {f.key: f.value for f in parse_header_section(result.data)}
+    # The sender's own List-Unsubscribe is replaced (SES: "overrides them"), and no
+    # mailto: is offered for a list.
+    assert fields["list-unsubscribe"] == f"<{url}>"
+    assert fields["list-unsubscribe-post"] == "List-Unsubscribe=One-Click"
+    assert f"Leave: {url}".encode() in result.data
+
+
+def test_a_list_message_to_several_recipients_gets_no_link() -> None:
+    data = b"From: a@example.com\r\nSubject: s\r\nContent-Type: text/plain\r\n\r\nHi\r\n"
+    result = list_apply(data, None, recipients=2)
+    assert result.unsubscribe_url is None and b"List-Unsubscribe" not in result.data
+    assert result.problems == ["no unsubscribe link: the message has several recipients "
+                               "(an unsubscribe link must name one)"]
+
+
+def test_the_list_link_crosses_to_a_worker_process() -> None:
+    """The pool's frame carries the list (a worker run in this process reads it)."""
+    import io
+    import pickle
+
+    from smtprelay.transform import worker
+
+    data = b"From: a@example.com\r\nSubject: s\r\nContent-Type: text/plain\r\n\r\nHi\r\n"
+    frame = worker.request(MID, 1, 1_700_000_100.5, pickle.dumps(RING), pickle.dumps(None),
+                           data, NEWS)
+    out = io.BytesIO()
+    assert worker.serve(io.BytesIO(frame), out) == 0
+    status, details_size, _ = worker.REPLY.unpack(out.getvalue()[:worker.REPLY.size])
+    assert status == worker.OK
+    details = pickle.loads(  # noqa: S301 - from the worker run just above
+        out.getvalue()[worker.REPLY.size:worker.REPLY.size + details_size])
+    url = details[2]
+    payload = tokens.decode(url.rsplit("/", 1)[1], RING, 1_700_000_200)
+    assert isinstance(payload, tokens.UnsubscribeToken)
+    assert (payload.contact_list, payload.topic) == ("news", "sports")
