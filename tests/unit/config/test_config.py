@@ -211,3 +211,42 @@ tls: {groups: "X25519:X488:prime256v1"}
     assert problems[0].startswith("tls.groups: OpenSSL "), problems
     assert "knows no group 'X488'; give OpenSSL's names separated by colons" in problems[0]
     assert "remove the key for the default, 'X25519:prime256v1:secp384r1'" in problems[0]
+
+
+NOTIFICATION_WEBHOOK = """
+listeners: [{name: s, port: 2587, tls: none}]
+server: {data_dir: DATA}
+configuration_sets:
+  bulk:
+    event_destinations:
+      - {name: lists, type: webhook, format: notification, url: "https://lists.test/ses",
+         secret_env: SMTPRELAY_TEST_SECRET}
+"""
+
+
+def test_a_notification_webhook_needs_http_public_url(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMTPRELAY_TEST_SECRET", "s3cret-0123456789")
+    text = NOTIFICATION_WEBHOOK.replace("DATA", str(tmp_path / "var"))
+    [problem] = problems_for(tmp_path, text)
+    assert problem.startswith(
+        "configuration_sets.bulk.event_destinations[lists]: format notification on a webhook "
+        "starts with SNS's SubscriptionConfirmation")
+    assert "set http.public_url" in problem
+    path = tmp_path / "ok.yaml"
+    path.write_text(text + 'http: {public_url: "https://relay.example.com/smtprelay/"}\n')
+    assert load_checked(path).config.http.public_url == "https://relay.example.com/smtprelay"
+    # The event format and file destinations have no handshake, so no URL.
+    path.write_text(text.replace("format: notification", "format: event"))
+    assert load_checked(path).config.http.public_url is None
+
+
+@pytest.mark.parametrize("url", ["relay.example.com", "ftp://relay.example.com",
+                                 "https://relay.example.com/?x=1", "https://u:p@relay.test",
+                                 "https://relay.example.com/#top", "https://"])
+def test_http_public_url_must_be_an_http_base_url(tmp_path: Path, url: str) -> None:
+    [problem] = problems_for(tmp_path, f"""
+listeners: [{{name: s, port: 2587, tls: none}}]
+http: {{public_url: "{url}"}}
+""")
+    assert problem.startswith("http.public_url:") and "base URL" in problem, problem
