@@ -571,8 +571,10 @@ def test_notifications_wait_for_the_receiver_to_confirm_then_go_in_order_once(
              "the SubscriptionConfirmation sent again")
         assert not receiver.notifications()  # nothing before the confirmation
         assert awaiting(daemon) == 1
-        assert metric(daemon, "smtprelay_event_destination_pending",
-                      configuration_set="transactional", destination="sns") >= 3
+        # Held: 3 Send and 3 Delivery events (updated at each request to confirm).
+        wait(lambda: metric(daemon, "smtprelay_event_destination_pending",
+                            configuration_set="transactional", destination="sns") == 6, 10,
+             "the held events shown")
         daemon.wait_log(f"{SNS_KEY} (http://127.0.0.1:{receiver.port}/hook) is waiting for "
                         "the receiver to confirm the subscription: it must GET the "
                         f"SubscribeURL of the SNS SubscriptionConfirmation POSTed to it "
@@ -693,14 +695,15 @@ def test_a_receiver_that_never_confirms_has_its_events_set_aside_after_retry_for
     undelivered = tmp_path / "var" / "events-undelivered" / "transactional.sns.ndjson"
     try:
         submit(daemon, Sender(daemon), "never confirmed")
-        wait(lambda: lines(undelivered), 20, "the notification set aside")
+        # The file is written before the line is logged.
+        daemon.wait_log(f"{SNS_KEY} (http://127.0.0.1:{receiver.port}/hook) has been waiting "
+                        "for its receiver to confirm the subscription for", 20)
         assert awaiting(daemon) == 1
     finally:
         assert daemon.stop() == 0
     assert lines(undelivered) == lines(notes)  # the notification itself, kept
-    assert not receiver.notifications()
-    assert (f"{SNS_KEY} (http://127.0.0.1:{receiver.port}/hook) has been waiting for its "
-            "receiver to confirm the subscription for") in daemon.log()
+    assert lines(notes) and not receiver.notifications()
+    assert f"(retry_for 2s): 1 events older than 2s set aside in {undelivered}" in daemon.log()
 
 
 def test_the_event_format_has_no_handshake(
