@@ -302,7 +302,10 @@ class DaemonProcess:
         config = base_config(tmp_path / "var", **overrides)
         config["listeners"][0]["port"] = self.ports["submission"]
         config["listeners"][1]["port"] = self.ports["submissions"]
-        config["http"] = {"listen": [f"127.0.0.1:{self.ports['http']}"]}
+        config["http"] = {**config["http"], "listen": [f"127.0.0.1:{self.ports['http']}"]}
+        if "public_url" in config["http"]:  # "{http_port}": the port chosen here
+            config["http"]["public_url"] = config["http"]["public_url"].replace(
+                "{http_port}", str(self.ports["http"]))
         self.config_path = write_config(tmp_path / "smtprelay.yaml", config)
         self.config = load_config(self.config_path).config
         self.log_path = tmp_path / "daemon.log"

@@ -183,8 +183,10 @@ class Relay:
                                    live=self.live, spool=self.spool,
                                    suppression=self.suppression, pauses=self.pauses,
                                    wake_scheduler=self._wake_scheduler,
-                                   reputation=self.reputation.state_of))
+                                   reputation=self.reputation.state_of),
+                               confirmer=self.publisher)
         await self.http.start()
+        self.publisher.http_started()  # SubscriptionConfirmations can be answered now
         await self.smtp.start()
         self._depth_task = asyncio.create_task(self._refresh_depth())
         self._purge_task = asyncio.create_task(self._purge_finished())

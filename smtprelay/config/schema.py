@@ -111,6 +111,15 @@ class Config(Model):
                         f"configuration_sets.{set_name}.unsubscribe: one_click needs a host "
                         "for the unsubscribe URL: set unsubscribe.domain or tracking.domain")
                 hosts.append(("unsubscribe.domain", settings.unsubscribe.domain))
+            for destination in settings.event_destinations:
+                if (destination.type == "webhook" and destination.format == "notification"
+                        and self.http.public_url is None):
+                    problems.append(
+                        f"configuration_sets.{set_name}.event_destinations[{destination.name}]"
+                        ": format notification on a webhook starts with SNS's "
+                        "SubscriptionConfirmation, whose SubscribeURL the receiver GETs from "
+                        "this relay's HTTP listener: set http.public_url to the base URL it "
+                        "can reach the listener at (such as https://relay.example.com)")
             for key, host in hosts:
                 if host is not None and host not in self.tracking_domains:
                     problems.append(

@@ -212,6 +212,22 @@ class HTTPConfig(Model):
     # Name of the environment variable holding the admin API's bearer token
     # (/api/v1 on every http listener). Unset, or the variable empty: no admin API.
     admin_token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # The base URL at which others reach this listener (through a proxy or CDN, if
+    # any), such as https://relay.example.com: the SubscribeURL that a webhook with
+    # format: notification sends in SNS's SubscriptionConfirmation points there
+    # (<public_url>/sns/confirm?...). Needed by such a webhook; None otherwise.
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not re.fullmatch(r"https?://[^/\s?#@]+(/[^\s?#]*)?", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// base URL (a host, "
+                             "an optional port and path; no query, fragment or user)")
+        return value.rstrip("/")
 
     @field_validator("listen", "tls_listen")
     @classmethod

@@ -6,6 +6,8 @@ event record (``events.ses``) into SES's notification JSON (the guide, "Amazon S
 notification contents" and "Amazon SNS notification examples", seed 004 ~6380-7100),
 and ``sns_envelope`` wraps it as SNS POSTs it (``Type: Notification``). Only Bounce,
 Complaint and Delivery have notifications; every other event type gives None.
+``sns_confirmation`` is SNS's SubscriptionConfirmation, which such a webhook sends
+before any notification (smtprelay.events.subscriptions).
 
 What cannot match AWS: ``TopicArn`` and ``sourceArn`` name no AWS account, and the
 envelope's ``Signature`` is not an SNS signature (there is no AWS key to sign with):
@@ -68,6 +70,33 @@ def sns_envelope(message: dict[str, Any], *, topic_arn: str, timestamp: str,
     }
 
 
+def sns_confirmation(*, topic_arn: str, token: str, subscribe_url: str, timestamp: str,
+                     signing_cert_url: str, message_id: str | None = None
+                     ) -> dict[str, Any]:
+    """SNS's SubscriptionConfirmation: what an HTTP(S) subscriber gets first, and must
+    answer by GETting ``SubscribeURL``. ``Signature`` as in ``sns_envelope``."""
+    return {
+        "Type": "SubscriptionConfirmation",
+        "MessageId": message_id or str(uuid.uuid4()),
+        "Token": token,
+        "TopicArn": topic_arn,
+        "Message": f"You have chosen to subscribe to the topic {topic_arn}.\n"
+                   "To confirm the subscription, visit the SubscribeURL included in this "
+                   "message.",
+        "SubscribeURL": subscribe_url,
+        "Timestamp": timestamp,
+        "SignatureVersion": "1",
+        "Signature": base64.b64encode(b"smtprelay: not an SNS signature").decode(),
+        "SigningCertURL": signing_cert_url,
+    }
+
+
+def sns_timestamp(at: float) -> str:
+    """SNS's Timestamp: ISO 8601 in UTC with milliseconds."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))
+    return stamp + f".{int(at * 1000) % 1000:03d}Z"
+
+
 def default_topic_arn(hostname: str, configuration_set: str, destination: str) -> str:
     return f"arn:smtprelay:sns:{hostname}:{configuration_set}-{destination}"
 
@@ -92,14 +121,28 @@ class Renderer:
         """A webhook's request body."""
         if not self.notifications:
             return stored_to_json(event)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.at))
-        stamp += f".{int(event.at * 1000) % 1000:03d}Z"
         envelope = sns_envelope(
             notification(stored_to_ses(event)) or {}, topic_arn=self.topic_arn,
-            timestamp=stamp, message_id=event.event_id,
+            timestamp=sns_timestamp(event.at), message_id=event.event_id,
             unsubscribe_url=f"https://{self._hostname}/sns/unsubscribe-not-supported",
-            signing_cert_url=f"https://{self._hostname}/sns/no-signing-certificate.pem")
+            signing_cert_url=self._signing_cert_url)
         return _dumps(envelope)
+
+    @property
+    def _signing_cert_url(self) -> str:
+        return f"https://{self._hostname}/sns/no-signing-certificate.pem"
+
+    def confirmation(self, *, token: str, subscribe_url: str, message_id: str
+                     ) -> tuple[bytes, dict[str, str]]:
+        """A SubscriptionConfirmation's body and headers (format: notification)."""
+        body = sns_confirmation(topic_arn=self.topic_arn, token=token,
+                                subscribe_url=subscribe_url, message_id=message_id,
+                                timestamp=sns_timestamp(time.time()),
+                                signing_cert_url=self._signing_cert_url)
+        return _dumps(body), {"Content-Type": "text/plain; charset=UTF-8",
+                              "x-amz-sns-message-type": "SubscriptionConfirmation",
+                              "x-amz-sns-message-id": message_id,
+                              "x-amz-sns-topic-arn": self.topic_arn}
 
     def headers(self, event: StoredEvent) -> dict[str, str]:
         """What SNS adds to each POST (x-amz-sns-*); nothing for SES event JSON."""

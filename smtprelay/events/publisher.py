@@ -16,6 +16,14 @@ outbox cannot grow without end); newer events keep being retried. When each fail
 destination started failing is kept in ``data_dir/events-retry.json``, so a restart
 neither forgets nor extends that period (it does retry at once).
 
+A webhook with ``format: notification`` starts as SNS starts an HTTP(S) subscription
+(smtprelay.events.subscriptions): it POSTs a ``SubscriptionConfirmation`` and holds its
+events until the receiver has GET the SubscribeURL in it. Until then it re-sends the
+confirmation with the same backoff as a failing receiver (1s, 2s, 4s, ... up to
+``retry_max_interval``), and counts as failing for ``retry_for``: a receiver that never
+confirms has its older events set aside as a failing one's are. The confirmation
+itself (GET /sns/confirm, smtprelay.http.sns) wakes the destination at once.
+
 A destination added while the relay runs starts with the events made after that
 (as with SES, nothing is replayed); a removed one stops holding events back.
 
@@ -32,6 +40,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import takewhile
@@ -39,6 +48,13 @@ from pathlib import Path
 
 from smtprelay.config import Config, ConfigSource, EventDestinationConfig
 from smtprelay.events.notifications import Renderer, default_topic_arn
+from smtprelay.events.subscriptions import (
+    CONFIRM_PATH,
+    SUBSCRIPTIONS_FILE,
+    Subscriptions,
+    endpoint_id,
+    subscribe_url,
+)
 from smtprelay.events.webhook import WebhookDestination, WebhookFailure
 from smtprelay.infra import metrics
 from smtprelay.infra.background import BackgroundLoop
@@ -73,6 +89,11 @@ class _Target:
     def wants(self, event: StoredEvent) -> bool:
         return (event.configuration_set == self.configuration_set
                 and self.settings.wants(event.type))
+
+    @property
+    def handshake(self) -> bool:
+        """A webhook in SNS's form: it sends nothing before its receiver confirms."""
+        return self.settings.type == "webhook" and self.settings.format == "notification"
 
 
 def targets(config: Config) -> list[_Target]:
@@ -211,6 +232,18 @@ class _Worker:
                       else str(target.settings.path))
         self._labels = {"configuration_set": target.configuration_set,
                         "destination": target.settings.name}
+        self._endpoint = endpoint_id(target.settings.url or "")
+        # True while the receiver has not confirmed the subscription (handshake only).
+        self._awaiting = not self.confirmed
+        if target.handshake:
+            metrics.EVENT_DESTINATION_UNCONFIRMED.labels(**self._labels).set(
+                int(self._awaiting))
+
+    @property
+    def confirmed(self) -> bool:
+        """Events may go: no handshake, or its receiver confirmed the subscription."""
+        return not self.target.handshake or self._publisher.subscriptions.confirmed(
+            self.target.key, self._endpoint, self._renderer.topic_arn)
 
     @property
     def backing_off(self) -> bool:
@@ -233,8 +266,14 @@ class _Worker:
     def forget_metrics(self) -> None:
         with contextlib.suppress(KeyError):
             metrics.EVENT_DESTINATION_PENDING.remove(*self._labels.values())
+        with contextlib.suppress(KeyError):
+            metrics.EVENT_DESTINATION_UNCONFIRMED.remove(*self._labels.values())
 
     async def _round(self) -> float:
+        if not self.confirmed:
+            return await self._handshake_round()
+        if self._awaiting:
+            await self._confirmed_now()
         pause = self._retry_at - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)  # backing off: new events do not cut it short
@@ -258,6 +297,8 @@ class _Worker:
 
     async def publish_batch(self) -> bool:
         """Hand over the next batch; True when more is waiting right behind it."""
+        if not self.confirmed:
+            return False  # (final_pass) held until the receiver confirms
         spool = self._publisher.spool
         batch = await asyncio.to_thread(spool.events_after, self.position, _BATCH)
         if not batch:
@@ -305,6 +346,88 @@ class _Worker:
                 await self._webhook.post(event)
                 published.labels(type=event.type, **self._labels).inc()
             progress[0] = event.id
+
+    # --- SNS's subscription handshake (format: notification) ---------------------------
+
+    async def _handshake_round(self) -> float:
+        """Ask the receiver to confirm, when due; the time until the next round. A
+        confirmation wakes the task, so the wait is not slept through."""
+        if not self._publisher.serving.is_set():
+            return _IDLE  # the HTTP listener that answers the SubscribeURL is not up yet
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            return wait
+        target = self.target
+        try:
+            url = await self._ask_to_confirm()
+        except Exception as exc:
+            delay = self._back_off()
+            self._failures += 1
+            metrics.EVENT_PUBLISH_FAILURES.labels(destination=target.key).inc()
+            if isinstance(exc, WebhookFailure):
+                metrics.WEBHOOK_FAILURES.labels(reason=exc.reason, **self._labels).inc()
+            reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror
+                      else str(exc) or exc.__class__.__name__)
+            log.error("events destination %s (%s): the SNS SubscriptionConfirmation failed, "
+                      "retrying in %ss: %s", target.config_key, self.where, f"{delay:.3g}",
+                      reason)
+        else:
+            if self.confirmed:
+                return 0  # the receiver confirmed while it was answering the POST
+            delay = self._back_off()
+            log.warning("events destination %s (%s) is waiting for the receiver to confirm "
+                        "the subscription: it must GET the SubscribeURL of the SNS "
+                        "SubscriptionConfirmation POSTed to it (%s?Action=ConfirmSubscription"
+                        "&TopicArn=...&Token=...); notifications are held until then, the "
+                        "confirmation is sent again in %ss", target.config_key, self.where,
+                        url, f"{delay:.3g}")
+        await self._hold()
+        return max(0.0, self._retry_at - time.monotonic())
+
+    async def _ask_to_confirm(self) -> str:
+        """POST a SubscriptionConfirmation; the SubscribeURL's base and path (the
+        token is not logged)."""
+        assert self._webhook is not None
+        base = self._publisher.public_url
+        if base is None:
+            raise ValueError("http.public_url is not set, so there is no SubscribeURL to "
+                             "send; set it and restart")
+        topic_arn = self._renderer.topic_arn
+        subscription = await self._publisher.subscriptions.request(
+            self.target.key, self._endpoint, topic_arn)
+        message_id = str(uuid.uuid4())
+        body, headers = self._renderer.confirmation(
+            token=subscription.token, message_id=message_id,
+            subscribe_url=subscribe_url(base, topic_arn, subscription.token))
+        await self._webhook.post_message(message_id, body, headers)
+        return base + CONFIRM_PATH
+
+    async def _hold(self) -> None:
+        """Unconfirmed: counted as failing since the first try (for retry_for), the held
+        events shown, and those past retry_for set aside."""
+        now = time.time()
+        if self.failing_since is None:
+            self.failing_since = now
+            await self._publisher.retry_state.update({self.target.key: now})
+        newest = await asyncio.to_thread(self._publisher.spool.last_event_id)
+        metrics.EVENT_DESTINATION_PENDING.labels(**self._labels).set(
+            max(0, newest - self.position))
+        if now - self.failing_since >= self.target.settings.retry_for:
+            await self._set_aside(now)
+
+    async def _confirmed_now(self) -> None:
+        subscription = self._publisher.subscriptions.get(self.target.key)
+        log.info("events destination %s (%s): the receiver confirmed the subscription "
+                 "(SubscriptionArn %s); its notifications go now", self.target.config_key,
+                 self.where, subscription.subscription_arn if subscription else "?")
+        self._awaiting = False
+        metrics.EVENT_DESTINATION_UNCONFIRMED.labels(**self._labels).set(0)
+        self._failures = 0
+        self._delay = 0.0
+        self._retry_at = 0.0
+        if self.failing_since is not None:
+            self.failing_since = None
+            await self._publisher.retry_state.update({self.target.key: None})
 
     async def _save(self, position: int) -> None:
         if position > self.position:
@@ -386,9 +509,11 @@ class _Worker:
             if len(old) < len(batch) or len(batch) < _BATCH:
                 break
         if moved:
-            log.error("events destination %s (%s) has been failing for %s (retry_for %s): "
+            state = ("waiting for its receiver to confirm the subscription"
+                     if self._awaiting else "failing")
+            log.error("events destination %s (%s) has been %s for %s (retry_for %s): "
                       "%d events older than %s set aside in %s (event ids %s to %s); newer "
-                      "events are still retried", target.config_key, self.where,
+                      "events are still retried", target.config_key, self.where, state,
                       _duration(now - (self.failing_since or now)), _duration(retry_for),
                       moved, _duration(retry_for), path, first_id, last_id)
 
@@ -404,10 +529,36 @@ class Publisher:
         self._supervisor: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.retry_state = RetryState(live.config.server.data_dir / RETRY_STATE_FILE)
+        self.subscriptions = Subscriptions(live.config.server.data_dir / SUBSCRIPTIONS_FILE)
+        # Set once the HTTP listener answers GET /sns/confirm: no SubscriptionConfirmation
+        # goes out before a receiver could confirm it.
+        self.serving = asyncio.Event()
 
     @property
     def hostname(self) -> str:
         return self._live.config.server.hostname
+
+    @property
+    def public_url(self) -> str | None:
+        return self._live.config.http.public_url
+
+    def http_started(self) -> None:
+        """The HTTP listener is up (GET /sns/confirm answers): subscriptions may be
+        requested (event loop thread)."""
+        self.serving.set()
+        self._wake_all()
+
+    async def confirm(self, topic_arn: str, token: str) -> str | None:
+        """GET /sns/confirm (events.subscriptions.Confirmer): the SubscriptionArn, and
+        the destination woken, for a known TopicArn and token; else None."""
+        found = await self.subscriptions.confirm(topic_arn, token)
+        if found is None:
+            return None
+        key, subscription = found
+        worker = self._workers.get(key)
+        if worker is not None:
+            worker.wake()
+        return subscription.subscription_arn
 
     def keys(self) -> set[str]:
         return {target.key for target in targets(self._live.config)}
@@ -420,6 +571,7 @@ class Publisher:
         """Give new destinations their starting position, then publish in the background."""
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.retry_state.load)
+        await asyncio.to_thread(self.subscriptions.load)
         await self._reconcile()
         self._supervisor = asyncio.create_task(self._supervise(), name="events")
 
@@ -497,6 +649,16 @@ class Publisher:
             positions.update(placed)
         gone = self.retry_state.keys() - wanted.keys()
         await self.retry_state.update(dict.fromkeys(gone))
+        # A destination removed, disabled or sending events now has no subscription:
+        # it asks to be confirmed again when it comes back.
+        unsubscribed = self.subscriptions.keys() - {
+            key for key, target in wanted.items() if target.handshake}
+        if unsubscribed:
+            try:
+                await self.subscriptions.forget(unsubscribed)
+            except OSError as exc:
+                log.warning("cannot save %s: %s", self.subscriptions.path,
+                            exc.strerror or exc)
         for key, target in wanted.items():
             if key not in self._workers:
                 worker = _Worker(self, target, positions[key])

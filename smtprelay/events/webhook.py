@@ -91,14 +91,19 @@ class WebhookDestination:
 
     async def post(self, event: StoredEvent) -> None:
         """Deliver one event; raise WebhookFailure unless the receiver answered 2xx."""
-        body = self._renderer.body(event)
-        extra = self._renderer.headers(event)
+        await self.post_message(event.event_id, self._renderer.body(event),
+                                self._renderer.headers(event))
+
+    async def post_message(self, message_id: str, body: bytes,
+                           extra: dict[str, str]) -> None:
+        """POST `body` with the headers `extra`, `message_id` in X-Smtprelay-Event-Id:
+        an event, or SNS's SubscriptionConfirmation, which is not one."""
         try:
-            await self._post_once(event.event_id, body, extra)
+            await self._post_once(message_id, body, extra)
         except aiohttp.ServerDisconnectedError:
             # The receiver closed a kept-alive connection just as we reused it (a race
             # every keep-alive client meets); a fresh connection settles it at once.
-            await self._post_once(event.event_id, body, extra)
+            await self._post_once(message_id, body, extra)
 
     async def _post_once(self, event_id: str, body: bytes, extra: dict[str, str]) -> None:
         timestamp = str(int(time.time()))

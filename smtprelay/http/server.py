@@ -1,4 +1,5 @@
-"""aiohttp server: tracking routes, the admin API, health, readiness and Prometheus metrics.
+"""aiohttp server: tracking routes, the admin API, health, readiness, Prometheus metrics and
+the SNS subscription confirmations of notification webhooks (smtprelay.http.sns).
 
 The same application answers on every address of ``http.listen`` (plain HTTP) and
 ``http.tls_listen`` (HTTPS, a certificate per tracking domain chosen by SNI).
@@ -33,8 +34,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from smtprelay.config import Config, parse_host_port
 from smtprelay.events.model import EngagementSink
+from smtprelay.events.subscriptions import Confirmer
 from smtprelay.http import admin_auth
 from smtprelay.http.admin import AdminAPI, AdminServices, is_admin_path
+from smtprelay.http.sns import SubscriptionConfirmations
 from smtprelay.http.tracking import TRACKING_HEADERS, Tracking
 from smtprelay.infra import metrics, tls
 from smtprelay.transform import tokens
@@ -112,17 +115,20 @@ class HTTPServer:
     def __init__(self, config: Config, ready: Callable[[], bool], *,
                  keys: KeySource | None = None,
                  sink: EngagementSink | None = None,
-                 admin: AdminServices | None = None) -> None:
+                 admin: AdminServices | None = None,
+                 confirmer: Confirmer | None = None) -> None:
         """`config`: the configuration at start (`http` and the tracking domains need a
         restart); `keys` are the tracking keys in force, which verify tracking tokens
         (None: every token is refused); `sink` records engagements (None: pages and
         redirects work, nothing is recorded, unsubscribing answers 503); `admin` is what
         the admin API works on (None, or no secret in http.admin_token_env's variable:
-        no admin API)."""
+        no admin API); `confirmer` takes the SNS subscription confirmations of
+        notification webhooks (GET /sns/confirm; None: no such route)."""
         self._config = config
         self._ready = ready
         self.tracking = Tracking(config, keys if keys is not None else _NoKeys(), sink)
         self.admin: AdminAPI | None = None
+        self.sns = SubscriptionConfirmations(confirmer) if confirmer is not None else None
         env = config.http.admin_token_env
         secret = admin_auth.secret_from_env(env)
         if admin is not None and secret is not None:
@@ -156,6 +162,8 @@ class HTTPServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         self.tracking.add_routes(app)
+        if self.sns is not None:
+            self.sns.add_routes(app)
         if admin is not None:
             admin.add_routes(app)
         return app

@@ -148,6 +148,12 @@ EVENT_DESTINATION_PENDING = Gauge(
     "over included), as of its last batch",
     ["configuration_set", "destination"],
 )
+EVENT_DESTINATION_UNCONFIRMED = Gauge(
+    "smtprelay_event_destination_awaiting_confirmation",
+    "1 while a webhook with format notification waits for its receiver to confirm the "
+    "SNS subscription (GET the SubscribeURL; its events are held), 0 once confirmed",
+    ["configuration_set", "destination"],
+)
 ADMIN_AUTH_FAILURES = Counter(
     "smtprelay_admin_auth_failures_total",
     "Admin API requests refused with 401 (no token, a wrong one, or an expired signed one)"

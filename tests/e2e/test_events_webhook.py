@@ -1,7 +1,9 @@
 """Webhook event destinations end to end: the real daemon POSTs to a real HTTP receiver.
 
 The receiver is an aiohttp server on 127.0.0.1 in a thread of its own, answering from
-a script (a status, or "hang"), then 200; it keeps every request. Each set also has a
+a script (a status, or "hang"), then 200; it keeps every request. Given SNS's
+SubscriptionConfirmation it can confirm as listmonk and Mautic do, by GETting the
+SubscribeURL before it answers. Each set also has a
 file destination: the file holds the events in outbox order, which is what the webhook
 must deliver, byte for byte, once each.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import http.client
 import itertools
 import json
 import signal
@@ -20,13 +23,15 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from smtprelay.events.webhook import signature
 from tests.e2e.delivery_world import wait_for
@@ -60,6 +65,10 @@ class Received:
     def event_id(self) -> str:
         return self.headers["X-Smtprelay-Event-Id"]
 
+    @property
+    def sns_type(self) -> str | None:
+        return self.headers.get("x-amz-sns-message-type")
+
 
 class Receiver:
     """A webhook receiver: answers `script` in turn, then `default`."""
@@ -70,6 +79,10 @@ class Receiver:
         self.script: list[Answer] = []
         self.default: Answer = 200
         self.requests: list[Received] = []
+        # A SubscriptionConfirmation answered 2xx is confirmed (GET SubscribeURL, before
+        # answering) when this is True; the GETs' (status, body) are kept.
+        self.confirm = False
+        self.confirmations: list[tuple[int, str]] = []
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -113,6 +126,11 @@ class Receiver:
         if 300 <= answer < 400:
             return web.Response(status=answer, headers={
                 "Location": "https://elsewhere.test/new-hook?token=not-for-logs"})
+        if (request.headers.get("x-amz-sns-message-type") == "SubscriptionConfirmation"
+                and self.confirm and 200 <= answer < 300):
+            async with ClientSession() as client, \
+                    client.get(json.loads(body)["SubscribeURL"]) as confirmed:
+                self.confirmations.append((confirmed.status, await confirmed.text()))
         return web.Response(status=answer)
 
     def delivered(self) -> list[Received]:
@@ -122,6 +140,12 @@ class Receiver:
     def seen(self) -> list[Received]:
         with self._lock:
             return list(self.requests)
+
+    def notifications(self) -> list[Received]:
+        return [r for r in self.delivered() if r.sns_type == "Notification"]
+
+    def subscription_requests(self) -> list[Received]:
+        return [r for r in self.seen() if r.sns_type == "SubscriptionConfirmation"]
 
 
 @pytest.fixture
@@ -141,6 +165,11 @@ def receivers() -> Any:
 def secret(monkeypatch: pytest.MonkeyPatch) -> None:
     # The daemon (a child process) inherits it; load_config checks it is set.
     monkeypatch.setenv(SECRET_ENV, SECRET)
+
+
+# The base URL of the relay's HTTP listener, for SubscribeURLs (DaemonProcess puts in
+# the port it chose).
+PUBLIC = {"public_url": "http://127.0.0.1:{http_port}"}
 
 
 def webhook(url: str, name: str = "app", **options: Any) -> dict[str, Any]:
@@ -443,23 +472,25 @@ def test_the_notification_format_sends_ses_notifications_in_an_sns_envelope(
     Bounce, Complaint and Delivery, as SES's notificationType JSON; a webhook gets it
     as SNS's Message string with SNS's headers, a file one notification per line."""
     receiver = receivers().up()
+    receiver.confirm = True
     events_path, notes_path = tmp_path / "events.ndjson", tmp_path / "notes.ndjson"
-    daemon = DaemonProcess(tmp_path, delivery={"mode": "capture"}, configuration_sets={
-        "transactional": {"event_destinations": [
-            archive(events_path),
-            {"name": "notes", "type": "file", "path": str(notes_path),
-             "format": "notification"},
-            webhook(receiver.url, "sns", format="notification")]}}).start()
+    daemon = DaemonProcess(tmp_path, delivery={"mode": "capture"}, http=PUBLIC,
+                           configuration_sets={"transactional": {"event_destinations": [
+                               archive(events_path),
+                               {"name": "notes", "type": "file", "path": str(notes_path),
+                                "format": "notification"},
+                               webhook(receiver.url, "sns", format="notification")]}}
+                           ).start()
     try:
         message_id = submit(daemon, Sender(daemon), "notified")
         wait(lambda: len(lines(events_path)) == 2, 20, "Send and Delivery in the archive")
-        wait(lambda: receiver.delivered(), 20, "the Delivery notification")
+        wait(lambda: receiver.notifications(), 20, "the Delivery notification")
         wait(lambda: lines(notes_path), 20, "a line in the notifications file")
     finally:
         assert daemon.stop() == 0
     assert [json.loads(line)["eventType"] for line in lines(events_path)] == [
         "Send", "Delivery"]
-    [request] = receiver.delivered()  # no Send: SES has no notification for it
+    [request] = receiver.notifications()  # no Send: SES has no notification for it
     headers = request.headers
     assert headers["Content-Type"] == "text/plain; charset=UTF-8"
     assert headers["x-amz-sns-message-type"] == "Notification"
@@ -481,3 +512,221 @@ def test_the_notification_format_sends_ses_notifications_in_an_sns_envelope(
     expected = hmac.new(SECRET.encode(), headers["X-Smtprelay-Timestamp"].encode() + b"."
                         + request.body, hashlib.sha256).hexdigest()
     assert headers["X-Smtprelay-Signature"] == f"v1={expected}"
+
+
+# --- SNS's subscription handshake (format: notification) ---------------------------------
+
+SNS_KEY = "configuration_sets.transactional.event_destinations[sns]"
+TOPIC = "arn:smtprelay:sns:relay.test:transactional-sns"
+
+
+def sns_relay(tmp_path: Path, receiver: Receiver, notes: Path,
+              **options: Any) -> DaemonProcess:
+    """A relay whose set sends notifications to a file and to `receiver`. A receiver
+    that confirms answers the POST after its GET, so give it time on a loaded machine
+    (a timeout would make the relay ask again)."""
+    return DaemonProcess(tmp_path, delivery={"mode": "capture"}, http=PUBLIC,
+                         configuration_sets={"transactional": {"event_destinations": [
+                             {"name": "notes", "type": "file", "path": str(notes),
+                              "format": "notification"},
+                             webhook(receiver.url, "sns", format="notification",
+                                     **{"timeout": "10s", **options})]}})
+
+
+def messages_of(requests: list[Received]) -> list[bytes]:
+    """The notifications' Message strings, as the file destination writes them."""
+    return [json.loads(r.body)["Message"].encode() for r in requests]
+
+
+def awaiting(daemon: DaemonProcess, destination: str = "sns") -> float:
+    return metric(daemon, "smtprelay_event_destination_awaiting_confirmation",
+                  configuration_set="transactional", destination=destination)
+
+
+def arn_of(answer: str) -> str:
+    return answer.split("<SubscriptionArn>")[1].split("<")[0]
+
+
+def http_get(url: str, method: str = "GET") -> tuple[int, str]:
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    try:
+        connection.request(method, f"{parts.path}?{parts.query}" if parts.query else parts.path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def test_notifications_wait_for_the_receiver_to_confirm_then_go_in_order_once(
+        tmp_path: Path, receivers: Callable[[], Receiver]) -> None:
+    receiver = receivers().up()  # answers 200 to everything, confirms nothing yet
+    notes = tmp_path / "notes.ndjson"
+    daemon = sns_relay(tmp_path, receiver, notes).start()
+    base = f"http://127.0.0.1:{daemon.ports['http']}"
+    try:
+        sender = Sender(daemon)
+        for i in range(3):
+            submit(daemon, sender, f"held {i}")
+        wait(lambda: len(lines(notes)) == 3, 20, "3 Delivery notifications in the file")
+        wait(lambda: len(receiver.subscription_requests()) >= 3, 20,
+             "the SubscriptionConfirmation sent again")
+        assert not receiver.notifications()  # nothing before the confirmation
+        assert awaiting(daemon) == 1
+        # Held: 3 Send and 3 Delivery events (updated at each request to confirm).
+        wait(lambda: metric(daemon, "smtprelay_event_destination_pending",
+                            configuration_set="transactional", destination="sns") == 6, 10,
+             "the held events shown")
+        daemon.wait_log(f"{SNS_KEY} (http://127.0.0.1:{receiver.port}/hook) is waiting for "
+                        "the receiver to confirm the subscription: it must GET the "
+                        f"SubscribeURL of the SNS SubscriptionConfirmation POSTed to it "
+                        f"({base}/sns/confirm?Action=ConfirmSubscription")
+        receiver.confirm = True  # as listmonk or Mautic: GET SubscribeURL, then 200
+        wait(lambda: len(receiver.notifications()) == 3, 20, "3 notifications delivered")
+        asked = len(receiver.subscription_requests())
+        submit(daemon, sender, "after the confirmation")
+        wait(lambda: len(receiver.notifications()) == 4, 20, "the 4th notification")
+        time.sleep(1.0)  # time for a duplicate or another confirmation request to show
+        assert awaiting(daemon) == 0
+    finally:
+        assert daemon.stop() == 0
+    # In outbox order (the file's), each once, and no confirmation asked for after it.
+    assert messages_of(receiver.notifications()) == lines(notes)
+    assert len({r.event_id for r in receiver.notifications()}) == 4
+    assert len(receiver.subscription_requests()) == asked
+    (status, answer), *_ = receiver.confirmations
+    assert status == 200 and answer.startswith(
+        '<ConfirmSubscriptionResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/">')
+    assert f"<SubscriptionArn>{TOPIC}:" in answer
+    # The SubscriptionConfirmation, as SNS POSTs it, signed as events are.
+    first = receiver.subscription_requests()[0]
+    assert first.headers["x-amz-sns-message-type"] == "SubscriptionConfirmation"
+    assert first.headers["x-amz-sns-topic-arn"] == TOPIC
+    assert first.headers["Content-Type"] == "text/plain; charset=UTF-8"
+    body = json.loads(first.body)
+    assert body["Type"] == "SubscriptionConfirmation" and body["TopicArn"] == TOPIC
+    assert body["MessageId"] == first.headers["x-amz-sns-message-id"]
+    assert body["Message"] == (f"You have chosen to subscribe to the topic {TOPIC}.\n"
+                               "To confirm the subscription, visit the SubscribeURL "
+                               "included in this message.")
+    token = body["Token"]
+    assert len(token) >= 64
+    assert body["SubscribeURL"] == (f"{base}/sns/confirm?Action=ConfirmSubscription"
+                                    f"&TopicArn={TOPIC}&Token={token}")
+    assert {"Timestamp", "SignatureVersion", "Signature", "SigningCertURL"} <= set(body)
+    # Sent again with the same token (a late GET of an earlier one still confirms).
+    assert {json.loads(r.body)["Token"] for r in receiver.subscription_requests()} == {token}
+    expected = hmac.new(SECRET.encode(), first.headers["X-Smtprelay-Timestamp"].encode()
+                        + b"." + first.body, hashlib.sha256).hexdigest()
+    assert first.headers["X-Smtprelay-Signature"] == f"v1={expected}"
+    log = daemon.log()
+    assert f"{SNS_KEY} (http://127.0.0.1:{receiver.port}/hook): the receiver confirmed the " \
+           f"subscription (SubscriptionArn {TOPIC}:" in log
+    assert token not in log and "Traceback" not in log
+
+
+def test_a_wrong_token_or_topic_confirms_nothing(
+        tmp_path: Path, receivers: Callable[[], Receiver]) -> None:
+    receiver = receivers().up()
+    notes = tmp_path / "notes.ndjson"
+    daemon = sns_relay(tmp_path, receiver, notes).start()
+    try:
+        submit(daemon, Sender(daemon), "held")
+        wait(lambda: lines(notes), 20, "the Delivery notification in the file")
+        [request, *_] = wait(receiver.subscription_requests, 20, "a SubscriptionConfirmation")
+        url = json.loads(request.body)["SubscribeURL"]
+        token = json.loads(request.body)["Token"]
+        flipped = token[:-1] + ("0" if token[-1] != "0" else "1")
+        for wrong in (url.replace(token, flipped), url.replace(token, token[:-1]),
+                      url.replace(token, ""), url.replace(TOPIC, TOPIC + "x"),
+                      url.split("&Token=")[0]):
+            status, answer = http_get(wrong)
+            assert status == 404 and "<Code>NotFound</Code>" in answer, wrong
+        assert http_get(url, "HEAD")[0] == 405  # link checkers HEAD URLs: not a confirmation
+        asked = len(receiver.subscription_requests())
+        wait(lambda: len(receiver.subscription_requests()) >= asked + 2, 20,
+             "the confirmation still asked for")
+        assert not receiver.notifications() and awaiting(daemon) == 1
+        status, answer = http_get(url)
+        assert status == 200 and f"<SubscriptionArn>{TOPIC}:" in answer
+        wait(lambda: receiver.notifications(), 20, "the notification delivered")
+        again = http_get(url)  # a repeated GET: the same subscription, nothing changed
+        assert again[0] == 200 and arn_of(again[1]) == arn_of(answer)
+        assert metric(daemon, "smtprelay_http_requests_total", route="/sns/confirm",
+                      status="404") == 5
+    finally:
+        assert daemon.stop() == 0
+    assert messages_of(receiver.notifications()) == lines(notes)
+
+
+def test_a_confirmation_survives_a_restart(
+        tmp_path: Path, receivers: Callable[[], Receiver]) -> None:
+    receiver = receivers().up()
+    receiver.confirm = True
+    notes = tmp_path / "notes.ndjson"
+    daemon = sns_relay(tmp_path, receiver, notes).start()
+    state = tmp_path / "var" / "events-subscriptions.json"
+    try:
+        sender = Sender(daemon)
+        submit(daemon, sender, "before the restart")
+        wait(lambda: len(receiver.notifications()) == 1, 20, "the first notification")
+        assert daemon.stop() == 0
+        asked = len(receiver.subscription_requests())
+        receiver.confirm = False  # a second request would now go unconfirmed
+        daemon.start()
+        submit(daemon, sender, "after the restart")
+        wait(lambda: len(receiver.notifications()) == 2, 20, "the second notification")
+        assert awaiting(daemon) == 0
+    finally:
+        assert daemon.stop() == 0
+    assert len(receiver.subscription_requests()) == asked  # not asked again
+    assert messages_of(receiver.notifications()) == lines(notes)
+    assert state.stat().st_mode & 0o777 == 0o600  # it holds the tokens
+    [(key, saved)] = json.loads(state.read_text()).items()
+    assert key == "transactional/sns" and saved["topic_arn"] == TOPIC
+    assert saved["subscription_arn"].startswith(f"{TOPIC}:") and saved["confirmed"]
+    assert receiver.url not in state.read_text()  # only its SHA-256
+
+
+def test_a_receiver_that_never_confirms_has_its_events_set_aside_after_retry_for(
+        tmp_path: Path, receivers: Callable[[], Receiver]) -> None:
+    receiver = receivers().up()  # answers 200, never confirms
+    notes = tmp_path / "notes.ndjson"
+    daemon = sns_relay(tmp_path, receiver, notes, retry_for="2s").start()
+    undelivered = tmp_path / "var" / "events-undelivered" / "transactional.sns.ndjson"
+    try:
+        submit(daemon, Sender(daemon), "never confirmed")
+        # The file is written before the line is logged.
+        daemon.wait_log(f"{SNS_KEY} (http://127.0.0.1:{receiver.port}/hook) has been waiting "
+                        "for its receiver to confirm the subscription for", 20)
+        assert awaiting(daemon) == 1
+    finally:
+        assert daemon.stop() == 0
+    assert lines(undelivered) == lines(notes)  # the notification itself, kept
+    assert lines(notes) and not receiver.notifications()
+    assert f"(retry_for 2s): 1 events older than 2s set aside in {undelivered}" in daemon.log()
+
+
+def test_the_event_format_has_no_handshake(
+        tmp_path: Path, receivers: Callable[[], Receiver]) -> None:
+    events, sns = receivers().up(), receivers().up()  # sns never confirms
+    daemon = DaemonProcess(tmp_path, delivery={"mode": "capture"}, http=PUBLIC,
+                           configuration_sets={"transactional": {"event_destinations": [
+                               webhook(events.url),
+                               webhook(sns.url, "sns", format="notification")]}}).start()
+    try:
+        message_id = submit(daemon, Sender(daemon), "events at once")
+        wait(lambda: len(events.delivered()) == 2, 20, "Send and Delivery delivered")
+        wait(sns.subscription_requests, 20, "the other destination asks to confirm")
+        assert awaiting(daemon) == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.ports['http']}/metrics",
+                                    timeout=10) as response:
+            shown = [line for line in response.read().decode().splitlines() if line.startswith(
+                "smtprelay_event_destination_awaiting_confirmation{")]
+        assert len(shown) == 1 and 'destination="sns"' in shown[0]  # not the event one
+    finally:
+        assert daemon.stop() == 0
+    assert all(r.sns_type is None for r in events.seen())
+    assert [json.loads(r.body)["eventType"] for r in events.seen()] == ["Send", "Delivery"]
+    assert {json.loads(r.body)["mail"]["messageId"] for r in events.seen()} == {message_id}
+    assert not sns.notifications()

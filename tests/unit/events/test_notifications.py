@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
+from smtprelay.config import EventDestinationConfig
 from smtprelay.events import Event, to_ses
-from smtprelay.events.notifications import notification, sns_envelope
+from smtprelay.events.notifications import Renderer, notification, sns_envelope
 from tests.unit.events.test_ses import DOC_DETAILS, DOC_MAIL
 
 
@@ -37,3 +38,24 @@ def test_the_envelope_carries_the_notification_as_a_string() -> None:
     assert set(envelope) == {"Type", "MessageId", "TopicArn", "Message", "Timestamp",
                              "SignatureVersion", "Signature", "SigningCertURL",
                              "UnsubscribeURL"}
+
+
+def test_the_subscription_confirmation_is_snss() -> None:
+    settings = EventDestinationConfig(name="lists", type="webhook", format="notification",
+                                      url="https://lists.test/ses", secret_env="SECRET")
+    renderer = Renderer(settings, topic_arn="arn:smtprelay:sns:relay.test:bulk-lists",
+                        hostname="relay.test")
+    body, headers = renderer.confirmation(token="t0k", message_id="m-2",
+                                          subscribe_url="https://relay.test/sns/confirm?x")
+    confirmation = json.loads(body)
+    assert confirmation["Type"] == "SubscriptionConfirmation"
+    assert confirmation["MessageId"] == "m-2" and confirmation["Token"] == "t0k"
+    assert confirmation["TopicArn"] == "arn:smtprelay:sns:relay.test:bulk-lists"
+    assert confirmation["SubscribeURL"] == "https://relay.test/sns/confirm?x"
+    assert confirmation["Message"].startswith(
+        "You have chosen to subscribe to the topic arn:smtprelay:sns:relay.test:bulk-lists.\n")
+    assert set(confirmation) == {"Type", "MessageId", "Token", "TopicArn", "Message",
+                                 "SubscribeURL", "Timestamp", "SignatureVersion", "Signature",
+                                 "SigningCertURL"}
+    assert headers["x-amz-sns-message-type"] == "SubscriptionConfirmation"
+    assert headers["x-amz-sns-message-id"] == "m-2"
