@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from hypothesis import settings
 
+from smtprelay.infra import passwords
 from tests.support import HYPOTHESIS_PROFILE, Credential, RunningRelay, relay_fixture
 
 # Hypothesis profiles, registered before any test module is imported so that the
@@ -33,3 +36,27 @@ relay = relay_fixture()
 @pytest.fixture
 def cred(relay: RunningRelay) -> Credential:
     return relay.credential("acme")
+
+
+# Speed, not meaning: two session-wide settings that change no outcome.
+#
+# The tests start `python -m smtprelay` some 300 times (the CLI, `serve`, the tracking
+# workers). With PYTHONDONTWRITEBYTECODE set, as on the CI machines, each of them would
+# compile the relay's modules from source again; a bytecode cache of the session's own,
+# outside the work tree, lets every child after the first load them compiled.
+#
+# Credentials made in this process (RunningRelay.credential, the authenticator's dummy
+# hash) use scrypt's lowest supported cost, 2^10, as tests/unit/infra/test_passwords.py
+# does: the default 2^15 costs ~0.1 s a hash, and a relay-backed test makes three. The
+# hashes are real scrypt in the stored format; verification reads the cost from the hash.
+# Child processes (`smtprelay credentials create`, `serve`) keep the default.
+
+@pytest.fixture(scope="session", autouse=True)
+def _quick_children_and_hashes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    defaults = passwords.hash_password.__kwdefaults__
+    assert defaults is not None and "log_n" in defaults
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+        patch.setenv("PYTHONPYCACHEPREFIX", str(tmp_path_factory.mktemp("pycache")))
+        patch.setitem(defaults, "log_n", 10)
+        yield

@@ -310,6 +310,7 @@ class DaemonProcess:
         self.config = load_config(self.config_path).config
         self.log_path = tmp_path / "daemon.log"
         self.proc: Any = None
+        self.submit_credential: dict[str, str] | None = None  # submit_to_daemon's
 
     def cli(self, *args: str, check: bool = True) -> Any:
         run = self._subprocess.run(
@@ -381,11 +382,16 @@ def metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
 
 def submit_to_daemon(daemon: DaemonProcess, rcpts: list[str], subject: str = "hello") -> str:
     """Send one message through a DaemonProcess as account acme (STARTTLS + AUTH);
-    returns the relay's message id."""
+    returns the relay's message id. The credential is made with the CLI on the first
+    send and used for the daemon's later ones (it lives in the data directory, so a
+    restart keeps it)."""
     import json
     import smtplib
 
-    cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
+    if daemon.submit_credential is None:
+        daemon.submit_credential = json.loads(
+            daemon.cli("credentials", "create", "acme", "--json").stdout)
+    cred = daemon.submit_credential
     with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=10) as smtp:
         smtp.starttls(context=client_context())
         smtp.login(cred["username"], cred["password"])

@@ -18,7 +18,6 @@ import smtplib
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +148,9 @@ def test_reload_adds_a_destination_that_starts_with_new_events(tmp_path: Path) -
         write_config(daemon.config_path, config)
         daemon.proc.send_signal(signal.SIGHUP)
         daemon.wait_log("configuration reloaded")
-        time.sleep(1.5)  # the publisher places the new destination within a pass
+        # The publisher places the new destination (its position in the outbox) within
+        # a pass; mail submitted before that would be behind its starting point.
+        assert wait_for(lambda: "transactional/opens" in cursors(daemon), 20)
         after = submit_to_daemon(daemon, ["b@example.net"], subject="after")
         assert wait_for(lambda: "Delivery" in by_type(events(old), after), 20)
         assert wait_for(lambda: by_type(events(new), after), 20)
@@ -157,6 +158,15 @@ def test_reload_adds_a_destination_that_starts_with_new_events(tmp_path: Path) -
         assert daemon.stop() == 0
     assert sorted(by_type(events(new), after)) == ["Send"]
     assert by_type(events(new), before) == {}
+
+
+def cursors(daemon: DaemonProcess) -> set[str]:
+    """The destinations that have a position in the outbox."""
+    conn = sqlite3.connect(daemon.config.spool_path)
+    try:
+        return {row[0] for row in conn.execute("SELECT destination FROM event_cursors")}
+    finally:
+        conn.close()
 
 
 def test_file_rotates_by_size(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from pathlib import Path
@@ -157,10 +158,14 @@ def test_idle_timeout(tmp_path: Path) -> None:
             ehlo_plain(),  # between commands
             [Send(b"EHLO client.test\r\nNOO"), *ehlo_plain()[1:]],  # mid-command
         ]
-        for steps in silent_after:
-            with Dialog.connect(relay.submission_port) as dialog:
+        # The three go silent together, so their timeouts run at the same time.
+        with contextlib.ExitStack() as stack:
+            silent: list[tuple[Dialog, float]] = []
+            for steps in silent_after:
+                dialog = stack.enter_context(Dialog.connect(relay.submission_port))
                 dialog.run(steps)
-                started = time.monotonic()
+                silent.append((dialog, time.monotonic()))
+            for dialog, started in silent:
                 dialog.run([TIMEOUT, Closed(within=5)])
                 waited = time.monotonic() - started
                 assert 0.5 < waited < 5, waited

@@ -23,7 +23,12 @@ def _send_test(daemon: DaemonProcess, cred: dict[str, str], *args: str
 
 
 def test_send_test_prints_delivery_and_bounce(tmp_path: Path) -> None:
-    daemon = DaemonProcess(tmp_path, delivery={"mode": "capture"}).start()
+    # The set publishes events, so complaint@'s Complaint is recorded and --wait sees it
+    # (without a destination there is none to wait for, and --wait runs to its end).
+    daemon = DaemonProcess(tmp_path, delivery={"mode": "capture"}, configuration_sets={
+        "transactional": {"event_destinations": [
+            {"name": "archive", "type": "file", "path": str(tmp_path / "events.ndjson")}]}}
+    ).start()
     try:
         cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
         run = _send_test(daemon, cred, "--account", "acme", "--wait", "15")

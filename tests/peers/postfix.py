@@ -196,6 +196,12 @@ class Postfix:
         (self.config_dir / "main.cf").write_text(main)
         master = _MASTER_CF_BASE + "".join(line + "\n" for line in self._services)
         (self.config_dir / "master.cf").write_text(master)
+        # Postfix re-reads a configuration file modified within the last second every
+        # 0.3 s until it has settled (util/dict.c, "the file is hot"): dated a minute
+        # back, the files just written are read once instead of for two seconds.
+        settled = time.time() - 60
+        for name in ("main.cf", "master.cf"):
+            os.utime(self.config_dir / name, (settled, settled))
 
     def start(self, timeout: float = 30) -> Postfix:
         """Write the config, start Postfix and wait until every port answers with 220."""
@@ -296,14 +302,27 @@ class Postfix:
         return self._describe(f"postfix queue: {queue}")
 
 
+def _exited(pid: int) -> bool:
+    """True once `pid` has exited. The master daemon is not our child: when it exits it
+    stays a zombie until whoever adopted it (init, or a container's PID 1) reaps it,
+    which some take a second or two to do; a zombie has exited all the same."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _exited(pid):
             return True
-        time.sleep(0.1)
+        time.sleep(0.05)
     return False
 
 
