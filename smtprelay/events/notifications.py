@@ -20,6 +20,7 @@ import base64
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from smtprelay.config import EventDestinationConfig
@@ -101,9 +102,29 @@ def default_topic_arn(hostname: str, configuration_set: str, destination: str) -
     return f"arn:smtprelay:sns:{hostname}:{configuration_set}-{destination}"
 
 
+class Unrenderable(Exception):
+    """An event record no body can be made of (issue 16: it must not block the
+    records behind it); `reason` says what failed."""
+
+    def __init__(self, event: StoredEvent, reason: str) -> None:
+        super().__init__(f"event {event.event_id} of message {event.message_id}: {reason}")
+        self.event = event
+        self.reason = reason
+
+
+def _safely(make: Callable[[StoredEvent], bytes], event: StoredEvent) -> bytes:
+    """`make(event)`, whose failures (any exception: a record holds what a client wrote)
+    become Unrenderable."""
+    try:
+        return make(event)
+    except Exception as exc:
+        raise Unrenderable(event, f"{type(exc).__name__}: {exc}"[:300]) from exc
+
+
 class Renderer:
     """One destination's bodies: SES event JSON, or (format: notification) the
-    notification JSON, for a webhook in its SNS envelope."""
+    notification JSON, for a webhook in its SNS envelope. A record no body can be made
+    of raises Unrenderable."""
 
     def __init__(self, settings: EventDestinationConfig, *, topic_arn: str,
                  hostname: str) -> None:
@@ -113,12 +134,18 @@ class Renderer:
 
     def line(self, event: StoredEvent) -> bytes:
         """A file destination's line (without its newline)."""
+        return _safely(self._line, event)
+
+    def body(self, event: StoredEvent) -> bytes:
+        """A webhook's request body."""
+        return _safely(self._body, event)
+
+    def _line(self, event: StoredEvent) -> bytes:
         if not self.notifications:
             return stored_to_json(event)
         return _dumps(notification(stored_to_ses(event)) or {})
 
-    def body(self, event: StoredEvent) -> bytes:
-        """A webhook's request body."""
+    def _body(self, event: StoredEvent) -> bytes:
         if not self.notifications:
             return stored_to_json(event)
         envelope = sns_envelope(

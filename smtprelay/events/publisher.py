@@ -47,7 +47,7 @@ from itertools import takewhile
 from pathlib import Path
 
 from smtprelay.config import Config, ConfigSource, EventDestinationConfig
-from smtprelay.events.notifications import Renderer, default_topic_arn
+from smtprelay.events.notifications import Renderer, Unrenderable, default_topic_arn
 from smtprelay.events.subscriptions import (
     CONFIRM_PATH,
     SUBSCRIPTIONS_FILE,
@@ -334,8 +334,8 @@ class _Worker:
         published = metrics.EVENTS_PUBLISHED
         if self._webhook is None:
             wanted = [event for event in batch if target.wants(event)]
-            if wanted:
-                lines = [self._renderer.line(event) + b"\n" for event in wanted]
+            lines = await self._lines(wanted)
+            if lines:
                 await asyncio.to_thread(FileDestination(target.settings).write, lines)
             progress[0] = batch[-1].id
             for event in wanted:
@@ -343,9 +343,45 @@ class _Worker:
             return
         for event in batch:
             if target.wants(event):
-                await self._webhook.post(event)
-                published.labels(type=event.type, **self._labels).inc()
+                try:
+                    await self._webhook.post(event)
+                except Unrenderable as exc:
+                    await self._set_aside_unrenderable(exc)
+                else:
+                    published.labels(type=event.type, **self._labels).inc()
             progress[0] = event.id
+
+    async def _lines(self, events: list[StoredEvent]) -> list[bytes]:
+        """The events' lines; a record no line can be made of is set aside instead."""
+        lines: list[bytes] = []
+        for event in events:
+            try:
+                lines.append(self._renderer.line(event) + b"\n")
+            except Unrenderable as exc:
+                await self._set_aside_unrenderable(exc)
+        return lines
+
+    async def _set_aside_unrenderable(self, exc: Unrenderable) -> None:
+        """Keep a record that cannot be rendered (what it holds, as far as JSON can say
+        it) beside the undelivered events, log it once and move on: one record must not
+        stop the stream behind it (issue 16)."""
+        event = exc.event
+        path = self._publisher.undelivered_path(self.target).with_suffix(".unrenderable")
+        row = {"eventId": event.event_id, "messageId": event.message_id,
+               "eventType": event.type, "configurationSet": event.configuration_set,
+               "at": event.at, "reason": exc.reason, "detail": event.detail}
+        line = json.dumps(row, ensure_ascii=True, default=repr).encode() + b"\n"
+        try:
+            await asyncio.to_thread(append_durably, path, [line])
+        except OSError as error:
+            log.error("events destination %s: event %s cannot be rendered (%s) nor kept "
+                      "in %s (%s); skipped", self.target.config_key, event.event_id,
+                      exc.reason, path, error.strerror or error)
+        else:
+            log.error("events destination %s: event %s cannot be rendered (%s); kept in "
+                      "%s and skipped", self.target.config_key, event.event_id, exc.reason,
+                      path)
+        metrics.EVENTS_UNRENDERABLE.labels(**self._labels).inc()
 
     # --- SNS's subscription handshake (format: notification) ---------------------------
 
@@ -493,8 +529,7 @@ class _Worker:
             if wanted:
                 try:
                     await asyncio.to_thread(append_durably, path,
-                                            [self._renderer.line(event) + b"\n"
-                                             for event in wanted])
+                                            await self._lines(wanted))
                 except OSError as exc:
                     log.error("events destination %s: cannot set aside its undelivered "
                               "events in %s (%s); they stay in the outbox and are retried",

@@ -212,3 +212,9 @@ DELIVERY_RESULTS_UNRECORDED = Counter(
     "smtprelay_delivery_results_unrecorded_total",
     "Attempts to record delivery results the spool could not take (a full disk); the "
     "results are kept in memory and recorded once it can")
+
+EVENTS_UNRENDERABLE = Counter(
+    "smtprelay_events_unrenderable_total",
+    "Event records no body could be made of, kept in data_dir/events-undelivered/"
+    "<set>.<destination>.unrenderable and skipped so the stream goes on",
+    ["configuration_set", "destination"])

@@ -279,3 +279,32 @@ def test_a_full_disk_holds_events_and_nothing_else_until_space_is_back(tmp_path:
         records = written.read_bytes().splitlines()
         assert len(records) == len(set(records)) == 5
     assert "Traceback" not in daemon.log()
+
+
+def test_a_record_that_cannot_be_rendered_is_kept_aside_and_the_stream_goes_on(
+        tmp_path: Path) -> None:
+    """Issue 16: one record no destination could serialise blocked its set's events for
+    ever, across restarts. Here a record of a type this relay does not know (as a newer
+    version might write), then a message: its events arrive, the record is kept aside."""
+    path = tmp_path / "events" / "ses.ndjson"
+    daemon = DaemonProcess(tmp_path, delivery={"mode": "capture"},
+                           configuration_sets=destinations(path)).start()
+    try:
+        conn = sqlite3.connect(daemon.config.spool_path)
+        try:
+            with conn:
+                conn.execute(
+                    "INSERT INTO events (event_id, message_id, type, configuration_set, at,"
+                    " detail) VALUES ('poison-1', 'nosuchmessage', 'FromTheFuture',"
+                    " 'transactional', 1700000000.0, '{}')")
+        finally:
+            conn.close()
+        message_id = submit_to_daemon(daemon, ["ok@example.net"], subject="after poison")
+        assert wait_for(lambda: "Delivery" in by_type(events(path), message_id), 20)
+    finally:
+        assert daemon.stop() == 0
+    aside = (daemon.config.server.data_dir / "events-undelivered"
+             / "transactional.archive.unrenderable")
+    [kept] = [json.loads(line) for line in aside.read_text().splitlines()]
+    assert kept["eventId"] == "poison-1" and "FromTheFuture" in kept["reason"]
+    assert daemon.log().count("poison-1") == 1  # logged once
