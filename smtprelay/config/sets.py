@@ -242,6 +242,12 @@ class FeedbackConfig(Model):
     # Reports that could not be parsed or matched to a message we sent are kept this
     # long in data_dir/feedback.db (`smtprelay feedback unmatched`), then purged.
     unmatched_retention: Duration = 30 * 86400.0
+    # Junk sent to the feedback addresses must not fill the disk: of an unmatched
+    # report only its first unmatched_max_size bytes are kept, and all unmatched
+    # reports together stay under unmatched_quota (the oldest are dropped first,
+    # counted in smtprelay_feedback_unmatched_dropped_total).
+    unmatched_max_size: Size = 256 * 1024
+    unmatched_quota: Size = 100 * 1024 * 1024
 
     @field_validator("addresses")
     @classmethod

@@ -148,7 +148,18 @@ def _insert(conn: sqlite3.Connection, arrival: Arrival) -> int:
     return int(cursor.lastrowid)
 
 
-def _finish(conn: sqlite3.Connection, verdicts: Iterable[Verdict], now: float) -> None:
+@dataclass(frozen=True, slots=True)
+class UnmatchedBounds:
+    """How much of what could not be matched is kept (feedback.unmatched_*): junk sent
+    to the feedback addresses must not fill the disk (issue 16)."""
+
+    max_size: int  # bytes kept of each unmatched report (the rest is cut)
+    quota: int  # bytes of all unmatched reports together (the oldest go first)
+
+
+def _finish(conn: sqlite3.Connection, verdicts: Iterable[Verdict], now: float,
+            bounds: UnmatchedBounds | None = None) -> int:
+    """Apply the verdicts; the number of older unmatched reports dropped for the quota."""
     done: list[tuple[int]] = []
     kept: list[tuple[str, str, float, int]] = []
     for verdict in verdicts:
@@ -160,6 +171,28 @@ def _finish(conn: sqlite3.Connection, verdicts: Iterable[Verdict], now: float) -
     conn.executemany("DELETE FROM reports WHERE id = ? AND state = 'pending'", done)
     conn.executemany("UPDATE reports SET state = 'unmatched', kind = ?, reason = ?,"
                      " processed_at = ? WHERE id = ? AND state = 'pending'", kept)
+    if bounds is None or not kept:
+        return 0
+    # The start of a report says what it was; the rest of a 10 MB one is rarely worth
+    # keeping for a month (`size` still says how big it came).
+    conn.executemany("UPDATE reports SET raw = substr(raw, 1, ?) WHERE id = ?"
+                     " AND length(raw) > ?",
+                     [(bounds.max_size, row[3], bounds.max_size) for row in kept])
+    dropped = 0
+    total = int(conn.execute("SELECT coalesce(sum(length(raw)), 0) FROM reports"
+                             " WHERE state = 'unmatched'").fetchone()[0])
+    while total > bounds.quota:
+        oldest = conn.execute("SELECT id, length(raw) FROM reports WHERE state = 'unmatched'"
+                              " ORDER BY id LIMIT 100").fetchall()
+        if not oldest:
+            break
+        for report_id, length in oldest:
+            if total <= bounds.quota:
+                break
+            conn.execute("DELETE FROM reports WHERE id = ?", (report_id,))
+            total -= int(length)
+            dropped += 1
+    return dropped
 
 
 def _purge(conn: sqlite3.Connection, before: float, limit: int) -> int:
@@ -246,10 +279,13 @@ class FeedbackInbox:
         """Return the report's id once it is durable on disk; WriteError otherwise."""
         return await self._writer.run(lambda conn: _insert(conn, arrival))
 
-    async def finish(self, verdicts: Sequence[Verdict], now: float) -> None:
-        """Delete the reports acted on, keep the unmatched ones with their reason."""
-        if verdicts:
-            await self._writer.run(lambda conn: _finish(conn, verdicts, now))
+    async def finish(self, verdicts: Sequence[Verdict], now: float,
+                     bounds: UnmatchedBounds | None = None) -> int:
+        """Delete the reports acted on, keep the unmatched ones with their reason (within
+        `bounds`); how many older unmatched reports were dropped for the quota."""
+        if not verdicts:
+            return 0
+        return await self._writer.run(lambda conn: _finish(conn, verdicts, now, bounds))
 
     async def purge(self, before: float, limit: int = 500) -> int:
         """Delete up to ``limit`` unmatched reports processed before ``before``."""

@@ -32,7 +32,7 @@ from typing import Protocol
 from smtprelay.bounces.classification import DEFAULT_RULES, Rule
 from smtprelay.config import ConfigSource
 from smtprelay.feedback import actions
-from smtprelay.feedback.inbox import UNMATCHED, FeedbackInbox, Report, Verdict
+from smtprelay.feedback.inbox import UNMATCHED, FeedbackInbox, Report, UnmatchedBounds, Verdict
 from smtprelay.feedback.recorder import FeedbackRecorder
 from smtprelay.infra import metrics
 from smtprelay.infra.background import BackgroundLoop
@@ -116,7 +116,14 @@ class FeedbackProcessor:
                                     [e for p in plans for e in p.events],
                                     [c for p in plans for c in p.counts],
                                     [k for p in plans for k in p.counted])
-        await self._inbox.finish([p.verdict for p in plans], time.time())
+        settings = self._live.config.feedback
+        dropped = await self._inbox.finish(
+            [p.verdict for p in plans], time.time(),
+            UnmatchedBounds(settings.unmatched_max_size, settings.unmatched_quota))
+        if dropped:
+            metrics.FEEDBACK_UNMATCHED_DROPPED.inc(dropped)
+            log.warning("feedback: %d older unmatched reports dropped: the unmatched store "
+                        "is over feedback.unmatched_quota", dropped)
         for report, found, p in zip(reports, examined, plans, strict=True):
             metrics.FEEDBACK_REPORTS.labels(kind=found.feedback.kind, result=p.result).inc()
             _log(report, found, p)

@@ -218,3 +218,8 @@ EVENTS_UNRENDERABLE = Counter(
     "Event records no body could be made of, kept in data_dir/events-undelivered/"
     "<set>.<destination>.unrenderable and skipped so the stream goes on",
     ["configuration_set", "destination"])
+
+FEEDBACK_UNMATCHED_DROPPED = Counter(
+    "smtprelay_feedback_unmatched_dropped_total",
+    "Unmatched feedback reports dropped, oldest first, to keep the unmatched store under "
+    "feedback.unmatched_quota")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import smtplib
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -444,3 +445,31 @@ def test_a_repeated_complaint_and_a_dsn_after_a_bounce_at_delivery_count_once(
     published = events(tmp_path / "events.ndjson")
     assert len(of(published, message_id, "Complaint")) == 1
     assert len(of(published, message_id, "Bounce")) == 1  # the one at delivery
+
+
+def test_junk_to_the_feedback_address_is_cut_and_kept_under_its_quota(
+        net: World, tmp_path: Path) -> None:
+    """Issue 16: 20 unauthenticated 9.5 MB junk reports were kept whole for 30 days
+    (190 MB). Now each unmatched report keeps its first unmatched_max_size bytes and
+    all of them stay under unmatched_quota, the oldest dropped first."""
+    mx(net)
+    relay = start_with_mx(net, settings(tmp_path, feedback={
+        "unmatched_max_size": "1k", "unmatched_quota": "4k"}))
+    dropped = metrics.FEEDBACK_UNMATCHED_DROPPED._value.get()
+    junk = b"From: someone@else.test\r\nSubject: junk\r\n\r\n" + b"x" * 70 + b"\r\n"
+    for n in range(8):
+        send_report(relay, FBL, junk * 50 + f"number {n}\r\n".encode(),
+                    sender="spammer@else.test")
+    assert wait_for(lambda: drained(relay))
+    inbox = relay.relay.feedback_inbox
+    assert inbox is not None
+    conn = sqlite3.connect(inbox.path)
+    try:
+        rows = conn.execute("SELECT id, length(raw), size FROM reports"
+                            " WHERE state = 'unmatched' ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    assert rows and all(length <= 1024 and size > 3000 for _, length, size in rows)
+    assert sum(length for _, length, _ in rows) <= 4096
+    assert len(rows) == 4  # the newest four; the oldest went first
+    assert metrics.FEEDBACK_UNMATCHED_DROPPED._value.get() - dropped == 4
