@@ -13,12 +13,17 @@ _MAX_KEYS = 100_000
 
 
 class _Window:
-    def __init__(self, limit: int, window: float, lockout: float, clock: Callable[[], float]):
+    """Failures per key over a sliding window; `limit` of them lock the key, counted
+    only when they came from at least `min_addresses` client addresses."""
+
+    def __init__(self, limit: int, window: float, lockout: float, clock: Callable[[], float],
+                 min_addresses: int = 1) -> None:
         self.limit = limit
         self.window = window
         self.lockout = lockout
+        self.min_addresses = min_addresses
         self._clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._failures: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()
         self._locked_until: OrderedDict[str, float] = OrderedDict()
 
     def locked_for(self, key: str) -> float:
@@ -31,46 +36,7 @@ class _Window:
             return 0.0
         return remaining
 
-    def fail(self, key: str) -> None:
-        now = self._clock()
-        times = self._failures.get(key)
-        if times is None:
-            times = self._failures[key] = deque()
-            if len(self._failures) > _MAX_KEYS:
-                self._failures.popitem(last=False)
-        self._failures.move_to_end(key)
-        times.append(now)
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if len(times) >= self.limit:
-            self._locked_until[key] = now + self.lockout
-            self._locked_until.move_to_end(key)
-            if len(self._locked_until) > _MAX_KEYS:
-                self._locked_until.popitem(last=False)
-            times.clear()
-
-    def clear(self, key: str) -> None:
-        self._failures.pop(key, None)
-
-
-class _Spread:
-    """Failures for one user name from anywhere: locked only at a high count that came
-    from several addresses (a distributed guess), never from one address alone."""
-
-    def __init__(self, limit: int, min_addresses: int, window: float, lockout: float,
-                 clock: Callable[[], float]) -> None:
-        self.limit = limit
-        self.min_addresses = min_addresses
-        self.window = window
-        self.lockout = lockout
-        self._clock = clock
-        self._failures: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()
-        self._locked = _Window(1, window, lockout, clock)  # only its lock table is used
-
-    def locked_for(self, key: str) -> float:
-        return self._locked.locked_for(key)
-
-    def fail(self, key: str, address: str) -> None:
+    def fail(self, key: str, address: str = "") -> None:
         now = self._clock()
         times = self._failures.get(key)
         if times is None:
@@ -81,9 +47,16 @@ class _Spread:
         times.append((now, address))
         while times and times[0][0] <= now - self.window:
             times.popleft()
-        if len(times) >= self.limit and len({a for _, a in times}) >= self.min_addresses:
-            self._locked.fail(key)  # limit 1: locked now
+        if len(times) >= self.limit and (
+                self.min_addresses <= 1 or len({a for _, a in times}) >= self.min_addresses):
+            self._locked_until[key] = now + self.lockout
+            self._locked_until.move_to_end(key)
+            if len(self._locked_until) > _MAX_KEYS:
+                self._locked_until.popitem(last=False)
             times.clear()
+
+    def clear(self, key: str) -> None:
+        self._failures.pop(key, None)
 
 
 class Lockout:
@@ -106,7 +79,8 @@ class Lockout:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._ips = _Window(per_ip, window, lockout, clock)
         self._pairs = _Window(per_user, window, lockout, clock)
-        self._users = _Spread(per_user_everywhere, min_addresses, window, lockout, clock)
+        self._users = _Window(per_user_everywhere, window, lockout, clock,
+                              min_addresses=min_addresses)
 
     def locked_for(self, ip: str, username: str | None) -> float:
         """Seconds until this address, or this user name here, may try again; 0 when
