@@ -58,3 +58,18 @@ def auth_user(config: Config, message_id: str) -> str | None:
     finally:
         conn.close()
     return None if row is None else row[0]
+
+
+def assert_relayed(relay: RunningRelay, username: str, diagnostics: Callable[[], str],
+                   subject: str, body: str) -> dict[str, Any]:
+    """The one message a peer relayed, as the relay spooled it: envelope, account, the
+    AUTH user, subject and body byte for byte. Returns the spooled entry."""
+    from email import message_from_bytes
+    (entry,) = wait_for_spool(relay, diagnostics)
+    assert entry["mail_from"] == "app@example.com"
+    assert sorted(entry["recipients"]) == ["other@example.net", "someone@example.net"]
+    assert entry["account"] == "acme"
+    assert auth_user(relay.config, entry["id"]) == username
+    assert message_from_bytes(entry["data"])["Subject"] == subject
+    assert entry["data"].endswith(b"\r\n\r\n" + body.encode())
+    return entry

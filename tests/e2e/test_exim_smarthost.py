@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import re
 import time
-from email import message_from_bytes
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
-from tests.e2e.smarthost_peers import auth_user, relay_with_ca, wait_for_spool
+from tests.e2e.smarthost_peers import assert_relayed, relay_with_ca
 from tests.peers.exim import smarthost_client
 from tests.support import message, spooled
 
@@ -40,14 +39,7 @@ def test_exim_relays_with_verified_tls_and_auth(
             body = "Line one.\r\n.leading dot survives\r\n\r\nBye.\r\n"
             exim.send("app@example.com", ["someone@example.net", "other@example.net"],
                       message(subject=subject, to="someone@example.net", body=body))
-            (entry,) = wait_for_spool(relay, exim.diagnostics)
-            assert entry["mail_from"] == "app@example.com"
-            assert sorted(entry["recipients"]) == ["other@example.net", "someone@example.net"]
-            assert entry["account"] == "acme"
-            assert auth_user(relay.config, entry["id"]) == cred.username
-            parsed = message_from_bytes(entry["data"])
-            assert parsed["Subject"] == subject
-            assert entry["data"].endswith(b"\r\n\r\n" + body.encode())
+            entry = assert_relayed(relay, cred.username, exim.diagnostics, subject, body)
             assert exim.queue() == "", exim.diagnostics()
             # The delivery line: TLS with the certificate verified (CV=yes), the
             # authenticator that was used, and the relay's reply with its message id.

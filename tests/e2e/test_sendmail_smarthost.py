@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import re
 import time
-from email import message_from_bytes
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
-from tests.e2e.smarthost_peers import auth_user, relay_with_ca, wait_for_spool
+from tests.e2e.smarthost_peers import assert_relayed, relay_with_ca
 from tests.peers.sendmail import smarthost_client
 from tests.peers.testca import TestCA
 from tests.support import message, running, spooled, tls
@@ -43,14 +42,7 @@ def test_sendmail_relays_with_verified_tls_and_auth(
                                  message(subject=subject, to="someone@example.net",
                                          body=body))
             assert code == 0, sendmail.diagnostics()
-            (entry,) = wait_for_spool(relay, sendmail.diagnostics)
-            assert entry["mail_from"] == "app@example.com"
-            assert sorted(entry["recipients"]) == ["other@example.net", "someone@example.net"]
-            assert entry["account"] == "acme"
-            assert auth_user(relay.config, entry["id"]) == cred.username
-            parsed = message_from_bytes(entry["data"])
-            assert parsed["Subject"] == subject
-            assert entry["data"].endswith(b"\r\n\r\n" + body.encode())
+            entry = assert_relayed(relay, cred.username, sendmail.diagnostics, subject, body)
             assert sendmail.queue() == [], sendmail.diagnostics()
             # The dialogue: AUTH with the one mechanism, after STARTTLS.
             transcript = sendmail.transcript
