@@ -9,7 +9,7 @@ which SIGHUP swaps). The rest of smtprelay imports from here, not from the modul
 
 from smtprelay.config.accounts import SANDBOX_QUOTA, IdentityConfig, QuotaConfig
 from smtprelay.config.delivery import DelayConfig, RetryConfig
-from smtprelay.config.lists import ContactListConfig, SubscriptionStatus, TopicConfig
+from smtprelay.config.lists import ContactListConfig, SubscriptionStatus, TopicConfig, check_name
 from smtprelay.config.loading import ENV_CONFIG, ConfigError, LoadedConfig, load_config
 from smtprelay.config.schema import Config
 from smtprelay.config.server import (
@@ -19,6 +19,7 @@ from smtprelay.config.server import (
     MachineDetectionConfig,
 )
 from smtprelay.config.sets import (
+    NOTIFICATION_TYPES,
     ConfigurationSetConfig,
     EventDestinationConfig,
     RateThresholds,
@@ -36,6 +37,7 @@ from smtprelay.config.values import (
 
 __all__ = [
     "ENV_CONFIG",
+    "NOTIFICATION_TYPES",
     "SANDBOX_QUOTA",
     "Config",
     "ConfigError",
@@ -59,6 +61,7 @@ __all__ = [
     "SubscriptionStatus",
     "TopicConfig",
     "check_domain",
+    "check_name",
     "check_selector",
     "is_simulator_address",
     "load_config",

@@ -29,7 +29,6 @@ from typing import Protocol
 from smtprelay.bounces import return_path, verp
 from smtprelay.bounces.classification import DEFAULT_RULES, Rule, classify
 from smtprelay.config import Config, DelayConfig, RetryConfig, is_simulator_address
-from smtprelay.db.writer import WriteError
 from smtprelay.delivery.model import (
     RecipientResult,
     Transaction,
@@ -53,7 +52,7 @@ from smtprelay.spool.model import (
     RecipientState,
     RecipientUpdate,
 )
-from smtprelay.spool.store import Finalizer, Spool
+from smtprelay.spool.store import Finalizer, Spool, SpoolError
 from smtprelay.transform.keys import KeySource
 from smtprelay.transform.tokens import KeyRing
 
@@ -173,7 +172,7 @@ class Scheduler:
         while True:
             try:
                 dsn = await self._spool.record(message.message_id, updates, finalize, events)
-            except WriteError as exc:
+            except SpoolError as exc:
                 if failing_since is None:
                     failing_since = time.monotonic()
                     log.error("msg=%s delivery results not recorded (%s): kept in memory "

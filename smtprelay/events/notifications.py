@@ -23,8 +23,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from smtprelay.config import EventDestinationConfig
-from smtprelay.config.sets import NOTIFICATION_TYPES
+from smtprelay.config import NOTIFICATION_TYPES, EventDestinationConfig
 from smtprelay.events.ses import stored_to_json, stored_to_ses
 from smtprelay.spool.outbox import StoredEvent
 

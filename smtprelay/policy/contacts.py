@@ -38,8 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from smtprelay.config import Config, ContactListConfig, SubscriptionStatus, TopicConfig
-from smtprelay.config.lists import check_name
+from smtprelay.config import Config, ContactListConfig, SubscriptionStatus, TopicConfig, check_name
 from smtprelay.db import sqlite
 from smtprelay.mail import replies as R
 from smtprelay.mail.headers import HeaderField
