@@ -39,6 +39,7 @@ from smtprelay.smtp.server import SMTPServer
 from smtprelay.spool import set_stats
 from smtprelay.spool.store import Spool
 from smtprelay.submission.pipeline import Pipeline
+from smtprelay.transform.copies import CopyMaker
 from smtprelay.transform.pool import TransformPool, worker_count
 
 log = logging.getLogger("smtprelay")
@@ -164,7 +165,8 @@ class Relay:
                                        policy=Derived(self.live, DeliveryPolicy.from_config),
                                        dsns=self._dsns, keys=self.live,
                                        suppress=self.feedback.suppress,
-                                       mail_from=self.mail_from)
+                                       mail_from=self.mail_from,
+                                       copies=CopyMaker(self.live, self._transform_pool))
             self.scheduler.start()
         else:
             log.info("delivery mode=hold: accepted mail stays queued")
@@ -296,10 +298,11 @@ class Relay:
             await self.feedback_processor.stop()
         if self.feedback_inbox is not None:
             await asyncio.to_thread(self.feedback_inbox.close)
-        if self._transform_pool is not None:
-            await self._transform_pool.close()
         if self.scheduler is not None:
             await self.scheduler.stop(grace=min(grace, 10.0))
+        # After the scheduler: deliveries under way make per-recipient copies in it.
+        if self._transform_pool is not None:
+            await self._transform_pool.close()
         if self.mail_from is not None:
             await self.mail_from.stop()
         if self.transport is not None:

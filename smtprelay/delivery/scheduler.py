@@ -53,6 +53,7 @@ from smtprelay.spool.model import (
     RecipientUpdate,
 )
 from smtprelay.spool.store import Finalizer, Spool, SpoolError
+from smtprelay.transform.copies import CopyFailed, CopyMaker
 from smtprelay.transform.keys import KeySource
 from smtprelay.transform.tokens import KeyRing
 
@@ -112,8 +113,12 @@ class Scheduler:
                  rng: random.Random | None = None,
                  keys: KeySource | None = None,
                  suppress: Callable[[Sequence[Suppress]], Awaitable[None]] | None = None,
-                 mail_from: return_path.MailFromVerification | None = None) -> None:
+                 mail_from: return_path.MailFromVerification | None = None,
+                 copies: CopyMaker | None = None) -> None:
         self._spool = spool
+        # Makes the per-recipient copies of messages that need them (None: such a
+        # message is deferred, never sent with its placeholders and no tokens).
+        self._copies = copies
         # Which custom MAIL FROM domains have their MX record now (None: all of them).
         self._mail_from = mail_from or return_path.AllVerified()
         # Where a hard bounce at delivery lists its address (the daemon's feedback
@@ -248,19 +253,52 @@ class Scheduler:
         for r in held:
             by_domain.setdefault(recipient_domain(r.address), []).append(r)
         verp_domain, keyring = self._verp(message)
+        per_recipient = message.attrs.copies is not None or "copies" in message.attrs.extra
         wire = WireForm(data, prefix)
         for domain, recipients in by_domain.items():
-            if verp_domain is None or keyring is None:
+            if not per_recipient and (verp_domain is None or keyring is None):
                 await self._attempt(message, domain, message.mail_from, recipients, data,
                                     prefix, wire)
                 continue
             for r in recipients:
-                try:
-                    sender = verp.address(message.message_id, r.index, verp_domain, keyring)
-                except ValueError as exc:  # not a spool id: cannot happen, must not stick
-                    log.error("msg=%s no VERP sender: %s", message.message_id, exc)
-                    sender = message.mail_from
-                await self._attempt(message, domain, sender, [r], data, prefix, wire)
+                sender = self._verp_sender(message, r, verp_domain, keyring)
+                if per_recipient:
+                    await self._attempt_copy(message, domain, r, data, prefix, sender)
+                else:
+                    await self._attempt(message, domain, sender, [r], data, prefix, wire)
+
+    @staticmethod
+    def _verp_sender(message: QueuedMessage, recipient: QueuedRecipient,
+                     verp_domain: str | None, keyring: KeyRing | None) -> str:
+        """The MAIL FROM of a transaction to `recipient` alone."""
+        if verp_domain is None or keyring is None:
+            return message.mail_from
+        try:
+            return verp.address(message.message_id, recipient.index, verp_domain, keyring)
+        except ValueError as exc:  # not a spool id: cannot happen, must not stick
+            log.error("msg=%s no VERP sender: %s", message.message_id, exc)
+            return message.mail_from
+
+    async def _attempt_copy(self, message: QueuedMessage, domain: str,
+                            recipient: QueuedRecipient, data: bytes, received: bytes,
+                            mail_from: str) -> None:
+        """One transaction of `recipient`'s own copy; a copy that cannot be made defers
+        the recipient (recorded like any attempt), so it is tried again."""
+        try:
+            if self._copies is None:
+                raise CopyFailed("this relay makes no per-recipient copies")
+            prefix, copy = await self._copies.copy_for(
+                message.message_id, data, received, message.attrs.copies or
+                message.attrs.extra.get("copies"), recipient.index, message.received_at)
+        except CopyFailed as exc:
+            log.error("msg=%s recipient %d deferred: %s", message.message_id,
+                      recipient.index, exc)
+            await self._conclude(message, [recipient], None, same_result(
+                [recipient.address], Verdict.DEFERRED, "4.3.0",
+                f"x-local; the copy for this recipient could not be made: {exc}"))
+            return
+        await self._attempt(message, domain, mail_from, [recipient], copy, prefix,
+                            WireForm(copy, prefix))
 
     def _verp(self, message: QueuedMessage) -> tuple[str | None, KeyRing | None]:
         """The MAIL FROM domain for this message's VERP senders and the keys to sign
@@ -298,6 +336,12 @@ class Scheduler:
             log.exception("msg=%s domain=%s transport failed", message.message_id, domain)
             results = same_result(txn.recipients, Verdict.DEFERRED, "4.3.0",
                                   f"x-local; {exc}")
+        await self._conclude(message, recipients, txn, results)
+
+    async def _conclude(self, message: QueuedMessage, recipients: list[QueuedRecipient],
+                        txn: Transaction | None, results: list[RecipientResult]) -> None:
+        """Record an attempt's results before anything else happens to the message;
+        `txn`: what was sent (None when nothing could be)."""
         updates = self._updates(message, recipients, results)
         # Before the attempt is recorded: an upsert, harmless to repeat if recording
         # fails and the recipient bounces again at the next attempt.
@@ -308,7 +352,7 @@ class Scheduler:
         # What follows a recorded attempt (the mailbox simulator's complaints and
         # auto-replies), after it so its events come after the Delivery.
         after_record = getattr(self._transport, "after_record", None)
-        if after_record is not None:
+        if after_record is not None and txn is not None:
             try:
                 await after_record(message, txn, results)
             except Exception:

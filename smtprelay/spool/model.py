@@ -107,6 +107,9 @@ class MessageAttributes(Mapping[str, Any]):
     events: bool = False  # the configuration set publishes events for it
     dsn_for: str | None = None  # a DSN: the message it reports on
     auto_reply_for: str | None = None  # a mailbox simulator auto-reply: the message
+    # Delivered as one copy per recipient, each made at delivery by this plan
+    # (transform.tracking.Plan.as_json, read by transform.copies); None: one body for all.
+    copies: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
@@ -130,6 +133,8 @@ class MessageAttributes(Mapping[str, Any]):
             out["dsn_for"] = self.dsn_for
         if self.auto_reply_for is not None:
             out["auto_reply_for"] = self.auto_reply_for
+        if self.copies is not None:
+            out["copies"] = self.copies
         out.update((key, value) for key, value in self.extra.items() if key not in out)
         return out
 
@@ -158,7 +163,8 @@ class MessageAttributes(Mapping[str, Any]):
                 tracking.get("open") is True, tracking.get("unsubscribe") is True),
             events=extra.pop("events") if extra.get("events") is True else False,
             dsn_for=take("dsn_for", str),
-            auto_reply_for=take("auto_reply_for", str), extra=extra)
+            auto_reply_for=take("auto_reply_for", str), copies=take("copies", dict),
+            extra=extra)
 
     def __getitem__(self, key: str) -> Any:
         return self.as_json()[key]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Container
 from typing import Protocol
 
 from smtprelay.bounces import return_path
-from smtprelay.config import Config, ConfigSource, ConfigurationSetConfig
+from smtprelay.config import Config, ConfigSource
 from smtprelay.events import records
 from smtprelay.infra import metrics
 from smtprelay.mail import replies as R
@@ -48,7 +48,7 @@ from smtprelay.spool.store import (
     unsubscribed_reason,
 )
 from smtprelay.submission.seam import Submission
-from smtprelay.transform import dkim, hygiene, tracking
+from smtprelay.transform import hygiene, signing, tracking
 from smtprelay.transform.keys import KeySource, SignerSource
 from smtprelay.transform.pool import TransformPool, TransformUnavailable
 
@@ -69,12 +69,6 @@ _INLINE_CHECK_LIMIT = 1024 * 1024
 # for 50 KB of HTML, less than a thread hop's latency is worth; a big part (30 ms per
 # MB) goes to a thread so the loop keeps answering other sessions in between.
 _INLINE_TRANSFORM_LIMIT = 256 * 1024
-# DKIM signing runs in a thread for every size. Dual-signing (RSA 2048 + Ed25519) a
-# 2 KB message costs ~0.9 ms inline, all of it on the loop; through to_thread the
-# loop thread spends ~0.1 ms, since OpenSSL's RSA and hashlib release the GIL, for
-# ~0.3 ms more latency on that message. 50 KB HTML: 2.4 ms inline against 0.1 ms;
-# 1 MB: 5-48 ms against 0.1-0.2 ms (bench/dkim_cost.py, 2-core VM), so no size is
-# cheaper inline. (The relaxed-body regexes do hold the GIL, in 64 KiB pieces.)
 
 
 def header_addresses(fields: list[HeaderField]) -> dict[str, list[str]]:
@@ -261,21 +255,34 @@ class Pipeline:
         list_unsubscribe = None if options is None else tracking.ListUnsubscribe(
             options.contact_list, None if options.topic is None else options.topic.name,
             options.settings.unsubscribe_domain, options.settings.https)
-        transformed = await self._transform(message_id, data, len(recipients),
-                                            submission.received_at, settings,
-                                            content_type(fields), list_unsubscribe)
+        plan = tracking.plan_of(settings, list_unsubscribe)
+        # Tokens that must name each recipient: one copy per recipient, made at delivery
+        # (transform.copies); this run checks the message (a second open tracker refuses
+        # it) and counts its links, and the spool keeps it as submitted.
+        per_recipient = plan is not None and len(recipients) > 1
+        transformed = await self._transform(message_id, data, plan,
+                                            0 if len(recipients) == 1 or per_recipient
+                                            else None,
+                                            submission.received_at, content_type(fields))
         if isinstance(transformed, Reply):
             return transformed
-        data = transformed.data
         from_domain = identities.split_address(found["from"][0])[1]
-        # The signatures cover `data`; our Received field is not among the fields
-        # signed (dkim.SIGNED_FIELDS), so it need not be in what is hashed.
-        # The header fields read above still describe `data` when nothing changed it
-        # (no field taken out or added, no tracking): the signer need not read them again.
-        signatures = await self._sign(message_id, data, from_domain,
-                                      fields if data is submission.data else None)
-        if signatures is None:
-            return _refuse("dkim_error", R.LOCAL_ERROR)
+        signatures = b""
+        if not per_recipient:
+            # The header fields read above still describe the data when nothing changed
+            # it (no field taken out or added, no tracking): the signer need not read
+            # them again. The signatures cover `data`; our Received field is not among
+            # the fields signed (dkim.SIGNED_FIELDS), so it need not be in what is hashed.
+            data, unchanged = transformed.data, transformed.data is submission.data
+            try:
+                signatures = await signing.signatures(self._live.signer, message_id, data,
+                                                      from_domain,
+                                                      fields if unchanged else None)
+            except signing.SigningFailed as exc:
+                # Like OpenDKIM's default for internal errors: a temporary failure, so
+                # the client keeps the message instead of it leaving unsigned.
+                log.error("msg=%s DKIM signing failed, refused with 451: %s", message_id, exc)
+                return _refuse("dkim_error", R.LOCAL_ERROR)
         if choice.tag_errors:
             log.info("msg=%s ignored bad message tags: %s", message_id,
                      "; ".join(choice.tag_errors))
@@ -285,6 +292,7 @@ class Pipeline:
                                               source_ip=client.ip,
                                               caller=client.auth_user or client.account),
             tls=client.tls_version or None,
+            copies=plan.as_json() if per_recipient and plan is not None else None,
             # Mailbox simulator recipients stay out of the set statistics (so of the
             # reputation guard), as SES leaves them out of its rates.
             uncounted=tuple(simulated) if simulated
@@ -332,25 +340,25 @@ class Pipeline:
                  choice.name or "-", len(suppressed))
         return R.accepted(message_id)
 
-    async def _transform(self, message_id: str, data: bytes, recipient_count: int,
-                         received_at: float, settings: ConfigurationSetConfig | None,
-                         media_type: str,
-                         list_unsubscribe: tracking.ListUnsubscribe | None = None
+    async def _transform(self, message_id: str, data: bytes, plan: tracking.Plan | None,
+                         recipient: int | None, received_at: float, media_type: str
                          ) -> tracking.Result | Reply:
-        """Tracking and unsubscribe as the configuration set (and the contact list the
-        message names) ask, or the refusal."""
+        """Tracking and unsubscribe as `plan` says (tokens naming `recipient`, None:
+        the whole message), or only the ses:* clean-up without a plan; or the refusal."""
         transformer = tracking.Transformer(self._live.keyring)
-        apply = functools.partial(transformer.apply, data, message_id=message_id,
-                                  recipient_count=recipient_count, issued_at=received_at,
-                                  settings=settings, media_type=media_type,
-                                  list_unsubscribe=list_unsubscribe)
+        apply: Callable[[], tracking.Result]
+        if plan is None:
+            apply = functools.partial(transformer.apply, data, message_id=message_id,
+                                      recipient_count=1, issued_at=received_at,
+                                      settings=None, media_type=media_type)
+        else:
+            apply = functools.partial(transformer.render, data, plan, message_id=message_id,
+                                      recipient=recipient, issued_at=received_at)
         try:
-            if self.transform_pool is not None and tracking.changes_anything(
-                    settings, list_unsubscribe):
-                result = await self.transform_pool.apply(
-                    transformer.keyring, data, message_id=message_id,
-                    recipient_count=recipient_count, issued_at=received_at,
-                    settings=settings, list_unsubscribe=list_unsubscribe)
+            if self.transform_pool is not None and plan is not None:
+                result = await self.transform_pool.render(
+                    transformer.keyring, data, plan, message_id=message_id,
+                    recipient=recipient, issued_at=received_at)
             elif len(data) > _INLINE_TRANSFORM_LIMIT:
                 result = await asyncio.to_thread(apply)
             else:
@@ -369,29 +377,6 @@ class Pipeline:
         if result.link_count:
             metrics.LINKS_TRACKED.inc(result.link_count)
         return result
-
-    async def _sign(self, message_id: str, data: bytes, from_domain: str,
-                    fields: list[HeaderField] | None) -> bytes | None:
-        """Our DKIM-Signature fields for the message (the last change before the spool;
-        they go in front of it), empty when no identity with keys covers the From
-        domain; None when signing failed."""
-        keys = self._live.signer.keys_for(from_domain)
-        if not keys:
-            return b""
-        started = time.perf_counter()
-        try:
-            signed = await asyncio.to_thread(dkim.signatures, data, keys, None, fields)
-        except Exception as exc:
-            # Like OpenDKIM's default for internal errors: a temporary failure, so the
-            # client keeps the message instead of it leaving unsigned.
-            log.error("msg=%s DKIM signing failed, refused with 451: %r", message_id, exc)
-            return None
-        metrics.DKIM_SIGN_SECONDS.observe(time.perf_counter() - started)
-        for key in keys:
-            metrics.DKIM_SIGNATURES.labels(algorithm=key.algorithm).inc()
-        log.debug("msg=%s dkim d=%s s=%s", message_id, keys[0].domain,
-                  ",".join(key.selector for key in keys))
-        return b"".join(signed)
 
     async def _suppressed(self, account: str, set_name: str | None,
                           recipients: tuple[str, ...], options: ListOptions | None,

@@ -11,8 +11,8 @@ Only messages the configuration set really transforms (click or open tracking, o
 one-click unsubscribe) and messages to a contact list come here; the rest take the
 inline fast path, which costs microseconds. Each request carries the tracking key
 ring (a few hundred bytes), so a key rotation (SIGHUP) needs nothing from the workers:
-the next message is signed with the new key. A set's settings are pickled once per set
-and configuration.
+the next message is signed with the new key; so does the message's tracking.Plan
+(a few dozen bytes).
 
 A worker takes requests in order; a request goes to an idle worker, or starts one
 (up to `server.transform_workers`), or waits behind the fewest unanswered ones. A
@@ -34,17 +34,12 @@ import site
 import sys
 from pathlib import Path
 
-from smtprelay.config import ConfigurationSetConfig
 from smtprelay.transform import tokens, tracking
 from smtprelay.transform import worker as worker_wire
 from smtprelay.transform.links import DuplicateOpenTracker
 
 log = logging.getLogger("smtprelay.transforms")
 
-# Settings objects pickled so far, by identity (the entry keeps the object alive, so
-# its id cannot be reused while it is here). A reload makes new objects; old entries
-# fall out when the cache is full.
-_SETTINGS_CACHE = 64
 _STOP_TIMEOUT = 10.0
 # How much of a worker's replies to buffer before pausing the pipe: a few messages'
 # worth, so a big message arrives in a few reads rather than many 64 KiB ones.
@@ -122,8 +117,6 @@ class TransformPool:
         self.workers = workers
         self._live: list[_Worker] = []
         self._spawning = asyncio.Lock()
-        self._settings: collections.OrderedDict[int, tuple[object, bytes]] = \
-            collections.OrderedDict()
         self._closed = False
 
     def pids(self) -> list[int]:
@@ -174,22 +167,10 @@ class TransformPool:
                     self._live.append(worker)
         return worker
 
-    def _pickled_settings(self, settings: ConfigurationSetConfig | None) -> bytes:
-        entry = self._settings.get(id(settings))
-        if entry is not None and entry[0] is settings:
-            return entry[1]
-        blob = pickle.dumps(settings, protocol=pickle.HIGHEST_PROTOCOL)
-        self._settings[id(settings)] = (settings, blob)
-        if len(self._settings) > _SETTINGS_CACHE:
-            self._settings.popitem(last=False)
-        return blob
-
-    async def apply(self, keyring: tokens.KeyRing, data: bytes, *, message_id: str,
-                    recipient_count: int, issued_at: float,
-                    settings: ConfigurationSetConfig | None,
-                    list_unsubscribe: tracking.ListUnsubscribe | None = None
-                    ) -> tracking.Result:
-        """tracking.Transformer(keyring).apply(...) in a worker process.
+    async def render(self, keyring: tokens.KeyRing, data: bytes, plan: tracking.Plan, *,
+                     message_id: str, recipient: int | None, issued_at: float
+                     ) -> tracking.Result:
+        """tracking.Transformer(keyring).render(...) in a worker process.
 
         The Result's `links` is empty: `link_count` says how many were tracked.
         DuplicateOpenTracker as the worker raised it; TransformUnavailable when two
@@ -197,9 +178,8 @@ class TransformPool:
         if self._closed:
             raise TransformUnavailable("the transform pool is shut down")
         frame = worker_wire.request(
-            message_id, recipient_count, issued_at,
-            pickle.dumps(keyring, protocol=pickle.HIGHEST_PROTOCOL),
-            self._pickled_settings(settings), data, list_unsubscribe)
+            message_id, recipient, issued_at,
+            pickle.dumps(keyring, protocol=pickle.HIGHEST_PROTOCOL), plan, data)
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):
             try:

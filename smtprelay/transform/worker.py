@@ -2,8 +2,8 @@
 
 It reads requests on stdin and writes one reply per request, in order, on stdout,
 until stdin closes. Each request carries everything the transform needs (the message,
-its id, recipient count and time, the set's settings and the tracking key ring), so
-the worker holds no state but a cache of settings it has already unpickled.
+its id, the recipient a copy is for, its time, the tracking.Plan and the tracking key
+ring), so the worker holds no state but a cache of key rings it has already unpickled.
 
 The wire format is length-prefixed and binary, so a 50 KB message crosses the pipe as
 it is: no pickling of the message, no helper threads in the relay (a
@@ -30,17 +30,16 @@ from typing import Any, BinaryIO
 REQUEST = struct.Struct("!II")
 REPLY = struct.Struct("!BII")
 OK, DUPLICATE_OPEN_TRACKER, FAILED = 0, 1, 2
-# Settings and key rings seen recently, by their pickled bytes: a set's settings are
-# the same object for every message until a reload, so unpickle them once.
+# Key rings seen recently, by their pickled bytes: the ring is the same for every
+# message until a reload, so unpickle it once.
 _CACHE_SIZE = 64
 
 
-def request(message_id: str, recipient_count: int, issued_at: float, keyring: bytes,
-            settings: bytes, data: bytes, list_unsubscribe: object = None) -> bytes:
-    """One request frame; `keyring` and `settings` are pickled (see the pool's cache);
-    `list_unsubscribe` is the message's tracking.ListUnsubscribe, or None."""
-    parameters = pickle.dumps((message_id, recipient_count, issued_at, keyring, settings,
-                               list_unsubscribe), protocol=pickle.HIGHEST_PROTOCOL)
+def request(message_id: str, recipient: int | None, issued_at: float, keyring: bytes,
+            plan: object, data: bytes) -> bytes:
+    """One request frame; `keyring` is pickled, `plan` is the message's tracking.Plan."""
+    parameters = pickle.dumps((message_id, recipient, issued_at, keyring, plan),
+                              protocol=pickle.HIGHEST_PROTOCOL)
     return REQUEST.pack(len(parameters), len(data)) + parameters + data
 
 
@@ -72,12 +71,10 @@ def serve(source: BinaryIO, sink: BinaryIO) -> int:
         details: object
         try:
             # The relay is the only writer of this pipe.
-            message_id, recipient_count, issued_at, keyring, settings, list_unsubscribe = \
+            message_id, recipient, issued_at, keyring, plan = \
                 pickle.loads(body[:parameters_size])  # noqa: S301
-            result = tracking.Transformer(thawed(keyring)).apply(
-                data, message_id=message_id, recipient_count=recipient_count,
-                issued_at=issued_at, settings=thawed(settings),
-                list_unsubscribe=list_unsubscribe)
+            result = tracking.Transformer(thawed(keyring)).render(
+                data, plan, message_id=message_id, recipient=recipient, issued_at=issued_at)
         except tracking.DuplicateOpenTracker as exc:
             status, details, data = DUPLICATE_OPEN_TRACKER, exc.count, b""
         except Exception as exc:  # the relay logs it and answers 451

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from smtprelay.spool.store import get_message, open_for_cli
 from smtprelay.transform import tokens
 from smtprelay.transform.links import OPEN_TRACKER
 from tests.dkimpeers import Key, identities, opendkim, ours
@@ -177,15 +178,25 @@ def test_http_links_keep_their_scheme_by_default(relay: RunningRelay) -> None:
     assert "{{unsubscribe_url}}" in html
 
 
-def test_several_recipients_get_whole_message_tokens_and_no_unsubscribe(
-        relay: RunningRelay, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "smtprelay.pipeline")
-    data = delivered(relay, newsletter(), rcpts=("a@example.net", "b@example.net"))
-    html = parts(data)["text/html"]
-    payloads = [p for _, p in decoded_tokens(relay, html)]
-    assert len(payloads) == 3 and all(p.recipient is None for p in payloads)
-    assert b"List-Unsubscribe" not in data
-    assert "no unsubscribe link: the message has several recipients" in caplog.text
+def test_several_recipients_leave_the_spooled_message_as_submitted(
+        relay: RunningRelay) -> None:
+    """Each recipient's copy is made at delivery (test_per_recipient_copies.py); the
+    spool keeps one body, untracked, with the plan the copies follow."""
+    code, reply = send(relay, newsletter(), rcpts=("a@example.net", "b@example.net"))
+    assert code == 250, reply
+    [stored] = [m for m in spooled(relay.config) if m["id"] == reply.split()[-1]]
+    data = bytes(stored["data"])
+    assert not decoded_tokens(relay, data.decode())
+    assert b"List-Unsubscribe" not in data and b"DKIM-Signature" not in data
+    conn = open_for_cli(relay.config.spool_path)
+    try:
+        queued = get_message(conn, stored["id"])
+    finally:
+        conn.close()
+    assert queued is not None and queued.attrs.copies == {
+        "click_domain": "links.example.com", "open_domain": "links.example.com",
+        "tracking_https": True, "unsubscribe_host": "links.example.com",
+        "mailto": "unsub@bounce.example.com", "override": False}
 
 
 def test_sender_list_unsubscribe_is_kept_unless_the_set_overrides(relay: RunningRelay) -> None:

@@ -80,3 +80,69 @@ async def test_results_are_recorded_classified_and_deferred(tmp_path: Path) -> N
     assert outcomes[0].kind == outcomes[3].kind == "delivery"
     assert 2 not in outcomes  # a deferral is not an outcome yet
     spool.close()
+
+
+class _Keys:
+    """The tracking and DKIM keys a CopyMaker reads (no DKIM identities here)."""
+
+    def __init__(self) -> None:
+        from smtprelay.transform.dkim import Signer
+        from smtprelay.transform.tokens import KeyRing
+        self.keyring = KeyRing.generate()
+        self.signer = Signer()
+
+
+async def _deliver_copies(tmp_path: Path, copies: object,
+                          maker: object) -> tuple[ScriptedRemote, QueuedMessage]:
+    from smtprelay.spool.model import MessageAttributes
+    spool = Spool(tmp_path / "spool.db")
+    spool.open()
+    rcpts = ("a@example.net", "b@example.net")
+    attrs = MessageAttributes.from_json({"copies": copies})
+    message = NewMessage(
+        message_id=new_message_id(), account="acme", attrs=attrs,
+        data=b"From: a@example.com\r\n\r\n<a href=\"{{unsubscribe_url}}\">x</a>\r\n",
+        envelope=Envelope(mail_from="a@example.com", recipients=rcpts),
+        configuration_set=None, received_at=time.time(), client_ip="127.0.0.1",
+        client_helo="c", auth_user="u", listener="submission")
+    await spool.enqueue(message)
+    remote = ScriptedRemote({r: result(r, Verdict.DELIVERED, 250, "2.0.0", "ok")
+                             for r in rcpts})
+    scheduler = Scheduler(spool, remote, copies=maker)  # type: ignore[arg-type]
+    scheduler.start()
+    try:
+        for _ in range(200):
+            stored = spool.get(message.message_id)
+            assert stored is not None
+            if all(r.attempts for r in stored.recipients):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await scheduler.stop()
+    return remote, stored
+
+
+async def test_per_recipient_copies_are_one_transaction_each(tmp_path: Path) -> None:
+    from smtprelay.transform.copies import CopyMaker
+    remote, stored = await _deliver_copies(
+        tmp_path, {"unsubscribe_host": "links.example.com"}, CopyMaker(_Keys()))
+    assert sorted(t.recipients for _, t in remote.transactions) == [
+        ("a@example.net",), ("b@example.net",)]
+    for _, txn in remote.transactions:
+        assert b"{{unsubscribe_url}}" not in txn.data
+        assert b"List-Unsubscribe: <https://links.example.com/u/" in txn.data
+    assert {r.state.value for r in stored.recipients} == {"delivered"}
+
+
+async def test_a_copy_that_cannot_be_made_is_deferred_never_sent_unrendered(
+        tmp_path: Path) -> None:
+    from smtprelay.transform.copies import CopyMaker
+    for name, copies, maker in (("damaged", ["not", "a", "plan"], CopyMaker(_Keys())),
+                                ("no-maker", {"unsubscribe_host": "links.example.com"},
+                                 None)):
+        remote, stored = await _deliver_copies(tmp_path / name, copies, maker)
+        assert remote.transactions == [], name
+        assert {(r.state.value, r.attempts) for r in stored.recipients} == {
+            ("deferred", 1)}, name
+        assert all("copy for this recipient could not be made" in (r.last_reply or "")
+                   for r in stored.recipients), name

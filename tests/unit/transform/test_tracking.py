@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from smtprelay.config import ConfigurationSetConfig
 from smtprelay.mail.headers import content_type, parse_header_section
-from smtprelay.transform import tokens, unsubscribe
+from smtprelay.transform import tokens, tracking, unsubscribe
 from smtprelay.transform.links import OPEN_TRACKER, DuplicateOpenTracker
 from smtprelay.transform.tracking import ListUnsubscribe, Result, Transformer
 
@@ -199,8 +199,9 @@ def test_the_list_link_crosses_to_a_worker_process() -> None:
     from smtprelay.transform import worker
 
     data = b"From: a@example.com\r\nSubject: s\r\nContent-Type: text/plain\r\n\r\nHi\r\n"
-    frame = worker.request(MID, 1, 1_700_000_100.5, pickle.dumps(RING), pickle.dumps(None),
-                           data, NEWS)
+    plan = tracking.plan_of(None, NEWS)
+    assert plan is not None
+    frame = worker.request(MID, 0, 1_700_000_100.5, pickle.dumps(RING), plan, data)
     out = io.BytesIO()
     assert worker.serve(io.BytesIO(frame), out) == 0
     status, details_size, _ = worker.REPLY.unpack(out.getvalue()[:worker.REPLY.size])

@@ -1,0 +1,86 @@
+"""Per-recipient copies: a message to several recipients whose content must name each one.
+
+A one-click unsubscribe link, and tracked links and pixels, carry a token naming the
+recipient. When a message has several envelope recipients and its configuration set
+tracks or adds unsubscribe links, or it names a contact list, every recipient gets a
+copy of their own (SES sends one copy per destination as well): the pipeline spools
+the message as submitted, with its tracking.Plan in the message attributes, and the
+delivery side asks a CopyMaker for each recipient's copy, rendered with that
+recipient's index in its tokens and then DKIM-signed, so each signature covers the
+copy's own List-Unsubscribe and links. The copy is made again at every attempt: it is
+a pure function of the stored message, the plan and the index, so a retry sends the
+same tokens (only the signature's t= differs).
+
+Why at delivery and not N bodies at acceptance: the spool and its fsyncs stay one
+body per message whatever the recipient count (a 50 KB newsletter to 500 addresses is
+50 KB on disk, not 25 MB), and the acknowledgement does not wait for N transforms and
+N signatures. The price is that work at delivery, where it runs off the loop as at
+acceptance (a transform worker process or a thread, and a thread for signing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from smtprelay.mail.address import domain_of
+from smtprelay.mail.headers import addresses, parse_header_section
+from smtprelay.transform import signing, tracking
+from smtprelay.transform.keys import KeySource, SignerSource
+from smtprelay.transform.pool import TransformPool
+
+# As the pipeline's inline limit: link rewriting of a bigger message goes to a thread.
+_INLINE_TRANSFORM_LIMIT = 256 * 1024
+
+
+class CopyFailed(Exception):
+    """A recipient's copy could not be made (a damaged plan, a transform or signing
+    failure): that recipient is deferred and tried again."""
+
+
+class CopySource(KeySource, SignerSource, Protocol):
+    """The tracking keys and DKIM keys in force (the daemon's holder, app.live)."""
+
+
+class CopyMaker:
+    def __init__(self, live: CopySource, pool: TransformPool | None = None) -> None:
+        self._live = live
+        self._pool = pool
+
+    async def copy_for(self, message_id: str, data: bytes, received: bytes,
+                       plan_json: object, recipient: int, issued_at: float
+                       ) -> tuple[bytes, bytes]:
+        """(prefix, data) of recipient `recipient`'s copy: our DKIM signatures and
+        `received` (the Received field the spool keeps as the message's prefix), and
+        the transformed message."""
+        plan = tracking.Plan.from_json(plan_json)
+        if plan is None:
+            raise CopyFailed(f"the stored copy plan is damaged: {plan_json!r:.200}")
+        keyring = self._live.keyring
+        try:
+            if self._pool is not None:
+                result = await self._pool.render(keyring, data, plan, message_id=message_id,
+                                                 recipient=recipient, issued_at=issued_at)
+            else:
+                render = tracking.Transformer(keyring).render
+                if len(data) > _INLINE_TRANSFORM_LIMIT:
+                    result = await asyncio.to_thread(
+                        render, data, plan, message_id=message_id, recipient=recipient,
+                        issued_at=issued_at)
+                else:
+                    result = render(data, plan, message_id=message_id, recipient=recipient,
+                                    issued_at=issued_at)
+        except Exception as exc:
+            raise CopyFailed(f"the copy could not be rendered: {exc!r}") from exc
+        copy = result.data
+        fields = parse_header_section(copy)
+        senders = [address for field in fields if field.key == "from"
+                   for address in addresses(field.value)]
+        if not senders:
+            raise CopyFailed("the message has no From address to sign for")
+        try:
+            signed = await signing.signatures(self._live.signer, message_id, copy,
+                                              domain_of(senders[0]), fields)
+        except signing.SigningFailed as exc:
+            raise CopyFailed(f"DKIM signing failed: {exc}") from exc
+        return signed + received, copy
