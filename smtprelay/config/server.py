@@ -109,6 +109,10 @@ class LimitsConfig(Model):
     # they are); reject refuses the message (554 5.6.0). Either way only CRLF.CRLF
     # ends DATA, so no line ending can smuggle a second message.
     bare_line_endings: Literal["normalize", "reject"] = "normalize"
+    # A NUL byte in DATA: reject refuses the message (554 5.6.0), as RFC 5322 allows no
+    # NUL in a message and IMAP servers (Cyrus, Dovecot) refuse or mangle one; accept
+    # relays it verbatim, for legacy senders of unencoded binary.
+    nul_bytes: Literal["reject", "accept"] = "reject"
     # Each whole command line must arrive within idle_timeout, and the whole of DATA
     # within data_timeout plus the time its size needs at min_data_rate (bytes per
     # second): a client trickling a byte at a time cannot hold a session open.

@@ -111,6 +111,9 @@ NEEDS_SMTPUTF8 = Reply(
 BARE_LINE_ENDING = Reply(
     554, "5.6.0 Message rejected: bare CR or LF in message data; lines must end with CRLF"
 )
+NUL_IN_DATA = Reply(
+    554, "5.6.0 Message rejected: NUL character in message data; encode binary content "
+    "(base64)")
 NO_FROM = Reply(554, "5.6.0 Message rejected: the message has no From header")
 SET_PAUSED = Reply(554, "5.7.1 Sending paused for this configuration set")
 ACCOUNT_PAUSED = Reply(554, "5.7.1 Sending paused for this account")

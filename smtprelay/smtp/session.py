@@ -681,6 +681,8 @@ class Session:
                      self.id)
             if len(body) > limits.max_message_size:
                 return None, R.TOO_BIG
+        if limits.nul_bytes == "reject" and b"\x00" in body:
+            return None, R.NUL_IN_DATA
         if len(body) > limits.max_line_length and not lines_within(body,
                                                                    limits.max_line_length):
             return None, R.data_line_too_long(limits.max_line_length)
