@@ -11,9 +11,11 @@ quoted-printable; 1 MB of the same HTML with 250 links):
 - DKIM: `dkim.signatures` with an RSA 2048 and an Ed25519 key (dual signing, as
   bench/dkim_cost.py), the fields put in front of the message;
 - transform off/on followed by DKIM, back to back in one thread;
-- the pipeline's shape: the transform inline below 256 KiB (in a thread above),
-  DKIM through `asyncio.to_thread`, timed on an event loop: wall time per message
-  and the CPU time of the event-loop thread, the one the relay's sessions share.
+- the pipeline's way (transform.finisher.Finisher, as the pipeline calls it): without
+  workers the transform inline below 256 KiB (in a thread above) and DKIM through
+  `asyncio.to_thread`; with workers both in one trip to a worker process. Timed on an
+  event loop: wall time per message and the CPU time of the event-loop thread, the
+  one the relay's sessions share.
 
 Each cell: warm-up runs, then N timed runs, the cells of a message taking turns (one
 call each per round, so drift in the machine's load hits them alike); median and p95
@@ -44,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from smtprelay.config import ConfigurationSetConfig
 from smtprelay.mail.headers import parse_header_section
 from smtprelay.spool.model import new_message_id
-from smtprelay.submission import pipeline
 from smtprelay.transform import dkim, hygiene, tracking
+from smtprelay.transform.finisher import Finisher
 from smtprelay.transform.pool import TransformPool
 from smtprelay.transform.tokens import KeyRing
 
@@ -56,8 +58,6 @@ TRACKED_SET: dict[str, Any] = {
     "unsubscribe": {"one_click": True},
 }
 PLAIN_SET: dict[str, Any] = {}
-# As the pipeline decides (smtprelay/submission/pipeline.py); read from there so they stay in step.
-INLINE_TRANSFORM_LIMIT: int = pipeline._INLINE_TRANSFORM_LIMIT
 
 KINDS = ("2k-text", "50k-html", "1m-html")
 LABELS = {"2k-text": "2 KB text/plain", "50k-html": "50 KB HTML, 40 links, QP",
@@ -263,10 +263,10 @@ class Stage:
         self.transform = functools.partial(
             transformer.apply, data, message_id=message_id, recipient_count=1,
             issued_at=received_at, settings=settings)
-        self.pool = pool if tracking.changes_anything(settings) else None
-        self.in_pool = functools.partial(
-            pool.apply, transformer.keyring, data, message_id=message_id,
-            recipient_count=1, issued_at=received_at, settings=settings) if pool else None
+        self.finisher = Finisher(pool)
+        self.pipeline_finish = functools.partial(
+            self.finisher.finish, data, tracking.plan_of(settings), transformer.keyring, keys,
+            message_id=message_id, recipient=0, issued_at=received_at)
 
     def sign(self, data: bytes) -> bytes:
         return b"".join(dkim.signatures(data, self.keys)) + data  # as Pipeline._sign
@@ -275,14 +275,8 @@ class Stage:
         return self.sign(self.transform().data)
 
     async def pipelined(self) -> bytes:
-        if self.pool is not None and self.in_pool is not None:
-            result = await self.in_pool()
-        elif len(self.data) > INLINE_TRANSFORM_LIMIT:
-            result = await asyncio.to_thread(self.transform)
-        else:
-            result = self.transform()
-        fields = await asyncio.to_thread(dkim.signatures, result.data, self.keys)
-        return b"".join(fields) + result.data
+        done = await self.pipeline_finish()
+        return done.signatures + done.result.data
 
 
 async def _loop_cost(stages: dict[str, Stage], runs: int) -> dict[str, dict[str, float]]:
@@ -372,8 +366,9 @@ def print_table(rows: list[dict[str, Any]], clock: str) -> None:
                          for key, _ in _COLUMNS)
         print(f"{row['label']:<28} {row['bytes']:>9} {cells}")
     print()
-    print("the pipeline's way, µs/message: DKIM in a thread; the transform inline below "
-          "256 KiB, else in a thread (off, on), or in 2 worker processes (workers)")
+    print("the pipeline's way, µs/message: DKIM in a thread and the transform inline "
+          "below 256 KiB, else in a thread (off, on); or both in 2 worker processes "
+          "(workers)")
     print(f"{'message':<28} {'':>5} {'loop CPU':>9} {'process CPU':>12} {'wall':>7}")
     for row in rows:
         for name in ("off", "on", "workers"):

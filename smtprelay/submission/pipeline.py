@@ -7,10 +7,9 @@ the spool; the SMTP session only ever sees this module's replies.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Sequence
 from typing import Protocol
 
 from smtprelay.bounces import return_path
@@ -48,7 +47,10 @@ from smtprelay.spool.store import (
     unsubscribed_reason,
 )
 from smtprelay.submission.seam import Submission
-from smtprelay.transform import hygiene, signing, tracking
+from smtprelay.transform import hygiene, tracking
+from smtprelay.transform.dkim import SigningKey
+from smtprelay.transform.finish import Finished, FinishFailed
+from smtprelay.transform.finisher import Finisher
 from smtprelay.transform.keys import KeySource, SignerSource
 from smtprelay.transform.pool import TransformPool, TransformUnavailable
 
@@ -65,10 +67,6 @@ _ADDRESS_FIELDS = frozenset((
 # The MIME walk costs ~0.2 ms for 50 KB but up to ~100 ms for hostile megabytes of
 # nesting: above this size it runs in a thread so other sessions keep moving.
 _INLINE_CHECK_LIMIT = 1024 * 1024
-# Link rewriting is pure Python (it holds the GIL either way): inline it costs ~3 ms
-# for 50 KB of HTML, less than a thread hop's latency is worth; a big part (30 ms per
-# MB) goes to a thread so the loop keeps answering other sessions in between.
-_INLINE_TRANSFORM_LIMIT = 256 * 1024
 
 
 def header_addresses(fields: list[HeaderField]) -> dict[str, list[str]]:
@@ -108,6 +106,7 @@ class Pipeline:
         # The worker processes that track and add unsubscribe links for sets that do
         # (server.transform_workers); None: that work is done here.
         self.transform_pool = transform_pool
+        self._finisher = Finisher(transform_pool)
         # Called after each message is durable, so delivery starts without polling.
         self.on_spooled = on_spooled
         # Which custom MAIL FROM domains have their MX record (None: all of them).
@@ -260,29 +259,24 @@ class Pipeline:
         # (transform.copies); this run checks the message (a second open tracker refuses
         # it) and counts its links, and the spool keeps it as submitted.
         per_recipient = plan is not None and len(recipients) > 1
-        transformed = await self._transform(message_id, data, plan,
-                                            0 if len(recipients) == 1 or per_recipient
-                                            else None,
-                                            submission.received_at, content_type(fields))
-        if isinstance(transformed, Reply):
-            return transformed
         from_domain = identities.split_address(found["from"][0])[1]
-        signatures = b""
+        # Each per-recipient copy is signed at delivery, over its own tokens.
+        keys = () if per_recipient else self._live.signer.keys_for(from_domain)
+        finished = await self._finish(
+            message_id, data, plan, keys,
+            0 if len(recipients) == 1 or per_recipient else None, submission.received_at,
+            content_type(fields),
+            # The header fields read above still describe the data when hygiene did not
+            # change it: the signer need not read them again.
+            fields if data is submission.data else None)
+        if isinstance(finished, Reply):
+            return finished
+        transformed = finished.result
+        signatures = finished.signatures
         if not per_recipient:
-            # The header fields read above still describe the data when nothing changed
-            # it (no field taken out or added, no tracking): the signer need not read
-            # them again. The signatures cover `data`; our Received field is not among
-            # the fields signed (dkim.SIGNED_FIELDS), so it need not be in what is hashed.
-            data, unchanged = transformed.data, transformed.data is submission.data
-            try:
-                signatures = await signing.signatures(self._live.signer, message_id, data,
-                                                      from_domain,
-                                                      fields if unchanged else None)
-            except signing.SigningFailed as exc:
-                # Like OpenDKIM's default for internal errors: a temporary failure, so
-                # the client keeps the message instead of it leaving unsigned.
-                log.error("msg=%s DKIM signing failed, refused with 451: %s", message_id, exc)
-                return _refuse("dkim_error", R.LOCAL_ERROR)
+            # Signed over `data`; our Received field is not among the fields signed
+            # (dkim.SIGNED_FIELDS), so it need not be in what was hashed.
+            data = transformed.data
         if choice.tag_errors:
             log.info("msg=%s ignored bad message tags: %s", message_id,
                      "; ".join(choice.tag_errors))
@@ -340,43 +334,37 @@ class Pipeline:
                  choice.name or "-", len(suppressed))
         return R.accepted(message_id)
 
-    async def _transform(self, message_id: str, data: bytes, plan: tracking.Plan | None,
-                         recipient: int | None, received_at: float, media_type: str
-                         ) -> tracking.Result | Reply:
-        """Tracking and unsubscribe as `plan` says (tokens naming `recipient`, None:
-        the whole message), or only the ses:* clean-up without a plan; or the refusal."""
-        transformer = tracking.Transformer(self._live.keyring)
-        apply: Callable[[], tracking.Result]
-        if plan is None:
-            apply = functools.partial(transformer.apply, data, message_id=message_id,
-                                      recipient_count=1, issued_at=received_at,
-                                      settings=None, media_type=media_type)
-        else:
-            apply = functools.partial(transformer.render, data, plan, message_id=message_id,
-                                      recipient=recipient, issued_at=received_at)
+    async def _finish(self, message_id: str, data: bytes, plan: tracking.Plan | None,
+                      keys: Sequence[SigningKey], recipient: int | None, received_at: float,
+                      media_type: str, fields: list[HeaderField] | None
+                      ) -> Finished | Reply:
+        """Tracking and unsubscribe as `plan` says (tokens naming `recipient`, None: the
+        whole message), or only the ses:* clean-up without a plan, then the DKIM
+        signatures; or the refusal."""
         try:
-            if self.transform_pool is not None and plan is not None:
-                result = await self.transform_pool.render(
-                    transformer.keyring, data, plan, message_id=message_id,
-                    recipient=recipient, issued_at=received_at)
-            elif len(data) > _INLINE_TRANSFORM_LIMIT:
-                result = await asyncio.to_thread(apply)
-            else:
-                result = apply()
+            done = await self._finisher.finish(
+                data, plan, self._live.keyring, keys, message_id=message_id,
+                recipient=recipient, issued_at=received_at, media_type=media_type,
+                fields=fields)
         except tracking.DuplicateOpenTracker:
             return _refuse("content", R.DUPLICATE_OPEN_TRACKER)
         except TransformUnavailable as exc:
             log.error("msg=%s %s, refused with 451 (the client will send it again)",
                       message_id, exc)
             return _refuse("transform_error", R.LOCAL_ERROR)
-        except Exception as exc:
-            log.error("msg=%s tracking transform failed, refused with 451: %r", message_id, exc)
-            return _refuse("transform_error", R.LOCAL_ERROR)
+        except FinishFailed as exc:
+            # Like OpenDKIM's default for internal errors: a temporary failure, so the
+            # client keeps the message instead of it leaving unsigned.
+            log.error("msg=%s %s failed, refused with 451: %s", message_id,
+                      "DKIM signing" if exc.stage == "dkim" else "tracking transform",
+                      exc.detail)
+            return _refuse(f"{exc.stage}_error", R.LOCAL_ERROR)
+        result = done.result
         if result.problems:
             log.info("msg=%s tracking: %s", message_id, "; ".join(result.problems))
         if result.link_count:
             metrics.LINKS_TRACKED.inc(result.link_count)
-        return result
+        return done
 
     async def _suppressed(self, account: str, set_name: str | None,
                           recipients: tuple[str, ...], options: ListOptions | None,

@@ -20,17 +20,15 @@ acceptance (a transform worker process or a thread, and a thread for signing).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Protocol
 
 from smtprelay.mail.address import domain_of
 from smtprelay.mail.headers import addresses, parse_header_section
-from smtprelay.transform import signing, tracking
+from smtprelay.transform import tracking
+from smtprelay.transform.finish import FinishFailed
+from smtprelay.transform.finisher import Finisher
 from smtprelay.transform.keys import KeySource, SignerSource
-from smtprelay.transform.pool import TransformPool
-
-# As the pipeline's inline limit: link rewriting of a bigger message goes to a thread.
-_INLINE_TRANSFORM_LIMIT = 256 * 1024
+from smtprelay.transform.pool import TransformPool, TransformUnavailable
 
 
 class CopyFailed(Exception):
@@ -45,7 +43,7 @@ class CopySource(KeySource, SignerSource, Protocol):
 class CopyMaker:
     def __init__(self, live: CopySource, pool: TransformPool | None = None) -> None:
         self._live = live
-        self._pool = pool
+        self._finisher = Finisher(pool)
 
     async def copy_for(self, message_id: str, data: bytes, received: bytes,
                        plan_json: object, recipient: int, issued_at: float
@@ -56,31 +54,15 @@ class CopyMaker:
         plan = tracking.Plan.from_json(plan_json)
         if plan is None:
             raise CopyFailed(f"the stored copy plan is damaged: {plan_json!r:.200}")
-        keyring = self._live.keyring
-        try:
-            if self._pool is not None:
-                result = await self._pool.render(keyring, data, plan, message_id=message_id,
-                                                 recipient=recipient, issued_at=issued_at)
-            else:
-                render = tracking.Transformer(keyring).render
-                if len(data) > _INLINE_TRANSFORM_LIMIT:
-                    result = await asyncio.to_thread(
-                        render, data, plan, message_id=message_id, recipient=recipient,
-                        issued_at=issued_at)
-                else:
-                    result = render(data, plan, message_id=message_id, recipient=recipient,
-                                    issued_at=issued_at)
-        except Exception as exc:
-            raise CopyFailed(f"the copy could not be rendered: {exc!r}") from exc
-        copy = result.data
-        fields = parse_header_section(copy)
-        senders = [address for field in fields if field.key == "from"
+        senders = [address for field in parse_header_section(data) if field.key == "from"
                    for address in addresses(field.value)]
         if not senders:
             raise CopyFailed("the message has no From address to sign for")
+        keys = self._live.signer.keys_for(domain_of(senders[0]))
         try:
-            signed = await signing.signatures(self._live.signer, message_id, copy,
-                                              domain_of(senders[0]), fields)
-        except signing.SigningFailed as exc:
-            raise CopyFailed(f"DKIM signing failed: {exc}") from exc
-        return signed + received, copy
+            done = await self._finisher.finish(data, plan, self._live.keyring, keys,
+                                               message_id=message_id, recipient=recipient,
+                                               issued_at=issued_at)
+        except (tracking.DuplicateOpenTracker, FinishFailed, TransformUnavailable) as exc:
+            raise CopyFailed(f"the copy could not be made: {exc!r}") from exc
+        return done.signatures + received, done.result.data

@@ -1,18 +1,20 @@
-"""Tracking transforms in worker processes, off the event loop and out of its GIL.
+"""Tracking transforms and DKIM signing in worker processes, off the event loop and out
+of its GIL.
 
-Rewriting the links of a 50 KB newsletter is ~3 ms of pure Python. Inline it holds
-the event loop that long per message; in a thread it holds the GIL just the same, so
-every other session still waits. Worker processes (`smtprelay.transform.worker`) run
-it truly in parallel. The loop talks to them over their stdin and stdout pipes with a
+Rewriting the links of a 50 KB newsletter is ~3 ms of pure Python, and DKIM's relaxed
+canonicalisation (dkimpy's regexes) holds the GIL too. Inline that holds the event
+loop; in a thread it holds the GIL just the same, so every other session still waits.
+Worker processes (`smtprelay.transform.worker`) run transform.finish truly in
+parallel. The loop talks to them over their stdin and stdout pipes with a
 length-prefixed format, so a message costs the relay a write and a read of its bytes:
 no pickling of the message and no helper threads.
 
-Only messages the configuration set really transforms (click or open tracking, or
-one-click unsubscribe) and messages to a contact list come here; the rest take the
-inline fast path, which costs microseconds. Each request carries the tracking key
-ring (a few hundred bytes), so a key rotation (SIGHUP) needs nothing from the workers:
-the next message is signed with the new key; so does the message's tracking.Plan
-(a few dozen bytes).
+Messages the configuration set transforms (click or open tracking, one-click
+unsubscribe), messages to a contact list and messages to sign come here; the rest
+take the inline fast path, which costs microseconds. Each request carries the
+tracking key ring (a few hundred bytes) and the DKIM keys (PEM, cached per key set),
+so a key rotation or a new DKIM key (SIGHUP) needs nothing from the workers: the next
+message is signed with the new key.
 
 A worker takes requests in order; a request goes to an idle worker, or starts one
 (up to `server.transform_workers`), or waits behind the fewest unanswered ones. A
@@ -32,14 +34,17 @@ import os
 import pickle
 import site
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from smtprelay.transform import tokens, tracking
+from smtprelay.transform import dkim, tokens, tracking
 from smtprelay.transform import worker as worker_wire
+from smtprelay.transform.finish import Finished, FinishFailed
 from smtprelay.transform.links import DuplicateOpenTracker
 
 log = logging.getLogger("smtprelay.transforms")
 
+_KEYS_CACHE = 64
 _STOP_TIMEOUT = 10.0
 # How much of a worker's replies to buffer before pausing the pipe: a few messages'
 # worth, so a big message arrives in a few reads rather than many 64 KiB ones.
@@ -117,6 +122,11 @@ class TransformPool:
         self.workers = workers
         self._live: list[_Worker] = []
         self._spawning = asyncio.Lock()
+        # DKIM keys as requests carry them, by the identity of the Signer's tuple of
+        # keys for a domain (the entry keeps it alive, so its id cannot be reused while
+        # it is here): a reload makes new tuples, and old entries fall out when full.
+        self._keys: collections.OrderedDict[int, tuple[object, bytes]] = \
+            collections.OrderedDict()
         self._closed = False
 
     def pids(self) -> list[int]:
@@ -167,19 +177,34 @@ class TransformPool:
                     self._live.append(worker)
         return worker
 
-    async def render(self, keyring: tokens.KeyRing, data: bytes, plan: tracking.Plan, *,
-                     message_id: str, recipient: int | None, issued_at: float
-                     ) -> tracking.Result:
-        """tracking.Transformer(keyring).render(...) in a worker process.
+    def _keys_blob(self, keys: Sequence[dkim.SigningKey]) -> bytes:
+        if not keys:
+            return b""
+        entry = self._keys.get(id(keys))
+        if entry is not None and entry[0] is keys:
+            return entry[1]
+        blob = worker_wire.keys_blob(keys)
+        self._keys[id(keys)] = (keys, blob)
+        if len(self._keys) > _KEYS_CACHE:
+            self._keys.popitem(last=False)
+        return blob
 
-        The Result's `links` is empty: `link_count` says how many were tracked.
-        DuplicateOpenTracker as the worker raised it; TransformUnavailable when two
-        workers in a row died with the message, or the pool is closed."""
+    async def finish(self, keyring: tokens.KeyRing, data: bytes, plan: tracking.Plan | None,
+                     keys: Sequence[dkim.SigningKey], *, message_id: str,
+                     recipient: int | None, issued_at: float, media_type: str | None = None
+                     ) -> Finished:
+        """transform.finish.finish(...) in a worker process.
+
+        The Result's `links` is empty: `link_count` says how many were tracked; its
+        `data` is `data` itself when nothing changed. DuplicateOpenTracker and
+        FinishFailed as the worker raised them; TransformUnavailable when two workers
+        in a row died with the message, or the pool is closed."""
         if self._closed:
             raise TransformUnavailable("the transform pool is shut down")
         frame = worker_wire.request(
             message_id, recipient, issued_at,
-            pickle.dumps(keyring, protocol=pickle.HIGHEST_PROTOCOL), plan, data)
+            pickle.dumps(keyring, protocol=pickle.HIGHEST_PROTOCOL), plan, data,
+            self._keys_blob(keys), media_type)
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):
             try:
@@ -211,11 +236,15 @@ class TransformPool:
             if status == worker_wire.DUPLICATE_OPEN_TRACKER:
                 raise DuplicateOpenTracker(answer)
             if status != worker_wire.OK:
-                raise RuntimeError(f"in the transform worker: {answer}")
-            link_count, opens_tracked, unsubscribe_url, problems = answer
-            return tracking.Result(result, opens_tracked=opens_tracked,
-                                     unsubscribe_url=unsubscribe_url, problems=problems,
-                                     link_count=link_count)
+                stage, detail = answer
+                raise FinishFailed(stage, f"in the transform worker: {detail}")
+            (link_count, opens_tracked, unsubscribe_url, problems, signatures,
+             sign_seconds, algorithms, changed) = answer
+            return Finished(tracking.Result(result if changed else data,
+                                            opens_tracked=opens_tracked,
+                                            unsubscribe_url=unsubscribe_url,
+                                            problems=problems, link_count=link_count),
+                            signatures, sign_seconds, algorithms)
         raise AssertionError("unreachable")
 
     async def close(self) -> None:

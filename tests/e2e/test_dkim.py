@@ -133,6 +133,23 @@ def test_big_message_signed_in_a_thread_verifies(relay: RunningRelay, dns: TestD
         "rsa-sha256": "pass", "ed25519-sha256": "pass"}
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_signing_runs_in_a_transform_worker_when_there_are_workers(
+        tmp_path: Path, keys: dict[str, Key], dns: TestDNSServer, workers: int) -> None:
+    """An untracked message to sign goes to a worker process too, so no signing shares
+    the event loop's interpreter lock; without workers it is signed in a thread."""
+    with running(tmp_path, identities=identities(keys),
+                 server={"transform_workers": workers}) as relay:
+        signed = submit(relay, relay.credential(), message(subject="signed elsewhere"))
+        pool = relay.relay._pipeline.transform_pool
+        if workers:
+            assert pool is not None and pool.pids()
+        else:
+            assert pool is None
+    assert ours(opendkim(signed, dns, tmp_path / "od")) == {
+        "rsa-sha256": "pass", "ed25519-sha256": "pass"}
+
+
 def test_from_domains_without_keys_are_sent_unsigned(tmp_path: Path,
                                                      keys: dict[str, Key]) -> None:
     with running(tmp_path, identities={**identities(keys), "other.test": {}}) as relay:

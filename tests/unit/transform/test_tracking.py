@@ -212,3 +212,35 @@ def test_the_list_link_crosses_to_a_worker_process() -> None:
     payload = tokens.decode(url.rsplit("/", 1)[1], RING, 1_700_000_200)
     assert isinstance(payload, tokens.UnsubscribeToken)
     assert (payload.contact_list, payload.topic) == ("news", "sports")
+
+
+def test_a_worker_signs_what_it_transformed_with_the_keys_in_the_frame() -> None:
+    """The frame carries the DKIM keys (PEM); the worker's signatures cover its output."""
+    import io
+    import pickle
+    from pathlib import Path
+
+    import dkim as dkimpy
+
+    from smtprelay.transform import dkim, worker
+
+    key = dkim.SigningKey("example.com", "s1", "rsa-sha256", dkim.generate_key("rsa"),
+                          Path("-"))
+    data = (b"From: a@example.com\r\nTo: b@example.net\r\nSubject: s\r\n"
+            b"Content-Type: text/html\r\n\r\n<a href=\"https://x.example/\">x</a>\r\n")
+    plan = tracking.Plan(click_domain="links.example.com")
+    frame = worker.request(MID, 0, 1_700_000_100.5, pickle.dumps(RING), plan, data,
+                           worker.keys_blob([key]))
+    out = io.BytesIO()
+    assert worker.serve(io.BytesIO(frame), out) == 0
+    reply = out.getvalue()
+    status, details_size, data_size = worker.REPLY.unpack(reply[:worker.REPLY.size])
+    assert status == worker.OK
+    details = pickle.loads(  # noqa: S301 - from the worker run just above
+        reply[worker.REPLY.size:worker.REPLY.size + details_size])
+    body = reply[worker.REPLY.size + details_size:]
+    assert len(body) == data_size and b"links.example.com/c/" in body
+    signatures, changed = details[4], details[7]
+    assert changed and signatures.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
+    record = dkim.public_record(key.private_key).encode()
+    assert dkimpy.verify(signatures + body, dnsfunc=lambda *_, **__: record)
