@@ -32,12 +32,14 @@ from smtprelay.http.server import HTTPServer
 from smtprelay.infra import metrics
 from smtprelay.policy.contacts import SQLiteContactStore
 from smtprelay.policy.pauses import PausedSets, SQLitePauseStore
-from smtprelay.policy.quota import Quotas, SQLiteUsageStore
+from smtprelay.policy.quota import Quotas
 from smtprelay.policy.reputation import ReputationGuard
 from smtprelay.policy.suppression import SQLiteSuppressionStore
 from smtprelay.smtp.server import SMTPServer
 from smtprelay.spool import set_stats
 from smtprelay.spool.store import Spool
+from smtprelay.state.local import LocalState
+from smtprelay.state.usage import SQLiteUsageStore
 from smtprelay.submission.pipeline import Pipeline
 from smtprelay.transform.copies import CopyMaker
 from smtprelay.transform.pool import TransformPool, worker_count
@@ -71,7 +73,9 @@ class Relay:
                            keep_sent_index=feedback_inbox.has_listener(config))
         self.credentials = CredentialStore(config.state_path)
         self.usage = SQLiteUsageStore(config.state_path)
-        self.quotas = Quotas(self.live, self.usage)
+        # What every worker must agree on; one process here, so the local backend.
+        self.shared = LocalState(self.usage)
+        self.quotas = Quotas(self.live, self.shared)
         self.suppression = SQLiteSuppressionStore(config.state_path)
         # The contact lists' contacts and their subscriptions (policy.contacts).
         self.contacts = SQLiteContactStore(config.state_path)
@@ -140,7 +144,7 @@ class Relay:
         if self.pauses:
             log.info("configuration sets paused: %s", ", ".join(sorted(self.pauses)))
         await asyncio.to_thread(self.usage.open)
-        await asyncio.to_thread(self.quotas.load)
+        await asyncio.to_thread(self.shared.load)
         handed_back = await self.spool.recover()
         depth = await asyncio.to_thread(self.spool.pending_count)
         metrics.SPOOL_DEPTH.set(depth)

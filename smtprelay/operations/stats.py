@@ -22,6 +22,7 @@ from smtprelay.policy.reputation import Judgement
 from smtprelay.policy.suppression import SQLiteSuppressionStore
 from smtprelay.spool import set_stats
 from smtprelay.spool.set_stats import Counts, Window
+from smtprelay.state import usage
 
 
 class Counters(Protocol):
@@ -106,7 +107,7 @@ def overview(config: Config, spool: SpoolFigures, pauses: SQLitePauseStore,
              suppression: SQLiteSuppressionStore, *, now: float, seconds: float) -> Overview:
     state = sqlite3.connect(config.state_path)
     try:
-        sent = quota.usage_since(state, now - quota.WINDOW)
+        sent = usage.usage_since(state, now - usage.WINDOW)
     finally:
         state.close()
     queued = spool.recipient_states()

@@ -157,21 +157,18 @@ class Pipeline:
         # DATA: a refusal per recipient at RCPT lets a client send the message to the
         # others and drop the refused one silently (smtplib.sendmail does).
         # The mailbox simulator's recipients count against the rate, not the 24 h.
-        refusal = self._quotas.reserve(account, daily, daily=True) if daily else None
-        if refusal is None and simulated:
-            refusal = self._quotas.reserve(account, len(simulated), daily=False)
-            if refusal is not None and daily:
-                self._quotas.release(account, daily)
+        refusal = await self._quotas.reserve(account, len(recipients), daily)
         if refusal is not None:
             reason = "rate" if refusal is R.RATE_EXCEEDED else "daily_quota"
             log.info("client=%s account=%s refused: %s (%d recipients)",
                      submission.client.ip, account, refusal.text, len(recipients))
             return _refuse(reason, refusal)
-        reply = await self._submit(submission, simulated)
-        if reply.is_success:
-            self._quotas.commit(account, len(recipients), daily=daily)
-        else:
-            self._quotas.release(account, len(recipients))
+        reply = R.LOCAL_ERROR
+        try:
+            reply = await self._submit(submission, simulated)
+        finally:
+            await self._quotas.settle(account, len(recipients), daily,
+                                      sent=reply.is_success)
         return reply
 
     async def _submit(self, submission: Submission, simulated: list[int]) -> Reply:

@@ -96,7 +96,7 @@ def test_every_simulator_address_answers_here_and_nothing_leaves(net: World) -> 
     totals = net.relay.relay.spool.set_totals(set_stats.Window.ending(time.time()))
     assert all(c[set_stats.Kind.SEND] == 0 and c[set_stats.Kind.BOUNCE] == 0
                and c[set_stats.Kind.DELIVERY] == 0 for c in totals.values()), totals
-    assert net.relay.relay.quotas.sent_last_24h("acme") == 0
+    assert net.relay.relay.shared.sent_now("acme") == 0
 
 
 def test_simulator_recipients_use_the_rate_but_not_the_daily_quota(net: World) -> None:
@@ -115,7 +115,7 @@ def test_simulator_recipients_use_the_rate_but_not_the_daily_quota(net: World) -
         assert code == 454 and b"rate" in text.lower()
         # Three, with a 24-hour quota of one: the burst allows them, the 24 h do not count.
         assert send_raw(smtp, four[:3], message(subject="rate"))[0] == 250
-    assert net.relay.relay.quotas.sent_last_24h("acme") == 0
+    assert net.relay.relay.shared.sent_now("acme") == 0
     time.sleep(1.2)  # a token back
     with smtplib.SMTP("127.0.0.1", net.relay.submission_port, timeout=10) as smtp:
         smtp.starttls(context=client_context())
@@ -124,4 +124,4 @@ def test_simulator_recipients_use_the_rate_but_not_the_daily_quota(net: World) -
         # The one real recipient of the 24 hours is still there.
         assert smtp.rcpt("someone@example.net")[0] == 250
         assert smtp.data(message(subject="real"))[0] == 250
-    assert net.relay.relay.quotas.sent_last_24h("acme") == 1
+    assert net.relay.relay.shared.sent_now("acme") == 1

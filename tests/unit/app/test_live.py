@@ -16,9 +16,10 @@ from smtprelay.delivery.capture import CaptureTransport
 from smtprelay.delivery.scheduler import DeliveryPolicy, Scheduler
 from smtprelay.feedback.inbox import FeedbackInbox
 from smtprelay.feedback.listener import FeedbackReceiver
-from smtprelay.policy.quota import Quotas, SQLiteUsageStore
+from smtprelay.policy.quota import Quotas
 from smtprelay.policy.suppression import SQLiteSuppressionStore
 from smtprelay.spool.store import Spool
+from smtprelay.state.local import LocalState
 from smtprelay.submission.pipeline import Pipeline
 from smtprelay.transform import dkim
 from smtprelay.transform.tokens import KeyRing
@@ -42,9 +43,8 @@ class World:
         self.live = Live(load_config(self.path).config)
         self.live.config.server.data_dir.mkdir(parents=True)
         self.live.open()
-        usage = SQLiteUsageStore(tmp_path / "state.db")
         self.pipeline = Pipeline(self.live, Spool(tmp_path / "spool.db"),
-                                 Quotas(self.live, usage),
+                                 Quotas(self.live, LocalState()),
                                  SQLiteSuppressionStore(tmp_path / "state.db"))
         self.scheduler = Scheduler(Spool(tmp_path / "spool.db"),
                                    CaptureTransport(tmp_path / "capture"),

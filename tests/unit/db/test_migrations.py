@@ -16,8 +16,8 @@ from smtprelay.db import sqlite
 from smtprelay.db.migrations import SchemaTooNew, migrate
 from smtprelay.policy.contacts import SQLiteContactStore
 from smtprelay.policy.pauses import SQLitePauseStore
-from smtprelay.policy.quota import SQLiteUsageStore
 from smtprelay.policy.suppression import SQLiteSuppressionStore
+from smtprelay.state.usage import SQLiteUsageStore
 
 
 def versions(path: Path) -> dict[str, int]:

@@ -1,87 +1,104 @@
-"""Quotas on the real SQLite usage store: token bucket, rolling 24 hours, restarts."""
+"""Quotas on the local shared state and the real SQLite usage store: token bucket,
+rolling 24 hours, restarts, a message refused whole."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from smtprelay.app.live import Live
-from smtprelay.config import load_config
+from smtprelay.config import Config, load_config
 from smtprelay.mail import replies as R
-from smtprelay.policy.quota import Quotas, SQLiteUsageStore
+from smtprelay.policy.quota import Quotas
+from smtprelay.state.local import LocalState
+from smtprelay.state.usage import SQLiteUsageStore, usage_since
 from tests.support import base_config, write_config
 
 
-def config_with(tmp_path: Path, **account: object) -> object:
+def config_with(tmp_path: Path, **account: object) -> Config:
     cfg = base_config(tmp_path / "var")
     cfg["accounts"]["acme"].update(account)
     return load_config(write_config(tmp_path / "c.yaml", cfg)).config
 
 
-def test_rate_bucket_allows_a_burst_then_refills(tmp_path: Path) -> None:
+async def test_rate_bucket_allows_a_burst_then_refills(tmp_path: Path) -> None:
     config = config_with(tmp_path, quota={"max_send_rate": 14, "max_24h_send": 1000})
-    store = SQLiteUsageStore(tmp_path / "state.db")
-    store.open()
     now = [1_000_000.0]
-    quotas = Quotas(Live(config), store, clock=lambda: now[0])  # type: ignore[arg-type]
-    results = [quotas.reserve("acme") for _ in range(20)]
+    quotas = Quotas(Live(config), LocalState(clock=lambda: now[0]))
+    results = [await quotas.reserve("acme", 1, 1) for _ in range(20)]
     assert results[:14] == [None] * 14
     assert results[14:] == [R.RATE_EXCEEDED] * 6
     now[0] += 0.5  # half a second refills 7
-    assert [quotas.reserve("acme") for _ in range(8)] == [None] * 7 + [R.RATE_EXCEEDED]
-    quotas.release("acme", 2)  # a failed transaction gives its recipients back
-    assert quotas.reserve("acme") is None
-    store.close()
+    assert [await quotas.reserve("acme", 1, 1) for _ in range(8)] == [None] * 7 + [
+        R.RATE_EXCEEDED]
+    # A message that was not spooled gives its recipients back.
+    await quotas.settle("acme", 2, 2, sent=False)
+    assert await quotas.reserve("acme", 2, 2) is None
+    assert await quotas.reserve("acme", 1, 1) is R.RATE_EXCEEDED
 
 
-def test_daily_quota_counts_committed_and_pending_and_survives_restart(tmp_path: Path) -> None:
+async def test_a_message_over_the_rate_is_refused_whole(tmp_path: Path) -> None:
+    config = config_with(tmp_path, quota={"max_send_rate": 5, "max_24h_send": 1000})
+    quotas = Quotas(Live(config), LocalState(clock=lambda: 7_000.0))
+    assert await quotas.reserve("acme", 4, 4) is None
+    # Two more do not fit in the one token left: none of them is taken.
+    assert await quotas.reserve("acme", 2, 2) is R.RATE_EXCEEDED
+    assert await quotas.reserve("acme", 1, 1) is None
+
+
+async def test_daily_quota_counts_sent_and_held_and_survives_restart(tmp_path: Path) -> None:
     config = config_with(tmp_path, quota={"max_send_rate": 1000, "max_24h_send": 10})
     store = SQLiteUsageStore(tmp_path / "state.db")
     store.open()
     now = [2_000_000.0]
-    quotas = Quotas(Live(config), store, clock=lambda: now[0])  # type: ignore[arg-type]
-    for _ in range(6):
-        assert quotas.reserve("acme") is None
-    quotas.commit("acme", 6)
-    for _ in range(4):
-        assert quotas.reserve("acme") is None  # pending, not yet committed
-    assert quotas.reserve("acme") is R.DAILY_QUOTA_EXCEEDED
-    quotas.release("acme", 4)
-    assert quotas.sent_last_24h("acme") == 6
+    quotas = Quotas(Live(config), LocalState(store, clock=lambda: now[0]))
+    assert await quotas.reserve("acme", 6, 6) is None
+    await quotas.settle("acme", 6, 6, sent=True)
+    assert await quotas.reserve("acme", 4, 4) is None  # held, not yet settled
+    assert await quotas.reserve("acme", 1, 1) is R.DAILY_QUOTA_EXCEEDED
+    await quotas.settle("acme", 4, 4, sent=False)
+    assert await quotas.sent_last_24h("acme") == 6
     store.close()
 
     store = SQLiteUsageStore(tmp_path / "state.db")
     store.open()
-    restarted = Quotas(Live(config), store, clock=lambda: now[0])  # type: ignore[arg-type]
-    restarted.load()
-    assert restarted.sent_last_24h("acme") == 6
-    assert [restarted.reserve("acme") for _ in range(5)] == [None] * 4 + [
-        R.DAILY_QUOTA_EXCEEDED]
+    state = LocalState(store, clock=lambda: now[0])
+    state.load()
+    restarted = Quotas(Live(config), state)
+    assert await restarted.sent_last_24h("acme") == 6
+    assert await restarted.reserve("acme", 5, 5) is R.DAILY_QUOTA_EXCEEDED
+    assert await restarted.reserve("acme", 4, 4) is None
     now[0] += 86400 + 120  # a day later the old minutes have rolled out of the window
-    assert restarted.reserve("acme") is None
-    assert restarted.sent_last_24h("acme") == 0
+    assert await restarted.reserve("acme", 1, 1) is None
+    assert await restarted.sent_last_24h("acme") == 0
     store.close()
 
 
-def test_sandbox_defaults_and_unlimited_accounts(tmp_path: Path) -> None:
+async def test_simulator_recipients_count_against_the_rate_not_the_24_hours(
+        tmp_path: Path) -> None:
+    config = config_with(tmp_path, quota={"max_send_rate": 100, "max_24h_send": 3})
+    quotas = Quotas(Live(config), LocalState(clock=lambda: 9_000.0))
+    assert await quotas.reserve("acme", 10, 3) is None
+    await quotas.settle("acme", 10, 3, sent=True)
+    assert await quotas.sent_last_24h("acme") == 3
+    assert await quotas.reserve("acme", 5, 0) is None
+    assert await quotas.reserve("acme", 1, 1) is R.DAILY_QUOTA_EXCEEDED
+
+
+async def test_sandbox_defaults_and_unlimited_accounts(tmp_path: Path) -> None:
     config = config_with(tmp_path, sandbox=True)
-    store = SQLiteUsageStore(tmp_path / "state.db")
-    store.open()
-    quotas = Quotas(Live(config), store, clock=lambda: 5.0)  # type: ignore[arg-type]
-    assert quotas.reserve("acme") is None
-    assert quotas.reserve("acme") is R.RATE_EXCEEDED  # 1 per second in the sandbox
+    quotas = Quotas(Live(config), LocalState(clock=lambda: 5.0))
+    assert await quotas.reserve("acme", 1, 1) is None
+    assert await quotas.reserve("acme", 1, 1) is R.RATE_EXCEEDED  # 1/s in the sandbox
     for _ in range(1000):
-        assert quotas.reserve("other") is None  # no quota configured: unlimited
-    quotas.commit("other", 1000)
-    assert quotas.sent_last_24h("other") == 1000
-    store.close()
+        assert await quotas.reserve("other", 1, 1) is None  # no quota: unlimited
+    await quotas.settle("other", 1000, 1000, sent=True)
+    assert await quotas.sent_last_24h("other") == 1000
 
 
 def test_usage_reaches_disk_within_the_flush_interval_without_a_clean_close(
         tmp_path: Path) -> None:
     import sqlite3
     import time
-
-    from smtprelay.policy.quota import usage_since
 
     store = SQLiteUsageStore(tmp_path / "state.db", flush_interval=0.05)
     store.open()
