@@ -31,6 +31,7 @@ from smtprelay.config import Config
 from smtprelay.db import sqlite
 from smtprelay.db.migrations import migrate
 from smtprelay.db.writer import GroupCommitWriter
+from smtprelay.spool import space
 
 PENDING = "pending"
 UNMATCHED = "unmatched"
@@ -129,6 +130,14 @@ class Verdict:
     unmatched: str | None = None
 
 
+def _directory(conn: sqlite3.Connection) -> Path:
+    """The directory of the database `conn` writes."""
+    for _, name, filename in conn.execute("PRAGMA database_list"):
+        if name == "main" and filename:
+            return Path(filename).parent
+    raise sqlite3.OperationalError("the feedback inbox has no file")
+
+
 def _report(row: Sequence[Any], raw: bytes | None = None) -> Report:
     return Report(id=int(row[0]), token=str(row[1]), received_at=float(row[2]),
                   listener=str(row[3]), peer_ip=str(row[4]), helo=str(row[5]), tls=row[6],
@@ -137,7 +146,16 @@ def _report(row: Sequence[Any], raw: bytes | None = None) -> Report:
                   processed_at=row[13], raw=raw)
 
 
-def _insert(conn: sqlite3.Connection, arrival: Arrival) -> int:
+# Besides the report: its WAL frames are written again into the database file at the
+# checkpoint, and the row, index and page overhead.
+_WRITE_OVERHEAD = 64 * 1024
+
+
+def _insert(conn: sqlite3.Connection, arrival: Arrival, keep_free: int | None = None) -> int:
+    if keep_free is not None:
+        # In the writer's thread, right before the write: the free space as it is now.
+        space.check_room(_directory(conn), 2 * len(arrival.raw) + _WRITE_OVERHEAD,
+                         keep_free)
     cursor = conn.execute(
         "INSERT INTO reports (token, received_at, listener, peer_ip, helo, tls, mail_from,"
         " recipients, size, raw, state) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -275,9 +293,12 @@ class FeedbackInbox:
             self._reader.close()
             self._reader = None
 
-    async def store(self, arrival: Arrival) -> int:
-        """Return the report's id once it is durable on disk; WriteError otherwise."""
-        return await self._writer.run(lambda conn: _insert(conn, arrival))
+    async def store(self, arrival: Arrival, keep_free: int | None = None) -> int:
+        """Return the report's id once it is durable on disk; WriteError otherwise.
+
+        `keep_free`: the free space the spool needs (store.spool_reserve); a report
+        that would leave less is refused with ``spool.space.ReserveError``."""
+        return await self._writer.run(lambda conn: _insert(conn, arrival, keep_free))
 
     async def finish(self, verdicts: Sequence[Verdict], now: float,
                      bounds: UnmatchedBounds | None = None) -> int:

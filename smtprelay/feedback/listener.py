@@ -28,6 +28,7 @@ from smtprelay.feedback.processor import FeedbackSource
 from smtprelay.infra import metrics
 from smtprelay.mail.address import Address
 from smtprelay.mail.replies import Reply
+from smtprelay.spool import space
 from smtprelay.submission.seam import Submission
 
 log = logging.getLogger("smtprelay.feedback")
@@ -63,6 +64,7 @@ class FeedbackReceiver:
         self._on_stored = on_stored
         # The addresses it answers for follow a reload.
         self._recipients = Derived(live, _Recipients.of)
+        self._keep_free = Derived(live, space.reserve)
 
     def check_sender(self, account: str, address: str) -> Reply | None:
         return None  # reports come from anyone, most from the null sender
@@ -92,8 +94,13 @@ class FeedbackReceiver:
                           mail_from=submission.envelope.mail_from,
                           recipients=submission.envelope.recipients, raw=submission.data)
         try:
-            report_id = await self._inbox.store(arrival)
+            report_id = await self._inbox.store(arrival, self._keep_free())
+        except space.ReserveError as exc:
+            metrics.FEEDBACK_REFUSED.labels(reason="spool_reserve").inc()
+            log.error("feedback report from %s refused with 452: %s", client.ip, exc)
+            return STORAGE_FULL
         except DiskFullError as exc:
+            metrics.FEEDBACK_REFUSED.labels(reason="disk_full").inc()
             log.error("feedback report from %s refused with 452, disk full: %s", client.ip,
                       exc)
             return STORAGE_FULL

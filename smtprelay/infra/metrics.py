@@ -223,3 +223,10 @@ FEEDBACK_UNMATCHED_DROPPED = Counter(
     "smtprelay_feedback_unmatched_dropped_total",
     "Unmatched feedback reports dropped, oldest first, to keep the unmatched store under "
     "feedback.unmatched_quota")
+
+FEEDBACK_REFUSED = Counter(
+    "smtprelay_feedback_refused_total",
+    "Feedback listener refusals of a connection or report with a temporary reply, by "
+    "reason: connections_per_ip (421), messages_per_ip (450), bytes_per_ip (452), "
+    "spool_reserve (452: it would eat into store.spool_reserve), disk_full (452)",
+    ["reason"])
