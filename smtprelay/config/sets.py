@@ -248,6 +248,23 @@ class FeedbackConfig(Model):
     # counted in smtprelay_feedback_unmatched_dropped_total).
     unmatched_max_size: Size = 256 * 1024
     unmatched_quota: Size = 100 * 1024 * 1024
+    # Per client (an IPv4 address or an IPv6 /64), counted like Postfix's anvil:
+    # sessions open at once (past it: 421 4.7.0 at connect), MAIL commands and
+    # report bytes per rate_window (past them: 450 4.7.1 / 452 4.3.1 at MAIL). All
+    # temporary: a real mail server retries later and loses nothing.
+    max_connections_per_ip: int = Field(default=20, ge=1)
+    max_messages_per_ip: int = Field(default=1000, ge=1)
+    max_bytes_per_ip: Size = 100 * 1024 * 1024
+    rate_window: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _one_report_fits(self) -> FeedbackConfig:
+        if self.max_bytes_per_ip < self.max_message_size:
+            raise ValueError(
+                f"max_bytes_per_ip ({self.max_bytes_per_ip}) is below max_message_size "
+                f"({self.max_message_size}): raise max_bytes_per_ip to at least "
+                "max_message_size, so that one report of the largest size can be taken")
+        return self
 
     @field_validator("addresses")
     @classmethod

@@ -12,6 +12,11 @@ no AUTH, any envelope sender (DSNs come from ``<>``). This handler decides the r
 * DATA: the report goes into the feedback inbox (``smtprelay.feedback.inbox``) and is
   durable on disk before the ``250``; parsing and acting on it happen later, in the
   processor, so a flood of reports costs the listener one group-committed write each.
+  A report that would leave less free space than the spool needs
+  (``store.spool_reserve``, ``smtprelay.spool.space``) gets ``452 4.3.1`` instead.
+* Per client: sessions at once, MAIL commands and report bytes per window
+  (``smtprelay.feedback.peers``); the SMTP layer asks at connect and at MAIL
+  (``smtprelay.smtp.session.PeerGate``, which this class is).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from smtprelay.bounces import return_path, verp
 from smtprelay.config import Config, Derived
 from smtprelay.db.writer import DiskFullError, WriteError
 from smtprelay.feedback.inbox import Arrival, FeedbackInbox
+from smtprelay.feedback.peers import PeerLimits, PeerLimitSettings
 from smtprelay.feedback.processor import FeedbackSource
 from smtprelay.infra import metrics
 from smtprelay.mail.address import Address
@@ -65,6 +71,25 @@ class FeedbackReceiver:
         # The addresses it answers for follow a reload.
         self._recipients = Derived(live, _Recipients.of)
         self._keep_free = Derived(live, space.reserve)
+        self._peers = PeerLimits(Derived(live, PeerLimitSettings.of))
+
+    # The SMTP layer's PeerGate: per-client limits (smtprelay.feedback.peers).
+
+    def connect(self, ip: str) -> Reply | None:
+        refusal = self._peers.connect(ip)
+        if refusal is not None:
+            log.warning("feedback listener refused connection client=%s: %s", ip,
+                        refusal.text)
+        return refusal
+
+    def disconnect(self, ip: str) -> None:
+        self._peers.disconnect(ip)
+
+    def mail(self, ip: str, size: int | None) -> Reply | None:
+        refusal = self._peers.mail(ip, size)
+        if refusal is not None:
+            log.info("feedback listener refused mail client=%s: %s", ip, refusal.text)
+        return refusal
 
     def check_sender(self, account: str, address: str) -> Reply | None:
         return None  # reports come from anyone, most from the null sender
@@ -107,6 +132,7 @@ class FeedbackReceiver:
         except WriteError as exc:
             log.error("feedback report from %s refused with 451: %s", client.ip, exc)
             return LOCAL_ERROR
+        self._peers.stored(client.ip, len(arrival.raw))
         metrics.FEEDBACK_RECEIVED.inc()
         metrics.FEEDBACK_INBOX_DEPTH.inc()
         log.info("feedback report=%d received client=%s from=<%s> rcpts=%s size=%d",

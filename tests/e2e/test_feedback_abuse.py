@@ -18,16 +18,22 @@ import shutil
 import smtplib
 from pathlib import Path
 
+import pytest
+
 from smtprelay.infra import metrics
-from tests.e2e.delivery_world import World
+from tests.e2e.delivery_world import World, wait_for
+from tests.e2e.feedback_mail import postfix_dsn
 from tests.e2e.test_feedback_loop import (
     FBL,
     drained,
     mx,
+    of,
     settings,
     start_with_mx,
+    suppressed,
+    verp_senders,
 )
-from tests.support import RunningRelay
+from tests.support import RunningRelay, events
 
 
 def refused(reason: str) -> float:
@@ -80,3 +86,93 @@ def test_a_report_that_would_eat_into_the_spool_reserve_gets_452_and_mail_still_
     message_id = net.submit(["carol@dest.test"])
     assert net.wait_final(message_id) == {"carol@dest.test": "delivered"}
     assert len(sink.received) == 1
+
+
+def test_a_client_over_its_message_limit_gets_450_while_another_client_s_bounce_counts(
+        net: World, tmp_path: Path) -> None:
+    """feedback.max_messages_per_ip: the third MAIL from 127.0.0.2 within the window
+    gets Postfix's 450 4.7.1; a DSN from 127.0.0.3 meanwhile is taken and acted on."""
+    mx(net)
+    relay = start_with_mx(net, settings(tmp_path, feedback={
+        "max_messages_per_ip": 2, "rate_window": "1h"}))
+    message_id = net.submit(["alice@dest.test"])
+    assert net.wait_final(message_id) == {"alice@dest.test": "delivered"}
+    alice = verp_senders(net, message_id, ["alice@dest.test"])["alice@dest.test"]
+    before = refused("messages_per_ip")
+    with client(relay, "127.0.0.2") as flood:
+        for _ in range(2):
+            assert report(flood, FBL, junk(2000))[0] == 250
+        code, text = report(flood, FBL, junk(2000))
+        assert (code, text) == (450, b"4.7.1 Error: too much mail from 127.0.0.2")
+        # Refused, not cut off: the session still answers.
+        assert flood.noop()[0] == 250
+        with client(relay, "127.0.0.3") as provider:
+            code, _ = report(provider, alice, postfix_dsn(alice, [(
+                "alice@dest.test", "failed", "5.1.1", "550 5.1.1 User unknown")]))
+            assert code == 250
+    assert refused("messages_per_ip") - before == 1
+    found = wait_for(lambda: of(events(tmp_path / "events.ndjson"), message_id, "Bounce"))
+    assert found[0]["bounce"]["bouncedRecipients"][0]["emailAddress"] == "alice@dest.test"
+    entry = suppressed(relay, "alice@dest.test")
+    assert entry is not None and entry.reason == "BOUNCE"
+
+
+def test_a_client_over_its_byte_limit_gets_452_at_mail_while_others_go_on(
+        net: World, tmp_path: Path) -> None:
+    """feedback.max_bytes_per_ip: once 127.0.0.2 has sent its bytes for the window,
+    MAIL gets 452 4.3.1, and so does a MAIL whose SIZE= would pass the limit; a
+    report from 127.0.0.3 is still taken."""
+    mx(net)
+    relay = start_with_mx(net, settings(tmp_path, feedback={
+        "max_bytes_per_ip": "16k", "max_message_size": "16k", "rate_window": "1h"}))
+    before = refused("bytes_per_ip")
+    with client(relay, "127.0.0.2") as flood:
+        assert report(flood, FBL, junk(12_000))[0] == 250
+        code, text = flood.mail("", options=["SIZE=12000"])
+        assert (code, text) == (452, b"4.3.1 Insufficient system storage: too many bytes "
+                                     b"from 127.0.0.2")
+        assert report(flood, FBL, junk(6_000))[0] == 250
+        code, text = report(flood, FBL, junk(100))
+        assert (code, text[:5]) == (452, b"4.3.1")
+    with client(relay, "127.0.0.3") as provider:
+        assert report(provider, FBL, junk(12_000))[0] == 250
+    assert refused("bytes_per_ip") - before == 2
+    assert wait_for(lambda: drained(relay))
+    inbox = relay.relay.feedback_inbox
+    assert inbox is not None and inbox.count("unmatched") == 3
+
+
+def test_a_client_over_its_connection_limit_gets_421_and_its_open_sessions_go_on(
+        net: World, tmp_path: Path) -> None:
+    """feedback.max_connections_per_ip: a third session from 127.0.0.2 gets 421 4.7.0
+    at connect; its two open sessions and a session from 127.0.0.3 still take
+    reports, and once one of the two ends, 127.0.0.2 may connect again."""
+    mx(net)
+    relay = start_with_mx(net, settings(tmp_path, feedback={"max_connections_per_ip": 2}))
+    before = refused("connections_per_ip")
+    first, second = client(relay, "127.0.0.2"), client(relay, "127.0.0.2")
+    try:
+        with pytest.raises(smtplib.SMTPConnectError) as info:
+            client(relay, "127.0.0.2")
+        assert (info.value.smtp_code, info.value.smtp_error) == (
+            421, b"4.7.0 Error: too many connections from 127.0.0.2")
+        with client(relay, "127.0.0.3") as provider:
+            assert report(provider, FBL, junk(1000))[0] == 250
+        assert report(first, FBL, junk(1000))[0] == 250
+        assert report(second, FBL, junk(1000))[0] == 250
+    finally:
+        first.quit()
+    assert refused("connections_per_ip") - before == 1
+
+    def again() -> smtplib.SMTP | None:
+        try:
+            return client(relay, "127.0.0.2")
+        except smtplib.SMTPConnectError:
+            return None  # the server has not seen the first session end yet
+
+    third = wait_for(again)
+    try:
+        assert report(third, FBL, junk(1000))[0] == 250
+    finally:
+        third.quit()
+        second.quit()
