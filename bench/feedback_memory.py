@@ -5,9 +5,11 @@ one report of --size bytes (default 9.5 MB) is sent over a real socket to the
 feedback listener's fbl@ address, and the processor takes it from the inbox, parses
 it and keeps it as unmatched. Measured, per report shape:
 
-* the peak of Python's allocations (tracemalloc, every thread) while the report is
-  received and stored (until the 250), then while it is processed (until the inbox
-  is empty), each as megabytes and as copies of the report;
+* the peak of Python's allocations (tracemalloc, every thread) above the idle relay's
+  while the report is received and stored (until the 250, the processor held back
+  meanwhile), then while it is processed (until the inbox is empty; whatever the
+  relay still holds of the report then counts too), each as megabytes and as copies
+  of the report;
 * the process's peak RSS (VmHWM) growth over the run, which also counts SQLite's
   own buffers (tracemalloc does not see them). Each shape runs in a fresh process,
   so one shape's high-water mark does not hide the next one's.
@@ -21,6 +23,7 @@ Shapes: ``junk`` (a text/plain message of that size, what the issue saw) and
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import socket
 import subprocess
@@ -84,6 +87,10 @@ def _send(port: int, data: bytes) -> int:
         return peak
 
 
+async def _start(processor: Any) -> None:
+    processor.start()
+
+
 def _vm_hwm() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -107,19 +114,35 @@ def measure(shape: str, size: int) -> dict[str, Any]:
             data = _report(shape, size)
             inbox = relay.relay.feedback_inbox
             assert inbox is not None
+            processor = relay.relay.feedback_processor
+            assert processor is not None
+            # The processor waits until the report is stored, so the two phases are
+            # measured apart (it would start as soon as the 250 is sent).
+            relay.call(processor.stop())
             tracemalloc.start()
             hwm_before = _vm_hwm()
             tracemalloc.reset_peak()
             base = tracemalloc.get_traced_memory()[0]
             receive_peak = _send(relay.port("feedback"), data) - base
             del data
+            # The session (and the report it holds) ends after QUIT: wait for that,
+            # or the processing's peak would hide under the session's bytes.
+            smtp_server = relay.relay.smtp
+            assert smtp_server is not None
+            while smtp_server.session_count:
+                time.sleep(0.01)
+            gc.collect()
+            # Measured from the same idle base: what the relay still holds of the
+            # report while it processes it counts too.
             tracemalloc.reset_peak()
-            base = tracemalloc.get_traced_memory()[0]
+            pending = inbox.count()
+            relay.call(_start(processor))
             deadline = time.monotonic() + 120
             while inbox.count() and time.monotonic() < deadline:
                 time.sleep(0.05)
             process_peak = tracemalloc.get_traced_memory()[1] - base
             tracemalloc.stop()
+            assert pending == 1 and inbox.count("unmatched") == 1, (pending, inbox.count())
             return {"shape": shape, "size": size,
                     "receive_peak_mb": round(receive_peak / 1e6, 1),
                     "receive_copies": round(receive_peak / size, 2),

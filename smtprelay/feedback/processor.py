@@ -31,7 +31,7 @@ from typing import Protocol
 
 from smtprelay.bounces.classification import DEFAULT_RULES, Rule
 from smtprelay.config import ConfigSource
-from smtprelay.feedback import actions
+from smtprelay.feedback import actions, mime
 from smtprelay.feedback.inbox import UNMATCHED, FeedbackInbox, Report, UnmatchedBounds, Verdict
 from smtprelay.feedback.recorder import FeedbackRecorder
 from smtprelay.infra import metrics
@@ -95,7 +95,10 @@ class FeedbackProcessor:
 
     async def process_batch(self) -> int:
         """Process the oldest pending reports; how many (0: the inbox is empty)."""
-        reports = await asyncio.to_thread(self._inbox.pending, BATCH, BATCH_BYTES)
+        # Only what the parsers read of each report (mime.MAX_INPUT, and one byte more
+        # so that they know it was cut), not all 10 MB of a big one.
+        reports = await asyncio.to_thread(self._inbox.pending, BATCH, BATCH_BYTES, 0,
+                                          mime.MAX_INPUT + 1)
         if not reports:
             metrics.FEEDBACK_INBOX_DEPTH.set(0)
             return 0

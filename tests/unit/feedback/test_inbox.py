@@ -72,3 +72,25 @@ async def test_a_report_is_stored_only_while_the_spool_reserve_stays_free(
         assert [r.id for r in box.pending(limit=5, max_bytes=10**6)] == [stored]
     finally:
         box.close()
+
+
+async def test_a_big_report_is_streamed_in_and_only_its_head_read_back(
+        tmp_path: Path) -> None:
+    """Issue 16: the report goes in through the blob handle in pieces and the processor
+    reads back only the first `head` bytes; an unmatched one keeps its first
+    max_size bytes."""
+    box = FeedbackInbox(tmp_path / "feedback.db")
+    box.open()
+    try:
+        raw = bytes(range(256)) * 12_000  # 3 MB, every byte value
+        stored = await box.store(_arrival(raw))
+        [report] = box.pending(limit=5, max_bytes=1000, head=5000)
+        assert (report.id, report.size, report.raw) == (stored, len(raw), raw[:5000])
+        [whole] = box.pending(limit=5, max_bytes=10**8)
+        assert whole.raw == raw
+        await box.finish([Verdict(stored, "unparseable", unmatched="junk")], 2000.0,
+                         inbox.UnmatchedBounds(max_size=4096, quota=10**6))
+        kept = box.get(stored)
+        assert kept is not None and kept.raw == raw[:4096] and kept.size == len(raw)
+    finally:
+        box.close()
