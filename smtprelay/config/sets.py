@@ -13,9 +13,12 @@ from pydantic import Field, field_validator, model_validator
 
 from smtprelay.config.values import (
     Duration,
+    MailtoSetting,
     Model,
     Size,
+    check_mailto,
     check_tracking_host,
+    mailto_target,
     normalise_identity,
     plain_address,
 )
@@ -60,8 +63,13 @@ class UnsubscribeConfig(Model):
     one_click: bool = False
     # Replace a List-Unsubscribe the sender wrote instead of keeping theirs.
     override: bool = False
-    # An address added as <mailto:ADDRESS?subject=unsubscribe-TOKEN> after the URL.
-    mailto: str | None = None
+    # A mailto URI after the URL, for mail programs without RFC 8058: mail to it
+    # unsubscribes as the button does, through the feedback listener. true: at the
+    # unsubscribe host (domain, else tracking.domain); a domain: there. The address
+    # is signed per message and recipient, <mailto:u-TAG@DOMAIN?subject=unsubscribe-
+    # TOKEN>; the domain's MX must be the feedback listener. An address (the older
+    # form): that fixed address, the token in the subject alone. null/false: none.
+    mailto: MailtoSetting = None
     # Host name for the unsubscribe URL; default: tracking.domain.
     domain: str | None = None
 
@@ -72,8 +80,8 @@ class UnsubscribeConfig(Model):
 
     @field_validator("mailto")
     @classmethod
-    def _mailto(cls, value: str | None) -> str | None:
-        return None if value is None else plain_address(value)
+    def _mailto(cls, value: MailtoSetting) -> MailtoSetting:
+        return check_mailto(value)
 
 
 EVENT_TYPES = ("Send", "Reject", "Bounce", "Complaint", "Delivery", "DeliveryDelay",
@@ -170,6 +178,11 @@ class ConfigurationSetConfig(Model):
     @property
     def unsubscribe_domain(self) -> str | None:
         return self.unsubscribe.domain or self.tracking.domain
+
+    @property
+    def unsubscribe_mailto(self) -> str | None:
+        """Where the mailto unsubscribe goes: a domain, a fixed address, or None."""
+        return mailto_target(self.unsubscribe.mailto, self.unsubscribe_domain)
 
 
 def is_simulator_address(address: str, domain: str) -> bool:

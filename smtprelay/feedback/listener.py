@@ -8,7 +8,9 @@ no AUTH, any envelope sender (DSNs come from ``<>``). This handler decides the r
   mailbox providers' feedback loops send complaint reports), compared without regard
   to case. Everything else, a forged, altered or retired tag included, is refused
   with ``550 5.1.1``: the listener is the MX of the MAIL FROM domains and must not
-  become a mailbox for anything else.
+  become a mailbox for anything else. Also the List-Unsubscribe mailto addresses:
+  ``u-TAG@<mailto domain>`` whose tag verifies, and fixed mailto addresses
+  (``smtprelay.feedback.unsubscribes``); a forged or altered one gets ``550 5.1.1`` too.
 * DATA: the report goes into the feedback inbox (``smtprelay.feedback.inbox``) and is
   durable on disk before the ``250``; parsing and acting on it happen later, in the
   processor, so a flood of reports costs the listener one group-committed write each.
@@ -31,11 +33,13 @@ from smtprelay.db.writer import DiskFullError, WriteError
 from smtprelay.feedback.inbox import Arrival, FeedbackInbox
 from smtprelay.feedback.peers import PeerLimits, PeerLimitSettings
 from smtprelay.feedback.processor import FeedbackSource
+from smtprelay.feedback.unsubscribes import MailtoTargets
 from smtprelay.infra import metrics
 from smtprelay.mail.address import Address
 from smtprelay.mail.replies import Reply
 from smtprelay.spool import space
 from smtprelay.submission.seam import Submission
+from smtprelay.transform.unsubscribe import InvalidMailtoTag, decode_mailto
 
 log = logging.getLogger("smtprelay.feedback")
 
@@ -52,11 +56,14 @@ class _Recipients:
 
     domains: frozenset[str]
     addresses: frozenset[str]
+    unsubscribes: MailtoTargets
 
     @classmethod
     def of(cls, config: Config) -> _Recipients:
+        unsubscribes = MailtoTargets.of(config)
         return cls(return_path.feedback_domains(config),
-                   frozenset(a.lower() for a in config.feedback.addresses))
+                   frozenset(a.lower() for a in config.feedback.addresses)
+                   | unsubscribes.addresses, unsubscribes)
 
 
 class FeedbackReceiver:
@@ -101,14 +108,20 @@ class FeedbackReceiver:
         parsed = Address.parse(address)
         local = parsed.local
         reason = "not a feedback address"
-        if parsed.domain in recipients.domains:
+        kind = "unknown"
+        if recipients.unsubscribes.tagged(parsed):
+            try:
+                decode_mailto(local, self._live.keyring)
+                return None
+            except InvalidMailtoTag as exc:
+                reason, kind = str(exc), "unsubscribe"
+        elif parsed.domain in recipients.domains:
             try:
                 verp.decode(local, self._live.keyring)
                 return None
             except verp.InvalidVerpTag as exc:
-                reason = f"VERP tag {exc.reason}"
-        metrics.FEEDBACK_RECIPIENTS_REFUSED.labels(
-            reason="verp" if reason.startswith("VERP") else "unknown").inc()
+                reason, kind = f"VERP tag {exc.reason}", "verp"
+        metrics.FEEDBACK_RECIPIENTS_REFUSED.labels(reason=kind).inc()
         log.info("feedback listener refused rcpt=%s: %s", address, reason)
         return UNKNOWN_RECIPIENT
 

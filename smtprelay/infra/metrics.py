@@ -168,8 +168,9 @@ FEEDBACK_RECEIVED = Counter(
 )
 FEEDBACK_RECIPIENTS_REFUSED = Counter(
     "smtprelay_feedback_recipients_refused_total",
-    "RCPT refused by the feedback listener: verp (a forged, altered or retired tag) or "
-    "unknown (not a VERP address nor a feedback address)",
+    "RCPT refused by the feedback listener: verp (a forged, altered or retired tag), "
+    "unsubscribe (the same, of a List-Unsubscribe mailto address) or unknown (none of "
+    "those nor a feedback address)",
     ["reason"],
 )
 FEEDBACK_INBOX_DEPTH = Gauge(

@@ -260,7 +260,8 @@ class Pipeline:
         settings = self._config.configuration_sets.get(choice.name) if choice.name else None
         list_unsubscribe = None if options is None else tracking.ListUnsubscribe(
             options.contact_list, None if options.topic is None else options.topic.name,
-            options.settings.unsubscribe_domain, options.settings.https)
+            options.settings.unsubscribe_domain, options.settings.https,
+            options.settings.mailto_target)
         transformed = await self._transform(message_id, data, len(recipients),
                                             submission.received_at, settings,
                                             content_type(fields), list_unsubscribe)

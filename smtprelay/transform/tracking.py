@@ -53,6 +53,7 @@ class ListUnsubscribe:
     topic: str | None
     host: str  # the list's unsubscribe_domain
     https: bool = True
+    mailto: str | None = None  # the list's mailto target: a domain or a fixed address
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +134,9 @@ class Transformer:
                 unsubscribe_url = links.tracking_url(
                     list_unsubscribe.host, "u", unsubscribe_token,
                     https=list_unsubscribe.https)
+                mailto = list_unsubscribe.mailto
         elif settings is not None and settings.unsubscribe.one_click:
-            mailto, override = settings.unsubscribe.mailto, settings.unsubscribe.override
+            mailto, override = settings.unsubscribe_mailto, settings.unsubscribe.override
             if recipient is None:
                 problems.append("no unsubscribe link: the message has several recipients "
                                 "(an unsubscribe link must name one)")
@@ -156,6 +158,10 @@ class Transformer:
             problems.extend(rewritten.problems)
 
         if unsubscribe_url is not None:
+            if mailto is not None and recipient is not None:
+                mailto = unsubscribe.mailto_address(
+                    mailto, self.keyring, message_id, recipient,
+                    contact_list=list_unsubscribe is not None)
             fields = parse_header_section(data)
             data = unsubscribe.add(
                 data, fields,
