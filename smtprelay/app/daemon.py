@@ -180,10 +180,12 @@ class Relay:
             transform_pool=self._transform_pool,
             on_spooled=self.scheduler.wake if self.scheduler is not None else lambda: None,
             mail_from=self.mail_from, contacts=self.contacts)
+        # Before the feedback processor: mail to a List-Unsubscribe mailto address is
+        # recorded by the same recorder as the one-click POST.
+        self.engagements = EngagementRecorder(self.spool, self.contacts, self.live)
         await self._start_feedback()
         self.smtp = SMTPServer(self.live, self._authenticator, self._pipeline,
                                feedback=self.feedback_receiver)
-        self.engagements = EngagementRecorder(self.spool, self.contacts, self.live)
         self.http = HTTPServer(cfg, lambda: self._ready, keys=self.live,
                                sink=self.engagements, admin=AdminServices(
                                    live=self.live, spool=self.spool,
@@ -219,7 +221,7 @@ class Relay:
         await asyncio.to_thread(inbox.open)
         self.feedback_inbox = inbox
         self.feedback_processor = FeedbackProcessor(inbox, self.spool, self.feedback,
-                                                    self.live)
+                                                    self.live, unsubscribes=self.engagements)
         self.feedback_receiver = FeedbackReceiver(self.live, inbox,
                                                   on_stored=self.feedback_processor.wake)
         self.feedback_processor.start()

@@ -13,7 +13,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from smtprelay.config.values import Model, check_tracking_host
+from smtprelay.config.values import (
+    MailtoSetting,
+    Model,
+    check_mailto,
+    check_tracking_host,
+    mailto_target,
+)
 
 SubscriptionStatus = Literal["OPT_IN", "OPT_OUT"]
 # Names appear in a header field (`<list>; topic=<topic>`) and in signed tokens: no
@@ -60,12 +66,26 @@ class ContactListConfig(Model):
     # true: https unsubscribe links (RFC 8058 wants https); false: http, only for a
     # test relay without TLS.
     https: bool = True
+    # A mailto URI besides the https link, as a set's unsubscribe.mailto: true (at
+    # unsubscribe_domain) or a domain (signed per-recipient addresses there, whose
+    # MX is the feedback listener), or an address (the older fixed form); null: none.
+    mailto: MailtoSetting = None
     topics: list[TopicConfig] = Field(default_factory=list, max_length=MAX_TOPICS)
 
     @field_validator("unsubscribe_domain")
     @classmethod
     def _domain(cls, value: str) -> str:
         return check_tracking_host(value)
+
+    @field_validator("mailto")
+    @classmethod
+    def _mailto(cls, value: MailtoSetting) -> MailtoSetting:
+        return check_mailto(value)
+
+    @property
+    def mailto_target(self) -> str | None:
+        """Where the mailto unsubscribe goes: a domain, a fixed address, or None."""
+        return mailto_target(self.mailto, self.unsubscribe_domain)
 
     @model_validator(mode="after")
     def _unique_topics(self) -> ContactListConfig:

@@ -136,6 +136,18 @@ class Config(Model):
                     f"contact_lists.{list_name}.unsubscribe_domain: "
                     f"{contact_list.unsubscribe_domain} is not listed under tracking_domains; "
                     "add it there (with its certificate for https)")
+        if not any(listener.role == "feedback" for listener in self.listeners):
+            mailtos = [f"configuration_sets.{name}.unsubscribe.mailto"
+                       for name, settings in self.configuration_sets.items()
+                       if settings.unsubscribe.mailto and "@" not in str(
+                           settings.unsubscribe.mailto)]
+            mailtos += [f"contact_lists.{name}.mailto"
+                        for name, contact_list in self.contact_lists.items()
+                        if contact_list.mailto and "@" not in str(contact_list.mailto)]
+            problems.extend(
+                f"{key}: mail to the signed unsubscribe addresses is taken by the feedback "
+                "listener, and no listener has role: feedback; add one (port 25, the MX of "
+                "the mailto domain) or set mailto: null" for key in mailtos)
         names = [listener.name for listener in self.listeners]
         for name in sorted({n for n in names if names.count(n) > 1}):
             problems.append(f"listeners: the name {name!r} is used twice")

@@ -261,6 +261,12 @@ class TrackingDomainConfig(Model):
 
 class StoreConfig(Model):
     backend: Literal["sqlite"] = "sqlite"
+    # Free space on data_dir's file system kept for the spool (Postfix's
+    # queue_minfree, turned round): the feedback inbox refuses a report with 452
+    # 4.3.1 rather than leave less than this free, so reports cannot take the room
+    # accepted mail and its delivery results need (smtprelay.spool.space). "auto":
+    # twice limits.max_message_size, at least 256 MiB.
+    spool_reserve: Size | Literal["auto"] = "auto"
 
 
 class LoggingConfig(Model):

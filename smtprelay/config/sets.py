@@ -13,9 +13,12 @@ from pydantic import Field, field_validator, model_validator
 
 from smtprelay.config.values import (
     Duration,
+    MailtoSetting,
     Model,
     Size,
+    check_mailto,
     check_tracking_host,
+    mailto_target,
     normalise_identity,
     plain_address,
 )
@@ -60,8 +63,13 @@ class UnsubscribeConfig(Model):
     one_click: bool = False
     # Replace a List-Unsubscribe the sender wrote instead of keeping theirs.
     override: bool = False
-    # An address added as <mailto:ADDRESS?subject=unsubscribe-TOKEN> after the URL.
-    mailto: str | None = None
+    # A mailto URI after the URL, for mail programs without RFC 8058: mail to it
+    # unsubscribes as the button does, through the feedback listener. true: at the
+    # unsubscribe host (domain, else tracking.domain); a domain: there. The address
+    # is signed per message and recipient, <mailto:u-TAG@DOMAIN?subject=unsubscribe-
+    # TOKEN>; the domain's MX must be the feedback listener. An address (the older
+    # form): that fixed address, the token in the subject alone. null/false: none.
+    mailto: MailtoSetting = None
     # Host name for the unsubscribe URL; default: tracking.domain.
     domain: str | None = None
 
@@ -72,8 +80,8 @@ class UnsubscribeConfig(Model):
 
     @field_validator("mailto")
     @classmethod
-    def _mailto(cls, value: str | None) -> str | None:
-        return None if value is None else plain_address(value)
+    def _mailto(cls, value: MailtoSetting) -> MailtoSetting:
+        return check_mailto(value)
 
 
 EVENT_TYPES = ("Send", "Reject", "Bounce", "Complaint", "Delivery", "DeliveryDelay",
@@ -171,6 +179,11 @@ class ConfigurationSetConfig(Model):
     def unsubscribe_domain(self) -> str | None:
         return self.unsubscribe.domain or self.tracking.domain
 
+    @property
+    def unsubscribe_mailto(self) -> str | None:
+        """Where the mailto unsubscribe goes: a domain, a fixed address, or None."""
+        return mailto_target(self.unsubscribe.mailto, self.unsubscribe_domain)
+
 
 def is_simulator_address(address: str, domain: str) -> bool:
     return domain_of(address) == domain
@@ -248,6 +261,23 @@ class FeedbackConfig(Model):
     # counted in smtprelay_feedback_unmatched_dropped_total).
     unmatched_max_size: Size = 256 * 1024
     unmatched_quota: Size = 100 * 1024 * 1024
+    # Per client (an IPv4 address or an IPv6 /64), counted like Postfix's anvil:
+    # sessions open at once (past it: 421 4.7.0 at connect), MAIL commands and
+    # report bytes per rate_window (past them: 450 4.7.1 / 452 4.3.1 at MAIL). All
+    # temporary: a real mail server retries later and loses nothing.
+    max_connections_per_ip: int = Field(default=20, ge=1)
+    max_messages_per_ip: int = Field(default=1000, ge=1)
+    max_bytes_per_ip: Size = 100 * 1024 * 1024
+    rate_window: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _one_report_fits(self) -> FeedbackConfig:
+        if self.max_bytes_per_ip < self.max_message_size:
+            raise ValueError(
+                f"max_bytes_per_ip ({self.max_bytes_per_ip}) is below max_message_size "
+                f"({self.max_message_size}): raise max_bytes_per_ip to at least "
+                "max_message_size, so that one report of the largest size can be taken")
+        return self
 
     @field_validator("addresses")
     @classmethod

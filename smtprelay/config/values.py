@@ -130,6 +130,33 @@ def plain_address(value: str) -> str:
     return f"{local}@{check_domain(domain)}"
 
 
+MailtoSetting = bool | str | None
+
+
+def check_mailto(value: MailtoSetting) -> MailtoSetting:
+    """An unsubscribe ``mailto`` setting: true/false/null, a domain (the signed
+    per-recipient addresses go there), or an address (the older fixed form)."""
+    if value is None or isinstance(value, bool):
+        return value or None
+    if "@" in value:
+        return plain_address(value)
+    try:
+        return check_domain(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither true/false, a domain (where the signed "
+                         "unsubscribe addresses go, such as unsubscribe.example.com) nor "
+                         "an address") from None
+
+
+def mailto_target(value: MailtoSetting, host: str | None) -> str | None:
+    """Where a message's mailto unsubscribe goes: a domain (u-TAG@domain), an address
+    (the fixed form) or None; true means `host`, the unsubscribe link's host, without
+    its port."""
+    if value is True:
+        return None if host is None else host.partition(":")[0]
+    return value or None
+
+
 def parse_nameserver(text: str) -> dns.nameserver.Do53Nameserver:
     """``"127.0.0.1:5353"``, ``"[::1]:5353"``, ``"::1"`` or ``"127.0.0.1"`` (port 53)."""
     spec = text.strip()

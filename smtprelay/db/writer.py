@@ -130,6 +130,10 @@ class GroupCommitWriter:
                     break
                 batch.append(item)  # type: ignore[arg-type]
             self._commit(conn, batch)
+            # Drop the work (and the bytes its closures hold: a 10 MB report, a
+            # message) now, not when the next write comes along.
+            del batch, first
+            item = None
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Work]) -> None:
         # Work whose waiter gave up (a cancelled task: asyncio.wrap_future cancels the

@@ -31,6 +31,7 @@ from smtprelay.config import Config
 from smtprelay.db import sqlite
 from smtprelay.db.migrations import migrate
 from smtprelay.db.writer import GroupCommitWriter
+from smtprelay.spool import space
 
 PENDING = "pending"
 UNMATCHED = "unmatched"
@@ -91,7 +92,8 @@ class Arrival:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """A stored report. ``raw`` is None in listings (only ``get`` and ``pending`` read it)."""
+    """A stored report. ``raw`` is None in listings (only ``get`` and ``pending`` read it;
+    ``pending`` perhaps only its first bytes: ``size`` is the whole report's)."""
 
     id: int
     # Random, chosen at arrival: with the id, what event ids derived from this report
@@ -129,6 +131,14 @@ class Verdict:
     unmatched: str | None = None
 
 
+def _directory(conn: sqlite3.Connection) -> Path:
+    """The directory of the database `conn` writes."""
+    for _, name, filename in conn.execute("PRAGMA database_list"):
+        if name == "main" and filename:
+            return Path(filename).parent
+    raise sqlite3.OperationalError("the feedback inbox has no file")
+
+
 def _report(row: Sequence[Any], raw: bytes | None = None) -> Report:
     return Report(id=int(row[0]), token=str(row[1]), received_at=float(row[2]),
                   listener=str(row[3]), peer_ip=str(row[4]), helo=str(row[5]), tls=row[6],
@@ -137,15 +147,40 @@ def _report(row: Sequence[Any], raw: bytes | None = None) -> Report:
                   processed_at=row[13], raw=raw)
 
 
-def _insert(conn: sqlite3.Connection, arrival: Arrival) -> int:
+# Besides the report: its WAL frames are written again into the database file at the
+# checkpoint, and the row, index and page overhead.
+_WRITE_OVERHEAD = 64 * 1024
+_CHUNK = 1024 * 1024
+
+
+def _insert(conn: sqlite3.Connection, arrival: Arrival, keep_free: int | None = None) -> int:
+    if keep_free is not None:
+        # In the writer's thread, right before the write: the free space as it is now.
+        space.check_room(_directory(conn), 2 * len(arrival.raw) + _WRITE_OVERHEAD,
+                         keep_free)
     cursor = conn.execute(
         "INSERT INTO reports (token, received_at, listener, peer_ip, helo, tls, mail_from,"
-        " recipients, size, raw, state) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        " recipients, size, raw, state) VALUES (?,?,?,?,?,?,?,?,?,zeroblob(?),?)",
         (os.urandom(8).hex(), arrival.received_at, arrival.listener, arrival.peer_ip,
          arrival.helo, arrival.tls, arrival.mail_from, json.dumps(list(arrival.recipients)),
-         len(arrival.raw), arrival.raw, PENDING))
+         len(arrival.raw), len(arrival.raw), PENDING))
     assert cursor.lastrowid is not None
-    return int(cursor.lastrowid)
+    report_id = int(cursor.lastrowid)
+    # Written in pieces into the space zeroblob() made: binding the whole report would
+    # have SQLite copy it first (issue 16: 10 MB reports held several times over).
+    if arrival.raw:
+        with conn.blobopen("reports", "raw", report_id) as blob:
+            view = memoryview(arrival.raw)
+            for start in range(0, len(view), _CHUNK):
+                blob.write(view[start:start + _CHUNK])
+    return report_id
+
+
+def _head(conn: sqlite3.Connection, report_id: int, size: int) -> bytes:
+    """The first `size` bytes of a report, read through the blob handle: only the pages
+    that hold them, where ``SELECT raw`` (or substr(raw)) makes SQLite load it whole."""
+    with conn.blobopen("reports", "raw", report_id, readonly=True) as blob:
+        return blob.read(size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +210,12 @@ def _finish(conn: sqlite3.Connection, verdicts: Iterable[Verdict], now: float,
         return 0
     # The start of a report says what it was; the rest of a 10 MB one is rarely worth
     # keeping for a month (`size` still says how big it came).
-    conn.executemany("UPDATE reports SET raw = substr(raw, 1, ?) WHERE id = ?"
-                     " AND length(raw) > ?",
-                     [(bounds.max_size, row[3], bounds.max_size) for row in kept])
+    for _, _, _, report_id in kept:
+        found = conn.execute("SELECT length(raw) FROM reports WHERE id = ?",
+                             (report_id,)).fetchone()
+        if found is not None and found[0] > bounds.max_size:
+            conn.execute("UPDATE reports SET raw = ? WHERE id = ?",
+                         (_head(conn, report_id, bounds.max_size), report_id))
     dropped = 0
     total = int(conn.execute("SELECT coalesce(sum(length(raw)), 0) FROM reports"
                              " WHERE state = 'unmatched'").fetchone()[0])
@@ -202,24 +240,28 @@ def _purge(conn: sqlite3.Connection, before: float, limit: int) -> int:
 
 
 def pending(conn: sqlite3.Connection, limit: int, max_bytes: int,
-            after: int = 0) -> list[Report]:
-    """The oldest pending reports after id ``after``, with their bytes: at most
-    ``limit``, and no more than ``max_bytes`` of reports in all (but at least one)."""
+            after: int = 0, head: int | None = None) -> list[Report]:
+    """The oldest pending reports after id ``after``, with their bytes (only the first
+    ``head`` of each, when given: what the parsers read): at most ``limit``, and no
+    more than ``max_bytes`` of those bytes in all (but at least one report)."""
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM reports WHERE state = 'pending' AND id > ?"  # noqa: S608
         " ORDER BY id LIMIT ?", (after, limit)).fetchall()
     chosen: list[Any] = []
     total = 0
     for row in rows:
-        total += int(row[9])
+        total += int(row[9]) if head is None else min(int(row[9]), head)
         if chosen and total > max_bytes:
             break
         chosen.append(row)
     reports = []
     for row in chosen:
-        found = conn.execute("SELECT raw FROM reports WHERE id = ?", (row[0],)).fetchone()
-        if found is not None:
-            reports.append(_report(row, bytes(found[0])))
+        size = int(row[9]) if head is None else min(int(row[9]), head)
+        try:
+            raw = _head(conn, int(row[0]), size)
+        except sqlite3.OperationalError:
+            continue  # gone since (finished by the writer meanwhile)
+        reports.append(_report(row, raw))
     return reports
 
 
@@ -275,9 +317,12 @@ class FeedbackInbox:
             self._reader.close()
             self._reader = None
 
-    async def store(self, arrival: Arrival) -> int:
-        """Return the report's id once it is durable on disk; WriteError otherwise."""
-        return await self._writer.run(lambda conn: _insert(conn, arrival))
+    async def store(self, arrival: Arrival, keep_free: int | None = None) -> int:
+        """Return the report's id once it is durable on disk; WriteError otherwise.
+
+        `keep_free`: the free space the spool needs (store.spool_reserve); a report
+        that would leave less is refused with ``spool.space.ReserveError``."""
+        return await self._writer.run(lambda conn: _insert(conn, arrival, keep_free))
 
     async def finish(self, verdicts: Sequence[Verdict], now: float,
                      bounds: UnmatchedBounds | None = None) -> int:
@@ -299,9 +344,10 @@ class FeedbackInbox:
 
     # Reads: blocking, the daemon calls them through a thread.
 
-    def pending(self, limit: int, max_bytes: int, after: int = 0) -> list[Report]:
+    def pending(self, limit: int, max_bytes: int, after: int = 0,
+                head: int | None = None) -> list[Report]:
         with self._read() as conn:
-            return pending(conn, limit, max_bytes, after)
+            return pending(conn, limit, max_bytes, after, head)
 
     def count(self, state: str = PENDING) -> int:
         with self._read() as conn:

@@ -43,6 +43,10 @@ MAX_PARTS = 1000
 # Text handed to the wording heuristics: a bounce's explanation is at the start.
 MAX_TEXT = 256 * 1024
 _UUENCODED = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
+_ENCODED = frozenset({"quoted-printable", "base64"})
+# Of a returned original only its header section is read: at most this much of it.
+MAX_ORIGINAL_HEADER = 1024 * 1024
+_NOT_SPACE = re.compile(rb"\S")
 
 ORIGINAL_TYPES = frozenset({
     "message/rfc822", "message/global",  # the whole original (RFC 6532 for the second)
@@ -135,22 +139,34 @@ def parse(raw: bytes) -> ParsedMessage:
     return ParsedMessage(root, headers, parts, walk.truncated, too_many)
 
 
-def part_bytes(part: Part) -> bytes:
-    """A leaf part's content, transfer encoding undone; b"" for a multipart."""
+def part_bytes(part: Part, limit: int | None = None) -> bytes:
+    """A leaf part's content, transfer encoding undone; b"" for a multipart.
+
+    With `limit`, at most that many octets, and only the encoded octets that can hold
+    them are copied out of the message (not the rest of a 10 MB part)."""
     if part.content_type.startswith("multipart/"):
         return b""
-    body = part.body
     encoding = part.transfer_encoding
+    identity = encoding not in _ENCODED and encoding not in _UUENCODED
+    end = part.body_end
+    if limit is not None:
+        # Base64 and uuencode take under 1.4 octets per decoded one, quoted-printable
+        # at most 3 (and its soft line breaks): 4 covers them, cut at a line end.
+        wanted = part.body_start + (limit if identity else 4 * limit)
+        if wanted < end:
+            line_end = part.data.rfind(b"\n", part.body_start, wanted)
+            end = wanted if identity or line_end < 0 else line_end + 1
+    body = part.data[part.body_start:end]
     if encoding == "quoted-printable":
-        return quopri.decodestring(body)
-    if encoding == "base64":
-        return _base64(body)
-    if encoding in _UUENCODED:
+        body = quopri.decodestring(body)
+    elif encoding == "base64":
+        body = _base64(body)
+    elif encoding in _UUENCODED:
         try:
-            return _uudecode(body)
+            body = _uudecode(body)
         except ValueError:
-            return body
-    return body
+            pass
+    return body if limit is None else body[:limit]
 
 
 def _base64(body: bytes) -> bytes:
@@ -198,10 +214,7 @@ def _uudecode(body: bytes) -> bytes:
 
 def part_text(part: Part, limit: int | None = None) -> str:
     """A leaf part's content as text, in its declared charset (UTF-8 when none)."""
-    data = part_bytes(part)
-    if limit is not None:
-        data = data[:limit]
-    return decode_bytes(data, parameter(part, "charset") or None)
+    return decode_bytes(part_bytes(part, limit), parameter(part, "charset") or None)
 
 
 def human_text(message: ParsedMessage) -> str:
@@ -284,23 +297,41 @@ class OriginalMessage:
 
 
 def find_original(message: ParsedMessage) -> OriginalMessage | None:
-    """The first attached original (whole or headers only) with at least one field."""
+    """The first attached original (whole or headers only) with at least one field.
+
+    Only its header section is decoded: the body (up to 4 MB of a returned original)
+    is looked at just to know whether there is one."""
     for part in message.parts[1:]:
         kind = content_type(part)
         if kind not in ORIGINAL_TYPES:
             continue
-        text = decode_bytes(part_bytes(part)[:MAX_INPUT])
-        headers = read_header_section(text)
+        if part.transfer_encoding in _ENCODED or part.transfer_encoding in _UUENCODED:
+            data = part_bytes(part)[:MAX_INPUT]
+            start, end = 0, len(data)
+        else:  # as it came: read in place
+            data, start, end = part.data, part.body_start, part.body_end
+        header_end, body_from = _header_section_end(data, start, end)
+        headers = read_header_section(decode_bytes(data[start:header_end]))
         if not headers:
             continue
-        complete = kind not in _HEADERS_ONLY and _has_body(text)
+        complete = (kind not in _HEADERS_ONLY and body_from is not None
+                    and _NOT_SPACE.search(data, body_from, end) is not None)
         return OriginalMessage(tuple(headers), kind, complete)
     return None
 
 
-def _has_body(text: str) -> bool:
-    for separator in ("\r\n\r\n", "\n\n", "\r\r"):
-        at = text.find(separator)
+def _header_section_end(data: bytes, start: int, end: int) -> tuple[int, int | None]:
+    """Where the header section of data[start:end] ends (its blank line included, at
+    most MAX_ORIGINAL_HEADER on), and where the body starts after the blank line
+    (CRLF, LF or CR line ends, in that order of preference), None without one."""
+    body_from: int | None = None
+    for separator in (b"\r\n\r\n", b"\n\n", b"\r\r"):
+        at = data.find(separator, start, end)
         if at >= 0:
-            return bool(text[at + len(separator):].strip())
-    return False
+            body_from = at + len(separator)
+            break
+    cut = min(end, start + MAX_ORIGINAL_HEADER)
+    # The header section ends at the first blank line of any kind.
+    firsts = [at + len(sep) for sep in (b"\r\n\r\n", b"\n\n", b"\r\r", b"\n\r\n")
+              if (at := data.find(sep, start, cut)) >= 0]
+    return (min(firsts) if firsts else cut), body_from

@@ -30,10 +30,12 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from smtprelay.bounces.classification import DEFAULT_RULES, Rule
-from smtprelay.config import ConfigSource
-from smtprelay.feedback import actions
+from smtprelay.config import ConfigSource, Derived
+from smtprelay.events.model import Engagement, EngagementSink
+from smtprelay.feedback import actions, mime, unsubscribes
 from smtprelay.feedback.inbox import UNMATCHED, FeedbackInbox, Report, UnmatchedBounds, Verdict
 from smtprelay.feedback.recorder import FeedbackRecorder
+from smtprelay.feedback.unsubscribes import MailtoTargets
 from smtprelay.infra import metrics
 from smtprelay.infra.background import BackgroundLoop
 from smtprelay.spool.sent import SENT_INDEX_RETENTION, SentMessage
@@ -58,12 +60,17 @@ class FeedbackSource(ConfigSource, KeySource, Protocol):
 
 class FeedbackProcessor:
     def __init__(self, inbox: FeedbackInbox, spool: Spool, recorder: FeedbackRecorder,
-                 live: FeedbackSource, rules: Sequence[Rule] = DEFAULT_RULES) -> None:
+                 live: FeedbackSource, rules: Sequence[Rule] = DEFAULT_RULES, *,
+                 unsubscribes: EngagementSink | None = None) -> None:
         self._inbox = inbox
         self._spool = spool
         self._recorder = recorder
         self._live = live
         self._rules = rules
+        # Mail to the List-Unsubscribe mailto addresses goes where the one-click POST
+        # goes (smtprelay.feedback.unsubscribes).
+        self._unsubscribes = unsubscribes
+        self._mailto = Derived(live, MailtoTargets.of)
         self._rounds = BackgroundLoop("feedback-processor", self._round)
         self._next_maintenance = 0.0
 
@@ -95,12 +102,21 @@ class FeedbackProcessor:
 
     async def process_batch(self) -> int:
         """Process the oldest pending reports; how many (0: the inbox is empty)."""
-        reports = await asyncio.to_thread(self._inbox.pending, BATCH, BATCH_BYTES)
+        # Only what the parsers read of each report (mime.MAX_INPUT, and one byte more
+        # so that they know it was cut), not all 10 MB of a big one.
+        reports = await asyncio.to_thread(self._inbox.pending, BATCH, BATCH_BYTES, 0,
+                                          mime.MAX_INPUT + 1)
         if not reports:
             metrics.FEEDBACK_INBOX_DEPTH.set(0)
             return 0
         started = time.perf_counter()
         keyring = self._live.keyring
+        mailto = self._mailto()
+        unsubscribing = [report for report in reports if mailto.wants(report)]
+        # First, so that one that cannot be recorded now fails the batch before the
+        # rest of it is recorded (the batch comes back; an unsubscribe twice is one).
+        done = [await self._unsubscribe(report, keyring, mailto) for report in unsubscribing]
+        reports = [report for report in reports if not mailto.wants(report)]
         examined = await asyncio.to_thread(_examine_all, reports, keyring, self._rules)
         wanted = {tag.message_id for e in examined for tag in e.tags}
         wanted.update(message_id for e in examined for message_id in e.relay_ids)
@@ -118,7 +134,7 @@ class FeedbackProcessor:
                                     [k for p in plans for k in p.counted])
         settings = self._live.config.feedback
         dropped = await self._inbox.finish(
-            [p.verdict for p in plans], time.time(),
+            [p.verdict for p in plans] + done, time.time(),
             UnmatchedBounds(settings.unmatched_max_size, settings.unmatched_quota))
         if dropped:
             metrics.FEEDBACK_UNMATCHED_DROPPED.inc(dropped)
@@ -129,7 +145,33 @@ class FeedbackProcessor:
             _log(report, found, p)
         metrics.FEEDBACK_BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.FEEDBACK_INBOX_DEPTH.set(await asyncio.to_thread(self._inbox.count))
-        return len(reports)
+        return len(reports) + len(done)
+
+    async def _unsubscribe(self, report: Report, keyring: KeyRing,
+                           mailto: MailtoTargets) -> Verdict:
+        """Act on mail to a mailto unsubscribe address, as the one-click POST does;
+        RuntimeError when the sink cannot record it now (the batch is tried again)."""
+        found = unsubscribes.find(report, keyring, mailto, time.time())
+        if self._unsubscribes is None:
+            found = unsubscribes.Found((), ("unsubscribes are not recorded here",))
+        for token in found.tokens:
+            engagement = Engagement(payload=token, at=report.received_at, ip=report.peer_ip,
+                                    user_agent="", host="", machine=False,
+                                    machine_reason=None)
+            assert self._unsubscribes is not None
+            if not await self._unsubscribes.unsubscribe(engagement):
+                raise RuntimeError(f"feedback report={report.id}: the unsubscribe of "
+                                   f"msg={token.message_id} could not be recorded")
+            log.info("feedback report=%d unsubscribe msg=%s recipient=%s by mail from %s",
+                     report.id, token.message_id, token.recipient, report.peer_ip)
+        result = actions.MATCHED if found.tokens else actions.UNMATCHED
+        metrics.FEEDBACK_REPORTS.labels(kind=unsubscribes.KIND, result=result).inc()
+        for problem in found.problems:
+            log.warning("feedback report=%d unsubscribe: %s", report.id, problem)
+        if found.tokens:
+            return Verdict(report.id, unsubscribes.KIND)
+        return Verdict(report.id, unsubscribes.KIND,
+                       unmatched="; ".join(found.problems)[:1000] or "no unsubscribe")
 
     def _plan(self, report: Report, examined: actions.Examined,
               messages: dict[str, SentMessage],

@@ -168,8 +168,9 @@ FEEDBACK_RECEIVED = Counter(
 )
 FEEDBACK_RECIPIENTS_REFUSED = Counter(
     "smtprelay_feedback_recipients_refused_total",
-    "RCPT refused by the feedback listener: verp (a forged, altered or retired tag) or "
-    "unknown (not a VERP address nor a feedback address)",
+    "RCPT refused by the feedback listener: verp (a forged, altered or retired tag), "
+    "unsubscribe (the same, of a List-Unsubscribe mailto address) or unknown (none of "
+    "those nor a feedback address)",
     ["reason"],
 )
 FEEDBACK_INBOX_DEPTH = Gauge(
@@ -223,3 +224,10 @@ FEEDBACK_UNMATCHED_DROPPED = Counter(
     "smtprelay_feedback_unmatched_dropped_total",
     "Unmatched feedback reports dropped, oldest first, to keep the unmatched store under "
     "feedback.unmatched_quota")
+
+FEEDBACK_REFUSED = Counter(
+    "smtprelay_feedback_refused_total",
+    "Feedback listener refusals of a connection or report with a temporary reply, by "
+    "reason: connections_per_ip (421), messages_per_ip (450), bytes_per_ip (452), "
+    "spool_reserve (452: it would eat into store.spool_reserve), disk_full (452)",
+    ["reason"])

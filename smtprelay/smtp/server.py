@@ -21,7 +21,7 @@ from smtprelay.auth.authenticator import Authenticator
 from smtprelay.config import Config, ConfigSource, Derived, ListenerConfig
 from smtprelay.infra import metrics
 from smtprelay.mail import replies as R
-from smtprelay.smtp.session import ListenerSettings, Session
+from smtprelay.smtp.session import ListenerSettings, PeerGate, Session
 from smtprelay.submission.seam import SubmissionHandler
 
 log = logging.getLogger("smtprelay.smtp")
@@ -54,6 +54,15 @@ class TrustedNetworks:
         return None
 
 
+async def _refuse(writer: asyncio.StreamWriter, reply: R.Reply) -> None:
+    """Say why in a 421-style greeting and hang up."""
+    with contextlib.suppress(Exception):
+        writer.write(reply.render())
+        async with asyncio.timeout(5):
+            await writer.drain()
+    writer.close()
+
+
 def _normalise_ip(ip: str) -> str:
     if ip.startswith("::ffff:") and "." in ip:
         return ip[7:]
@@ -69,13 +78,18 @@ class ServerSource(ConfigSource, Protocol):
     def tls_context(self) -> ssl.SSLContext | None: ...
 
 
+class FeedbackHandler(SubmissionHandler, PeerGate, Protocol):
+    """The feedback listener's handler: it takes reports and limits each client
+    (smtprelay.feedback.listener)."""
+
+
 class SMTPServer:
     def __init__(
         self,
         live: ServerSource,
         authenticator: Authenticator,
         handler: SubmissionHandler,
-        feedback: SubmissionHandler | None = None,
+        feedback: FeedbackHandler | None = None,
     ) -> None:
         self._live = live
         self._auth = authenticator
@@ -110,16 +124,17 @@ class SMTPServer:
 
     async def _listen(self, listener: ListenerConfig) -> asyncio.Server:
         limits = self._config.limits
-        handler = self._handler
+        handler: SubmissionHandler = self._handler
+        gate: PeerGate | None = None
         if listener.role == "feedback":
             if self._feedback is None:
                 raise RuntimeError(f"listeners.{listener.name}: role feedback, but the "
                                    "daemon started no feedback handler")
-            handler = self._feedback
+            handler = gate = self._feedback
             limits = limits.model_copy(
                 update={"max_message_size": self._config.feedback.max_message_size})
         settings = ListenerSettings(listener=listener, hostname=self._config.server.hostname,
-                                    limits=limits, tls_context=self._tls_context)
+                                    limits=limits, tls_context=self._tls_context, gate=gate)
         implicit = listener.tls == "implicit"
 
         async def on_connection(reader: asyncio.StreamReader,
@@ -174,12 +189,15 @@ class SMTPServer:
         if refusal is not None:
             metrics.CONNECTIONS_REFUSED.labels(reason=refusal).inc()
             log.warning("refused connection client=%s listener=%s reason=%s", ip, name, refusal)
-            with contextlib.suppress(Exception):
-                writer.write(R.TOO_MANY_CONNECTIONS.render())
-                async with asyncio.timeout(5):
-                    await writer.drain()
-            writer.close()
+            await _refuse(writer, R.TOO_MANY_CONNECTIONS)
             return
+        gate = settings.gate
+        if gate is not None:
+            gated = gate.connect(ip)
+            if gated is not None:
+                metrics.CONNECTIONS_REFUSED.labels(reason="listener_per_ip").inc()
+                await _refuse(writer, gated)
+                return
         self._open += 1
         self._per_ip[ip] += 1
         metrics.CONNECTIONS_OPEN.labels(listener=name).inc()
@@ -189,6 +207,8 @@ class SMTPServer:
         try:
             await self._run_session(reader, writer, settings, handler, ip, peer, task)
         finally:
+            if gate is not None:
+                gate.disconnect(ip)
             self._open -= 1
             self._per_ip[ip] -= 1
             if self._per_ip[ip] <= 0:

@@ -22,6 +22,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from smtprelay.auth.authenticator import Authenticator, Outcome
 from smtprelay.config import LimitsConfig, ListenerConfig
@@ -75,12 +76,26 @@ class _LineTooLong(Exception):
     pass
 
 
+class PeerGate(Protocol):
+    """Per-client limits of a listener (the feedback listener's: smtprelay.feedback.peers):
+    asked at connect (by the server) and at each MAIL; a Reply refuses."""
+
+    def connect(self, ip: str) -> Reply | None:
+        """A session starts; None counts it (``disconnect`` at its end)."""
+
+    def disconnect(self, ip: str) -> None: ...
+
+    def mail(self, ip: str, size: int | None) -> Reply | None:
+        """A MAIL command, with its SIZE= when given."""
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerSettings:
     listener: ListenerConfig
     hostname: str
     limits: LimitsConfig
     tls_context: Callable[[], ssl.SSLContext | None]
+    gate: PeerGate | None = None
 
 
 class _Input:
@@ -533,6 +548,14 @@ class Session:
                 pass  # RFC 4954 5: accepted and ignored from an untrusted submitter
             else:
                 self._reply(R.PARAM_UNKNOWN)
+                return True
+        gate = self._settings.gate
+        if gate is not None:
+            size = params.get("SIZE")
+            refusal = gate.mail(self._peer_ip, int(size) if size else None)
+            if refusal is not None:
+                metrics.MESSAGES_REJECTED.labels(reason="rate_limit").inc()
+                self._reply(refusal)
                 return True
         if path.address:
             refusal = self._handler.check_sender(self._account, path.address)

@@ -250,7 +250,8 @@ class Pipeline:
         settings = self._config.configuration_sets.get(choice.name) if choice.name else None
         list_unsubscribe = None if options is None else tracking.ListUnsubscribe(
             options.contact_list, None if options.topic is None else options.topic.name,
-            options.settings.unsubscribe_domain, options.settings.https)
+            options.settings.unsubscribe_domain, options.settings.https,
+            options.settings.mailto_target)
         plan = tracking.plan_of(settings, list_unsubscribe)
         # Tokens that must name each recipient: one copy per recipient, made at delivery
         # (transform.copies); this run checks the message (a second open tracker refuses

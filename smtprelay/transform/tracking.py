@@ -54,6 +54,7 @@ class ListUnsubscribe:
     topic: str | None
     host: str  # the list's unsubscribe_domain
     https: bool = True
+    mailto: str | None = None  # the list's mailto target: a domain or a fixed address
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,7 @@ class Plan:
     tracking_https: bool | None = None  # tracking.https
     unsubscribe_host: str | None = None  # where the one-click URL points; None: no link
     unsubscribe_https: bool = True
-    mailto: str | None = None
+    mailto: str | None = None  # the mailto target: a domain (signed address) or an address
     override: bool = True  # replace a List-Unsubscribe the sender wrote
     contact_list: str | None = None  # a list unsubscribe (token kind 3): list and topic
     topic: str | None = None
@@ -117,13 +118,13 @@ def plan_of(settings: ConfigurationSetConfig | None,
         # SES adds the list's link whenever ListManagementOptions is given, replacing
         # the sender's.
         return Plan(click_domain, open_domain, https, list_unsubscribe.host,
-                    list_unsubscribe.https, None, True, list_unsubscribe.contact_list,
-                    list_unsubscribe.topic)
+                    list_unsubscribe.https, list_unsubscribe.mailto, True,
+                    list_unsubscribe.contact_list, list_unsubscribe.topic)
     if settings is not None and settings.unsubscribe.one_click:
         host = settings.unsubscribe_domain
         assert host is not None  # the config checks one_click has a host
         return Plan(click_domain, open_domain, https, host, https is not False,
-                    settings.unsubscribe.mailto, settings.unsubscribe.override)
+                    settings.unsubscribe_mailto, settings.unsubscribe.override)
     if click_domain is None and open_domain is None:
         return None
     return Plan(click_domain, open_domain, https)
@@ -208,10 +209,14 @@ class Transformer:
             problems.extend(rewritten.problems)
 
         if unsubscribe_url is not None:
+            assert recipient is not None  # an unsubscribe URL names its recipient
+            mailto = None if plan.mailto is None else unsubscribe.mailto_address(
+                plan.mailto, self.keyring, message_id, recipient,
+                contact_list=plan.contact_list is not None)
             fields = parse_header_section(data)
             data = unsubscribe.add(
                 data, fields,
-                unsubscribe.header_fields(unsubscribe_url, plan.mailto, unsubscribe_token),
+                unsubscribe.header_fields(unsubscribe_url, mailto, unsubscribe_token),
                 override=plan.override)
         return Result(data, rewritten_links, pixel_url is not None, unsubscribe_url, problems,
                       len(rewritten_links))

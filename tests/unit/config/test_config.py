@@ -166,7 +166,7 @@ configuration_sets:
     assert "configuration_sets.nodomain.tracking: open or click tracking is on " \
            "but tracking.domain is not set" in text
     assert "configuration_sets.unsub.unsubscribe.mailto:" in text
-    assert "is not a plain mail address" in text
+    assert "is neither true/false, a domain" in text
     assert problems_for(tmp_path, """
 listeners: [{name: s, port: 2587, tls: none}]
 tracking_domains: {"t.example.com:99999": {}}
