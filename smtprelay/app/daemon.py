@@ -80,7 +80,7 @@ class Relay:
         # The contact lists' contacts and their subscriptions (policy.contacts).
         self.contacts = SQLiteContactStore(config.state_path)
         self.pauses = PausedSets(SQLitePauseStore(config.state_path))
-        self._authenticator = Authenticator(self.live, self.credentials)
+        self._authenticator = Authenticator(self.live, self.credentials, self.shared)
         self.reputation = ReputationGuard(self.spool, self.pauses, self.live)
         self._reputation_task: asyncio.Task[None] | None = None
         # Bounces and complaints after delivery: recorded here by the feedback
@@ -185,7 +185,7 @@ class Relay:
         self.engagements = EngagementRecorder(self.spool, self.contacts, self.live)
         await self._start_feedback()
         self.smtp = SMTPServer(self.live, self._authenticator, self._pipeline,
-                               feedback=self.feedback_receiver)
+                               feedback=self.feedback_receiver, shared=self.shared)
         self.http = HTTPServer(cfg, lambda: self._ready, keys=self.live,
                                sink=self.engagements, admin=AdminServices(
                                    live=self.live, spool=self.spool,

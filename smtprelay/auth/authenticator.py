@@ -13,10 +13,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from smtprelay.auth.credentials import Credential, CredentialStore
-from smtprelay.auth.lockout import Lockout
 from smtprelay.config import Config, ConfigSource, Derived
 from smtprelay.infra import metrics
 from smtprelay.infra.passwords import hash_password, verify_password
+from smtprelay.state.api import LockoutPolicy, SharedState
+from smtprelay.state.local import LocalState
 
 log = logging.getLogger("smtprelay.auth")
 
@@ -58,18 +59,25 @@ class _FromConfig:
                    frozenset(config.accounts))
 
 
+def lockout_policy(config: Config) -> LockoutPolicy:
+    auth = config.auth
+    return LockoutPolicy(per_ip=auth.max_failures_per_ip, per_user=auth.max_failures_per_user,
+                         per_user_everywhere=auth.max_failures_per_user_everywhere,
+                         min_addresses=auth.user_lockout_min_addresses,
+                         window=auth.failure_window, lockout=auth.lockout_duration)
+
+
 class Authenticator:
-    def __init__(self, live: ConfigSource, store: CredentialStore) -> None:
+    def __init__(self, live: ConfigSource, store: CredentialStore,
+                 shared: SharedState | None = None) -> None:
         self._store = store
-        # Static credentials and accounts follow a reload; lockout state stays.
+        # Static credentials and accounts follow a reload; lockout state stays, shared
+        # by every worker process (smtprelay.state).
         self._from_config = Derived(live, _FromConfig.of)
+        self._shared: SharedState = shared if shared is not None else LocalState()
         # `auth` needs a restart: a reload keeps its running values.
         auth = live.config.auth
-        self._lockout = Lockout(per_ip=auth.max_failures_per_ip,
-                                per_user=auth.max_failures_per_user,
-                                per_user_everywhere=auth.max_failures_per_user_everywhere,
-                                min_addresses=auth.user_lockout_min_addresses,
-                                window=auth.failure_window, lockout=auth.lockout_duration)
+        self._lockout = lockout_policy(live.config)
         self._cache_ttl = auth.verify_cache_ttl
         # The cache is keyed by HMAC(process key, user, password): the password
         # itself is never kept, and the key dies with the process.
@@ -107,7 +115,7 @@ class Authenticator:
         return result
 
     async def _authenticate(self, username: str, password: str, client_ip: str) -> AuthResult:
-        wait = self._lockout.locked_for(client_ip, username)
+        wait = await self._shared.auth_locked_for(client_ip, username)
         if wait > 0:
             log.warning("auth locked client=%s user=%s retry_after=%.0fs", client_ip,
                         await self._shown(username), wait)
@@ -127,7 +135,7 @@ class Authenticator:
             if expires > time.monotonic() and stored_hash == credential.password_hash \
                     and not credential.disabled:
                 self._cache.move_to_end(cache_id)
-                return self._accepted(credential, client_ip)
+                return await self._accepted(credential, client_ip)
             self._cache.pop(cache_id, None)
 
         # Unknown users cost the same hash as known ones, so timing tells nothing.
@@ -135,7 +143,7 @@ class Authenticator:
         valid = await self._verify(cache_id, password, stored)
         if credential is None or not valid or credential.disabled \
                 or credential.account not in self._from_config().accounts:
-            self._lockout.failure(client_ip, username)
+            await self._shared.auth_failure(client_ip, username, self._lockout)
             reason = ("unknown user" if credential is None else
                       "disabled" if credential.disabled and valid else
                       "unknown account" if valid else "wrong password")
@@ -145,7 +153,7 @@ class Authenticator:
         self._cache[cache_id] = (credential.password_hash, time.monotonic() + self._cache_ttl)
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
-        return self._accepted(credential, client_ip)
+        return await self._accepted(credential, client_ip)
 
     async def _verify(self, cache_id: bytes, password: str, stored: str) -> bool:
         task = self._inflight.get(cache_id)
@@ -162,8 +170,8 @@ class Authenticator:
             metrics.AUTH_HASH_VERIFICATIONS.inc()
             return await asyncio.to_thread(verify_password, password, stored)
 
-    def _accepted(self, credential: Credential, client_ip: str) -> AuthResult:
-        self._lockout.success(client_ip, credential.username)
+    async def _accepted(self, credential: Credential, client_ip: str) -> AuthResult:
+        await self._shared.auth_success(client_ip, credential.username)
         return AuthResult(Outcome.OK, account=credential.account, username=credential.username)
 
 

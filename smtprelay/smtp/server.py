@@ -14,7 +14,6 @@ import logging
 import os
 import socket
 import ssl
-from collections import Counter
 from typing import Protocol
 
 from smtprelay.auth.authenticator import Authenticator
@@ -22,6 +21,8 @@ from smtprelay.config import Config, ConfigSource, Derived, ListenerConfig
 from smtprelay.infra import metrics
 from smtprelay.mail import replies as R
 from smtprelay.smtp.session import ListenerSettings, PeerGate, Session
+from smtprelay.state.api import SharedState
+from smtprelay.state.local import LocalState
 from smtprelay.submission.seam import SubmissionHandler
 
 log = logging.getLogger("smtprelay.smtp")
@@ -90,16 +91,16 @@ class SMTPServer:
         authenticator: Authenticator,
         handler: SubmissionHandler,
         feedback: FeedbackHandler | None = None,
+        shared: SharedState | None = None,
     ) -> None:
         self._live = live
+        self._shared: SharedState = shared if shared is not None else LocalState()
         self._auth = authenticator
         self._handler = handler
         self._feedback = feedback
         self._trusted = Derived(live, TrustedNetworks)
         self._servers: list[tuple[ListenerConfig, asyncio.Server]] = []
         self._sessions: dict[asyncio.Task[None], Session] = {}
-        self._per_ip: Counter[str] = Counter()
-        self._open = 0
 
     @property
     def _config(self) -> Config:
@@ -181,25 +182,22 @@ class SMTPServer:
         ip = _normalise_ip(str(peer[0]))
         name = settings.listener.name
         limits = self._config.limits
-        refusal: str | None = None
-        if self._open >= limits.max_connections:
-            refusal = "max_connections"
-        elif self._per_ip[ip] >= limits.max_connections_per_ip:
-            refusal = "max_connections_per_ip"
+        # Counted across every worker process (smtprelay.state).
+        refusal = await self._shared.open_connection(ip, limits.max_connections,
+                                                     limits.max_connections_per_ip)
         if refusal is not None:
-            metrics.CONNECTIONS_REFUSED.labels(reason=refusal).inc()
-            log.warning("refused connection client=%s listener=%s reason=%s", ip, name, refusal)
+            metrics.CONNECTIONS_REFUSED.labels(reason=refusal.value).inc()
+            log.warning("refused connection client=%s listener=%s reason=%s", ip, name,
+                        refusal.value)
             await _refuse(writer, R.TOO_MANY_CONNECTIONS)
             return
         gate = settings.gate
-        if gate is not None:
-            gated = gate.connect(ip)
-            if gated is not None:
-                metrics.CONNECTIONS_REFUSED.labels(reason="listener_per_ip").inc()
-                await _refuse(writer, gated)
-                return
-        self._open += 1
-        self._per_ip[ip] += 1
+        gated = gate.connect(ip) if gate is not None else None
+        if gated is not None:
+            await self._shared.close_connection(ip)
+            metrics.CONNECTIONS_REFUSED.labels(reason="listener_per_ip").inc()
+            await _refuse(writer, gated)
+            return
         metrics.CONNECTIONS_OPEN.labels(listener=name).inc()
         metrics.CONNECTIONS_TOTAL.labels(listener=name).inc()
         task = asyncio.current_task()
@@ -209,10 +207,7 @@ class SMTPServer:
         finally:
             if gate is not None:
                 gate.disconnect(ip)
-            self._open -= 1
-            self._per_ip[ip] -= 1
-            if self._per_ip[ip] <= 0:
-                del self._per_ip[ip]
+            await self._shared.close_connection(ip)
             metrics.CONNECTIONS_OPEN.labels(listener=name).dec()
             # No wait_closed(): a TLS peer that never answers close_notify would hold
             # the task (and a shutdown) for nothing; the transport finishes on its own.

@@ -30,6 +30,24 @@ class SendLimits:
     max_24h_send: int  # recipients per rolling 24 hours
 
 
+class ConnectionRefusal(StrEnum):
+    TOTAL = "max_connections"
+    PER_IP = "max_connections_per_ip"
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutPolicy:
+    """When failed AUTHs lock (config.AuthConfig): failures within `window` seconds
+    lock for `lockout` seconds."""
+
+    per_ip: int  # from one client address, any user name
+    per_user: int  # for one user name at one address
+    per_user_everywhere: int  # for one user name, from at least min_addresses addresses
+    min_addresses: int
+    window: float
+    lockout: float
+
+
 class SharedState(Protocol):
     async def reserve_send(self, account: str, recipients: int, daily: int,
                            limits: SendLimits | None) -> SendVerdict:
@@ -45,3 +63,23 @@ class SharedState(Protocol):
 
     async def sent_last_24h(self, account: str) -> int:
         """Recipients counted in the rolling 24 hours (held ones not included)."""
+
+    async def auth_locked_for(self, ip: str, username: str | None) -> float:
+        """Seconds until this client address, or this user name at it, may try AUTH
+        again; 0 when not locked."""
+
+    async def auth_failure(self, ip: str, username: str | None,
+                           policy: LockoutPolicy) -> None:
+        """A failed AUTH from `ip` (as `username`, when one was given)."""
+
+    async def auth_success(self, ip: str, username: str) -> None:
+        """A good AUTH: it clears the (user, address) pair's failures, never the
+        address's own count."""
+
+    async def open_connection(self, ip: str, max_total: int,
+                              max_per_ip: int) -> ConnectionRefusal | None:
+        """Count an SMTP connection from `ip`, or say which limit it would pass (and
+        count nothing). Each counted one ends with close_connection."""
+
+    async def close_connection(self, ip: str) -> None:
+        """A connection open_connection counted has ended."""

@@ -10,11 +10,12 @@ rate buckets live in memory only (they refill within a second anyway).
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from smtprelay.state.api import SendLimits, SendVerdict
+from smtprelay.state.api import ConnectionRefusal, LockoutPolicy, SendLimits, SendVerdict
+from smtprelay.state.lockout import Lockout
 from smtprelay.state.usage import MINUTE, WINDOW, UsageStore
 
 
@@ -36,6 +37,9 @@ class LocalState:
         self._usage = usage
         self._clock = clock
         self._accounts: dict[str, _Account] = {}
+        self.lockout = Lockout()
+        self.connections = 0
+        self.connections_by_ip: Counter[str] = Counter()
 
     def load(self) -> None:
         """Read the last 24 hours of usage (blocking: in a thread at start-up)."""
@@ -116,3 +120,29 @@ class LocalState:
 
     async def sent_last_24h(self, account: str) -> int:
         return self.sent_now(account)
+
+    async def auth_locked_for(self, ip: str, username: str | None) -> float:
+        return self.lockout.locked_for(ip, username)
+
+    async def auth_failure(self, ip: str, username: str | None,
+                           policy: LockoutPolicy) -> None:
+        self.lockout.failure(ip, username, policy)
+
+    async def auth_success(self, ip: str, username: str) -> None:
+        self.lockout.success(ip, username)
+
+    async def open_connection(self, ip: str, max_total: int,
+                              max_per_ip: int) -> ConnectionRefusal | None:
+        if self.connections >= max_total:
+            return ConnectionRefusal.TOTAL
+        if self.connections_by_ip[ip] >= max_per_ip:
+            return ConnectionRefusal.PER_IP
+        self.connections += 1
+        self.connections_by_ip[ip] += 1
+        return None
+
+    async def close_connection(self, ip: str) -> None:
+        self.connections = max(0, self.connections - 1)
+        self.connections_by_ip[ip] -= 1
+        if self.connections_by_ip[ip] <= 0:
+            del self.connections_by_ip[ip]

@@ -1,15 +1,33 @@
-"""AUTH lockout (smtprelay.auth.lockout): per client address, per user name at an
+"""AUTH lockout (smtprelay.state.lockout): per client address, per user name at an
 address, and per user name everywhere only for a guess spread over many addresses."""
 
 from __future__ import annotations
 
-from smtprelay.auth.lockout import Lockout
+from smtprelay.state.api import LockoutPolicy
+from smtprelay.state.lockout import Lockout
 
 
-def lockout(now: list[float], **limits: int) -> Lockout:
-    settings = {"per_ip": 3, "per_user": 2, "per_user_everywhere": 4, "min_addresses": 2,
-                **limits}
-    return Lockout(window=60, lockout=100, clock=lambda: now[0], **settings)
+class Guard:
+    """A Lockout with one policy, as the authenticator calls it."""
+
+    def __init__(self, now: list[float], **limits: int) -> None:
+        settings = {"per_ip": 3, "per_user": 2, "per_user_everywhere": 4,
+                    "min_addresses": 2, **limits}
+        self.policy = LockoutPolicy(window=60, lockout=100, **settings)
+        self.lockout = Lockout(clock=lambda: now[0])
+
+    def failure(self, ip: str, username: str | None) -> None:
+        self.lockout.failure(ip, username, self.policy)
+
+    def success(self, ip: str, username: str) -> None:
+        self.lockout.success(ip, username)
+
+    def locked_for(self, ip: str, username: str | None) -> float:
+        return self.lockout.locked_for(ip, username)
+
+
+def lockout(now: list[float], **limits: int) -> Guard:
+    return Guard(now, **limits)
 
 
 def test_a_user_is_locked_at_the_guessing_address_not_everywhere() -> None:

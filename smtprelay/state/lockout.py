@@ -1,11 +1,14 @@
 """Failed-AUTH lockout: too many failures from one client address, for one user name
-at one address, or for one user name from many addresses."""
+at one address, or for one user name from many addresses (the local backend's; the
+limits come with each failure, state.api.LockoutPolicy)."""
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+
+from smtprelay.state.api import LockoutPolicy
 
 # Bounded so a scan from many addresses cannot grow memory without limit; the
 # oldest keys are forgotten first.
@@ -16,12 +19,7 @@ class _Window:
     """Failures per key over a sliding window; `limit` of them lock the key, counted
     only when they came from at least `min_addresses` client addresses."""
 
-    def __init__(self, limit: int, window: float, lockout: float, clock: Callable[[], float],
-                 min_addresses: int = 1) -> None:
-        self.limit = limit
-        self.window = window
-        self.lockout = lockout
-        self.min_addresses = min_addresses
+    def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._failures: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()
         self._locked_until: OrderedDict[str, float] = OrderedDict()
@@ -36,7 +34,8 @@ class _Window:
             return 0.0
         return remaining
 
-    def fail(self, key: str, address: str = "") -> None:
+    def fail(self, key: str, limit: int, window: float, lockout: float, address: str = "",
+             min_addresses: int = 1) -> None:
         now = self._clock()
         times = self._failures.get(key)
         if times is None:
@@ -45,11 +44,11 @@ class _Window:
                 self._failures.popitem(last=False)
         self._failures.move_to_end(key)
         times.append((now, address))
-        while times and times[0][0] <= now - self.window:
+        while times and times[0][0] <= now - window:
             times.popleft()
-        if len(times) >= self.limit and (
-                self.min_addresses <= 1 or len({a for _, a in times}) >= self.min_addresses):
-            self._locked_until[key] = now + self.lockout
+        if len(times) >= limit and (
+                min_addresses <= 1 or len({a for _, a in times}) >= min_addresses):
+            self._locked_until[key] = now + lockout
             self._locked_until.move_to_end(key)
             if len(self._locked_until) > _MAX_KEYS:
                 self._locked_until.popitem(last=False)
@@ -74,13 +73,10 @@ class Lockout:
     guess on without limit.
     """
 
-    def __init__(self, *, per_ip: int, per_user: int, window: float, lockout: float,
-                 per_user_everywhere: int = 100, min_addresses: int = 5,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._ips = _Window(per_ip, window, lockout, clock)
-        self._pairs = _Window(per_user, window, lockout, clock)
-        self._users = _Window(per_user_everywhere, window, lockout, clock,
-                              min_addresses=min_addresses)
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ips = _Window(clock)
+        self._pairs = _Window(clock)
+        self._users = _Window(clock)
 
     def locked_for(self, ip: str, username: str | None) -> float:
         """Seconds until this address, or this user name here, may try again; 0 when
@@ -91,11 +87,13 @@ class Lockout:
                        self._users.locked_for(username))
         return wait
 
-    def failure(self, ip: str, username: str | None) -> None:
-        self._ips.fail(ip)
+    def failure(self, ip: str, username: str | None, policy: LockoutPolicy) -> None:
+        window, lockout = policy.window, policy.lockout
+        self._ips.fail(ip, policy.per_ip, window, lockout)
         if username is not None:
-            self._pairs.fail(_pair(username, ip))
-            self._users.fail(username, ip)
+            self._pairs.fail(_pair(username, ip), policy.per_user, window, lockout)
+            self._users.fail(username, policy.per_user_everywhere, window, lockout, ip,
+                             policy.min_addresses)
 
     def success(self, ip: str, username: str) -> None:
         self._pairs.clear(_pair(username, ip))
