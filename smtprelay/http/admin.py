@@ -35,6 +35,7 @@ never meets a 400 for a value the document allows.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -137,6 +138,7 @@ def ses_errors(handler: Callable[[AdminAPI, web.Request], Awaitable[web.Response
     """A contact-list route: its refusals carry SES's exception name as their code,
     and a field SES's request names is named in the message."""
 
+    @functools.wraps(handler)
     async def route(api: AdminAPI, request: web.Request) -> web.Response:
         try:
             return await handler(api, request)

@@ -46,9 +46,10 @@ from smtprelay.policy.suppression import address_problem, normalise
 
 STATUSES: tuple[SubscriptionStatus, ...] = ("OPT_IN", "OPT_OUT")
 # AttributesData, in characters. SES documents no limit; this one keeps a contact's
-# row small (a million contacts) and a request body under the admin API's 64 KiB
-# even when every character is sent as a \\uXXXX escape.
-MAX_ATTRIBUTES = 10_000
+# row small (a million contacts) and a CreateContact body at its largest under the
+# admin API's 64 KiB even when each character is sent as the two \\uXXXX escapes of a
+# surrogate pair (12 bytes: 48 KiB for the attributes, 4 KiB for the address).
+MAX_ATTRIBUTES = 4096
 # A cursor is the last address of a page: at most as long as an address.
 MAX_CURSOR = 320
 # Contacts fetched at a time by an export, so that a million never sit in memory.

@@ -268,8 +268,8 @@ BAD_BODIES: list[tuple[dict[str, Any], int, str]] = [
      "AttributesData: the attributes must be a JSON object, not an array"),
     ({"EmailAddress": "a@x.test", "AttributesData": {"Name": "John"}}, 422,
      "AttributesData must be a string"),
-    ({"EmailAddress": "a@x.test", "AttributesData": json.dumps({"a": "x" * 10_000})}, 422,
-     "AttributesData: the attributes are 10009 characters; at most 10000"),
+    ({"EmailAddress": "a@x.test", "AttributesData": json.dumps({"a": "x" * 4096})}, 422,
+     "AttributesData: the attributes are 4105 characters; at most 4096"),
     ({"EmailAddress": "a@x.test", "AttributesData": "{\"a\": NaN}"}, 422,
      "AttributesData: the attributes are not JSON (NaN is not a JSON value)"),
     ({"EmailAddress": "a@x.test", "ContactListName": "theirs"}, 422,
@@ -285,6 +285,21 @@ def test_a_bad_create_is_a_bad_request_and_creates_nothing(
     assert error(admin.post(f"{NEWS}/contacts", body=body)) == (
         status, "BadRequestException", message)
     assert admin.get(f"{NEWS}/contacts").json["items"] == []
+
+
+def test_the_largest_contact_the_document_allows_fits_in_a_body(relay: RunningRelay) -> None:
+    """Every character a 12-byte surrogate pair escape, as json.dumps sends it: the
+    longest AttributesData and EmailAddress still fit the API's 64 KiB."""
+    attributes = '{"a": "' + "\U0001f600" * 4087 + '"}'
+    address = "\U0001f600" * 313 + "@x.test"
+    assert (len(attributes), len(address)) == (4096, 320)
+    body = {"EmailAddress": address, "AttributesData": attributes, "UnsubscribeAll": True,
+            "TopicPreferences": [{"TopicName": t["name"], "SubscriptionStatus": "OPT_OUT"}
+                                 for t in TOPICS]}
+    assert 50_000 < len(json.dumps(body)) < 64 * 1024
+    made = Admin(relay.http_port).post(f"{NEWS}/contacts", body=body)
+    assert made.status == 201, made.body
+    assert made.json["AttributesData"] == attributes
 
 
 def test_a_bad_update_changes_nothing(relay: RunningRelay) -> None:
