@@ -190,6 +190,7 @@ class Relay:
                                sink=self.engagements, admin=AdminServices(
                                    live=self.live, spool=self.spool,
                                    suppression=self.suppression, pauses=self.pauses,
+                                   contacts=self.contacts,
                                    wake_scheduler=self._wake_scheduler,
                                    reputation=self.reputation.state_of),
                                confirmer=self.publisher)

@@ -7,10 +7,16 @@ import datetime
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from smtprelay.config import Config, load_config
-from smtprelay.operations.errors import CONFIG_KEYS, NotConfigured, OperationError
+from smtprelay.operations.errors import (
+    CONFIG_KEYS,
+    ContactListNotFound,
+    NotConfigured,
+    OperationError,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -28,6 +34,9 @@ def refusal(exc: OperationError) -> str:
             "account", "accounts")
         return (f"{CONFIG_KEYS[exc.scope]}.{exc.name}: no such {what} in the configuration "
                 f"({listed}: {', '.join(exc.known) or 'none'})")
+    if isinstance(exc, ContactListNotFound):
+        return (f"contact_lists.{exc.name}: no such contact list in the configuration "
+                f"(lists: {', '.join(exc.known) or 'none'})")
     return str(exc)
 
 
@@ -74,3 +83,19 @@ def format_time(ts: float | None) -> str:
     if ts is None:
         return "-"
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def read_input(path: str) -> tuple[str, str]:
+    """A file an import reads, `-` for stdin: (text, display name). Bytes that are not
+    UTF-8 survive as surrogates so that the rows holding them are reported one by one
+    instead of failing the file."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+            name = "<stdin>"
+        else:
+            data = Path(path).read_bytes()
+            name = path
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return data.decode("utf-8-sig", errors="surrogateescape"), name

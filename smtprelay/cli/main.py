@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from smtprelay import __version__
 from smtprelay.cli import (
     admin_tokens,
+    contacts,
     credentials,
     dkim,
     dns_check,
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # In the order `smtprelay --help` lists them.
     for group in (serve, credentials, queue, dkim, tracking_keys, dns_check, suppression,
-                  feedback, stats, pauses):
+                  contacts, feedback, stats, pauses):
         group.register(sub, common, listing)
     send_probe.register(sub, common)
     admin_tokens.register(sub, common, listing)

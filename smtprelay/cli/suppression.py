@@ -14,12 +14,17 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Any
 
 # Imported here, not inside the commands: a command run as root switches to the owner
 # of data_dir before opening the database, and may then no longer read the install.
-from smtprelay.cli.common import CommandError, config_from, format_time, state_config
+from smtprelay.cli.common import (
+    CommandError,
+    config_from,
+    format_time,
+    read_input,
+    state_config,
+)
 from smtprelay.config import Config
 from smtprelay.operations import suppression as ops
 from smtprelay.operations.errors import NotSuppressed
@@ -146,27 +151,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 # -- import / export ---------------------------------------------------------------------
 
 
-def _read_input(path: str) -> tuple[str, str]:
-    """(text, display name). Bytes that are not UTF-8 survive as surrogates so that
-    the rows holding them are reported one by one instead of failing the file."""
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read()
-            name = "<stdin>"
-        else:
-            data = Path(path).read_bytes()
-            name = path
-    except OSError as exc:
-        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return data.decode("utf-8-sig", errors="surrogateescape"), name
-
-
 def cmd_import(args: argparse.Namespace) -> int:
     # Validate the account before reading a possibly large file, and read the file
     # before state_config: run as root, that drops to data_dir's owner, who may not
     # be able to read the operator's file.
     ops.check_account(config_from(args), args.account)
-    text, name = _read_input(args.file)
+    text, name = read_input(args.file)
     fmt = args.format or guess_format(None if args.file == "-" else args.file, text)
     try:
         result = (parse_csv if fmt == "csv" else parse_json)(text, name, args.account)

@@ -9,7 +9,13 @@ which SIGHUP swaps). The rest of smtprelay imports from here, not from the modul
 
 from smtprelay.config.accounts import SANDBOX_QUOTA, IdentityConfig, QuotaConfig
 from smtprelay.config.delivery import DelayConfig, RetryConfig
-from smtprelay.config.lists import ContactListConfig, SubscriptionStatus, TopicConfig, check_name
+from smtprelay.config.lists import (
+    NAME_PATTERN,
+    ContactListConfig,
+    SubscriptionStatus,
+    TopicConfig,
+    check_name,
+)
 from smtprelay.config.loading import ENV_CONFIG, ConfigError, LoadedConfig, load_config
 from smtprelay.config.schema import Config
 from smtprelay.config.server import (
@@ -37,6 +43,7 @@ from smtprelay.config.values import (
 
 __all__ = [
     "ENV_CONFIG",
+    "NAME_PATTERN",
     "NOTIFICATION_TYPES",
     "SANDBOX_QUOTA",
     "Config",

@@ -125,7 +125,19 @@ class Config(Model):
                     problems.append(
                         f"configuration_sets.{set_name}.{key}: {host} is not listed under "
                         "tracking_domains; add it there (with its certificate for https)")
+        owned: dict[str, str] = {}
         for list_name, contact_list in self.contact_lists.items():
+            # SES: "Only one contact list is allowed per AWS account." A list's topics
+            # are the account's subscription choices; a second list would be a second,
+            # separate set of them for the same people.
+            first = owned.setdefault(contact_list.account, list_name)
+            if first != list_name:
+                problems.append(
+                    f"contact_lists.{list_name}.account: account {contact_list.account!r} "
+                    f"already has contact list {first!r} (contact_lists.{first}); an "
+                    "account has one contact list, as in SES: make this list's topics "
+                    f"topics of {first!r} (up to 20) and remove contact_lists.{list_name}, "
+                    "or give it another account")
             if contact_list.account not in self.accounts:
                 problems.append(
                     f"contact_lists.{list_name}.account: {contact_list.account!r} is not an "

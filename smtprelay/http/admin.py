@@ -1,4 +1,5 @@
-"""The admin API under /api/v1: suppression list, queue, configuration-set pauses, statistics.
+"""The admin API under /api/v1: suppression list, queue, configuration-set pauses, statistics,
+contact lists.
 
 JSON in and out. Every route, ``/api/v1/openapi.json`` included, wants the bearer
 token (smtprelay.http.admin_auth); without a good one the answer is a 401 that is
@@ -12,7 +13,10 @@ Errors are ``{"error": {"code": ..., "message": ...}}``: 400 for a malformed que
 or body, 404 for an unknown account, address, message or set, 409 when the state
 forbids the change (already paused, nothing to retry), 422 for a well-formed body
 or address with a value the relay cannot take. Every request is logged once with
-the client's address and the route pattern; tokens never are.
+the client's address and the route pattern; tokens never are. The contact-list
+routes use SES's field names (EmailAddress, TopicPreferences, ...) and give their
+refusals SES's names as the code: NotFoundException (404), AlreadyExistsException
+(409), BadRequestException (400 and 422).
 
 Lists page with ``limit`` (1-1000, default 100) and ``cursor``: pass the previous
 answer's ``next_cursor`` to get the page after it (null: there is none). A cursor
@@ -31,12 +35,13 @@ never meets a 400 for a value the document allows.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
@@ -44,22 +49,25 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from smtprelay.config import ConfigSource
+from smtprelay.config import NAME_PATTERN, ConfigSource
 from smtprelay.http import admin_auth, openapi
 from smtprelay.http.tracking import client_ip, parse_ip
 from smtprelay.infra import metrics
+from smtprelay.operations import contacts as contact_ops
 from smtprelay.operations import pauses as pause_ops
 from smtprelay.operations import queue as queue_ops
 from smtprelay.operations import stats as stats_ops
 from smtprelay.operations import suppression as suppression_ops
 from smtprelay.operations.errors import (
     AlreadyPaused,
+    BadContact,
     Conflict,
     NotConfigured,
     NotFound,
     OperationError,
 )
 from smtprelay.operations.paging import Page
+from smtprelay.policy.contacts import SQLiteContactStore
 from smtprelay.policy.pauses import PausedSets, Scope
 from smtprelay.policy.reputation import Judgement
 from smtprelay.policy.suppression import REASONS, Reason, SQLiteSuppressionStore, address_problem
@@ -76,12 +84,21 @@ _UNAUTHORIZED_BODY = {"error": {"code": "unauthorized",
                                 "message": "a valid bearer token is required"}}
 
 _ADDRESS = re.compile(openapi.ADDRESS_PATTERN)
+_NAME = re.compile(NAME_PATTERN)
+_CURSOR = re.compile(openapi.CURSOR_PATTERN)
 _WINDOW = re.compile(openapi.WINDOW_PATTERN)
 _LIMIT = re.compile(r"^[0-9]+$")
 _WINDOW_UNITS = {"m": 60, "h": 3600, "d": 86400}
 _STATUS_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed",
                  409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
                  422: "unprocessable", 500: "internal"}
+
+
+# The contact-list routes' codes: SES's exception names for the same refusals.
+_SES_CODES = {400: "BadRequestException", 404: "NotFoundException",
+              409: "AlreadyExistsException", 422: "BadRequestException"}
+_CONTACT_FIELDS: dict[str, type] = {"TopicPreferences": list, "UnsubscribeAll": bool,
+                                    "AttributesData": str}
 
 
 def is_admin_path(path: str) -> bool:
@@ -116,6 +133,27 @@ def _fail(status: int, message: str) -> NoReturn:
     raise APIError(status, message)
 
 
+def ses_errors(handler: Callable[[AdminAPI, web.Request], Awaitable[web.Response]]
+               ) -> Callable[[AdminAPI, web.Request], Awaitable[web.Response]]:
+    """A contact-list route: its refusals carry SES's exception name as their code,
+    and a field SES's request names is named in the message."""
+
+    @functools.wraps(handler)
+    async def route(api: AdminAPI, request: web.Request) -> web.Response:
+        try:
+            return await handler(api, request)
+        except BadContact as exc:
+            raise APIError(422, f"{exc.field}: {exc}", _SES_CODES[422]) from None
+        except OperationError as exc:
+            failure = refusal(exc)
+        except APIError as exc:
+            failure = exc
+        raise APIError(failure.status, failure.message,
+                       _SES_CODES.get(failure.status, failure.code))
+
+    return route
+
+
 @dataclass
 class AdminServices:
     """What the admin API works on: the daemon's own objects."""
@@ -124,6 +162,7 @@ class AdminServices:
     spool: Spool
     suppression: SQLiteSuppressionStore
     pauses: PausedSets
+    contacts: SQLiteContactStore
     wake_scheduler: Callable[[], None] = lambda: None
     # The reputation guard's last judgement of ("set" | "account", name), or None.
     reputation: Callable[[str, str], Judgement | None] = lambda scope, name: None
@@ -302,6 +341,14 @@ class AdminAPI:
         r.add_get(f"{accounts}/{{account}}", self.account_get)
         r.add_post(f"{accounts}/{{account}}/pause", self.account_pause)
         r.add_post(f"{accounts}/{{account}}/resume", self.account_resume)
+        lists = f"{PREFIX}/contact-lists"
+        r.add_get(lists, self.contact_lists)
+        r.add_get(f"{lists}/{{list}}", self.contact_list)
+        r.add_get(f"{lists}/{{list}}/contacts", self.contacts_list)
+        r.add_post(f"{lists}/{{list}}/contacts", self.contact_create)
+        r.add_get(f"{lists}/{{list}}/contacts/{{address:.+}}", self.contact_get)
+        r.add_put(f"{lists}/{{list}}/contacts/{{address:.+}}", self.contact_update)
+        r.add_delete(f"{lists}/{{list}}/contacts/{{address:.+}}", self.contact_delete)
 
     async def openapi_json(self, _request: web.Request) -> web.Response:
         return web.json_response(self.document)
@@ -474,3 +521,114 @@ class AdminAPI:
             "accounts": [{"account": account, **counts.as_json()}
                          for account, counts in report.accounts],
         })
+
+    # -- contact lists (SES's list management) ------------------------------------------------
+    #
+    # The lists are the configuration's; their contacts are the state database's, which
+    # the send path reads for every list message. A change here makes no Subscription
+    # event: SES publishes one only for the recipient's own change (the unsubscribe
+    # link or header).
+
+    @ses_errors
+    async def contact_lists(self, _request: web.Request) -> web.Response:
+        found = contact_ops.lists(self._services.live.config)
+        return web.json_response({"items": [item.as_json() for item in found]})
+
+    @ses_errors
+    async def contact_list(self, request: web.Request) -> web.Response:
+        found = contact_ops.contact_list(self._services.live.config, request.match_info["list"])
+        return web.json_response(found.as_json())
+
+    @ses_errors
+    async def contacts_list(self, request: web.Request) -> web.Response:
+        config = self._services.live.config
+        name = request.match_info["list"]
+        settings = contact_ops.find_list(config, name)
+        limit = parse_limit(request)
+        status = _choice(request, "status", contact_ops.STATUSES)
+        topic = request.query.get("topic")
+        if topic is not None and _NAME.search(topic) is None:
+            _fail(400, "topic must be a topic name: 1-64 letters, digits, '-' and '_'")
+        use_default = _choice(request, "use_default", ("true", "false")) == "true"
+        cursor = request.query.get("cursor")
+        if cursor is not None and (len(cursor) > contact_ops.MAX_CURSOR
+                                   or _CURSOR.search(cursor) is None):
+            _fail(400, str(contact_ops.BadCursor()))
+        where = contact_ops.make_filter(config, name, status=status, topic=topic,
+                                        use_default=use_default)
+        found = await asyncio.to_thread(contact_ops.page, self._services.contacts, config,
+                                        name, where=where, limit=limit, after=cursor)
+        return web.json_response(page_json(
+            found, lambda contact: contact_ops.contact_json(contact, settings)))
+
+    @ses_errors
+    async def contact_get(self, request: web.Request) -> web.Response:
+        config = self._services.live.config
+        name = request.match_info["list"]
+        settings = contact_ops.find_list(config, name)
+        contact = await asyncio.to_thread(contact_ops.get, self._services.contacts, config,
+                                          name, request.match_info["address"])
+        return web.json_response(contact_ops.contact_json(contact, settings))
+
+    @ses_errors
+    async def contact_create(self, request: web.Request) -> web.Response:
+        config = self._services.live.config
+        name = request.match_info["list"]
+        settings = contact_ops.find_list(config, name)  # an unknown list: 404 before the body
+        body = await read_body(request, {"EmailAddress": str, **_CONTACT_FIELDS})
+        address = body.get("EmailAddress")
+        if address is None:
+            _fail(422, "EmailAddress is required")
+        # The document's pattern, which generated clients check too; the operation
+        # checks the rest (and says why for an address the pattern lets through).
+        if _ADDRESS.search(address) is None:
+            _fail(422, "EmailAddress: " + (address_problem(address) or (
+                f"{address!r} is not an email address a contact can have (one @, a domain, "
+                "no spaces or control characters, at most 320 characters)")))
+        made = await asyncio.to_thread(
+            contact_ops.create, self._services.contacts, config, name, address,
+            topics=_preferences(body.get("TopicPreferences", [])),
+            unsubscribe_all=body.get("UnsubscribeAll", False),
+            attributes=body.get("AttributesData"))
+        log.info("admin api: contact list=%s added %s", name, made.address)
+        return web.json_response(contact_ops.contact_json(made, settings), status=201)
+
+    @ses_errors
+    async def contact_update(self, request: web.Request) -> web.Response:
+        config = self._services.live.config
+        name = request.match_info["list"]
+        settings = contact_ops.find_list(config, name)
+        body = await read_body(request, _CONTACT_FIELDS)
+        given = body.get("TopicPreferences")
+        changed = await asyncio.to_thread(
+            contact_ops.update, self._services.contacts, config, name,
+            request.match_info["address"],
+            topics=None if given is None else _preferences(given),
+            replace_topics=given is not None, unsubscribe_all=body.get("UnsubscribeAll"),
+            attributes=body.get("AttributesData"))
+        log.info("admin api: contact list=%s changed %s (%s)", name, changed.address,
+                 ", ".join(sorted(body)) or "nothing")
+        return web.json_response(contact_ops.contact_json(changed, settings))
+
+    @ses_errors
+    async def contact_delete(self, request: web.Request) -> web.Response:
+        config = self._services.live.config
+        name = request.match_info["list"]
+        address = await asyncio.to_thread(contact_ops.delete, self._services.contacts, config,
+                                          name, request.match_info["address"])
+        log.info("admin api: contact list=%s deleted %s", name, address)
+        return web.json_response({"ContactListName": name, "EmailAddress": address,
+                                  "Deleted": True})
+
+
+def _preferences(value: list[Any]) -> list[tuple[str, str | None]]:
+    """SES's TopicPreferences, [{"TopicName": ..., "SubscriptionStatus": ...}], as pairs
+    (the operation checks the names and statuses)."""
+    pairs: list[tuple[str, str | None]] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or set(item) != {"TopicName", "SubscriptionStatus"} \
+                or not all(isinstance(v, str) for v in item.values()):
+            _fail(422, f"TopicPreferences[{index}] must be {{\"TopicName\": ..., "
+                       "\"SubscriptionStatus\": \"OPT_IN\" | \"OPT_OUT\"}")
+        pairs.append((item["TopicName"], item["SubscriptionStatus"]))
+    return pairs

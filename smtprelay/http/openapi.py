@@ -12,6 +12,8 @@ import copy
 from typing import Any
 
 from smtprelay import __version__
+from smtprelay.config import NAME_PATTERN
+from smtprelay.operations.contacts import MAX_ATTRIBUTES, MAX_CURSOR, STATUSES
 from smtprelay.policy.suppression import REASONS
 from smtprelay.spool import set_stats
 from smtprelay.spool.model import FILTER_STATES
@@ -26,6 +28,8 @@ WINDOW_PATTERN = r"^([1-9][0-9]{0,5})([mhd])$"
 QUEUE_STATES: tuple[str, ...] = FILTER_STATES
 MAX_PAUSE_REASON = 1000
 MAX_LIMIT = 1000
+# A contacts cursor: an address a page ended with (no control characters).
+CURSOR_PATTERN = "^[^\\x00-\\x1f\\x7f]*$"
 
 _JSON = "application/json"
 
@@ -73,6 +77,10 @@ _MESSAGE_ID = _param("message_id", "path", {"type": "string", "minLength": 1},
                      "The relay's message id, as in the `250 Ok <id>` reply.")
 _SET_NAME = _param("name", "path", {"type": "string", "minLength": 1},
                    "A configuration set's name.")
+_LIST = _param("list", "path", {"type": "string", "minLength": 1},
+               "A contact list under `contact_lists` in the configuration.")
+_CONTACT_ADDRESS = _param("address", "path", {"type": "string", "minLength": 1},
+                          "The contact's email address (the domain in any case).")
 _LIMIT = _param("limit", "query",
                 {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
                 "Items per page.")
@@ -106,6 +114,29 @@ _RATES = {
     },
     "required": ["bounce", "complaint", "open", "click"],
     "additionalProperties": False,
+}
+
+_STATUS = {"enum": list(STATUSES)}
+_TOPIC_PREFERENCE = {
+    "type": "object",
+    "properties": {"TopicName": {"type": "string", "pattern": NAME_PATTERN},
+                   "SubscriptionStatus": _STATUS},
+    "required": ["TopicName", "SubscriptionStatus"], "additionalProperties": False,
+}
+_ATTRIBUTES_DATA = {
+    "type": "string", "maxLength": MAX_ATTRIBUTES,
+    "contentMediaType": "application/json", "contentSchema": {"type": "object"},
+    "description": "A JSON object, as text (SES's AttributesData): metadata about the "
+                   "contact, kept and shown as given.",
+}
+_CONTACT_BODY_FIELDS: dict[str, Any] = {
+    "TopicPreferences": {
+        "type": "array", "items": _ref("TopicPreference"),
+        "description": "Explicit preferences, each for a topic of the list; a topic not "
+                       "named follows its default."},
+    "UnsubscribeAll": {"type": "boolean",
+                       "description": "true: no mail of the list reaches the contact."},
+    "AttributesData": _ATTRIBUTES_DATA,
 }
 
 _SCHEMAS: dict[str, Any] = {
@@ -297,6 +328,83 @@ _SCHEMAS: dict[str, Any] = {
                        "until": {"type": "number"}},
         "required": ["seconds", "since", "until"], "additionalProperties": False,
     },
+    "TopicPreference": _TOPIC_PREFERENCE,
+    "Topic": {
+        "type": "object",
+        "properties": {"TopicName": {"type": "string"}, "DisplayName": {"type": "string"},
+                       "Description": {"type": "string"},
+                       "DefaultSubscriptionStatus": _STATUS},
+        "required": ["TopicName", "DisplayName", "Description", "DefaultSubscriptionStatus"],
+        "additionalProperties": False,
+    },
+    "ContactList": {
+        "type": "object",
+        "properties": {
+            "ContactListName": {"type": "string"},
+            "Account": {"type": "string", "description": "The account whose mail may name "
+                                                         "the list (one list per account)."},
+            "Description": {"type": "string"},
+            "Topics": {"type": "array", "items": _ref("Topic")},
+        },
+        "required": ["ContactListName", "Account", "Description", "Topics"],
+        "additionalProperties": False,
+    },
+    "ContactListList": {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": _ref("ContactList")}},
+        "required": ["items"], "additionalProperties": False,
+    },
+    "Contact": {
+        "type": "object",
+        "properties": {
+            "ContactListName": {"type": "string"},
+            "EmailAddress": {"type": "string"},
+            "UnsubscribeAll": {"type": "boolean"},
+            "TopicPreferences": {"type": "array", "items": _ref("TopicPreference"),
+                                 "description": "The contact's explicit preferences."},
+            "TopicDefaultPreferences": {"type": "array", "items": _ref("TopicPreference"),
+                                        "description": "Each topic's default, which "
+                                                       "applies where the contact has no "
+                                                       "preference."},
+            "AttributesData": {"type": "string"},
+            "CreatedTimestamp": {"type": "number"},
+            "LastUpdatedTimestamp": {"type": "number"},
+        },
+        "required": ["ContactListName", "EmailAddress", "UnsubscribeAll", "TopicPreferences",
+                     "TopicDefaultPreferences", "AttributesData", "CreatedTimestamp",
+                     "LastUpdatedTimestamp"],
+        "additionalProperties": False,
+    },
+    "ContactPage": {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": _ref("Contact")},
+                       "next_cursor": _nullable({"type": "string"})},
+        "required": ["items", "next_cursor"], "additionalProperties": False,
+    },
+    "CreateContact": {
+        "type": "object",
+        "properties": {
+            "EmailAddress": {"type": "string", "pattern": ADDRESS_PATTERN,
+                             "maxLength": MAX_ADDRESS},
+            **_CONTACT_BODY_FIELDS,
+        },
+        "required": ["EmailAddress"], "additionalProperties": False,
+    },
+    "UpdateContact": {
+        "type": "object",
+        "description": "What is given replaces what the contact has (TopicPreferences: all "
+                       "of its explicit preferences, as SES's UpdateContact); what is left "
+                       "out stays.",
+        "properties": _CONTACT_BODY_FIELDS,
+        "additionalProperties": False,
+    },
+    "ContactDeleted": {
+        "type": "object",
+        "properties": {"ContactListName": {"type": "string"},
+                       "EmailAddress": {"type": "string"}, "Deleted": {"const": True}},
+        "required": ["ContactListName", "EmailAddress", "Deleted"],
+        "additionalProperties": False,
+    },
     "Counts": _COUNTS,
     "Rates": _RATES,
     "SetStats": {
@@ -347,14 +455,15 @@ _RESPONSES: dict[str, Any] = {
         "content": {_JSON: {"schema": _ref("Error")}},
     },
     "BadRequest": _error_response("A malformed query parameter or a body that is not JSON."),
-    "NotFound": _error_response("No such account, address, message, set or route."),
+    "NotFound": _error_response("No such account, address, message, set, contact list, "
+                                "topic, contact or route."),
     "MethodNotAllowed": {
         "description": "The route exists, not with this method.",
         "headers": {"Allow": {"required": True, "schema": {"type": "string"}}},
         "content": {_JSON: {"schema": _ref("Error")}},
     },
     "Conflict": _error_response("The state forbids it (already paused, not paused, "
-                                "nothing to retry)."),
+                                "nothing to retry, the contact exists)."),
     "TooLarge": _error_response("The body is over 64 KiB."),
     "UnsupportedMediaType": _error_response("A body that is not sent as application/json."),
     "Unprocessable": _error_response("A JSON body or address with a value the relay "
@@ -483,6 +592,64 @@ _PATHS: dict[str, Any] = {
         "summary": "Lift an account's pause (manual or reputation).",
         "parameters": [_ACCOUNT],
         "responses": {**_ok("Resumed.", "Account"), **_errors(404, 409)}}},
+    "/contact-lists": {"get": {
+        "operationId": "listContactLists",
+        "summary": "The contact lists of the configuration, with their topics.",
+        "responses": {**_ok("The lists.", "ContactListList"), **_errors()}}},
+    "/contact-lists/{list}": {"get": {
+        "operationId": "getContactList", "summary": "One contact list and its topics.",
+        "parameters": [_LIST],
+        "responses": {**_ok("The list.", "ContactList"), **_errors(404)}}},
+    "/contact-lists/{list}/contacts": {
+        "get": {
+            "operationId": "listContacts",
+            "summary": "A list's contacts in address order (SES ListContacts), filtered by "
+                       "subscription status and topic.",
+            "parameters": [
+                _LIST,
+                _param("status", "query", _STATUS,
+                       "SES's FilteredStatus. Without topic: OPT_OUT lists the contacts "
+                       "who unsubscribed from the whole list, OPT_IN the others. With "
+                       "topic: the status a message of the topic meets (OPT_OUT for a "
+                       "contact unsubscribed from the whole list)."),
+                _param("topic", "query", {"type": "string", "pattern": NAME_PATTERN},
+                       "SES's TopicFilter.TopicName: a topic of the list (404 otherwise). "
+                       "Alone, it lists the contacts with a preference for the topic."),
+                _param("use_default", "query", {"type": "boolean", "default": False},
+                       "SES's UseDefaultIfPreferenceUnavailable: with topic, a contact "
+                       "without a preference for it counts with the topic's default; "
+                       "false: only explicit preferences count. Ignored without topic."),
+                _LIMIT,
+                _param("cursor", "query", {"type": "string", "maxLength": MAX_CURSOR,
+                                           "pattern": CURSOR_PATTERN},
+                       "`next_cursor` of the previous page: the page starts after this "
+                       "address.")],
+            "responses": {**_ok("A page of contacts.", "ContactPage"), **_errors(400, 404)}},
+        "post": {
+            "operationId": "createContact",
+            "summary": "Add a contact to the list (SES CreateContact); 409 if it is on it.",
+            "parameters": [_LIST],
+            "requestBody": _body("CreateContact", required=True),
+            "responses": {**_ok("Created.", "Contact", "201"),
+                          **_errors(400, 404, 409, 413, 415, 422)}},
+    },
+    "/contact-lists/{list}/contacts/{address}": {
+        "get": {
+            "operationId": "getContact", "summary": "One contact (SES GetContact).",
+            "parameters": [_LIST, _CONTACT_ADDRESS],
+            "responses": {**_ok("The contact.", "Contact"), **_errors(404)}},
+        "put": {
+            "operationId": "updateContact",
+            "summary": "Change a contact's preferences or attributes (SES UpdateContact).",
+            "parameters": [_LIST, _CONTACT_ADDRESS],
+            "requestBody": _body("UpdateContact", required=False),
+            "responses": {**_ok("Updated.", "Contact"), **_errors(400, 404, 413, 415, 422)}},
+        "delete": {
+            "operationId": "deleteContact",
+            "summary": "Take a contact off the list (SES DeleteContact).",
+            "parameters": [_LIST, _CONTACT_ADDRESS],
+            "responses": {**_ok("Deleted.", "ContactDeleted"), **_errors(404)}},
+    },
     "/stats": {"get": {
         "operationId": "getStats",
         "summary": "Counts and rates per set (null: no set) and per account.",
@@ -498,8 +665,9 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "smtprelay admin API",
             "version": __version__,
-            "description": "Suppression list, queue, configuration-set pauses and "
-                           "statistics of one smtprelay node. See docs/admin-api.md.",
+            "description": "Suppression list, queue, configuration-set and account "
+                           "pauses, statistics and contact lists of one smtprelay node. "
+                           "See docs/admin-api.md.",
         },
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}],

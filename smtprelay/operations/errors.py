@@ -4,7 +4,10 @@ Each front end says these its own way: the CLI as one line on stderr in the word
 of its flags and an exit status of 1, the admin API as a status code (404 for
 `NotConfigured` and `NotFound`, 409 for `Conflict`, 422 for `Invalid`) with its
 JSON error. So `str()` of each is one plain sentence naming no front end, and every
-detail a front end may want to say differently is an attribute.
+detail a front end may want to say differently is an attribute. The contact lists'
+refusals are SES's too: NotFoundException (`ContactListNotFound`, `TopicNotFound`,
+`ContactNotFound`), AlreadyExistsException (`ContactExists`) and BadRequestException
+(`BadContact`, `Invalid`).
 """
 
 from __future__ import annotations
@@ -58,8 +61,43 @@ class NotSuppressed(NotFound):
         self.address = address  # as asked for, not normalised
 
 
+class ContactListNotFound(NotFound):
+    """`name` is not a list under `contact_lists` (`known`: the configured ones)."""
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        super().__init__(f"no contact list {name!r} in the configuration "
+                         f"(contact_lists.{name})")
+        self.name = name
+        self.known = tuple(sorted(known))
+
+
+class TopicNotFound(NotFound):
+    """A topic the list does not have (`known`: its topics), as the send path says it."""
+
+    def __init__(self, contact_list: str, topic: str, known: Iterable[str]) -> None:
+        self.known = tuple(known)
+        super().__init__(f"Topic {topic} does not exist in contact list {contact_list} "
+                         f"(its topics: {', '.join(self.known) or 'none'})")
+        self.contact_list = contact_list
+        self.topic = topic
+
+
+class ContactNotFound(NotFound):
+    def __init__(self, contact_list: str, address: str) -> None:
+        super().__init__(f"{address} is not a contact of list {contact_list!r}")
+        self.contact_list = contact_list
+        self.address = address  # as asked for, not normalised
+
+
 class Conflict(OperationError):
     """The state forbids the change."""
+
+
+class ContactExists(Conflict):
+    def __init__(self, contact_list: str, address: str) -> None:
+        super().__init__(f"{address} is already a contact of list {contact_list!r}")
+        self.contact_list = contact_list
+        self.address = address  # as stored (normalised)
 
 
 class AlreadyPaused(Conflict, pauses.AlreadyPaused):
@@ -98,6 +136,15 @@ class Invalid(OperationError):
 
 class BadAddress(Invalid):
     """Not an address a suppression list can hold; the message says why."""
+
+
+class BadContact(Invalid):
+    """A contact's field the list cannot take (`field`: SES's name for it, such as
+    TopicPreferences or AttributesData); the message says why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class BadReason(Invalid):

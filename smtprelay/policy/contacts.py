@@ -27,16 +27,18 @@ holds back later mail of that set, and only of that set.
 
 The contacts are kept in the state database (``SQLiteContactStore``), one row per
 (list, address), beside the suppression list; the lists themselves are configuration
-(``smtprelay.config.lists``).
+(``smtprelay.config.lists``). Operators change contacts with the admin API and the
+CLI (smtprelay.operations.contacts); the send path reads the table for every list
+message, so a change counts from the next message on.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from smtprelay.config import Config, ContactListConfig, SubscriptionStatus, TopicConfig, check_name
 from smtprelay.db import sqlite
@@ -52,6 +54,8 @@ _SET_SCOPE = "configuration-set:"
 
 # Bound on the host parameters of one `IN (...)` query (see policy.suppression).
 _IN_CHUNK = 500
+# Rows per transaction of an import (put_many), as policy.suppression.IMPORT_BATCH.
+IMPORT_BATCH = 10_000
 
 # Each entry moves the table one version on; never edit a released entry (the scripts
 # are split at semicolons: none in comments). topic_preferences is a JSON object
@@ -176,11 +180,89 @@ class Contact:
             return False
         return topic is None or self.status(topic) == "OPT_IN"
 
-    def as_json(self) -> dict[str, Any]:
-        return {"contact_list": self.contact_list, "address": self.address,
-                "unsubscribe_all": self.unsubscribe_all, "topic_preferences": dict(self.topics),
-                "attributes": json.loads(self.attributes), "created_at": self.created_at,
-                "updated_at": self.updated_at}
+
+
+@dataclass(frozen=True, slots=True)
+class ContactChange:
+    """What an operator (admin API, CLI, an import row) sets on one contact; what it
+    leaves out stays as it is (a new contact: subscribed, no preferences, ``{}``).
+    Checked by smtprelay.operations.contacts before it gets here."""
+
+    address: str
+    unsubscribe_all: bool | None = None
+    # Explicit preferences to set; None takes the topic's preference away (its
+    # default applies again).
+    topics: Mapping[str, SubscriptionStatus | None] = field(default_factory=dict)
+    # True: the contact's preferences are `topics` alone, the others go (SES's
+    # UpdateContact: "you must specify all existing topic preferences").
+    replace_topics: bool = False
+    attributes: str | None = None  # a JSON object's text
+
+    def applied(self, contact_list: str, before: Contact | None, at: float) -> Contact:
+        base = before or Contact(contact_list, normalise(self.address), created_at=at)
+        topics: dict[str, SubscriptionStatus] = {} if self.replace_topics else dict(base.topics)
+        for name, status in self.topics.items():
+            if status is None:
+                topics.pop(name, None)
+            else:
+                topics[name] = status
+        return Contact(
+            contact_list, base.address,
+            base.unsubscribe_all if self.unsubscribe_all is None else self.unsubscribe_all,
+            dict(sorted(topics.items())),
+            base.attributes if self.attributes is None else self.attributes,
+            base.created_at, at)
+
+
+@dataclass(frozen=True, slots=True)
+class ContactFilter:
+    """SES's ListContacts filter: `status` (FilteredStatus) and `topic` (TopicFilter's
+    TopicName) with `use_default` (UseDefaultIfPreferenceUnavailable).
+
+    Without a topic, the status is the list's: OPT_OUT is a contact who unsubscribed
+    from all of it. With a topic, it is the status a message of the topic meets:
+    OPT_OUT for a contact who unsubscribed from the whole list, else their
+    preference for the topic, or with `use_default` the topic's default when they
+    have none; without `use_default`, only contacts with a preference for the topic
+    are listed (SES: "only contacts with an explicitly set preference are
+    considered"). A topic alone lists those with a preference for it (every contact
+    with `use_default`)."""
+
+    status: SubscriptionStatus | None = None
+    topic: TopicConfig | None = None
+    use_default: bool = False
+
+    def sql(self) -> tuple[str, list[object]]:
+        """The condition (" AND ..." or "") and its parameters."""
+        if self.topic is None:
+            if self.status is None:
+                return "", []
+            return " AND unsubscribe_all = ?", [int(self.status == "OPT_OUT")]
+        # Topic names are [A-Za-z0-9_-] (config.lists.check_name): safe in a quoted
+        # JSON path, which the name still goes into as a parameter.
+        path = f'$."{self.topic.name}"'
+        where = ""
+        params: list[object] = []
+        if not self.use_default:
+            where += " AND json_extract(topic_preferences, ?) IS NOT NULL"
+            params.append(path)
+        if self.status is not None:
+            where += (" AND (CASE WHEN unsubscribe_all THEN 'OPT_OUT' ELSE"
+                      " coalesce(json_extract(topic_preferences, ?), ?) END) = ?")
+            params += [path, self.topic.default_subscription_status, self.status]
+        return where, params
+
+    def matches(self, contact: Contact) -> bool:
+        """The same test in Python (the store answers with sql(); tests compare)."""
+        if self.topic is None:
+            return self.status is None or contact.unsubscribe_all == (self.status == "OPT_OUT")
+        explicit = contact.topics.get(self.topic.name)
+        if explicit is None and not self.use_default:
+            return False
+        if self.status is None:
+            return True
+        status = "OPT_OUT" if contact.unsubscribe_all else contact.status(self.topic)
+        return status == self.status
 
 
 class ContactStore(Protocol):
@@ -284,6 +366,127 @@ class SQLiteContactStore(sqlite.Store):
                  json.dumps(dict(sorted(topics.items())), separators=(",", ":")),
                  after.attributes, after.created_at, after.updated_at))
         return before, after
+
+
+    # -- operators' changes (smtprelay.operations.contacts) ----------------------------
+
+    def create(self, contact_list: str, change: ContactChange, *,
+               at: float | None = None) -> Contact | None:
+        """A new contact; None when the list already has the address (nothing changes)."""
+        contact = change.applied(contact_list, None, time.time() if at is None else at)
+        with self._lock:
+            cursor = self.conn.execute(
+                "INSERT INTO contacts (contact_list, address, unsubscribe_all,"
+                " topic_preferences, attributes, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (contact_list, address) DO NOTHING",
+                _row(contact))
+            return contact if cursor.rowcount == 1 else None
+
+    def update(self, contact_list: str, change: ContactChange, *,
+               at: float | None = None) -> tuple[Contact, Contact] | None:
+        """Change a contact (before, after); None when there is none."""
+        when = time.time() if at is None else at
+        with self.transaction() as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM contacts"  # noqa: S608 - only ? marks
+                " WHERE contact_list = ? AND address = ?",
+                (contact_list, normalise(change.address))).fetchone()
+            if row is None:
+                return None
+            before = _contact(row)
+            after = change.applied(contact_list, before, when)
+            conn.execute(_UPSERT, _row(after))
+        return before, after
+
+    def delete(self, contact_list: str, address: str) -> bool:
+        """True if the list had the contact."""
+        with self._lock:
+            cursor = self.conn.execute(
+                "DELETE FROM contacts WHERE contact_list = ? AND address = ?",
+                (contact_list, normalise(address)))
+            return cursor.rowcount > 0
+
+    def page(self, contact_list: str, *, where: ContactFilter | None = None,
+             after: str | None = None, limit: int) -> list[Contact]:
+        """Contacts in address order, those after `after` (keyset paging)."""
+        condition, params = (where or ContactFilter()).sql()
+        sql = (f"SELECT {_COLUMNS} FROM contacts WHERE contact_list = ?"  # noqa: S608
+               + (" AND address > ?" if after is not None else "") + condition
+               + " ORDER BY address LIMIT ?")
+        values: list[object] = [contact_list, *([after] if after is not None else []),
+                                *params, max(0, limit)]
+        with self._lock:
+            rows = self.conn.execute(sql, values).fetchall()
+        return [_contact(row) for row in rows]
+
+    def iterate(self, contact_list: str, *, where: ContactFilter | None = None,
+                page: int = 5000) -> Iterator[Contact]:
+        """Every matching contact, a page at a time so memory stays flat (exports)."""
+        after: str | None = None
+        while True:
+            rows = self.page(contact_list, where=where, after=after, limit=page)
+            yield from rows
+            if len(rows) < page:
+                return
+            after = rows[-1].address
+
+    def count(self, contact_list: str) -> int:
+        with self._lock:
+            row = self.conn.execute("SELECT count(*) FROM contacts WHERE contact_list = ?",
+                                    (contact_list,)).fetchone()
+        return int(row[0])
+
+    def put_many(self, contact_list: str, changes: Iterable[ContactChange], *,
+                 at: float | None = None) -> tuple[int, int]:
+        """Create or change each contact (an import, SES's ContactListImportAction
+        PUT), in transactions of IMPORT_BATCH; (new, updated). Within a batch the
+        last change of an address wins."""
+        when = time.time() if at is None else at
+        new = updated = 0
+        batch: dict[str, ContactChange] = {}
+        for change in changes:
+            batch[normalise(change.address)] = change
+            if len(batch) >= IMPORT_BATCH:
+                counts = self._put_batch(contact_list, batch, when)
+                new, updated = new + counts[0], updated + counts[1]
+                batch = {}
+        if batch:
+            counts = self._put_batch(contact_list, batch, when)
+            new, updated = new + counts[0], updated + counts[1]
+        return new, updated
+
+    def _put_batch(self, contact_list: str, batch: dict[str, ContactChange],
+                   at: float) -> tuple[int, int]:
+        keys = sorted(batch)  # mostly sequential B-tree writes (see policy.suppression)
+        with self.transaction() as conn:
+            found: dict[str, Contact] = {}
+            for start in range(0, len(keys), _IN_CHUNK):
+                chunk = keys[start:start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for row in conn.execute(
+                        f"SELECT {_COLUMNS} FROM contacts"  # noqa: S608 - only ? marks
+                        f" WHERE contact_list = ? AND address IN ({marks})",
+                        (contact_list, *chunk)):
+                    contact = _contact(row)
+                    found[contact.address] = contact
+            conn.executemany(_UPSERT, (_row(batch[key].applied(contact_list, found.get(key), at))
+                                       for key in keys))
+        return len(keys) - len(found), len(found)
+
+
+_UPSERT = (
+    "INSERT INTO contacts (contact_list, address, unsubscribe_all, topic_preferences,"
+    " attributes, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (contact_list, address) DO UPDATE SET"
+    " unsubscribe_all = excluded.unsubscribe_all,"
+    " topic_preferences = excluded.topic_preferences,"
+    " attributes = excluded.attributes, updated_at = excluded.updated_at")
+
+
+def _row(contact: Contact) -> tuple[object, ...]:
+    return (contact.contact_list, contact.address, int(contact.unsubscribe_all),
+            json.dumps(dict(sorted(contact.topics.items())), separators=(",", ":")),
+            contact.attributes, contact.created_at, contact.updated_at)
 
 
 def _contact(row: tuple[object, ...]) -> Contact:

@@ -127,6 +127,34 @@ contact_lists:
     ]
 
 
+def test_an_account_has_one_contact_list_as_in_ses(tmp_path: Path) -> None:
+    found = problems(tmp_path, CONFIG + """
+  offers: {account: acme, unsubscribe_domain: links.example.com}
+  more: {account: acme, unsubscribe_domain: links.example.com}
+""")
+    assert found == [
+        f"contact_lists.{name}.account: account 'acme' already has contact list 'news' "
+        f"(contact_lists.news); an account has one contact list, as in SES: make this "
+        f"list's topics topics of 'news' (up to 20) and remove contact_lists.{name}, or "
+        "give it another account" for name in ("offers", "more")]
+    # One list each for two accounts is what SES allows.
+    assert sorted(load(tmp_path, CONFIG).contact_lists) == ["news", "theirs"]
+
+
+def test_check_config_names_both_lists(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from smtprelay.cli.main import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG + "  offers: {account: acme, unsubscribe_domain: "
+                             "links.example.com}\n")
+    assert main(["check-config", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"configuration {path} has 1 problem(s):" in err
+    assert ("  contact_lists.offers.account: account 'acme' already has contact list "
+            "'news' (contact_lists.news); an account has one contact list") in err
+
+
 # --- the header ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("value", "parsed"), [
