@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import hmac
@@ -16,7 +17,7 @@ from smtprelay.auth.credentials import Credential, CredentialStore
 from smtprelay.config import Config, ConfigSource, Derived
 from smtprelay.infra import metrics
 from smtprelay.infra.passwords import hash_password, verify_password
-from smtprelay.state.api import LockoutPolicy, SharedState
+from smtprelay.state.api import LockoutPolicy, SharedState, StateUnavailable
 from smtprelay.state.local import LocalState
 
 log = logging.getLogger("smtprelay.auth")
@@ -115,7 +116,12 @@ class Authenticator:
         return result
 
     async def _authenticate(self, username: str, password: str, client_ip: str) -> AuthResult:
-        wait = await self._shared.auth_locked_for(client_ip, username)
+        try:
+            wait = await self._shared.auth_locked_for(client_ip, username)
+        except StateUnavailable as exc:
+            # No lockout can be checked, so no password is tried: a temporary refusal.
+            log.error("auth unavailable client=%s: %s", client_ip, exc)
+            return AuthResult(Outcome.UNAVAILABLE)
         if wait > 0:
             log.warning("auth locked client=%s user=%s retry_after=%.0fs", client_ip,
                         await self._shown(username), wait)
@@ -143,7 +149,10 @@ class Authenticator:
         valid = await self._verify(cache_id, password, stored)
         if credential is None or not valid or credential.disabled \
                 or credential.account not in self._from_config().accounts:
-            await self._shared.auth_failure(client_ip, username, self._lockout)
+            try:
+                await self._shared.auth_failure(client_ip, username, self._lockout)
+            except StateUnavailable as exc:
+                log.error("auth failure of client=%s not counted: %s", client_ip, exc)
             reason = ("unknown user" if credential is None else
                       "disabled" if credential.disabled and valid else
                       "unknown account" if valid else "wrong password")
@@ -171,7 +180,8 @@ class Authenticator:
             return await asyncio.to_thread(verify_password, password, stored)
 
     async def _accepted(self, credential: Credential, client_ip: str) -> AuthResult:
-        await self._shared.auth_success(client_ip, credential.username)
+        with contextlib.suppress(StateUnavailable):  # it only clears a pair's failures
+            await self._shared.auth_success(client_ip, credential.username)
         return AuthResult(Outcome.OK, account=credential.account, username=credential.username)
 
 

@@ -21,7 +21,7 @@ from smtprelay.config import Config, ConfigSource, Derived, ListenerConfig
 from smtprelay.infra import metrics
 from smtprelay.mail import replies as R
 from smtprelay.smtp.session import ListenerSettings, PeerGate, Session
-from smtprelay.state.api import SharedState
+from smtprelay.state.api import SharedState, StateUnavailable
 from smtprelay.state.local import LocalState
 from smtprelay.submission.seam import SubmissionHandler
 
@@ -183,8 +183,14 @@ class SMTPServer:
         name = settings.listener.name
         limits = self._config.limits
         # Counted across every worker process (smtprelay.state).
-        refusal = await self._shared.open_connection(ip, limits.max_connections,
-                                                     limits.max_connections_per_ip)
+        try:
+            refusal = await self._shared.open_connection(ip, limits.max_connections,
+                                                         limits.max_connections_per_ip)
+        except StateUnavailable as exc:
+            metrics.CONNECTIONS_REFUSED.labels(reason="state_unavailable").inc()
+            log.error("refused connection client=%s listener=%s: %s", ip, name, exc)
+            await _refuse(writer, R.SERVICE_UNAVAILABLE)
+            return
         if refusal is not None:
             metrics.CONNECTIONS_REFUSED.labels(reason=refusal.value).inc()
             log.warning("refused connection client=%s listener=%s reason=%s", ip, name,
@@ -194,7 +200,8 @@ class SMTPServer:
         gate = settings.gate
         gated = gate.connect(ip) if gate is not None else None
         if gated is not None:
-            await self._shared.close_connection(ip)
+            with contextlib.suppress(StateUnavailable):
+                await self._shared.close_connection(ip)
             metrics.CONNECTIONS_REFUSED.labels(reason="listener_per_ip").inc()
             await _refuse(writer, gated)
             return
@@ -207,7 +214,8 @@ class SMTPServer:
         finally:
             if gate is not None:
                 gate.disconnect(ip)
-            await self._shared.close_connection(ip)
+            with contextlib.suppress(StateUnavailable):  # the backend gives it back
+                await self._shared.close_connection(ip)
             metrics.CONNECTIONS_OPEN.labels(listener=name).dec()
             # No wait_closed(): a TLS peer that never answers close_notify would hold
             # the task (and a shutdown) for nothing; the transport finishes on its own.

@@ -15,6 +15,12 @@ from enum import StrEnum
 from typing import Protocol
 
 
+class StateUnavailable(Exception):
+    """The backend cannot be reached (the supervisor's state service went away, Redis is
+    down): the caller answers with a temporary failure, never a permanent one and never
+    by skipping the limit."""
+
+
 class SendVerdict(StrEnum):
     OK = "ok"
     RATE = "rate"  # over max_send_rate (and its burst)

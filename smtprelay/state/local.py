@@ -131,8 +131,7 @@ class LocalState:
     async def auth_success(self, ip: str, username: str) -> None:
         self.lockout.success(ip, username)
 
-    async def open_connection(self, ip: str, max_total: int,
-                              max_per_ip: int) -> ConnectionRefusal | None:
+    def open_now(self, ip: str, max_total: int, max_per_ip: int) -> ConnectionRefusal | None:
         if self.connections >= max_total:
             return ConnectionRefusal.TOTAL
         if self.connections_by_ip[ip] >= max_per_ip:
@@ -141,8 +140,15 @@ class LocalState:
         self.connections_by_ip[ip] += 1
         return None
 
-    async def close_connection(self, ip: str) -> None:
+    def close_now(self, ip: str) -> None:
         self.connections = max(0, self.connections - 1)
         self.connections_by_ip[ip] -= 1
         if self.connections_by_ip[ip] <= 0:
             del self.connections_by_ip[ip]
+
+    async def open_connection(self, ip: str, max_total: int,
+                              max_per_ip: int) -> ConnectionRefusal | None:
+        return self.open_now(ip, max_total, max_per_ip)
+
+    async def close_connection(self, ip: str) -> None:
+        self.close_now(ip)

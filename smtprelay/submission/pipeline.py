@@ -46,6 +46,7 @@ from smtprelay.spool.store import (
     suppressed_diagnostic,
     unsubscribed_reason,
 )
+from smtprelay.state.api import StateUnavailable
 from smtprelay.submission.seam import Submission
 from smtprelay.transform import hygiene, tracking
 from smtprelay.transform.dkim import SigningKey
@@ -157,7 +158,13 @@ class Pipeline:
         # DATA: a refusal per recipient at RCPT lets a client send the message to the
         # others and drop the refused one silently (smtplib.sendmail does).
         # The mailbox simulator's recipients count against the rate, not the 24 h.
-        refusal = await self._quotas.reserve(account, len(recipients), daily)
+        try:
+            refusal = await self._quotas.reserve(account, len(recipients), daily)
+        except StateUnavailable as exc:
+            # Never sent over a limit nobody could check: the client keeps the message.
+            log.error("client=%s account=%s refused with 451: %s", submission.client.ip,
+                      account, exc)
+            return _refuse("state_unavailable", R.LOCAL_ERROR)
         if refusal is not None:
             reason = "rate" if refusal is R.RATE_EXCEEDED else "daily_quota"
             log.info("client=%s account=%s refused: %s (%d recipients)",
@@ -167,8 +174,13 @@ class Pipeline:
         try:
             reply = await self._submit(submission, simulated)
         finally:
-            await self._quotas.settle(account, len(recipients), daily,
-                                      sent=reply.is_success)
+            try:
+                await self._quotas.settle(account, len(recipients), daily,
+                                          sent=reply.is_success)
+            except StateUnavailable as exc:
+                # The backend gives back what a lost worker held; a count lost here is
+                # at most this message's.
+                log.error("msg quota of account=%s not settled: %s", account, exc)
         return reply
 
     async def _submit(self, submission: Submission, simulated: list[int]) -> Reply:
