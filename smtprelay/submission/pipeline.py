@@ -40,7 +40,6 @@ from smtprelay.spool.model import (
     new_message_id,
 )
 from smtprelay.spool.store import (
-    Spool,
     SpoolError,
     SpoolFullError,
     suppressed_diagnostic,
@@ -79,13 +78,22 @@ def header_addresses(fields: list[HeaderField]) -> dict[str, list[str]]:
     return found
 
 
+class AcceptingSpool(Protocol):
+    """What acceptance needs of the spool: the Spool itself in one process, a
+    spool.remote.RemoteSpool in a worker process."""
+
+    async def enqueue(self, message: NewMessage) -> None: ...
+
+    def count_later(self, counts: set_stats.Bump) -> None: ...
+
+
 class PipelineSource(ConfigSource, KeySource, SignerSource, Protocol):
     """What the pipeline reads for every message, swapped by a reload: the configuration,
     the tracking keys and the DKIM keys (the daemon's holder, smtprelay.app.live)."""
 
 
 class Pipeline:
-    def __init__(self, live: PipelineSource, spool: Spool, quotas: Quotas,
+    def __init__(self, live: PipelineSource, spool: AcceptingSpool, quotas: Quotas,
                  suppression: SuppressionStore, *,
                  paused_sets: Container[str] = frozenset(),
                  paused_accounts: Callable[[], Container[str]] = frozenset,

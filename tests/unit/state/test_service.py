@@ -10,10 +10,23 @@ from collections.abc import AsyncIterator
 import pytest
 
 from smtprelay.state.api import ConnectionRefusal, SendLimits, SendVerdict, StateUnavailable
+from smtprelay.state.channel import ChannelClient, ChannelServer
 from smtprelay.state.local import LocalState
-from smtprelay.state.service import StateClient, StateServer
+from smtprelay.state.service import Holdings, StateClient, serve_state
+
+
+class StateServer(ChannelServer[Holdings]):
+    """The supervisor's side: a channel serving one LocalState."""
+
+    def __init__(self, state: LocalState) -> None:
+        super().__init__(Holdings)
+        self.state = state
+        serve_state(self, state)
 
 LIMITS = SendLimits(max_send_rate=10, burst=10, max_24h_send=15)
+
+
+clients: list[ChannelClient] = []
 
 
 async def connect(server: StateServer,
@@ -23,13 +36,18 @@ async def connect(server: StateServer,
     reader, writer = await asyncio.open_connection(sock=theirs)
     server.serve(reader, writer, name)
     client_reader, client_writer = await asyncio.open_connection(sock=ours)
-    return StateClient(client_reader, client_writer), client_writer
+    channel = ChannelClient(client_reader, client_writer)
+    clients.append(channel)
+    return StateClient(channel), client_writer
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[StateServer]:
     server = StateServer(LocalState(clock=lambda: 1_000.0))
     yield server
+    for channel in clients:
+        await channel.close()
+    clients.clear()
     await server.close()
 
 
@@ -38,8 +56,6 @@ async def workers(served: StateServer) -> AsyncIterator[tuple[StateClient, State
     first, _ = await connect(served, "worker 0")
     second, _ = await connect(served, "worker 1")
     yield first, second
-    await first.close()
-    await second.close()
 
 
 async def test_two_workers_share_one_bucket_and_one_day(
@@ -84,7 +100,6 @@ async def test_a_dead_workers_holdings_are_given_back(served: StateServer) -> No
     # The held 10 went back to the 24 hours and the bucket: nothing was sent.
     assert await alive.reserve_send("acme", 10, 10, LIMITS) is SendVerdict.OK
     assert await alive.sent_last_24h("acme") == 0
-    await alive.close()
     with pytest.raises(StateUnavailable):
         await dead.open_connection("10.0.0.1", 100, 1)
 
@@ -92,19 +107,19 @@ async def test_a_dead_workers_holdings_are_given_back(served: StateServer) -> No
 async def test_a_call_in_flight_when_the_service_goes_fails_temporarily() -> None:
     ours, theirs = socket.socketpair()
     reader, writer = await asyncio.open_connection(sock=ours)
-    client = StateClient(reader, writer)
+    channel = ChannelClient(reader, writer)
+    client = StateClient(channel)
     pending = asyncio.ensure_future(client.auth_locked_for("10.0.0.1", "alice"))
     await asyncio.sleep(0)
     theirs.close()  # the supervisor died without answering
     with pytest.raises(StateUnavailable, match="went away"):
         await asyncio.wait_for(pending, 5)
-    await client.close()
+    await channel.close()
 
 
 async def test_an_unknown_operation_is_refused_and_the_stream_goes_on(
         served: StateServer) -> None:
     client, _ = await connect(served, "worker 0")
-    with pytest.raises(StateUnavailable, match="unknown state operation"):
-        await client._call("load")
+    with pytest.raises(StateUnavailable, match="unknown operation"):
+        await clients[-1].call("load")
     assert await client.auth_locked_for("10.0.0.1", None) == 0
-    await client.close()
