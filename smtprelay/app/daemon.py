@@ -10,6 +10,7 @@ import time
 
 from smtprelay.app import preflight, systemd
 from smtprelay.app.live import Live
+from smtprelay.app.workers import WorkerSet, worker_processes
 from smtprelay.auth.authenticator import Authenticator
 from smtprelay.auth.credentials import CredentialStore
 from smtprelay.config import Config, ConfigError, Derived
@@ -35,10 +36,13 @@ from smtprelay.policy.pauses import PausedSets, SQLitePauseStore
 from smtprelay.policy.quota import Quotas
 from smtprelay.policy.reputation import ReputationGuard
 from smtprelay.policy.suppression import SQLiteSuppressionStore
-from smtprelay.smtp.server import SMTPServer
+from smtprelay.smtp.server import SMTPServer, bind
 from smtprelay.spool import set_stats
+from smtprelay.spool.remote import serve_spool
 from smtprelay.spool.store import Spool
+from smtprelay.state.channel import ChannelServer
 from smtprelay.state.local import LocalState
+from smtprelay.state.service import Holdings, serve_state
 from smtprelay.state.usage import SQLiteUsageStore
 from smtprelay.submission.pipeline import Pipeline
 from smtprelay.transform.copies import CopyMaker
@@ -63,7 +67,9 @@ class Relay:
     built in `start()`, each after what it needs.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, path: str | None = None) -> None:
+        # The configuration file: worker processes (server.workers) read it themselves.
+        self.path = path
         self.live = Live(config)
         # DSNs to senders; the delivery mode and `delivery.dsn` need a restart.
         self._dsns = _dsn_factory(config)
@@ -99,6 +105,9 @@ class Relay:
         self.feedback_receiver: FeedbackReceiver | None = None
         self.feedback_processor: FeedbackProcessor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # server.workers > 1: the worker processes and the channel they call.
+        self.workers: WorkerSet | None = None
+        self._channel: ChannelServer[Holdings] | None = None
         self._ready = False
         self._depth_task: asyncio.Task[None] | None = None
         self._purge_task: asyncio.Task[None] | None = None
@@ -125,6 +134,8 @@ class Relay:
             # Renewed tracking-domain certificates (the listeners themselves stay);
             # from any thread, as tests call reload from theirs.
             asyncio.run_coroutine_threadsafe(self.http.reload_certificates(), self._loop)
+        if self.workers is not None:
+            self.workers.signal_all(signal.SIGHUP)  # each reads the file after us
 
     async def start(self) -> None:
         cfg = self.config
@@ -196,12 +207,37 @@ class Relay:
                                confirmer=self.publisher)
         await self.http.start()
         self.publisher.http_started()  # SubscriptionConfirmations can be answered now
-        await self.smtp.start()
+        count = worker_processes(cfg.server.workers)
+        if count > 1:
+            await self._start_workers(count)
+            await self.smtp.start(roles={"feedback"})
+        else:
+            await self.smtp.start()
         self._depth_task = asyncio.create_task(self._refresh_depth())
         self._purge_task = asyncio.create_task(self._purge_finished())
         self._pauses_task = asyncio.create_task(self.pauses.run())
         self._reputation_task = asyncio.create_task(self.reputation.run())
         self._ready = True
+
+    async def _start_workers(self, count: int) -> None:
+        """Bind the submission listeners and start `count` worker processes on them;
+        they hand their messages and ask their limits through one channel each."""
+        if self.path is None:
+            raise ConfigError("(configuration)", ["server.workers: worker processes read "
+                                                  "the configuration file; start the relay "
+                                                  "with `smtprelay serve -c FILE`"])
+        sockets = {}
+        for listener in self.config.listeners:
+            if listener.role == "submission":
+                sockets[listener.name] = bind(listener)
+                log.info("listening name=%s address=%s port=%s tls=%s workers=%d",
+                         listener.name, listener.address,
+                         sockets[listener.name].getsockname()[1], listener.tls, count)
+        self._channel = ChannelServer(Holdings)
+        serve_state(self._channel, self.shared)
+        serve_spool(self._channel, self.spool, on_spooled=self._wake_scheduler)
+        self.workers = WorkerSet(count, self.path, sockets, self._channel)
+        await self.workers.start()
 
     async def _refresh_pauses(self) -> None:
         try:
@@ -299,6 +335,10 @@ class Relay:
                      self._reputation_task):
             if task is not None:
                 task.cancel()
+        if self.workers is not None:
+            await self.workers.stop(grace)
+        if self._channel is not None:
+            await self._channel.close()
         if self.smtp is not None:
             await self.smtp.stop(grace)
         if self.feedback_processor is not None:
@@ -337,7 +377,7 @@ def _dsn_factory(config: Config) -> DSNFactory | None:
 
 
 async def serve(config: Config, path: str | None = None) -> None:
-    relay = Relay(config)
+    relay = Relay(config, path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

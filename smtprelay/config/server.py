@@ -31,6 +31,18 @@ class ServerConfig(Model):
     # per 50 KB newsletter); "auto": one per core up to 4, none on a single core. 0:
     # in the relay's own process.
     transform_workers: int | Literal["auto"] = "auto"
+    # Processes that serve the submission listeners (SMTP sessions, AUTH, policy,
+    # transforms), each with its own event loop on the same sockets; the relay's own
+    # process keeps the spool, delivery, events, the feedback and HTTP listeners and
+    # the shared counts. 1: one process does everything. "auto": one per CPU core.
+    workers: int | Literal["auto"] = 1
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError("must be between 1 and 64, or auto")
+        return value
 
     @field_validator("transform_workers")
     @classmethod

@@ -12,6 +12,10 @@ import time
 
 
 class _JSONFormatter(logging.Formatter):
+    def __init__(self, process: str | None = None) -> None:
+        super().__init__()
+        self.process = process
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -20,6 +24,8 @@ class _JSONFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self.process is not None:
+            entry["process"] = self.process
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -56,13 +62,17 @@ class _DeferredQueueHandler(logging.handlers.QueueHandler):
         return record
 
 
-def setup(level: str = "info", fmt: str = "text") -> None:
+def setup(level: str = "info", fmt: str = "text", process: str | None = None) -> None:
+    """`process`: which of the relay's processes logs ("worker1"), written in each line
+    after the level (JSON: "process"); None for the relay's own."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(_JSONFormatter())
+        handler.setFormatter(_JSONFormatter(process))
     else:
+        label = f"{process} " if process is not None else ""
         formatter = _TextFormatter(
-            "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+            f"%(asctime)s.%(msecs)03dZ %(levelname)s {label}%(name)s %(message)s",
+            "%Y-%m-%dT%H:%M:%S")
         formatter.converter = time.gmtime
         handler.setFormatter(formatter)
     # The event loop only puts records on a queue; a thread writes them, so a slow

@@ -231,3 +231,7 @@ FEEDBACK_REFUSED = Counter(
     "reason: connections_per_ip (421), messages_per_ip (450), bytes_per_ip (452), "
     "spool_reserve (452: it would eat into store.spool_reserve), disk_full (452)",
     ["reason"])
+
+WORKER_RESTARTS = Counter(
+    "smtprelay_worker_restarts_total",
+    "SMTP worker processes (server.workers) started again after they ended")

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import ssl
+from collections.abc import Container, Mapping
 from typing import Protocol
 
 from smtprelay.auth.authenticator import Authenticator
@@ -26,6 +27,8 @@ from smtprelay.state.local import LocalState
 from smtprelay.submission.seam import SubmissionHandler
 
 log = logging.getLogger("smtprelay.smtp")
+
+_BACKLOG = 1024
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -68,6 +71,15 @@ def _normalise_ip(ip: str) -> str:
     if ip.startswith("::ffff:") and "." in ip:
         return ip[7:]
     return ip
+
+
+def bind(listener: ListenerConfig) -> socket.socket:
+    """The listening socket of `listener` (OSError as the system refused it)."""
+    family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
+    sock = socket.create_server((listener.address, listener.port), family=family,
+                                backlog=_BACKLOG, reuse_port=False)
+    sock.setblocking(False)
+    return sock
 
 
 class ServerSource(ConfigSource, Protocol):
@@ -117,13 +129,20 @@ class SMTPServer:
             result[listener.name] = [s.getsockname()[:2] for s in server.sockets]
         return result
 
-    async def start(self) -> None:
+    async def start(self, roles: Container[str] | None = None,
+                    sockets: Mapping[str, socket.socket] | None = None) -> None:
+        """Serve the listeners of `roles` (None: all), each on its socket in `sockets`
+        (bound by the supervisor, for worker processes), else on one bound here."""
         for listener in self._config.listeners:
-            self._servers.append((listener, await self._listen(listener)))
+            if roles is not None and listener.role not in roles:
+                continue
+            bound = (sockets or {}).get(listener.name)
+            self._servers.append((listener, await self._listen(listener, bound)))
             log.info("listening name=%s address=%s port=%s tls=%s", listener.name,
                      listener.address, self.bound[listener.name][0][1], listener.tls)
 
-    async def _listen(self, listener: ListenerConfig) -> asyncio.Server:
+    async def _listen(self, listener: ListenerConfig,
+                      bound: socket.socket | None = None) -> asyncio.Server:
         limits = self._config.limits
         handler: SubmissionHandler = self._handler
         gate: PeerGate | None = None
@@ -142,15 +161,13 @@ class SMTPServer:
                                 writer: asyncio.StreamWriter) -> None:
             await self._serve(reader, writer, settings, handler)
 
-        family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
         try:
             # Implicit TLS must be the transport's from the first byte: a client sends
             # its ClientHello at once, and bytes read before a later start_tls() would
             # be lost to the plain stream and stall the handshake.
             return await asyncio.start_server(
-                on_connection, host=listener.address, port=listener.port, family=family,
-                ssl=self._implicit_context() if implicit else None, reuse_address=True,
-                backlog=1024,
+                on_connection, sock=bound if bound is not None else bind(listener),
+                ssl=self._implicit_context() if implicit else None, backlog=_BACKLOG,
                 ssl_handshake_timeout=self._config.limits.tls_handshake_timeout if implicit
                 else None,
             )

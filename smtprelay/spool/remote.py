@@ -11,6 +11,7 @@ the pipeline's own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from smtprelay.spool import set_stats
@@ -23,12 +24,15 @@ Context = TypeVar("Context")
 ERRORS = {"spool_full": SpoolFullError, "spool": SpoolError}
 
 
-def serve_spool(server: ChannelServer[Context], spool: Spool) -> None:
-    """Register the spool's acceptance operations on `server`."""
+def serve_spool(server: ChannelServer[Context], spool: Spool,
+                on_spooled: Callable[[], None] = lambda: None) -> None:
+    """Register the spool's acceptance operations on `server`; `on_spooled` after each
+    message is durable (the scheduler's wake-up)."""
 
     async def enqueue(_: Context, args: tuple[Any, ...]) -> object:
         (message,) = args
         await spool.enqueue(message)
+        on_spooled()
         return None
 
     async def count_later(_: Context, args: tuple[Any, ...]) -> object:

@@ -155,6 +155,10 @@ class ChannelClient:
         with contextlib.suppress(asyncio.CancelledError):
             await self._answers
 
+    async def closed(self) -> None:
+        """Return when the channel has closed (the supervisor went away, or close())."""
+        await asyncio.wait([self._answers])
+
     async def _read_answers(self) -> None:
         try:
             while True:

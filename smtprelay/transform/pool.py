@@ -32,11 +32,10 @@ import contextlib
 import logging
 import os
 import pickle
-import site
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from smtprelay.infra.children import child_environment
 from smtprelay.transform import dkim, tokens, tracking
 from smtprelay.transform import worker as worker_wire
 from smtprelay.transform.finish import Finished, FinishFailed
@@ -49,26 +48,6 @@ _STOP_TIMEOUT = 10.0
 # How much of a worker's replies to buffer before pausing the pipe: a few messages'
 # worth, so a big message arrives in a few reads rather than many 64 KiB ones.
 _READ_BUFFER = 1 << 20
-# Where this smtprelay is imported from, so the workers run the same code even from a
-# checkout that is not installed.
-_PACKAGE_ROOT = str(Path(worker_wire.__file__).resolve().parents[2])
-
-
-def _worker_environment() -> dict[str, str]:
-    """The relay's environment; from a checkout, with the checkout first on the path.
-
-    An installed smtprelay needs nothing: the worker runs the same interpreter and
-    finds it where the relay did. A site-packages directory must not go on PYTHONPATH,
-    which comes before the standard library (a backport there would shadow it).
-    """
-    env = dict(os.environ)
-    installed = {str(Path(path).resolve())
-                 for path in (*site.getsitepackages(), site.getusersitepackages())}
-    if _PACKAGE_ROOT not in installed:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, (_PACKAGE_ROOT,
-                                                          env.get("PYTHONPATH"))))
-    return env
-
 
 class TransformUnavailable(RuntimeError):
     """The worker died while the message was in it: answer 451, the client retries."""
@@ -136,11 +115,11 @@ class TransformPool:
     async def _spawn(self) -> _Worker:
         # -P: -m would put the working directory first on the path, so a relay started
         # inside another checkout (or next to a stray pickle.py) would run that code.
-        # Unlike -I it keeps PYTHONPATH (see _worker_environment) and site-packages.
+        # Unlike -I it keeps PYTHONPATH and site-packages (infra.children).
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-P", "-m", "smtprelay.transform.worker",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            env=_worker_environment(),
+            env=child_environment(),
             limit=_READ_BUFFER)
         worker = _Worker(process)
         worker.reader = asyncio.create_task(self._watch(worker))

@@ -1,0 +1,161 @@
+"""A worker process of `server.workers`: `python -P -m smtprelay.app.worker`, started by
+the supervisor (app.workers) with the submission listeners' sockets and its channel.
+
+It runs SMTP sessions with its own event loop: TLS, AUTH, the policy checks and the
+transforms, then hands each message to the supervisor's spool over the channel and
+answers 250 once the supervisor has it on disk. What every worker must agree on (rates,
+quotas, lockouts, connection counts) it asks the supervisor's shared state. It reads
+the configuration, the keys and the state database itself, as the CLI does. SIGHUP
+reloads it, SIGTERM drains its sessions; when the channel closes (the supervisor is
+gone) it stops at once, since it could acknowledge nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+
+from smtprelay.app.live import Live
+from smtprelay.app.workers import ENVIRONMENT
+from smtprelay.auth.authenticator import Authenticator
+from smtprelay.auth.credentials import CredentialStore
+from smtprelay.config import Config, load_config
+from smtprelay.delivery.dns import MXResolver
+from smtprelay.delivery.mail_from import MailFromChecks
+from smtprelay.infra import logs
+from smtprelay.policy.contacts import SQLiteContactStore
+from smtprelay.policy.pauses import PausedSets, SQLitePauseStore
+from smtprelay.policy.quota import Quotas
+from smtprelay.policy.suppression import SQLiteSuppressionStore
+from smtprelay.smtp.server import SMTPServer
+from smtprelay.spool import remote
+from smtprelay.spool.remote import RemoteSpool
+from smtprelay.state.channel import ChannelClient
+from smtprelay.state.service import StateClient
+from smtprelay.submission.pipeline import Pipeline
+from smtprelay.transform.pool import TransformPool, worker_count
+
+log = logging.getLogger("smtprelay.worker")
+
+
+class Worker:
+    def __init__(self, config: Config, path: str, index: int, channel_fd: int,
+                 sockets: dict[str, socket.socket]) -> None:
+        self.index = index
+        self.path = path
+        self.live = Live(config)
+        self._channel_fd = channel_fd
+        self._sockets = sockets
+        self.credentials = CredentialStore(config.state_path)
+        self.suppression = SQLiteSuppressionStore(config.state_path)
+        self.contacts = SQLiteContactStore(config.state_path)
+        self.pauses = PausedSets(SQLitePauseStore(config.state_path))
+        self.channel: ChannelClient | None = None
+        self.smtp: SMTPServer | None = None
+        self.mail_from: MailFromChecks | None = None
+        self._transform_pool: TransformPool | None = None
+        self._pauses_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = self.live.config
+        reader, writer = await asyncio.open_connection(
+            sock=socket.socket(fileno=self._channel_fd))
+        self.channel = ChannelClient(reader, writer, remote.ERRORS)
+        shared = StateClient(self.channel)
+        await asyncio.to_thread(self.live.open)
+        for store in (self.credentials, self.suppression, self.contacts, self.pauses.store):
+            await asyncio.to_thread(store.open)
+        await asyncio.to_thread(self.pauses.refresh)
+        transforms = worker_count(config.server.transform_workers)
+        if transforms:
+            self._transform_pool = TransformPool(transforms)
+        dns = config.delivery.dns
+        self.mail_from = MailFromChecks(self.live, MXResolver(dns.nameservers or None,
+                                                              timeout=dns.timeout))
+        await self.mail_from.start(first_within=dns.timeout + 1.0)
+        pipeline = Pipeline(
+            self.live, RemoteSpool(self.channel), Quotas(self.live, shared), self.suppression,
+            paused_sets=self.pauses, paused_accounts=lambda: self.pauses.accounts,
+            transform_pool=self._transform_pool, mail_from=self.mail_from,
+            contacts=self.contacts)
+        self.smtp = SMTPServer(self.live, Authenticator(self.live, self.credentials, shared),
+                               pipeline, shared=shared)
+        await self.smtp.start(roles={"submission"}, sockets=self._sockets)
+        self._pauses_task = asyncio.create_task(self.pauses.run())
+        await self.channel.call("worker_ready", self.index, os.getpid())
+
+    def reload(self) -> None:
+        """SIGHUP, passed on by the supervisor after its own reload."""
+        self.live.reload(self.path)
+        self.live.reload_tls()
+        with contextlib.suppress(Exception):
+            self.pauses.refresh()
+
+    async def stop(self, grace: float) -> None:
+        if self._pauses_task is not None:
+            self._pauses_task.cancel()
+        if self.smtp is not None:
+            await self.smtp.stop(grace)
+        if self._transform_pool is not None:
+            await self._transform_pool.close()
+        if self.mail_from is not None:
+            await self.mail_from.stop()
+        if self.channel is not None:
+            await self.channel.close()
+        for store in (self.credentials, self.suppression, self.contacts, self.pauses.store):
+            store.close()
+
+    async def until_channel_closes(self) -> None:
+        assert self.channel is not None
+        await self.channel.closed()
+
+
+async def serve(worker: Worker) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # Ctrl-C reaches the whole process group: the supervisor decides when we stop.
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    loop.add_signal_handler(signal.SIGHUP, worker.reload)
+    try:
+        await worker.start()
+    except BaseException:
+        await worker.stop(grace=0)
+        raise
+    orphaned = asyncio.ensure_future(worker.until_channel_closes())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([orphaned, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if orphaned.done():
+        log.error("worker %d: the supervisor is gone; stopping", worker.index)
+        await worker.stop(grace=0)
+    else:
+        await worker.stop(grace=30.0)
+    orphaned.cancel()
+    stopping.cancel()
+
+
+def main() -> int:
+    settings = json.loads(os.environ.pop(ENVIRONMENT))  # app.workers wrote it
+    path = settings["config"]
+    config = load_config(path).config
+    logs.setup(config.logging.level, config.logging.format,
+               process=f"worker{settings['index']}")
+    sockets = {name: socket.socket(fileno=fd) for name, fd in settings["listeners"].items()}
+    worker = Worker(config, path, settings["index"], settings["channel"], sockets)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(worker))
+    else:
+        uvloop.run(serve(worker))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

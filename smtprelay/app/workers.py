@@ -1,0 +1,144 @@
+"""The supervisor's side of `server.workers`: it binds the submission listeners once,
+starts the worker processes on them, serves their channel, and starts again a worker
+that dies.
+
+Each worker gets, as inherited file descriptors, every submission listener's socket
+and its end of a socketpair for the channel (state.channel), and as
+SMTPRELAY_WORKER a JSON object naming them. A worker serves until its channel or its
+SIGTERM ends it; a worker that exits otherwise is started again on the same sockets
+(connections that arrived meanwhile wait in the listen backlog), after a pause that
+doubles while workers keep dying young, so a broken install does not spin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from smtprelay.infra import metrics
+from smtprelay.infra.children import child_environment
+from smtprelay.state.channel import ChannelServer
+from smtprelay.state.service import Holdings
+
+log = logging.getLogger("smtprelay.workers")
+
+ENVIRONMENT = "SMTPRELAY_WORKER"
+_YOUNG = 10.0  # a worker that dies sooner than this after its start is dying young
+_FIRST_PAUSE = 0.5
+_MAX_PAUSE = 30.0
+
+
+def worker_processes(setting: int | str) -> int:
+    """`server.workers`: "auto" is one per CPU core this process may run on."""
+    if setting == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+    return int(setting)
+
+
+class WorkerSet:
+    def __init__(self, count: int, config_path: str, sockets: dict[str, socket.socket],
+                 channel: ChannelServer[Holdings]) -> None:
+        self.count = count
+        self._config_path = config_path
+        self._sockets = sockets
+        self._channel = channel
+        self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self._ready: dict[int, int] = {}  # index -> pid, once listening
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._pauses: dict[int, float] = {}  # index -> pause before its next start
+        self._stopping = False
+        channel.register("worker_ready", self._worker_ready)
+
+    def pids(self) -> dict[int, int]:
+        return {index: process.pid for index, process in self._processes.items()}
+
+    @property
+    def all_ready(self) -> bool:
+        return len(self._ready) == self.count and all(
+            self._ready.get(index) == process.pid
+            for index, process in self._processes.items())
+
+    async def _worker_ready(self, _: Holdings, args: tuple[object, ...]) -> object:
+        index, pid = args
+        assert isinstance(index, int) and isinstance(pid, int)
+        self._ready[index] = pid
+        log.info("worker %d listening pid=%d", index, pid)
+        return None
+
+    async def start(self, within: float = 30.0) -> None:
+        """Start every worker; return once each listens (RuntimeError past `within`)."""
+        for index in range(self.count):
+            await self._spawn(index)
+        deadline = time.monotonic() + within
+        while not self.all_ready:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server.workers: {len(self._ready)} of {self.count} "
+                                   "worker processes listening after "
+                                   f"{within:.0f} s; see their errors above")
+            await asyncio.sleep(0.02)
+
+    async def _spawn(self, index: int) -> None:
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        self._channel.serve(reader, writer, f"worker {index}")
+        listeners = {name: sock.fileno() for name, sock in self._sockets.items()}
+        env = child_environment()
+        env[ENVIRONMENT] = json.dumps({"index": index, "config": self._config_path,
+                                       "channel": theirs.fileno(), "listeners": listeners})
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-P", "-m", "smtprelay.app.worker", env=env,
+                pass_fds=[theirs.fileno(), *listeners.values()])
+        finally:
+            theirs.close()
+        self._processes[index] = process
+        self._ready.pop(index, None)
+        watcher = asyncio.create_task(self._watch(index, process, time.monotonic()))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, index: int, process: asyncio.subprocess.Process,
+                     started: float) -> None:
+        code = await process.wait()
+        if self._stopping:
+            return
+        metrics.WORKER_RESTARTS.inc()
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        young = time.monotonic() - started < _YOUNG
+        wait = min(self._pauses.get(index, _FIRST_PAUSE / 2) * 2, _MAX_PAUSE) if young \
+            else _FIRST_PAUSE
+        self._pauses[index] = wait
+        log.error("worker %d (pid %d) ended with %s; starting it again in %.1f s", index,
+                  process.pid, how, wait)
+        await asyncio.sleep(wait)
+        if not self._stopping:
+            await self._spawn(index)
+
+    def signal_all(self, signum: int) -> None:
+        for process in self._processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signum)
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM every worker (each drains its sessions), then wait; kill what is left
+        after `grace` and 5 s more."""
+        self._stopping = True
+        for watcher in list(self._watchers):
+            watcher.cancel()
+        self.signal_all(signal.SIGTERM)
+        waits = [asyncio.ensure_future(p.wait()) for p in self._processes.values()]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=grace + 5)
+            if pending:
+                self.signal_all(signal.SIGKILL)
+                await asyncio.wait(pending, timeout=5)
+        for sock in self._sockets.values():
+            sock.close()

@@ -1,0 +1,211 @@
+"""server.workers: 2 worker processes serve the submission listeners, the supervisor
+keeps the spool and the shared counts. Real `smtprelay serve` processes, real SMTP
+clients over STARTTLS + AUTH, a real kill -9."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import smtplib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import DaemonProcess, client_context, message, spooled
+
+_LISTENING = re.compile(r"worker (\d+) listening pid=(\d+)")
+
+
+def start(tmp_path: Path, **overrides: Any) -> tuple[DaemonProcess, dict[str, str]]:
+    server = {"workers": 2, "transform_workers": 0, **overrides.pop("server", {})}
+    daemon = DaemonProcess(tmp_path, server=server, **overrides).start(wait=False)
+    daemon.wait_log("smtprelay ready", timeout=30)
+    cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
+    return daemon, cred
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
+
+
+def worker_pids(daemon: DaemonProcess) -> dict[int, int]:
+    """The latest pid each worker logged as listening."""
+    return {int(index): int(pid) for index, pid in _LISTENING.findall(daemon.log())}
+
+
+@contextlib.contextmanager
+def only(daemon: DaemonProcess, index: int) -> Iterator[None]:
+    """Only worker `index` accepts meanwhile: the others are stopped (SIGSTOP), so which
+    worker serves a connection is not left to the kernel."""
+    others = [pid for i, pid in worker_pids(daemon).items() if i != index]
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+
+
+def send(daemon: DaemonProcess, cred: dict[str, str], subject: str) -> tuple[int, str]:
+    with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=20) as smtp:
+        smtp.starttls(context=client_context())
+        smtp.login(cred["username"], cred["password"])
+        smtp.mail("app@example.com")
+        smtp.rcpt("someone@example.net")
+        code, reply = smtp.data(message(subject=subject))
+    return code, reply.decode()
+
+
+def test_two_workers_serve_and_every_message_lands_in_one_spool(
+        tmp_path: Path, daemons: list[DaemonProcess]) -> None:
+    daemon, cred = start(tmp_path)
+    daemons.append(daemon)
+    assert sorted(worker_pids(daemon)) == [0, 1]
+    assert daemon.proc.pid not in worker_pids(daemon).values()
+    replies = []
+    for index in (0, 1):
+        with only(daemon, index), ThreadPoolExecutor(4) as pool:
+            replies += pool.map(lambda n: send(daemon, cred, f"m{n}"), range(12))
+    assert all(code == 250 for code, _ in replies), replies
+    accepted_by = re.findall(r"INFO (worker\d) smtprelay.pipeline msg=\S+ accepted", daemon.log())
+    assert sorted(set(accepted_by)) == ["worker0", "worker1"]
+    ids = {reply.split()[-1] for _, reply in replies}
+    assert {entry["id"] for entry in spooled(daemon.config)} == ids
+    # One queue: the CLI sees every worker's messages.
+    listed = daemon.cli("queue", "list", "--json").stdout
+    assert all(message_id in listed for message_id in ids)
+
+
+def test_a_killed_worker_is_replaced_and_no_acknowledged_message_is_lost(
+        tmp_path: Path, daemons: list[DaemonProcess]) -> None:
+    daemon, cred = start(tmp_path)
+    daemons.append(daemon)
+    victim = worker_pids(daemon)[0]
+    acknowledged: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load(stream: int) -> None:
+        n = 0
+        while not stop.is_set() and n < 200:  # bounded
+            n += 1
+            try:
+                code, reply = send(daemon, cred, f"s{stream}-{n}")
+            except (OSError, smtplib.SMTPException) as exc:
+                failures.append(repr(exc))  # a session on the killed worker
+                continue
+            if code == 250:
+                acknowledged.append(reply.split()[-1])
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while len(acknowledged) < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    before_kill = len(acknowledged)
+    os.kill(victim, signal.SIGKILL)
+    while worker_pids(daemon).get(0) == victim and time.monotonic() < deadline:
+        time.sleep(0.05)
+    replaced = worker_pids(daemon).get(0)
+    while len(acknowledged) < before_kill + 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert replaced is not None and replaced != victim
+    assert len(acknowledged) >= before_kill + 20, (before_kill, len(acknowledged), failures)
+    stored = {entry["id"] for entry in spooled(daemon.config)}
+    assert set(acknowledged) <= stored  # every 250 is on disk
+    assert f"worker 0 (pid {victim}) ended with signal 9" in daemon.log()
+
+
+def test_the_send_rate_holds_across_workers(tmp_path: Path,
+                                            daemons: list[DaemonProcess]) -> None:
+    daemon, cred = start(tmp_path, accounts={"acme": {
+        "identities": ["example.com"], "default_configuration_set": "transactional",
+        "quota": {"max_send_rate": 0.01, "burst": 6, "max_24h_send": 1000}}})
+    daemons.append(daemon)
+    codes = []
+    for index in (0, 1):
+        with only(daemon, index):
+            codes += [send(daemon, cred, f"r{index}-{n}")[0] for n in range(5)]
+    # The burst of 6 is one bucket for both workers: 5 on the first, 1 on the second
+    # (a bucket per worker would have let all 10 through).
+    assert codes == [250] * 6 + [454] * 4
+    assert len(spooled(daemon.config)) == 6
+
+
+def test_connections_per_address_hold_across_workers(tmp_path: Path,
+                                                     daemons: list[DaemonProcess]) -> None:
+    daemon, _ = start(tmp_path, limits={"max_connections_per_ip": 4, "idle_timeout": "30s",
+                                        "data_timeout": "30s"})
+    daemons.append(daemon)
+    held = []
+    try:
+        # Two sessions on each worker: four from this address in all.
+        for index in (0, 1):
+            with only(daemon, index):
+                for _ in range(2):
+                    sock = socket.create_connection(("127.0.0.1",
+                                                     daemon.ports["submission"]), 10)
+                    held.append(sock)
+                    assert sock.recv(512).startswith(b"220 ")
+        for index in (0, 1):
+            with only(daemon, index):
+                extra = socket.create_connection(("127.0.0.1", daemon.ports["submission"]),
+                                                 10)
+                held.append(extra)
+                assert extra.recv(512).startswith(b"421 4.7.0"), index
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_sighup_reaches_both_workers_and_drops_no_session(
+        tmp_path: Path, daemons: list[DaemonProcess]) -> None:
+    daemon, cred = start(tmp_path)
+    daemons.append(daemon)
+    open_session = smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=20)
+    open_session.starttls(context=client_context())
+    open_session.login(cred["username"], cred["password"])
+    text = daemon.config_path.read_text()
+    daemon.config_path.write_text(text.replace("news@example.org", "news@example.org\n"
+                                               "    - fresh.example"))
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_log("configuration reloaded", timeout=10)
+
+    def from_fresh(n: int) -> int:
+        with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=20) as smtp:
+            smtp.starttls(context=client_context())
+            smtp.login(cred["username"], cred["password"])
+            code, _ = smtp.mail("app@fresh.example")
+            return code
+
+    deadline = time.monotonic() + 10
+    while True:  # each worker reloads once it gets the supervisor's SIGHUP
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(from_fresh, range(16)))
+        if codes == [250] * 16 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert codes == [250] * 16
+    # The session opened before the reload goes on.
+    open_session.mail("app@example.com")
+    open_session.rcpt("someone@example.net")
+    assert open_session.data(message(subject="after reload"))[0] == 250
+    open_session.quit()
