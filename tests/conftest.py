@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +21,11 @@ from tests.support import HYPOTHESIS_PROFILE, Credential, RunningRelay, relay_fi
 settings.register_profile("ci", settings.get_profile("default"), max_examples=50,
                           deadline=None, print_blob=True)
 settings.register_profile("thorough", settings.get_profile("default"), max_examples=1000,
+                          deadline=None, print_blob=True)
+# "fuzz": scripts/fuzz's long runs of tests/fuzz, FUZZ_EXAMPLES examples per test and
+# round (the script runs rounds until its time is spent).
+settings.register_profile("fuzz", settings.get_profile("default"),
+                          max_examples=int(os.environ.get("FUZZ_EXAMPLES", "2000")),
                           deadline=None, print_blob=True)
 settings.load_profile(HYPOTHESIS_PROFILE)
 

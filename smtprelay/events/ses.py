@@ -38,6 +38,7 @@ from smtprelay.events.model import (
     TopicPreferences,
 )
 from smtprelay.mail import encoded_words, headers
+from smtprelay.spool.model import accepted_at
 from smtprelay.spool.outbox import MailInfo, StoredEvent
 
 # The guide: headersTruncated is true "if the headers are larger than 10 KB", without
@@ -114,11 +115,17 @@ def assemble(kind: EventType, mail: MailInfo | None, detail: dict[str, Any], *,
              message_id: str, mail_tags: dict[str, list[str]] | None = None
              ) -> dict[str, Any]:
     """A record from a stored type object and the message's mail info; without the
-    mail info (its record expired) the ``mail`` object holds the message id alone.
+    mail info (its record expired) the ``mail`` object holds the message id and the
+    acceptance time it encodes, with an empty source and sendingAccountId.
     `mail_tags` are the event's own tags (ses:outgoing-ip), added to ``mail.tags``."""
     if mail is None:
-        mail_part: dict[str, Any] = {"messageId": message_id, "destination": [],
-                                     "headersTruncated": False, "headers": [], "tags": {}}
+        # What the schema requires still: the acceptance time is in the message id;
+        # the sender and account went with the record.
+        accepted = accepted_at(message_id)
+        mail_part: dict[str, Any] = {
+            "timestamp": iso_timestamp(accepted if accepted is not None else 0.0),
+            "source": "", "sendingAccountId": "", "messageId": message_id,
+            "destination": [], "headersTruncated": False, "headers": [], "tags": {}}
     else:
         mail_part = mail_object(mail)
     if mail_tags:

@@ -50,6 +50,18 @@ def new_message_id(now: float | None = None) -> str:
     return f"{millis:012x}-{_ids.getrandbits(64):016x}"
 
 
+def accepted_at(message_id: str) -> float | None:
+    """When the message with this id was accepted (its first 12 hex digits are the
+    milliseconds new_message_id was given), or None for an id of another form."""
+    head = message_id[:12]
+    if len(head) != 12 or message_id[12:13] != "-":
+        return None
+    try:
+        return int(head, 16) / 1000
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     mail_from: str

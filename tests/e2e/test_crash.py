@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import signal
 import smtplib
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import IO
 
 from smtprelay.config import load_config
+from tests.load import ACCEPTED, Load
 from tests.support import base_config, client_context, free_port, message, spooled, write_config
 
 SESSIONS = 20
 LOAD_SECONDS = 2.0
-ACCEPTED = re.compile(rb"2\.0\.0 Ok ([0-9a-f]{12}-[0-9a-f]{16})")
 
 
 def cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -55,55 +53,6 @@ def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(10)
 
 
-class Load:
-    """SESSIONS threads, each one connection sending messages back to back."""
-
-    def __init__(self, port: int, username: str, password: str) -> None:
-        self.port = port
-        self.username = username
-        self.password = password
-        self.stop = threading.Event()
-        self.ready = threading.Semaphore(0)
-        self.acked: dict[str, str] = {}  # message id -> the token in its body
-        self.attempts = 0
-        self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True)
-                        for n in range(SESSIONS)]
-
-    def _run(self, n: int) -> None:
-        try:
-            smtp = smtplib.SMTP("127.0.0.1", self.port, timeout=10)
-            smtp.starttls(context=client_context())
-            smtp.login(self.username, self.password)
-        except Exception as exc:
-            self.errors.append(f"session {n} setup: {exc!r}")
-            self.ready.release()
-            return
-        self.ready.release()
-        try:
-            for i in range(100_000):
-                if self.stop.is_set():
-                    break
-                token = f"crash-token-{n}-{i}"
-                with self._lock:
-                    self.attempts += 1
-                smtp.mail("app@example.com")
-                smtp.rcpt("someone@example.net")
-                code, reply = smtp.data(message(subject=token, body=f"{token}\r\n"))
-                match = ACCEPTED.fullmatch(reply)
-                if code != 250 or match is None:
-                    self.errors.append(f"session {n}: {code} {reply!r}")
-                    break
-                with self._lock:
-                    self.acked[match.group(1).decode()] = token
-        except (smtplib.SMTPException, OSError):
-            pass  # the daemon died under us: that is the point
-        finally:
-            with contextlib.suppress(Exception):
-                smtp.close()
-
-
 def test_kill_9_under_load_loses_no_acknowledged_message(tmp_path: Path) -> None:
     """SIGKILL mid-load, restart: every 250-acknowledged message is still queued, intact."""
     ports = {name: free_port() for name in ("submission", "submissions", "http")}
@@ -126,20 +75,15 @@ def test_kill_9_under_load_loses_no_acknowledged_message(tmp_path: Path) -> None
             secret = json.loads(created.stdout)
             wait_for_banner(ports["submission"], daemon)
 
-            load = Load(ports["submission"], secret["username"], secret["password"])
-            for thread in load.threads:
-                thread.start()
-            for _ in range(SESSIONS):
-                assert load.ready.acquire(timeout=60), "sessions did not log in"
+            load = Load(ports["submission"], secret["username"], secret["password"],
+                        sessions=SESSIONS)
+            load.start()
             assert not load.errors, load.errors
             time.sleep(LOAD_SECONDS)
             acked_before_kill = len(load.acked)
             daemon.send_signal(signal.SIGKILL)
             daemon.wait(10)
-            load.stop.set()
-            for thread in load.threads:
-                thread.join(20)
-                assert not thread.is_alive(), "a load thread is stuck"
+            load.finish()
         finally:
             if daemon.poll() is None:
                 daemon.kill()
