@@ -61,7 +61,8 @@ class RelayProcess:
     """
 
     def __init__(self, limits: dict[str, Any] | None = None, log_level: str = "info",
-                 delivery: dict[str, Any] | None = None, source: Path | None = None) -> None:
+                 delivery: dict[str, Any] | None = None, source: Path | None = None,
+                 server: dict[str, Any] | None = None) -> None:
         # `source`: another checkout of smtprelay to run instead of this one (a
         # baseline commit beside the new one, measured in the same run).
         self.source = source
@@ -70,7 +71,7 @@ class RelayProcess:
         self.submissions_port = free_port()
         self.http_port = free_port()
         config = {
-            "server": {"hostname": "relay.bench.test", "data_dir": "./var"},
+            "server": {"hostname": "relay.bench.test", "data_dir": "./var", **(server or {})},
             "tls": {"generate_self_signed": True},
             "listeners": [
                 {"name": "submission", "address": "127.0.0.1",

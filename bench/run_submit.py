@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--total", type=int, default=3000, help="messages per cell and run")
     p.add_argument("--duration", type=float, default=20.0, help="time bound per cell and run")
     p.add_argument("--no-postfix", action="store_true", help="measure smtprelay only")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="also run this smtprelay with server.workers N, beside the one-process "
+                        "one, interleaved (the table's workers/smtprelay column)")
     p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                    help="also run the smtprelay in CHECKOUT (an older commit, e.g. from "
                         "`git worktree add`), interleaved, and print this/baseline")
@@ -86,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     baseline = None if args.baseline is None else RelayProcess(
         limits={"max_connections": 5000, "max_connections_per_ip": 5000},
         source=args.baseline.resolve())
+    workers = None if args.workers is None else RelayProcess(
+        limits={"max_connections": 5000, "max_connections_per_ip": 5000},
+        server={"workers": args.workers})
     try:
         relay.start()
         relay_user, relay_password = relay.credential()
@@ -94,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         if baseline is not None:
             baseline.start()
             targets["baseline"] = (baseline.submission_port, *baseline.credential())
+        if workers is not None:
+            workers.start()
+            targets["workers"] = (workers.submission_port, *workers.credential())
         if peer is not None:
             peer.start()
             targets["postfix"] = (peer.port, peer.username, peer.password)
@@ -118,13 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         relay.stop()
         if baseline is not None:
             baseline.stop()
+        if workers is not None:
+            workers.stop()
         if peer is not None:
             peer.stop()
 
     table = []
     for sessions, size in cells:
         row: dict[str, Any] = {"sessions": sessions, "size": size}
-        for name in ("smtprelay", "baseline", "postfix"):
+        for name in ("smtprelay", "baseline", "workers", "postfix"):
             cell = [r for r in runs if r["target"] == name and r["sessions"] == sessions
                     and r["size"] == size]
             if cell:
@@ -140,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         if "baseline" in row and row["baseline"]["msgs_per_s"]:
             row["vs_baseline"] = round(
                 row["smtprelay"]["msgs_per_s"] / row["baseline"]["msgs_per_s"], 2)
+        if "workers" in row and row["smtprelay"]["msgs_per_s"]:
+            row["workers_vs_one"] = round(
+                row["workers"]["msgs_per_s"] / row["smtprelay"]["msgs_per_s"], 2)
         table.append(row)
 
     print(f"\nmedians of {args.repeats} runs, {args.messages_per_session} messages/session, "
@@ -157,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             base = row["baseline"]
             print(f"{'':>8} {'':>6} | baseline {base['msgs_per_s']:>6} {base['p50_ms']:>7} "
                   f"{base['p99_ms']:>7} | this/baseline {row['vs_baseline']}")
+        if "workers" in row:
+            many = row["workers"]
+            print(f"{'':>8} {'':>6} | workers={args.workers} {many['msgs_per_s']:>6} "
+                  f"{many['p50_ms']:>7} {many['p99_ms']:>7} | workers/one "
+                  f"{row['workers_vs_one']}")
     print(f"smtprelay peak RSS (VmHWM): {peak_rss_kib / 1024:.1f} MiB")
     path = write_result("submit", {"when": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                    "args": {k: str(v) if isinstance(v, Path) else v

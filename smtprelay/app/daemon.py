@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
+from typing import Any
 
 from smtprelay.app import preflight, systemd
+from smtprelay.app.control import ControlServer, LoopLag, control_path
 from smtprelay.app.live import Live
 from smtprelay.app.workers import WorkerSet, worker_processes
 from smtprelay.auth.authenticator import Authenticator
@@ -108,6 +111,9 @@ class Relay:
         # server.workers > 1: the worker processes and the channel they call.
         self.workers: WorkerSet | None = None
         self._channel: ChannelServer[Holdings] | None = None
+        # `smtprelay status` (app.control).
+        self.lag = LoopLag()
+        self.control: ControlServer | None = None
         self._ready = False
         self._depth_task: asyncio.Task[None] | None = None
         self._purge_task: asyncio.Task[None] | None = None
@@ -213,11 +219,31 @@ class Relay:
             await self.smtp.start(roles={"feedback"})
         else:
             await self.smtp.start()
+        self.lag.start()
+        self.control = ControlServer(control_path(cfg.server.data_dir), self.status)
+        await self.control.start()
         self._depth_task = asyncio.create_task(self._refresh_depth())
         self._purge_task = asyncio.create_task(self._purge_finished())
         self._pauses_task = asyncio.create_task(self.pauses.run())
         self._reputation_task = asyncio.create_task(self.reputation.run())
         self._ready = True
+
+    async def status(self) -> dict[str, Any]:
+        """What `smtprelay status` shows (app.control)."""
+        pending = await asyncio.to_thread(self.spool.pending_count)
+        own_sessions = self.smtp.session_count if self.smtp is not None else 0
+        return {
+            "pid": os.getpid(),
+            "started_at": self.control.started_at if self.control is not None else None,
+            "ready": self._ready,
+            "loop_lag_ms": round(self.lag.last_ms, 1),
+            "loop_lag_max_ms": round(self.lag.take_max(), 1),
+            # Counted in the shared state: every process's SMTP connections.
+            "connections": self.shared.connections,
+            "sessions": own_sessions,
+            "queue_pending": pending,
+            "workers": self.workers.status() if self.workers is not None else [],
+        }
 
     async def _start_workers(self, count: int) -> None:
         """Bind the submission listeners and start `count` worker processes on them;
@@ -331,6 +357,9 @@ class Relay:
 
     async def stop(self, grace: float = 30.0) -> None:
         self._ready = False
+        self.lag.stop()
+        if self.control is not None:
+            await self.control.stop()
         for task in (self._depth_task, self._purge_task, self._pauses_task,
                      self._reputation_task):
             if task is not None:

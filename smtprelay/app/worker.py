@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 
+from smtprelay.app.control import LoopLag
 from smtprelay.app.live import Live
 from smtprelay.app.workers import ENVIRONMENT
 from smtprelay.auth.authenticator import Authenticator
@@ -61,6 +62,7 @@ class Worker:
         self.mail_from: MailFromChecks | None = None
         self._transform_pool: TransformPool | None = None
         self._pauses_task: asyncio.Task[None] | None = None
+        self.lag = LoopLag()
 
     async def start(self) -> None:
         config = self.live.config
@@ -89,6 +91,14 @@ class Worker:
         await self.smtp.start(roles={"submission"}, sockets=self._sockets)
         self._pauses_task = asyncio.create_task(self.pauses.run())
         await self.channel.call("worker_ready", self.index, os.getpid())
+        self.lag.start(self._report)
+
+    def _report(self, lag_ms: float) -> None:
+        """Once a second, for `smtprelay status`."""
+        if self.channel is not None and self.smtp is not None:
+            self.channel.post("worker_status", {
+                "index": self.index, "pid": os.getpid(),
+                "sessions": self.smtp.session_count, "loop_lag_ms": round(lag_ms, 1)})
 
     def reload(self) -> None:
         """SIGHUP, passed on by the supervisor after its own reload."""
@@ -98,6 +108,7 @@ class Worker:
             self.pauses.refresh()
 
     async def stop(self, grace: float) -> None:
+        self.lag.stop()
         if self._pauses_task is not None:
             self._pauses_task.cancel()
         if self.smtp is not None:

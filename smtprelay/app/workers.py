@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import time
+from typing import Any
 
 from smtprelay.infra import metrics
 from smtprelay.infra.children import child_environment
@@ -55,7 +56,11 @@ class WorkerSet:
         self._watchers: set[asyncio.Task[None]] = set()
         self._pauses: dict[int, float] = {}  # index -> pause before its next start
         self._stopping = False
+        self.restarts: dict[int, int] = {}
+        # index -> what the worker last said of itself (pid, sessions, loop lag), and when.
+        self.reports: dict[int, dict[str, Any]] = {}
         channel.register("worker_ready", self._worker_ready)
+        channel.register("worker_status", self._worker_status)
 
     def pids(self) -> dict[int, int]:
         return {index: process.pid for index, process in self._processes.items()}
@@ -72,6 +77,26 @@ class WorkerSet:
         self._ready[index] = pid
         log.info("worker %d listening pid=%d", index, pid)
         return None
+
+    async def _worker_status(self, _: Holdings, args: tuple[object, ...]) -> object:
+        (report,) = args
+        if isinstance(report, dict) and isinstance(report.get("index"), int):
+            self.reports[report["index"]] = {**report, "reported_at": time.time()}
+        return None
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each worker: its pid, whether it listens, and its latest report."""
+        found = []
+        for index, process in sorted(self._processes.items()):
+            report = self.reports.get(index, {})
+            current = report.get("pid") == process.pid
+            found.append({"index": index, "pid": process.pid,
+                          "listening": self._ready.get(index) == process.pid,
+                          "restarts": self.restarts.get(index, 0),
+                          "sessions": report.get("sessions") if current else None,
+                          "loop_lag_ms": report.get("loop_lag_ms") if current else None,
+                          "reported_at": report.get("reported_at") if current else None})
+        return found
 
     async def start(self, within: float = 30.0) -> None:
         """Start every worker; return once each listens (RuntimeError past `within`)."""
@@ -111,6 +136,7 @@ class WorkerSet:
         if self._stopping:
             return
         metrics.WORKER_RESTARTS.inc()
+        self.restarts[index] = self.restarts.get(index, 0) + 1
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         young = time.monotonic() - started < _YOUNG
         wait = min(self._pauses.get(index, _FIRST_PAUSE / 2) * 2, _MAX_PAUSE) if young \

@@ -13,7 +13,7 @@ import smtplib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -209,3 +209,52 @@ def test_sighup_reaches_both_workers_and_drops_no_session(
     open_session.rcpt("someone@example.net")
     assert open_session.data(message(subject="after reload"))[0] == 250
     open_session.quit()
+
+
+def test_status_shows_each_worker_with_its_sessions_and_loop_lag(
+        tmp_path: Path, daemons: list[DaemonProcess]) -> None:
+    daemon, _ = start(tmp_path)
+    daemons.append(daemon)
+    pids = worker_pids(daemon)
+
+    def status_when(ready: Callable[[dict[int, dict[str, Any]]], bool]) -> dict[str, Any]:
+        deadline = time.monotonic() + 10
+        while True:
+            status: dict[str, Any] = json.loads(daemon.cli("status", "--json").stdout)
+            if ready({w["index"]: w for w in status["workers"]}) \
+                    or time.monotonic() > deadline:
+                return status
+
+    # Each worker reports once a second.
+    status_when(lambda workers: all(w["loop_lag_ms"] is not None for w in workers.values()))
+    with only(daemon, 1), smtplib.SMTP("127.0.0.1", daemon.ports["submission"],
+                                        timeout=20) as held:
+        held.ehlo()
+        status = status_when(lambda workers: workers[1]["sessions"] == 1)
+    assert status["pid"] == daemon.proc.pid and status["ready"] is True
+    assert status["connections"] == 1  # counted in the shared state
+    workers = {w["index"]: w for w in status["workers"]}
+    assert {i: w["pid"] for i, w in workers.items()} == pids
+    assert all(w["listening"] and w["loop_lag_ms"] is not None for w in workers.values())
+    assert (workers[0]["sessions"], workers[1]["sessions"]) == (0, 1)
+    text = daemon.cli("status").stdout
+    assert f"relay pid {daemon.proc.pid}" in text and str(pids[1]) in text
+
+
+def test_status_without_a_running_relay_says_so(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path)
+    run = daemon.cli("status", check=False)
+    assert run.returncode == 1
+    assert "no relay is running on server.data_dir" in run.stderr
+    assert "start it with `smtprelay serve`" in run.stderr
+
+
+def test_status_of_a_one_process_relay(tmp_path: Path,
+                                       daemons: list[DaemonProcess]) -> None:
+    daemon = DaemonProcess(tmp_path).start(wait=False)
+    daemons.append(daemon)
+    daemon.wait_log("smtprelay ready", timeout=30)
+    status = json.loads(daemon.cli("status", "--json").stdout)
+    assert (status["pid"], status["workers"], status["connections"]) == (
+        daemon.proc.pid, [], 0)
+    assert "one process (server.workers: 1), 0 sessions open" in daemon.cli("status").stdout
