@@ -759,6 +759,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                    help="also run the smtprelay in CHECKOUT (an older commit, e.g. from "
                         "`git worktree add`), interleaved, and print this/baseline")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="also run this smtprelay with server.workers N beside the "
+                        "one-process one, interleaved, and print workers/one")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy cell")
     p.add_argument("--profile-sessions", type=int, default=50)
     p.add_argument("--profile-size", type=int, default=2048)
@@ -778,6 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     sink: Sink | None = None
     relay: RelayProcess | None = None
     baseline: RelayProcess | None = None
+    workers: RelayProcess | None = None
     peer: BenchmarkPeer | None = None
     targets: list[Target] = []
     runs: list[dict[str, Any]] = []
@@ -813,6 +817,15 @@ def main(argv: list[str] | None = None) -> int:
                           "max_connections_per_domain": args.dest_concurrency})
             baseline.start()
             targets.append(RelayTarget(baseline, "baseline"))
+        if args.workers is not None:
+            workers = RelayProcess(
+                limits={"max_connections": 5000, "max_connections_per_ip": 5000},
+                log_level=args.log_level, server={"workers": args.workers},
+                delivery={"mode": "mx", "port": sink.port,
+                          "dns": {"nameservers": [nameserver]},
+                          "max_connections_per_domain": args.dest_concurrency})
+            workers.start()
+            targets.append(RelayTarget(workers, "workers"))
         if not args.no_postfix:
             peer = postfix_relay(args.postfix_route, sink, args.dest_concurrency)
             peer.start()
@@ -848,6 +861,8 @@ def main(argv: list[str] | None = None) -> int:
             relay.stop()
         if baseline is not None:
             baseline.stop()
+        if workers is not None:
+            workers.stop()
         if peer is not None:
             peer.stop()
         if sink is not None:
@@ -885,7 +900,7 @@ def summarise(runs: list[dict[str, Any]], cells: list[tuple[int, int]]) -> list[
     table = []
     for sessions, size in cells:
         row: dict[str, Any] = {"sessions": sessions, "size": size}
-        for name in ("smtprelay", "baseline", "postfix"):
+        for name in ("smtprelay", "baseline", "workers", "postfix"):
             cell = [r for r in runs if r["target"] == name and r["sessions"] == sessions
                     and abs(r["size"] - size) < 1024]
             if cell:
@@ -902,6 +917,11 @@ def summarise(runs: list[dict[str, Any]], cells: list[tuple[int, int]]) -> list[
             row["vs_baseline"] = round(relay_rate / baseline_rate, 2)
             row["accept_vs_baseline"] = round(
                 row["smtprelay"]["accept_msgs_per_s"] / row["baseline"]["accept_msgs_per_s"], 2)
+        workers_rate = row.get("workers", {}).get("delivered_msgs_per_s")
+        if relay_rate and workers_rate:
+            row["workers_vs_one"] = round(workers_rate / relay_rate, 2)
+            row["workers_accept_vs_one"] = round(
+                row["workers"]["accept_msgs_per_s"] / row["smtprelay"]["accept_msgs_per_s"], 2)
         table.append(row)
     return table
 
@@ -927,6 +947,12 @@ def print_table(table: list[dict[str, Any]], args: argparse.Namespace) -> None:
                   f"{base['p50_ms']!s:>7} {base['p99_ms']!s:>7} {base['cpu_ms_per_msg']!s:>6} | "
                   f"this/baseline: delivered {row.get('vs_baseline', '-')}, accepted "
                   f"{row.get('accept_vs_baseline', '-')}")
+        if "workers" in row:
+            many = row["workers"]
+            print(f"{'':>8} {'':>6} | workers   {many['delivered_msgs_per_s']!s:>11} "
+                  f"{many['p50_ms']!s:>7} {many['p99_ms']!s:>7} {many['cpu_ms_per_msg']!s:>6} | "
+                  f"workers/one: delivered {row.get('workers_vs_one', '-')}, accepted "
+                  f"{row.get('workers_accept_vs_one', '-')}")
 
 
 def print_profile(summary: dict[str, Any]) -> None:
