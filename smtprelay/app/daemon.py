@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from smtprelay.app import preflight, systemd
@@ -203,6 +205,8 @@ class Relay:
         await self._start_feedback()
         self.smtp = SMTPServer(self.live, self._authenticator, self._pipeline,
                                feedback=self.feedback_receiver, shared=self.shared)
+        count = worker_processes(cfg.server.workers)
+        worker_metrics = _worker_metrics_dir(cfg) if count > 1 else None
         self.http = HTTPServer(cfg, lambda: self._ready, keys=self.live,
                                sink=self.engagements, admin=AdminServices(
                                    live=self.live, spool=self.spool,
@@ -210,12 +214,11 @@ class Relay:
                                    contacts=self.contacts,
                                    wake_scheduler=self._wake_scheduler,
                                    reputation=self.reputation.state_of),
-                               confirmer=self.publisher)
+                               confirmer=self.publisher, worker_metrics=worker_metrics)
         await self.http.start()
         self.publisher.http_started()  # SubscriptionConfirmations can be answered now
-        count = worker_processes(cfg.server.workers)
         if count > 1:
-            await self._start_workers(count)
+            await self._start_workers(count, worker_metrics)
             await self.smtp.start(roles={"feedback"})
         else:
             await self.smtp.start()
@@ -245,7 +248,7 @@ class Relay:
             "workers": self.workers.status() if self.workers is not None else [],
         }
 
-    async def _start_workers(self, count: int) -> None:
+    async def _start_workers(self, count: int, metrics_dir: Path | None) -> None:
         """Bind the submission listeners and start `count` worker processes on them;
         they hand their messages and ask their limits through one channel each."""
         if self.path is None:
@@ -262,7 +265,7 @@ class Relay:
         self._channel = ChannelServer(Holdings)
         serve_state(self._channel, self.shared)
         serve_spool(self._channel, self.spool, on_spooled=self._wake_scheduler)
-        self.workers = WorkerSet(count, self.path, sockets, self._channel)
+        self.workers = WorkerSet(count, self.path, sockets, self._channel, metrics_dir)
         await self.workers.start()
 
     async def _refresh_pauses(self) -> None:
@@ -393,6 +396,15 @@ class Relay:
         self.contacts.close()
         self.pauses.store.close()
         self.credentials.close()
+
+
+def _worker_metrics_dir(config: Config) -> Path:
+    """An empty directory for the worker processes' metric files: those of an earlier
+    run are gone, as its counters would otherwise be counted again."""
+    directory = config.server.data_dir / "worker-metrics"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(mode=0o700)
+    return directory
 
 
 def _dsn_factory(config: Config) -> DSNFactory | None:

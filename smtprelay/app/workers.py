@@ -21,7 +21,10 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+from prometheus_client import multiprocess
 
 from smtprelay.infra import metrics
 from smtprelay.infra.children import child_environment
@@ -46,8 +49,10 @@ def worker_processes(setting: int | str) -> int:
 
 class WorkerSet:
     def __init__(self, count: int, config_path: str, sockets: dict[str, socket.socket],
-                 channel: ChannelServer[Holdings]) -> None:
+                 channel: ChannelServer[Holdings], metrics_dir: Path | None = None) -> None:
         self.count = count
+        # Where the workers write their metrics (infra.metrics.exposition reads them).
+        self._metrics_dir = metrics_dir
         self._config_path = config_path
         self._sockets = sockets
         self._channel = channel
@@ -116,6 +121,8 @@ class WorkerSet:
         self._channel.serve(reader, writer, f"worker {index}")
         listeners = {name: sock.fileno() for name, sock in self._sockets.items()}
         env = child_environment()
+        if self._metrics_dir is not None:
+            env[metrics.WORKER_METRICS_ENV] = str(self._metrics_dir)
         env[ENVIRONMENT] = json.dumps({"index": index, "config": self._config_path,
                                        "channel": theirs.fileno(), "listeners": listeners})
         try:
@@ -133,6 +140,11 @@ class WorkerSet:
     async def _watch(self, index: int, process: asyncio.subprocess.Process,
                      started: float) -> None:
         code = await process.wait()
+        if self._metrics_dir is not None:
+            # Its live gauges (open connections) go; its counters stay counted.
+            with contextlib.suppress(OSError):
+                multiprocess.mark_process_dead(process.pid,  # type: ignore[no-untyped-call]
+                                               str(self._metrics_dir))
         if self._stopping:
             return
         metrics.WORKER_RESTARTS.inc()

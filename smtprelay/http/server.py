@@ -25,12 +25,13 @@ import re
 import ssl
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from smtprelay.config import Config, parse_host_port
 from smtprelay.events.model import EngagementSink
@@ -116,15 +117,18 @@ class HTTPServer:
                  keys: KeySource | None = None,
                  sink: EngagementSink | None = None,
                  admin: AdminServices | None = None,
-                 confirmer: Confirmer | None = None) -> None:
+                 confirmer: Confirmer | None = None,
+                 worker_metrics: Path | None = None) -> None:
         """`config`: the configuration at start (`http` and the tracking domains need a
         restart); `keys` are the tracking keys in force, which verify tracking tokens
         (None: every token is refused); `sink` records engagements (None: pages and
         redirects work, nothing is recorded, unsubscribing answers 503); `admin` is what
         the admin API works on (None, or no secret in http.admin_token_env's variable:
         no admin API); `confirmer` takes the SNS subscription confirmations of
-        notification webhooks (GET /sns/confirm; None: no such route)."""
+        notification webhooks (GET /sns/confirm; None: no such route); `worker_metrics`
+        is where worker processes write theirs (server.workers), added to /metrics."""
         self._config = config
+        self._worker_metrics = worker_metrics
         self._ready = ready
         self.tracking = Tracking(config, keys if keys is not None else _NoKeys(), sink)
         self.admin: AdminAPI | None = None
@@ -169,7 +173,7 @@ class HTTPServer:
         return app
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        body = generate_latest()
+        body = metrics.exposition(self._worker_metrics)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _request: web.Request) -> web.Response:

@@ -1,11 +1,26 @@
-"""Prometheus metrics of the whole daemon, declared in one place so names stay consistent."""
+"""Prometheus metrics of the whole daemon, declared in one place so names stay consistent.
+
+With worker processes (server.workers), each worker writes its metrics to files in a
+directory the supervisor names in PROMETHEUS_MULTIPROC_DIR (prometheus_client's
+multiprocess mode; its counters survive a worker's restart), and the supervisor's
+/metrics adds them to its own, labelled process="workers" (`exposition`): a counter's
+total is the sum over both, as `sum(...)` gives in PromQL.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+WORKER_METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 CONNECTIONS_OPEN = Gauge(
-    "smtprelay_smtp_connections_open", "SMTP connections open now", ["listener"]
+    "smtprelay_smtp_connections_open", "SMTP connections open now", ["listener"],
+    multiprocess_mode="livesum",  # the workers' open ones, summed; the dead's dropped
 )
 CONNECTIONS_TOTAL = Counter(
     "smtprelay_smtp_connections_total", "SMTP connections accepted", ["listener"]
@@ -235,3 +250,36 @@ FEEDBACK_REFUSED = Counter(
 WORKER_RESTARTS = Counter(
     "smtprelay_worker_restarts_total",
     "SMTP worker processes (server.workers) started again after they ended")
+
+
+# What the workers' files say of these is not theirs to say: the queue and the events
+# are the supervisor's (a worker only moves the gauge by its own acceptances).
+_SUPERVISOR_ONLY = frozenset({"smtprelay_spool_messages", "smtprelay_event_outbox_depth",
+                              "smtprelay_configuration_sets_paused"})
+
+
+class _WithWorkers:
+    """This process's metrics, each family with the workers' samples added."""
+
+    def __init__(self, worker_dir: Path) -> None:
+        self._worker_dir = worker_dir
+
+    def collect(self) -> Iterator[Metric]:
+        collector = MultiProcessCollector(None, path=str(self._worker_dir))  # type: ignore[no-untyped-call]
+        workers = {family.name: family
+                   for family in collector.collect()}  # type: ignore[no-untyped-call]
+        for family in REGISTRY.collect():
+            theirs = workers.pop(family.name, None)
+            if theirs is not None and family.name not in _SUPERVISOR_ONLY:
+                family.samples.extend(
+                    sample._replace(labels={**sample.labels, "process": "workers"})
+                    for sample in theirs.samples)
+            yield family
+
+
+def exposition(worker_dir: Path | None = None) -> bytes:
+    """The text /metrics answers: this process's metrics, and with `worker_dir` the
+    worker processes' too."""
+    if worker_dir is None:
+        return generate_latest()
+    return generate_latest(_WithWorkers(worker_dir))  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import DaemonProcess, client_context, message, spooled
+from tests.support import DaemonProcess, client_context, message, metric, spooled
 
 _LISTENING = re.compile(r"worker (\d+) listening pid=(\d+)")
 
@@ -258,3 +258,28 @@ def test_status_of_a_one_process_relay(tmp_path: Path,
     assert (status["pid"], status["workers"], status["connections"]) == (
         daemon.proc.pid, [], 0)
     assert "one process (server.workers: 1), 0 sessions open" in daemon.cli("status").stdout
+
+
+def test_metrics_count_what_the_workers_did(tmp_path: Path,
+                                            daemons: list[DaemonProcess]) -> None:
+    daemon, cred = start(tmp_path)
+    daemons.append(daemon)
+    for index in (0, 1):
+        with only(daemon, index):
+            for n in range(3):
+                assert send(daemon, cred, f"counted {index}-{n}")[0] == 250
+    # Every worker's acceptances, labelled as theirs; a killed worker's stay counted.
+    assert metric(daemon, "smtprelay_messages_accepted_total", process="workers") == 6
+    os.kill(worker_pids(daemon)[0], signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while len(set(worker_pids(daemon).values())) < 2 or 0 not in worker_pids(daemon) \
+            or "worker 0 (pid" not in daemon.log():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert metric(daemon, "smtprelay_messages_accepted_total", process="workers") == 6
+    with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=20) as held:
+        held.ehlo()
+        deadline = time.monotonic() + 10
+        while metric(daemon, "smtprelay_smtp_connections_open", process="workers") != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
