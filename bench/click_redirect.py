@@ -62,6 +62,7 @@ def relay_with_click_events() -> RelayProcess:
     relay = RelayProcess(log_level="warning")
     config = yaml.safe_load(relay.config_path.read_text())
     config["configuration_sets"] = {"tracked": {
+        "accounts": ["bench"],  # a set belongs to accounts (issue 16)
         "tracking": {"click": True, "open": True, "domain": TRACKING_DOMAIN},
         "event_destinations": [{"name": "clicks", "type": "file", "event_types": ["Click"],
                                 "path": str(relay.root / "events.ndjson")}],

@@ -202,7 +202,9 @@ def transform_relay(signing: bool) -> RelayProcess:
     `signing`, an RSA 2048 and an Ed25519 DKIM key for example.com."""
     relay = RelayProcess(limits={"max_connections": 5000, "max_connections_per_ip": 5000})
     config = yaml.safe_load(relay.config_path.read_text())
-    config["configuration_sets"] = SETS
+    # A set belongs to accounts (issue 16): both are the bench account's.
+    config["configuration_sets"] = {name: {**settings, "accounts": ["bench"]}
+                                    for name, settings in SETS.items()}
     config["tracking_domains"] = {transform_cost.TRACKING_DOMAIN: {}}
     if signing:
         keys = relay.root / "dkim"
