@@ -45,10 +45,21 @@ from smtprelay.transform.pool import TransformPool, worker_count
 log = logging.getLogger("smtprelay.worker")
 
 
+def transform_processes(setting: int | str, workers: int) -> int:
+    """Transform processes of each worker: a number as configured; "auto" (one per
+    core, at most 4, for the whole relay) shared out among the `workers`, at least one
+    each where the relay would have any."""
+    count = worker_count(setting)
+    if setting == "auto" and count:
+        return max(1, count // workers)
+    return count
+
+
 class Worker:
     def __init__(self, config: Config, path: str, index: int, channel_fd: int,
-                 sockets: dict[str, socket.socket]) -> None:
+                 sockets: dict[str, socket.socket], workers: int = 1) -> None:
         self.index = index
+        self.workers = workers
         self.path = path
         self.live = Live(config)
         self._channel_fd = channel_fd
@@ -74,7 +85,7 @@ class Worker:
         for store in (self.credentials, self.suppression, self.contacts, self.pauses.store):
             await asyncio.to_thread(store.open)
         await asyncio.to_thread(self.pauses.refresh)
-        transforms = worker_count(config.server.transform_workers)
+        transforms = transform_processes(config.server.transform_workers, self.workers)
         if transforms:
             self._transform_pool = TransformPool(transforms)
         dns = config.delivery.dns
@@ -158,7 +169,8 @@ def main() -> int:
     logs.setup(config.logging.level, config.logging.format,
                process=f"worker{settings['index']}")
     sockets = {name: socket.socket(fileno=fd) for name, fd in settings["listeners"].items()}
-    worker = Worker(config, path, settings["index"], settings["channel"], sockets)
+    worker = Worker(config, path, settings["index"], settings["channel"], sockets,
+                    settings.get("workers", 1))
     try:
         import uvloop
     except ImportError:

@@ -47,6 +47,11 @@ def worker_processes(setting: int | str) -> int:
     return int(setting)
 
 
+class WorkersNotListening(RuntimeError):
+    """Not every worker process listened in time at start-up (their own errors are in
+    the log above)."""
+
+
 class WorkerSet:
     def __init__(self, count: int, config_path: str, sockets: dict[str, socket.socket],
                  channel: ChannelServer[Holdings], metrics_dir: Path | None = None) -> None:
@@ -104,13 +109,14 @@ class WorkerSet:
         return found
 
     async def start(self, within: float = 30.0) -> None:
-        """Start every worker; return once each listens (RuntimeError past `within`)."""
+        """Start every worker; return once each listens (WorkersNotListening past
+        `within`)."""
         for index in range(self.count):
             await self._spawn(index)
         deadline = time.monotonic() + within
         while not self.all_ready:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"server.workers: {len(self._ready)} of {self.count} "
+                raise WorkersNotListening(f"server.workers: {len(self._ready)} of {self.count} "
                                    "worker processes listening after "
                                    f"{within:.0f} s; see their errors above")
             await asyncio.sleep(0.02)
@@ -123,7 +129,8 @@ class WorkerSet:
         env = child_environment()
         if self._metrics_dir is not None:
             env[metrics.WORKER_METRICS_ENV] = str(self._metrics_dir)
-        env[ENVIRONMENT] = json.dumps({"index": index, "config": self._config_path,
+        env[ENVIRONMENT] = json.dumps({"index": index, "workers": self.count,
+                                       "config": self._config_path,
                                        "channel": theirs.fileno(), "listeners": listeners})
         try:
             process = await asyncio.create_subprocess_exec(

@@ -22,6 +22,7 @@ def register(sub: Any, common: argparse.ArgumentParser,
 def cmd_serve(args: argparse.Namespace) -> int:
     from smtprelay.app import daemon
     from smtprelay.app.datadir import DataDirError
+    from smtprelay.app.workers import WorkersNotListening
     from smtprelay.delivery.smtp_transport import SmarthostPasswordError
     from smtprelay.infra import logs
     from smtprelay.infra.tls import TLSSetupError
@@ -35,7 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         daemon.run(config, str(loaded.path))
     except (TLSSetupError, SpoolError, SchemaTooNew, SmarthostPasswordError, DKIMKeyError,
-            KeyRingError, DataDirError) as exc:
+            KeyRingError, DataDirError, WorkersNotListening) as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:
         raise CommandError(exc.strerror or str(exc)) from None
