@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from smtprelay.config import Config, load_config
 from smtprelay.operations.errors import (
@@ -17,6 +19,9 @@ from smtprelay.operations.errors import (
     NotConfigured,
     OperationError,
 )
+
+if TYPE_CHECKING:  # only for a hint: every command imports this module
+    from smtprelay.operations.suppression_files import ImportTally
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -99,3 +104,39 @@ def read_input(path: str) -> tuple[str, str]:
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
     return data.decode("utf-8-sig", errors="surrogateescape"), name
+
+
+def report_problems(name: str, tally: ImportTally) -> None:
+    """An import file's bad rows on stderr, as many as were kept, and how many more."""
+    for line in tally.problems:
+        print(line, file=sys.stderr)
+    if tally.bad > len(tally.problems):
+        print(f"{name}: {tally.bad - len(tally.problems)} more bad rows not shown",
+              file=sys.stderr)
+
+
+@contextlib.contextmanager
+def export_target(output: str | None) -> Iterator[IO[str]]:
+    """Where an export is written: `output`, or stdout without one. A file is opened
+    before the command switches to data_dir's owner (run as root, that user may not
+    create files where root can, so no temporary name and rename either), and removed
+    again when the export fails: half an export under the name a script expects is
+    worse than none."""
+    if not output:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    try:
+        out = open(output, "w", encoding="utf-8", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise CommandError(f"cannot write {output}: {exc.strerror or exc}") from None
+    ok = False
+    try:
+        yield out
+        out.flush()
+        ok = True
+    finally:
+        out.close()
+        if not ok:
+            with contextlib.suppress(OSError):
+                os.unlink(output)

@@ -18,10 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import Any
 
 # Imported here, not inside the commands: a command run as root switches to the owner
 # of data_dir before opening the database, and may then no longer read the install.
@@ -29,9 +28,11 @@ from smtprelay.cli.common import (
     EXIT_OK,
     CommandError,
     config_from,
+    export_target,
     format_time,
     print_json,
     read_input,
+    report_problems,
     state_config,
 )
 from smtprelay.config import Config, ContactListConfig
@@ -300,11 +301,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         checked = ops.read_file(config, args.list, text, name, fmt)
     except UnreadableFile as exc:
         raise CommandError(str(exc)) from None
-    for line in checked.problems:
-        print(line, file=sys.stderr)
-    if checked.bad > len(checked.problems):
-        print(f"{name}: {checked.bad - len(checked.problems)} more bad rows not shown",
-              file=sys.stderr)
+    report_problems(name, checked)
     with _store(args) as (store, config, _settings):
         imported = ops.import_plan(store, config, args.list, checked)
     if args.json:
@@ -323,26 +320,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     ops.find_list(config_from(args), args.list)
     fmt = args.format or format_of(args.output) or "csv"
     # Opened before state_config for the same reason import reads its file first.
-    if args.output:
-        try:
-            out: IO[str] = open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115
-        except OSError as exc:
-            raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from None
-    else:
-        out = sys.stdout
-    ok = False
-    try:
-        with _store(args) as (store, config, _settings):
-            count = ops.export(store, config, args.list, out, fmt)
-        out.flush()
-        ok = True
-    finally:
-        if args.output:
-            out.close()
-            if not ok:
-                # Half an export under the name a script expects is worse than none.
-                with contextlib.suppress(OSError):
-                    os.unlink(args.output)
+    with export_target(args.output) as out, _store(args) as (store, config, _settings):
+        count = ops.export(store, config, args.list, out, fmt)
     if args.output:
         print(f"exported {count} contacts to {args.output}", file=sys.stderr)
     return EXIT_OK

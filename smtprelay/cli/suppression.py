@@ -11,18 +11,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import Any
 
 # Imported here, not inside the commands: a command run as root switches to the owner
 # of data_dir before opening the database, and may then no longer read the install.
 from smtprelay.cli.common import (
     CommandError,
     config_from,
+    export_target,
     format_time,
     read_input,
+    report_problems,
     state_config,
 )
 from smtprelay.config import Config
@@ -162,11 +163,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         result = (parse_csv if fmt == "csv" else parse_json)(text, name, args.account)
     except UnreadableFile as exc:
         raise CommandError(str(exc)) from None
-    for line in result.problems:
-        print(line, file=sys.stderr)
-    if result.bad > len(result.problems):
-        print(f"{name}: {result.bad - len(result.problems)} more bad rows not shown",
-              file=sys.stderr)
+    report_problems(name, result)
     with _store(args) as (store, config):
         imported = ops.import_rows(store, config, args.account, result)
     print(f"imported {imported.new}, updated {imported.updated}, skipped {result.bad} bad "
@@ -180,29 +177,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     ops.check_account(config_from(args), args.account)
     fmt = args.format or format_of(args.output) or "csv"
-    # Opened before state_config for the same reason import reads its file first:
-    # run as root, the command becomes data_dir's owner, who may not be allowed to
-    # create files where root can (so no temporary name and rename either).
-    if args.output:
-        try:
-            out: IO[str] = open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115
-        except OSError as exc:
-            raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from None
-    else:
-        out = sys.stdout
-    ok = False
-    try:
-        with _store(args) as (store, config):
-            count = ops.export(store, config, out, fmt, args.account, reason=args.reason)
-        out.flush()
-        ok = True
-    finally:
-        if args.output:
-            out.close()
-            if not ok:
-                # Half an export under the name a script expects is worse than none.
-                with contextlib.suppress(OSError):
-                    os.unlink(args.output)
+    # Opened before state_config for the same reason import reads its file first.
+    with export_target(args.output) as out, _store(args) as (store, config):
+        count = ops.export(store, config, out, fmt, args.account, reason=args.reason)
     if args.output:
         print(f"exported {count} entries to {args.output}", file=sys.stderr)
     return 0

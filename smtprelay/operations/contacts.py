@@ -40,7 +40,7 @@ from smtprelay.operations.errors import (
     Invalid,
     TopicNotFound,
 )
-from smtprelay.operations.suppression_files import MAX_REPORTED
+from smtprelay.operations.suppression_files import ImportTally
 from smtprelay.policy.contacts import Contact, ContactChange, ContactFilter, SQLiteContactStore
 from smtprelay.policy.suppression import address_problem, normalise
 
@@ -317,19 +317,11 @@ def contacts(store: SQLiteContactStore, config: Config, name: str, *,
 
 
 @dataclass
-class ImportPlan:
+class ImportPlan(ImportTally):
     """The good rows of an import file, by stored address (the last row wins), and
     what was wrong with the others."""
 
     changes: dict[str, ContactChange] = field(default_factory=dict)
-    bad: int = 0
-    duplicates: int = 0
-    problems: list[str] = field(default_factory=list)
-
-    def problem(self, where: str, text: str) -> None:
-        self.bad += 1
-        if len(self.problems) < MAX_REPORTED:
-            self.problems.append(f"{where}: {text}")
 
 
 @dataclass(frozen=True, slots=True)

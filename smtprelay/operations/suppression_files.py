@@ -72,10 +72,11 @@ def _iso(ts: float) -> str:
 
 
 @dataclass
-class ParseResult:
-    """The good rows of an import file, by normalised address (last one wins)."""
+class ImportTally:
+    """What an import file's reading found wrong: the bad rows (the first MAX_REPORTED
+    of them described, "file:line: what") and the repeated addresses. Shared by the
+    suppression and the contact imports."""
 
-    rows: dict[str, tuple[str, Reason, float | None]] = field(default_factory=dict)
     bad: int = 0
     duplicates: int = 0
     problems: list[str] = field(default_factory=list)
@@ -84,6 +85,13 @@ class ParseResult:
         self.bad += 1
         if len(self.problems) < MAX_REPORTED:
             self.problems.append(f"{where}: {text}")
+
+
+@dataclass
+class ParseResult(ImportTally):
+    """The good rows of an import file, by normalised address (last one wins)."""
+
+    rows: dict[str, tuple[str, Reason, float | None]] = field(default_factory=dict)
 
     def good(self, address: str, reason: Reason, created_at: float | None) -> None:
         key = normalise(address)
