@@ -53,7 +53,7 @@ from smtprelay.spool.model import (
     RecipientUpdate,
 )
 from smtprelay.spool.store import Finalizer, Spool, SpoolError
-from smtprelay.transform.copies import CopyFailed, CopyMaker
+from smtprelay.transform.copies import Copies, CopyFailed, CopyMaker
 from smtprelay.transform.keys import KeySource
 from smtprelay.transform.tokens import KeyRing
 
@@ -253,19 +253,35 @@ class Scheduler:
         for r in held:
             by_domain.setdefault(recipient_domain(r.address), []).append(r)
         verp_domain, keyring = self._verp(message)
-        per_recipient = message.attrs.copies is not None or "copies" in message.attrs.extra
+        copies = self._copies_of(message, data, prefix)
         wire = WireForm(data, prefix)
         for domain, recipients in by_domain.items():
-            if not per_recipient and (verp_domain is None or keyring is None):
+            if copies is None and (verp_domain is None or keyring is None):
                 await self._attempt(message, domain, message.mail_from, recipients, data,
                                     prefix, wire)
                 continue
             for r in recipients:
                 sender = self._verp_sender(message, r, verp_domain, keyring)
-                if per_recipient:
-                    await self._attempt_copy(message, domain, r, data, prefix, sender)
+                if copies is not None:
+                    await self._attempt_copy(message, domain, r, copies, sender)
                 else:
                     await self._attempt(message, domain, sender, [r], data, prefix, wire)
+
+    def _copies_of(self, message: QueuedMessage, data: bytes,
+                   received: bytes) -> Copies | CopyFailed | None:
+        """The message's per-recipient copies (or why none can be made), or None: one
+        body for every recipient."""
+        attrs = message.attrs
+        plan = attrs.copies if attrs.copies is not None else attrs.extra.get("copies")
+        if plan is None:
+            return None
+        if self._copies is None:
+            return CopyFailed("this relay makes no per-recipient copies")
+        try:
+            return self._copies.prepare(message.message_id, data, received, plan,
+                                        message.received_at)
+        except CopyFailed as exc:
+            return exc
 
     @staticmethod
     def _verp_sender(message: QueuedMessage, recipient: QueuedRecipient,
@@ -280,25 +296,26 @@ class Scheduler:
             return message.mail_from
 
     async def _attempt_copy(self, message: QueuedMessage, domain: str,
-                            recipient: QueuedRecipient, data: bytes, received: bytes,
+                            recipient: QueuedRecipient, copies: Copies | CopyFailed,
                             mail_from: str) -> None:
         """One transaction of `recipient`'s own copy; a copy that cannot be made defers
         the recipient (recorded like any attempt), so it is tried again."""
-        try:
-            if self._copies is None:
-                raise CopyFailed("this relay makes no per-recipient copies")
-            prefix, copy = await self._copies.copy_for(
-                message.message_id, data, received, message.attrs.copies or
-                message.attrs.extra.get("copies"), recipient.index, message.received_at)
-        except CopyFailed as exc:
-            log.error("msg=%s recipient %d deferred: %s", message.message_id,
-                      recipient.index, exc)
-            await self._conclude(message, [recipient], None, same_result(
-                [recipient.address], Verdict.DEFERRED, "4.3.0",
-                f"x-local; the copy for this recipient could not be made: {exc}"))
-            return
-        await self._attempt(message, domain, mail_from, [recipient], copy, prefix,
-                            WireForm(copy, prefix))
+        if isinstance(copies, CopyFailed):
+            failure = copies
+        else:
+            try:
+                prefix, copy = await copies.copy_for(recipient.index)
+            except CopyFailed as exc:
+                failure = exc
+            else:
+                await self._attempt(message, domain, mail_from, [recipient], copy, prefix,
+                                    WireForm(copy, prefix))
+                return
+        log.error("msg=%s recipient %d deferred: %s", message.message_id, recipient.index,
+                  failure)
+        await self._conclude(message, [recipient], None, same_result(
+            [recipient.address], Verdict.DEFERRED, "4.3.0",
+            f"x-local; the copy for this recipient could not be made: {failure}"))
 
     def _verp(self, message: QueuedMessage) -> tuple[str | None, KeyRing | None]:
         """The MAIL FROM domain for this message's VERP senders and the keys to sign

@@ -5,7 +5,7 @@ recipient. When a message has several envelope recipients and its configuration 
 tracks or adds unsubscribe links, or it names a contact list, every recipient gets a
 copy of their own (SES sends one copy per destination as well): the pipeline spools
 the message as submitted, with its tracking.Plan in the message attributes, and the
-delivery side asks a CopyMaker for each recipient's copy, rendered with that
+delivery side asks a CopyMaker (once per message) for each recipient's copy, rendered with that
 recipient's index in its tokens and then DKIM-signed, so each signature covers the
 copy's own List-Unsubscribe and links. The copy is made again at every attempt: it is
 a pure function of the stored message, the plan and the index, so a retry sends the
@@ -20,11 +20,13 @@ acceptance (a transform worker process or a thread, and a thread for signing).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from smtprelay.mail.address import domain_of
 from smtprelay.mail.headers import addresses, parse_header_section
-from smtprelay.transform import tracking
+from smtprelay.transform import dkim, tokens, tracking
 from smtprelay.transform.finish import FinishFailed
 from smtprelay.transform.finisher import Finisher
 from smtprelay.transform.keys import KeySource, SignerSource
@@ -45,12 +47,11 @@ class CopyMaker:
         self._live = live
         self._finisher = Finisher(pool)
 
-    async def copy_for(self, message_id: str, data: bytes, received: bytes,
-                       plan_json: object, recipient: int, issued_at: float
-                       ) -> tuple[bytes, bytes]:
-        """(prefix, data) of recipient `recipient`'s copy: our DKIM signatures and
-        `received` (the Received field the spool keeps as the message's prefix), and
-        the transformed message."""
+    def prepare(self, message_id: str, data: bytes, received: bytes, plan_json: object,
+                issued_at: float) -> Copies:
+        """What every recipient's copy of this message shares: its plan and signing
+        keys, found once per attempt rather than once per recipient. CopyFailed when
+        the stored plan is damaged or the message has no From to sign for."""
         plan = tracking.Plan.from_json(plan_json)
         if plan is None:
             raise CopyFailed(f"the stored copy plan is damaged: {plan_json!r:.200}")
@@ -58,11 +59,31 @@ class CopyMaker:
                    for address in addresses(field.value)]
         if not senders:
             raise CopyFailed("the message has no From address to sign for")
-        keys = self._live.signer.keys_for(domain_of(senders[0]))
+        return Copies(self._finisher, self._live.keyring,
+                      self._live.signer.keys_for(domain_of(senders[0])), plan,
+                      message_id, data, received, issued_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Copies:
+    """One message's per-recipient copies, made one at a time (CopyMaker.prepare)."""
+
+    finisher: Finisher
+    keyring: tokens.KeyRing
+    keys: Sequence[dkim.SigningKey]
+    plan: tracking.Plan
+    message_id: str
+    data: bytes
+    received: bytes  # the Received field the spool keeps as the message's prefix
+    issued_at: float
+
+    async def copy_for(self, recipient: int) -> tuple[bytes, bytes]:
+        """(prefix, data) of recipient `recipient`'s copy: our DKIM signatures and the
+        Received field, and the transformed message. CopyFailed when it cannot be made."""
         try:
-            done = await self._finisher.finish(data, plan, self._live.keyring, keys,
-                                               message_id=message_id, recipient=recipient,
-                                               issued_at=issued_at)
+            done = await self.finisher.finish(
+                self.data, self.plan, self.keyring, self.keys, message_id=self.message_id,
+                recipient=recipient, issued_at=self.issued_at)
         except (tracking.DuplicateOpenTracker, FinishFailed, TransformUnavailable) as exc:
             raise CopyFailed(f"the copy could not be made: {exc!r}") from exc
-        return done.signatures + received, done.result.data
+        return done.signatures + self.received, done.result.data
