@@ -17,7 +17,8 @@ Layout, before encoding::
     mac        10 bytes  HMAC-SHA256 over a context label and everything above, truncated
 
 The local part is ``PREFIX`` ("b-", for bounce) and that in lowercase base32 (RFC
-4648 alphabet, no padding). Why:
+4648 alphabet, no padding), sealed and opened by transform.local_parts, which the
+List-Unsubscribe mailto addresses use too ("u-"). Why:
 
 * Some MTAs lower-case local parts (and a few upper-case them), so the encoding has no
   case-significant character: decoding ignores case. "-" is not in the alphabet, so
@@ -35,25 +36,17 @@ The local part is ``PREFIX`` ("b-", for bounce) and that in lowercase base32 (RF
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import re
-import time
 from typing import Literal, NamedTuple
 
-from smtprelay.transform.tokens import InvalidToken, KeyRing, read_varint, write_varint
+from smtprelay.transform import local_parts
+from smtprelay.transform.local_parts import Unsealed
+from smtprelay.transform.tokens import KeyRing, read_varint, write_varint
 
 PREFIX = "b-"
-MAC_SIZE = 10
-MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 # Far above any envelope (SES allows 50 recipients), and what keeps the varint short.
 MAX_RECIPIENT_INDEX = 2**32
 _CONTEXT = b"smtprelay verp tag\x00"
-_MESSAGE_ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]{16}")
-_MESSAGE_BYTES = 14
-_BASE32 = re.compile(r"[a-z2-7]+")
 # A tag inside any text (an SRS-rewritten address, a Return-Path field): the prefix
 # after a non-tag character, then the base32 (the shortest real tag is 40 characters).
 _TAG_IN_TEXT = re.compile(r"(?<![a-z0-9])b-[a-z2-7]{38,62}(?![a-z2-7])", re.IGNORECASE)
@@ -75,25 +68,18 @@ class VerpTag(NamedTuple):
 
 
 def encode(message_id: str, recipient_index: int | None, keyring: KeyRing) -> str:
-    """The local part ("b-...") for this message and recipient, signed with the active key.
+    """The local part ("b-...") for this message and recipient, signed with the active key
+    (transform.local_parts: the tail is the recipient index plus one, 0 for the whole
+    envelope).
 
     ValueError for a message id not in the spool's format, a negative index, or a tag
     that would not fit in a local part.
     """
-    if not _MESSAGE_ID.fullmatch(message_id):
-        raise ValueError(f"not a relay message id: {message_id!r}")
     if recipient_index is not None and not 0 <= recipient_index < MAX_RECIPIENT_INDEX:
         raise ValueError(f"recipient index out of range: {recipient_index}")
-    key = keyring.active()
-    body = bytearray()
-    write_varint(body, key.id)
-    body += bytes.fromhex(message_id.replace("-", ""))
-    write_varint(body, 0 if recipient_index is None else recipient_index + 1)
-    signed = bytes(body)
-    local = PREFIX + _base32(signed + _mac(key.secret, signed))
-    if len(local) > MAX_LOCAL_PART:
-        raise ValueError(f"VERP tag would be {len(local)} octets (limit {MAX_LOCAL_PART})")
-    return local
+    tail = bytearray()
+    write_varint(tail, 0 if recipient_index is None else recipient_index + 1)
+    return local_parts.seal(PREFIX, _CONTEXT, keyring, message_id, bytes(tail))
 
 
 def address(message_id: str, recipient_index: int | None, mail_from_domain: str,
@@ -111,46 +97,19 @@ def decode(local_part: str, keyring: KeyRing, now: float | None = None) -> VerpT
     Case does not matter. A tag signed by a key retired more than the KeyRing's grace
     period ago is refused ("retired key"), as tracking tokens are.
     """
-    now = time.time() if now is None else now
-    text = local_part.strip().lower()
-    if not text.startswith(PREFIX) or len(text) > MAX_LOCAL_PART:
-        raise InvalidVerpTag("not a VERP tag")
-    encoded = text[len(PREFIX):]
-    if not _BASE32.fullmatch(encoded):
-        raise InvalidVerpTag("malformed")
     try:
-        raw = base64.b32decode(encoded.upper() + "=" * (-len(encoded) % 8))
-    except (binascii.Error, ValueError):
-        raise InvalidVerpTag("malformed") from None
-    # Only the canonical spelling: otherwise the unused low bits of the last character
-    # would let one tag be written several ways, and a changed character go unnoticed.
-    if _base32(raw) != encoded or len(raw) < 1 + _MESSAGE_BYTES + 1 + MAC_SIZE:
-        raise InvalidVerpTag("malformed")
-    signed, tag = raw[:-MAC_SIZE], raw[-MAC_SIZE:]
+        message_id, tail = local_parts.unseal(local_part, PREFIX, _CONTEXT, keyring, now)
+    except Unsealed as exc:
+        raise InvalidVerpTag("not a VERP tag" if exc.reason == "not ours"
+                             else exc.reason) from None
     try:
-        key_id, offset = read_varint(signed, 0, max_bits=36)
-    except ValueError:
-        raise InvalidVerpTag("malformed") from None
-    try:
-        key = keyring.verification_key(key_id, now)
-    except InvalidToken as exc:
-        # The KeyRing speaks of tokens; its two verdicts here mean the same for tags.
-        raise InvalidVerpTag("retired key" if exc.reason == "retired key"
-                             else "unknown key") from None
-    if not hmac.compare_digest(tag, _mac(key.secret, signed)):
-        raise InvalidVerpTag("tampered")
-    try:
-        if offset + _MESSAGE_BYTES > len(signed):
-            raise ValueError("short message id")
-        hexid = signed[offset:offset + _MESSAGE_BYTES].hex()
-        index_plus_one, offset = read_varint(signed, offset + _MESSAGE_BYTES, max_bits=36)
-        if offset != len(signed):
+        index_plus_one, offset = read_varint(tail, 0, max_bits=36)
+        if offset != len(tail):
             raise ValueError("trailing bytes")
     except ValueError:
         # Signed by us yet unreadable: a bug or a format change, not an attack.
         raise InvalidVerpTag("malformed") from None
-    return VerpTag(f"{hexid[:12]}-{hexid[12:]}",
-                   None if index_plus_one == 0 else index_plus_one - 1)
+    return VerpTag(message_id, None if index_plus_one == 0 else index_plus_one - 1)
 
 
 def decode_address(envelope_address: str, keyring: KeyRing,
@@ -171,11 +130,3 @@ def find_tags(text: str) -> tuple[str, ...]:
     Original-Mail-From or an SRS-rewritten address. Each still has to pass ``decode``."""
     return tuple(dict.fromkeys(match.group(0).lower()
                                for match in _TAG_IN_TEXT.finditer(text[:65536])))
-
-
-def _mac(secret: bytes, data: bytes) -> bytes:
-    return hmac.new(secret, _CONTEXT + data, hashlib.sha256).digest()[:MAC_SIZE]
-
-
-def _base32(data: bytes) -> str:
-    return base64.b32encode(data).rstrip(b"=").decode("ascii").lower()

@@ -20,7 +20,8 @@ unsubscribes exactly as the https POST does (``smtprelay.feedback.unsubscribes``
 The tag, not the unsubscribe token, is the local part: a token is case-sensitive
 base64url (some MTAs change the case of local parts) and a contact list's is longer
 than the 64 octets RFC 5321 4.5.3.1.1 allows (76 with list "newsletters" and topic
-"weekly"). Layout, before lowercase base32 (RFC 4648, no padding)::
+"weekly"). Layout, before lowercase base32 (RFC 4648, no padding; transform.local_parts
+seals and opens it, as it does VERP's "b-" tags)::
 
     key id     varint    which key of the tracking KeyRing signed it
     message    14 bytes  the relay's message id, packed from its hex
@@ -38,17 +39,13 @@ the subject alone.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import re
-import time
 import urllib.parse
 from typing import NamedTuple
 
 from smtprelay.mail.headers import HeaderField
-from smtprelay.transform.tokens import InvalidToken, KeyRing, read_varint, write_varint
+from smtprelay.transform import local_parts
+from smtprelay.transform.local_parts import Unsealed
+from smtprelay.transform.tokens import KeyRing, read_varint, write_varint
 
 # SES's footer placeholder and ours; both become the recipient's unsubscribe URL.
 PLACEHOLDERS = ("{{unsubscribe_url}}", "{{amazonSESUnsubscribeUrl}}")
@@ -56,11 +53,7 @@ _FIELDS = ("list-unsubscribe", "list-unsubscribe-post")
 
 
 MAILTO_PREFIX = "u-"
-_MAILTO_MAC = 10
 _MAILTO_CONTEXT = b"smtprelay unsubscribe address\x00"
-_MESSAGE_ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]{16}")
-_BASE32 = re.compile(r"[a-z2-7]+")
-MAX_LOCAL_PART = 64
 
 
 class MailtoTag(NamedTuple):
@@ -77,56 +70,32 @@ class InvalidMailtoTag(ValueError):
 
 def mailto_local_part(keyring: KeyRing, message_id: str, recipient: int, *,
                       contact_list: bool) -> str:
-    """``u-TAG``, signed with the ring's active key. ValueError for a bad id or index."""
-    if not _MESSAGE_ID.fullmatch(message_id):
-        raise ValueError(f"not a relay message id: {message_id!r}")
+    """``u-TAG``, signed with the ring's active key (transform.local_parts: the tail is
+    the recipient index and a contact-list flag). ValueError for a bad id or index."""
     if not 0 <= recipient < 2**32:
         raise ValueError(f"recipient index out of range: {recipient}")
-    key = keyring.active()
-    body = bytearray()
-    write_varint(body, key.id)
-    body += bytes.fromhex(message_id.replace("-", ""))
-    write_varint(body, recipient)
-    body.append(1 if contact_list else 0)
-    signed = bytes(body)
-    local = MAILTO_PREFIX + _base32(signed + _mailto_mac(key.secret, signed))
-    if len(local) > MAX_LOCAL_PART:
-        raise ValueError(f"unsubscribe address would be {len(local)} octets")
-    return local
+    tail = bytearray()
+    write_varint(tail, recipient)
+    tail.append(1 if contact_list else 0)
+    return local_parts.seal(MAILTO_PREFIX, _MAILTO_CONTEXT, keyring, message_id,
+                            bytes(tail))
 
 
 def decode_mailto(local_part: str, keyring: KeyRing, now: float | None = None) -> MailtoTag:
     """What a tag we issued says; InvalidMailtoTag otherwise (any case accepted)."""
-    now = time.time() if now is None else now
-    text = local_part.strip().lower()
-    if not text.startswith(MAILTO_PREFIX) or len(text) > MAX_LOCAL_PART:
-        raise InvalidMailtoTag("not an unsubscribe address")
-    encoded = text[len(MAILTO_PREFIX):]
-    if not _BASE32.fullmatch(encoded):
-        raise InvalidMailtoTag("malformed")
     try:
-        raw = base64.b32decode(encoded.upper() + "=" * (-len(encoded) % 8))
-    except (binascii.Error, ValueError):
-        raise InvalidMailtoTag("malformed") from None
-    if _base32(raw) != encoded or len(raw) < 1 + 14 + 1 + 1 + _MAILTO_MAC:
-        raise InvalidMailtoTag("malformed")
-    signed, mac = raw[:-_MAILTO_MAC], raw[-_MAILTO_MAC:]
+        message_id, tail = local_parts.unseal(local_part, MAILTO_PREFIX, _MAILTO_CONTEXT,
+                                              keyring, now, min_tail=2)
+    except Unsealed as exc:
+        raise InvalidMailtoTag("not an unsubscribe address" if exc.reason == "not ours"
+                               else exc.reason) from None
     try:
-        key_id, offset = read_varint(signed, 0, max_bits=36)
-        key = keyring.verification_key(key_id, now)
-    except ValueError as exc:  # InvalidToken is one
-        raise InvalidMailtoTag(exc.reason if isinstance(exc, InvalidToken)
-                               else "malformed") from None
-    if not hmac.compare_digest(mac, _mailto_mac(key.secret, signed)):
-        raise InvalidMailtoTag("tampered")
-    try:
-        hexid = signed[offset:offset + 14].hex()
-        recipient, offset = read_varint(signed, offset + 14, max_bits=36)
-        if len(hexid) != 28 or offset + 1 != len(signed) or signed[offset] > 1:
+        recipient, offset = read_varint(tail, 0, max_bits=36)
+        if offset + 1 != len(tail) or tail[offset] > 1:
             raise ValueError("layout")
-    except ValueError:
+    except (ValueError, IndexError):
         raise InvalidMailtoTag("malformed") from None
-    return MailtoTag(f"{hexid[:12]}-{hexid[12:]}", recipient, signed[offset] == 1)
+    return MailtoTag(message_id, recipient, tail[offset] == 1)
 
 
 def mailto_address(target: str, keyring: KeyRing, message_id: str, recipient: int, *,
@@ -136,14 +105,6 @@ def mailto_address(target: str, keyring: KeyRing, message_id: str, recipient: in
         return target
     local = mailto_local_part(keyring, message_id, recipient, contact_list=contact_list)
     return f"{local}@{target}"
-
-
-def _mailto_mac(secret: bytes, data: bytes) -> bytes:
-    return hmac.new(secret, _MAILTO_CONTEXT + data, hashlib.sha256).digest()[:_MAILTO_MAC]
-
-
-def _base32(data: bytes) -> str:
-    return base64.b32encode(data).rstrip(b"=").decode("ascii").lower()
 
 
 def header_fields(url: str, mailto: str | None = None, token: str = "") -> bytes:
