@@ -67,13 +67,11 @@ class WorkerSet:
         self._pauses: dict[int, float] = {}  # index -> pause before its next start
         self._stopping = False
         self.restarts: dict[int, int] = {}
+        self._all_listening = asyncio.Event()
         # index -> what the worker last said of itself (pid, sessions, loop lag), and when.
         self.reports: dict[int, dict[str, Any]] = {}
         channel.register("worker_ready", self._worker_ready)
         channel.register("worker_status", self._worker_status)
-
-    def pids(self) -> dict[int, int]:
-        return {index: process.pid for index, process in self._processes.items()}
 
     @property
     def all_ready(self) -> bool:
@@ -86,6 +84,8 @@ class WorkerSet:
         assert isinstance(index, int) and isinstance(pid, int)
         self._ready[index] = pid
         log.info("worker %d listening pid=%d", index, pid)
+        if self.all_ready:
+            self._all_listening.set()
         return None
 
     async def _worker_status(self, _: Holdings, args: tuple[object, ...]) -> object:
@@ -113,13 +113,12 @@ class WorkerSet:
         `within`)."""
         for index in range(self.count):
             await self._spawn(index)
-        deadline = time.monotonic() + within
-        while not self.all_ready:
-            if time.monotonic() > deadline:
-                raise WorkersNotListening(f"server.workers: {len(self._ready)} of {self.count} "
-                                   "worker processes listening after "
-                                   f"{within:.0f} s; see their errors above")
-            await asyncio.sleep(0.02)
+        try:
+            await asyncio.wait_for(self._all_listening.wait(), within)
+        except TimeoutError:
+            raise WorkersNotListening(
+                f"server.workers: {len(self._ready)} of {self.count} worker processes "
+                f"listening after {within:.0f} s; see their errors above") from None
 
     async def _spawn(self, index: int) -> None:
         ours, theirs = socket.socketpair()
