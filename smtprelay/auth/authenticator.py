@@ -139,7 +139,8 @@ class Authenticator:
             # A hit counts only while the credential still holds the same hash and is
             # enabled: deleting, disabling or rotating it takes effect at once.
             if expires > time.monotonic() and stored_hash == credential.password_hash \
-                    and not credential.disabled:
+                    and not credential.disabled \
+                    and credential.account in self._from_config().accounts:
                 self._cache.move_to_end(cache_id)
                 return await self._accepted(credential, client_ip)
             self._cache.pop(cache_id, None)
@@ -159,9 +160,6 @@ class Authenticator:
             shown = username if credential is not None else _unknown(username)
             log.warning("auth failed client=%s user=%s reason=%s", client_ip, shown, reason)
             return AuthResult(Outcome.INVALID)
-        self._cache[cache_id] = (credential.password_hash, time.monotonic() + self._cache_ttl)
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
         return await self._accepted(credential, client_ip)
 
     async def _verify(self, cache_id: bytes, password: str, stored: str) -> bool:
@@ -169,15 +167,24 @@ class Authenticator:
         if task is None:
             # A task of its own, shielded: a caller that goes away (client hung up)
             # must not cancel the verification others are waiting for.
-            task = asyncio.create_task(self._verify_now(password, stored))
+            task = asyncio.create_task(self._verify_now(cache_id, password, stored))
             self._inflight[cache_id] = task
             task.add_done_callback(lambda _: self._inflight.pop(cache_id, None))
         return await asyncio.shield(task)
 
-    async def _verify_now(self, password: str, stored: str) -> bool:
+    async def _verify_now(self, cache_id: bytes, password: str, stored: str) -> bool:
         async with self._verify_slots:
             metrics.AUTH_HASH_VERIFICATIONS.inc()
-            return await asyncio.to_thread(verify_password, password, stored)
+            valid = await asyncio.to_thread(verify_password, password, stored)
+        if valid:
+            # Cached here, before the task completes and leaves `_inflight`: were it
+            # cached by a waiter, a session arriving between the two would find
+            # neither and pay a second slow hash. A hit still checks the credential
+            # (same hash, enabled, account configured) when it is used.
+            self._cache[cache_id] = (stored, time.monotonic() + self._cache_ttl)
+            if len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return valid
 
     async def _accepted(self, credential: Credential, client_ip: str) -> AuthResult:
         with contextlib.suppress(StateUnavailable):  # it only clears a pair's failures
