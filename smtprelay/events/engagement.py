@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 
 from smtprelay.config import ConfigSource, ContactListConfig
 from smtprelay.events import records
@@ -69,11 +70,27 @@ def preferences(contact: Contact | None, settings: ContactListConfig | None
                             topic_subscription_status=tuple(statuses))
 
 
+@dataclass(slots=True)
+class _Batch:
+    """Opens and clicks waiting for one write, and the future their requests await."""
+
+    done: asyncio.Future[None]
+    hits: list[set_stats.Hit] = field(default_factory=list)
+    details: list[Open | Click] = field(default_factory=list)
+
+
 class EngagementRecorder:
+    """Opens and clicks are written in batches: every one that arrives while a batch
+    is being written joins the next, which is one piece of spool work (one look-up
+    per message, one write per counter, the events in one statement) and shares its
+    commit. Each request is answered once its batch is durable."""
+
     def __init__(self, spool: Spool, contacts: ContactStore, live: ConfigSource) -> None:
         self._spool = spool
         self._contacts = contacts
         self._live = live
+        self._collecting: _Batch | None = None
+        self._writing: asyncio.Task[None] | None = None
 
     def _publishes(self, set_name: str | None) -> bool:
         settings = self._live.config.configuration_sets.get(set_name) if set_name else None
@@ -96,23 +113,41 @@ class EngagementRecorder:
                           machine_reason=engagement.machine_reason)
         else:
             return
+        batch = self._collecting
+        if batch is None:
+            batch = self._collecting = _Batch(asyncio.get_running_loop().create_future())
+        batch.hits.append(set_stats.Hit(payload.message_id, kind, engagement.at,
+                                        engagement.machine))
+        batch.details.append(detail)
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.create_task(self._write_batches())
+        # Shielded: a client that hangs up must not cancel the others' write.
+        await asyncio.shield(batch.done)
 
-        def event(engaged: set_stats.Engaged) -> EventRecord | None:
+    async def _write_batches(self) -> None:
+        while self._collecting is not None:
+            batch, self._collecting = self._collecting, None
+            await self._write(batch)
+            batch.done.set_result(None)
+
+    async def _write(self, batch: _Batch) -> None:
+        hits, details = batch.hits, batch.details
+
+        def event(index: int, engaged: set_stats.Engaged) -> EventRecord | None:
             # The set's statistics count every engagement; an event only goes to a
             # set that publishes.
             if not self._publishes(engaged.configuration_set):
                 return None
-            return records.make(payload.message_id, engaged.configuration_set,
-                               engagement.at, detail)
+            return records.make(hits[index].message_id, engaged.configuration_set,
+                               hits[index].at, details[index])
 
         try:
-            await self._spool.record_engagement(payload.message_id, kind, engagement.at,
-                                                engagement.machine, event)
+            await self._spool.record_engagements(hits, event)
         except Exception as exc:
-            # The person still gets their redirect or pixel; the event is what is lost,
-            # and the log says so.
-            log.error("msg=%s %s not recorded: %s", payload.message_id,
-                      type(payload).__name__, exc)
+            # The people still get their redirects and pixels; the events are what is
+            # lost, and the log says so.
+            log.error("%d opens and clicks not recorded (msg=%s ...): %s", len(hits),
+                      hits[0].message_id, exc)
 
     async def unsubscribe(self, engagement: Engagement) -> bool:
         payload = engagement.payload

@@ -18,6 +18,8 @@ import json
 import logging
 import math
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -100,9 +102,53 @@ def stored_to_ses(event: StoredEvent) -> dict[str, Any]:
                     message_id=event.message_id, mail_tags=event.mail_tags)
 
 
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 def stored_to_json(event: StoredEvent) -> bytes:
-    return json.dumps(stored_to_ses(event), ensure_ascii=False,
-                      separators=(",", ":")).encode("utf-8")
+    """stored_to_ses as compact UTF-8 JSON. The ``mail`` object's JSON is made once per
+    message (_MAIL_OBJECTS) and spliced in: a message's events (Send, Delivery, every
+    open and click) all carry the same one, and it is most of each line."""
+    if event.mail is None or event.mail_tags:
+        return _compact(stored_to_ses(event))
+    kind = EventType(event.type)
+    return b"".join((b'{"eventType":', _compact(str(kind)), b',"mail":',
+                     _MAIL_OBJECTS.get(event.mail)[1], b',"',
+                     DETAIL_KEYS[kind].encode(), b'":', _compact(_clean(event.detail)), b"}"))
+
+
+class _MailObjectCache:
+    """The cleaned ``mail`` objects (and their JSON) of the messages last published.
+
+    Keyed by message id and checked against the whole MailInfo, so a record that
+    differs (rewritten, or another relay's id) is never served a stale object. A lock
+    because webhook and file destinations may render from different threads."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, tuple[MailInfo, dict[str, Any], bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, mail: MailInfo) -> tuple[dict[str, Any], bytes]:
+        with self._lock:
+            entry = self._entries.get(mail.message_id)
+            if entry is not None and entry[0] == mail:
+                self._entries.move_to_end(mail.message_id)
+                return entry[1], entry[2]
+        cleaned: dict[str, Any] = _clean(mail_object(mail))
+        encoded = _compact(cleaned)
+        with self._lock:
+            self._entries[mail.message_id] = (mail, cleaned, encoded)
+            self._entries.move_to_end(mail.message_id)
+            if len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return cleaned, encoded
+
+
+# Events of a message come close together (Send and Delivery within seconds, opens
+# and clicks in the hours after a campaign): a few thousand messages cover a burst.
+_MAIL_OBJECTS = _MailObjectCache(4096)
 
 
 def detail_object(detail: Detail) -> dict[str, Any]:
@@ -126,14 +172,13 @@ def assemble(kind: EventType, mail: MailInfo | None, detail: dict[str, Any], *,
             "timestamp": iso_timestamp(accepted if accepted is not None else 0.0),
             "source": "", "sendingAccountId": "", "messageId": message_id,
             "destination": [], "headersTruncated": False, "headers": [], "tags": {}}
+        mail_part = _clean(mail_part)
     else:
-        mail_part = mail_object(mail)
+        mail_part = dict(_MAIL_OBJECTS.get(mail)[0])  # a copy: the cached one is shared
     if mail_tags:
-        mail_part["tags"] = {**mail_part["tags"],
-                             **{name: list(values) for name, values in mail_tags.items()}}
-    cleaned: dict[str, Any] = _clean({"eventType": str(kind), "mail": mail_part,
-                                      DETAIL_KEYS[kind]: detail})
-    return cleaned
+        mail_part["tags"] = _clean(
+            {**mail_part["tags"], **{name: list(values) for name, values in mail_tags.items()}})
+    return {"eventType": str(kind), "mail": mail_part, DETAIL_KEYS[kind]: _clean(detail)}
 
 
 def iso_timestamp(seconds: float) -> str:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -151,39 +151,78 @@ class Engaged:
     configuration_set: str | None
 
 
-def count_engagement(conn: sqlite3.Connection, message_id: str, kind: str, at: float,
-                     machine: bool) -> Engaged | None:
-    """Count an open or click (`kind` "open"/"click") of a tracked message.
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One open or click (`kind` "open"/"click") of a tracked message, to be counted."""
+
+    message_id: str
+    kind: str
+    at: float
+    machine: bool
+
+
+def count_engagements(conn: sqlite3.Connection, hits: Sequence[Hit]) -> list[Engaged | None]:
+    """Count opens and clicks of tracked messages, in the caller's transaction: one
+    look-up per message and one write per counter for the whole batch, however many
+    hits it holds (a campaign's clicks arrive by the thousand).
 
     The message is found in tracked_messages, else (a message spooled before that
     table existed) in its mail record, which knows no earlier engagements: such
-    opens count in the totals only. None when the message is unknown (past the
-    tracking window): nothing is counted.
+    opens count in the totals only. None for a hit whose message is unknown (past
+    the tracking window): nothing is counted for it.
     """
-    column = "opened_at" if kind == "open" else "clicked_at"
-    row = conn.execute(
-        f"SELECT account, configuration_set, {column} FROM tracked_messages"  # noqa: S608
-        " WHERE message_id = ?", (message_id,)).fetchone()
-    first = False
+    # message id -> (account, set, first open, first click) as this batch leaves them.
+    seen: dict[str, list[Any] | None] = {}
+    firsts: list[tuple[str, float, str]] = []
+    totals: dict[tuple[int, str, str, str], int] = {}
+    results: list[Engaged | None] = []
+    for hit in hits:
+        if hit.message_id not in seen:
+            seen[hit.message_id] = _tracked(conn, hit.message_id)
+        known = seen[hit.message_id]
+        if known is None:
+            results.append(None)
+            continue
+        account, key = known[0], known[1]
+        slot = 2 if hit.kind == "open" else 3
+        first = known[slot] is False and not hit.machine
+        if first:
+            known[slot] = True
+            firsts.append(("opened_at" if hit.kind == "open" else "clicked_at", hit.at,
+                           hit.message_id))
+        total, unique, flagged = ((Kind.OPEN, Kind.OPEN_UNIQUE, Kind.OPEN_MACHINE)
+                                  if hit.kind == "open" else
+                                  (Kind.CLICK, Kind.CLICK_UNIQUE, Kind.CLICK_MACHINE))
+        hour = hour_of(hit.at)
+        for kind, count in ((total, 1), (unique, int(first)), (flagged, int(hit.machine))):
+            if count:
+                counter = (hour, key, account, str(kind))
+                totals[counter] = totals.get(counter, 0) + count
+        results.append(Engaged(account, None if key == NO_SET else key))
+    for column, at, message_id in firsts:
+        conn.execute(f"UPDATE tracked_messages SET {column} = ?"  # noqa: S608
+                     " WHERE message_id = ?", (at, message_id))
+    if totals:
+        conn.executemany(
+            "INSERT INTO set_stats (hour, configuration_set, account, kind, count)"
+            " VALUES (?,?,?,?,?) ON CONFLICT (hour, configuration_set, account, kind)"
+            " DO UPDATE SET count = count + excluded.count",
+            [(*counter, count) for counter, count in totals.items()])
+    return results
+
+
+def _tracked(conn: sqlite3.Connection, message_id: str) -> list[Any] | None:
+    """[account, set key, opened?, clicked?] of a message; None when unknown. A message
+    found only by its mail record has None for both: it never counts as a first."""
+    row = conn.execute("SELECT account, configuration_set, opened_at, clicked_at"
+                       " FROM tracked_messages WHERE message_id = ?", (message_id,)).fetchone()
     if row is not None:
-        account, key = str(row[0]), str(row[1])
-        if row[2] is None and not machine:
-            first = True
-            conn.execute(f"UPDATE tracked_messages SET {column} = ?"  # noqa: S608
-                         " WHERE message_id = ?", (at, message_id))
-        configuration_set = None if key == NO_SET else key
-    else:
-        record = conn.execute("SELECT account, configuration_set FROM mail_records"
-                              " WHERE message_id = ?", (message_id,)).fetchone()
-        if record is None:
-            return None
-        account, configuration_set = str(record[0]), record[1]
-    total, unique, flagged = ((Kind.OPEN, Kind.OPEN_UNIQUE, Kind.OPEN_MACHINE)
-                              if kind == "open" else
-                              (Kind.CLICK, Kind.CLICK_UNIQUE, Kind.CLICK_MACHINE))
-    bump(conn, account, configuration_set, at,
-         {total: 1, unique: int(first), flagged: int(machine)})
-    return Engaged(account, configuration_set)
+        return [str(row[0]), str(row[1]), row[2] is not None, row[3] is not None]
+    record = conn.execute("SELECT account, configuration_set FROM mail_records"
+                          " WHERE message_id = ?", (message_id,)).fetchone()
+    if record is None:
+        return None
+    return [str(record[0]), set_key(record[1]), None, None]
 
 
 def purge(conn: sqlite3.Connection, before: float) -> int:

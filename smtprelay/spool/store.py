@@ -14,7 +14,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,24 +271,41 @@ class Spool:
         except SpoolError as exc:
             log.error("set statistics not saved: %s", exc)
 
+    async def record_engagements(
+            self, hits: Sequence[set_stats.Hit],
+            event: Callable[[int, set_stats.Engaged], EventRecord | None]
+    ) -> list[set_stats.Engaged | None]:
+        """Count opens and clicks of tracked messages and add their events, in one
+        piece of work of one transaction. `event(i, engaged)` (run in the writer
+        thread: keep it cheap) makes the event of `hits[i]` for its message's set, or
+        None; it is kept only while the message's mail record is, since publishing
+        needs it. None in the result: that hit's message is unknown."""
+        def work(conn: sqlite3.Connection) -> list[set_stats.Engaged | None]:
+            counted = set_stats.count_engagements(conn, hits)
+            recorded: dict[str, bool] = {}
+            events: list[EventRecord] = []
+            for index, engaged in enumerate(counted):
+                record = None if engaged is None else event(index, engaged)
+                if record is None:
+                    continue
+                if record.message_id not in recorded:
+                    recorded[record.message_id] = conn.execute(
+                        "SELECT 1 FROM mail_records WHERE message_id = ?",
+                        (record.message_id,)).fetchone() is not None
+                if recorded[record.message_id]:
+                    events.append(record)
+            outbox.insert_events(conn, events)
+            return counted
+
+        return await self._writer.run(work)
+
     async def record_engagement(
             self, message_id: str, kind: str, at: float, machine: bool,
             event: Callable[[set_stats.Engaged], EventRecord | None]) -> set_stats.Engaged | None:
-        """Count an open or click of a tracked message and add its event, in one
-        transaction. `event` (run in the writer thread: keep it cheap) makes the event
-        for the message's set, or None; it is kept only while the message's mail
-        record is, since publishing needs it. None: the message is unknown."""
-        def work(conn: sqlite3.Connection) -> set_stats.Engaged | None:
-            engaged = set_stats.count_engagement(conn, message_id, kind, at, machine)
-            if engaged is not None:
-                record = event(engaged)
-                if record is not None and conn.execute(
-                        "SELECT 1 FROM mail_records WHERE message_id = ?",
-                        (message_id,)).fetchone() is not None:
-                    outbox.insert_events(conn, (record,))
-            return engaged
-
-        return await self._writer.run(work)
+        """record_engagements of one open or click."""
+        [engaged] = await self.record_engagements(
+            [set_stats.Hit(message_id, kind, at, machine)], lambda _, e: event(e))
+        return engaged
 
     def set_totals(self, window: set_stats.Window, *, by: str = "configuration_set",
                    configuration_set: str | None = None,

@@ -926,3 +926,37 @@ def test_the_serialiser_survives_any_header_section(depth: int, text: str) -> No
                         mail=mail)
     record = json.loads(stored_to_json(event))
     VALIDATOR.validate(record)
+
+
+def test_the_spliced_json_is_the_record_and_never_another_version_of_the_mail() -> None:
+    """stored_to_json reuses a message's mail object JSON; the line must be exactly
+    the record stored_to_ses makes, and a MailInfo that differs under the same id
+    (another relay's record, a rewritten one) must not be given the cached one."""
+    from smtprelay.events.ses import stored_to_json, stored_to_ses
+    from smtprelay.spool.outbox import StoredEvent
+
+    def event(mail: MailInfo, tags: dict[str, list[str]] | None = None) -> StoredEvent:
+        return StoredEvent(id=1, event_id="e", message_id=mail.message_id, type="Click",
+                           configuration_set="set", at=1700000001.0,
+                           detail={"ipAddress": "192.0.2.9", "userAgent": "ua \udcff",
+                                   "link": "https://x.example/", "linkTags": {},
+                                   "timestamp": "2023-11-14T22:13:21.000Z"},
+                           mail=mail, mail_tags=tags)
+
+    first = MailInfo(message_id="018bd0e1a2b3-00000000000000aa", timestamp=1700000000.0,
+                     source="app@example.com", source_ip="192.0.2.1",
+                     sending_account_id="acme", caller_identity="u",
+                     destination=("a@b.example",),
+                     header_section=b"Subject: one\r\nTo: a@b.example\r\n\r\n",
+                     tags={"campaign": ["fall"]})
+    second = MailInfo(**{**{f: getattr(first, f) for f in first.__slots__},
+                         "header_section": b"Subject: two\r\n\r\n"})
+    for mail, tags in [(first, None), (first, None), (second, None),
+                       (first, {"ses:outgoing-ip": ["192.0.2.7"]}), (first, None)]:
+        line = stored_to_json(event(mail, tags))
+        assert json.loads(line) == stored_to_ses(event(mail, tags))
+        record = json.loads(line)
+        assert record["mail"]["commonHeaders"]["subject"] == (
+            "one" if mail is first else "two")
+        assert record["click"]["userAgent"] == "ua \ufffd"
+        assert ("ses:outgoing-ip" in record["mail"]["tags"]) == (tags is not None)

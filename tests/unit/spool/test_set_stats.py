@@ -114,6 +114,40 @@ async def test_opens_and_clicks_count_totals_unique_and_machine(spool: Spool) ->
     assert made[0] == set_stats.Engaged("acme", "news")
 
 
+async def test_a_batch_counts_what_the_same_hits_one_by_one_count(spool: Spool) -> None:
+    """Issue 17: opens and clicks are written in batches; within one, the first
+    person's open still counts as unique once, a machine's never, an unknown message
+    counts nothing, and every set gets its own counters."""
+    news, other = new_message(tracked=True), new_message(tracked=True, configuration_set=None)
+    await spool.enqueue(news)
+    await spool.enqueue(other)
+    hits = [set_stats.Hit(news.message_id, "open", NOW, True),
+            set_stats.Hit(news.message_id, "open", NOW, False),
+            set_stats.Hit("nope", "click", NOW, False),
+            set_stats.Hit(news.message_id, "open", NOW, False),
+            set_stats.Hit(other.message_id, "click", NOW, False),
+            set_stats.Hit(news.message_id, "click", NOW, False),
+            set_stats.Hit(other.message_id, "click", NOW, False)]
+    asked: list[int] = []
+
+    def event(index: int, engaged: set_stats.Engaged) -> EventRecord | None:
+        asked.append(index)
+        return None
+
+    engaged = await spool.record_engagements(hits, event)
+    assert engaged[2] is None and asked == [0, 1, 3, 4, 5, 6]
+    assert engaged[4] == set_stats.Engaged("acme", None)
+    counts = day(spool)
+    assert (counts["news"][Kind.OPEN], counts["news"][Kind.OPEN_UNIQUE],
+            counts["news"][Kind.OPEN_MACHINE]) == (3, 1, 1)
+    assert (counts["news"][Kind.CLICK], counts["news"][Kind.CLICK_UNIQUE]) == (1, 1)
+    assert (counts[set_stats.NO_SET][Kind.CLICK],
+            counts[set_stats.NO_SET][Kind.CLICK_UNIQUE]) == (2, 1)
+    # The next batch knows the firsts the last one recorded.
+    await spool.record_engagements(hits[:2], event)
+    assert day(spool)["news"][Kind.OPEN_UNIQUE] == 1
+
+
 def test_rates_follow_ses_and_are_none_without_volume() -> None:
     counts = Counts({"delivery": 90, "bounce": 10, "bounce_transient": 50, "complaint": 1,
                      "open_unique": 45, "click_unique": 9, "suppressed": 500})
