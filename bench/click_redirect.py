@@ -59,8 +59,8 @@ _WRK_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+)
 _WRK_TOTAL = re.compile(r"(\d+) requests in")
 
 
-def relay_with_click_events() -> RelayProcess:
-    relay = RelayProcess(log_level="warning")
+def relay_with_click_events(workers: int = 1) -> RelayProcess:
+    relay = RelayProcess(log_level="warning", server={"workers": workers})
     config = yaml.safe_load(relay.config_path.read_text())
     config["configuration_sets"] = {"tracked": {
         "accounts": ["bench"],  # a set belongs to accounts (issue 16)
@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="the relay's server.workers (its HTTP listeners too)")
     args = parser.parse_args(argv)
     exit_on_sigterm()
     raise_nofile(65536)
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"click_redirect: {tool} is not installed (apt-get install wrk nginx-light)",
                   file=sys.stderr)
             return 2
-    relay = relay_with_click_events().start()
+    relay = relay_with_click_events(args.workers).start()
     nginx_auto = Nginx("auto").start()
     nginx_one = Nginx("1").start()
     runs: dict[str, list[dict[str, Any]]] = {"smtprelay": [], "nginx": [], "nginx-1": [],

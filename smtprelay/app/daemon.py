@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,14 @@ from smtprelay.delivery.simulator import SimulatorTransport
 from smtprelay.delivery.smtp_transport import SMTPTransport
 from smtprelay.events.engagement import EngagementRecorder
 from smtprelay.events.publisher import Publisher
+from smtprelay.events.remote import serve_engagements
 from smtprelay.feedback import inbox as feedback_inbox
 from smtprelay.feedback.listener import FeedbackReceiver
 from smtprelay.feedback.processor import FeedbackProcessor
 from smtprelay.feedback.recorder import FeedbackRecorder
 from smtprelay.http.admin import AdminServices
-from smtprelay.http.server import HTTPServer
+from smtprelay.http.forward import internal_socket
+from smtprelay.http.server import HTTPServer, bind_listeners
 from smtprelay.infra import metrics
 from smtprelay.policy.contacts import SQLiteContactStore
 from smtprelay.policy.pauses import PausedSets, SQLitePauseStore
@@ -113,6 +116,7 @@ class Relay:
         # server.workers > 1: the worker processes and the channel they call.
         self.workers: WorkerSet | None = None
         self._channel: ChannelServer[Holdings] | None = None
+        self._http_sockets: list[tuple[socket.socket, bool]] = []
         # `smtprelay status` (app.control).
         self.lag = LoopLag()
         self.control: ControlServer | None = None
@@ -207,6 +211,10 @@ class Relay:
                                feedback=self.feedback_receiver, shared=self.shared)
         count = worker_processes(cfg.server.workers)
         worker_metrics = _worker_metrics_dir(cfg) if count > 1 else None
+        # With workers, they serve the HTTP listeners (bound here, inherited) and pass
+        # what they do not answer themselves to this server's Unix socket.
+        http_sockets = bind_listeners(cfg) if count > 1 else None
+        self._http_sockets = http_sockets or []
         self.http = HTTPServer(cfg, lambda: self._ready, keys=self.live,
                                sink=self.engagements, admin=AdminServices(
                                    live=self.live, spool=self.spool,
@@ -214,7 +222,10 @@ class Relay:
                                    contacts=self.contacts,
                                    wake_scheduler=self._wake_scheduler,
                                    reputation=self.reputation.state_of),
-                               confirmer=self.publisher, worker_metrics=worker_metrics)
+                               confirmer=self.publisher, worker_metrics=worker_metrics,
+                               sockets=[] if count > 1 else None,
+                               internal=internal_socket(cfg.server.data_dir) if count > 1
+                               else None)
         await self.http.start()
         self.publisher.http_started()  # SubscriptionConfirmations can be answered now
         if count > 1:
@@ -265,7 +276,10 @@ class Relay:
         self._channel = ChannelServer(Holdings)
         serve_state(self._channel, self.shared)
         serve_spool(self._channel, self.spool, on_spooled=self._wake_scheduler)
-        self.workers = WorkerSet(count, self.path, sockets, self._channel, metrics_dir)
+        assert self.engagements is not None  # made before the listeners
+        serve_engagements(self._channel, self.engagements)
+        self.workers = WorkerSet(count, self.path, sockets, self._channel, metrics_dir,
+                                 http_sockets=self._http_sockets)
         await self.workers.start()
 
     async def _refresh_pauses(self) -> None:
@@ -390,6 +404,8 @@ class Relay:
             await self.publisher.stop()
         if self.http is not None:
             await self.http.stop()
+        for sock, _ in self._http_sockets:
+            sock.close()
         await asyncio.to_thread(self.spool.close)
         await asyncio.to_thread(self.usage.close)
         self.suppression.close()

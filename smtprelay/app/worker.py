@@ -1,13 +1,17 @@
 """A worker process of `server.workers`: `python -P -m smtprelay.app.worker`, started by
-the supervisor (app.workers) with the submission listeners' sockets and its channel.
+the supervisor (app.workers) with the submission and HTTP listeners' sockets and its
+channel.
 
 It runs SMTP sessions with its own event loop: TLS, AUTH, the policy checks and the
 transforms, then hands each message to the supervisor's spool over the channel and
-answers 250 once the supervisor has it on disk. What every worker must agree on (rates,
-quotas, lockouts, connection counts) it asks the supervisor's shared state. It reads
-the configuration, the keys and the state database itself, as the CLI does. SIGHUP
-reloads it, SIGTERM drains its sessions; when the channel closes (the supervisor is
-gone) it stops at once, since it could acknowledge nothing.
+answers 250 once the supervisor has it on disk. It serves the HTTP listeners too:
+clicks, opens and unsubscribes go to the supervisor's recorder over the channel, and
+every other request to the supervisor's HTTP server (smtprelay.http.forward). What
+every worker must agree on (rates, quotas, lockouts, connection counts) it asks the
+supervisor's shared state. It reads the configuration, the keys and the state database
+itself, as the CLI does. SIGHUP reloads it, SIGTERM drains its sessions; when the
+channel closes (the supervisor is gone) it stops at once, since it could acknowledge
+nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 
 from smtprelay.app.control import LoopLag
 from smtprelay.app.live import Live
@@ -29,6 +34,9 @@ from smtprelay.auth.credentials import CredentialStore
 from smtprelay.config import Config, load_config
 from smtprelay.delivery.dns import MXResolver
 from smtprelay.delivery.mail_from import MailFromChecks
+from smtprelay.events.remote import RemoteEngagements
+from smtprelay.http.forward import Forwarder, internal_socket
+from smtprelay.http.server import HTTPServer
 from smtprelay.infra import logs
 from smtprelay.policy.contacts import SQLiteContactStore
 from smtprelay.policy.pauses import PausedSets, SQLitePauseStore
@@ -57,23 +65,27 @@ def transform_processes(setting: int | str, workers: int) -> int:
 
 class Worker:
     def __init__(self, config: Config, path: str, index: int, channel_fd: int,
-                 sockets: dict[str, socket.socket], workers: int = 1) -> None:
+                 sockets: dict[str, socket.socket], workers: int = 1,
+                 http_sockets: Sequence[tuple[socket.socket, bool]] = ()) -> None:
         self.index = index
         self.workers = workers
         self.path = path
         self.live = Live(config)
         self._channel_fd = channel_fd
         self._sockets = sockets
+        self._http_sockets = http_sockets
         self.credentials = CredentialStore(config.state_path)
         self.suppression = SQLiteSuppressionStore(config.state_path)
         self.contacts = SQLiteContactStore(config.state_path)
         self.pauses = PausedSets(SQLitePauseStore(config.state_path))
         self.channel: ChannelClient | None = None
         self.smtp: SMTPServer | None = None
+        self.http: HTTPServer | None = None
         self.mail_from: MailFromChecks | None = None
         self._transform_pool: TransformPool | None = None
         self._pauses_task: asyncio.Task[None] | None = None
         self.lag = LoopLag()
+        self._reloads: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         config = self.live.config
@@ -100,6 +112,14 @@ class Worker:
         self.smtp = SMTPServer(self.live, Authenticator(self.live, self.credentials, shared),
                                pipeline, shared=shared)
         await self.smtp.start(roles={"submission"}, sockets=self._sockets)
+        if self._http_sockets:
+            # Clicks, opens and unsubscribes here; the rest to the supervisor.
+            self.http = HTTPServer(
+                config, lambda: True, keys=self.live, sink=RemoteEngagements(self.channel),
+                sockets=self._http_sockets,
+                forward=Forwarder(internal_socket(config.server.data_dir),
+                                  timeout=config.http.read_timeout))
+            await self.http.start()
         self._pauses_task = asyncio.create_task(self.pauses.run())
         await self.channel.call("worker_ready", self.index, os.getpid())
         self.lag.start(self._report)
@@ -115,6 +135,11 @@ class Worker:
         """SIGHUP, passed on by the supervisor after its own reload."""
         self.live.reload(self.path)
         self.live.reload_tls()
+        if self.http is not None:
+            # Renewed tracking-domain certificates; the listeners stay.
+            task = asyncio.ensure_future(self.http.reload_certificates())
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
         with contextlib.suppress(Exception):
             self.pauses.refresh()
 
@@ -124,6 +149,8 @@ class Worker:
             self._pauses_task.cancel()
         if self.smtp is not None:
             await self.smtp.stop(grace)
+        if self.http is not None:
+            await self.http.stop()
         if self._transform_pool is not None:
             await self._transform_pool.close()
         if self.mail_from is not None:
@@ -169,8 +196,10 @@ def main() -> int:
     logs.setup(config.logging.level, config.logging.format,
                process=f"worker{settings['index']}")
     sockets = {name: socket.socket(fileno=fd) for name, fd in settings["listeners"].items()}
+    http_sockets = [(socket.socket(fileno=fd), bool(secure))
+                    for fd, secure in settings.get("http", [])]
     worker = Worker(config, path, settings["index"], settings["channel"], sockets,
-                    settings.get("workers", 1))
+                    settings.get("workers", 1), http_sockets)
     try:
         import uvloop
     except ImportError:

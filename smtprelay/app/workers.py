@@ -1,9 +1,9 @@
-"""The supervisor's side of `server.workers`: it binds the submission listeners once,
-starts the worker processes on them, serves their channel, and starts again a worker
-that dies.
+"""The supervisor's side of `server.workers`: it binds the submission and HTTP listeners
+once, starts the worker processes on them, serves their channel, and starts again a
+worker that dies.
 
-Each worker gets, as inherited file descriptors, every submission listener's socket
-and its end of a socketpair for the channel (state.channel), and as
+Each worker gets, as inherited file descriptors, every submission and HTTP listener's
+socket and its end of a socketpair for the channel (state.channel), and as
 SMTPRELAY_WORKER a JSON object naming them. A worker serves until its channel or its
 SIGTERM ends it; a worker that exits otherwise is started again on the same sockets
 (connections that arrived meanwhile wait in the listen backlog), after a pause that
@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,12 @@ class WorkersNotListening(RuntimeError):
 
 class WorkerSet:
     def __init__(self, count: int, config_path: str, sockets: dict[str, socket.socket],
-                 channel: ChannelServer[Holdings], metrics_dir: Path | None = None) -> None:
+                 channel: ChannelServer[Holdings], metrics_dir: Path | None = None, *,
+                 http_sockets: Sequence[tuple[socket.socket, bool]] = ()) -> None:
+        """`sockets`: the submission listeners' by name; `http_sockets`: the HTTP
+        listeners', each with whether it is TLS (http.server.bind_listeners)."""
         self.count = count
+        self._http_sockets = list(http_sockets)
         # Where the workers write their metrics (infra.metrics.exposition reads them).
         self._metrics_dir = metrics_dir
         self._config_path = config_path
@@ -125,16 +130,18 @@ class WorkerSet:
         reader, writer = await asyncio.open_connection(sock=ours)
         self._channel.serve(reader, writer, f"worker {index}")
         listeners = {name: sock.fileno() for name, sock in self._sockets.items()}
+        http = [[sock.fileno(), secure] for sock, secure in self._http_sockets]
         env = child_environment()
         if self._metrics_dir is not None:
             env[metrics.WORKER_METRICS_ENV] = str(self._metrics_dir)
         env[ENVIRONMENT] = json.dumps({"index": index, "workers": self.count,
                                        "config": self._config_path,
-                                       "channel": theirs.fileno(), "listeners": listeners})
+                                       "channel": theirs.fileno(), "listeners": listeners,
+                                       "http": http})
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-P", "-m", "smtprelay.app.worker", env=env,
-                pass_fds=[theirs.fileno(), *listeners.values()])
+                pass_fds=[theirs.fileno(), *listeners.values(), *(fd for fd, _ in http)])
         finally:
             theirs.close()
         self._processes[index] = process

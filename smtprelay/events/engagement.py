@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 
 from smtprelay.config import ConfigSource, ContactListConfig
 from smtprelay.events import records
@@ -39,6 +38,7 @@ from smtprelay.events.model import (
     TopicPreferences,
     TopicStatus,
 )
+from smtprelay.infra.batching import GroupCall
 from smtprelay.policy import contacts
 from smtprelay.policy.contacts import Contact, ContactStore
 from smtprelay.spool import set_stats
@@ -70,27 +70,17 @@ def preferences(contact: Contact | None, settings: ContactListConfig | None
                             topic_subscription_status=tuple(statuses))
 
 
-@dataclass(slots=True)
-class _Batch:
-    """Opens and clicks waiting for one write, and the future their requests await."""
-
-    done: asyncio.Future[None]
-    hits: list[set_stats.Hit] = field(default_factory=list)
-    details: list[Open | Click] = field(default_factory=list)
-
-
 class EngagementRecorder:
-    """Opens and clicks are written in batches: every one that arrives while a batch
-    is being written joins the next, which is one piece of spool work (one look-up
-    per message, one write per counter, the events in one statement) and shares its
-    commit. Each request is answered once its batch is durable."""
+    """Opens and clicks are written in batches (infra.batching): every one that arrives
+    while a batch is being written joins the next, which is one piece of spool work
+    (one look-up per message, one write per counter, the events in one statement) and
+    shares its commit. Each request is answered once its batch is durable."""
 
     def __init__(self, spool: Spool, contacts: ContactStore, live: ConfigSource) -> None:
         self._spool = spool
         self._contacts = contacts
         self._live = live
-        self._collecting: _Batch | None = None
-        self._writing: asyncio.Task[None] | None = None
+        self._batches: GroupCall[tuple[set_stats.Hit, Open | Click]] = GroupCall(self._write)
 
     def _publishes(self, set_name: str | None) -> bool:
         settings = self._live.config.configuration_sets.get(set_name) if set_name else None
@@ -113,33 +103,19 @@ class EngagementRecorder:
                           machine_reason=engagement.machine_reason)
         else:
             return
-        batch = self._collecting
-        if batch is None:
-            batch = self._collecting = _Batch(asyncio.get_running_loop().create_future())
-        batch.hits.append(set_stats.Hit(payload.message_id, kind, engagement.at,
-                                        engagement.machine))
-        batch.details.append(detail)
-        if self._writing is None or self._writing.done():
-            self._writing = asyncio.create_task(self._write_batches())
-        # Shielded: a client that hangs up must not cancel the others' write.
-        await asyncio.shield(batch.done)
+        await self._batches.add((set_stats.Hit(payload.message_id, kind, engagement.at,
+                                               engagement.machine), detail))
 
-    async def _write_batches(self) -> None:
-        while self._collecting is not None:
-            batch, self._collecting = self._collecting, None
-            await self._write(batch)
-            batch.done.set_result(None)
-
-    async def _write(self, batch: _Batch) -> None:
-        hits, details = batch.hits, batch.details
+    async def _write(self, batch: list[tuple[set_stats.Hit, Open | Click]]) -> None:
+        hits = [hit for hit, _ in batch]
 
         def event(index: int, engaged: set_stats.Engaged) -> EventRecord | None:
             # The set's statistics count every engagement; an event only goes to a
             # set that publishes.
             if not self._publishes(engaged.configuration_set):
                 return None
-            return records.make(hits[index].message_id, engaged.configuration_set,
-                               hits[index].at, details[index])
+            hit, detail = batch[index]
+            return records.make(hit.message_id, engaged.configuration_set, hit.at, detail)
 
         try:
             await self._spool.record_engagements(hits, event)

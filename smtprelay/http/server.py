@@ -22,9 +22,10 @@ import asyncio
 import logging
 import os
 import re
+import socket
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from smtprelay.events.model import EngagementSink
 from smtprelay.events.subscriptions import Confirmer
 from smtprelay.http import admin_auth
 from smtprelay.http.admin import AdminAPI, AdminServices, is_admin_path
+from smtprelay.http.forward import ROUTE_NAME, Forwarder, peer_from_worker
 from smtprelay.http.sns import SubscriptionConfirmations
 from smtprelay.http.tracking import TRACKING_HEADERS, Tracking
 from smtprelay.infra import metrics, tls
@@ -87,8 +89,12 @@ def _without_tokens(text: str) -> str:
 
 @web.middleware
 async def _count(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """smtprelay_http_requests_total by route pattern: the token never becomes a label."""
-    resource = request.match_info.route.resource
+    """smtprelay_http_requests_total by route pattern: the token never becomes a label.
+    A request a worker passes to the supervisor is counted there, by its route."""
+    route_info = request.match_info.route
+    if route_info.name == ROUTE_NAME:
+        return await handler(request)
+    resource = route_info.resource
     route = resource.canonical if resource is not None else "other"
     try:
         response = await handler(request)
@@ -108,8 +114,46 @@ async def _default_headers(_request: web.Request, response: web.StreamResponse) 
         response.headers.setdefault(name, value)
 
 
+@web.middleware
+async def _worker_peer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request a worker passed on (smtprelay.http.forward) is the client's: its
+    address is the one the worker saw, not the Unix socket's."""
+    peer = peer_from_worker(request)
+    if peer is not None:
+        request = request.clone(remote=peer)
+    return await handler(request)
+
+
 class _NoKeys:
     keyring = tokens.KeyRing()
+
+
+Inherited = Sequence[tuple[socket.socket, bool]]  # listening sockets, and whether TLS
+
+
+def bind_listeners(config: Config) -> list[tuple[socket.socket, bool]]:
+    """The sockets of ``http.listen`` and ``http.tls_listen``, bound and listening, for
+    worker processes to serve (HTTPServer's `sockets`)."""
+    bound: list[tuple[socket.socket, bool]] = []
+    try:
+        for key, entries, secure in (("http.listen", config.http.listen, False),
+                                     ("http.tls_listen", config.http.tls_listen, True)):
+            for entry in entries:
+                host, port = parse_host_port(entry)
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                try:
+                    sock = socket.create_server((host, port), family=family, backlog=1024)
+                except OSError as exc:
+                    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                    raise OSError(exc.errno, f"{key}: cannot listen on {entry}: {reason}"
+                                  ) from None
+                sock.setblocking(False)
+                bound.append((sock, secure))
+    except BaseException:
+        for sock, _ in bound:
+            sock.close()
+        raise
+    return bound
 
 
 class HTTPServer:
@@ -118,7 +162,10 @@ class HTTPServer:
                  sink: EngagementSink | None = None,
                  admin: AdminServices | None = None,
                  confirmer: Confirmer | None = None,
-                 worker_metrics: Path | None = None) -> None:
+                 worker_metrics: Path | None = None,
+                 sockets: Inherited | None = None,
+                 internal: Path | None = None,
+                 forward: Forwarder | None = None) -> None:
         """`config`: the configuration at start (`http` and the tracking domains need a
         restart); `keys` are the tracking keys in force, which verify tracking tokens
         (None: every token is refused); `sink` records engagements (None: pages and
@@ -126,8 +173,18 @@ class HTTPServer:
         the admin API works on (None, or no secret in http.admin_token_env's variable:
         no admin API); `confirmer` takes the SNS subscription confirmations of
         notification webhooks (GET /sns/confirm; None: no such route); `worker_metrics`
-        is where worker processes write theirs (server.workers), added to /metrics."""
+        is where worker processes write theirs (server.workers), added to /metrics.
+
+        With `server.workers` above 1: `sockets` are listening sockets to serve instead
+        of binding ``http.listen`` and ``http.tls_listen`` (a worker's, inherited; the
+        supervisor's is empty); `internal` is a Unix socket to serve too, where the
+        workers pass on what they do not answer; `forward` (a worker's) does that
+        passing, and the server then answers only the tracking routes and /healthz
+        itself."""
         self._config = config
+        self._sockets = sockets
+        self._internal = internal
+        self._forward = forward
         self._worker_metrics = worker_metrics
         self._ready = ready
         self.tracking = Tracking(config, keys if keys is not None else _NoKeys(), sink)
@@ -160,7 +217,17 @@ class HTTPServer:
                 raise web.HTTPNotFound()
             return await admin.handle(request, handler)
 
-        app = web.Application(middlewares=[_count, admin_gate], client_max_size=MAX_BODY)
+        if self._forward is not None:
+            # A worker's: what it answers itself, and the rest to the supervisor.
+            app = web.Application(middlewares=[_count], client_max_size=MAX_BODY)
+            app.on_response_prepare.append(_default_headers)
+            app.router.add_get("/healthz", self._healthz)
+            self.tracking.add_routes(app)
+            self._forward.add_route(app)
+            return app
+        middlewares = [_worker_peer, _count, admin_gate] if self._internal else \
+            [_count, admin_gate]
+        app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
         app.on_response_prepare.append(_default_headers)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -257,6 +324,23 @@ class HTTPServer:
             keepalive_timeout=http.read_timeout, max_line_size=MAX_LINE_SIZE,
             max_field_size=MAX_FIELD_SIZE, max_headers=MAX_HEADERS, logger=_ProtocolLog())
         await self._runner.setup()
+        if self._forward is not None:
+            await self._forward.start()
+        if self._internal is not None:
+            self._internal.unlink(missing_ok=True)  # a crashed run's
+            await web.UnixSite(self._runner, str(self._internal)).start()
+            self._internal.chmod(0o600)
+        if self._sockets is not None:
+            listening = self._listening_context() if http.tls_listen else None
+            for sock, secure in self._sockets:
+                await web.SockSite(self._runner, sock,
+                                   ssl_context=listening if secure else None).start()
+                (self.bound_tls if secure else self.bound).append(sock.getsockname()[:2])
+            if self._sockets:
+                log.info("http serving %s", ", ".join(
+                    [f"{h}:{p}" for h, p in self.bound]
+                    + [f"https://{h}:{p}" for h, p in self.bound_tls]))
+            return
         for entry in http.listen:
             self.bound.extend(await self._site(entry, None, "http.listen"))
         if http.tls_listen:
@@ -284,3 +368,7 @@ class HTTPServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._forward is not None:
+            await self._forward.stop()
+        if self._internal is not None:
+            self._internal.unlink(missing_ok=True)

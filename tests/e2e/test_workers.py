@@ -283,3 +283,89 @@ def test_metrics_count_what_the_workers_did(tmp_path: Path,
         while metric(daemon, "smtprelay_smtp_connections_open", process="workers") != 1:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+_CLICK = re.compile(rb"https?://links\.example\.com(?::\d+)?/c/([A-Za-z0-9_-]+)")
+
+
+def http_request(daemon: DaemonProcess, method: str, path: str,
+                 headers: dict[str, str] | None = None,
+                 body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.ports["http"], timeout=20)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        answer = conn.getresponse()
+        return answer.status, dict(answer.getheaders()), answer.read()
+    finally:
+        conn.close()
+
+
+def test_workers_answer_clicks_and_pass_everything_else_to_the_supervisor(
+        tmp_path: Path, daemons: list[DaemonProcess], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17: the HTTP listeners are served by the workers. A click on either worker
+    is redirected once its event is recorded (the supervisor's one spool); the admin
+    API, /metrics and /readyz are the supervisor's, reached through a worker, which
+    says who the client was and lets no client say it for itself."""
+    from tests.e2e.admin_client import ENV, SECRET
+
+    monkeypatch.setenv(ENV, SECRET)
+    events = tmp_path / "events.ndjson"
+    daemon, cred = start(
+        tmp_path, http={"admin_token_env": ENV},
+        tracking_domains={"links.example.com": {}},
+        configuration_sets={"tracked": {
+            "accounts": ["acme"],
+            "tracking": {"click": True, "domain": "links.example.com"},
+            "event_destinations": [{"name": "f", "type": "file", "path": str(events),
+                                    "event_types": ["Click"]}]}})
+    daemons.append(daemon)
+    html = '<html><body><a href="https://shop.example/item">Shop</a></body></html>'
+    with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=20) as smtp:
+        smtp.starttls(context=client_context())
+        smtp.login(cred["username"], cred["password"])
+        smtp.sendmail("app@example.com", ["someone@example.net"], (
+            "From: app@example.com\r\nTo: someone@example.net\r\nSubject: t\r\n"
+            "X-SES-CONFIGURATION-SET: tracked\r\nContent-Type: text/html\r\n\r\n"
+            f"{html}\r\n").encode())
+    [entry] = spooled(daemon.config)
+    import sqlite3
+    with contextlib.closing(sqlite3.connect(daemon.config.spool_path)) as conn:
+        [(body,)] = conn.execute("SELECT data FROM bodies").fetchall()
+    match = _CLICK.search(bytes(body))
+    assert match is not None
+    click = f"/c/{match.group(1).decode()}"
+    for index in (0, 1):
+        with only(daemon, index):
+            status, headers, _ = http_request(daemon, "GET", click,
+                                              {"Host": "links.example.com"})
+            assert (status, headers["Location"]) == (302, "https://shop.example/item")
+    deadline = time.monotonic() + 10
+    while (not events.exists() or events.read_text().count('"eventType":"Click"') < 2) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert events.read_text().count('"eventType":"Click"') == 2
+    # Counted by the workers (their metrics carry process="workers"), not the supervisor.
+    assert metric(daemon, "smtprelay_tracking_requests_total", kind="click",
+                  process="workers") == 2
+    for index in (0, 1):
+        with only(daemon, index):
+            assert http_request(daemon, "GET", "/readyz")[0] == 200
+            assert http_request(daemon, "GET", "/healthz")[0] == 200
+            # No token: the supervisor's admin gate answers, through the worker.
+            assert http_request(daemon, "GET", "/api/v1/queue")[0] == 401
+    queued = http_request(daemon, "GET", f"/api/v1/queue/{entry['id']}",
+                          {"Authorization": f"Bearer {SECRET}"})
+    assert queued[0] == 200 and json.loads(queued[2])["id"] == entry["id"]
+    # The client's address, as the worker saw it; a client's own claim is dropped.
+    status, _, paused = http_request(
+        daemon, "POST", "/api/v1/configuration-sets/tracked/pause",
+        {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json",
+         "X-Smtprelay-Worker-Peer": "203.0.113.9"}, b'{"reason": "check"}')
+    assert status == 200 and json.loads(paused)["paused"]["by"] == "api 127.0.0.1"
+    # The request was counted once, by its route, in the supervisor.
+    assert metric(daemon, "smtprelay_http_requests_total",
+                  route="/api/v1/configuration-sets/{name}/pause") == 1
+    assert metric(daemon, "smtprelay_http_requests_total",
+                  route="/c/{token}", status="302") == 2
