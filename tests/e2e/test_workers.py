@@ -286,6 +286,7 @@ def test_metrics_count_what_the_workers_did(tmp_path: Path,
 
 
 _CLICK = re.compile(rb"https?://links\.example\.com(?::\d+)?/c/([A-Za-z0-9_-]+)")
+_UNSUBSCRIBE = re.compile(rb"https?://links\.example\.com(?::\d+)?/u/([A-Za-z0-9_-]+)")
 
 
 def http_request(daemon: DaemonProcess, method: str, path: str,
@@ -318,8 +319,9 @@ def test_workers_answer_clicks_and_pass_everything_else_to_the_supervisor(
         configuration_sets={"tracked": {
             "accounts": ["acme"],
             "tracking": {"click": True, "domain": "links.example.com"},
+            "unsubscribe": {"one_click": True},
             "event_destinations": [{"name": "f", "type": "file", "path": str(events),
-                                    "event_types": ["Click"]}]}})
+                                    "event_types": ["Click", "Subscription"]}]}})
     daemons.append(daemon)
     html = '<html><body><a href="https://shop.example/item">Shop</a></body></html>'
     with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=20) as smtp:
@@ -369,3 +371,16 @@ def test_workers_answer_clicks_and_pass_everything_else_to_the_supervisor(
                   route="/api/v1/configuration-sets/{name}/pause") == 1
     assert metric(daemon, "smtprelay_http_requests_total",
                   route="/c/{token}", status="302") == 2
+    # One-click unsubscribe (RFC 8058) on a worker: recorded by the supervisor first.
+    unsubscribe = _UNSUBSCRIBE.search(bytes(body))
+    assert unsubscribe is not None
+    status, _, page = http_request(
+        daemon, "POST", f"/u/{unsubscribe.group(1).decode()}",
+        {"Host": "links.example.com", "Content-Type": "application/x-www-form-urlencoded"},
+        b"List-Unsubscribe=One-Click")
+    assert status == 200 and b"You are unsubscribed" in page
+    deadline = time.monotonic() + 10
+    while '"eventType":"Subscription"' not in events.read_text() \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert events.read_text().count('"eventType":"Subscription"') == 1
