@@ -196,11 +196,14 @@ LOAD = str(Path(__file__).resolve().parent / "submit_load.py")
 
 def run_load(port: int, user: str, password: str, *, sessions: int, size: int,
              messages_per_session: int, total: int, duration: float,
-             recipients: tuple[str, ...] = (), reply_log: Path | None = None) -> dict[str, Any]:
+             recipients: tuple[str, ...] = (), reply_log: Path | None = None,
+             message_file: Path | None = None, sender: str | None = None) -> dict[str, Any]:
     """One run of submit_load.py in its own process; its JSON summary.
 
     `reply_log`: the generator writes there, per accepted message, the wall-clock time
     it read the 250 and that reply (which names the server's queue id).
+    `message_file`: send that message (submit_load.py --message-file) instead of a
+    generated one of `size` bytes; `sender`: the envelope sender (its default otherwise).
     """
     cmd = [sys.executable, LOAD, "--json", f"--port={port}", f"--user={user}",
            f"--password={password}", f"--sessions={sessions}", f"--size={size}",
@@ -208,6 +211,10 @@ def run_load(port: int, user: str, password: str, *, sessions: int, size: int,
            f"--duration={duration}", *(f"--recipient={r}" for r in recipients)]
     if reply_log is not None:
         cmd.append(f"--reply-log={reply_log}")
+    if message_file is not None:
+        cmd.append(f"--message-file={message_file}")
+    if sender is not None:
+        cmd.append(f"--sender={sender}")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120,
                          env=python_env(), check=False)
     if not out.stdout.strip():

@@ -193,6 +193,10 @@ class Sink:
         self.log = log
         self.dumps = Path(tempfile.mkdtemp(prefix="smtprelay-sink-", dir="/dev/shm"))
         self.proc: subprocess.Popen[bytes] | None = None
+        # collect() keeps the first `keep` messages it reads (as the sink wrote them) in
+        # `kept`, replacing what an earlier call that read any kept.
+        self.keep = 0
+        self.kept: list[bytes] = []
 
     def start(self) -> Sink:
         shutil.chown(self.dumps, "postfix")  # smtp-sink writes as -u postfix
@@ -213,14 +217,20 @@ class Sink:
     def collect(self) -> dict[str, float]:
         """Queue id of the relaying server -> time the sink took the message; empties the dir."""
         got: dict[str, float] = {}
+        kept: list[bytes] = []
         for path in self.dumps.iterdir():
             with path.open("rb") as f:
                 at = os.fstat(f.fileno()).st_mtime
+                if len(kept) < self.keep:
+                    kept.append(f.read())
+                    f.seek(0)
                 head = f.read(16384).split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
             path.unlink()
             match = _RECEIVED_ID.search(_UNFOLD.sub(b" ", head))
             if match is not None:
                 got[match[1].decode()] = at
+        if got:
+            self.kept = kept
         return got
 
     def stop(self) -> None:
@@ -237,9 +247,12 @@ def machine_cpu() -> tuple[float, float]:
 
 
 def tree_cpu_seconds(root: int) -> float:
-    """CPU time of `root` and its children, live and reaped (all Postfix daemons are
-    children of master; reaped ones are in its cutime/cstime)."""
-    total = 0
+    """CPU time of `root` and all its descendants, live and reaped (all Postfix daemons
+    are children of master; smtprelay's worker processes are the supervisor's children
+    and their transform workers its grandchildren; reaped ones are in their parent's
+    cutime/cstime)."""
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -249,8 +262,19 @@ def tree_cpu_seconds(root: int) -> float:
             continue  # exited meanwhile: its time is in the parent's cutime now
         fields = stat[stat.rindex(")") + 2:].split()
         # After "(comm)": state ppid ... utime(12th) stime cutime cstime.
-        if int(entry.name) == root or int(fields[1]) == root:
-            total += sum(int(v) for v in fields[11:15])
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = sum(int(v) for v in fields[11:15])
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo, seen = 0, [root], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += times.get(pid, 0)
+        todo.extend(children.get(pid, ()))
     return total / CLK_TCK
 
 
@@ -266,8 +290,14 @@ class Target(Protocol):
     @property
     def pid(self) -> int: ...
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server has used so far (its whole process tree, and helpers)."""
+
     def poll(self) -> None:
         """Read what was delivered since the last call into `delivered`."""
+
+    def close(self) -> None:
+        """Release what poll() holds open."""
 
     delivered: dict[str, float]  # queue id -> the server's own time of the remote 250
     failures: Counter[str]
@@ -287,6 +317,9 @@ class RelayTarget:
     @property
     def pid(self) -> int:
         return self.relay.pid
+
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.pid)
 
     def poll(self) -> None:
         if self._conn is None:
@@ -337,10 +370,12 @@ def postfix_delivered_at(queue_id: str, delay: str) -> float:
 
 
 class PostfixTarget:
-    name = "postfix"
-
-    def __init__(self, peer: BenchmarkPeer) -> None:
+    def __init__(self, peer: BenchmarkPeer, name: str = "postfix",
+                 helpers: tuple[subprocess.Popen[bytes], ...] = ()) -> None:
+        self.name = name
         self.peer = peer
+        # Processes outside master's tree that do its work (a milter): their CPU counts.
+        self.helpers = helpers
         self.port = peer.port
         self.user = peer.username
         self.password = peer.password
@@ -356,6 +391,9 @@ class PostfixTarget:
         pid = self.peer._master_pid()
         assert pid is not None, "postfix is not running"
         return pid
+
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.pid) + sum(tree_cpu_seconds(h.pid) for h in self.helpers)
 
     def poll(self) -> None:
         try:
@@ -446,20 +484,24 @@ def wait_delivered(target: Target, wanted: set[str], timeout: float) -> None:
 
 
 def measure(target: Target, sink: Sink, sessions: int, size: int, args: argparse.Namespace,
-            workdir: Path, total: int | None = None) -> dict[str, Any]:
+            workdir: Path, total: int | None = None, message: Path | None = None,
+            sender: str | None = None) -> dict[str, Any]:
+    """One cell against one server. `message`: a prepared message file to send (size
+    is then the file's); `sender`: the envelope sender (the generator's default else)."""
     target.poll()
     sink.collect()  # nothing should be there; a straggler must not count in this cell
     failures_before = Counter(target.failures)
     replies = workdir / f"replies-{target.name}.tsv"
-    cpu_before = tree_cpu_seconds(target.pid)
+    cpu_before = target.cpu_seconds()
     machine_before = machine_cpu()
     load = run_load(target.port, target.user, target.password, sessions=sessions, size=size,
                     messages_per_session=args.messages_per_session,
                     total=total or args.total, duration=args.duration,
-                    recipients=(RECIPIENT,), reply_log=replies)
+                    recipients=(RECIPIENT,), reply_log=replies, message_file=message,
+                    sender=sender)
     accepted = read_replies(replies)
     wait_delivered(target, set(accepted), args.drain_timeout)
-    cpu = tree_cpu_seconds(target.pid) - cpu_before
+    cpu = target.cpu_seconds() - cpu_before
     machine_after = machine_cpu()
     at_sink = sink.collect()
     lags = [at_sink[i] - t for i, t in accepted.items() if i in at_sink]

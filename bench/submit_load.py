@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import base64
 import json
+import re
 import ssl
 import sys
 import time
@@ -50,6 +51,15 @@ def make_message(size: int, sender: str, recipient: str) -> bytes:
     full, rest = divmod(max(len(line), size - len(head)), len(line))
     tail = b"x" * (rest - 2) + b"\r\n" if rest >= 2 else b""
     return head + line * full + tail
+
+
+def read_message(path: str) -> bytes:
+    """A prepared message from a file, ready for DATA: CRLF line ends, dot-stuffed."""
+    with open(path, "rb") as f:
+        data = re.sub(rb"\r?\n", b"\r\n", f.read())
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return re.sub(rb"(?m)^\.", b"..", data)
 
 
 class Client:
@@ -130,7 +140,8 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     auth = base64.b64encode(f"\0{args.user}\0{args.password}".encode())
-    body = make_message(args.size, args.sender, args.recipient[0])
+    body = (read_message(args.message_file) if args.message_file
+            else make_message(args.size, args.sender, args.recipient[0]))
     stats = Stats()
     claimed = 0
     deadline = time.monotonic() + args.duration
@@ -185,6 +196,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sessions", type=int, default=10, help="concurrent SMTP sessions")
     p.add_argument("--messages-per-session", type=int, default=5)
     p.add_argument("--size", type=int, default=2048, help="message size in bytes")
+    p.add_argument("--message-file", metavar="PATH",
+                   help="send this file (its headers and body, as is; line ends made CRLF "
+                        "and dot-stuffed) as every message instead of one of --size bytes")
     p.add_argument("--total", type=int, default=2000, help="stop after this many messages")
     p.add_argument("--duration", type=float, default=30.0,
                    help="stop starting sessions after this many seconds")

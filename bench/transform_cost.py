@@ -84,13 +84,14 @@ def _article_url(rnd: random.Random, index: int) -> str:
             f"&amp;utm_content=link-{index}&amp;ref={rnd.getrandbits(32):08x}")
 
 
-def newsletter_html(rnd: random.Random, size: int, links: int) -> str:
+def newsletter_html(rnd: random.Random, size: int, links: int, vml: bool = True) -> str:
     """A table-based newsletter of about `size` bytes (UTF-8) with `links` web links.
 
     The usual shape of what mailing tools send: a doctype, a <style> block, Outlook
     conditional comments around a bulletproof button, nested layout tables with inline
     styles, one "read more" link per article plus header and footer links, a mailto:
     and a #top anchor (never tracked), and the {{unsubscribe_url}} placeholder.
+    `vml=False` leaves out the Outlook buttons (smaller articles: more links per KB).
     """
     head = ("<!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0 Transitional//EN\" "
             "\"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd\">\n"
@@ -139,12 +140,13 @@ def newsletter_html(rnd: random.Random, size: int, links: int) -> str:
             f"      <tr><td style=\"font-size:20px;font-weight:bold;color:#222;\">"
             f"{_sentence(rnd, 6)}</td></tr>\n"
             "      <tr><td style=\"padding-top:8px;line-height:22px;color:#444;\">\n"]
-        button = (
-            "      <tr><td style=\"padding:12px 0 16px 0;\">\n"
+        outlook = (
             "        <!--[if mso]><v:roundrect xmlns:v=\"urn:schemas-microsoft-com:vml\" "
             "style=\"height:36px;width:160px;\" arcsize=\"10%\" fillcolor=\"#1a73e8\" "
             "stroke=\"f\"><center style=\"color:#ffffff;\">Read more</center>"
-            "</v:roundrect><![endif]-->\n"
+            "</v:roundrect><![endif]-->\n") if vml else ""
+        button = (
+            "      <tr><td style=\"padding:12px 0 16px 0;\">\n" + outlook +
             f"        <a href=\"{url}\" style=\"background:#1a73e8;color:#ffffff;"
             "display:inline-block;padding:8px 20px;border-radius:4px;"
             "text-decoration:none;\">Read more&nbsp;&rarr;</a>\n"
@@ -193,17 +195,24 @@ def raw_message(kind: str, *, configuration_set: str | None = None,
         target, count = 1024 * 1024, 250
     else:
         raise ValueError(f"unknown message kind {kind!r}; one of {', '.join(KINDS)}")
+    return sized_newsletter(head, target, count)
+
+
+def sized_newsletter(head: str, target: int, links: int, vml: bool = True) -> bytes:
+    """`head` (header fields, CRLF-ended) and a multipart/alternative newsletter (text and
+    quoted-printable HTML with `links` web links) of about `target` bytes in all."""
     # Quoted-printable makes HTML ~20 % longer ("=3D" for every "="): size the HTML so
     # that the whole message comes out at about `target` bytes.
     size = target
     for _ in range(3):
-        message = _newsletter_message(random.Random(2026), head, size, count)
+        message = _newsletter_message(random.Random(2026), head, size, links, vml)
         size = int(size * target / len(message))
     return message
 
 
-def _newsletter_message(rnd: random.Random, head: str, size: int, links: int) -> bytes:
-    html = newsletter_html(rnd, size, links)
+def _newsletter_message(rnd: random.Random, head: str, size: int, links: int,
+                        vml: bool = True) -> bytes:
+    html = newsletter_html(rnd, size, links, vml)
     plain = ("The November letter. Read it online: https://www.example.com/news/2026-11\r\n"
              + "\r\n".join(_sentence(rnd, 12) for _ in range(20))
              + "\r\nUnsubscribe: {{unsubscribe_url}}\r\n")
