@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 
 from smtprelay.config import ConfigSource, ContactListConfig
 from smtprelay.events import records
@@ -70,6 +71,27 @@ def preferences(contact: Contact | None, settings: ContactListConfig | None
                             topic_subscription_status=tuple(statuses))
 
 
+def _hit(engagement: Engagement) -> tuple[set_stats.Hit, Open | Click] | None:
+    """An open or click as the spool counts it, and its event's detail; None for
+    anything else."""
+    payload = engagement.payload
+    detail: Open | Click
+    if isinstance(payload, ClickToken):
+        kind = "click"
+        detail = Click(ip_address=engagement.ip, timestamp=engagement.at,
+                       user_agent=engagement.user_agent, link=payload.url,
+                       link_tags={name: [value] for name, value in payload.tags},
+                       machine=engagement.machine, machine_reason=engagement.machine_reason)
+    elif isinstance(payload, OpenToken):
+        kind = "open"
+        detail = Open(ip_address=engagement.ip, timestamp=engagement.at,
+                      user_agent=engagement.user_agent, machine=engagement.machine,
+                      machine_reason=engagement.machine_reason)
+    else:
+        return None
+    return set_stats.Hit(payload.message_id, kind, engagement.at, engagement.machine), detail
+
+
 class EngagementRecorder:
     """Opens and clicks are written in batches (infra.batching): every one that arrives
     while a batch is being written joins the next, which is one piece of spool work
@@ -87,24 +109,12 @@ class EngagementRecorder:
         return settings is not None and settings.publishes
 
     async def engaged(self, engagement: Engagement) -> None:
-        payload = engagement.payload
-        detail: Open | Click
-        if isinstance(payload, ClickToken):
-            kind = "click"
-            detail = Click(ip_address=engagement.ip, timestamp=engagement.at,
-                           user_agent=engagement.user_agent, link=payload.url,
-                           link_tags={name: [value] for name, value in payload.tags},
-                           machine=engagement.machine,
-                           machine_reason=engagement.machine_reason)
-        elif isinstance(payload, OpenToken):
-            kind = "open"
-            detail = Open(ip_address=engagement.ip, timestamp=engagement.at,
-                          user_agent=engagement.user_agent, machine=engagement.machine,
-                          machine_reason=engagement.machine_reason)
-        else:
-            return
-        await self._batches.add((set_stats.Hit(payload.message_id, kind, engagement.at,
-                                               engagement.machine), detail))
+        await self.engaged_all((engagement,))
+
+    async def engaged_all(self, engagements: Iterable[Engagement]) -> None:
+        """Record opens and clicks (a worker's batch of them) in one batch; return once
+        it is durable."""
+        await self._batches.add_all(filter(None, map(_hit, engagements)))
 
     async def _write(self, batch: list[tuple[set_stats.Hit, Open | Click]]) -> None:
         hits = [hit for hit, _ in batch]

@@ -9,7 +9,6 @@ answer comes once the batch is durable, as in one process.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, TypeVar
 
@@ -30,7 +29,7 @@ def serve_engagements(server: ChannelServer[Context], recorder: EngagementRecord
     async def engaged(_: Context, args: tuple[Any, ...]) -> object:
         (engagements,) = args
         # Into the recorder's batches with every other worker's, answered together.
-        await asyncio.gather(*(recorder.engaged(e) for e in engagements))
+        await recorder.engaged_all(engagements)
         return None
 
     async def unsubscribe(_: Context, args: tuple[Any, ...]) -> object:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
 log = logging.getLogger("smtprelay")
@@ -29,10 +29,17 @@ class GroupCall(Generic[T]):
 
     async def add(self, item: T) -> None:
         """Return once the call that took `item` has finished."""
+        await self.add_all((item,))
+
+    async def add_all(self, items: Iterable[T]) -> None:
+        """Return once the call that took `items` has finished (they go in one call)."""
+        before = len(self._items)
+        self._items.extend(items)
+        if len(self._items) == before:
+            return  # nothing to wait for
         if self._done is None:
             self._done = asyncio.get_running_loop().create_future()
         done = self._done
-        self._items.append(item)
         if self._running is None or self._running.done():
             self._running = asyncio.create_task(self._run())
         # Shielded: a caller that goes away (a client hung up) must not cancel the

@@ -62,3 +62,15 @@ async def test_a_failing_call_is_logged_and_the_next_items_are_still_called(
     await group.add(2)
     assert calls == [[1], [2]]
     assert "a group call of 1 items failed" in caplog.text
+
+
+async def test_add_all_puts_its_items_in_one_call_and_nothing_waits_for_nothing() -> None:
+    calls: list[list[int]] = []
+
+    async def call(items: list[int]) -> None:
+        calls.append(items)
+
+    group: GroupCall[int] = GroupCall(call)
+    await asyncio.wait_for(group.add_all([]), 1)  # returns at once, calls nothing
+    await asyncio.gather(group.add_all([1, 2, 3]), group.add(4))
+    assert calls == [[1, 2, 3, 4]]
