@@ -70,8 +70,12 @@ class RelayProcess:
         self.submission_port = free_port()
         self.submissions_port = free_port()
         self.http_port = free_port()
+        # One process unless the caller asks for workers (the default is one per core):
+        # each benchmark says which it measures. A baseline checkout may predate the key.
+        one = {"workers": 1} if source is None else {}
         config = {
-            "server": {"hostname": "relay.bench.test", "data_dir": "./var", **(server or {})},
+            "server": {"hostname": "relay.bench.test", "data_dir": "./var", **one,
+                       **(server or {})},
             "tls": {"generate_self_signed": True},
             "listeners": [
                 {"name": "submission", "address": "127.0.0.1",

@@ -74,7 +74,8 @@ def free_port() -> int:
 def base_config(data_dir: Path, **overrides: Any) -> dict[str, Any]:
     """A config dict with listeners on free ports; overrides merge one level deep."""
     config: dict[str, Any] = {
-        "server": {"hostname": "relay.test", "data_dir": str(data_dir)},
+        # One process: tests of worker processes say so (tests/e2e/test_workers.py).
+        "server": {"hostname": "relay.test", "data_dir": str(data_dir), "workers": 1},
         "tls": {"generate_self_signed": True},
         "listeners": [
             {"name": "submission", "address": "127.0.0.1", "port": 0, "tls": "starttls"},

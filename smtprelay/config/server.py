@@ -31,11 +31,12 @@ class ServerConfig(Model):
     # per 50 KB newsletter); "auto": one per core up to 4, none on a single core. 0:
     # in the relay's own process.
     transform_workers: int | Literal["auto"] = "auto"
-    # Processes that serve the submission listeners (SMTP sessions, AUTH, policy,
-    # transforms), each with its own event loop on the same sockets; the relay's own
-    # process keeps the spool, delivery, events, the feedback and HTTP listeners and
-    # the shared counts. 1: one process does everything. "auto": one per CPU core.
-    workers: int | Literal["auto"] = 1
+    # Processes that serve the submission and HTTP listeners (SMTP sessions, AUTH,
+    # policy, transforms; clicks, opens, unsubscribes), each with its own event loop on
+    # the same sockets; the relay's own process keeps the spool, delivery, events, the
+    # feedback listener, the admin API and the shared counts. 1: one process does
+    # everything. "auto": one per CPU core (1 on a single core).
+    workers: int | Literal["auto"] = "auto"
 
     @field_validator("workers")
     @classmethod

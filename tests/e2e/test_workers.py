@@ -384,3 +384,21 @@ def test_workers_answer_clicks_and_pass_everything_else_to_the_supervisor(
             and time.monotonic() < deadline:
         time.sleep(0.05)
     assert events.read_text().count('"eventType":"Subscription"') == 1
+
+
+def test_by_default_one_worker_per_core_serves(tmp_path: Path,
+                                               daemons: list[DaemonProcess]) -> None:
+    """Issue 17: `server.workers` defaults to auto, one worker per CPU core the relay
+    may run on (a single core: one process does everything)."""
+    import yaml
+
+    daemon = DaemonProcess(tmp_path)
+    config = yaml.safe_load(daemon.config_path.read_text())
+    del config["server"]["workers"]  # tests/support pins 1; an operator's file says nothing
+    daemon.config_path.write_text(yaml.safe_dump(config))
+    daemons.append(daemon.start(wait=False))
+    daemon.wait_log("smtprelay ready", timeout=30)
+    cores = len(os.sched_getaffinity(0))
+    assert len(worker_pids(daemon)) == (cores if cores > 1 else 0)
+    cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
+    assert send(daemon, cred, "default")[0] == 250
