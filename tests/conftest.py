@@ -34,7 +34,7 @@ settings.load_profile(HYPOTHESIS_PROFILE)
 # remote hosts (sinks, and the TLS they use: tests/sinks.py), a relay with the default
 # test config and a credential for it; a module that needs another relay makes its own
 # with relay_fixture (tests/support.py).
-pytest_plugins = ["tests.dnsserver", "tests.sinks"]
+pytest_plugins = ["tests.dnsserver", "tests.redis_server", "tests.sinks"]
 
 relay = relay_fixture()
 
