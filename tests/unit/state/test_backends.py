@@ -98,13 +98,30 @@ async def test_four_failures_from_one_address_do_not_lock_the_user_everywhere(
     assert await backend.auth_locked_for("10.0.0.2", "erin") == 0
 
 
-async def test_connections_are_counted_and_limited(backend: SharedState) -> None:
-    assert await backend.open_connection("10.0.0.1", 2, 1) is None
-    assert await backend.open_connection("10.0.0.1", 2, 1) is ConnectionRefusal.PER_IP
-    assert await backend.open_connection("10.0.0.2", 2, 1) is None
-    assert await backend.open_connection("10.0.0.3", 2, 1) is ConnectionRefusal.TOTAL
+async def test_connections_are_counted_in_total_and_per_address(
+        backend: SharedState) -> None:
+    assert await backend.open_connection("10.0.0.1", 3, 2) is None
+    assert await backend.open_connection("10.0.0.1", 3, 2) is None
+    assert await backend.open_connection("10.0.0.1", 3, 2) is ConnectionRefusal.PER_IP
+    assert await backend.open_connection("10.0.0.2", 3, 2) is None
+    assert await backend.open_connection("10.0.0.3", 3, 2) is ConnectionRefusal.TOTAL
     await backend.close_connection("10.0.0.1")
-    assert await backend.open_connection("10.0.0.3", 2, 1) is None
+    # A refused one was never counted, so one close frees one place.
+    assert await backend.open_connection("10.0.0.3", 3, 2) is None
+    for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        await backend.close_connection(ip)
+    assert await backend.open_connection("10.0.0.4", 1, 1) is None  # all closed
+
+
+async def test_lockout_limits_come_with_each_failure(backend: SharedState) -> None:
+    strict = LockoutPolicy(per_ip=2, per_user=2, per_user_everywhere=100, min_addresses=5,
+                           window=60, lockout=100)
+    await backend.auth_failure("10.0.0.1", "alice", strict)
+    assert await backend.auth_locked_for("10.0.0.1", "alice") == 0
+    await backend.auth_failure("10.0.0.1", "alice", strict)
+    assert 99 < await backend.auth_locked_for("10.0.0.1", "bob") <= 100  # the address
+    assert await backend.auth_locked_for("10.0.0.9", "alice") == 0  # alice elsewhere
+    await backend.auth_success("10.0.0.9", "alice")
 
 
 # -- Redis only ------------------------------------------------------------------------
