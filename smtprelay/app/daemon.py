@@ -50,6 +50,7 @@ from smtprelay.spool.remote import serve_spool
 from smtprelay.spool.store import Spool
 from smtprelay.state.channel import ChannelServer
 from smtprelay.state.local import LocalState
+from smtprelay.state.redis import RedisState, redacted
 from smtprelay.state.service import Holdings, serve_state
 from smtprelay.state.usage import SQLiteUsageStore
 from smtprelay.submission.pipeline import Pipeline
@@ -87,8 +88,18 @@ class Relay:
                            keep_sent_index=feedback_inbox.has_listener(config))
         self.credentials = CredentialStore(config.state_path)
         self.usage = SQLiteUsageStore(config.state_path)
-        # What every worker must agree on; one process here, so the local backend.
-        self.shared = LocalState(self.usage)
+        # What every worker (and with store: redis, every node) must agree on; the
+        # workers reach it through this process (state.service).
+        self.shared: LocalState | RedisState
+        store = config.store
+        if store.backend == "redis":
+            assert store.url is not None  # the configuration's validator says so
+            self.shared = RedisState.from_url(store.url, node=store.node,
+                                              prefix=store.key_prefix, timeout=store.timeout)
+            log.info("store: redis at %s node=%s prefix=%s", redacted(store.url),
+                     store.node, store.key_prefix)
+        else:
+            self.shared = LocalState(self.usage)
         self.quotas = Quotas(self.live, self.shared)
         self.suppression = SQLiteSuppressionStore(config.state_path)
         # The contact lists' contacts and their subscriptions (policy.contacts).
@@ -167,7 +178,8 @@ class Relay:
         if self.pauses:
             log.info("configuration sets paused: %s", ", ".join(sorted(self.pauses)))
         await asyncio.to_thread(self.usage.open)
-        await asyncio.to_thread(self.shared.load)
+        if isinstance(self.shared, LocalState):
+            await asyncio.to_thread(self.shared.load)
         handed_back = await self.spool.recover()
         depth = await asyncio.to_thread(self.spool.pending_count)
         metrics.SPOOL_DEPTH.set(depth)
@@ -408,6 +420,8 @@ class Relay:
             sock.close()
         await asyncio.to_thread(self.spool.close)
         await asyncio.to_thread(self.usage.close)
+        if isinstance(self.shared, RedisState):
+            await self.shared.close()
         self.suppression.close()
         self.contacts.close()
         self.pauses.store.close()

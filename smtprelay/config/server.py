@@ -273,13 +273,34 @@ class TrackingDomainConfig(Model):
 
 
 class StoreConfig(Model):
-    backend: Literal["sqlite"] = "sqlite"
+    # sqlite: this machine's files in data_dir (one node). redis: the state every node
+    # of a cluster must agree on (send rates, 24-hour quotas, AUTH lockout) in the
+    # Redis (or Valkey) server at `url`, shared by every node that names it with the
+    # same `key_prefix` (smtprelay.state.redis).
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    # redis://[[user]:password@]host:port/db, or rediss:// for TLS. A password in it is
+    # never logged.
+    url: str | None = None
+    # This node's name in the shared state (its held quota); default the host name.
+    node: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
+    key_prefix: str = Field(default="smtprelay:", min_length=1, max_length=100)
+    # How long a Redis call may take before the relay answers with a temporary reply.
+    timeout: Duration = 2.0
     # Free space on data_dir's file system kept for the spool (Postfix's
     # queue_minfree, turned round): the feedback inbox refuses a report with 452
     # 4.3.1 rather than leave less than this free, so reports cannot take the room
     # accepted mail and its delivery results need (smtprelay.spool.space). "auto":
     # twice limits.max_message_size, at least 256 MiB.
     spool_reserve: Size | Literal["auto"] = "auto"
+
+    @model_validator(mode="after")
+    def _redis_needs_a_url(self) -> StoreConfig:
+        if self.backend == "redis" and not self.url:
+            raise ValueError("backend redis needs url (redis://host:6379/0)")
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://",
+                                                             "unix://")):
+            raise ValueError("url must start with redis://, rediss:// or unix://")
+        return self
 
 
 class LoggingConfig(Model):

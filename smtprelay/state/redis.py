@@ -24,6 +24,7 @@ Any Redis error is StateUnavailable: the caller answers with a temporary reply.
 
 from __future__ import annotations
 
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -186,6 +187,19 @@ redis.call('SET', KEYS[2], '1', 'PX', math.max(1, math.ceil(lockout * 1000)))
 redis.call('DEL', KEYS[1])
 return 1
 """
+
+
+def redacted(url: str) -> str:
+    """A Redis URL as logs may show it: any password replaced."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 class RedisState:

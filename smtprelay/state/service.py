@@ -1,5 +1,6 @@
-"""The local backend served to worker processes: one LocalState in the supervisor, and
-what each worker calls it through (state.channel), implementing SharedState.
+"""The shared state served to worker processes: the supervisor's backend (LocalState, or
+RedisState for a node of a cluster), and what each worker calls it through
+(state.channel), implementing SharedState.
 
 Per worker stream the service keeps what that worker holds: connections it counted
 and send reservations it has not settled. When a worker dies its stream closes and
@@ -9,13 +10,20 @@ counted and no quota held for ever. A call costs ~40 µs of CPU on each side.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from typing import Any
 
-from smtprelay.state.api import ConnectionRefusal, LockoutPolicy, SendLimits, SendVerdict
+from smtprelay.state.api import (
+    ConnectionRefusal,
+    LockoutPolicy,
+    SendLimits,
+    SendVerdict,
+    SharedState,
+    StateUnavailable,
+)
 from smtprelay.state.channel import ChannelClient, ChannelServer
-from smtprelay.state.local import LocalState
 
 log = logging.getLogger("smtprelay.state")
 
@@ -44,12 +52,13 @@ class Holdings:
             self.sends.pop(account, None)
 
 
-def serve_state(server: ChannelServer[Holdings], state: LocalState) -> None:
-    """Register the SharedState operations of `state` on `server`."""
+def serve_state(server: ChannelServer[Holdings], state: SharedState) -> None:
+    """Register the SharedState operations of `state` (the local backend, or Redis
+    with a node's workers behind one connection) on `server`."""
 
     async def reserve_send(held: Holdings, args: tuple[Any, ...]) -> object:
         account, recipients, daily, limits = args
-        verdict = state.reserve_now(account, recipients, daily, limits)
+        verdict = await state.reserve_send(account, recipients, daily, limits)
         if verdict is SendVerdict.OK:
             held.reserved(account, recipients, daily, limits)
         return verdict
@@ -57,12 +66,12 @@ def serve_state(server: ChannelServer[Holdings], state: LocalState) -> None:
     async def settle_send(held: Holdings, args: tuple[Any, ...]) -> object:
         account, recipients, daily, sent, limits = args
         held.settled(account, recipients, daily)
-        state.settle_now(account, recipients, daily, sent=sent, limits=limits)
+        await state.settle_send(account, recipients, daily, sent=sent, limits=limits)
         return None
 
     async def open_connection(held: Holdings, args: tuple[Any, ...]) -> object:
         ip, max_total, max_per_ip = args
-        refusal = state.open_now(ip, max_total, max_per_ip)
+        refusal = await state.open_connection(ip, max_total, max_per_ip)
         if refusal is None:
             held.connections[ip] += 1
         return refusal
@@ -71,40 +80,52 @@ def serve_state(server: ChannelServer[Holdings], state: LocalState) -> None:
         (ip,) = args
         if held.connections[ip] > 0:  # only what this worker counted
             held.connections[ip] -= 1
-            state.close_now(ip)
+            await state.close_connection(ip)
         return None
 
     async def sent_last_24h(_: Holdings, args: tuple[Any, ...]) -> object:
-        return state.sent_now(*args)
+        return await state.sent_last_24h(*args)
 
     async def auth_locked_for(_: Holdings, args: tuple[Any, ...]) -> object:
-        return state.lockout.locked_for(*args)
+        return await state.auth_locked_for(*args)
 
     async def auth_failure(_: Holdings, args: tuple[Any, ...]) -> object:
-        state.lockout.failure(*args)
+        await state.auth_failure(*args)
         return None
 
     async def auth_success(_: Holdings, args: tuple[Any, ...]) -> object:
-        state.lockout.success(*args)
+        await state.auth_success(*args)
         return None
 
     for operation in (reserve_send, settle_send, open_connection, close_connection,
                       sent_last_24h, auth_locked_for, auth_failure, auth_success):
         server.register(operation.__name__, operation)
 
-    def give_back(held: Holdings) -> None:
+    async def give_back(held: Holdings) -> None:
         given = 0
         for ip, count in held.connections.items():
             for _ in range(count):
-                state.close_now(ip)
+                await state.close_connection(ip)
                 given += 1
         for account, (recipients, daily, limits) in held.sends.items():
-            state.settle_now(account, recipients, daily, sent=False, limits=limits)
+            try:
+                await state.settle_send(account, recipients, daily, sent=False,
+                                        limits=limits)
+            except StateUnavailable as exc:
+                log.error("state: %s's reservation for %s not given back: %s",
+                          held.name, account, exc)
         if given or held.sends:
             log.warning("state: %s went away holding %d connections and reservations "
                         "for %d accounts; given back", held.name, given, len(held.sends))
 
-    server.on_close(give_back)
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_close(held: Holdings) -> None:
+        task = asyncio.ensure_future(give_back(held))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    server.on_close(on_close)
 
 
 class StateClient:

@@ -188,3 +188,11 @@ async def test_redis_down_is_state_unavailable_never_a_verdict() -> None:
                 await call
     finally:
         await state.close()
+
+
+def test_a_redis_password_never_reaches_the_log() -> None:
+    from smtprelay.state.redis import redacted
+
+    assert redacted("redis://relay:s3cret@10.0.0.5:6380/2") == "redis://relay:***@10.0.0.5:6380/2"
+    assert redacted("rediss://:s3cret@[2001:db8::5]/0") == "rediss://:***@[2001:db8::5]/0"
+    assert redacted("redis://10.0.0.5:6379/0") == "redis://10.0.0.5:6379/0"

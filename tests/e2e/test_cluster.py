@@ -1,0 +1,112 @@
+"""Two relay nodes (real `smtprelay serve` processes, each with its own data_dir and
+spool) sharing one real Redis server through `store: {backend: redis}`: an account's
+rate and AUTH lockout hold across the nodes; Redis going away gives temporary replies
+and nothing over a limit, and its return needs no restart."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.redis_server import RedisServer
+from tests.support import DaemonProcess, client_context, message, spooled
+
+QUOTA = {"acme": {"identities": ["example.com"], "default_configuration_set": "transactional",
+                  "quota": {"max_send_rate": 0.001, "burst": 6, "max_24h_send": 1000}}}
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for node in started:
+        node.stop()
+
+
+def node(tmp_path: Path, name: str, url: str, **overrides: Any) -> DaemonProcess:
+    (tmp_path / name).mkdir()
+    overrides.setdefault("store", {"backend": "redis", "url": url, "node": name})
+    return DaemonProcess(tmp_path / name, **overrides).start()
+
+
+def credential(daemon: DaemonProcess) -> dict[str, str]:
+    return dict(json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout))
+
+
+def send(daemon: DaemonProcess, cred: dict[str, str], subject: str) -> int:
+    with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=20) as smtp:
+        smtp.starttls(context=client_context())
+        smtp.login(cred["username"], cred["password"])
+        smtp.mail("app@example.com")
+        smtp.rcpt("someone@example.net")
+        return smtp.data(message(subject=subject))[0]
+
+
+def test_an_accounts_rate_is_granted_once_across_nodes(
+        tmp_path: Path, redis_url: str, nodes: list[DaemonProcess]) -> None:
+    a = node(tmp_path, "a", redis_url, accounts=QUOTA)
+    # b with two workers: they reach Redis through its supervisor (state.service).
+    b = node(tmp_path, "b", redis_url, accounts=QUOTA,
+             server={"workers": 2, "transform_workers": 0})
+    nodes += [a, b]
+    # Credentials live in each node's state database (not shared yet): one per node.
+    codes = [send(a, credential(a), f"a{n}") for n in range(5)]
+    codes += [send(b, credential(b), f"b{n}") for n in range(5)]
+    # A burst of 6 for the account, whichever node its mail arrives at (one bucket
+    # per node would have let all 10 through).
+    assert codes == [250] * 6 + [454] * 4
+    assert len(spooled(a.config)) + len(spooled(b.config)) == 6
+    assert "store: redis at" in a.log()
+
+
+def test_auth_failures_on_one_node_lock_the_address_on_the_other(
+        tmp_path: Path, redis_url: str, nodes: list[DaemonProcess]) -> None:
+    lockout = {"max_failures_per_ip": 3, "lockout_duration": "10m"}
+    a = node(tmp_path, "a", redis_url, auth=lockout)
+    b = node(tmp_path, "b", redis_url, auth=lockout)
+    nodes += [a, b]
+    cred = credential(b)
+    for target in (a, a, b):
+        with smtplib.SMTP("127.0.0.1", target.ports["submission"], timeout=20) as smtp:
+            smtp.starttls(context=client_context())
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                smtp.login("nobody", "wrong password")
+    with smtplib.SMTP("127.0.0.1", b.ports["submission"], timeout=20) as smtp:
+        smtp.starttls(context=client_context())
+        with pytest.raises(smtplib.SMTPAuthenticationError) as locked:
+            smtp.login(cred["username"], cred["password"])  # right, but locked out
+        assert locked.value.smtp_code == 454
+
+
+def test_redis_gone_gives_temporary_replies_and_its_return_needs_no_restart(
+        tmp_path: Path, nodes: list[DaemonProcess]) -> None:
+    own = RedisServer().start()  # its own: stopped in the middle of the test
+    try:
+        a = node(tmp_path, "a", own.url, accounts=QUOTA, store={
+            "backend": "redis", "url": own.url, "node": "a", "timeout": "1s"})
+        nodes.append(a)
+        cred = credential(a)
+        assert send(a, cred, "before") == 250
+        port = own.port
+        own.stop()
+        with smtplib.SMTP("127.0.0.1", a.ports["submission"], timeout=20) as smtp:
+            smtp.starttls(context=client_context())
+            with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+                smtp.login(cred["username"], cred["password"])
+            assert refused.value.smtp_code == 454  # no lockout can be checked
+        assert len(spooled(a.config)) == 1
+        back = RedisServer()
+        back.port = port  # the same address the node was given
+        back.start()
+        try:
+            assert send(a, cred, "after") == 250
+        finally:
+            back.stop()
+        assert len(spooled(a.config)) == 2
+    finally:
+        own.stop()
