@@ -49,6 +49,7 @@ from bench._common import (
 from bench._common import run_load as common_run_load
 from smtprelay.transform import dkim
 from tests.peers.postfix import benchmark_peer
+from tests.redis_server import RedisServer
 
 
 def run_load(port: int, user: str, password: str, sessions: int, size: int,
@@ -70,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, metavar="N",
                    help="also run this smtprelay with server.workers N, beside the one-process "
                         "one, interleaved (the table's workers/smtprelay column)")
+    p.add_argument("--redis", action="store_true",
+                   help="also run a smtprelay with store: redis (a redis-server started "
+                        "here), interleaved; both relays then give the account a quota "
+                        "high enough to refuse nothing, so both run the whole check")
     p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                    help="also run the smtprelay in CHECKOUT (an older commit, e.g. from "
                         "`git worktree add`), interleaved, and print this/baseline")
@@ -92,6 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     workers = None if args.workers is None else RelayProcess(
         limits={"max_connections": 5000, "max_connections_per_ip": 5000},
         server={"workers": args.workers})
+    redis_server = RedisServer().start() if args.redis else None
+    on_redis = None
+    if redis_server is not None:
+        on_redis = RelayProcess(limits={"max_connections": 5000,
+                                        "max_connections_per_ip": 5000})
+        for target, store in ((relay, None), (on_redis, {
+                "backend": "redis", "url": redis_server.url, "node": "bench"})):
+            config = yaml.safe_load(target.config_path.read_text())
+            config["accounts"]["bench"]["quota"] = HIGH_QUOTA
+            if store is not None:
+                config["store"] = store
+            target.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    redis_calls: list[float] = []
     try:
         relay.start()
         relay_user, relay_password = relay.credential()
@@ -103,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         if workers is not None:
             workers.start()
             targets["workers"] = (workers.submission_port, *workers.credential())
+        if on_redis is not None:
+            on_redis.start()
+            targets["redis"] = (on_redis.submission_port, *on_redis.credential())
         if peer is not None:
             peer.start()
             targets["postfix"] = (peer.port, peer.username, peer.password)
@@ -112,9 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeats):
             for sessions, size in cells:
                 for name, (port, user, password) in targets.items():
+                    calls = redis_commands(redis_server) if name == "redis" else 0
                     result = run_load(port, user, password, sessions, size, args)
                     result.update(target=name, repeat=rep)
                     runs.append(result)
+                    if name == "redis" and result.get("accepted"):
+                        per_message = (redis_commands(redis_server) - calls) / result["accepted"]
+                        redis_calls.append(per_message)
+                        result["redis_commands_per_msg"] = round(per_message, 2)
                     print(f"[{rep + 1}/{args.repeats}] {name:9} {sessions:3} sessions "
                           f"{size // 1024:3} KB: {result['msgs_per_s']:7.1f} msg/s "
                           f"p50 {result['p50_ms']} ms p99 {result['p99_ms']} ms "
@@ -129,13 +155,17 @@ def main(argv: list[str] | None = None) -> int:
             baseline.stop()
         if workers is not None:
             workers.stop()
+        if on_redis is not None:
+            on_redis.stop()
+        if redis_server is not None:
+            redis_server.stop()
         if peer is not None:
             peer.stop()
 
     table = []
     for sessions, size in cells:
         row: dict[str, Any] = {"sessions": sessions, "size": size}
-        for name in ("smtprelay", "baseline", "workers", "postfix"):
+        for name in ("smtprelay", "baseline", "workers", "redis", "postfix"):
             cell = [r for r in runs if r["target"] == name and r["sessions"] == sessions
                     and r["size"] == size]
             if cell:
@@ -151,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         if "baseline" in row and row["baseline"]["msgs_per_s"]:
             row["vs_baseline"] = round(
                 row["smtprelay"]["msgs_per_s"] / row["baseline"]["msgs_per_s"], 2)
+        if "redis" in row and row["smtprelay"]["msgs_per_s"]:
+            row["redis_vs_local"] = round(
+                row["redis"]["msgs_per_s"] / row["smtprelay"]["msgs_per_s"], 2)
         if "workers" in row and row["smtprelay"]["msgs_per_s"]:
             row["workers_vs_one"] = round(
                 row["workers"]["msgs_per_s"] / row["smtprelay"]["msgs_per_s"], 2)
@@ -176,6 +209,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'':>8} {'':>6} | workers={args.workers} {many['msgs_per_s']:>6} "
                   f"{many['p50_ms']:>7} {many['p99_ms']:>7} | workers/one "
                   f"{row['workers_vs_one']}")
+        if "redis" in row:
+            shared = row["redis"]
+            print(f"{'':>8} {'':>6} | store redis {shared['msgs_per_s']:>6} "
+                  f"{shared['p50_ms']:>7} {shared['p99_ms']:>7} | redis/local "
+                  f"{row['redis_vs_local']} (issue 18: >= 0.9)")
+    if redis_calls:
+        print(f"Redis commands per accepted message (INFO commandstats, median): "
+              f"{median(redis_calls):.2f}")
     print(f"smtprelay peak RSS (VmHWM): {peak_rss_kib / 1024:.1f} MiB")
     path = write_result("submit", {"when": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                    "args": {k: str(v) if isinstance(v, Path) else v
@@ -184,6 +225,24 @@ def main(argv: list[str] | None = None) -> int:
                                    "smtprelay_peak_rss_kib": peak_rss_kib, "runs": runs})
     print(f"results: {path}")
     return 0
+
+
+# --- --redis ---------------------------------------------------------------------------
+
+# Far above what the load sends: nothing is refused, but every message is checked.
+HIGH_QUOTA = {"max_send_rate": 1_000_000, "burst": 1_000_000, "max_24h_send": 1_000_000_000}
+
+
+def redis_commands(server: RedisServer | None) -> float:
+    """Commands the Redis server has run so far (INFO commandstats, INFO itself left
+    out)."""
+    if server is None:
+        return 0.0
+    total = 0.0
+    for line in server.cli("INFO", "commandstats").stdout.splitlines():
+        if line.startswith("cmdstat_") and not line.startswith("cmdstat_info:"):
+            total += float(line.split("calls=", 1)[1].split(",", 1)[0])
+    return total
 
 
 # --- --transforms: tracking + unsubscribe on against off, through the real daemon ------

@@ -399,6 +399,7 @@ class Relay:
             await self._channel.close()
         if self.smtp is not None:
             await self.smtp.stop(grace)
+        await self.quotas.drain()  # settlements of the last messages, before the state
         if self.feedback_processor is not None:
             await self.feedback_processor.stop()
         if self.feedback_inbox is not None:

@@ -81,6 +81,7 @@ class Worker:
         self.channel: ChannelClient | None = None
         self.smtp: SMTPServer | None = None
         self.http: HTTPServer | None = None
+        self.quotas: Quotas | None = None
         self.mail_from: MailFromChecks | None = None
         self._transform_pool: TransformPool | None = None
         self._pauses_task: asyncio.Task[None] | None = None
@@ -104,8 +105,9 @@ class Worker:
         self.mail_from = MailFromChecks(self.live, MXResolver(dns.nameservers or None,
                                                               timeout=dns.timeout))
         await self.mail_from.start(first_within=dns.timeout + 1.0)
+        self.quotas = Quotas(self.live, shared)
         pipeline = Pipeline(
-            self.live, RemoteSpool(self.channel), Quotas(self.live, shared), self.suppression,
+            self.live, RemoteSpool(self.channel), self.quotas, self.suppression,
             paused_sets=self.pauses, paused_accounts=lambda: self.pauses.accounts,
             transform_pool=self._transform_pool, mail_from=self.mail_from,
             contacts=self.contacts)
@@ -149,6 +151,10 @@ class Worker:
             self._pauses_task.cancel()
         if self.smtp is not None:
             await self.smtp.stop(grace)
+        if self.quotas is not None:
+            # Before the channel closes: a settlement lost with it would be given back
+            # as "not sent" by the supervisor, and the message not counted.
+            await self.quotas.drain()
         if self.http is not None:
             await self.http.stop()
         if self._transform_pool is not None:

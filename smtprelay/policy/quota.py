@@ -10,10 +10,15 @@ the configuration into the limits each call carries, and verdicts into SES's rep
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from smtprelay.config import SANDBOX_QUOTA, Config, ConfigSource, QuotaConfig
 from smtprelay.mail import replies as R
 from smtprelay.mail.replies import Reply
-from smtprelay.state.api import SendLimits, SendVerdict, SharedState
+from smtprelay.state.api import SendLimits, SendVerdict, SharedState, StateUnavailable
+
+log = logging.getLogger("smtprelay.policy")
 
 
 def effective_quota(config: Config, account: str) -> QuotaConfig | None:
@@ -40,6 +45,7 @@ class Quotas:
     def __init__(self, live: ConfigSource, state: SharedState) -> None:
         self._live = live
         self._state = state
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def reserve(self, account: str, recipients: int, daily: int) -> Reply | None:
         """Take `recipients` from the account's rate, `daily` of them also from its 24
@@ -59,6 +65,30 @@ class Quotas:
         back to the rate."""
         await self._state.settle_send(account, recipients, daily, sent=sent,
                                       limits=send_limits(self._live.config, account))
+
+    def settle_later(self, account: str, recipients: int, daily: int, *,
+                     sent: bool) -> None:
+        """settle() without the client waiting for it: its reply does not depend on
+        it, and with the state in Redis or behind the supervisor it is a round trip.
+        Until it lands, the recipients still count as held, so nothing is granted
+        twice meanwhile. drain() waits for what is under way."""
+        task = asyncio.ensure_future(self._settle_logged(account, recipients, daily, sent))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle_logged(self, account: str, recipients: int, daily: int,
+                             sent: bool) -> None:
+        try:
+            await self.settle(account, recipients, daily, sent=sent)
+        except StateUnavailable as exc:
+            # The backend gives back what a lost worker held (and Redis what a quiet
+            # node held); a count lost here is at most this message's.
+            log.error("quota of account=%s not settled: %s", account, exc)
+
+    async def drain(self) -> None:
+        """Wait for the settlements under way (before the state goes away)."""
+        while self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def sent_last_24h(self, account: str) -> int:
         return await self._state.sent_last_24h(account)

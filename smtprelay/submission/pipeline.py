@@ -182,13 +182,8 @@ class Pipeline:
         try:
             reply = await self._submit(submission, simulated)
         finally:
-            try:
-                await self._quotas.settle(account, len(recipients), daily,
-                                          sent=reply.is_success)
-            except StateUnavailable as exc:
-                # The backend gives back what a lost worker held; a count lost here is
-                # at most this message's.
-                log.error("msg quota of account=%s not settled: %s", account, exc)
+            self._quotas.settle_later(account, len(recipients), daily,
+                                      sent=reply.is_success)
         return reply
 
     async def _submit(self, submission: Submission, simulated: list[int]) -> Reply:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from smtprelay.app.live import Live
 from smtprelay.config import Config, load_config
 from smtprelay.mail import replies as R
 from smtprelay.policy.quota import Quotas
 from smtprelay.state.local import LocalState
+from smtprelay.state.redis import RedisState
 from smtprelay.state.usage import SQLiteUsageStore, usage_since
-from tests.support import base_config, write_config
+from tests.support import base_config, free_port, write_config
 
 
 def config_with(tmp_path: Path, **account: object) -> Config:
@@ -112,3 +115,28 @@ def test_usage_reaches_disk_within_the_flush_interval_without_a_clean_close(
         time.sleep(0.02)
     conn.close()
     store.close()
+
+
+async def test_settling_later_counts_once_landed_and_drain_waits_for_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The pipeline settles without the client waiting (one round trip less with the
+    state in Redis or behind the supervisor); held recipients count meanwhile, and a
+    stop drains what is under way before the state goes."""
+    config = config_with(tmp_path, quota={"max_send_rate": 100, "max_24h_send": 3})
+    state = LocalState()
+    quotas = Quotas(Live(config), state)
+    assert await quotas.reserve("acme", 2, 2) is None
+    quotas.settle_later("acme", 2, 2, sent=True)
+    assert await quotas.reserve("acme", 2, 2) is R.DAILY_QUOTA_EXCEEDED  # held or sent
+    await quotas.drain()
+    assert await quotas.sent_last_24h("acme") == 2
+
+    # A Redis nobody answers on: the settlement is logged, never raised.
+    gone = RedisState.from_url(f"redis://127.0.0.1:{free_port()}/0", node="n", timeout=0.5)
+    try:
+        unreachable = Quotas(Live(config), gone)
+        unreachable.settle_later("acme", 1, 1, sent=True)
+        await unreachable.drain()
+    finally:
+        await gone.close()
+    assert "quota of account=acme not settled: redis: settle_send" in caplog.text
