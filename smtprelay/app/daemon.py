@@ -43,7 +43,7 @@ from smtprelay.policy.contacts import SQLiteContactStore
 from smtprelay.policy.pauses import PausedSets, SQLitePauseStore
 from smtprelay.policy.quota import Quotas
 from smtprelay.policy.reputation import ReputationGuard
-from smtprelay.policy.suppression import SQLiteSuppressionStore
+from smtprelay.policy.stores import suppression_store
 from smtprelay.smtp.server import SMTPServer, bind
 from smtprelay.spool import set_stats
 from smtprelay.spool.remote import serve_spool
@@ -101,7 +101,7 @@ class Relay:
         else:
             self.shared = LocalState(self.usage)
         self.quotas = Quotas(self.live, self.shared)
-        self.suppression = SQLiteSuppressionStore(config.state_path)
+        self.suppression = suppression_store(config)
         # The contact lists' contacts and their subscriptions (policy.contacts).
         self.contacts = SQLiteContactStore(config.state_path)
         self.pauses = PausedSets(SQLitePauseStore(config.state_path))

@@ -41,7 +41,7 @@ from smtprelay.infra import logs
 from smtprelay.policy.contacts import SQLiteContactStore
 from smtprelay.policy.pauses import PausedSets, SQLitePauseStore
 from smtprelay.policy.quota import Quotas
-from smtprelay.policy.suppression import SQLiteSuppressionStore
+from smtprelay.policy.stores import suppression_store
 from smtprelay.smtp.server import SMTPServer
 from smtprelay.spool import remote
 from smtprelay.spool.remote import RemoteSpool
@@ -75,7 +75,7 @@ class Worker:
         self._sockets = sockets
         self._http_sockets = http_sockets
         self.credentials = CredentialStore(config.state_path)
-        self.suppression = SQLiteSuppressionStore(config.state_path)
+        self.suppression = suppression_store(config)
         self.contacts = SQLiteContactStore(config.state_path)
         self.pauses = PausedSets(SQLitePauseStore(config.state_path))
         self.channel: ChannelClient | None = None

@@ -13,7 +13,7 @@ from smtprelay.operations import stats as ops
 from smtprelay.operations.queue import SpoolConnection
 from smtprelay.policy.pauses import SQLitePauseStore
 from smtprelay.policy.reputation import Judgement
-from smtprelay.policy.suppression import SQLiteSuppressionStore
+from smtprelay.policy.stores import suppression_store
 from smtprelay.spool import set_stats
 from smtprelay.spool.store import open_for_cli
 
@@ -56,7 +56,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     config = state_config(args)
-    suppression = SQLiteSuppressionStore(config.state_path)
+    suppression = suppression_store(config)
     suppression.open()
     pauses = SQLitePauseStore(config.state_path)
     spool = SpoolConnection(open_for_cli(config.spool_path))

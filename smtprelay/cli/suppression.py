@@ -37,7 +37,8 @@ from smtprelay.operations.suppression_files import (
     parse_csv,
     parse_json,
 )
-from smtprelay.policy.suppression import REASONS, SQLiteSuppressionStore, normalise
+from smtprelay.policy.stores import suppression_store
+from smtprelay.policy.suppression import REASONS, SuppressionStore, normalise
 
 
 def register(sub: Any, common: argparse.ArgumentParser,
@@ -86,11 +87,11 @@ def register(sub: Any, common: argparse.ArgumentParser,
 
 
 @contextlib.contextmanager
-def _store(args: argparse.Namespace) -> Iterator[tuple[SQLiteSuppressionStore, Config]]:
+def _store(args: argparse.Namespace) -> Iterator[tuple[SuppressionStore, Config]]:
     config = state_config(args)
     # Checked before the database is opened, so that a mistyped account creates nothing.
     ops.check_account(config, getattr(args, "account", None))
-    store = SQLiteSuppressionStore(config.state_path)
+    store = suppression_store(config)
     store.open()
     try:
         yield store, config

@@ -70,7 +70,7 @@ from smtprelay.operations.paging import Page
 from smtprelay.policy.contacts import SQLiteContactStore
 from smtprelay.policy.pauses import PausedSets, Scope
 from smtprelay.policy.reputation import Judgement
-from smtprelay.policy.suppression import REASONS, Reason, SQLiteSuppressionStore, address_problem
+from smtprelay.policy.suppression import REASONS, Reason, SuppressionStore, address_problem
 from smtprelay.spool import set_stats
 from smtprelay.spool.store import MessageFilter, Spool
 
@@ -160,7 +160,7 @@ class AdminServices:
 
     live: ConfigSource  # the config in force (a reload swaps it)
     spool: Spool
-    suppression: SQLiteSuppressionStore
+    suppression: SuppressionStore
     pauses: PausedSets
     contacts: SQLiteContactStore
     wake_scheduler: Callable[[], None] = lambda: None

@@ -19,7 +19,7 @@ from smtprelay.operations.errors import NoStatistics
 from smtprelay.policy import quota, reputation
 from smtprelay.policy.pauses import SQLitePauseStore
 from smtprelay.policy.reputation import Judgement
-from smtprelay.policy.suppression import SQLiteSuppressionStore
+from smtprelay.policy.suppression import SuppressionStore
 from smtprelay.spool import set_stats
 from smtprelay.spool.set_stats import Counts, Window
 from smtprelay.state import usage
@@ -104,7 +104,7 @@ class Overview:
 
 
 def overview(config: Config, spool: SpoolFigures, pauses: SQLitePauseStore,
-             suppression: SQLiteSuppressionStore, *, now: float, seconds: float) -> Overview:
+             suppression: SuppressionStore, *, now: float, seconds: float) -> Overview:
     state = sqlite3.connect(config.state_path)
     try:
         sent = usage.usage_since(state, now - usage.WINDOW)

@@ -1,6 +1,6 @@
 """An account's suppression list: add, remove, look up, list, import, export.
 
-Blocking calls on the state database's `SQLiteSuppressionStore` (the daemon's, or
+Blocking calls on the `SuppressionStore` of the configured store (the daemon's, or
 one the CLI opens). Every call names a configured account, or none where a listing
 may span them all; the file formats are in `suppression_files`.
 """
@@ -23,8 +23,8 @@ from smtprelay.operations.errors import (
 from smtprelay.policy.suppression import (
     REASONS,
     Reason,
-    SQLiteSuppressionStore,
     SuppressionEntry,
+    SuppressionStore,
     address_problem,
     normalise,
 )
@@ -52,7 +52,7 @@ def check_account(config: Config, account: str | None) -> None:
         require_configured(config, "account", account)
 
 
-def add(store: SQLiteSuppressionStore, config: Config, account: str, address: str,
+def add(store: SuppressionStore, config: Config, account: str, address: str,
         reason: str | None) -> Added:
     """Suppress `address` for `account` (SES's PutSuppressedDestination): adding a
     listed address again updates its reason and time."""
@@ -68,7 +68,7 @@ def add(store: SQLiteSuppressionStore, config: Config, account: str, address: st
     return Added(entry, created)
 
 
-def remove(store: SQLiteSuppressionStore, config: Config, account: str, address: str) -> str:
+def remove(store: SuppressionStore, config: Config, account: str, address: str) -> str:
     """Take `address` off the list; the address as it was listed (normalised)."""
     check_account(config, account)
     if not store.remove(account, address):
@@ -76,7 +76,7 @@ def remove(store: SQLiteSuppressionStore, config: Config, account: str, address:
     return normalise(address)
 
 
-def get(store: SQLiteSuppressionStore, config: Config, account: str,
+def get(store: SuppressionStore, config: Config, account: str,
         address: str) -> SuppressionEntry:
     check_account(config, account)
     entry = store.get(account, address)
@@ -85,7 +85,7 @@ def get(store: SQLiteSuppressionStore, config: Config, account: str,
     return entry
 
 
-def page(store: SQLiteSuppressionStore, config: Config, account: str, *,
+def page(store: SuppressionStore, config: Config, account: str, *,
          reason: Reason | None = None, prefix: str | None = None, limit: int,
          after: str | None = None) -> paging.Page[SuppressionEntry]:
     """A page of an account's list in address order; `prefix` matches the start of
@@ -98,7 +98,7 @@ def page(store: SQLiteSuppressionStore, config: Config, account: str, *,
         limit, key=lambda entry: entry.address)
 
 
-def entries(store: SQLiteSuppressionStore, config: Config, account: str | None, *,
+def entries(store: SuppressionStore, config: Config, account: str | None, *,
             reason: Reason | None = None, contains: str | None = None,
             limit: int | None = None) -> Iterator[SuppressionEntry]:
     """Every matching entry, by account then address, or the first `limit`; read a
@@ -109,7 +109,7 @@ def entries(store: SQLiteSuppressionStore, config: Config, account: str | None, 
     return found if limit is None else itertools.islice(found, max(0, limit))
 
 
-def import_rows(store: SQLiteSuppressionStore, config: Config, account: str,
+def import_rows(store: SuppressionStore, config: Config, account: str,
                 parsed: suppression_files.ParseResult) -> Imported:
     """Put a parsed file's good rows on the account's list, in transactions of
     IMPORT_BATCH rows."""
@@ -118,7 +118,7 @@ def import_rows(store: SQLiteSuppressionStore, config: Config, account: str,
     return Imported(new, len(parsed.rows) - new)
 
 
-def export(store: SQLiteSuppressionStore, config: Config, out: IO[str], fmt: str,
+def export(store: SuppressionStore, config: Config, out: IO[str], fmt: str,
            account: str | None, *, reason: Reason | None = None) -> int:
     """Write the list (or an account's) as `fmt` ("csv" or "json": NDJSON), in the
     form an import reads; how many entries. CSV has an account column when it

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
@@ -156,12 +156,18 @@ class SuppressionStore(Protocol):
         """Entries ordered by (account, address), those after `after` (keyset paging);
         `prefix` matches the start of the stored (normalised) address."""
 
+    def iterate(self, account: str | None = None, *, reason: Reason | None = None,
+                contains: str | None = None, page: int = 5000) -> Iterator[SuppressionEntry]:
+        """Every matching entry, page by page (exports)."""
+
     def count(self, account: str | None = None) -> int: ...
 
     def import_entries(self, account: str,
                        entries: Iterable[tuple[str, Reason, float | None]]) -> int:
         """Bulk upsert of (address, reason, created_at or None for now); returns how
         many addresses were new."""
+
+    def open(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -181,9 +187,7 @@ class SQLiteSuppressionStore(sqlite.Store):
     # -- the acceptance path ---------------------------------------------------------
 
     def lookup(self, account: str, addresses: Sequence[str]) -> dict[str, SuppressionEntry]:
-        wanted: dict[str, builtins.list[str]] = {}
-        for address in addresses:
-            wanted.setdefault(normalise(address), []).append(address)
+        wanted = by_key(addresses)
         if not wanted:
             return {}
         keys = builtins.list(wanted)
@@ -210,12 +214,7 @@ class SQLiteSuppressionStore(sqlite.Store):
     def add(self, account: str, address: str, reason: Reason, *,
             source_message_id: str | None = None, created_at: float | None = None,
             diagnostic: str | None = None) -> bool:
-        problem = address_problem(address)
-        if problem is not None:
-            raise ValueError(problem)
-        if reason not in REASONS:
-            raise ValueError(f"reason must be BOUNCE or COMPLAINT, not {reason!r}")
-        key = normalise(address)
+        key = checked_key(address, reason)
         when = time.time() if created_at is None else created_at
         # IMMEDIATE: the existence check and the write see the same state even when
         # the CLI and the daemon add the same address at once.
@@ -284,14 +283,7 @@ class SQLiteSuppressionStore(sqlite.Store):
     def iterate(self, account: str | None = None, *, reason: Reason | None = None,
                 contains: str | None = None, page: int = 5000) -> Iterator[SuppressionEntry]:
         """Every matching entry, fetched page by page so memory stays flat (exports)."""
-        after: tuple[str, str] | None = None
-        while True:
-            rows = self.list(account, reason=reason, limit=page, after=after,
-                             contains=contains)
-            yield from rows
-            if len(rows) < page:
-                return
-            after = (rows[-1].account, rows[-1].address)
+        return paged(self, account, reason=reason, contains=contains, page=page)
 
     def count(self, account: str | None = None) -> int:
         with self._lock:
@@ -312,21 +304,7 @@ class SQLiteSuppressionStore(sqlite.Store):
         (address_problem, parse_reason) to report them with line numbers; this raises
         ValueError on a bad one, after committing the batches before it.
         """
-        now = time.time()
-        new = 0
-        batch: dict[str, tuple[Reason, float]] = {}
-        for address, reason, created_at in entries:
-            if reason not in REASONS:
-                raise ValueError(f"reason must be BOUNCE or COMPLAINT, not {reason!r}")
-            if "@" not in address:
-                raise ValueError(f"{address!r} is not an email address (no @)")
-            batch[normalise(address)] = (reason, now if created_at is None else created_at)
-            if len(batch) >= IMPORT_BATCH:
-                new += self._import_batch(account, batch)
-                batch = {}
-        if batch:
-            new += self._import_batch(account, batch)
-        return new
+        return in_batches(entries, lambda batch: self._import_batch(account, batch))
 
     def _import_batch(self, account: str, batch: dict[str, tuple[Reason, float]]) -> int:
         # Sorted keys turn random B-tree inserts into mostly sequential ones: each
@@ -344,6 +322,59 @@ class SQLiteSuppressionStore(sqlite.Store):
             conn.executemany(_UPSERT, ((account, key, *batch[key], None, None)
                                        for key in keys))
         return len(keys) - int(existing)
+
+
+def checked_key(address: str, reason: str) -> str:
+    """The key an entry for `address` is stored under; ValueError naming what is wrong
+    with the address or the reason."""
+    problem = address_problem(address)
+    if problem is not None:
+        raise ValueError(problem)
+    if reason not in REASONS:
+        raise ValueError(f"reason must be BOUNCE or COMPLAINT, not {reason!r}")
+    return normalise(address)
+
+
+def by_key(addresses: Sequence[str]) -> dict[str, builtins.list[str]]:
+    """A lookup's addresses by the key each is stored under (several may share one)."""
+    wanted: dict[str, builtins.list[str]] = {}
+    for address in addresses:
+        wanted.setdefault(normalise(address), []).append(address)
+    return wanted
+
+
+def paged(store: SuppressionStore, account: str | None, *, reason: Reason | None,
+          contains: str | None, page: int) -> Iterator[SuppressionEntry]:
+    """Every entry store.list() matches, a page at a time (keyset paging)."""
+    after: tuple[str, str] | None = None
+    while True:
+        rows = store.list(account, reason=reason, limit=page, after=after, contains=contains)
+        yield from rows
+        if len(rows) < page:
+            return
+        after = (rows[-1].account, rows[-1].address)
+
+
+def in_batches(entries: Iterable[tuple[str, Reason, float | None]],
+               write: Callable[[dict[str, tuple[Reason, float]]], int]) -> int:
+    """An import's entries checked, normalised and handed to `write` IMPORT_BATCH at a
+    time (the last entry for an address in a batch wins); the sum of what `write`
+    says was new. A bad entry raises ValueError after the batches before it."""
+    now = time.time()
+    new = 0
+    batch: dict[str, tuple[Reason, float]] = {}
+    for address, reason, created_at in entries:
+        if reason not in REASONS:
+            raise ValueError(f"reason must be BOUNCE or COMPLAINT, not {reason!r}")
+        if "@" not in address:
+            raise ValueError(f"{address!r} is not an email address (no @)")
+        batch[normalise(address)] = (reason, now if created_at is None else created_at)
+        if len(batch) >= IMPORT_BATCH:
+            new += write(batch)
+            batch = {}
+    if batch:
+        new += write(batch)
+    return new
 
 
 # Re-adding updates the reason and time, as SES's PutSuppressedDestination does.

@@ -5,8 +5,10 @@ and nothing over a limit, and its return needs no restart."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import smtplib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,25 @@ def test_auth_failures_on_one_node_lock_the_address_on_the_other(
         with pytest.raises(smtplib.SMTPAuthenticationError) as locked:
             smtp.login(cred["username"], cred["password"])  # right, but locked out
         assert locked.value.smtp_code == 454
+
+
+def test_a_suppression_added_on_one_node_holds_on_the_other(
+        tmp_path: Path, redis_url: str, nodes: list[DaemonProcess]) -> None:
+    """Issue 18: a bounce (here the CLI) recorded on node A stops node B from mailing
+    the address: B's next message to it is a suppression bounce, as SES does."""
+    a = node(tmp_path, "a", redis_url)
+    b = node(tmp_path, "b", redis_url, server={"workers": 2, "transform_workers": 0})
+    nodes += [a, b]
+    a.cli("suppression", "add", "someone@example.net", "--account", "acme",
+          "--reason", "BOUNCE")
+    assert send(b, credential(b), "after the bounce") == 250
+    [entry] = spooled(b.config)
+    with contextlib.closing(sqlite3.connect(b.config.spool_path)) as conn:
+        outcomes = conn.execute("SELECT kind, bounce_subtype FROM outcomes WHERE"
+                                " message_id = ?", (entry["id"],)).fetchall()
+    assert outcomes == [("bounce", "OnAccountSuppressionList")]
+    listed = b.cli("suppression", "list", "--account", "acme").stdout
+    assert "someone@example.net" in listed and "BOUNCE" in listed
 
 
 def test_redis_gone_gives_temporary_replies_and_its_return_needs_no_restart(

@@ -26,17 +26,33 @@ from smtprelay.policy.suppression import (
     normalise,
     parse_reason,
 )
+from smtprelay.policy.suppression_redis import RedisSuppressionStore
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SuppressionStore]:
+    """Each backend of store.backend: the state database, and Redis (a real server,
+    tests/redis_server.py) for a cluster of nodes."""
+    s: SuppressionStore
+    if request.param == "redis":
+        s = RedisSuppressionStore.from_url(request.getfixturevalue("redis_url"))
+    else:
+        s = SQLiteSuppressionStore(tmp_path / "state.db")
+    s.open()
+    yield s
+    s.close()
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteSuppressionStore]:
+def sqlite_store(tmp_path: Path) -> Iterator[SQLiteSuppressionStore]:
     s = SQLiteSuppressionStore(tmp_path / "state.db")
     s.open()
     yield s
     s.close()
 
 
-def test_is_a_suppression_store(store: SQLiteSuppressionStore) -> None:
+def test_is_a_suppression_store(store: SuppressionStore) -> None:
     typed: SuppressionStore = store  # mypy checks the protocol; this keeps it used
     assert typed.count() == 0
 
@@ -61,7 +77,7 @@ def test_address_problem() -> None:
 
 
 def test_domain_case_is_one_entry_local_part_case_is_two(
-        store: SQLiteSuppressionStore) -> None:
+        store: SuppressionStore) -> None:
     assert store.add("acme", "A@Example.COM", "BOUNCE") is True
     assert store.add("acme", "A@example.com", "COMPLAINT") is False  # the same entry
     assert store.add("acme", "a@example.com", "BOUNCE") is True  # another local part
@@ -71,7 +87,7 @@ def test_domain_case_is_one_entry_local_part_case_is_two(
     assert (entry.address, entry.reason) == ("A@example.com", "COMPLAINT")
 
 
-def test_lookup_keys_are_the_addresses_as_passed(store: SQLiteSuppressionStore) -> None:
+def test_lookup_keys_are_the_addresses_as_passed(store: SuppressionStore) -> None:
     store.add("acme", "A@Example.COM", "BOUNCE", source_message_id="m1")
     store.add("acme", "c@example.net", "COMPLAINT")
     store.add("other", "x@example.com", "BOUNCE")
@@ -90,7 +106,7 @@ def test_lookup_keys_are_the_addresses_as_passed(store: SQLiteSuppressionStore) 
     assert list(store.lookup("acme", many)) == ["c@example.net"]
 
 
-def test_add_updates_reason_time_and_source(store: SQLiteSuppressionStore) -> None:
+def test_add_updates_reason_time_and_source(store: SuppressionStore) -> None:
     assert store.add("acme", "a@example.com", "BOUNCE", created_at=100.0,
                      source_message_id="m1")
     assert not store.add("acme", "a@example.com", "COMPLAINT", created_at=200.0)
@@ -104,7 +120,7 @@ def test_add_updates_reason_time_and_source(store: SQLiteSuppressionStore) -> No
     assert added is not None and before <= added.created_at <= time.time()
 
 
-def test_add_refuses_bad_input(store: SQLiteSuppressionStore) -> None:
+def test_add_refuses_bad_input(store: SuppressionStore) -> None:
     with pytest.raises(ValueError, match="no @"):
         store.add("acme", "example.com", "BOUNCE")
     with pytest.raises(ValueError, match="BOUNCE or COMPLAINT"):
@@ -112,7 +128,7 @@ def test_add_refuses_bad_input(store: SQLiteSuppressionStore) -> None:
     assert store.count() == 0
 
 
-def test_remove(store: SQLiteSuppressionStore) -> None:
+def test_remove(store: SuppressionStore) -> None:
     store.add("acme", "a@example.com", "BOUNCE")
     store.add("other", "a@example.com", "BOUNCE")
     assert store.remove("acme", "a@EXAMPLE.com") is True
@@ -122,7 +138,7 @@ def test_remove(store: SQLiteSuppressionStore) -> None:
     assert (store.count("acme"), store.count("other"), store.count()) == (0, 1, 1)
 
 
-def test_list_filters_and_keyset_pagination(store: SQLiteSuppressionStore) -> None:
+def test_list_filters_and_keyset_pagination(store: SuppressionStore) -> None:
     for i in range(25):
         store.add("acme", f"u{i:02d}@example.com", "BOUNCE" if i % 2 else "COMPLAINT")
     for i in range(5):
@@ -157,7 +173,7 @@ def test_list_filters_and_keyset_pagination(store: SQLiteSuppressionStore) -> No
     assert len(list(store.iterate("acme", page=7))) == 25
 
 
-def test_import_entries_counts_new_and_updates(store: SQLiteSuppressionStore) -> None:
+def test_import_entries_counts_new_and_updates(store: SuppressionStore) -> None:
     store.add("acme", "old@example.com", "BOUNCE", created_at=1.0)
     new = store.import_entries("acme", [
         ("old@EXAMPLE.com", "COMPLAINT", 50.0),
@@ -173,9 +189,10 @@ def test_import_entries_counts_new_and_updates(store: SQLiteSuppressionStore) ->
         store.import_entries("acme", [("nope", "BOUNCE", None)])
 
 
-def test_import_spans_several_transactions(store: SQLiteSuppressionStore,
+def test_import_spans_several_transactions(store: SuppressionStore,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("smtprelay.policy.suppression.IMPORT_BATCH", 100)
+    monkeypatch.setattr("smtprelay.policy.suppression_redis.IMPORT_BATCH", 100)
     rows = [(f"u{i}@example.com", "BOUNCE", None) for i in range(1050)]
     assert store.import_entries("acme", rows) == 1050  # type: ignore[arg-type]
     assert store.import_entries("acme", rows[:500]) == 0  # type: ignore[arg-type]
@@ -198,7 +215,45 @@ def test_two_connections_see_each_other(tmp_path: Path) -> None:
         cli.close()
 
 
-def test_lookups_from_threads(store: SQLiteSuppressionStore) -> None:
+def test_two_nodes_on_one_redis_see_each_other(redis_url: str) -> None:
+    """store: redis: what one node (or its CLI) adds, every node's next lookup sees."""
+    first = RedisSuppressionStore.from_url(redis_url)
+    second = RedisSuppressionStore.from_url(redis_url)
+    try:
+        first.add("acme", "a@example.com", "BOUNCE", diagnostic="550 5.1.1 no such user")
+        found = second.lookup("acme", ["a@EXAMPLE.com"])
+        assert found["a@EXAMPLE.com"].diagnostic == "550 5.1.1 no such user"
+        assert second.remove("acme", "a@example.com")
+        assert first.lookup("acme", ["a@example.com"]) == {}
+        assert not first.remove("acme", "a@example.com")
+    finally:
+        first.close()
+        second.close()
+
+
+def test_entries_survive_a_redis_crash_with_the_documented_persistence() -> None:
+    """Issue 18: suppression entries must not be lost with Redis (appendonly yes,
+    appendfsync always, as docs/operations.md says): kill -9 and start again."""
+    server = RedisServer(durable=True).start()
+    try:
+        store = RedisSuppressionStore.from_url(server.url)
+        store.add("acme", "a@example.com", "BOUNCE", diagnostic="550 5.1.1")
+        assert store.import_entries("acme", ((f"u{i}@example.com", "COMPLAINT", None)
+                                             for i in range(500))) == 500
+        store.close()
+        server.crash()
+        server.start()
+        store = RedisSuppressionStore.from_url(server.url)
+        assert store.count("acme") == 501
+        assert store.get("acme", "a@example.com").diagnostic == "550 5.1.1"  # type: ignore[union-attr]
+        assert [e.address for e in store.list("acme", limit=2)] == [
+            "a@example.com", "u0@example.com"]
+        store.close()
+    finally:
+        server.stop()
+
+
+def test_lookups_from_threads(store: SuppressionStore) -> None:
     """The pipeline calls lookup from worker threads on one store."""
     store.import_entries("acme", ((f"u{i}@example.com", "BOUNCE", None) for i in range(1000)))
     errors: list[BaseException] = []
@@ -221,8 +276,10 @@ def test_lookups_from_threads(store: SQLiteSuppressionStore) -> None:
     assert errors == []
 
 
-def test_a_million_entries_import_and_lookup_latency(store: SQLiteSuppressionStore) -> None:
+def test_a_million_entries_import_and_lookup_latency(
+        sqlite_store: SQLiteSuppressionStore) -> None:
     """§4.4: a million suppressed addresses must not slow acceptance measurably."""
+    store = sqlite_store
     n = 1_000_000
     started = time.perf_counter()
     new = store.import_entries("acme", ((f"user{i}@d{i % 997}.example.com",

@@ -1,0 +1,18 @@
+"""Which backend keeps the lists every node must share (`store.backend`): the state
+database in data_dir, or Redis for a cluster of nodes."""
+
+from __future__ import annotations
+
+from smtprelay.config import Config
+from smtprelay.policy.suppression import SQLiteSuppressionStore, SuppressionStore
+from smtprelay.policy.suppression_redis import RedisSuppressionStore
+
+
+def suppression_store(config: Config) -> SuppressionStore:
+    """The suppression list of `config`'s store, not yet opened."""
+    store = config.store
+    if store.backend == "redis":
+        assert store.url is not None  # the configuration's validator says so
+        return RedisSuppressionStore.from_url(store.url, prefix=store.key_prefix,
+                                              timeout=store.timeout)
+    return SQLiteSuppressionStore(config.state_path)
