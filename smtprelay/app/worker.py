@@ -39,9 +39,9 @@ from smtprelay.http.forward import Forwarder, internal_socket
 from smtprelay.http.server import HTTPServer
 from smtprelay.infra import logs
 from smtprelay.policy.contacts import SQLiteContactStore
-from smtprelay.policy.pauses import PausedSets, SQLitePauseStore
+from smtprelay.policy.pauses import PausedSets
 from smtprelay.policy.quota import Quotas
-from smtprelay.policy.stores import suppression_store
+from smtprelay.policy.stores import pause_store, suppression_store
 from smtprelay.smtp.server import SMTPServer
 from smtprelay.spool import remote
 from smtprelay.spool.remote import RemoteSpool
@@ -77,7 +77,7 @@ class Worker:
         self.credentials = CredentialStore(config.state_path)
         self.suppression = suppression_store(config)
         self.contacts = SQLiteContactStore(config.state_path)
-        self.pauses = PausedSets(SQLitePauseStore(config.state_path))
+        self.pauses = PausedSets(pause_store(config))
         self.channel: ChannelClient | None = None
         self.smtp: SMTPServer | None = None
         self.http: HTTPServer | None = None

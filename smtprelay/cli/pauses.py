@@ -14,7 +14,8 @@ from smtprelay.cli.common import EXIT_OK, CommandError, format_time, print_json,
 from smtprelay.config import Config
 from smtprelay.operations import pauses as ops
 from smtprelay.operations.errors import AlreadyPaused, NotConfigured, NotPaused, TooLong
-from smtprelay.policy.pauses import Scope, SQLitePauseStore
+from smtprelay.policy.pauses import PauseStore, Scope
+from smtprelay.policy.stores import pause_store
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +62,8 @@ def register(sub: Any, common: argparse.ArgumentParser,
 
 
 @contextlib.contextmanager
-def _store(config: Config) -> Iterator[SQLitePauseStore]:
-    store = SQLitePauseStore(config.state_path)
+def _store(config: Config) -> Iterator[PauseStore]:
+    store = pause_store(config)
     store.open()
     try:
         yield store

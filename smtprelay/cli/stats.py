@@ -11,9 +11,8 @@ from typing import Any
 from smtprelay.cli.common import EXIT_OK, CommandError, format_time, print_json, state_config
 from smtprelay.operations import stats as ops
 from smtprelay.operations.queue import SpoolConnection
-from smtprelay.policy.pauses import SQLitePauseStore
 from smtprelay.policy.reputation import Judgement
-from smtprelay.policy.stores import suppression_store
+from smtprelay.policy.stores import pause_store, suppression_store
 from smtprelay.spool import set_stats
 from smtprelay.spool.store import open_for_cli
 
@@ -58,7 +57,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     config = state_config(args)
     suppression = suppression_store(config)
     suppression.open()
-    pauses = SQLitePauseStore(config.state_path)
+    pauses = pause_store(config)
     spool = SpoolConnection(open_for_cli(config.spool_path))
     try:
         found = ops.overview(config, spool, pauses, suppression, now=time.time(),

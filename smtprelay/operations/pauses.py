@@ -4,7 +4,7 @@ A pause refuses new mail (554 5.7.1) until an operator lifts it; queued mail sti
 goes. Only what the configuration has can be paused; a pause outlives its set or
 account leaving the configuration, so such names are still listed and resumable.
 
-The calls work on a `PauseBook`: the CLI's `SQLitePauseStore`, or the daemon's
+The calls work on a `PauseBook`: the CLI's `PauseStore`, or the daemon's
 `PausedSets`, which also changes its in-memory copy at once. Blocking (SQLite).
 """
 

@@ -17,7 +17,7 @@ from smtprelay.config import Config, QuotaConfig
 from smtprelay.operations import pauses as pause_ops
 from smtprelay.operations.errors import NoStatistics
 from smtprelay.policy import quota, reputation
-from smtprelay.policy.pauses import SQLitePauseStore
+from smtprelay.policy.pauses import PauseStore
 from smtprelay.policy.reputation import Judgement
 from smtprelay.policy.suppression import SuppressionStore
 from smtprelay.spool import set_stats
@@ -103,7 +103,7 @@ class Overview:
     sets: tuple[SetFigures, ...]  # as Report.sets
 
 
-def overview(config: Config, spool: SpoolFigures, pauses: SQLitePauseStore,
+def overview(config: Config, spool: SpoolFigures, pauses: PauseStore,
              suppression: SuppressionStore, *, now: float, seconds: float) -> Overview:
     state = sqlite3.connect(config.state_path)
     try:

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from smtprelay.db import sqlite
 from smtprelay.infra import metrics
@@ -105,6 +105,32 @@ class AlreadyPaused(Exception):
         self.pause = pause
 
 
+class PauseStore(Protocol):
+    """Where pauses are kept: the state database, or Redis for a cluster of nodes
+    (policy.pauses_redis). Blocking calls; `scope` picks sets (the default) or
+    accounts."""
+
+    def pause(self, name: str, *, reason: Reason = "manual", detail: str = "", by: str,
+              now: float | None = None, scope: Scope = "set") -> Pause: ...
+
+    def resume(self, name: str, *, scope: Scope = "set",
+               now: float | None = None) -> Pause | None: ...
+
+    def get(self, name: str, scope: Scope = "set") -> Pause | None: ...
+
+    def all(self, scope: Scope = "set") -> dict[str, Pause]: ...
+
+    def resumes(self) -> dict[tuple[str, str], float]: ...
+
+    @property
+    def where(self) -> str:
+        """Where the pauses are, for logs (a file, or a Redis URL without password)."""
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 # scope -> (table, key column); fixed strings, never from input.
 _TABLES: dict[str, tuple[str, str]] = {"set": ("set_pauses", "configuration_set"),
                                        "account": ("account_pauses", "account")}
@@ -116,6 +142,10 @@ class SQLitePauseStore(sqlite.Store):
 
     COMPONENT = "pauses"
     MIGRATIONS = _MIGRATIONS
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
 
     def pause(self, name: str, *, reason: Reason = "manual", detail: str = "", by: str,
               now: float | None = None, scope: Scope = "set") -> Pause:
@@ -191,7 +221,7 @@ class PausedSets(Mapping[str, Pause]):
     lookup. Changes through `pause`/`resume` apply at once; changes by other
     processes (the CLI) when `refresh` next runs (`run` does every REFRESH_SECONDS)."""
 
-    def __init__(self, store: SQLitePauseStore) -> None:
+    def __init__(self, store: PauseStore) -> None:
         self.store = store
         self._pauses: dict[str, Pause] = {}
         # The paused accounts (`account in paused.accounts`), kept the same way.
@@ -275,9 +305,9 @@ class PausedSets(Mapping[str, Pause]):
                 # while the state database is unreadable.
                 if not failing:
                     log.error("paused configuration sets not re-read from %s: %s",
-                              self.store.path, exc)
+                              self.store.where, exc)
                 failing = True
             else:
                 if failing:
-                    log.info("paused configuration sets read again from %s", self.store.path)
+                    log.info("paused configuration sets read again from %s", self.store.where)
                 failing = False

@@ -9,6 +9,7 @@ import contextlib
 import json
 import smtplib
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,33 @@ def test_a_suppression_added_on_one_node_holds_on_the_other(
     assert outcomes == [("bounce", "OnAccountSuppressionList")]
     listed = b.cli("suppression", "list", "--account", "acme").stdout
     assert "someone@example.net" in listed and "BOUNCE" in listed
+
+
+def test_a_set_paused_on_one_node_is_paused_on_the_other_within_a_second(
+        tmp_path: Path, redis_url: str, nodes: list[DaemonProcess]) -> None:
+    a = node(tmp_path, "a", redis_url)
+    b = node(tmp_path, "b", redis_url)
+    nodes += [a, b]
+    cred = credential(b)
+    assert send(b, cred, "before") == 250
+    a.cli("sets", "pause", "transactional", "--reason", "list cleaning")
+    paused_at = time.monotonic()
+    with smtplib.SMTP("127.0.0.1", b.ports["submission"], timeout=20) as smtp:
+        smtp.starttls(context=client_context())
+        smtp.login(cred["username"], cred["password"])
+        while True:  # bounded by the assertion on the time below
+            smtp.mail("app@example.com")
+            smtp.rcpt("someone@example.net")
+            code, reply = smtp.data(message(subject="during"))
+            elapsed = time.monotonic() - paused_at
+            if code != 250 or elapsed > 1.0:
+                break
+    assert (code, reply) == (554, b"5.7.1 Sending paused for this configuration set")
+    assert elapsed <= 1.0, elapsed
+    a.cli("sets", "resume", "transactional")
+    deadline = time.monotonic() + 5
+    while send(b, cred, "after") != 250:
+        assert time.monotonic() < deadline
 
 
 def test_redis_gone_gives_temporary_replies_and_its_return_needs_no_restart(

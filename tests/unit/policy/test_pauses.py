@@ -13,18 +13,35 @@ from smtprelay.config import Config
 from smtprelay.mail import replies as R
 from smtprelay.mail.headers import parse_header_section
 from smtprelay.policy import configuration_sets
-from smtprelay.policy.pauses import AlreadyPaused, PausedSets, SQLitePauseStore
+from smtprelay.policy.pauses import AlreadyPaused, PausedSets, PauseStore, SQLitePauseStore
+from smtprelay.policy.pauses_redis import RedisPauseStore
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def two_stores(request: pytest.FixtureRequest,
+               tmp_path: Path) -> Iterator[tuple[PauseStore, PauseStore]]:
+    """Two handles on one backend of store.backend, as the daemon and the CLI (or two
+    nodes) have: the state database, and Redis (tests/redis_server.py)."""
+    stores: list[PauseStore]
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        stores = [RedisPauseStore.from_url(url), RedisPauseStore.from_url(url)]
+    else:
+        stores = [SQLitePauseStore(tmp_path / "state.db"),
+                  SQLitePauseStore(tmp_path / "state.db")]
+    for s in stores:
+        s.open()
+    yield stores[0], stores[1]
+    for s in stores:
+        s.close()
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLitePauseStore]:
-    s = SQLitePauseStore(tmp_path / "state.db")
-    s.open()
-    yield s
-    s.close()
+def store(two_stores: tuple[PauseStore, PauseStore]) -> PauseStore:
+    return two_stores[0]
 
 
-def test_pause_records_why_when_and_who(store: SQLitePauseStore) -> None:
+def test_pause_records_why_when_and_who(store: PauseStore) -> None:
     pause = store.pause("news", detail="list cleaning", by="cli", now=1000.0)
     assert (pause.reason, pause.detail, pause.since, pause.by) == (
         "manual", "list cleaning", 1000.0, "cli")
@@ -37,14 +54,17 @@ def test_pause_records_why_when_and_who(store: SQLitePauseStore) -> None:
     assert raised.value.pause == pause  # the pause in force is kept, not replaced
     with pytest.raises(ValueError):
         store.pause("x", reason="whim", by="cli")  # type: ignore[arg-type]
-    assert store.resume("news") == pause
+    assert store.resume("news", now=2000.0) == pause
     assert store.resume("news") is None
     assert list(store.all()) == ["alerts"]
+    assert store.resumes() == {("set", "news"): 2000.0}
+    account = store.pause("acme", by="cli", scope="account")
+    assert store.all("account") == {"acme": account} and store.get("acme") is None
 
 
-def test_the_view_sees_other_processes_changes_on_refresh(tmp_path: Path) -> None:
-    daemon = SQLitePauseStore(tmp_path / "state.db")
-    cli = SQLitePauseStore(tmp_path / "state.db")  # another connection, as the CLI has
+def test_the_view_sees_other_processes_changes_on_refresh(
+        two_stores: tuple[PauseStore, PauseStore]) -> None:
+    daemon, cli = two_stores  # another connection, as the CLI (or another node) has
     paused = PausedSets(daemon)
     paused.refresh()
     assert "news" not in paused and len(paused) == 0
@@ -60,8 +80,6 @@ def test_the_view_sees_other_processes_changes_on_refresh(tmp_path: Path) -> Non
     assert "alerts" in paused and cli.get("alerts") is not None
     paused.resume("alerts")
     assert "alerts" not in paused and cli.get("alerts") is None
-    daemon.close()
-    cli.close()
 
 
 async def test_the_view_refreshes_itself_and_survives_a_broken_database(
