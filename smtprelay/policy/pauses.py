@@ -84,6 +84,16 @@ class Pause:
     since: float
     by: str
 
+    @classmethod
+    def new(cls, scope: Scope, name: str, reason: str, detail: str, by: str,
+            now: float | None) -> Pause:
+        """A pause to make (ValueError for an unknown reason; the detail cut to
+        MAX_DETAIL characters)."""
+        if reason not in REASONS:
+            raise ValueError(f"reason must be one of {', '.join(REASONS)}, not {reason!r}")
+        return cls(scope, name, reason, detail[:MAX_DETAIL],
+                   time.time() if now is None else now, by)
+
     def as_json(self) -> dict[str, Any]:
         # The key says what `name` is, so an account's pause never claims to be a set's.
         return {_JSON_KEYS[self.scope]: self.name, "reason": self.reason,
@@ -150,10 +160,7 @@ class SQLitePauseStore(sqlite.Store):
     def pause(self, name: str, *, reason: Reason = "manual", detail: str = "", by: str,
               now: float | None = None, scope: Scope = "set") -> Pause:
         """Pause a set (or an account); AlreadyPaused (with the pause in force) if it is."""
-        if reason not in REASONS:
-            raise ValueError(f"reason must be one of {', '.join(REASONS)}, not {reason!r}")
-        pause = Pause(scope, name, reason, detail[:MAX_DETAIL],
-                      time.time() if now is None else now, by)
+        pause = Pause.new(scope, name, reason, detail, by, now)
         table, key = _TABLES[scope]
         with self.transaction() as conn:
             existing = self._get(name, scope)

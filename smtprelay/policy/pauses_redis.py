@@ -16,14 +16,12 @@ from typing import cast
 import redis
 
 from smtprelay.policy.pauses import (
-    MAX_DETAIL,
-    REASONS,
     AlreadyPaused,
     Pause,
     Reason,
     Scope,
 )
-from smtprelay.state.redis import redacted
+from smtprelay.state.redis import blocking_client, redacted
 
 
 class RedisPauseStore:
@@ -36,8 +34,7 @@ class RedisPauseStore:
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "smtprelay:",
                  timeout: float = 2.0) -> RedisPauseStore:
-        return cls(redis.Redis.from_url(url, socket_timeout=timeout,
-                                        socket_connect_timeout=timeout), prefix,
+        return cls(blocking_client(url, timeout), prefix,
                    f"{redacted(url)} ({prefix}pauses:*)")
 
     def open(self) -> None:
@@ -56,10 +53,7 @@ class RedisPauseStore:
     def pause(self, name: str, *, reason: Reason = "manual", detail: str = "", by: str,
               now: float | None = None, scope: Scope = "set") -> Pause:
         """Pause a set (or an account); AlreadyPaused (with the pause in force) if it is."""
-        if reason not in REASONS:
-            raise ValueError(f"reason must be one of {', '.join(REASONS)}, not {reason!r}")
-        pause = Pause(scope, name, reason, detail[:MAX_DETAIL],
-                      time.time() if now is None else now, by)
+        pause = Pause.new(scope, name, reason, detail, by, now)
         value = json.dumps([pause.reason, pause.detail, pause.since, pause.by],
                            ensure_ascii=False)
         for _ in range(3):  # a pause lifted between the two calls: try again

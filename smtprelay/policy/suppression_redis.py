@@ -32,6 +32,7 @@ from smtprelay.policy.suppression import (
     normalise,
     paged,
 )
+from smtprelay.state.redis import blocking_client
 
 
 class RedisSuppressionStore:
@@ -42,8 +43,7 @@ class RedisSuppressionStore:
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "smtprelay:",
                  timeout: float = 2.0) -> RedisSuppressionStore:
-        return cls(redis.Redis.from_url(url, socket_timeout=timeout,
-                                        socket_connect_timeout=timeout), prefix)
+        return cls(blocking_client(url, timeout), prefix)
 
     def open(self) -> None:
         """Nothing to open: the client connects on first use (as SQLiteSuppressionStore

@@ -28,6 +28,7 @@ import urllib.parse
 import uuid
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -187,6 +188,12 @@ redis.call('SET', KEYS[2], '1', 'PX', math.max(1, math.ceil(lockout * 1000)))
 redis.call('DEL', KEYS[1])
 return 1
 """
+
+
+def blocking_client(url: str, timeout: float) -> redis.Redis:
+    """A client for the stores that are called from threads and the CLI (suppression,
+    pauses), with the store's timeout on connecting and on every reply."""
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 def redacted(url: str) -> str:
