@@ -99,6 +99,12 @@ class ListenerConfig(Model):
     # feedback: inbound DSNs and complaint reports (port 25 in production): no AUTH,
     # only VERP addresses and feedback.addresses accepted as recipients.
     role: Literal["submission", "feedback"] = "submission"
+    # Behind a load balancer: every connection starts with a PROXY protocol header (v1
+    # or v2; HAProxy's send-proxy / send-proxy-v2) naming the real client, whose
+    # address then counts for limits, lockout, trusted networks, Received and logs.
+    # Only a peer in trusted_proxies may connect: others are closed unanswered.
+    proxy_protocol: bool = False
+    trusted_proxies: list[Network] = Field(default_factory=list)
 
     @field_validator("address")
     @classmethod
@@ -108,6 +114,13 @@ class ListenerConfig(Model):
         except ValueError:
             raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
         return value
+
+    @model_validator(mode="after")
+    def _proxies_are_named(self) -> ListenerConfig:
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ValueError("proxy_protocol needs trusted_proxies: the load balancers' "
+                             "addresses (for example [10.0.0.0/24])")
+        return self
 
 
 class LimitsConfig(Model):

@@ -64,7 +64,7 @@ def test_an_accounts_rate_is_granted_once_across_nodes(
     # per node would have let all 10 through).
     assert codes == [250] * 6 + [454] * 4
     assert len(spooled(a.config)) + len(spooled(b.config)) == 6
-    assert "store: redis at" in a.log()
+    a.wait_log("store: redis at")
 
 
 def test_auth_failures_on_one_node_lock_the_address_on_the_other(
