@@ -48,6 +48,7 @@ from smtprelay.smtp.server import SMTPServer, bind
 from smtprelay.spool import set_stats
 from smtprelay.spool.remote import serve_spool
 from smtprelay.spool.store import Spool
+from smtprelay.state.api import StateUnavailable
 from smtprelay.state.channel import ChannelServer
 from smtprelay.state.local import LocalState
 from smtprelay.state.redis import RedisState, redacted
@@ -132,6 +133,8 @@ class Relay:
         self.lag = LoopLag()
         self.control: ControlServer | None = None
         self._ready = False
+        self._store_problem: str | None = None
+        self._store_task: asyncio.Task[None] | None = None
         self._depth_task: asyncio.Task[None] | None = None
         self._purge_task: asyncio.Task[None] | None = None
         self._pauses_task: asyncio.Task[None] | None = None
@@ -227,7 +230,7 @@ class Relay:
         # what they do not answer themselves to this server's Unix socket.
         http_sockets = bind_listeners(cfg) if count > 1 else None
         self._http_sockets = http_sockets or []
-        self.http = HTTPServer(cfg, lambda: self._ready, keys=self.live,
+        self.http = HTTPServer(cfg, self.not_ready, keys=self.live,
                                sink=self.engagements, admin=AdminServices(
                                    live=self.live, spool=self.spool,
                                    suppression=self.suppression, pauses=self.pauses,
@@ -252,7 +255,35 @@ class Relay:
         self._purge_task = asyncio.create_task(self._purge_finished())
         self._pauses_task = asyncio.create_task(self.pauses.run())
         self._reputation_task = asyncio.create_task(self.reputation.run())
+        if isinstance(self.shared, RedisState):
+            self._store_task = asyncio.create_task(self._watch_store())
         self._ready = True
+
+    def not_ready(self) -> str | None:
+        """Why /readyz says 503 (None: ready): starting or stopping, or the shared store
+        not answering (a load balancer then sends clients to the other nodes)."""
+        if not self._ready:
+            return "starting or stopping"
+        if self._store_problem is not None:
+            return self._store_problem
+        return None
+
+    async def _watch_store(self, every: float = 1.0) -> None:
+        """With store: redis, ask Redis once a second, so /readyz says when it stops
+        answering and when it is back."""
+        assert isinstance(self.shared, RedisState)
+        while True:
+            try:
+                await self.shared.ping()
+            except StateUnavailable as exc:
+                if self._store_problem is None:
+                    log.error("store: not answering: %s", exc)
+                self._store_problem = f"store: {exc}"
+            else:
+                if self._store_problem is not None:
+                    log.info("store: answering again")
+                self._store_problem = None
+            await asyncio.sleep(every)
 
     async def status(self) -> dict[str, Any]:
         """What `smtprelay status` shows (app.control)."""
@@ -390,7 +421,7 @@ class Relay:
         if self.control is not None:
             await self.control.stop()
         for task in (self._depth_task, self._purge_task, self._pauses_task,
-                     self._reputation_task):
+                     self._reputation_task, self._store_task):
             if task is not None:
                 task.cancel()
         if self.workers is not None:

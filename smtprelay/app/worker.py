@@ -117,7 +117,7 @@ class Worker:
         if self._http_sockets:
             # Clicks, opens and unsubscribes here; the rest to the supervisor.
             self.http = HTTPServer(
-                config, lambda: True, keys=self.live, sink=RemoteEngagements(self.channel),
+                config, lambda: None, keys=self.live, sink=RemoteEngagements(self.channel),
                 sockets=self._http_sockets,
                 forward=Forwarder(internal_socket(config.server.data_dir),
                                   timeout=config.http.read_timeout))

@@ -157,7 +157,7 @@ def bind_listeners(config: Config) -> list[tuple[socket.socket, bool]]:
 
 
 class HTTPServer:
-    def __init__(self, config: Config, ready: Callable[[], bool], *,
+    def __init__(self, config: Config, ready: Callable[[], str | None], *,
                  keys: KeySource | None = None,
                  sink: EngagementSink | None = None,
                  admin: AdminServices | None = None,
@@ -167,7 +167,8 @@ class HTTPServer:
                  internal: Path | None = None,
                  forward: Forwarder | None = None) -> None:
         """`config`: the configuration at start (`http` and the tracking domains need a
-        restart); `keys` are the tracking keys in force, which verify tracking tokens
+        restart); `ready` says why the relay is not ready (None: it is), for /readyz;
+        `keys` are the tracking keys in force, which verify tracking tokens
         (None: every token is refused); `sink` records engagements (None: pages and
         redirects work, nothing is recorded, unsubscribing answers 503); `admin` is what
         the admin API works on (None, or no secret in http.admin_token_env's variable:
@@ -247,9 +248,10 @@ class HTTPServer:
         return web.Response(text="ok\n")
 
     async def _readyz(self, _request: web.Request) -> web.Response:
-        if self._ready():
+        why = self._ready()
+        if why is None:
             return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
+        return web.Response(status=503, text=f"not ready: {why}\n")
 
     # --- TLS ---------------------------------------------------------------------------
 

@@ -234,6 +234,10 @@ class RedisState:
     async def close(self) -> None:
         await self._redis.aclose()
 
+    async def ping(self) -> None:
+        """StateUnavailable unless Redis answers (for /readyz)."""
+        await self._run("ping", self._redis.ping())
+
     def _account_keys(self, account: str) -> list[str]:
         # One hash tag per account: a Redis Cluster keeps its keys on one shard, as
         # a script needs.

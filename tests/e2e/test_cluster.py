@@ -10,6 +10,8 @@ import json
 import smtplib
 import sqlite3
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,15 @@ def node(tmp_path: Path, name: str, url: str, **overrides: Any) -> DaemonProcess
 
 def credential(daemon: DaemonProcess) -> dict[str, str]:
     return dict(json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout))
+
+
+def readyz(daemon: DaemonProcess) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.ports['http']}/readyz",
+                                    timeout=10) as answer:
+            return answer.status, answer.read().decode().strip()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode().strip()
 
 
 def send(daemon: DaemonProcess, cred: dict[str, str], subject: str) -> int:
@@ -142,7 +153,14 @@ def test_redis_gone_gives_temporary_replies_and_its_return_needs_no_restart(
         cred = credential(a)
         assert send(a, cred, "before") == 250
         port = own.port
+        assert readyz(a) == (200, "ready")
         own.stop()
+        # /readyz says why within a second or two (a balancer then prefers other nodes).
+        deadline = time.monotonic() + 5
+        while readyz(a)[0] != 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert readyz(a)[1].startswith("not ready: store: redis: ping:")
         with smtplib.SMTP("127.0.0.1", a.ports["submission"], timeout=20) as smtp:
             smtp.starttls(context=client_context())
             with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
@@ -154,6 +172,10 @@ def test_redis_gone_gives_temporary_replies_and_its_return_needs_no_restart(
         back.start()
         try:
             assert send(a, cred, "after") == 250
+            deadline = time.monotonic() + 5
+            while readyz(a)[0] != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
         finally:
             back.stop()
         assert len(spooled(a.config)) == 2
