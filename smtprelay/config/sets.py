@@ -98,7 +98,7 @@ class EventDestinationConfig(Model):
     # Unique within the set; the delivery position is saved under "<set>/<name>", so a
     # renamed destination starts from the events made after the rename.
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    type: Literal["file", "webhook"]
+    type: Literal["file", "webhook", "redis_stream"]
     enabled: bool = True
     # SES event types this destination receives, or "all".
     event_types: list[EventTypeName] | Literal["all"] = "all"
@@ -109,7 +109,12 @@ class EventDestinationConfig(Model):
     keep: int = Field(default=5, ge=0)
     # webhook: each event is POSTed as SES JSON to this http(s) URL, signed with
     # HMAC-SHA256 under the secret held in the environment variable secret_env.
+    # redis_stream: the Redis (redis://, rediss://, unix://) whose stream gets them.
     url: str | None = None
+    # redis_stream: the stream each event is added to (XADD), trimmed to about
+    # max_length entries (MAXLEN ~) so a consumer that stops cannot fill Redis.
+    stream: str = Field(default="smtprelay:events", min_length=1, max_length=200)
+    max_length: int = Field(default=1_000_000, ge=1000)
     secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     # event: SES's event publishing JSON (eventType), every type event_types names.
     # notification: SES's feedback notifications (notificationType Bounce, Complaint,
@@ -137,6 +142,10 @@ class EventDestinationConfig(Model):
             if not self.secret_env:
                 raise ValueError("a webhook destination needs secret_env: the name of the "
                                  "environment variable holding its signing secret")
+        if self.type == "redis_stream" and (
+                not self.url or not self.url.startswith(("redis://", "rediss://", "unix://"))):
+            raise ValueError("a redis_stream destination needs url: the Redis to add the "
+                             "events to (redis://host:6379/0, rediss:// or unix://)")
         return self
 
     def wants(self, event_type: str) -> bool:

@@ -48,6 +48,7 @@ from pathlib import Path
 
 from smtprelay.config import Config, ConfigSource, EventDestinationConfig
 from smtprelay.events.notifications import Renderer, Unrenderable, default_topic_arn
+from smtprelay.events.stream import StreamDestination
 from smtprelay.events.subscriptions import (
     CONFIRM_PATH,
     SUBSCRIPTIONS_FILE,
@@ -228,7 +229,10 @@ class _Worker:
                                       target.settings.name))
         self._webhook = (WebhookDestination(target.settings, self._renderer)
                          if target.settings.type == "webhook" else None)
+        self._stream = (StreamDestination(target.settings, target.configuration_set)
+                        if target.settings.type == "redis_stream" else None)
         self.where = (self._webhook.shown_url if self._webhook is not None
+                      else self._stream.shown_url if self._stream is not None
                       else str(target.settings.path))
         self._labels = {"configuration_set": target.configuration_set,
                         "destination": target.settings.name}
@@ -262,6 +266,8 @@ class _Worker:
     async def close(self) -> None:
         if self._webhook is not None:
             await self._webhook.close()
+        if self._stream is not None:
+            await self._stream.close()
 
     def forget_metrics(self) -> None:
         with contextlib.suppress(KeyError):
@@ -334,9 +340,13 @@ class _Worker:
         published = metrics.EVENTS_PUBLISHED
         if self._webhook is None:
             wanted = [event for event in batch if target.wants(event)]
-            lines = await self._lines(wanted)
-            if lines:
-                await asyncio.to_thread(FileDestination(target.settings).write, lines)
+            rendered = await self._lines(wanted)
+            if rendered and self._stream is not None:
+                await self._stream.add([event for event, _ in rendered],
+                                       [line for _, line in rendered])
+            elif rendered:
+                await asyncio.to_thread(FileDestination(target.settings).write,
+                                        [line for _, line in rendered])
             progress[0] = batch[-1].id
             for event in wanted:
                 published.labels(type=event.type, **self._labels).inc()
@@ -351,12 +361,13 @@ class _Worker:
                     published.labels(type=event.type, **self._labels).inc()
             progress[0] = event.id
 
-    async def _lines(self, events: list[StoredEvent]) -> list[bytes]:
-        """The events' lines; a record no line can be made of is set aside instead."""
-        lines: list[bytes] = []
+    async def _lines(self, events: list[StoredEvent]) -> list[tuple[StoredEvent, bytes]]:
+        """The events with their lines; a record no line can be made of is set aside
+        instead."""
+        lines: list[tuple[StoredEvent, bytes]] = []
         for event in events:
             try:
-                lines.append(self._renderer.line(event) + b"\n")
+                lines.append((event, self._renderer.line(event) + b"\n"))
             except Unrenderable as exc:
                 await self._set_aside_unrenderable(exc)
         return lines
@@ -495,7 +506,7 @@ class _Worker:
             reason = str(exc) or exc.__class__.__name__
         log.error("events destination %s (%s) failed, retrying in %ss: %s",
                   target.config_key, self.where, f"{delay:.3g}", reason)
-        if self._webhook is not None and now - self.failing_since >= target.settings.retry_for:
+        if target.settings.type != "file" and now - self.failing_since >= target.settings.retry_for:
             await self._set_aside(now)
 
     async def _succeeded(self) -> None:
@@ -529,7 +540,7 @@ class _Worker:
             if wanted:
                 try:
                     await asyncio.to_thread(append_durably, path,
-                                            await self._lines(wanted))
+                                            [line for _, line in await self._lines(wanted)])
                 except OSError as exc:
                     log.error("events destination %s: cannot set aside its undelivered "
                               "events in %s (%s); they stay in the outbox and are retried",

@@ -181,3 +181,47 @@ def test_redis_gone_gives_temporary_replies_and_its_return_needs_no_restart(
         assert len(spooled(a.config)) == 2
     finally:
         own.stop()
+
+
+def test_events_go_to_a_redis_stream_and_wait_out_an_outage(
+        tmp_path: Path, nodes: list[DaemonProcess]) -> None:
+    """The redis_stream destination: each event an XADD (SES JSON in `event`), in order;
+    while Redis is away the events wait in the outbox and go when it is back."""
+    own = RedisServer().start()
+    try:
+        a = node(tmp_path, "a", own.url, store={"backend": "sqlite"}, configuration_sets={
+            "transactional": {"event_destinations": [
+                {"name": "stream", "type": "redis_stream", "url": own.url,
+                 "stream": "relay:events", "event_types": ["Send"]}]}})
+        nodes.append(a)
+        cred = credential(a)
+        assert send(a, cred, "first") == 250
+
+        def entries() -> list[str]:
+            return [line for line in own.cli("XRANGE", "relay:events", "-", "+")
+                    .stdout.splitlines() if line.startswith("{")]
+
+        deadline = time.monotonic() + 10
+        while not entries():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        [first] = entries()
+        assert json.loads(first)["eventType"] == "Send"
+        assert json.loads(first)["mail"]["commonHeaders"]["subject"] == "first"
+        port = own.port
+        own.stop()
+        assert send(a, cred, "second") == 250  # its event waits in the outbox
+        a.wait_log("(redis://127.0.0.1:")  # the failure is logged with where it went
+        back = RedisServer()
+        back.port = port
+        back.start()
+        try:
+            deadline = time.monotonic() + 30  # the publisher's backoff
+            while not [e for e in (back.cli("XRANGE", "relay:events", "-", "+")
+                                   .stdout.splitlines()) if "second" in e]:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        finally:
+            back.stop()
+    finally:
+        own.stop()
