@@ -59,10 +59,15 @@ class LoopLag:
             report(self.last_ms)
 
 
+Answer = Callable[[], Awaitable[dict[str, Any]]]
+
+
 class ControlServer:
-    def __init__(self, path: Path, status: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    """`requests`: what the relay answers, by request line (status, drain, undrain)."""
+
+    def __init__(self, path: Path, requests: dict[str, Answer]) -> None:
         self.path = path
-        self._status = status
+        self._requests = requests
         self._server: asyncio.Server | None = None
         self.started_at = time.time()
 
@@ -83,11 +88,13 @@ class ControlServer:
                       writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(_REQUEST_TIMEOUT):
-                request = (await reader.readline()).strip()
-                if request == b"status":
-                    answer: dict[str, Any] = await self._status()
+                request = (await reader.readline()).strip().decode("ascii", "replace")
+                handler = self._requests.get(request)
+                if handler is not None:
+                    answer: dict[str, Any] = await handler()
                 else:
-                    answer = {"error": f"unknown request {request[:40]!r}; try: status"}
+                    answer = {"error": f"unknown request {request[:40]!r}; try: "
+                                       + ", ".join(self._requests)}
                 writer.write(json.dumps(answer).encode() + b"\n")
                 await writer.drain()
         except (TimeoutError, OSError) as exc:

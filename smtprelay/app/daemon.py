@@ -51,6 +51,7 @@ from smtprelay.spool.store import Spool
 from smtprelay.state.api import StateUnavailable
 from smtprelay.state.channel import ChannelServer
 from smtprelay.state.local import LocalState
+from smtprelay.state.nodes import HEARTBEAT, AcceptedRate
 from smtprelay.state.redis import RedisState, redacted
 from smtprelay.state.service import Holdings, serve_state
 from smtprelay.state.usage import SQLiteUsageStore
@@ -134,6 +135,7 @@ class Relay:
         self.control: ControlServer | None = None
         self._ready = False
         self._store_problem: str | None = None
+        self._accepted = AcceptedRate()
         self._store_task: asyncio.Task[None] | None = None
         self._depth_task: asyncio.Task[None] | None = None
         self._purge_task: asyncio.Task[None] | None = None
@@ -216,7 +218,7 @@ class Relay:
             self.live, self.spool, self.quotas, self.suppression,
             paused_sets=self.pauses, paused_accounts=lambda: self.pauses.accounts,
             transform_pool=self._transform_pool,
-            on_spooled=self.scheduler.wake if self.scheduler is not None else lambda: None,
+            on_spooled=self._spooled,
             mail_from=self.mail_from, contacts=self.contacts)
         # Before the feedback processor: mail to a List-Unsubscribe mailto address is
         # recorded by the same recorder as the one-click POST.
@@ -249,7 +251,8 @@ class Relay:
         else:
             await self.smtp.start()
         self.lag.start()
-        self.control = ControlServer(control_path(cfg.server.data_dir), self.status)
+        self.control = ControlServer(control_path(cfg.server.data_dir), {
+            "status": self.status, "drain": self.drain, "undrain": self.undrain})
         await self.control.start()
         self._depth_task = asyncio.create_task(self._refresh_depth())
         self._purge_task = asyncio.create_task(self._purge_finished())
@@ -259,22 +262,50 @@ class Relay:
             self._store_task = asyncio.create_task(self._watch_store())
         self._ready = True
 
+    async def drain(self) -> dict[str, Any]:
+        """`smtprelay drain`: take no new connection (421 4.3.2, on every worker: they
+        ask the shared state) and fail /readyz, so the balancer moves clients to the
+        other nodes; sessions under way finish and the queue keeps being delivered."""
+        if not self.shared.draining:
+            log.warning("draining: new connections get 421, /readyz fails; the queue "
+                        "is delivered")
+        self.shared.draining = True
+        return await self.status()
+
+    async def undrain(self) -> dict[str, Any]:
+        if self.shared.draining:
+            log.warning("drain ended: accepting again")
+        self.shared.draining = False
+        return await self.status()
+
     def not_ready(self) -> str | None:
-        """Why /readyz says 503 (None: ready): starting or stopping, or the shared store
-        not answering (a load balancer then sends clients to the other nodes)."""
+        """Why /readyz says 503 (None: ready): starting or stopping, draining, or the
+        shared store not answering (a load balancer then sends clients to the other
+        nodes)."""
         if not self._ready:
             return "starting or stopping"
+        if self.shared.draining:
+            return "draining (smtprelay drain)"
         if self._store_problem is not None:
             return self._store_problem
         return None
 
-    async def _watch_store(self, every: float = 1.0) -> None:
-        """With store: redis, ask Redis once a second, so /readyz says when it stops
-        answering and when it is back."""
+    async def _watch_store(self, every: float = HEARTBEAT) -> None:
+        """With store: redis, write this node's heartbeat (`smtprelay cluster status`)
+        every HEARTBEAT seconds, so /readyz also says when Redis stops answering and
+        when it is back."""
         assert isinstance(self.shared, RedisState)
         while True:
             try:
-                await self.shared.ping()
+                status = await self.status()
+                await self.shared.heartbeat({
+                    "hostname": self.config.server.hostname, "pid": status["pid"],
+                    "started_at": status["started_at"], "ready": status["ready"],
+                    "draining": status["draining"], "connections": status["connections"],
+                    "queue_pending": status["queue_pending"],
+                    "delivering": status["delivering"],
+                    "workers": len(status["workers"]) or 1,
+                    "accepted_per_min": self._accepted.per_minute(time.time())})
             except StateUnavailable as exc:
                 if self._store_problem is None:
                     log.error("store: not answering: %s", exc)
@@ -293,6 +324,8 @@ class Relay:
             "pid": os.getpid(),
             "started_at": self.control.started_at if self.control is not None else None,
             "ready": self._ready,
+            "draining": self.shared.draining,
+            "delivering": self.scheduler.in_flight if self.scheduler is not None else 0,
             "loop_lag_ms": round(self.lag.last_ms, 1),
             "loop_lag_max_ms": round(self.lag.take_max(), 1),
             # Counted in the shared state: every process's SMTP connections.
@@ -318,7 +351,7 @@ class Relay:
                          sockets[listener.name].getsockname()[1], listener.tls, count)
         self._channel = ChannelServer(Holdings)
         serve_state(self._channel, self.shared)
-        serve_spool(self._channel, self.spool, on_spooled=self._wake_scheduler)
+        serve_spool(self._channel, self.spool, on_spooled=self._spooled)
         assert self.engagements is not None  # made before the listeners
         serve_engagements(self._channel, self.engagements)
         self.workers = WorkerSet(count, self.path, sockets, self._channel, metrics_dir,
@@ -330,6 +363,11 @@ class Relay:
             await asyncio.to_thread(self.pauses.refresh)
         except Exception as exc:
             log.error("reload: paused configuration sets not re-read: %s", exc)
+
+    def _spooled(self) -> None:
+        """A message is on disk (from this process or a worker)."""
+        self._accepted.count += 1
+        self._wake_scheduler()
 
     def _wake_scheduler(self) -> None:
         if self.scheduler is not None:

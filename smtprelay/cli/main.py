@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from smtprelay import __version__
 from smtprelay.cli import (
     admin_tokens,
+    cluster,
     contacts,
     credentials,
     dkim,
@@ -45,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"smtprelay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # In the order `smtprelay --help` lists them.
-    for group in (serve, status, credentials, queue, dkim, tracking_keys, dns_check,
-                  suppression, contacts, feedback, stats, pauses):
+    for group in (serve, status, cluster, credentials, queue, dkim, tracking_keys,
+                  dns_check, suppression, contacts, feedback, stats, pauses):
         group.register(sub, common, listing)
     send_probe.register(sub, common)
     admin_tokens.register(sub, common, listing)

@@ -1,5 +1,5 @@
-"""`smtprelay status`: the running relay's processes, connections and loop lag, asked over
-its control socket (app.control)."""
+"""`smtprelay status` and `smtprelay drain`: the running relay's processes, connections and
+loop lag, and taking it out of service, over its control socket (app.control)."""
 
 from __future__ import annotations
 
@@ -19,13 +19,22 @@ def register(sub: Any, common: argparse.ArgumentParser,
     sub.add_parser("status", parents=[common, listing],
                    help="the running relay: its worker processes, connections, loop lag") \
         .set_defaults(func=cmd_status)
+    p = sub.add_parser(
+        "drain", parents=[common, listing],
+        help="stop the running relay accepting (421, /readyz failing) and say when its "
+             "queue is empty and it is safe to stop")
+    p.add_argument("--wait", type=float, metavar="SECONDS", default=0.0,
+                   help="wait up to this long for the queue to empty (exit 1 if it does "
+                        "not)")
+    p.add_argument("--cancel", action="store_true", help="accept again")
+    p.set_defaults(func=cmd_drain)
 
 
-def ask(path: str) -> dict[str, Any]:
+def ask(path: str, request: str = "status") -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(_TIMEOUT)
         sock.connect(path)
-        sock.sendall(b"status\n")
+        sock.sendall(request.encode() + b"\n")
         answer = b""
         while not answer.endswith(b"\n"):
             chunk = sock.recv(65536)
@@ -40,13 +49,15 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def ask_relay(args: argparse.Namespace, request: str = "status") -> dict[str, Any]:
+    """The running relay's answer over its control socket; CommandError naming what to
+    do when nothing answers."""
     from smtprelay.app.control import control_path
 
     config = config_from(args)
     path = control_path(config.server.data_dir)
     try:
-        status = ask(str(path))
+        return ask(str(path), request)
     except (FileNotFoundError, ConnectionRefusedError):
         raise CommandError(f"no relay is running on server.data_dir {config.server.data_dir} "
                            f"(nothing answers on {path}); start it with `smtprelay serve`") \
@@ -56,12 +67,18 @@ def cmd_status(args: argparse.Namespace) -> int:
                            "root)") from None
     except (OSError, ValueError) as exc:
         raise CommandError(f"the relay did not answer on {path}: {exc}") from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = ask_relay(args)
     if args.json:
         print_json(status)
         return EXIT_OK
     started = status.get("started_at")
     up = f"up {time.time() - started:.0f} s" if started else ""
-    print(f"relay pid {status['pid']} {up} {'ready' if status['ready'] else 'starting'}: "
+    state = ("draining" if status.get("draining") else
+             "ready" if status["ready"] else "starting")
+    print(f"relay pid {status['pid']} {up} {state}: "
           f"{status['connections']} SMTP connections, {status['queue_pending']} messages "
           f"queued, loop lag {_ms(status['loop_lag_ms'])} "
           f"(max {_ms(status['loop_lag_max_ms'])})")
@@ -78,3 +95,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"one process (server.workers: 1), {status['sessions']} sessions open")
     return EXIT_OK
+
+
+def _drained(status: dict[str, Any]) -> bool:
+    return bool(status["queue_pending"] == 0 and status["connections"] == 0
+                and status.get("delivering", 0) == 0)
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    if args.cancel:
+        status = ask_relay(args, "undrain")
+        if args.json:
+            print_json(status)
+        else:
+            print("accepting again")
+        return EXIT_OK
+    status = ask_relay(args, "drain")
+    deadline = time.monotonic() + max(0.0, args.wait)
+    while not _drained(status) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = ask_relay(args)
+    if args.json:
+        print_json({**status, "safe_to_stop": _drained(status)})
+    elif _drained(status):
+        print("draining: no connections, nothing queued or being delivered: safe to stop")
+    else:
+        print(f"draining: {status['connections']} SMTP connections, "
+              f"{status['queue_pending']} messages queued, "
+              f"{status.get('delivering', 0)} being delivered; not yet safe to stop "
+              "(run again, or with --wait SECONDS)")
+    return EXIT_OK if _drained(status) or not args.wait else 1

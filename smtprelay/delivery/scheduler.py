@@ -148,6 +148,11 @@ class Scheduler:
         """A message was spooled: look now instead of at the next poll."""
         self._rounds.wake()
 
+    @property
+    def in_flight(self) -> int:
+        """Deliveries under way (a drained node is safe to stop at 0 with nothing queued)."""
+        return len(self._in_flight)
+
     def start(self) -> None:
         self._rounds.start()
 

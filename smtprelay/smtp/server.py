@@ -23,7 +23,7 @@ from smtprelay.infra import metrics
 from smtprelay.mail import replies as R
 from smtprelay.smtp import proxy
 from smtprelay.smtp.session import ListenerSettings, PeerGate, Session
-from smtprelay.state.api import SharedState, StateUnavailable
+from smtprelay.state.api import ConnectionRefusal, SharedState, StateUnavailable
 from smtprelay.state.local import LocalState
 from smtprelay.submission.seam import SubmissionHandler
 
@@ -221,7 +221,8 @@ class SMTPServer:
             metrics.CONNECTIONS_REFUSED.labels(reason=refusal.value).inc()
             log.warning("refused connection client=%s listener=%s reason=%s", ip, name,
                         refusal.value)
-            await _refuse(writer, R.TOO_MANY_CONNECTIONS)
+            await _refuse(writer, R.SHUTTING_DOWN if refusal is ConnectionRefusal.DRAINING
+                          else R.TOO_MANY_CONNECTIONS)
             return
         gate = settings.gate
         gated = gate.connect(ip) if gate is not None else None

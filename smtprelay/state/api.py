@@ -39,6 +39,7 @@ class SendLimits:
 class ConnectionRefusal(StrEnum):
     TOTAL = "max_connections"
     PER_IP = "max_connections_per_ip"
+    DRAINING = "draining"  # `smtprelay drain`: the node takes no new connections
 
 
 @dataclass(frozen=True, slots=True)

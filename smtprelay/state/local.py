@@ -40,6 +40,9 @@ class LocalState:
         self.lockout = Lockout()
         self.connections = 0
         self.connections_by_ip: Counter[str] = Counter()
+        # The node is being drained (`smtprelay drain`): every process of it refuses
+        # new connections, since they all ask here.
+        self.draining = False
 
     def load(self) -> None:
         """Read the last 24 hours of usage (blocking: in a thread at start-up)."""
@@ -132,6 +135,8 @@ class LocalState:
         self.lockout.success(ip, username)
 
     def open_now(self, ip: str, max_total: int, max_per_ip: int) -> ConnectionRefusal | None:
+        if self.draining:
+            return ConnectionRefusal.DRAINING
         if self.connections >= max_total:
             return ConnectionRefusal.TOTAL
         if self.connections_by_ip[ip] >= max_per_ip:

@@ -32,6 +32,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from smtprelay.state import nodes
 from smtprelay.state.api import (
     ConnectionRefusal,
     LockoutPolicy,
@@ -234,9 +235,10 @@ class RedisState:
     async def close(self) -> None:
         await self._redis.aclose()
 
-    async def ping(self) -> None:
-        """StateUnavailable unless Redis answers (for /readyz)."""
-        await self._run("ping", self._redis.ping())
+    async def heartbeat(self, status: dict[str, Any]) -> None:
+        """This node's heartbeat, for `smtprelay cluster status` (state.nodes)."""
+        await self._run("heartbeat", nodes.beat(self._redis, self._prefix, self._node,
+                                                status))
 
     def _account_keys(self, account: str) -> list[str]:
         # One hash tag per account: a Redis Cluster keeps its keys on one shard, as
@@ -316,3 +318,11 @@ class RedisState:
     @property
     def connections(self) -> int:
         return self._connections.connections
+
+    @property
+    def draining(self) -> bool:
+        return self._connections.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._connections.draining = value

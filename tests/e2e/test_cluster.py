@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import smtplib
 import sqlite3
 import time
@@ -160,7 +161,7 @@ def test_redis_gone_gives_temporary_replies_and_its_return_needs_no_restart(
         while readyz(a)[0] != 503:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert readyz(a)[1].startswith("not ready: store: redis: ping:")
+        assert readyz(a)[1].startswith("not ready: store: redis: heartbeat:")
         with smtplib.SMTP("127.0.0.1", a.ports["submission"], timeout=20) as smtp:
             smtp.starttls(context=client_context())
             with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
@@ -225,3 +226,38 @@ def test_events_go_to_a_redis_stream_and_wait_out_an_outage(
             back.stop()
     finally:
         own.stop()
+
+
+def test_cluster_status_lists_every_node_and_a_drained_one_says_so(
+        tmp_path: Path, redis_server: RedisServer, redis_url: str,
+        nodes: list[DaemonProcess]) -> None:
+    a = node(tmp_path, "a", redis_url)
+    b = node(tmp_path, "b", redis_url, server={"workers": 2, "transform_workers": 0})
+    nodes += [a, b]
+    assert send(a, credential(a), "counted") == 250
+
+    def listed() -> dict[str, dict[str, Any]]:
+        out = a.cli("cluster", "status", "--json").stdout
+        return {n["node"]: n for n in json.loads(out)}
+
+    deadline = time.monotonic() + 10
+    while set(listed()) != {"a", "b"} or not all(n.get("ready") for n in listed().values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    found = listed()
+    assert found["b"]["workers"] == 2 and found["a"]["workers"] == 1
+    assert found["a"]["queue_pending"] == 1  # delivery mode hold: it stays queued
+    b.cli("drain")
+    while not listed()["b"]["draining"]:
+        assert time.monotonic() < deadline + 10
+        time.sleep(0.1)
+    table = a.cli("cluster", "status").stdout
+    assert re.search(r"^b\s+draining\s", table, re.MULTILINE), table
+    # A node that stopped writing heartbeats (its key expired) is listed as gone.
+    redis_server.cli("SADD", "smtprelay:nodes", "c")
+    assert listed()["c"] == {"node": "c", "alive": False}
+    assert re.search(r"^c\s+gone", a.cli("cluster", "status").stdout, re.MULTILINE)
+    a.cli("cluster", "forget", "c")
+    assert "c" not in listed()
+    refused = a.cli("cluster", "forget", "c", check=False)
+    assert refused.returncode != 0 and "no node 'c' is listed" in refused.stderr

@@ -402,3 +402,39 @@ def test_by_default_one_worker_per_core_serves(tmp_path: Path,
     assert len(worker_pids(daemon)) == (cores if cores > 1 else 0)
     cred = json.loads(daemon.cli("credentials", "create", "acme", "--json").stdout)
     assert send(daemon, cred, "default")[0] == 250
+
+
+def test_drain_refuses_new_connections_fails_readyz_and_says_when_safe_to_stop(
+        tmp_path: Path, daemons: list[DaemonProcess]) -> None:
+    """Issue 18: `smtprelay drain` takes a node out of service on every worker: new
+    connections get 421 4.3.2, /readyz fails, sessions under way finish and the queue
+    is delivered; then it says the node is safe to stop. `--cancel` accepts again."""
+    import urllib.error
+    import urllib.request
+
+    daemon, cred = start(tmp_path, delivery={"mode": "mx"})
+    daemons.append(daemon)
+    session = smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=20)
+    session.starttls(context=client_context())
+    session.login(cred["username"], cred["password"])
+    first = daemon.cli("drain", check=False)
+    assert first.returncode == 0 and "not yet safe to stop" in first.stdout
+    for index in (0, 1):
+        with only(daemon, index), pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=20)
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (
+            421, b"4.3.2 Service shutting down, try again later")
+    with pytest.raises(urllib.error.HTTPError) as ready:
+        urllib.request.urlopen(f"http://127.0.0.1:{daemon.ports['http']}/readyz", timeout=10)
+    assert ready.value.code == 503 and b"draining" in ready.value.read()
+    # The session under way finishes its work; the simulator delivers it at once.
+    session.mail("app@example.com")
+    session.rcpt("success@simulator.smtprelay.invalid")
+    assert session.data(message(subject="during the drain"))[0] == 250
+    session.quit()
+    done = daemon.cli("drain", "--wait", "20", "--json")
+    assert json.loads(done.stdout)["safe_to_stop"] is True
+    assert "draining" in daemon.cli("status").stdout
+    daemon.cli("drain", "--cancel")
+    with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=20) as again:
+        assert again.noop()[0] == 250
