@@ -112,7 +112,9 @@ class Relay:
         self._reputation_task: asyncio.Task[None] | None = None
         # Bounces and complaints after delivery: recorded here by the feedback
         # processor, and by anything else that learns of one (inject).
-        self.feedback = FeedbackRecorder(self.spool, self.suppression, self.live)
+        self.feedback = FeedbackRecorder(
+            self.spool, self.suppression, self.live,
+            pending=config.server.data_dir / "suppressions-held.ndjson")
         self._transform_pool: TransformPool | None = None
         self._pipeline: Pipeline | None = None
         self.scheduler: Scheduler | None = None
@@ -137,6 +139,7 @@ class Relay:
         self._store_problem: str | None = None
         self._accepted = AcceptedRate()
         self._store_task: asyncio.Task[None] | None = None
+        self._held_task: asyncio.Task[None] | None = None
         self._depth_task: asyncio.Task[None] | None = None
         self._purge_task: asyncio.Task[None] | None = None
         self._pauses_task: asyncio.Task[None] | None = None
@@ -208,7 +211,7 @@ class Relay:
                                        max_concurrent=cfg.delivery.max_concurrent,
                                        policy=Derived(self.live, DeliveryPolicy.from_config),
                                        dsns=self._dsns, keys=self.live,
-                                       suppress=self.feedback.suppress,
+                                       suppress=self.feedback.suppress_or_hold,
                                        mail_from=self.mail_from,
                                        copies=CopyMaker(self.live, self._transform_pool))
             self.scheduler.start()
@@ -258,6 +261,7 @@ class Relay:
         self._purge_task = asyncio.create_task(self._purge_finished())
         self._pauses_task = asyncio.create_task(self.pauses.run())
         self._reputation_task = asyncio.create_task(self.reputation.run())
+        self._held_task = asyncio.create_task(self.feedback.run())
         if isinstance(self.shared, RedisState):
             self._store_task = asyncio.create_task(self._watch_store())
         self._ready = True
@@ -459,7 +463,7 @@ class Relay:
         if self.control is not None:
             await self.control.stop()
         for task in (self._depth_task, self._purge_task, self._pauses_task,
-                     self._reputation_task, self._store_task):
+                     self._reputation_task, self._store_task, self._held_task):
             if task is not None:
                 task.cancel()
         if self.workers is not None:

@@ -59,7 +59,7 @@ from smtprelay.events.subscriptions import (
 from smtprelay.events.webhook import WebhookDestination, WebhookFailure
 from smtprelay.infra import metrics
 from smtprelay.infra.background import BackgroundLoop
-from smtprelay.infra.safeio import fsync_dir, write_durably
+from smtprelay.infra.safeio import append_durably, fsync_dir, write_durably
 from smtprelay.spool.outbox import StoredEvent
 from smtprelay.spool.store import Spool
 
@@ -101,35 +101,6 @@ def targets(config: Config) -> list[_Target]:
     return [_Target(f"{set_name}/{dest.name}", set_name, dest)
             for set_name, settings in config.configuration_sets.items()
             for dest in settings.event_destinations if dest.enabled]
-
-
-def append_durably(path: Path, lines: list[bytes]) -> int:
-    """Append `lines` (each a whole record with its newline) and fsync; the file's size.
-
-    A write that fails part way (ENOSPC after some blocks) is cut back off, so the file
-    never holds half a record and the retry appends whole lines after whole lines.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-    try:
-        before = os.fstat(fd).st_size
-        try:
-            view = memoryview(b"".join(lines))
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, before)
-            raise
-        size = os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-    if created:
-        fsync_dir(path.parent)
-    return size
 
 
 class FileDestination:

@@ -14,12 +14,16 @@ trying again repeats only what is idempotent.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from smtprelay.config import ConfigSource
 from smtprelay.events import records
 from smtprelay.events.model import Bounce, BounceType, Complaint, DeliveryDelay
+from smtprelay.infra.safeio import append_durably
 from smtprelay.policy.suppression import Reason, Suppress, SuppressionStore, reasons_for
 from smtprelay.spool import set_stats
 from smtprelay.spool.model import EventRecord
@@ -28,12 +32,21 @@ from smtprelay.spool.store import Spool
 log = logging.getLogger("smtprelay.feedback")
 
 
+PENDING_RETRY = 5.0  # seconds between attempts to write held suppression entries
+
+
 class FeedbackRecorder:
+    """`pending`: where suppression entries wait that could not be written when they
+    came (a hard bounce at delivery while Redis is away): appended durably, written
+    to the list by `run` once the store answers again. None: no such file (tests)."""
+
     def __init__(self, spool: Spool, suppression: SuppressionStore,
-                 live: ConfigSource) -> None:
+                 live: ConfigSource, pending: Path | None = None) -> None:
         self._spool = spool
         self._suppression = suppression
         self._live = live
+        self._pending = pending
+        self._pending_lock = asyncio.Lock()
 
     def publishes(self, set_name: str | None) -> bool:
         """Whether events of ``set_name`` go anywhere (it has an event destination)."""
@@ -59,6 +72,45 @@ class FeedbackRecorder:
                   if s.reason in reasons_for(config, s.configuration_set)}
         if unique:
             await asyncio.to_thread(self._suppress, unique.values())
+
+    async def suppress_or_hold(self, suppressions: Sequence[Suppress]) -> None:
+        """suppress(), and when the store cannot take the entries now, keep them on disk
+        for `run` to write later: a hard bounce is never left off the list."""
+        try:
+            await self.suppress(suppressions)
+        except Exception as exc:
+            if self._pending is None:
+                raise
+            lines = [json.dumps(dataclasses.asdict(s), ensure_ascii=False).encode() + b"\n"
+                     for s in suppressions]
+            async with self._pending_lock:
+                await asyncio.to_thread(append_durably, self._pending, lines)
+            log.error("suppression list not answering (%s): %d entries (%s) held in %s, "
+                      "written when it answers", exc, len(lines),
+                      ", ".join(s.address for s in suppressions), self._pending)
+
+    async def run(self, every: float = PENDING_RETRY) -> None:
+        """Write held entries (`suppress_or_hold`) once the store takes them; a file
+        left by an earlier run first."""
+        while True:
+            if self._pending is not None:
+                async with self._pending_lock:
+                    await self._write_held(self._pending)
+            await asyncio.sleep(every)
+
+    async def _write_held(self, path: Path) -> None:
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return
+        held = [Suppress(**json.loads(line)) for line in data.splitlines() if line.strip()]
+        try:
+            await self.suppress(held)
+        except Exception as exc:
+            log.info("%d held suppression entries wait on: %s", len(held), exc)
+            return
+        await asyncio.to_thread(path.unlink)
+        log.warning("%d held suppression entries written to the list", len(held))
 
     def _suppress(self, entries: Iterable[Suppress]) -> None:
         for entry in entries:

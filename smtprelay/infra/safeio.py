@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -30,3 +31,32 @@ def write_durably(path: Path, data: bytes, mode: int = 0o644, *, sync_dir: bool 
     os.replace(tmp, path)
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def append_durably(path: Path, lines: list[bytes]) -> int:
+    """Append `lines` (each a whole record with its newline) and fsync; the file's size.
+
+    A write that fails part way (ENOSPC after some blocks) is cut back off, so the file
+    never holds half a record and the retry appends whole lines after whole lines.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(b"".join(lines))
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, before)
+            raise
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if created:
+        fsync_dir(path.parent)
+    return size
