@@ -54,24 +54,31 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """
 
-# KEYS: rate, minutes (zset), counts (hash: m<minute>, total), pending (hash: node ->
-# count), pending_at (hash: node -> time). ARGV: recipients, daily, limited (1/0),
-# rate, burst, max_24h, node.
-_RESERVE = _NOW + f"""
-local recipients, daily = tonumber(ARGV[1]), tonumber(ARGV[2])
-local node = ARGV[7]
-if ARGV[3] == '1' then
+# The 24-hour window's end: minutes older than it leave the counts and their total.
+_EXPIRE_MINUTES = f"""
+local function expire_minutes(minutes, counts)
   local oldest = math.floor((now - {WINDOW}) / {MINUTE})
-  local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. oldest)
+  local old = redis.call('ZRANGEBYSCORE', minutes, '-inf', '(' .. oldest)
   if #old > 0 then
     local removed = 0
     for _, minute in ipairs(old) do
-      removed = removed + tonumber(redis.call('HGET', KEYS[3], 'm' .. minute) or '0')
-      redis.call('HDEL', KEYS[3], 'm' .. minute)
+      removed = removed + tonumber(redis.call('HGET', counts, 'm' .. minute) or '0')
+      redis.call('HDEL', counts, 'm' .. minute)
     end
-    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. oldest)
-    redis.call('HINCRBY', KEYS[3], 'total', -removed)
+    redis.call('ZREMRANGEBYSCORE', minutes, '-inf', '(' .. oldest)
+    redis.call('HINCRBY', counts, 'total', -removed)
   end
+end
+"""
+
+# KEYS: rate, minutes (zset), counts (hash: m<minute>, total), pending (hash: node ->
+# count), pending_at (hash: node -> time). ARGV: recipients, daily, limited (1/0),
+# rate, burst, max_24h, node.
+_RESERVE = _NOW + _EXPIRE_MINUTES + f"""
+local recipients, daily = tonumber(ARGV[1]), tonumber(ARGV[2])
+local node = ARGV[7]
+if ARGV[3] == '1' then
+  expire_minutes(KEYS[2], KEYS[3])
   local held = 0
   local at = redis.call('HGETALL', KEYS[5])
   for i = 1, #at, 2 do
@@ -145,18 +152,8 @@ return 0
 """
 
 # KEYS: minutes, counts. The total after dropping minutes past the window.
-_SENT = _NOW + f"""
-local oldest = math.floor((now - {WINDOW}) / {MINUTE})
-local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. oldest)
-local removed = 0
-for _, minute in ipairs(old) do
-  removed = removed + tonumber(redis.call('HGET', KEYS[2], 'm' .. minute) or '0')
-  redis.call('HDEL', KEYS[2], 'm' .. minute)
-end
-if #old > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. oldest)
-  redis.call('HINCRBY', KEYS[2], 'total', -removed)
-end
+_SENT = _NOW + _EXPIRE_MINUTES + """
+expire_minutes(KEYS[1], KEYS[2])
 return tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
 """
 
@@ -273,16 +270,19 @@ class RedisState:
         keys = self._account_keys(account)
         return int(await self._run("sent_last_24h", self._sent(keys=keys[1:3])))
 
-    def _lock_keys(self, ip: str, username: str | None) -> list[str]:
-        keys = [f"{self._prefix}lock:ip:{ip}"]
+    def _lockout_keys(self, kind: str, ip: str, username: str | None) -> list[str]:
+        """`kind` "fail" or "lock" keys of the address, the pair and the user. A key's
+        failures and its lock share a hash tag: one script touches both, and a Redis
+        Cluster keeps them on one shard."""
+        keys = [f"{self._prefix}{kind}:{{ip:{ip}}}"]
         if username is not None:
-            keys += [f"{self._prefix}lock:pair:{username}\x00{ip}",
-                     f"{self._prefix}lock:user:{username}"]
+            keys += [f"{self._prefix}{kind}:{{pair:{username}\x00{ip}}}",
+                     f"{self._prefix}{kind}:{{user:{username}}}"]
         return keys
 
     async def auth_locked_for(self, ip: str, username: str | None) -> float:
         async with self._redis.pipeline(transaction=False) as pipe:
-            for key in self._lock_keys(ip, username):
+            for key in self._lockout_keys("lock", ip, username):
                 pipe.pttl(key)
             remaining = await self._run("auth_locked_for", pipe.execute())
         return max(0.0, *(int(ms) / 1000 for ms in remaining))
@@ -290,23 +290,24 @@ class RedisState:
     async def auth_failure(self, ip: str, username: str | None,
                            policy: LockoutPolicy) -> None:
         member = uuid.uuid4().hex
-        windows = [(f"{self._prefix}fail:ip:{ip}", policy.per_ip, "", 1)]
+        # (limit, the address counted for min_addresses, min_addresses) per window.
+        windows = [(policy.per_ip, "", 1)]
         if username is not None:
-            windows += [(f"{self._prefix}fail:pair:{username}\x00{ip}", policy.per_user, "",
-                         1),
-                        (f"{self._prefix}fail:user:{username}", policy.per_user_everywhere,
-                         ip, policy.min_addresses)]
-        locks = self._lock_keys(ip, username)
+            windows += [(policy.per_user, "", 1),
+                        (policy.per_user_everywhere, ip, policy.min_addresses)]
+        keys = zip(self._lockout_keys("fail", ip, username),
+                   self._lockout_keys("lock", ip, username), strict=True)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for (failures, limit, address, minimum), lock in zip(windows, locks, strict=True):
+            for (limit, address, minimum), (failures, lock) in zip(windows, keys, strict=True):
                 await self._fail(keys=[failures, lock],
                                  args=[limit, policy.window, policy.lockout, address,
                                        minimum, member], client=pipe)
             await self._run("auth_failure", pipe.execute())
 
     async def auth_success(self, ip: str, username: str) -> None:
+        # The pair's failures only, never the address's.
         await self._run("auth_success", self._redis.delete(
-            f"{self._prefix}fail:pair:{username}\x00{ip}"))
+            self._lockout_keys("fail", ip, username)[1]))
 
     async def open_connection(self, ip: str, max_total: int,
                               max_per_ip: int) -> ConnectionRefusal | None:
