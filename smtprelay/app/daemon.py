@@ -18,7 +18,7 @@ from smtprelay.app.control import ControlServer, LoopLag, control_path
 from smtprelay.app.live import Live
 from smtprelay.app.workers import WorkerSet, worker_processes
 from smtprelay.auth.authenticator import Authenticator
-from smtprelay.auth.credentials import CredentialStore
+from smtprelay.auth.stores import credential_store
 from smtprelay.config import Config, ConfigError, Derived
 from smtprelay.delivery.capture import CaptureTransport
 from smtprelay.delivery.dns import MXResolver
@@ -88,7 +88,7 @@ class Relay:
                            finalize=self._dsns.build if self._dsns is not None else None,
                            # What reports about purged messages need (smtprelay.spool.sent).
                            keep_sent_index=feedback_inbox.has_listener(config))
-        self.credentials = CredentialStore(config.state_path)
+        self.credentials = credential_store(config)
         self.usage = SQLiteUsageStore(config.state_path)
         # What every worker (and with store: redis, every node) must agree on; the
         # workers reach it through this process (state.service).

@@ -30,7 +30,7 @@ from smtprelay.app.control import LoopLag
 from smtprelay.app.live import Live
 from smtprelay.app.workers import ENVIRONMENT
 from smtprelay.auth.authenticator import Authenticator
-from smtprelay.auth.credentials import CredentialStore
+from smtprelay.auth.stores import credential_store
 from smtprelay.config import Config, load_config
 from smtprelay.delivery.dns import MXResolver
 from smtprelay.delivery.mail_from import MailFromChecks
@@ -74,7 +74,7 @@ class Worker:
         self._channel_fd = channel_fd
         self._sockets = sockets
         self._http_sockets = http_sockets
-        self.credentials = CredentialStore(config.state_path)
+        self.credentials = credential_store(config)
         self.suppression = suppression_store(config)
         self.contacts = SQLiteContactStore(config.state_path)
         self.pauses = PausedSets(pause_store(config))

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from smtprelay.auth.credentials import Credential, CredentialStore
+from smtprelay.auth.credentials import Credential, Credentials
 from smtprelay.config import Config, ConfigSource, Derived
 from smtprelay.infra import metrics
 from smtprelay.infra.passwords import hash_password, verify_password
@@ -69,7 +69,7 @@ def lockout_policy(config: Config) -> LockoutPolicy:
 
 
 class Authenticator:
-    def __init__(self, live: ConfigSource, store: CredentialStore,
+    def __init__(self, live: ConfigSource, store: Credentials,
                  shared: SharedState | None = None) -> None:
         self._store = store
         # Static credentials and accounts follow a reload; lockout state stays, shared

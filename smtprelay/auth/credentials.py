@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import secrets
 import string
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from smtprelay.db import sqlite
 from smtprelay.infra.passwords import hash_password
@@ -58,6 +60,35 @@ def generate_password() -> str:
     return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(44))
 
 
+class Credentials(Protocol):
+    """Where CLI-created credentials are kept: the state database (CredentialStore), or
+    Redis for a cluster of nodes (auth.credentials_redis). Blocking calls."""
+
+    def create(self, account: str, name: str | None = None) -> NewSecret: ...
+
+    def lookup(self, username: str) -> Credential | None: ...
+
+    def list(self, account: str | None = None) -> builtins.list[Credential]: ...
+
+    def set_disabled(self, username: str, disabled: bool) -> bool: ...
+
+    def delete(self, username: str) -> bool: ...
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def new_secret(account: str, name: str | None) -> NewSecret:
+    """A new credential of `account` with its password, the only time it is in clear."""
+    password = generate_password()
+    credential = Credential(
+        username=generate_username(), account=account, name=name,
+        password_hash=hash_password(password), created_at=time.time(),
+    )
+    return NewSecret(credential=credential, password=password)
+
+
 class CredentialStore(sqlite.Store):
     """Credentials in the state database. Safe to use from several processes at once."""
 
@@ -65,18 +96,15 @@ class CredentialStore(sqlite.Store):
     MIGRATIONS = _MIGRATIONS
 
     def create(self, account: str, name: str | None = None) -> NewSecret:
-        password = generate_password()
-        credential = Credential(
-            username=generate_username(), account=account, name=name,
-            password_hash=hash_password(password), created_at=time.time(),
-        )
+        secret = new_secret(account, name)
+        credential = secret.credential
         self.conn.execute(
             "INSERT INTO credentials (username, account, name, password_hash, created_at)"
             " VALUES (?,?,?,?,?)",
             (credential.username, credential.account, credential.name,
              credential.password_hash, credential.created_at),
         )
-        return NewSecret(credential=credential, password=password)
+        return secret
 
     def lookup(self, username: str) -> Credential | None:
         with self._lock:  # the authenticator calls this from worker threads

@@ -37,9 +37,9 @@ def register(sub: Any, common: argparse.ArgumentParser,
 
 
 def _store(config: Config) -> Any:
-    from smtprelay.auth.credentials import CredentialStore
+    from smtprelay.auth.stores import credential_store
 
-    store = CredentialStore(config.state_path)
+    store = credential_store(config)
     store.open()
     return store
 

@@ -1,0 +1,18 @@
+"""Which backend keeps the CLI-created credentials (`store.backend`): the state database
+in data_dir, or Redis for a cluster of nodes."""
+
+from __future__ import annotations
+
+from smtprelay.auth.credentials import Credentials, CredentialStore
+from smtprelay.auth.credentials_redis import RedisCredentialStore
+from smtprelay.config import Config
+
+
+def credential_store(config: Config) -> Credentials:
+    """The credentials of `config`'s store, not yet opened."""
+    store = config.store
+    if store.backend == "redis":
+        assert store.url is not None  # the configuration's validator says so
+        return RedisCredentialStore.from_url(store.url, prefix=store.key_prefix,
+                                             timeout=store.timeout)
+    return CredentialStore(config.state_path)
