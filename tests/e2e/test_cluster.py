@@ -10,15 +10,18 @@ import json
 import re
 import smtplib
 import sqlite3
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.peers.haproxy import HAPROXY, HAProxy, Route
 from tests.redis_server import RedisServer
 from tests.support import DaemonProcess, client_context, message, spooled
 
@@ -258,3 +261,57 @@ def test_cluster_status_lists_every_node_and_a_drained_one_says_so(
     assert "c" not in listed()
     refused = a.cli("cluster", "forget", "c", check=False)
     assert refused.returncode != 0 and "no node 'c' is listed" in refused.stderr
+
+
+def test_twenty_senders_through_haproxy_to_two_nodes_never_pass_rate_plus_burst(
+        tmp_path: Path, redis_url: str, nodes: list[DaemonProcess]) -> None:
+    """Issue 18: HAProxy (PROXY protocol v2) in front of two nodes on one Redis; 20
+    senders from 20 addresses, their sessions spread over both nodes: in no second do
+    more messages get 250 than max_send_rate + burst, both nodes take some, and each
+    Received field names the sender's own address."""
+    if HAPROXY is None:
+        pytest.skip("haproxy is not installed (scripts/install-test-deps installs it)")
+    rate, burst = 2, 4
+    quota = {"acme": {**QUOTA["acme"], "quota": {"max_send_rate": rate, "burst": burst,
+                                                   "max_24h_send": 100_000}}}
+    behind = [{"name": "submission", "address": "127.0.0.1", "port": 0, "tls": "starttls",
+               "proxy_protocol": True, "trusted_proxies": ["127.0.0.1/32"]},
+              {"name": "submissions", "address": "127.0.0.1", "port": 0,
+               "tls": "implicit"}]
+    a = node(tmp_path, "a", redis_url, accounts=quota, listeners=behind)
+    b = node(tmp_path, "b", redis_url, accounts=quota, listeners=behind)
+    nodes += [a, b]
+    cred = credential(a)
+    balancer = HAProxy([Route("smtp", a.ports["submission"], "send-proxy-v2",
+                              more_backends=(b.ports["submission"],))]).start()
+    granted: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + 3.0
+
+    def sender(n: int) -> None:
+        with smtplib.SMTP("127.0.0.1", balancer.port("smtp"), timeout=20,
+                          source_address=(f"127.0.0.{10 + n}", 0)) as smtp:
+            smtp.starttls(context=client_context())
+            smtp.login(cred["username"], cred["password"])
+            while time.monotonic() < stop_at:  # bounded by the clock
+                smtp.mail("app@example.com")
+                smtp.rcpt("someone@example.net")
+                if smtp.data(message(subject=f"s{n}"))[0] == 250:
+                    with lock:
+                        granted.append(time.monotonic())
+
+    try:
+        with ThreadPoolExecutor(20) as pool:
+            list(pool.map(sender, range(20)))
+    finally:
+        balancer.stop()
+    granted.sort()
+    worst = max(sum(1 for t in granted if start <= t < start + 1.0) for start in granted)
+    assert worst <= rate + burst, (worst, granted)
+    assert len(granted) >= burst + rate  # the bucket did grant (3 s: burst + ~6)
+    stored = spooled(a.config) + spooled(b.config)
+    assert len(stored) == len(granted)
+    assert spooled(a.config) and spooled(b.config)  # both nodes took sessions
+    sources = {re.search(rb"\(\[(127\.0\.0\.\d+)\]\)", m["data"]).group(1)  # type: ignore[union-attr]
+               for m in stored}
+    assert sources and b"127.0.0.1" not in sources

@@ -21,18 +21,20 @@ HAPROXY = shutil.which("haproxy")
 
 @dataclass(frozen=True)
 class Route:
-    """A frontend: connections to `port` go to 127.0.0.1:`backend_port`."""
+    """A frontend: connections to `port` go to 127.0.0.1:`backend_port`, or round robin
+    over it and `more_backends` (several nodes)."""
 
     name: str
     backend_port: int
     send_proxy: str  # "send-proxy" (v1) or "send-proxy-v2"
     port: int = 0
+    more_backends: tuple[int, ...] = ()
 
 
 class HAProxy:
     def __init__(self, routes: list[Route]) -> None:
-        self.routes = {r.name: Route(r.name, r.backend_port, r.send_proxy, free_port())
-                       for r in routes}
+        self.routes = {r.name: Route(r.name, r.backend_port, r.send_proxy, free_port(),
+                                     r.more_backends) for r in routes}
         self.dir = Path(tempfile.mkdtemp(prefix="smtprelay-haproxy-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -47,8 +49,9 @@ class HAProxy:
         for route in self.routes.values():
             config += [f"frontend {route.name}", f"  bind 127.0.0.1:{route.port}",
                        f"  default_backend {route.name}_relay",
-                       f"backend {route.name}_relay",
-                       f"  server relay 127.0.0.1:{route.backend_port} {route.send_proxy}"]
+                       f"backend {route.name}_relay", "  balance roundrobin"]
+            for index, port in enumerate((route.backend_port, *route.more_backends)):
+                config.append(f"  server relay{index} 127.0.0.1:{port} {route.send_proxy}")
         path = self.dir / "haproxy.cfg"
         path.write_text("\n".join(config) + "\n")
         log = (self.dir / "haproxy.log").open("wb")
