@@ -233,8 +233,7 @@ class Relay:
         worker_metrics = _worker_metrics_dir(cfg) if count > 1 else None
         # With workers, they serve the HTTP listeners (bound here, inherited) and pass
         # what they do not answer themselves to this server's Unix socket.
-        http_sockets = bind_listeners(cfg) if count > 1 else None
-        self._http_sockets = http_sockets or []
+        self._http_sockets = bind_listeners(cfg) if count > 1 else []
         self.http = HTTPServer(cfg, self.not_ready, keys=self.live,
                                sink=self.engagements, admin=AdminServices(
                                    live=self.live, spool=self.spool,

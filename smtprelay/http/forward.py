@@ -100,15 +100,16 @@ class Forwarder:
                 await response.write_eof()
                 return response
         except (aiohttp.ClientError, TimeoutError) as exc:
-            shown = request.path.encode("unicode_escape").decode("ascii")
+            # The method and path are the client's: the log formatter escapes control
+            # characters in every line (infra.logs.escape_controls).
             if response is not None and response.prepared:
                 # Cut in the middle of the answer: the client must not take it whole.
                 log.warning("%s %s: the supervisor's answer broke off (%s)",
-                            request.method, shown, exc)
+                            request.method, request.path, exc)
                 if request.transport is not None:
                     request.transport.close()
                 return response
             log.error("%s %s could not be passed to the supervisor (%s): %s",
-                      request.method, shown, self._path, exc)
+                      request.method, request.path, self._path, exc)
             return web.Response(status=503, text="The relay is not answering this right "
                                 "now; try again in a moment.\n", headers={"Retry-After": "5"})

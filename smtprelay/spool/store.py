@@ -299,14 +299,6 @@ class Spool:
 
         return await self._writer.run(work)
 
-    async def record_engagement(
-            self, message_id: str, kind: str, at: float, machine: bool,
-            event: Callable[[set_stats.Engaged], EventRecord | None]) -> set_stats.Engaged | None:
-        """record_engagements of one open or click."""
-        [engaged] = await self.record_engagements(
-            [set_stats.Hit(message_id, kind, at, machine)], lambda _, e: event(e))
-        return engaged
-
     def set_totals(self, window: set_stats.Window, *, by: str = "configuration_set",
                    configuration_set: str | None = None,
                    account: str | None = None) -> dict[str, set_stats.Counts]:

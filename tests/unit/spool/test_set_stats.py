@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,16 @@ def update(index: int, kind: str, *, bounce_type: str | None = None,
                            next_attempt=at + 60 if kind == "delay" else None,
                            outcomes=(Outcome(message_id="", index=index, kind=kind, at=at,
                                              bounce_type=bounce_type),))
+
+
+async def record_engagement(spool: Spool, message_id: str, kind: str, at: float,
+                            machine: bool, event: Callable[[set_stats.Engaged],
+                                                           EventRecord | None]
+                            ) -> set_stats.Engaged | None:
+    """One open or click through Spool.record_engagements."""
+    [engaged] = await spool.record_engagements(
+        [set_stats.Hit(message_id, kind, at, machine)], lambda _, e: event(e))
+    return engaged
 
 
 def day(spool: Spool, now: float = NOW) -> dict[str, Counts]:
@@ -101,11 +112,11 @@ async def test_opens_and_clicks_count_totals_unique_and_machine(spool: Spool) ->
         return None
 
     mid = tracked.message_id
-    await spool.record_engagement(mid, "open", NOW, True, no_event)  # a proxy's prefetch
-    await spool.record_engagement(mid, "open", NOW, False, no_event)  # the person
-    await spool.record_engagement(mid, "open", NOW, False, no_event)  # again
-    await spool.record_engagement(mid, "click", NOW, False, no_event)
-    unknown = await spool.record_engagement("nope", "click", NOW, False, no_event)
+    await record_engagement(spool, mid, "open", NOW, True, no_event)  # a proxy's prefetch
+    await record_engagement(spool, mid, "open", NOW, False, no_event)  # the person
+    await record_engagement(spool, mid, "open", NOW, False, no_event)  # again
+    await record_engagement(spool, mid, "click", NOW, False, no_event)
+    unknown = await record_engagement(spool, "nope", "click", NOW, False, no_event)
     assert unknown is None
     counts = day(spool)["news"]
     assert (counts[Kind.OPEN], counts[Kind.OPEN_UNIQUE], counts[Kind.OPEN_MACHINE]) == (3, 1, 1)
@@ -203,8 +214,8 @@ async def test_tracked_messages_are_purged_after_the_tracking_window(spool: Spoo
     old = new_message(tracked=True, at=NOW - 100 * 86400)
     await spool.enqueue(old)
     assert await spool.purge_stats(NOW - set_stats.RETENTION, NOW - 60 * 86400) == 1
-    assert await spool.record_engagement(old.message_id, "open", NOW, False,
-                                         lambda _: None) is None
+    assert await record_engagement(spool, old.message_id, "open", NOW, False,
+                                   lambda _: None) is None
 
 
 def test_a_spool_from_before_the_statistics_reads_as_empty(tmp_path: Path) -> None:
