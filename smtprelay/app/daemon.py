@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from smtprelay.app import preflight, systemd
 from smtprelay.app.control import ControlServer, LoopLag, control_path
 from smtprelay.app.live import Live
@@ -39,6 +41,7 @@ from smtprelay.http.admin import AdminServices
 from smtprelay.http.forward import internal_socket
 from smtprelay.http.server import HTTPServer, bind_listeners
 from smtprelay.infra import metrics
+from smtprelay.operations.nodes import NodeControl
 from smtprelay.policy.contacts import SQLiteContactStore
 from smtprelay.policy.pauses import PausedSets
 from smtprelay.policy.quota import Quotas
@@ -46,13 +49,15 @@ from smtprelay.policy.reputation import ReputationGuard
 from smtprelay.policy.stores import pause_store, suppression_store
 from smtprelay.smtp.server import SMTPServer, bind
 from smtprelay.spool import set_stats
+from smtprelay.spool.cluster_stats import ClusterCounters, StatsMirror
 from smtprelay.spool.remote import serve_spool
 from smtprelay.spool.store import Spool
+from smtprelay.state import nodes
 from smtprelay.state.api import StateUnavailable
 from smtprelay.state.channel import ChannelServer
 from smtprelay.state.local import LocalState
 from smtprelay.state.nodes import HEARTBEAT, AcceptedRate
-from smtprelay.state.redis import RedisState, redacted
+from smtprelay.state.redis import RedisState, blocking_client, redacted
 from smtprelay.state.service import Holdings, serve_state
 from smtprelay.state.usage import SQLiteUsageStore
 from smtprelay.submission.pipeline import Pipeline
@@ -108,8 +113,20 @@ class Relay:
         self.contacts = SQLiteContactStore(config.state_path)
         self.pauses = PausedSets(pause_store(config))
         self._authenticator = Authenticator(self.live, self.credentials, self.shared)
-        self.reputation = ReputationGuard(self.spool, self.pauses, self.live)
+        # The statistics the reputation guard judges and the admin API shows: this
+        # node's spool, or with store: redis every node's (copied by _mirror).
+        self.counters: set_stats.Counters = self.spool
+        self._cluster: redis.Redis | None = None
+        self._mirror: StatsMirror | None = None
+        if store.backend == "redis":
+            assert store.url is not None
+            self._cluster = blocking_client(store.url, store.timeout)
+            self.counters = ClusterCounters(self._cluster, store.key_prefix)
+            self._mirror = StatsMirror(self._cluster, store.key_prefix, store.node,
+                                       self.spool.set_stats_since)
+        self.reputation = ReputationGuard(self.counters, self.pauses, self.live)
         self._reputation_task: asyncio.Task[None] | None = None
+        self._mirror_task: asyncio.Task[None] | None = None
         # Bounces and complaints after delivery: recorded here by the feedback
         # processor, and by anything else that learns of one (inject).
         self.feedback = FeedbackRecorder(
@@ -240,7 +257,8 @@ class Relay:
                                    suppression=self.suppression, pauses=self.pauses,
                                    contacts=self.contacts,
                                    wake_scheduler=self._wake_scheduler,
-                                   reputation=self.reputation.state_of),
+                                   reputation=self.reputation.state_of,
+                                   counters=self.counters, node=self._node_control()),
                                confirmer=self.publisher, worker_metrics=worker_metrics,
                                sockets=[] if count > 1 else None,
                                internal=internal_socket(cfg.server.data_dir) if count > 1
@@ -263,7 +281,17 @@ class Relay:
         self._held_task = asyncio.create_task(self.feedback.run())
         if isinstance(self.shared, RedisState):
             self._store_task = asyncio.create_task(self._watch_store())
+        if self._mirror is not None:
+            self._mirror_task = asyncio.create_task(self._mirror.run())
         self._ready = True
+
+    def _node_control(self) -> NodeControl:
+        cluster = self._cluster
+        prefix = self.config.store.key_prefix
+        return NodeControl(
+            name=self.config.store.node, status=self.status, drain=self.drain,
+            undrain=self.undrain,
+            cluster=None if cluster is None else lambda: nodes.nodes(cluster, prefix))
 
     async def drain(self) -> dict[str, Any]:
         """`smtprelay drain`: take no new connection (421 4.3.2, on every worker: they
@@ -462,7 +490,8 @@ class Relay:
         if self.control is not None:
             await self.control.stop()
         for task in (self._depth_task, self._purge_task, self._pauses_task,
-                     self._reputation_task, self._store_task, self._held_task):
+                     self._reputation_task, self._store_task, self._held_task,
+                     self._mirror_task):
             if task is not None:
                 task.cancel()
         if self.workers is not None:
@@ -495,6 +524,8 @@ class Relay:
         await asyncio.to_thread(self.usage.close)
         if isinstance(self.shared, RedisState):
             await self.shared.close()
+        if self._cluster is not None:
+            self._cluster.close()
         self.suppression.close()
         self.contacts.close()
         self.pauses.store.close()

@@ -14,6 +14,7 @@ from smtprelay.operations.queue import SpoolConnection
 from smtprelay.policy.reputation import Judgement
 from smtprelay.policy.stores import pause_store, suppression_store
 from smtprelay.spool import set_stats
+from smtprelay.spool.cluster_stats import ClusterCounters
 from smtprelay.spool.store import open_for_cli
 
 
@@ -59,10 +60,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
     suppression.open()
     pauses = pause_store(config)
     spool = SpoolConnection(open_for_cli(config.spool_path))
+    cluster = ClusterCounters.of(config)  # with store: redis, every node's counts
     try:
         found = ops.overview(config, spool, pauses, suppression, now=time.time(),
-                             seconds=seconds)
+                             seconds=seconds, counters=cluster)
     finally:
+        if cluster is not None:
+            cluster.close()
         spool.close()
         pauses.close()
         suppression.close()

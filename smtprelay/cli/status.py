@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from smtprelay.cli.common import EXIT_OK, CommandError, config_from, print_json
+from smtprelay.operations.nodes import safe_to_stop
 
 _TIMEOUT = 10.0
 
@@ -97,11 +98,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _drained(status: dict[str, Any]) -> bool:
-    return bool(status["queue_pending"] == 0 and status["connections"] == 0
-                and status.get("delivering", 0) == 0)
-
-
 def cmd_drain(args: argparse.Namespace) -> int:
     if args.cancel:
         status = ask_relay(args, "undrain")
@@ -112,16 +108,16 @@ def cmd_drain(args: argparse.Namespace) -> int:
         return EXIT_OK
     status = ask_relay(args, "drain")
     deadline = time.monotonic() + max(0.0, args.wait)
-    while not _drained(status) and time.monotonic() < deadline:
+    while not safe_to_stop(status) and time.monotonic() < deadline:
         time.sleep(0.2)
         status = ask_relay(args)
     if args.json:
-        print_json({**status, "safe_to_stop": _drained(status)})
-    elif _drained(status):
+        print_json({**status, "safe_to_stop": safe_to_stop(status)})
+    elif safe_to_stop(status):
         print("draining: no connections, nothing queued or being delivered: safe to stop")
     else:
         print(f"draining: {status['connections']} SMTP connections, "
               f"{status['queue_pending']} messages queued, "
               f"{status.get('delivering', 0)} being delivered; not yet safe to stop "
               "(run again, or with --wait SECONDS)")
-    return EXIT_OK if _drained(status) or not args.wait else 1
+    return EXIT_OK if safe_to_stop(status) or not args.wait else 1

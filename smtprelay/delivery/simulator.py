@@ -58,8 +58,10 @@ from smtprelay.events import records
 from smtprelay.events.model import Complaint, new_event_id
 from smtprelay.mail.address import local_of
 from smtprelay.mail.headers import HeaderField, MalformedHeader, addresses, parse_header_section
+from smtprelay.spool import set_stats
 from smtprelay.spool.model import (
     Envelope,
+    EventRecord,
     MessageAttributes,
     NewMessage,
     QueuedMessage,
@@ -144,23 +146,31 @@ class SimulatorTransport:
             await self._auto_reply(message, txn, address)
 
     async def _complaint(self, message: QueuedMessage, recipients: list[str]) -> None:
-        if not message.attrs.events:
-            log.info("msg=%s simulated complaint from %s (the set publishes no events)",
-                     message.message_id, ", ".join(recipients))
-            return
         now = self.clock()
-        detail = Complaint(complained_recipients=tuple(recipients), timestamp=now,
-                           feedback_id=new_event_id(now),
-                           user_agent="smtprelay mailbox simulator",
-                           complaint_feedback_type="abuse", arrival_date=now)
-        record = records.make(message.message_id, message.configuration_set, now, detail)
-        try:
-            await self.spool.add_events((record,))
-        except Exception as exc:
-            log.error("msg=%s simulated complaint not recorded: %s", message.message_id, exc)
-            return
-        log.info("msg=%s simulated complaint from %s", message.message_id,
-                 ", ".join(recipients))
+        # Counted as the deliveries before it were: left out of the statistics unless
+        # simulator.counts_for_reputation kept them in (a reputation rehearsal).
+        left_out = frozenset(message.attrs.uncounted or ())
+        counted = sum(1 for r in message.recipients
+                      if r.address in recipients and r.index not in left_out)
+        counts = (set_stats.Bump(message.account, message.configuration_set, now,
+                                 {set_stats.Kind.COMPLAINT: counted}),) if counted else ()
+        events: tuple[EventRecord, ...] = ()
+        if message.attrs.events:
+            detail = Complaint(complained_recipients=tuple(recipients), timestamp=now,
+                               feedback_id=new_event_id(now),
+                               user_agent="smtprelay mailbox simulator",
+                               complaint_feedback_type="abuse", arrival_date=now)
+            events = (records.make(message.message_id, message.configuration_set, now,
+                                   detail),)
+        if events or counts:
+            try:
+                await self.spool.add_events(events, counts)
+            except Exception as exc:
+                log.error("msg=%s simulated complaint not recorded: %s",
+                          message.message_id, exc)
+                return
+        log.info("msg=%s simulated complaint from %s%s", message.message_id,
+                 ", ".join(recipients), "" if events else " (the set publishes no events)")
 
     async def _auto_reply(self, message: QueuedMessage, txn: Transaction,
                           recipient: str) -> None:

@@ -48,12 +48,14 @@ from typing import Any, NoReturn, cast
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from redis.exceptions import RedisError
 
 from smtprelay.config import NAME_PATTERN, ConfigSource
 from smtprelay.http import admin_auth, openapi
 from smtprelay.http.tracking import client_ip, parse_ip
 from smtprelay.infra import metrics
 from smtprelay.operations import contacts as contact_ops
+from smtprelay.operations import nodes as nodes_ops
 from smtprelay.operations import pauses as pause_ops
 from smtprelay.operations import queue as queue_ops
 from smtprelay.operations import stats as stats_ops
@@ -66,6 +68,7 @@ from smtprelay.operations.errors import (
     NotFound,
     OperationError,
 )
+from smtprelay.operations.nodes import NodeControl
 from smtprelay.operations.paging import Page
 from smtprelay.policy.contacts import SQLiteContactStore
 from smtprelay.policy.pauses import PausedSets, Scope
@@ -91,7 +94,8 @@ _LIMIT = re.compile(r"^[0-9]+$")
 _WINDOW_UNITS = {"m": 60, "h": 3600, "d": 86400}
 _STATUS_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed",
                  409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
-                 422: "unprocessable", 500: "internal"}
+                 422: "unprocessable", 500: "internal",
+                 503: "unavailable"}
 
 
 # The contact-list routes' codes: SES's exception names for the same refusals.
@@ -166,6 +170,9 @@ class AdminServices:
     wake_scheduler: Callable[[], None] = lambda: None
     # The reputation guard's last judgement of ("set" | "account", name), or None.
     reputation: Callable[[str, str], Judgement | None] = lambda scope, name: None
+    # Statistics: the spool's own (None), or the whole cluster's (spool.cluster_stats).
+    counters: set_stats.Counters | None = None
+    node: NodeControl | None = None  # drain and the cluster's nodes (None: not offered)
 
 
 # -- query and body parsing ---------------------------------------------------------------
@@ -265,7 +272,7 @@ class AdminAPI:
         self._services = services
         self._trusted = [ipaddress.ip_network(n) for n in trusted_proxies]
         self._clock = clock
-        self._queue = queue_ops.DaemonSpool(services.spool)
+        self._queue = queue_ops.DaemonSpool(services.spool, services.counters)
         self.document = openapi.document()
         if len(secret) < admin_auth.MIN_SECRET_CHARS:
             log.warning("http.admin_token_env: the admin secret is %d characters; use at "
@@ -336,6 +343,10 @@ class AdminAPI:
         r.add_post(f"{sets}/{{name}}/resume", self.set_resume)
         r.add_get(f"{sets}/{{name}}/stats", self.set_stats)
         r.add_get(f"{PREFIX}/stats", self.stats)
+        r.add_get(f"{PREFIX}/node", self.node_get)
+        r.add_post(f"{PREFIX}/node/drain", self.node_drain)
+        r.add_post(f"{PREFIX}/node/undrain", self.node_undrain)
+        r.add_get(f"{PREFIX}/cluster/nodes", self.cluster_nodes)
         accounts = f"{PREFIX}/accounts"
         r.add_get(accounts, self.accounts_list)
         r.add_get(f"{accounts}/{{account}}", self.account_get)
@@ -521,6 +532,48 @@ class AdminAPI:
             "accounts": [{"account": account, **counts.as_json()}
                          for account, counts in report.accounts],
         })
+
+    # -- this node and its cluster ------------------------------------------------------------
+
+    def _node(self) -> NodeControl:
+        if self._services.node is None:
+            _fail(404, "this relay does not offer node control")
+        assert self._services.node is not None
+        return self._services.node
+
+    @staticmethod
+    def _node_json(name: str, status: dict[str, Any]) -> web.Response:
+        return web.json_response({**status, "node": name,
+                                  "safe_to_stop": status["draining"]
+                                  and nodes_ops.safe_to_stop(status)})
+
+    async def node_get(self, _request: web.Request) -> web.Response:
+        node = self._node()
+        return self._node_json(node.name, await node.status())
+
+    async def node_drain(self, _request: web.Request) -> web.Response:
+        """As `smtprelay drain`: 421 to new connections, /readyz failing, the queue
+        delivered; poll GET /node until safe_to_stop."""
+        node = self._node()
+        return self._node_json(node.name, await node.drain())
+
+    async def node_undrain(self, _request: web.Request) -> web.Response:
+        node = self._node()
+        return self._node_json(node.name, await node.undrain())
+
+    async def cluster_nodes(self, _request: web.Request) -> web.Response:
+        """Every node from the heartbeats in the store; a relay that is one node lists
+        itself."""
+        node = self._node()
+        if node.cluster is None:
+            status = await node.status()
+            return web.json_response({"items": [{**status, "node": node.name,
+                                                 "alive": True}]})
+        try:
+            found = await asyncio.to_thread(node.cluster)
+        except (RedisError, OSError) as exc:
+            _fail(503, f"the store does not answer: {exc}")
+        return web.json_response({"items": found})
 
     # -- contact lists (SES's list management) ------------------------------------------------
     #

@@ -53,7 +53,7 @@ def _ok(description: str, schema: str, status: str = "200") -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     """References to the shared error responses; 401 and 405 go with every route."""
     names = {400: "BadRequest", 404: "NotFound", 409: "Conflict", 413: "TooLarge",
-             415: "UnsupportedMediaType", 422: "Unprocessable"}
+             415: "UnsupportedMediaType", 422: "Unprocessable", 503: "Unavailable"}
     found = {str(s): {"$ref": f"#/components/responses/{names[s]}"} for s in statuses}
     found["401"] = {"$ref": "#/components/responses/Unauthorized"}
     found["405"] = {"$ref": "#/components/responses/MethodNotAllowed"}
@@ -414,6 +414,33 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["configuration_set", "window", "counts", "rates"],
         "additionalProperties": False,
     },
+    "NodeStatus": {
+        "type": "object",
+        "description": "This node, as `smtprelay status` shows it.",
+        "properties": {
+            "node": {"type": "string", "description": "store.node"},
+            "ready": {"type": "boolean"},
+            "draining": {"type": "boolean"},
+            "connections": {"type": "integer", "minimum": 0,
+                            "description": "SMTP connections open, every process's"},
+            "queue_pending": {"type": "integer", "minimum": 0},
+            "delivering": {"type": "integer", "minimum": 0},
+            "safe_to_stop": {"type": "boolean",
+                             "description": "Draining, and no connection, nothing queued "
+                                            "and nothing being delivered."},
+        },
+        "required": ["node", "ready", "draining", "connections", "queue_pending",
+                     "delivering", "safe_to_stop"],
+    },
+    "ClusterNodes": {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": {
+            "type": "object",
+            "description": "A node's last heartbeat (alive: false once it expired).",
+            "properties": {"node": {"type": "string"}, "alive": {"type": "boolean"}},
+            "required": ["node", "alive"]}}},
+        "required": ["items"], "additionalProperties": False,
+    },
     "StatsReport": {
         "type": "object",
         "properties": {
@@ -468,6 +495,7 @@ _RESPONSES: dict[str, Any] = {
     "UnsupportedMediaType": _error_response("A body that is not sent as application/json."),
     "Unprocessable": _error_response("A JSON body or address with a value the relay "
                                      "cannot take."),
+    "Unavailable": _error_response("The shared store (store: redis) does not answer."),
 }
 
 
@@ -655,6 +683,24 @@ _PATHS: dict[str, Any] = {
         "summary": "Counts and rates per set (null: no set) and per account.",
         "parameters": [_WINDOW],
         "responses": {**_ok("The statistics.", "StatsReport"), **_errors(400)}}},
+    "/node": {"get": {
+        "operationId": "getNode",
+        "summary": "This node: ready, draining, connections, queue.",
+        "responses": {**_ok("The node.", "NodeStatus"), **_errors()}}},
+    "/node/drain": {"post": {
+        "operationId": "drainNode",
+        "summary": "As `smtprelay drain`: new SMTP connections get 421 and /readyz fails; "
+                   "the queue is still delivered. Poll GET /node until safe_to_stop.",
+        "responses": {**_ok("The node, draining.", "NodeStatus"), **_errors()}}},
+    "/node/undrain": {"post": {
+        "operationId": "undrainNode",
+        "summary": "End a drain: accept again.",
+        "responses": {**_ok("The node, accepting.", "NodeStatus"), **_errors()}}},
+    "/cluster/nodes": {"get": {
+        "operationId": "listClusterNodes",
+        "summary": "Every node sharing the store (store: redis), from their heartbeats; "
+                   "a relay that is one node lists itself.",
+        "responses": {**_ok("The nodes.", "ClusterNodes"), **_errors(503)}}},
 }
 
 

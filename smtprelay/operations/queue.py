@@ -76,8 +76,10 @@ class DaemonSpool:
     """The running daemon's spool. Its writes queue for the writer thread and wait
     for it, so call from a thread other than the event loop's."""
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, counters: set_stats.Counters | None = None) -> None:
         self.spool = spool
+        # The statistics: the spool's, or with store: redis the cluster's.
+        self.counters: set_stats.Counters = spool if counters is None else counters
 
     def get(self, message_id: str) -> QueuedMessage | None:
         return self.spool.get(message_id)
@@ -98,8 +100,8 @@ class DaemonSpool:
     def set_totals(self, window: set_stats.Window, *, by: str = "configuration_set",
                    configuration_set: str | None = None,
                    account: str | None = None) -> dict[str, set_stats.Counts]:
-        return self.spool.set_totals(window, by=by, configuration_set=configuration_set,
-                                     account=account)
+        return self.counters.set_totals(window, by=by, configuration_set=configuration_set,
+                                        account=account)
 
 
 def listing(queue: Queue, filters: MessageFilter, *, limit: int | None = None,

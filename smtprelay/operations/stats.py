@@ -21,14 +21,8 @@ from smtprelay.policy.pauses import PauseStore
 from smtprelay.policy.reputation import Judgement
 from smtprelay.policy.suppression import SuppressionStore
 from smtprelay.spool import set_stats
-from smtprelay.spool.set_stats import Counts, Window
+from smtprelay.spool.set_stats import Counters, Counts, Window
 from smtprelay.state import usage
-
-
-class Counters(Protocol):
-    def set_totals(self, window: Window, *, by: str = "configuration_set",
-                   configuration_set: str | None = None,
-                   account: str | None = None) -> dict[str, Counts]: ...
 
 
 class SpoolFigures(Counters, Protocol):
@@ -104,7 +98,11 @@ class Overview:
 
 
 def overview(config: Config, spool: SpoolFigures, pauses: PauseStore,
-             suppression: SuppressionStore, *, now: float, seconds: float) -> Overview:
+             suppression: SuppressionStore, *, now: float, seconds: float,
+             counters: Counters | None = None) -> Overview:
+    """`counters`: where the statistics come from, when not from `spool` (the
+    cluster's, with store: redis)."""
+    counted_by: Counters = spool if counters is None else counters
     state = sqlite3.connect(config.state_path)
     try:
         sent = usage.usage_since(state, now - usage.WINDOW)
@@ -112,12 +110,12 @@ def overview(config: Config, spool: SpoolFigures, pauses: PauseStore,
         state.close()
     queued = spool.recipient_states()
     window = Window.ending(now, seconds)
-    counted = report(spool, config, window)
+    counted = report(counted_by, config, window)
     by_account = dict(counted.accounts)
     # The reputation guard's verdicts, made the way the daemon makes them (over
     # reputation.window, which `seconds` does not change).
     verdicts = {(j.scope, j.name): j for j in reputation.judge_all(
-        spool.set_totals, pauses.resumes(), config.reputation, now)}
+        counted_by.set_totals, pauses.resumes(), config.reputation, now)}
 
     def verdict(scope: str, name: str) -> Judgement:
         return verdicts.get((scope, name)) or reputation.judge(

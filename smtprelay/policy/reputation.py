@@ -47,7 +47,6 @@ from smtprelay.config import ConfigSource, RateThresholds, ReputationConfig
 from smtprelay.infra import metrics
 from smtprelay.policy.pauses import AlreadyPaused, PausedSets
 from smtprelay.spool import set_stats
-from smtprelay.spool.store import Spool
 
 log = logging.getLogger("smtprelay.reputation")
 
@@ -124,7 +123,7 @@ def judge_all(spool_totals: Callable[..., dict[str, set_stats.Counts]],
               now: float) -> list[Judgement]:
     """Every set and account with counters in the window (blocking: SQLite reads).
 
-    `spool_totals` is Spool.set_totals; `resumes` the pause store's resume times.
+    `spool_totals` is a set_stats.Counters' set_totals; `resumes` the pause store's resume times.
     """
     window = set_stats.Window.ending(now, config.window)
     found: list[Judgement] = []
@@ -155,9 +154,11 @@ def label(scope: str, name: str) -> str:
 class ReputationGuard:
     """The background task; `judgements` holds the last check's verdicts."""
 
-    def __init__(self, spool: Spool, pauses: PausedSets, live: ConfigSource,
+    def __init__(self, counters: set_stats.Counters, pauses: PausedSets, live: ConfigSource,
                  clock: Callable[[], float] = time.time) -> None:
-        self._spool = spool
+        # The spool's own counters, or with store: redis the whole cluster's
+        # (spool.cluster_stats), so a complaint on one node counts on every node.
+        self._counters = counters
         self._pauses = pauses
         self._live = live
         self._clock = clock
@@ -190,7 +191,7 @@ class ReputationGuard:
         now = self._clock()
         store = self._pauses.store
         judgements = await asyncio.to_thread(
-            lambda: judge_all(self._spool.set_totals, store.resumes(), config, now))
+            lambda: judge_all(self._counters.set_totals, store.resumes(), config, now))
         seen = {(j.scope, j.name) for j in judgements}
         # Scopes whose counters left the window: back to ok, through the same path.
         for scope, name in {(s, n) for s, n, _ in self._states} - seen:

@@ -35,7 +35,7 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -318,6 +318,14 @@ class Window:
         return {"seconds": self.seconds, "since": self.since, "until": self.until}
 
 
+class Counters(Protocol):
+    """Where totals come from: a spool (one node) or cluster_stats (every node)."""
+
+    def set_totals(self, window: Window, *, by: str = "configuration_set",
+                   configuration_set: str | None = None,
+                   account: str | None = None) -> dict[str, Counts]: ...
+
+
 def totals(conn: sqlite3.Connection, window: Window, *, by: str = "configuration_set",
            configuration_set: str | None = None, account: str | None = None
            ) -> dict[str, Counts]:
@@ -348,6 +356,39 @@ def totals(conn: sqlite3.Connection, window: Window, *, by: str = "configuration
     for group, kind, count in rows:
         found.setdefault(str(group), {})[str(kind)] = int(count)
     return {group: Counts(values) for group, values in found.items()}
+
+
+Row = tuple[int, str, str, str, int]  # hour, set key, account, kind, count
+
+
+def rows_since(conn: sqlite3.Connection, first_hour: int) -> list[Row]:
+    """Every counter from `first_hour` on, as stored (what a cluster's mirror copies)."""
+    try:
+        rows = conn.execute("SELECT hour, configuration_set, account, kind, count"
+                            " FROM set_stats WHERE hour >= ?", (first_hour,)).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    return [(int(h), str(s), str(a), str(k), int(c)) for h, s, a, k, c in rows]
+
+
+def group(rows: Iterable[tuple[str, str, str, int]], *, by: str,
+          configuration_set: str | None = None, account: str | None = None
+          ) -> dict[str, Counts]:
+    """(set key, account, kind, count) rows summed per set key or per account, as
+    `totals` sums them in SQL; groups with no counts are absent."""
+    if by not in ("configuration_set", "account"):
+        raise ValueError(f"by must be configuration_set or account, not {by!r}")
+    found: dict[str, dict[str, int]] = {}
+    for set_name, account_name, kind, count in rows:
+        if configuration_set is not None and set_name != configuration_set:
+            continue
+        if account is not None and account_name != account:
+            continue
+        counts = found.setdefault(set_name if by == "configuration_set" else account_name, {})
+        counts[kind] = counts.get(kind, 0) + count
+    return {name: Counts(values) for name, values in found.items()}
 
 
 def merge(many: Iterable[Counts]) -> Counts:

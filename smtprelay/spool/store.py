@@ -307,6 +307,11 @@ class Spool:
             return set_stats.totals(conn, window, by=by, configuration_set=configuration_set,
                                    account=account)
 
+    def set_stats_since(self, first_hour: int) -> list[set_stats.Row]:
+        """The counters from `first_hour` on (blocking; see set_stats.rows_since)."""
+        with self._read() as conn:
+            return set_stats.rows_since(conn, first_hour)
+
     async def purge_stats(self, counters_before: float, tracked_before: float,
                           limit: int = 500) -> int:
         """Drop counters older than `counters_before` and up to `limit` tracked
