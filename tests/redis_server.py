@@ -9,8 +9,9 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -78,3 +79,24 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_url(redis_server: RedisServer) -> str:
     redis_server.cli("FLUSHALL")
     return redis_server.url
+
+
+class _Store(Protocol):
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Store)
+
+
+def on_backend(request: pytest.FixtureRequest, local: Callable[[], S],
+               shared: Callable[[str], S]) -> Iterator[S]:
+    """For a fixture with params=["sqlite", "redis"]: the store of that backend of
+    store.backend, `local()` (the state database's) or `shared(url)` on a real Redis
+    emptied for the test; opened, and closed after it."""
+    store = shared(request.getfixturevalue("redis_url")) if request.param == "redis" \
+        else local()
+    store.open()
+    yield store
+    store.close()

@@ -42,11 +42,10 @@ from smtprelay.http.forward import internal_socket
 from smtprelay.http.server import HTTPServer, bind_listeners
 from smtprelay.infra import metrics
 from smtprelay.operations.nodes import NodeControl
-from smtprelay.policy.contacts import SQLiteContactStore
 from smtprelay.policy.pauses import PausedSets
 from smtprelay.policy.quota import Quotas
 from smtprelay.policy.reputation import ReputationGuard
-from smtprelay.policy.stores import pause_store, suppression_store
+from smtprelay.policy.stores import contact_store, pause_store, suppression_store
 from smtprelay.smtp.server import SMTPServer, bind
 from smtprelay.spool import set_stats
 from smtprelay.spool.cluster_stats import ClusterCounters, StatsMirror
@@ -110,7 +109,7 @@ class Relay:
         self.quotas = Quotas(self.live, self.shared)
         self.suppression = suppression_store(config)
         # The contact lists' contacts and their subscriptions (policy.contacts).
-        self.contacts = SQLiteContactStore(config.state_path)
+        self.contacts = contact_store(config)
         self.pauses = PausedSets(pause_store(config))
         self._authenticator = Authenticator(self.live, self.credentials, self.shared)
         # The statistics the reputation guard judges and the admin API shows: this

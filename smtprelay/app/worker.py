@@ -38,10 +38,9 @@ from smtprelay.events.remote import RemoteEngagements
 from smtprelay.http.forward import Forwarder, internal_socket
 from smtprelay.http.server import HTTPServer
 from smtprelay.infra import logs
-from smtprelay.policy.contacts import SQLiteContactStore
 from smtprelay.policy.pauses import PausedSets
 from smtprelay.policy.quota import Quotas
-from smtprelay.policy.stores import pause_store, suppression_store
+from smtprelay.policy.stores import contact_store, pause_store, suppression_store
 from smtprelay.smtp.server import SMTPServer
 from smtprelay.spool import remote
 from smtprelay.spool.remote import RemoteSpool
@@ -76,7 +75,7 @@ class Worker:
         self._http_sockets = http_sockets
         self.credentials = credential_store(config)
         self.suppression = suppression_store(config)
-        self.contacts = SQLiteContactStore(config.state_path)
+        self.contacts = contact_store(config)
         self.pauses = PausedSets(pause_store(config))
         self.channel: ChannelClient | None = None
         self.smtp: SMTPServer | None = None

@@ -1,12 +1,13 @@
 """`smtprelay contacts lists|list|get|add|update|delete|import|export`: the contacts of the
 contact lists (SES's list management) from a shell.
 
-The commands work on the state database, with or without the daemon running, as
-`smtprelay suppression` does; the daemon reads a list's contacts for every message
-that names the list, so a change holds from the next message on. The lists
-themselves are `contact_lists:` in the configuration. A change made here is the
-operator's and makes no Subscription event (SES makes one only when the recipient
-changes their preferences: smtprelay.operations.contacts).
+The commands work on the contacts' store (the state database, or Redis with `store:
+{backend: redis}`), with or without the daemon running, as `smtprelay suppression`
+does; the daemon reads a list's contacts for every message that names the list, so a
+change holds from the next message on. The lists themselves are `contact_lists:` in
+the configuration. A change made here is the operator's and makes no Subscription
+event (SES makes one only when the recipient changes their preferences:
+smtprelay.operations.contacts).
 
 Files in and out are SES's contact import layout, CSV or JSON
 (smtprelay.operations.contact_files). An import checks every row first and reports
@@ -40,7 +41,8 @@ from smtprelay.operations import contacts as ops
 from smtprelay.operations.contact_files import UnreadableFile
 from smtprelay.operations.errors import BadContact, ContactExists, ContactNotFound, TopicNotFound
 from smtprelay.operations.suppression_files import FORMATS, format_of, guess_format
-from smtprelay.policy.contacts import Contact, SQLiteContactStore
+from smtprelay.policy.contacts import Contact, ContactStore
+from smtprelay.policy.stores import contact_store
 
 # What the operations call SES's fields, as these commands take them.
 _FLAGS = {"EmailAddress": "ADDRESS", "TopicPreferences": "--topic",
@@ -146,11 +148,11 @@ def register(sub: Any, common: argparse.ArgumentParser,
 
 @contextlib.contextmanager
 def _store(args: argparse.Namespace
-           ) -> Iterator[tuple[SQLiteContactStore, Config, ContactListConfig]]:
+           ) -> Iterator[tuple[ContactStore, Config, ContactListConfig]]:
     config = state_config(args)
-    # Checked before the database is opened, so that a mistyped list creates nothing.
+    # Checked before the store is opened, so that a mistyped list creates nothing.
     settings = ops.find_list(config, args.list)
-    store = SQLiteContactStore(config.state_path)
+    store = contact_store(config)
     store.open()
     try:
         with _refusals(args):

@@ -70,7 +70,7 @@ from smtprelay.operations.errors import (
 )
 from smtprelay.operations.nodes import NodeControl
 from smtprelay.operations.paging import Page
-from smtprelay.policy.contacts import SQLiteContactStore
+from smtprelay.policy.contacts import ContactStore
 from smtprelay.policy.pauses import PausedSets, Scope
 from smtprelay.policy.reputation import Judgement
 from smtprelay.policy.suppression import REASONS, Reason, SuppressionStore, address_problem
@@ -166,7 +166,7 @@ class AdminServices:
     spool: Spool
     suppression: SuppressionStore
     pauses: PausedSets
-    contacts: SQLiteContactStore
+    contacts: ContactStore
     wake_scheduler: Callable[[], None] = lambda: None
     # The reputation guard's last judgement of ("set" | "account", name), or None.
     reputation: Callable[[str, str], Judgement | None] = lambda scope, name: None
@@ -577,7 +577,7 @@ class AdminAPI:
 
     # -- contact lists (SES's list management) ------------------------------------------------
     #
-    # The lists are the configuration's; their contacts are the state database's, which
+    # The lists are the configuration's; their contacts are the contact store's, which
     # the send path reads for every list message. A change here makes no Subscription
     # event: SES publishes one only for the recipient's own change (the unsubscribe
     # link or header).

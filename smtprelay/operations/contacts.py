@@ -1,11 +1,11 @@
 """A contact list's contacts, for operators: list (SES's ListContacts), get, create,
 update, delete, import, export.
 
-Blocking calls on the state database's `SQLiteContactStore` (the daemon's, or one
-the CLI opens). The lists are the configuration's (`contact_lists:`); every call
-names one, and a name the configuration lacks is ContactListNotFound. The send path
-reads the same table for every message that names the list, so a change made here
-holds from the next message on.
+Blocking calls on a `ContactStore` (the state database's or Redis's: the daemon's,
+or one the CLI opens). The lists are the configuration's (`contact_lists:`); every
+call names one, and a name the configuration lacks is ContactListNotFound. The send
+path reads the same store for every message that names the list, so a change made
+here holds from the next message on.
 
 SES's rules where they fit: a create of a contact the list has is AlreadyExists
 (`ContactExists`); an update or delete of one it lacks is NotFound; a topic must be
@@ -41,7 +41,7 @@ from smtprelay.operations.errors import (
     TopicNotFound,
 )
 from smtprelay.operations.suppression_files import ImportTally
-from smtprelay.policy.contacts import Contact, ContactChange, ContactFilter, SQLiteContactStore
+from smtprelay.policy.contacts import Contact, ContactChange, ContactFilter, ContactStore
 from smtprelay.policy.suppression import address_problem, normalise
 
 STATUSES: tuple[SubscriptionStatus, ...] = ("OPT_IN", "OPT_OUT")
@@ -243,7 +243,7 @@ def _key(name: str, address: str) -> str:
 # -- one contact ------------------------------------------------------------------------
 
 
-def get(store: SQLiteContactStore, config: Config, name: str, address: str) -> Contact:
+def get(store: ContactStore, config: Config, name: str, address: str) -> Contact:
     find_list(config, name)
     contact = store.get(name, _key(name, address))
     if contact is None:
@@ -251,7 +251,7 @@ def get(store: SQLiteContactStore, config: Config, name: str, address: str) -> C
     return contact
 
 
-def create(store: SQLiteContactStore, config: Config, name: str, address: str, *,
+def create(store: ContactStore, config: Config, name: str, address: str, *,
            topics: Sequence[tuple[str, str | None]] = (), unsubscribe_all: bool = False,
            attributes: str | None = None, at: float | None = None) -> Contact:
     """A new contact (SES's CreateContact); ContactExists if the list has it."""
@@ -265,7 +265,7 @@ def create(store: SQLiteContactStore, config: Config, name: str, address: str, *
     return made
 
 
-def update(store: SQLiteContactStore, config: Config, name: str, address: str, *,
+def update(store: ContactStore, config: Config, name: str, address: str, *,
            topics: Sequence[tuple[str, str | None]] | None = None, replace_topics: bool = False,
            unsubscribe_all: bool | None = None, attributes: str | None = None,
            at: float | None = None) -> Contact:
@@ -283,7 +283,7 @@ def update(store: SQLiteContactStore, config: Config, name: str, address: str, *
     return changed[1]
 
 
-def delete(store: SQLiteContactStore, config: Config, name: str, address: str) -> str:
+def delete(store: ContactStore, config: Config, name: str, address: str) -> str:
     """Take a contact off the list (SES's DeleteContact); the address as it was stored.
     A later message to the list makes it a contact again, with no preferences."""
     find_list(config, name)
@@ -295,7 +295,7 @@ def delete(store: SQLiteContactStore, config: Config, name: str, address: str) -
 # -- listings -------------------------------------------------------------------------------
 
 
-def page(store: SQLiteContactStore, config: Config, name: str, *,
+def page(store: ContactStore, config: Config, name: str, *,
          where: ContactFilter | None = None, limit: int,
          after: str | None = None) -> paging.Page[Contact]:
     """A page of the list's contacts in address order (SES's ListContacts); `where`
@@ -306,7 +306,7 @@ def page(store: SQLiteContactStore, config: Config, name: str, *,
                        limit, key=lambda contact: contact.address)
 
 
-def contacts(store: SQLiteContactStore, config: Config, name: str, *,
+def contacts(store: ContactStore, config: Config, name: str, *,
              where: ContactFilter | None = None) -> Iterator[Contact]:
     """Every matching contact in address order, read a page at a time."""
     find_list(config, name)
@@ -364,7 +364,7 @@ def plan(config: Config, name: str, rows: Iterable[RawRow]) -> ImportPlan:
     return result
 
 
-def import_plan(store: SQLiteContactStore, config: Config, name: str,
+def import_plan(store: ContactStore, config: Config, name: str,
                 checked: ImportPlan, *, at: float | None = None) -> Imported:
     """Create or change the contacts of a checked file (SES's import action PUT), in
     transactions of policy.contacts.IMPORT_BATCH rows."""
@@ -373,7 +373,7 @@ def import_plan(store: SQLiteContactStore, config: Config, name: str,
     return Imported(new, updated)
 
 
-def export(store: SQLiteContactStore, config: Config, name: str, out: IO[str],
+def export(store: ContactStore, config: Config, name: str, out: IO[str],
            fmt: str) -> int:
     """Write the list's contacts as `fmt` ("csv" or "json": NDJSON) in SES's import
     layout, which import reads back; how many."""

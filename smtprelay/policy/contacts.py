@@ -25,18 +25,20 @@ A configuration set with one-click unsubscribe but no list keeps working: its
 unsubscribes opt the person out of the set's implicit list (``set_scope``), which
 holds back later mail of that set, and only of that set.
 
-The contacts are kept in the state database (``SQLiteContactStore``), one row per
-(list, address), beside the suppression list; the lists themselves are configuration
-(``smtprelay.config.lists``). Operators change contacts with the admin API and the
-CLI (smtprelay.operations.contacts); the send path reads the table for every list
-message, so a change counts from the next message on.
+The contacts are kept where the suppression list is (``store.backend``): in the state
+database (``SQLiteContactStore``, one row per (list, address)), or with
+``store: {backend: redis}`` in Redis (policy.contacts_redis), so that an unsubscribe
+on one node holds on every node; policy.stores picks. The lists themselves are
+configuration (``smtprelay.config.lists``). Operators change contacts with the admin
+API and the CLI (smtprelay.operations.contacts); the send path reads the store for
+every list message, so a change counts from the next message on.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
@@ -45,7 +47,7 @@ from smtprelay.db import sqlite
 from smtprelay.mail import replies as R
 from smtprelay.mail.headers import HeaderField
 from smtprelay.mail.replies import Reply
-from smtprelay.policy.suppression import normalise
+from smtprelay.policy.suppression import by_key, normalise
 
 HEADER = "x-ses-list-management-options"
 # The implicit list of a configuration set's own unsubscribes. List names cannot hold
@@ -266,7 +268,10 @@ class ContactFilter:
 
 
 class ContactStore(Protocol):
-    """What the relay needs from the contacts of its lists, whatever keeps them."""
+    """What the relay needs from the contacts of its lists, whatever keeps them (the
+    state database, or Redis for a cluster): the send path and the unsubscribes
+    (contacts, get, unsubscribe), and the operators' changes
+    (smtprelay.operations.contacts)."""
 
     def contacts(self, contact_list: str, addresses: Sequence[str], *,
                  create_at: float | None = None) -> dict[str, Contact]:
@@ -282,6 +287,83 @@ class ContactStore(Protocol):
 
     def close(self) -> None: ...
 
+    def open(self) -> None: ...
+
+    def create(self, contact_list: str, change: ContactChange, *,
+               at: float | None = None) -> Contact | None:
+        """A new contact; None when the list already has the address (nothing changes)."""
+
+    def update(self, contact_list: str, change: ContactChange, *,
+               at: float | None = None) -> tuple[Contact, Contact] | None:
+        """Change a contact (before, after); None when there is none."""
+
+    def delete(self, contact_list: str, address: str) -> bool:
+        """True if the list had the contact."""
+
+    def page(self, contact_list: str, *, where: ContactFilter | None = None,
+             after: str | None = None, limit: int) -> list[Contact]:
+        """Contacts in address order (bytes of the UTF-8, as SQLite's BINARY
+        collation), those after `after` (keyset paging)."""
+
+    def iterate(self, contact_list: str, *, where: ContactFilter | None = None,
+                page: int = 5000) -> Iterator[Contact]:
+        """Every matching contact, a page at a time so memory stays flat (exports)."""
+
+    def count(self, contact_list: str) -> int: ...
+
+    def put_many(self, contact_list: str, changes: Iterable[ContactChange], *,
+                 at: float | None = None) -> tuple[int, int]:
+        """Create or change each contact (an import, SES's ContactListImportAction
+        PUT), IMPORT_BATCH at a time; (new, updated). Within a batch the last change
+        of an address wins."""
+
+
+def unsubscribed(contact_list: str, key: str, before: Contact | None, topic: str | None,
+                 at: float) -> Contact:
+    """The contact `before` (None: none yet) once opted out of `topic`, or of the whole
+    list when None; its attributes and creation time stay."""
+    base = before or Contact(contact_list, key, created_at=at, updated_at=at)
+    topics = dict(base.topics)
+    if topic is None:
+        unsubscribe_all = True
+    else:
+        unsubscribe_all = base.unsubscribe_all
+        topics[topic] = "OPT_OUT"
+    return Contact(contact_list, key, unsubscribe_all, topics, base.attributes,
+                   base.created_at, at)
+
+
+def paged(store: ContactStore, contact_list: str, where: ContactFilter | None,
+          page: int) -> Iterator[Contact]:
+    """Every contact store.page() matches, a page at a time (keyset paging)."""
+    after: str | None = None
+    while True:
+        rows = store.page(contact_list, where=where, after=after, limit=page)
+        yield from rows
+        if len(rows) < page:
+            return
+        after = rows[-1].address
+
+
+def in_import_batches(changes: Iterable[ContactChange],
+                      write: Callable[[dict[str, ContactChange]], tuple[int, int]]
+                      ) -> tuple[int, int]:
+    """An import's changes by stored address, handed to `write` IMPORT_BATCH at a time
+    (within a batch the last change of an address wins); the sums of what `write`
+    says was (new, updated)."""
+    new = updated = 0
+    batch: dict[str, ContactChange] = {}
+    for change in changes:
+        batch[normalise(change.address)] = change
+        if len(batch) >= IMPORT_BATCH:
+            counts = write(batch)
+            new, updated = new + counts[0], updated + counts[1]
+            batch = {}
+    if batch:
+        counts = write(batch)
+        new, updated = new + counts[0], updated + counts[1]
+    return new, updated
+
 
 class SQLiteContactStore(sqlite.Store):
     """The contacts in the state database (config.state_path), beside the suppression
@@ -292,9 +374,7 @@ class SQLiteContactStore(sqlite.Store):
 
     def contacts(self, contact_list: str, addresses: Sequence[str], *,
                  create_at: float | None = None) -> dict[str, Contact]:
-        wanted: dict[str, list[str]] = {}
-        for address in addresses:
-            wanted.setdefault(normalise(address), []).append(address)
+        wanted = by_key(addresses)
         if not wanted:
             return {}
         with self._lock:
@@ -345,15 +425,7 @@ class SQLiteContactStore(sqlite.Store):
                 f"SELECT {_COLUMNS} FROM contacts"  # noqa: S608 - only ? marks
                 " WHERE contact_list = ? AND address = ?", (contact_list, key)).fetchone()
             before = _contact(row) if row else None
-            base = before or Contact(contact_list, key, created_at=when, updated_at=when)
-            topics = dict(base.topics)
-            if topic is None:
-                unsubscribe_all = True
-            else:
-                unsubscribe_all = base.unsubscribe_all
-                topics[topic] = "OPT_OUT"
-            after = Contact(contact_list, key, unsubscribe_all, topics, base.attributes,
-                            base.created_at, when)
+            after = unsubscribed(contact_list, key, before, topic, when)
             conn.execute(
                 "INSERT INTO contacts (contact_list, address, unsubscribe_all,"
                 " topic_preferences, attributes, created_at, updated_at)"
@@ -362,9 +434,7 @@ class SQLiteContactStore(sqlite.Store):
                 " unsubscribe_all = excluded.unsubscribe_all,"
                 " topic_preferences = excluded.topic_preferences,"
                 " updated_at = excluded.updated_at",
-                (contact_list, key, int(after.unsubscribe_all),
-                 json.dumps(dict(sorted(topics.items())), separators=(",", ":")),
-                 after.attributes, after.created_at, after.updated_at))
+                _row(after))
         return before, after
 
 
@@ -422,13 +492,7 @@ class SQLiteContactStore(sqlite.Store):
     def iterate(self, contact_list: str, *, where: ContactFilter | None = None,
                 page: int = 5000) -> Iterator[Contact]:
         """Every matching contact, a page at a time so memory stays flat (exports)."""
-        after: str | None = None
-        while True:
-            rows = self.page(contact_list, where=where, after=after, limit=page)
-            yield from rows
-            if len(rows) < page:
-                return
-            after = rows[-1].address
+        return paged(self, contact_list, where, page)
 
     def count(self, contact_list: str) -> int:
         with self._lock:
@@ -442,18 +506,8 @@ class SQLiteContactStore(sqlite.Store):
         PUT), in transactions of IMPORT_BATCH; (new, updated). Within a batch the
         last change of an address wins."""
         when = time.time() if at is None else at
-        new = updated = 0
-        batch: dict[str, ContactChange] = {}
-        for change in changes:
-            batch[normalise(change.address)] = change
-            if len(batch) >= IMPORT_BATCH:
-                counts = self._put_batch(contact_list, batch, when)
-                new, updated = new + counts[0], updated + counts[1]
-                batch = {}
-        if batch:
-            counts = self._put_batch(contact_list, batch, when)
-            new, updated = new + counts[0], updated + counts[1]
-        return new, updated
+        return in_import_batches(changes,
+                                 lambda batch: self._put_batch(contact_list, batch, when))
 
     def _put_batch(self, contact_list: str, batch: dict[str, ContactChange],
                    at: float) -> tuple[int, int]:

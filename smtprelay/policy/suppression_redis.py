@@ -2,10 +2,9 @@
 a bounce recorded on one node stops the next message to that address on any other.
 
 Per account, the entries are a hash (normalised address -> JSON of the rest) and their
-addresses a sorted set with every score 0, which Redis orders by bytes, as SQLite's
-BINARY collation orders the local store's key: listings page by (account, address) the
-same way. The accounts with entries are a set. Writes are MULTI/EXEC transactions, so
-a listing never sees an address without its entry for long.
+addresses a sorted set (policy.redis_entries), so listings page by (account, address) as
+the local store's do. The accounts with entries are a set. Writes are MULTI/EXEC
+transactions, so a listing never sees an address without its entry for long.
 
 Entries must survive a Redis restart (the operators' guide says how: appendonly yes,
 appendfsync everysec). A blocking client, like the SQLite store's connection: the
@@ -22,8 +21,8 @@ from typing import Any, cast
 
 import redis
 
+from smtprelay.policy.redis_entries import AddressEntries, RedisStore
 from smtprelay.policy.suppression import (
-    IMPORT_BATCH,
     Reason,
     SuppressionEntry,
     by_key,
@@ -32,32 +31,18 @@ from smtprelay.policy.suppression import (
     normalise,
     paged,
 )
-from smtprelay.state.redis import blocking_client
 
 
-class RedisSuppressionStore:
+class RedisSuppressionStore(RedisStore):
     def __init__(self, client: redis.Redis, prefix: str = "smtprelay:") -> None:
-        self._redis = client
-        self._prefix = prefix
-
-    @classmethod
-    def from_url(cls, url: str, *, prefix: str = "smtprelay:",
-                 timeout: float = 2.0) -> RedisSuppressionStore:
-        return cls(blocking_client(url, timeout), prefix)
-
-    def open(self) -> None:
-        """Nothing to open: the client connects on first use (as SQLiteSuppressionStore
-        has it, for callers that open and close stores alike)."""
-
-    def close(self) -> None:
-        self._redis.close()
+        super().__init__(client, prefix)
+        self._by_account = AddressEntries(client, prefix, "suppression")
 
     def _entries(self, account: str) -> str:
-        # One hash tag per account: a Redis Cluster keeps both keys on one shard.
-        return f"{self._prefix}suppression:{{{account}}}:entries"
+        return self._by_account.entries(account)
 
     def _index(self, account: str) -> str:
-        return f"{self._prefix}suppression:{{{account}}}:index"
+        return self._by_account.index(account)
 
     @property
     def _accounts(self) -> str:
@@ -70,8 +55,7 @@ class RedisSuppressionStore:
         if not wanted:
             return {}
         keys = builtins.list(wanted)
-        values = cast(builtins.list[bytes | None],
-                      self._redis.hmget(self._entries(account), keys))
+        values = self._by_account.get_many(account, keys)
         found: dict[str, SuppressionEntry] = {}
         for key, value in zip(keys, values, strict=True):
             if value is not None:
@@ -96,16 +80,11 @@ class RedisSuppressionStore:
         return bool(added)
 
     def remove(self, account: str, address: str) -> bool:
-        key = normalise(address)
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self._entries(account), key)
-            pipe.zrem(self._index(account), key)
-            removed = pipe.execute()[0]
-        return bool(removed)
+        return self._by_account.remove(account, normalise(address))
 
     def get(self, account: str, address: str) -> SuppressionEntry | None:
         key = normalise(address)
-        value = cast(bytes | None, self._redis.hget(self._entries(account), key))
+        value = self._by_account.get(account, key)
         return None if value is None else _entry(account, key, value)
 
     # -- listings -----------------------------------------------------------------------
@@ -122,6 +101,8 @@ class RedisSuppressionStore:
         wanted = None if limit is None else max(0, limit)
         found: builtins.list[SuppressionEntry] = []
         needle = contains.lower() if contains else None
+        if wanted == 0:
+            return found
         for name in accounts:
             if after is not None and name < after[0]:
                 continue
@@ -131,30 +112,17 @@ class RedisSuppressionStore:
             if prefix and (start == "-" or prefix > start[1:]):
                 start = "[" + prefix
             end = "[" + prefix + "\U0010ffff" if prefix else "+"
-            while wanted is None or len(found) < wanted:
-                chunk = cast(builtins.list[bytes], self._redis.zrangebylex(
-                    self._index(name), start, end, start=0, num=IMPORT_BATCH))
-                if not chunk:
-                    break
-                addresses = [a.decode("utf-8", "surrogateescape") for a in chunk]
-                values = cast(builtins.list[bytes | None],
-                              self._redis.hmget(self._entries(name), addresses))
-                for address, value in zip(addresses, values, strict=True):
-                    if value is None:
-                        continue  # removed between the two reads
-                    if prefix and not address.startswith(prefix):
-                        continue
-                    if needle is not None and needle not in address.lower():
-                        continue
-                    entry = _entry(name, address, value)
-                    if reason is not None and entry.reason != reason:
-                        continue
-                    found.append(entry)
-                    if wanted is not None and len(found) >= wanted:
-                        return found
-                start = "(" + addresses[-1]
-            if wanted is not None and len(found) >= wanted:
-                break
+            for address, value in self._by_account.scan(name, start, end):
+                if prefix and not address.startswith(prefix):
+                    continue
+                if needle is not None and needle not in address.lower():
+                    continue
+                entry = _entry(name, address, value)
+                if reason is not None and entry.reason != reason:
+                    continue
+                found.append(entry)
+                if wanted is not None and len(found) >= wanted:
+                    return found
         return found
 
     def iterate(self, account: str | None = None, *, reason: Reason | None = None,

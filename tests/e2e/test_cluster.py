@@ -1,7 +1,8 @@
 """Two relay nodes (real `smtprelay serve` processes, each with its own data_dir and
 spool) sharing one real Redis server through `store: {backend: redis}`: an account's
-rate and AUTH lockout hold across the nodes; Redis going away gives temporary replies
-and nothing over a limit, and its return needs no restart."""
+rate and AUTH lockout hold across the nodes, and so do suppressions, pauses and
+contact-list unsubscribes; Redis going away gives temporary replies and nothing over a
+limit, and its return needs no restart."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from smtprelay.spool.store import get_message, open_for_cli
+from tests.e2e.test_contact_lists import HOST, one_click
 from tests.peers.haproxy import HAPROXY, HAProxy, Route
 from tests.redis_server import RedisServer
 from tests.support import DaemonProcess, client_context, message, spooled
@@ -119,6 +122,68 @@ def test_a_suppression_added_on_one_node_holds_on_the_other(
     assert outcomes == [("bounce", "OnAccountSuppressionList")]
     listed = b.cli("suppression", "list", "--account", "acme").stdout
     assert "someone@example.net" in listed and "BOUNCE" in listed
+
+
+LISTS = {
+    "tracking_domains": {HOST: {}},
+    "contact_lists": {"news": {"account": "acme", "unsubscribe_domain": HOST,
+                               "https": False}},
+}
+
+
+def send_to_list(daemon: DaemonProcess, cred: dict[str, str], subject: str) -> str:
+    """A message to the contact list `news` for reader@example.net; its id."""
+    data = (f"From: app@example.com\r\nTo: reader@example.net\r\nSubject: {subject}\r\n"
+            "X-SES-LIST-MANAGEMENT-OPTIONS: news\r\n\r\nHello.\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=20) as smtp:
+        smtp.starttls(context=client_context())
+        smtp.login(cred["username"], cred["password"])
+        smtp.sendmail("app@example.com", ["reader@example.net"], data)  # raises unless 250
+    [stored] = [m for m in spooled(daemon.config) if subject.encode() in m["data"]]
+    return str(stored["id"])
+
+
+def recipient_state(daemon: DaemonProcess, message_id: str) -> tuple[str, str | None]:
+    conn = open_for_cli(daemon.config.spool_path)
+    try:
+        stored = get_message(conn, message_id)
+        assert stored is not None
+        [rcpt] = stored.recipients
+        return rcpt.state.value, rcpt.last_reply
+    finally:
+        conn.close()
+
+
+def one_click_unsubscribe(daemon: DaemonProcess, message_id: str) -> int:
+    """POST the message's List-Unsubscribe URL to the node that sent it."""
+    [data] = [m["data"] for m in spooled(daemon.config) if m["id"] == message_id]
+    found = re.search(rb"^List-Unsubscribe: <([^>]+)>\r\n", data, re.MULTILINE)
+    assert found is not None, data[:2000]
+    return one_click(daemon.ports["http"], found.group(1).decode())
+
+
+def test_an_unsubscribe_through_one_node_holds_back_the_others_list_mail(
+        tmp_path: Path, redis_url: str, nodes: list[DaemonProcess]) -> None:
+    """A person who unsubscribed with the link of a message node A sent is not mailed by
+    the next message to the list that node B (two worker processes) takes: B records
+    the recipient as held back by the list, as one node alone does, and writes nothing
+    to the suppression list."""
+    a = node(tmp_path, "a", redis_url, **LISTS)
+    b = node(tmp_path, "b", redis_url, server={"workers": 2, "transform_workers": 0},
+             **LISTS)
+    nodes += [a, b]
+    cred = credential(a)
+    first = send_to_list(a, cred, "first issue")
+    assert recipient_state(a, first)[0] == "queued"
+    assert one_click_unsubscribe(a, first) == 200
+    later = send_to_list(b, cred, "second issue")
+    assert recipient_state(b, later) == (
+        "suppressed", "the recipient unsubscribed from contact list 'news'")
+    # Mail that names no list still goes (a password reset).
+    assert send(b, cred, "reset your password") == 250
+    listed = b.cli("contacts", "get", "news", "reader@example.net", "--json").stdout
+    assert json.loads(listed)["UnsubscribeAll"] is True
+    assert "reader@example.net" not in b.cli("suppression", "list").stdout
 
 
 def test_a_set_paused_on_one_node_is_paused_on_the_other_within_a_second(

@@ -108,9 +108,15 @@ def unsubscribe_url(relay: RunningRelay, message_id: str) -> str:
 
 
 def post_unsubscribe(relay: RunningRelay, url: str) -> int:
+    return one_click(relay.http_port, url)
+
+
+def one_click(port: int, url: str) -> int:
+    """POST a one-click unsubscribe URL (RFC 8058) to the relay's HTTP port, as a
+    mailbox provider does; the answer's status."""
     prefix = f"http://{HOST}"
     assert url.startswith(prefix + "/u/"), url
-    conn = http.client.HTTPConnection("127.0.0.1", relay.http_port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request("POST", url[len(prefix):], body=b"List-Unsubscribe=One-Click",
                      headers={"Host": HOST, "User-Agent": "Mozilla/5.0 Firefox/128.0",

@@ -15,6 +15,7 @@ from smtprelay.auth.credentials import (
 )
 from smtprelay.auth.credentials_redis import RedisCredentialStore
 from smtprelay.infra.passwords import verify_password
+from tests.redis_server import on_backend
 
 
 def test_generated_credentials_are_safe_to_paste() -> None:
@@ -27,14 +28,8 @@ def test_generated_credentials_are_safe_to_paste() -> None:
 @pytest.fixture(params=["sqlite", "redis"])
 def credentials(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Credentials]:
     """Each backend of store.backend: the state database, and Redis (a real server)."""
-    store: Credentials
-    if request.param == "redis":
-        store = RedisCredentialStore.from_url(request.getfixturevalue("redis_url"))
-    else:
-        store = CredentialStore(tmp_path / "state.db")
-    store.open()
-    yield store
-    store.close()
+    yield from on_backend(request, lambda: CredentialStore(tmp_path / "state.db"),
+                          RedisCredentialStore.from_url)
 
 
 def test_create_lookup_list_disable_and_delete(credentials: Credentials) -> None:

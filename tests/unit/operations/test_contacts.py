@@ -1,11 +1,12 @@
-"""The contact-list operations on real SQLite: the typed results and refusals the admin
-API and the CLI both use, SES's ListContacts filter, and the import/export files in
-SES's CreateImportJob layout."""
+"""The contact-list operations on each store backend (real SQLite, real Redis): the
+typed results and refusals the admin API and the CLI both use, SES's ListContacts
+filter, and the import/export files in SES's CreateImportJob layout."""
 
 from __future__ import annotations
 
 import io
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,15 @@ from smtprelay.operations.errors import (
     ContactNotFound,
     TopicNotFound,
 )
-from smtprelay.policy.contacts import Contact, ContactChange, ContactFilter, SQLiteContactStore
+from smtprelay.policy.contacts import (
+    Contact,
+    ContactChange,
+    ContactFilter,
+    ContactStore,
+    SQLiteContactStore,
+)
+from smtprelay.policy.contacts_redis import RedisContactStore
+from tests.redis_server import on_backend
 from tests.support import examples
 
 TOPICS = [
@@ -52,12 +61,12 @@ def config(tmp_path: Path) -> Config:
     return make_config(tmp_path)
 
 
-@pytest.fixture
-def store(config: Config) -> Iterator[SQLiteContactStore]:
-    s = SQLiteContactStore(config.state_path)
-    s.open()
-    yield s
-    s.close()
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, config: Config) -> Iterator[ContactStore]:
+    """Each backend of store.backend: the state database, and Redis (a real server,
+    tests/redis_server.py) for a cluster of nodes."""
+    yield from on_backend(request, lambda: SQLiteContactStore(config.state_path),
+                          RedisContactStore.from_url)
 
 
 # -- the lists ------------------------------------------------------------------------------
@@ -84,7 +93,7 @@ def test_the_lists_come_from_the_configuration(config: Config) -> None:
 # -- one contact ----------------------------------------------------------------------------
 
 
-def test_create_get_update_delete(store: SQLiteContactStore, config: Config) -> None:
+def test_create_get_update_delete(store: ContactStore, config: Config) -> None:
     made = ops.create(store, config, "news", "Reader@Example.NET",
                       topics=[("Sports", "OPT_OUT")], attributes='{"Name": "John"}', at=100.0)
     assert (made.address, made.unsubscribe_all, dict(made.topics), made.attributes,
@@ -133,7 +142,7 @@ def test_create_get_update_delete(store: SQLiteContactStore, config: Config) -> 
     assert ops.get(store, config, "theirs", "reader@example.net").address == "reader@example.net"
 
 
-def test_every_call_wants_a_configured_list(store: SQLiteContactStore, config: Config) -> None:
+def test_every_call_wants_a_configured_list(store: ContactStore, config: Config) -> None:
     for call in (lambda: ops.get(store, config, "nope", "a@x.test"),
                  lambda: ops.create(store, config, "nope", "a@x.test"),
                  lambda: ops.update(store, config, "nope", "a@x.test"),
@@ -181,9 +190,10 @@ def test_every_call_wants_a_configured_list(store: SQLiteContactStore, config: C
     ({"attributes": json.dumps({"a": "x" * 4096})}, BadContact,
      "the attributes are 4105 characters; at most 4096"),
 ])
-def test_create_refuses_what_a_contact_cannot_hold(store: SQLiteContactStore, config: Config,
+def test_create_refuses_what_a_contact_cannot_hold(store: ContactStore, config: Config,
                                                    kwargs: dict[str, object],
                                                    error: type[Exception], message: str) -> None:
+    kwargs = dict(kwargs)  # the parameters are shared by both backends' runs
     address = str(kwargs.pop("address", "a@example.net"))
     with pytest.raises(error) as refused:
         ops.create(store, config, "news", address, **kwargs)  # type: ignore[arg-type]
@@ -193,7 +203,7 @@ def test_create_refuses_what_a_contact_cannot_hold(store: SQLiteContactStore, co
         assert refused.value.field in ("EmailAddress", "TopicPreferences", "AttributesData")
 
 
-def test_the_largest_attributes_are_taken(store: SQLiteContactStore, config: Config) -> None:
+def test_the_largest_attributes_are_taken(store: ContactStore, config: Config) -> None:
     largest = json.dumps({"a": "é" * (ops.MAX_ATTRIBUTES - 9)}, ensure_ascii=False)
     assert len(largest) == ops.MAX_ATTRIBUTES
     made = ops.create(store, config, "news", "a@example.net", attributes=largest)
@@ -201,7 +211,7 @@ def test_the_largest_attributes_are_taken(store: SQLiteContactStore, config: Con
 
 
 def test_a_lookup_of_an_address_that_cannot_be_stored_finds_nothing(
-        store: SQLiteContactStore, config: Config) -> None:
+        store: ContactStore, config: Config) -> None:
     for call in (ops.get, ops.delete):
         with pytest.raises(ContactNotFound):
             call(store, config, "news", "\udcff@x.test")
@@ -210,7 +220,7 @@ def test_a_lookup_of_an_address_that_cannot_be_stored_finds_nothing(
 # -- ListContacts ---------------------------------------------------------------------------
 
 
-def seed(store: SQLiteContactStore) -> None:
+def seed(store: ContactStore) -> None:
     """One contact for each case the filter tells apart."""
     rows = {
         "a-none@x.test": ContactChange("a-none@x.test"),
@@ -226,14 +236,14 @@ def seed(store: SQLiteContactStore) -> None:
     store.put_many("theirs", [ContactChange("a-none@x.test")], at=1.0)
 
 
-def listed(store: SQLiteContactStore, config: Config, **filters: object) -> list[str]:
+def listed(store: ContactStore, config: Config, **filters: object) -> list[str]:
     where = ops.make_filter(config, "news", **filters)  # type: ignore[arg-type]
     found = ops.page(store, config, "news", where=where, limit=100)
     assert found.next_cursor is None
     return [contact.address.split("@")[0] for contact in found.items]
 
 
-def test_list_contacts_filters_as_ses_describes(store: SQLiteContactStore,
+def test_list_contacts_filters_as_ses_describes(store: ContactStore,
                                                config: Config) -> None:
     seed(store)
     everyone = ["a-none", "b-sports-out", "c-sports-in", "d-all-out", "e-all-out-sports-in",
@@ -266,7 +276,7 @@ def test_list_contacts_filters_as_ses_describes(store: SQLiteContactStore,
         ops.make_filter(config, "news", status="IN")
 
 
-def test_list_contacts_pages_with_a_cursor(store: SQLiteContactStore, config: Config) -> None:
+def test_list_contacts_pages_with_a_cursor(store: ContactStore, config: Config) -> None:
     seed(store)
     seen: list[str] = []
     cursor = None
@@ -301,17 +311,27 @@ contact_changes = st.builds(
                            st.sampled_from(["OPT_IN", "OPT_OUT"])))
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 @settings(max_examples=examples(300), deadline=None)
 @given(changes=st.lists(contact_changes, max_size=8),
        status=st.sampled_from([None, "OPT_IN", "OPT_OUT"]),
        topic=st.sampled_from([None, "Sports", "Cycling", "daily"]),
        use_default=st.booleans())
 def test_the_stores_filter_is_the_one_described(tmp_path_factory: pytest.TempPathFactory,
+                                                request: pytest.FixtureRequest, backend: str,
                                                 changes: list[ContactChange],
                                                 status: str | None, topic: str | None,
                                                 use_default: bool) -> None:
+    """SQLite answers with ContactFilter.sql(), Redis with ContactFilter.matches: both
+    list what the filter's description says."""
     config = make_config(tmp_path_factory.mktemp("filter"))
-    store = SQLiteContactStore(config.state_path)
+    store: ContactStore
+    if backend == "redis":
+        # One server for every example; a key prefix of its own keeps each apart.
+        server = request.getfixturevalue("redis_server")
+        store = RedisContactStore.from_url(server.url, prefix=f"{uuid.uuid4().hex}:")
+    else:
+        store = SQLiteContactStore(config.state_path)
     try:
         store.put_many("news", changes, at=1.0)
         where = ops.make_filter(config, "news", status=status, topic=topic,
@@ -378,7 +398,7 @@ GUIDE_JSON = """\
 
 
 @pytest.mark.parametrize(("fmt", "text"), [("csv", GUIDE_CSV), ("json", GUIDE_JSON)])
-def test_the_guides_import_examples_are_read(store: SQLiteContactStore, config: Config,
+def test_the_guides_import_examples_are_read(store: ContactStore, config: Config,
                                              fmt: str, text: str) -> None:
     checked = ops.read_file(config, "news", text, "contacts", fmt)
     assert (checked.bad, checked.problems, checked.duplicates) == (0, [], 0)
@@ -391,7 +411,7 @@ def test_the_guides_import_examples_are_read(store: SQLiteContactStore, config: 
         True, {"Sports": "OPT_OUT", "Cycling": "OPT_OUT"}, "{}")
 
 
-def test_an_import_reports_each_bad_row_and_takes_the_good(store: SQLiteContactStore,
+def test_an_import_reports_each_bad_row_and_takes_the_good(store: ContactStore,
                                                           config: Config) -> None:
     ops.create(store, config, "news", "kept@x.test", topics=[("daily", "OPT_IN")],
                attributes='{"keep": true}', at=1.0)
@@ -487,7 +507,7 @@ def test_a_csv_header_that_cannot_be_read_imports_nothing(config: Config, header
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json"])
-def test_an_export_imports_back_as_it_was(tmp_path: Path, store: SQLiteContactStore,
+def test_an_export_imports_back_as_it_was(tmp_path: Path, store: ContactStore,
                                           config: Config, fmt: str) -> None:
     seed(store)
     ops.update(store, config, "news", "a-none@x.test",

@@ -1,9 +1,10 @@
 """Contact lists: the header a message names them with, what the configuration allows,
-and the contacts' preferences on real SQLite."""
+and the contacts' preferences on each backend of store.backend (real SQLite, and a
+real Redis: tests/redis_server.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from smtprelay.config import Config, ConfigError
 from smtprelay.mail.headers import HeaderField, parse_header_section
 from smtprelay.mail.replies import Reply
 from smtprelay.policy.contacts import (
+    ContactChange,
     ContactStore,
     ListOptions,
     SQLiteContactStore,
@@ -21,6 +23,8 @@ from smtprelay.policy.contacts import (
     scope_set,
     set_scope,
 )
+from smtprelay.policy.contacts_redis import RedisContactStore
+from tests.redis_server import RedisServer, on_backend
 
 CONFIG = """
 listeners: [{name: s, port: 2587, tls: none}]
@@ -49,12 +53,11 @@ def problems(tmp_path: Path, text: str) -> list[str]:
     return info.value.problems
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteContactStore]:
-    s = SQLiteContactStore(tmp_path / "state.db")
-    s.open()
-    yield s
-    s.close()
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ContactStore]:
+    """Each backend of store.backend: the state database, and Redis for a cluster."""
+    yield from on_backend(request, lambda: SQLiteContactStore(tmp_path / "state.db"),
+                          RedisContactStore.from_url)
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -225,12 +228,12 @@ def test_a_sets_implicit_list_cannot_be_a_configured_one() -> None:
 
 # --- contacts ------------------------------------------------------------------------------
 
-def test_is_a_contact_store(store: SQLiteContactStore) -> None:
+def test_is_a_contact_store(store: ContactStore) -> None:
     typed: ContactStore = store  # mypy checks the protocol; this keeps it used
     assert typed.get("news", "a@example.net") is None
 
 
-def test_recipients_become_contacts_once(store: SQLiteContactStore) -> None:
+def test_recipients_become_contacts_once(store: ContactStore) -> None:
     assert store.contacts("news", ["a@example.net"]) == {}  # looking creates nothing
     made = store.contacts("news", ["a@Example.NET", "b@example.net"], create_at=100.0)
     assert set(made) == {"a@Example.NET", "b@example.net"}
@@ -244,7 +247,7 @@ def test_recipients_become_contacts_once(store: SQLiteContactStore) -> None:
 
 
 def test_unsubscribing_from_a_topic_then_from_the_list(tmp_path: Path,
-                                                       store: SQLiteContactStore) -> None:
+                                                       store: ContactStore) -> None:
     news = load(tmp_path, CONFIG).contact_lists["news"]
     sports, daily = news.topics
     store.contacts("news", ["a@example.net"], create_at=100.0)
@@ -263,7 +266,7 @@ def test_unsubscribing_from_a_topic_then_from_the_list(tmp_path: Path,
     assert not whole.receives(None)
 
 
-def test_unsubscribing_someone_who_was_no_contact_makes_one(store: SQLiteContactStore
+def test_unsubscribing_someone_who_was_no_contact_makes_one(store: ContactStore
                                                             ) -> None:
     before, after = store.unsubscribe(set_scope("marketing"), "x@example.net", None, at=5.0)
     assert before is None and after.unsubscribe_all and after.created_at == 5.0
@@ -282,3 +285,135 @@ def test_the_daemon_and_the_cli_share_the_table(tmp_path: Path) -> None:
     finally:
         daemon.close()
         cli.close()
+
+
+def test_two_nodes_on_one_redis_share_the_contacts(redis_url: str) -> None:
+    """store: redis: an unsubscribe on one node is what every node's next list message
+    finds (with the SQLite store, each node had its own)."""
+    a = RedisContactStore.from_url(redis_url)
+    b = RedisContactStore.from_url(redis_url)
+    try:
+        a.contacts("news", ["a@example.net"], create_at=1.0)
+        b.unsubscribe("news", "a@EXAMPLE.net", "sports", at=2.0)
+        found = a.contacts("news", ["a@example.net", "new@example.net"], create_at=3.0)
+        assert dict(found["a@example.net"].topics) == {"sports": "OPT_OUT"}
+        assert found["a@example.net"].created_at == 1.0
+        assert b.get("news", "new@example.net") == found["new@example.net"]
+        # Another prefix (another cluster on the same Redis) is apart.
+        other = RedisContactStore.from_url(redis_url, prefix="elsewhere:")
+        assert other.get("news", "a@example.net") is None
+        other.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_list_message_is_at_most_two_round_trips(redis_url: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The send path asks Redis once for all its recipients, and once more only to
+    create those who are no contacts yet, however many there are."""
+    import redis.connection
+
+    store = RedisContactStore.from_url(redis_url)
+    sent: list[int] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: redis.connection.AbstractConnection, command: object,
+                 check_health: bool = True) -> None:
+        sent.append(1)
+        original(self, command, check_health)  # type: ignore[arg-type]
+
+    try:
+        store.get("news", "warm@example.net")  # connect (and its handshake) first
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command",
+                            counting)
+        rcpts = [f"u{i}@example.net" for i in range(500)]
+        assert len(store.contacts("news", rcpts, create_at=1.0)) == 500
+        assert len(sent) == 2
+        sent.clear()
+        store.unsubscribe("news", "u7@example.net", None, at=2.0)
+        sent.clear()
+        found = store.contacts("news", [*rcpts, "x@example.net"], create_at=3.0)
+        assert len(sent) == 2 and not found["u7@example.net"].receives(None)
+        sent.clear()
+        assert len(store.contacts("news", rcpts, create_at=4.0)) == 500
+        assert len(sent) == 1  # all known: one read, nothing written
+    finally:
+        store.close()
+
+
+def test_concurrent_changes_of_one_contact_all_hold(redis_url: str) -> None:
+    """Two nodes changing one contact at once: each change is computed from the contact
+    as it is when written, so neither undoes the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stores = [RedisContactStore.from_url(redis_url) for _ in range(4)]
+    topics = [f"t{i}" for i in range(40)]
+
+    def work(n: int) -> None:
+        for topic in topics[n::4]:
+            stores[n].unsubscribe("news", "a@example.net", topic, at=float(n))
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))  # raises what a thread raised
+    try:
+        contact = stores[0].get("news", "a@example.net")
+        assert contact is not None and sorted(contact.topics) == sorted(topics)
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_change_made_between_the_read_and_the_write_is_kept(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An import computes each contact from what it read; one unsubscribed by another
+    node meanwhile is read and computed again, so the unsubscribe is not undone."""
+    store = RedisContactStore.from_url(redis_url)
+    other = RedisContactStore.from_url(redis_url)
+    try:
+        store.put_many("news", [ContactChange("a@example.net", attributes='{"v": 1}')], at=1.0)
+        reads: list[list[str]] = []
+        original = store._lists.get_many  # the race comes right after this read
+
+        def racing(name: str, keys: Sequence[str]) -> list[bytes | None]:
+            values = original(name, keys)
+            if not reads:
+                other.unsubscribe("news", "a@example.net", None, at=2.0)
+            reads.append(list(keys))
+            return values
+
+        monkeypatch.setattr(store._lists, "get_many", racing)
+        assert store.put_many("news", [ContactChange("a@example.net", attributes='{"v": 2}')],
+                              at=3.0) == (0, 1)
+        assert reads == [["a@example.net"], ["a@example.net"]]
+        contact = store.get("news", "a@example.net")
+        assert contact is not None and contact.unsubscribe_all
+        assert (contact.attributes, contact.updated_at) == ('{"v": 2}', 3.0)
+    finally:
+        store.close()
+        other.close()
+
+
+def test_contacts_survive_a_redis_crash_with_the_documented_persistence() -> None:
+    """docs/cluster.md: with appendonly yes a Redis restart keeps the contacts, so a
+    person who unsubscribed stays unsubscribed (kill -9, started again on its files)."""
+    server = RedisServer(durable=True).start()
+    try:
+        store = RedisContactStore.from_url(server.url)
+        store.contacts("news", [f"u{i}@example.net" for i in range(300)], create_at=1.0)
+        store.unsubscribe("news", "u5@example.net", None, at=2.0)
+        store.unsubscribe("news", "u6@example.net", "daily", at=3.0)
+        store.close()
+        server.crash()
+        server.start()
+        store = RedisContactStore.from_url(server.url)
+        assert store.count("news") == 300
+        left = store.get("news", "u5@example.net")
+        assert left is not None and left.unsubscribe_all and left.updated_at == 2.0
+        topic = store.get("news", "u6@example.net")
+        assert topic is not None and dict(topic.topics) == {"daily": "OPT_OUT"}
+        assert [c.address for c in store.page("news", limit=2, after="u4@example.net")] == [
+            "u50@example.net", "u51@example.net"]
+        store.close()
+    finally:
+        server.stop()
