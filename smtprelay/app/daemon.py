@@ -54,6 +54,7 @@ from smtprelay.spool.store import Spool
 from smtprelay.state import nodes
 from smtprelay.state.api import StateUnavailable
 from smtprelay.state.channel import ChannelServer
+from smtprelay.state.leases import RedisLeases
 from smtprelay.state.local import LocalState
 from smtprelay.state.nodes import HEARTBEAT, AcceptedRate
 from smtprelay.state.redis import RedisState, blocking_client, redacted
@@ -155,6 +156,9 @@ class Relay:
         self._store_problem: str | None = None
         self._accepted = AcceptedRate()
         self._store_task: asyncio.Task[None] | None = None
+        # With store: redis, the delivery pool's connection leases and their renewal.
+        self.leases: RedisLeases | None = None
+        self._leases_task: asyncio.Task[None] | None = None
         self._held_task: asyncio.Task[None] | None = None
         self._depth_task: asyncio.Task[None] | None = None
         self._purge_task: asyncio.Task[None] | None = None
@@ -427,9 +431,13 @@ class Relay:
             log.info("delivery mode=capture directory=%s", self.config.capture_dir)
             return CaptureTransport(self.config.capture_dir)
         resolver = MXResolver(delivery.dns.nameservers or None, timeout=delivery.dns.timeout)
+        if isinstance(self.shared, RedisState):
+            # The per-destination limits hold across the cluster (state.leases).
+            self.leases = self.shared.leases(self.config.store.lease_ttl)
+            self._leases_task = asyncio.create_task(self.leases.run())
         pool = ConnectionPool(max_connections=delivery.max_connections,
                               max_per_domain=delivery.max_connections_per_domain,
-                              idle_timeout=delivery.idle_timeout)
+                              idle_timeout=delivery.idle_timeout, leases=self.leases)
         self.transport = SMTPTransport(self.live, resolver, pool)
         if delivery.mode == "smarthost" and delivery.smarthost is not None:
             host = delivery.smarthost
@@ -513,6 +521,11 @@ class Relay:
             await self.mail_from.stop()
         if self.transport is not None:
             await self.transport.close()
+        # After the transport: closing its sessions gives their leases back.
+        if self._leases_task is not None:
+            self._leases_task.cancel()
+        if self.leases is not None:
+            await self.leases.close()
         if self.publisher is not None:
             await self.publisher.stop()
         if self.http is not None:

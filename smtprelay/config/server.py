@@ -299,6 +299,10 @@ class StoreConfig(Model):
     key_prefix: str = Field(default="smtprelay:", min_length=1, max_length=100)
     # How long a Redis call may take before the relay answers with a temporary reply.
     timeout: Duration = 2.0
+    # How long a node's lease on an outbound connection slot lasts unless renewed
+    # (every third of it): a node that dies frees its share of each destination's
+    # connection limit within this (smtprelay.state.leases).
+    lease_ttl: Duration = 30.0
     # Free space on data_dir's file system kept for the spool (Postfix's
     # queue_minfree, turned round): the feedback inbox refuses a report with 452
     # 4.3.1 rather than leave less than this free, so reports cannot take the room
@@ -313,6 +317,8 @@ class StoreConfig(Model):
         if self.url is not None and not self.url.startswith(("redis://", "rediss://",
                                                              "unix://")):
             raise ValueError("url must start with redis://, rediss:// or unix://")
+        if self.lease_ttl < 1:
+            raise ValueError("lease_ttl must be at least 1s (it is renewed every third)")
         return self
 
 

@@ -15,12 +15,20 @@ and at most `max_age` seconds after it was opened, so a message to the same host
 skips TCP, greeting, EHLO and the TLS handshake. Keys are per address rather than
 per domain, so domains hosted on the same MX (every Google Workspace domain) share
 sessions, as Postfix's connection cache does by address.
+
+In a cluster (`store: redis`) each new session also holds a lease on its slot
+(state.leases) for as long as it is open, in use or idle, so the per-domain limit
+counts every node's connections as the receiver sees them. Taking an idle session
+needs no new lease. A node refused one closes its own idle sessions to the slot
+first, then asks again after a short random wait; the slot's semaphore has already
+bounded how many of its deliveries ask at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
 from dataclasses import dataclass
@@ -28,8 +36,13 @@ from typing import Any
 
 from smtprelay.delivery.client import Connection
 from smtprelay.infra import metrics
+from smtprelay.state.leases import Lease, Leases
 
 _REAP_EVERY = 1.0
+# Between two asks for a lease: random within [MIN, wait], the wait doubling up to MAX,
+# so waiting nodes neither hammer Redis nor ask in step.
+_LEASE_WAIT_MIN = 0.025
+_LEASE_WAIT_MAX = 0.25
 
 
 @dataclass(slots=True)
@@ -46,7 +59,8 @@ class _Gate:
 
 class ConnectionPool:
     def __init__(self, *, max_connections: int, max_per_domain: int, idle_timeout: float = 5.0,
-                 max_age: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_age: float = 300.0, clock: Callable[[], float] = time.monotonic,
+                 leases: Leases | None = None) -> None:
         self.max_connections = max_connections
         self.max_per_domain = max_per_domain
         self.idle_timeout = idle_timeout
@@ -60,6 +74,8 @@ class ConnectionPool:
         self._closing: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._stopped = False
+        self._leases = leases  # None: one node, the slots' semaphores are the limit
+        self._lease_of: dict[Connection, Lease] = {}
 
     # ------------------------------------------------------------------ figures
 
@@ -127,27 +143,46 @@ class ConnectionPool:
             entries = self._idle.get(key)
         return None
 
-    async def reserve(self) -> None:
-        """Count a new session against max_connections, evicting an idle one if needed."""
-        async with self._changed:
-            while self._open >= self.max_connections:
-                if self._evict_oldest():
-                    break  # its place is ours: _open stays as it is
-                await self._changed.wait()
-            else:
-                self._open += 1
-        metrics.OUTBOUND_CONNECTIONS.set(self._open)
+    async def reserve(self, slot: str | None = None, limit: int = 0) -> Lease | None:
+        """Count a new session against max_connections, evicting an idle one if needed.
 
-    async def unreserve(self) -> None:
+        With cluster leases, first wait for one of `slot`'s `limit` leases: the caller
+        hands it to opened() with the session, or back to unreserve().
+        """
+        lease = None
+        if self._leases is not None and slot is not None:
+            lease = await self._lease(self._leases, slot, limit)
+        try:
+            async with self._changed:
+                while self._open >= self.max_connections:
+                    if self._evict_oldest():
+                        break  # its place is ours: _open stays as it is
+                    await self._changed.wait()
+                else:
+                    self._open += 1
+        except BaseException:
+            self._give_back(lease)
+            raise
+        metrics.OUTBOUND_CONNECTIONS.set(self._open)
+        return lease
+
+    def opened(self, conn: Connection, lease: Lease | None) -> None:
+        """The session reserve() counted is open: its lease lasts as long as it does."""
+        if lease is not None:
+            self._lease_of[conn] = lease
+
+    async def unreserve(self, lease: Lease | None = None) -> None:
         """A reserved session never opened (connect failed): give its place back."""
         self._open -= 1
         metrics.OUTBOUND_CONNECTIONS.set(self._open)
+        self._give_back(lease)
         await self._notify()
 
     async def release(self, key: Hashable, conn: Connection) -> None:
         """After a transaction: keep the session for the next message, or close it."""
         now = self._clock()
-        if (self._stopped or not conn.reusable or now - conn.opened_at >= self.max_age):
+        if (self._stopped or not conn.reusable or now - conn.opened_at >= self.max_age
+                or not self._may_keep(conn)):
             self._discard(conn)
         else:
             self._idle.setdefault(key, []).append(_Idle(conn, now))
@@ -181,12 +216,55 @@ class ConnectionPool:
         self._open -= 1
         metrics.OUTBOUND_CONNECTIONS.set(self._open)
         self._in_background(conn.close())
+        self._give_back(self._lease_of.pop(conn, None))
 
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+    def _may_keep(self, conn: Connection) -> bool:
+        lease = self._lease_of.get(conn)
+        return lease is None or self._leases is None or self._leases.keep(lease)
+
+    def _give_back(self, lease: Lease | None) -> None:
+        if lease is not None and self._leases is not None:
+            self._in_background(self._leases.release(lease))
+
+    async def _lease(self, leases: Leases, slot: str, limit: int) -> Lease:
+        wait = _LEASE_WAIT_MIN
+        while True:  # as long as the slot is full: a semaphore's wait, polled
+            lease = await leases.try_acquire(slot, limit)
+            if lease is not None:
+                return lease
+            own = self._idle_leased(slot)
+            if own is not None:
+                # Ours to free at once: give it back before asking again.
+                conn, held = own
+                self._open -= 1
+                metrics.OUTBOUND_CONNECTIONS.set(self._open)
+                self._in_background(conn.close())
+                # Shielded: a cancelled wait must still give the lease back.
+                await asyncio.shield(self._in_background(leases.release(held)))
+                await self._notify()
+                continue
+            await asyncio.sleep(random.uniform(_LEASE_WAIT_MIN, wait))
+            wait = min(_LEASE_WAIT_MAX, wait * 2)
+
+    def _idle_leased(self, slot: str) -> tuple[Connection, Lease] | None:
+        """Take out of the cache an idle session holding a lease on `slot`."""
+        for key, entries in self._idle.items():
+            for index, entry in enumerate(entries):
+                lease = self._lease_of.get(entry.conn)
+                if lease is not None and lease.slot == slot:
+                    del entries[index]
+                    if not entries:
+                        del self._idle[key]
+                    del self._lease_of[entry.conn]
+                    return entry.conn, lease
+        return None
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         # Kept referenced until done (the loop holds tasks weakly); close() waits for them.
         task = asyncio.get_running_loop().create_task(work)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        return task
 
     def _evict_oldest(self) -> bool:
         oldest_key: Hashable | None = None
@@ -201,6 +279,7 @@ class ConnectionPool:
         if not entries:
             del self._idle[oldest_key]
         self._in_background(oldest.conn.close())
+        self._give_back(self._lease_of.pop(oldest.conn, None))
         return True
 
     async def _notify(self) -> None:

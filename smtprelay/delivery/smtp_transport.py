@@ -186,19 +186,20 @@ class SMTPTransport:
                 else:
                     await self._pool.release(key, conn)
                     return results
-            await self._pool.reserve()
+            lease = await self._pool.reserve(route.slot, route.limit)
             try:
                 conn = await Connection.open(destination, route.settings)
             except ConnectError as exc:
-                await self._pool.unreserve()
+                await self._pool.unreserve(lease)
                 metrics.OUTBOUND_CONNECTS.labels(result="failed").inc()
                 log.info("%s unusable: %s", f"{destination.host} [{destination.address}]",
                          exc.diagnostic)
                 errors.append(exc)
                 continue
             except BaseException:
-                await self._pool.unreserve()
+                await self._pool.unreserve(lease)
                 raise
+            self._pool.opened(conn, lease)
             metrics.OUTBOUND_CONNECTS.labels(result="ok").inc()
             try:
                 results = await conn.send(txn)

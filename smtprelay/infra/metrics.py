@@ -106,6 +106,10 @@ QUEUE_AGE_SECONDS = Histogram(
 OUTBOUND_CONNECTIONS = Gauge(
     "smtprelay_outbound_connections", "Outbound SMTP sessions open (in use and idle)"
 )
+OUTBOUND_LEASES = Gauge(
+    "smtprelay_outbound_leases",
+    "Cluster connection leases this node holds (store: redis; one per open session)",
+)
 OUTBOUND_CONNECTS = Counter(
     "smtprelay_outbound_connects_total", "Outbound connection attempts by result", ["result"]
 )

@@ -55,6 +55,14 @@ async def beat(client: aioredis.Redis, prefix: str, node: str,
         await pipe.execute()
 
 
+async def alive(client: aioredis.Redis, prefix: str) -> int:
+    """How many nodes have a live heartbeat."""
+    names = cast(set[bytes], await client.smembers(_names(prefix)))
+    if not names:
+        return 0
+    return int(await client.exists(*(_key(prefix, n.decode()) for n in names)))
+
+
 def nodes(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     """Every node that ever beat (until forgotten), by name; `alive` False for one whose
     heartbeat expired."""

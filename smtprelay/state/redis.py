@@ -16,6 +16,9 @@ What lives where (the issue's "say per piece what a failover may lose"):
   instead of shrinking the account's quota for a day.
 - AUTH lockout: failures per key in a sorted set over the window, locks as keys that
   expire by themselves.
+- Outbound connection leases (state.leases): a sorted set of holders per destination,
+  each expiring TTL after its last renewal. A failover may lose them for a moment:
+  the next renewal writes them back.
 - SMTP connection counts are the node's own (limits.max_connections protects the
   node's sockets and memory), kept in memory as by the local backend.
 
@@ -40,6 +43,7 @@ from smtprelay.state.api import (
     SendVerdict,
     StateUnavailable,
 )
+from smtprelay.state.leases import LEASE_TTL, RedisLeases
 from smtprelay.state.local import LocalState
 from smtprelay.state.usage import MINUTE, WINDOW
 
@@ -231,6 +235,10 @@ class RedisState:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+    def leases(self, ttl: float = LEASE_TTL) -> RedisLeases:
+        """The node's outbound connection leases, on this state's server and prefix."""
+        return RedisLeases(self._redis, node=self._node, prefix=self._prefix, ttl=ttl)
 
     async def heartbeat(self, status: dict[str, Any]) -> None:
         """This node's heartbeat, for `smtprelay cluster status` (state.nodes)."""

@@ -1,21 +1,24 @@
 """Two relay nodes (real `smtprelay serve` processes, each with its own data_dir and
 spool) sharing one real Redis server through `store: {backend: redis}`: an account's
-rate and AUTH lockout hold across the nodes, and so do suppressions, pauses and
-contact-list unsubscribes; Redis going away gives temporary replies and nothing over a
-limit, and its return needs no restart."""
+rate, AUTH lockout and per-destination connection limit hold across the nodes, and so
+do suppressions, pauses and contact-list unsubscribes; Redis going away gives temporary
+replies and nothing over a limit, and its return needs no restart."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
+import signal
 import smtplib
 import sqlite3
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,10 +26,12 @@ from typing import Any
 import pytest
 
 from smtprelay.spool.store import get_message, open_for_cli
+from tests.dnsserver import TestDNSServer
 from tests.e2e.test_contact_lists import HOST, one_click
 from tests.peers.haproxy import HAPROXY, HAProxy, Route
 from tests.redis_server import RedisServer
-from tests.support import DaemonProcess, client_context, message, spooled
+from tests.sinks import SinkFactory
+from tests.support import DaemonProcess, client_context, message, metric, spooled
 
 QUOTA = {"acme": {"identities": ["example.com"], "default_configuration_set": "transactional",
                   "quota": {"max_send_rate": 0.001, "burst": 6, "max_24h_send": 1000}}}
@@ -380,3 +385,186 @@ def test_twenty_senders_through_haproxy_to_two_nodes_never_pass_rate_plus_burst(
     sources = {re.search(rb"\(\[(127\.0\.0\.\d+)\]\)", m["data"]).group(1)  # type: ignore[union-attr]
                for m in stored}
     assert sources and b"127.0.0.1" not in sources
+
+
+# ------------------------------------------------------------ connection limits
+
+class CountingMX:
+    """The MX of example.net on 127.0.0.1: counts the connections open at once (all, and
+    per client by its EHLO name, which is each node's server.hostname) and holds every
+    transaction `hold` seconds before answering the final ".", so they overlap."""
+
+    def __init__(self, sinks: SinkFactory, hold: float) -> None:
+        self.hold = hold
+        self._lock = threading.Lock()
+        self.open = 0
+        self.peak = 0
+        self.open_by: Counter[str] = Counter()
+        self.peak_by: Counter[str] = Counter()  # since reset_peaks()
+        self.subjects_by: defaultdict[str, set[str]] = defaultdict(set)
+        self.port = sinks.raw(self._serve).port
+
+    def opened(self, client: str) -> int:
+        with self._lock:
+            return self.open_by[client]
+
+    def reset_peaks(self) -> None:
+        with self._lock:
+            self.peak_by = Counter(self.open_by)
+
+    def peak_of(self, client: str) -> int:
+        with self._lock:
+            return self.peak_by[client]
+
+    def delivered(self, client: str) -> set[str]:
+        with self._lock:
+            return set(self.subjects_by[client])
+
+    async def _serve(self, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        with self._lock:
+            self.open += 1
+            self.peak = max(self.peak, self.open)
+        client: str | None = None
+        try:
+            writer.write(b"220 mx.example.net ESMTP\r\n")
+            while line := await reader.readline():
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO") and client is None:
+                    client = line.split()[1].decode()
+                    with self._lock:
+                        self.open_by[client] += 1
+                        self.peak_by[client] = max(self.peak_by[client],
+                                                   self.open_by[client])
+                    writer.write(b"250 mx.example.net\r\n")
+                elif verb == b"DATA":
+                    writer.write(b"354 go on\r\n")
+                    subject = None
+                    while (body := await reader.readline()) not in (b".\r\n", b""):
+                        if body.startswith(b"Subject: "):
+                            subject = body[9:].strip().decode()
+                    if not body:
+                        break
+                    await asyncio.sleep(self.hold)
+                    with self._lock:
+                        self.subjects_by[client or "?"].add(subject or "?")
+                    writer.write(b"250 2.0.0 queued\r\n")
+                elif verb == b"QUIT":
+                    writer.write(b"221 bye\r\n")
+                    await writer.drain()
+                    break
+                else:
+                    writer.write(b"250 ok\r\n")
+                await writer.drain()
+        finally:
+            with self._lock:
+                self.open -= 1
+                if client is not None:
+                    self.open_by[client] -= 1
+
+
+def delivering_node(tmp_path: Path, name: str, url: str, dns: TestDNSServer,
+                    mx: CountingMX, lease_ttl: str = "30s") -> DaemonProcess:
+    return node(tmp_path, name, url, server={"hostname": f"{name}.relay.test"},
+                store={"backend": "redis", "url": url, "node": name, "lease_ttl": lease_ttl},
+                delivery={"mode": "mx", "port": mx.port, "max_connections_per_domain": 4,
+                          "dns": {"nameservers": [dns.nameserver], "timeout": "2s"},
+                          "retry": {"first": "1s", "max_interval": "2s"},
+                          "connect_timeout": "3s", "command_timeout": "10s",
+                          "idle_timeout": "2s"})
+
+
+def send_many(daemon: DaemonProcess, cred: dict[str, str], subjects: list[str]) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(lambda s: send(daemon, cred, s), subjects)) == {250}
+
+
+def until(check: Callable[[], bool], timeout: float) -> float:
+    """Seconds until `check()` holds; fails past `timeout`."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, "not within the time allowed"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+def example_net_mx(dns_server: TestDNSServer) -> TestDNSServer:
+    dns_server.add("example.net", "MX", "10 mx.example.net.", ttl=60)
+    dns_server.add("mx.example.net", "A", "127.0.0.1", ttl=60)
+    return dns_server
+
+
+def test_a_destinations_connection_limit_holds_across_both_nodes(
+        tmp_path: Path, redis_server: RedisServer, redis_url: str, sinks: SinkFactory,
+        example_net_mx: TestDNSServer, nodes: list[DaemonProcess]) -> None:
+    mx = CountingMX(sinks, hold=0.3)
+    a = delivering_node(tmp_path, "a", redis_url, example_net_mx, mx)
+    b = delivering_node(tmp_path, "b", redis_url, example_net_mx, mx)
+    nodes += [a, b]
+    cred = credential(a)
+    sent = {name: [f"{name}{n}" for n in range(24)] for name in ("a", "b")}
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda d: send_many(d, cred, sent[d.config.store.node]), (a, b)))
+    until(lambda: all(mx.delivered(f"{n}.relay.test") == set(sent[n]) for n in sent), 60)
+    # Each node alone may have 4: together they never passed 4, and both delivered.
+    assert 2 < mx.peak <= 4, mx.peak
+    # Idle sessions close after delivery.idle_timeout, and their leases go with them.
+    until(lambda: redis_server.cli("ZCARD", "smtprelay:lease:{example.net}")
+          .stdout.strip() == "0", 10)
+    assert metric(a, "smtprelay_outbound_leases") == 0
+
+
+def test_a_node_killed_mid_delivery_frees_its_connections_within_the_lease_ttl(
+        tmp_path: Path, redis_url: str, sinks: SinkFactory,
+        example_net_mx: TestDNSServer, nodes: list[DaemonProcess]) -> None:
+    ttl = 3.0
+    mx = CountingMX(sinks, hold=1.0)
+    a = delivering_node(tmp_path, "a", redis_url, example_net_mx, mx, lease_ttl="3s")
+    b = delivering_node(tmp_path, "b", redis_url, example_net_mx, mx, lease_ttl="3s")
+    nodes += [a, b]
+    cred = credential(a)
+    send_many(a, cred, [f"a{n}" for n in range(40)])  # 10 s of work at 4 at a time
+    until(lambda: mx.opened("a.relay.test") == 4, 20)
+    from_b = [f"b{n}" for n in range(16)]
+    send_many(b, cred, from_b)
+    # B's deliveries wait: node A holds every lease.
+    assert mx.opened("a.relay.test") == 4 and mx.opened("b.relay.test") == 0
+    a.stop(signal.SIGKILL)
+    killed = time.monotonic()
+    # Its sockets closed with it, but its leases count until their TTL (renewed at
+    # most TTL/3 before the kill): then B takes all 4.
+    until(lambda: mx.opened("b.relay.test") == 4, ttl + 3)
+    assert time.monotonic() - killed >= ttl / 3, "A's leases did not outlive A"
+    until(lambda: mx.delivered("b.relay.test") == set(from_b), 30)
+    assert mx.peak <= 4, mx.peak
+
+
+def test_with_redis_away_a_node_delivers_its_queue_under_its_share_and_resumes(
+        tmp_path: Path, sinks: SinkFactory, example_net_mx: TestDNSServer,
+        nodes: list[DaemonProcess]) -> None:
+    own = RedisServer(durable=True).start()  # the credential outlives the crash
+    try:
+        mx = CountingMX(sinks, hold=1.0)
+        a = delivering_node(tmp_path, "a", own.url, example_net_mx, mx, lease_ttl="3s")
+        b = delivering_node(tmp_path, "b", own.url, example_net_mx, mx, lease_ttl="3s")
+        nodes += [a, b]
+        a.wait_log("leases: 2 nodes alive")
+        cred = credential(a)
+        queued = [f"a{n}" for n in range(30)]  # 7.5 s of work at 4 at a time
+        send_many(a, cred, queued)
+        own.crash()
+        a.wait_log("leases: redis not answering")
+        # Its share, 4 // 2 nodes: sessions past it close as their transactions end.
+        until(lambda: mx.opened("a.relay.test") <= 2, 10)
+        mx.reset_peaks()
+        until(lambda: mx.delivered("a.relay.test") == set(queued), 30)
+        assert 0 < mx.peak_of("a.relay.test") <= 2
+        assert a.log().count("leases: redis not answering") == 1
+        own.start()
+        a.wait_log("leases: redis answers again")
+        send_many(a, cred, ["after"])
+        until(lambda: "after" in mx.delivered("a.relay.test"), 10)
+        assert mx.peak <= 4
+    finally:
+        own.stop()

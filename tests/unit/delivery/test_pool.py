@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from smtprelay.delivery.client import ClientSettings, Connection
 from smtprelay.delivery.pool import ConnectionPool
+from smtprelay.state.leases import Lease
 from tests.sinks import SinkFactory, SmtpSink
 from tests.unit.delivery.kit import MonotonicClock, has_sample, sample, wait_until
 
@@ -50,7 +52,7 @@ async def pool(clock: MonotonicClock) -> AsyncIterator[ConnectionPool]:
     await p.close()
 
 
-async def blocked(task: asyncio.Task[None], for_seconds: float = 0.05) -> bool:
+async def blocked(task: asyncio.Task[Any], for_seconds: float = 0.05) -> bool:
     """True when `task` is still waiting after a short while."""
     await asyncio.sleep(for_seconds)
     return not task.done()
@@ -441,3 +443,84 @@ async def test_domain_slots_go_to_waiters_in_arrival_order(pool: ConnectionPool)
     assert order == [0, 1, 2, 3, 4]
     assert pool.active("busy.test") == 0
     assert "busy.test" not in pool._gates  # forgotten once nobody holds or waits
+
+
+# ------------------------------------------------------------------ cluster leases
+
+class Holders:
+    """Leases as a cluster's store keeps them (state.leases.RedisLeases in Redis): one
+    set of holders per slot, shared by every node's pool."""
+
+    def __init__(self) -> None:
+        self.slots: dict[str, set[str]] = {}
+        self._next = 0
+
+    async def try_acquire(self, slot: str, limit: int) -> Lease | None:
+        held = self.slots.setdefault(slot, set())
+        if len(held) >= limit:
+            return None
+        self._next += 1
+        held.add(str(self._next))
+        return Lease(slot, str(self._next), limit)
+
+    async def release(self, lease: Lease) -> None:
+        self.slots[lease.slot].discard(lease.member)
+
+    def keep(self, lease: Lease) -> bool:
+        return True
+
+
+async def open_leased(pool: ConnectionPool, sink: SmtpSink, slot: str,
+                      limit: int) -> Connection:
+    """What the transport does in a cluster: a place and a lease, then connect."""
+    lease = await pool.reserve(slot, limit)
+    conn = await Connection.open(sink.destination, settings(sink))
+    pool.opened(conn, lease)
+    return conn
+
+
+async def test_a_lease_lasts_as_long_as_its_session_in_use_or_idle(
+        sinks: SinkFactory, clock: MonotonicClock) -> None:
+    holders = Holders()
+    pool = ConnectionPool(max_connections=5, max_per_domain=5, idle_timeout=0.05,
+                          clock=clock, leases=holders)
+    sink = sinks.smtp()
+    conn = await open_leased(pool, sink, "example.net", 2)
+    await pool.release("k", conn)
+    assert len(holders.slots["example.net"]) == 1  # idle, still open: still held
+    assert pool.take_idle("k") is conn  # reused without a new lease
+    await pool.release("k", conn)
+    assert len(holders.slots["example.net"]) == 1
+    clock.advance(0.06)  # reaped: closed, and its lease given back
+    assert await wait_until(lambda: not holders.slots["example.net"])
+    assert await wait_until(lambda: quits(sink) == 1)
+    failed = await pool.reserve("example.net", 2)  # a connect that failed
+    await pool.unreserve(failed)
+    assert await wait_until(lambda: not holders.slots["example.net"])
+    await pool.close()
+
+
+async def test_refused_a_lease_a_node_closes_its_own_idle_session_to_the_slot(
+        sinks: SinkFactory) -> None:
+    holders = Holders()
+    pool = ConnectionPool(max_connections=5, max_per_domain=5, idle_timeout=60,
+                          leases=holders)
+    other_node = ConnectionPool(max_connections=5, max_per_domain=5, leases=holders)
+    sink = sinks.smtp()
+    theirs = await open_leased(other_node, sink, "example.net", 2)
+    ours = await open_leased(pool, sink, "example.net", 2)
+    await pool.release(("other address", "settings"), ours)  # idle under another key
+    # The slot is full (one each): our idle session is closed to make room, the other
+    # node's is not ours to close.
+    lease = await asyncio.wait_for(pool.reserve("example.net", 2), 1)
+    assert lease is not None and pool.idle_count == 0 and pool.open_count == 1
+    assert await wait_until(lambda: quits(sink) == 1)
+    assert holders.slots["example.net"] == {"1", lease.member}
+    # Full again, with nothing of ours idle: the next ask waits, and gets the lease the
+    # other node gives back.
+    waiting = asyncio.create_task(pool.reserve("example.net", 2))
+    assert await blocked(waiting, 0.3)
+    other_node.forget(theirs)
+    assert await asyncio.wait_for(waiting, 1) is not None
+    for node in (pool, other_node):
+        await node.close()
