@@ -19,6 +19,7 @@ from smtprelay.config.lists import (
 from smtprelay.config.loading import ENV_CONFIG, ConfigError, LoadedConfig, load_config
 from smtprelay.config.schema import Config
 from smtprelay.config.server import (
+    HTTPConfig,
     ImageProxyRule,
     LimitsConfig,
     ListenerConfig,
@@ -55,6 +56,7 @@ __all__ = [
     "Derived",
     "Duration",
     "EventDestinationConfig",
+    "HTTPConfig",
     "IdentityConfig",
     "ImageProxyRule",
     "LimitsConfig",

@@ -117,10 +117,14 @@ class ListenerConfig(Model):
 
     @model_validator(mode="after")
     def _proxies_are_named(self) -> ListenerConfig:
-        if self.proxy_protocol and not self.trusted_proxies:
-            raise ValueError("proxy_protocol needs trusted_proxies: the load balancers' "
-                             "addresses (for example [10.0.0.0/24])")
+        _need_trusted_proxies(self.proxy_protocol, self.trusted_proxies)
         return self
+
+
+def _need_trusted_proxies(proxy_protocol: bool, trusted_proxies: list[str]) -> None:
+    if proxy_protocol and not trusted_proxies:
+        raise ValueError("proxy_protocol needs trusted_proxies: the load balancers' "
+                         "addresses (for example [10.0.0.0/24])")
 
 
 class LimitsConfig(Model):
@@ -232,8 +236,16 @@ class HTTPConfig(Model):
     # pixel) but make no event: old mail re-opened years later is not engagement
     # worth reporting, and a leaked link cannot be replayed forever into the stats.
     tracking_window: Duration = 60 * 86400.0
-    # Proxies and CDNs whose X-Forwarded-For / Forwarded headers are believed.
+    # Proxies and CDNs whose X-Forwarded-For / Forwarded headers are believed, and
+    # with proxy_protocol the load balancers that may connect at all.
     trusted_proxies: list[Network] = Field(default_factory=list)
+    # Behind a load balancer in TCP mode: every connection to listen and tls_listen
+    # starts with a PROXY protocol header (v1 or v2; HAProxy's send-proxy /
+    # send-proxy-v2), before the TLS handshake, naming the real client, whose address
+    # is then the one machine detection, engagement events and the logs see. Only a
+    # peer in trusted_proxies may connect: others are closed unanswered. One list for
+    # both: a peer that may name the client in a header is trusted either way.
+    proxy_protocol: bool = False
     # A connection must deliver a whole request head (and a POST body) this soon
     # after it opened or after the previous response, else it is closed; also the
     # idle keep-alive limit. Slow clients (slowloris) cannot hold sockets longer.
@@ -265,6 +277,11 @@ class HTTPConfig(Model):
         for value in values:
             parse_host_port(value)
         return values
+
+    @model_validator(mode="after")
+    def _proxies_are_named(self) -> HTTPConfig:
+        _need_trusted_proxies(self.proxy_protocol, self.trusted_proxies)
+        return self
 
 
 class TrackingDomainConfig(Model):

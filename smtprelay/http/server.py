@@ -37,12 +37,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from smtprelay.config import Config, parse_host_port
 from smtprelay.events.model import EngagementSink
 from smtprelay.events.subscriptions import Confirmer
-from smtprelay.http import admin_auth
+from smtprelay.http import admin_auth, proxied
 from smtprelay.http.admin import AdminAPI, AdminServices, is_admin_path
 from smtprelay.http.forward import ROUTE_NAME, Forwarder, peer_from_worker
 from smtprelay.http.sns import SubscriptionConfirmations
 from smtprelay.http.tracking import TRACKING_HEADERS, Tracking
 from smtprelay.infra import metrics, tls
+from smtprelay.infra.proxy_protocol import ProxiedServer
 from smtprelay.transform import tokens
 from smtprelay.transform.keys import KeySource
 
@@ -115,12 +116,14 @@ async def _default_headers(_request: web.Request, response: web.StreamResponse) 
 
 
 @web.middleware
-async def _worker_peer(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A request a worker passed on (smtprelay.http.forward) is the client's: its
-    address is the one the worker saw, not the Unix socket's."""
-    peer = peer_from_worker(request)
-    if peer is not None:
-        request = request.clone(remote=peer)
+async def _client(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The client's address where the socket's peer is not the client: behind a load
+    balancer the one its PROXY header named (smtprelay.http.proxied); for a request a
+    worker passed on over the Unix socket (smtprelay.http.forward) the one the worker
+    saw. First of the middlewares, so that everything after sees it."""
+    remote = proxied.client_of(request) or peer_from_worker(request)
+    if remote is not None:
+        request = request.clone(remote=remote)
     return await handler(request)
 
 
@@ -154,6 +157,11 @@ def bind_listeners(config: Config) -> list[tuple[socket.socket, bool]]:
             sock.close()
         raise
     return bound
+
+
+def _address(bound: tuple[str, int], secure: bool) -> str:
+    """A listening address as the log names it."""
+    return f"{'https://' if secure else ''}{bound[0]}:{bound[1]}"
 
 
 class HTTPServer:
@@ -200,6 +208,10 @@ class HTTPServer:
                         "admin API is off; set it in the daemon's environment and restart",
                         env)
         self._runner: web.AppRunner | None = None
+        # With http.proxy_protocol: the sockets bound here (none are inherited), and
+        # the accept loops that read the PROXY headers on them.
+        self._owned: list[tuple[socket.socket, bool]] = []
+        self._proxied: list[ProxiedServer] = []
         # SNI: server name -> context; "" is the fallback (the relay's own certificate).
         self._contexts: dict[str, ssl.SSLContext] = {}
         self.bound: list[tuple[str, int]] = []
@@ -220,15 +232,14 @@ class HTTPServer:
 
         if self._forward is not None:
             # A worker's: what it answers itself, and the rest to the supervisor.
-            app = web.Application(middlewares=[_count], client_max_size=MAX_BODY)
+            app = web.Application(middlewares=[_client, _count], client_max_size=MAX_BODY)
             app.on_response_prepare.append(_default_headers)
             app.router.add_get("/healthz", self._healthz)
             self.tracking.add_routes(app)
             self._forward.add_route(app)
             return app
-        middlewares = [_worker_peer, _count, admin_gate] if self._internal else \
-            [_count, admin_gate]
-        app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
+        app = web.Application(middlewares=[_client, _count, admin_gate],
+                              client_max_size=MAX_BODY)
         app.on_response_prepare.append(_default_headers)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -332,16 +343,19 @@ class HTTPServer:
             self._internal.unlink(missing_ok=True)  # a crashed run's
             await web.UnixSite(self._runner, str(self._internal)).start()
             self._internal.chmod(0o600)
-        if self._sockets is not None:
+        sockets = self._sockets
+        if sockets is None and http.proxy_protocol:
+            # The header must be read from the socket before aiohttp has it, so the
+            # sockets are served as a worker's are, by our own accept loops.
+            sockets = self._owned = bind_listeners(self._config)
+        if sockets is not None:
             listening = self._listening_context() if http.tls_listen else None
-            for sock, secure in self._sockets:
-                await web.SockSite(self._runner, sock,
-                                   ssl_context=listening if secure else None).start()
+            for sock, secure in sockets:
+                await self._serve(sock, listening if secure else None)
                 (self.bound_tls if secure else self.bound).append(sock.getsockname()[:2])
-            if self._sockets:
-                log.info("http serving %s", ", ".join(
-                    [f"{h}:{p}" for h, p in self.bound]
-                    + [f"https://{h}:{p}" for h, p in self.bound_tls]))
+            if sockets:
+                log.info("http %s %s", "serving" if self._sockets else "listening on",
+                         self._where())
             return
         for entry in http.listen:
             self.bound.extend(await self._site(entry, None, "http.listen"))
@@ -349,8 +363,21 @@ class HTTPServer:
             listening = self._listening_context()
             for entry in http.tls_listen:
                 self.bound_tls.extend(await self._site(entry, listening, "http.tls_listen"))
-        log.info("http listening on %s%s", ", ".join(f"{h}:{p}" for h, p in self.bound),
-                 "".join(f", https://{h}:{p}" for h, p in self.bound_tls))
+        log.info("http listening on %s", self._where())
+
+    def _where(self) -> str:
+        return ", ".join([_address(b, False) for b in self.bound]
+                         + [_address(b, True) for b in self.bound_tls])
+
+    async def _serve(self, sock: socket.socket, ctx: ssl.SSLContext | None) -> None:
+        """Serve a listening socket bound elsewhere (a worker's, or _owned)."""
+        assert self._runner is not None and self._runner.server is not None
+        if not self._config.http.proxy_protocol:
+            await web.SockSite(self._runner, sock, ssl_context=ctx).start()
+            return
+        self._proxied.append(proxied.serve(
+            sock, self._runner.server, self._config.http, ctx,
+            _address(sock.getsockname()[:2], ctx is not None)))
 
     async def _site(self, entry: str, ctx: ssl.SSLContext | None,
                     key: str) -> list[tuple[str, int]]:
@@ -367,6 +394,15 @@ class HTTPServer:
         return [sock.getsockname()[:2] for sock in getattr(server, "sockets", None) or ()]
 
     async def stop(self) -> None:
+        # New connections stop before the runner closes those it serves.
+        for server in self._proxied:
+            server.close()
+        for server in self._proxied:
+            await server.wait_closed()
+        self._proxied.clear()
+        for sock, _ in self._owned:
+            sock.close()
+        self._owned = []
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

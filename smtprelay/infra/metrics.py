@@ -30,6 +30,11 @@ CONNECTIONS_REFUSED = Counter(
     "SMTP connections refused with 421 before the banner",
     ["reason"],
 )
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "smtprelay_http_connections_refused_total",
+    "HTTP connections closed unanswered before a request (http.proxy_protocol)",
+    ["reason"],
+)
 TLS_HANDSHAKE_FAILURES = Counter(
     "smtprelay_tls_handshake_failures_total", "TLS handshakes that failed", ["listener"]
 )

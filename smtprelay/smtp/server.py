@@ -14,14 +14,14 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Container, Mapping
+from collections.abc import Container, Mapping
 from typing import Protocol
 
 from smtprelay.auth.authenticator import Authenticator
 from smtprelay.config import Config, ConfigSource, Derived, ListenerConfig
 from smtprelay.infra import metrics
+from smtprelay.infra.proxy_protocol import Client, ProxiedServer, unmapped
 from smtprelay.mail import replies as R
-from smtprelay.smtp import proxy
 from smtprelay.smtp.session import ListenerSettings, PeerGate, Session
 from smtprelay.state.api import ConnectionRefusal, SharedState, StateUnavailable
 from smtprelay.state.local import LocalState
@@ -68,12 +68,6 @@ async def _refuse(writer: asyncio.StreamWriter, reply: R.Reply) -> None:
     writer.close()
 
 
-def _normalise_ip(ip: str) -> str:
-    if ip.startswith("::ffff:") and "." in ip:
-        return ip[7:]
-    return ip
-
-
 def bind(listener: ListenerConfig) -> socket.socket:
     """The listening socket of `listener` (OSError as the system refused it)."""
     family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
@@ -112,7 +106,7 @@ class SMTPServer:
         self._handler = handler
         self._feedback = feedback
         self._trusted = Derived(live, TrustedNetworks)
-        self._servers: list[tuple[ListenerConfig, asyncio.Server | _ProxiedServer]] = []
+        self._servers: list[tuple[ListenerConfig, asyncio.Server | ProxiedServer]] = []
         self._sessions: dict[asyncio.Task[None], Session] = {}
 
     @property
@@ -143,7 +137,7 @@ class SMTPServer:
                      listener.address, self.bound[listener.name][0][1], listener.tls)
 
     async def _listen(self, listener: ListenerConfig, bound: socket.socket | None = None
-                      ) -> asyncio.Server | _ProxiedServer:
+                      ) -> asyncio.Server | ProxiedServer:
         limits = self._config.limits
         handler: SubmissionHandler = self._handler
         gate: PeerGate | None = None
@@ -166,9 +160,26 @@ class SMTPServer:
         try:
             sock = bound if bound is not None else bind(listener)
             if listener.proxy_protocol:
-                return _ProxiedServer(sock, listener, on_connection,
-                                      self._implicit_context() if implicit else None,
-                                      self._config.limits.tls_handshake_timeout)
+                loop = asyncio.get_running_loop()
+
+                def session(client: Client) -> asyncio.StreamReaderProtocol:
+                    async def connected(reader: asyncio.StreamReader,
+                                        writer: asyncio.StreamWriter) -> None:
+                        await on_connection(reader, writer, client)
+
+                    # As asyncio.start_server makes them: the protocol runs `connected`
+                    # as the session's task, and its writer knows it is the server's
+                    # side (STARTTLS).
+                    return asyncio.StreamReaderProtocol(
+                        asyncio.StreamReader(limit=2 ** 16, loop=loop), connected, loop=loop)
+
+                return ProxiedServer(
+                    sock, session, trusted=listener.trusted_proxies,
+                    tls=self._implicit_context() if implicit else None,
+                    handshake_timeout=self._config.limits.tls_handshake_timeout,
+                    listener=listener.name,
+                    setting=f"listeners.{listener.name}.trusted_proxies",
+                    refusals=metrics.CONNECTIONS_REFUSED)
             # Implicit TLS must be the transport's from the first byte: a client sends
             # its ClientHello at once, and bytes read before a later start_tls() would
             # be lost to the plain stream and stall the handshake.
@@ -205,7 +216,7 @@ class SMTPServer:
                      client: tuple[str, int] | None = None) -> None:
         """`client`: who a load balancer said the client is (PROXY protocol)."""
         peer = client or writer.get_extra_info("peername") or ("?", 0)
-        ip = _normalise_ip(str(peer[0]))
+        ip = unmapped(str(peer[0]))
         name = settings.listener.name
         limits = self._config.limits
         # Counted across every worker process (smtprelay.state).
@@ -287,90 +298,3 @@ class SMTPServer:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
         self._servers.clear()
-
-
-Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "tuple[str, int] | None"],
-                 Awaitable[None]]
-
-
-class _ProxiedServer:
-    """A listener behind a load balancer (`proxy_protocol: true`): its own accept loop,
-    because the PROXY header must be read from the socket itself, exactly, before
-    asyncio makes a transport on it. What follows the header (an implicit TLS
-    listener's ClientHello) stays in the socket for that transport, which a StreamReader
-    that had read ahead would have swallowed. The same interface as asyncio.Server, as
-    far as SMTPServer uses it."""
-
-    def __init__(self, sock: socket.socket, listener: ListenerConfig, serve: Serve,
-                 tls: ssl.SSLContext | None, handshake_timeout: float) -> None:
-        self.sockets = (sock,)
-        self._sock = sock
-        self._listener = listener
-        self._serve = serve
-        self._tls = tls
-        self._handshake_timeout = handshake_timeout
-        self._proxies = [ipaddress.ip_network(n) for n in listener.trusted_proxies]
-        self._connections: set[asyncio.Task[None]] = set()
-        self._accepting = asyncio.ensure_future(self._accept())
-
-    async def _accept(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(self._sock)
-            except OSError as exc:
-                if self._sock.fileno() < 0:
-                    return  # closed
-                log.warning("listener=%s accept failed: %s", self._listener.name, exc)
-                await asyncio.sleep(0.1)  # out of descriptors: do not spin
-                continue
-            task = asyncio.ensure_future(self._connection(conn))
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
-
-    async def _connection(self, conn: socket.socket) -> None:
-        name = self._listener.name
-        peer = conn.getpeername()
-        balancer = _normalise_ip(str(peer[0]))
-        try:
-            trusted = any(ipaddress.ip_address(balancer) in n for n in self._proxies)
-        except ValueError:
-            trusted = False
-        if not trusted:
-            metrics.CONNECTIONS_REFUSED.labels(reason="untrusted_proxy").inc()
-            log.warning("refused connection client=%s listener=%s: not in "
-                        "listeners.%s.trusted_proxies", balancer, name, name)
-            conn.close()
-            return
-        conn.setblocking(False)
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(proxy.HEADER_TIMEOUT):
-                client = await proxy.read_header(proxy.socket_reader(conn))
-            # The balancer's own connection (a health check) is the balancer's.
-            named = client or (balancer, int(peer[1]))
-
-            def connected(reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> Awaitable[None]:
-                return self._serve(reader, writer, named)
-
-            # As asyncio.start_server makes them: the protocol runs `connected` as the
-            # session's task, and its writer knows it is the server's side (STARTTLS).
-            await loop.connect_accepted_socket(
-                lambda: asyncio.StreamReaderProtocol(
-                    asyncio.StreamReader(limit=2 ** 16, loop=loop), connected, loop=loop),
-                conn, ssl=self._tls, ssl_handshake_timeout=self._handshake_timeout
-                if self._tls is not None else None)
-        except (proxy.ProxyHeaderError, TimeoutError, OSError, ssl.SSLError) as exc:
-            metrics.CONNECTIONS_REFUSED.labels(reason="proxy_protocol").inc()
-            log.warning("refused connection from balancer=%s listener=%s: %s", balancer,
-                        name, str(exc) or type(exc).__name__)
-            conn.close()
-
-    def close(self) -> None:
-        self._accepting.cancel()
-        self._sock.close()
-
-    async def wait_closed(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._accepting

@@ -29,12 +29,14 @@ class Route:
     send_proxy: str  # "send-proxy" (v1) or "send-proxy-v2"
     port: int = 0
     more_backends: tuple[int, ...] = ()
+    health: str | None = None  # a path: HTTP health checks of it (option httpchk)
+    tls: bool = False  # the backend speaks TLS: so do the health checks
 
 
 class HAProxy:
     def __init__(self, routes: list[Route]) -> None:
         self.routes = {r.name: Route(r.name, r.backend_port, r.send_proxy, free_port(),
-                                     r.more_backends) for r in routes}
+                                     r.more_backends, r.health, r.tls) for r in routes}
         self.dir = Path(tempfile.mkdtemp(prefix="smtprelay-haproxy-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -43,15 +45,22 @@ class HAProxy:
 
     def start(self) -> HAProxy:
         assert HAPROXY is not None
-        config = ["global", "  maxconn 200",
+        config = ["global", "  maxconn 200", f"  stats socket {self.dir / 'stats.sock'}",
                   "defaults", "  mode tcp", "  timeout connect 5s", "  timeout client 60s",
                   "  timeout server 60s"]
         for route in self.routes.values():
             config += [f"frontend {route.name}", f"  bind 127.0.0.1:{route.port}",
                        f"  default_backend {route.name}_relay",
                        f"backend {route.name}_relay", "  balance roundrobin"]
+            # A check sends the header too (v2: LOCAL), as the server line has send-proxy.
+            check = " check inter 200ms" if route.health else ""
+            if route.health and route.tls:
+                check += " check-ssl verify none"
+            if route.health:
+                config.append(f"  option httpchk GET {route.health}")
             for index, port in enumerate((route.backend_port, *route.more_backends)):
-                config.append(f"  server relay{index} 127.0.0.1:{port} {route.send_proxy}")
+                config.append(f"  server relay{index} 127.0.0.1:{port} {route.send_proxy}"
+                              + check)
         path = self.dir / "haproxy.cfg"
         path.write_text("\n".join(config) + "\n")
         log = (self.dir / "haproxy.log").open("wb")
@@ -69,6 +78,19 @@ class HAProxy:
                                            + (self.dir / "haproxy.log").read_text()) from None
                     time.sleep(0.02)
         return self
+
+    def server_states(self, name: str) -> str:
+        """The `show stat` lines (CSV) of the route's servers: their state and the
+        outcome of their last health check (L7OK: an HTTP check passed)."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(self.dir / "stats.sock"))
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        return "\n".join(line for line in data.decode().splitlines()
+                         if line.startswith(f"{name}_relay,relay"))
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

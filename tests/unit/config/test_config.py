@@ -236,8 +236,10 @@ def test_proxy_protocol_without_trusted_proxies_and_redis_without_url_are_named(
         tmp_path: Path) -> None:
     cfg = base_config(tmp_path / "var", store={"backend": "redis"})
     cfg["listeners"][0]["proxy_protocol"] = True
+    cfg["http"]["proxy_protocol"] = True
     with pytest.raises(ConfigError) as info:
         load_config(write_config(tmp_path / "c.yaml", cfg))
     text = "\n".join(info.value.problems)
     assert "listeners[0]" in text and "proxy_protocol needs trusted_proxies" in text
+    assert "http: proxy_protocol needs trusted_proxies" in text
     assert "store" in text and "backend redis needs url" in text

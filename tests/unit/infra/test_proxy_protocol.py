@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from smtprelay.smtp.proxy import V2_SIGNATURE, ProxyHeaderError, read_header
+from smtprelay.infra.proxy_protocol import V2_SIGNATURE, ProxyHeaderError, read_header
 
 
 async def parse(data: bytes, eof: bool = False) -> tuple[tuple[str, int] | None, bytes]:
