@@ -538,6 +538,7 @@ class Relay:
             await self.shared.close()
         if self._cluster is not None:
             self._cluster.close()
+        await self.suppression.close_on_loop()
         self.suppression.close()
         self.contacts.close()
         self.pauses.store.close()

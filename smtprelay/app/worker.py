@@ -162,6 +162,7 @@ class Worker:
             await self.mail_from.stop()
         if self.channel is not None:
             await self.channel.close()
+        await self.suppression.close_on_loop()
         for store in (self.credentials, self.suppression, self.contacts, self.pauses.store):
             store.close()
 

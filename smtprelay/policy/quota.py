@@ -20,6 +20,10 @@ from smtprelay.state.api import SendLimits, SendVerdict, SharedState, StateUnava
 
 log = logging.getLogger("smtprelay.policy")
 
+# Seconds between tries of a settlement the state did not take, doubling to the max.
+_SETTLE_RETRY_FIRST = 0.25
+_SETTLE_RETRY_MAX = 5.0
+
 
 def effective_quota(config: Config, account: str) -> QuotaConfig | None:
     """The quota in force: the configured one, else SES's sandbox quota in the sandbox."""
@@ -46,6 +50,7 @@ class Quotas:
         self._live = live
         self._state = state
         self._settling: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     async def reserve(self, account: str, recipients: int, daily: int) -> Reply | None:
         """Take `recipients` from the account's rate, `daily` of them also from its 24
@@ -78,15 +83,29 @@ class Quotas:
 
     async def _settle_logged(self, account: str, recipients: int, daily: int,
                              sent: bool) -> None:
-        try:
-            await self.settle(account, recipients, daily, sent=sent)
-        except StateUnavailable as exc:
-            # The backend gives back what a lost worker held (and Redis what a quiet
-            # node held); a count lost here is at most this message's.
-            log.error("quota of account=%s not settled: %s", account, exc)
+        # Tried again until the state answers: a sent message's recipients that never
+        # reach the 24-hour count would stop being held after a while (the backend
+        # gives back what a lost worker or a quiet node held) and let the account
+        # send them again.
+        wait = _SETTLE_RETRY_FIRST
+        while True:
+            try:
+                await self.settle(account, recipients, daily, sent=sent)
+                return
+            except StateUnavailable as exc:
+                if self._stopping:
+                    log.error("quota of account=%s not settled: %s", account, exc)
+                    return
+                if wait == _SETTLE_RETRY_FIRST:
+                    log.warning("quota of account=%s not settled yet, trying again: %s",
+                                account, exc)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, _SETTLE_RETRY_MAX)
 
     async def drain(self) -> None:
-        """Wait for the settlements under way (before the state goes away)."""
+        """Wait for the settlements under way (before the state goes away); those the
+        state does not take make one more try."""
+        self._stopping = True
         while self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
 

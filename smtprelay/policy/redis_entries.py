@@ -30,10 +30,15 @@ class RedisStore:
     def __init__(self, client: redis.Redis, prefix: str = "smtprelay:") -> None:
         self._redis = client
         self._prefix = prefix
+        # Where an asyncio client for the same server comes from (from_url's).
+        self.url: str | None = None
+        self.timeout = 2.0
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "smtprelay:", timeout: float = 2.0) -> Self:
-        return cls(blocking_client(url, timeout), prefix)
+        store = cls(blocking_client(url, timeout), prefix)
+        store.url, store.timeout = url, timeout
+        return store
 
     def open(self) -> None:
         """Nothing to open: the client connects on first use (as the SQLite stores have

@@ -14,6 +14,7 @@ indexed query however long the list is.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -139,6 +140,18 @@ class SuppressionStore(Protocol):
     def lookup(self, account: str, addresses: Sequence[str]) -> dict[str, SuppressionEntry]:
         """The suppressed ones among `addresses`, keyed by the address as passed in."""
 
+    # Whether lookup_on_loop runs on the event loop (batched with the other messages'
+    # look-ups) rather than in a thread: then the acceptance path calls it instead of
+    # doing the look-up in its thread hop.
+    looks_up_on_loop: bool
+
+    async def lookup_on_loop(self, account: str,
+                             addresses: Sequence[str]) -> dict[str, SuppressionEntry]:
+        """lookup() without a thread, where the store can (looks_up_on_loop)."""
+
+    async def close_on_loop(self) -> None:
+        """Close what lookup_on_loop opened (in the loop that used it)."""
+
     def add(self, account: str, address: str, reason: Reason, *,
             source_message_id: str | None = None, created_at: float | None = None,
             diagnostic: str | None = None) -> bool:
@@ -185,6 +198,15 @@ class SQLiteSuppressionStore(sqlite.Store):
     MIGRATIONS = _MIGRATIONS
 
     # -- the acceptance path ---------------------------------------------------------
+
+    looks_up_on_loop = False  # a SQLite read is cheaper in the caller's one thread hop
+
+    async def lookup_on_loop(self, account: str,
+                             addresses: Sequence[str]) -> dict[str, SuppressionEntry]:
+        return await asyncio.to_thread(self.lookup, account, addresses)
+
+    async def close_on_loop(self) -> None:
+        """Nothing was opened on a loop."""
 
     def lookup(self, account: str, addresses: Sequence[str]) -> dict[str, SuppressionEntry]:
         wanted = by_key(addresses)

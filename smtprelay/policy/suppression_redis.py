@@ -13,6 +13,7 @@ daemon calls it from threads, the CLI directly.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import json
 import time
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import redis
+import redis.asyncio as aioredis
 
 from smtprelay.policy.redis_entries import AddressEntries, RedisStore
 from smtprelay.policy.suppression import (
@@ -31,12 +33,19 @@ from smtprelay.policy.suppression import (
     normalise,
     paged,
 )
+from smtprelay.state.redis import Pipelined
 
 
 class RedisSuppressionStore(RedisStore):
+    # The acceptance path's look-up goes through an asyncio client, batched with the
+    # other messages' (state.redis.Pipelined): a blocking call from a thread cost about
+    # twice the Python of the whole SQLite look-up (bench/run_submit.py --redis).
+    looks_up_on_loop = True
+
     def __init__(self, client: redis.Redis, prefix: str = "smtprelay:") -> None:
         super().__init__(client, prefix)
         self._by_account = AddressEntries(client, prefix, "suppression")
+        self._on_loop: Pipelined | None = None
 
     def _entries(self, account: str) -> str:
         return self._by_account.entries(account)
@@ -55,14 +64,29 @@ class RedisSuppressionStore(RedisStore):
         if not wanted:
             return {}
         keys = builtins.list(wanted)
-        values = self._by_account.get_many(account, keys)
-        found: dict[str, SuppressionEntry] = {}
-        for key, value in zip(keys, values, strict=True):
-            if value is not None:
-                entry = _entry(account, key, value)
-                for original in wanted[key]:
-                    found[original] = entry
-        return found
+        return _found(account, wanted, keys, self._by_account.get_many(account, keys))
+
+    async def lookup_on_loop(self, account: str,
+                             addresses: Sequence[str]) -> dict[str, SuppressionEntry]:
+        wanted = by_key(addresses)
+        if not wanted:
+            return {}
+        if self.url is None:  # made on a client rather than a URL (tests)
+            return await asyncio.to_thread(self.lookup, account, addresses)
+        if self._on_loop is None:
+            # Made in the loop that uses it (an asyncio client belongs to one loop).
+            self._on_loop = Pipelined(aioredis.Redis.from_url(
+                self.url, socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout))
+        keys = builtins.list(wanted)
+        values = await self._on_loop.command("suppression lookup", "HMGET",
+                                             self._entries(account), *keys)
+        return _found(account, wanted, keys, cast(list[bytes | None], values))
+
+    async def close_on_loop(self) -> None:
+        if self._on_loop is not None:
+            await self._on_loop.close()
+            self._on_loop = None
 
     # -- single entries ----------------------------------------------------------------
 
@@ -155,6 +179,17 @@ class RedisSuppressionStore(RedisStore):
             results = pipe.execute()
         # The hash's size before and after, in one transaction: the new addresses.
         return int(results[-1]) - int(results[0])
+
+
+def _found(account: str, wanted: dict[str, list[str]], keys: Sequence[str],
+           values: Sequence[bytes | None]) -> dict[str, SuppressionEntry]:
+    found: dict[str, SuppressionEntry] = {}
+    for key, value in zip(keys, values, strict=True):
+        if value is not None:
+            entry = _entry(account, key, value)
+            for original in wanted[key]:
+                found[original] = entry
+    return found
 
 
 def _value(reason: Reason, created_at: float, source_message_id: str | None,

@@ -30,7 +30,7 @@ from smtprelay.mail.replies import Reply
 from smtprelay.policy import authorization, configuration_sets, contacts, content, identities
 from smtprelay.policy.contacts import ContactStore, ListOptions
 from smtprelay.policy.quota import Quotas
-from smtprelay.policy.suppression import SuppressionStore
+from smtprelay.policy.suppression import SuppressionEntry, SuppressionStore
 from smtprelay.spool import set_stats
 from smtprelay.spool.model import (
     EventRecord,
@@ -166,27 +166,37 @@ class Pipeline:
         # DATA: a refusal per recipient at RCPT lets a client send the message to the
         # others and drop the refused one silently (smtplib.sendmail does).
         # The mailbox simulator's recipients count against the rate, not the 24 h.
+        # The reservation (a round trip with the state in Redis or behind the
+        # supervisor) runs beside the message's checks and its suppression look-up,
+        # and is waited for before the transforms spend CPU on the message.
+        reservation = _Reservation(
+            submission, asyncio.ensure_future(
+                self._quotas.reserve(account, len(recipients), daily)))
+        reply: Reply | None = None
         try:
-            refusal = await self._quotas.reserve(account, len(recipients), daily)
-        except StateUnavailable as exc:
-            # Never sent over a limit nobody could check: the client keeps the message.
-            log.error("client=%s account=%s refused with 451: %s", submission.client.ip,
-                      account, exc)
-            return _refuse("state_unavailable", R.LOCAL_ERROR)
-        if refusal is not None:
-            reason = "rate" if refusal is R.RATE_EXCEEDED else "daily_quota"
-            log.info("client=%s account=%s refused: %s (%d recipients)",
-                     submission.client.ip, account, refusal.text, len(recipients))
-            return _refuse(reason, refusal)
-        reply = R.LOCAL_ERROR
-        try:
-            reply = await self._submit(submission, simulated)
+            reply = await self._submit(submission, simulated, reservation)
         finally:
-            self._quotas.settle_later(account, len(recipients), daily,
-                                      sent=reply.is_success)
-        return reply
+            sent = reply is not None and reply.is_success
+            reservation.task.add_done_callback(
+                lambda task: self._settle(task, account, len(recipients), daily, sent))
+        # A message over its quota is refused as such whatever else is wrong with it,
+        # as when the quota was asked first.
+        return await reservation.refusal() or reply
 
-    async def _submit(self, submission: Submission, simulated: list[int]) -> Reply:
+    def _content_refusal(self, account: str, set_name: str | None, refusal: Reply) -> Reply:
+        self._spool.count_later(set_stats.Bump(account, set_name, time.time(),
+                                              {set_stats.Kind.REJECT: 1}))
+        return _refuse("content", refusal)
+
+    def _settle(self, task: asyncio.Future[Reply | None], account: str, recipients: int,
+                daily: int, sent: bool) -> None:
+        """Give back or commit what a reservation took, once its answer is known."""
+        if task.cancelled() or task.exception() is not None or task.result() is not None:
+            return  # nothing was taken
+        self._quotas.settle_later(account, recipients, daily, sent=sent)
+
+    async def _submit(self, submission: Submission, simulated: list[int],
+                      reservation: _Reservation) -> Reply:
         """`simulated`: the indexes of the mailbox simulator's recipients."""
         client = submission.client
         account = self._config.accounts.get(client.account)
@@ -243,9 +253,14 @@ class Pipeline:
         else:
             refusal = content.refusal(submission.data, fields)
         if refusal is not None:
-            self._spool.count_later(set_stats.Bump(client.account, choice.name, time.time(),
-                                                  {set_stats.Kind.REJECT: 1}))
-            return _refuse("content", refusal)
+            # Over its quota, the message is refused as that, not counted as content.
+            return await reservation.refusal() or self._content_refusal(
+                client.account, choice.name, refusal)
+        if options is not None:
+            # A list message makes its recipients contacts: only one that may be sent.
+            refused = await reservation.refusal()
+            if refused is not None:
+                return refused
         suppressed = await self._suppressed(client.account, choice.name,
                                             submission.envelope.recipients, options,
                                             submission.received_at)
@@ -273,6 +288,9 @@ class Pipeline:
         # it) and counts its links, and the spool keeps it as submitted.
         per_recipient = plan is not None and len(recipients) > 1
         from_domain = identities.split_address(found["from"][0])[1]
+        refused = await reservation.refusal()
+        if refused is not None:
+            return refused
         # Each per-recipient copy is signed at delivery, over its own tokens.
         keys = () if per_recipient else self._live.signer.keys_for(from_domain)
         finished = await self._finish(
@@ -395,19 +413,31 @@ class Pipeline:
                       "pipeline has no contact store", account, options.contact_list)
             return None
 
+        on_loop = bool(reasons) and self._suppression.looks_up_on_loop
+
+        def suppressed(entries: dict[str, SuppressionEntry]) -> dict[int, str]:
+            return {i: entries[rcpt].reason for i, rcpt in enumerate(recipients)
+                    if rcpt in entries and entries[rcpt].reason in reasons}
+
         def look() -> dict[int, str]:
             held: dict[int, str] = {}
-            if reasons:
-                entries = self._suppression.lookup(account, recipients)
-                held = {i: entries[rcpt].reason for i, rcpt in enumerate(recipients)
-                        if rcpt in entries and entries[rcpt].reason in reasons}
+            if reasons and not on_loop:
+                held = suppressed(self._suppression.lookup(account, recipients))
             for i, reason in self._unsubscribed(set_name, recipients, options,
                                                 received_at).items():
                 held.setdefault(i, reason)
             return held
 
         try:
-            return await asyncio.to_thread(look)
+            if not on_loop:
+                return await asyncio.to_thread(look)
+            # The suppression list on the loop, beside the contacts in a thread.
+            listed = self._suppression.lookup_on_loop(account, recipients)
+            if self._contacts is None or (options is None and set_name is None):
+                return suppressed(await listed)
+            entries, held = await asyncio.gather(listed, asyncio.to_thread(look))
+            # The list's reason before an unsubscribe, as look() has it.
+            return {**held, **suppressed(entries)}
         except Exception as exc:
             # Sending anyway could mail people who asked not to get mail: the client
             # retries on a 451 instead.
@@ -438,6 +468,37 @@ class Pipeline:
                 if contact is not None and contact.unsubscribe_all and i not in held:
                     held[i] = unsubscribed_reason(f"configuration set {set_name!r}")
         return held
+
+
+class _Reservation:
+    """A message's quota reservation under way, and the refusal it comes to (asked
+    for twice: before the transforms, and once the message's fate is known)."""
+
+    def __init__(self, submission: Submission, task: asyncio.Future[Reply | None]) -> None:
+        self.submission = submission
+        self.task = task
+        self._answer: asyncio.Future[Reply | None] | None = None
+
+    def refusal(self) -> asyncio.Future[Reply | None]:
+        if self._answer is None:
+            self._answer = asyncio.ensure_future(self._refusal())
+        return self._answer
+
+    async def _refusal(self) -> Reply | None:
+        client = self.submission.client
+        try:
+            refusal = await asyncio.shield(self.task)
+        except StateUnavailable as exc:
+            # Never sent over a limit nobody could check: the client keeps the message.
+            log.error("client=%s account=%s refused with 451: %s", client.ip,
+                      client.account, exc)
+            return _refuse("state_unavailable", R.LOCAL_ERROR)
+        if refusal is None:
+            return None
+        reason = "rate" if refusal is R.RATE_EXCEEDED else "daily_quota"
+        log.info("client=%s account=%s refused: %s (%d recipients)", client.ip,
+                 client.account, refusal.text, len(self.submission.envelope.recipients))
+        return _refuse(reason, refusal)
 
 
 def _refuse(reason: str, reply: Reply) -> Reply:

@@ -3,6 +3,8 @@ rolling 24 hours, restarts, a message refused whole."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from smtprelay.policy.quota import Quotas
 from smtprelay.state.local import LocalState
 from smtprelay.state.redis import RedisState
 from smtprelay.state.usage import SQLiteUsageStore, usage_since
+from tests.redis_server import RedisServer
 from tests.support import base_config, free_port, write_config
 
 
@@ -140,3 +143,28 @@ async def test_settling_later_counts_once_landed_and_drain_waits_for_it(
     finally:
         await gone.close()
     assert "quota of account=acme not settled: redis: settle_send" in caplog.text
+
+
+async def test_a_settlement_held_up_by_an_outage_lands_when_redis_is_back(
+        tmp_path: Path) -> None:
+    """A sent message's recipients reach the 24-hour count even if Redis was away when
+    it was spooled: left held, they would stop counting after PENDING_STALE and the
+    account could send them again."""
+    config = config_with(tmp_path, quota={"max_send_rate": 100, "max_24h_send": 3})
+    server = RedisServer(durable=True).start()
+    state = RedisState.from_url(server.url, node="n", timeout=0.5)
+    try:
+        quotas = Quotas(Live(config), state)
+        assert await quotas.reserve("acme", 2, 2) is None
+        server.crash()
+        quotas.settle_later("acme", 2, 2, sent=True)
+        await asyncio.sleep(0.6)  # a try or two fail meanwhile
+        server.start()  # on its files: the reservation is still held
+        deadline = time.monotonic() + 10
+        while await quotas.sent_last_24h("acme") != 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await quotas.drain()
+    finally:
+        await state.close()
+        server.stop()

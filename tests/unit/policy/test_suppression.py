@@ -3,6 +3,7 @@ lookup latency with a million entries; plus the import-file parsers."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 import statistics
@@ -98,6 +99,29 @@ def test_lookup_keys_are_the_addresses_as_passed(store: SuppressionStore) -> Non
     # A tuple, as the pipeline passes the envelope's recipients; more than one IN chunk.
     many = (*(f"r{i}@example.com" for i in range(1200)), "c@example.net")
     assert list(store.lookup("acme", many)) == ["c@example.net"]
+
+
+def test_lookups_on_the_loop_answer_as_lookup_each_its_own(store: SuppressionStore) -> None:
+    """The acceptance path's look-up: on Redis many messages' look-ups go in one
+    pipeline (state.redis.Pipelined); each gets its own account's answer."""
+    store.add("acme", "a@Example.COM", "BOUNCE", source_message_id="m1")
+    store.add("other", "x@example.com", "COMPLAINT")
+    asks = [("acme", ["a@example.com", "x@example.com"]), ("other", ["x@EXAMPLE.com"]),
+            ("acme", []), ("nobody", ["a@example.com"])] * 25
+
+    async def ask() -> list[dict[str, str]]:
+        try:
+            found = await asyncio.gather(*(store.lookup_on_loop(account, addresses)
+                                           for account, addresses in asks))
+        finally:
+            await store.close_on_loop()
+        return [{a: e.reason for a, e in f.items()} for f in found]
+
+    answers = asyncio.run(ask())
+    assert answers == [{a: e.reason for a, e in store.lookup(account, addresses).items()}
+                       for account, addresses in asks]
+    assert answers[:4] == [{"a@example.com": "BOUNCE"}, {"x@EXAMPLE.com": "COMPLAINT"}, {},
+                           {}]
 
 
 def test_add_updates_reason_time_and_source(store: SuppressionStore) -> None:

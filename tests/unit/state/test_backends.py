@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio
 
 from smtprelay.state.api import (
     ConnectionRefusal,
@@ -196,3 +197,20 @@ def test_a_redis_password_never_reaches_the_log() -> None:
     assert redacted("redis://relay:s3cret@10.0.0.5:6380/2") == "redis://relay:***@10.0.0.5:6380/2"
     assert redacted("rediss://:s3cret@[2001:db8::5]/0") == "rediss://:***@[2001:db8::5]/0"
     assert redacted("redis://10.0.0.5:6379/0") == "redis://10.0.0.5:6379/0"
+
+
+def test_redis_scripts_are_loaded_again_after_a_script_flush(redis_url: str) -> None:
+    """A Redis restarted empty (or SCRIPT FLUSH) answers NOSCRIPT to the batched
+    EVALSHA: the script is loaded and the call made again, no error reaches the caller."""
+    async def run() -> list[SendVerdict]:
+        state = RedisState.from_url(redis_url, node="n1")
+        try:
+            first = await state.reserve_send("acme", 1, 1, SLOW)
+            await redis.asyncio.Redis.from_url(redis_url).script_flush()
+            again = await asyncio.gather(*(state.reserve_send("acme", 1, 1, SLOW)
+                                           for _ in range(2)))
+            return [first, *again]
+        finally:
+            await state.close()
+
+    assert asyncio.run(run()) == [SendVerdict.OK] * 3  # SLOW's burst
