@@ -89,11 +89,44 @@ def new_secret(account: str, name: str | None) -> NewSecret:
     return NewSecret(credential=credential, password=password)
 
 
-class CredentialStore(sqlite.Store):
+class OwnedRows(sqlite.Store):
+    """A table of secrets kept by a key column, each row of an account and disabled or
+    not: what credentials and API keys (auth.api_keys) share."""
+
+    TABLE: str = ""
+    KEY_COLUMN: str = ""
+
+    def _select(self, columns: str, account: str | None) -> builtins.list[tuple[object, ...]]:
+        # Names from the class, never from input; values only as ? marks.
+        sql = f"SELECT {columns} FROM {self.TABLE}"  # noqa: S608
+        params: tuple[str, ...] = ()
+        if account is not None:
+            sql += " WHERE account = ?"
+            params = (account,)
+        return self.conn.execute(sql + f" ORDER BY created_at, {self.KEY_COLUMN}",
+                                 params).fetchall()
+
+    def set_disabled(self, key: str, disabled: bool) -> bool:
+        return self.conn.execute(
+            f"UPDATE {self.TABLE} SET disabled = ? WHERE {self.KEY_COLUMN} = ?",  # noqa: S608
+            (int(disabled), key)).rowcount > 0
+
+    def delete(self, key: str) -> bool:
+        return self.conn.execute(
+            f"DELETE FROM {self.TABLE} WHERE {self.KEY_COLUMN} = ?",  # noqa: S608
+            (key,)).rowcount > 0
+
+
+_COLUMNS = "username, account, password_hash, name, created_at, disabled"
+
+
+class CredentialStore(OwnedRows):
     """Credentials in the state database. Safe to use from several processes at once."""
 
     COMPONENT = "credentials"
     MIGRATIONS = _MIGRATIONS
+    TABLE = "credentials"
+    KEY_COLUMN = "username"
 
     def create(self, account: str, name: str | None = None) -> NewSecret:
         secret = new_secret(account, name)
@@ -109,31 +142,13 @@ class CredentialStore(sqlite.Store):
     def lookup(self, username: str) -> Credential | None:
         with self._lock:  # the authenticator calls this from worker threads
             row = self.conn.execute(
-                "SELECT username, account, password_hash, name, created_at, disabled"
-                " FROM credentials WHERE username = ?",
-                (username,),
+                f"SELECT {_COLUMNS} FROM credentials WHERE username = ?",  # noqa: S608
+                (username,)
             ).fetchone()
         return _from_row(row) if row else None
 
-    def list(self, account: str | None = None) -> list[Credential]:
-        sql = ("SELECT username, account, password_hash, name, created_at, disabled"
-               " FROM credentials")
-        params: tuple[str, ...] = ()
-        if account is not None:
-            sql += " WHERE account = ?"
-            params = (account,)
-        return [_from_row(row) for row in self.conn.execute(sql + " ORDER BY created_at", params)]
-
-    def set_disabled(self, username: str, disabled: bool) -> bool:
-        cursor = self.conn.execute(
-            "UPDATE credentials SET disabled = ? WHERE username = ?", (int(disabled), username)
-        )
-        return cursor.rowcount > 0
-
-    def delete(self, username: str) -> bool:
-        return self.conn.execute(
-            "DELETE FROM credentials WHERE username = ?", (username,)
-        ).rowcount > 0
+    def list(self, account: str | None = None) -> builtins.list[Credential]:
+        return [_from_row(row) for row in self._select(_COLUMNS, account)]
 
 
 def _from_row(row: tuple[object, ...]) -> Credential:

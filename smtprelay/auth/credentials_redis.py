@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from typing import Any, cast
+from typing import Any, Self, cast
 
 import redis
 
@@ -30,22 +30,42 @@ return 1
 """
 
 
-class RedisCredentialStore:
+class JsonHash:
+    """One Redis hash of a key column's values to JSON rows that have an account and a
+    `disabled` flag: what credentials and API keys (auth.api_keys_redis) share."""
+
+    NAME = ""  # the hash's key, after the prefix
+
     def __init__(self, client: redis.Redis, prefix: str = "smtprelay:") -> None:
         self._redis = client
-        self._key = f"{prefix}credentials"
+        self._key = f"{prefix}{self.NAME}"
         self._set_disabled = client.register_script(_SET_DISABLED)
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "smtprelay:",
-                 timeout: float = 2.0) -> RedisCredentialStore:
-        return cls(blocking_client(url, timeout), prefix)
+    def from_url(cls, url: str, *, prefix: str = "smtprelay:", timeout: float = 2.0,
+                 **more: Any) -> Self:
+        """`more`: what a subclass's constructor takes besides the client and prefix."""
+        return cls(blocking_client(url, timeout), prefix, **more)
 
     def open(self) -> None:
         """Nothing to open: the client connects on first use."""
 
     def close(self) -> None:
         self._redis.close()
+
+    def _rows(self) -> dict[str, dict[str, Any]]:
+        found = cast(dict[bytes, bytes], self._redis.hgetall(self._key))
+        return {name.decode(): json.loads(value) for name, value in found.items()}
+
+    def set_disabled(self, key: str, disabled: bool) -> bool:
+        return bool(self._set_disabled(keys=[self._key], args=[key, int(disabled)]))
+
+    def delete(self, key: str) -> bool:
+        return bool(self._redis.hdel(self._key, key))
+
+
+class RedisCredentialStore(JsonHash):
+    NAME = "credentials"
 
     def create(self, account: str, name: str | None = None) -> NewSecret:
         secret = new_secret(account, name)
@@ -59,23 +79,15 @@ class RedisCredentialStore:
 
     def lookup(self, username: str) -> Credential | None:
         value = cast(bytes | None, self._redis.hget(self._key, username))
-        return None if value is None else _credential(username, value)
+        return None if value is None else _credential(username, json.loads(value))
 
     def list(self, account: str | None = None) -> builtins.list[Credential]:
-        found = cast(dict[bytes, bytes], self._redis.hgetall(self._key))
-        credentials = [_credential(name.decode(), value) for name, value in found.items()]
+        credentials = [_credential(name, data) for name, data in self._rows().items()]
         return sorted((c for c in credentials if account is None or c.account == account),
                       key=lambda c: (c.created_at or 0.0, c.username))
 
-    def set_disabled(self, username: str, disabled: bool) -> bool:
-        return bool(self._set_disabled(keys=[self._key], args=[username, int(disabled)]))
 
-    def delete(self, username: str) -> bool:
-        return bool(self._redis.hdel(self._key, username))
-
-
-def _credential(username: str, value: bytes) -> Credential:
-    data: dict[str, Any] = json.loads(value)
+def _credential(username: str, data: dict[str, Any]) -> Credential:
     return Credential(username=username, account=str(data["account"]),
                       password_hash=str(data["password_hash"]), name=data.get("name"),
                       created_at=data.get("created_at"), disabled=bool(data.get("disabled")))

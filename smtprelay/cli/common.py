@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -57,6 +58,7 @@ def state_config(args: argparse.Namespace) -> Config:
     daemon instead of turning up owned by root.
     """
     # Import what the commands use while still able to read any install location.
+    import smtprelay.auth.api_keys
     import smtprelay.auth.credentials
     import smtprelay.infra.passwords
     import smtprelay.policy.pauses
@@ -77,6 +79,43 @@ def state_config(args: argparse.Namespace) -> Config:
                                    f"(uid {owner.st_uid}): {exc}; run the command as "
                                    "that user") from None
     return config
+
+
+# A stored credential or API key changed by its key: (run(args, change, done), where
+# change(store, key) says whether there was such a key).
+Change = Callable[[Any, str], bool]
+SWITCHES: tuple[tuple[str, str, Change, str], ...] = (
+    ("disable", "refuse it from now on", lambda store, key: store.set_disabled(key, True),
+     "disabled"),
+    ("enable", "accept it again", lambda store, key: store.set_disabled(key, False),
+     "enabled"),
+    ("delete", "remove it for good", lambda store, key: store.delete(key), "deleted"),
+)
+
+
+def register_switches(group: Any, common: argparse.ArgumentParser, argument: str,
+                      run: Callable[..., int]) -> None:
+    """`disable`, `enable` and `delete` KEY: each calls run(args, change=, done=)."""
+    for action, text, change, done in SWITCHES:
+        p = group.add_parser(action, parents=[common], help=text)
+        p.add_argument(argument)
+        p.set_defaults(func=functools.partial(run, change=change, done=done))
+
+
+def report_change(key: str, changed: bool, done: str, missing: str) -> int:
+    """A stored secret disabled, enabled or deleted by its key: said, or refused when
+    there is no such key (`missing` says so before the key: "no API key with id")."""
+    if not changed:
+        raise CommandError(f"{missing} {key}")
+    print(f"{key}: {done}")
+    return EXIT_OK
+
+
+def print_table(columns: Sequence[tuple[str, int]], rows: Iterable[Sequence[str]]) -> None:
+    """Rows under headings, each column as wide as its number (the last one free)."""
+    for row in ([name for name, _ in columns], *rows):
+        print(" ".join(f"{cell:<{width}}" for cell, (_, width) in zip(
+            row[:-1], columns[:-1], strict=True)) + " " + row[-1])
 
 
 def print_json(value: Any) -> None:

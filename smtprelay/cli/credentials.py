@@ -5,10 +5,19 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from smtprelay.cli.common import EXIT_OK, CommandError, format_time, print_json, state_config
+from smtprelay.cli.common import (
+    EXIT_OK,
+    Change,
+    CommandError,
+    format_time,
+    print_json,
+    print_table,
+    register_switches,
+    report_change,
+    state_config,
+)
 from smtprelay.config import Config
 from smtprelay.operations.errors import require_configured
 
@@ -25,12 +34,7 @@ def register(sub: Any, common: argparse.ArgumentParser,
     p = creds.add_parser("list", parents=[common, listing], help="list credentials")
     p.add_argument("--account")
     p.set_defaults(func=cmd_list)
-    for action, func, text in (("disable", cmd_disable, "refuse it from now on"),
-                               ("enable", cmd_enable, "accept it again"),
-                               ("delete", cmd_delete, "remove it")):
-        p = creds.add_parser(action, parents=[common], help=text)
-        p.add_argument("username")
-        p.set_defaults(func=func)
+    register_switches(creds, common, "username", _change)
     creds.add_parser("hash",
                      help="hash a password (from stdin) for a static credential in the config") \
         .set_defaults(func=cmd_hash)
@@ -75,35 +79,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return EXIT_OK
-    print(f"{'USERNAME':<24} {'ACCOUNT':<16} {'SOURCE':<7} {'STATE':<9} {'CREATED':<21} NAME")
-    for row in rows:
-        state = "disabled" if row["disabled"] else "active"
-        print(f"{row['username']:<24} {row['account']:<16} {row['source']:<7} {state:<9} "
-              f"{format_time(row['created_at']):<21} {row['name'] or ''}")
+    print_table([("USERNAME", 24), ("ACCOUNT", 16), ("SOURCE", 7), ("STATE", 9),
+                 ("CREATED", 21), ("NAME", 0)],
+                ([row["username"], row["account"], row["source"],
+                  "disabled" if row["disabled"] else "active",
+                  format_time(row["created_at"]), row["name"] or ""] for row in rows))
     return EXIT_OK
 
 
-def _change(args: argparse.Namespace, change: Callable[[Any, str], bool], done: str) -> int:
+def _change(args: argparse.Namespace, change: Change, done: str) -> int:
     config = state_config(args)
     if any(c.username == args.username for a in config.accounts.values() for c in a.credentials):
         raise CommandError(f"{args.username} is a static credential from the configuration "
                            "file; edit accounts.<name>.credentials there")
-    if not change(_store(config), args.username):
-        raise CommandError(f"no stored credential with username {args.username}")
-    print(f"{args.username}: {done}")
-    return EXIT_OK
-
-
-def cmd_disable(args: argparse.Namespace) -> int:
-    return _change(args, lambda s, u: s.set_disabled(u, True), "disabled")
-
-
-def cmd_enable(args: argparse.Namespace) -> int:
-    return _change(args, lambda s, u: s.set_disabled(u, False), "enabled")
-
-
-def cmd_delete(args: argparse.Namespace) -> int:
-    return _change(args, lambda s, u: s.delete(u), "deleted")
+    changed = change(_store(config), args.username)
+    return report_change(args.username, changed, done, "no stored credential with username")
 
 
 def cmd_hash(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from smtprelay import __version__
 from smtprelay.cli import (
     admin_tokens,
+    api_keys,
     cluster,
     contacts,
     credentials,
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"smtprelay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # In the order `smtprelay --help` lists them.
-    for group in (serve, status, cluster, credentials, queue, dkim, tracking_keys,
+    for group in (serve, status, cluster, credentials, api_keys, queue, dkim, tracking_keys,
                   dns_check, suppression, contacts, feedback, stats, pauses):
         group.register(sub, common, listing)
     send_probe.register(sub, common)

@@ -100,6 +100,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         fix(raw["server"], "data_dir")
     fix(raw.get("tls"), "cert_file")
     fix(raw.get("tls"), "key_file")
+    fix(raw.get("api"), "key_file")
     delivery = raw.get("delivery")
     if isinstance(delivery, dict):
         fix(delivery.get("smarthost"), "ca_file")

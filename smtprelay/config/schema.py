@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from smtprelay.config.accounts import AccountConfig, IdentityConfig
+from smtprelay.config.api import APIConfig
 from smtprelay.config.delivery import DeliveryConfig
 from smtprelay.config.lists import ContactListConfig, check_list_names
 from smtprelay.config.server import (
@@ -49,6 +50,7 @@ class Config(Model):
     tracking_domains: dict[str, TrackingDomainConfig] = Field(default_factory=dict)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     http: HTTPConfig = Field(default_factory=HTTPConfig)
+    api: APIConfig = Field(default_factory=APIConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
@@ -160,6 +162,11 @@ class Config(Model):
                 f"{key}: mail to the signed unsubscribe addresses is taken by the feedback "
                 "listener, and no listener has role: feedback; add one (port 25, the MX of "
                 "the mailto domain) or set mailto: null" for key in mailtos)
+        for api in ("sesv2", "sesv1"):
+            if getattr(self.api, api) and not (self.http.listen or self.http.tls_listen):
+                problems.append(f"api.{api}: the API is served on the HTTP listeners, and "
+                                "http.listen and http.tls_listen are both empty; give one "
+                                "an address or turn the API off")
         names = [listener.name for listener in self.listeners]
         for name in sorted({n for n in names if names.count(n) > 1}):
             problems.append(f"listeners: the name {name!r} is used twice")
@@ -233,6 +240,11 @@ class Config(Model):
     @property
     def tracking_keys_path(self) -> Path:
         return self.server.data_dir / "tracking-keys.json"
+
+    @property
+    def api_key_path(self) -> Path:
+        """The key that encrypts the API keys' secrets (api.key_file)."""
+        return self.api.key_file or self.server.data_dir / "api-keys.key"
 
     @property
     def capture_dir(self) -> Path:

@@ -243,3 +243,34 @@ def test_proxy_protocol_without_trusted_proxies_and_redis_without_url_are_named(
     assert "listeners[0]" in text and "proxy_protocol needs trusted_proxies" in text
     assert "http: proxy_protocol needs trusted_proxies" in text
     assert "store" in text and "backend redis needs url" in text
+
+
+def test_api_section_defaults_and_checks(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("listeners: [{name: s, port: 2587, tls: none}]\n")
+    api = load_config(path).config
+    assert (api.api.sesv2, api.api.sesv1, api.api.max_clock_skew,
+            api.api.max_request_size) == (False, False, 300.0, 10 * 1024 * 1024)
+    assert api.api_key_path == tmp_path / "var" / "api-keys.key"
+    path.write_text("listeners: [{name: s, port: 2587, tls: none}]\n"
+                    "api: {sesv2: true, key_file: secrets/api.key, max_clock_skew: 15m,"
+                    " max_request_size: 40MB}\n")
+    config = load_config(path).config
+    assert config.api_key_path == tmp_path / "secrets" / "api.key"
+    assert (config.api.max_clock_skew, config.api.max_request_size) == (900.0, 40_000_000)
+    problems = problems_for(tmp_path, """
+listeners: [{name: s, port: 2587, tls: none}]
+http: {listen: []}
+api: {sesv1: true, max_clock_skew: 2h, max_request_size: 1k, sesv3: true}
+""")
+    assert [p.split(":", 1)[0] for p in problems] == [
+        "api.max_clock_skew", "api.max_request_size", "api.sesv3"]
+    assert "at most 1h" in problems[0] and "at least 64k" in problems[1]
+    problems = problems_for(tmp_path, """
+listeners: [{name: s, port: 2587, tls: none}]
+http: {listen: []}
+api: {sesv1: true}
+""")
+    assert problems == ["api.sesv1: the API is served on the HTTP listeners, and http.listen "
+                        "and http.tls_listen are both empty; give one an address or turn "
+                        "the API off"]

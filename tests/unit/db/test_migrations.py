@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from smtprelay.auth.api_keys import SqliteApiKeyStore
 from smtprelay.auth.credentials import CredentialStore
 from smtprelay.db import sqlite
 from smtprelay.db.migrations import SchemaTooNew, migrate
@@ -28,7 +29,7 @@ def versions(path: Path) -> dict[str, int]:
 def test_every_store_of_the_state_database_records_its_own_version(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     stores = [CredentialStore(path), SQLiteSuppressionStore(path), SQLitePauseStore(path),
-              SQLiteContactStore(path)]
+              SQLiteContactStore(path), SqliteApiKeyStore(path, tmp_path / "api-keys.key")]
     for store in stores:
         store.open()
     usage = SQLiteUsageStore(path)
@@ -37,7 +38,7 @@ def test_every_store_of_the_state_database_records_its_own_version(tmp_path: Pat
     for store in stores:
         store.close()
     assert versions(path) == {"credentials": 1, "suppression": 2, "pauses": 1, "quota": 1,
-                              "contacts": 1}
+                              "contacts": 1, "api_keys": 1}
 
 
 def test_a_state_database_from_before_versioning_is_adopted_with_its_rows(
