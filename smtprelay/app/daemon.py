@@ -20,7 +20,7 @@ from smtprelay.app.control import ControlServer, LoopLag, control_path
 from smtprelay.app.live import Live
 from smtprelay.app.workers import WorkerSet, worker_processes
 from smtprelay.auth.authenticator import Authenticator
-from smtprelay.auth.stores import credential_store
+from smtprelay.auth.stores import api_key_store, credential_store
 from smtprelay.config import Config, ConfigError, Derived
 from smtprelay.delivery.capture import CaptureTransport
 from smtprelay.delivery.dns import MXResolver
@@ -40,6 +40,7 @@ from smtprelay.feedback.recorder import FeedbackRecorder
 from smtprelay.http.admin import AdminServices
 from smtprelay.http.forward import internal_socket
 from smtprelay.http.server import HTTPServer, bind_listeners
+from smtprelay.http.ses import ses_api
 from smtprelay.infra import metrics
 from smtprelay.operations.nodes import NodeControl
 from smtprelay.policy.pauses import PausedSets
@@ -94,6 +95,8 @@ class Relay:
                            # What reports about purged messages need (smtprelay.spool.sent).
                            keep_sent_index=feedback_inbox.has_listener(config))
         self.credentials = credential_store(config)
+        # The SES API's keys (api.sesv2); opened only when the API is on.
+        self.api_keys = api_key_store(config)
         self.usage = SQLiteUsageStore(config.state_path)
         # What every worker (and with store: redis, every node) must agree on; the
         # workers reach it through this process (state.service).
@@ -199,6 +202,8 @@ class Relay:
             self._transform_pool = TransformPool(workers)
         await asyncio.to_thread(self.spool.open)
         await asyncio.to_thread(self.credentials.open)
+        if cfg.api.sesv2:
+            await asyncio.to_thread(self.api_keys.open)
         await asyncio.to_thread(self.suppression.open)
         await asyncio.to_thread(self.contacts.open)
         await asyncio.to_thread(self.pauses.store.open)
@@ -255,6 +260,8 @@ class Relay:
         # what they do not answer themselves to this server's Unix socket.
         self._http_sockets = bind_listeners(cfg) if count > 1 else []
         self.http = HTTPServer(cfg, self.not_ready, keys=self.live,
+                               ses=ses_api(self.live, self._pipeline, self.quotas,
+                                           lambda: self.pauses.accounts, self.api_keys),
                                sink=self.engagements, admin=AdminServices(
                                    live=self.live, spool=self.spool,
                                    suppression=self.suppression, pauses=self.pauses,
@@ -543,6 +550,7 @@ class Relay:
         self.contacts.close()
         self.pauses.store.close()
         self.credentials.close()
+        self.api_keys.close()
 
 
 def _worker_metrics_dir(config: Config) -> Path:

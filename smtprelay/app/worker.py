@@ -30,13 +30,14 @@ from smtprelay.app.control import LoopLag
 from smtprelay.app.live import Live
 from smtprelay.app.workers import ENVIRONMENT
 from smtprelay.auth.authenticator import Authenticator
-from smtprelay.auth.stores import credential_store
+from smtprelay.auth.stores import api_key_store, credential_store
 from smtprelay.config import Config, load_config
 from smtprelay.delivery.dns import MXResolver
 from smtprelay.delivery.mail_from import MailFromChecks
 from smtprelay.events.remote import RemoteEngagements
 from smtprelay.http.forward import Forwarder, internal_socket
 from smtprelay.http.server import HTTPServer
+from smtprelay.http.ses import ses_api
 from smtprelay.infra import logs
 from smtprelay.policy.pauses import PausedSets
 from smtprelay.policy.quota import Quotas
@@ -74,6 +75,7 @@ class Worker:
         self._sockets = sockets
         self._http_sockets = http_sockets
         self.credentials = credential_store(config)
+        self.api_keys = api_key_store(config)
         self.suppression = suppression_store(config)
         self.contacts = contact_store(config)
         self.pauses = PausedSets(pause_store(config))
@@ -96,6 +98,8 @@ class Worker:
         await asyncio.to_thread(self.live.open)
         for store in (self.credentials, self.suppression, self.contacts, self.pauses.store):
             await asyncio.to_thread(store.open)
+        if config.api.sesv2:
+            await asyncio.to_thread(self.api_keys.open)
         await asyncio.to_thread(self.pauses.refresh)
         transforms = transform_processes(config.server.transform_workers, self.workers)
         if transforms:
@@ -118,6 +122,9 @@ class Worker:
             self.http = HTTPServer(
                 config, lambda: None, keys=self.live, sink=RemoteEngagements(self.channel),
                 sockets=self._http_sockets,
+                # The SES API on this worker's own pipeline, as its SMTP sessions.
+                ses=ses_api(self.live, pipeline, self.quotas, lambda: self.pauses.accounts,
+                            self.api_keys),
                 forward=Forwarder(internal_socket(config.server.data_dir),
                                   timeout=config.http.read_timeout))
             await self.http.start()
@@ -163,7 +170,8 @@ class Worker:
         if self.channel is not None:
             await self.channel.close()
         await self.suppression.close_on_loop()
-        for store in (self.credentials, self.suppression, self.contacts, self.pauses.store):
+        for store in (self.credentials, self.suppression, self.contacts, self.pauses.store,
+                      self.api_keys):
             store.close()
 
     async def until_channel_closes(self) -> None:

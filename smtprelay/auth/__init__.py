@@ -1,1 +1,2 @@
-"""SMTP authentication: credential storage, password hashing, verification and lockout."""
+"""Authentication: SMTP credentials (storage, password hashing, verification, lockout) and
+the SES API's keys and AWS Signature Version 4."""

@@ -40,6 +40,7 @@ from smtprelay.events.subscriptions import Confirmer
 from smtprelay.http import admin_auth, proxied
 from smtprelay.http.admin import AdminAPI, AdminServices, is_admin_path
 from smtprelay.http.forward import ROUTE_NAME, Forwarder, peer_from_worker
+from smtprelay.http.ses import SesApi
 from smtprelay.http.sns import SubscriptionConfirmations
 from smtprelay.http.tracking import TRACKING_HEADERS, Tracking
 from smtprelay.infra import metrics, tls
@@ -173,7 +174,8 @@ class HTTPServer:
                  worker_metrics: Path | None = None,
                  sockets: Inherited | None = None,
                  internal: Path | None = None,
-                 forward: Forwarder | None = None) -> None:
+                 forward: Forwarder | None = None,
+                 ses: SesApi | None = None) -> None:
         """`config`: the configuration at start (`http` and the tracking domains need a
         restart); `ready` says why the relay is not ready (None: it is), for /readyz;
         `keys` are the tracking keys in force, which verify tracking tokens
@@ -189,11 +191,12 @@ class HTTPServer:
         supervisor's is empty); `internal` is a Unix socket to serve too, where the
         workers pass on what they do not answer; `forward` (a worker's) does that
         passing, and the server then answers only the tracking routes and /healthz
-        itself."""
+        itself, and the SES API (`ses`, on its own pipeline)."""
         self._config = config
         self._sockets = sockets
         self._internal = internal
         self._forward = forward
+        self._ses = ses
         self._worker_metrics = worker_metrics
         self._ready = ready
         self.tracking = Tracking(config, keys if keys is not None else _NoKeys(), sink)
@@ -236,6 +239,8 @@ class HTTPServer:
             app.on_response_prepare.append(_default_headers)
             app.router.add_get("/healthz", self._healthz)
             self.tracking.add_routes(app)
+            if self._ses is not None:
+                self._ses.add_routes(app)
             self._forward.add_route(app)
             return app
         app = web.Application(middlewares=[_client, _count, admin_gate],
@@ -249,6 +254,8 @@ class HTTPServer:
             self.sns.add_routes(app)
         if admin is not None:
             admin.add_routes(app)
+        if self._ses is not None:
+            self._ses.add_routes(app)
         return app
 
     async def _metrics(self, _request: web.Request) -> web.Response:
