@@ -261,7 +261,8 @@ class Relay:
         self._http_sockets = bind_listeners(cfg) if count > 1 else []
         self.http = HTTPServer(cfg, self.not_ready, keys=self.live,
                                ses=ses_api(self.live, self._pipeline, self.quotas,
-                                           lambda: self.pauses.accounts, self.api_keys),
+                                           lambda: self.pauses.accounts, self.api_keys,
+                                           counters=self.counters),
                                sink=self.engagements, admin=AdminServices(
                                    live=self.live, spool=self.spool,
                                    suppression=self.suppression, pauses=self.pauses,

@@ -44,7 +44,9 @@ from smtprelay.policy.quota import Quotas
 from smtprelay.policy.stores import contact_store, pause_store, suppression_store
 from smtprelay.smtp.server import SMTPServer
 from smtprelay.spool import remote
+from smtprelay.spool.cluster_stats import ClusterCounters
 from smtprelay.spool.remote import RemoteSpool
+from smtprelay.spool.set_stats import FileCounters
 from smtprelay.state.channel import ChannelClient
 from smtprelay.state.service import StateClient
 from smtprelay.submission.pipeline import Pipeline
@@ -124,7 +126,10 @@ class Worker:
                 sockets=self._http_sockets,
                 # The SES API on this worker's own pipeline, as its SMTP sessions.
                 ses=ses_api(self.live, pipeline, self.quotas, lambda: self.pauses.accounts,
-                            self.api_keys),
+                            self.api_keys, counters=(
+                                # v1's statistics: the supervisor's spool, or the cluster's.
+                                ClusterCounters.of(config) or FileCounters(config.spool_path)
+                            ) if config.api.sesv1 else None),
                 forward=Forwarder(internal_socket(config.server.data_dir),
                                   timeout=config.http.read_timeout))
             await self.http.start()

@@ -30,7 +30,10 @@ from smtprelay.auth.api_keys import ApiKey, ApiKeyError, ApiKeyStore
 from smtprelay.config import ConfigSource
 from smtprelay.policy.quota import Quotas
 from smtprelay.sesapi.errors import ApiError
-from smtprelay.sesapi.v2 import Caller, SesV2
+from smtprelay.sesapi.send import Caller
+from smtprelay.sesapi.v1 import SesV1
+from smtprelay.sesapi.v2 import SesV2
+from smtprelay.spool.set_stats import Counters
 from smtprelay.submission.seam import SubmissionHandler
 
 log = logging.getLogger("smtprelay.http.ses")
@@ -39,6 +42,8 @@ KEY_CACHE_SECONDS = 5.0
 _V2 = "/v2/email"
 
 Operation = Callable[[Caller, bytes], Awaitable[dict[str, Any]]]
+# An operation past the gate: the caller, the request, its body, the request id.
+Answer = Callable[[Caller, web.Request, bytes, str], Awaitable[web.Response]]
 
 
 class _Refused(Exception):
@@ -53,18 +58,24 @@ def _web(response: aws_errors.ErrorResponse) -> web.Response:
 
 
 def ses_api(live: ConfigSource, handler: SubmissionHandler, quotas: Quotas,
-            paused_accounts: Callable[[], Container[str]], keys: ApiKeyStore) -> SesApi | None:
-    """The SES API on `handler` (the pipeline SMTP sessions use), when api.sesv2 is on."""
-    if not live.config.api.sesv2:
+            paused_accounts: Callable[[], Container[str]], keys: ApiKeyStore,
+            counters: Counters | None = None) -> SesApi | None:
+    """The SES API on `handler` (the pipeline SMTP sessions use), when api.sesv2 or
+    api.sesv1 is on; `counters`: where v1's GetSendStatistics reads (None: v1 off)."""
+    api = live.config.api
+    v1 = SesV1(live, handler, quotas, counters) if api.sesv1 and counters is not None \
+        else None
+    if not api.sesv2 and v1 is None:
         return None
-    return SesApi(live, SesV2(live, handler, quotas, paused_accounts), keys)
+    return SesApi(live, SesV2(live, handler, quotas, paused_accounts), keys, v1=v1)
 
 
 class SesApi:
     def __init__(self, live: ConfigSource, v2: SesV2, keys: ApiKeyStore,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, v1: SesV1 | None = None) -> None:
         self._live = live
         self._v2 = v2
+        self._v1 = v1
         self._keys = keys
         self._clock = clock
         self._cache: dict[str, tuple[float, tuple[ApiKey, str] | None]] = {}
@@ -75,6 +86,10 @@ class SesApi:
                                 self._json(self._v2.send_email))
             app.router.add_get(f"{_V2}/account",
                                self._json(lambda caller, _body: self._v2.get_account(caller)))
+        if self._v1 is not None:
+            # AWS takes the Query protocol's fields as a form body or as the query.
+            app.router.add_post("/", self._gate("query", self._query))
+            app.router.add_get("/", self._gate("query", self._query))
 
     # -- authentication -----------------------------------------------------------------
 
@@ -100,8 +115,9 @@ class SesApi:
         body = await request.content.read(limit + 1)
         if len(body) > limit:
             raise _Refused(aws_errors.render(
-                protocol, "BadRequestException", f"The request is larger than {limit} bytes.",
-                413, request_id))
+                protocol, "RequestEntityTooLarge" if protocol == "query" else
+                "BadRequestException", f"The request is larger than {limit} bytes.", 413,
+                request_id))
         return body
 
     async def _caller(self, request: web.Request, body: bytes,
@@ -133,21 +149,40 @@ class SesApi:
         return Caller(account=key.account, access_key_id=key.access_key_id,
                       ip=request.remote or "", port=int(peer[1]) if peer else 0)
 
-    # -- SES v2 (REST-JSON) ---------------------------------------------------------------
-
-    def _json(self, operation: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _gate(self, protocol: aws_errors.Protocol, answer: Answer
+              ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """`answer` behind the signature check, its errors in `protocol`'s shape."""
         async def handle(request: web.Request) -> web.Response:
             request_id = str(uuid.uuid4())
             try:
-                body = await self._read(request, "json", request_id)
-                caller = await self._caller(request, body, "json", request_id)
-                answer = await operation(caller, body)
+                body = await self._read(request, protocol, request_id)
+                caller = await self._caller(request, body, protocol, request_id)
+                return await answer(caller, request, body, request_id)
             except _Refused as refused:
                 return _web(refused.response)
             except ApiError as exc:
                 log.info("ses api: %s %s refused: %s", request.method, request.path, exc)
-                return _web(aws_errors.render_json(exc.code, exc.message, exc.status,
-                                                   request_id=request_id))
-            return web.Response(body=json.dumps(answer).encode(), headers={
-                "Content-Type": "application/json", "x-amzn-RequestId": request_id})
+                return _web(aws_errors.render(protocol, exc.code, exc.message, exc.status,
+                                              request_id))
         return handle
+
+    # -- SES v2 (REST-JSON) ---------------------------------------------------------------
+
+    def _json(self, operation: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def answer(caller: Caller, _request: web.Request, body: bytes,
+                         request_id: str) -> web.Response:
+            result = await operation(caller, body)
+            return web.Response(body=json.dumps(result).encode(), headers={
+                "Content-Type": "application/json", "x-amzn-RequestId": request_id})
+        return self._gate("json", answer)
+
+    # -- SES v1 (Query) -------------------------------------------------------------------
+
+    async def _query(self, caller: Caller, request: web.Request, body: bytes,
+                     request_id: str) -> web.Response:
+        assert self._v1 is not None
+        fields = body if request.method == "POST" else \
+            request.raw_path.partition("?")[2].encode()
+        xml = await self._v1.call(caller, fields, request_id)
+        return web.Response(body=xml, headers={"Content-Type": "text/xml",
+                                               "x-amzn-RequestId": request_id})

@@ -84,8 +84,9 @@ def refusal(reply: Reply, protocol: Protocol, *, configuration_set: str | None =
         return unavailable(f"Service unavailable, try again: {_text(reply)}")
     text = _text(reply)
     if "MailFromDomainNotVerified" in text:
-        return ApiError("MailFromDomainNotVerifiedException" if protocol == V2
-                        else "MailFromDomainNotVerified", text)
+        # v1's model too gives this code its full shape name (unlike, say,
+        # ConfigurationSetDoesNotExist), so botocore maps it to the exception.
+        return ApiError("MailFromDomainNotVerifiedException", text)
     if text.startswith("Message rejected: Contact list") or \
             text.startswith("Message rejected: Topic"):
         return not_found(text.removeprefix("Message rejected: "), protocol)

@@ -1,59 +1,28 @@
-"""SES v2 operations (REST-JSON): each request becomes what an SMTP session hands on, a
-`Submission`, and goes through the same handler (smtprelay.submission.pipeline): the
-same identities, quotas, suppression list, configuration sets, tags, transforms,
-spool and events. Nothing here decides what the pipeline decides.
+"""SES v2 operations (REST-JSON): the JSON of a request read into the parts
+smtprelay.sesapi.send sends, as v1's form fields are (smtprelay.sesapi.v1), so both
+APIs send through the same code and the same pipeline as SMTP.
 
-What the API says in fields, the message says in the header fields SES reads on SMTP,
-in front of the message: `ConfigurationSetName` as X-SES-CONFIGURATION-SET,
-`EmailTags` as X-SES-MESSAGE-TAGS, `ListManagementOptions` as
-X-SES-LIST-MANAGEMENT-OPTIONS. The pipeline takes them out before the message is
-signed and sent, as it does for SMTP. A Raw message's own X-SES-* fields of the same
-names give way to the request's fields.
-
-Content: `Simple` is composed (smtprelay.mail.compose); `Raw` is taken as written,
-its line ends made CRLF (an API body has no SMTP framing to smuggle through, and
-Python's email package writes LF), its recipients from `Destination` or else from its
-To, Cc and Bcc fields, and its Bcc field removed, as SES does.
+`ConfigurationSetName`, `EmailTags` and `ListManagementOptions` become the X-SES-*
+fields SES reads on SMTP (send.Control); `Simple` content is composed, `Raw` taken as
+written (send.Simple, send.Raw).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import re
 import time
 from collections.abc import Callable, Container, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from smtprelay.config import ConfigSource
 from smtprelay.mail import compose
-from smtprelay.mail.headers import MalformedHeader, header_end, parse_header_section
-from smtprelay.mail.headers import addresses as header_addresses
-from smtprelay.mail.replies import Reply
-from smtprelay.policy.quota import Quotas, effective_quota
-from smtprelay.sesapi.errors import V2, ApiError, bad_request, refusal
-from smtprelay.spool.model import Envelope, new_message_id
-from smtprelay.submission.seam import Client, Submission, SubmissionHandler
+from smtprelay.policy.quota import Quotas
+from smtprelay.sesapi import send
+from smtprelay.sesapi.errors import V2, bad_request
+from smtprelay.sesapi.send import Caller, Control
+from smtprelay.submission.seam import SubmissionHandler
 
-MAX_RECIPIENTS = 50  # SES: "50 recipients per message" (To, Cc and Bcc together)
-LISTENER = "api"  # the Client.listener of API submissions (logs, metrics, events)
-_SES_FIELDS = re.compile(
-    rb"^(x-ses-configuration-set|x-ses-message-tags|x-ses-list-management-options)"
-    rb"[ \t]*:.*(?:\r\n[ \t].*)*\r\n", re.IGNORECASE | re.MULTILINE)
-_BCC = re.compile(rb"^bcc[ \t]*:.*(?:\r\n[ \t].*)*\r\n", re.IGNORECASE | re.MULTILINE)
-_TAG_PART = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who sent the request: the API key's account, from where."""
-
-    account: str
-    access_key_id: str
-    ip: str
-    port: int
+__all__ = ["Caller", "SesV2"]
 
 
 def _object(value: Any, field: str) -> Mapping[str, Any]:
@@ -92,10 +61,7 @@ def _text(value: Any, field: str) -> compose.Text | None:
 def _blob(value: Any, field: str) -> bytes:
     text = _string(value, field, required=True)
     assert text is not None
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise bad_request(f"{field} must be base64") from None
+    return send.base64_data(text, field, V2)
 
 
 def _attachments(value: Any) -> list[compose.Attachment]:
@@ -128,43 +94,25 @@ def _headers(value: Any, field: str) -> list[tuple[str, str]]:
     return found
 
 
-def _control_fields(body: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The request's fields as the header fields the pipeline reads."""
-    fields: list[tuple[str, str]] = []
-    name = _string(body.get("ConfigurationSetName"), "ConfigurationSetName")
-    if name is not None:
-        fields.append(("X-SES-CONFIGURATION-SET", name))
+def _control(body: Mapping[str, Any]) -> Control:
+    """The request's fields the pipeline reads as X-SES-* header fields."""
     tags = []
     for i, item in enumerate(body.get("EmailTags") or []):
-        tag = _object(item, f"EmailTags[{i}]")
-        key = _string(tag.get("Name"), f"EmailTags[{i}].Name", required=True)
-        value = _string(tag.get("Value"), f"EmailTags[{i}].Value", required=True)
+        t = _object(item, f"EmailTags[{i}]")
+        key = _string(t.get("Name"), f"EmailTags[{i}].Name", required=True)
+        value = _string(t.get("Value"), f"EmailTags[{i}].Value", required=True)
         assert key is not None and value is not None
-        for part, what in ((key, "Name"), (value, "Value")):
-            # SES's own rule for tag names and values: nothing the header could misread.
-            if not _TAG_PART.match(part):
-                raise bad_request(f"EmailTags[{i}].{what} may contain only ASCII letters, "
-                                  "digits, underscores and dashes, at most 256")
-        tags.append(f"{key}={value}")
-    if tags:
-        fields.append(("X-SES-MESSAGE-TAGS", ", ".join(tags)))
+        tags.append(send.tag(key, value, f"EmailTags[{i}]", V2))
+    contact_list = topic = None
     options = body.get("ListManagementOptions")
     if options is not None:
         o = _object(options, "ListManagementOptions")
         contact_list = _string(o.get("ContactListName"),
                                "ListManagementOptions.ContactListName", required=True)
         topic = _string(o.get("TopicName"), "ListManagementOptions.TopicName")
-        assert contact_list is not None
-        fields.append(("X-SES-LIST-MANAGEMENT-OPTIONS",
-                       contact_list + (f"; topic={topic}" if topic else "")))
-    for key, value in fields:
-        if not compose.LINE_BREAKS.isdisjoint(value):
-            raise bad_request(f"{key} must not contain a line break")
-    return fields
-
-
-def _crlf(data: bytes) -> bytes:
-    return re.sub(rb"\r?\n", b"\r\n", data)
+    return Control(
+        configuration_set=_string(body.get("ConfigurationSetName"), "ConfigurationSetName"),
+        tags=tags, contact_list=contact_list, topic=topic)
 
 
 class SesV2:
@@ -174,10 +122,9 @@ class SesV2:
                  paused_accounts: Callable[[], Container[str]],
                  clock: Callable[[], float] = time.time) -> None:
         self._live = live
-        self._handler = handler
+        self._send = send.Sender(live, handler, clock)
         self._quotas = quotas
         self._paused_accounts = paused_accounts
-        self._clock = clock
 
     # -- SendEmail --------------------------------------------------------------------------
 
@@ -199,9 +146,7 @@ class SesV2:
         cc = _strings(destination.get("CcAddresses"), "Destination.CcAddresses")
         bcc = _strings(destination.get("BccAddresses"), "Destination.BccAddresses")
         sender = _string(body.get("FromEmailAddress"), "FromEmailAddress")
-        received_at = self._clock()
-        message_id = new_message_id(received_at)
-        control = _control_fields(body)
+        control = _control(body)
         if kinds[0] == "Simple":
             if sender is None:
                 raise bad_request("FromEmailAddress is required with Simple content")
@@ -210,105 +155,31 @@ class SesV2:
             if subject is None:
                 raise bad_request("Content.Simple.Subject is required")
             parts_body = _object(simple.get("Body") or {}, "Content.Simple.Body")
-            reply_to = _strings(body.get("ReplyToAddresses"), "ReplyToAddresses")
-            try:
-                data = compose.compose(compose.Parts(
-                    from_address=sender, subject=subject,
-                    text=_text(parts_body.get("Text"), "Content.Simple.Body.Text"),
-                    html=_text(parts_body.get("Html"), "Content.Simple.Body.Html"),
-                    to=to, cc=cc, reply_to=reply_to,
-                    headers=_headers(simple.get("Headers"), "Content.Simple.Headers"),
-                    attachments=_attachments(simple.get("Attachments"))),
-                    message_id=f"{message_id}@{self._live.config.server.hostname}",
-                    date=received_at)
-            except compose.ComposeError as exc:
-                raise bad_request(str(exc)) from None
-            recipients = [a.addr_spec for a in compose.addresses("Destination",
-                                                                  [*to, *cc, *bcc])]
-            mail_from = compose.addresses("FromEmailAddress", [sender])[0].addr_spec
+            message_id = await self._send.simple(caller, send.Simple(
+                sender=sender, sender_field="FromEmailAddress", subject=subject,
+                text=_text(parts_body.get("Text"), "Content.Simple.Body.Text"),
+                html=_text(parts_body.get("Html"), "Content.Simple.Body.Html"),
+                to=to, cc=cc, bcc=bcc,
+                reply_to=_strings(body.get("ReplyToAddresses"), "ReplyToAddresses"),
+                headers=_headers(simple.get("Headers"), "Content.Simple.Headers"),
+                attachments=_attachments(simple.get("Attachments"))), control, V2)
         else:
             raw = _object(content["Raw"], "Content.Raw")
-            data = _crlf(_blob(raw.get("Data"), "Content.Raw.Data"))
-            fields = self._header_fields(data)
-            if not (to or cc or bcc):
-                listed = [a for f in fields if f.key in ("to", "cc", "bcc")
-                          for a in header_addresses(f.value)]
-                if "(unparseable)" in listed:
-                    raise bad_request("Content.Raw.Data: its To, Cc or Bcc field cannot be "
-                                      "read as addresses")
-                to = listed
-            # Bcc never travels in the message; the request's SES fields replace the
-            # message's own.
-            end = header_end(data)
-            head = _BCC.sub(b"", data[:end])
-            if control:
-                head = _SES_FIELDS.sub(b"", head)
-            data = head + data[end:]
-            if sender is None:
-                froms = [a for f in fields if f.key == "from" for a in header_addresses(f.value)]
-                if len(froms) != 1 or froms[0] == "(unparseable)":
-                    raise bad_request("Content.Raw.Data: FromEmailAddress is not given and "
-                                      "the message has no single From address")
-                mail_from = froms[0]
-            else:
-                mail_from = compose.addresses("FromEmailAddress", [sender])[0].addr_spec
-            recipients = [*to, *cc, *bcc]
-        if not recipients:
-            raise ApiError("MessageRejected", "There are no recipients specified.")
-        if len(recipients) > MAX_RECIPIENTS:
-            raise bad_request(f"Recipient count exceeds {MAX_RECIPIENTS}.")
-        prefix = b"".join(f"{k}: {v}\r\n".encode() for k, v in control)
-        reply = await self._submit(caller, mail_from, recipients, prefix + data, received_at,
-                                   _string(body.get("ConfigurationSetName"),
-                                           "ConfigurationSetName"))
-        return {"MessageId": reply.text.rsplit(" ", 1)[-1]}
-
-    @staticmethod
-    def _header_fields(data: bytes) -> list[Any]:
-        if header_end(data) <= 2:
-            raise ApiError("MessageRejected", "Content.Raw.Data is not a MIME message: it "
-                                              "has no header section")
-        try:
-            return parse_header_section(data)
-        except MalformedHeader as exc:
-            raise ApiError("MessageRejected", f"Content.Raw.Data: {exc}") from None
-
-    async def _submit(self, caller: Caller, mail_from: str, recipients: list[str],
-                      data: bytes, received_at: float, configuration_set: str | None
-                      ) -> Reply:
-        """As an SMTP session does: MAIL FROM, each RCPT TO, then the message."""
-        for check in (self._handler.check_sender(caller.account, mail_from),
-                      *(self._handler.check_recipient(caller.account, r) for r in recipients)):
-            if check is not None:
-                raise refusal(check, V2, configuration_set=configuration_set)
-        smtputf8 = not all(a.isascii() for a in (mail_from, *recipients))
-        submission = Submission(
-            client=Client(ip=caller.ip, port=caller.port, helo="", listener=LISTENER,
-                          account=caller.account, auth_user=caller.access_key_id,
-                          tls_version=None, tls_cipher=None),
-            envelope=Envelope(mail_from=mail_from, recipients=tuple(recipients),
-                              smtputf8=smtputf8, body_8bitmime=not data.isascii()),
-            data=data, received_at=received_at)
-        reply = await self._handler.submit(submission)
-        if not reply.is_success:
-            raise refusal(reply, V2, configuration_set=configuration_set)
-        return reply
+            message_id = await self._send.raw(caller, send.Raw(
+                data=_blob(raw.get("Data"), "Content.Raw.Data"), field="Content.Raw.Data",
+                sender=sender, sender_field="FromEmailAddress", recipients=[*to, *cc, *bcc]),
+                control, V2)
+        return {"MessageId": message_id}
 
     # -- GetAccount -------------------------------------------------------------------------
 
     async def get_account(self, caller: Caller) -> dict[str, Any]:
-        config = self._live.config
-        quota = effective_quota(config, caller.account)
-        settings = config.accounts[caller.account]
-        sent = await self._quotas.sent_last_24h(caller.account)
+        settings = self._live.config.accounts[caller.account]
         return {
             "DedicatedIpAutoWarmupEnabled": False,
             "EnforcementStatus": "HEALTHY",
             "ProductionAccessEnabled": not settings.sandbox,
             "SendingEnabled": caller.account not in self._paused_accounts(),
-            "SendQuota": {
-                "Max24HourSend": float(quota.max_24h_send) if quota else -1.0,
-                "MaxSendRate": float(quota.max_send_rate) if quota else -1.0,
-                "SentLast24Hours": float(sent),
-            },
+            "SendQuota": await send.send_quota(self._live.config, self._quotas,
+                                               caller.account),
         }

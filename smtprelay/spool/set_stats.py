@@ -35,11 +35,13 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
 from smtprelay.config import Duration
+from smtprelay.db.sqlite import connect
 
 HOUR = 3600
 DAY = 86400.0
@@ -324,6 +326,24 @@ class Counters(Protocol):
     def set_totals(self, window: Window, *, by: str = "configuration_set",
                    configuration_set: str | None = None,
                    account: str | None = None) -> dict[str, Counts]: ...
+
+
+class FileCounters:
+    """The counters of a spool database another process writes (a worker reading the
+    supervisor's): a read-only connection per call, so any thread may call."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def set_totals(self, window: Window, *, by: str = "configuration_set",
+                   configuration_set: str | None = None,
+                   account: str | None = None) -> dict[str, Counts]:
+        conn = connect(self._path, readonly=True)
+        try:
+            return totals(conn, window, by=by, configuration_set=configuration_set,
+                          account=account)
+        finally:
+            conn.close()
 
 
 def totals(conn: sqlite3.Connection, window: Window, *, by: str = "configuration_set",

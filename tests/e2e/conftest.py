@@ -12,7 +12,8 @@ import pytest
 from tests.dkimpeers import Key, publish, record_line
 from tests.dnsserver import TestDNSServer
 from tests.e2e.delivery_world import World, world
-from tests.sinks import SinkFactory
+from tests.sinks import SinkFactory, SmtpSink
+from tests.support import free_port
 
 
 @pytest.fixture
@@ -21,6 +22,16 @@ def net(tmp_path: Path, dns_server: TestDNSServer, sinks: SinkFactory) -> Iterat
     test DNS server names; the test starts the relay with net.start()."""
     with world(tmp_path, dns_server, sinks) as w:
         yield w
+
+
+@pytest.fixture
+def mx(dns_server: TestDNSServer, sinks: SinkFactory) -> Iterator[SmtpSink]:
+    """The MX host of dest.test: a sink on 127.0.0.2, for a relay in mx mode on its
+    port (delivery.port) asking the test DNS server."""
+    sink = sinks.smtp(host="127.0.0.2", port=free_port())
+    dns_server.add("dest.test", "MX", "10 mx.dest.test.")
+    dns_server.add("mx.dest.test", "A", "127.0.0.2")
+    yield sink
 
 
 # DKIM: keys made by `smtprelay dkim keygen` and the records it printed, served by the

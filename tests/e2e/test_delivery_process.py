@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,8 @@ import pytest
 
 from tests.dnsserver import TestDNSServer
 from tests.e2e.delivery_world import FAST_DELIVERY, wait_for
-from tests.sinks import SinkFactory, SmtpSink
-from tests.support import DaemonProcess, free_port, submit_to_daemon
+from tests.sinks import SmtpSink
+from tests.support import DaemonProcess, submit_to_daemon
 
 
 def _daemon(tmp_path: Path, dns: TestDNSServer, port: int, **delivery: Any) -> DaemonProcess:
@@ -36,14 +35,6 @@ def _states(daemon: DaemonProcess, message_id: str) -> dict[str, str]:
         if m["id"] == message_id:
             return {r["address"]: r["state"] for r in m["recipients"]}
     return {}
-
-
-@pytest.fixture
-def mx(dns_server: TestDNSServer, sinks: SinkFactory) -> Iterator[SmtpSink]:
-    sink = sinks.smtp(host="127.0.0.2", port=free_port())
-    dns_server.add("dest.test", "MX", "10 mx.dest.test.")
-    dns_server.add("mx.dest.test", "A", "127.0.0.2")
-    yield sink
 
 
 def test_killed_during_delivery_the_message_is_delivered_after_restart(

@@ -55,9 +55,10 @@ def api_key(daemon: DaemonProcess, account: str = "acme") -> dict[str, str]:
             "aws_secret_access_key": made["secret_access_key"]}
 
 
-def client(daemon: DaemonProcess, key: dict[str, str], region: str = "eu-west-1") -> Any:
+def client(daemon: DaemonProcess, key: dict[str, str], region: str = "eu-west-1",
+           service: str = "sesv2") -> Any:
     # One attempt: a refusal must reach the test, not be retried by botocore.
-    return boto3.client("sesv2", endpoint_url=f"http://127.0.0.1:{daemon.ports['http']}",
+    return boto3.client(service, endpoint_url=f"http://127.0.0.1:{daemon.ports['http']}",
                         region_name=region, config=BotoConfig(retries={"total_max_attempts": 1}),
                         **key)
 
@@ -73,6 +74,35 @@ def error_of(call: Any, **kwargs: Any) -> tuple[str, str, int]:
     error = refused.value.response["Error"]
     status = refused.value.response["ResponseMetadata"]["HTTPStatusCode"]
     return error["Code"], error["Message"], status
+
+
+def while_paused(daemon: DaemonProcess, name: str, call: Any, **kwargs: Any) -> str:
+    """The code `call` is refused with while the set `name` is paused by the CLI,
+    asked until the relay has read the pause (it reads pauses every few seconds)."""
+    daemon.cli("sets", "pause", name, "--reason", "test")
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                call(**kwargs)
+            except ClientError as exc:
+                return str(exc.response["Error"]["Code"])
+            assert time.monotonic() < deadline
+    finally:
+        daemon.cli("sets", "resume", name)
+
+
+def once_resumed(call: Any, **kwargs: Any) -> Any:
+    """`call`'s answer once a set resumed by the CLI is resumed in the relay too (it
+    reads pauses every few seconds)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return call(**kwargs)
+        except ClientError as exc:
+            if "Paused" not in exc.response["Error"]["Code"] or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 SIMPLE = {
@@ -138,18 +168,8 @@ def test_refusals_raise_the_exceptions_ses_users_catch(relay: DaemonProcess) -> 
         **SIMPLE, "FromEmailAddress": "app@other.example",
         "ConfigurationSetName": "transactional"})
     assert code == "NotFoundException"
-    relay.cli("sets", "pause", "marketing", "--reason", "test")
-    try:
-        deadline = time.monotonic() + 5
-        while True:  # within the pause refresh
-            try:
-                ses.send_email(**SIMPLE)
-            except ClientError as exc:
-                assert exc.response["Error"]["Code"] == "SendingPausedException"
-                break
-            assert time.monotonic() < deadline
-    finally:
-        relay.cli("sets", "resume", "marketing")
+    assert while_paused(relay, "marketing", ses.send_email, **SIMPLE) == \
+        "SendingPausedException"
     fifty_one = {**SIMPLE, "Destination": {"ToAddresses": [f"r{i}@example.net"
                                                            for i in range(51)]}}
     assert error_of(ses.send_email, **fifty_one)[:2] == (
@@ -164,13 +184,19 @@ def test_refusals_raise_the_exceptions_ses_users_catch(relay: DaemonProcess) -> 
                 "Destination": {"ToAddresses": ["a@example.net"]}}
     assert error_of(ses.send_email, **not_mime)[0] == "MessageRejected"
     # A message after all these is still taken.
-    assert ses.send_email(**SIMPLE)["MessageId"]
+    assert once_resumed(ses.send_email, **SIMPLE)["MessageId"]
+
+
+def two_then_throttled(tmp_path: Path, api: dict[str, bool]) -> DaemonProcess:
+    """A relay, started, whose account acme may send two messages and then no more
+    for a long while (its rate bucket holds two)."""
+    return DaemonProcess(tmp_path, api=api, accounts={"acme": {
+        "identities": ["example.com"],
+        "quota": {"max_send_rate": 0.001, "burst": 2, "max_24h_send": 100}}}).start()
 
 
 def test_over_quota_is_too_many_requests(tmp_path: Path) -> None:
-    daemon = DaemonProcess(tmp_path, api={"sesv2": True}, accounts={"acme": {
-        "identities": ["example.com"],
-        "quota": {"max_send_rate": 0.001, "burst": 2, "max_24h_send": 100}}}).start()
+    daemon = two_then_throttled(tmp_path, {"sesv2": True})
     try:
         ses = client(daemon, api_key(daemon))
         request = {**SIMPLE, "Destination": {"ToAddresses": ["a@example.net"]}}
