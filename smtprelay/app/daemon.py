@@ -261,7 +261,9 @@ class Relay:
         self._http_sockets = bind_listeners(cfg) if count > 1 else []
         self.http = HTTPServer(cfg, self.not_ready, keys=self.live,
                                ses=ses_api(self.live, self._pipeline, self.quotas,
-                                           lambda: self.pauses.accounts, self.api_keys),
+                                           lambda: self.pauses.accounts, self.api_keys,
+                                           suppression=self.suppression,
+                                           contacts=self.contacts, pauses=self.pauses),
                                sink=self.engagements, admin=AdminServices(
                                    live=self.live, spool=self.spool,
                                    suppression=self.suppression, pauses=self.pauses,

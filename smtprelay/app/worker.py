@@ -124,7 +124,8 @@ class Worker:
                 sockets=self._http_sockets,
                 # The SES API on this worker's own pipeline, as its SMTP sessions.
                 ses=ses_api(self.live, pipeline, self.quotas, lambda: self.pauses.accounts,
-                            self.api_keys),
+                            self.api_keys, suppression=self.suppression,
+                            contacts=self.contacts, pauses=self.pauses),
                 forward=Forwarder(internal_socket(config.server.data_dir),
                                   timeout=config.http.read_timeout))
             await self.http.start()

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -28,9 +28,17 @@ from aiohttp import web
 from smtprelay.auth import aws_errors, sigv4
 from smtprelay.auth.api_keys import ApiKey, ApiKeyError, ApiKeyStore
 from smtprelay.config import ConfigSource
+from smtprelay.operations.pauses import PauseBook
+from smtprelay.policy.contacts import ContactStore
 from smtprelay.policy.quota import Quotas
+from smtprelay.policy.suppression import SuppressionStore
 from smtprelay.sesapi.errors import ApiError
 from smtprelay.sesapi.v2 import Caller, SesV2
+from smtprelay.sesapi.v2_contacts import ContactsApi
+from smtprelay.sesapi.v2_rest import Request as ApiRequest
+from smtprelay.sesapi.v2_rest import RestOperation, Route
+from smtprelay.sesapi.v2_sets import ConfigurationSetsApi
+from smtprelay.sesapi.v2_suppression import SuppressionApi
 from smtprelay.submission.seam import SubmissionHandler
 
 log = logging.getLogger("smtprelay.http.ses")
@@ -53,18 +61,27 @@ def _web(response: aws_errors.ErrorResponse) -> web.Response:
 
 
 def ses_api(live: ConfigSource, handler: SubmissionHandler, quotas: Quotas,
-            paused_accounts: Callable[[], Container[str]], keys: ApiKeyStore) -> SesApi | None:
-    """The SES API on `handler` (the pipeline SMTP sessions use), when api.sesv2 is on."""
+            paused_accounts: Callable[[], Container[str]], keys: ApiKeyStore, *,
+            suppression: SuppressionStore, contacts: ContactStore,
+            pauses: PauseBook) -> SesApi | None:
+    """The SES API on `handler` (the pipeline SMTP sessions use), when api.sesv2 is on;
+    the account's data on the process's own stores and pauses (the supervisor's, or
+    a worker's)."""
     if not live.config.api.sesv2:
         return None
-    return SesApi(live, SesV2(live, handler, quotas, paused_accounts), keys)
+    return SesApi(live, SesV2(live, handler, quotas, paused_accounts), keys, routes=[
+        *SuppressionApi(live, suppression).routes(),
+        *ConfigurationSetsApi(live, pauses).routes(),
+        *ContactsApi(live, contacts).routes()])
 
 
 class SesApi:
     def __init__(self, live: ConfigSource, v2: SesV2, keys: ApiKeyStore,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 routes: Sequence[Route] = ()) -> None:
         self._live = live
         self._v2 = v2
+        self._routes = routes
         self._keys = keys
         self._clock = clock
         self._cache: dict[str, tuple[float, tuple[ApiKey, str] | None]] = {}
@@ -75,6 +92,11 @@ class SesApi:
                                 self._json(self._v2.send_email))
             app.router.add_get(f"{_V2}/account",
                                self._json(lambda caller, _body: self._v2.get_account(caller)))
+            for route in self._routes:
+                app.router.add_route(route.method, _V2 + route.path, self._rest(route.operation))
+            # Last: any other path under /v2 (a Create/DeleteConfigurationSet, an
+            # operation not served) gets AWS's answer, not aiohttp's text 404 or 405.
+            app.router.add_route("*", "/v2/{tail:.*}", _unknown_operation)
 
     # -- authentication -----------------------------------------------------------------
 
@@ -136,18 +158,36 @@ class SesApi:
     # -- SES v2 (REST-JSON) ---------------------------------------------------------------
 
     def _json(self, operation: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
+        return self._rest(lambda caller, request: operation(caller, request.body))
+
+    def _rest(self, operation: RestOperation
+              ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """An operation that reads the path's parameters and the query too."""
         async def handle(request: web.Request) -> web.Response:
             request_id = str(uuid.uuid4())
             try:
                 body = await self._read(request, "json", request_id)
                 caller = await self._caller(request, body, "json", request_id)
-                answer = await operation(caller, body)
+                answer = await operation(caller, ApiRequest(
+                    body, dict(request.match_info), list(request.query.items())))
             except _Refused as refused:
                 return _web(refused.response)
             except ApiError as exc:
                 log.info("ses api: %s %s refused: %s", request.method, request.path, exc)
                 return _web(aws_errors.render_json(exc.code, exc.message, exc.status,
                                                    request_id=request_id))
+            except Exception:
+                log.exception("ses api: %s %s failed", request.method, request.path)
+                return _web(aws_errors.render_json(
+                    "InternalFailure", "The relay failed to answer; its log says why.", 500,
+                    request_id=request_id))
             return web.Response(body=json.dumps(answer).encode(), headers={
                 "Content-Type": "application/json", "x-amzn-RequestId": request_id})
         return handle
+
+
+async def _unknown_operation(request: web.Request) -> web.Response:
+    # Unsigned requests get it too: the API's operations are no secret.
+    return _web(aws_errors.render_json(
+        "UnknownOperationException", f"No operation at {request.method} {request.path}.",
+        404, request_id=str(uuid.uuid4())))
