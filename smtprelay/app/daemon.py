@@ -262,7 +262,8 @@ class Relay:
         self.http = HTTPServer(cfg, self.not_ready, keys=self.live,
                                ses=ses_api(self.live, self._pipeline, self.quotas,
                                            lambda: self.pauses.accounts, self.api_keys,
-                                           counters=self.counters),
+                                           counters=self.counters, suppression=self.suppression,
+                                           contacts=self.contacts, pauses=self.pauses),
                                sink=self.engagements, admin=AdminServices(
                                    live=self.live, spool=self.spool,
                                    suppression=self.suppression, pauses=self.pauses,

@@ -129,7 +129,9 @@ class Worker:
                             self.api_keys, counters=(
                                 # v1's statistics: the supervisor's spool, or the cluster's.
                                 ClusterCounters.of(config) or FileCounters(config.spool_path)
-                            ) if config.api.sesv1 else None),
+                            ) if config.api.sesv1 else None,
+                            suppression=self.suppression, contacts=self.contacts,
+                            pauses=self.pauses),
                 forward=Forwarder(internal_socket(config.server.data_dir),
                                   timeout=config.http.read_timeout))
             await self.http.start()

@@ -640,7 +640,7 @@ class AdminAPI:
                 "no spaces or control characters, at most 320 characters)")))
         made = await asyncio.to_thread(
             contact_ops.create, self._services.contacts, config, name, address,
-            topics=_preferences(body.get("TopicPreferences", [])),
+            topics=contact_ops.preference_pairs(body.get("TopicPreferences", [])),
             unsubscribe_all=body.get("UnsubscribeAll", False),
             attributes=body.get("AttributesData"))
         log.info("admin api: contact list=%s added %s", name, made.address)
@@ -656,7 +656,7 @@ class AdminAPI:
         changed = await asyncio.to_thread(
             contact_ops.update, self._services.contacts, config, name,
             request.match_info["address"],
-            topics=None if given is None else _preferences(given),
+            topics=None if given is None else contact_ops.preference_pairs(given),
             replace_topics=given is not None, unsubscribe_all=body.get("UnsubscribeAll"),
             attributes=body.get("AttributesData"))
         log.info("admin api: contact list=%s changed %s (%s)", name, changed.address,
@@ -672,16 +672,3 @@ class AdminAPI:
         log.info("admin api: contact list=%s deleted %s", name, address)
         return web.json_response({"ContactListName": name, "EmailAddress": address,
                                   "Deleted": True})
-
-
-def _preferences(value: list[Any]) -> list[tuple[str, str | None]]:
-    """SES's TopicPreferences, [{"TopicName": ..., "SubscriptionStatus": ...}], as pairs
-    (the operation checks the names and statuses)."""
-    pairs: list[tuple[str, str | None]] = []
-    for index, item in enumerate(value):
-        if not isinstance(item, dict) or set(item) != {"TopicName", "SubscriptionStatus"} \
-                or not all(isinstance(v, str) for v in item.values()):
-            _fail(422, f"TopicPreferences[{index}] must be {{\"TopicName\": ..., "
-                       "\"SubscriptionStatus\": \"OPT_IN\" | \"OPT_OUT\"}")
-        pairs.append((item["TopicName"], item["SubscriptionStatus"]))
-    return pairs

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -28,11 +28,19 @@ from aiohttp import web
 from smtprelay.auth import aws_errors, sigv4
 from smtprelay.auth.api_keys import ApiKey, ApiKeyError, ApiKeyStore
 from smtprelay.config import ConfigSource
+from smtprelay.operations.pauses import PauseBook
+from smtprelay.policy.contacts import ContactStore
 from smtprelay.policy.quota import Quotas
+from smtprelay.policy.suppression import SuppressionStore
 from smtprelay.sesapi.errors import ApiError
 from smtprelay.sesapi.send import Caller
 from smtprelay.sesapi.v1 import SesV1
 from smtprelay.sesapi.v2 import SesV2
+from smtprelay.sesapi.v2_contacts import ContactsApi
+from smtprelay.sesapi.v2_rest import Request as ApiRequest
+from smtprelay.sesapi.v2_rest import RestOperation, Route
+from smtprelay.sesapi.v2_sets import ConfigurationSetsApi
+from smtprelay.sesapi.v2_suppression import SuppressionApi
 from smtprelay.spool.set_stats import Counters
 from smtprelay.submission.seam import SubmissionHandler
 
@@ -58,24 +66,32 @@ def _web(response: aws_errors.ErrorResponse) -> web.Response:
 
 
 def ses_api(live: ConfigSource, handler: SubmissionHandler, quotas: Quotas,
-            paused_accounts: Callable[[], Container[str]], keys: ApiKeyStore,
+            paused_accounts: Callable[[], Container[str]], keys: ApiKeyStore, *,
+            suppression: SuppressionStore, contacts: ContactStore, pauses: PauseBook,
             counters: Counters | None = None) -> SesApi | None:
     """The SES API on `handler` (the pipeline SMTP sessions use), when api.sesv2 or
-    api.sesv1 is on; `counters`: where v1's GetSendStatistics reads (None: v1 off)."""
+    api.sesv1 is on; the account's data on the process's own stores and pauses (the
+    supervisor's, or a worker's); `counters`: where v1's GetSendStatistics reads (None:
+    v1 off)."""
     api = live.config.api
     v1 = SesV1(live, handler, quotas, counters) if api.sesv1 and counters is not None \
         else None
     if not api.sesv2 and v1 is None:
         return None
-    return SesApi(live, SesV2(live, handler, quotas, paused_accounts), keys, v1=v1)
+    return SesApi(live, SesV2(live, handler, quotas, paused_accounts), keys, v1=v1, routes=[
+        *SuppressionApi(live, suppression).routes(),
+        *ConfigurationSetsApi(live, pauses).routes(),
+        *ContactsApi(live, contacts).routes()])
 
 
 class SesApi:
     def __init__(self, live: ConfigSource, v2: SesV2, keys: ApiKeyStore,
-                 clock: Callable[[], float] = time.time, v1: SesV1 | None = None) -> None:
+                 clock: Callable[[], float] = time.time, *, v1: SesV1 | None = None,
+                 routes: Sequence[Route] = ()) -> None:
         self._live = live
         self._v2 = v2
         self._v1 = v1
+        self._routes = routes
         self._keys = keys
         self._clock = clock
         self._cache: dict[str, tuple[float, tuple[ApiKey, str] | None]] = {}
@@ -86,6 +102,11 @@ class SesApi:
                                 self._json(self._v2.send_email))
             app.router.add_get(f"{_V2}/account",
                                self._json(lambda caller, _body: self._v2.get_account(caller)))
+            for route in self._routes:
+                app.router.add_route(route.method, _V2 + route.path, self._rest(route.operation))
+            # Last: any other path under /v2 (a Create/DeleteConfigurationSet, an
+            # operation not served) gets AWS's answer, not aiohttp's text 404 or 405.
+            app.router.add_route("*", "/v2/{tail:.*}", _unknown_operation)
         if self._v1 is not None:
             # AWS takes the Query protocol's fields as a form body or as the query.
             app.router.add_post("/", self._gate("query", self._query))
@@ -164,14 +185,25 @@ class SesApi:
                 log.info("ses api: %s %s refused: %s", request.method, request.path, exc)
                 return _web(aws_errors.render(protocol, exc.code, exc.message, exc.status,
                                               request_id))
+            except Exception:
+                log.exception("ses api: %s %s failed", request.method, request.path)
+                return _web(aws_errors.render(
+                    protocol, "InternalFailure", "The relay failed to answer; its log says why.",
+                    500, request_id))
         return handle
 
     # -- SES v2 (REST-JSON) ---------------------------------------------------------------
 
     def _json(self, operation: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def answer(caller: Caller, _request: web.Request, body: bytes,
+        return self._rest(lambda caller, request: operation(caller, request.body))
+
+    def _rest(self, operation: RestOperation
+              ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """An operation that reads the path's parameters and the query too."""
+        async def answer(caller: Caller, request: web.Request, body: bytes,
                          request_id: str) -> web.Response:
-            result = await operation(caller, body)
+            result = await operation(caller, ApiRequest(
+                body, dict(request.match_info), list(request.query.items())))
             return web.Response(body=json.dumps(result).encode(), headers={
                 "Content-Type": "application/json", "x-amzn-RequestId": request_id})
         return self._gate("json", answer)
@@ -186,3 +218,10 @@ class SesApi:
         xml = await self._v1.call(caller, fields, request_id)
         return web.Response(body=xml, headers={"Content-Type": "text/xml",
                                                "x-amzn-RequestId": request_id})
+
+
+async def _unknown_operation(request: web.Request) -> web.Response:
+    # Unsigned requests get it too: the API's operations are no secret.
+    return _web(aws_errors.render_json(
+        "UnknownOperationException", f"No operation at {request.method} {request.path}.",
+        404, request_id=str(uuid.uuid4())))

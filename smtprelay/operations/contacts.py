@@ -171,6 +171,19 @@ def check_topics(name: str, settings: ContactListConfig,
     return found
 
 
+def preference_pairs(value: list[Any]) -> list[tuple[str, str | None]]:
+    """SES's TopicPreferences, [{"TopicName": ..., "SubscriptionStatus": ...}], as the
+    pairs check_topics takes (which checks the names and statuses)."""
+    pairs: list[tuple[str, str | None]] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or set(item) != {"TopicName", "SubscriptionStatus"} \
+                or not all(isinstance(v, str) for v in item.values()):
+            raise Invalid(f"TopicPreferences[{index}] must be {{\"TopicName\": ..., "
+                          "\"SubscriptionStatus\": \"OPT_IN\" | \"OPT_OUT\"}")
+        pairs.append((item["TopicName"], item["SubscriptionStatus"]))
+    return pairs
+
+
 def check_attributes(text: str) -> str:
     """AttributesData as given, or BadContact: it must be a JSON object's text (SES:
     "It must be a valid JSON object") of at most MAX_ATTRIBUTES characters."""

@@ -87,15 +87,26 @@ def get(store: SuppressionStore, config: Config, account: str,
 
 def page(store: SuppressionStore, config: Config, account: str, *,
          reason: Reason | None = None, prefix: str | None = None, limit: int,
-         after: str | None = None) -> paging.Page[SuppressionEntry]:
+         after: str | None = None, since: float | None = None,
+         until: float | None = None) -> paging.Page[SuppressionEntry]:
     """A page of an account's list in address order; `prefix` matches the start of
-    the listed address (the domain in any case)."""
+    the listed address (the domain in any case). `since` and `until` (SES's
+    StartDate and EndDate) keep the entries last added within them; the store has no
+    index by time, so such a page reads at most _PAGE entries and may come back short
+    with a cursor."""
     check_account(config, account)
-    return paging.page(
-        lambda n: store.list(account, reason=reason, limit=n,
-                             after=(account, after) if after is not None else None,
-                             prefix=normalise(prefix) if prefix else None),
-        limit, key=lambda entry: entry.address)
+
+    def fetch(cursor: str | None, n: int) -> list[SuppressionEntry]:
+        return store.list(account, reason=reason, limit=n,
+                          after=(account, cursor) if cursor is not None else None,
+                          prefix=normalise(prefix) if prefix else None)
+
+    if since is None and until is None:
+        return paging.page(lambda n: fetch(after, n), limit, key=lambda entry: entry.address)
+    return paging.scan(
+        fetch, after, limit, key=lambda entry: entry.address,
+        keep=lambda entry: (since is None or entry.created_at >= since)
+        and (until is None or entry.created_at <= until), budget=max(limit, _PAGE))
 
 
 def entries(store: SuppressionStore, config: Config, account: str | None, *,

@@ -94,3 +94,30 @@ def test_pages_entries_import_and_export(store: SQLiteSuppressionStore,
     out = io.StringIO()
     assert ops.export(store, config, out, "csv", None) == 4
     assert out.getvalue().splitlines()[0] == "address,reason,created_at,account"
+
+
+def test_pages_by_time_read_a_bounded_part_of_the_list(store: SQLiteSuppressionStore,
+                                                       config: Config,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """SES's StartDate and EndDate: entries last added within them; the store has no
+    index by time, so a page reads at most a budget of entries and may be short."""
+    for i in range(12):
+        store.add("acme", f"u{i:02}@x.test", "BOUNCE", created_at=1000.0 + i)
+    first = ops.page(store, config, "acme", limit=2, since=1003.0, until=1008.0)
+    assert [e.address for e in first.items] == ["u03@x.test", "u04@x.test"]
+    seen = list(first.items)
+    cursor = first.next_cursor
+    while cursor is not None:
+        more = ops.page(store, config, "acme", limit=2, since=1003.0, until=1008.0,
+                        after=cursor)
+        seen += more.items
+        cursor = more.next_cursor
+    assert [e.created_at for e in seen] == [1003.0 + i for i in range(6)]
+    assert ops.page(store, config, "acme", limit=5, since=2000.0).items == ()
+    # A budget of 3 entries read: the page stops short, its cursor after what it read.
+    monkeypatch.setattr(ops, "_PAGE", 3)
+    short = ops.page(store, config, "acme", limit=1, since=1010.0)
+    assert short.items == () and short.next_cursor == "u02@x.test"
+    last = ops.page(store, config, "acme", limit=5, since=1010.0, after="u08@x.test")
+    assert [e.address for e in last.items] == ["u10@x.test", "u11@x.test"]
+    assert last.next_cursor is None
