@@ -298,20 +298,27 @@ class DaemonProcess:
 
         self._subprocess = subprocess
         self._python = sys.executable
+        self._tmp_path = tmp_path
+        self._overrides = overrides
+        self.config_path = tmp_path / "smtprelay.yaml"
+        self._choose_ports()
+        self.log_path = tmp_path / "daemon.log"
+        self.proc: Any = None
+        self.submit_credential: dict[str, str] | None = None  # submit_to_daemon's
+
+    def _choose_ports(self) -> None:
+        """Free ports, written into the configuration (again after a start lost one)."""
         self.ports = {"submission": free_port(), "submissions": free_port(),
                       "http": free_port()}
-        config = base_config(tmp_path / "var", **overrides)
+        config = base_config(self._tmp_path / "var", **self._overrides)
         config["listeners"][0]["port"] = self.ports["submission"]
         config["listeners"][1]["port"] = self.ports["submissions"]
         config["http"] = {**config["http"], "listen": [f"127.0.0.1:{self.ports['http']}"]}
         if "public_url" in config["http"]:  # "{http_port}": the port chosen here
             config["http"]["public_url"] = config["http"]["public_url"].replace(
                 "{http_port}", str(self.ports["http"]))
-        self.config_path = write_config(tmp_path / "smtprelay.yaml", config)
+        write_config(self.config_path, config)
         self.config = load_config(self.config_path).config
-        self.log_path = tmp_path / "daemon.log"
-        self.proc: Any = None
-        self.submit_credential: dict[str, str] | None = None  # submit_to_daemon's
 
     def cli(self, *args: str, check: bool = True) -> Any:
         run = self._subprocess.run(
@@ -322,13 +329,27 @@ class DaemonProcess:
         return run
 
     def start(self, wait: bool = True) -> DaemonProcess:
-        self._log = self.log_path.open("ab")
-        self.proc = self._subprocess.Popen(
-            [self._python, "-m", "smtprelay", "serve", "-c", str(self.config_path)],
-            stdout=self._log, stderr=self._log)
-        if wait:
-            self.wait_ready()
-        return self
+        # A port free_port() found free can be taken by another process before the
+        # daemon binds it (other tests, other programs): then the daemon says so and
+        # exits, and it starts again on other ports. Nothing else is tried again.
+        for _ in range(3):
+            logged = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self._log = self.log_path.open("ab")
+            self.proc = self._subprocess.Popen(
+                [self._python, "-m", "smtprelay", "serve", "-c", str(self.config_path)],
+                stdout=self._log, stderr=self._log)
+            if not wait:
+                return self
+            try:
+                self.wait_ready()
+                return self
+            except AssertionError:
+                lost_port = "Address already in use" in self.log()[logged:]
+                if self.proc.poll() is None or not lost_port:
+                    raise
+                self._log.close()
+                self._choose_ports()
+        raise AssertionError(f"daemon could not bind free ports three times: {self.log()}")
 
     def wait_ready(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout

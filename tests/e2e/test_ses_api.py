@@ -293,3 +293,50 @@ def test_workers_answer_the_api_on_their_own_pipelines(tmp_path: Path) -> None:
             time.sleep(0.05)
     finally:
         daemon.stop()
+
+
+def signed_post(daemon: DaemonProcess, key: dict[str, str], body: bytes) -> tuple[int, Any]:
+    """A SendEmail request with any body, signed by botocore's signer."""
+    url = f"http://127.0.0.1:{daemon.ports['http']}/v2/email/outbound-emails"
+    request = AWSRequest(method="POST", url=url, data=body,
+                         headers={"Content-Type": "application/json"})
+    SigV4Auth(Credentials(key["aws_access_key_id"], key["aws_secret_access_key"]), "ses",
+              "eu-west-1").add_auth(request)
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.ports["http"], timeout=30)
+    try:
+        conn.request("POST", "/v2/email/outbound-emails", body=body,
+                     headers=dict(request.headers))
+        answer = conn.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        conn.close()
+
+
+def test_malformed_bodies_and_a_paused_account_are_refused_and_nothing_else_lost(
+        relay: DaemonProcess) -> None:
+    key = api_key(relay, "other")
+    before = len(spooled(relay.config))
+    for body in (b"{not json", b"[1, 2]", b'{"Content": {"Simple": "text"}}',
+                 b'{"Content": {"Raw": {"Data": "not base64!"}}}', b"\xff\xfe"):
+        status, answer = signed_post(relay, key, body)
+        assert status == 400 and answer["__type"] == "BadRequestException", (body, answer)
+    ses = client(relay, key)
+    request = {**SIMPLE, "FromEmailAddress": "app@other.example"}
+    del request["ConfigurationSetName"]
+    relay.cli("accounts", "pause", "other", "--reason", "test")
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # until the relay has read the pause
+            try:
+                ses.send_email(**request)
+            except ClientError as exc:
+                assert exc.response["Error"]["Code"] == "SendingPausedException"
+                assert exc.response["Error"]["Message"] == \
+                    "Sending is paused for this account."
+                break
+            assert time.monotonic() < deadline
+    finally:
+        relay.cli("accounts", "resume", "other")
+    sent = once_resumed(ses.send_email, **request)["MessageId"]
+    assert sent in {m["id"] for m in spooled(relay.config)}
+    assert len(spooled(relay.config)) > before
