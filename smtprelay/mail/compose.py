@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.headerregistry import Address as HeaderAddress
@@ -80,10 +81,21 @@ def _no_line_break(field: str, value: str) -> str:
     return value
 
 
+# A bare addr-spec of the common kind, which needs none of the email package's parser
+# (a tenth of the API's CPU per message when every address went through it).
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_PLAIN_ADDRESS = re.compile(rf"({_ATOM}(?:\.{_ATOM})*)@({_LABEL}(?:\.{_LABEL})+)")
+
+
 def addresses(field: str, values: Sequence[str]) -> list[HeaderAddress]:
     """Each value as one address (a display name allowed), or ComposeError."""
     found: list[HeaderAddress] = []
     for value in values:
+        plain = _PLAIN_ADDRESS.fullmatch(value)
+        if plain is not None:
+            found.append(HeaderAddress(username=plain.group(1), domain=plain.group(2)))
+            continue
         _no_line_break(field, value)
         # The email package's own parser (the one writing the field), strictly: one
         # address, no defects, an ASCII addr-spec.

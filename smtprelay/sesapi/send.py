@@ -145,7 +145,11 @@ def base64_data(text: str, field: str, protocol: Protocol) -> bytes:
 
 
 def _crlf(data: bytes) -> bytes:
-    return re.sub(rb"\r?\n", b"\r\n", data)
+    """Every line end CRLF. Counting first: most clients send CRLF already, and a regular
+    expression over a 50 KB message was a fifth of the API's CPU (bench/run_ses_api.py)."""
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def _addr_spec(field: str, address: str, protocol: Protocol) -> str:

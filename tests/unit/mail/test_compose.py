@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smtprelay.mail.compose import LINE_BREAKS, Attachment, ComposeError, Parts, Text, compose
+from smtprelay.mail.compose import (
+    LINE_BREAKS,
+    Attachment,
+    ComposeError,
+    Parts,
+    Text,
+    addresses,
+    compose,
+)
 from smtprelay.mail.headers import parse_header_section
 
 NOW = 1_800_000_000.0
@@ -117,3 +125,21 @@ def test_any_subject_and_text_come_back_or_are_refused(subject: str, body: str) 
     # No line of the header section can be anything but a field or its continuation.
     head = data.split(b"\r\n\r\n", 1)[0]
     assert all(line[:1] in (b" ", b"\t") or b":" in line for line in head.split(b"\r\n"))
+
+
+@given(st.from_regex(r"[a-z0-9._+-]{1,20}@[a-z0-9-]{1,10}(\.[a-z0-9-]{1,10}){1,3}",
+                     fullmatch=True))
+def test_plain_addresses_read_as_the_email_package_reads_them(value: str) -> None:
+    """The fast path for bare addresses agrees with the email package's parser, and
+    what it does not take goes to that parser (and is refused if it refuses it)."""
+    try:
+        fast = addresses("To", [value])[0]
+    except ComposeError:
+        fast = None
+    header = email.policy.SMTP.header_factory("to", value)
+    parsed = list(getattr(header, "addresses", ()))
+    if header.defects or len(parsed) != 1 or not parsed[0].username or not parsed[0].domain:
+        assert fast is None
+    else:
+        assert fast is not None and fast.addr_spec == parsed[0].addr_spec
+        assert fast.display_name == ""
