@@ -340,3 +340,15 @@ def test_malformed_bodies_and_a_paused_account_are_refused_and_nothing_else_lost
     sent = once_resumed(ses.send_email, **request)["MessageId"]
     assert sent in {m["id"] for m in spooled(relay.config)}
     assert len(spooled(relay.config)) > before
+
+
+def test_a_large_body_is_hashed_and_checked_like_a_small_one(relay: DaemonProcess) -> None:
+    """Bodies over 16 KB are hashed in a thread: still checked, byte for byte."""
+    key = api_key(relay)
+    raw = (b"From: app@example.com\r\nTo: big@example.net\r\nSubject: big\r\n\r\n"
+           + b"y" * 76 + b"\r\n") * 800
+    answer = client(relay, key).send_email(Content={"Raw": {"Data": raw}})
+    assert raw.split(b"\r\n\r\n", 1)[1] in stored(relay, answer["MessageId"])["data"]
+    wrong = client(relay, {**key, "aws_secret_access_key": "y" * 40})
+    code, _, status = error_of(wrong.send_email, Content={"Raw": {"Data": raw}})
+    assert (code, status) == ("InvalidSignatureException", 403)
