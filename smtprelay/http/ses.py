@@ -29,8 +29,10 @@ from smtprelay.auth import aws_errors, sigv4
 from smtprelay.auth.api_keys import ApiKey, ApiKeyError, ApiKeyStore
 from smtprelay.config import ConfigSource
 from smtprelay.policy.quota import Quotas
+from smtprelay.policy.stores import template_store
 from smtprelay.sesapi.errors import ApiError
 from smtprelay.sesapi.v2 import Caller, SesV2
+from smtprelay.sesapi.v2_templates import SesV2Templates
 from smtprelay.submission.seam import SubmissionHandler
 
 log = logging.getLogger("smtprelay.http.ses")
@@ -39,6 +41,7 @@ KEY_CACHE_SECONDS = 5.0
 _V2 = "/v2/email"
 
 Operation = Callable[[Caller, bytes], Awaitable[dict[str, Any]]]
+RequestOperation = Callable[[Caller, bytes, web.Request], Awaitable[dict[str, Any]]]
 
 
 class _Refused(Exception):
@@ -57,7 +60,9 @@ def ses_api(live: ConfigSource, handler: SubmissionHandler, quotas: Quotas,
     """The SES API on `handler` (the pipeline SMTP sessions use), when api.sesv2 is on."""
     if not live.config.api.sesv2:
         return None
-    return SesApi(live, SesV2(live, handler, quotas, paused_accounts), keys)
+    # The template store opens on first use (the state database or Redis).
+    return SesApi(live, SesV2(live, handler, quotas, paused_accounts,
+                              templates=template_store(live.config)), keys)
 
 
 class SesApi:
@@ -75,6 +80,27 @@ class SesApi:
                                 self._json(self._v2.send_email))
             app.router.add_get(f"{_V2}/account",
                                self._json(lambda caller, _body: self._v2.get_account(caller)))
+            self._add_template_routes(app)
+
+    def _add_template_routes(self, app: web.Application) -> None:
+        t = SesV2Templates(self._v2)
+        one = f"{_V2}/templates/{{TemplateName}}"
+
+        def name(request: web.Request) -> str:
+            return request.match_info["TemplateName"]
+
+        app.router.add_post(f"{_V2}/templates", self._json(t.create))
+        app.router.add_get(f"{_V2}/templates", self._with_request(
+            lambda caller, _body, request: t.list_templates(caller, request.query)))
+        app.router.add_get(one, self._with_request(
+            lambda caller, _body, request: t.get(caller, name(request))))
+        app.router.add_put(one, self._with_request(
+            lambda caller, body, request: t.update(caller, name(request), body)))
+        app.router.add_delete(one, self._with_request(
+            lambda caller, _body, request: t.delete(caller, name(request))))
+        app.router.add_post(f"{one}/render", self._with_request(
+            lambda caller, body, request: t.test_render(caller, name(request), body)))
+        app.router.add_post(f"{_V2}/outbound-bulk-emails", self._json(t.send_bulk))
 
     # -- authentication -----------------------------------------------------------------
 
@@ -134,6 +160,14 @@ class SesApi:
                       ip=request.remote or "", port=int(peer[1]) if peer else 0)
 
     # -- SES v2 (REST-JSON) ---------------------------------------------------------------
+
+    def _with_request(self, operation: RequestOperation
+                      ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """`_json` for an operation that reads the path or the query too."""
+        async def handle(request: web.Request) -> web.Response:
+            return await self._json(
+                lambda caller, body: operation(caller, body, request))(request)
+        return handle
 
     def _json(self, operation: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:

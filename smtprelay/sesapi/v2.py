@@ -18,6 +18,7 @@ To, Cc and Bcc fields, and its Bcc field removed, as SES does.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -33,9 +34,16 @@ from smtprelay.mail.headers import MalformedHeader, header_end, parse_header_sec
 from smtprelay.mail.headers import addresses as header_addresses
 from smtprelay.mail.replies import Reply
 from smtprelay.policy.quota import Quotas, effective_quota
-from smtprelay.sesapi.errors import V2, ApiError, bad_request, refusal
+from smtprelay.policy.templates import Content, TemplateStore
+from smtprelay.sesapi import render
+from smtprelay.sesapi.errors import V2, ApiError, bad_request, not_found, refusal
 from smtprelay.spool.model import Envelope, new_message_id
-from smtprelay.submission.seam import Client, Submission, SubmissionHandler
+from smtprelay.submission.seam import (
+    ApiSubmissionHandler,
+    Client,
+    Submission,
+    SubmissionHandler,
+)
 
 MAX_RECIPIENTS = 50  # SES: "50 recipients per message" (To, Cc and Bcc together)
 LISTENER = "api"  # the Client.listener of API submissions (logs, metrics, events)
@@ -163,6 +171,58 @@ def _control_fields(body: Mapping[str, Any]) -> list[tuple[str, str]]:
     return fields
 
 
+def template_name(template: Mapping[str, Any], field: str) -> str | None:
+    """TemplateName, or the name at the end of TemplateArn (``...:template/<name>``)."""
+    name = _string(template.get("TemplateName"), f"{field}.TemplateName")
+    arn = _string(template.get("TemplateArn"), f"{field}.TemplateArn")
+    if name is None and arn is not None:
+        name = arn.rpartition(":template/")[2] or None
+        if name is None:
+            raise bad_request(f"{field}.TemplateArn must end with :template/<name>")
+    return name
+
+
+def template_content(value: Any, field: str) -> Content:
+    """EmailTemplateContent (Subject, Text, Html), checked to compile."""
+    parts = _object(value, field)
+    content = Content(_string(parts.get("Subject"), f"{field}.Subject"),
+                      _string(parts.get("Text"), f"{field}.Text"),
+                      _string(parts.get("Html"), f"{field}.Html"))
+    try:
+        render.check(content)
+    except render.TemplateSyntaxError as exc:
+        raise bad_request(f"{field}: {exc}") from None
+    return content
+
+
+def template_data(value: Any, field: str) -> dict[str, Any]:
+    text = _string(value, field)
+    try:
+        return render.parse_data("{}" if text is None else text, field)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What a SendEmail or one SendBulkEmail entry sends, before its content."""
+
+    sender: str | None
+    to: list[str]
+    cc: list[str]
+    bcc: list[str]
+    reply_to: list[str]
+    control: list[tuple[str, str]]  # the X-SES-* fields (_control_fields)
+    configuration_set: str | None
+
+
+def _count(recipients: list[str]) -> None:
+    if not recipients:
+        raise ApiError("MessageRejected", "There are no recipients specified.")
+    if len(recipients) > MAX_RECIPIENTS:
+        raise bad_request(f"Recipient count exceeds {MAX_RECIPIENTS}.")
+
+
 def _crlf(data: bytes) -> bytes:
     return re.sub(rb"\r?\n", b"\r\n", data)
 
@@ -172,9 +232,12 @@ class SesV2:
 
     def __init__(self, live: ConfigSource, handler: SubmissionHandler, quotas: Quotas,
                  paused_accounts: Callable[[], Container[str]],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 templates: TemplateStore | None = None) -> None:
         self._live = live
         self._handler = handler
+        # SES API templates (policy.templates); None: Template content is refused.
+        self.templates = templates
         self._quotas = quotas
         self._paused_accounts = paused_accounts
         self._clock = clock
@@ -192,8 +255,6 @@ class SesV2:
         kinds = [k for k in ("Simple", "Raw", "Template") if content.get(k) is not None]
         if len(kinds) != 1:
             raise bad_request("Content must have exactly one of Simple, Raw and Template")
-        if kinds[0] == "Template":
-            raise bad_request("Template content is not supported by this relay yet")
         destination = _object(body.get("Destination") or {}, "Destination")
         to = _strings(destination.get("ToAddresses"), "Destination.ToAddresses")
         cc = _strings(destination.get("CcAddresses"), "Destination.CcAddresses")
@@ -202,6 +263,17 @@ class SesV2:
         received_at = self._clock()
         message_id = new_message_id(received_at)
         control = _control_fields(body)
+        reply_to = _strings(body.get("ReplyToAddresses"), "ReplyToAddresses")
+        message = Message(sender, to, cc, bcc, reply_to, control,
+                          _string(body.get("ConfigurationSetName"), "ConfigurationSetName"))
+        if kinds[0] == "Template":
+            template = _object(content["Template"], "Content.Template")
+            stored, name = await self.template_of(caller, template, "Content.Template")
+            return {"MessageId": await self.send_templated(
+                caller, message, stored, name or "", template_data(
+                    template.get("TemplateData"), "Content.Template.TemplateData"),
+                _headers(template.get("Headers"), "Content.Template.Headers"),
+                _attachments(template.get("Attachments")))}
         if kinds[0] == "Simple":
             if sender is None:
                 raise bad_request("FromEmailAddress is required with Simple content")
@@ -210,22 +282,11 @@ class SesV2:
             if subject is None:
                 raise bad_request("Content.Simple.Subject is required")
             parts_body = _object(simple.get("Body") or {}, "Content.Simple.Body")
-            reply_to = _strings(body.get("ReplyToAddresses"), "ReplyToAddresses")
-            try:
-                data = compose.compose(compose.Parts(
-                    from_address=sender, subject=subject,
-                    text=_text(parts_body.get("Text"), "Content.Simple.Body.Text"),
-                    html=_text(parts_body.get("Html"), "Content.Simple.Body.Html"),
-                    to=to, cc=cc, reply_to=reply_to,
-                    headers=_headers(simple.get("Headers"), "Content.Simple.Headers"),
-                    attachments=_attachments(simple.get("Attachments"))),
-                    message_id=f"{message_id}@{self._live.config.server.hostname}",
-                    date=received_at)
-            except compose.ComposeError as exc:
-                raise bad_request(str(exc)) from None
-            recipients = [a.addr_spec for a in compose.addresses("Destination",
-                                                                  [*to, *cc, *bcc])]
-            mail_from = compose.addresses("FromEmailAddress", [sender])[0].addr_spec
+            data, recipients, mail_from = self._composed(
+                message, subject, _text(parts_body.get("Text"), "Content.Simple.Body.Text"),
+                _text(parts_body.get("Html"), "Content.Simple.Body.Html"),
+                _headers(simple.get("Headers"), "Content.Simple.Headers"),
+                _attachments(simple.get("Attachments")), message_id, received_at)
         else:
             raw = _object(content["Raw"], "Content.Raw")
             data = _crlf(_blob(raw.get("Data"), "Content.Raw.Data"))
@@ -253,15 +314,115 @@ class SesV2:
             else:
                 mail_from = compose.addresses("FromEmailAddress", [sender])[0].addr_spec
             recipients = [*to, *cc, *bcc]
-        if not recipients:
-            raise ApiError("MessageRejected", "There are no recipients specified.")
-        if len(recipients) > MAX_RECIPIENTS:
-            raise bad_request(f"Recipient count exceeds {MAX_RECIPIENTS}.")
-        prefix = b"".join(f"{k}: {v}\r\n".encode() for k, v in control)
+        return {"MessageId": await self._send(caller, message, mail_from, recipients, data,
+                                              received_at)}
+
+    async def _send(self, caller: Caller, message: Message, mail_from: str,
+                    recipients: list[str], data: bytes, received_at: float) -> str:
+        """The message through the pipeline; its message id."""
+        _count(recipients)
+        prefix = b"".join(f"{k}: {v}\r\n".encode() for k, v in message.control)
         reply = await self._submit(caller, mail_from, recipients, prefix + data, received_at,
-                                   _string(body.get("ConfigurationSetName"),
-                                           "ConfigurationSetName"))
-        return {"MessageId": reply.text.rsplit(" ", 1)[-1]}
+                                   message.configuration_set)
+        return reply.text.rsplit(" ", 1)[-1]
+
+    def _composed(self, message: Message, subject: compose.Text, text: compose.Text | None,
+                  html: compose.Text | None, headers: list[tuple[str, str]],
+                  attachments: list[compose.Attachment], message_id: str,
+                  received_at: float) -> tuple[bytes, list[str], str]:
+        """Simple (or rendered) content as a MIME message; (data, recipients, sender)."""
+        if message.sender is None:
+            raise bad_request("FromEmailAddress is required with Simple or Template content")
+        try:
+            data = compose.compose(compose.Parts(
+                from_address=message.sender, subject=subject, text=text, html=html,
+                to=message.to, cc=message.cc, reply_to=message.reply_to, headers=headers,
+                attachments=attachments),
+                message_id=f"{message_id}@{self._live.config.server.hostname}",
+                date=received_at)
+        except compose.ComposeError as exc:
+            raise bad_request(str(exc)) from None
+        recipients = [a.addr_spec for a in compose.addresses(
+            "Destination", [*message.to, *message.cc, *message.bcc])]
+        return data, recipients, compose.addresses("FromEmailAddress",
+                                                   [message.sender])[0].addr_spec
+
+    # -- templates ----------------------------------------------------------------------
+
+    def template_store(self) -> TemplateStore:
+        if self.templates is None:
+            raise ApiError("InternalFailure", "This relay keeps no templates.", 500, "Receiver")
+        return self.templates
+
+    async def stored_template(self, caller: Caller, name: str) -> Content:
+        """The caller's account's template `name`; NotFoundException for any other."""
+        store = self.template_store()
+        found = await asyncio.to_thread(store.get, caller.account, name)
+        if found is None:
+            raise not_found(f"Template {name} does not exist.")
+        return found.content
+
+    async def template_of(self, caller: Caller, template: Mapping[str, Any], field: str
+                          ) -> tuple[Content, str | None]:
+        """A Template object's content: the stored one it names, or its inline
+        TemplateContent; and the name (None inline)."""
+        name = template_name(template, field)
+        inline = template.get("TemplateContent")
+        if (name is None) == (inline is None):
+            raise bad_request(f"{field} needs one of TemplateName, TemplateArn and "
+                              "TemplateContent")
+        if name is None:
+            return template_content(inline, f"{field}.TemplateContent"), None
+        return await self.stored_template(caller, name), name
+
+    async def send_templated(self, caller: Caller, message: Message, template: Content,
+                             name: str, data: Mapping[str, Any],
+                             headers: list[tuple[str, str]],
+                             attachments: list[compose.Attachment]) -> str:
+        """Render, compose and send; a message whose data does not fit its template is
+        answered with a message id and not sent, as SES does (a Rendering Failure event
+        tells the set's destinations)."""
+        received_at = self._clock()
+        message_id = new_message_id(received_at)
+        try:
+            rendered = render.render(template, data)
+        except render.RenderingFailure as exc:
+            return await self._rendering_failed(caller, message, name, str(exc),
+                                                received_at, message_id)
+        return await self._send(caller, message, *self._mail(
+            message, compose.Text(rendered.subject), rendered, headers, attachments,
+            message_id, received_at), received_at)
+
+    def _mail(self, message: Message, subject: compose.Text, rendered: render.Rendered,
+              headers: list[tuple[str, str]], attachments: list[compose.Attachment],
+              message_id: str, received_at: float) -> tuple[str, list[str], bytes]:
+        # A template of a subject alone is a message with an empty text body.
+        text = "" if rendered.text is None and rendered.html is None else rendered.text
+        data, recipients, mail_from = self._composed(
+            message, subject, None if text is None else compose.Text(text),
+            None if rendered.html is None else compose.Text(rendered.html), headers,
+            attachments, message_id, received_at)
+        return mail_from, recipients, data
+
+    async def _rendering_failed(self, caller: Caller, message: Message, name: str,
+                                error: str, received_at: float, message_id: str) -> str:
+        # The sender and recipients are checked as for a message that renders: SES
+        # refuses those before it renders anything.
+        mail_from, recipients, data = self._mail(
+            message, compose.Text(""), render.Rendered("", None, None), [], [], message_id,
+            received_at)
+        _count(recipients)
+        self._check(caller, mail_from, recipients, message.configuration_set)
+        handler = self._handler
+        if not isinstance(handler, ApiSubmissionHandler):
+            raise ApiError("MessageRejected", error)
+        head = data[:header_end(data)]
+        prefix = b"".join(f"{k}: {v}\r\n".encode() for k, v in message.control)
+        reply = await handler.rendering_failed(self._submission(
+            caller, mail_from, recipients, prefix + head, received_at), name, error)
+        if not reply.is_success:
+            raise refusal(reply, V2, configuration_set=message.configuration_set)
+        return reply.text.rsplit(" ", 1)[-1]
 
     @staticmethod
     def _header_fields(data: bytes) -> list[Any]:
@@ -277,22 +438,31 @@ class SesV2:
                       data: bytes, received_at: float, configuration_set: str | None
                       ) -> Reply:
         """As an SMTP session does: MAIL FROM, each RCPT TO, then the message."""
+        self._check(caller, mail_from, recipients, configuration_set)
+        reply = await self._handler.submit(
+            self._submission(caller, mail_from, recipients, data, received_at))
+        if not reply.is_success:
+            raise refusal(reply, V2, configuration_set=configuration_set)
+        return reply
+
+    def _check(self, caller: Caller, mail_from: str, recipients: list[str],
+               configuration_set: str | None) -> None:
         for check in (self._handler.check_sender(caller.account, mail_from),
                       *(self._handler.check_recipient(caller.account, r) for r in recipients)):
             if check is not None:
                 raise refusal(check, V2, configuration_set=configuration_set)
+
+    @staticmethod
+    def _submission(caller: Caller, mail_from: str, recipients: list[str], data: bytes,
+                    received_at: float) -> Submission:
         smtputf8 = not all(a.isascii() for a in (mail_from, *recipients))
-        submission = Submission(
+        return Submission(
             client=Client(ip=caller.ip, port=caller.port, helo="", listener=LISTENER,
                           account=caller.account, auth_user=caller.access_key_id,
                           tls_version=None, tls_cipher=None),
             envelope=Envelope(mail_from=mail_from, recipients=tuple(recipients),
                               smtputf8=smtputf8, body_8bitmime=not data.isascii()),
             data=data, received_at=received_at)
-        reply = await self._handler.submit(submission)
-        if not reply.is_success:
-            raise refusal(reply, V2, configuration_set=configuration_set)
-        return reply
 
     # -- GetAccount -------------------------------------------------------------------------
 
