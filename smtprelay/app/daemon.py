@@ -46,7 +46,12 @@ from smtprelay.operations.nodes import NodeControl
 from smtprelay.policy.pauses import PausedSets
 from smtprelay.policy.quota import Quotas
 from smtprelay.policy.reputation import ReputationGuard
-from smtprelay.policy.stores import contact_store, pause_store, suppression_store
+from smtprelay.policy.stores import (
+    contact_store,
+    pause_store,
+    suppression_store,
+    template_store,
+)
 from smtprelay.smtp.server import SMTPServer, bind
 from smtprelay.spool import set_stats
 from smtprelay.spool.cluster_stats import ClusterCounters, StatsMirror
@@ -114,6 +119,8 @@ class Relay:
         self.suppression = suppression_store(config)
         # The contact lists' contacts and their subscriptions (policy.contacts).
         self.contacts = contact_store(config)
+        # The SES API's email templates (policy.templates), opened on first use.
+        self.templates = template_store(config)
         self.pauses = PausedSets(pause_store(config))
         self._authenticator = Authenticator(self.live, self.credentials, self.shared)
         # The statistics the reputation guard judges and the admin API shows: this
@@ -263,7 +270,8 @@ class Relay:
                                ses=ses_api(self.live, self._pipeline, self.quotas,
                                            lambda: self.pauses.accounts, self.api_keys,
                                            counters=self.counters, suppression=self.suppression,
-                                           contacts=self.contacts, pauses=self.pauses),
+                                           contacts=self.contacts, pauses=self.pauses,
+                                           templates=self.templates),
                                sink=self.engagements, admin=AdminServices(
                                    live=self.live, spool=self.spool,
                                    suppression=self.suppression, pauses=self.pauses,
@@ -550,6 +558,7 @@ class Relay:
         await self.suppression.close_on_loop()
         self.suppression.close()
         self.contacts.close()
+        self.templates.close()
         self.pauses.store.close()
         self.credentials.close()
         self.api_keys.close()

@@ -41,7 +41,12 @@ from smtprelay.http.ses import ses_api
 from smtprelay.infra import logs
 from smtprelay.policy.pauses import PausedSets
 from smtprelay.policy.quota import Quotas
-from smtprelay.policy.stores import contact_store, pause_store, suppression_store
+from smtprelay.policy.stores import (
+    contact_store,
+    pause_store,
+    suppression_store,
+    template_store,
+)
 from smtprelay.smtp.server import SMTPServer
 from smtprelay.spool import remote
 from smtprelay.spool.cluster_stats import ClusterCounters
@@ -80,6 +85,7 @@ class Worker:
         self.api_keys = api_key_store(config)
         self.suppression = suppression_store(config)
         self.contacts = contact_store(config)
+        self.templates = template_store(config)  # opened on first use
         self.pauses = PausedSets(pause_store(config))
         self.channel: ChannelClient | None = None
         self.smtp: SMTPServer | None = None
@@ -131,7 +137,7 @@ class Worker:
                                 ClusterCounters.of(config) or FileCounters(config.spool_path)
                             ) if config.api.sesv1 else None,
                             suppression=self.suppression, contacts=self.contacts,
-                            pauses=self.pauses),
+                            pauses=self.pauses, templates=self.templates),
                 forward=Forwarder(internal_socket(config.server.data_dir),
                                   timeout=config.http.read_timeout))
             await self.http.start()
@@ -178,7 +184,7 @@ class Worker:
             await self.channel.close()
         await self.suppression.close_on_loop()
         for store in (self.credentials, self.suppression, self.contacts, self.pauses.store,
-                      self.api_keys):
+                      self.api_keys, self.templates):
             store.close()
 
     async def until_channel_closes(self) -> None:

@@ -87,7 +87,7 @@ class UnsubscribeConfig(Model):
 EVENT_TYPES = ("Send", "Reject", "Bounce", "Complaint", "Delivery", "DeliveryDelay",
                "Subscription", "Open", "Click")
 EventTypeName = Literal["Send", "Reject", "Bounce", "Complaint", "Delivery", "DeliveryDelay",
-                        "Subscription", "Open", "Click"]
+                        "Subscription", "Open", "Click", "Rendering Failure"]
 
 
 # The event types SES sends feedback notifications for (notificationType).

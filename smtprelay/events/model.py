@@ -25,8 +25,7 @@ from smtprelay.transform import tokens
 
 
 class EventType(StrEnum):
-    """SES's ``eventType`` values (the ones smtprelay emits; no Rendering Failure,
-    since smtprelay has no templates)."""
+    """SES's ``eventType`` values (the ones smtprelay emits)."""
 
     SEND = "Send"
     REJECT = "Reject"
@@ -37,6 +36,7 @@ class EventType(StrEnum):
     SUBSCRIPTION = "Subscription"
     OPEN = "Open"
     CLICK = "Click"
+    RENDERING_FAILURE = "Rendering Failure"
 
 
 class BounceType(StrEnum):
@@ -232,8 +232,16 @@ class Click:
     machine_reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RenderingFailure:
+    """A templated message (SES v2 API) whose data did not fit its template: not sent."""
+
+    template_name: str
+    error_message: str  # e.g. "Attribute 'name' is not present in the rendering data."
+
+
 Detail = (Send | Reject | Delivery | Bounce | Complaint | DeliveryDelay | Subscription
-          | Open | Click)
+          | Open | Click | RenderingFailure)
 
 DETAIL_TYPES: dict[EventType, type[Detail]] = {
     EventType.SEND: Send,
@@ -245,6 +253,7 @@ DETAIL_TYPES: dict[EventType, type[Detail]] = {
     EventType.SUBSCRIPTION: Subscription,
     EventType.OPEN: Open,
     EventType.CLICK: Click,
+    EventType.RENDERING_FAILURE: RenderingFailure,
 }
 _TYPE_OF: dict[type[Detail], EventType] = {cls: kind for kind, cls in DETAIL_TYPES.items()}
 

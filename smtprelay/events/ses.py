@@ -35,6 +35,7 @@ from smtprelay.events.model import (
     EventType,
     Open,
     Reject,
+    RenderingFailure,
     Send,
     Subscription,
     TopicPreferences,
@@ -59,6 +60,7 @@ DETAIL_KEYS: dict[EventType, str] = {
     EventType.SUBSCRIPTION: "subscription",
     EventType.OPEN: "open",
     EventType.CLICK: "click",
+    EventType.RENDERING_FAILURE: "failure",
 }
 
 # commonHeaders: the address lists are arrays, the rest strings (the guide's examples,
@@ -308,6 +310,8 @@ def _detail(detail: Detail) -> dict[str, Any]:
             return {}
         case Reject():
             return {"reason": detail.reason}
+        case RenderingFailure():
+            return {"errorMessage": detail.error_message, "templateName": detail.template_name}
         case Delivery():
             out: dict[str, Any] = {
                 "timestamp": iso_timestamp(detail.timestamp),

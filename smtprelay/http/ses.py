@@ -33,6 +33,7 @@ from smtprelay.operations.pauses import PauseBook
 from smtprelay.policy.contacts import ContactStore
 from smtprelay.policy.quota import Quotas
 from smtprelay.policy.suppression import SuppressionStore
+from smtprelay.policy.templates import TemplateStore
 from smtprelay.sesapi.errors import ApiError
 from smtprelay.sesapi.send import Caller
 from smtprelay.sesapi.v1 import SesV1
@@ -42,6 +43,7 @@ from smtprelay.sesapi.v2_rest import Request as ApiRequest
 from smtprelay.sesapi.v2_rest import RestOperation, Route
 from smtprelay.sesapi.v2_sets import ConfigurationSetsApi
 from smtprelay.sesapi.v2_suppression import SuppressionApi
+from smtprelay.sesapi.v2_templates import SesV2Templates
 from smtprelay.spool.set_stats import Counters
 from smtprelay.submission.seam import SubmissionHandler
 
@@ -80,17 +82,19 @@ def _web(response: aws_errors.ErrorResponse) -> web.Response:
 def ses_api(live: ConfigSource, handler: SubmissionHandler, quotas: Quotas,
             paused_accounts: Callable[[], Container[str]], keys: ApiKeyStore, *,
             suppression: SuppressionStore, contacts: ContactStore, pauses: PauseBook,
-            counters: Counters | None = None) -> SesApi | None:
+            templates: TemplateStore, counters: Counters | None = None) -> SesApi | None:
     """The SES API on `handler` (the pipeline SMTP sessions use), when api.sesv2 or
     api.sesv1 is on; the account's data on the process's own stores and pauses (the
-    supervisor's, or a worker's); `counters`: where v1's GetSendStatistics reads (None:
-    v1 off)."""
+    supervisor's, or a worker's; `templates` opens on first use, and its owner closes
+    it); `counters`: where v1's GetSendStatistics reads (None: v1 off)."""
     api = live.config.api
-    v1 = SesV1(live, handler, quotas, counters) if api.sesv1 and counters is not None \
-        else None
+    v1 = SesV1(live, handler, quotas, counters, templates=templates) \
+        if api.sesv1 and counters is not None else None
     if not api.sesv2 and v1 is None:
         return None
-    return SesApi(live, SesV2(live, handler, quotas, paused_accounts), keys, v1=v1, routes=[
+    v2 = SesV2(live, handler, quotas, paused_accounts, templates=templates)
+    return SesApi(live, v2, keys, v1=v1, routes=[
+        *SesV2Templates(v2).routes(),
         *SuppressionApi(live, suppression).routes(),
         *ConfigurationSetsApi(live, pauses).routes(),
         *ContactsApi(live, contacts).routes()])

@@ -10,6 +10,8 @@ from smtprelay.policy.pauses import PauseStore, SQLitePauseStore
 from smtprelay.policy.pauses_redis import RedisPauseStore
 from smtprelay.policy.suppression import SQLiteSuppressionStore, SuppressionStore
 from smtprelay.policy.suppression_redis import RedisSuppressionStore
+from smtprelay.policy.templates import SQLiteTemplateStore, TemplateStore
+from smtprelay.policy.templates_redis import RedisTemplateStore
 
 
 def _redis_url(config: Config) -> str | None:
@@ -43,3 +45,11 @@ def contact_store(config: Config) -> ContactStore:
         return SQLiteContactStore(config.state_path)
     return RedisContactStore.from_url(url, prefix=config.store.key_prefix,
                                       timeout=config.store.timeout)
+
+
+def template_store(config: Config) -> TemplateStore:
+    """The SES email templates of `config`'s store, not yet opened."""
+    if (url := _redis_url(config)) is None:
+        return SQLiteTemplateStore(config.state_path)
+    return RedisTemplateStore.from_url(url, prefix=config.store.key_prefix,
+                                       timeout=config.store.timeout)

@@ -13,20 +13,26 @@ sent, as it does for SMTP. A Raw message's own set, tags and list options give w
 the request's; for the ARNs the first field counts (smtprelay.policy.authorization),
 and the request's come first.
 
-Content: Simple is composed (smtprelay.mail.compose); Raw is taken as written, its
-line ends made CRLF (an API body has no SMTP framing to smuggle through, and Python's
-email package writes LF), its recipients from the request or else from its To, Cc
-and Bcc fields, and its Bcc field removed, as SES does.
+Content: Simple is composed (smtprelay.mail.compose); a template (smtprelay.sesapi.render)
+is rendered, then composed as Simple content, or, when its data does not fit, answered
+with a message id, not sent and recorded as a Rendering Failure event, as SES does;
+Raw is taken as written, its line ends made CRLF (an API body has no SMTP framing to
+smuggle through, and Python's email package writes LF), its recipients from the
+request or else from its To, Cc and Bcc fields, and its Bcc field removed, as SES
+does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import dataclasses
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from smtprelay.auth.aws_errors import Protocol
 from smtprelay.config import Config, ConfigSource
@@ -35,9 +41,16 @@ from smtprelay.mail.headers import HeaderField, MalformedHeader, header_end, par
 from smtprelay.mail.headers import addresses as header_addresses
 from smtprelay.mail.replies import Reply
 from smtprelay.policy.quota import Quotas, effective_quota
-from smtprelay.sesapi.errors import ApiError, bad_request, refusal
+from smtprelay.policy.templates import Content, TemplateStore
+from smtprelay.sesapi import render
+from smtprelay.sesapi.errors import V2, ApiError, bad_request, refusal
 from smtprelay.spool.model import Envelope, new_message_id
-from smtprelay.submission.seam import Client, Submission, SubmissionHandler
+from smtprelay.submission.seam import (
+    ApiSubmissionHandler,
+    Client,
+    Submission,
+    SubmissionHandler,
+)
 
 MAX_RECIPIENTS = 50  # SES: "50 recipients per message" (To, Cc and Bcc together)
 LISTENER = "api"  # the Client.listener of API submissions (logs, metrics, events)
@@ -172,8 +185,55 @@ class Sender:
                      protocol: Protocol) -> str:
         """The message id of the message composed and accepted, or an ApiError."""
         received_at = self._clock()
-        message_id = new_message_id(received_at)
         fields = control.fields(protocol)
+        data, recipients, mail_from = self._compose(simple, received_at, protocol)
+        return await self._send(caller, mail_from, recipients, _prefix(fields) + data,
+                                received_at, control, protocol)
+
+    async def templated(self, caller: Caller, simple: Simple, template: Content,
+                        name: str, data: Mapping[str, Any], control: Control,
+                        protocol: Protocol) -> str:
+        """`template` rendered with `data` into `simple` (its subject and bodies
+        replaced), then sent as Simple content. A message whose data does not fit the
+        template is answered with a message id and not sent, as SES does: the
+        pipeline records a Rendering Failure event for its configuration set."""
+        try:
+            rendered = render.render(template, data)
+        except render.RenderingFailure as exc:
+            return await self._rendering_failed(caller, simple, name, str(exc), control,
+                                                protocol)
+        # A template of a subject alone is a message with an empty text body.
+        text = "" if rendered.text is None and rendered.html is None else rendered.text
+        return await self.simple(caller, dataclasses.replace(
+            simple, subject=compose.Text(rendered.subject),
+            text=None if text is None else compose.Text(text),
+            html=None if rendered.html is None else compose.Text(rendered.html)),
+            control, protocol)
+
+    async def _rendering_failed(self, caller: Caller, simple: Simple, name: str, error: str,
+                                control: Control, protocol: Protocol) -> str:
+        # The sender and recipients are checked as for a message that renders: SES
+        # refuses those before it renders anything.
+        received_at = self._clock()
+        fields = control.fields(protocol)
+        data, recipients, mail_from = self._compose(dataclasses.replace(
+            simple, subject=compose.Text(""), text=compose.Text(""), html=None, headers=(),
+            attachments=()), received_at, protocol)
+        _count(recipients, protocol)
+        self._check(caller, mail_from, recipients, control.configuration_set, protocol)
+        if not isinstance(self._handler, ApiSubmissionHandler):
+            raise ApiError("MessageRejected", error)
+        reply = await self._handler.rendering_failed(self._submission(
+            caller, mail_from, recipients, _prefix(fields) + data[:header_end(data)],
+            received_at), name, error)
+        if not reply.is_success:
+            raise refusal(reply, protocol, configuration_set=control.configuration_set)
+        return reply.text.rsplit(" ", 1)[-1]
+
+    def _compose(self, simple: Simple, received_at: float, protocol: Protocol
+                 ) -> tuple[bytes, list[str], str]:
+        """Simple content as a MIME message: (data, recipients, envelope sender)."""
+        message_id = new_message_id(received_at)
         try:
             data = compose.compose(compose.Parts(
                 from_address=simple.sender, subject=simple.subject, text=simple.text,
@@ -188,8 +248,7 @@ class Sender:
         mail_from = (_addr_spec("ReturnPath", simple.return_path, protocol)
                      if simple.return_path is not None
                      else _addr_spec(simple.sender_field, simple.sender, protocol))
-        return await self._send(caller, mail_from, recipients, _prefix(fields) + data,
-                                received_at, control, protocol)
+        return data, recipients, mail_from
 
     async def raw(self, caller: Caller, raw: Raw, control: Control, protocol: Protocol
                   ) -> str:
@@ -225,10 +284,7 @@ class Sender:
     async def _send(self, caller: Caller, mail_from: str, recipients: list[str],
                     data: bytes, received_at: float, control: Control,
                     protocol: Protocol) -> str:
-        if not recipients:
-            raise ApiError("MessageRejected", "There are no recipients specified.")
-        if len(recipients) > MAX_RECIPIENTS:
-            raise bad_request(f"Recipient count exceeds {MAX_RECIPIENTS}.", protocol)
+        _count(recipients, protocol)
         reply = await self._submit(caller, mail_from, recipients, data, received_at,
                                    control.configuration_set, protocol)
         return reply.text.rsplit(" ", 1)[-1]
@@ -237,22 +293,59 @@ class Sender:
                       data: bytes, received_at: float, configuration_set: str | None,
                       protocol: Protocol) -> Reply:
         """As an SMTP session does: MAIL FROM, each RCPT TO, then the message."""
+        self._check(caller, mail_from, recipients, configuration_set, protocol)
+        reply = await self._handler.submit(
+            self._submission(caller, mail_from, recipients, data, received_at))
+        if not reply.is_success:
+            raise refusal(reply, protocol, configuration_set=configuration_set)
+        return reply
+
+    def _check(self, caller: Caller, mail_from: str, recipients: list[str],
+               configuration_set: str | None, protocol: Protocol) -> None:
         for check in (self._handler.check_sender(caller.account, mail_from),
                       *(self._handler.check_recipient(caller.account, r) for r in recipients)):
             if check is not None:
                 raise refusal(check, protocol, configuration_set=configuration_set)
+
+    @staticmethod
+    def _submission(caller: Caller, mail_from: str, recipients: list[str], data: bytes,
+                    received_at: float) -> Submission:
         smtputf8 = not all(a.isascii() for a in (mail_from, *recipients))
-        submission = Submission(
+        return Submission(
             client=Client(ip=caller.ip, port=caller.port, helo="", listener=LISTENER,
                           account=caller.account, auth_user=caller.access_key_id,
                           tls_version=None, tls_cipher=None),
             envelope=Envelope(mail_from=mail_from, recipients=tuple(recipients),
                               smtputf8=smtputf8, body_8bitmime=not data.isascii()),
             data=data, received_at=received_at)
-        reply = await self._handler.submit(submission)
-        if not reply.is_success:
-            raise refusal(reply, protocol, configuration_set=configuration_set)
-        return reply
+
+
+async def stored_template(store: TemplateStore | None, account: str, name: str,
+                          protocol: Protocol) -> Content:
+    """`account`'s template `name`; another account's does not exist for it."""
+    if store is None:
+        raise ApiError("InternalFailure", "This relay keeps no templates.", 500, "Receiver")
+    found = await asyncio.to_thread(store.get, account, name)
+    if found is None:
+        message = f"Template {name} does not exist."
+        raise ApiError("NotFoundException", message, 404) if protocol == V2 \
+            else ApiError("TemplateDoesNotExist", message)
+    return found.content
+
+
+def template_data(text: str | None, field: str, protocol: Protocol) -> dict[str, Any]:
+    """TemplateData: a JSON object ({} for none)."""
+    try:
+        return render.parse_data("{}" if text is None else text, field)
+    except ValueError as exc:
+        raise bad_request(str(exc), protocol) from None
+
+
+def _count(recipients: list[str], protocol: Protocol) -> None:
+    if not recipients:
+        raise ApiError("MessageRejected", "There are no recipients specified.")
+    if len(recipients) > MAX_RECIPIENTS:
+        raise bad_request(f"Recipient count exceeds {MAX_RECIPIENTS}.", protocol)
 
 
 def _prefix(fields: list[tuple[str, str]]) -> bytes:

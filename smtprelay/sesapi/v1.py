@@ -7,7 +7,10 @@ JSON is, and answers in the XML botocore's QueryParser reads
 Request parameters SES v1 has and v2 lacks: SendEmail's ReturnPath becomes the
 envelope sender (where the relay's bounce messages go, as SES sends feedback to it);
 SourceArn, FromArn and ReturnPathArn become the X-SES-*-ARN fields of sending
-authorization. GetSendStatistics reads the per-set hourly counters
+authorization. SendTemplatedEmail and SendBulkTemplatedEmail render the account's
+templates (those v2's template operations keep) as v2's Template content does
+(send.Sender.templated), a bulk request's destinations each its own message with a
+per-destination Status. GetSendStatistics reads the per-set hourly counters
 (smtprelay.spool.set_stats, or the cluster's with store: redis): SES answers in
 15-minute points, the relay in hourly ones, the finest it keeps.
 """
@@ -18,7 +21,7 @@ import asyncio
 import datetime
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -26,6 +29,8 @@ from smtprelay.auth.aws_errors import QUERY_NAMESPACE
 from smtprelay.config import ConfigSource
 from smtprelay.mail import compose
 from smtprelay.policy.quota import Quotas
+from smtprelay.policy.templates import TemplateStore
+from smtprelay.sesapi import render as templates
 from smtprelay.sesapi import send
 from smtprelay.sesapi.errors import V1, ApiError, bad_request
 from smtprelay.sesapi.send import Caller, Control
@@ -34,6 +39,19 @@ from smtprelay.submission.seam import SubmissionHandler
 
 VERSION = "2010-12-01"
 STATISTICS_DAYS = 14  # SES: "the last two weeks of sending activity"
+MAX_BULK_DESTINATIONS = 50  # SES: "up to 50 destinations" per SendBulkTemplatedEmail
+
+# SendBulkTemplatedEmail: the error code of a refused destination -> its Status.
+_BULK_STATUS = {
+    "MessageRejected": "MessageRejected",
+    "MailFromDomainNotVerifiedException": "MailFromDomainNotVerified",
+    "ConfigurationSetDoesNotExist": "ConfigurationSetDoesNotExist",
+    "TemplateDoesNotExist": "TemplateDoesNotExist",
+    "AccountSendingPausedException": "AccountSendingPaused",
+    "ConfigurationSetSendingPausedException": "ConfigurationSetSendingPaused",
+    "InvalidParameterValue": "InvalidParameterValue",
+    "ServiceUnavailable": "TransientFailure",
+}
 
 Result = dict[str, Any]
 
@@ -77,6 +95,10 @@ class Form:
                            f"'{where}' failed to satisfy constraint: Member must not be null")
         return value
 
+    def has(self, prefix: str) -> bool:
+        """Whether any parameter's name starts with `prefix`."""
+        return any(name.startswith(prefix) for name in self._params)
+
     def members(self, name: str) -> list[str]:
         """A list: name.member.1, name.member.2, ... with no gap."""
         found: list[str] = []
@@ -90,15 +112,21 @@ class Form:
             return None
         return compose.Text(self.required(f"{name}.Data"), self.get(f"{name}.Charset"))
 
-    def control(self) -> Control:
-        tags = []
-        i = 1
-        while f"Tags.member.{i}.Name" in self._params or f"Tags.member.{i}.Value" in self._params:
-            where = f"Tags.member.{i}"
-            tags.append(send.tag(self.required(f"{where}.Name"),
-                                 self.required(f"{where}.Value"), where, V1))
-            i += 1
-        return Control(configuration_set=self.get("ConfigurationSetName"), tags=tags,
+    def control(self, tag_lists: Sequence[str] = ("Tags",)) -> Control:
+        """The request's Control; tags from `tag_lists` in order, a later tag replacing
+        an earlier one of its name (a bulk destination's ReplacementTags)."""
+        tags: dict[str, tuple[str, str]] = {}
+        for tag_list in tag_lists:
+            i = 1
+            while f"{tag_list}.member.{i}.Name" in self._params or \
+                    f"{tag_list}.member.{i}.Value" in self._params:
+                where = f"{tag_list}.member.{i}"
+                name, value = send.tag(self.required(f"{where}.Name"),
+                                       self.required(f"{where}.Value"), where, V1)
+                tags[name] = (name, value)
+                i += 1
+        return Control(configuration_set=self.get("ConfigurationSetName"),
+                       tags=list(tags.values()),
                        source_arn=self.get("SourceArn"), from_arn=self.get("FromArn"),
                        return_path_arn=self.get("ReturnPathArn"))
 
@@ -107,8 +135,10 @@ class SesV1:
     """The operations, on the handler SMTP sessions use."""
 
     def __init__(self, live: ConfigSource, handler: SubmissionHandler, quotas: Quotas,
-                 counters: Counters, clock: Callable[[], float] = time.time) -> None:
+                 counters: Counters, clock: Callable[[], float] = time.time,
+                 templates: TemplateStore | None = None) -> None:
         self._live = live
+        self._templates = templates
         self._send = send.Sender(live, handler, clock)
         self._quotas = quotas
         self._counters = counters
@@ -118,8 +148,8 @@ class SesV1:
             "SendRawEmail": self.send_raw_email,
             "GetSendQuota": self.get_send_quota,
             "GetSendStatistics": self.get_send_statistics,
-            "SendTemplatedEmail": self._no_templates,
-            "SendBulkTemplatedEmail": self._no_templates,
+            "SendTemplatedEmail": self.send_templated_email,
+            "SendBulkTemplatedEmail": self.send_bulk_templated_email,
         }
 
     async def call(self, caller: Caller, encoded: bytes, request_id: str) -> bytes:
@@ -143,15 +173,51 @@ class SesV1:
         sender = form.required("Source")
         subject = compose.Text(form.required("Message.Subject.Data"),
                                form.get("Message.Subject.Charset"))
-        message_id = await self._send.simple(caller, send.Simple(
-            sender=sender, sender_field="Source", subject=subject,
-            text=form.text("Message.Body.Text"), html=form.text("Message.Body.Html"),
-            to=form.members("Destination.ToAddresses"),
-            cc=form.members("Destination.CcAddresses"),
-            bcc=form.members("Destination.BccAddresses"),
-            reply_to=form.members("ReplyToAddresses"), return_path=form.get("ReturnPath")),
+        message_id = await self._send.simple(caller, _simple(
+            form, sender, "Destination", subject=subject,
+            text=form.text("Message.Body.Text"), html=form.text("Message.Body.Html")),
             form.control(), V1)
         return {"MessageId": message_id}
+
+    async def send_templated_email(self, caller: Caller, form: Form) -> Result:
+        sender = form.required("Source")
+        name = form.required("Template")
+        template = await send.stored_template(self._templates, caller.account, name, V1)
+        message_id = await self._send.templated(
+            caller, _simple(form, sender, "Destination"), template, name,
+            send.template_data(form.required("TemplateData"), "TemplateData", V1),
+            form.control(), V1)
+        return {"MessageId": message_id}
+
+    async def send_bulk_templated_email(self, caller: Caller, form: Form) -> Result:
+        sender = form.required("Source")
+        name = form.required("Template")
+        count = 0
+        while form.has(f"Destinations.member.{count + 1}."):
+            count += 1
+        if not count:
+            form.required("Destinations.member.1.Destination")
+        if count > MAX_BULK_DESTINATIONS:
+            raise bad_request(f"Destinations: at most {MAX_BULK_DESTINATIONS} per request, "
+                              f"not {count}", V1)
+        template = await send.stored_template(self._templates, caller.account, name, V1)
+        defaults = send.template_data(form.get("DefaultTemplateData"),
+                                      "DefaultTemplateData", V1)
+        statuses: list[Result] = []
+        for i in range(1, count + 1):
+            where = f"Destinations.member.{i}"
+            try:
+                message_id = await self._send.templated(
+                    caller, _simple(form, sender, f"{where}.Destination"), template, name,
+                    templates.merged(defaults, send.template_data(
+                        form.get(f"{where}.ReplacementTemplateData"),
+                        f"{where}.ReplacementTemplateData", V1)),
+                    form.control(("DefaultTags", f"{where}.ReplacementTags")), V1)
+            except ApiError as exc:
+                statuses.append({"Status": _bulk_status(exc), "Error": exc.message})
+            else:
+                statuses.append({"Status": "Success", "MessageId": message_id})
+        return {"Status": statuses}
 
     async def send_raw_email(self, caller: Caller, form: Form) -> Result:
         data = send.base64_data(form.required("RawMessage.Data"), "RawMessage.Data", V1)
@@ -169,10 +235,27 @@ class SesV1:
                                          self._clock())
         return {"SendDataPoints": points}
 
-    async def _no_templates(self, _caller: Caller, form: Form) -> Result:
-        raise bad_request(f"{form.get('Action')} is not supported by this relay: it has "
-                          "no email templates yet; send with SendEmail or SendRawEmail",
-                          V1)
+_NO_SUBJECT = compose.Text("")  # a templated message's: the template's replaces it
+
+
+def _simple(form: Form, sender: str, destination: str, *,
+            subject: compose.Text = _NO_SUBJECT, text: compose.Text | None = None,
+            html: compose.Text | None = None) -> send.Simple:
+    """A message to `destination`'s addresses with the request's Source, ReplyTo and
+    ReturnPath; a templated one's subject and bodies are the template's."""
+    return send.Simple(
+        sender=sender, sender_field="Source", subject=subject, text=text, html=html,
+        to=form.members(f"{destination}.ToAddresses"),
+        cc=form.members(f"{destination}.CcAddresses"),
+        bcc=form.members(f"{destination}.BccAddresses"),
+        reply_to=form.members("ReplyToAddresses"), return_path=form.get("ReturnPath"))
+
+
+def _bulk_status(error: ApiError) -> str:
+    if error.code == "Throttling":
+        return ("AccountDailyQuotaExceeded" if error.message.startswith("Daily")
+                else "AccountThrottled")
+    return _BULK_STATUS.get(error.code, "Failed")
 
 
 def data_points(counters: Counters, account: str, now: float) -> list[Result]:

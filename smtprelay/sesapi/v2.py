@@ -4,7 +4,10 @@ APIs send through the same code and the same pipeline as SMTP.
 
 `ConfigurationSetName`, `EmailTags` and `ListManagementOptions` become the X-SES-*
 fields SES reads on SMTP (send.Control); `Simple` content is composed, `Raw` taken as
-written (send.Simple, send.Raw).
+written (send.Simple, send.Raw); `Template` content (a stored template by name or ARN,
+or inline) is rendered with its TemplateData, then composed as Simple content
+(send.Sender.templated). The template operations and SendBulkEmail are
+smtprelay.sesapi.v2_templates, on this class's store and send path.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from typing import Any
 from smtprelay.config import ConfigSource
 from smtprelay.mail import compose
 from smtprelay.policy.quota import Quotas
-from smtprelay.sesapi import send
-from smtprelay.sesapi.errors import V2, bad_request
+from smtprelay.policy.templates import Content, TemplateStore
+from smtprelay.sesapi import render, send
+from smtprelay.sesapi.errors import V2, ApiError, bad_request
 from smtprelay.sesapi.send import Caller, Control
 from smtprelay.submission.seam import SubmissionHandler
 
@@ -115,14 +119,53 @@ def _control(body: Mapping[str, Any]) -> Control:
         tags=tags, contact_list=contact_list, topic=topic)
 
 
+def template_name(template: Mapping[str, Any], field: str) -> str | None:
+    """TemplateName, or the name at the end of TemplateArn (``...:template/<name>``)."""
+    name = _string(template.get("TemplateName"), f"{field}.TemplateName")
+    arn = _string(template.get("TemplateArn"), f"{field}.TemplateArn")
+    if name is None and arn is not None:
+        name = arn.rpartition(":template/")[2] or None
+        if name is None:
+            raise bad_request(f"{field}.TemplateArn must end with :template/<name>")
+    return name
+
+
+def template_content(value: Any, field: str) -> Content:
+    """EmailTemplateContent (Subject, Text, Html), checked to compile."""
+    parts = _object(value, field)
+    content = Content(_string(parts.get("Subject"), f"{field}.Subject"),
+                      _string(parts.get("Text"), f"{field}.Text"),
+                      _string(parts.get("Html"), f"{field}.Html"))
+    try:
+        render.check(content)
+    except render.TemplateSyntaxError as exc:
+        raise bad_request(f"{field}: {exc}") from None
+    return content
+
+
+def template_data(value: Any, field: str) -> dict[str, Any]:
+    return send.template_data(_string(value, field), field, V2)
+
+
+def destination(value: Any, field: str) -> tuple[list[str], list[str], list[str]]:
+    """A Destination's To, Cc and Bcc addresses."""
+    found = _object(value or {}, field)
+    return (_strings(found.get("ToAddresses"), f"{field}.ToAddresses"),
+            _strings(found.get("CcAddresses"), f"{field}.CcAddresses"),
+            _strings(found.get("BccAddresses"), f"{field}.BccAddresses"))
+
+
 class SesV2:
     """The operations, on the handler SMTP sessions use."""
 
     def __init__(self, live: ConfigSource, handler: SubmissionHandler, quotas: Quotas,
                  paused_accounts: Callable[[], Container[str]],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 templates: TemplateStore | None = None) -> None:
         self._live = live
         self._send = send.Sender(live, handler, clock)
+        # SES API templates (policy.templates); None: Template content is refused.
+        self.templates = templates
         self._quotas = quotas
         self._paused_accounts = paused_accounts
 
@@ -139,15 +182,23 @@ class SesV2:
         kinds = [k for k in ("Simple", "Raw", "Template") if content.get(k) is not None]
         if len(kinds) != 1:
             raise bad_request("Content must have exactly one of Simple, Raw and Template")
-        if kinds[0] == "Template":
-            raise bad_request("Template content is not supported by this relay yet")
-        destination = _object(body.get("Destination") or {}, "Destination")
-        to = _strings(destination.get("ToAddresses"), "Destination.ToAddresses")
-        cc = _strings(destination.get("CcAddresses"), "Destination.CcAddresses")
-        bcc = _strings(destination.get("BccAddresses"), "Destination.BccAddresses")
+        to, cc, bcc = destination(body.get("Destination"), "Destination")
         sender = _string(body.get("FromEmailAddress"), "FromEmailAddress")
         control = _control(body)
-        if kinds[0] == "Simple":
+        if kinds[0] == "Template":
+            if sender is None:
+                raise bad_request("FromEmailAddress is required with Template content")
+            template = _object(content["Template"], "Content.Template")
+            stored, name = await self.template_of(caller, template, "Content.Template")
+            message_id = await self.send_templated(caller, send.Simple(
+                sender=sender, sender_field="FromEmailAddress", subject=compose.Text(""),
+                to=to, cc=cc, bcc=bcc,
+                reply_to=_strings(body.get("ReplyToAddresses"), "ReplyToAddresses"),
+                headers=_headers(template.get("Headers"), "Content.Template.Headers"),
+                attachments=_attachments(template.get("Attachments"))),
+                stored, name, template_data(template.get("TemplateData"),
+                                            "Content.Template.TemplateData"), control)
+        elif kinds[0] == "Simple":
             if sender is None:
                 raise bad_request("FromEmailAddress is required with Simple content")
             simple = _object(content["Simple"], "Content.Simple")
@@ -170,6 +221,38 @@ class SesV2:
                 sender=sender, sender_field="FromEmailAddress", recipients=[*to, *cc, *bcc]),
                 control, V2)
         return {"MessageId": message_id}
+
+    async def send_templated(self, caller: Caller, simple: send.Simple, template: Content,
+                             name: str | None, data: Mapping[str, Any], control: Control
+                             ) -> str:
+        """`simple`, its subject and bodies `template` rendered with `data` (a
+        SendEmail's, or a SendBulkEmail entry's)."""
+        return await self._send.templated(caller, simple, template, name or "", data,
+                                           control, V2)
+
+    # -- templates ----------------------------------------------------------------------
+
+    def template_store(self) -> TemplateStore:
+        if self.templates is None:
+            raise ApiError("InternalFailure", "This relay keeps no templates.", 500, "Receiver")
+        return self.templates
+
+    async def stored_template(self, caller: Caller, name: str) -> Content:
+        """The caller's account's template `name`; NotFoundException for any other."""
+        return await send.stored_template(self.templates, caller.account, name, V2)
+
+    async def template_of(self, caller: Caller, template: Mapping[str, Any], field: str
+                          ) -> tuple[Content, str | None]:
+        """A Template object's content: the stored one it names, or its inline
+        TemplateContent; and the name (None inline)."""
+        name = template_name(template, field)
+        inline = template.get("TemplateContent")
+        if (name is None) == (inline is None):
+            raise bad_request(f"{field} needs one of TemplateName, TemplateArn and "
+                              "TemplateContent")
+        if name is None:
+            return template_content(inline, f"{field}.TemplateContent"), None
+        return await self.stored_template(caller, name), name
 
     # -- GetAccount -------------------------------------------------------------------------
 

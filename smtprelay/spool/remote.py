@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from smtprelay.spool import set_stats
-from smtprelay.spool.model import NewMessage
+from smtprelay.spool.model import EventRecord, NewMessage
 from smtprelay.spool.store import Spool, SpoolError, SpoolFullError
 from smtprelay.state.api import StateUnavailable
 from smtprelay.state.channel import ChannelClient, ChannelServer
@@ -40,7 +40,13 @@ def serve_spool(server: ChannelServer[Context], spool: Spool,
         spool.count_later(counts)
         return None
 
+    async def record_unsent(_: Context, args: tuple[Any, ...]) -> object:
+        record, events = args
+        await spool.record_unsent(record, events)
+        return None
+
     server.register("enqueue", enqueue)
+    server.register("record_unsent", record_unsent)
     server.register("count_later", count_later)
     # Most specific first: a full disk is a SpoolError too.
     server.error_kind("spool_full", SpoolFullError)
@@ -58,6 +64,13 @@ class RemoteSpool:
         (or SpoolFullError) otherwise, also when the supervisor cannot be asked."""
         try:
             await self._channel.call("enqueue", message)
+        except StateUnavailable as exc:
+            raise SpoolError(str(exc)) from exc
+
+    async def record_unsent(self, record: NewMessage, events: tuple[EventRecord, ...]
+                            ) -> None:
+        try:
+            await self._channel.call("record_unsent", record, events)
         except StateUnavailable as exc:
             raise SpoolError(str(exc)) from exc
 

@@ -258,6 +258,16 @@ class Spool:
 
         await self._writer.run(work)
 
+    async def record_unsent(self, record: NewMessage, events: tuple[EventRecord, ...]
+                            ) -> None:
+        """Durably add the events of a message that is never spooled (a template that
+        did not render) with the mail record their publication reads."""
+        def work(conn: sqlite3.Connection) -> None:
+            outbox.insert_mail_record(conn, record)
+            outbox.insert_events(conn, events)
+
+        await self._writer.run(work)
+
     def count_later(self, counts: set_stats.Bump) -> None:
         """Count something no spool change goes with (a refused message) in the next
         group commit, without waiting for it; a failure is logged, not raised."""

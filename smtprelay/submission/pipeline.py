@@ -15,6 +15,7 @@ from typing import Protocol
 from smtprelay.bounces import return_path
 from smtprelay.config import Config, ConfigSource
 from smtprelay.events import records
+from smtprelay.events.model import RenderingFailure
 from smtprelay.infra import metrics
 from smtprelay.mail import replies as R
 from smtprelay.mail.headers import (
@@ -85,6 +86,9 @@ class AcceptingSpool(Protocol):
     async def enqueue(self, message: NewMessage) -> None: ...
 
     def count_later(self, counts: set_stats.Bump) -> None: ...
+
+    async def record_unsent(self, record: NewMessage, events: tuple[EventRecord, ...]
+                            ) -> None: ...
 
 
 class PipelineSource(ConfigSource, KeySource, SignerSource, Protocol):
@@ -182,6 +186,45 @@ class Pipeline:
         # A message over its quota is refused as such whatever else is wrong with it,
         # as when the quota was asked first.
         return await reservation.refusal() or reply
+
+    async def rendering_failed(self, submission: Submission, template_name: str,
+                               error: str) -> Reply:
+        """A templated message whose data did not fit its template (SES API): SES
+        answers with a message id and sends nothing; the configuration set's
+        destinations learn of it by a Rendering Failure event."""
+        client = submission.client
+        try:
+            fields = parse_header_section(submission.data)
+        except MalformedHeader as exc:
+            return _refuse("bad_header", R.malformed_header(str(exc)))
+        choice = configuration_sets.choose(self._config, client.account, fields,
+                                           self.paused_sets)
+        if isinstance(choice, Reply):
+            return _refuse("set_paused" if choice is R.SET_PAUSED else "set_unknown", choice)
+        message_id = new_message_id(submission.received_at)
+        settings = self._config.configuration_sets.get(choice.name) if choice.name else None
+        log.info("msg=%s not sent: template %r did not render: %s account=%s set=%s",
+                 message_id, template_name, error, client.account, choice.name or "-")
+        if settings is None or not settings.publishes:
+            return R.accepted(message_id)
+        found = header_addresses(fields)
+        from_domain = identities.split_address((found.get("from") or ["@"])[0])[1]
+        record = NewMessage(
+            message_id=message_id, envelope=submission.envelope, data=submission.data,
+            account=client.account, configuration_set=choice.name,
+            received_at=submission.received_at, client_ip=client.ip,
+            client_helo=client.helo, auth_user=client.auth_user, listener=client.listener,
+            attrs=MessageAttributes(tags=configuration_sets.auto_tags(
+                choice, from_domain=from_domain, source_ip=client.ip,
+                caller=client.auth_user or client.account)))
+        event = records.make(message_id, choice.name, submission.received_at,
+                             RenderingFailure(template_name, error))
+        try:
+            await self._spool.record_unsent(record, (event,))
+        except SpoolError as exc:
+            log.error("msg=%s rendering failure event not recorded: %s", message_id, exc)
+            return _refuse("spool_error", R.LOCAL_ERROR)
+        return R.accepted(message_id)
 
     def _content_refusal(self, account: str, set_name: str | None, refusal: Reply) -> Reply:
         self._spool.count_later(set_stats.Bump(account, set_name, time.time(),

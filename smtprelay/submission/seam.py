@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from smtprelay.mail.replies import Reply
 from smtprelay.spool.model import Envelope
@@ -29,6 +29,18 @@ class Submission:
     envelope: Envelope
     data: bytes  # dot-unstuffed, CRLF line endings, as received
     received_at: float
+
+
+@runtime_checkable
+class ApiSubmissionHandler(Protocol):
+    """What the SES API needs of the pipeline beyond an SMTP session's needs."""
+
+    async def rendering_failed(self, submission: Submission, template_name: str,
+                               error: str) -> Reply:
+        """Record a templated message that could not be rendered, as SES does: not
+        sent, a Rendering Failure event when its configuration set publishes events.
+        `submission.data` is its header section. The reply names its message id, or
+        refuses it (an unknown or paused set) as `submit` would."""
 
 
 class SubmissionHandler(Protocol):

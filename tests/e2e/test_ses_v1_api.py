@@ -205,11 +205,55 @@ def test_refusals_raise_the_exceptions_ses_v1_users_catch(relay: DaemonProcess) 
     assert code == "InvalidParameterValue" and "line break" in message
     code, message, _ = error_of(ses.send_templated_email, Source="app@example.com",
                                 Destination={"ToAddresses": ["a@example.net"]},
-                                Template="welcome", TemplateData="{}")
-    assert code == "InvalidParameterValue" and "not supported" in message
+                                Template="nope", TemplateData="{}")
+    assert (code, message) == ("TemplateDoesNotExist", "Template nope does not exist.")
     # A message after all these is still taken, and spooled (once the set's resume
     # has reached the relay).
     assert stored(relay, once_resumed(ses.send_email, **SEND)["MessageId"])
+
+
+def test_templated_sends_render_the_accounts_templates(tmp_path: Path) -> None:
+    # The templates are v2's (made with CreateEmailTemplate), sent with v1's actions.
+    relay = DaemonProcess(tmp_path, api={"sesv1": True, "sesv2": True}, accounts=ACCOUNTS,
+                          configuration_sets=SETS).start()
+    try:
+        _templated_sends(relay)
+    finally:
+        relay.stop()
+
+
+def _templated_sends(relay: DaemonProcess) -> None:
+    key = api_key(relay)
+    ses_client(relay, key).create_email_template(TemplateName="v1-hello", TemplateContent={
+        "Subject": "Hi {{name}}", "Text": "{{#if vip}}VIP{{else}}Thanks{{/if}}"})
+    ses = client(relay, key)
+    one = ses.send_templated_email(
+        Source="app@example.com", Destination={"ToAddresses": ["t@example.net"]},
+        Template="v1-hello", TemplateData='{"name": "Ann", "vip": true}',
+        ConfigurationSetName="transactional")
+    message = message_from_bytes(stored(relay, one["MessageId"])["data"],
+                                 policy=policy.default)
+    assert message["Subject"] == "Hi Ann" and message.get_content().strip() == "VIP"
+    answer = ses.send_bulk_templated_email(
+        Source="app@example.com", Template="v1-hello",
+        DefaultTemplateData='{"name": "friend"}',
+        Destinations=[
+            {"Destination": {"ToAddresses": ["b1@example.net"]},
+             "ReplacementTemplateData": '{"name": "Bob"}'},
+            {"Destination": {"ToAddresses": ["b2@example.net"]}},
+            {"Destination": {"ToAddresses": ["x@unverified.example"]},
+             "ReplacementTemplateData": "not json"}])
+    first, second, bad = answer["Status"]
+    assert first["Status"] == second["Status"] == "Success"
+    assert first["MessageId"] != second["MessageId"]
+    assert bad["Status"] == "InvalidParameterValue" and "not valid JSON" in bad["Error"]
+    for message_id, name in ((first["MessageId"], "Bob"), (second["MessageId"], "friend")):
+        data = stored(relay, message_id)["data"]
+        assert message_from_bytes(data, policy=policy.default)["Subject"] == f"Hi {name}"
+    code, _, _ = error_of(ses.send_templated_email, Source="app@example.com",
+                          Destination={"ToAddresses": ["a@example.net"]},
+                          Template="v1-hello", TemplateData="[1]")
+    assert code == "InvalidParameterValue"
 
 
 def test_requests_no_client_sends(relay: DaemonProcess) -> None:

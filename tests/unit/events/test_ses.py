@@ -42,6 +42,7 @@ from smtprelay.events import (
     MailInfo,
     Open,
     Reject,
+    RenderingFailure,
     Send,
     Subscription,
     SubscriptionStatus,
@@ -297,18 +298,26 @@ GUIDE_CLICK: dict[str, Any] = {
                              [*_OPEN_CLICK_HEADERS, {"name": "Message-ID", "value": SES_ID}]),
 }
 
+def headerless_mail(timestamp: str) -> dict[str, Any]:
+    """The mail object of the guide's later examples, which show no headers."""
+    return {"timestamp": timestamp, "source": "sender@example.com", "sourceArn": SES_ARN,
+            "sendingAccountId": "123456789012", "messageId": SES_ID,
+            "destination": ["recipient@example.com"], "headersTruncated": False,
+            "tags": {"ses:configuration-set": ["ConfigSet"]}}
+
+
+GUIDE_RENDERING_FAILURE: dict[str, Any] = {
+    "eventType": "Rendering Failure",
+    "mail": headerless_mail("2018-01-22T18:43:06.197Z"),
+    "failure": {
+        "errorMessage": "Attribute 'attributeName' is not present in the rendering data.",
+        "templateName": "MyTemplate",
+    },
+}
+
 GUIDE_DELIVERY_DELAY: dict[str, Any] = {
     "eventType": "DeliveryDelay",
-    "mail": {
-        "timestamp": "2020-06-16T00:15:40.641Z",
-        "source": "sender@example.com",
-        "sourceArn": SES_ARN,
-        "sendingAccountId": "123456789012",
-        "messageId": SES_ID,
-        "destination": ["recipient@example.com"],
-        "headersTruncated": False,
-        "tags": {"ses:configuration-set": ["ConfigSet"]},
-    },
+    "mail": headerless_mail("2020-06-16T00:15:40.641Z"),
     "deliveryDelay": {
         "timestamp": "2020-06-16T00:25:40.095Z",
         "delayType": "TransientCommunicationFailure",
@@ -432,6 +441,16 @@ def test_delivery_delay_matches_the_guide() -> None:
     assert mail["headers"] == [] and mail["commonHeaders"] == {}
 
 
+def test_rendering_failure_matches_the_guide() -> None:
+    f = GUIDE_RENDERING_FAILURE["failure"]
+    record = ours(GUIDE_RENDERING_FAILURE, RenderingFailure(f["templateName"],
+                                                            f["errorMessage"]))
+    assert record["failure"] == f and record["eventType"] == "Rendering Failure"
+    mail = record["mail"]
+    assert {k: mail[k] for k in GUIDE_RENDERING_FAILURE["mail"]} == {
+        **GUIDE_RENDERING_FAILURE["mail"], "sourceArn": OUR_ARN}
+
+
 def test_subscription_matches_ses() -> None:
     s = GUIDE_SUBSCRIPTION["subscription"]
     prefs = (TopicStatus("ExampleTopicName", SubscriptionStatus.OPT_OUT),)
@@ -444,7 +463,7 @@ def test_subscription_matches_ses() -> None:
 
 @pytest.mark.parametrize("guide", [GUIDE_BOUNCE, GUIDE_COMPLAINT, GUIDE_DELIVERY, GUIDE_SEND,
                                    GUIDE_REJECT, GUIDE_OPEN, GUIDE_CLICK, GUIDE_DELIVERY_DELAY,
-                                   GUIDE_SUBSCRIPTION],
+                                   GUIDE_SUBSCRIPTION, GUIDE_RENDERING_FAILURE],
                          ids=lambda g: g["eventType"])
 def test_the_schema_accepts_what_ses_publishes(guide: dict[str, Any]) -> None:
     """A consumer validating with our schema accepts SES's own records too."""
@@ -454,7 +473,8 @@ def test_the_schema_accepts_what_ses_publishes(guide: dict[str, Any]) -> None:
 def test_every_event_type_is_covered() -> None:
     covered = {g["eventType"] for g in (GUIDE_BOUNCE, GUIDE_COMPLAINT, GUIDE_DELIVERY, GUIDE_SEND,
                                         GUIDE_REJECT, GUIDE_OPEN, GUIDE_CLICK,
-                                        GUIDE_DELIVERY_DELAY, GUIDE_SUBSCRIPTION)}
+                                        GUIDE_DELIVERY_DELAY, GUIDE_SUBSCRIPTION,
+                                        GUIDE_RENDERING_FAILURE)}
     assert covered == {str(t) for t in EventType}
     assert set(SCHEMA["$defs"]["eventType"]["enum"]) == covered
 
@@ -856,8 +876,10 @@ DOC_DETAILS: dict[str, Detail] = {
                    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X)",
                    "https://www.example.com/sale?utm_source=newsletter",
                    link_tags={"section": ["hero"]}),
+    "Rendering Failure": RenderingFailure(
+        "welcome", "Attribute 'firstName' is not present in the rendering data."),
 }
-_DOC_EXAMPLE = re.compile(r"<!-- example: (\w+) -->\s*```json\n(.*?)```", re.DOTALL)
+_DOC_EXAMPLE = re.compile(r"<!-- example: (\w[\w ]*) -->\s*```json\n(.*?)```", re.DOTALL)
 
 
 def doc_example(kind: str) -> dict[str, Any]:
