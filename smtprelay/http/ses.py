@@ -143,19 +143,33 @@ class SesApi:
 
     async def _read(self, request: web.Request, protocol: aws_errors.Protocol,
                     request_id: str) -> bytes:
+        """The whole body, up to api.max_request_size. (StreamReader.read(n) answers with
+        what has arrived so far, which for a large body is only its start.)"""
         limit = self._live.config.api.max_request_size
-        if request.content_length is not None and request.content_length > limit:
-            raise _Refused(aws_errors.render(
-                protocol, "RequestEntityTooLarge" if protocol == "query" else
-                "BadRequestException", f"The request is larger than {limit} bytes.", 413,
-                request_id))
-        body = await request.content.read(limit + 1)
-        if len(body) > limit:
-            raise _Refused(aws_errors.render(
-                protocol, "RequestEntityTooLarge" if protocol == "query" else
-                "BadRequestException", f"The request is larger than {limit} bytes.", 413,
-                request_id))
-        return body
+        too_large = _Refused(aws_errors.render(
+            protocol, "RequestEntityTooLarge" if protocol == "query" else
+            "BadRequestException", f"The request is larger than {limit} bytes.", 413,
+            request_id))
+        if request.content_length is not None:
+            if request.content_length > limit:
+                raise too_large
+            if request.content_length == 0:
+                return b""  # (aiohttp's empty stream refuses even readexactly(0))
+            try:
+                return await request.content.readexactly(request.content_length)
+            except asyncio.IncompleteReadError:
+                raise _Refused(aws_errors.render(
+                    protocol, "MalformedQueryString" if protocol == "query" else
+                    "BadRequestException", "The body ended before its Content-Length.",
+                    400, request_id)) from None
+        chunks: list[bytes] = []  # chunked transfer encoding: until its end
+        size = 0
+        while chunk := await request.content.read(65536):
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _caller(self, request: web.Request, body: bytes,
                       protocol: aws_errors.Protocol, request_id: str) -> Caller:

@@ -134,9 +134,11 @@ class Simple:
     reply_to: Sequence[str] = ()
     headers: Sequence[tuple[str, str]] = ()
     attachments: Sequence[compose.Attachment] = ()
-    # v1's ReturnPath: where bounces go. The relay's bounce messages (DSNs) go to the
-    # envelope sender, so that is what it becomes, checked as any envelope sender.
+    # v1's ReturnPath, v2's FeedbackForwardingEmailAddress: where bounces go. The
+    # relay's bounce messages (DSNs) go to the envelope sender, so that is what it
+    # becomes, checked as any envelope sender.
     return_path: str | None = None
+    return_path_field: str = "ReturnPath"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,9 @@ class Raw:
     sender: str | None  # the envelope sender; None: the message's one From address
     sender_field: str  # "FromEmailAddress", "Source"
     recipients: Sequence[str] = ()  # none: the message's To, Cc and Bcc
+    # v2's FeedbackForwardingEmailAddress: the envelope sender instead (see Simple's).
+    return_path: str | None = None
+    return_path_field: str = "FeedbackForwardingEmailAddress"
 
 
 def base64_data(text: str, field: str, protocol: Protocol) -> bytes:
@@ -245,7 +250,7 @@ class Sender:
                 "Destination", [*simple.to, *simple.cc, *simple.bcc])]
         except compose.ComposeError as exc:
             raise bad_request(str(exc), protocol) from None
-        mail_from = (_addr_spec("ReturnPath", simple.return_path, protocol)
+        mail_from = (_addr_spec(simple.return_path_field, simple.return_path, protocol)
                      if simple.return_path is not None
                      else _addr_spec(simple.sender_field, simple.sender, protocol))
         return data, recipients, mail_from
@@ -270,7 +275,9 @@ class Sender:
         if control.replaces_own:
             head = _SES_FIELDS.sub(b"", head)
         data = head + data[end:]
-        if raw.sender is None:
+        if raw.return_path is not None:
+            mail_from = _addr_spec(raw.return_path_field, raw.return_path, protocol)
+        elif raw.sender is None:
             froms = [a for f in header if f.key == "from" for a in header_addresses(f.value)]
             if len(froms) != 1 or froms[0] == "(unparseable)":
                 raise bad_request(f"{raw.field}: {raw.sender_field} is not given and the "

@@ -28,6 +28,10 @@ from smtprelay.submission.seam import SubmissionHandler
 
 __all__ = ["Caller", "SesV2"]
 
+# Where SES sends the message's bounces and complaints: here its envelope sender, where
+# the relay's DSNs go (send.Simple.return_path).
+_FEEDBACK = "FeedbackForwardingEmailAddress"
+
 
 def _object(value: Any, field: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
@@ -184,6 +188,8 @@ class SesV2:
             raise bad_request("Content must have exactly one of Simple, Raw and Template")
         to, cc, bcc = destination(body.get("Destination"), "Destination")
         sender = _string(body.get("FromEmailAddress"), "FromEmailAddress")
+        feedback = _string(body.get("FeedbackForwardingEmailAddress"),
+                           "FeedbackForwardingEmailAddress")
         control = _control(body)
         if kinds[0] == "Template":
             if sender is None:
@@ -195,7 +201,8 @@ class SesV2:
                 to=to, cc=cc, bcc=bcc,
                 reply_to=_strings(body.get("ReplyToAddresses"), "ReplyToAddresses"),
                 headers=_headers(template.get("Headers"), "Content.Template.Headers"),
-                attachments=_attachments(template.get("Attachments"))),
+                attachments=_attachments(template.get("Attachments")),
+                return_path=feedback, return_path_field=_FEEDBACK),
                 stored, name, template_data(template.get("TemplateData"),
                                             "Content.Template.TemplateData"), control)
         elif kinds[0] == "Simple":
@@ -213,13 +220,14 @@ class SesV2:
                 to=to, cc=cc, bcc=bcc,
                 reply_to=_strings(body.get("ReplyToAddresses"), "ReplyToAddresses"),
                 headers=_headers(simple.get("Headers"), "Content.Simple.Headers"),
-                attachments=_attachments(simple.get("Attachments"))), control, V2)
+                attachments=_attachments(simple.get("Attachments")),
+                return_path=feedback, return_path_field=_FEEDBACK), control, V2)
         else:
             raw = _object(content["Raw"], "Content.Raw")
             message_id = await self._send.raw(caller, send.Raw(
                 data=_blob(raw.get("Data"), "Content.Raw.Data"), field="Content.Raw.Data",
-                sender=sender, sender_field="FromEmailAddress", recipients=[*to, *cc, *bcc]),
-                control, V2)
+                sender=sender, sender_field="FromEmailAddress", recipients=[*to, *cc, *bcc],
+                return_path=feedback), control, V2)
         return {"MessageId": message_id}
 
     async def send_templated(self, caller: Caller, simple: send.Simple, template: Content,

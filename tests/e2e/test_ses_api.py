@@ -352,3 +352,20 @@ def test_a_large_body_is_hashed_and_checked_like_a_small_one(relay: DaemonProces
     wrong = client(relay, {**key, "aws_secret_access_key": "y" * 40})
     code, _, status = error_of(wrong.send_email, Content={"Raw": {"Data": raw}})
     assert (code, status) == ("InvalidSignatureException", 403)
+
+
+def test_feedback_forwarding_address_is_where_bounces_go(relay: DaemonProcess) -> None:
+    """FeedbackForwardingEmailAddress: the relay's bounce messages go to the envelope
+    sender, so that is what it becomes; an address of no verified identity is refused
+    as an unverified sender is."""
+    ses = client(relay, api_key(relay))
+    simple = {**SIMPLE, "FeedbackForwardingEmailAddress": "bounces@example.com"}
+    answer = ses.send_email(**simple)
+    assert stored(relay, answer["MessageId"])["mail_from"] == "bounces@example.com"
+    raw = ses.send_email(Content={"Raw": {"Data": b"From: app@example.com\r\n"
+                                                  b"To: a@example.net\r\n\r\nx\r\n"}},
+                         FeedbackForwardingEmailAddress="raw-bounces@example.com")
+    assert stored(relay, raw["MessageId"])["mail_from"] == "raw-bounces@example.com"
+    code, message, _ = error_of(ses.send_email, **{
+        **SIMPLE, "FeedbackForwardingEmailAddress": "x@unverified.example"})
+    assert code == "MessageRejected" and "unverified.example" in message
