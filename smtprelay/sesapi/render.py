@@ -43,6 +43,8 @@ _CACHE_SIZE = 256
 _TAG = re.compile(r"\{\{\{?~?\s*(.*?)\s*~?\}?\}\}", re.DOTALL)
 _OPEN = re.compile(r"^#\*?\s*([^\s}]+)")
 _CLOSE = re.compile(r"^/\s*([^\s}]+)")
+_INLINE = re.compile(r"""\{\{#\*\s*inline\s+["']([^"']+)["']\s*\}\}(.*?)\{\{/inline\}\}\n?""",
+                     re.DOTALL)
 
 
 class TemplateSyntaxError(ValueError):
@@ -135,28 +137,43 @@ def _check_blocks(source: str) -> None:
         raise TemplateSyntaxError(f"{{{{#{stack[-1]}}}}} is not closed")
 
 
+def _compile_one(source: str) -> Callable[..., Any]:
+    try:
+        function = _compiler.compile(source)
+    except pybars.PybarsError as exc:
+        raise TemplateSyntaxError(str(exc)) from None
+    except Exception as exc:  # the PEG parser's own failures on odd input
+        raise TemplateSyntaxError(f"cannot parse: {exc}") from None
+    # compile() registers a module per template in sys.modules; the function keeps
+    # its globals, so the registration is only a leak in a long-lived server.
+    sys.modules.pop(function.__module__, None)
+    function.__globals__["prepare"] = _prepare
+    return cast(Callable[..., Any], function)
+
+
 def compiled(source: str) -> Callable[..., Any]:
-    """The template function of `source`; TemplateSyntaxError when it has none."""
+    """The template function of `source`; TemplateSyntaxError when it has none.
+
+    SES's inline partials (`{{#* inline "name"}}...{{/inline}}`, then `{{> name}}`),
+    which pybars3's grammar lacks, are taken out of the part first and compiled as
+    partials of it, each part its own (SES: "Inline partials are not transferred
+    between parts of the email"); the newline after a definition is not rendered."""
     with _compile_lock:
         found = _compiled.get(source)
         if found is not None:
             _compiled.move_to_end(source)
             return found
         _check_blocks(source)
-        try:
-            function = _compiler.compile(source)
-        except pybars.PybarsError as exc:
-            raise TemplateSyntaxError(str(exc)) from None
-        except Exception as exc:  # the PEG parser's own failures on odd input
-            raise TemplateSyntaxError(f"cannot parse: {exc}") from None
-        # compile() registers a module per template in sys.modules; the function
-        # keeps its globals, so the registration is only a leak in a long-lived server.
-        sys.modules.pop(function.__module__, None)
-        function.__globals__["prepare"] = _prepare
+        partials = {name: _compile_one(body) for name, body in _INLINE.findall(source)}
+        main = _compile_one(_INLINE.sub("", source))
+
+        def function(context: Any) -> Any:
+            return main(context, partials=partials)
+
         _compiled[source] = function
         if len(_compiled) > _CACHE_SIZE:
             _compiled.popitem(last=False)
-        return cast(Callable[..., Any], function)
+        return function
 
 
 def check(content: Content) -> None:

@@ -81,3 +81,23 @@ def test_rendering_never_fails_otherwise(data: dict[str, str], name: str) -> Non
         assert one(source, data) == data[name]
     except render.RenderingFailure as exc:
         assert name not in data and json.dumps(name)[1:-1] in str(exc)
+
+
+def test_inline_partials_as_the_ses_guide_writes_them() -> None:
+    """SES's "Creating inline partials" example: defined at the top of a part, used in
+    it and in a loop; the newline after the definition is not rendered, and a part
+    does not see another part's partials."""
+    partial = ('{{#* inline "fullName"}}{{firstName}}{{#if lastName}} {{lastName}}{{/if}}'
+               '{{/inline}}\n')
+    html = (partial + "<h1>Hello {{> fullName}}!</h1><ul>{{#each friends}}"
+            "<li>{{> fullName}}</li>{{/each}}</ul>")
+    data = {"firstName": "Anaya", "lastName": "Iyengar",
+            "friends": [{"firstName": "Bo"}, {"firstName": "Cy", "lastName": "Dee"}]}
+    rendered = render.render(Content("{{firstName}}'s preferences", "Hi {{firstName}}",
+                                     html), data)
+    assert rendered.html == ("<h1>Hello Anaya Iyengar!</h1>"
+                             "<ul><li>Bo</li><li>Cy Dee</li></ul>")
+    with pytest.raises(render.RenderingFailure):
+        render.render(Content("x", "{{> fullName}}", html), data)  # the text part's own
+    with pytest.raises(render.TemplateSyntaxError):
+        render.check(Content("x", '{{#* inline "a"}}unclosed', None))
