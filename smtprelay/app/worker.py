@@ -94,6 +94,7 @@ class Worker:
         self.mail_from: MailFromChecks | None = None
         self._transform_pool: TransformPool | None = None
         self._pauses_task: asyncio.Task[None] | None = None
+        self._cluster_counters: ClusterCounters | None = None
         self.lag = LoopLag()
         self._reloads: set[asyncio.Future[None]] = set()
 
@@ -126,6 +127,9 @@ class Worker:
                                pipeline, shared=shared)
         await self.smtp.start(roles={"submission"}, sockets=self._sockets)
         if self._http_sockets:
+            # v1's statistics: the cluster's, or the supervisor's spool (read-only).
+            self._cluster_counters = ClusterCounters.of(config) if config.api.sesv1 \
+                else None
             # Clicks, opens and unsubscribes here; the rest to the supervisor.
             self.http = HTTPServer(
                 config, lambda: None, keys=self.live, sink=RemoteEngagements(self.channel),
@@ -133,8 +137,7 @@ class Worker:
                 # The SES API on this worker's own pipeline, as its SMTP sessions.
                 ses=ses_api(self.live, pipeline, self.quotas, lambda: self.pauses.accounts,
                             self.api_keys, counters=(
-                                # v1's statistics: the supervisor's spool, or the cluster's.
-                                ClusterCounters.of(config) or FileCounters(config.spool_path)
+                                self._cluster_counters or FileCounters(config.spool_path)
                             ) if config.api.sesv1 else None,
                             suppression=self.suppression, contacts=self.contacts,
                             pauses=self.pauses, templates=self.templates),
@@ -183,6 +186,8 @@ class Worker:
         if self.channel is not None:
             await self.channel.close()
         await self.suppression.close_on_loop()
+        if self._cluster_counters is not None:
+            self._cluster_counters.close()
         for store in (self.credentials, self.suppression, self.contacts, self.pauses.store,
                       self.api_keys, self.templates):
             store.close()
