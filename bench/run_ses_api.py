@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,17 @@ def api_load(port: int, key: dict[str, str], clients: int, size: int, total: int
     return dict(json.loads(out.stdout))
 
 
+def pin(relay_pid: int) -> None:
+    """Every thread of the relay on CPU 0; this process (so the generators it starts)
+    on the rest."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    for task in Path(f"/proc/{relay_pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cpus[0]})
+    os.sched_setaffinity(0, set(cpus[1:]))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--repeats", type=int, default=3)
@@ -56,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[2048, 51200])
     p.add_argument("--total", type=int, default=3000, help="messages per cell and run")
     p.add_argument("--duration", type=float, default=30.0, help="time bound per cell and run")
+    p.add_argument("--pin", action="store_true",
+                   help="the relay on CPU 0 and the load generators on the others, so "
+                        "that they do not take the relay's core (needs 2 or more)")
     args = p.parse_args(argv)
     relay = RelayProcess(limits={"max_connections": 5000, "max_connections_per_ip": 5000})
     tls_port = free_port()
@@ -68,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         relay.start()
         wait_for_banner(tls_port, plain=False)
+        if args.pin:
+            pin(relay.pid)
         user, password = relay.credential()
         made = subprocess.run([SMTPRELAY, "api-keys", "create", "bench", "--json", "-c",
                                str(relay.config_path)], capture_output=True, text=True,
