@@ -21,6 +21,7 @@ import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import Any
 
@@ -50,6 +51,7 @@ from smtprelay.submission.seam import SubmissionHandler
 log = logging.getLogger("smtprelay.http.ses")
 
 KEY_CACHE_SECONDS = 5.0
+_KEY_CACHE_SIZE = 10_000
 # Bodies above this are hashed in a thread (below it the hop costs more than it saves).
 _HASH_IN_THREAD = 16 * 1024
 # Request ids as AWS writes them (a UUID's shape): this process's random prefix and a
@@ -60,6 +62,7 @@ _ID_COUNT = itertools.count()
 
 def _request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNT) % 16**12:012x}"
+
 
 _V2 = "/v2/email"
 
@@ -110,7 +113,7 @@ class SesApi:
         self._routes = routes
         self._keys = keys
         self._clock = clock
-        self._cache: dict[str, tuple[float, tuple[ApiKey, str] | None]] = {}
+        self._cache: OrderedDict[str, tuple[float, tuple[ApiKey, str] | None]] = OrderedDict()
 
     def add_routes(self, app: web.Application) -> None:
         if self._live.config.api.sesv2:
@@ -136,9 +139,12 @@ class SesApi:
         if cached is not None and now - cached[0] < KEY_CACHE_SECONDS:
             return cached[1]
         found = await asyncio.to_thread(self._keys.lookup, access_key_id)
-        if len(self._cache) > 10_000:
-            self._cache.clear()  # bounded: made-up key ids must not grow it for ever
         self._cache[access_key_id] = (now, found)
+        self._cache.move_to_end(access_key_id)
+        if len(self._cache) > _KEY_CACHE_SIZE:
+            # The least recently asked goes, not the whole cache: a stranger sending
+            # made-up key ids must not make every tenant's key be read again.
+            self._cache.popitem(last=False)
         return found
 
     async def _read(self, request: web.Request, protocol: aws_errors.Protocol,
