@@ -73,6 +73,7 @@ from smtprelay.transform.pool import TransformPool, worker_count
 log = logging.getLogger("smtprelay")
 
 _DEPTH_REFRESH_SECONDS = 15.0
+_DEPTH_COALESCE = 0.2
 _PURGE_SECONDS = 60.0
 # Mail records (what opens, clicks and unsubscribes weeks later need for their events)
 # are kept as long as tracking tokens are honoured.
@@ -171,6 +172,7 @@ class Relay:
         self._leases_task: asyncio.Task[None] | None = None
         self._held_task: asyncio.Task[None] | None = None
         self._depth_task: asyncio.Task[None] | None = None
+        self._depth_dirty = asyncio.Event()
         self._purge_task: asyncio.Task[None] | None = None
         self._pauses_task: asyncio.Task[None] | None = None
 
@@ -223,6 +225,7 @@ class Relay:
         handed_back = await self.spool.recover()
         depth = await asyncio.to_thread(self.spool.pending_count)
         metrics.SPOOL_DEPTH.set(depth)
+        self.spool.on_finished = self._depth_changed
         log.info("spool opened path=%s messages=%d recovered_in_flight=%d", cfg.spool_path,
                  depth, handed_back)
         self.publisher = Publisher(self.spool, self.live)
@@ -418,6 +421,7 @@ class Relay:
     def _spooled(self) -> None:
         """A message is on disk (from this process or a worker)."""
         self._accepted.count += 1
+        self._depth_dirty.set()
         self._wake_scheduler()
 
     def _wake_scheduler(self) -> None:
@@ -501,10 +505,20 @@ class Relay:
             except Exception as exc:
                 log.error("purging finished messages from the spool failed: %s", exc)
 
+    def _depth_changed(self) -> None:
+        self._depth_dirty.set()
+
     async def _refresh_depth(self) -> None:
-        # Operators delete from the queue with the CLI, outside this process.
+        """Keep smtprelay_spool_messages true: counted again soon after a message is
+        spooled (here or by a worker) or finished, and every _DEPTH_REFRESH_SECONDS
+        anyway, since operators delete from the queue with the CLI, outside this
+        process. Changes that come together are counted once (_DEPTH_COALESCE)."""
         while True:
-            await asyncio.sleep(_DEPTH_REFRESH_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_DEPTH_REFRESH_SECONDS):
+                    await self._depth_dirty.wait()
+            await asyncio.sleep(_DEPTH_COALESCE)
+            self._depth_dirty.clear()
             with contextlib.suppress(Exception):
                 metrics.SPOOL_DEPTH.set(await asyncio.to_thread(self.spool.pending_count))
 
