@@ -15,6 +15,7 @@ from smtprelay.cli import (
     admin_tokens,
     api_keys,
     cluster,
+    completion,
     contacts,
     credentials,
     dkim,
@@ -37,8 +38,8 @@ from smtprelay.operations.errors import OperationError
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", metavar="FILE",
-                        help=f"configuration file (default: ${ENV_CONFIG})")
+    completion.mark_file(common.add_argument(
+        "-c", "--config", metavar="FILE", help=f"configuration file (default: ${ENV_CONFIG})"))
     listing = argparse.ArgumentParser(add_help=False)
     listing.add_argument("--json", action="store_true", help="print JSON")
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         group.register(sub, common, listing)
     send_probe.register(sub, common)
     admin_tokens.register(sub, common, listing)
+    completion.register(sub, parser)
     return parser
 
 
