@@ -334,10 +334,12 @@ class Relay:
         log.info("TLS reporting on: reports at %s UTC from %s",
                  cfg.delivery.tls_reporting.send_at, cfg.delivery.tls_reporting.from_address)
 
-    async def send_tls_reports(self, *, include_today: bool) -> dict[str, Any]:
+    async def send_tls_reports(self, *, include_today: bool,
+                               wait: float | None = 4.0) -> dict[str, Any]:
         """`smtprelay tls-report send`: a reporting round now (app.control). Answers
-        with what it did, or that it is still at it after a few seconds (DNS lookups
-        and POSTs may take longer than the control socket waits)."""
+        with what it did, or that it is still at it after `wait` seconds (DNS lookups
+        and POSTs may take longer than the control socket waits; None: as long as it
+        takes)."""
         if self.tls_reporter is None:
             return {"error": "TLS reporting is off: set delivery.tls_reporting.enabled "
                              "(and a delivery.mode other than hold), then restart"}
@@ -347,7 +349,7 @@ class Relay:
             self._tls_round = asyncio.ensure_future(
                 self.tls_reporter.send_now(include_today=include_today))
         try:
-            result = await asyncio.wait_for(asyncio.shield(self._tls_round), 4.0)
+            result = await asyncio.wait_for(asyncio.shield(self._tls_round), wait)
         except TimeoutError:
             return {"running": True}
         answer: dict[str, Any] = result.as_dict()
