@@ -570,6 +570,8 @@ class Relay:
                      self._mirror_task):
             if task is not None:
                 task.cancel()
+        if self._tls_round is not None:
+            self._tls_round.cancel()  # a round `tls-report send` started
         if self.tls_reporter is not None:
             await self.tls_reporter.stop()
         if self.workers is not None:
