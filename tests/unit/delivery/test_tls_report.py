@@ -4,6 +4,7 @@ against the RFC's schema, the report message, and the configuration's checks."""
 from __future__ import annotations
 
 import email
+import email.message
 import email.policy
 import gzip
 import json
@@ -297,3 +298,120 @@ def test_configuration_problems_name_the_key(tmp_path: Path) -> None:
     assert "submitter: relay.test is not the domain of from_address" in problem
     [problem] = config_problems(tmp_path, {"send_at": "25:00"})
     assert problem.startswith("delivery.tls_reporting.send_at")
+
+
+# ------------------------------------------------------------------ the daily round
+
+class FakeLive:
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+
+class Finder:
+    """DNS as the test says: domain -> URIs, None (no record) or a LookupFailed."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+
+    async def find(self, domain: str) -> tuple[str, ...] | None:
+        answer = self.answers.get(domain)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[no-any-return]
+
+
+class Handler:
+    """The pipeline's seam, answering submissions with `reply`."""
+
+    def __init__(self, reply: Any) -> None:
+        self.reply = reply
+        self.submitted: list[Any] = []
+
+    def check_sender(self, account: str, address: str) -> None:
+        return None
+
+    def check_recipient(self, account: str, address: str) -> None:
+        return None
+
+    async def submit(self, submission: Any) -> Any:
+        self.submitted.append(submission)
+        return self.reply
+
+
+def reporter_for(tmp_path: Path, now: list[float], answers: dict[str, Any],
+                 reply: Any) -> tuple[Any, TLSReportStore, Handler]:
+    from smtprelay.config import load_config
+    from smtprelay.delivery.tls_report_send import RecordFinder, TLSReporter
+
+    path = write_config(tmp_path / "c.yaml", base_config(tmp_path / "var", delivery={
+        "mode": "mx", "tls_reporting": {"enabled": True, "organization_name": "Org",
+                                        "from_address": "tlsrpt@example.com",
+                                        "send_at": "01:30"}}))
+    store = TLSReportStore(tmp_path / "t.db")
+    handler = Handler(reply)
+    finder: RecordFinder = Finder(answers)  # type: ignore[assignment]
+    reporter = TLSReporter(FakeLive(load_config(path).config), store,
+                           handler, clock=lambda: now[0], finder=finder)  # type: ignore[arg-type]
+    return reporter, store, handler
+
+
+async def test_the_day_is_reported_at_send_at_and_mailed_as_the_identitys_account(
+        tmp_path: Path) -> None:
+    from smtprelay.mail.replies import Reply
+
+    next_day = day_start(DAY) + 86400
+    now = [next_day + 3600]  # 01:00, before send_at (01:30)
+    reporter, store, handler = reporter_for(
+        tmp_path, now, {"example.net": ("mailto:rua@example.net",)},
+        Reply(250, "2.0.0 Ok 1"))
+    store.add([(CountKey.of(outcome(), DAY), 4)])
+    store.add([(CountKey.of(outcome("quiet.example"), DAY), 1)])
+    nothing = await reporter._one_round(include_today=False, on_schedule=True)
+    assert nothing.filed == () and len(store.pending()) == 2
+    now[0] = next_day + 5400  # 01:30
+    done = await reporter._one_round(include_today=False, on_schedule=True)
+    assert [domain for domain, _ in done.filed] == ["example.net"]
+    assert done.without_record == ("quiet.example",)
+    assert store.pending() == []
+    [submission] = handler.submitted
+    assert submission.client.account == "acme" and submission.client.listener == "tlsrpt"
+    assert submission.envelope.mail_from == "tlsrpt@example.com"
+    assert submission.envelope.recipients == ("rua@example.net",)
+    message = email.message_from_bytes(submission.data, policy=email.policy.default)
+    assert isinstance(message, email.message.EmailMessage)
+    [attachment] = [p for p in message.iter_parts()
+                    if p.get_content_type() == "application/tlsrpt+gzip"]
+    body = json.loads(gzip.decompress(attachment.get_content()))
+    VALIDATOR.validate(body)
+    assert body["policies"][0]["summary"]["total-successful-session-count"] == 4
+    store.close()
+
+
+async def test_refusals_are_retried_or_given_up_and_lookups_retried(tmp_path: Path) -> None:
+    from smtprelay.delivery.tls_report_send import LookupFailed
+    from smtprelay.mail.replies import Reply
+
+    now = [day_start(DAY) + 86400 + 7200]
+    reporter, store, handler = reporter_for(
+        tmp_path, now, {"example.net": ("mailto:rua@example.net",),
+                        "refused.example": ("mailto:rua@refused.example",),
+                        "flaky.example": LookupFailed("SERVFAIL"),
+                        "old.example": LookupFailed("SERVFAIL")},
+        Reply(454, "4.7.0 Throttling failure: Maximum sending rate exceeded"))
+    for domain in ("example.net", "flaky.example"):
+        store.add([(CountKey.of(outcome(domain), DAY), 1)])
+    store.add([(CountKey.of(outcome("old.example"), "2026-12-01"), 1)])
+    result = await reporter._one_round(include_today=False, on_schedule=True)
+    # A day-old count waits for DNS; an older one is dropped.
+    assert result.lookup_failed == ("flaky.example",)
+    assert result.without_record == ("old.example",)
+    assert [p.policy_domain for p in store.pending()] == ["flaky.example"]
+    [(_, uri, why)] = result.failed
+    assert uri == "mailto:rua@example.net" and why.startswith("454")
+    assert store.next_due() == now[0] + 300  # 4xx: again in five minutes
+    handler.reply = Reply(554, "5.7.1 no")
+    now[0] += 300
+    again = await reporter._one_round(include_today=False, on_schedule=True)
+    assert [f[2] for f in again.failed] == ["554 5.7.1 no"]
+    assert store.next_due() is None  # 5xx: given up
+    store.close()
