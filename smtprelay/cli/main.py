@@ -28,6 +28,7 @@ from smtprelay.cli import (
     stats,
     status,
     suppression,
+    tls_report,
     tracking_keys,
 )
 from smtprelay.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, refusal
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # In the order `smtprelay --help` lists them.
     for group in (serve, status, cluster, credentials, api_keys, queue, dkim, tracking_keys,
-                  dns_check, suppression, contacts, feedback, stats, pauses):
+                  dns_check, suppression, contacts, feedback, stats, pauses, tls_report):
         group.register(sub, common, listing)
     send_probe.register(sub, common)
     admin_tokens.register(sub, common, listing)

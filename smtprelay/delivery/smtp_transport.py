@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +31,8 @@ from smtprelay.delivery.model import (
     same_result,
 )
 from smtprelay.delivery.pool import ConnectionPool
+from smtprelay.delivery.tls_outcome import TLSOutcome
+from smtprelay.delivery.tls_report import observed
 from smtprelay.infra import metrics
 from smtprelay.spool.model import QueuedMessage
 
@@ -48,6 +50,9 @@ class _Route:
     settings: ClientSettings
     slot: str  # the pool's per-domain slot name
     limit: int  # sessions in use at once under that slot
+    # The recipient domain whose MX hosts these are (TLS reporting's policy domain);
+    # None for the smarthost.
+    policy_domain: str | None = None
 
 
 def smarthost_password(config: Config) -> str | None:
@@ -123,9 +128,12 @@ class _Settings:
 
 class SMTPTransport:
     def __init__(self, live: TransportSource, resolver: MXResolver,
-                 pool: ConnectionPool) -> None:
+                 pool: ConnectionPool, *,
+                 on_tls_outcome: Callable[[TLSOutcome], None] | None = None) -> None:
         self._resolver = resolver
         self._pool = pool
+        # Each session opened to an MX host, told to TLS reporting (RFC 8460).
+        self._on_tls_outcome = on_tls_outcome
         # TLS policies, timeouts and the smarthost follow a reload (SIGHUP).
         self._settings = Derived(live, lambda config: _Settings.of(config,
                                                                    live.smarthost_password))
@@ -145,7 +153,8 @@ class SMTPTransport:
         if settings.smarthost is not None:
             return settings.smarthost
         return _Route(settings.mx[self._tls_policy(message, settings.config)], slot=domain,
-                      limit=settings.config.delivery.max_connections_per_domain)
+                      limit=settings.config.delivery.max_connections_per_domain,
+                      policy_domain=domain)
 
     async def _destinations(self, domain: str, settings: _Settings) -> MXResult:
         smarthost = settings.config.delivery.smarthost
@@ -188,7 +197,7 @@ class SMTPTransport:
                     return results
             lease = await self._pool.reserve(route.slot, route.limit)
             try:
-                conn = await Connection.open(destination, route.settings)
+                conn = await self._open(destination, route)
             except ConnectError as exc:
                 await self._pool.unreserve(lease)
                 metrics.OUTBOUND_CONNECTS.labels(result="failed").inc()
@@ -209,6 +218,22 @@ class SMTPTransport:
             await self._pool.release(key, conn)
             return results
         return self._all_failed(errors, txn)
+
+    async def _open(self, destination: Destination, route: _Route) -> Connection:
+        """Connection.open, and what it says about TLS to TLS reporting (the one place
+        outcomes are reported from)."""
+        opened: Connection | ConnectError
+        try:
+            opened = await Connection.open(destination, route.settings)
+        except ConnectError as exc:
+            opened = exc
+        if self._on_tls_outcome is not None and route.policy_domain is not None:
+            outcome = observed(route.policy_domain, destination, opened)
+            if outcome is not None:
+                self._on_tls_outcome(outcome)
+        if isinstance(opened, ConnectError):
+            raise opened
+        return opened
 
     @staticmethod
     def _died_idle(conn: Connection, results: list[RecipientResult]) -> bool:
