@@ -180,6 +180,10 @@ def test_reports_by_mail_and_https_count_each_domains_sessions(
         # RFC 8460 3: "reports sent via SMTP MUST contain a valid DKIM signature".
         # Checked by an independent verifier (Mail::DKIM; OpenDKIM is test_dkim's).
         assert ours(mail_dkim(txn.data, dns))["rsa-sha256"] == "pass"
+        signed = re.search(rb"DKIM-Signature:.*?\bh=([^;]+);", txn.data, re.S)
+        assert signed is not None
+        fields = {f.strip().lower() for f in re.sub(rb"\s", b"", signed[1]).split(b":")}
+        assert {b"tls-report-domain", b"tls-report-submitter"} <= fields
     assert set(mailed) == {"good.test", "plain.test"}
     assert summary(mailed["good.test"]) == [("no-policy-found", 1, 0)]
     assert summary(mailed["plain.test"]) == [("no-policy-found", 0, 1)]
