@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,12 +31,16 @@ from smtprelay.delivery.model import (
     same_result,
 )
 from smtprelay.delivery.pool import ConnectionPool
+from smtprelay.delivery.tls_outcome import TLSOutcome
+from smtprelay.delivery.tls_policy import HostPlan, TLSPlanner
 from smtprelay.infra import metrics
 from smtprelay.spool.model import QueuedMessage
 
 log = logging.getLogger("smtprelay.delivery")
 
 MAX_HOSTS_TRIED = 5
+# Weakest first: a configuration set's tls may move up this list, never down.
+_TLS_ORDER = (TLSPolicy.OPPORTUNISTIC, TLSPolicy.REQUIRE_ENCRYPTED, TLSPolicy.REQUIRE_VERIFIED)
 
 
 class SmarthostPasswordError(Exception):
@@ -100,10 +104,12 @@ class _Settings:
     def of(cls, config: Config, password: str | None) -> _Settings:
         delivery = config.delivery
         helo = delivery.helo_name or config.server.hostname
+        ca_file = str(delivery.tls_ca_file) if delivery.tls_ca_file else None
         mx = {policy: ClientSettings(port=delivery.port, tls=policy, helo=helo,
                                      connect_timeout=delivery.connect_timeout,
-                                     command_timeout=delivery.command_timeout)
-              for policy in (TLSPolicy.OPPORTUNISTIC, TLSPolicy.REQUIRE)}
+                                     command_timeout=delivery.command_timeout,
+                                     ca_file=ca_file, ca_file_adds=True)
+              for policy in _TLS_ORDER}
         smarthost = delivery.smarthost
         if delivery.mode != "smarthost" or smarthost is None:
             return cls(config, mx, None)
@@ -123,9 +129,15 @@ class _Settings:
 
 class SMTPTransport:
     def __init__(self, live: TransportSource, resolver: MXResolver,
-                 pool: ConnectionPool) -> None:
+                 pool: ConnectionPool, *,
+                 on_tls_outcome: Callable[[TLSOutcome], None] | None = None,
+                 planner: TLSPlanner | None = None) -> None:
         self._resolver = resolver
         self._pool = pool
+        # Told of TLS on each new MX connection (TLS reporting, RFC 8460).
+        self.on_tls_outcome = on_tls_outcome
+        # DANE and MTA-STS, decided per MX host before connecting (mx mode only).
+        self._planner = planner or TLSPlanner(live)
         # TLS policies, timeouts and the smarthost follow a reload (SIGHUP).
         self._settings = Derived(live, lambda config: _Settings.of(config,
                                                                    live.smarthost_password))
@@ -133,13 +145,13 @@ class SMTPTransport:
     # ------------------------------------------------------------------ routing
 
     def _tls_policy(self, message: QueuedMessage, cfg: Config) -> TLSPolicy:
-        wanted = cfg.delivery.tls
+        wanted = TLSPolicy(cfg.delivery.tls)
         if message.configuration_set is not None:
             cs = cfg.configuration_sets.get(message.configuration_set)
             if cs is not None and cs.tls is not None:
                 # A set can make delivery stricter, never looser than the relay's own policy.
-                wanted = "require" if "require" in (cs.tls, wanted) else cs.tls
-        return TLSPolicy(wanted)
+                wanted = max(wanted, TLSPolicy(cs.tls), key=_TLS_ORDER.index)
+        return wanted
 
     def _route(self, message: QueuedMessage, domain: str, settings: _Settings) -> _Route:
         if settings.smarthost is not None:
@@ -164,14 +176,26 @@ class SMTPTransport:
                        else Verdict.DEFERRED)
             return same_result(txn.recipients, verdict, found.status, f"x-dns; {found.reason}")
         route = self._route(message, domain, settings)
+        destinations = found.destinations[:MAX_HOSTS_TRIED]
+        if settings.smarthost is None:
+            plans = await self._planner.plan(domain, route.settings, destinations)
+        else:  # the smarthost is not the recipient's MX: its policies do not apply
+            plans = [HostPlan(route.settings) for _ in destinations]
         async with self._pool.domain_slot(route.slot, route.limit):
-            return await self._try_hosts(found.destinations[:MAX_HOSTS_TRIED], route, txn)
+            return await self._try_hosts(destinations, route, txn, plans, domain)
 
     async def _try_hosts(self, destinations: tuple[Destination, ...], route: _Route,
-                         txn: Transaction) -> list[RecipientResult]:
+                         txn: Transaction, plans: list[HostPlan] | None = None,
+                         domain: str = "") -> list[RecipientResult]:
         errors: list[ConnectError] = []
-        for destination in destinations:
-            key: Hashable = (destination.address, destination.host, route.settings)
+        for index, destination in enumerate(destinations):
+            plan = plans[index] if plans is not None else HostPlan(route.settings)
+            if plan.refusal is not None:
+                log.info("%s not used: %s", plan.refusal.remote_mta, plan.refusal.diagnostic)
+                self._tell(plan, domain, destination, None, plan.refusal.tls_failure)
+                errors.append(plan.refusal)
+                continue
+            key: Hashable = (destination.address, destination.host, plan.settings)
             conn = self._pool.take_idle(key)
             if conn is not None:
                 try:
@@ -188,7 +212,8 @@ class SMTPTransport:
                     return results
             lease = await self._pool.reserve(route.slot, route.limit)
             try:
-                conn = await Connection.open(destination, route.settings)
+                conn = await self._open(destination, plan, domain)
+                key = (destination.address, destination.host, conn.settings)
             except ConnectError as exc:
                 await self._pool.unreserve(lease)
                 metrics.OUTBOUND_CONNECTS.labels(result="failed").inc()
@@ -209,6 +234,36 @@ class SMTPTransport:
             await self._pool.release(key, conn)
             return results
         return self._all_failed(errors, txn)
+
+    async def _open(self, destination: Destination, plan: HostPlan,
+                    domain: str) -> Connection:
+        """A new session as the plan says, and its TLSOutcome told."""
+        try:
+            conn = await Connection.open(destination, plan.settings)
+        except ConnectError as exc:
+            if exc.tls_failure is None:
+                raise  # TLS was never reached: nothing to say about it
+            self._tell(plan, domain, destination, exc.sending_ip, exc.tls_failure)
+            if plan.fallback is None:
+                raise
+            log.warning("MTA-STS (mode testing) for %s: %s; delivering without the "
+                        "policy", domain, exc.diagnostic)
+            return await Connection.open(destination, plan.fallback)
+        if conn.tls_version is not None:
+            self._tell(plan, domain, destination, conn.local_ip, plan.known_failure)
+        elif plan.policy_type != "no-policy-found" or plan.settings.tls.requires_tls:
+            self._tell(plan, domain, destination, conn.local_ip,
+                       plan.known_failure or "starttls-not-supported")
+        return conn
+
+    def _tell(self, plan: HostPlan, domain: str, destination: Destination,
+              sending_ip: str | None, failure: str | None) -> None:
+        if self.on_tls_outcome is None:
+            return
+        self.on_tls_outcome(TLSOutcome(
+            policy_type=plan.policy_type, policy_domain=domain,
+            policy_strings=plan.policy_strings, mx_host=destination.host,
+            receiving_ip=destination.address, sending_ip=sending_ip, failure=failure))
 
     @staticmethod
     def _died_idle(conn: Connection, results: list[RecipientResult]) -> bool:
@@ -232,4 +287,5 @@ class SMTPTransport:
                            retry_after=last.retry_after)
 
     async def close(self) -> None:
+        await self._planner.close()
         await self._pool.close()
