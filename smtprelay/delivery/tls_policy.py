@@ -113,23 +113,22 @@ class TLSPlanner:
                          destination: Destination) -> HostPlan | None:
         if dane is None:
             return None
-        found = await dane.tlsa(destination.host)
+        found = await dane.tlsa(destination.host, base.port)
         if found.security is Security.FAILED:
             error = ConnectError(
                 Verdict.DEFERRED, "4.7.5",
-                f"DANE: the TLSA lookup for _25._tcp.{destination.host} failed "
+                f"DANE: the TLSA lookup for _{base.port}._tcp.{destination.host} failed "
                 f"({found.detail or 'no answer'}); the host is not used without it "
                 "(RFC 7672 2.2)", remote_mta=f"{destination.host} [{destination.address}]")
             return HostPlan(base, "tlsa", (), refusal=error.with_tls_failure("dnssec-invalid"))
         if found.security is not Security.SECURE or not found.records:
             return None  # no DANE for this host: MTA-STS or the relay's policy
         strings = tuple(r.text for r in found.records)
-        usable = found.usable
-        if not usable:
-            tls = base.tls if base.tls.requires_tls else TLSPolicy.REQUIRE_ENCRYPTED
-            return HostPlan(dataclasses.replace(base, tls=tls), "tlsa", strings)
+        # TLS is mandatory either way; with only unusable records (RFC 7672 2.2) it is
+        # not authenticated, with usable ones the records authenticate it.
         tls = base.tls if base.tls.requires_tls else TLSPolicy.REQUIRE_ENCRYPTED
-        return HostPlan(dataclasses.replace(base, tls=tls, tlsa=usable), "tlsa", strings)
+        return HostPlan(dataclasses.replace(base, tls=tls, tlsa=found.usable), "tlsa",
+                        strings)
 
     # -------------------------------------------------------------------- MTA-STS
 
