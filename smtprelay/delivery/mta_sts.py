@@ -49,6 +49,12 @@ log = logging.getLogger(__name__)
 
 MAX_POLICY_BYTES = 64 * 1024  # RFC 8461 3.3: "a limit of 64 KB is suggested"
 MAX_MAX_AGE = 31557600  # RFC 8461 3.2: about a year
+# The TXT record is asked for before every delivery to a domain, so its answers are
+# cached: positive ones for their TTL (at most an hour), "none" for five minutes
+# (RFC 2308's usual negative TTL), failures for 30 seconds.
+MAX_TXT_TTL = 3600.0
+NEGATIVE_TXT_TTL = 300.0
+FAILED_TXT_TTL = 30.0
 _TXT_ID = re.compile(r"[A-Za-z0-9]{1,32}")
 _WELL_KNOWN = "/.well-known/mta-sts.txt"
 
@@ -202,6 +208,8 @@ class MtaSts:
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._inflight: dict[str, asyncio.Task[StsLookup]] = {}
+        # domain -> (the TXT record's id or None, when to ask again)
+        self._txt: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
 
     async def lookup(self, domain: str) -> StsLookup:
         """The policy in force for ``domain``. Never raises (but can be cancelled)."""
@@ -219,6 +227,7 @@ class MtaSts:
 
     def forget(self, domain: str) -> None:
         self._cache.pop(domain.lower(), None)
+        self._txt.pop(domain.lower(), None)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -239,11 +248,7 @@ class MtaSts:
 
     async def _lookup(self, domain: str) -> StsLookup:
         cached = self._cached(domain)
-        try:
-            policy_id = await self._txt_id(domain)
-        except StsPolicyError as exc:
-            log.info("MTA-STS: %s", exc)
-            policy_id = None
+        policy_id = await self._txt_id(domain)
         if policy_id is None:
             # No (usable) record, or DNS could not say: the cache, if any, still rules.
             return StsLookup(cached.policy if cached else None)
@@ -264,22 +269,39 @@ class MtaSts:
         return StsLookup(policy)
 
     async def _txt_id(self, domain: str) -> str | None:
+        cached = self._txt.get(domain)
+        if cached is not None and cached[1] > self._clock():
+            return cached[0]
+        policy_id, ttl = await self._ask_txt(domain)
+        self._txt[domain] = (policy_id, self._clock() + ttl)
+        self._txt.move_to_end(domain)
+        while len(self._txt) > self._cache_size:
+            self._txt.popitem(last=False)
+        return policy_id
+
+    async def _ask_txt(self, domain: str) -> tuple[str | None, float]:
         try:
             answer = await self._dns.resolve(f"_mta-sts.{domain}", dns.rdatatype.TXT,
                                              search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return None
+            return None, NEGATIVE_TXT_TTL
         except (dns.exception.DNSException, OSError) as exc:
             log.info("MTA-STS TXT lookup for %s failed: %s", domain, exc)
-            return None
+            return None, FAILED_TXT_TTL
+        ttl = min(float(answer.chaining_result.minimum_ttl), MAX_TXT_TTL)
         ids: list[str] = []
-        for record in answer:
-            found = parse_txt([s.decode("ascii", "replace") for s in record.strings])
-            if found is not None:
-                ids.append(found)
+        try:
+            for record in answer:
+                found = parse_txt([s.decode("ascii", "replace") for s in record.strings])
+                if found is not None:
+                    ids.append(found)
+        except StsPolicyError as exc:
+            log.info("MTA-STS: %s", exc)
+            return None, ttl
         if len(ids) > 1:  # RFC 8461 3.1: several records: as if there were none
-            raise StsPolicyError(f"{domain} publishes {len(ids)} MTA-STS TXT records")
-        return ids[0] if ids else None
+            log.info("MTA-STS: %s publishes %d TXT records; none is used", domain, len(ids))
+            return None, ttl
+        return (ids[0] if ids else None), ttl
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

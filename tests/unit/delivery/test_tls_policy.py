@@ -285,6 +285,7 @@ async def test_mta_sts_policy_is_cached_by_id(world: World) -> None:
     # A new id in DNS says the policy changed: it is fetched again.
     world.dns.remove("_mta-sts.cached.test", "TXT")
     world.dns.add("_mta-sts.cached.test", "TXT", '"v=STSv1; id=2;"')
+    world.clock.advance(301)  # the TXT answer's TTL (300 s) is over
     assert (await world.send(transport, "cached.test")).verdict is Verdict.DELIVERED
     assert world.policies.fetches["cached.test"] == 2
 
@@ -297,7 +298,7 @@ async def test_mta_sts_cached_policy_holds_for_max_age_then_expires(world: World
     # The record disappears (an attacker stripping it, or a real withdrawal): the cached
     # policy stays in force until its max_age is over, without fetching.
     world.dns.remove("_mta-sts.aged.test", "TXT")
-    world.clock.advance(599)
+    world.clock.advance(599)  # also past the TXT answer's TTL: "no record" is seen
     assert (await world.send(transport, "aged.test")).verdict is Verdict.DEFERRED
     assert world.policies.fetches["aged.test"] == 1
     world.clock.advance(2)
