@@ -463,8 +463,9 @@ class Connection:
             raise _HandshakeFailed(f"TLS handshake with {self.remote_mta} timed out") from None
         except ssl.SSLCertVerificationError as exc:
             raise _HandshakeFailed(
-                f"certificate of {self.remote_mta} not accepted for {self._sni}: "
-                f"{exc.verify_message or exc}", _certificate_failure(exc)) from None
+                f"TLS handshake with {self.remote_mta} failed: certificate verify failed "
+                f"for {self._sni}: {exc.verify_message or exc}",
+                _certificate_failure(exc)) from None
         except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError
             raise _HandshakeFailed(
                 f"TLS handshake with {self.remote_mta} failed: {str(exc) or type(exc).__name__}"
