@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from smtprelay.config.tls_reporting import TLSReportingConfig
 from smtprelay.config.values import Duration, Model, parse_nameserver
 
 
@@ -138,6 +139,8 @@ class DeliveryConfig(Model):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     delay: DelayConfig = Field(default_factory=DelayConfig)
     dsn: DSNConfig = Field(default_factory=DSNConfig)
+    # Daily TLS reports (RFC 8460) to recipient domains that publish _smtp._tls.
+    tls_reporting: TLSReportingConfig = Field(default_factory=TLSReportingConfig)
 
     @model_validator(mode="after")
     def _smarthost_needed(self) -> DeliveryConfig:

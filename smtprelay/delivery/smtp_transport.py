@@ -14,6 +14,7 @@ which is retried once on a fresh session.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Hashable
@@ -33,6 +34,7 @@ from smtprelay.delivery.model import (
 from smtprelay.delivery.pool import ConnectionPool
 from smtprelay.delivery.tls_outcome import TLSOutcome
 from smtprelay.delivery.tls_policy import HostPlan, TLSPlanner
+from smtprelay.delivery.tls_report import observed
 from smtprelay.infra import metrics
 from smtprelay.spool.model import QueuedMessage
 
@@ -52,6 +54,9 @@ class _Route:
     settings: ClientSettings
     slot: str  # the pool's per-domain slot name
     limit: int  # sessions in use at once under that slot
+    # The recipient domain whose MX hosts these are (TLS reporting's policy domain);
+    # None for the smarthost.
+    policy_domain: str | None = None
 
 
 def smarthost_password(config: Config) -> str | None:
@@ -134,8 +139,8 @@ class SMTPTransport:
                  planner: TLSPlanner | None = None) -> None:
         self._resolver = resolver
         self._pool = pool
-        # Told of TLS on each new MX connection (TLS reporting, RFC 8460).
-        self.on_tls_outcome = on_tls_outcome
+        # Each session opened to an MX host, told to TLS reporting (RFC 8460).
+        self._on_tls_outcome = on_tls_outcome
         # DANE and MTA-STS, decided per MX host before connecting (mx mode only).
         self._planner = planner or TLSPlanner(live)
         # TLS policies, timeouts and the smarthost follow a reload (SIGHUP).
@@ -157,7 +162,8 @@ class SMTPTransport:
         if settings.smarthost is not None:
             return settings.smarthost
         return _Route(settings.mx[self._tls_policy(message, settings.config)], slot=domain,
-                      limit=settings.config.delivery.max_connections_per_domain)
+                      limit=settings.config.delivery.max_connections_per_domain,
+                      policy_domain=domain)
 
     async def _destinations(self, domain: str, settings: _Settings) -> MXResult:
         smarthost = settings.config.delivery.smarthost
@@ -182,17 +188,21 @@ class SMTPTransport:
         else:  # the smarthost is not the recipient's MX: its policies do not apply
             plans = [HostPlan(route.settings) for _ in destinations]
         async with self._pool.domain_slot(route.slot, route.limit):
-            return await self._try_hosts(destinations, route, txn, plans, domain)
+            return await self._try_hosts(destinations, route, txn, plans)
 
     async def _try_hosts(self, destinations: tuple[Destination, ...], route: _Route,
-                         txn: Transaction, plans: list[HostPlan] | None = None,
-                         domain: str = "") -> list[RecipientResult]:
+                         txn: Transaction, plans: list[HostPlan] | None = None
+                         ) -> list[RecipientResult]:
         errors: list[ConnectError] = []
         for index, destination in enumerate(destinations):
             plan = plans[index] if plans is not None else HostPlan(route.settings)
             if plan.refusal is not None:
                 log.info("%s not used: %s", plan.refusal.remote_mta, plan.refusal.diagnostic)
-                self._tell(plan, domain, destination, None, plan.refusal.tls_failure)
+                if route.policy_domain is not None:
+                    self._tell(TLSOutcome(
+                        plan.policy_type, route.policy_domain, plan.policy_strings,
+                        destination.host, destination.address, None,
+                        plan.refusal.tls_failure))
                 errors.append(plan.refusal)
                 continue
             key: Hashable = (destination.address, destination.host, plan.settings)
@@ -212,7 +222,7 @@ class SMTPTransport:
                     return results
             lease = await self._pool.reserve(route.slot, route.limit)
             try:
-                conn = await self._open(destination, plan, domain)
+                conn = await self._open(destination, plan, route)
                 key = (destination.address, destination.host, conn.settings)
             except ConnectError as exc:
                 await self._pool.unreserve(lease)
@@ -236,34 +246,53 @@ class SMTPTransport:
         return self._all_failed(errors, txn)
 
     async def _open(self, destination: Destination, plan: HostPlan,
-                    domain: str) -> Connection:
-        """A new session as the plan says, and its TLSOutcome told."""
+                    route: _Route) -> Connection:
+        """Connection.open as the plan says, and what it says about TLS to TLS
+        reporting (the one place outcomes are reported from)."""
+        opened: Connection | ConnectError
         try:
-            conn = await Connection.open(destination, plan.settings)
+            opened = await Connection.open(destination, plan.settings)
         except ConnectError as exc:
-            if exc.tls_failure is None:
-                raise  # TLS was never reached: nothing to say about it
-            self._tell(plan, domain, destination, exc.sending_ip, exc.tls_failure)
-            if plan.fallback is None:
-                raise
+            opened = exc
+        self._tell(self._outcome(plan, route, destination, opened))
+        if isinstance(opened, ConnectError):
+            if plan.fallback is None or opened.tls_failure is None:
+                raise opened
+            # MTA-STS in mode testing: the failure is reported, the mail still goes.
             log.warning("MTA-STS (mode testing) for %s: %s; delivering without the "
-                        "policy", domain, exc.diagnostic)
+                        "policy", route.policy_domain, opened.diagnostic)
             return await Connection.open(destination, plan.fallback)
-        if conn.tls_version is not None:
-            self._tell(plan, domain, destination, conn.local_ip, plan.known_failure)
-        elif plan.policy_type != "no-policy-found" or plan.settings.tls.requires_tls:
-            self._tell(plan, domain, destination, conn.local_ip,
-                       plan.known_failure or "starttls-not-supported")
-        return conn
+        return opened
 
-    def _tell(self, plan: HostPlan, domain: str, destination: Destination,
-              sending_ip: str | None, failure: str | None) -> None:
-        if self.on_tls_outcome is None:
-            return
-        self.on_tls_outcome(TLSOutcome(
-            policy_type=plan.policy_type, policy_domain=domain,
-            policy_strings=plan.policy_strings, mx_host=destination.host,
-            receiving_ip=destination.address, sending_ip=sending_ip, failure=failure))
+    @staticmethod
+    def _outcome(plan: HostPlan, route: _Route, destination: Destination,
+                 opened: Connection | ConnectError) -> TLSOutcome | None:
+        domain = route.policy_domain
+        if domain is None:
+            return None  # the smarthost: no recipient domain's policy is in question
+        if plan.policy_type == "no-policy-found" and plan.known_failure is None:
+            outcome = observed(domain, destination, opened)
+            if (outcome is not None and isinstance(opened, ConnectError)
+                    and opened.tls_failure is not None):
+                # The client knows better than the status code (e.g. which check failed).
+                outcome = dataclasses.replace(outcome, failure=opened.tls_failure,
+                                              sending_ip=opened.sending_ip)
+            return outcome
+        failure: str | None
+        if isinstance(opened, ConnectError):
+            if opened.tls_failure is None:
+                return None  # TLS was never reached: nothing to say about it
+            failure, sending_ip = opened.tls_failure, opened.sending_ip
+        else:
+            failure, sending_ip = plan.known_failure, opened.local_ip
+            if opened.tls_version is None:
+                failure = failure or "starttls-not-supported"
+        return TLSOutcome(plan.policy_type, domain, plan.policy_strings, destination.host,
+                          destination.address, sending_ip, failure)
+
+    def _tell(self, outcome: TLSOutcome | None) -> None:
+        if outcome is not None and self._on_tls_outcome is not None:
+            self._on_tls_outcome(outcome)
 
     @staticmethod
     def _died_idle(conn: Connection, results: list[RecipientResult]) -> bool:

@@ -27,15 +27,17 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from smtprelay.config import Config, ConfigSource
 from smtprelay.delivery.client import ClientSettings, ConnectError, TLSPolicy
 from smtprelay.delivery.dane import DaneResolver, Security
 from smtprelay.delivery.model import Destination, Verdict
 from smtprelay.delivery.mta_sts import MtaSts, StsLookup, StsMode
-from smtprelay.delivery.tls_outcome import PolicyType
 
 log = logging.getLogger("smtprelay.delivery.tls")
+
+PolicyType = Literal["sts", "tlsa", "no-policy-found"]  # as TLSOutcome.policy_type
 
 
 @dataclass(frozen=True, slots=True)

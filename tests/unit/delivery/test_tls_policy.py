@@ -405,7 +405,8 @@ async def test_dane(world: World, unbound: Unbound, issuer: Issuer) -> None:
     assert result.verdict is Verdict.DEFERRED and "TLS is required" in result.diagnostic
     # No TLSA (a validated denial): opportunistic, so clear text is fine.
     assert (await send("notlsa.dane.test")).verdict is Verdict.DELIVERED
-    assert world.outcomes == []
+    assert [(o.policy_type, o.failure) for o in world.outcomes] == [
+        ("no-policy-found", "starttls-not-supported")]
     # TLSA present, STARTTLS missing: never in clear.
     result = await send("nostarttls.dane.test")
     assert result.verdict is Verdict.DEFERRED and hosts["nostarttls"].received == []
