@@ -207,6 +207,11 @@ class SMTPTransport:
                 continue
             key: Hashable = (destination.address, destination.host, plan.settings)
             conn = self._pool.take_idle(key)
+            if conn is None and plan.fallback is not None:
+                # MTA-STS testing: a session its policy failed and that went on without
+                # it is reused, rather than failing the same handshake for every message.
+                key = (destination.address, destination.host, plan.fallback)
+                conn = self._pool.take_idle(key)
             if conn is not None:
                 try:
                     results = await conn.send(txn)

@@ -261,6 +261,12 @@ async def test_mta_sts_testing_delivers_despite_a_wrong_certificate_and_logs(
     assert any("MTA-STS (mode testing)" in r.getMessage() for r in caplog.records)
     assert [(o.policy_type, o.failure) for o in world.outcomes] == [
         ("sts", "certificate-not-trusted")]
+    # The next message takes the session that went on without the policy, rather than
+    # failing the same handshake again.
+    sessions = len(sink.sessions)
+    transport = world.transports[0]
+    assert (await world.send(transport, "testing.test")).verdict is Verdict.DELIVERED
+    assert len(sink.sessions) == sessions and len(sink.received) == 2
 
 
 async def test_mta_sts_testing_delivers_to_an_mx_the_policy_does_not_name(
