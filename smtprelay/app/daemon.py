@@ -517,8 +517,10 @@ class Relay:
             log.info("delivery mode=smarthost host=%s port=%d tls=%s auth=%s", host.host,
                      host.port, host.tls, "yes" if host.username else "no")
         else:
-            log.info("delivery mode=mx port=%d tls=%s nameservers=%s", delivery.port,
-                     delivery.tls, ",".join(delivery.dns.nameservers) or "system")
+            log.info("delivery mode=mx port=%d tls=%s mta_sts=%s dane=%s nameservers=%s",
+                     delivery.port, delivery.tls, "on" if delivery.mta_sts.enabled else "off",
+                     "on" if delivery.dane else "off",
+                     ",".join(delivery.dns.nameservers) or "system")
         return self.transport
 
     async def _purge_finished(self) -> None:

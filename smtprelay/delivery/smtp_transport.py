@@ -14,6 +14,7 @@ which is retried once on a fresh session.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Hashable
@@ -32,6 +33,7 @@ from smtprelay.delivery.model import (
 )
 from smtprelay.delivery.pool import ConnectionPool
 from smtprelay.delivery.tls_outcome import TLSOutcome
+from smtprelay.delivery.tls_policy import HostPlan, TLSPlanner
 from smtprelay.delivery.tls_report import observed
 from smtprelay.infra import metrics
 from smtprelay.spool.model import QueuedMessage
@@ -39,6 +41,8 @@ from smtprelay.spool.model import QueuedMessage
 log = logging.getLogger("smtprelay.delivery")
 
 MAX_HOSTS_TRIED = 5
+# Weakest first: a configuration set's tls may move up this list, never down.
+_TLS_ORDER = (TLSPolicy.OPPORTUNISTIC, TLSPolicy.REQUIRE_ENCRYPTED, TLSPolicy.REQUIRE_VERIFIED)
 
 
 class SmarthostPasswordError(Exception):
@@ -105,10 +109,12 @@ class _Settings:
     def of(cls, config: Config, password: str | None) -> _Settings:
         delivery = config.delivery
         helo = delivery.helo_name or config.server.hostname
+        ca_file = str(delivery.tls_ca_file) if delivery.tls_ca_file else None
         mx = {policy: ClientSettings(port=delivery.port, tls=policy, helo=helo,
                                      connect_timeout=delivery.connect_timeout,
-                                     command_timeout=delivery.command_timeout)
-              for policy in (TLSPolicy.OPPORTUNISTIC, TLSPolicy.REQUIRE)}
+                                     command_timeout=delivery.command_timeout,
+                                     ca_file=ca_file, ca_file_adds=True)
+              for policy in _TLS_ORDER}
         smarthost = delivery.smarthost
         if delivery.mode != "smarthost" or smarthost is None:
             return cls(config, mx, None)
@@ -129,11 +135,14 @@ class _Settings:
 class SMTPTransport:
     def __init__(self, live: TransportSource, resolver: MXResolver,
                  pool: ConnectionPool, *,
-                 on_tls_outcome: Callable[[TLSOutcome], None] | None = None) -> None:
+                 on_tls_outcome: Callable[[TLSOutcome], None] | None = None,
+                 planner: TLSPlanner | None = None) -> None:
         self._resolver = resolver
         self._pool = pool
         # Each session opened to an MX host, told to TLS reporting (RFC 8460).
         self._on_tls_outcome = on_tls_outcome
+        # DANE and MTA-STS, decided per MX host before connecting (mx mode only).
+        self._planner = planner or TLSPlanner(live)
         # TLS policies, timeouts and the smarthost follow a reload (SIGHUP).
         self._settings = Derived(live, lambda config: _Settings.of(config,
                                                                    live.smarthost_password))
@@ -141,13 +150,13 @@ class SMTPTransport:
     # ------------------------------------------------------------------ routing
 
     def _tls_policy(self, message: QueuedMessage, cfg: Config) -> TLSPolicy:
-        wanted = cfg.delivery.tls
+        wanted = TLSPolicy(cfg.delivery.tls)
         if message.configuration_set is not None:
             cs = cfg.configuration_sets.get(message.configuration_set)
             if cs is not None and cs.tls is not None:
                 # A set can make delivery stricter, never looser than the relay's own policy.
-                wanted = "require" if "require" in (cs.tls, wanted) else cs.tls
-        return TLSPolicy(wanted)
+                wanted = max(wanted, TLSPolicy(cs.tls), key=_TLS_ORDER.index)
+        return wanted
 
     def _route(self, message: QueuedMessage, domain: str, settings: _Settings) -> _Route:
         if settings.smarthost is not None:
@@ -173,15 +182,36 @@ class SMTPTransport:
                        else Verdict.DEFERRED)
             return same_result(txn.recipients, verdict, found.status, f"x-dns; {found.reason}")
         route = self._route(message, domain, settings)
+        destinations = found.destinations[:MAX_HOSTS_TRIED]
+        if settings.smarthost is None:
+            plans = await self._planner.plan(domain, route.settings, destinations)
+        else:  # the smarthost is not the recipient's MX: its policies do not apply
+            plans = [HostPlan(route.settings) for _ in destinations]
         async with self._pool.domain_slot(route.slot, route.limit):
-            return await self._try_hosts(found.destinations[:MAX_HOSTS_TRIED], route, txn)
+            return await self._try_hosts(destinations, route, txn, plans)
 
     async def _try_hosts(self, destinations: tuple[Destination, ...], route: _Route,
-                         txn: Transaction) -> list[RecipientResult]:
+                         txn: Transaction, plans: list[HostPlan] | None = None
+                         ) -> list[RecipientResult]:
         errors: list[ConnectError] = []
-        for destination in destinations:
-            key: Hashable = (destination.address, destination.host, route.settings)
+        for index, destination in enumerate(destinations):
+            plan = plans[index] if plans is not None else HostPlan(route.settings)
+            if plan.refusal is not None:
+                log.info("%s not used: %s", plan.refusal.remote_mta, plan.refusal.diagnostic)
+                if route.policy_domain is not None:
+                    self._tell(TLSOutcome(
+                        plan.policy_type, route.policy_domain, plan.policy_strings,
+                        destination.host, destination.address, None,
+                        plan.refusal.tls_failure))
+                errors.append(plan.refusal)
+                continue
+            key: Hashable = (destination.address, destination.host, plan.settings)
             conn = self._pool.take_idle(key)
+            if conn is None and plan.fallback is not None:
+                # MTA-STS testing: a session its policy failed and that went on without
+                # it is reused, rather than failing the same handshake for every message.
+                key = (destination.address, destination.host, plan.fallback)
+                conn = self._pool.take_idle(key)
             if conn is not None:
                 try:
                     results = await conn.send(txn)
@@ -197,7 +227,8 @@ class SMTPTransport:
                     return results
             lease = await self._pool.reserve(route.slot, route.limit)
             try:
-                conn = await self._open(destination, route)
+                conn = await self._open(destination, plan, route)
+                key = (destination.address, destination.host, conn.settings)
             except ConnectError as exc:
                 await self._pool.unreserve(lease)
                 metrics.OUTBOUND_CONNECTS.labels(result="failed").inc()
@@ -219,21 +250,54 @@ class SMTPTransport:
             return results
         return self._all_failed(errors, txn)
 
-    async def _open(self, destination: Destination, route: _Route) -> Connection:
-        """Connection.open, and what it says about TLS to TLS reporting (the one place
-        outcomes are reported from)."""
+    async def _open(self, destination: Destination, plan: HostPlan,
+                    route: _Route) -> Connection:
+        """Connection.open as the plan says, and what it says about TLS to TLS
+        reporting (the one place outcomes are reported from)."""
         opened: Connection | ConnectError
         try:
-            opened = await Connection.open(destination, route.settings)
+            opened = await Connection.open(destination, plan.settings)
         except ConnectError as exc:
             opened = exc
-        if self._on_tls_outcome is not None and route.policy_domain is not None:
-            outcome = observed(route.policy_domain, destination, opened)
-            if outcome is not None:
-                self._on_tls_outcome(outcome)
+        self._tell(self._outcome(plan, route, destination, opened))
         if isinstance(opened, ConnectError):
-            raise opened
+            if plan.fallback is None or opened.tls_failure is None:
+                raise opened
+            # MTA-STS in mode testing: the failure is reported, the mail still goes.
+            log.warning("MTA-STS (mode testing) for %s: %s; delivering without the "
+                        "policy", route.policy_domain, opened.diagnostic)
+            return await Connection.open(destination, plan.fallback)
         return opened
+
+    @staticmethod
+    def _outcome(plan: HostPlan, route: _Route, destination: Destination,
+                 opened: Connection | ConnectError) -> TLSOutcome | None:
+        domain = route.policy_domain
+        if domain is None:
+            return None  # the smarthost: no recipient domain's policy is in question
+        if plan.policy_type == "no-policy-found" and plan.known_failure is None:
+            outcome = observed(domain, destination, opened)
+            if (outcome is not None and isinstance(opened, ConnectError)
+                    and opened.tls_failure is not None):
+                # The client knows better than the status code (e.g. which check failed).
+                outcome = dataclasses.replace(outcome, failure=opened.tls_failure,
+                                              sending_ip=opened.sending_ip)
+            return outcome
+        failure: str | None
+        if isinstance(opened, ConnectError):
+            if opened.tls_failure is None:
+                return None  # TLS was never reached: nothing to say about it
+            failure, sending_ip = opened.tls_failure, opened.sending_ip
+        else:
+            failure, sending_ip = plan.known_failure, opened.local_ip
+            if opened.tls_version is None:
+                failure = failure or "starttls-not-supported"
+        return TLSOutcome(plan.policy_type, domain, plan.policy_strings, destination.host,
+                          destination.address, sending_ip, failure)
+
+    def _tell(self, outcome: TLSOutcome | None) -> None:
+        if outcome is not None and self._on_tls_outcome is not None:
+            self._on_tls_outcome(outcome)
 
     @staticmethod
     def _died_idle(conn: Connection, results: list[RecipientResult]) -> bool:
@@ -257,4 +321,5 @@ class SMTPTransport:
                            retry_after=last.retry_after)
 
     async def close(self) -> None:
+        await self._planner.close()
         await self._pool.close()
