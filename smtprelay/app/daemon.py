@@ -24,6 +24,7 @@ from smtprelay.auth.stores import api_key_store, credential_store
 from smtprelay.config import Config, ConfigError, Derived
 from smtprelay.delivery.capture import CaptureTransport
 from smtprelay.delivery.dns import MXResolver
+from smtprelay.delivery.ip_pools import SourceChooser, export_metrics
 from smtprelay.delivery.mail_from import MailFromChecks
 from smtprelay.delivery.notify_sender import DSNFactory
 from smtprelay.delivery.pool import ConnectionPool
@@ -66,6 +67,7 @@ from smtprelay.state.nodes import HEARTBEAT, AcceptedRate
 from smtprelay.state.redis import RedisState, blocking_client, redacted
 from smtprelay.state.service import Holdings, serve_state
 from smtprelay.state.usage import SQLiteUsageStore
+from smtprelay.state.warmup import LocalWarmup, SQLiteWarmupStore, WarmupCounters
 from smtprelay.submission.pipeline import Pipeline
 from smtprelay.transform.copies import CopyMaker
 from smtprelay.transform.pool import TransformPool, worker_count
@@ -73,6 +75,7 @@ from smtprelay.transform.pool import TransformPool, worker_count
 log = logging.getLogger("smtprelay")
 
 _DEPTH_REFRESH_SECONDS = 15.0
+_WARMUP_METRICS_SECONDS = 10.0
 _PURGE_SECONDS = 60.0
 # Mail records (what opens, clicks and unsubscribes weeks later need for their events)
 # are kept as long as tracking tokens are honoured.
@@ -116,6 +119,17 @@ class Relay:
         else:
             self.shared = LocalState(self.usage)
         self.quotas = Quotas(self.live, self.shared)
+        # The IP pools' warm-up counters (delivery.ip_pools): in Redis with the rest of
+        # a cluster's state, else in memory and the state database.
+        self.warmup_store: SQLiteWarmupStore | None = None
+        self.warmup: WarmupCounters
+        if isinstance(self.shared, RedisState):
+            self.warmup = self.shared.warmup()
+        else:
+            self.warmup_store = SQLiteWarmupStore(config.state_path)
+            self.warmup = LocalWarmup(self.warmup_store)
+        self.sources = SourceChooser(self.warmup)
+        self._warmup_task: asyncio.Task[None] | None = None
         self.suppression = suppression_store(config)
         # The contact lists' contacts and their subscriptions (policy.contacts).
         self.contacts = contact_store(config)
@@ -220,6 +234,9 @@ class Relay:
         await asyncio.to_thread(self.usage.open)
         if isinstance(self.shared, LocalState):
             await asyncio.to_thread(self.shared.load)
+        if self.warmup_store is not None and isinstance(self.warmup, LocalWarmup):
+            await asyncio.to_thread(self.warmup_store.open)
+            await asyncio.to_thread(self.warmup.load, self.sources.today())
         handed_back = await self.spool.recover()
         depth = await asyncio.to_thread(self.spool.pending_count)
         metrics.SPOOL_DEPTH.set(depth)
@@ -278,7 +295,8 @@ class Relay:
                                    contacts=self.contacts,
                                    wake_scheduler=self._wake_scheduler,
                                    reputation=self.reputation.state_of,
-                                   counters=self.counters, node=self._node_control()),
+                                   counters=self.counters, node=self._node_control(),
+                                   warmup=self.warmup),
                                confirmer=self.publisher, worker_metrics=worker_metrics,
                                sockets=[] if count > 1 else None,
                                internal=internal_socket(cfg.server.data_dir) if count > 1
@@ -298,6 +316,7 @@ class Relay:
         self._purge_task = asyncio.create_task(self._purge_finished())
         self._pauses_task = asyncio.create_task(self.pauses.run())
         self._reputation_task = asyncio.create_task(self.reputation.run())
+        self._warmup_task = asyncio.create_task(self._export_warmup())
         self._held_task = asyncio.create_task(self.feedback.run())
         if isinstance(self.shared, RedisState):
             self._store_task = asyncio.create_task(self._watch_store())
@@ -455,7 +474,7 @@ class Relay:
         pool = ConnectionPool(max_connections=delivery.max_connections,
                               max_per_domain=delivery.max_connections_per_domain,
                               idle_timeout=delivery.idle_timeout, leases=self.leases)
-        self.transport = SMTPTransport(self.live, resolver, pool)
+        self.transport = SMTPTransport(self.live, resolver, pool, self.sources)
         if delivery.mode == "smarthost" and delivery.smarthost is not None:
             host = delivery.smarthost
             log.info("delivery mode=smarthost host=%s port=%d tls=%s auth=%s", host.host,
@@ -501,6 +520,15 @@ class Relay:
             except Exception as exc:
                 log.error("purging finished messages from the spool failed: %s", exc)
 
+    async def _export_warmup(self) -> None:
+        """The warm-up gauges (smtprelay_warmup_*), from the counters in use."""
+        while True:
+            try:
+                export_metrics(await self.sources.report(self.config))
+            except StateUnavailable as exc:
+                log.debug("warm-up metrics not refreshed: %s", exc)
+            await asyncio.sleep(_WARMUP_METRICS_SECONDS)
+
     async def _refresh_depth(self) -> None:
         # Operators delete from the queue with the CLI, outside this process.
         while True:
@@ -515,7 +543,7 @@ class Relay:
             await self.control.stop()
         for task in (self._depth_task, self._purge_task, self._pauses_task,
                      self._reputation_task, self._store_task, self._held_task,
-                     self._mirror_task):
+                     self._mirror_task, self._warmup_task):
             if task is not None:
                 task.cancel()
         if self.workers is not None:
@@ -551,6 +579,8 @@ class Relay:
             sock.close()
         await asyncio.to_thread(self.spool.close)
         await asyncio.to_thread(self.usage.close)
+        if self.warmup_store is not None:
+            await asyncio.to_thread(self.warmup_store.close)
         if isinstance(self.shared, RedisState):
             await self.shared.close()
         if self._cluster is not None:

@@ -23,6 +23,7 @@ from typing import Protocol
 from smtprelay.config import Config, ConfigSource, Derived
 from smtprelay.delivery.client import ClientSettings, ConnectError, Connection, TLSPolicy
 from smtprelay.delivery.dns import MXResolver, MXResult, Resolution
+from smtprelay.delivery.ip_pools import SourceChooser, Wait
 from smtprelay.delivery.model import (
     Destination,
     RecipientResult,
@@ -123,9 +124,11 @@ class _Settings:
 
 class SMTPTransport:
     def __init__(self, live: TransportSource, resolver: MXResolver,
-                 pool: ConnectionPool) -> None:
+                 pool: ConnectionPool, sources: SourceChooser | None = None) -> None:
         self._resolver = resolver
         self._pool = pool
+        # The IP pools' source addresses and warm-up (None: the host picks the source).
+        self.sources = sources
         # TLS policies, timeouts and the smarthost follow a reload (SIGHUP).
         self._settings = Derived(live, lambda config: _Settings.of(config,
                                                                    live.smarthost_password))
@@ -164,8 +167,26 @@ class SMTPTransport:
                        else Verdict.DEFERRED)
             return same_result(txn.recipients, verdict, found.status, f"x-dns; {found.reason}")
         route = self._route(message, domain, settings)
-        async with self._pool.domain_slot(route.slot, route.limit):
-            return await self._try_hosts(found.destinations[:MAX_HOSTS_TRIED], route, txn)
+        sources, source = self.sources, None
+        if sources is not None and settings.smarthost is None:
+            # After MX resolution: the first MX host's name says the mailbox provider
+            # whose warm-up cap the transaction counts against.
+            picked = await sources.choose(settings.config, message,
+                                          found.destinations[0].host, len(txn.recipients))
+            if isinstance(picked, Wait):
+                return picked.results(txn.recipients)
+            if picked is not None:
+                source = picked
+                route = _Route(source.settings(route.settings), route.slot, route.limit)
+        results: list[RecipientResult] | None = None
+        try:
+            async with self._pool.domain_slot(route.slot, route.limit):
+                results = await self._try_hosts(found.destinations[:MAX_HOSTS_TRIED], route,
+                                                txn)
+                return results
+        finally:
+            if sources is not None and source is not None:
+                await sources.settle(source, results)
 
     async def _try_hosts(self, destinations: tuple[Destination, ...], route: _Route,
                          txn: Transaction) -> list[RecipientResult]:
