@@ -117,7 +117,8 @@ def progress_json(item: Progress) -> dict[str, Any]:
         "caps": None if caps is None else {"total": caps.total,
                                            "per_provider": caps.per_provider},
         "sent_today": {"total": item.sent_total,
-                       "by_provider": {(p or OTHER): n for p, n in sorted(item.sent.items())}},
+                       "by_provider": dict(sorted((p or OTHER, n)
+                                                  for p, n in item.sent.items()))},
     }
 
 

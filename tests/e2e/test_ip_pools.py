@@ -11,17 +11,20 @@ sink whose name the test DNS server puts under google.com.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from smtprelay.auth.stores import credential_store
 from smtprelay.state.warmup import day_of
 from tests.e2e.admin_client import ADMIN_HTTP, ENV, SECRET, Admin
 from tests.e2e.delivery_world import World, wait_for
 from tests.sinks import SmtpSink
-from tests.support import message
+from tests.support import Credential, message
 
 A, B = "127.0.1.2", "127.0.1.3"
 HELO = {A: "o2.pool.test", B: "o3.pool.test"}
@@ -99,21 +102,35 @@ def test_a_pools_mail_leaves_from_its_addresses_with_their_helo_names(
     assert peers(mx)[-1] == ("127.0.0.1", "relay.test")
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_the_warmup_caps_hold_per_provider_and_in_total_and_the_overflow_waits(
-        net: World, tmp_path: Path) -> None:
+        net: World, tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     gmail = google_mx(net, "gm.test")
     plain = net.smtp_host("plain.test")
     config = top(tmp_path, {"addresses": [address(A)], "warmup": TABLE, "overflow": "wait"})
+    if backend == "redis":  # every node of a cluster counts against the same caps
+        config["store"] = {"backend": "redis", "url": request.getfixturevalue("redis_url"),
+                           "node": "node-a"}
     relay = net.start(top=config)
+    if backend == "redis":  # World's credential is made in the state database
+        store = credential_store(relay.config)
+        store.open()
+        try:
+            secret = store.create("acme", "test")
+        finally:
+            store.close()
+        net._cred = Credential(secret.credential.username, secret.password, "acme")
     admin = Admin(relay.http_port)
     to_gmail = [send(net, f"g{i}@gm.test") for i in range(3)]
     # Gmail's cap of 2 (the third one waits, retried in between: deferred or sending).
-    assert wait_for(lambda: len(gmail.received) == 2 and _waiting(net, to_gmail) == 1)
+    assert wait_for(lambda: _delivered(net, to_gmail) == 2 and _held(net, to_gmail) == 1)
+    assert len(gmail.received) == 2
     to_plain = [send(net, f"p{i}@plain.test") for i in range(2)]
     # The day's total of 3: one more, to a destination of no provider.
-    assert wait_for(lambda: len(plain.received) == 1 and _waiting(net, to_plain) == 1)
+    assert wait_for(lambda: _delivered(net, to_plain) == 1 and _held(net, to_plain) == 1)
+    assert len(plain.received) == 1
     assert {p for p, _ in peers(gmail) + peers(plain)} == {A}
-    waiting = [m for m in to_gmail + to_plain if _waiting(net, [m])]
+    waiting = [m for m in to_gmail + to_plain if _held(net, [m])]
     assert len(waiting) == 2
     for message_id in waiting:
         [recipient] = net.message(message_id).recipients
@@ -122,7 +139,7 @@ def test_the_warmup_caps_hold_per_provider_and_in_total_and_the_overflow_waits(
     # Retried (delivery.retry: 1 s, at most 2 s) and still waiting: never bounced, no DSN.
     assert wait_for(lambda: all(net.message(m).recipients[0].attempts >= 2
                                 for m in waiting))
-    assert _waiting(net, waiting) == 2
+    assert _held(net, waiting) == 2
     assert not [o for m in waiting for o in net.outcomes(m) if o.kind == "bounce"]
 
     # The counts survive a restart: the caps still hold after it.
@@ -132,7 +149,7 @@ def test_the_warmup_caps_hold_per_provider_and_in_total_and_the_overflow_waits(
     assert wait_for(lambda: all(net.message(m).recipients[0].attempts >= 3
                                 for m in waiting))
     assert len(gmail.received) == 2 and len(plain.received) == 1
-    assert _waiting(net, waiting) == 2
+    assert _held(net, waiting) == 2
     [status] = admin.get("/api/v1/ip-pools/bulk").json["items"]
     assert (status["day"], status["WarmupStatus"], status["WarmupPercentage"]) == (
         1, "IN_PROGRESS", 0)
@@ -153,6 +170,21 @@ def test_the_warmup_caps_hold_per_provider_and_in_total_and_the_overflow_waits(
     [status] = admin.get("/api/v1/ip-pools").json["items"]
     assert status["caps"] == {"total": 6, "per_provider": 4}
     assert status["sent_today"] == {"total": 5, "by_provider": {"google": 3, "other": 2}}
+    # `smtprelay stats` reads what the daemon saved (the state database within a
+    # second, or Redis).
+    def stats() -> dict[str, Any]:
+        shown = cli(net, "stats", "--json")
+        assert shown.returncode == 0, shown.stderr
+        [pool_address] = json.loads(shown.stdout)["ip_pools"]
+        return dict(pool_address)
+
+    assert wait_for(lambda: stats()["sent_today"]["total"] == 5)
+    assert stats() == status
+    text = cli(net, "stats").stdout
+    assert "IP pools, warm-up today" in text
+    [line] = [line for line in text.splitlines() if A in line]
+    assert line.split() == ["bulk", A, "2", "50%", "IN_PROGRESS", "5", "6", "4", "google=3,",
+                            "other=2"]
 
 
 def test_overflow_goes_to_a_warm_address_of_the_same_pool(net: World,
@@ -193,7 +225,18 @@ def test_the_admin_api_refuses_unknown_pools_addresses_and_days(
                                                                               None)
 
 
-def _waiting(net: World, ids: list[str]) -> int:
-    """Recipients of these messages still in the queue (deferred, or being retried)."""
-    return sum(state in ("deferred", "sending") for m in ids
-               for state in net.states(m).values())
+def cli(net: World, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "smtprelay", *args, "-c",
+                           str(net.tmp_path / "smtprelay.yaml")],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def _held(net: World, ids: list[str]) -> int:
+    """Recipients of these messages tried and still in the queue (deferred, or being
+    tried again)."""
+    return sum(r.state.value in ("deferred", "sending") and r.attempts >= 1
+               for m in ids for r in net.message(m).recipients)
+
+
+def _delivered(net: World, ids: list[str]) -> int:
+    return sum(r.state.value == "delivered" for m in ids for r in net.message(m).recipients)
