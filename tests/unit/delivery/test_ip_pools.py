@@ -11,13 +11,19 @@ from typing import Any
 import pytest
 
 from smtprelay.config import Config
-from smtprelay.delivery.ip_pools import SENDING_DEFERRAL, Source, SourceChooser, Wait
+from smtprelay.delivery.ip_pools import (
+    SENDING_DEFERRAL,
+    Source,
+    SourceChooser,
+    Wait,
+    export_metrics,
+)
 from smtprelay.delivery.model import RecipientResult, Verdict
 from smtprelay.delivery.retry import delay_type
 from smtprelay.state.api import StateUnavailable
 from smtprelay.state.warmup import DAY, LocalWarmup
 from tests.support import base_config
-from tests.unit.delivery.kit import WallClock, queued
+from tests.unit.delivery.kit import WallClock, has_sample, queued, sample
 
 GMAIL = "gmail-smtp-in.l.google.com"
 YAHOO = "mta5.am0.yahoodns.net"
@@ -191,3 +197,25 @@ async def test_unavailable_counters_defer_rather_than_skip_the_cap(tmp_path: Pat
     picked = await SourceChooser(Down()).choose(cfg, queued(configuration_set="bulk"),
                                                 GMAIL, 1)
     assert isinstance(picked, Wait) and "cannot be read" in picked.reason
+
+
+async def test_the_warmup_gauges_follow_the_report(tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"bulk": pool(new("192.0.2.1"), warm("192.0.2.2"))},
+                 bulk={"delivery": {"ip_pool": "bulk"}})
+    sources, _, _ = chooser()
+    await picks(sources, cfg, GMAIL, 2)
+    await picks(sources, cfg, PLAIN, 1)
+    export_metrics(await sources.report(cfg))
+    new_address = {"pool": "bulk", "address": "192.0.2.1"}
+    assert sample("smtprelay_warmup_percentage", new_address) == 0
+    assert sample("smtprelay_warmup_day", new_address) == 1
+    assert sample("smtprelay_warmup_cap_today", {**new_address, "scope": "total"}) == 3
+    assert sample("smtprelay_warmup_cap_today", {**new_address, "scope": "per_provider"}) == 2
+    assert sample("smtprelay_warmup_sent_today", {**new_address, "provider": "google"}) == 1
+    assert sample("smtprelay_warmup_sent_today", {**new_address, "provider": "other"}) == 1
+    warm_address = {"pool": "bulk", "address": "192.0.2.2"}
+    assert sample("smtprelay_warmup_percentage", warm_address) == 100
+    assert not has_sample("smtprelay_warmup_cap_today", {**warm_address, "scope": "total"})
+    # An address taken out of the configuration leaves the gauges.
+    export_metrics([p for p in await sources.report(cfg) if p.address != "192.0.2.2"])
+    assert not has_sample("smtprelay_warmup_percentage", warm_address)
