@@ -24,7 +24,7 @@ from smtprelay.auth.stores import api_key_store, credential_store
 from smtprelay.config import Config, ConfigError, Derived
 from smtprelay.delivery.capture import CaptureTransport
 from smtprelay.delivery.dns import MXResolver
-from smtprelay.delivery.ip_pools import SourceChooser, export_metrics
+from smtprelay.delivery.ip_pools import SourceChooser, export_metrics, unbindable
 from smtprelay.delivery.mail_from import MailFromChecks
 from smtprelay.delivery.notify_sender import DSNFactory
 from smtprelay.delivery.pool import ConnectionPool
@@ -475,6 +475,8 @@ class Relay:
                               max_per_domain=delivery.max_connections_per_domain,
                               idle_timeout=delivery.idle_timeout, leases=self.leases)
         self.transport = SMTPTransport(self.live, resolver, pool, self.sources)
+        for problem in unbindable(self.config):
+            log.error("%s", problem)
         if delivery.mode == "smarthost" and delivery.smarthost is not None:
             host = delivery.smarthost
             log.info("delivery mode=smarthost host=%s port=%d tls=%s auth=%s", host.host,

@@ -21,9 +21,11 @@ made) is given back.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from smtprelay.config import Config, IpPoolConfig, PoolAddressConfig
@@ -62,13 +64,19 @@ class Wait:
 
     pool: str
     reason: str
-    retry_after: float  # seconds; the scheduler caps it at delivery.retry.max_interval
+    # Seconds (the scheduler caps it at delivery.retry.max_interval); None: the usual
+    # backoff.
+    retry_after: float | None
 
     def results(self, recipients: Sequence[str]) -> list[RecipientResult]:
         return [RecipientResult(recipient=r, verdict=Verdict.DEFERRED, code=None,
                                 status="4.7.0", diagnostic=f"x-local; {self.reason}",
                                 retry_after=self.retry_after, delay_type=SENDING_DEFERRAL)
                 for r in recipients]
+
+
+def ip_version(address: str) -> int:
+    return ipaddress.ip_address(address).version
 
 
 def pool_of(config: Config, configuration_set: str | None) -> str | None:
@@ -97,24 +105,32 @@ class SourceChooser:
         return day_of(self._clock())
 
     async def choose(self, config: Config, message: QueuedMessage, mx_host: str,
-                     recipients: int) -> Source | Wait | None:
+                     recipients: int, families: Collection[int] = (4, 6)
+                     ) -> Source | Wait | None:
         """The source for a transaction of `recipients` to `mx_host` (the first MX, whose
-        name says the mailbox provider); None: the message's set uses no pool."""
+        name says the mailbox provider), among the pool's addresses of the IP versions
+        the destination has (`families`); None: the message's set uses no pool."""
         name = pool_of(config, message.configuration_set)
         if name is None:
             return None
         pool = config.ip_pools.get(name)
         if pool is None:  # the configuration's validator says it exists
             return None
+        usable = [a for a in pool.addresses if ip_version(a.address) in families]
+        if not usable:
+            wanted = " or ".join(f"IPv{f}" for f in sorted(families))
+            return Wait(name, f"IP pool {name} has no {wanted} address, and the "
+                              f"destination's hosts have only {wanted} addresses; add one "
+                              f"to ip_pools.{name}.addresses", retry_after=None)
         provider = self._providers().provider_of(mx_host) or NO_PROVIDER
         now = self._clock()
         today = day_of(now)
-        count = len(pool.addresses)
+        count = len(usable)
         first = self._turn.get(name, 0) % count
         self._turn[name] = (first + 1) % count
         try:
             for offset in range(count):
-                entry = pool.addresses[(first + offset) % count]
+                entry = usable[(first + offset) % count]
                 source = await self._try(name, pool, entry, provider, recipients, today,
                                          own_turn=offset == 0)
                 if source is not None:
@@ -192,3 +208,26 @@ def export_metrics(found: Sequence[Progress]) -> None:
         for provider, count in item.sent.items():
             metrics.WARMUP_SENT_TODAY.labels(pool=item.pool, address=item.address,
                                              provider=provider or "other").set(count)
+
+
+def unbindable(config: Config) -> list[str]:
+    """A line per pool address this host cannot send from (not configured on an
+    interface), naming its key and what to do; blocking (socket calls), at start-up.
+
+    Mail that would leave from such an address waits (every connection from it fails)
+    rather than bouncing, so the daemon says so loudly instead of refusing to start:
+    `check-config` may run on another machine than `serve`."""
+    found: list[str] = []
+    for name, pool in config.ip_pools.items():
+        for index, entry in enumerate(pool.addresses):
+            family = socket.AF_INET6 if ":" in entry.address else socket.AF_INET
+            try:
+                with socket.socket(family, socket.SOCK_STREAM) as probe:
+                    probe.bind((entry.address, 0))
+            except OSError as exc:
+                found.append(
+                    f"ip_pools.{name}.addresses[{index}].address: cannot send from "
+                    f"{entry.address} ({exc.strerror or exc}); add it to an interface "
+                    f"(ip addr add {entry.address}/{128 if family == socket.AF_INET6 else 32}"
+                    " dev IFACE) or remove it from the pool: mail given its turn waits")
+    return found

@@ -17,6 +17,7 @@ from smtprelay.delivery.ip_pools import (
     SourceChooser,
     Wait,
     export_metrics,
+    unbindable,
 )
 from smtprelay.delivery.model import RecipientResult, Verdict
 from smtprelay.delivery.retry import delay_type
@@ -219,3 +220,31 @@ async def test_the_warmup_gauges_follow_the_report(tmp_path: Path) -> None:
     # An address taken out of the configuration leaves the gauges.
     export_metrics([p for p in await sources.report(cfg) if p.address != "192.0.2.2"])
     assert not has_sample("smtprelay_warmup_percentage", warm_address)
+
+
+def test_addresses_the_host_cannot_send_from_are_named(tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"bulk": pool(new("127.0.1.2"), new("192.0.2.1"))})
+    [problem] = unbindable(cfg)
+    assert problem.startswith("ip_pools.bulk.addresses[1].address: cannot send from "
+                              "192.0.2.1 (")
+    assert "ip addr add 192.0.2.1/32 dev IFACE" in problem
+
+
+async def test_the_source_is_of_an_ip_version_the_destination_has(tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"bulk": pool(warm("192.0.2.1"), warm("192.0.2.2"),
+                                         {"address": "2001:db8::1", "helo": "o6.relay.test",
+                                          "warm": True})},
+                 bulk={"delivery": {"ip_pool": "bulk"}})
+    sources, _, _ = chooser()
+    message = queued(configuration_set="bulk")
+    only_v6 = [await sources.choose(cfg, message, PLAIN, 1, {6}) for _ in range(2)]
+    assert [s.address for s in only_v6 if isinstance(s, Source)] == ["2001:db8::1"] * 2
+    only_v4 = [await sources.choose(cfg, message, PLAIN, 1, {4}) for _ in range(2)]
+    assert sorted(s.address for s in only_v4 if isinstance(s, Source)) == [
+        "192.0.2.1", "192.0.2.2"]
+    v4_pool = config(tmp_path, {"bulk": pool(warm("192.0.2.1"))},
+                     bulk={"delivery": {"ip_pool": "bulk"}})
+    waited = await sources.choose(v4_pool, message, PLAIN, 1, {6})
+    assert isinstance(waited, Wait) and waited.retry_after is None
+    assert waited.reason == ("IP pool bulk has no IPv6 address, and the destination's hosts "
+                             "have only IPv6 addresses; add one to ip_pools.bulk.addresses")
