@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from smtprelay.config import Config, IpPoolConfig, PoolAddressConfig
 from smtprelay.delivery.client import ClientSettings
-from smtprelay.delivery.model import RecipientResult, Verdict
+from smtprelay.delivery.model import Destination, RecipientResult, Verdict
 from smtprelay.delivery.providers import Providers, bundled
 from smtprelay.delivery.warmup import Progress, caps_on, progress, warmup_day
 from smtprelay.infra import metrics
@@ -145,6 +145,19 @@ class SourceChooser:
         return Wait(name, f"IP pool {name}: every address is at today's warm-up cap for "
                           f"{provider or 'its total'}; held back until the caps allow it",
                     retry_after=wait + 1.0)
+
+    async def for_transaction(self, config: Config, message: QueuedMessage,
+                              destinations: tuple[Destination, ...], recipients: int
+                              ) -> tuple[Source | Wait | None, tuple[Destination, ...]]:
+        """The source of a transaction to `destinations` (resolved, in order) and those
+        of them it can reach: the first MX host's name says the mailbox provider whose
+        caps it counts against, the hosts' addresses which IP versions can reach them."""
+        picked = await self.choose(config, message, destinations[0].host, recipients,
+                                   {ip_version(d.address) for d in destinations})
+        if not isinstance(picked, Source):
+            return picked, destinations
+        family = ip_version(picked.address)
+        return picked, tuple(d for d in destinations if ip_version(d.address) == family)
 
     async def _try(self, name: str, pool: IpPoolConfig, entry: PoolAddressConfig,
                    provider: str, recipients: int, today: int, *,

@@ -23,7 +23,7 @@ from typing import Protocol
 from smtprelay.config import Config, ConfigSource, Derived
 from smtprelay.delivery.client import ClientSettings, ConnectError, Connection, TLSPolicy
 from smtprelay.delivery.dns import MXResolver, MXResult, Resolution
-from smtprelay.delivery.ip_pools import SourceChooser, Wait, ip_version
+from smtprelay.delivery.ip_pools import SourceChooser, Wait
 from smtprelay.delivery.model import (
     Destination,
     RecipientResult,
@@ -170,20 +170,14 @@ class SMTPTransport:
         destinations = found.destinations[:MAX_HOSTS_TRIED]
         sources, source = self.sources, None
         if sources is not None and settings.smarthost is None:
-            # After MX resolution: the first MX host's name says the mailbox provider
-            # whose warm-up cap the transaction counts against, and the hosts' addresses
-            # which IP versions a source address can reach them with.
-            families = {ip_version(d.address) for d in destinations}
-            picked = await sources.choose(settings.config, message, destinations[0].host,
-                                          len(txn.recipients), families)
+            # The set's IP pool, if any: its address and HELO name, within its warm-up.
+            picked, destinations = await sources.for_transaction(
+                settings.config, message, destinations, len(txn.recipients))
             if isinstance(picked, Wait):
                 return picked.results(txn.recipients)
             if picked is not None:
                 source = picked
                 route = _Route(source.settings(route.settings), route.slot, route.limit)
-                family = ip_version(source.address)
-                destinations = tuple(d for d in destinations
-                                     if ip_version(d.address) == family)
         results: list[RecipientResult] | None = None
         try:
             async with self._pool.domain_slot(route.slot, route.limit):
