@@ -47,7 +47,8 @@ def top(tmp_path: Path, pool: dict[str, Any]) -> dict[str, Any]:
             "configuration_sets": {
                 "transactional": {},
                 "bulk": {"delivery": {"ip_pool": "bulk"}, "event_destinations": [
-                    {"name": "file", "type": "file", "event_types": ["Delivery"],
+                    {"name": "file", "type": "file",
+                     "event_types": ["Delivery", "DeliveryDelay"],
                      "path": str(tmp_path / "events.ndjson")}]}}}
 
 
@@ -84,14 +85,9 @@ def test_a_pools_mail_leaves_from_its_addresses_with_their_helo_names(
     seen = peers(mx)
     assert sorted(seen) == [(A, HELO[A])] * 2 + [(B, HELO[B])] * 2  # turns: A B A B
     # Each Delivery event names the address its message left from (ses:outgoing-ip).
-    events_path = tmp_path / "events.ndjson"
-
     def deliveries() -> dict[str, list[str]]:
-        if not events_path.exists():
-            return {}
-        records = [json.loads(line) for line in events_path.read_text().splitlines()]
         return {r["mail"]["messageId"]: r["mail"]["tags"]["ses:outgoing-ip"]
-                for r in records if r["eventType"] == "Delivery"}
+                for r in events(tmp_path, "Delivery")}
 
     wait_for(lambda: len(deliveries()) == 4)
     sent_from = {t.rcpt_tos[0]: mx.sessions[t.session].peer for t in mx.received}
@@ -111,7 +107,9 @@ def test_the_warmup_caps_hold_per_provider_and_in_total_and_the_overflow_waits(
     if backend == "redis":  # every node of a cluster counts against the same caps
         config["store"] = {"backend": "redis", "url": request.getfixturevalue("redis_url"),
                            "node": "node-a"}
-    relay = net.start(top=config)
+    # A DeliveryDelay record after a second's wait (delivery.delay.after).
+    delay = {"after": "1s", "every": "1h"}
+    relay = net.start(top=config, delay=delay)
     if backend == "redis":  # World's credential is made in the state database
         store = credential_store(relay.config)
         store.open()
@@ -141,10 +139,16 @@ def test_the_warmup_caps_hold_per_provider_and_in_total_and_the_overflow_waits(
                                 for m in waiting))
     assert _held(net, waiting) == 2
     assert not [o for m in waiting for o in net.outcomes(m) if o.kind == "bounce"]
+    # Their DeliveryDelay events say SES's SendingDeferral, and no outgoing address.
+    assert wait_for(lambda: len(events(tmp_path, "DeliveryDelay")) == 2)
+    delays = events(tmp_path, "DeliveryDelay")
+    assert {d["mail"]["messageId"] for d in delays} == set(waiting)
+    assert {d["deliveryDelay"]["delayType"] for d in delays} == {"SendingDeferral"}
+    assert all("ses:outgoing-ip" not in d["mail"]["tags"] for d in delays)
 
     # The counts survive a restart: the caps still hold after it.
     net.stop()
-    relay = net.start(top=config)
+    relay = net.start(top=config, delay=delay)
     admin = Admin(relay.http_port)
     assert wait_for(lambda: all(net.message(m).recipients[0].attempts >= 3
                                 for m in waiting))
@@ -223,6 +227,15 @@ def test_the_admin_api_refuses_unknown_pools_addresses_and_days(
     done = admin.put(path, body={"day": 31}).json
     assert (done["WarmupStatus"], done["WarmupPercentage"], done["caps"]) == ("DONE", 100,
                                                                               None)
+
+
+def events(tmp_path: Path, kind: str) -> list[dict[str, Any]]:
+    """The events of `kind` the set's file destination has written so far."""
+    path = tmp_path / "events.ndjson"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in records if r["eventType"] == kind]
 
 
 def cli(net: World, *args: str) -> subprocess.CompletedProcess[str]:
