@@ -73,6 +73,8 @@ class SessionLog:
     commands: list[str] = field(default_factory=list)  # verbs: EHLO, MAIL, RCPT, DATA...
     mail_pipelined: list[bool] = field(default_factory=list)  # per MAIL: more was waiting
     tls: bool = False
+    peer: str | None = None  # the client's address (which source address it left from)
+    helo: str | None = None  # the name in its last EHLO or HELO
 
 
 @dataclass
@@ -267,14 +269,18 @@ class _RecordingSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.hosting.track(transport)
+        peer = transport.get_extra_info("peername")
+        self.log.peer = peer[0] if isinstance(peer, tuple) else None
         super().connection_made(transport)
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self.log.commands.append("EHLO")
+        self.log.helo = hostname
         await super().smtp_EHLO(hostname)
 
     async def smtp_HELO(self, hostname: str) -> None:
         self.log.commands.append("HELO")
+        self.log.helo = hostname
         await super().smtp_HELO(hostname)
 
     async def smtp_AUTH(self, arg: str) -> None:

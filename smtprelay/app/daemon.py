@@ -24,6 +24,7 @@ from smtprelay.auth.stores import api_key_store, credential_store
 from smtprelay.config import Config, ConfigError, Derived
 from smtprelay.delivery.capture import CaptureTransport
 from smtprelay.delivery.dns import MXResolver
+from smtprelay.delivery.ip_pools import SourceChooser, export_metrics, unbindable
 from smtprelay.delivery.mail_from import MailFromChecks
 from smtprelay.delivery.notify_sender import DSNFactory
 from smtprelay.delivery.pool import ConnectionPool
@@ -68,6 +69,7 @@ from smtprelay.state.nodes import HEARTBEAT, AcceptedRate
 from smtprelay.state.redis import RedisState, blocking_client, redacted
 from smtprelay.state.service import Holdings, serve_state
 from smtprelay.state.usage import SQLiteUsageStore
+from smtprelay.state.warmup import LocalWarmup, SQLiteWarmupStore, WarmupCounters
 from smtprelay.submission.pipeline import Pipeline
 from smtprelay.transform.copies import CopyMaker
 from smtprelay.transform.pool import TransformPool, worker_count
@@ -76,6 +78,7 @@ log = logging.getLogger("smtprelay")
 
 _DEPTH_REFRESH_SECONDS = 15.0
 _DEPTH_COALESCE = 0.2
+_WARMUP_METRICS_SECONDS = 10.0
 _PURGE_SECONDS = 60.0
 # Mail records (what opens, clicks and unsubscribes weeks later need for their events)
 # are kept as long as tracking tokens are honoured.
@@ -119,6 +122,17 @@ class Relay:
         else:
             self.shared = LocalState(self.usage)
         self.quotas = Quotas(self.live, self.shared)
+        # The IP pools' warm-up counters (delivery.ip_pools): in Redis with the rest of
+        # a cluster's state, else in memory and the state database.
+        self.warmup_store: SQLiteWarmupStore | None = None
+        self.warmup: WarmupCounters
+        if isinstance(self.shared, RedisState):
+            self.warmup = self.shared.warmup()
+        else:
+            self.warmup_store = SQLiteWarmupStore(config.state_path)
+            self.warmup = LocalWarmup(self.warmup_store)
+        self.sources = SourceChooser(self.warmup)
+        self._warmup_task: asyncio.Task[None] | None = None
         self.suppression = suppression_store(config)
         # The contact lists' contacts and their subscriptions (policy.contacts).
         self.contacts = contact_store(config)
@@ -230,6 +244,9 @@ class Relay:
         await asyncio.to_thread(self.usage.open)
         if isinstance(self.shared, LocalState):
             await asyncio.to_thread(self.shared.load)
+        if self.warmup_store is not None and isinstance(self.warmup, LocalWarmup):
+            await asyncio.to_thread(self.warmup_store.open)
+            await asyncio.to_thread(self.warmup.load, self.sources.today())
         handed_back = await self.spool.recover()
         depth = await asyncio.to_thread(self.spool.pending_count)
         metrics.SPOOL_DEPTH.set(depth)
@@ -294,7 +311,8 @@ class Relay:
                                    contacts=self.contacts,
                                    wake_scheduler=self._wake_scheduler,
                                    reputation=self.reputation.state_of,
-                                   counters=self.counters, node=self._node_control()),
+                                   counters=self.counters, node=self._node_control(),
+                                   warmup=self.warmup),
                                confirmer=self.publisher, worker_metrics=worker_metrics,
                                sockets=[] if count > 1 else None,
                                internal=internal_socket(cfg.server.data_dir) if count > 1
@@ -316,6 +334,7 @@ class Relay:
         self._purge_task = asyncio.create_task(self._purge_finished())
         self._pauses_task = asyncio.create_task(self.pauses.run())
         self._reputation_task = asyncio.create_task(self.reputation.run())
+        self._warmup_task = asyncio.create_task(self._export_warmup())
         self._held_task = asyncio.create_task(self.feedback.run())
         if isinstance(self.shared, RedisState):
             self._store_task = asyncio.create_task(self._watch_store())
@@ -510,8 +529,10 @@ class Relay:
                               max_per_domain=delivery.max_connections_per_domain,
                               idle_timeout=delivery.idle_timeout, leases=self.leases)
         self.transport = SMTPTransport(
-            self.live, resolver, pool,
+            self.live, resolver, pool, self.sources,
             on_tls_outcome=self.tls_collector.record if self.tls_collector else None)
+        for problem in unbindable(self.config):
+            log.error("%s", problem)
         if delivery.mode == "smarthost" and delivery.smarthost is not None:
             host = delivery.smarthost
             log.info("delivery mode=smarthost host=%s port=%d tls=%s auth=%s", host.host,
@@ -562,6 +583,15 @@ class Relay:
     def _depth_changed(self) -> None:
         self._depth_dirty.set()
 
+    async def _export_warmup(self) -> None:
+        """The warm-up gauges (smtprelay_warmup_*), from the counters in use."""
+        while True:
+            try:
+                export_metrics(await self.sources.report(self.config))
+            except StateUnavailable as exc:
+                log.debug("warm-up metrics not refreshed: %s", exc)
+            await asyncio.sleep(_WARMUP_METRICS_SECONDS)
+
     async def _refresh_depth(self) -> None:
         """Keep smtprelay_spool_messages true: counted again soon after a message is
         spooled (here or by a worker) or finished, and every _DEPTH_REFRESH_SECONDS
@@ -583,7 +613,7 @@ class Relay:
             await self.control.stop()
         for task in (self._depth_task, self._purge_task, self._pauses_task,
                      self._reputation_task, self._store_task, self._held_task,
-                     self._mirror_task):
+                     self._mirror_task, self._warmup_task):
             if task is not None:
                 task.cancel()
         if self._tls_round is not None:
@@ -628,6 +658,8 @@ class Relay:
             sock.close()
         await asyncio.to_thread(self.spool.close)
         await asyncio.to_thread(self.usage.close)
+        if self.warmup_store is not None:
+            await asyncio.to_thread(self.warmup_store.close)
         if isinstance(self.shared, RedisState):
             await self.shared.close()
         if self._cluster is not None:

@@ -14,8 +14,9 @@ from smtprelay.config import load_config
 def register(sub: Any, common: argparse.ArgumentParser,
              listing: argparse.ArgumentParser) -> None:
     p = sub.add_parser("dns-check", parents=[common, listing],
-                       help="check a sending domain's DKIM, SPF, DMARC, MAIL FROM and "
-                            "tracking records; exit 1 if any needs action")
+                       help="check a sending domain's DKIM, SPF, DMARC, MAIL FROM, "
+                            "tracking records and the IP pools' PTR records; exit 1 if any "
+                            "needs action")
     p.add_argument("domain", metavar="DOMAIN", help="a domain under identities or an "
                                                     "account's identities")
     p.add_argument("--ip", action="append", metavar="ADDR",

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from smtprelay.cli.common import EXIT_OK, CommandError, format_time, print_json, state_config
+from smtprelay.operations import ip_pools as pool_ops
 from smtprelay.operations import stats as ops
 from smtprelay.operations.queue import SpoolConnection
 from smtprelay.policy.reputation import Judgement
@@ -16,6 +17,7 @@ from smtprelay.policy.stores import pause_store, suppression_store
 from smtprelay.spool import set_stats
 from smtprelay.spool.cluster_stats import ClusterCounters
 from smtprelay.spool.store import open_for_cli
+from smtprelay.state.api import StateUnavailable
 
 
 def register(sub: Any, common: argparse.ArgumentParser,
@@ -71,6 +73,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
         pauses.close()
         suppression.close()
     window = found.window
+    try:
+        pools: list[dict[str, Any]] | str = [
+            pool_ops.progress_json(p) for p in pool_ops.read_report(config, now=time.time())]
+    except StateUnavailable as exc:
+        pools = f"the warm-up counters cannot be read: {exc}"
     rows: list[dict[str, Any]] = [{
         "rates": {"bounce": a.counts.bounce_rate, "complaint": a.counts.complaint_rate},
         "reputation": a.reputation.as_json(),
@@ -85,7 +92,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
                      "configuration_sets": [{
                          "configuration_set": s.counts.configuration_set, "status": _status(s),
                          **s.counts.counts.as_json(), "reputation": s.reputation.as_json()}
-                         for s in found.sets]})
+                         for s in found.sets],
+                     "ip_pools": pools if isinstance(pools, list) else {"error": pools}})
         return EXIT_OK
     print(f"{'ACCOUNT':<16} {'SENT 24H':>10} {'MAX 24H':>10} {'USED':>6} {'RATE/S':>7} "
           f"{'SUPPRESSED':>10} {'BOUNCE%':>7} {'COMPL%':>6} {'REPUTATION':<10}  SPOOL")
@@ -121,4 +129,28 @@ def cmd_stats(args: argparse.Namespace) -> int:
           f"{_rate(reputation_config.bounce.pause)} / "
           f"{_rate(reputation_config.complaint.pause)}"
           + ("" if reputation_config.enabled else " (the guard is disabled)"))
+    _print_pools(pools)
     return EXIT_OK
+
+
+def _print_pools(pools: list[dict[str, Any]] | str) -> None:
+    """Each pool address's warm-up: day, percentage, and today's sends against caps."""
+    if isinstance(pools, str):
+        print()
+        print(f"IP pools: {pools}")
+        return
+    if not pools:
+        return
+    print()
+    print("IP pools, warm-up today (UTC): sent against the day's cap, in all and per "
+          "mailbox provider")
+    print(f"{'POOL':<14} {'ADDRESS':<26} {'DAY':>4} {'WARMUP%':>7} {'STATUS':<11} "
+          f"{'SENT':>8} {'CAP':>8} {'PER PROVIDER':>12}  BY PROVIDER")
+    for item in pools:
+        caps = item["caps"]
+        sent = item["sent_today"]
+        by_provider = ", ".join(f"{p}={n}" for p, n in sent["by_provider"].items()) or "-"
+        print(f"{item['PoolName']:<14} {item['Ip']:<26} {item['day']:>4} "
+              f"{item['WarmupPercentage']:>6}% {item['WarmupStatus']:<11} "
+              f"{sent['total']:>8} {caps['total'] if caps else '-':>8} "
+              f"{caps['per_provider'] if caps else '-':>12}  {by_provider}")

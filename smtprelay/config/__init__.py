@@ -9,6 +9,7 @@ which SIGHUP swaps). The rest of smtprelay imports from here, not from the modul
 
 from smtprelay.config.accounts import SANDBOX_QUOTA, IdentityConfig, QuotaConfig
 from smtprelay.config.delivery import DelayConfig, RetryConfig
+from smtprelay.config.ip_pools import IpPoolConfig, PoolAddressConfig, WarmupConfig
 from smtprelay.config.lists import (
     NAME_PATTERN,
     ContactListConfig,
@@ -59,16 +60,19 @@ __all__ = [
     "HTTPConfig",
     "IdentityConfig",
     "ImageProxyRule",
+    "IpPoolConfig",
     "LimitsConfig",
     "ListenerConfig",
     "LoadedConfig",
     "MachineDetectionConfig",
+    "PoolAddressConfig",
     "QuotaConfig",
     "RateThresholds",
     "ReputationConfig",
     "RetryConfig",
     "SubscriptionStatus",
     "TopicConfig",
+    "WarmupConfig",
     "check_domain",
     "check_name",
     "check_selector",

@@ -104,6 +104,9 @@ class DeliveryConfig(Model):
     port: int = Field(default=25, ge=1, le=65535)
     # The name sent in EHLO; default: server.hostname.
     helo_name: str | None = None
+    # The IP pool (ip_pools.<name>) mail leaves from when its configuration set names
+    # none; null: the host's own choice of source address, with helo_name.
+    ip_pool: str | None = None
     dns: DeliveryDNSConfig = Field(default_factory=DeliveryDNSConfig)
     smarthost: SmarthostConfig | None = None
     # opportunistic: STARTTLS when offered, certificate not checked, clear otherwise.

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from smtprelay.config.accounts import AccountConfig, IdentityConfig
 from smtprelay.config.api import APIConfig
 from smtprelay.config.delivery import DeliveryConfig
+from smtprelay.config.ip_pools import IpPoolConfig, check_pool_names
 from smtprelay.config.lists import ContactListConfig, check_list_names
 from smtprelay.config.server import (
     AuthConfig,
@@ -50,6 +51,7 @@ class Config(Model):
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     tracking_domains: dict[str, TrackingDomainConfig] = Field(default_factory=dict)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    ip_pools: dict[str, IpPoolConfig] = Field(default_factory=dict)
     http: HTTPConfig = Field(default_factory=HTTPConfig)
     api: APIConfig = Field(default_factory=APIConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -213,9 +215,34 @@ class Config(Model):
                         f"account {name_a!r}; a client address must map to one account"
                     )
         problems.extend(tls_reporting_problems(self.delivery.tls_reporting, self.accounts))
+        problems.extend(self._pool_problems())
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _pool_problems(self) -> list[str]:
+        problems = check_pool_names(list(self.ip_pools))
+        named = [("delivery.ip_pool", self.delivery.ip_pool)] + [
+            (f"configuration_sets.{name}.delivery.ip_pool", settings.delivery.ip_pool)
+            for name, settings in self.configuration_sets.items()]
+        for key, pool_name in named:
+            if pool_name is not None and pool_name not in self.ip_pools:
+                problems.append(f"{key}: {pool_name!r} is not defined under ip_pools; define the "
+                                "pool there or name one of " + (
+                                    ", ".join(sorted(self.ip_pools)) or "(none defined)"))
+        owner: dict[str, str] = {}
+        for name, pool in self.ip_pools.items():
+            for entry in pool.addresses:
+                first = owner.setdefault(entry.address, name)
+                if first != name:
+                    problems.append(
+                        f"ip_pools.{name}.addresses: {entry.address} is already in pool "
+                        f"{first!r}; an address warms up once, so it belongs to one pool")
+        if self.ip_pools and self.delivery.mode == "smarthost":
+            problems.append("ip_pools: pools choose the source address towards MX hosts; "
+                            "delivery.mode is smarthost, where the smarthost picks them. "
+                            "Remove ip_pools or use mode mx")
+        return problems
 
     # Paths derived from data_dir, kept here so every module agrees on the layout.
     def may_use_set(self, account: str, set_name: str) -> bool:

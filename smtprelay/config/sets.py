@@ -154,6 +154,12 @@ class EventDestinationConfig(Model):
         return self.enabled and (self.event_types == "all" or event_type in self.event_types)
 
 
+class SetDeliveryConfig(Model):
+    # The IP pool (ip_pools.<name>) this set's mail leaves from; default: the
+    # relay-wide delivery.ip_pool.
+    ip_pool: str | None = None
+
+
 class ConfigurationSetConfig(Model):
     # Who may use the set (one tenant never uses another's): these accounts; by
     # default (null) the accounts whose default_configuration_set it is; shared: true
@@ -167,6 +173,7 @@ class ConfigurationSetConfig(Model):
     # the queue instead); a set only tightens delivery.tls; default: delivery.tls.
     tls: Literal["opportunistic", "require", "require_encrypted",
                  "require_verified"] | None = None
+    delivery: SetDeliveryConfig = Field(default_factory=SetDeliveryConfig)
     suppression: SetSuppressionConfig = Field(default_factory=SetSuppressionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     unsubscribe: UnsubscribeConfig = Field(default_factory=UnsubscribeConfig)

@@ -114,6 +114,9 @@ class ClientSettings:
     @property
     def requires_tls(self) -> bool:
         return self.tls.requires_tls or bool(self.tlsa)
+    # The local address connections leave from (an IP pool's, delivery.ip_pools); None:
+    # the host's routing picks it. Part of the connection-cache key with the rest.
+    source_address: str | None = None
 
 
 # A diagnostic that already names its RFC 3464 type ("smtp; 550 ...", "x-dns; ...").
@@ -344,7 +347,9 @@ class Connection:
                 self._reader, self._writer = await asyncio.open_connection(
                     self.destination.address, settings.port, limit=_LINE_LIMIT,
                     ssl=ctx if implicit else None,
-                    server_hostname=self._sni if implicit else None)
+                    server_hostname=self._sni if implicit else None,
+                    local_addr=(settings.source_address, 0)
+                    if settings.source_address is not None else None)
         # TimeoutError and SSLError are OSErrors too: the order matters.
         except TimeoutError:
             raise self._connect_error("4.4.1", "timed out") from None

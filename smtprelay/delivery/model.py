@@ -96,6 +96,10 @@ class RecipientResult:
     # Our end of the connection the result came over ("192.0.2.1"): SES's
     # ses:outgoing-ip tag. None when no connection was made.
     outgoing_ip: str | None = None
+    # SES's delayType when the transport knows it (SendingDeferral: the relay held the
+    # mail back itself, as for an IP pool's warm-up caps); None: retry.delay_type
+    # reads it from the reply.
+    delay_type: str | None = None
 
 
 def same_result(recipients: Iterable[str], verdict: Verdict, status: str, diagnostic: str, *,

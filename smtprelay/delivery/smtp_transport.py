@@ -24,6 +24,7 @@ from typing import Protocol
 from smtprelay.config import Config, ConfigSource, Derived
 from smtprelay.delivery.client import ClientSettings, ConnectError, Connection, TLSPolicy
 from smtprelay.delivery.dns import MXResolver, MXResult, Resolution
+from smtprelay.delivery.ip_pools import SourceChooser, Wait
 from smtprelay.delivery.model import (
     Destination,
     RecipientResult,
@@ -134,11 +135,13 @@ class _Settings:
 
 class SMTPTransport:
     def __init__(self, live: TransportSource, resolver: MXResolver,
-                 pool: ConnectionPool, *,
+                 pool: ConnectionPool, sources: SourceChooser | None = None, *,
                  on_tls_outcome: Callable[[TLSOutcome], None] | None = None,
                  planner: TLSPlanner | None = None) -> None:
         self._resolver = resolver
         self._pool = pool
+        # The IP pools' source addresses and warm-up (None: the host picks the source).
+        self.sources = sources
         # Each session opened to an MX host, told to TLS reporting (RFC 8460).
         self._on_tls_outcome = on_tls_outcome
         # DANE and MTA-STS, decided per MX host before connecting (mx mode only).
@@ -183,12 +186,28 @@ class SMTPTransport:
             return same_result(txn.recipients, verdict, found.status, f"x-dns; {found.reason}")
         route = self._route(message, domain, settings)
         destinations = found.destinations[:MAX_HOSTS_TRIED]
+        sources, source = self.sources, None
+        if sources is not None and settings.smarthost is None:
+            # The set's IP pool, if any: its address and HELO name, within its warm-up.
+            picked, destinations = await sources.for_transaction(
+                settings.config, message, destinations, len(txn.recipients))
+            if isinstance(picked, Wait):
+                return picked.results(txn.recipients)
+            if picked is not None:
+                source = picked
+                route = dataclasses.replace(route, settings=source.settings(route.settings))
         if settings.smarthost is None:
             plans = await self._planner.plan(domain, route.settings, destinations)
         else:  # the smarthost is not the recipient's MX: its policies do not apply
             plans = [HostPlan(route.settings) for _ in destinations]
-        async with self._pool.domain_slot(route.slot, route.limit):
-            return await self._try_hosts(destinations, route, txn, plans)
+        results: list[RecipientResult] | None = None
+        try:
+            async with self._pool.domain_slot(route.slot, route.limit):
+                results = await self._try_hosts(destinations, route, txn, plans)
+                return results
+        finally:
+            if sources is not None and source is not None:
+                await sources.settle(source, results)
 
     async def _try_hosts(self, destinations: tuple[Destination, ...], route: _Route,
                          txn: Transaction, plans: list[HostPlan] | None = None

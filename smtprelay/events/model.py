@@ -90,6 +90,9 @@ class DelayType(StrEnum):
     IP_FAILURE = "IPFailure"
     TRANSIENT_COMMUNICATION_FAILURE = "TransientCommunicationFailure"
     BYOIP_HOST_NAME_LOOKUP_UNAVAILABLE = "BYOIPHostNameLookupUnavailable"
+    # Held back by the relay itself (SES: "deemed it appropriate to internally defer
+    # the message"): an IP pool's warm-up caps (delivery.ip_pools).
+    SENDING_DEFERRAL = "SendingDeferral"
     UNDETERMINED = "Undetermined"
 
 

@@ -55,6 +55,7 @@ from smtprelay.http import admin_auth, openapi
 from smtprelay.http.tracking import client_ip, parse_ip
 from smtprelay.infra import metrics
 from smtprelay.operations import contacts as contact_ops
+from smtprelay.operations import ip_pools as pool_ops
 from smtprelay.operations import nodes as nodes_ops
 from smtprelay.operations import pauses as pause_ops
 from smtprelay.operations import queue as queue_ops
@@ -76,6 +77,8 @@ from smtprelay.policy.reputation import Judgement
 from smtprelay.policy.suppression import REASONS, Reason, SuppressionStore, address_problem
 from smtprelay.spool import set_stats
 from smtprelay.spool.store import MessageFilter, Spool
+from smtprelay.state.api import StateUnavailable
+from smtprelay.state.warmup import WarmupCounters
 
 log = logging.getLogger("smtprelay.http.admin")
 
@@ -173,6 +176,8 @@ class AdminServices:
     # Statistics: the spool's own (None), or the whole cluster's (spool.cluster_stats).
     counters: set_stats.Counters | None = None
     node: NodeControl | None = None  # drain and the cluster's nodes (None: not offered)
+    # The IP pools' warm-up counters (None: the /ip-pools routes answer 404).
+    warmup: WarmupCounters | None = None
 
 
 # -- query and body parsing ---------------------------------------------------------------
@@ -347,6 +352,10 @@ class AdminAPI:
         r.add_post(f"{PREFIX}/node/drain", self.node_drain)
         r.add_post(f"{PREFIX}/node/undrain", self.node_undrain)
         r.add_get(f"{PREFIX}/cluster/nodes", self.cluster_nodes)
+        pools = f"{PREFIX}/ip-pools"
+        r.add_get(pools, self.ip_pools)
+        r.add_get(f"{pools}/{{pool}}", self.ip_pool)
+        r.add_put(f"{pools}/{{pool}}/addresses/{{ip}}/warmup", self.ip_warmup_put)
         accounts = f"{PREFIX}/accounts"
         r.add_get(accounts, self.accounts_list)
         r.add_get(f"{accounts}/{{account}}", self.account_get)
@@ -574,6 +583,49 @@ class AdminAPI:
         except (RedisError, OSError) as exc:
             _fail(503, f"the store does not answer: {exc}")
         return web.json_response({"items": found})
+
+    # -- IP pools and their warm-up --------------------------------------------------------
+
+    def _warmup(self) -> WarmupCounters:
+        if self._services.warmup is None:
+            _fail(404, "this relay does not keep warm-up counters")
+        assert self._services.warmup is not None
+        return self._services.warmup
+
+    async def _pool_items(self, pool: str | None) -> web.Response:
+        try:
+            found = await pool_ops.report(self._services.live.config, self._warmup(),
+                                          now=self._clock(), pool=pool)
+        except StateUnavailable as exc:
+            _fail(503, f"the warm-up counters cannot be read: {exc}")
+        return web.json_response({"items": [pool_ops.progress_json(p) for p in found]})
+
+    async def ip_pools(self, _request: web.Request) -> web.Response:
+        """Every pool address's warm-up: day, WarmupPercentage, WarmupStatus, today's
+        caps and what it sent today per mailbox provider."""
+        return await self._pool_items(None)
+
+    async def ip_pool(self, request: web.Request) -> web.Response:
+        return await self._pool_items(request.match_info["pool"])
+
+    async def ip_warmup_put(self, request: web.Request) -> web.Response:
+        """Put an address on a day of its warm-up (1 restarts it; days + 1 ends it)."""
+        config = self._services.live.config
+        pool = request.match_info["pool"]
+        address = request.match_info["ip"]
+        pool_ops.check_pool(config, pool)
+        body = await read_body(request, {"day": int})
+        day = body.get("day")
+        if day is None or isinstance(day, bool):
+            _fail(422, "day is required: a whole number, 1 for the warm-up's first day")
+        try:
+            changed = await pool_ops.set_day(config, self._warmup(), pool, address, day,
+                                             now=self._clock())
+        except StateUnavailable as exc:
+            _fail(503, f"the warm-up counters cannot be changed: {exc}")
+        log.info("admin api: ip pool=%s address=%s put on warm-up day %d", pool, address,
+                 day)
+        return web.json_response(pool_ops.progress_json(changed))
 
     # -- contact lists (SES's list management) ------------------------------------------------
     #

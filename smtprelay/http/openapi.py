@@ -77,6 +77,8 @@ _MESSAGE_ID = _param("message_id", "path", {"type": "string", "minLength": 1},
                      "The relay's message id, as in the `250 Ok <id>` reply.")
 _SET_NAME = _param("name", "path", {"type": "string", "minLength": 1},
                    "A configuration set's name.")
+_POOL = _param("pool", "path", {"type": "string", "minLength": 1},
+               "An IP pool under `ip_pools` in the configuration.")
 _LIST = _param("list", "path", {"type": "string", "minLength": 1},
                "A contact list under `contact_lists` in the configuration.")
 _CONTACT_ADDRESS = _param("address", "path", {"type": "string", "minLength": 1},
@@ -441,6 +443,47 @@ _SCHEMAS: dict[str, Any] = {
             "required": ["node", "alive"]}}},
         "required": ["items"], "additionalProperties": False,
     },
+    "PoolAddress": {
+        "type": "object",
+        "description": "A pool address's warm-up (docs/ip-pools.md); SES's field names "
+                       "where SES has one.",
+        "properties": {
+            "Ip": {"type": "string"}, "Helo": {"type": "string"},
+            "PoolName": {"type": "string"},
+            "WarmupStatus": {"enum": ["IN_PROGRESS", "DONE"]},
+            "WarmupPercentage": {"type": "integer", "minimum": 0, "maximum": 100},
+            "day": {"type": "integer", "minimum": 1,
+                    "description": "The warm-up day the address is on (1: its first)"},
+            "started": _nullable({"type": "string", "format": "date",
+                                  "description": "The UTC date of day 1; null before the "
+                                                 "address first sent"}),
+            "caps": _nullable({
+                "type": "object", "description": "Today's caps; null once warm",
+                "properties": {"total": {"type": "integer", "minimum": 1},
+                               "per_provider": {"type": "integer", "minimum": 1}},
+                "required": ["total", "per_provider"], "additionalProperties": False}),
+            "sent_today": {
+                "type": "object",
+                "properties": {"total": {"type": "integer", "minimum": 0},
+                               "by_provider": {"type": "object", "additionalProperties": {
+                                   "type": "integer", "minimum": 0}}},
+                "required": ["total", "by_provider"], "additionalProperties": False},
+        },
+        "required": ["Ip", "Helo", "PoolName", "WarmupStatus", "WarmupPercentage", "day",
+                     "started", "caps", "sent_today"],
+        "additionalProperties": False,
+    },
+    "PoolAddresses": {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": _ref("PoolAddress")}},
+        "required": ["items"], "additionalProperties": False,
+    },
+    "WarmupDay": {
+        "type": "object",
+        "properties": {"day": {"type": "integer", "minimum": 1, "maximum": 366,
+                               "description": "1 restarts the warm-up; days + 1 ends it"}},
+        "required": ["day"], "additionalProperties": False,
+    },
     "StatsReport": {
         "type": "object",
         "properties": {
@@ -696,6 +739,26 @@ _PATHS: dict[str, Any] = {
         "operationId": "undrainNode",
         "summary": "End a drain: accept again.",
         "responses": {**_ok("The node, accepting.", "NodeStatus"), **_errors()}}},
+    "/ip-pools": {"get": {
+        "operationId": "listPoolAddresses",
+        "summary": "Every IP pool address's warm-up: day, WarmupPercentage, WarmupStatus, "
+                   "today's caps and what it sent today per mailbox provider.",
+        "responses": {**_ok("The addresses.", "PoolAddresses"), **_errors(404, 503)}}},
+    "/ip-pools/{pool}": {"get": {
+        "operationId": "getPool",
+        "summary": "One pool's addresses and their warm-up.",
+        "parameters": [_POOL],
+        "responses": {**_ok("The pool's addresses.", "PoolAddresses"),
+                      **_errors(404, 503)}}},
+    "/ip-pools/{pool}/addresses/{ip}/warmup": {"put": {
+        "operationId": "putWarmupDay",
+        "summary": "Put an address on a day of its warm-up, from today (SES's Edit warm "
+                   "up): 1 restarts it, days + 1 ends it.",
+        "parameters": [_POOL, _param("ip", "path", {"type": "string", "minLength": 1},
+                                     "The address, as written under the pool's addresses.")],
+        "requestBody": _body("WarmupDay", required=True),
+        "responses": {**_ok("The address's warm-up now.", "PoolAddress"),
+                      **_errors(400, 404, 413, 415, 422, 503)}}},
     "/cluster/nodes": {"get": {
         "operationId": "listClusterNodes",
         "summary": "Every node sharing the store (store: redis), from their heartbeats; "

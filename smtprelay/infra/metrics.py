@@ -103,6 +103,22 @@ DEFERRALS = Counter(
 DELAYS = Counter("smtprelay_delivery_delays_total", "DeliveryDelay records, by SES delay type",
                  ["type"])
 DSNS = Counter("smtprelay_dsns_total", "Bounce messages (RFC 3464 DSNs) queued to senders")
+# The IP pools' warm-up (delivery.ip_pools), refreshed every few seconds by the daemon.
+WARMUP_PERCENTAGE = Gauge(
+    "smtprelay_warmup_percentage",
+    "SES's WarmupPercentage of a pool address: 0 on its first day, 100 once warm",
+    ["pool", "address"])
+WARMUP_DAY = Gauge("smtprelay_warmup_day", "The day of its warm-up a pool address is on",
+                   ["pool", "address"])
+WARMUP_CAP = Gauge(
+    "smtprelay_warmup_cap_today",
+    "Today's warm-up cap of a pool address, in all (scope=total) and per mailbox provider "
+    "(scope=per_provider); absent once the address is warm",
+    ["pool", "address", "scope"])
+WARMUP_SENT_TODAY = Gauge(
+    "smtprelay_warmup_sent_today",
+    "Recipients sent today (UTC) from a pool address, per mailbox provider",
+    ["pool", "address", "provider"])
 QUEUE_AGE_SECONDS = Histogram(
     "smtprelay_queue_age_seconds",
     "Age of a recipient (time since acceptance) at each delivery attempt",

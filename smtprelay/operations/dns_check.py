@@ -13,7 +13,10 @@ answer into a finding that says what to publish:
   relay is the usual mistake, so the record is evaluated with RFC 7208 check_host;
   our evaluator rather than pyspf, so that lookups go through the same configured
   resolver and async loop, and each verdict says which term decided it;
-- DMARC, the MAIL FROM MX, and the tracking hosts' addresses.
+- DMARC, the MAIL FROM MX, and the tracking hosts' addresses;
+- each IP pool address's PTR record, forward-confirmed (FCrDNS: an A/AAAA record of
+  the PTR name holds the address) and naming the address's HELO name, as receivers
+  check a sending IP (the pool addresses are also the ones SPF must authorise).
 
 A lookup that fails (timeout, SERVFAIL) is reported as a failed lookup, never as a
 missing record: telling an operator to publish what is already there is worse than
@@ -609,6 +612,8 @@ class Plan:
     smarthost: bool
     nameservers: tuple[str, ...]
     timeout: float
+    # The IP pools' addresses: (address, HELO name, the config key naming them).
+    pool_addresses: tuple[tuple[IPAddress, str, str], ...] = ()
 
 
 def plan(config: Config, domain: str, *, ips: Sequence[str] = (),
@@ -653,7 +658,10 @@ def plan(config: Config, domain: str, *, ips: Sequence[str] = (),
                 config.server.hostname, addresses, tuple(sorted(tracking.items())),
                 config.delivery.mode == "smarthost",
                 tuple(nameservers or config.delivery.dns.nameservers),
-                config.delivery.dns.timeout)
+                config.delivery.dns.timeout,
+                tuple((_address(entry.address), entry.helo, f"ip_pools.{name}.addresses[{i}]")
+                      for name, pool in config.ip_pools.items()
+                      for i, entry in enumerate(pool.addresses)))
 
 
 async def run(checks: Plan, lookups: Lookups | None = None) -> list[Finding]:
@@ -677,6 +685,8 @@ async def run(checks: Plan, lookups: Lookups | None = None) -> list[Finding]:
         tasks.append(_spf(lookups, "mail-from-spf", mail_from, ips, checks.hostname, key))
     tasks.extend(_tracking(lookups, host, key, checks.hostname)
                  for host, key in checks.tracking_hosts)
+    tasks.extend(_pool_ptr(lookups, address, helo, key)
+                 for address, helo, key in checks.pool_addresses)
     found: list[Finding] = await asyncio.gather(*tasks)
     return [addresses, *found]
 
@@ -697,6 +707,12 @@ async def _sending_addresses(lookups: Lookups,
         shown = ", ".join(str(ip) for ip in checks.ips)
         return Finding("addresses", "ok", checks.hostname,
                        f"SPF is checked for the addresses given with --ip: {shown}"), checks.ips
+    if checks.pool_addresses:
+        ips = tuple(dict.fromkeys(address for address, _, _ in checks.pool_addresses))
+        shown = ", ".join(str(ip) for ip in ips)
+        return Finding("addresses", "ok", checks.hostname,
+                       f"SPF is checked for the IP pools' addresses: {shown} (--ip ADDR "
+                       "checks others)", config_key="ip_pools"), ips
     how = "give the relay's outbound addresses with --ip ADDR (repeat for each)"
     if checks.smarthost:
         return Finding("addresses", "warning", checks.hostname,
@@ -985,3 +1001,48 @@ async def _tracking(lookups: Lookups, host: str, config_key: str, hostname: str)
                    "point the name at the host serving the relay's HTTP listener (or the "
                    "proxy in front of it), e.g. with the CNAME below",
                    (record("CNAME", host, f"{hostname}."),), config_key)
+
+
+async def _pool_ptr(lookups: Lookups, address: IPAddress, helo: str,
+                    config_key: str) -> Finding:
+    """A pool address's reverse DNS: a PTR record, forward-confirmed, naming its HELO."""
+    reverse = _show(dns.reversename.from_address(str(address)))
+    answer = await lookups.query(reverse, "PTR")
+    publish = (record("PTR", reverse, f"{helo}."),)
+    if answer.kind is Kind.FAILED:
+        return Finding("ptr", "error", reverse, f"PTR lookup failed: {answer.detail}",
+                       "check the nameservers (delivery.dns.nameservers or --nameserver)",
+                       config_key=config_key)
+    if not answer.values:
+        return Finding("ptr", "error", reverse,
+                       f"no PTR record for {address}: receivers refuse or junk mail from "
+                       "an address without reverse DNS",
+                       f"ask whoever runs {address}'s network (the hosting provider) for "
+                       f"the PTR record below, naming the HELO name {helo}", publish,
+                       config_key)
+    confirmed: list[str] = []
+    failed: list[str] = []
+    for name in answer.values:
+        forward = await lookups.query(name, "AAAA" if address.version == 6 else "A")
+        if forward.kind is Kind.FAILED:
+            failed.append(f"{name}: lookup failed: {forward.detail}")
+        elif str(address) in {str(_address(v)) for v in forward.values}:
+            confirmed.append(name)
+    names = ", ".join(answer.values)
+    if not confirmed:
+        why = "; ".join(failed) or (f"no {'AAAA' if address.version == 6 else 'A'} record "
+                                    f"of {names} holds {address}")
+        return Finding("ptr", "error", reverse,
+                       f"PTR {names}, not forward-confirmed ({why})",
+                       f"publish the address record below, so that the PTR name leads "
+                       f"back to {address}",
+                       tuple(record("AAAA" if address.version == 6 else "A", name, str(address))
+                             for name in answer.values), config_key)
+    if helo not in confirmed:
+        return Finding("ptr", "warning", reverse,
+                       f"PTR {names} (forward-confirmed), but the address says EHLO {helo}",
+                       f"set {config_key}.helo to {confirmed[0]}, or change the PTR record "
+                       f"to {helo} (and give {helo} the address)", publish, config_key)
+    return Finding("ptr", "ok", reverse,
+                   f"PTR {helo}, forward-confirmed to {address}, the address's HELO name",
+                   config_key=config_key)

@@ -49,6 +49,7 @@ from smtprelay.state.api import (
 from smtprelay.state.leases import LEASE_TTL, RedisLeases
 from smtprelay.state.local import LocalState
 from smtprelay.state.usage import MINUTE, WINDOW
+from smtprelay.state.warmup_redis import RedisWarmup
 
 # A node's held recipients stop counting this long after its last reservation or
 # settlement: reservations last from DATA to the spool's commit, seconds.
@@ -321,6 +322,10 @@ class RedisState:
     def leases(self, ttl: float = LEASE_TTL) -> RedisLeases:
         """The node's outbound connection leases, on this state's server and prefix."""
         return RedisLeases(self._redis, node=self._node, prefix=self._prefix, ttl=ttl)
+
+    def warmup(self) -> RedisWarmup:
+        """The IP pools' warm-up counters, on this state's server and prefix."""
+        return RedisWarmup(self._redis, self._prefix)
 
     async def heartbeat(self, status: dict[str, Any]) -> None:
         """This node's heartbeat, for `smtprelay cluster status` (state.nodes)."""

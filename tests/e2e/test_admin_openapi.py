@@ -33,7 +33,7 @@ from tests.support import RunningRelay, relay_fixture
 # Per operation and pass; ADMIN_API_EXAMPLES=500 for a long hunt.
 EXAMPLES = int(os.environ.get("ADMIN_API_EXAMPLES", "25"))
 AUTH = {"Authorization": f"Bearer {SECRET}"}
-OPERATIONS = 31
+OPERATIONS = 34
 LISTS = {"news": {"account": "acme", "unsubscribe_domain": "links.test", "topics": [
     {"name": "sports", "display_name": "Sports", "default_subscription_status": "OPT_IN"},
     {"name": "daily", "display_name": "Daily", "default_subscription_status": "OPT_OUT"}]}}
