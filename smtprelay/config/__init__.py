@@ -33,6 +33,7 @@ from smtprelay.config.sets import (
     ReputationConfig,
     is_simulator_address,
 )
+from smtprelay.config.shaping import DestinationConfig, ShapingConfig
 from smtprelay.config.source import ConfigSource, Derived
 from smtprelay.config.values import (
     Duration,
@@ -54,6 +55,7 @@ __all__ = [
     "ContactListConfig",
     "DelayConfig",
     "Derived",
+    "DestinationConfig",
     "Duration",
     "EventDestinationConfig",
     "HTTPConfig",
@@ -67,6 +69,7 @@ __all__ = [
     "RateThresholds",
     "ReputationConfig",
     "RetryConfig",
+    "ShapingConfig",
     "SubscriptionStatus",
     "TopicConfig",
     "check_domain",

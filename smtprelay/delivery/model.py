@@ -96,6 +96,9 @@ class RecipientResult:
     # Our end of the connection the result came over ("192.0.2.1"): SES's
     # ses:outgoing-ip tag. None when no connection was made.
     outgoing_ip: str | None = None
+    # SES's DeliveryDelay delayType when the transport knows it (the relay held the
+    # message back itself: "SendingDeferral"); None: read from the reply (retry.delay_type).
+    delay_type: str | None = None
 
 
 def same_result(recipients: Iterable[str], verdict: Verdict, status: str, diagnostic: str, *,

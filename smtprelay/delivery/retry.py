@@ -43,6 +43,8 @@ _IP = re.compile(r"block ?list|blacklist|blocked|rbl|rate limit|too many (connec
 
 def delay_type(result: RecipientResult) -> str:
     """The SES DeliveryDelay delayType for a temporary failure."""
+    if result.delay_type is not None:
+        return result.delay_type
     status = result.status
     text = result.diagnostic
     if status == "4.2.2" or _MAILBOX_FULL.search(text):

@@ -10,14 +10,23 @@ the transaction's results are final for this attempt: a session that breaks
 mid-transaction defers its recipients rather than re-sending them elsewhere, except
 when a cached session turns out to have died while idle before the body went out,
 which is retried once on a fresh session.
+
+Traffic shaping (delivery.shaping, smtprelay.delivery.shaping) sits around that: the
+provider is read off the first MX host; a suspended provider defers the transaction
+before anything else, the rate limits of the recipient domain and of the provider for
+the source address are waited for (or defer) once a domain slot is held, the pool keeps
+to the provider's connections and messages per connection, and the replies go through
+the provider's rules.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Hashable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from smtprelay.config import Config, ConfigSource, Derived
@@ -31,6 +40,8 @@ from smtprelay.delivery.model import (
     same_result,
 )
 from smtprelay.delivery.pool import ConnectionPool
+from smtprelay.delivery.providers import ProviderTableError, load_table
+from smtprelay.delivery.shaping import Lane, Shaper
 from smtprelay.infra import metrics
 from smtprelay.spool.model import QueuedMessage
 
@@ -123,12 +134,41 @@ class _Settings:
 
 class SMTPTransport:
     def __init__(self, live: TransportSource, resolver: MXResolver,
-                 pool: ConnectionPool) -> None:
+                 pool: ConnectionPool, shaper: Shaper | None = None) -> None:
         self._resolver = resolver
         self._pool = pool
         # TLS policies, timeouts and the smarthost follow a reload (SIGHUP).
         self._settings = Derived(live, lambda config: _Settings.of(config,
                                                                    live.smarthost_password))
+        # Kept across reloads: what was counted and who is suspended outlive a SIGHUP.
+        self.shaper = shaper or Shaper()
+        self._table_loads: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._shaping = Derived(live, self._configure_shaping)
+        self._started = True
+
+    def _configure_shaping(self, config: Config) -> Config:
+        shaping = config.delivery.shaping
+        enabled = shaping.enabled and config.delivery.mode == "mx"
+        self.shaper.configure(enabled=enabled, destinations=config.delivery.destinations)
+        if not enabled:
+            return config
+        if not self._started:
+            # At start, before any delivery: read now (preflight has read it already).
+            self._use_table(shaping.rules_file)
+        else:  # a reload, with deliveries running: read in a thread
+            task = asyncio.get_running_loop().create_task(
+                asyncio.to_thread(self._use_table, shaping.rules_file))
+            self._table_loads.add(task)
+            task.add_done_callback(self._table_loads.discard)
+        return config
+
+    def _use_table(self, rules_file: Path | None) -> None:
+        try:
+            self.shaper.use_table(load_table(rules_file))
+        except ProviderTableError as exc:
+            log.error("delivery.shaping.rules_file: %s; keeping the provider table in "
+                      "force", exc)
 
     # ------------------------------------------------------------------ routing
 
@@ -144,8 +184,20 @@ class SMTPTransport:
     def _route(self, message: QueuedMessage, domain: str, settings: _Settings) -> _Route:
         if settings.smarthost is not None:
             return settings.smarthost
+        delivery = settings.config.delivery
+        destination = delivery.destinations.get(domain)
+        limit = (destination.max_connections if destination is not None
+                 and destination.max_connections is not None
+                 else delivery.max_connections_per_domain)
         return _Route(settings.mx[self._tls_policy(message, settings.config)], slot=domain,
-                      limit=settings.config.delivery.max_connections_per_domain)
+                      limit=limit)
+
+    def _source(self, settings: ClientSettings) -> str | None:
+        """The source address sessions with these settings leave from (None: the host's
+        default), which providers judge a sender by. Read by name: the settings carry
+        it once outgoing addresses are chosen (delivery.ip_pools)."""
+        source: str | None = getattr(settings, "source_address", None)
+        return source
 
     async def _destinations(self, domain: str, settings: _Settings) -> MXResult:
         smarthost = settings.config.delivery.smarthost
@@ -164,11 +216,24 @@ class SMTPTransport:
                        else Verdict.DEFERRED)
             return same_result(txn.recipients, verdict, found.status, f"x-dns; {found.reason}")
         route = self._route(message, domain, settings)
+        self._shaping()
+        shaper = self.shaper
+        lane = shaper.lane(found.destinations[0].host, self._source(route.settings))
+        held = shaper.suspended(lane)
+        if held is not None:
+            return held.results(txn.recipients)
         async with self._pool.domain_slot(route.slot, route.limit):
-            return await self._try_hosts(found.destinations[:MAX_HOSTS_TRIED], route, txn)
+            held = await shaper.admit(domain, lane)
+            if held is not None:
+                return held.results(txn.recipients)
+            return await self._try_hosts(found.destinations[:MAX_HOSTS_TRIED], route, txn,
+                                         lane)
 
     async def _try_hosts(self, destinations: tuple[Destination, ...], route: _Route,
-                         txn: Transaction) -> list[RecipientResult]:
+                         txn: Transaction, lane: Lane | None = None
+                         ) -> list[RecipientResult]:
+        group = lane.group if lane is not None else None
+        per_connection = lane.messages_per_connection if lane is not None else None
         errors: list[ConnectError] = []
         for destination in destinations:
             key: Hashable = (destination.address, destination.host, route.settings)
@@ -184,31 +249,36 @@ class SMTPTransport:
                              conn.remote_mta)
                     self._pool.forget(conn)
                 else:
-                    await self._pool.release(key, conn)
-                    return results
-            lease = await self._pool.reserve(route.slot, route.limit)
+                    await self._pool.release(key, conn, per_connection)
+                    return self.shaper.after(lane, results)
+            lease = await self._pool.reserve(
+                route.slot, route.limit, group=group,
+                group_limit=lane.connections if lane is not None else None)
             try:
                 conn = await Connection.open(destination, route.settings)
             except ConnectError as exc:
-                await self._pool.unreserve(lease)
+                await self._pool.unreserve(lease, group)
                 metrics.OUTBOUND_CONNECTS.labels(result="failed").inc()
                 log.info("%s unusable: %s", f"{destination.host} [{destination.address}]",
                          exc.diagnostic)
                 errors.append(exc)
+                if lane is not None and self.shaper.observe(lane, exc.code, exc.status,
+                                                            exc.diagnostic):
+                    break  # the provider is suspended for us: its other hosts too
                 continue
             except BaseException:
-                await self._pool.unreserve(lease)
+                await self._pool.unreserve(lease, group)
                 raise
-            self._pool.opened(conn, lease)
+            self._pool.opened(conn, lease, group)
             metrics.OUTBOUND_CONNECTS.labels(result="ok").inc()
             try:
                 results = await conn.send(txn)
             except BaseException:
                 self._pool.forget(conn)
                 raise
-            await self._pool.release(key, conn)
-            return results
-        return self._all_failed(errors, txn)
+            await self._pool.release(key, conn, per_connection)
+            return self.shaper.after(lane, results)
+        return self.shaper.held_back(lane, self._all_failed(errors, txn))
 
     @staticmethod
     def _died_idle(conn: Connection, results: list[RecipientResult]) -> bool:
