@@ -255,6 +255,8 @@ class Shaper:
     async def admit(self, domain: str, lane: Lane | None) -> Deferral | None:
         """Wait for room under the domain's and the lane's rates (at most MAX_WAIT) and
         book the transaction; or a deferral until there will be room."""
+        if lane is not None:
+            metrics.PROVIDER_TRANSACTIONS.labels(provider=lane.provider.name).inc()
         limits = self._destinations.get(domain)
         domain_windows: list[Window] = []
         if limits is not None:

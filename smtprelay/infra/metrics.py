@@ -142,6 +142,11 @@ SHAPING_DEFERRALS = Counter(
     "Transactions the relay deferred itself (SendingDeferral): reason suspended, "
     "provider_rate or domain_rate", ["reason"],
 )
+PROVIDER_TRANSACTIONS = Counter(
+    "smtprelay_provider_transactions_total",
+    "Transactions to a mailbox provider's hosts that shaping let through (not suspended)",
+    ["provider"],
+)
 SHAPING_WAITS = Counter(
     "smtprelay_shaping_waits_total",
     "Transactions that waited (at most 2 s) for room under a rate limit",
