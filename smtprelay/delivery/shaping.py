@@ -147,6 +147,10 @@ class Lane:
         # The pool's group key: sessions to this provider from this address.
         self.group = ("provider", provider.name, source)
         self._windows: dict[str, Window] = {}
+        # The windows as last made, and for what: remade when a reload or a throttle
+        # changes the limits, not for every transaction.
+        self._made: tuple[Provider, float, list[Window]] | None = None
+        self.transactions = metrics.PROVIDER_TRANSACTIONS.labels(provider=provider.name)
         self.suspended_until = 0.0
         self.suspended_by = ""
         self.factor = 1.0
@@ -164,10 +168,15 @@ class Lane:
         return self.provider.limits.messages_per_connection
 
     def windows(self) -> list[Window]:
+        made = self._made
+        if made is not None and made[0] is self.provider and made[1] == self.factor:
+            return made[2]
         limits = self.provider.limits
-        return _windows(self._windows, {"per_minute": limits.per_minute,
-                                        "per_hour": limits.per_hour},
-                        _PROVIDER_SPANS, self.factor)
+        windows = _windows(self._windows, {"per_minute": limits.per_minute,
+                                           "per_hour": limits.per_hour},
+                           _PROVIDER_SPANS, self.factor)
+        self._made = (self.provider, self.factor, windows)
+        return windows
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +206,7 @@ class Shaper:
         self._destinations: Mapping[str, DestinationConfig] = {}
         self._lanes: dict[tuple[str, str | None], Lane] = {}
         self._domain_windows: dict[str, dict[str, Window]] = {}
+        self._domain_made: dict[str, tuple[DestinationConfig, list[Window]]] = {}
 
     # ---------------------------------------------------------------- configuration
 
@@ -207,6 +217,7 @@ class Shaper:
         self._destinations = destinations
         for domain in [d for d in self._domain_windows if d not in destinations]:
             del self._domain_windows[domain]
+        self._domain_made.clear()
         if table is not None:
             self.use_table(table)
 
@@ -256,13 +267,8 @@ class Shaper:
         """Wait for room under the domain's and the lane's rates (at most MAX_WAIT) and
         book the transaction; or a deferral until there will be room."""
         if lane is not None:
-            metrics.PROVIDER_TRANSACTIONS.labels(provider=lane.provider.name).inc()
-        limits = self._destinations.get(domain)
-        domain_windows: list[Window] = []
-        if limits is not None:
-            domain_windows = _windows(self._domain_windows.setdefault(domain, {}), {
-                "per_second": limits.per_second, "per_minute": limits.per_minute,
-                "per_hour": limits.per_hour}, _DOMAIN_SPANS)
+            lane.transactions.inc()
+        domain_windows = self._windows_of(domain)
         lane_windows = lane.windows() if lane is not None else []
         if not domain_windows and not lane_windows:
             return None
@@ -298,6 +304,19 @@ class Shaper:
             metrics.SHAPING_WAITS.inc()
             await asyncio.sleep(wait)
         return None
+
+    def _windows_of(self, domain: str) -> list[Window]:
+        limits = self._destinations.get(domain)
+        if limits is None:
+            return []
+        made = self._domain_made.get(domain)
+        if made is not None and made[0] is limits:
+            return made[1]
+        windows = _windows(self._domain_windows.setdefault(domain, {}), {
+            "per_second": limits.per_second, "per_minute": limits.per_minute,
+            "per_hour": limits.per_hour}, _DOMAIN_SPANS)
+        self._domain_made[domain] = (limits, windows)
+        return windows
 
     # ---------------------------------------------------------------- replies
 

@@ -262,8 +262,9 @@ class SMTPTransport:
                 log.info("%s unusable: %s", f"{destination.host} [{destination.address}]",
                          exc.diagnostic)
                 errors.append(exc)
-                if lane is not None and self.shaper.observe(lane, exc.code, exc.status,
-                                                            exc.diagnostic):
+                # A refused greeting is the provider's word (a refused connection is not).
+                if (lane is not None and exc.code is not None
+                        and self.shaper.observe(lane, exc.code, exc.status, exc.diagnostic)):
                     break  # the provider is suspended for us: its other hosts too
                 continue
             except BaseException:
