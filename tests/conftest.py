@@ -31,10 +31,11 @@ settings.load_profile(HYPOTHESIS_PROFILE)
 
 
 # Fixtures for every test: dns_server (tests/dnsserver.py), the SMTP sinks that play
-# remote hosts (sinks, and the TLS they use: tests/sinks.py), a relay with the default
+# remote hosts (sinks, and the TLS they use: tests/sinks.py), unbound (a validating
+# resolver for DANE: tests/unbound.py), a relay with the default
 # test config and a credential for it; a module that needs another relay makes its own
 # with relay_fixture (tests/support.py).
-pytest_plugins = ["tests.dnsserver", "tests.redis_server", "tests.sinks"]
+pytest_plugins = ["tests.dnsserver", "tests.redis_server", "tests.sinks", "tests.unbound"]
 
 relay = relay_fixture()
 

@@ -346,13 +346,14 @@ class SinkFactory:
         self.hosting = SinkLoop()
 
     def smtp(self, script: Script | None = None, *, host: str = HOST, port: int = 0,
-             **options: Any) -> SmtpSink:
+             tls_context: ssl.SSLContext | None = None, **options: Any) -> SmtpSink:
         """A scripted aiosmtpd server; `host`/`port` pick where it listens (delivery tests
-        put several MX hosts on 127.0.0.N with one shared port, as delivery.port is one)."""
+        put several MX hosts on 127.0.0.N with one shared port, as delivery.port is one);
+        `tls_context` replaces the shared self-signed certificate (TLS policy tests)."""
         script = script or Script(**options)
         sink = SmtpSink(0, script, host)
         hosting = self.hosting
-        tls = self.tls
+        tls = tls_context or self.tls
 
         def factory() -> asyncio.BaseProtocol:
             return _RecordingSMTP(

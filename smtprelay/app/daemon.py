@@ -30,6 +30,8 @@ from smtprelay.delivery.pool import ConnectionPool
 from smtprelay.delivery.scheduler import DeliveryPolicy, Scheduler, Transport
 from smtprelay.delivery.simulator import SimulatorTransport
 from smtprelay.delivery.smtp_transport import SMTPTransport
+from smtprelay.delivery.tls_report import TLSReportCollector, TLSReportStore, database_path
+from smtprelay.delivery.tls_report_send import TLSReporter
 from smtprelay.events.engagement import EngagementRecorder
 from smtprelay.events.publisher import Publisher
 from smtprelay.events.remote import serve_engagements
@@ -73,6 +75,7 @@ from smtprelay.transform.pool import TransformPool, worker_count
 log = logging.getLogger("smtprelay")
 
 _DEPTH_REFRESH_SECONDS = 15.0
+_DEPTH_COALESCE = 0.2
 _PURGE_SECONDS = 60.0
 # Mail records (what opens, clicks and unsubscribes weeks later need for their events)
 # are kept as long as tracking tokens are honoured.
@@ -171,8 +174,15 @@ class Relay:
         self._leases_task: asyncio.Task[None] | None = None
         self._held_task: asyncio.Task[None] | None = None
         self._depth_task: asyncio.Task[None] | None = None
+        self._depth_dirty = asyncio.Event()
         self._purge_task: asyncio.Task[None] | None = None
         self._pauses_task: asyncio.Task[None] | None = None
+        # TLS reporting (delivery.tls_reporting): the counts of MX sessions, and the
+        # daily reports made of them.
+        self.tls_reports: TLSReportStore | None = None
+        self.tls_collector: TLSReportCollector | None = None
+        self.tls_reporter: TLSReporter | None = None
+        self._tls_round: asyncio.Future[Any] | None = None
 
     @property
     def config(self) -> Config:
@@ -223,6 +233,7 @@ class Relay:
         handed_back = await self.spool.recover()
         depth = await asyncio.to_thread(self.spool.pending_count)
         metrics.SPOOL_DEPTH.set(depth)
+        self.spool.on_finished = self._depth_changed
         log.info("spool opened path=%s messages=%d recovered_in_flight=%d", cfg.spool_path,
                  depth, handed_back)
         self.publisher = Publisher(self.spool, self.live)
@@ -233,6 +244,7 @@ class Relay:
         self.mail_from = MailFromChecks(self.live, MXResolver(
             dns_settings.nameservers or None, timeout=dns_settings.timeout))
         await self.mail_from.start(first_within=dns_settings.timeout + 1.0)
+        await self._start_tls_counting()
         transport = self._transport()
         if transport is not None:
             # The mailbox simulator answers its domain in every delivery mode. It wakes
@@ -255,6 +267,10 @@ class Relay:
             transform_pool=self._transform_pool,
             on_spooled=self._spooled,
             mail_from=self.mail_from, contacts=self.contacts)
+        if self.tls_reports is not None:
+            # Report messages go through the pipeline, as the account of from_address.
+            self.tls_reporter = TLSReporter(self.live, self.tls_reports, self._pipeline)
+            self.tls_reporter.start()
         # Before the feedback processor: mail to a List-Unsubscribe mailto address is
         # recorded by the same recorder as the one-click POST.
         self.engagements = EngagementRecorder(self.spool, self.contacts, self.live)
@@ -292,7 +308,9 @@ class Relay:
             await self.smtp.start()
         self.lag.start()
         self.control = ControlServer(control_path(cfg.server.data_dir), {
-            "status": self.status, "drain": self.drain, "undrain": self.undrain})
+            "status": self.status, "drain": self.drain, "undrain": self.undrain,
+            "tls-report-send": lambda: self.send_tls_reports(include_today=False),
+            "tls-report-send-today": lambda: self.send_tls_reports(include_today=True)})
         await self.control.start()
         self._depth_task = asyncio.create_task(self._refresh_depth())
         self._purge_task = asyncio.create_task(self._purge_finished())
@@ -304,6 +322,41 @@ class Relay:
         if self._mirror is not None:
             self._mirror_task = asyncio.create_task(self._mirror.run())
         self._ready = True
+
+    async def _start_tls_counting(self) -> None:
+        """With delivery.tls_reporting on: its database, and in mx mode the collector
+        the SMTP transport tells each session's TLS outcome (needs a restart)."""
+        cfg = self.config
+        if not cfg.delivery.tls_reporting.enabled or cfg.delivery.mode == "hold":
+            return
+        self.tls_reports = TLSReportStore(database_path(cfg.server.data_dir))
+        await asyncio.to_thread(self.tls_reports.open)
+        if cfg.delivery.mode == "mx":
+            self.tls_collector = TLSReportCollector(self.tls_reports)
+            self.tls_collector.start()
+        log.info("TLS reporting on: reports at %s UTC from %s",
+                 cfg.delivery.tls_reporting.send_at, cfg.delivery.tls_reporting.from_address)
+
+    async def send_tls_reports(self, *, include_today: bool,
+                               wait: float | None = 4.0) -> dict[str, Any]:
+        """`smtprelay tls-report send`: a reporting round now (app.control). Answers
+        with what it did, or that it is still at it after `wait` seconds (DNS lookups
+        and POSTs may take longer than the control socket waits; None: as long as it
+        takes)."""
+        if self.tls_reporter is None:
+            return {"error": "TLS reporting is off: set delivery.tls_reporting.enabled "
+                             "(and a delivery.mode other than hold), then restart"}
+        if self.tls_collector is not None:
+            await self.tls_collector.flush()  # the sessions of the last second too
+        if self._tls_round is None or self._tls_round.done():
+            self._tls_round = asyncio.ensure_future(
+                self.tls_reporter.send_now(include_today=include_today))
+        try:
+            result = await asyncio.wait_for(asyncio.shield(self._tls_round), wait)
+        except TimeoutError:
+            return {"running": True}
+        answer: dict[str, Any] = result.as_dict()
+        return answer
 
     def _node_control(self) -> NodeControl:
         cluster = self._cluster
@@ -418,6 +471,7 @@ class Relay:
     def _spooled(self) -> None:
         """A message is on disk (from this process or a worker)."""
         self._accepted.count += 1
+        self._depth_dirty.set()
         self._wake_scheduler()
 
     def _wake_scheduler(self) -> None:
@@ -455,14 +509,18 @@ class Relay:
         pool = ConnectionPool(max_connections=delivery.max_connections,
                               max_per_domain=delivery.max_connections_per_domain,
                               idle_timeout=delivery.idle_timeout, leases=self.leases)
-        self.transport = SMTPTransport(self.live, resolver, pool)
+        self.transport = SMTPTransport(
+            self.live, resolver, pool,
+            on_tls_outcome=self.tls_collector.record if self.tls_collector else None)
         if delivery.mode == "smarthost" and delivery.smarthost is not None:
             host = delivery.smarthost
             log.info("delivery mode=smarthost host=%s port=%d tls=%s auth=%s", host.host,
                      host.port, host.tls, "yes" if host.username else "no")
         else:
-            log.info("delivery mode=mx port=%d tls=%s nameservers=%s", delivery.port,
-                     delivery.tls, ",".join(delivery.dns.nameservers) or "system")
+            log.info("delivery mode=mx port=%d tls=%s mta_sts=%s dane=%s nameservers=%s",
+                     delivery.port, delivery.tls, "on" if delivery.mta_sts.enabled else "off",
+                     "on" if delivery.dane else "off",
+                     ",".join(delivery.dns.nameservers) or "system")
         return self.transport
 
     async def _purge_finished(self) -> None:
@@ -501,10 +559,20 @@ class Relay:
             except Exception as exc:
                 log.error("purging finished messages from the spool failed: %s", exc)
 
+    def _depth_changed(self) -> None:
+        self._depth_dirty.set()
+
     async def _refresh_depth(self) -> None:
-        # Operators delete from the queue with the CLI, outside this process.
+        """Keep smtprelay_spool_messages true: counted again soon after a message is
+        spooled (here or by a worker) or finished, and every _DEPTH_REFRESH_SECONDS
+        anyway, since operators delete from the queue with the CLI, outside this
+        process. Changes that come together are counted once (_DEPTH_COALESCE)."""
         while True:
-            await asyncio.sleep(_DEPTH_REFRESH_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_DEPTH_REFRESH_SECONDS):
+                    await self._depth_dirty.wait()
+            await asyncio.sleep(_DEPTH_COALESCE)
+            self._depth_dirty.clear()
             with contextlib.suppress(Exception):
                 metrics.SPOOL_DEPTH.set(await asyncio.to_thread(self.spool.pending_count))
 
@@ -518,6 +586,10 @@ class Relay:
                      self._mirror_task):
             if task is not None:
                 task.cancel()
+        if self._tls_round is not None:
+            self._tls_round.cancel()  # a round `tls-report send` started
+        if self.tls_reporter is not None:
+            await self.tls_reporter.stop()
         if self.workers is not None:
             await self.workers.stop(grace)
         if self._channel is not None:
@@ -538,6 +610,11 @@ class Relay:
             await self.mail_from.stop()
         if self.transport is not None:
             await self.transport.close()
+        # After the transport: the sessions it closed were counted.
+        if self.tls_collector is not None:
+            await self.tls_collector.close()
+        if self.tls_reports is not None:
+            await asyncio.to_thread(self.tls_reports.close)
         # After the transport: closing its sessions gives their leases back.
         if self._leases_task is not None:
             self._leases_task.cancel()

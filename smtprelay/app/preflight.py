@@ -225,6 +225,19 @@ def _smarthost(config: Config) -> list[str]:
                            "CA certificate(s) that signed the smarthost's, as PEM")
         if problem is not None:
             found.append(problem)
+    ca_file = config.delivery.tls_ca_file
+    if config.delivery.mode == "mx" and ca_file is not None:
+        key = "delivery.tls_ca_file"
+        _, problem = _read(key, ca_file, "fix the path, or remove the key to trust only "
+                                         "the system's CAs")
+        if problem is None:
+            try:
+                ssl.create_default_context(cafile=ca_file)
+            except ssl.SSLError:
+                problem = (f"{key}: {ca_file} holds no PEM certificate; give the extra CA "
+                           "certificate(s) to trust for MX hosts, as PEM")
+        if problem is not None:
+            found.append(problem)
     return found
 
 

@@ -15,6 +15,7 @@ from smtprelay.cli import (
     admin_tokens,
     api_keys,
     cluster,
+    completion,
     contacts,
     credentials,
     dkim,
@@ -27,6 +28,7 @@ from smtprelay.cli import (
     stats,
     status,
     suppression,
+    tls_report,
     tracking_keys,
 )
 from smtprelay.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, refusal
@@ -37,8 +39,8 @@ from smtprelay.operations.errors import OperationError
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", metavar="FILE",
-                        help=f"configuration file (default: ${ENV_CONFIG})")
+    completion.mark_file(common.add_argument(
+        "-c", "--config", metavar="FILE", help=f"configuration file (default: ${ENV_CONFIG})"))
     listing = argparse.ArgumentParser(add_help=False)
     listing.add_argument("--json", action="store_true", help="print JSON")
 
@@ -48,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # In the order `smtprelay --help` lists them.
     for group in (serve, status, cluster, credentials, api_keys, queue, dkim, tracking_keys,
-                  dns_check, suppression, contacts, feedback, stats, pauses):
+                  dns_check, suppression, contacts, feedback, stats, pauses, tls_report):
         group.register(sub, common, listing)
     send_probe.register(sub, common)
     admin_tokens.register(sub, common, listing)
+    completion.register(sub, parser)
     return parser
 
 

@@ -68,12 +68,26 @@ def register(sub: Any, common: argparse.ArgumentParser,
     p.add_argument("--limit", type=int, metavar="N", help="show at most N entries")
     p.set_defaults(func=cmd_list)
 
-    p = group.add_parser("import", parents=[common],
-                         help="add addresses from a CSV or JSON file (- for stdin)")
+    p = group.add_parser(
+        "import", parents=[common],
+        help="add addresses from a CSV or JSON file (- for stdin)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Add addresses to an account's suppression list. FILE may be:\n"
+        "  a plain list       one address per line (with --reason)\n"
+        "  CSV, no header     address,reason[,created_at]  (SES's bulk-import layout)\n"
+        "  CSV with a header  address, reason, created_at in any order; SES's names\n"
+        "                     (EmailAddress, Reason, LastUpdateTime) too\n"
+        "  JSON / NDJSON      objects {\"emailAddress\": ..., \"reason\": ...}, one\n"
+        "                     per line or in an array (what `export --format json`\n"
+        "                     writes, and SES's list output)\n"
+        "reason is BOUNCE or COMPLAINT; created_at an ISO 8601 time or Unix seconds.\n"
+        "Bad rows are reported with their line numbers; the good ones go in.")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--account", required=True)
     p.add_argument("--format", choices=FORMATS,
                    help="default: from the file name's extension, else from its content")
+    p.add_argument("--reason", **{**reason, "help": "the reason of rows that give none "
+                                  "(a plain list of addresses)"})
     p.set_defaults(func=cmd_import)
 
     p = group.add_parser("export", parents=[common],
@@ -161,7 +175,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     text, name = read_input(args.file)
     fmt = args.format or guess_format(None if args.file == "-" else args.file, text)
     try:
-        result = (parse_csv if fmt == "csv" else parse_json)(text, name, args.account)
+        result = (parse_csv if fmt == "csv" else parse_json)(
+            text, name, args.account, default_reason=args.reason)
     except UnreadableFile as exc:
         raise CommandError(str(exc)) from None
     report_problems(name, result)

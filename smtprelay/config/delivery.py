@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from smtprelay.config.shaping import DestinationConfig, ShapingConfig
+from smtprelay.config.tls_reporting import TLSReportingConfig
 from smtprelay.config.values import Duration, Model, check_domain, parse_nameserver
 
 
@@ -75,6 +76,24 @@ class DSNConfig(Model):
     return_content: Literal["headers", "full"] = "headers"
 
 
+# The outbound TLS policies, weakest first: a configuration set may move up, never down.
+# "require" is the older name of require_encrypted, still accepted.
+TLSPolicyName = Literal["opportunistic", "require", "require_encrypted", "require_verified"]
+
+
+class MtaStsConfig(Model):
+    # MTA-STS (RFC 8461): a recipient domain's published policy (DNS TXT
+    # _mta-sts.<domain>, then https://mta-sts.<domain>/.well-known/mta-sts.txt) says
+    # which MX hosts are genuine and that they must present a valid certificate.
+    enabled: bool = True
+    # The HTTPS port of policy hosts; 443 on the Internet (tests use another).
+    port: int = Field(default=443, ge=1, le=65535)
+    # Policies kept in memory (least recently used dropped first), each for its max_age.
+    cache_size: int = Field(default=10000, ge=1)
+    # Longest wait for a policy file (RFC 8461 3.3 suggests a minute at most).
+    fetch_timeout: Duration = 60.0
+
+
 class DeliveryConfig(Model):
     # mx: deliver to each recipient domain's MX hosts (the production mode).
     # smarthost: hand everything to one upstream server (delivery.smarthost).
@@ -89,8 +108,21 @@ class DeliveryConfig(Model):
     dns: DeliveryDNSConfig = Field(default_factory=DeliveryDNSConfig)
     smarthost: SmarthostConfig | None = None
     # opportunistic: STARTTLS when offered, certificate not checked, clear otherwise.
-    # require: never send in clear; defer until the remote offers working TLS.
-    tls: Literal["opportunistic", "require"] = "opportunistic"
+    # require_encrypted (or require): never send in clear; the certificate is not checked.
+    # require_verified: never send in clear, and the certificate must be valid for the
+    #   MX host name (system CAs plus tls_ca_file). Mail waits in the queue otherwise.
+    tls: TLSPolicyName = "opportunistic"
+    # Extra CA certificates (PEM) trusted besides the system's, for MX certificates
+    # under require_verified or MTA-STS and for MTA-STS policy hosts.
+    tls_ca_file: Path | None = None
+    mta_sts: MtaStsConfig = Field(default_factory=MtaStsConfig)
+    # DANE (RFC 7672): TLSA records of MX hosts, when DNSSEC-validated, decide which
+    # certificate is genuine. Needs delivery.dns.nameservers to be a validating resolver
+    # run by the operator (unbound on loopback; docs/tls-policy.md).
+    dane: bool = False
+    # A DNSSEC-signed name the resolver is asked about to check that it validates (the
+    # AD bit); without AD, DANE is not applied and an error is logged.
+    dane_probe_name: str = "."
     # Outbound SMTP sessions open at once (in use or cached idle), and in use per
     # recipient domain.
     max_connections: int = Field(default=200, ge=1)
@@ -108,6 +140,8 @@ class DeliveryConfig(Model):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     delay: DelayConfig = Field(default_factory=DelayConfig)
     dsn: DSNConfig = Field(default_factory=DSNConfig)
+    # Daily TLS reports (RFC 8460) to recipient domains that publish _smtp._tls.
+    tls_reporting: TLSReportingConfig = Field(default_factory=TLSReportingConfig)
     # Limits per mailbox provider and source address (docs/shaping.md).
     shaping: ShapingConfig = Field(default_factory=ShapingConfig)
     # Limits per recipient domain: sessions and message rates (docs/shaping.md).
@@ -124,6 +158,10 @@ class DeliveryConfig(Model):
         if self.mode == "smarthost" and self.smarthost is None:
             raise ValueError("mode is smarthost but delivery.smarthost is not set "
                              "(host, port, tls, username, password_env)")
+        if self.dane and not self.dns.nameservers:
+            raise ValueError("dane is true but dns.nameservers is empty: DANE trusts the "
+                             "AD bit of the resolver, so name a validating resolver you run "
+                             "(e.g. unbound on 127.0.0.1; see docs/tls-policy.md)")
         if self.max_connections_per_domain > self.max_connections:
             raise ValueError(f"max_connections_per_domain ({self.max_connections_per_domain}) "
                              f"is above max_connections ({self.max_connections})")

@@ -31,6 +31,7 @@ from smtprelay.config.sets import (
     ReputationConfig,
     SimulatorConfig,
 )
+from smtprelay.config.tls_reporting import cross_problems as tls_reporting_problems
 from smtprelay.config.values import Model, check_domain, check_tracking_host
 
 
@@ -211,6 +212,7 @@ class Config(Model):
                         f"accounts.{name_b}.trusted_networks: {net_b} overlaps {net_a} of "
                         f"account {name_a!r}; a client address must map to one account"
                     )
+        problems.extend(tls_reporting_problems(self.delivery.tls_reporting, self.accounts))
         if problems:
             raise ValueError("\n".join(problems))
         return self

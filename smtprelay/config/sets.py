@@ -162,9 +162,11 @@ class ConfigurationSetConfig(Model):
     accounts: list[str] | None = None
     shared: bool = False
     sending_enabled: bool = True
-    # SES DeliveryOptions.TlsPolicy: require refuses to deliver this set's mail in clear
-    # (it waits in the queue instead); default: delivery.tls.
-    tls: Literal["opportunistic", "require"] | None = None
+    # SES DeliveryOptions.TlsPolicy: require (require_encrypted) refuses to deliver this
+    # set's mail in clear, require_verified also wants a valid certificate (it waits in
+    # the queue instead); a set only tightens delivery.tls; default: delivery.tls.
+    tls: Literal["opportunistic", "require", "require_encrypted",
+                 "require_verified"] | None = None
     suppression: SetSuppressionConfig = Field(default_factory=SetSuppressionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     unsubscribe: UnsubscribeConfig = Field(default_factory=UnsubscribeConfig)

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from smtprelay.delivery import dane
+from smtprelay.delivery.dane import TLSARecord
 from smtprelay.delivery.model import Destination, RecipientResult, Transaction, Verdict
 
 log = logging.getLogger("smtprelay.delivery.client")
@@ -62,8 +64,22 @@ _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 class TLSPolicy(StrEnum):
     OPPORTUNISTIC = "opportunistic"  # STARTTLS when offered, unverified; clear otherwise
-    REQUIRE = "require"  # never send in clear: defer instead
+    # Never send in clear, defer instead; the certificate is not checked.
+    REQUIRE_ENCRYPTED = "require_encrypted"
+    # As REQUIRE_ENCRYPTED, and the certificate must chain to a trusted CA and name the
+    # host connected to (the MX host name, also sent as SNI): RFC 8461's rule.
+    REQUIRE_VERIFIED = "require_verified"
     NONE = "none"  # never STARTTLS (tests, capture, broken peers)
+    REQUIRE = "require_encrypted"  # the configuration's older name: an alias
+
+    @classmethod
+    def _missing_(cls, value: object) -> TLSPolicy | None:
+        # "require" in a configuration meant, and means, require_encrypted.
+        return cls.REQUIRE_ENCRYPTED if value == "require" else None
+
+    @property
+    def requires_tls(self) -> bool:
+        return self in (TLSPolicy.REQUIRE_ENCRYPTED, TLSPolicy.REQUIRE_VERIFIED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +97,23 @@ class ClientSettings:
     command_timeout: float = 300.0  # RFC 5321 4.5.3.2 timeouts, one value for tests to shrink
     # Added: a CA bundle (PEM) for verify_certificates, for a smarthost with a private CA.
     ca_file: str | None = None
+    # True: ca_file adds to the system's CAs (delivery.tls_ca_file for MX hosts) rather
+    # than replacing them (smarthost.ca_file).
+    ca_file_adds: bool = False
+    # DANE (RFC 7672): the MX host's usable TLSA records, DNSSEC-validated. Non-empty:
+    # TLS is mandatory and the certificate must match one of them (not a CA's word).
+    tlsa: tuple[TLSARecord, ...] = ()
+
+    @property
+    def verifies(self) -> bool:
+        """Whether the handshake itself checks the certificate (CA chain and name)."""
+        if self.tlsa:
+            return False  # the TLSA records decide, after the handshake
+        return self.verify_certificates or self.tls is TLSPolicy.REQUIRE_VERIFIED
+
+    @property
+    def requires_tls(self) -> bool:
+        return self.tls.requires_tls or bool(self.tlsa)
 
 
 # A diagnostic that already names its RFC 3464 type ("smtp; 550 ...", "x-dns; ...").
@@ -123,6 +156,14 @@ class ConnectError(Exception):
         self.code = code
         self.remote_mta = remote_mta
         self.retry_after = retry_after
+        # What went wrong with TLS, as an RFC 8460 result type ("certificate-expired",
+        # "starttls-not-supported", "tlsa-invalid"...); None when TLS was not the reason.
+        self.tls_failure: str | None = None
+        self.sending_ip: str | None = None  # our address, when the connection got that far
+
+    def with_tls_failure(self, failure: str) -> ConnectError:
+        self.tls_failure = failure
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,13 +231,35 @@ class _Broken(Exception):
 
 
 class _HandshakeFailed(Exception):
-    """STARTTLS was accepted but the TLS handshake did not complete."""
+    """STARTTLS was accepted but the TLS handshake did not complete, or its certificate
+    is not the one the policy asks for."""
+
+    def __init__(self, diagnostic: str, failure: str = "validation-failure") -> None:
+        super().__init__(diagnostic)
+        self.failure = failure  # RFC 8460 result type
+
+
+def _certificate_failure(exc: ssl.SSLCertVerificationError) -> str:
+    """RFC 8460's result type for OpenSSL's verification error."""
+    code = exc.verify_code
+    if code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+        return "certificate-host-mismatch"
+    if code in (9, 10):  # X509_V_ERR_CERT_NOT_YET_VALID, _CERT_HAS_EXPIRED
+        return "certificate-expired"
+    if code in (2, 18, 19, 20, 21):  # issuer unknown, self-signed, untrusted root...
+        return "certificate-not-trusted"
+    return "validation-failure"
 
 
 @functools.lru_cache(maxsize=8)
-def _client_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+def _client_context(verify: bool, ca_file: str | None,
+                    ca_file_adds: bool = False) -> ssl.SSLContext:
     # Cached: loading the system CA store costs milliseconds per connection otherwise.
     if verify:
+        if ca_file is not None and ca_file_adds:
+            ctx = ssl.create_default_context()
+            ctx.load_verify_locations(cafile=ca_file)
+            return ctx
         return ssl.create_default_context(cafile=ca_file)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -247,13 +310,19 @@ class Connection:
             return conn
         except _HandshakeFailed as exc:
             conn._abort()
-            if settings.tls is TLSPolicy.REQUIRE:
-                raise ConnectError(Verdict.DEFERRED, "4.7.5", str(exc),
-                                   remote_mta=conn.remote_mta) from None
+            if settings.requires_tls:
+                error = ConnectError(Verdict.DEFERRED, "4.7.5", str(exc),
+                                     remote_mta=conn.remote_mta)
+                error.sending_ip = conn.local_ip
+                raise error.with_tls_failure(exc.failure) from None
             # Opportunistic: a server that offers STARTTLS and then botches it would
             # otherwise never get mail; Postfix retries such a host in clear as well.
             # The failed attempt consumed the session, so start a new one.
             log.warning("%s; retrying in clear", exc)
+        except ConnectError as exc:
+            conn._abort()
+            exc.sending_ip = exc.sending_ip or conn.local_ip
+            raise
         except BaseException:
             conn._abort()
             raise
@@ -269,7 +338,7 @@ class Connection:
     async def _establish(self, *, starttls: bool) -> None:
         settings = self.settings
         implicit = settings.implicit_tls
-        ctx = _client_context(settings.verify_certificates, settings.ca_file)
+        ctx = _client_context(settings.verifies, settings.ca_file, settings.ca_file_adds)
         try:
             async with asyncio.timeout(settings.connect_timeout):
                 self._reader, self._writer = await asyncio.open_connection(
@@ -280,9 +349,12 @@ class Connection:
         except TimeoutError:
             raise self._connect_error("4.4.1", "timed out") from None
         except ssl.SSLError as exc:
+            failure = (_certificate_failure(exc)
+                       if isinstance(exc, ssl.SSLCertVerificationError)
+                       else "validation-failure")
             raise ConnectError(Verdict.DEFERRED, "4.7.5",
                                f"TLS handshake with {self.remote_mta} failed: {exc}",
-                               remote_mta=self.remote_mta) from None
+                               remote_mta=self.remote_mta).with_tls_failure(failure) from None
         except OSError as exc:
             # asyncio's "Connect call failed (...)" hides the reason in errno.
             why = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
@@ -355,20 +427,22 @@ class Connection:
         return extensions
 
     async def _starttls(self) -> None:
-        require = self.settings.tls is TLSPolicy.REQUIRE
+        require = self.settings.requires_tls
         if "STARTTLS" not in self.extensions:
             if require:
                 # 4.7.4 "security features not supported" (RFC 3463), as Postfix says it.
                 raise ConnectError(Verdict.DEFERRED, "4.7.4",
                                    f"TLS is required, but was not offered by {self.remote_mta}",
-                                   remote_mta=self.remote_mta)
+                                   remote_mta=self.remote_mta
+                                   ).with_tls_failure("starttls-not-supported")
             return
         reply = await self._command("STARTTLS", "sending STARTTLS")
         if reply.code != 220:
             if require:
                 raise ConnectError(Verdict.DEFERRED, "4.7.5", reply.diagnostic,
                                    code=reply.code, remote_mta=self.remote_mta,
-                                   retry_after=reply.retry_after)
+                                   retry_after=reply.retry_after
+                                   ).with_tls_failure("starttls-not-supported")
             # RFC 3207 4: after a refused STARTTLS the session goes on as before.
             log.info("%s refused STARTTLS (%s); continuing in clear", self.remote_mta,
                      reply.diagnostic)
@@ -380,16 +454,29 @@ class Connection:
         if getattr(self._reader, "_buffer", b""):
             raise _HandshakeFailed(
                 f"{self.remote_mta} sent data after its STARTTLS reply; not using TLS")
-        ctx = _client_context(self.settings.verify_certificates, self.settings.ca_file)
+        settings = self.settings
+        ctx = _client_context(settings.verifies, settings.ca_file, settings.ca_file_adds)
         try:
-            async with asyncio.timeout(self.settings.command_timeout):
+            async with asyncio.timeout(settings.command_timeout):
                 await self._writer.start_tls(ctx, server_hostname=self._sni)
         except TimeoutError:
             raise _HandshakeFailed(f"TLS handshake with {self.remote_mta} timed out") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise _HandshakeFailed(
+                f"TLS handshake with {self.remote_mta} failed: certificate verify failed "
+                f"for {self._sni}: {exc.verify_message or exc}",
+                _certificate_failure(exc)) from None
         except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError
             raise _HandshakeFailed(
                 f"TLS handshake with {self.remote_mta} failed: {str(exc) or type(exc).__name__}"
             ) from None
+        if settings.tlsa:
+            ssl_object = self._writer.get_extra_info("ssl_object")
+            problem = dane.check(dane.peer_chain(ssl_object), settings.tlsa,
+                                 self.destination.host)
+            if problem is not None:
+                raise _HandshakeFailed(f"DANE: certificate of {self.remote_mta} does not "
+                                       f"match its TLSA records: {problem}", "tlsa-invalid")
         # RFC 3207 4.2: forget what was learnt in clear and ask again.
         await self._hello()
 

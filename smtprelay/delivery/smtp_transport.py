@@ -22,9 +22,10 @@ the provider's rules.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -42,12 +43,17 @@ from smtprelay.delivery.model import (
 from smtprelay.delivery.pool import ConnectionPool
 from smtprelay.delivery.providers import ProviderTableError, load_table
 from smtprelay.delivery.shaping import Lane, Shaper
+from smtprelay.delivery.tls_outcome import TLSOutcome
+from smtprelay.delivery.tls_policy import HostPlan, TLSPlanner
+from smtprelay.delivery.tls_report import observed
 from smtprelay.infra import metrics
 from smtprelay.spool.model import QueuedMessage
 
 log = logging.getLogger("smtprelay.delivery")
 
 MAX_HOSTS_TRIED = 5
+# Weakest first: a configuration set's tls may move up this list, never down.
+_TLS_ORDER = (TLSPolicy.OPPORTUNISTIC, TLSPolicy.REQUIRE_ENCRYPTED, TLSPolicy.REQUIRE_VERIFIED)
 
 
 class SmarthostPasswordError(Exception):
@@ -59,6 +65,9 @@ class _Route:
     settings: ClientSettings
     slot: str  # the pool's per-domain slot name
     limit: int  # sessions in use at once under that slot
+    # The recipient domain whose MX hosts these are (TLS reporting's policy domain);
+    # None for the smarthost.
+    policy_domain: str | None = None
 
 
 def smarthost_password(config: Config) -> str | None:
@@ -111,10 +120,12 @@ class _Settings:
     def of(cls, config: Config, password: str | None) -> _Settings:
         delivery = config.delivery
         helo = delivery.helo_name or config.server.hostname
+        ca_file = str(delivery.tls_ca_file) if delivery.tls_ca_file else None
         mx = {policy: ClientSettings(port=delivery.port, tls=policy, helo=helo,
                                      connect_timeout=delivery.connect_timeout,
-                                     command_timeout=delivery.command_timeout)
-              for policy in (TLSPolicy.OPPORTUNISTIC, TLSPolicy.REQUIRE)}
+                                     command_timeout=delivery.command_timeout,
+                                     ca_file=ca_file, ca_file_adds=True)
+              for policy in _TLS_ORDER}
         smarthost = delivery.smarthost
         if delivery.mode != "smarthost" or smarthost is None:
             return cls(config, mx, None)
@@ -134,9 +145,15 @@ class _Settings:
 
 class SMTPTransport:
     def __init__(self, live: TransportSource, resolver: MXResolver,
-                 pool: ConnectionPool, shaper: Shaper | None = None) -> None:
+                 pool: ConnectionPool, *,
+                 on_tls_outcome: Callable[[TLSOutcome], None] | None = None,
+                 planner: TLSPlanner | None = None, shaper: Shaper | None = None) -> None:
         self._resolver = resolver
         self._pool = pool
+        # Each session opened to an MX host, told to TLS reporting (RFC 8460).
+        self._on_tls_outcome = on_tls_outcome
+        # DANE and MTA-STS, decided per MX host before connecting (mx mode only).
+        self._planner = planner or TLSPlanner(live)
         # TLS policies, timeouts and the smarthost follow a reload (SIGHUP).
         self._settings = Derived(live, lambda config: _Settings.of(config,
                                                                    live.smarthost_password))
@@ -173,13 +190,13 @@ class SMTPTransport:
     # ------------------------------------------------------------------ routing
 
     def _tls_policy(self, message: QueuedMessage, cfg: Config) -> TLSPolicy:
-        wanted = cfg.delivery.tls
+        wanted = TLSPolicy(cfg.delivery.tls)
         if message.configuration_set is not None:
             cs = cfg.configuration_sets.get(message.configuration_set)
             if cs is not None and cs.tls is not None:
                 # A set can make delivery stricter, never looser than the relay's own policy.
-                wanted = "require" if "require" in (cs.tls, wanted) else cs.tls
-        return TLSPolicy(wanted)
+                wanted = max(wanted, TLSPolicy(cs.tls), key=_TLS_ORDER.index)
+        return wanted
 
     def _route(self, message: QueuedMessage, domain: str, settings: _Settings) -> _Route:
         if settings.smarthost is not None:
@@ -190,7 +207,7 @@ class SMTPTransport:
                  and destination.max_connections is not None
                  else delivery.max_connections_per_domain)
         return _Route(settings.mx[self._tls_policy(message, settings.config)], slot=domain,
-                      limit=limit)
+                      limit=limit, policy_domain=domain)
 
     def _source(self, settings: ClientSettings) -> str | None:
         """The source address sessions with these settings leave from (None: the host's
@@ -216,28 +233,47 @@ class SMTPTransport:
                        else Verdict.DEFERRED)
             return same_result(txn.recipients, verdict, found.status, f"x-dns; {found.reason}")
         route = self._route(message, domain, settings)
+        destinations = found.destinations[:MAX_HOSTS_TRIED]
         self._shaping()
         shaper = self.shaper
-        lane = shaper.lane(found.destinations[0].host, self._source(route.settings))
+        lane = shaper.lane(destinations[0].host, self._source(route.settings))
         held = shaper.suspended(lane)
         if held is not None:
             return held.results(txn.recipients)
+        if settings.smarthost is None:
+            plans = await self._planner.plan(domain, route.settings, destinations)
+        else:  # the smarthost is not the recipient's MX: its policies do not apply
+            plans = [HostPlan(route.settings) for _ in destinations]
         async with self._pool.domain_slot(route.slot, route.limit):
             held = await shaper.admit(domain, lane)
             if held is not None:
                 return held.results(txn.recipients)
-            return await self._try_hosts(found.destinations[:MAX_HOSTS_TRIED], route, txn,
-                                         lane)
+            return await self._try_hosts(destinations, route, txn, plans, lane)
 
     async def _try_hosts(self, destinations: tuple[Destination, ...], route: _Route,
-                         txn: Transaction, lane: Lane | None = None
-                         ) -> list[RecipientResult]:
+                         txn: Transaction, plans: list[HostPlan] | None = None,
+                         lane: Lane | None = None) -> list[RecipientResult]:
         group = lane.group if lane is not None else None
         per_connection = lane.messages_per_connection if lane is not None else None
         errors: list[ConnectError] = []
-        for destination in destinations:
-            key: Hashable = (destination.address, destination.host, route.settings)
+        for index, destination in enumerate(destinations):
+            plan = plans[index] if plans is not None else HostPlan(route.settings)
+            if plan.refusal is not None:
+                log.info("%s not used: %s", plan.refusal.remote_mta, plan.refusal.diagnostic)
+                if route.policy_domain is not None:
+                    self._tell(TLSOutcome(
+                        plan.policy_type, route.policy_domain, plan.policy_strings,
+                        destination.host, destination.address, None,
+                        plan.refusal.tls_failure))
+                errors.append(plan.refusal)
+                continue
+            key: Hashable = (destination.address, destination.host, plan.settings)
             conn = self._pool.take_idle(key)
+            if conn is None and plan.fallback is not None:
+                # MTA-STS testing: a session its policy failed and that went on without
+                # it is reused, rather than failing the same handshake for every message.
+                key = (destination.address, destination.host, plan.fallback)
+                conn = self._pool.take_idle(key)
             if conn is not None:
                 try:
                     results = await conn.send(txn)
@@ -255,7 +291,8 @@ class SMTPTransport:
                 route.slot, route.limit, group=group,
                 group_limit=lane.connections if lane is not None else None)
             try:
-                conn = await Connection.open(destination, route.settings)
+                conn = await self._open(destination, plan, route)
+                key = (destination.address, destination.host, conn.settings)
             except ConnectError as exc:
                 await self._pool.unreserve(lease, group)
                 metrics.OUTBOUND_CONNECTS.labels(result="failed").inc()
@@ -281,6 +318,55 @@ class SMTPTransport:
             return self.shaper.after(lane, results)
         return self.shaper.held_back(lane, self._all_failed(errors, txn))
 
+    async def _open(self, destination: Destination, plan: HostPlan,
+                    route: _Route) -> Connection:
+        """Connection.open as the plan says, and what it says about TLS to TLS
+        reporting (the one place outcomes are reported from)."""
+        opened: Connection | ConnectError
+        try:
+            opened = await Connection.open(destination, plan.settings)
+        except ConnectError as exc:
+            opened = exc
+        self._tell(self._outcome(plan, route, destination, opened))
+        if isinstance(opened, ConnectError):
+            if plan.fallback is None or opened.tls_failure is None:
+                raise opened
+            # MTA-STS in mode testing: the failure is reported, the mail still goes.
+            log.warning("MTA-STS (mode testing) for %s: %s; delivering without the "
+                        "policy", route.policy_domain, opened.diagnostic)
+            return await Connection.open(destination, plan.fallback)
+        return opened
+
+    @staticmethod
+    def _outcome(plan: HostPlan, route: _Route, destination: Destination,
+                 opened: Connection | ConnectError) -> TLSOutcome | None:
+        domain = route.policy_domain
+        if domain is None:
+            return None  # the smarthost: no recipient domain's policy is in question
+        if plan.policy_type == "no-policy-found" and plan.known_failure is None:
+            outcome = observed(domain, destination, opened)
+            if (outcome is not None and isinstance(opened, ConnectError)
+                    and opened.tls_failure is not None):
+                # The client knows better than the status code (e.g. which check failed).
+                outcome = dataclasses.replace(outcome, failure=opened.tls_failure,
+                                              sending_ip=opened.sending_ip)
+            return outcome
+        failure: str | None
+        if isinstance(opened, ConnectError):
+            if opened.tls_failure is None:
+                return None  # TLS was never reached: nothing to say about it
+            failure, sending_ip = opened.tls_failure, opened.sending_ip
+        else:
+            failure, sending_ip = plan.known_failure, opened.local_ip
+            if opened.tls_version is None:
+                failure = failure or "starttls-not-supported"
+        return TLSOutcome(plan.policy_type, domain, plan.policy_strings, destination.host,
+                          destination.address, sending_ip, failure)
+
+    def _tell(self, outcome: TLSOutcome | None) -> None:
+        if outcome is not None and self._on_tls_outcome is not None:
+            self._on_tls_outcome(outcome)
+
     @staticmethod
     def _died_idle(conn: Connection, results: list[RecipientResult]) -> bool:
         return (not conn.reusable and not conn.body_started
@@ -303,4 +389,5 @@ class SMTPTransport:
                            retry_after=last.retry_after)
 
     async def close(self) -> None:
+        await self._planner.close()
         await self._pool.close()

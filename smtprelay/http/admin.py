@@ -511,7 +511,7 @@ class AdminAPI:
     # -- statistics -------------------------------------------------------------------------
 
     def _window(self, request: web.Request) -> set_stats.Window:
-        return set_stats.Window.ending(self._clock(), parse_window(request.query.get("window")))
+        return set_stats.Window.last_hours(self._clock(), parse_window(request.query.get("window")))
 
     async def set_stats(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

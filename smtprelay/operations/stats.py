@@ -109,7 +109,7 @@ def overview(config: Config, spool: SpoolFigures, pauses: PauseStore,
     finally:
         state.close()
     queued = spool.recipient_states()
-    window = Window.ending(now, seconds)
+    window = Window.last_hours(now, seconds)
     counted = report(counted_by, config, window)
     by_account = dict(counted.accounts)
     # The reputation guard's verdicts, made the way the daemon makes them (over

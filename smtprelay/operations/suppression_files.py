@@ -132,7 +132,8 @@ def parse_created_at(value: Any) -> float | None:
     return number
 
 
-def _check_row(result: ParseResult, where: str, fields: dict[str, Any], account: str) -> None:
+def _check_row(result: ParseResult, where: str, fields: dict[str, Any], account: str,
+               default_reason: Reason | None = None) -> None:
     """Validate one row's fields (by canonical name); record it as good or bad."""
     address = fields.get("address")
     if not isinstance(address, str) or not address.strip():
@@ -146,10 +147,15 @@ def _check_row(result: ParseResult, where: str, fields: dict[str, Any], account:
         result.problem(where, problem)
         return
     raw_reason = fields.get("reason")
+    if raw_reason in (None, "") and default_reason is not None:
+        raw_reason = default_reason
     reason = parse_reason(raw_reason) if isinstance(raw_reason, str) else None
     if reason is None:
-        shown = "no reason" if raw_reason in (None, "") else f"bad reason {raw_reason!r}"
-        result.problem(where, f"{shown} (BOUNCE or COMPLAINT)")
+        if raw_reason in (None, ""):
+            result.problem(where, "no reason: give one in the row (BOUNCE or COMPLAINT), "
+                                  "or --reason for every row that has none")
+        else:
+            result.problem(where, f"bad reason {raw_reason!r} (BOUNCE or COMPLAINT)")
         return
     try:
         created_at = parse_created_at(fields.get("created_at"))
@@ -165,9 +171,12 @@ def _check_row(result: ParseResult, where: str, fields: dict[str, Any], account:
     result.good(address, reason, created_at)
 
 
-def parse_csv(text: str, name: str, account: str) -> ParseResult:
+def parse_csv(text: str, name: str, account: str, *,
+              default_reason: Reason | None = None) -> ParseResult:
     """CSV with a header (`address,reason[,created_at]`, any order, SES's column names
-    too) or without one (SES's bulk-import layout: address, reason[, created_at])."""
+    too) or without one (SES's bulk-import layout: address, reason[, created_at]), or
+    a plain list of addresses, one per line. `default_reason` is the reason of rows
+    that give none (a plain list needs it)."""
     result = ParseResult()
     reader = csv.reader(io.StringIO(text), skipinitialspace=True)
     columns: list[str] | None = None
@@ -199,12 +208,12 @@ def parse_csv(text: str, name: str, account: str) -> ParseResult:
                 continue
             fields = dict(zip(columns, row, strict=True))
         else:
-            if len(row) not in (2, 3):
+            if len(row) not in (1, 2, 3):
                 result.problem(f"{name}:{line}",
-                               f"{_columns(len(row))}, expected address,reason[,created_at]")
+                               f"{_columns(len(row))}, expected address[,reason[,created_at]]")
                 continue
             fields = dict(zip(("address", "reason", "created_at"), row, strict=False))
-        _check_row(result, f"{name}:{line}", fields, account)
+        _check_row(result, f"{name}:{line}", fields, account, default_reason)
     return result
 
 
@@ -224,9 +233,8 @@ def _csv_header(row: list[str], name: str, line: int) -> list[str]:
             raise UnreadableFile(f"{name}:{line}: unknown column {cell!r} in the header "
                                  "(expected address, reason, created_at)")
         columns.append(canonical)
-    for needed in ("address", "reason"):
-        if needed not in columns:
-            raise UnreadableFile(f"{name}:{line}: the header has no {needed} column")
+    if "address" not in columns:
+        raise UnreadableFile(f"{name}:{line}: the header has no address column")
     return columns
 
 
@@ -241,13 +249,14 @@ def _json_fields(value: Any) -> dict[str, Any] | None:
     return fields
 
 
-def parse_json(text: str, name: str, account: str) -> ParseResult:
+def parse_json(text: str, name: str, account: str, *,
+               default_reason: Reason | None = None) -> ParseResult:
     """A JSON list of objects, or NDJSON (one object per line, SES's bulk format)."""
     result = ParseResult()
     stripped = text.lstrip()
     if stripped.startswith("["):
         for line, value in _json_array_items(text, name, result):
-            _json_item(result, f"{name}:{line}", value, account)
+            _json_item(result, f"{name}:{line}", value, account, default_reason)
         return result
     for number, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
@@ -257,16 +266,17 @@ def parse_json(text: str, name: str, account: str) -> ParseResult:
         except json.JSONDecodeError as exc:
             result.problem(f"{name}:{number}", f"invalid JSON ({exc.msg})")
             continue
-        _json_item(result, f"{name}:{number}", value, account)
+        _json_item(result, f"{name}:{number}", value, account, default_reason)
     return result
 
 
-def _json_item(result: ParseResult, where: str, value: Any, account: str) -> None:
+def _json_item(result: ParseResult, where: str, value: Any, account: str,
+               default_reason: Reason | None) -> None:
     fields = _json_fields(value)
     if fields is None:
         result.problem(where, "not a JSON object")
         return
-    _check_row(result, where, fields, account)
+    _check_row(result, where, fields, account, default_reason)
 
 
 def _json_array_items(text: str, name: str, result: ParseResult) -> Iterator[tuple[int, Any]]:

@@ -23,7 +23,8 @@ from smtprelay.sesapi.v2_rest import Request, Route, member, names_page
 # The relay's tracking.https as SES's HttpsPolicy: true makes links and pixel https;
 # null keeps each link's scheme and makes the pixel https; false makes both http.
 _HTTPS_POLICY = {True: "REQUIRE", None: "REQUIRE_OPEN_ONLY", False: "OPTIONAL"}
-_TLS_POLICY = {"require": "REQUIRE", "opportunistic": "OPTIONAL"}
+_TLS_POLICY = {"require": "REQUIRE", "require_encrypted": "REQUIRE",
+               "require_verified": "REQUIRE", "opportunistic": "OPTIONAL"}
 
 
 class ConfigurationSetsApi:

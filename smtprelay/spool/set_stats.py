@@ -306,7 +306,18 @@ class Window:
 
     @classmethod
     def ending(cls, now: float, seconds: float = DAY) -> Window:
+        """Every hour that overlaps [now - seconds, now]: a superset of the span, for
+        judgements (reputation) that must not miss a bounce at the span's start."""
         return cls(seconds, hour_of(now - seconds), hour_of(now))
+
+    @classmethod
+    def last_hours(cls, now: float, seconds: float = DAY) -> Window:
+        """The current hour and the ones before it, as many as `seconds` spans rounded
+        up to whole hours: what an operator asking for "the last hour" means to see
+        (one hour bucket, not the two that overlap the last 60 minutes)."""
+        hours = max(1, math.ceil(seconds / HOUR - 1e-9))
+        last = hour_of(now)
+        return cls(seconds, last - hours + 1, last)
 
     @property
     def since(self) -> float:

@@ -195,6 +195,9 @@ class Spool:
         # Keep a compact row of purged messages for the feedback processor (when a
         # feedback listener runs): see smtprelay.spool.sent.
         self.keep_sent_index = keep_sent_index
+        # Called (on the event loop) after a recorded attempt left a message with no
+        # recipient pending: the daemon's queue-depth gauge follows deliveries.
+        self.on_finished: Callable[[], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -239,11 +242,16 @@ class Spool:
         `finalize(message, bounce outcomes, body)` may return a message (the DSN) that
         is spooled in the same transaction: it exists exactly when the results do.
         """
+        finished: list[bool] = []
+
         def work(conn: sqlite3.Connection) -> NewMessage | None:
             outbox.insert_events(conn, events)
-            return _record(conn, message_id, updates, finalize)
+            return _record(conn, message_id, updates, finalize, finished)
 
-        return await self._writer.run(work)
+        dsn = await self._writer.run(work)
+        if finished and self.on_finished is not None:
+            self.on_finished()  # committed: the queue is one message shorter
+        return dsn
 
     async def add_events(self, events: tuple[EventRecord, ...],
                          counts: tuple[set_stats.Bump, ...] = (),
@@ -541,7 +549,8 @@ def _claim_due(conn: sqlite3.Connection, now: float, limit: int) -> list[QueuedM
 
 
 def _record(conn: sqlite3.Connection, message_id: str, updates: list[RecipientUpdate],
-            finalize: Finalizer | None = None) -> NewMessage | None:
+            finalize: Finalizer | None = None,
+            finished: list[bool] | None = None) -> NewMessage | None:
     for u in updates:
         conn.execute(
             "UPDATE recipients SET state = ?, attempts = attempts + 1, last_attempt = ?,"
@@ -567,6 +576,8 @@ def _record(conn: sqlite3.Connection, message_id: str, updates: list[RecipientUp
         " LIMIT 1", [message_id, *(s.value for s in PENDING_STATES)]).fetchone()
     if pending is not None:
         return None
+    if finished is not None:
+        finished.append(True)
     return _finish(conn, message_id, max(u.at for u in updates), finalize)
 
 

@@ -35,10 +35,11 @@ PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 # What receivers expect signed (RFC 6376 5.4.1, M3AAWG): the originator and recipient
 # fields, the subject and identity of the message, its MIME structure and the
-# one-click unsubscribe pair (RFC 8058 3 requires List-Unsubscribe(-Post) signed).
+# one-click unsubscribe pair (RFC 8058 3 requires List-Unsubscribe(-Post) signed), and
+# the TLS report fields (RFC 8460 5.3: the relay's own TLS reports SHOULD sign them).
 SIGNED_FIELDS = ("from", "to", "cc", "subject", "date", "message-id", "reply-to",
                  "mime-version", "content-type", "list-unsubscribe", "list-unsubscribe-post",
-                 "feedback-id")
+                 "feedback-id", "tls-report-domain", "tls-report-submitter")
 # RSA keys under 1024 bits must not be used (RFC 8301 3.2); keygen makes 2048.
 MIN_RSA_BITS = 1024
 RSA_BITS = 2048

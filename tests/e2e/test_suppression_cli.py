@@ -140,7 +140,8 @@ def test_import_ses_formats_and_stdin(tmp_path: Path) -> None:
                         '{"emailAddress": "recipient4@example.com", "reason": ""}\n')
     run = d.cli("suppression", "import", str(ses_json), "--account", "acme")
     assert run.stdout == "imported 1, updated 1, skipped 1 bad rows, 0 duplicates\n"
-    assert run.stderr == f"{ses_json}:3: no reason (BOUNCE or COMPLAINT)\n"
+    assert run.stderr == (f"{ses_json}:3: no reason: give one in the row (BOUNCE or "
+                          "COMPLAINT), or --reason for every row that has none\n")
 
     # stdin, format from the content.
     run = subprocess.run(
@@ -152,6 +153,31 @@ def test_import_ses_formats_and_stdin(tmp_path: Path) -> None:
         0, "imported 1, updated 0, skipped 0 bad rows, 0 duplicates\n"), run.stderr
     assert d.cli("suppression", "list", "--account", "other").stdout.splitlines()[-1] == \
         "-- 1 entry"
+
+
+def test_import_a_plain_list_of_addresses(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path)
+    plain = tmp_path / "bounced.txt"
+    plain.write_text("one@example.com\n\ntwo@example.com\nnot an address\n")
+    refused = d.cli("suppression", "import", str(plain), "--account", "acme", check=False)
+    assert refused.returncode != 0
+    assert f"{plain}:1: no reason: give one in the row (BOUNCE or COMPLAINT), or --reason " \
+        "for every row that has none" in refused.stderr
+    run = d.cli("suppression", "import", str(plain), "--account", "acme",
+                "--reason", "complaint")
+    assert run.stdout == "imported 2, updated 0, skipped 1 bad rows, 0 duplicates\n"
+    assert run.stderr.startswith(f"{plain}:4: ")
+    listed = d.cli("suppression", "list", "--account", "acme", "--json").stdout
+    assert {(e["address"], e["reason"]) for e in json.loads(listed)} == {
+        ("one@example.com", "COMPLAINT"), ("two@example.com", "COMPLAINT")}
+    # A row's own reason wins over --reason.
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("three@example.com,BOUNCE\nfour@example.com\n")
+    d.cli("suppression", "import", str(mixed), "--account", "acme", "--reason", "COMPLAINT")
+    listed = d.cli("suppression", "list", "--account", "acme", "--json").stdout
+    reasons = {e["address"]: e["reason"] for e in json.loads(listed)}
+    assert (reasons["three@example.com"], reasons["four@example.com"]) == ("BOUNCE", "COMPLAINT")
+    assert "a plain list" in d.cli("suppression", "import", "--help").stdout
 
 
 def test_export_import_round_trip(tmp_path: Path) -> None:

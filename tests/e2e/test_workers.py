@@ -438,3 +438,29 @@ def test_drain_refuses_new_connections_fails_readyz_and_says_when_safe_to_stop(
     daemon.cli("drain", "--cancel")
     with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=20) as again:
         assert again.noop()[0] == 250
+
+
+def test_the_queue_depth_gauge_follows_acceptance_and_delivery(
+        tmp_path: Path, daemons: list[DaemonProcess]) -> None:
+    """smtprelay_spool_messages counts a worker's message soon after it is spooled and
+    drops once it is delivered, well before the 15 s periodic recount."""
+    daemon, cred = start(tmp_path, delivery={"mode": "hold"})
+    daemons.append(daemon)
+
+    def depth_becomes(wanted: float) -> None:
+        deadline = time.monotonic() + 5
+        while metric(daemon, "smtprelay_spool_messages") != wanted:
+            assert time.monotonic() < deadline, metric(daemon, "smtprelay_spool_messages")
+            time.sleep(0.05)
+
+    depth_becomes(0)
+    assert send(daemon, cred, "one")[0] == 250
+    assert send(daemon, cred, "two")[0] == 250
+    depth_becomes(2)
+    # Delivered (into captured/) once the relay stops holding mail.
+    text = daemon.config_path.read_text()
+    assert "mode: hold" in text
+    daemon.config_path.write_text(text.replace("mode: hold", "mode: capture"))
+    daemon.stop()
+    daemon.start()
+    depth_becomes(0)

@@ -166,3 +166,17 @@ def test_data_dir_that_cannot_be_made(tmp_path: Path) -> None:
                                                    rf"{blocker}/var: Not a directory; "), \
             datadir.hold(blocker / "var"):
         pass
+
+
+def test_delivery_tls_ca_file(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate\n")
+    found = preflight.problems(config(tmp_path, delivery={"mode": "mx",
+                                                          "tls_ca_file": str(ca)}))
+    assert found == [
+        f"delivery.tls_ca_file: {ca} holds no PEM certificate; give the extra CA "
+        "certificate(s) to trust for MX hosts, as PEM"]
+    missing = tmp_path / "missing.pem"
+    [problem] = preflight.problems(config(tmp_path, delivery={"mode": "mx",
+                                                              "tls_ca_file": str(missing)}))
+    assert problem.startswith(f"delivery.tls_ca_file: {missing}")

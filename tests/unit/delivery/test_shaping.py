@@ -131,7 +131,7 @@ class World:
         pool = ConnectionPool(max_connections=config.delivery.max_connections,
                               max_per_domain=config.delivery.max_connections_per_domain,
                               idle_timeout=30.0)
-        transport = SourcedTransport(live(config), resolver, pool, shaper)
+        transport = SourcedTransport(live(config), resolver, pool, shaper=shaper)
         transport.source = source
         self.transports.append(transport)
         return transport

@@ -83,3 +83,14 @@ def test_the_overview_puts_quota_suppression_spool_and_pauses_beside_the_counts(
     assert by_key["news"].target.pause is not None
     assert not by_key["gone"].target.configured
     assert by_key["off"].target.sending_enabled is False
+
+
+def test_a_one_hour_overview_covers_one_hour(counted: Spool, config: Config) -> None:
+    pauses = SQLitePauseStore(config.state_path)
+    suppression = SQLiteSuppressionStore(config.state_path)
+    own = SpoolConnection(open_for_cli(counted.path))
+    found = ops.overview(config, own, pauses, suppression, now=NOW, seconds=set_stats.HOUR)
+    own.close()
+    pauses.close()
+    suppression.close()
+    assert found.window.until - found.window.since == set_stats.HOUR

@@ -240,3 +240,13 @@ def test_parse_window(text: str, seconds: float) -> None:
 def test_parse_window_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="window"):
         set_stats.parse_window(text)
+
+
+def test_last_hours_is_as_many_hour_buckets_as_asked() -> None:
+    hour_start = (int(NOW) // HOUR) * HOUR
+    now = hour_start + 1800.0
+    one = Window.last_hours(now, HOUR)
+    assert (one.since, one.until) == (hour_start, hour_start + HOUR)
+    day = Window.last_hours(now, 24 * HOUR)
+    assert day.last_hour - day.first_hour + 1 == 24
+    assert Window.last_hours(now, 90 * 60).first_hour == one.first_hour - 1

@@ -1,0 +1,113 @@
+"""Outbound TLS policy through the whole relay: a message submitted over SMTP, delivered
+(or held) under MTA-STS, DANE and require_verified as the configuration file says.
+
+The transport-level cases are in tests/unit/delivery/test_tls_policy.py; these check
+the wiring: the configuration keys reach the daemon's transport, and what the policy
+decided shows in the spool (state and last reply).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from tests.e2e.delivery_world import World, wait_for
+from tests.sinks import SmtpSink
+from tests.support import free_port
+from tests.tlspeers import Issued, Issuer, PolicyServer, policy
+from tests.unbound import Unbound
+
+POLICY_HOST = "127.0.0.200"
+
+
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> Issuer:
+    return Issuer(tmp_path_factory.mktemp("e2e-tls-ca"))
+
+
+@pytest.fixture
+def policies(net: World, issuer: Issuer) -> Iterator[PolicyServer]:
+    # Served from the sinks' event loop thread: the relay runs in a thread of its own.
+    cert = issuer.issue("mta-sts.enforce.test", "mta-sts.held.test")
+    server = PolicyServer(POLICY_HOST, free_port(), cert.context)
+    net.sinks.hosting.call(server.start())
+    try:
+        yield server
+    finally:
+        net.sinks.hosting.call(server.stop())
+
+
+def mx_host(net: World, domain: str, name: str, cert: Issued | None) -> SmtpSink:
+    address = net.address()
+    sink = net.sinks.smtp(host=address, port=net.port, starttls=True,
+                          tls_context=cert.context if cert else None)
+    net.mx(domain, (10, name, address))
+    return sink
+
+
+def state(net: World, message_id: str) -> tuple[str, str | None]:
+    [recipient] = net.message(message_id).recipients
+    return recipient.state.value, recipient.last_reply
+
+
+def test_mta_sts_enforce_skips_and_holds_mx_hosts_outside_the_policy(
+        net: World, issuer: Issuer, policies: PolicyServer) -> None:
+    for domain in ("enforce.test", "held.test"):
+        net.dns.add(f"_mta-sts.{domain}", "TXT", '"v=STSv1; id=1;"')
+        net.dns.add(f"mta-sts.{domain}", "A", POLICY_HOST)
+        policies.policies[domain] = policy("enforce", f"*.{domain}")
+    rogue = issuer.issue("mx.rogue.test")
+    # enforce.test: the preferred MX is not in the policy, the second one is.
+    skipped = mx_host(net, "enforce.test", "mx.rogue.test", rogue)
+    good = mx_host(net, "enforce.test", "mx1.enforce.test", issuer.issue("mx1.enforce.test"))
+    net.dns.remove("enforce.test", "MX")
+    net.dns.add("enforce.test", "MX", "10 mx.rogue.test.")
+    net.dns.add("enforce.test", "MX", "20 mx1.enforce.test.")
+    # held.test: its only MX is not in the policy.
+    held_host = mx_host(net, "held.test", "mx.elsewhere.test", issuer.issue("mx.elsewhere.test"))
+    net.start(tls_ca_file=str(issuer.ca_file),
+              mta_sts={"port": policies.port, "fetch_timeout": "5s"})
+    sent = net.submit(["a@enforce.test"])
+    held = net.submit(["a@held.test"])
+    assert net.wait_final(sent) == {"a@enforce.test": "delivered"}
+    assert good.received and good.received[0].tls and not skipped.sessions
+    wait_for(lambda: state(net, held)[0] == "deferred")
+    assert "MTA-STS" in (state(net, held)[1] or "") and not held_host.sessions
+    assert policies.fetches == {"enforce.test": 1, "held.test": 1}
+
+
+def test_require_verified_from_the_configuration_file(net: World) -> None:
+    sink = mx_host(net, "strict.test", "mx.strict.test", None)  # self-signed
+    net.start(tls="require_verified")
+    message_id = net.submit(["a@strict.test"])
+    wait_for(lambda: state(net, message_id)[0] == "deferred")
+    assert "certificate verify failed" in (state(net, message_id)[1] or "")
+    assert not sink.received
+
+
+def test_dane_through_the_relay(net: World, issuer: Issuer, unbound: Unbound) -> None:
+    good = issuer.issue("mx.good.dane.test", self_signed=True)
+    spki = good.cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashlib.sha256(spki).hexdigest()
+    sinks = {}
+    zone: list[str] = []
+    for label, record in (("good", digest), ("bad", "00" * 32)):
+        address = net.address()
+        sinks[label] = net.sinks.smtp(host=address, port=net.port, starttls=True,
+                                      tls_context=good.context)
+        zone += [f"{label} MX 10 mx.{label}", f"mx.{label} A {address}",
+                 f"_{net.port}._tcp.mx.{label} TLSA 3 1 1 {record}"]
+    unbound.zone("dane.test", zone, signed=True)
+    unbound.start()
+    net.start(dns={"nameservers": [unbound.nameserver], "timeout": "2s"}, dane=True,
+              dane_probe_name="dane.test")
+    delivered = net.submit(["a@good.dane.test"])
+    held = net.submit(["a@bad.dane.test"])
+    assert net.wait_final(delivered) == {"a@good.dane.test": "delivered"}
+    wait_for(lambda: state(net, held)[0] == "deferred")
+    assert "TLSA" in (state(net, held)[1] or "") and not sinks["bad"].received
+    assert sinks["good"].received[0].tls
