@@ -26,6 +26,12 @@ from the default address, so one lane per provider is exercised.
 
     /tmp/venv/bin/python bench/run_shaping.py                    # about 2 minutes
     /tmp/venv/bin/python bench/run_shaping.py --baseline /work/main --repeats 5
+    /tmp/venv/bin/python bench/run_shaping.py --bookkeeping   # in-process, seconds
+
+--bookkeeping measures, in this process and without sockets, the shaper's own work per
+transaction as the transport does it (lane, suspension check, admission through three
+domain windows and two provider windows, the reply check of a delivered result), the
+same 10 domains and 3 providers: the cost the end-to-end figures must hide.
 """
 
 from __future__ import annotations
@@ -77,8 +83,7 @@ def delivery(dns: TestDNSServer, port: int, rules_file: Path | None) -> dict[str
     }
     if rules_file is not None:
         section["shaping"] = {"enabled": True, "rules_file": str(rules_file)}
-        section["destinations"] = {d: {"per_second": 1_000_000, "per_minute": 10_000_000,
-                                       "per_hour": 100_000_000} for d in DOMAINS}
+        section["destinations"] = {d: delivery_limits() for d in DOMAINS}
     else:
         section["shaping"] = {"enabled": False}
     return section
@@ -112,6 +117,45 @@ def measure(target: RelayTarget, sink: Sink, args: argparse.Namespace,
             "cpu_ms_per_msg": round(cpu * 1000 / len(done), 3) if done else None}
 
 
+def bookkeeping(transactions: int = 200_000) -> float:
+    """Microseconds of the shaper's work per transaction (median of 5 rounds)."""
+    import asyncio
+    import statistics
+
+    from smtprelay.config import DestinationConfig
+    from smtprelay.delivery.model import RecipientResult, Verdict
+    from smtprelay.delivery.providers import bundled, parse_providers
+    from smtprelay.delivery.shaping import Shaper
+
+    table = bundled().merged(parse_providers(rules(), "bench"))
+    limits = delivery_limits()
+    shaper = Shaper()
+    shaper.configure(enabled=True, table=table, destinations={
+        d: DestinationConfig(**limits) for d in DOMAINS})
+    delivered = [RecipientResult("rcpt@d0.example.net", Verdict.DELIVERED, 250, "2.0.0",
+                                 "smtp; 250 2.0.0 Ok")]
+    hosts = [f"mx.{provider_of(i)}.test" for i in range(len(DOMAINS))]
+
+    async def rounds() -> list[float]:
+        took = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for n in range(transactions // 5):
+                i = n % len(DOMAINS)
+                lane = shaper.lane(hosts[i], None)
+                shaper.suspended(lane)
+                await shaper.admit(DOMAINS[i], lane)
+                shaper.after(lane, delivered)
+            took.append((time.perf_counter() - started) / (transactions // 5) * 1e6)
+        return took
+
+    return round(statistics.median(asyncio.run(rounds())), 2)
+
+
+def delivery_limits() -> dict[str, int]:
+    return {"per_second": 1_000_000, "per_minute": 10_000_000, "per_hour": 100_000_000}
+
+
 def _counter(exposition: str, provider: str) -> float:
     prefix = f'smtprelay_provider_transactions_total{{provider="{provider}"}} '
     return next((float(line[len(prefix):]) for line in exposition.splitlines()
@@ -130,8 +174,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="give up waiting for deliveries after this long without progress")
     p.add_argument("--baseline", type=Path, default=None,
                    help="another smtprelay checkout (today's main) to run beside")
+    p.add_argument("--bookkeeping", action="store_true",
+                   help="only the shaper's own work per transaction, in-process")
     args = p.parse_args(argv)
     exit_on_sigterm()
+    if args.bookkeeping:
+        print(f"shaper bookkeeping: {bookkeeping()} us per transaction (median of 5 rounds)")
+        return 0
 
     workdir = Path(tempfile.mkdtemp(prefix="smtprelay-shaping-", dir="/tmp"))
     rules_file = workdir / "providers.yaml"

@@ -172,20 +172,28 @@ class SMTPTransport:
             return config
         if not self._started:
             # At start, before any delivery: read now (preflight has read it already).
-            self._use_table(shaping.rules_file)
-        else:  # a reload, with deliveries running: read in a thread
+            try:
+                self.shaper.use_table(load_table(shaping.rules_file))
+            except ProviderTableError as exc:
+                self._table_refused(exc)
+        else:  # a reload, with deliveries running: read in a thread, swap in the loop
             task = asyncio.get_running_loop().create_task(
-                asyncio.to_thread(self._use_table, shaping.rules_file))
+                self._reload_table(shaping.rules_file))
             self._table_loads.add(task)
             task.add_done_callback(self._table_loads.discard)
         return config
 
-    def _use_table(self, rules_file: Path | None) -> None:
+    async def _reload_table(self, rules_file: Path | None) -> None:
         try:
-            self.shaper.use_table(load_table(rules_file))
+            table = await asyncio.to_thread(load_table, rules_file)
         except ProviderTableError as exc:
-            log.error("delivery.shaping.rules_file: %s; keeping the provider table in "
-                      "force", exc)
+            self._table_refused(exc)
+            return
+        self.shaper.use_table(table)
+
+    @staticmethod
+    def _table_refused(exc: ProviderTableError) -> None:
+        log.error("delivery.shaping.rules_file: %s; keeping the provider table in force", exc)
 
     # ------------------------------------------------------------------ routing
 

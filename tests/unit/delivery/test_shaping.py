@@ -385,7 +385,7 @@ async def test_operator_file_overrides_a_bundled_provider_and_adds_a_rule(
     assert held.retry_after is not None and held.retry_after > 7000
 
 
-async def test_bad_rules_file_keeps_the_table_in_force_on_reload(
+async def test_a_reload_reads_the_rules_file_again_and_a_bad_one_changes_nothing(
         world: World, caplog: pytest.LogCaptureFixture) -> None:
     """A file broken after the start (preflight refuses it at start and reload; this is
     the race where it breaks in between): the transport keeps the table it had."""
@@ -404,4 +404,12 @@ async def test_bad_rules_file_keeps_the_table_in_force_on_reload(
     await send(transport, "p1.example")  # a delivery reads the configuration in force
     await wait_for(lambda: "keeping the provider table in force" in caplog.text)
     assert "p1" in transport.shaper.table
+    # Mended, and reloaded again: the new table is in force, what was counted stays.
+    lane = transport.shaper.lane("mx.p1.test", None)
+    world.rules({"p1": {"mx": ["*.p1.test"], "limits": {"connections": 3}}})
+    holder.config = make_config(world.tmp_path, port=world.port, max_concurrent=8, shaping={
+        "rules_file": str(world.tmp_path / "providers.yaml")})
+    await send(transport, "p1.example")
+    await wait_for(lambda: lane is not None and lane.connections == 3)
+    assert transport.shaper.lane("mx.p1.test", None) is lane
 
