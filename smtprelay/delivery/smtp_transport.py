@@ -244,7 +244,8 @@ class SMTPTransport:
         destinations = found.destinations[:MAX_HOSTS_TRIED]
         self._shaping()
         shaper = self.shaper
-        lane = shaper.lane(destinations[0].host, self._source(route.settings))
+        lane = (shaper.lane(destinations[0].host, self._source(route.settings))
+                if destinations else None)
         held = shaper.suspended(lane)
         if held is not None:
             return held.results(txn.recipients)

@@ -241,14 +241,15 @@ async def test_a_greeting_refusal_trips_the_rule_and_spares_the_next_host(
 async def test_the_end_of_a_suspension_is_logged_and_the_provider_flows_again(
         world: World, caplog: pytest.LogCaptureFixture) -> None:
     rules = {"p1": {"mx": ["*.p1.test"], "rules": [
-        {"match": "slow down", "action": "suspend", "duration": "300ms"}]}}
+        # Long enough for the next send to find it suspended on a loaded machine.
+        {"match": "slow down", "action": "suspend", "duration": "2s"}]}}
     sink = world.host("mx.p1.test", Script(data_reply="451 4.7.0 slow down"))
     world.domain("p1.example", "mx.p1.test")
     transport = world.transport(rules=rules)
     caplog.set_level("INFO", logger="smtprelay.delivery")
     await send(transport, "p1.example")
     assert (await send(transport, "p1.example")).delay_type == SENDING_DEFERRAL
-    await wait_for(lambda: "suspension ended" in caplog.text)
+    await wait_for(lambda: "suspension ended" in caplog.text, timeout=15)
     started = [r for r in caplog.records if "suspended for" in r.getMessage()]
     assert len(started) == 1 and "provider=p1 source=default" in started[0].getMessage()
     assert sample("smtprelay_provider_suspended", {"provider": "p1", "source": "default"}) == 0
