@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smtprelay.config import Config, ConfigError, LoadedConfig, load_config
+from smtprelay.delivery.providers import ProviderTableError, load_table
 from smtprelay.delivery.smtp_transport import SmarthostPasswordError, smarthost_password
 from smtprelay.infra import tls
 from smtprelay.transform import dkim, tokens
@@ -52,6 +53,7 @@ def problems(config: Config, *, dkim_keys: bool = True) -> list[str]:
     if dkim_keys:
         found += dkim.load_keys(config)[1]
     found += _smarthost(config)
+    found += _shaping(config)
     found += _webhook_secrets(config)
     found += _data_dir(config)
     return found
@@ -189,6 +191,17 @@ def _read(key: str, path: Path, fix: str) -> tuple[bytes, str | None]:
 
 
 # -- delivery, events, data_dir --------------------------------------------------------
+
+
+def _shaping(config: Config) -> list[str]:
+    shaping = config.delivery.shaping
+    if not shaping.enabled or shaping.rules_file is None:
+        return []
+    try:
+        load_table(shaping.rules_file)
+    except ProviderTableError as exc:
+        return [f"delivery.shaping.rules_file: {exc}"]
+    return []
 
 
 def _smarthost(config: Config) -> list[str]:

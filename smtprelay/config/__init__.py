@@ -34,6 +34,7 @@ from smtprelay.config.sets import (
     ReputationConfig,
     is_simulator_address,
 )
+from smtprelay.config.shaping import DestinationConfig, ShapingConfig
 from smtprelay.config.source import ConfigSource, Derived
 from smtprelay.config.values import (
     Duration,
@@ -55,6 +56,7 @@ __all__ = [
     "ContactListConfig",
     "DelayConfig",
     "Derived",
+    "DestinationConfig",
     "Duration",
     "EventDestinationConfig",
     "HTTPConfig",
@@ -70,6 +72,7 @@ __all__ = [
     "RateThresholds",
     "ReputationConfig",
     "RetryConfig",
+    "ShapingConfig",
     "SubscriptionStatus",
     "TopicConfig",
     "WarmupConfig",

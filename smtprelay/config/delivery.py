@@ -7,8 +7,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from smtprelay.config.shaping import DestinationConfig, ShapingConfig
 from smtprelay.config.tls_reporting import TLSReportingConfig
-from smtprelay.config.values import Duration, Model, parse_nameserver
+from smtprelay.config.values import Duration, Model, check_domain, parse_nameserver
 
 
 class DeliveryDNSConfig(Model):
@@ -144,6 +145,16 @@ class DeliveryConfig(Model):
     dsn: DSNConfig = Field(default_factory=DSNConfig)
     # Daily TLS reports (RFC 8460) to recipient domains that publish _smtp._tls.
     tls_reporting: TLSReportingConfig = Field(default_factory=TLSReportingConfig)
+    # Limits per mailbox provider and source address (docs/shaping.md).
+    shaping: ShapingConfig = Field(default_factory=ShapingConfig)
+    # Limits per recipient domain: sessions and message rates (docs/shaping.md).
+    destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
+
+    @field_validator("destinations")
+    @classmethod
+    def _destination_domains(cls, value: dict[str, DestinationConfig]
+                             ) -> dict[str, DestinationConfig]:
+        return {check_domain(domain): limits for domain, limits in value.items()}
 
     @model_validator(mode="after")
     def _smarthost_needed(self) -> DeliveryConfig:
@@ -157,4 +168,10 @@ class DeliveryConfig(Model):
         if self.max_connections_per_domain > self.max_connections:
             raise ValueError(f"max_connections_per_domain ({self.max_connections_per_domain}) "
                              f"is above max_connections ({self.max_connections})")
+        for domain, limits in self.destinations.items():
+            wanted = limits.max_connections
+            if wanted is not None and wanted > self.max_connections:
+                raise ValueError(f"destinations.{domain}.max_connections "
+                                 f"({wanted}) is above max_connections "
+                                 f"({self.max_connections})")
         return self

@@ -9,6 +9,11 @@ Two limits, as Postfix's qmgr applies them:
 - `max_per_domain` bounds the sessions in use at once for one recipient domain, so
   one big destination cannot take every slot and a small receiver is not flooded.
 
+Traffic shaping (delivery.shaping) adds a group per mailbox provider and source
+address: at most its `connections` sessions open (in use or idle, as the provider
+counts them; an idle one of the group is closed to make room), and a session is
+closed after its `messages_per_connection` transactions.
+
 A session that ends a transaction cleanly goes back to the cache under its key (the
 address, port and client settings it was opened with) for `idle_timeout` seconds,
 and at most `max_age` seconds after it was opened, so a message to the same host
@@ -76,6 +81,9 @@ class ConnectionPool:
         self._stopped = False
         self._leases = leases  # None: one node, the slots' semaphores are the limit
         self._lease_of: dict[Connection, Lease] = {}
+        # Shaping groups (provider, source): sessions open per group, and each one's.
+        self._group_open: dict[Hashable, int] = {}
+        self._group_of: dict[Connection, Hashable] = {}
 
     # ------------------------------------------------------------------ figures
 
@@ -143,45 +151,65 @@ class ConnectionPool:
             entries = self._idle.get(key)
         return None
 
-    async def reserve(self, slot: str | None = None, limit: int = 0) -> Lease | None:
+    async def reserve(self, slot: str | None = None, limit: int = 0, *,
+                      group: Hashable | None = None,
+                      group_limit: int | None = None) -> Lease | None:
         """Count a new session against max_connections, evicting an idle one if needed.
 
         With cluster leases, first wait for one of `slot`'s `limit` leases: the caller
-        hands it to opened() with the session, or back to unreserve().
+        hands it to opened() with the session, or back to unreserve(). With a `group`,
+        the session counts against its `group_limit` too (None: no limit), and the
+        caller names the group to opened() or unreserve().
         """
         lease = None
         if self._leases is not None and slot is not None:
             lease = await self._lease(self._leases, slot, limit)
         try:
             async with self._changed:
-                while self._open >= self.max_connections:
-                    if self._evict_oldest():
-                        break  # its place is ours: _open stays as it is
-                    await self._changed.wait()
-                else:
-                    self._open += 1
+                while True:
+                    if (group_limit is not None
+                            and self._group_open.get(group, 0) >= group_limit):
+                        if not self._evict_oldest(group):
+                            await self._changed.wait()
+                        continue
+                    if self._open < self.max_connections:
+                        self._open += 1
+                        break
+                    if not self._evict_oldest():
+                        await self._changed.wait()
+                if group is not None:
+                    self._group_open[group] = self._group_open.get(group, 0) + 1
         except BaseException:
             self._give_back(lease)
             raise
         metrics.OUTBOUND_CONNECTIONS.set(self._open)
         return lease
 
-    def opened(self, conn: Connection, lease: Lease | None) -> None:
-        """The session reserve() counted is open: its lease lasts as long as it does."""
+    def opened(self, conn: Connection, lease: Lease | None, group: Hashable | None = None
+               ) -> None:
+        """The session reserve() counted is open: its lease and its place in its group
+        last as long as it does."""
         if lease is not None:
             self._lease_of[conn] = lease
+        if group is not None:
+            self._group_of[conn] = group
 
-    async def unreserve(self, lease: Lease | None = None) -> None:
+    async def unreserve(self, lease: Lease | None = None, group: Hashable | None = None
+                        ) -> None:
         """A reserved session never opened (connect failed): give its place back."""
         self._open -= 1
+        self._leave_group(group)
         metrics.OUTBOUND_CONNECTIONS.set(self._open)
         self._give_back(lease)
         await self._notify()
 
-    async def release(self, key: Hashable, conn: Connection) -> None:
-        """After a transaction: keep the session for the next message, or close it."""
+    async def release(self, key: Hashable, conn: Connection,
+                      max_transactions: int | None = None) -> None:
+        """After a transaction: keep the session for the next message, or close it (also
+        once it has carried `max_transactions`)."""
         now = self._clock()
         if (self._stopped or not conn.reusable or now - conn.opened_at >= self.max_age
+                or (max_transactions is not None and conn.transactions >= max_transactions)
                 or not self._may_keep(conn)):
             self._discard(conn)
         else:
@@ -215,8 +243,34 @@ class ConnectionPool:
     def _discard(self, conn: Connection) -> None:
         self._open -= 1
         metrics.OUTBOUND_CONNECTIONS.set(self._open)
-        self._in_background(conn.close())
+        self._close(conn)
         self._give_back(self._lease_of.pop(conn, None))
+
+    def _close(self, conn: Connection) -> None:
+        """Close `conn` in the background. Its group counts it until it is closed: the
+        provider sees it until then, and a new session must not be one too many."""
+        group = self._group_of.pop(conn, None)
+        if group is None:
+            self._in_background(conn.close())
+            return
+
+        async def close_then_leave() -> None:
+            try:
+                await conn.close()
+            finally:
+                self._leave_group(group)
+                await self._notify()
+
+        self._in_background(close_then_leave())
+
+    def _leave_group(self, group: Hashable | None) -> None:
+        if group is None:
+            return
+        left = self._group_open.get(group, 0) - 1
+        if left > 0:
+            self._group_open[group] = left
+        else:
+            self._group_open.pop(group, None)
 
     def _may_keep(self, conn: Connection) -> bool:
         lease = self._lease_of.get(conn)
@@ -238,7 +292,7 @@ class ConnectionPool:
                 conn, held = own
                 self._open -= 1
                 metrics.OUTBOUND_CONNECTIONS.set(self._open)
-                self._in_background(conn.close())
+                self._close(conn)
                 # Shielded: a cancelled wait must still give the lease back.
                 await asyncio.shield(self._in_background(leases.release(held)))
                 await self._notify()
@@ -266,20 +320,25 @@ class ConnectionPool:
         task.add_done_callback(self._closing.discard)
         return task
 
-    def _evict_oldest(self) -> bool:
+    def _evict_oldest(self, group: Hashable | None = None) -> bool:
+        """Close the least recently used idle session (of `group` when given): its
+        place is free again."""
         oldest_key: Hashable | None = None
         oldest: _Idle | None = None
         for key, entries in self._idle.items():
-            if entries and (oldest is None or entries[0].since < oldest.since):
-                oldest_key, oldest = key, entries[0]
+            for entry in entries:  # oldest first
+                if group is not None and self._group_of.get(entry.conn) != group:
+                    continue
+                if oldest is None or entry.since < oldest.since:
+                    oldest_key, oldest = key, entry
+                break
         if oldest is None:
             return False
         entries = self._idle[oldest_key]
-        entries.pop(0)
+        entries.remove(oldest)
         if not entries:
             del self._idle[oldest_key]
-        self._in_background(oldest.conn.close())
-        self._give_back(self._lease_of.pop(oldest.conn, None))
+        self._discard(oldest.conn)
         return True
 
     async def _notify(self) -> None:

@@ -10,15 +10,24 @@ the transaction's results are final for this attempt: a session that breaks
 mid-transaction defers its recipients rather than re-sending them elsewhere, except
 when a cached session turns out to have died while idle before the body went out,
 which is retried once on a fresh session.
+
+Traffic shaping (delivery.shaping, smtprelay.delivery.shaping) sits around that: the
+provider is read off the first MX host; a suspended provider defers the transaction
+before anything else, the rate limits of the recipient domain and of the provider for
+the source address are waited for (or defer) once a domain slot is held, the pool keeps
+to the provider's connections and messages per connection, and the replies go through
+the provider's rules.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from smtprelay.config import Config, ConfigSource, Derived
@@ -33,6 +42,8 @@ from smtprelay.delivery.model import (
     same_result,
 )
 from smtprelay.delivery.pool import ConnectionPool
+from smtprelay.delivery.providers import ProviderTableError, load_table
+from smtprelay.delivery.shaping import Lane, Shaper
 from smtprelay.delivery.tls_outcome import TLSOutcome
 from smtprelay.delivery.tls_policy import HostPlan, TLSPlanner
 from smtprelay.delivery.tls_report import observed
@@ -137,7 +148,7 @@ class SMTPTransport:
     def __init__(self, live: TransportSource, resolver: MXResolver,
                  pool: ConnectionPool, sources: SourceChooser | None = None, *,
                  on_tls_outcome: Callable[[TLSOutcome], None] | None = None,
-                 planner: TLSPlanner | None = None) -> None:
+                 planner: TLSPlanner | None = None, shaper: Shaper | None = None) -> None:
         self._resolver = resolver
         self._pool = pool
         # The IP pools' source addresses and warm-up (None: the host picks the source).
@@ -149,24 +160,74 @@ class SMTPTransport:
         # TLS policies, timeouts and the smarthost follow a reload (SIGHUP).
         self._settings = Derived(live, lambda config: _Settings.of(config,
                                                                    live.smarthost_password))
+        # Kept across reloads: what was counted and who is suspended outlive a SIGHUP.
+        self.shaper = shaper or Shaper()
+        self._table_loads: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._shaping = Derived(live, self._configure_shaping)
+        self._started = True
+
+    def _configure_shaping(self, config: Config) -> Config:
+        shaping = config.delivery.shaping
+        enabled = shaping.enabled and config.delivery.mode == "mx"
+        self.shaper.configure(enabled=enabled, destinations=config.delivery.destinations)
+        if not enabled:
+            return config
+        if not self._started:
+            # At start, before any delivery: read now (preflight has read it already).
+            try:
+                self.shaper.use_table(load_table(shaping.rules_file))
+            except ProviderTableError as exc:
+                self._table_refused(exc)
+        else:  # a reload, with deliveries running: read in a thread, swap in the loop
+            task = asyncio.get_running_loop().create_task(
+                self._reload_table(shaping.rules_file))
+            self._table_loads.add(task)
+            task.add_done_callback(self._table_loads.discard)
+        return config
+
+    async def _reload_table(self, rules_file: Path | None) -> None:
+        try:
+            table = await asyncio.to_thread(load_table, rules_file)
+        except ProviderTableError as exc:
+            self._table_refused(exc)
+            return
+        self.shaper.use_table(table)
+
+    @staticmethod
+    def _table_refused(exc: ProviderTableError) -> None:
+        log.error("delivery.shaping.rules_file: %s; keeping the provider table in force", exc)
 
     # ------------------------------------------------------------------ routing
 
-    def _tls_policy(self, message: QueuedMessage, cfg: Config) -> TLSPolicy:
+    def _tls_policy(self, message: QueuedMessage, domain: str, cfg: Config) -> TLSPolicy:
+        """The strictest of the relay's policy, the message's set's and the recipient
+        domain's (delivery.destinations): each can tighten, none loosen."""
         wanted = TLSPolicy(cfg.delivery.tls)
         if message.configuration_set is not None:
             cs = cfg.configuration_sets.get(message.configuration_set)
             if cs is not None and cs.tls is not None:
-                # A set can make delivery stricter, never looser than the relay's own policy.
                 wanted = max(wanted, TLSPolicy(cs.tls), key=_TLS_ORDER.index)
+        destination = cfg.delivery.destinations.get(domain)
+        if destination is not None and destination.tls is not None:
+            wanted = max(wanted, TLSPolicy(destination.tls), key=_TLS_ORDER.index)
         return wanted
 
     def _route(self, message: QueuedMessage, domain: str, settings: _Settings) -> _Route:
         if settings.smarthost is not None:
             return settings.smarthost
-        return _Route(settings.mx[self._tls_policy(message, settings.config)], slot=domain,
-                      limit=settings.config.delivery.max_connections_per_domain,
-                      policy_domain=domain)
+        delivery = settings.config.delivery
+        destination = delivery.destinations.get(domain)
+        limit = (destination.max_connections if destination is not None
+                 and destination.max_connections is not None
+                 else delivery.max_connections_per_domain)
+        return _Route(settings.mx[self._tls_policy(message, domain, settings.config)], slot=domain,
+                      limit=limit, policy_domain=domain)
+
+    def _source(self, settings: ClientSettings) -> str | None:
+        """The source address sessions with these settings leave from (None: the host's
+        default), which providers judge a sender by (an IP pool's, delivery.ip_pools)."""
+        return settings.source_address
 
     async def _destinations(self, domain: str, settings: _Settings) -> MXResult:
         smarthost = settings.config.delivery.smarthost
@@ -196,22 +257,42 @@ class SMTPTransport:
             if picked is not None:
                 source = picked
                 route = dataclasses.replace(route, settings=source.settings(route.settings))
+        results: list[RecipientResult] | None = None
+        try:
+            results = await self._shaped(domain, txn, settings, route, destinations)
+            return results
+        finally:
+            if sources is not None and source is not None:
+                # What never left the pool address goes back to its warm-up count.
+                await sources.settle(source, results)
+
+    async def _shaped(self, domain: str, txn: Transaction,
+                      settings: _Settings, route: _Route,
+                      destinations: tuple[Destination, ...]) -> list[RecipientResult]:
+        """The transaction within the provider's and the domain's limits, over the TLS
+        plan of each MX host."""
+        self._shaping()
+        shaper = self.shaper
+        lane = (shaper.lane(destinations[0].host, self._source(route.settings))
+                if destinations else None)
+        held = shaper.suspended(lane)
+        if held is not None:
+            return held.results(txn.recipients)
         if settings.smarthost is None:
             plans = await self._planner.plan(domain, route.settings, destinations)
         else:  # the smarthost is not the recipient's MX: its policies do not apply
             plans = [HostPlan(route.settings) for _ in destinations]
-        results: list[RecipientResult] | None = None
-        try:
-            async with self._pool.domain_slot(route.slot, route.limit):
-                results = await self._try_hosts(destinations, route, txn, plans)
-                return results
-        finally:
-            if sources is not None and source is not None:
-                await sources.settle(source, results)
+        async with self._pool.domain_slot(route.slot, route.limit):
+            held = await shaper.admit(domain, lane)
+            if held is not None:
+                return held.results(txn.recipients)
+            return await self._try_hosts(destinations, route, txn, plans, lane)
 
     async def _try_hosts(self, destinations: tuple[Destination, ...], route: _Route,
-                         txn: Transaction, plans: list[HostPlan] | None = None
-                         ) -> list[RecipientResult]:
+                         txn: Transaction, plans: list[HostPlan] | None = None,
+                         lane: Lane | None = None) -> list[RecipientResult]:
+        group = lane.group if lane is not None else None
+        per_connection = lane.messages_per_connection if lane is not None else None
         errors: list[ConnectError] = []
         for index, destination in enumerate(destinations):
             plan = plans[index] if plans is not None else HostPlan(route.settings)
@@ -242,32 +323,38 @@ class SMTPTransport:
                              conn.remote_mta)
                     self._pool.forget(conn)
                 else:
-                    await self._pool.release(key, conn)
-                    return results
-            lease = await self._pool.reserve(route.slot, route.limit)
+                    await self._pool.release(key, conn, per_connection)
+                    return self.shaper.after(lane, results)
+            lease = await self._pool.reserve(
+                route.slot, route.limit, group=group,
+                group_limit=lane.connections if lane is not None else None)
             try:
                 conn = await self._open(destination, plan, route)
                 key = (destination.address, destination.host, conn.settings)
             except ConnectError as exc:
-                await self._pool.unreserve(lease)
+                await self._pool.unreserve(lease, group)
                 metrics.OUTBOUND_CONNECTS.labels(result="failed").inc()
                 log.info("%s unusable: %s", f"{destination.host} [{destination.address}]",
                          exc.diagnostic)
                 errors.append(exc)
+                # A refused greeting is the provider's word (a refused connection is not).
+                if (lane is not None and exc.code is not None
+                        and self.shaper.observe(lane, exc.code, exc.status, exc.diagnostic)):
+                    break  # the provider is suspended for us: its other hosts too
                 continue
             except BaseException:
-                await self._pool.unreserve(lease)
+                await self._pool.unreserve(lease, group)
                 raise
-            self._pool.opened(conn, lease)
+            self._pool.opened(conn, lease, group)
             metrics.OUTBOUND_CONNECTS.labels(result="ok").inc()
             try:
                 results = await conn.send(txn)
             except BaseException:
                 self._pool.forget(conn)
                 raise
-            await self._pool.release(key, conn)
-            return results
-        return self._all_failed(errors, txn)
+            await self._pool.release(key, conn, per_connection)
+            return self.shaper.after(lane, results)
+        return self.shaper.held_back(lane, self._all_failed(errors, txn))
 
     async def _open(self, destination: Destination, plan: HostPlan,
                     route: _Route) -> Connection:

@@ -139,6 +139,34 @@ DOMAIN_ACTIVE = Gauge(
     "Outbound sessions in use per recipient domain (only domains with sessions in use)",
     ["domain"],
 )
+PROVIDER_SUSPENDED = Gauge(
+    "smtprelay_provider_suspended",
+    "1 while a shaping rule has suspended sending to a mailbox provider from a source "
+    "address (only suspended ones are listed)", ["provider", "source"],
+)
+PROVIDER_THROTTLE = Gauge(
+    "smtprelay_provider_throttle_factor",
+    "The share of its limits a throttled provider gets from a source address (only "
+    "throttled ones are listed)", ["provider", "source"],
+)
+SHAPING_RULE_HITS = Counter(
+    "smtprelay_shaping_rule_hits_total",
+    "Replies that matched a provider's shaping rule", ["provider", "rule", "action"],
+)
+SHAPING_DEFERRALS = Counter(
+    "smtprelay_shaping_deferrals_total",
+    "Transactions the relay deferred itself (SendingDeferral): reason suspended, "
+    "provider_rate or domain_rate", ["reason"],
+)
+PROVIDER_TRANSACTIONS = Counter(
+    "smtprelay_provider_transactions_total",
+    "Transactions to a mailbox provider's hosts that shaping let through (not suspended)",
+    ["provider"],
+)
+SHAPING_WAITS = Counter(
+    "smtprelay_shaping_waits_total",
+    "Transactions that waited (at most 2 s) for room under a rate limit",
+)
 EVENTS_PUBLISHED = Counter(
     "smtprelay_events_published_total", "Events handed to a destination",
     ["type", "configuration_set", "destination"]

@@ -88,6 +88,19 @@ def test_require_verified_from_the_configuration_file(net: World) -> None:
     assert not sink.received
 
 
+def test_a_destination_domain_tightens_tls_for_itself_only(net: World) -> None:
+    strict = mx_host(net, "bank.test", "mx.bank.test", None)  # self-signed
+    other = mx_host(net, "shop.test", "mx.shop.test", None)
+    net.start(destinations={"bank.test": {"tls": "require_verified"}})
+    held = net.submit(["a@bank.test"])
+    sent = net.submit(["a@shop.test"])
+    assert net.wait_final(sent) == {"a@shop.test": "delivered"}
+    assert other.received and other.received[0].tls
+    wait_for(lambda: state(net, held)[0] == "deferred")
+    assert "certificate verify failed" in (state(net, held)[1] or "")
+    assert not strict.received
+
+
 def test_dane_through_the_relay(net: World, issuer: Issuer, unbound: Unbound) -> None:
     good = issuer.issue("mx.good.dane.test", self_signed=True)
     spki = good.cert.public_key().public_bytes(
