@@ -11,8 +11,10 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # -- build: wheels of smtprelay and of every dependency -------------------------------
+# On the runtime's own base image, so that dependencies chosen by Python version (and
+# compiled ones) are the runtime's.
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 # Only what the wheel is made of (.dockerignore keeps the rest of the checkout out).
 COPY pyproject.toml README.md LICENSE ./
@@ -21,8 +23,8 @@ RUN pip wheel --wheel-dir /wheels .
 
 # -- runtime --------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 \
-    SMTPRELAY_CONFIG=/etc/smtprelay/smtprelay.yaml
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore \
+    PYTHONUNBUFFERED=1 SMTPRELAY_CONFIG=/etc/smtprelay/smtprelay.yaml
 # tini as PID 1: the relay handles SIGTERM and SIGHUP itself and reaps the children it
 # starts (SMTP workers, transform workers), but as PID 1 it would also inherit every
 # orphaned grandchild, which nothing would reap. Debian's package follows the base
@@ -47,6 +49,7 @@ COPY deploy/docker/smtprelay.yaml /etc/smtprelay/smtprelay.yaml
 # The spool, state database and keys: a named volume keeps them across containers
 # (and, named, is created owned by smtprelay as this directory is).
 VOLUME ["/var/lib/smtprelay"]
+WORKDIR /var/lib/smtprelay
 # Unprivileged ports (the relay runs as smtprelay): publish them as 587 and 465.
 EXPOSE 2587 2465 8080
 # Numeric, so that Kubernetes' runAsNonRoot can tell it is not root.
