@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smtprelay.infra import tls
+from smtprelay.infra import metrics, tls
 from tests.certificates import certificate
 
 
@@ -71,3 +71,27 @@ def test_the_expiry_is_the_leafs_the_first_certificate_of_a_full_chain(
         2030, 1, 1, tzinfo=datetime.UTC).timestamp()
     with pytest.raises(ValueError):
         tls.certificate_expiry(tmp_path / "leaf" / "key.pem")
+
+
+def test_an_unreadable_certificate_leaves_the_expiry_it_had(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """record_expiry runs after the file was loaded into a context; if it was replaced
+    by something unreadable meanwhile, the context in use keeps its certificate, so the
+    metric keeps its date, and says why it was not updated."""
+    from prometheus_client import REGISTRY
+
+    name = "smtprelay_tls_certificate_expiry_timestamp_seconds"
+    key = {"certificate": "tracking_domains.unit.test.cert_file"}
+    cert, _ = certificate(tmp_path, "unit.test",
+                          datetime.datetime(2032, 2, 2, tzinfo=datetime.UTC))
+    tls.record_expiry(key["certificate"], cert)
+    assert REGISTRY.get_sample_value(name, key) == datetime.datetime(
+        2032, 2, 2, tzinfo=datetime.UTC).timestamp()
+    try:
+        cert.write_text("garbage\n")
+        tls.record_expiry(key["certificate"], cert)
+        assert REGISTRY.get_sample_value(name, key) == datetime.datetime(
+            2032, 2, 2, tzinfo=datetime.UTC).timestamp()
+        assert "tracking_domains.unit.test.cert_file: cannot read the expiry" in caplog.text
+    finally:  # the registry is the process's: no series of this test for the next
+        metrics.TLS_CERTIFICATE_EXPIRY.remove(key["certificate"])
