@@ -167,7 +167,9 @@ def _load_tls(config: Config) -> ssl.SSLContext | None:
         return None
     if config.tls.generate_self_signed:
         tls.ensure_self_signed(config.cert_path, config.key_path, config.server.hostname)
-    return tls.server_context(config.cert_path, config.key_path, config.tls.profile)
+    context = tls.server_context(config.cert_path, config.key_path, config.tls.profile)
+    tls.record_expiry("tls.cert_file", config.cert_path)
+    return context
 
 
 def _log_dkim(signer: dkim.Signer) -> None:

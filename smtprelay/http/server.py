@@ -297,6 +297,14 @@ class HTTPServer:
                         ", ".join(missing))
         for ctx in contexts.values():
             ctx.set_alpn_protocols(["http/1.1"])
+        # Recorded once every file loaded, so a failed reload leaves the values of the
+        # certificates still in use. (The tracking domains cannot change: this server
+        # keeps the configuration it started with.)
+        for domain, settings in cfg.tracking_domains.items():
+            if settings.cert_file is not None and settings.key_file is not None:
+                tls.record_expiry(f"tracking_domains.{domain}.cert_file", settings.cert_file)
+        if "" in contexts:
+            tls.record_expiry("tls.cert_file", cfg.cert_path)
         return contexts
 
     def _sni(self, sslobj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,

@@ -300,15 +300,26 @@ FEEDBACK_REFUSED = Counter(
     "spool_reserve (452: it would eat into store.spool_reserve), disk_full (452)",
     ["reason"])
 
+# Set when a certificate is loaded into a listener's context (at start, at SIGHUP), so
+# an alert can warn before a renewal that never happened shows up as failed handshakes.
+TLS_CERTIFICATE_EXPIRY = Gauge(
+    "smtprelay_tls_certificate_expiry_timestamp_seconds",
+    "When the certificate in use expires (its notAfter, Unix time), by the configuration "
+    "key that names its file: tls.cert_file (the SMTP listeners, and https when no "
+    "tracking domain's matches) or tracking_domains.<name>.cert_file",
+    ["certificate"])
+
 WORKER_RESTARTS = Counter(
     "smtprelay_worker_restarts_total",
     "SMTP worker processes (server.workers) started again after they ended")
 
 
 # What the workers' files say of these is not theirs to say: the queue and the events
-# are the supervisor's (a worker only moves the gauge by its own acceptances).
+# are the supervisor's (a worker only moves the gauge by its own acceptances). The
+# certificates' expiry: the workers load the same files as the supervisor.
 _SUPERVISOR_ONLY = frozenset({"smtprelay_spool_messages", "smtprelay_event_outbox_depth",
-                              "smtprelay_configuration_sets_paused"})
+                              "smtprelay_configuration_sets_paused",
+                              "smtprelay_tls_certificate_expiry_timestamp_seconds"})
 
 
 class _WithWorkers:

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from smtprelay.infra import metrics
 from smtprelay.infra.safeio import write_durably
 
 log = logging.getLogger("smtprelay.tls")
@@ -108,6 +109,28 @@ def server_context(cert_file: Path, key_file: Path,
             "both must be PEM and belong together"
         ) from None
     return ctx
+
+
+def certificate_expiry(cert_file: Path) -> float:
+    """The notAfter of the first certificate in `cert_file` (the leaf of a full chain:
+    the one clients check the date of), as a Unix time. Raises OSError or ValueError."""
+    leaf = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+    return leaf.not_valid_after_utc.timestamp()
+
+
+def record_expiry(certificate: str, cert_file: Path) -> None:
+    """Publish when `cert_file`, just loaded into a context, expires, as
+    smtprelay_tls_certificate_expiry_timestamp_seconds{certificate=...}; `certificate`
+    is the configuration key that names the file. A file that cannot be read now (it
+    changed since it was loaded) leaves the metric as it was, with a warning: the
+    context in use is not affected."""
+    try:
+        expiry = certificate_expiry(cert_file)
+    except (OSError, ValueError, IndexError) as exc:
+        log.warning("%s: cannot read the expiry of %s for the metrics: %s", certificate,
+                    cert_file, exc)
+        return
+    metrics.TLS_CERTIFICATE_EXPIRY.labels(certificate=certificate).set(expiry)
 
 
 # -- key-exchange groups ---------------------------------------------------------------
