@@ -153,6 +153,8 @@ def test_admin_api_conforms_to_its_openapi_document(relay: RunningRelay,
                 p["in"] == "query" for p in described.get("parameters", ()))
             if (keep_token and not breakable) or (fixed and not has_path and not keep_token):
                 continue  # nothing this pass would add
+            if described["operationId"] == "streamEvents":
+                continue  # follow=true never ends: tests/e2e/test_events_tail.py has it
             exercise(operation, mode, base_url, ran, by_pass.setdefault(name, Counter()),
                      keep_token=keep_token, path_parameters=fixed)
     total = sum(by_pass[name].total() for name in by_pass)
