@@ -22,7 +22,7 @@ function drawChart(holder) {
     legend: {live: false},
     series: [{label: "UTC"}].concat(names.map((name) => ({
       label: name, stroke: COLOURS[name] || "#555", width: 1.5,
-      points: {show: count <= 60},
+      points: {show: count <= 30},
     }))),
   };
   // Times in UTC, as every other time in the console.
