@@ -277,9 +277,9 @@ def tail_request(request: web.Request) -> tuple[event_tail.TailFilter, int, bool
             _fail(400, f"type must be one of {', '.join(event_tail.EVENT_TYPES)}")
     sets = request.query.getall("configuration_set", [])
     for name in sets:
-        if name and _NAME.search(name) is None:
-            _fail(400, "configuration_set must be a set name: 1-64 letters, digits, '-' "
-                       "and '_' (empty: mail sent without a set)")
+        if len(name) > 256 or _CURSOR.search(name) is None:
+            _fail(400, "configuration_set must be a set's name (at most 256 characters, "
+                       "no control characters; empty: mail sent without a set)")
     text = request.query.get("recent", "10")
     if not _LIMIT.search(text) or not 0 <= int(text) <= event_tail.RECENT:
         _fail(400, f"recent must be a whole number from 0 to {event_tail.RECENT}")

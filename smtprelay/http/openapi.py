@@ -720,8 +720,8 @@ _PATHS: dict[str, Any] = {
                    "Only events of these types (repeat the parameter for several).",
                    ) | {"style": "form", "explode": True},
             _param("configuration_set", "query",
-                   {"type": "array", "items": {"type": "string", "pattern":
-                                               f"(?:{NAME_PATTERN})|^$"}},
+                   {"type": "array", "items": {"type": "string", "maxLength": 256,
+                                               "pattern": CURSOR_PATTERN}},
                    "Only events of these sets; empty: mail sent without a set.",
                    ) | {"style": "form", "explode": True},
             _param("recent", "query", {"type": "integer", "minimum": 0, "maximum": RECENT},
