@@ -383,3 +383,48 @@ def test_the_login_goes_on_only_to_a_console_page(relay: RunningRelay) -> None:
             assert _field(page, "next") == "/console/", target
 
     run(relay, test)
+
+
+def test_the_console_and_its_live_tail_through_worker_processes(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With server.workers the workers pass console requests to the supervisor; the
+    live tail's stream stays open past http.read_timeout (the worker's read limit on
+    the supervisor's answer) because the relay writes keep-alives while it is quiet."""
+    from tests.support import DaemonProcess, submit_to_daemon
+
+    monkeypatch.setenv(ENV, SECRET)
+    daemon = DaemonProcess(
+        tmp_path, server={"workers": 2, "transform_workers": 0},
+        http={**ADMIN_HTTP, "read_timeout": "2s"},
+        configuration_sets={"transactional": {"event_destinations": [
+            {"name": "file", "type": "file", "path": str(tmp_path / "events.ndjson")}]}})
+    daemon.start(wait=False)
+    try:
+        daemon.wait_log("smtprelay ready", timeout=60)
+
+        async def test() -> None:
+            jar = aiohttp.CookieJar(unsafe=True)
+            async with aiohttp.ClientSession(cookie_jar=jar) as session:
+                b = Browser(session, f"http://127.0.0.1:{daemon.ports['http']}")
+                assert (await b.login())[0] == 303
+                async with session.get(f"{b.base}/console/events/stream") as stream:
+                    assert stream.status == 200
+                    # Quiet for longer than read_timeout: keep-alives hold it open.
+                    async with asyncio.timeout(10):
+                        for _ in range(2):
+                            assert await stream.content.readline() == b": keep-alive\n"
+                            assert await stream.content.readline() == b"\n"
+                    message_id = await asyncio.to_thread(submit_to_daemon, daemon,
+                                                         ["w@example.net"])
+                    async with asyncio.timeout(10):
+                        while True:
+                            line = (await stream.content.readline()).decode()
+                            if line.startswith("data:"):
+                                break
+                    assert json.loads(line.removeprefix("data:"))["messageId"] == message_id
+                status, _, page = await b.get(f"/console/queue/{message_id}")
+                assert status == 200 and "w@example.net" in page
+
+        asyncio.run(test())
+    finally:
+        daemon.stop()
