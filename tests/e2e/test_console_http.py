@@ -428,3 +428,37 @@ def test_the_console_and_its_live_tail_through_worker_processes(
         asyncio.run(test())
     finally:
         daemon.stop()
+
+
+def test_hold_and_release_from_the_cli_as_the_console_sees_them(relay: RunningRelay,
+                                                                cred: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    _, reply = send(relay, cred, ["held@example.net"])
+    message_id = reply.split()[-1]
+    config = relay.config.server.data_dir.parent / "smtprelay.yaml"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "smtprelay", "queue", *args, "-c",
+                               str(config)], capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ))
+
+    held = cli("hold", message_id)
+    assert held.returncode == 0 and "1 recipient(s) held" in held.stdout, held.stderr
+    again = cli("hold", message_id)
+    assert again.returncode == 1 and "held already" in again.stderr
+    listed = cli("list", "--state", "held")
+    assert message_id in listed.stdout and "held@example.net  held" in listed.stdout
+
+    async def test(b: Browser) -> None:
+        await b.login()
+        _, _, page = await b.get(f"/console/queue/{message_id}")
+        assert 'class="state held"' in page and 'id="release"' in page
+
+    run(relay, test)
+    released = cli("release", message_id)
+    assert released.returncode == 0 and "1 recipient(s) released" in released.stdout
+    assert cli("release", message_id).returncode == 1
+    assert message_id not in cli("list", "--state", "held").stdout
