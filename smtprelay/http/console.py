@@ -54,7 +54,7 @@ from smtprelay.policy import reputation
 from smtprelay.policy.pauses import Scope
 from smtprelay.policy.suppression import REASONS, Reason
 from smtprelay.spool import set_stats
-from smtprelay.spool.model import FILTER_STATES, QueuedMessage
+from smtprelay.spool.model import FILTER_STATES, HELD, QueuedMessage
 from smtprelay.spool.store import MessageFilter
 
 log = logging.getLogger("smtprelay.http.console")
@@ -96,7 +96,7 @@ _QUEUE_ACTIONS = ("retry", "delete", "hold", "release")
 def _when(seconds: float | None) -> str:
     if seconds is None:
         return "—"
-    if seconds >= 1e11:
+    if seconds >= HELD:
         return "held"
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime(
         "%Y-%m-%d %H:%M:%S")

@@ -552,7 +552,8 @@ _PATHS: dict[str, Any] = {
                    "Only this set's messages; empty: those sent without a set."),
             _param("state", "query", {"enum": list(QUEUE_STATES)},
                    "pending: some recipient still waits or is being sent; finished: none "
-                   "does; a recipient state: some recipient is in it."),
+                   "does; held: some recipient is held (smtprelay queue hold); a "
+                   "recipient state: some recipient is in it."),
             _LIMIT, _cursor("message id")],
         "responses": {**_ok("A page of messages.", "MessagePage"), **_errors(400)}}},
     "/queue/retry": {"post": {
