@@ -184,13 +184,11 @@ class Console:
         r.add_get(f"{ROOT}/events/stream", self._page(self._events_stream))
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
+        """Imports still running are cancelled (the rows written so far stay)."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            try:
-                await task
-            except BaseException:  # noqa: S110 - cancelled or failed, logged by the job
-                pass
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- the gate: a session for every page, the CSRF token for every change ------------
 
