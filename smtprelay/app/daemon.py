@@ -36,6 +36,7 @@ from smtprelay.delivery.tls_report_send import TLSReporter
 from smtprelay.events.engagement import EngagementRecorder
 from smtprelay.events.publisher import Publisher
 from smtprelay.events.remote import serve_engagements
+from smtprelay.events.tail import EventTail
 from smtprelay.feedback import inbox as feedback_inbox
 from smtprelay.feedback.listener import FeedbackReceiver
 from smtprelay.feedback.processor import FeedbackProcessor
@@ -167,6 +168,11 @@ class Relay:
         self.smtp: SMTPServer | None = None
         self.http: HTTPServer | None = None
         self.publisher: Publisher | None = None
+        # The live tail of committed events (the console's Events page, `smtprelay
+        # events tail`): fed by the spool, in memory only.
+        self.event_tail = EventTail()
+        self.spool.event_tap = self.event_tail.publish
+        self._pool: ConnectionPool | None = None
         self.engagements: EngagementRecorder | None = None
         self.feedback_inbox: feedback_inbox.FeedbackInbox | None = None
         self.feedback_receiver: FeedbackReceiver | None = None
@@ -312,7 +318,9 @@ class Relay:
                                    wake_scheduler=self._wake_scheduler,
                                    reputation=self.reputation.state_of,
                                    counters=self.counters, node=self._node_control(),
-                                   warmup=self.warmup),
+                                   warmup=self.warmup,
+                                   events=self.event_tail,
+                                   connections=self._connections_to),
                                confirmer=self.publisher, worker_metrics=worker_metrics,
                                sockets=[] if count > 1 else None,
                                internal=internal_socket(cfg.server.data_dir) if count > 1
@@ -513,6 +521,10 @@ class Relay:
         log.info("feedback inbox opened path=%s pending=%d", inbox.path,
                  await asyncio.to_thread(inbox.count))
 
+    def _connections_to(self, domain: str) -> int:
+        """Delivery sessions in use to `domain` now (the console's delivery page)."""
+        return self._pool.active(domain) if self._pool is not None else 0
+
     def _transport(self) -> Transport | None:
         delivery = self.config.delivery
         if delivery.mode == "hold":
@@ -533,6 +545,7 @@ class Relay:
             on_tls_outcome=self.tls_collector.record if self.tls_collector else None)
         for problem in unbindable(self.config):
             log.error("%s", problem)
+        self._pool = pool
         if delivery.mode == "smarthost" and delivery.smarthost is not None:
             host = delivery.smarthost
             log.info("delivery mode=smarthost host=%s port=%d tls=%s auth=%s", host.host,
@@ -652,6 +665,7 @@ class Relay:
             await self.leases.close()
         if self.publisher is not None:
             await self.publisher.stop()
+        self.event_tail.close()  # open tails end, or they would hold the HTTP stop up
         if self.http is not None:
             await self.http.stop()
         for sock, _ in self._http_sockets:

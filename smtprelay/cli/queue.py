@@ -33,7 +33,7 @@ def register(sub: Any, common: argparse.ArgumentParser,
     p.add_argument("--set", metavar="NAME",
                    help="only this configuration set's messages (\"\": those without one)")
     p.add_argument("--state", choices=FILTER_STATES,
-                   help="pending, finished, or a recipient state some recipient is in")
+                   help="pending, finished, held, or a recipient state some recipient is in")
     p.set_defaults(func=cmd_list)
     p = queue.add_parser("show", parents=[common, listing], help="one message in detail")
     p.add_argument("id")
@@ -49,6 +49,14 @@ def register(sub: Any, common: argparse.ArgumentParser,
     p.set_defaults(func=cmd_retry)
     queue.add_parser("flush", parents=[common], help="make every waiting recipient due now") \
         .set_defaults(func=cmd_retry, all=True, id=None)
+    p = queue.add_parser("hold", parents=[common],
+                         help="keep a message from delivery until it is released")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_hold)
+    p = queue.add_parser("release", parents=[common],
+                         help="make a held message's recipients due now")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_release)
 
     captured = sub.add_parser(
         "captured", help="messages written by delivery.mode: capture").add_subparsers(
@@ -75,7 +83,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{m.message_id}  {m.size:>9}  {format_time(m.received_at)}  <{m.mail_from}>  "
               f"account={m.account}")
         for r in m.recipients:
-            extra = f"  next={format_time(r.next_attempt)}" if r.state.value == "deferred" else ""
+            extra = "  held" if r.held else (
+                f"  next={format_time(r.next_attempt)}" if r.state.value == "deferred" else "")
             reply = f"  ({r.last_reply})" if r.last_reply else ""
             print(f"    {r.state.value:<10} {r.address}{extra}{reply}")
     print(f"-- {len(messages)} message(s)" + (" shown" if args.limit else ""))
@@ -128,6 +137,19 @@ def cmd_retry(args: argparse.Namespace) -> int:
         except NothingToRetry:
             due = 0  # the command has always answered with the count, none included
     print(f"{due} recipient(s) due now; the daemon picks them up within seconds")
+    return EXIT_OK
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    held = ops.hold(_queue(state_config(args)), args.id)
+    print(f"{held} recipient(s) held; `smtprelay queue release {args.id}` lets them go")
+    return EXIT_OK
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    released = ops.release(_queue(state_config(args)), args.id, time.time())
+    print(f"{released} recipient(s) released, due now; the daemon picks them up within "
+          "seconds")
     return EXIT_OK
 
 

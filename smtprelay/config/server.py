@@ -254,6 +254,9 @@ class HTTPConfig(Model):
     # Name of the environment variable holding the admin API's bearer token
     # (/api/v1 on every http listener). Unset, or the variable empty: no admin API.
     admin_token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # How long a login to the web console (/console/, on whenever the admin API is)
+    # lasts; a signed admin token's own expiry ends it sooner. Logging out ends it too.
+    console_session_lifetime: Duration = Field(default=8 * 3600.0, gt=0)
     # The base URL at which others reach this listener (through a proxy or CDN, if
     # any), such as https://relay.example.com: the SubscribeURL that a webhook with
     # format: notification sends in SNS's SubscriptionConfirmation points there

@@ -51,6 +51,8 @@ from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
 from smtprelay.config import NAME_PATTERN, ConfigSource
+from smtprelay.events import tail as event_tail
+from smtprelay.events.tail import EventTail
 from smtprelay.http import admin_auth, openapi
 from smtprelay.http.tracking import client_ip, parse_ip
 from smtprelay.infra import metrics
@@ -178,6 +180,12 @@ class AdminServices:
     node: NodeControl | None = None  # drain and the cluster's nodes (None: not offered)
     # The IP pools' warm-up counters (None: the /ip-pools routes answer 404).
     warmup: WarmupCounters | None = None
+    events: EventTail | None = None  # the live tail of events (None: not offered)
+    # The console's delivery page: delivery sessions in use to a recipient domain now
+    # (None: not known here), and the mailbox provider of an MX host (None: the
+    # bundled table of smtprelay.delivery.providers).
+    connections: Callable[[str], int] | None = None
+    provider_of: Callable[[str], str | None] | None = None
 
 
 # -- query and body parsing ---------------------------------------------------------------
@@ -260,6 +268,30 @@ async def pause_detail(request: web.Request) -> str:
     return str((await read_body(request, {"reason": str})).get("reason", ""))
 
 
+def keepalive_interval(read_timeout: float) -> float:
+    """How often a quiet stream writes something: well within `read_timeout`."""
+    return max(0.5, min(15.0, read_timeout / 2))
+
+
+def tail_request(request: web.Request) -> tuple[event_tail.TailFilter, int, bool]:
+    """The event tail's query: type (repeated: any of them), configuration_set
+    (repeated; empty: mail without a set), recent (0-200, default 10), follow."""
+    types = request.query.getall("type", [])
+    for kind in types:
+        if kind not in event_tail.EVENT_TYPES:
+            _fail(400, f"type must be one of {', '.join(event_tail.EVENT_TYPES)}")
+    sets = request.query.getall("configuration_set", [])
+    for name in sets:
+        if len(name) > 256 or _CURSOR.search(name) is None:
+            _fail(400, "configuration_set must be a set's name (at most 256 characters, "
+                       "no control characters; empty: mail sent without a set)")
+    text = request.query.get("recent", "10")
+    if not _LIMIT.search(text) or not 0 <= int(text) <= event_tail.RECENT:
+        _fail(400, f"recent must be a whole number from 0 to {event_tail.RECENT}")
+    follow = _choice(request, "follow", ("true", "false")) == "true"
+    return event_tail.TailFilter.of(types, sets), int(text), follow
+
+
 # -- JSON shapes -----------------------------------------------------------------------------
 
 
@@ -279,6 +311,9 @@ class AdminAPI:
         self._clock = clock
         self._queue = queue_ops.DaemonSpool(services.spool, services.counters)
         self.document = openapi.document()
+        # A streamed answer writes at least this often: a worker process passing it on
+        # gives up on a read after http.read_timeout (smtprelay.http.forward).
+        self.keepalive = keepalive_interval(services.live.config.http.read_timeout)
         if len(secret) < admin_auth.MIN_SECRET_CHARS:
             log.warning("http.admin_token_env: the admin secret is %d characters; use at "
                         "least %d random ones (openssl rand -base64 32)", len(secret),
@@ -356,6 +391,7 @@ class AdminAPI:
         r.add_get(pools, self.ip_pools)
         r.add_get(f"{pools}/{{pool}}", self.ip_pool)
         r.add_put(f"{pools}/{{pool}}/addresses/{{ip}}/warmup", self.ip_warmup_put)
+        r.add_get(f"{PREFIX}/events/stream", self.events_stream)
         accounts = f"{PREFIX}/accounts"
         r.add_get(accounts, self.accounts_list)
         r.add_get(f"{accounts}/{{account}}", self.account_get)
@@ -626,6 +662,38 @@ class AdminAPI:
         log.info("admin api: ip pool=%s address=%s put on warm-up day %d", pool, address,
                  day)
         return web.json_response(pool_ops.progress_json(changed))
+
+    # -- the live tail of events ------------------------------------------------------------
+
+    async def events_stream(self, request: web.Request) -> web.StreamResponse:
+        """NDJSON: the latest events, then with follow=true each new one as it is
+        committed (`smtprelay events tail`); a blank line keeps a quiet stream alive,
+        {"dropped": n} says n events were lost for reading too slowly."""
+        tail = self._services.events
+        if tail is None:
+            _fail(404, "this relay does not offer the event tail")
+        assert tail is not None
+        wanted, recent, keep_going = tail_request(request)
+        response = web.StreamResponse(headers={
+            "Content-Type": "application/x-ndjson; charset=utf-8",
+            "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        try:
+            async for item in event_tail.follow(tail, wanted, recent=recent,
+                                                keep_going=keep_going,
+                                                keepalive=self.keepalive):
+                if item is None:
+                    line = b"\n"
+                elif isinstance(item, event_tail.Dropped):
+                    line = json.dumps({"dropped": item.count}).encode() + b"\n"
+                else:
+                    line = json.dumps(item.as_json(), ensure_ascii=False,
+                                      separators=(",", ":")).encode() + b"\n"
+                await response.write(line)
+            await response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass  # the viewer went away: nothing to tell anyone
+        return response
 
     # -- contact lists (SES's list management) ------------------------------------------------
     #

@@ -13,6 +13,7 @@ from typing import Any
 
 from smtprelay import __version__
 from smtprelay.config import NAME_PATTERN
+from smtprelay.events.tail import EVENT_TYPES, RECENT
 from smtprelay.operations.contacts import MAX_ATTRIBUTES, MAX_CURSOR, STATUSES
 from smtprelay.policy.suppression import REASONS
 from smtprelay.spool import set_stats
@@ -188,14 +189,17 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "address": {"type": "string"},
-            "state": {"enum": [s for s in QUEUE_STATES if s not in ("pending", "finished")]},
+            "state": {"enum": [s for s in QUEUE_STATES
+                               if s not in ("pending", "finished", "held")]},
             "attempts": {"type": "integer", "minimum": 0},
             "next_attempt": {"type": "number"},
             "last_attempt": _nullable({"type": "number"}),
             "last_reply": _nullable({"type": "string"}),
+            # Held by an operator (the console's hold): not tried until released.
+            "held": {"type": "boolean"},
         },
         "required": ["address", "state", "attempts", "next_attempt", "last_attempt",
-                     "last_reply"],
+                     "last_reply", "held"],
         "additionalProperties": False,
     },
     "Message": {
@@ -591,7 +595,8 @@ _PATHS: dict[str, Any] = {
                    "Only this set's messages; empty: those sent without a set."),
             _param("state", "query", {"enum": list(QUEUE_STATES)},
                    "pending: some recipient still waits or is being sent; finished: none "
-                   "does; a recipient state: some recipient is in it."),
+                   "does; held: some recipient is held (smtprelay queue hold); a "
+                   "recipient state: some recipient is in it."),
             _LIMIT, _cursor("message id")],
         "responses": {**_ok("A page of messages.", "MessagePage"), **_errors(400)}}},
     "/queue/retry": {"post": {
@@ -764,6 +769,34 @@ _PATHS: dict[str, Any] = {
         "summary": "Every node sharing the store (store: redis), from their heartbeats; "
                    "a relay that is one node lists itself.",
         "responses": {**_ok("The nodes.", "ClusterNodes"), **_errors(503)}}},
+    "/events/stream": {"get": {
+        "operationId": "streamEvents",
+        "summary": "The live tail (smtprelay events tail): the latest events this node "
+                   "committed, then with follow=true each new one as it comes, until the "
+                   "client goes. One JSON object a line: an event (SES's record with only "
+                   "source and destination in its mail object, and messageId, "
+                   "configurationSet and timestamp), or "
+                   '{"dropped": n} when n events were lost for reading too slowly; a '
+                   "blank line keeps a quiet stream alive. At most once, from memory: "
+                   "event destinations are the durable way to receive events.",
+        "parameters": [
+            _param("type", "query", {"type": "array", "items": {"enum": list(EVENT_TYPES)}},
+                   "Only events of these types (repeat the parameter for several).",
+                   ) | {"style": "form", "explode": True},
+            _param("configuration_set", "query",
+                   {"type": "array", "items": {"type": "string", "maxLength": 256,
+                                               "pattern": CURSOR_PATTERN}},
+                   "Only events of these sets; empty: mail sent without a set.",
+                   ) | {"style": "form", "explode": True},
+            _param("recent", "query", {"type": "integer", "minimum": 0, "maximum": RECENT},
+                   "How many of the latest kept events to start with (default 10)."),
+            _param("follow", "query", {"enum": ["true", "false"]},
+                   "true: keep the stream open for new events (default false)."),
+        ],
+        "responses": {"200": {"description": "The events, as they come.",
+                              "content": {"application/x-ndjson": {
+                                  "schema": {"type": "string"}}}},
+                      **_errors(400, 404)}}},
 }
 
 

@@ -11,6 +11,9 @@ most 100 header fields, 64 KB of body; a client must send a whole request head
 within ``http.read_timeout`` of connecting (or of the previous response), so a
 client trickling bytes (slowloris) holds a socket for that long at most.
 
+The web console (smtprelay.http.console) answers under ``/console/`` (and ``/`` sends
+there) whenever the admin API is on.
+
 Everything under ``/api/`` belongs to the admin API (smtprelay.http.admin): it is
 checked for the bearer token before routing, so an unknown admin path without a
 token is a 401 like any other; with no admin secret configured it is a 404.
@@ -39,6 +42,7 @@ from smtprelay.events.model import EngagementSink
 from smtprelay.events.subscriptions import Confirmer
 from smtprelay.http import admin_auth, proxied
 from smtprelay.http.admin import AdminAPI, AdminServices, is_admin_path
+from smtprelay.http.console import Console
 from smtprelay.http.forward import ROUTE_NAME, Forwarder, peer_from_worker
 from smtprelay.http.ses import SesApi
 from smtprelay.http.sns import SubscriptionConfirmations
@@ -201,11 +205,14 @@ class HTTPServer:
         self._ready = ready
         self.tracking = Tracking(config, keys if keys is not None else _NoKeys(), sink)
         self.admin: AdminAPI | None = None
+        self.console: Console | None = None
         self.sns = SubscriptionConfirmations(confirmer) if confirmer is not None else None
         env = config.http.admin_token_env
         secret = admin_auth.secret_from_env(env)
         if admin is not None and secret is not None:
             self.admin = AdminAPI(secret, admin, [str(n) for n in config.http.trusted_proxies])
+            # The web console: the same services, behind a login with the same secret.
+            self.console = Console(secret, admin, config.http, sesv1=config.api.sesv1)
         elif admin is not None and env:
             log.warning("http.admin_token_env: the variable %s is unset or empty, so the "
                         "admin API is off; set it in the daemon's environment and restart",
@@ -254,6 +261,8 @@ class HTTPServer:
             self.sns.add_routes(app)
         if admin is not None:
             admin.add_routes(app)
+        if self.console is not None:
+            self.console.add_routes(app)
         if self._ses is not None:
             self._ses.add_routes(app)
         return app
@@ -409,6 +418,8 @@ class HTTPServer:
         return [sock.getsockname()[:2] for sock in getattr(server, "sockets", None) or ()]
 
     async def stop(self) -> None:
+        if self.console is not None:
+            await self.console.stop()
         # New connections stop before the runner closes those it serves.
         for server in self._proxied:
             server.close()

@@ -130,6 +130,22 @@ class NothingToRetry(Conflict):
         self.held = held
 
 
+class NothingToHold(Conflict):
+    """No recipient of the message waits to be held (held already, final, or in an
+    attempt)."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(f"message {message_id} has no waiting recipient to hold (each is "
+                         "held already, final, or in a delivery attempt now)")
+        self.message_id = message_id
+
+
+class NotHeld(Conflict):
+    def __init__(self, message_id: str) -> None:
+        super().__init__(f"message {message_id} is not held")
+        self.message_id = message_id
+
+
 class Invalid(OperationError):
     """A well-formed request with a value the relay cannot take."""
 

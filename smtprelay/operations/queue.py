@@ -1,4 +1,4 @@
-"""The queue as operators see it: list, show, delete, retry, flush.
+"""The queue as operators see it: list, show, delete, retry, flush, hold, release.
 
 Blocking calls (SQLite): the admin API runs them in a thread. They work on a
 `Queue`, of which there are two: `SpoolConnection`, a connection of the caller's
@@ -12,7 +12,7 @@ import sqlite3
 from typing import Protocol
 
 from smtprelay.operations import paging
-from smtprelay.operations.errors import MessageNotFound, NothingToRetry
+from smtprelay.operations.errors import MessageNotFound, NotHeld, NothingToHold, NothingToRetry
 from smtprelay.spool import set_stats
 from smtprelay.spool import store as spool_store
 from smtprelay.spool.model import QueuedMessage, RecipientState
@@ -30,6 +30,10 @@ class Queue(Protocol):
     def delete(self, message_id: str) -> bool: ...
 
     def retry(self, message_id: str | None, now: float) -> int: ...
+
+    def hold(self, message_id: str) -> int: ...
+
+    def release(self, message_id: str, now: float) -> int: ...
 
     def set_totals(self, window: set_stats.Window, *, by: str = "configuration_set",
                    configuration_set: str | None = None,
@@ -58,6 +62,12 @@ class SpoolConnection:
 
     def retry(self, message_id: str | None, now: float) -> int:
         return spool_store.retry_now(self.conn, message_id, now)
+
+    def hold(self, message_id: str) -> int:
+        return spool_store.hold_message(self.conn, message_id)
+
+    def release(self, message_id: str, now: float) -> int:
+        return spool_store.release_message(self.conn, message_id, now)
 
     def set_totals(self, window: set_stats.Window, *, by: str = "configuration_set",
                    configuration_set: str | None = None,
@@ -96,6 +106,12 @@ class DaemonSpool:
 
     def retry(self, message_id: str | None, now: float) -> int:
         return self.spool.retry_future(message_id, now).result()
+
+    def hold(self, message_id: str) -> int:
+        return self.spool.hold_future(message_id).result()
+
+    def release(self, message_id: str, now: float) -> int:
+        return self.spool.release_future(message_id, now).result()
 
     def set_totals(self, window: set_stats.Window, *, by: str = "configuration_set",
                    configuration_set: str | None = None,
@@ -148,3 +164,22 @@ def retry(queue: Queue, message_id: str, now: float) -> int:
 def retry_all(queue: Queue, now: float) -> int:
     """Every waiting recipient due at `now` (flush); how many."""
     return queue.retry(None, now)
+
+
+def hold(queue: Queue, message_id: str) -> int:
+    """Keep the message's waiting recipients from delivery until `release` (a retry of
+    the message releases it too; a flush does not); how many are held."""
+    show(queue, message_id)
+    held = queue.hold(message_id)
+    if not held:
+        raise NothingToHold(message_id)
+    return held
+
+
+def release(queue: Queue, message_id: str, now: float) -> int:
+    """Make a held message's recipients due at `now`; how many."""
+    show(queue, message_id)
+    released = queue.release(message_id, now)
+    if not released:
+        raise NotHeld(message_id)
+    return released

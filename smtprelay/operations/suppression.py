@@ -8,7 +8,7 @@ may span them all; the file formats are in `suppression_files`.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -121,12 +121,21 @@ def entries(store: SuppressionStore, config: Config, account: str | None, *,
 
 
 def import_rows(store: SuppressionStore, config: Config, account: str,
-                parsed: suppression_files.ParseResult) -> Imported:
+                parsed: suppression_files.ParseResult,
+                progress: Callable[[int], None] | None = None) -> Imported:
     """Put a parsed file's good rows on the account's list, in transactions of
-    IMPORT_BATCH rows."""
+    IMPORT_BATCH rows; `progress(rows done)` is called after each _PAGE rows (the
+    console's progress bar)."""
     check_account(config, account)
-    new = store.import_entries(account, parsed.rows.values())
-    return Imported(new, len(parsed.rows) - new)
+    if progress is None:
+        new = store.import_entries(account, parsed.rows.values())
+        return Imported(new, len(parsed.rows) - new)
+    rows = list(parsed.rows.values())
+    new = 0
+    for start in range(0, len(rows), _PAGE):
+        new += store.import_entries(account, rows[start:start + _PAGE])
+        progress(min(start + _PAGE, len(rows)))
+    return Imported(new, len(rows) - new)
 
 
 def export(store: SuppressionStore, config: Config, out: IO[str], fmt: str,

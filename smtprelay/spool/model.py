@@ -38,9 +38,14 @@ _FINAL = frozenset(
      RecipientState.DELETED}
 )
 PENDING_STATES = (RecipientState.QUEUED, RecipientState.DEFERRED, RecipientState.SENDING)
+# The next attempt of a held recipient (an operator's hold, released by hand): a time
+# the scheduler never reaches (year ~33,000), so holding needs no state of its own and
+# every query of due recipients already passes it by.
+HELD = 1e12
 # What a queue listing can filter on: "pending" (some recipient in PENDING_STATES),
 # "finished" (none left), or a recipient state some recipient is in.
-FILTER_STATES: tuple[str, ...] = ("pending", "finished", *(s.value for s in RecipientState))
+FILTER_STATES: tuple[str, ...] = ("pending", "finished", "held",
+                                  *(s.value for s in RecipientState))
 
 
 def new_message_id(now: float | None = None) -> str:
@@ -264,6 +269,11 @@ class QueuedRecipient:
     last_reply: str | None
     delay_noted: float | None = None
 
+    @property
+    def held(self) -> bool:
+        return not self.state.is_final and self.state is not RecipientState.SENDING \
+            and self.next_attempt >= HELD
+
 
 @dataclass(frozen=True, slots=True)
 class QueuedMessage:
@@ -299,7 +309,7 @@ class QueuedMessage:
             "recipients": [
                 {"address": r.address, "state": r.state.value, "attempts": r.attempts,
                  "next_attempt": r.next_attempt, "last_attempt": r.last_attempt,
-                 "last_reply": r.last_reply}
+                 "last_reply": r.last_reply, "held": r.held}
                 for r in self.recipients
             ],
         }

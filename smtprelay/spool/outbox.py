@@ -135,6 +135,18 @@ def events_after(conn: sqlite3.Connection, last_id: int, limit: int) -> list[Sto
     return out
 
 
+def events_of(conn: sqlite3.Connection, message_id: str, limit: int) -> list[StoredEvent]:
+    """One message's events in the outbox, oldest first, without their mail object
+    (the outbox has no index by message: for an operator's look at one message)."""
+    rows = conn.execute(
+        "SELECT id, event_id, message_id, type, configuration_set, at, detail, mail_tags"
+        " FROM events WHERE message_id = ? ORDER BY id LIMIT ?", (message_id, limit))
+    return [StoredEvent(id=row[0], event_id=row[1], message_id=row[2], type=row[3],
+                        configuration_set=row[4], at=row[5], detail=json.loads(row[6]),
+                        mail=None, mail_tags=json.loads(row[7]) if row[7] else None)
+            for row in rows]
+
+
 def cursors(conn: sqlite3.Connection) -> dict[str, int]:
     return {name: int(last) for name, last in
             conn.execute("SELECT destination, last_id FROM event_cursors")}

@@ -26,6 +26,7 @@ from smtprelay.db.writer import CommitMetrics, DiskFullError, GroupCommitWriter,
 from smtprelay.infra import metrics
 from smtprelay.spool import outbox, sent, set_stats
 from smtprelay.spool.model import (
+    HELD,
     PENDING_STATES,
     EventRecord,
     MessageAttributes,
@@ -160,6 +161,8 @@ _MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE events ADD COLUMN mail_tags TEXT;",
     # Bounces and complaints counted once per message and recipient: spool.sent.
     sent.COUNTED_MIGRATION,
+    # Per-minute totals of the last day for the operator's console: set_stats.MINUTES.
+    set_stats.MINUTE_MIGRATION,
 )
 
 
@@ -198,6 +201,11 @@ class Spool:
         # Called (on the event loop) after a recorded attempt left a message with no
         # recipient pending: the daemon's queue-depth gauge follows deliveries.
         self.on_finished: Callable[[], None] | None = None
+        # Told of every event once its transaction is committed (on the event loop's
+        # thread), with the new message they came with, if any: the live tail
+        # (smtprelay.events.tail). It must not block.
+        self.event_tap: Callable[[Sequence[EventRecord], NewMessage | None], None] | None \
+            = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -218,6 +226,15 @@ class Spool:
     async def enqueue(self, message: NewMessage) -> None:
         """Return once the message is durable on disk; raise SpoolError otherwise."""
         await self._writer.run(lambda conn: _insert(conn, message, self.finalize))
+        self._tap(message.events, message)
+
+    def _tap(self, events: Sequence[EventRecord], message: NewMessage | None = None) -> None:
+        """Hand committed events to the live tail; its failure is never the writer's."""
+        if events and self.event_tap is not None:
+            try:
+                self.event_tap(events, message)
+            except Exception:
+                log.exception("the live event tail failed to take %d event(s)", len(events))
 
     def enqueue_future(self, message: NewMessage) -> Future[None]:
         return self._writer.submit(lambda conn: _insert(conn, message, self.finalize))
@@ -251,6 +268,7 @@ class Spool:
         dsn = await self._writer.run(work)
         if finished and self.on_finished is not None:
             self.on_finished()  # committed: the queue is one message shorter
+        self._tap(events)
         return dsn
 
     async def add_events(self, events: tuple[EventRecord, ...],
@@ -265,6 +283,7 @@ class Spool:
             sent.count(conn, counted)
 
         await self._writer.run(work)
+        self._tap(events)
 
     async def record_unsent(self, record: NewMessage, events: tuple[EventRecord, ...]
                             ) -> None:
@@ -275,6 +294,7 @@ class Spool:
             outbox.insert_events(conn, events)
 
         await self._writer.run(work)
+        self._tap(events, record)
 
     def count_later(self, counts: set_stats.Bump) -> None:
         """Count something no spool change goes with (a refused message) in the next
@@ -298,7 +318,10 @@ class Spool:
         thread: keep it cheap) makes the event of `hits[i]` for its message's set, or
         None; it is kept only while the message's mail record is, since publishing
         needs it. None in the result: that hit's message is unknown."""
+        made: list[EventRecord] = []
+
         def work(conn: sqlite3.Connection) -> list[set_stats.Engaged | None]:
+            made.clear()  # a batch the writer runs again starts afresh
             counted = set_stats.count_engagements(conn, hits)
             recorded: dict[str, bool] = {}
             events: list[EventRecord] = []
@@ -313,9 +336,12 @@ class Spool:
                 if recorded[record.message_id]:
                     events.append(record)
             outbox.insert_events(conn, events)
+            made.extend(events)
             return counted
 
-        return await self._writer.run(work)
+        counted = await self._writer.run(work)
+        self._tap(made)
+        return counted
 
     def set_totals(self, window: set_stats.Window, *, by: str = "configuration_set",
                    configuration_set: str | None = None,
@@ -336,6 +362,7 @@ class Spool:
         messages created before `tracked_before`; returns how many of the latter."""
         def work(conn: sqlite3.Connection) -> int:
             set_stats.purge(conn, counters_before)
+            set_stats.purge_minutes(conn)
             return set_stats.purge_tracked(conn, tracked_before, limit)
 
         return await self._writer.run(work)
@@ -347,6 +374,24 @@ class Spool:
     def retry_future(self, message_id: str | None, now: float) -> Future[int]:
         """retry() for a caller in another thread."""
         return self._writer.submit(lambda conn: _retry(conn, message_id, now))
+
+    def hold_future(self, message_id: str) -> Future[int]:
+        """Hold a message's waiting recipients (see `hold`), from another thread."""
+        return self._writer.submit(lambda conn: _hold(conn, message_id))
+
+    def release_future(self, message_id: str, now: float) -> Future[int]:
+        """Release a held message's recipients, due at `now`, from another thread."""
+        return self._writer.submit(lambda conn: _release(conn, message_id, now))
+
+    def minute_totals(self, since: float) -> list[tuple[int, str, int]]:
+        """(minute, kind, count) from the minute holding `since` on (blocking)."""
+        with self._read() as conn:
+            return set_stats.minutes_since(conn, since)
+
+    def destinations(self, since: float, limit: int) -> list[DestinationFigures]:
+        """The recipient domains with mail waiting or attempts since `since` (blocking)."""
+        with self._read() as conn:
+            return destination_figures(conn, since, limit)
 
     def events_after(self, last_id: int, limit: int) -> list[outbox.StoredEvent]:
         """Events after `last_id` with their mail records, for the publisher."""
@@ -422,6 +467,21 @@ class Spool:
     def pending_count(self) -> int:
         with self._read() as conn:
             return count_pending(conn)
+
+    def recipient_states(self) -> dict[str, dict[str, int]]:
+        """account -> recipient state -> how many (see recipient_states)."""
+        with self._read() as conn:
+            return recipient_states(conn)
+
+    def outcomes(self, message_id: str) -> list[Outcome]:
+        """Every attempt's result recorded for the message, oldest first."""
+        with self._read() as conn:
+            return get_outcomes(conn, message_id)
+
+    def message_events(self, message_id: str, limit: int = 200) -> list[outbox.StoredEvent]:
+        """The message's events still in the outbox (published ones are deleted)."""
+        with self._read() as conn:
+            return outbox.events_of(conn, message_id, limit)
 
     def get(self, message_id: str) -> QueuedMessage | None:
         with self._read() as conn:
@@ -743,8 +803,18 @@ class MessageFilter:
     account: str | None = None
     configuration_set: str | None = None  # "" for messages without one
     # One of FILTER_STATES: a recipient state (some recipient is in it), "pending"
-    # or "finished".
+    # or "finished"; or "held" (some recipient held: Spool.hold_future).
     state: str | None = None
+    # Case-insensitive parts of the envelope: the sender's address, a recipient's
+    # address, a recipient's domain (the whole domain).
+    sender: str | None = None
+    recipient: str | None = None
+    domain: str | None = None
+
+
+def _like(text: str) -> str:
+    """`text` lower-cased, with LIKE's wildcards escaped."""
+    return text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def list_messages(
@@ -767,8 +837,23 @@ def list_messages(
         elif filters.configuration_set is not None:
             where.append("configuration_set = ?")
             params.append(filters.configuration_set)
+        if filters.sender:
+            where.append("lower(mail_from) LIKE ? ESCAPE '\\'")
+            params.append(f"%{_like(filters.sender)}%")
+        if filters.recipient:
+            where.append("EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id"
+                         " AND lower(r.address) LIKE ? ESCAPE '\\')")
+            params.append(f"%{_like(filters.recipient)}%")
+        if filters.domain:
+            where.append("EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id"
+                         " AND lower(r.address) LIKE ? ESCAPE '\\')")
+            params.append(f"%@{_like(filters.domain.removeprefix('@'))}")
         if filters.state == "finished":
             where.append("finished_at IS NOT NULL")
+        elif filters.state == "held":
+            where.append("EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id"
+                         " AND r.state IN (?, ?) AND r.next_attempt >= ?)")
+            params.extend([RecipientState.QUEUED.value, RecipientState.DEFERRED.value, HELD])
         elif filters.state is not None:
             states = ([s.value for s in PENDING_STATES] if filters.state == "pending"
                       else [filters.state])
@@ -791,7 +876,121 @@ def _retry(conn: sqlite3.Connection, message_id: str | None, now: float) -> int:
     if message_id is not None:
         sql += " AND message_id = ?"
         params.append(message_id)
+    else:
+        # A flush is not a release: held mail stays held (as Postfix's postqueue -f).
+        sql += " AND next_attempt < ?"
+        params.append(HELD)
     return int(conn.execute(sql, params).rowcount)
+
+
+def _hold(conn: sqlite3.Connection, message_id: str) -> int:
+    """Hold: the waiting recipients' next attempt moves to HELD, which the scheduler
+    never reaches; a recipient in an attempt now is left to it. How many are held."""
+    return int(conn.execute(
+        "UPDATE recipients SET next_attempt = ? WHERE message_id = ? AND state IN (?, ?)"
+        " AND next_attempt < ?",
+        (HELD, message_id, RecipientState.QUEUED.value, RecipientState.DEFERRED.value, HELD)
+    ).rowcount)
+
+
+def _release(conn: sqlite3.Connection, message_id: str, now: float) -> int:
+    """Release a held message: its held recipients are due at `now`; how many."""
+    return int(conn.execute(
+        "UPDATE recipients SET next_attempt = ? WHERE message_id = ? AND state IN (?, ?)"
+        " AND next_attempt >= ?",
+        (now, message_id, RecipientState.QUEUED.value, RecipientState.DEFERRED.value, HELD)
+    ).rowcount)
+
+
+def hold_message(conn: sqlite3.Connection, message_id: str) -> int:
+    """hold for a connection of the caller's own (the CLI), in its own transaction."""
+    return _in_transaction(conn, lambda: _hold(conn, message_id))
+
+
+def release_message(conn: sqlite3.Connection, message_id: str, now: float) -> int:
+    return _in_transaction(conn, lambda: _release(conn, message_id, now))
+
+
+def _in_transaction(conn: sqlite3.Connection, work: Callable[[], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        done = work()
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return done
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationFigures:
+    """One recipient domain as the console's delivery page shows it."""
+
+    domain: str
+    waiting: int  # recipients queued, deferred or in an attempt
+    deferred: int
+    delivered: int  # outcomes since the window's start
+    bounced: int
+    delayed: int
+    last_remote: str | None  # the remote MTA of the latest outcome ("mx.example [ip]")
+    last_error: str | None  # the latest deferral or bounce diagnostic
+    last_error_at: float | None
+
+
+def destination_figures(conn: sqlite3.Connection, since: float,
+                        limit: int) -> list[DestinationFigures]:
+    """The `limit` busiest recipient domains: mail waiting now, and the outcomes of
+    attempts since `since` (kept while their message is in the spool)."""
+    domain = "lower(substr(r.address, instr(r.address, '@') + 1))"
+    figures: dict[str, dict[str, Any]] = {}
+
+    def entry(name: str) -> dict[str, Any]:
+        return figures.setdefault(name, {
+            "waiting": 0, "deferred": 0, "delivered": 0, "bounced": 0, "delayed": 0,
+            "last_remote": None, "last_remote_at": -1.0, "last_error": None,
+            "last_error_at": None})
+
+    pending = [s.value for s in PENDING_STATES]
+    marks = ",".join("?" * len(pending))
+    for name, state, count in conn.execute(
+            f"SELECT {domain}, r.state, COUNT(*) FROM recipients r"  # noqa: S608 - ? marks
+            f" WHERE r.state IN ({marks}) GROUP BY 1, 2", pending):
+        found = entry(name)
+        found["waiting"] += count
+        if state == RecipientState.DEFERRED.value:
+            found["deferred"] += count
+    kinds = {"delivery": "delivered", "bounce": "bounced", "delay": "delayed"}
+    for name, kind, count, remote, at in conn.execute(
+            f"SELECT {domain}, o.kind, COUNT(*), o.remote_mta, MAX(o.at)"  # noqa: S608
+            " FROM outcomes o JOIN recipients r"
+            " ON r.message_id = o.message_id AND r.idx = o.idx"
+            " WHERE o.at >= ? GROUP BY 1, 2", (since,)):
+        found = entry(name)
+        if kind in kinds:
+            found[kinds[kind]] += count
+        if remote and at > found["last_remote_at"]:
+            found["last_remote"], found["last_remote_at"] = remote, at
+    for name, diagnostic, at in conn.execute(
+            f"SELECT {domain}, o.diagnostic, MAX(o.at) FROM outcomes o"  # noqa: S608
+            " JOIN recipients r ON r.message_id = o.message_id AND r.idx = o.idx"
+            " WHERE o.at >= ? AND o.kind IN ('bounce', 'delay') AND o.diagnostic IS NOT NULL"
+            " GROUP BY 1", (since,)):
+        found = entry(name)
+        found["last_error"], found["last_error_at"] = diagnostic, at
+    for name, reply, at in conn.execute(
+            f"SELECT {domain}, r.last_reply, MAX(r.last_attempt) FROM recipients r"  # noqa: S608
+            " WHERE r.state = ? AND r.last_reply IS NOT NULL GROUP BY 1",
+            (RecipientState.DEFERRED.value,)):
+        found = entry(name)
+        if found["last_error_at"] is None or (at or 0) > found["last_error_at"]:
+            found["last_error"], found["last_error_at"] = reply, at
+    ranked = sorted(figures.items(), key=lambda item: (
+        -(item[1]["waiting"] + item[1]["delivered"] + item[1]["bounced"]), item[0]))
+    return [DestinationFigures(
+        domain=name, waiting=f["waiting"], deferred=f["deferred"], delivered=f["delivered"],
+        bounced=f["bounced"], delayed=f["delayed"], last_remote=f["last_remote"],
+        last_error=f["last_error"], last_error_at=f["last_error_at"])
+        for name, f in ranked[:limit]]
 
 
 def retry_now(conn: sqlite3.Connection, message_id: str | None, now: float) -> int:

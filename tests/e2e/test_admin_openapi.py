@@ -33,7 +33,10 @@ from tests.support import RunningRelay, relay_fixture
 # Per operation and pass; ADMIN_API_EXAMPLES=500 for a long hunt.
 EXAMPLES = int(os.environ.get("ADMIN_API_EXAMPLES", "25"))
 AUTH = {"Authorization": f"Bearer {SECRET}"}
-OPERATIONS = 34
+OPERATIONS = 35
+# Not run by schemathesis: GET /events/stream with follow=true never ends
+# (tests/e2e/test_events_tail.py has it).
+STREAMED = {"streamEvents"}
 LISTS = {"news": {"account": "acme", "unsubscribe_domain": "links.test", "topics": [
     {"name": "sports", "display_name": "Sports", "default_subscription_status": "OPT_IN"},
     {"name": "daily", "display_name": "Daily", "default_subscription_status": "OPT_OUT"}]}}
@@ -153,6 +156,8 @@ def test_admin_api_conforms_to_its_openapi_document(relay: RunningRelay,
                 p["in"] == "query" for p in described.get("parameters", ()))
             if (keep_token and not breakable) or (fixed and not has_path and not keep_token):
                 continue  # nothing this pass would add
+            if described["operationId"] in STREAMED:
+                continue
             exercise(operation, mode, base_url, ran, by_pass.setdefault(name, Counter()),
                      keep_token=keep_token, path_parameters=fixed)
     total = sum(by_pass[name].total() for name in by_pass)
@@ -161,7 +166,7 @@ def test_admin_api_conforms_to_its_openapi_document(relay: RunningRelay,
         for name, statuses in by_pass.items():
             print(f"  {name}: {statuses.total()} requests, statuses "
                   f"{dict(sorted(statuses.items()))}")
-    assert len(ran) == OPERATIONS and total >= 1000
+    assert len(ran) == OPERATIONS - len(STREAMED) and total >= 1000
     assert not any(status >= 500 for statuses in by_pass.values() for status in statuses)
     # Valid requests reached the routes' work, not only 401s and 404s.
     assert by_pass["positive"][200] >= 50
