@@ -30,6 +30,7 @@ import base64
 import binascii
 import ipaddress
 import re
+import socket
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -150,17 +151,23 @@ def _show(name: dns.name.Name) -> str:
     return "." if name == dns.name.root else name.to_text(omit_final_dot=True).lower()
 
 
+def _server_text(server: str) -> str:
+    """dnspython's "Do53:127.0.0.1@5353" as "127.0.0.1:5353" ("[::1]:53" for IPv6)."""
+    server = server.removeprefix("Do53:")
+    host, sep, port = server.rpartition("@")
+    if sep:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return server
+
+
 def _failure(exc: dns.resolver.NoNameservers) -> str:
     """dnspython's per-server error list as "SERVFAIL from 127.0.0.1:5353"."""
     seen: list[str] = []
     for entry in exc.kwargs.get("errors") or ():
         try:
-            server, error = str(entry[0]).removeprefix("Do53:"), entry[3]
+            server, error = _server_text(str(entry[0])), entry[3]
         except (IndexError, TypeError):
             continue
-        host, sep, port = server.rpartition("@")
-        if sep:
-            server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         what = error if isinstance(error, str) else (
             "no answer" if isinstance(error, dns.exception.Timeout)
             else str(error) or type(error).__name__)
@@ -197,7 +204,13 @@ class Lookups:
 
     @property
     def servers(self) -> list[str]:
-        return [str(s) for s in self._resolver.nameservers]
+        return [_server_text(str(s)) for s in self._resolver.nameservers]
+
+    def no_answer(self, answer: Answer) -> bool:
+        """The failure was silence (every server timed out), not an error reply."""
+        return answer.kind is Kind.FAILED and (
+            answer.detail.startswith("no answer") or all(
+                part.startswith("no answer") for part in answer.detail.split("; ")))
 
     async def query(self, name: str, rdtype: str) -> Answer:
         key = (name.lower().rstrip("."), rdtype)
@@ -614,6 +627,29 @@ class Plan:
     timeout: float
     # The IP pools' addresses: (address, HELO name, the config key naming them).
     pool_addresses: tuple[tuple[IPAddress, str, str], ...] = ()
+    # False: no configuration file was given; the relay's keys, hostname and sets are
+    # unknown, and only what DNS says of the domain itself is checked.
+    configured: bool = True
+
+
+def plan_without_config(domain: str, *, ips: Sequence[str] = (),
+                        nameservers: Sequence[str] = (), hostname: str | None = None,
+                        timeout: float = 5.0) -> Plan:
+    """The checks for ``domain`` when there is no configuration file: SPF (for --ip,
+    else this host's name's addresses), DMARC, and whether DKIM records exist."""
+    try:
+        domain = check_domain(domain)
+        addresses = tuple(_address(ip.strip()) for ip in ips)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for server in nameservers:
+        try:
+            parse_nameserver(server)
+        except ValueError as exc:
+            raise UsageError(f"--nameserver: {exc}") from None
+    return Plan(domain, f"identities.{domain}", IdentityConfig(),
+                hostname or socket.getfqdn(), addresses, (), False, tuple(nameservers),
+                timeout, configured=False)
 
 
 def plan(config: Config, domain: str, *, ips: Sequence[str] = (),
@@ -669,12 +705,26 @@ async def run(checks: Plan, lookups: Lookups | None = None) -> list[Finding]:
     if lookups is None:
         lookups = Lookups(checks.nameservers, checks.timeout)
     domain = checks.domain
+    # One question first: a resolver that does not answer at all would otherwise make
+    # every check wait its whole timeout and then blame the records.
+    probe = await lookups.query(domain, "SOA")
+    if probe.kind is Kind.FAILED and lookups.no_answer(probe):
+        source = ("given with --nameserver or delivery.dns.nameservers" if checks.nameservers
+                  else "the system resolver, from /etc/resolv.conf")
+        return [Finding("resolver", "error", ", ".join(lookups.servers),
+                        f"the DNS server ({source}) did not answer: {probe.detail}; "
+                        "nothing was checked",
+                        "check that it runs and is reachable from here, or ask another "
+                        "with --nameserver HOST[:PORT]",
+                        config_key="delivery.dns.nameservers" if checks.configured else "")]
     addresses, ips = await _sending_addresses(lookups, checks)
     signing = checks.identity_key.removeprefix("identities.")
     tasks: list[Any] = [_dkim(lookups, signing, f"{checks.identity_key}.dkim[{i}]",
                               entry.selector, entry.key_file)
                         for i, entry in enumerate(checks.identity.dkim)]
-    if not checks.identity.dkim:
+    if not checks.configured:
+        tasks.append(_dkim_unknown(lookups, checks))
+    elif not checks.identity.dkim:
         tasks.append(_no_dkim(checks))
     tasks.append(_spf(lookups, "spf", domain, ips, checks.hostname, ""))
     tasks.append(_dmarc(lookups, domain))
@@ -699,6 +749,15 @@ async def _no_dkim(checks: Plan) -> Finding:
         f"create a key with `smtprelay dkim keygen {checks.domain} --selector S -c FILE`, "
         f"publish the record it prints and add the key under {checks.identity_key}.dkim",
         config_key=f"{checks.identity_key}.dkim")
+
+
+async def _dkim_unknown(lookups: Lookups, checks: Plan) -> Finding:
+    del lookups  # the selectors are in the configuration, which was not given
+    return Finding(
+        "dkim", "warning", f"_domainkey.{checks.domain}",
+        "no configuration file: the relay's DKIM selectors and keys are unknown, so the "
+        "published DKIM records were not compared with them",
+        "run again with -c FILE (or SMTPRELAY_CONFIG) to check them")
 
 
 async def _sending_addresses(lookups: Lookups,
@@ -731,10 +790,14 @@ async def _sending_addresses(lookups: Lookups,
     failed = [f"{kind} lookup failed: {a.detail}" for kind, a in (("A", v4), ("AAAA", v6))
               if a.kind is Kind.FAILED]
     what = "; ".join(failed) if failed else "no A or AAAA record"
+    # A lookup that failed says nothing about the records: do not ask to publish them.
+    fix = ("the lookup failed, not the records: check the resolver "
+           f"({', '.join(lookups.servers)}) and try again, or {how}" if failed
+           else f"publish the relay's A/AAAA records (see docs/dns.md), or {how}")
+    name = "server.hostname" if checks.configured else "this host's name"
     return Finding("addresses", "warning" if not failed else "error", checks.hostname,
-                   f"server.hostname {checks.hostname}: {what}; the SPF address check was "
-                   "skipped", f"publish the relay's A/AAAA records (see docs/dns.md), or {how}",
-                   config_key="server.hostname"), ()
+                   f"{name} {checks.hostname}: {what}; the SPF address check was skipped",
+                   fix, config_key="server.hostname" if checks.configured else ""), ()
 
 
 def parse_tags(text: str) -> dict[str, str]:

@@ -9,6 +9,8 @@ commands to the same record text.
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import subprocess
 import sys
@@ -310,11 +312,65 @@ def test_dns_down_is_reported_without_traceback(world: World) -> None:
                                        "timeout": "0.5s"}
     run = world.check()
     assert run.returncode == 1
-    assert "no SPF record" not in run.stdout
-    assert "lookup failed" in line_of(run.stdout, "spf", "example.com")
+    assert "no SPF record" not in run.stdout and "publish" not in run.stdout
+    resolver = line_of(run.stdout, "resolver", world.config["delivery"]["dns"]["nameservers"][0])
+    assert "did not answer: no answer within 0.5s; nothing was checked" in resolver
+    assert "fix: check that it runs and is reachable from here" in resolver
+    assert len(run.stdout.strip().splitlines()) == 3  # the finding, its fix, the count
     # --nameserver overrides the configuration.
     run = world.check("--nameserver", world.dns.nameserver)
     assert run.returncode == 0, run.stdout
+
+
+def test_a_failed_address_lookup_asks_to_check_the_resolver_not_to_publish(
+        world: World) -> None:
+    world.dns.fail("relay.test", "SERVFAIL")
+    run = world.check()
+    addresses = line_of(run.stdout, "addresses", "relay.test")
+    assert "A lookup failed" in addresses and "SERVFAIL" in addresses
+    assert "the lookup failed, not the records: check the resolver" in addresses
+    assert "publish the relay's A/AAAA records" not in addresses
+
+
+def test_without_a_configuration_file_the_domain_alone_is_checked(world: World) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SMTPRELAY_CONFIG"}
+    run = subprocess.run(
+        [sys.executable, "-m", "smtprelay", "dns-check", "example.com", "--json",
+         "--nameserver", world.dns.nameserver, "--ip", IP],
+        capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert "Traceback" not in run.stderr and "configuration" not in run.stderr, run.stderr
+    findings = json.loads(run.stdout)
+    assert [f["check"] for f in findings] == ["addresses", "dkim", "spf", "dmarc"]
+    assert finding(findings, "spf")["status"] == "ok"
+    assert finding(findings, "dmarc")["status"] == "ok"
+    dkim = finding(findings, "dkim")
+    assert dkim["status"] == "warning" and "-c FILE" in dkim["fix"]
+    assert run.returncode == 1  # the DKIM records could not be checked
+
+
+def test_on_a_terminal_it_says_what_it_waits_for_before_it_waits(world: World) -> None:
+    path = write_config(world.tmp_path / "smtprelay.yaml", world.config)
+    terminal, stderr = pty.openpty()
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "smtprelay", "dns-check", "example.com", "-c", str(path)],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=60, check=False)
+        os.close(stderr)
+        said = b""
+        while chunk := _read_terminal(terminal):
+            said += chunk
+    finally:
+        os.close(terminal)
+    assert run.returncode == 0, run.stdout
+    assert (f"checking example.com with {world.dns.nameserver} (each lookup waits up to "
+            "2s)...").encode() in said  # delivery.dns.timeout in the world
+
+
+def _read_terminal(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # EIO: the other end is closed and everything was read
+        return b""
 
 
 def test_json_output_shape(world: World) -> None:
