@@ -16,6 +16,7 @@ from smtprelay.cli.common import (
     print_json,
     state_config,
 )
+from smtprelay.cli.progress import Progress
 from smtprelay.config import Config
 from smtprelay.operations import queue as ops
 from smtprelay.operations.errors import MessageNotFound, NothingToRetry
@@ -40,7 +41,8 @@ def register(sub: Any, common: argparse.ArgumentParser,
     p.add_argument("--body", action="store_true", help="print the message bytes")
     p.set_defaults(func=cmd_show)
     p = queue.add_parser("delete", parents=[common], help="remove messages from the queue")
-    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("ids", nargs="+", metavar="ID",
+                   help="message ids, or - to read them from standard input, one per line")
     p.set_defaults(func=cmd_delete)
     p = queue.add_parser("retry", parents=[common],
                          help="make a message's waiting recipients due now")
@@ -112,14 +114,22 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     queue = _queue(state_config(args))
+    ids = args.ids
+    if ids == ["-"]:  # `queue list --json | jq -r '.[].id' | smtprelay queue delete -`
+        ids = [line.strip() for line in sys.stdin if line.strip()]
     missing = []
-    for message_id in args.ids:
-        try:
-            ops.delete(queue, message_id)
-        except MessageNotFound:
-            missing.append(message_id)
-        else:
-            print(f"{message_id}: deleted")
+    with Progress("delete", len(ids), unit="messages") as progress:
+        for done, message_id in enumerate(ids, 1):
+            try:
+                ops.delete(queue, message_id)
+            except MessageNotFound:
+                missing.append(message_id)
+            else:
+                if not progress.enabled:
+                    print(f"{message_id}: deleted")
+            progress.update(done)
+    if progress.enabled:
+        print(f"deleted {len(ids) - len(missing)} messages")
     if missing:
         raise CommandError(f"not in the queue: {', '.join(missing)}")
     return EXIT_OK

@@ -15,8 +15,6 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-# Imported here, not inside the commands: a command run as root switches to the owner
-# of data_dir before opening the database, and may then no longer read the install.
 from smtprelay.cli.common import (
     CommandError,
     config_from,
@@ -26,6 +24,10 @@ from smtprelay.cli.common import (
     report_problems,
     state_config,
 )
+
+# Imported here, not inside the commands: a command run as root switches to the owner
+# of data_dir before opening the database, and may then no longer read the install.
+from smtprelay.cli.progress import Progress
 from smtprelay.config import Config
 from smtprelay.operations import suppression as ops
 from smtprelay.operations.errors import NotSuppressed
@@ -172,16 +174,21 @@ def cmd_import(args: argparse.Namespace) -> int:
     # before state_config: run as root, that drops to data_dir's owner, who may not
     # be able to read the operator's file.
     ops.check_account(config_from(args), args.account)
-    text, name = read_input(args.file)
-    fmt = args.format or guess_format(None if args.file == "-" else args.file, text)
-    try:
-        result = (parse_csv if fmt == "csv" else parse_json)(
-            text, name, args.account, default_reason=args.reason)
-    except UnreadableFile as exc:
-        raise CommandError(str(exc)) from None
+    with Progress("import") as progress:
+        progress.note(f"reading {args.file}...")
+        text, name = read_input(args.file)
+        fmt = args.format or guess_format(None if args.file == "-" else args.file, text)
+        try:
+            progress.note(f"checking the rows of {name}...")
+            result = (parse_csv if fmt == "csv" else parse_json)(
+                text, name, args.account, default_reason=args.reason)
+        except UnreadableFile as exc:
+            raise CommandError(str(exc)) from None
     report_problems(name, result)
-    with _store(args) as (store, config):
-        imported = ops.import_rows(store, config, args.account, result)
+    with _store(args) as (store, config), \
+            Progress("import", len(result.rows), unit="addresses") as progress:
+        imported = ops.import_rows(store, config, args.account, result,
+                                   progress=progress.update if progress.enabled else None)
     print(f"imported {imported.new}, updated {imported.updated}, skipped {result.bad} bad "
           f"rows, {result.duplicates} duplicates")
     if result.bad and not result.rows:
@@ -194,8 +201,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     ops.check_account(config_from(args), args.account)
     fmt = args.format or format_of(args.output) or "csv"
     # Opened before state_config for the same reason import reads its file first.
-    with export_target(args.output) as out, _store(args) as (store, config):
-        count = ops.export(store, config, out, fmt, args.account, reason=args.reason)
+    with export_target(args.output) as out, _store(args) as (store, config), \
+            Progress("export", unit="entries") as progress:
+        count = ops.export(store, config, out, fmt, args.account, reason=args.reason,
+                           counted=progress.counted if progress.enabled else None)
     if args.output:
         print(f"exported {count} entries to {args.output}", file=sys.stderr)
     return 0

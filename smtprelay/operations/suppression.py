@@ -139,11 +139,16 @@ def import_rows(store: SuppressionStore, config: Config, account: str,
 
 
 def export(store: SuppressionStore, config: Config, out: IO[str], fmt: str,
-           account: str | None, *, reason: Reason | None = None) -> int:
+           account: str | None, *, reason: Reason | None = None,
+           counted: Callable[[Iterator[SuppressionEntry]], Iterator[SuppressionEntry]]
+           | None = None) -> int:
     """Write the list (or an account's) as `fmt` ("csv" or "json": NDJSON), in the
     form an import reads; how many entries. CSV has an account column when it
-    holds several accounts."""
+    holds several accounts. `counted` wraps the entries as they are written (a
+    progress display)."""
     found = entries(store, config, account, reason=reason)
+    if counted is not None:
+        found = counted(found)
     if fmt == "csv":
         return suppression_files.write_csv(out, found, with_account=account is None)
     return suppression_files.write_ndjson(out, found)
