@@ -11,9 +11,9 @@ Pages: Overview (per-minute charts, queue depth, busiest destinations), Queue
 (search, one message's history, retry, delete, hold, release), Sets and accounts
 (rates against the reputation thresholds, engagement, pause and resume), Suppression
 (search, add, remove, import with progress, export), Delivery (per destination and
-provider), Events (a live tail). Every action is the admin API's operation
-(smtprelay.operations, run in a thread) and is logged with the client's address, as
-the admin API logs its own; tokens never are.
+provider, the IP pools' warm-up, provider shaping), Events (a live tail). Every action
+is the admin API's operation (smtprelay.operations, run in a thread) and is logged
+with the client's address, as the admin API logs its own; tokens never are.
 """
 
 from __future__ import annotations
@@ -112,11 +112,17 @@ def _rate(value: float | None) -> str:
 
 
 def _duration(seconds: float) -> str:
-    """A rule's duration as the provider table writes it: 90s, 30m, 2h, 1d."""
+    """A duration as the provider table writes one (30m, 2h, 1d), to the minute from a
+    minute on: 45s, 59m, 1h 5m."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    parts = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size:.0f}{unit}"
-    return f"{seconds:.0f}s"
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return " ".join(parts)
 
 
 @dataclass
@@ -162,6 +168,7 @@ class Console:
         self._env.filters["when"] = _when
         self._env.filters["rate"] = _rate
         self._env.filters["duration"] = _duration
+        self._env.filters["num"] = "{:,}".format
         self._env.globals["root"] = ROOT
         folder = resources.files("smtprelay.http").joinpath(f"{_ASSETS}/static")
         self._static = {name: folder.joinpath(name).read_bytes() for name in STATIC}
@@ -650,6 +657,7 @@ class Console:
                             destinations=found, providers=sorted(by_provider.items()),
                             connections_known=self._services.connections is not None,
                             pools=pools, pools_error=pools_error, other=pool_ops.OTHER,
+                            bundled_origin=providers.BUNDLED,
                             shaping=self._shaping())
 
     async def _pools(self) -> tuple[list[PoolView], str | None]:

@@ -475,39 +475,49 @@ def test_hold_and_release_from_the_cli_as_the_console_sees_them(relay: RunningRe
 
 # -- the Delivery page's IP pools and provider shaping, over a delivery world ----------------
 
-POOL_A, POOL_B = "127.0.1.2", "127.0.1.3"  # the pool's source addresses, on loopback
-# A provider of the operator's rules file (delivery.shaping.rules_file), suspended for an
-# hour by its rate-limit reply.
+# The pool's source addresses, on loopback: A warming up, B and C warm.
+POOL_A, POOL_B, POOL_C = "127.0.1.2", "127.0.1.3", "127.0.1.4"
+# A provider of the operator's rules file (delivery.shaping.rules_file): its rate-limit
+# reply suspends it for an hour, "too busy" halves its limits for 30 minutes.
 P1 = {"providers": {"p1": {
     "description": "Test provider", "mx": ["*.p1.test"],
     "limits": {"connections": 4, "per_hour": 1000},
     "rules": [{"name": "p1-rate", "match": r"4\.7\.28", "action": "suspend",
-               "duration": "1h"}]}}}
+               "duration": "1h"},
+              {"name": "p1-busy", "match": "too busy", "action": "throttle",
+               "duration": "30m"}]}}}
 
 
 def pool_world(net: World, tmp_path: Path) -> RunningRelay:
-    """A relay whose set `bulk` sends from pool `bulk` (A warming up over 10 days, B
-    warm), with p1's rules; a@angry.test gets p1's rate-limit reply, b@calm.test is a
-    p1 domain that accepts."""
+    """A relay whose set `bulk` sends from pool `bulk` with p1's rules, and one message
+    from each address in turn: A's to angry.test gets p1's rate-limit reply (p1
+    suspended for A), B's to busy.test "too busy" (p1 throttled for B), C's to
+    calm.test is delivered."""
     angry = net.sinks.smtp(Script(data_reply="421 4.7.28 <b>unusual</b> rate of mail"),
                            host=net.address(), port=net.port)
+    busy = net.sinks.smtp(Script(data_reply="451 4.7.0 too busy, try later"),
+                          host=net.address(), port=net.port)
     calm = net.sinks.smtp(host=net.address(), port=net.port)
     net.mx("angry.test", (10, "mx1.p1.test", angry.host))
-    net.mx("calm.test", (10, "mx2.p1.test", calm.host))
+    net.mx("busy.test", (10, "mx2.p1.test", busy.host))
+    net.mx("calm.test", (10, "mx3.p1.test", calm.host))
     rules = tmp_path / "providers.yaml"
     rules.write_text(yaml.safe_dump(P1))
     relay = net.start(top={
         "http": ADMIN_HTTP,
         "ip_pools": {"bulk": {
             "addresses": [{"address": POOL_A, "helo": "o2.pool.test"},
-                          {"address": POOL_B, "helo": "o3.pool.test", "warm": True}],
+                          {"address": POOL_B, "helo": "o3.pool.test", "warm": True},
+                          {"address": POOL_C, "helo": "o4.pool.test", "warm": True}],
             "warmup": {"days": 10}, "overflow": "wait"}},
         "configuration_sets": {"transactional": {}, "bulk": {"delivery": {"ip_pool": "bulk"}}}},
         shaping={"rules_file": str(rules)},
+        destinations={"calm.test": {"max_connections": 2, "per_minute": 60}},
         # No retry while the test looks: each message is tried once, from its turn's
-        # address (A, then B).
+        # address (A, B, C).
         retry={"first": "1h", "max_interval": "1h", "max_lifetime": "2h"})
-    for recipient, state in (("a@angry.test", "deferred"), ("b@calm.test", "delivered")):
+    for recipient, state in (("a@angry.test", "deferred"), ("b@busy.test", "deferred"),
+                             ("c@calm.test", "delivered")):
         sent = net.submit([recipient], data=b"X-SES-CONFIGURATION-SET: bulk\r\n"
                           + message(to=recipient))
         assert net.wait_states(sent, {recipient: state}) == {recipient: state}
@@ -522,7 +532,7 @@ def row(page: str, **attributes: str) -> str:
     return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", found.group(1))).split())
 
 
-def test_the_delivery_page_shows_pools_warmup_and_a_providers_suspension(
+def test_the_delivery_page_shows_pools_warmup_and_providers_held_back(
         net: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV, SECRET)
     relay = pool_world(net, tmp_path)
@@ -544,13 +554,14 @@ def test_the_delivery_page_shows_pools_warmup_and_a_providers_suspension(
         # counts against the caps, per provider (the operator file's p1).
         a, caps = row(page, address=POOL_A), api[POOL_A]["caps"]
         assert api[POOL_A]["sent_today"] == {"total": 1, "by_provider": {"p1": 1}}
-        assert a == (f"{POOL_A} o2.pool.test 3 of 10 20% IN_PROGRESS 1 / {caps['total']} "
-                     f"p1 1 / {caps['per_provider']}")
-        assert row(page, address=POOL_B) == (f"{POOL_B} o3.pool.test — 100% DONE "
+        assert a == (f"{POOL_A} o2.pool.test 3 of 10 20% IN_PROGRESS 1 / {caps['total']:,} "
+                     f"p1 1 / {caps['per_provider']:,}")
+        assert row(page, address=POOL_C) == (f"{POOL_C} o4.pool.test — 100% DONE "
                                              "1 (no cap: warm) p1 1")
         assert page.count('class="bar" data-fill=') >= 4  # the bars, drawn by console.js
         # p1 suspended for A by the reply (escaped: it is the remote's text), until an
-        # hour from now; B still sends to p1. The limits are the operator file's.
+        # hour from now, throttled for B, sending from C. The limits are the operator
+        # file's (halved for B).
         suspended = row(page, provider="p1", source=POOL_A)
         assert suspended.startswith(f"p1 {POOL_A} 4 — — 1000 suspended ")
         until = re.search(r"suspended (\S+ \S+)", suspended)
@@ -560,13 +571,20 @@ def test_the_delivery_page_shows_pools_warmup_and_a_providers_suspension(
         assert 3500 < left <= 3600
         assert suspended.endswith("rule p1-rate: smtp; 421 4.7.28 <b>unusual</b> rate of mail")
         assert "&lt;b&gt;unusual&lt;/b&gt;" in page and "<b>unusual" not in page
-        assert row(page, provider="p1", source=POOL_B) == (
-            f"p1 {POOL_B} 4 — — 1000 sending — —")
+        throttled = row(page, provider="p1", source=POOL_B)
+        assert throttled.startswith(f"p1 {POOL_B} 2 of 4 — — 500 of 1000 throttled to 50% ")
+        assert re.search(r"\(29m left\)|\(30m left\)", throttled), throttled
+        assert throttled.endswith("rule p1-busy: smtp; 451 4.7.0 too busy, try later")
+        assert row(page, provider="p1", source=POOL_C) == (
+            f"p1 {POOL_C} 4 — — 1000 sending — —")
         # The table in force: the operator's p1 beside the bundled providers, and the
         # provider of each destination read from it.
         assert row(page, name="p1") == ("p1 Test provider *.p1.test 4 — — 1000 "
-                                         f"suspend 1h p1-rate {tmp_path / 'providers.yaml'}")
-        assert row(page, name="google").startswith("google ")
+                                         "suspend 1h p1-rate throttle 30m p1-busy "
+                                         f"{tmp_path / 'providers.yaml'}")
+        assert row(page, domain="calm.test") == "calm.test 2 — 60 —"
+        assert row(page, name="google").startswith("google ") and row(
+            page, name="google").endswith(" bundled")
         destination = re.search(r'<a href="/console/queue\?domain=calm.test">calm.test</a>'
                                 r"</td><td>([^<]*)</td>", page)
         assert destination is not None and destination.group(1) == "p1"
