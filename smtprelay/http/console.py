@@ -679,9 +679,13 @@ class Console:
         hook = self._services.shaping
         state = hook() if hook is not None else None
         if state is None or not state.enabled:
-            off = ("delivery.shaping.enabled is false" if not config.delivery.shaping.enabled
-                   else f"it applies to delivery mode mx, and this relay delivers in mode "
-                        f"{config.delivery.mode}")
+            if not config.delivery.shaping.enabled:
+                off = "delivery.shaping.enabled is false"
+            elif config.delivery.mode != "mx":
+                off = (f"it applies to delivery mode mx, and this relay delivers in mode "
+                       f"{config.delivery.mode}")
+            else:
+                off = "this process does not deliver mail"
             return ShapingView(off=f"Shaping is off here: {off}.")
         now = self.clock()
         return ShapingView(
@@ -691,11 +695,12 @@ class Console:
                             if lane.factor < 1.0 else None)
                    for lane in state.lanes],
             providers=list(state.table.providers),
-            destinations=sorted((domain, limits) for domain, limits
-                                in state.destinations.items()
-                                if any(value is not None for value in (
-                                    limits.max_connections, limits.per_second,
-                                    limits.per_minute, limits.per_hour))))
+            destinations=sorted(((domain, limits) for domain, limits
+                                 in state.destinations.items()
+                                 if any(value is not None for value in (
+                                     limits.max_connections, limits.per_second,
+                                     limits.per_minute, limits.per_hour))),
+                                key=lambda item: item[0]))
 
     # -- events -------------------------------------------------------------------------------
 
