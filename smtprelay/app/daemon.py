@@ -28,6 +28,7 @@ from smtprelay.delivery.ip_pools import SourceChooser, export_metrics, unbindabl
 from smtprelay.delivery.mail_from import MailFromChecks
 from smtprelay.delivery.notify_sender import DSNFactory
 from smtprelay.delivery.pool import ConnectionPool
+from smtprelay.delivery.providers import Providers, bundled
 from smtprelay.delivery.scheduler import DeliveryPolicy, Scheduler, Transport
 from smtprelay.delivery.simulator import SimulatorTransport
 from smtprelay.delivery.smtp_transport import SMTPTransport
@@ -132,7 +133,8 @@ class Relay:
         else:
             self.warmup_store = SQLiteWarmupStore(config.state_path)
             self.warmup = LocalWarmup(self.warmup_store)
-        self.sources = SourceChooser(self.warmup)
+        # Warm-up caps count per provider as the shaper names them (the table in force).
+        self.sources = SourceChooser(self.warmup, providers=self._provider_table)
         self._warmup_task: asyncio.Task[None] | None = None
         self.suppression = suppression_store(config)
         # The contact lists' contacts and their subscriptions (policy.contacts).
@@ -320,7 +322,10 @@ class Relay:
                                    counters=self.counters, node=self._node_control(),
                                    warmup=self.warmup,
                                    events=self.event_tail,
-                                   connections=self._connections_to),
+                                   connections=self._connections_to,
+                                   provider_of=self._provider_of,
+                                   shaping=self.transport.shaper.snapshot
+                                   if self.transport is not None else None),
                                confirmer=self.publisher, worker_metrics=worker_metrics,
                                sockets=[] if count > 1 else None,
                                internal=internal_socket(cfg.server.data_dir) if count > 1
@@ -524,6 +529,15 @@ class Relay:
     def _connections_to(self, domain: str) -> int:
         """Delivery sessions in use to `domain` now (the console's delivery page)."""
         return self._pool.active(domain) if self._pool is not None else 0
+
+    def _provider_table(self) -> Providers:
+        """The provider table in force: the MX transport's (the bundled table with
+        delivery.shaping.rules_file over it, read at start and at each reload), else
+        the bundled one."""
+        return self.transport.shaper.table if self.transport is not None else bundled()
+
+    def _provider_of(self, mx_host: str) -> str | None:
+        return self._provider_table().provider_of(mx_host)
 
     def _transport(self) -> Transport | None:
         delivery = self.config.delivery

@@ -41,7 +41,7 @@ from prometheus_client import Gauge
 
 from smtprelay.config import DestinationConfig
 from smtprelay.delivery.model import RecipientResult, Verdict
-from smtprelay.delivery.providers import Provider, Providers, Rule, bundled
+from smtprelay.delivery.providers import Limits, Provider, Providers, Rule, bundled
 from smtprelay.infra import metrics
 
 log = logging.getLogger("smtprelay.delivery")
@@ -155,6 +155,7 @@ class Lane:
         self.suspended_by = ""
         self.factor = 1.0
         self.throttled_until = 0.0
+        self.throttled_by = ""
         self.suspension_timer: asyncio.TimerHandle | None = None
         self.throttle_timer: asyncio.TimerHandle | None = None
 
@@ -192,6 +193,38 @@ class Deferral:
                                 status=DEFERRAL_STATUS, diagnostic=self.diagnostic,
                                 retry_after=self.retry_after, delay_type=SENDING_DEFERRAL)
                 for r in recipients]
+
+
+@dataclass(frozen=True, slots=True)
+class LaneState:
+    """One lane as operators see it (the console's Delivery page)."""
+
+    provider: str
+    source: str  # the source address, or DEFAULT_SOURCE for the host's own
+    limits: Limits  # the provider's, as configured
+    # Seconds left of a suspension (0: not suspended) and the rule and reply that
+    # started it.
+    suspended_for: float
+    suspended_by: str
+    # Seconds left of a throttle (0: not throttled), the share of the limits in force
+    # meanwhile, and the rule and reply that last lowered it.
+    throttled_for: float
+    factor: float
+    throttled_by: str
+    # The limits in force now (the configured ones times `factor`).
+    connections: int | None
+    per_minute: int | None
+    per_hour: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ShapingState:
+    """A read-only copy of a Shaper's state: nothing in it changes the shaper."""
+
+    enabled: bool
+    table: Providers  # the provider table in force (the bundled one with the operator's)
+    destinations: Mapping[str, DestinationConfig]  # delivery.destinations in force
+    lanes: tuple[LaneState, ...]  # every provider and source address sent to so far
 
 
 class Shaper:
@@ -233,6 +266,27 @@ class Shaper:
     @property
     def table(self) -> Providers:
         return self._table
+
+    def snapshot(self) -> ShapingState:
+        """What is limited, suspended and throttled now, for display (the lanes as
+        suspended() and the windows see them)."""
+        now = self._clock()
+        lanes = []
+        for lane in sorted(self._lanes.values(),
+                           key=lambda lane: (lane.provider.name, lane.label)):
+            suspended = max(0.0, lane.suspended_until - now)
+            throttled = lane.factor < 1.0  # until its timer restores the limits
+            limits = lane.provider.limits
+            lanes.append(LaneState(
+                provider=lane.provider.name, source=lane.label, limits=limits,
+                suspended_for=suspended, suspended_by=lane.suspended_by if suspended else "",
+                throttled_for=max(0.0, lane.throttled_until - now) if throttled else 0.0,
+                factor=lane.factor, throttled_by=lane.throttled_by if throttled else "",
+                connections=lane.connections,
+                per_minute=_scaled(limits.per_minute, lane.factor),
+                per_hour=_scaled(limits.per_hour, lane.factor)))
+        return ShapingState(enabled=self.enabled, table=self._table,
+                            destinations=self._destinations, lanes=tuple(lanes))
 
     # ---------------------------------------------------------------- admission
 
@@ -381,6 +435,7 @@ class Shaper:
             return
         lane.factor = max(MIN_FACTOR, lane.factor * rule.factor)
         lane.throttled_until = max(lane.throttled_until, until)
+        lane.throttled_by = f"rule {rule.name}: {quoted}"
         metrics.PROVIDER_THROTTLE.labels(provider=provider, source=source).set(lane.factor)
         log.warning("shaping provider=%s source=%s throttled to %.0f%% of its limits for "
                     "%.0fs by rule %s: %s", provider, source, lane.factor * 100,
@@ -407,6 +462,11 @@ class Shaper:
         log.info("shaping provider=%s source=%s throttle ended", lane.provider.name,
                  lane.label)
         _forget(metrics.PROVIDER_THROTTLE, lane.provider.name, lane.label)
+
+
+def _scaled(limit: int | None, factor: float) -> int | None:
+    # As the lane's windows and group limit apply a throttle: at least 1.
+    return None if limit is None else max(1, int(limit * factor))
 
 
 def _forget(gauge: Gauge, *labels: str) -> None:

@@ -51,6 +51,7 @@ from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
 from smtprelay.config import NAME_PATTERN, ConfigSource
+from smtprelay.delivery.shaping import ShapingState
 from smtprelay.events import tail as event_tail
 from smtprelay.events.tail import EventTail
 from smtprelay.http import admin_auth, openapi
@@ -182,10 +183,12 @@ class AdminServices:
     warmup: WarmupCounters | None = None
     events: EventTail | None = None  # the live tail of events (None: not offered)
     # The console's delivery page: delivery sessions in use to a recipient domain now
-    # (None: not known here), and the mailbox provider of an MX host (None: the
-    # bundled table of smtprelay.delivery.providers).
+    # (None: not known here), the mailbox provider of an MX host (None: the bundled
+    # table of smtprelay.delivery.providers), and the MX transport's shaping state
+    # (None: no MX transport here).
     connections: Callable[[str], int] | None = None
     provider_of: Callable[[str], str | None] | None = None
+    shaping: Callable[[], ShapingState] | None = None
 
 
 # -- query and body parsing ---------------------------------------------------------------

@@ -11,9 +11,9 @@ Pages: Overview (per-minute charts, queue depth, busiest destinations), Queue
 (search, one message's history, retry, delete, hold, release), Sets and accounts
 (rates against the reputation thresholds, engagement, pause and resume), Suppression
 (search, add, remove, import with progress, export), Delivery (per destination and
-provider), Events (a live tail). Every action is the admin API's operation
-(smtprelay.operations, run in a thread) and is logged with the client's address, as
-the admin API logs its own; tokens never are.
+provider, the IP pools' warm-up, provider shaping), Events (a live tail). Every action
+is the admin API's operation (smtprelay.operations, run in a thread) and is logged
+with the client's address, as the admin API logs its own; tokens never are.
 """
 
 from __future__ import annotations
@@ -36,8 +36,11 @@ import aiohttp
 import jinja2
 from aiohttp import web
 
-from smtprelay.config import HTTPConfig
+from smtprelay.config import Config, DestinationConfig, HTTPConfig, IpPoolConfig
 from smtprelay.delivery import providers
+from smtprelay.delivery.providers import Provider
+from smtprelay.delivery.shaping import LaneState
+from smtprelay.delivery.warmup import Progress
 from smtprelay.events import tail as event_tail
 from smtprelay.http import console_auth
 from smtprelay.http.admin import AdminServices, keepalive_interval, refusal
@@ -45,6 +48,7 @@ from smtprelay.http.console_auth import Session, Sessions
 from smtprelay.http.tracking import client_ip, parse_ip
 from smtprelay.infra import metrics
 from smtprelay.operations import activity, suppression_files
+from smtprelay.operations import ip_pools as pool_ops
 from smtprelay.operations import pauses as pause_ops
 from smtprelay.operations import queue as queue_ops
 from smtprelay.operations import stats as stats_ops
@@ -56,6 +60,7 @@ from smtprelay.policy.suppression import REASONS, Reason
 from smtprelay.spool import set_stats
 from smtprelay.spool.model import FILTER_STATES, HELD, QueuedMessage
 from smtprelay.spool.store import MessageFilter
+from smtprelay.state.api import StateUnavailable
 
 log = logging.getLogger("smtprelay.http.console")
 
@@ -106,6 +111,20 @@ def _rate(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.2f}%"
 
 
+def _duration(seconds: float) -> str:
+    """A duration as the provider table writes one (30m, 2h, 1d), to the minute from a
+    minute on: 45s, 59m, 1h 5m."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return " ".join(parts)
+
+
 @dataclass
 class ImportJob:
     """A suppression-list import the browser follows (GET …/import/<id>)."""
@@ -148,6 +167,8 @@ class Console:
             lstrip_blocks=True)
         self._env.filters["when"] = _when
         self._env.filters["rate"] = _rate
+        self._env.filters["duration"] = _duration
+        self._env.filters["num"] = "{:,}".format
         self._env.globals["root"] = ROOT
         folder = resources.files("smtprelay.http").joinpath(f"{_ASSETS}/static")
         self._static = {name: folder.joinpath(name).read_bytes() for name in STATIC}
@@ -631,9 +652,55 @@ class Console:
             for key in ("waiting", "delivered", "bounced", "delayed"):
                 sums[key] += getattr(destination.figures, key)
             sums["connections"] += destination.connections or 0
+        pools, pools_error = await self._pools()
         return self._render(request, session, "delivery.html", title="Delivery",
                             destinations=found, providers=sorted(by_provider.items()),
-                            connections_known=self._services.connections is not None)
+                            connections_known=self._services.connections is not None,
+                            pools=pools, pools_error=pools_error, other=pool_ops.OTHER,
+                            bundled_origin=providers.BUNDLED,
+                            shaping=self._shaping())
+
+    async def _pools(self) -> tuple[list[PoolView], str | None]:
+        """Each pool with its addresses' warm-up, as the admin API's /ip-pools reports
+        it; or why it cannot be read."""
+        config = self._services.live.config
+        if not config.ip_pools:
+            return [], None
+        if self._services.warmup is None:
+            return [], "this process keeps no warm-up counters"
+        try:
+            found = await pool_ops.report(config, self._services.warmup, now=self.clock())
+        except StateUnavailable as exc:
+            return [], f"the warm-up counters cannot be read: {exc}"
+        return pool_views(config, found), None
+
+    def _shaping(self) -> ShapingView:
+        config = self._services.live.config
+        hook = self._services.shaping
+        state = hook() if hook is not None else None
+        if state is None or not state.enabled:
+            if not config.delivery.shaping.enabled:
+                off = "delivery.shaping.enabled is false"
+            elif config.delivery.mode != "mx":
+                off = (f"it applies to delivery mode mx, and this relay delivers in mode "
+                       f"{config.delivery.mode}")
+            else:
+                off = "this process does not deliver mail"
+            return ShapingView(off=f"Shaping is off here: {off}.")
+        now = self.clock()
+        return ShapingView(
+            lanes=[LaneView(lane, suspended_until=now + lane.suspended_for
+                            if lane.suspended_for else None,
+                            throttled_until=now + lane.throttled_for
+                            if lane.factor < 1.0 else None)
+                   for lane in state.lanes],
+            providers=list(state.table.providers),
+            destinations=sorted(((domain, limits) for domain, limits
+                                 in state.destinations.items()
+                                 if any(value is not None for value in (
+                                     limits.max_connections, limits.per_second,
+                                     limits.per_minute, limits.per_hour))),
+                                key=lambda item: item[0]))
 
     # -- events -------------------------------------------------------------------------------
 
@@ -684,6 +751,48 @@ class _EventRow:
 def _event_row(kind: str, at: float, event_id: str, detail: dict[str, Any]) -> _EventRow:
     return _EventRow(kind, at, event_id,
                      json.dumps(detail, indent=1, ensure_ascii=False)[:4000])
+
+
+@dataclass(frozen=True, slots=True)
+class PoolView:
+    """An IP pool on the Delivery page: its settings, who sends from it and each
+    address's warm-up today."""
+
+    name: str
+    settings: IpPoolConfig
+    used_by: list[str]  # the configuration sets whose mail leaves from it
+    default: bool  # delivery.ip_pool: every set without a pool of its own uses it
+    addresses: list[Progress]
+
+
+def pool_views(config: Config, found: list[Progress]) -> list[PoolView]:
+    """`found` (operations.ip_pools.report) grouped by pool, in the configuration's
+    order."""
+    views = []
+    for name, settings in config.ip_pools.items():
+        used_by = sorted(set_name for set_name, cs in config.configuration_sets.items()
+                         if cs.delivery.ip_pool == name)
+        views.append(PoolView(name, settings, used_by, config.delivery.ip_pool == name,
+                              [p for p in found if p.pool == name]))
+    return views
+
+
+@dataclass(frozen=True, slots=True)
+class LaneView:
+    """A provider and source address, with its suspension's and throttle's end as
+    times of day."""
+
+    state: LaneState
+    suspended_until: float | None
+    throttled_until: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ShapingView:
+    off: str | None = None  # why shaping does not apply here
+    lanes: list[LaneView] = field(default_factory=list)
+    providers: list[Provider] = field(default_factory=list)  # the table in force
+    destinations: list[tuple[str, DestinationConfig]] = field(default_factory=list)
 
 
 def _safe_next(target: str) -> str:

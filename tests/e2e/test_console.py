@@ -13,23 +13,54 @@ import asyncio
 import base64
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from smtprelay.state.warmup import NO_PROVIDER, day_of
 from tests.e2e.admin_client import ADMIN_HTTP, ENV, SECRET, send
+from tests.e2e.delivery_world import World
+from tests.e2e.test_console_http import POOL_A, POOL_B, POOL_C, pool_world
 from tests.e2e.test_tracking_browser import CDP, chromium
 from tests.support import RunningRelay, need_program, relay_fixture
 
 pytestmark = pytest.mark.peer
 
+# An IP pool for the Delivery page: two addresses warming up, one warm (loopback
+# addresses; this relay holds its mail, so they never send: their counts are made below).
+POOL = {"addresses": [{"address": "127.0.1.2", "helo": "o2.pool.test"},
+                      {"address": "127.0.1.3", "helo": "o3.pool.test"},
+                      {"address": "127.0.1.4", "helo": "o4.pool.test", "warm": True}],
+        "overflow": "wait"}
+
 relay = relay_fixture(
     lambda tmp_path: {"configuration_sets": {
         "transactional": {"event_destinations": [
             {"name": "file", "type": "file", "path": str(tmp_path / "events.ndjson")}]},
-        "marketing": {}}},
+        "marketing": {"delivery": {"ip_pool": "marketing"}}},
+        "ip_pools": {"marketing": POOL}},
     env={ENV: SECRET}, http=ADMIN_HTTP)
+
+
+def warm_up(relay: RunningRelay) -> None:
+    """Today's counts of the pool's addresses, as deliveries from them make them: one on
+    day 12 of its warm-up, near its cap to Google, one on its first day, and the warm
+    one; through the relay's own warm-up counters."""
+    counters = relay.relay.warmup
+    today = day_of(time.time())
+
+    async def count() -> None:
+        await counters.set_start_day("127.0.1.2", today - 11)
+        await counters.set_start_day("127.0.1.3", today)
+        for address, provider, sent in [
+                ("127.0.1.2", "google", 9000), ("127.0.1.2", "microsoft-consumer", 4200),
+                ("127.0.1.2", NO_PROVIDER, 3100), ("127.0.1.3", "yahoo", 12),
+                ("127.0.1.4", "google", 5400), ("127.0.1.4", "apple", 800)]:
+            await counters.add(today, address, provider, sent)
+
+    relay.call(count())
 
 
 @pytest.fixture
@@ -61,6 +92,14 @@ async def text(cdp: CDP) -> str:
     return str(await cdp.evaluate("document.body.innerText"))
 
 
+async def bar_width(cdp: CDP, address: str, provider: str) -> float:
+    """The drawn width, in pixels, of an address's bar for a provider's count."""
+    selector = (f"tr[data-address='{address}'] .provider-count[data-provider='{provider}'] "
+                ".bar")
+    return float(await cdp.evaluate(
+        f"document.querySelector({json.dumps(selector)}).getBoundingClientRect().width"))
+
+
 async def fill(cdp: CDP, selector: str, value: str) -> None:
     await cdp.evaluate(f"document.querySelector({json.dumps(selector)}).value = "
                        f"{json.dumps(value)}")
@@ -69,6 +108,7 @@ async def fill(cdp: CDP, selector: str, value: str) -> None:
 def test_an_operator_uses_the_console_in_a_browser(relay: RunningRelay, cred: Any,
                                                    artifacts: Path) -> None:
     need_program("chromium")
+    warm_up(relay)
     code, reply = send(relay, cred, ["reader@example.net", "other@example.org"])
     assert code == 250
     message_id = reply.split()[-1]
@@ -131,7 +171,12 @@ def test_an_operator_uses_the_console_in_a_browser(relay: RunningRelay, cred: An
             assert await cdp.evaluate(f"!!document.querySelector(\"{listed}\")") is False
 
             await go(cdp, f"{base}/console/delivery")
-            assert "example.net" in await text(cdp)
+            page = await text(cdp)
+            assert "example.net" in page and "Pool marketing" in page
+            assert "day 12" not in page and "12 of 30" in page  # 127.0.1.2's day
+            # The bars are drawn (console.js sets their width; the CSP allows no
+            # inline style): Google's near its cap on 127.0.1.2.
+            assert await bar_width(cdp, "127.0.1.2", "google") > 50
             await screenshot(cdp, artifacts / "07-delivery.png")
 
             # Events: the live tail shows a message sent while the page is open.
@@ -149,3 +194,42 @@ def test_an_operator_uses_the_console_in_a_browser(relay: RunningRelay, cred: An
                  "06-suppression", "07-delivery", "08-events"):
         shot = artifacts / f"{name}.png"
         assert shot.stat().st_size > 5000, shot  # a page, not a blank
+
+
+def test_the_delivery_page_shows_providers_held_back_in_a_browser(
+        net: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, artifacts: Path) -> None:
+    """Real deliveries from a pool's addresses: p1 suspended for one address by its
+    rate-limit reply, throttled for another, sending from the third
+    (tests/e2e/test_console_http.py's pool_world)."""
+    need_program("chromium")
+    monkeypatch.setenv(ENV, SECRET)
+    relay = pool_world(net, tmp_path)
+    base = f"http://127.0.0.1:{relay.http_port}"
+
+    async def run() -> None:
+        async with chromium(artifacts.parent / f"profile-{os.getpid()}-{id(net)}") as cdp:
+            await cdp.call("Page.enable")
+            await cdp.call("Emulation.setDeviceMetricsOverride", width=1400, height=900,
+                           deviceScaleFactor=1, mobile=False)
+            await go(cdp, f"{base}/console/delivery")
+            await fill(cdp, "#token", SECRET)
+            await cdp.click_and_load("#login")
+            assert await cdp.evaluate("location.pathname") == "/console/delivery"
+            async def lane(source: str) -> str:
+                selector = f"#lanes tr[data-provider=p1][data-source='{source}']"
+                return str(await cdp.evaluate(
+                    f"document.querySelector(\"{selector}\").innerText"))
+
+            shown = await lane(POOL_A)
+            assert "suspended" in shown and "421 4.7.28 <b>unusual</b> rate" in shown
+            assert "throttled to 50%" in await lane(POOL_B)
+            assert "sending" in await lane(POOL_C)
+            assert await bar_width(cdp, POOL_A, "p1") > 0  # 1 of the day's cap: a sliver
+            # The provider table opens to show the operator's p1 and its rule.
+            await cdp.evaluate("document.getElementById('provider-table').open = true")
+            assert "p1-rate" in str(await cdp.evaluate(
+                "document.querySelector('#provider-table tr[data-name=p1]').innerText"))
+            await screenshot(cdp, artifacts / "09-delivery-shaping.png")
+
+    asyncio.run(run())
+    assert (artifacts / "09-delivery-shaping.png").stat().st_size > 5000

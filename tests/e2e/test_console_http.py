@@ -8,6 +8,7 @@ with a cookie jar plays it, so each refusal can be checked exactly.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import html
 import json
 import logging
@@ -15,15 +16,19 @@ import re
 import time
 from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from smtprelay.http import admin_auth
 from smtprelay.http.console import Console
-from tests.e2e.admin_client import ADMIN_HTTP, ENV, SECRET, send
-from tests.support import RunningRelay, relay_fixture
+from tests.e2e.admin_client import ADMIN_HTTP, ENV, SECRET, Admin, send
+from tests.e2e.delivery_world import World
+from tests.sinks import Script
+from tests.support import RunningRelay, message, relay_fixture
 
 relay = relay_fixture(
     lambda tmp_path: {"configuration_sets": {
@@ -357,7 +362,11 @@ def test_overview_delivery_and_events_pages(relay: RunningRelay, cred: Any) -> N
             series["series"]["accepted"]) >= 1
         assert "three.example" in page  # a busy destination: mail waiting for it
         status, _, page = await b.get("/console/delivery")
-        assert status == 200 and "three.example" in page and "pools-placeholder" in page
+        assert status == 200 and "three.example" in page
+        # No pool configured, and delivery held: nothing to shape.
+        assert 'id="no-pools"' in page
+        assert "Shaping is off here: it applies to delivery mode mx, and this relay " \
+               "delivers in mode hold." in page
         status, _, page = await b.get("/console/events")
         assert status == 200 and 'id="tail"' in page
         # The live stream: the Send of a message sent while it is open.
@@ -462,3 +471,122 @@ def test_hold_and_release_from_the_cli_as_the_console_sees_them(relay: RunningRe
     assert released.returncode == 0 and "1 recipient(s) released" in released.stdout
     assert cli("release", message_id).returncode == 1
     assert message_id not in cli("list", "--state", "held").stdout
+
+
+# -- the Delivery page's IP pools and provider shaping, over a delivery world ----------------
+
+# The pool's source addresses, on loopback: A warming up, B and C warm.
+POOL_A, POOL_B, POOL_C = "127.0.1.2", "127.0.1.3", "127.0.1.4"
+# A provider of the operator's rules file (delivery.shaping.rules_file): its rate-limit
+# reply suspends it for an hour, "too busy" halves its limits for 30 minutes.
+P1 = {"providers": {"p1": {
+    "description": "Test provider", "mx": ["*.p1.test"],
+    "limits": {"connections": 4, "per_hour": 1000},
+    "rules": [{"name": "p1-rate", "match": r"4\.7\.28", "action": "suspend",
+               "duration": "1h"},
+              {"name": "p1-busy", "match": "too busy", "action": "throttle",
+               "duration": "30m"}]}}}
+
+
+def pool_world(net: World, tmp_path: Path) -> RunningRelay:
+    """A relay whose set `bulk` sends from pool `bulk` with p1's rules, and one message
+    from each address in turn: A's to angry.test gets p1's rate-limit reply (p1
+    suspended for A), B's to busy.test "too busy" (p1 throttled for B), C's to
+    calm.test is delivered."""
+    angry = net.sinks.smtp(Script(data_reply="421 4.7.28 <b>unusual</b> rate of mail"),
+                           host=net.address(), port=net.port)
+    busy = net.sinks.smtp(Script(data_reply="451 4.7.0 too busy, try later"),
+                          host=net.address(), port=net.port)
+    calm = net.sinks.smtp(host=net.address(), port=net.port)
+    net.mx("angry.test", (10, "mx1.p1.test", angry.host))
+    net.mx("busy.test", (10, "mx2.p1.test", busy.host))
+    net.mx("calm.test", (10, "mx3.p1.test", calm.host))
+    rules = tmp_path / "providers.yaml"
+    rules.write_text(yaml.safe_dump(P1))
+    relay = net.start(top={
+        "http": ADMIN_HTTP,
+        "ip_pools": {"bulk": {
+            "addresses": [{"address": POOL_A, "helo": "o2.pool.test"},
+                          {"address": POOL_B, "helo": "o3.pool.test", "warm": True},
+                          {"address": POOL_C, "helo": "o4.pool.test", "warm": True}],
+            "warmup": {"days": 10}, "overflow": "wait"}},
+        "configuration_sets": {"transactional": {}, "bulk": {"delivery": {"ip_pool": "bulk"}}}},
+        shaping={"rules_file": str(rules)},
+        destinations={"calm.test": {"max_connections": 2, "per_minute": 60}},
+        # No retry while the test looks: each message is tried once, from its turn's
+        # address (A, B, C).
+        retry={"first": "1h", "max_interval": "1h", "max_lifetime": "2h"})
+    for recipient, state in (("a@angry.test", "deferred"), ("b@busy.test", "deferred"),
+                             ("c@calm.test", "delivered")):
+        sent = net.submit([recipient], data=b"X-SES-CONFIGURATION-SET: bulk\r\n"
+                          + message(to=recipient))
+        assert net.wait_states(sent, {recipient: state}) == {recipient: state}
+    return relay
+
+
+def row(page: str, **attributes: str) -> str:
+    """The text of the table row with these data-* attributes, tags stripped."""
+    wanted = "".join(f'[^>]*data-{k}="{re.escape(v)}"' for k, v in attributes.items())
+    found = re.search(rf"<tr{wanted}[^>]*>(.*?)</tr>", page, re.S)
+    assert found is not None, attributes
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", found.group(1))).split())
+
+
+def test_the_delivery_page_shows_pools_warmup_and_providers_held_back(
+        net: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, SECRET)
+    relay = pool_world(net, tmp_path)
+    # A on day 3 of its 10: WarmupPercentage 20, the standard ramp's caps of that day.
+    moved = Admin(relay.http_port).put(f"/api/v1/ip-pools/bulk/addresses/{POOL_A}/warmup",
+                                       body={"day": 3})
+    assert moved.status == 200, moved.body
+    api = {item["Ip"]: item for item in
+           Admin(relay.http_port).get("/api/v1/ip-pools").json["items"]}
+
+    async def test(b: Browser) -> None:
+        await b.login()
+        status, _, page = await b.get("/console/delivery")
+        assert status == 200
+        pool = page[page.index('id="pool-bulk"'):page.index("</section>")]
+        assert "Overflow: wait" in " ".join(re.sub(r"<[^>]+>", " ", pool).split())
+        assert "Used by: bulk" in " ".join(re.sub(r"<[^>]+>", " ", pool).split())
+        # Each address as the admin API reports it: day, percentage, status, today's
+        # counts against the caps, per provider (the operator file's p1).
+        a, caps = row(page, address=POOL_A), api[POOL_A]["caps"]
+        assert api[POOL_A]["sent_today"] == {"total": 1, "by_provider": {"p1": 1}}
+        assert a == (f"{POOL_A} o2.pool.test 3 of 10 20% IN_PROGRESS 1 / {caps['total']:,} "
+                     f"p1 1 / {caps['per_provider']:,}")
+        assert row(page, address=POOL_C) == (f"{POOL_C} o4.pool.test — 100% DONE "
+                                             "1 (no cap: warm) p1 1")
+        assert page.count('class="bar" data-fill=') >= 4  # the bars, drawn by console.js
+        # p1 suspended for A by the reply (escaped: it is the remote's text), until an
+        # hour from now, throttled for B, sending from C. The limits are the operator
+        # file's (halved for B).
+        suspended = row(page, provider="p1", source=POOL_A)
+        assert suspended.startswith(f"p1 {POOL_A} 4 — — 1000 suspended ")
+        until = re.search(r"suspended (\S+ \S+)", suspended)
+        assert until is not None
+        left = (datetime.datetime.strptime(until.group(1), "%Y-%m-%d %H:%M:%S")
+                .replace(tzinfo=datetime.UTC).timestamp() - time.time())
+        assert 3500 < left <= 3600
+        assert suspended.endswith("rule p1-rate: smtp; 421 4.7.28 <b>unusual</b> rate of mail")
+        assert "&lt;b&gt;unusual&lt;/b&gt;" in page and "<b>unusual" not in page
+        throttled = row(page, provider="p1", source=POOL_B)
+        assert throttled.startswith(f"p1 {POOL_B} 2 of 4 — — 500 of 1000 throttled to 50% ")
+        assert re.search(r"\(29m left\)|\(30m left\)", throttled), throttled
+        assert throttled.endswith("rule p1-busy: smtp; 451 4.7.0 too busy, try later")
+        assert row(page, provider="p1", source=POOL_C) == (
+            f"p1 {POOL_C} 4 — — 1000 sending — —")
+        # The table in force: the operator's p1 beside the bundled providers, and the
+        # provider of each destination read from it.
+        assert row(page, name="p1") == ("p1 Test provider *.p1.test 4 — — 1000 "
+                                         "suspend 1h p1-rate throttle 30m p1-busy "
+                                         f"{tmp_path / 'providers.yaml'}")
+        assert row(page, domain="calm.test") == "calm.test 2 — 60 —"
+        assert row(page, name="google").startswith("google ") and row(
+            page, name="google").endswith(" bundled")
+        destination = re.search(r'<a href="/console/queue\?domain=calm.test">calm.test</a>'
+                                r"</td><td>([^<]*)</td>", page)
+        assert destination is not None and destination.group(1) == "p1"
+
+    run(relay, test)

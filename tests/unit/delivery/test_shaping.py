@@ -272,6 +272,52 @@ async def test_a_throttle_halves_the_providers_connections(world: World) -> None
                   {"provider": "p1", "source": "default"}) == 0.5
 
 
+async def test_the_snapshot_shows_each_lanes_suspension_throttle_and_limits(
+        world: World) -> None:
+    """What the console shows: per provider and source address the limits in force, the
+    suspension or throttle, how long it has left and the reply that started it."""
+    rules = {"p1": {"mx": ["*.p1.test"], "limits": {"connections": 4, "per_minute": 100},
+                    "rules": [{"name": "p1-busy", "match": "too busy", "action": "throttle",
+                               "factor": 0.5, "duration": "1h"},
+                              {"name": "p1-rate", "match": r"4\.7\.28",
+                               "action": "suspend", "duration": "30m"}]}}
+    world.host("mx1.p1.test", Script(data_reply="451 4.7.0 too busy"))
+    world.host("mx2.p1.test", Script(data_reply="421 4.7.28 unusual rate"))
+    world.domain("busy.example", "mx1.p1.test")
+    world.domain("rate.example", "mx2.p1.test")
+    now = [1000.0]
+    shaper = Shaper(clock=lambda: now[0])
+    limits = {"rate.example": {"per_hour": 50}}
+    first = world.transport(rules=rules, source="192.0.2.1", shaper=shaper,
+                            destinations=limits)
+    second = world.transport(rules=rules, source="192.0.2.2", shaper=shaper,
+                             destinations=limits)
+    assert shaper.snapshot().lanes == ()  # nothing sent yet
+    await send(first, "busy.example")
+    await send(second, "rate.example")
+
+    state = shaper.snapshot()
+    assert state.enabled and state.table.get("p1") is not None and "google" in state.table
+    assert dict(state.destinations)["rate.example"].per_hour == 50
+    throttled, suspended = state.lanes
+    assert (throttled.provider, throttled.source, throttled.factor) == ("p1", "192.0.2.1", 0.5)
+    assert (throttled.connections, throttled.per_minute, throttled.per_hour) == (2, 50, None)
+    assert throttled.limits.connections == 4 and throttled.limits.per_minute == 100
+    assert throttled.throttled_for == 3600 and throttled.suspended_for == 0
+    assert throttled.throttled_by == "rule p1-busy: smtp; 451 4.7.0 too busy"
+    assert (suspended.source, suspended.suspended_for, suspended.factor) == (
+        "192.0.2.2", 1800, 1.0)
+    assert suspended.suspended_by == "rule p1-rate: smtp; 421 4.7.28 unusual rate"
+    assert (suspended.connections, suspended.throttled_for, suspended.throttled_by) == (
+        4, 0, "")
+
+    now[0] += 1000  # the suspension has 800 s left; past its end, it is over
+    assert shaper.snapshot().lanes[1].suspended_for == 800
+    now[0] += 800
+    over = shaper.snapshot().lanes[1]
+    assert (over.suspended_for, over.suspended_by) == (0, "")
+
+
 # ------------------------------------------------------------------ provider limits
 
 async def test_provider_connections_and_messages_per_connection_hold(world: World) -> None:
