@@ -20,9 +20,10 @@ p50/p99 from the relay's 250 to the sink's 250. Prints every run, the medians an
 shaped/unshaped (and shaped/baseline); the target is >= 0.95. Exits 1 below it.
 Writes JSON to bench/results/. Needs root for smtp-sink (-u postfix).
 
-Source addresses: the lanes are kept per source address (None: the host's default).
-Choosing several (delivery.ip_pools) is not in this tree; every message here leaves
-from the default address, so one lane per provider is exercised.
+Source addresses: the shaped relay sends from an IP pool of two addresses
+(POOL_ADDRESSES, already warm, so no warm-up cap applies), taking turns, so the
+lanes are kept per provider and source address as in production: six lanes. The
+unshaped relay sends from the host's default address with no pool, as before.
 
     /tmp/venv/bin/python bench/run_shaping.py                    # about 2 minutes
     /tmp/venv/bin/python bench/run_shaping.py --baseline /work/main --repeats 5
@@ -53,6 +54,7 @@ from bench.run_delivery import RelayTarget, Sink, pct, read_replies, wait_delive
 from tests.dnsserver import TestDNSServer
 
 SINK_ADDRESS = "127.0.0.154"
+POOL_ADDRESSES = ("127.0.1.50", "127.0.1.51")
 DOMAINS = [f"d{i}.example.net" for i in range(10)]
 PROVIDERS = ("p1", "p2", "p3")
 TARGET_RATIO = 0.95
@@ -156,6 +158,24 @@ def delivery_limits() -> dict[str, int]:
     return {"per_second": 1_000_000, "per_minute": 10_000_000, "per_hour": 100_000_000}
 
 
+def _per_source(http_port: int) -> dict[str, float]:
+    """Recipients each pool address sent today (smtprelay_warmup_sent_today, which the
+    relay refreshes every 10 s): evidence that both addresses carried the load."""
+    deadline = time.monotonic() + 15
+    while True:
+        exposition = urllib.request.urlopen(
+            f"http://127.0.0.1:{http_port}/metrics", timeout=10).read().decode()
+        found = {address: 0.0 for address in POOL_ADDRESSES}
+        for line in exposition.splitlines():
+            if line.startswith("smtprelay_warmup_sent_today{"):
+                for address in POOL_ADDRESSES:
+                    if f'address="{address}"' in line:
+                        found[address] += float(line.rsplit(" ", 1)[1])
+        if all(found.values()) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
 def _counter(exposition: str, provider: str) -> float:
     prefix = f'smtprelay_provider_transactions_total{{provider="{provider}"}} '
     return next((float(line[len(prefix):]) for line in exposition.splitlines()
@@ -206,9 +226,14 @@ def main(argv: list[str] | None = None) -> int:
         relays["baseline"] = RelayProcess(delivery=section, source=args.baseline,
                                           server={"workers": 1})
     limits = {"max_connections": 5000, "max_connections_per_ip": 5000}
-    for relay in relays.values():
+    for name, relay in relays.items():
         config = yaml.safe_load(relay.config_path.read_text())
         config["limits"] = limits
+        if name == "shaped":
+            config["ip_pools"] = {"bench": {"addresses": [
+                {"address": address, "helo": f"o{address.rsplit('.', 1)[1]}.bench.test",
+                 "warm": True} for address in POOL_ADDRESSES]}}
+            config["delivery"]["ip_pool"] = "bench"
         relay.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     runs: list[dict[str, Any]] = []
     targets: dict[str, RelayTarget] = {}
@@ -236,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = urllib.request.urlopen(
             f"http://127.0.0.1:{relays['shaped'].http_port}/metrics", timeout=10).read()
         per_provider = {name: _counter(metrics.decode(), name) for name in PROVIDERS}
+        per_address = _per_source(relays["shaped"].http_port)
         log = (relays["shaped"].root / "serve.log").read_text(errors="replace")
         # A rule that tripped ("shaping provider=... suspended/throttled"), a deferral of
         # ours ("x-local; the rate limit of ...", "... is suspended for ...").
@@ -263,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ratios = {other: ratio(other) for other in relays if other != "shaped"}
     print(f"\nmedians of {args.repeats} runs, {args.sessions} sessions x {args.size // 1024} KB, "
-          f"10 domains over 3 providers, one source address")
+          f"10 domains over 3 providers, shaped: {len(POOL_ADDRESSES)} pool addresses")
     print(f"{'relay':>9} | {'msg/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms/msg':>10}")
     for name, row in table.items():
         print(f"{name:>9} | {row['delivered_msgs_per_s']!s:>7} {row['p50_ms']!s:>7} "
@@ -273,13 +299,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shaped/{other}: msg/s {value}, CPU per message "
               f"{round(cpu[0] / cpu[1], 3) if cpu[0] and cpu[1] else None}")
     print(f"transactions per provider (shaped relay's metrics): {per_provider}")
+    print(f"recipients per pool address today (shaped relay's metrics): {per_address}")
     print(f"shaping rules or limits that acted during the load (relay log): {held_back}")
     ok = ratios["unshaped"] is not None and ratios["unshaped"] >= TARGET_RATIO
     print(f"target shaped/unshaped >= {TARGET_RATIO}: {'ok' if ok else 'BELOW TARGET'}")
     path = write_result("shaping", {"when": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                     "args": {k: str(v) for k, v in vars(args).items()},
                                     "table": table, "ratios": ratios,
-                                    "per_provider": per_provider, "runs": runs})
+                                    "per_provider": per_provider,
+                                    "per_address": per_address, "runs": runs})
     print(f"results: {path}")
     return 0 if ok else 1
 
