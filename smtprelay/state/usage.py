@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
-from smtprelay.db.writer import GroupCommitWriter
+from smtprelay.db.flushed import FlushedStore
 
 log = logging.getLogger("smtprelay.quota")
 
@@ -28,56 +27,28 @@ class UsageStore(Protocol):
         """Add to a minute's count; it becomes durable within about a second."""
 
 
-class SQLiteUsageStore:
+class SQLiteUsageStore(FlushedStore):
     # Versioned as the "quota" tables of the state database (db.migrations); the first
     # entry adopts databases made before schemas were versioned.
-    MIGRATIONS: tuple[str, ...] = (
+    MIGRATIONS: ClassVar[tuple[str, ...]] = (
         "CREATE TABLE IF NOT EXISTS quota_usage (account TEXT NOT NULL, minute INTEGER NOT NULL,"
         " recipients INTEGER NOT NULL, PRIMARY KEY (account, minute)) WITHOUT ROWID",
     )
 
     def __init__(self, path: Path, flush_interval: float = _FLUSH_INTERVAL) -> None:
-        self.path = path
-        self._writer = GroupCommitWriter(path, "quota")
-        # Counts wait here and go to disk once per interval in one transaction: a
-        # write (and fsync) per accepted message would compete with the spool's own
-        # commits on the hot path. A crash forgets at most one interval of use.
+        super().__init__(path, "quota", flush_interval)
         self._pending: dict[tuple[str, int], int] = {}
-        self._pending_lock = threading.Lock()
-        self._flush_interval = flush_interval
-        self._stopped = threading.Event()
-        self._flusher: threading.Thread | None = None
-
-    def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer.start(self.MIGRATIONS, component="quota")
-        self._stopped.clear()
-        self._flusher = threading.Thread(target=self._flush_loop, name="quota-flush",
-                                         daemon=True)
-        self._flusher.start()
-
-    def close(self) -> None:
-        self._stopped.set()
-        if self._flusher is not None:
-            self._flusher.join()
-            self._flusher = None
-        self.flush()
-        self._writer.stop()
-
-    def _flush_loop(self) -> None:
-        while not self._stopped.wait(self._flush_interval):
-            self.flush()
 
     def flush(self) -> None:
         """Write the counts gathered since the last flush (blocking)."""
-        with self._pending_lock:
+        with self._lock:
             pending, self._pending = self._pending, {}
         if pending:
             try:
                 self._writer.submit(lambda conn: _add_many(conn, pending)).result(30)
             except Exception as exc:
                 log.error("quota usage not saved: %s", exc)
-                with self._pending_lock:  # keep them for the next flush
+                with self._lock:  # keep them for the next flush
                     for key, count in pending.items():
                         self._pending[key] = self._pending.get(key, 0) + count
 
@@ -85,7 +56,7 @@ class SQLiteUsageStore:
         return self._writer.submit(lambda conn: _recent(conn, int(since // MINUTE))).result(30)
 
     def add(self, account: str, minute: int, count: int) -> None:
-        with self._pending_lock:
+        with self._lock:
             key = (account, minute)
             self._pending[key] = self._pending.get(key, 0) + count
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
-from smtprelay.db.writer import GroupCommitWriter
+from smtprelay.db.flushed import FlushedStore
 
 log = logging.getLogger("smtprelay.state")
 
@@ -157,9 +156,9 @@ class LocalWarmup:
                 for address in addresses]
 
 
-class SQLiteWarmupStore:
+class SQLiteWarmupStore(FlushedStore):
     # Versioned as the "warmup" tables of the state database (db.migrations).
-    MIGRATIONS: tuple[str, ...] = (
+    MIGRATIONS: ClassVar[tuple[str, ...]] = (
         "CREATE TABLE IF NOT EXISTS warmup_started (address TEXT PRIMARY KEY,"
         " day INTEGER NOT NULL) WITHOUT ROWID;"
         "CREATE TABLE IF NOT EXISTS warmup_sent (day INTEGER NOT NULL, address TEXT NOT NULL,"
@@ -168,36 +167,11 @@ class SQLiteWarmupStore:
     )
 
     def __init__(self, path: Path, flush_interval: float = _FLUSH_INTERVAL) -> None:
-        self.path = path
-        self._writer = GroupCommitWriter(path, "warmup")
         # As state.usage: counts wait here and go to disk once per interval, so a
         # delivery never waits for an fsync of its own.
+        super().__init__(path, "warmup", flush_interval)
         self._pending: dict[tuple[int, str, str], int] = {}
         self._starts: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._flush_interval = flush_interval
-        self._stopped = threading.Event()
-        self._flusher: threading.Thread | None = None
-
-    def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer.start(self.MIGRATIONS, component="warmup")
-        self._stopped.clear()
-        self._flusher = threading.Thread(target=self._flush_loop, name="warmup-flush",
-                                         daemon=True)
-        self._flusher.start()
-
-    def close(self) -> None:
-        self._stopped.set()
-        if self._flusher is not None:
-            self._flusher.join()
-            self._flusher = None
-        self.flush()
-        self._writer.stop()
-
-    def _flush_loop(self) -> None:
-        while not self._stopped.wait(self._flush_interval):
-            self.flush()
 
     def flush(self) -> None:
         """Write what was counted since the last flush (blocking)."""
