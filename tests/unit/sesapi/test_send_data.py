@@ -1,5 +1,5 @@
-"""The API's base64 decoding: pybase64, for speed, held to the standard library's
-answers."""
+"""The API's message bytes on their fast paths: base64 decoded by pybase64, held to
+the standard library's answers; line ends made CRLF, held to two replaces."""
 
 from __future__ import annotations
 
@@ -58,3 +58,23 @@ def test_a_refusal_names_the_field() -> None:
     with pytest.raises(ApiError, match=r"RawMessage\.Data must be base64") as refused:
         send.base64_data("not base64!", "RawMessage.Data", V2)
     assert refused.value.code == "BadRequestException"
+
+
+@given(st.lists(st.sampled_from([b"a", b"bcdefghijklmnopqrstuvwxyz0123456789", b"\r", b"\n",
+                                 b"\r\n", b"\n\r", b""]), max_size=60))
+@example([b"a\r\nb\r\n"])
+@example([b"a\nb\r\n"])
+@example([b"\r\r\n\n"])
+@example([b"\n\r"])
+@example([b"x" * 100 + b"\r\n", b"y" * 100 + b"\n"])  # long lines: the search
+@example([b"\r\n" * 50, b"\n"])  # short lines: the counts
+def test_line_ends_become_crlf_as_replacing_every_bare_lf_makes_them(pieces: list[bytes]
+                                                                     ) -> None:
+    data = b"".join(pieces)
+    assert send._crlf(data) == data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+@pytest.mark.parametrize("line", [b"", b"x" * 14, b"x" * 76])
+def test_a_message_with_crlf_line_ends_is_passed_on_as_it_is(line: bytes) -> None:
+    data = b"Subject: x\r\n\r\n" + (line + b"\r\n") * 700
+    assert send._crlf(data) is data
