@@ -96,6 +96,9 @@ class RelayProcess:
 
     @property
     def command(self) -> list[str]:
+        # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH:
+        # run from a checkout, the baseline would be that checkout. So these commands
+        # run in `root`, where there is no smtprelay to find.
         return [SMTPRELAY] if self.source is None else [sys.executable, "-m", "smtprelay"]
 
     @property
@@ -116,7 +119,7 @@ class RelayProcess:
             # stderr goes to a file, not a pipe nobody reads, so logging never blocks.
             self.proc = subprocess.Popen([*self.command, "serve", "-c", str(self.config_path)],
                                          stdout=log, stderr=subprocess.STDOUT,
-                                         env=self.environment)
+                                         env=self.environment, cwd=self.root)
         try:
             wait_for_banner(self.submission_port)
             wait_for_banner(self.submissions_port, plain=False)
@@ -133,7 +136,8 @@ class RelayProcess:
     def credential(self, account: str = "bench") -> tuple[str, str]:
         out = subprocess.run([*self.command, "credentials", "create", account, "--json",
                               "-c", str(self.config_path)], capture_output=True, text=True,
-                             check=True, timeout=60, env=self.environment).stdout
+                             check=True, timeout=60, env=self.environment,
+                             cwd=self.root).stdout
         data = json.loads(out)
         return str(data["username"]), str(data["password"])
 

@@ -52,7 +52,9 @@ log = logging.getLogger("smtprelay.http.ses")
 
 KEY_CACHE_SECONDS = 5.0
 _KEY_CACHE_SIZE = 10_000
-# Bodies above this are hashed in a thread (below it the hop costs more than it saves).
+# Bodies above this are hashed in a thread (below it the hop costs more than it saves;
+# at 22 KB the two are even, at 68 KB the thread is as fast or faster: bench/README.md,
+# "The SES API against SMTP").
 _HASH_IN_THREAD = 16 * 1024
 # Request ids as AWS writes them (a UUID's shape): this process's random prefix and a
 # count, since uuid4() per request was 5% of the API's CPU (bench/run_ses_api.py).
