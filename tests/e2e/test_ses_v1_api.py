@@ -330,12 +330,17 @@ def test_get_send_statistics_counts_sends_bounces_and_rejects(
         assert error_of(ses.send_raw_email, RawMessage={"Data": twice})[0] == \
             "MessageRejected"
 
-        def bounced() -> list[dict[str, Any]] | None:
+        def counted() -> list[dict[str, Any]] | None:
+            # Each figure is counted when its event is recorded (the reject in a group
+            # commit of its own, each delivery when its attempt ends): wait for all of
+            # them, then hold them to exact values.
             points = ses.get_send_statistics()["SendDataPoints"]
-            return points if sum(p["Bounces"] for p in points) else None
+            done = (sum(p["Bounces"] for p in points) and sum(p["Rejects"] for p in points)
+                    and sum(p["DeliveryAttempts"] for p in points) >= 3)
+            return points if done else None
 
-        points = wait_for(bounced)
-        assert points, "no bounce counted"
+        points = wait_for(counted)
+        assert points, "the sends, the bounce and the reject were not all counted"
         # Hourly points: all of these within this hour (or two, across its end).
         assert 1 <= len(points) <= 2
         totals = {k: sum(p[k] for p in points)
