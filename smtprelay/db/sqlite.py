@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,10 +32,29 @@ def connect(path: Path, *, readonly: bool = False, page_size: int | None = None
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     if page_size is not None:
         conn.execute(f"PRAGMA page_size={page_size}")  # only takes effect on a new file
-    conn.execute("PRAGMA journal_mode=WAL")
+    _wal(conn)
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting out other connections doing the same. Changing the
+    journal mode of a new file needs an exclusive lock, and SQLite answers "database is
+    locked" at once, without its busy handler, when another connection holds one: two
+    processes (the daemon and a CLI command) or threads opening a fresh database
+    together would otherwise fail one of them."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 class Store:
