@@ -250,8 +250,11 @@ class SMTPTransport:
         sources, source = self.sources, None
         if sources is not None and settings.smarthost is None:
             # The set's IP pool, if any: its address and HELO name, within its warm-up.
+            first = destinations[0].address if destinations else None
             picked, destinations = await sources.for_transaction(
-                settings.config, message, destinations, len(txn.recipients))
+                settings.config, message, destinations, len(txn.recipients),
+                reusable=lambda address: first is not None
+                and self._pool.has_idle_from(first, address))
             if isinstance(picked, Wait):
                 return picked.results(txn.recipients)
             if picked is not None:

@@ -75,27 +75,31 @@ def google_mx(net: World, domain: str) -> SmtpSink:
 
 def test_a_pools_mail_leaves_from_its_addresses_with_their_helo_names(
         net: World, tmp_path: Path) -> None:
-    mx = net.smtp_host("dest.test")
+    one, two = net.smtp_host("one.test"), net.smtp_host("two.test")
     net.start(top=top(tmp_path, {"addresses": [address(A, warm=True),
                                                address(B, warm=True)]}))
-    ids = [send(net, f"r{i}@dest.test") for i in range(4)]
-    for message_id in ids:
-        assert net.wait_final(message_id) == {f"r{ids.index(message_id)}@dest.test":
-                                              "delivered"}
-    seen = peers(mx)
-    assert sorted(seen) == [(A, HELO[A])] * 2 + [(B, HELO[B])] * 2  # turns: A B A B
+    recipients = ["r0@one.test", "r1@two.test", "r2@one.test", "r3@two.test"]
+    ids = [send(net, rcpt) for rcpt in recipients]
+    for message_id, rcpt in zip(ids, recipients, strict=True):
+        assert net.wait_final(message_id) == {rcpt: "delivered"}
+    # The addresses take turns (one.test's first message from A, two.test's from B),
+    # and a destination's next message goes where its session is already open.
+    assert peers(one) == [(A, HELO[A])] * 2
+    assert peers(two) == [(B, HELO[B])] * 2
     # Each Delivery event names the address its message left from (ses:outgoing-ip).
     def deliveries() -> dict[str, list[str]]:
         return {r["mail"]["messageId"]: r["mail"]["tags"]["ses:outgoing-ip"]
                 for r in events(tmp_path, "Delivery")}
 
     wait_for(lambda: len(deliveries()) == 4)
-    sent_from = {t.rcpt_tos[0]: mx.sessions[t.session].peer for t in mx.received}
-    assert deliveries() == {m: [sent_from[f"r{i}@dest.test"]] for i, m in enumerate(ids)}
+    sent_from = {t.rcpt_tos[0]: mx.sessions[t.session].peer
+                 for mx in (one, two) for t in mx.received}
+    assert deliveries() == {m: [sent_from[rcpt]] for m, rcpt in zip(ids, recipients,
+                                                                      strict=True)}
     # A set without a pool leaves as before: the host's source, the relay's own name.
-    other = send(net, "plain@dest.test", configuration_set="transactional")
-    assert net.wait_final(other) == {"plain@dest.test": "delivered"}
-    assert peers(mx)[-1] == ("127.0.0.1", "relay.test")
+    other = send(net, "plain@one.test", configuration_set="transactional")
+    assert net.wait_final(other) == {"plain@one.test": "delivered"}
+    assert peers(one)[-1] == ("127.0.0.1", "relay.test")
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])

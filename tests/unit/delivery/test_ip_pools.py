@@ -102,6 +102,26 @@ async def test_addresses_take_turns(tmp_path: Path) -> None:
     assert counted[0].sent == {"google": 2}
 
 
+async def test_an_address_with_an_open_session_to_the_destination_goes_first(
+        tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"bulk": pool(warm("192.0.2.1"), warm("192.0.2.2"),
+                                         warm("192.0.2.3"))},
+                 bulk={"delivery": {"ip_pool": "bulk"}})
+    sources, _, _ = chooser()
+    open_from = {"192.0.2.3"}
+    chosen = []
+    for _ in range(3):
+        picked = await sources.choose(cfg, queued(configuration_set="bulk"), GMAIL, 1,
+                                      reusable=lambda address: address in open_from)
+        assert isinstance(picked, Source)
+        chosen.append(picked.address)
+    assert chosen == ["192.0.2.3"] * 3
+    # With no session open anywhere, the turns go on where they were.
+    picked = await sources.choose(cfg, queued(configuration_set="bulk"), GMAIL, 1,
+                                  reusable=lambda address: False)
+    assert isinstance(picked, Source) and picked.address == "192.0.2.1"
+
+
 async def test_a_day_holds_its_provider_cap_and_its_total_then_waits(
         tmp_path: Path) -> None:
     cfg = config(tmp_path, {"bulk": pool(new("192.0.2.1"))},
