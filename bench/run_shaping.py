@@ -176,6 +176,15 @@ def _per_source(http_port: int, expected: float) -> dict[str, float]:
         time.sleep(0.5)
 
 
+def _sessions_opened(http_port: int) -> float:
+    """Outbound SMTP sessions the relay opened (smtprelay_outbound_connects_total)."""
+    exposition = urllib.request.urlopen(
+        f"http://127.0.0.1:{http_port}/metrics", timeout=10).read().decode()
+    prefix = 'smtprelay_outbound_connects_total{result="ok"} '
+    return next((float(line[len(prefix):]) for line in exposition.splitlines()
+                 if line.startswith(prefix)), 0.0)
+
+
 def _counter(exposition: str, provider: str) -> float:
     prefix = f'smtprelay_provider_transactions_total{{provider="{provider}"}} '
     return next((float(line[len(prefix):]) for line in exposition.splitlines()
@@ -262,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             f"http://127.0.0.1:{relays['shaped'].http_port}/metrics", timeout=10).read()
         per_provider = {name: _counter(metrics.decode(), name) for name in PROVIDERS}
         per_address = _per_source(relays["shaped"].http_port, sum(per_provider.values()))
+        sessions = {name: _sessions_opened(relay.http_port) for name, relay in relays.items()}
         log = (relays["shaped"].root / "serve.log").read_text(errors="replace")
         # A rule that tripped ("shaping provider=... suspended/throttled"), a deferral of
         # ours ("x-local; the rate limit of ...", "... is suspended for ...").
@@ -300,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{round(cpu[0] / cpu[1], 3) if cpu[0] and cpu[1] else None}")
     print(f"transactions per provider (shaped relay's metrics): {per_provider}")
     print(f"recipients per pool address today (shaped relay's metrics): {per_address}")
+    print(f"outbound sessions opened over all runs: {sessions}")
     print(f"shaping rules or limits that acted during the load (relay log): {held_back}")
     ok = ratios["unshaped"] is not None and ratios["unshaped"] >= TARGET_RATIO
     print(f"target shaped/unshaped >= {TARGET_RATIO}: {'ok' if ok else 'BELOW TARGET'}")
@@ -307,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "args": {k: str(v) for k, v in vars(args).items()},
                                     "table": table, "ratios": ratios,
                                     "per_provider": per_provider,
-                                    "per_address": per_address, "runs": runs})
+                                    "per_address": per_address, "sessions": sessions,
+                                    "runs": runs})
     print(f"results: {path}")
     return 0 if ok else 1
 
