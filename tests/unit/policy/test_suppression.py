@@ -373,7 +373,7 @@ def test_parse_csv_ses_layout_without_header() -> None:
     # A bad first row is a bad row, not a header.
     result = parse_csv("oops,BOUNCE\nok@example.com,BOUNCE,5,6\n", "x.csv", "acme")
     assert result.problems == ["x.csv:1: 'oops' is not an email address (no @)",
-                               "x.csv:2: 4 columns, expected address,reason[,created_at]"]
+                               "x.csv:2: 4 columns, expected address[,reason[,created_at]]"]
 
 
 def test_parse_csv_header_variants() -> None:
@@ -381,8 +381,15 @@ def test_parse_csv_header_variants() -> None:
     assert list(result.rows) == ["a@example.com"]
     with pytest.raises(UnreadableFile, match=r"f:1: unknown column 'colour'"):
         parse_csv("address,reason,colour\n", "f", "acme")
-    with pytest.raises(UnreadableFile, match="no reason column"):
-        parse_csv("address,created_at\n", "f", "acme")
+    with pytest.raises(UnreadableFile, match="no address column"):
+        parse_csv("reason,created_at\n", "f", "acme")
+    # A header without a reason column: each row needs the reason given with --reason.
+    result = parse_csv("address,created_at\na@x.test,\n", "f", "acme")
+    assert result.problems == ["f:2: no reason: give one in the row (BOUNCE or COMPLAINT), "
+                               "or --reason for every row that has none"]
+    result = parse_csv("address,created_at\na@x.test,\n", "f", "acme",
+                       default_reason="BOUNCE")
+    assert result.rows == {"a@x.test": ("a@x.test", "BOUNCE", None)}
     # An export of every account: rows of another account are not mixed in.
     result = parse_csv("address,reason,created_at,account\na@x.test,BOUNCE,,acme\n"
                        "b@x.test,BOUNCE,,other\n", "all.csv", "acme")
