@@ -48,7 +48,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import DNSName, verification
 
-from smtprelay.config import parse_nameserver
+from smtprelay.delivery.dns import stub_resolver
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,7 @@ _TLSA_PORT = 25
 def make_resolver(nameservers: Sequence[str], timeout: float) -> dns.asyncresolver.Resolver:
     """A stub resolver for the configured nameservers (the system's when empty) that asks
     for DNSSEC records (DO) and the AD bit, with no cache of its own."""
-    if nameservers:
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [parse_nameserver(s) for s in nameservers]
-    else:
-        resolver = dns.asyncresolver.Resolver()
-    resolver.lifetime = timeout
-    resolver.timeout = min(2.0, timeout / max(2, len(resolver.nameservers)))
-    resolver.cache = None
+    resolver = stub_resolver(nameservers, timeout)
     resolver.use_edns(0, dns.flags.DO, 1232)
     resolver.flags = dns.flags.RD | dns.flags.AD  # RFC 6840 5.7: ask for the AD bit
     return resolver

@@ -183,6 +183,24 @@ def _negative_ttl(response: Any) -> float:
     return DEFAULT_NEGATIVE_TTL
 
 
+def stub_resolver(nameservers: Sequence[str], timeout: float) -> dns.asyncresolver.Resolver:
+    """A resolver asking `nameservers` ("host" or "host:port"; the system's from
+    /etc/resolv.conf when empty), each lookup bounded by `timeout`, without a cache of
+    its own. Raises ValueError for a bad nameserver, dnspython's errors when there is
+    no system configuration."""
+    if nameservers:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = [parse_nameserver(s) for s in nameservers]
+    else:
+        resolver = dns.asyncresolver.Resolver()
+    resolver.lifetime = timeout
+    # Per attempt: at least two tries fit in the lifetime, so a lost datagram is resent
+    # and a silent first nameserver leaves time to ask the next one.
+    resolver.timeout = min(2.0, timeout / max(2, len(resolver.nameservers)))
+    resolver.cache = None
+    return resolver
+
+
 class MXResolver:
     """MX and host resolution with an LRU cache; one per daemon (it is not thread-safe)."""
 
@@ -199,17 +217,8 @@ class MXResolver:
         hosts are resolved, so a domain with hundreds of MX records cannot make one
         message cost hundreds of queries (Postfix caps addresses at 5 by default).
         """
-        if nameservers:
-            self._resolver = dns.asyncresolver.Resolver(configure=False)
-            self._resolver.nameservers = [parse_nameserver(s) for s in nameservers]
-        else:
-            self._resolver = dns.asyncresolver.Resolver()
-        self._resolver.lifetime = timeout
-        # Per attempt: at least two tries fit in the lifetime, so a lost datagram is
-        # resent and a silent first nameserver leaves time to ask the next one.
-        servers = max(2, len(self._resolver.nameservers))
-        self._resolver.timeout = min(2.0, timeout / servers)
-        self._resolver.cache = None  # ours, below, runs on our clock and keeps less
+        # No dnspython cache: ours, below, runs on our clock and keeps less.
+        self._resolver = stub_resolver(nameservers or (), timeout)
         self.timeout = timeout
         self.prefer_ipv6 = prefer_ipv6
         self.cache_size = cache_size

@@ -44,8 +44,9 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from smtprelay.config import Config, ConfigSource, parse_nameserver
+from smtprelay.config import Config, ConfigSource
 from smtprelay.config.tls_reporting import TLSReportingConfig, sending_account
+from smtprelay.delivery.dns import stub_resolver
 from smtprelay.delivery.tls_report import (
     CountKey,
     Delivery,
@@ -118,13 +119,7 @@ class RecordFinder:
     """TXT lookups at _smtp._tls.<domain> on the resolvers delivery uses."""
 
     def __init__(self, nameservers: Sequence[str], timeout: float) -> None:
-        if nameservers:
-            self._resolver = dns.asyncresolver.Resolver(configure=False)
-            self._resolver.nameservers = [parse_nameserver(s) for s in nameservers]
-        else:
-            self._resolver = dns.asyncresolver.Resolver()
-        self._resolver.lifetime = timeout
-        self._resolver.timeout = min(2.0, timeout / max(2, len(self._resolver.nameservers)))
+        self._resolver = stub_resolver(nameservers, timeout)
 
     async def find(self, domain: str) -> tuple[str, ...] | None:
         """The domain's report URIs; None without a usable record; LookupFailed."""

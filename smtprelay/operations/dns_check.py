@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from smtprelay.config import Config, IdentityConfig, check_domain, parse_nameserver
+from smtprelay.delivery.dns import stub_resolver
 from smtprelay.transform import dkim
 
 Status = Literal["ok", "warning", "error"]
@@ -183,22 +184,13 @@ class Lookups:
     def __init__(self, nameservers: Sequence[str] = (), timeout: float = 5.0) -> None:
         """``nameservers`` empty: the system resolver. UsageError for a bad address, or
         when there is no system configuration to use."""
-        if nameservers:
-            self._resolver = dns.asyncresolver.Resolver(configure=False)
-            try:
-                self._resolver.nameservers = [parse_nameserver(s) for s in nameservers]
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-        else:
-            try:
-                self._resolver = dns.asyncresolver.Resolver()
-            except dns.exception.DNSException as exc:
-                raise UsageError(f"no system resolver ({exc}); give one with "
-                                 "--nameserver HOST[:PORT] or delivery.dns.nameservers") from None
-        self._resolver.lifetime = timeout
-        # Two tries per server fit in the lifetime, so a lost datagram is resent.
-        self._resolver.timeout = min(2.0, timeout / max(2, len(self._resolver.nameservers)))
-        self._resolver.cache = None
+        try:
+            self._resolver = stub_resolver(nameservers, timeout)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        except dns.exception.DNSException as exc:
+            raise UsageError(f"no system resolver ({exc}); give one with "
+                             "--nameserver HOST[:PORT] or delivery.dns.nameservers") from None
         self.timeout = timeout
         self._cache: dict[tuple[str, str], asyncio.Task[Answer]] = {}
 
