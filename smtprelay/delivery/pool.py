@@ -137,16 +137,11 @@ class ConnectionPool:
 
     # ---------------------------------------------------------------- sessions
 
-    def has_idle_from(self, address: str, source: str | None) -> bool:
-        """Whether an idle session to `address` that left from `source` is cached: an IP
-        pool prefers the source whose session can be reused. A scan of the cache keys,
-        which are at most max_connections (the address and the settings, whose
-        source_address is the source, lead every key)."""
-        for key, entries in self._idle.items():
-            if entries and isinstance(key, tuple) and len(key) == 3 and key[0] == address \
-                    and getattr(key[2], "source_address", None) == source:
-                return True
-        return False
+    def has_idle(self, matches: Callable[[Hashable], bool]) -> bool:
+        """Whether a cached idle session's key `matches` (an IP pool prefers the source
+        whose session to the destination can be reused). A scan of the cache's keys,
+        which are at most max_connections."""
+        return any(entries and matches(key) for key, entries in self._idle.items())
 
     def take_idle(self, key: Hashable) -> Connection | None:
         """The most recently used idle session under `key` that can still be used."""

@@ -144,6 +144,13 @@ class _Settings:
                                       limit=delivery.max_connections))
 
 
+def _session_key_from(key: Hashable, address: str, source: str) -> bool:
+    """Whether a connection-cache key (address, MX host, settings: see _try_hosts) is
+    of a session to `address` that left from `source`."""
+    return (isinstance(key, tuple) and key[0] == address
+            and isinstance(key[2], ClientSettings) and key[2].source_address == source)
+
+
 class SMTPTransport:
     def __init__(self, live: TransportSource, resolver: MXResolver,
                  pool: ConnectionPool, sources: SourceChooser | None = None, *,
@@ -253,8 +260,8 @@ class SMTPTransport:
             first = destinations[0].address if destinations else None
             picked, destinations = await sources.for_transaction(
                 settings.config, message, destinations, len(txn.recipients),
-                reusable=lambda address: first is not None
-                and self._pool.has_idle_from(first, address))
+                reusable=lambda source: first is not None and self._pool.has_idle(
+                    lambda key: _session_key_from(key, first, source)))
             if isinstance(picked, Wait):
                 return picked.results(txn.recipients)
             if picked is not None:
