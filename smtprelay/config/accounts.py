@@ -10,7 +10,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from smtprelay.config.values import Model, check_domain, check_selector, normalise_identity
+from smtprelay.config.values import (
+    Model,
+    check_domain,
+    check_selector,
+    normalise_identity,
+    repeated,
+)
 
 
 class StaticCredential(Model):
@@ -130,8 +136,7 @@ class IdentityConfig(Model):
     @field_validator("dkim")
     @classmethod
     def _unique_selectors(cls, values: list[DKIMKeyConfig]) -> list[DKIMKeyConfig]:
-        selectors = [v.selector.lower() for v in values]
-        for selector in sorted({s for s in selectors if selectors.count(s) > 1}):
+        for selector in repeated(v.selector.lower() for v in values):
             raise ValueError(f"selector {selector!r} is listed twice")
         return values
 

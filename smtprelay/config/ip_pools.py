@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from smtprelay.config.values import Model, check_domain
+from smtprelay.config.values import Model, check_domain, repeated
 
 # SES's dedicated IP pool names: letters, digits, "_" and "-", up to 64.
 POOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -109,8 +109,7 @@ class IpPoolConfig(Model):
     @field_validator("addresses")
     @classmethod
     def _unique(cls, values: list[PoolAddressConfig]) -> list[PoolAddressConfig]:
-        seen = [v.address for v in values]
-        for address in sorted({a for a in seen if seen.count(a) > 1}):
+        for address in repeated(v.address for v in values):
             raise ValueError(f"the address {address} is listed twice")
         return values
 

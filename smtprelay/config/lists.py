@@ -19,6 +19,7 @@ from smtprelay.config.values import (
     check_mailto,
     check_tracking_host,
     mailto_target,
+    repeated,
 )
 
 SubscriptionStatus = Literal["OPT_IN", "OPT_OUT"]
@@ -89,8 +90,7 @@ class ContactListConfig(Model):
 
     @model_validator(mode="after")
     def _unique_topics(self) -> ContactListConfig:
-        names = [topic.name for topic in self.topics]
-        for name in sorted({n for n in names if names.count(n) > 1}):
+        for name in repeated(topic.name for topic in self.topics):
             raise ValueError(f"topics: the topic name {name!r} is used twice")
         return self
 

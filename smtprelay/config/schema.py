@@ -33,7 +33,7 @@ from smtprelay.config.sets import (
     SimulatorConfig,
 )
 from smtprelay.config.tls_reporting import cross_problems as tls_reporting_problems
-from smtprelay.config.values import Model, check_domain, check_tracking_host
+from smtprelay.config.values import Model, check_domain, check_tracking_host, repeated
 
 
 class Config(Model):
@@ -170,8 +170,7 @@ class Config(Model):
                 problems.append(f"api.{api}: the API is served on the HTTP listeners, and "
                                 "http.listen and http.tls_listen are both empty; give one "
                                 "an address or turn the API off")
-        names = [listener.name for listener in self.listeners]
-        for name in sorted({n for n in names if names.count(n) > 1}):
+        for name in repeated(listener.name for listener in self.listeners):
             problems.append(f"listeners: the name {name!r} is used twice")
         for account_name, account in self.accounts.items():
             default_set = account.default_configuration_set

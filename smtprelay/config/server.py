@@ -20,6 +20,7 @@ from smtprelay.config.values import (
     Size,
     UserAgentRule,
     parse_host_port,
+    repeated,
 )
 from smtprelay.infra import tls
 
@@ -222,8 +223,7 @@ class MachineDetectionConfig(Model):
     @field_validator("image_proxies")
     @classmethod
     def _unique_names(cls, values: list[ImageProxyRule]) -> list[ImageProxyRule]:
-        names = [v.name for v in values]
-        for name in sorted({n for n in names if names.count(n) > 1}):
+        for name in repeated(v.name for v in values):
             raise ValueError(f"the image proxy name {name!r} is used twice")
         return values
 

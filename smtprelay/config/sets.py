@@ -21,6 +21,7 @@ from smtprelay.config.values import (
     mailto_target,
     normalise_identity,
     plain_address,
+    repeated,
 )
 from smtprelay.mail.address import domain_of
 
@@ -183,8 +184,7 @@ class ConfigurationSetConfig(Model):
     @classmethod
     def _unique_names(cls, values: list[EventDestinationConfig]
                       ) -> list[EventDestinationConfig]:
-        names = [v.name for v in values]
-        for name in sorted({n for n in names if names.count(n) > 1}):
+        for name in repeated(v.name for v in values):
             raise ValueError(f"the destination name {name!r} is used twice")
         return values
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 import dns.nameserver
@@ -208,3 +209,13 @@ def _check_network(value: Any) -> Any:
 
 UserAgentRule = Annotated[str, BeforeValidator(_check_pattern)]
 Network = Annotated[str, BeforeValidator(_check_network)]
+
+
+def repeated(values: Iterable[str]) -> list[str]:
+    """The values that occur more than once, sorted: a config list whose names (or
+    addresses, selectors) must be unique reports each repeated one."""
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for value in values:
+        (twice if value in seen else seen).add(value)
+    return sorted(twice)
