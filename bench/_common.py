@@ -114,15 +114,15 @@ class RelayProcess:
     def spool_path(self) -> Path:
         return self.root / "var" / "spool.db"  # config.spool_path for data_dir ./var
 
-    def start(self) -> RelayProcess:
+    def start(self, timeout: float = 30) -> RelayProcess:
         with self.log_path.open("wb") as log:
             # stderr goes to a file, not a pipe nobody reads, so logging never blocks.
             self.proc = subprocess.Popen([*self.command, "serve", "-c", str(self.config_path)],
                                          stdout=log, stderr=subprocess.STDOUT,
                                          env=self.environment, cwd=self.root)
         try:
-            wait_for_banner(self.submission_port)
-            wait_for_banner(self.submissions_port, plain=False)
+            wait_for_banner(self.submission_port, timeout)
+            wait_for_banner(self.submissions_port, timeout, plain=False)
         except BaseException:
             self.stop()
             raise

@@ -16,9 +16,20 @@ Relays, side by side, interleaved cell by cell, --repeats times (default 3):
 * baseline:  with --baseline CHECKOUT, another checkout (today's main) as it is.
 
 Per run: delivered msg/s (messages at the sink / (last arrival - load start)) and
-p50/p99 from the relay's 250 to the sink's 250. Prints every run, the medians and
-shaped/unshaped (and shaped/baseline); the target is >= 0.95. Exits 1 below it.
-Writes JSON to bench/results/. Needs root for smtp-sink (-u postfix).
+p50/p99 from the relay's 250 to the sink's 250. Prints every run, the medians, and
+shaped/unshaped (and shaped/baseline) two ways: the ratio of the medians, and the
+median of each repeat's own ratio (the target, >= 0.95; exits 1 below it). The order
+of the relays alternates from one repeat to the next (ABBA), and a repeat's cells run
+back to back: on this kind of virtual machine the CPU's speed drifts by a quarter over
+seconds (a fixed pure-Python loop, 12 times: 0.32-0.51 s), so only cells close in time
+compare, and neither relay always goes first. Writes JSON to bench/results/. Needs
+root for smtp-sink (-u postfix).
+
+--instructions counts instead, under valgrind's callgrind, the instructions each relay
+executes per delivered message (all its threads, from after a warm-up cell to the last
+delivery of a run of --instructions-total messages over 5 sessions): what the
+shaping costs in work, unmoved by the machine's speed (the same code gives the same
+count within about 1 %). Slow (the relays run about 50x slower): a few minutes.
 
 Source addresses: the shaped relay sends from an IP pool of two addresses
 (POOL_ADDRESSES, already warm, so no warm-up cap applies), taking turns, so the
@@ -28,6 +39,7 @@ unshaped relay sends from the host's default address with no pool, as before.
     /tmp/venv/bin/python bench/run_shaping.py                    # about 2 minutes
     /tmp/venv/bin/python bench/run_shaping.py --baseline /work/main --repeats 5
     /tmp/venv/bin/python bench/run_shaping.py --bookkeeping   # in-process, seconds
+    /tmp/venv/bin/python bench/run_shaping.py --instructions  # callgrind, minutes
 
 --bookkeeping measures, in this process and without sockets, the shaper's own work per
 transaction as the transport does it (lane, suspension check, admission through three
@@ -38,6 +50,8 @@ same 10 domains and 3 providers: the cost the end-to-end figures must hide.
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -191,6 +205,106 @@ def _counter(exposition: str, provider: str) -> float:
                  if line.startswith(prefix)), 0.0)
 
 
+class CallgrindRelay(RelayProcess):
+    """The relay under callgrind, counting nothing until told (callgrind_control -i)."""
+
+    def __init__(self, out_dir: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.out_dir = out_dir
+
+    @property
+    def command(self) -> list[str]:
+        return ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                f"--callgrind-out-file={self.out_dir}/callgrind-%p.out",
+                sys.executable, *super().command]
+
+    def control(self, *args: str) -> None:
+        subprocess.run(["callgrind_control", *args, str(self.pid)], check=True,
+                       capture_output=True, timeout=120)
+
+    def counted(self) -> int:
+        """Instructions counted since the last --zero (dumps them)."""
+        self.control("--dump=measured")
+        dumps = sorted(self.out_dir.glob(f"callgrind-{self.pid}.out*"),
+                       key=lambda path: path.stat().st_mtime)
+        for line in dumps[-1].read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+        raise RuntimeError(f"no totals in {dumps[-1]}")
+
+
+def setting() -> tuple[Path, Path, TestDNSServer, Sink]:
+    """A work directory, the rules file in it, the DNS server (started) with the ten
+    domains' MX records and the providers' hosts, and the sink (not started)."""
+    workdir = Path(tempfile.mkdtemp(prefix="smtprelay-shaping-", dir="/tmp"))
+    rules_file = workdir / "providers.yaml"
+    rules_file.write_text(yaml.safe_dump(rules(), sort_keys=False))
+    dns = TestDNSServer()
+    dns.start()
+    sink = Sink(SINK_ADDRESS, workdir / "sink.log")
+    sink.port = free_port(SINK_ADDRESS)
+    for index, domain in enumerate(DOMAINS):
+        dns.add(domain, "MX", f"10 mx.{provider_of(index)}.test.", ttl=3600)
+    for name in PROVIDERS:
+        dns.add(f"mx.{name}.test", "A", SINK_ADDRESS, ttl=3600)
+    return workdir, rules_file, dns, sink
+
+
+def instructions(args: argparse.Namespace) -> int:
+    """Instructions per delivered message of the shaped and the unshaped relay."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("--instructions needs valgrind (Debian package valgrind)")
+    workdir, rules_file, dns, sink = setting()
+    per_message: dict[str, float] = {}
+    try:
+        sink.start()
+        for name, rules_path in (("unshaped", None), ("shaped", rules_file)):
+            relay = CallgrindRelay(workdir, delivery=delivery(dns, sink.port, rules_path))
+            configure(relay, name)
+            relay.start(timeout=600)
+            target = RelayTarget(relay, name)
+            try:
+                cell = argparse.Namespace(**{**vars(args), "sessions": 5, "total": 100,
+                                             "duration": 600.0, "drain_timeout": 120.0})
+                measure(target, sink, cell, workdir)  # warm-up, not counted
+                relay.control("-i", "on")
+                relay.control("--zero")
+                result = measure(target, sink, argparse.Namespace(
+                    **{**vars(cell), "total": args.instructions_total}), workdir)
+                counted = relay.counted()
+                relay.control("-i", "off")
+            finally:
+                target.close()
+                relay.stop()
+            per_message[name] = counted / result["delivered"]
+            print(f"{name:9} {result['delivered']} delivered, {counted:,} instructions, "
+                  f"{per_message[name]:,.0f} per message", flush=True)
+    finally:
+        sink.stop()
+        dns.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    ratio = round(per_message["unshaped"] / per_message["shaped"], 3)
+    print(f"unshaped/shaped instructions per message: {ratio} "
+          f"(the shaped relay does {round(1 / ratio - 1, 3):+.1%} more work per message)")
+    path = write_result("shaping-instructions", {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "total": args.instructions_total,
+        "per_message": per_message, "ratio": ratio})
+    print(f"results: {path}")
+    return 0 if ratio >= TARGET_RATIO else 1
+
+
+def configure(relay: RelayProcess, name: str) -> None:
+    """The limits both relays share, and the shaped relay's IP pool."""
+    config = yaml.safe_load(relay.config_path.read_text())
+    config["limits"] = {"max_connections": 5000, "max_connections_per_ip": 5000}
+    if name == "shaped":
+        config["ip_pools"] = {"bench": {"addresses": [
+            {"address": address, "helo": f"o{address.rsplit('.', 1)[1]}.bench.test",
+             "warm": True} for address in POOL_ADDRESSES]}}
+        config["delivery"]["ip_pool"] = "bench"
+    relay.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3)
@@ -205,23 +319,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="another smtprelay checkout (today's main) to run beside")
     p.add_argument("--bookkeeping", action="store_true",
                    help="only the shaper's own work per transaction, in-process")
+    p.add_argument("--instructions", action="store_true",
+                   help="instructions per delivered message under callgrind, instead")
+    p.add_argument("--instructions-total", type=int, default=600,
+                   help="messages counted per relay with --instructions")
     args = p.parse_args(argv)
     exit_on_sigterm()
     if args.bookkeeping:
         print(f"shaper bookkeeping: {bookkeeping()} us per transaction (median of 5 rounds)")
         return 0
+    if args.instructions:
+        return instructions(args)
 
-    workdir = Path(tempfile.mkdtemp(prefix="smtprelay-shaping-", dir="/tmp"))
-    rules_file = workdir / "providers.yaml"
-    rules_file.write_text(yaml.safe_dump(rules(), sort_keys=False))
-    dns = TestDNSServer()
-    dns.start()
-    sink = Sink(SINK_ADDRESS, workdir / "sink.log")
-    sink.port = free_port(SINK_ADDRESS)
-    for index, domain in enumerate(DOMAINS):
-        dns.add(domain, "MX", f"10 mx.{provider_of(index)}.test.", ttl=3600)
-    for name in PROVIDERS:
-        dns.add(f"mx.{name}.test", "A", SINK_ADDRESS, ttl=3600)
+    workdir, rules_file, dns, sink = setting()
 
     relays: dict[str, RelayProcess] = {
         "shaped": RelayProcess(delivery=delivery(dns, sink.port, rules_file)),
@@ -234,16 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         # worker per core, and its deliveries less competition for the loop).
         relays["baseline"] = RelayProcess(delivery=section, source=args.baseline,
                                           server={"workers": 1})
-    limits = {"max_connections": 5000, "max_connections_per_ip": 5000}
     for name, relay in relays.items():
-        config = yaml.safe_load(relay.config_path.read_text())
-        config["limits"] = limits
-        if name == "shaped":
-            config["ip_pools"] = {"bench": {"addresses": [
-                {"address": address, "helo": f"o{address.rsplit('.', 1)[1]}.bench.test",
-                 "warm": True} for address in POOL_ADDRESSES]}}
-            config["delivery"]["ip_pool"] = "bench"
-        relay.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        configure(relay, name)
     runs: list[dict[str, Any]] = []
     targets: dict[str, RelayTarget] = {}
     try:
@@ -256,7 +358,10 @@ def main(argv: list[str] | None = None) -> int:
             warm = argparse.Namespace(**{**vars(args), "total": 300})
             measure(target, sink, warm, workdir)
         for rep in range(args.repeats):
-            for name, target in targets.items():
+            order = list(targets.items())
+            if rep % 2:
+                order.reverse()
+            for name, target in order:
                 result = measure(target, sink, args, workdir)
                 result["repeat"] = rep
                 runs.append(result)
@@ -298,6 +403,17 @@ def main(argv: list[str] | None = None) -> int:
         return round(a / b, 3) if a and b else None
 
     ratios = {other: ratio(other) for other in relays if other != "shaped"}
+
+    def paired(over: str) -> list[float]:
+        """Each repeat's shaped/`over` msg/s (cells run back to back)."""
+        rate = {(r["target"], r["repeat"]): r["delivered_msgs_per_s"] for r in runs}
+        return [round(rate["shaped", rep] / rate[over, rep], 3)
+                for rep in range(args.repeats)
+                if rate.get(("shaped", rep)) and rate.get((over, rep))]
+
+    pairs = {other: paired(other) for other in relays if other != "shaped"}
+    paired_ratios = {other: median(list(values)) if values else None
+                     for other, values in pairs.items()}
     print(f"\nmedians of {args.repeats} runs, {args.sessions} sessions x {args.size // 1024} KB, "
           f"10 domains over 3 providers, shaped: {len(POOL_ADDRESSES)} pool addresses")
     print(f"{'relay':>9} | {'msg/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms/msg':>10}")
@@ -306,17 +422,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['p99_ms']!s:>7} {row['cpu_ms_per_msg']!s:>10}")
     for other, value in ratios.items():
         cpu = table["shaped"]["cpu_ms_per_msg"], table[other]["cpu_ms_per_msg"]
-        print(f"shaped/{other}: msg/s {value}, CPU per message "
-              f"{round(cpu[0] / cpu[1], 3) if cpu[0] and cpu[1] else None}")
+        print(f"shaped/{other}: msg/s {value} (ratio of medians), "
+              f"{paired_ratios[other]} (median of the repeats' ratios {pairs[other]}), "
+              f"CPU per message {round(cpu[0] / cpu[1], 3) if cpu[0] and cpu[1] else None}")
     print(f"transactions per provider (shaped relay's metrics): {per_provider}")
     print(f"recipients per pool address today (shaped relay's metrics): {per_address}")
     print(f"outbound sessions opened over all runs: {sessions}")
     print(f"shaping rules or limits that acted during the load (relay log): {held_back}")
-    ok = ratios["unshaped"] is not None and ratios["unshaped"] >= TARGET_RATIO
+    ok = paired_ratios["unshaped"] is not None and paired_ratios["unshaped"] >= TARGET_RATIO
     print(f"target shaped/unshaped >= {TARGET_RATIO}: {'ok' if ok else 'BELOW TARGET'}")
     path = write_result("shaping", {"when": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                     "args": {k: str(v) for k, v in vars(args).items()},
                                     "table": table, "ratios": ratios,
+                                    "paired_ratios": paired_ratios, "pairs": pairs,
                                     "per_provider": per_provider,
                                     "per_address": per_address, "sessions": sessions,
                                     "runs": runs})

@@ -21,7 +21,6 @@ made) is given back.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import socket
 import time
@@ -76,7 +75,10 @@ class Wait:
 
 
 def ip_version(address: str) -> int:
-    return ipaddress.ip_address(address).version
+    """4 or 6, for an address already known to be one (a validated pool address, an
+    address from an A or AAAA record): asked several times per transaction, so not
+    parsed again (ipaddress took a third of an IP pool's cost per transaction)."""
+    return 6 if ":" in address else 4
 
 
 def pool_of(config: Config, configuration_set: str | None) -> str | None:

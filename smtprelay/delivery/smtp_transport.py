@@ -33,7 +33,7 @@ from typing import Protocol
 from smtprelay.config import Config, ConfigSource, Derived
 from smtprelay.delivery.client import ClientSettings, ConnectError, Connection, TLSPolicy
 from smtprelay.delivery.dns import MXResolver, MXResult, Resolution
-from smtprelay.delivery.ip_pools import SourceChooser, Wait
+from smtprelay.delivery.ip_pools import Source, SourceChooser, Wait
 from smtprelay.delivery.model import (
     Destination,
     RecipientResult,
@@ -53,6 +53,9 @@ from smtprelay.spool.model import QueuedMessage
 log = logging.getLogger("smtprelay.delivery")
 
 MAX_HOSTS_TRIED = 5
+# Derived settings kept per source (_from_source): pool addresses times TLS policies,
+# and what reloads leave behind until this many.
+_SOURCED_KEPT = 256
 # Weakest first: a configuration set's tls may move up this list, never down.
 _TLS_ORDER = (TLSPolicy.OPPORTUNISTIC, TLSPolicy.REQUIRE_ENCRYPTED, TLSPolicy.REQUIRE_VERIFIED)
 
@@ -170,6 +173,11 @@ class SMTPTransport:
         # Kept across reloads: what was counted and who is suspended outlive a SIGHUP.
         self.shaper = shaper or Shaper()
         self._table_loads: set[asyncio.Task[None]] = set()
+        # (id of the route's settings, pool address, HELO) -> (those settings, the same
+        # leaving from the address): one object per source, not one per transaction, so
+        # the connection cache compares its keys by identity (a new object was compared
+        # field by field on every lookup).
+        self._sourced: dict[tuple[int, str, str], tuple[ClientSettings, ClientSettings]] = {}
         self._started = False
         self._shaping = Derived(live, self._configure_shaping)
         self._started = True
@@ -231,6 +239,17 @@ class SMTPTransport:
         return _Route(settings.mx[self._tls_policy(message, domain, settings.config)], slot=domain,
                       limit=limit, policy_domain=domain)
 
+    def _from_source(self, base: ClientSettings, source: Source) -> ClientSettings:
+        """`base` leaving from `source`'s address with its HELO name."""
+        key = (id(base), source.address, source.helo)
+        found = self._sourced.get(key)
+        if found is not None and found[0] is base:
+            return found[1]
+        if len(self._sourced) >= _SOURCED_KEPT:
+            self._sourced.clear()  # reloads made these: start again from those in force
+        made = self._sourced[key] = (base, source.settings(base))
+        return made[1]
+
     def _source(self, settings: ClientSettings) -> str | None:
         """The source address sessions with these settings leave from (None: the host's
         default), which providers judge a sender by (an IP pool's, delivery.ip_pools)."""
@@ -266,7 +285,8 @@ class SMTPTransport:
                 return picked.results(txn.recipients)
             if picked is not None:
                 source = picked
-                route = dataclasses.replace(route, settings=source.settings(route.settings))
+                route = dataclasses.replace(
+                    route, settings=self._from_source(route.settings, source))
         results: list[RecipientResult] | None = None
         try:
             results = await self._shaped(domain, txn, settings, route, destinations)

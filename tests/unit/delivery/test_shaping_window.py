@@ -59,3 +59,21 @@ def test_a_lower_limit_takes_effect_on_what_is_counted() -> None:
         window.book(window.earliest(0.0, 0.0))
     window.limit = 4  # a throttle or a reload
     assert window.earliest(0.0, 0.0) > 60.0
+
+
+@given(limit=st.integers(1, 20), span=st.sampled_from([1.0, 60.0, 3600.0]),
+       gaps=st.lists(st.floats(0, 2.0), min_size=1, max_size=300))
+def test_room_now_is_what_the_earliest_booking_says(limit: int, span: float,
+                                                    gaps: list[float]) -> None:
+    """has_room (the shaper's fast path) agrees with earliest, booking as admit does:
+    at once when there is room, else at the earliest time."""
+    window = Window(limit, span)
+    now, booked = 1000.0, []
+    for gap in gaps:
+        now += gap * span / 4
+        room = window.has_room(now)
+        at = window.earliest(now, now)
+        assert room == (at == now)
+        window.book(now if room else at)
+        booked.append(now if room else at)
+    assert most_in_any_span(booked, span) <= limit

@@ -20,6 +20,7 @@ import pytest
 
 from smtprelay.config import Config
 from smtprelay.delivery.dns import MXResolver
+from smtprelay.delivery.ip_pools import SourceChooser
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict
 from smtprelay.delivery.pool import ConnectionPool
 from smtprelay.delivery.smtp_transport import (
@@ -28,9 +29,10 @@ from smtprelay.delivery.smtp_transport import (
     SMTPTransport,
     smarthost_password,
 )
+from smtprelay.state.warmup import LocalWarmup
 from tests.dnsserver import TestDNSServer
 from tests.sinks import MX_NAME, RawSink, Script, SinkFactory, SmtpSink
-from tests.support import free_port
+from tests.support import base_config, free_port
 from tests.unit.delivery.kit import (
     BODY,
     SENDER,
@@ -342,6 +344,31 @@ async def test_a_second_message_to_the_same_host_reuses_the_session(net: Net) ->
     assert sample("smtprelay_outbound_connects_total", {"result": "ok"}) == before + 1
     pool = net.pools[-1]
     assert (pool.open_count, pool.idle_count) == (1, 1)
+
+
+async def test_messages_from_a_pool_address_share_its_session(net: Net) -> None:
+    """With an IP pool the session key holds settings made for the pool address: one
+    object per address (not a copy per transaction), still one session for every
+    message, leaving from the address with its HELO name."""
+    sink = net.smtp_host("a.test")
+    config = Config.model_validate(base_config(
+        net.tmp_path / "var", delivery={"mode": "mx", "port": net.port,
+                                        "connect_timeout": "2s", "command_timeout": "2s",
+                                        "ip_pool": "bulk"},
+        ip_pools={"bulk": {"addresses": [
+            {"address": "127.0.1.71", "helo": "o71.relay.test", "warm": True},
+            {"address": "127.0.1.72", "helo": "o72.relay.test", "warm": True}]}}))
+    resolver = MXResolver([net.dns.nameserver], timeout=1.0, rng=random.Random(1))
+    pool = ConnectionPool(max_connections=10, max_per_domain=10, idle_timeout=30.0)
+    transport = SMTPTransport(live(config), resolver, pool, SourceChooser(LocalWarmup()))
+    net.transports.append(transport)
+    for rcpt in ("w@a.test", "x@a.test", "y@a.test", "z@a.test"):
+        (result,) = await transport.deliver(queued(rcpt), "a.test", txn(rcpt))
+        assert result.verdict is Verdict.DELIVERED
+        assert result.outgoing_ip == "127.0.1.71"
+    assert len(sink.sessions) == 1
+    assert (sink.sessions[0].peer, sink.sessions[0].helo) == ("127.0.1.71", "o71.relay.test")
+    assert len(sink.received) == 4
 
 
 async def test_domains_on_the_same_mx_host_share_its_session(net: Net) -> None:
