@@ -228,7 +228,7 @@ class Relay:
             # from any thread, as tests call reload from theirs.
             asyncio.run_coroutine_threadsafe(self.http.reload_certificates(), self._loop)
         if self.workers is not None:
-            self.workers.signal_all(signal.SIGHUP)  # each reads the file after us
+            self.workers.reload()  # each reads the file after us
 
     async def start(self) -> None:
         cfg = self.config

@@ -68,6 +68,10 @@ class WorkerSet:
         self._channel = channel
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._ready: dict[int, int] = {}  # index -> pid, once listening
+        # Workers a reload reached before they were ready: SIGHUP's default action
+        # would have killed them (their handler is not installed yet), so each gets it
+        # once it says it is ready, and reads the new configuration then.
+        self._reload_when_ready: set[int] = set()
         self._watchers: set[asyncio.Task[None]] = set()
         self._pauses: dict[int, float] = {}  # index -> pause before its next start
         self._stopping = False
@@ -89,6 +93,12 @@ class WorkerSet:
         assert isinstance(index, int) and isinstance(pid, int)
         self._ready[index] = pid
         log.info("worker %d listening pid=%d", index, pid)
+        if index in self._reload_when_ready:
+            self._reload_when_ready.discard(index)
+            process = self._processes.get(index)
+            if process is not None and process.pid == pid:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGHUP)
         if self.all_ready:
             self._all_listening.set()
         return None
@@ -172,6 +182,16 @@ class WorkerSet:
         await asyncio.sleep(wait)
         if not self._stopping:
             await self._spawn(index)
+
+    def reload(self) -> None:
+        """Tell every worker to read the configuration again (SIGHUP): now if it is
+        ready, else as soon as it is (a worker still starting would die of it)."""
+        for index, process in self._processes.items():
+            if self._ready.get(index) == process.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGHUP)
+            else:
+                self._reload_when_ready.add(index)
 
     def signal_all(self, signum: int) -> None:
         for process in self._processes.values():
