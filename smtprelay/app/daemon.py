@@ -46,7 +46,7 @@ from smtprelay.http.admin import AdminServices
 from smtprelay.http.forward import internal_socket
 from smtprelay.http.server import HTTPServer, bind_listeners
 from smtprelay.http.ses import ses_api
-from smtprelay.infra import metrics
+from smtprelay.infra import heap, metrics
 from smtprelay.operations.nodes import NodeControl
 from smtprelay.policy.pauses import PausedSets
 from smtprelay.policy.quota import Quotas
@@ -732,6 +732,7 @@ async def serve(config: Config, path: str | None = None) -> None:
     except BaseException:
         await relay.stop(grace=0)
         raise
+    heap.freeze_start_up()
     systemd.notify("READY=1\nSTATUS=accepting mail")
     log.info("smtprelay ready hostname=%s", config.server.hostname)
     await stop.wait()

@@ -38,7 +38,7 @@ from smtprelay.events.remote import RemoteEngagements
 from smtprelay.http.forward import Forwarder, internal_socket
 from smtprelay.http.server import HTTPServer
 from smtprelay.http.ses import ses_api
-from smtprelay.infra import logs
+from smtprelay.infra import heap, logs
 from smtprelay.policy.pauses import PausedSets
 from smtprelay.policy.quota import Quotas
 from smtprelay.policy.stores import (
@@ -209,6 +209,7 @@ async def serve(worker: Worker) -> None:
     except BaseException:
         await worker.stop(grace=0)
         raise
+    heap.freeze_start_up()
     orphaned = asyncio.ensure_future(worker.until_channel_closes())
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait([orphaned, stopping], return_when=asyncio.FIRST_COMPLETED)
