@@ -20,6 +20,7 @@ from smtprelay.config.lists import (
 from smtprelay.config.loading import ENV_CONFIG, ConfigError, LoadedConfig, load_config
 from smtprelay.config.schema import Config
 from smtprelay.config.server import (
+    AuthConfig,
     HTTPConfig,
     ImageProxyRule,
     LimitsConfig,
@@ -49,6 +50,7 @@ __all__ = [
     "NAME_PATTERN",
     "NOTIFICATION_TYPES",
     "SANDBOX_QUOTA",
+    "AuthConfig",
     "Config",
     "ConfigError",
     "ConfigSource",

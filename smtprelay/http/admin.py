@@ -39,6 +39,7 @@ import functools
 import ipaddress
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -50,7 +51,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
-from smtprelay.config import NAME_PATTERN, ConfigSource
+from smtprelay.config import NAME_PATTERN, AuthConfig, ConfigSource
 from smtprelay.delivery.shaping import ShapingState
 from smtprelay.events import tail as event_tail
 from smtprelay.events.tail import EventTail
@@ -307,8 +308,11 @@ def page_json(page: Page[Any], item: Callable[[Any], dict[str, Any]]) -> dict[st
 
 class AdminAPI:
     def __init__(self, secret: str, services: AdminServices, trusted_proxies: list[str],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 failures: admin_auth.FailedTokens | None = None) -> None:
         self._secret = secret
+        # Wrong tokens per client address, shared with the console's login.
+        self.failures = failures or admin_auth.FailedTokens.of(AuthConfig())
         self._services = services
         self._trusted = [ipaddress.ip_network(n) for n in trusted_proxies]
         self._clock = clock
@@ -333,12 +337,24 @@ class AdminAPI:
         client = self._client(request)
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "(no route)"
+        locked = self.failures.locked_for(client)
+        if locked:
+            metrics.ADMIN_AUTH_FAILURES.inc()
+            log.warning("admin api: refused %s %s from %s: locked out for %.0fs more after "
+                        "wrong tokens", request.method, route, client, locked)
+            return error_response(429, "too_many_failures", (
+                "too many wrong tokens from this address; try again later"),
+                {"Retry-After": str(math.ceil(locked))})
         verdict = admin_auth.check(self._secret, request.headers.get("Authorization"),
                                    self._clock())
         if verdict is not admin_auth.Verdict.OK:
             metrics.ADMIN_AUTH_FAILURES.inc()
             log.warning("admin api: refused %s %s from %s: %s", request.method, route,
                         client, verdict.value)
+            if verdict is not admin_auth.Verdict.MISSING and self.failures.failed(client):
+                log.warning("admin api and console: %s locked out for %.0fs after %d wrong "
+                            "tokens (auth.max_failures_per_ip)", client,
+                            self.failures.lockout, self.failures.limit)
             return web.json_response(_UNAUTHORIZED_BODY, status=401,
                                      headers=UNAUTHORIZED_HEADERS)
         try:

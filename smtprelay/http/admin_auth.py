@@ -20,7 +20,11 @@ import hashlib
 import hmac
 import os
 import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from enum import Enum
+
+from smtprelay.config import AuthConfig
 
 VERSION = "v1"
 # Shorter secrets are accepted (the operator chose it) but logged as guessable.
@@ -77,3 +81,59 @@ def check(secret: str, authorization: str | None, now: float | None = None) -> V
     if expiry <= (time.time() if now is None else now):
         return Verdict.EXPIRED
     return Verdict.OK
+
+
+# Client addresses whose failures are remembered; past this the least recent go, so a
+# scan from many addresses cannot grow memory without limit.
+_MAX_CLIENTS = 100_000
+
+
+class FailedTokens:
+    """Wrong admin tokens per client address, for the admin API and the console login
+    alike: `limit` of them within `window` seconds lock the address out of both for
+    `lockout` seconds, the right token included (auth.max_failures_per_ip,
+    auth.failure_window, auth.lockout_duration, as for SMTP AUTH). A request without
+    any token is not a guess and is not counted. The counts are this process's."""
+
+    def __init__(self, limit: int, window: float, lockout: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self.lockout = lockout
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._locked_until: dict[str, float] = {}
+
+    @classmethod
+    def of(cls, auth: AuthConfig) -> FailedTokens:
+        return cls(auth.max_failures_per_ip, auth.failure_window, auth.lockout_duration)
+
+    def locked_for(self, client: str) -> float:
+        """Seconds the address stays locked out (0: it is not)."""
+        until = self._locked_until.get(client)
+        if until is None:
+            return 0.0
+        left = until - self._clock()
+        if left <= 0:
+            del self._locked_until[client]
+            return 0.0
+        return left
+
+    def failed(self, client: str) -> bool:
+        """Count a wrong token from `client`; True when that locks it out."""
+        now = self._clock()
+        times = self._failures.pop(client, None) or deque()
+        self._failures[client] = times  # the most recent last
+        while len(self._failures) > _MAX_CLIENTS:
+            self._failures.popitem(last=False)
+        times.append(now)
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if len(times) < self.limit:
+            return False
+        times.clear()
+        self._locked_until[client] = now + self.lockout
+        if len(self._locked_until) > _MAX_CLIENTS:
+            for address in [a for a, t in self._locked_until.items() if t <= now]:
+                del self._locked_until[address]
+        return True

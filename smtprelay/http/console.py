@@ -24,6 +24,7 @@ import io
 import ipaddress
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -36,13 +37,13 @@ import aiohttp
 import jinja2
 from aiohttp import web
 
-from smtprelay.config import Config, DestinationConfig, HTTPConfig, IpPoolConfig
+from smtprelay.config import AuthConfig, Config, DestinationConfig, HTTPConfig, IpPoolConfig
 from smtprelay.delivery import providers
 from smtprelay.delivery.providers import Provider
 from smtprelay.delivery.shaping import LaneState
 from smtprelay.delivery.warmup import Progress
 from smtprelay.events import tail as event_tail
-from smtprelay.http import console_auth
+from smtprelay.http import admin_auth, console_auth
 from smtprelay.http.admin import AdminServices, keepalive_interval, refusal
 from smtprelay.http.console_auth import Session, Sessions
 from smtprelay.http.tracking import client_ip, parse_ip
@@ -151,8 +152,11 @@ Handler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 
 class Console:
     def __init__(self, secret: str, services: AdminServices, settings: HTTPConfig, *,
-                 sesv1: bool = False, clock: Callable[[], float] = time.time) -> None:
+                 sesv1: bool = False, clock: Callable[[], float] = time.time,
+                 failures: admin_auth.FailedTokens | None = None) -> None:
         self._services = services
+        # Wrong tokens per client address, shared with the admin API.
+        self.failures = failures or admin_auth.FailedTokens.of(AuthConfig())
         self._trusted = [ipaddress.ip_network(str(n)) for n in settings.trusted_proxies]
         self.sessions = Sessions(secret, settings.console_session_lifetime, clock)
         self._sesv1 = sesv1  # the SES v1 API answers at "/": no redirect from there
@@ -326,11 +330,26 @@ class Console:
                         client)
             return self._login_form(request, status=403, error="The login form expired; "
                                     "enter the token again.")
+        locked = self.failures.locked_for(client)
+        if locked:
+            metrics.ADMIN_AUTH_FAILURES.inc()
+            log.warning("console: refused a login from %s: locked out for %.0fs more after "
+                        "wrong tokens", client, locked)
+            response = self._login_form(request, status=429, error=(
+                f"Too many wrong tokens from your address: try again in "
+                f"{math.ceil(locked / 60)} min."))
+            response.headers["Retry-After"] = str(math.ceil(locked))
+            return response
         token = form.get("token")
         outcome = self.sessions.login(token if isinstance(token, str) else "", client)
         if not isinstance(outcome, Session):
             metrics.ADMIN_AUTH_FAILURES.inc()
             log.warning("console: refused a login from %s: %s", client, outcome.value)
+            if (outcome is not admin_auth.Verdict.MISSING
+                    and self.failures.failed(client)):
+                log.warning("admin api and console: %s locked out for %.0fs after %d "
+                            "wrong tokens (auth.max_failures_per_ip)", client,
+                            self.failures.lockout, self.failures.limit)
             return self._login_form(request, status=401,
                                     error="That token is not accepted (or has expired).")
         log.info("console: login from %s, session until %s", client, _when(outcome.expires))

@@ -52,12 +52,13 @@ def _ok(description: str, schema: str, status: str = "200") -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    """References to the shared error responses; 401 and 405 go with every route."""
+    """References to the shared error responses; 401, 405 and 429 go with every route."""
     names = {400: "BadRequest", 404: "NotFound", 409: "Conflict", 413: "TooLarge",
              415: "UnsupportedMediaType", 422: "Unprocessable", 503: "Unavailable"}
     found = {str(s): {"$ref": f"#/components/responses/{names[s]}"} for s in statuses}
     found["401"] = {"$ref": "#/components/responses/Unauthorized"}
     found["405"] = {"$ref": "#/components/responses/MethodNotAllowed"}
+    found["429"] = {"$ref": "#/components/responses/LockedOut"}
     return found
 
 
@@ -526,6 +527,15 @@ _RESPONSES: dict[str, Any] = {
                        "the same answer for each.",
         "headers": {"WWW-Authenticate": {"required": True, "schema": {
             "type": "string", "const": 'Bearer realm="smtprelay"'}}},
+        "content": {_JSON: {"schema": _ref("Error")}},
+    },
+    "LockedOut": {
+        "description": "Too many wrong tokens from the client's address "
+                       "(auth.max_failures_per_ip within auth.failure_window): every "
+                       "request from it is refused, the right token included, for "
+                       "auth.lockout_duration.",
+        "headers": {"Retry-After": {"required": True, "schema": {
+            "type": "string", "pattern": "^[0-9]+$"}}},
         "content": {_JSON: {"schema": _ref("Error")}},
     },
     "BadRequest": _error_response("A malformed query parameter or a body that is not JSON."),

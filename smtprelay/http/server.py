@@ -210,9 +210,13 @@ class HTTPServer:
         env = config.http.admin_token_env
         secret = admin_auth.secret_from_env(env)
         if admin is not None and secret is not None:
-            self.admin = AdminAPI(secret, admin, [str(n) for n in config.http.trusted_proxies])
+            # Wrong tokens lock a client address out of both, as for SMTP AUTH.
+            failures = admin_auth.FailedTokens.of(config.auth)
+            self.admin = AdminAPI(secret, admin, [str(n) for n in config.http.trusted_proxies],
+                                  failures=failures)
             # The web console: the same services, behind a login with the same secret.
-            self.console = Console(secret, admin, config.http, sesv1=config.api.sesv1)
+            self.console = Console(secret, admin, config.http, sesv1=config.api.sesv1,
+                                   failures=failures)
         elif admin is not None and env:
             log.warning("http.admin_token_env: the variable %s is unset or empty, so the "
                         "admin API is off; set it in the daemon's environment and restart",
