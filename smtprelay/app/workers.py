@@ -97,8 +97,7 @@ class WorkerSet:
             self._reload_when_ready.discard(index)
             process = self._processes.get(index)
             if process is not None and process.pid == pid:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGHUP)
+                _hang_up(process)
         if self.all_ready:
             self._all_listening.set()
         return None
@@ -188,8 +187,7 @@ class WorkerSet:
         ready, else as soon as it is (a worker still starting would die of it)."""
         for index, process in self._processes.items():
             if self._ready.get(index) == process.pid:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGHUP)
+                _hang_up(process)
             else:
                 self._reload_when_ready.add(index)
 
@@ -213,3 +211,10 @@ class WorkerSet:
                 await asyncio.wait(pending, timeout=5)
         for sock in self._sockets.values():
             sock.close()
+
+
+def _hang_up(process: asyncio.subprocess.Process) -> None:
+    """SIGHUP: read the configuration again (a worker that has just ended has no use
+    for it)."""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGHUP)

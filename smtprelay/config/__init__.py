@@ -20,7 +20,6 @@ from smtprelay.config.lists import (
 from smtprelay.config.loading import ENV_CONFIG, ConfigError, LoadedConfig, load_config
 from smtprelay.config.schema import Config
 from smtprelay.config.server import (
-    AuthConfig,
     HTTPConfig,
     ImageProxyRule,
     LimitsConfig,
@@ -50,7 +49,6 @@ __all__ = [
     "NAME_PATTERN",
     "NOTIFICATION_TYPES",
     "SANDBOX_QUOTA",
-    "AuthConfig",
     "Config",
     "ConfigError",
     "ConfigSource",

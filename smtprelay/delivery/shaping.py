@@ -86,23 +86,24 @@ class Window:
         when no limit is near, found without walking the slices."""
         if self._last > now:
             return False
-        slices = self._slices
-        while slices and slices[0][1] <= now:
-            self._total -= int(slices.popleft()[2])
+        self._forget_left(now)
         return self._total < self.limit
+
+    def _forget_left(self, base: float) -> None:
+        # Time only moves on and bookings come in order: what has left the window
+        # at `base` is gone for every later question.
+        slices = self._slices
+        while slices and slices[0][1] <= base:
+            self._total -= int(slices.popleft()[2])
 
     def earliest(self, now: float, at: float) -> float:
         """The earliest time, not before `at` nor the last booking, with room for one
         more booking. Nothing is booked."""
         base = max(now, self._last)
-        slices = self._slices
-        # Time only moves on and bookings come in order: what has left the window
-        # at `base` is gone for every later question.
-        while slices and slices[0][1] <= base:
-            self._total -= int(slices.popleft()[2])
+        self._forget_left(base)
         at = max(at, base)
         total = self._total
-        for _, leaves, count in slices:
+        for _, leaves, count in self._slices:
             if leaves <= at:
                 total -= int(count)
                 continue

@@ -51,7 +51,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
-from smtprelay.config import NAME_PATTERN, AuthConfig, ConfigSource
+from smtprelay.config import NAME_PATTERN, ConfigSource
 from smtprelay.delivery.shaping import ShapingState
 from smtprelay.events import tail as event_tail
 from smtprelay.events.tail import EventTail
@@ -308,11 +308,11 @@ def page_json(page: Page[Any], item: Callable[[Any], dict[str, Any]]) -> dict[st
 
 class AdminAPI:
     def __init__(self, secret: str, services: AdminServices, trusted_proxies: list[str],
-                 clock: Callable[[], float] = time.time,
-                 failures: admin_auth.FailedTokens | None = None) -> None:
+                 *, failures: admin_auth.FailedTokens,
+                 clock: Callable[[], float] = time.time) -> None:
         self._secret = secret
         # Wrong tokens per client address, shared with the console's login.
-        self.failures = failures or admin_auth.FailedTokens.of(AuthConfig())
+        self.failures = failures
         self._services = services
         self._trusted = [ipaddress.ip_network(n) for n in trusted_proxies]
         self._clock = clock
@@ -354,7 +354,7 @@ class AdminAPI:
             if verdict is not admin_auth.Verdict.MISSING and self.failures.failed(client):
                 log.warning("admin api and console: %s locked out for %.0fs after %d wrong "
                             "tokens (auth.max_failures_per_ip)", client,
-                            self.failures.lockout, self.failures.limit)
+                            self.failures.policy.lockout, self.failures.policy.per_ip)
             return web.json_response(_UNAUTHORIZED_BODY, status=401,
                                      headers=UNAUTHORIZED_HEADERS)
         try:

@@ -20,11 +20,11 @@ import hashlib
 import hmac
 import os
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from enum import Enum
 
-from smtprelay.config import AuthConfig
+from smtprelay.state.api import LockoutPolicy
+from smtprelay.state.lockout import Lockout
 
 VERSION = "v1"
 # Shorter secrets are accepted (the operator chose it) but logged as guessable.
@@ -83,57 +83,23 @@ def check(secret: str, authorization: str | None, now: float | None = None) -> V
     return Verdict.OK
 
 
-# Client addresses whose failures are remembered; past this the least recent go, so a
-# scan from many addresses cannot grow memory without limit.
-_MAX_CLIENTS = 100_000
-
-
 class FailedTokens:
     """Wrong admin tokens per client address, for the admin API and the console login
-    alike: `limit` of them within `window` seconds lock the address out of both for
-    `lockout` seconds, the right token included (auth.max_failures_per_ip,
-    auth.failure_window, auth.lockout_duration, as for SMTP AUTH). A request without
-    any token is not a guess and is not counted. The counts are this process's."""
+    alike: the SMTP AUTH lockout's per-address limit (auth.max_failures_per_ip within
+    auth.failure_window locks for auth.lockout_duration), kept apart from SMTP AUTH's
+    own counts. While locked the right token is refused too. A request without any
+    token is not a guess and is not counted. The counts are this process's."""
 
-    def __init__(self, limit: int, window: float, lockout: float,
+    def __init__(self, policy: LockoutPolicy,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
-        self.window = window
-        self.lockout = lockout
-        self._clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._locked_until: dict[str, float] = {}
-
-    @classmethod
-    def of(cls, auth: AuthConfig) -> FailedTokens:
-        return cls(auth.max_failures_per_ip, auth.failure_window, auth.lockout_duration)
+        self.policy = policy
+        self._lockout = Lockout(clock)
 
     def locked_for(self, client: str) -> float:
         """Seconds the address stays locked out (0: it is not)."""
-        until = self._locked_until.get(client)
-        if until is None:
-            return 0.0
-        left = until - self._clock()
-        if left <= 0:
-            del self._locked_until[client]
-            return 0.0
-        return left
+        return self._lockout.locked_for(client, None)
 
     def failed(self, client: str) -> bool:
         """Count a wrong token from `client`; True when that locks it out."""
-        now = self._clock()
-        times = self._failures.pop(client, None) or deque()
-        self._failures[client] = times  # the most recent last
-        while len(self._failures) > _MAX_CLIENTS:
-            self._failures.popitem(last=False)
-        times.append(now)
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if len(times) < self.limit:
-            return False
-        times.clear()
-        self._locked_until[client] = now + self.lockout
-        if len(self._locked_until) > _MAX_CLIENTS:
-            for address in [a for a, t in self._locked_until.items() if t <= now]:
-                del self._locked_until[address]
-        return True
+        self._lockout.failure(client, None, self.policy)
+        return self.locked_for(client) > 0

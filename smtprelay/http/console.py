@@ -37,7 +37,7 @@ import aiohttp
 import jinja2
 from aiohttp import web
 
-from smtprelay.config import AuthConfig, Config, DestinationConfig, HTTPConfig, IpPoolConfig
+from smtprelay.config import Config, DestinationConfig, HTTPConfig, IpPoolConfig
 from smtprelay.delivery import providers
 from smtprelay.delivery.providers import Provider
 from smtprelay.delivery.shaping import LaneState
@@ -153,10 +153,10 @@ Handler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 class Console:
     def __init__(self, secret: str, services: AdminServices, settings: HTTPConfig, *,
                  sesv1: bool = False, clock: Callable[[], float] = time.time,
-                 failures: admin_auth.FailedTokens | None = None) -> None:
+                 failures: admin_auth.FailedTokens) -> None:
         self._services = services
         # Wrong tokens per client address, shared with the admin API.
-        self.failures = failures or admin_auth.FailedTokens.of(AuthConfig())
+        self.failures = failures
         self._trusted = [ipaddress.ip_network(str(n)) for n in settings.trusted_proxies]
         self.sessions = Sessions(secret, settings.console_session_lifetime, clock)
         self._sesv1 = sesv1  # the SES v1 API answers at "/": no redirect from there
@@ -349,7 +349,7 @@ class Console:
                     and self.failures.failed(client)):
                 log.warning("admin api and console: %s locked out for %.0fs after %d "
                             "wrong tokens (auth.max_failures_per_ip)", client,
-                            self.failures.lockout, self.failures.limit)
+                            self.failures.policy.lockout, self.failures.policy.per_ip)
             return self._login_form(request, status=401,
                                     error="That token is not accepted (or has expired).")
         log.info("console: login from %s, session until %s", client, _when(outcome.expires))

@@ -37,6 +37,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from smtprelay.auth.authenticator import lockout_policy
 from smtprelay.config import Config, parse_host_port
 from smtprelay.events.model import EngagementSink
 from smtprelay.events.subscriptions import Confirmer
@@ -211,7 +212,7 @@ class HTTPServer:
         secret = admin_auth.secret_from_env(env)
         if admin is not None and secret is not None:
             # Wrong tokens lock a client address out of both, as for SMTP AUTH.
-            failures = admin_auth.FailedTokens.of(config.auth)
+            failures = admin_auth.FailedTokens(lockout_policy(config))
             self.admin = AdminAPI(secret, admin, [str(n) for n in config.http.trusted_proxies],
                                   failures=failures)
             # The web console: the same services, behind a login with the same secret.
