@@ -59,6 +59,13 @@ FAILURES = frozenset({"SERVFAIL", "REFUSED", "NXDOMAIN", "NOTIMP", "FORMERR", "T
 
 _MAX_CNAME_CHAIN = 8
 
+# The lookup time limit for resolvers that the test expects to get answers. The server
+# answers from a thread of the test process, so anything that holds the test process's
+# GIL (a full garbage collection of a heap grown over a long run is the usual one)
+# holds the answers back too: a 0.5 s limit failed a lookup that way in CI. Tests whose
+# subject is a timeout set their own short limit.
+ANSWER_TIMEOUT = 10.0
+
 
 @dataclass(slots=True)
 class _Zone:

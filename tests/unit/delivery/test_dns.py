@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import sys
 import time
 
 import dns.message
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 
 from smtprelay.delivery.dns import MXResolver, MXResult, Resolution, mail_domain
 from smtprelay.delivery.model import Destination
-from tests.dnsserver import TestDNSServer
+from tests.dnsserver import ANSWER_TIMEOUT, TestDNSServer
 from tests.support import examples
 
 
@@ -45,7 +46,8 @@ def clock() -> Clock:
 
 @pytest.fixture
 def resolver(dns_server: TestDNSServer, clock: Clock) -> MXResolver:
-    return MXResolver([dns_server.nameserver], timeout=0.5, clock=clock, rng=random.Random(7))
+    return MXResolver([dns_server.nameserver], timeout=ANSWER_TIMEOUT, clock=clock,
+                      rng=random.Random(7))
 
 
 @pytest.fixture
@@ -97,7 +99,8 @@ async def test_prefer_ipv6_puts_aaaa_first(server: TestDNSServer, clock: Clock) 
     server.add("example.test", "MX", "10 mx1.example.test.")
     server.add("mx1.example.test", "A", "127.0.0.2")
     server.add("mx1.example.test", "AAAA", "::1")
-    resolver = MXResolver([server.nameserver], timeout=0.5, prefer_ipv6=True, clock=clock)
+    resolver = MXResolver([server.nameserver], timeout=ANSWER_TIMEOUT, prefer_ipv6=True,
+                          clock=clock)
     assert addresses(await resolver.resolve("example.test")) == ["::1", "127.0.0.2"]
 
 
@@ -123,7 +126,8 @@ async def test_equal_preferences_are_shuffled_reproducibly_under_a_seed(
         server.add(name, "A", f"127.0.0.{i + 2}")
 
     def make(seed: int) -> MXResolver:
-        return MXResolver([server.nameserver], timeout=0.5, clock=clock, rng=random.Random(seed))
+        return MXResolver([server.nameserver], timeout=ANSWER_TIMEOUT, clock=clock,
+                          rng=random.Random(seed))
 
     one, same = make(1), make(1)
     orders = [hosts(await one.resolve("example.test")) for _ in range(30)]
@@ -151,7 +155,7 @@ async def test_only_the_first_hosts_are_resolved(server: TestDNSServer, clock: C
     for i in range(8):
         server.add("many.test", "MX", f"{i} mx{i}.many.test.")
         server.add(f"mx{i}.many.test", "A", f"127.0.0.{i + 2}")
-    resolver = MXResolver([server.nameserver], timeout=0.5, clock=clock, max_mx_hosts=3)
+    resolver = MXResolver([server.nameserver], timeout=ANSWER_TIMEOUT, clock=clock, max_mx_hosts=3)
     result = await resolver.resolve("many.test")
     assert hosts(result) == ["mx0.many.test", "mx1.many.test", "mx2.many.test"]
     assert server.count("mx3.many.test", "A") == 0
@@ -267,8 +271,9 @@ async def test_mx_lookup_error_is_temporary_4_4_3(server: TestDNSServer, resolve
 
 
 async def test_mx_lookup_timeout_is_temporary_and_quick(server: TestDNSServer,
-                                                        resolver: MXResolver) -> None:
+                                                        clock: Clock) -> None:
     server.fail("slow.test", "TIMEOUT")
+    resolver = MXResolver([server.nameserver], timeout=0.5, clock=clock)
     started = time.monotonic()
     result = await resolver.resolve("slow.test")
     assert time.monotonic() - started < 1.5
@@ -277,8 +282,9 @@ async def test_mx_lookup_timeout_is_temporary_and_quick(server: TestDNSServer,
 
 
 async def test_garbage_from_the_server_is_temporary(server: TestDNSServer,
-                                                    resolver: MXResolver) -> None:
+                                                    clock: Clock) -> None:
     server.fail("garbled.test", "GARBAGE")
+    resolver = MXResolver([server.nameserver], timeout=0.5, clock=clock)
     result = await resolver.resolve("garbled.test")
     # dnspython drops an unparsable datagram (it might be spoofed) and waits on.
     assert (result.outcome, result.status) == (Resolution.TEMPORARY, "4.4.3")
@@ -307,10 +313,13 @@ async def test_every_host_failing_temporarily_is_temporary(server: TestDNSServer
 
 
 async def test_a_timeout_on_aaaa_alone_still_gives_the_ipv4_address(
-        server: TestDNSServer, resolver: MXResolver) -> None:
+        server: TestDNSServer, clock: Clock) -> None:
     server.add("example.test", "MX", "10 mx1.example.test.")
     server.add("mx1.example.test", "A", "127.0.0.2")
     server.fail("mx1.example.test", "TIMEOUT", rdtype="AAAA")
+    # Each lookup has its own limit: the test waits this long for the AAAA to give up,
+    # and the A has as long to be answered.
+    resolver = MXResolver([server.nameserver], timeout=2.0, clock=clock)
     result = await resolver.resolve("example.test")
     assert addresses(result) == ["127.0.0.2"]
 
@@ -321,7 +330,8 @@ async def test_a_dead_first_nameserver_fails_over_to_the_next(server: TestDNSSer
         unused.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{unused.getsockname()[1]}"  # bound, never read: silence
         server.add("example.test", "A", "127.0.0.2")
-        resolver = MXResolver([dead, server.nameserver], timeout=1.0, clock=clock)
+        # 1.5 s of silence from the dead one, then 1.5 s for the live one to answer.
+        resolver = MXResolver([dead, server.nameserver], timeout=3.0, clock=clock)
         assert addresses(await resolver.resolve("example.test")) == ["127.0.0.2"]
 
 
@@ -329,7 +339,7 @@ async def test_nameserver_on_ipv6_loopback(clock: Clock) -> None:
     with TestDNSServer(host="::1") as server6:
         server6.add("example.test", "AAAA", "::1")
         assert server6.nameserver.startswith("[::1]:")
-        resolver = MXResolver([server6.nameserver], timeout=0.5, clock=clock)
+        resolver = MXResolver([server6.nameserver], timeout=ANSWER_TIMEOUT, clock=clock)
         assert addresses(await resolver.resolve("example.test")) == ["::1"]
 
 
@@ -362,7 +372,7 @@ async def test_ttl_zero_is_not_cached(server: TestDNSServer, resolver: MXResolve
 async def test_nxdomain_is_cached_for_the_soa_negative_ttl(server: TestDNSServer,
                                                            clock: Clock) -> None:
     server.add_zone("short.test", negative_ttl=120)
-    resolver = MXResolver([server.nameserver], timeout=0.5, clock=clock)
+    resolver = MXResolver([server.nameserver], timeout=ANSWER_TIMEOUT, clock=clock)
     for _ in range(3):
         assert (await resolver.resolve("gone.short.test")).status == "5.1.2"
     assert server.count("gone.short.test", "MX") == 1
@@ -378,7 +388,7 @@ async def test_nodata_is_cached_and_5_minutes_without_soa(server: TestDNSServer,
                                                           clock: Clock) -> None:
     server.add_zone("nosoa.test", negative_ttl=None)
     server.add("plain.nosoa.test", "A", "127.0.0.2")
-    resolver = MXResolver([server.nameserver], timeout=0.5, clock=clock)
+    resolver = MXResolver([server.nameserver], timeout=ANSWER_TIMEOUT, clock=clock)
     await resolver.resolve("plain.nosoa.test")
     await resolver.resolve("plain.nosoa.test")
     assert server.count("plain.nosoa.test", "MX") == 1  # the NODATA was cached
@@ -411,7 +421,7 @@ async def test_the_cache_is_bounded_least_recently_used_first(server: TestDNSSer
     for name in ("a.test", "b.test", "c.test"):
         server.add(name, "MX", f"10 {name}.")
         server.add(name, "A", "127.0.0.2")
-    resolver = MXResolver([server.nameserver], timeout=0.5, clock=clock, cache_size=6)
+    resolver = MXResolver([server.nameserver], timeout=ANSWER_TIMEOUT, clock=clock, cache_size=6)
     await resolver.resolve("a.test")  # 3 entries: MX, A, AAAA
     await resolver.resolve("b.test")  # 6
     await resolver.resolve("a.test")  # a is now the most recently used
@@ -536,6 +546,33 @@ def test_bad_nameservers_are_refused_at_construction(text: str) -> None:
 
 
 # --- robustness -------------------------------------------------------------------------
+
+def _hold_the_gil(seconds: float) -> None:
+    """Stall the whole test process, the DNS server's thread included, as a long full
+    garbage collection does: no thread switch is offered until it ends."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(seconds + 1)
+    try:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            pass
+    finally:
+        sys.setswitchinterval(interval)
+
+
+async def test_answers_outlast_a_stalled_test_process(server: TestDNSServer,
+                                                      resolver: MXResolver) -> None:
+    # CI failed this way: a 0.5 s limit, a stall, and most MX hosts dropped as timed out.
+    server.add("example.test", "MX", "10 mx1.example.test.")
+    server.add("mx1.example.test", "A", "127.0.0.2")
+
+    async def stall() -> None:
+        await asyncio.sleep(0)  # the MX query is on the wire
+        _hold_the_gil(0.7)
+
+    result, _ = await asyncio.gather(resolver.resolve("example.test"), stall())
+    assert addresses(result) == ["127.0.0.2"], result.reason
+
 
 def test_resolve_never_raises_whatever_the_domain() -> None:
     with TestDNSServer() as server:

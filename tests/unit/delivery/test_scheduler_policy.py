@@ -32,7 +32,7 @@ from smtprelay.spool.model import (
     new_message_id,
 )
 from smtprelay.spool.store import Spool, get_outcomes, open_for_cli
-from tests.dnsserver import TestDNSServer
+from tests.dnsserver import ANSWER_TIMEOUT, TestDNSServer
 from tests.sinks import SinkFactory
 from tests.support import free_port
 from tests.unit.delivery.kit import WallClock, live, make_config, mx, sample, wait_until
@@ -395,8 +395,8 @@ async def test_deferred_by_a_real_mx_then_bounced_at_expiry_and_the_dsn_delivere
     mx(dns_server, "example.com", (10, "mx.example.com", "127.0.0.3"))
     config = make_config(tmp_path, port=port)
     pool = ConnectionPool(max_connections=4, max_per_domain=2, idle_timeout=30.0)
-    transport = SMTPTransport(live(config), MXResolver([dns_server.nameserver], timeout=1.0),
-                              pool)
+    resolver = MXResolver([dns_server.nameserver], timeout=ANSWER_TIMEOUT)
+    transport = SMTPTransport(live(config), resolver, pool)
     bench = Bench(spool, transport)
     bench.scheduler.start()
     try:

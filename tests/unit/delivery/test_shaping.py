@@ -27,7 +27,7 @@ from smtprelay.delivery.pool import ConnectionPool
 from smtprelay.delivery.retry import delay_type
 from smtprelay.delivery.shaping import SENDING_DEFERRAL, Shaper
 from smtprelay.delivery.smtp_transport import SMTPTransport
-from tests.dnsserver import TestDNSServer
+from tests.dnsserver import ANSWER_TIMEOUT, TestDNSServer
 from tests.sinks import RawHandler, Script, SinkFactory, SmtpSink
 from tests.support import free_port
 from tests.unit.delivery.kit import BODY, SENDER, RawSMTP, live, make_config, queued, sample
@@ -127,7 +127,7 @@ class World:
         if rules is not None:
             delivery["shaping"] = {"rules_file": str(self.rules(rules))}
         config = make_config(self.tmp_path, port=self.port, **delivery)
-        resolver = MXResolver([self.dns.nameserver], timeout=1.0, rng=random.Random(1))
+        resolver = MXResolver([self.dns.nameserver], timeout=ANSWER_TIMEOUT, rng=random.Random(1))
         pool = ConnectionPool(max_connections=config.delivery.max_connections,
                               max_per_domain=config.delivery.max_connections_per_domain,
                               idle_timeout=30.0)
@@ -438,7 +438,7 @@ async def test_a_reload_reads_the_rules_file_again_and_a_bad_one_changes_nothing
     the race where it breaks in between): the transport keeps the table it had."""
     holder = Holder(make_config(world.tmp_path, port=world.port, shaping={
         "rules_file": str(world.rules(P1_P2))}))
-    resolver = MXResolver([world.dns.nameserver], timeout=1.0)
+    resolver = MXResolver([world.dns.nameserver], timeout=ANSWER_TIMEOUT)
     transport = SMTPTransport(holder, resolver, ConnectionPool(max_connections=5,
                                                                max_per_domain=5))
     world.transports.append(transport)

@@ -30,7 +30,7 @@ from smtprelay.delivery.smtp_transport import (
     smarthost_password,
 )
 from smtprelay.state.warmup import LocalWarmup
-from tests.dnsserver import TestDNSServer
+from tests.dnsserver import ANSWER_TIMEOUT, TestDNSServer
 from tests.sinks import MX_NAME, RawSink, Script, SinkFactory, SmtpSink
 from tests.support import base_config, free_port
 from tests.unit.delivery.kit import (
@@ -99,7 +99,7 @@ class Net:
         settings: dict[str, Any] = {"port": self.port, **delivery}
         config = make_config(self.tmp_path, configuration_sets=configuration_sets,
                              **settings)
-        resolver = MXResolver([self.dns.nameserver], timeout=1.0, rng=random.Random(1))
+        resolver = MXResolver([self.dns.nameserver], timeout=ANSWER_TIMEOUT, rng=random.Random(1))
         pool = ConnectionPool(max_connections=config.delivery.max_connections,
                               max_per_domain=config.delivery.max_connections_per_domain,
                               idle_timeout=30.0)
@@ -358,7 +358,7 @@ async def test_messages_from_a_pool_address_share_its_session(net: Net) -> None:
         ip_pools={"bulk": {"addresses": [
             {"address": "127.0.1.71", "helo": "o71.relay.test", "warm": True},
             {"address": "127.0.1.72", "helo": "o72.relay.test", "warm": True}]}}))
-    resolver = MXResolver([net.dns.nameserver], timeout=1.0, rng=random.Random(1))
+    resolver = MXResolver([net.dns.nameserver], timeout=ANSWER_TIMEOUT, rng=random.Random(1))
     pool = ConnectionPool(max_connections=10, max_per_domain=10, idle_timeout=30.0)
     transport = SMTPTransport(live(config), resolver, pool, SourceChooser(LocalWarmup()))
     net.transports.append(transport)

@@ -30,7 +30,7 @@ from smtprelay.operations.dns_check import (
     run,
 )
 from smtprelay.transform import dkim
-from tests.dnsserver import TestDNSServer
+from tests.dnsserver import ANSWER_TIMEOUT, TestDNSServer
 from tests.support import base_config, write_config
 
 IP = "192.0.2.25"
@@ -43,7 +43,7 @@ def server(dns_server: TestDNSServer) -> TestDNSServer:
 
 @pytest.fixture
 def lookups(server: TestDNSServer) -> Lookups:
-    return Lookups([server.nameserver], timeout=1.0)
+    return Lookups([server.nameserver], timeout=ANSWER_TIMEOUT)
 
 
 def spf(server: TestDNSServer, name: str, text: str) -> None:

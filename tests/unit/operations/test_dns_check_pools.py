@@ -11,7 +11,7 @@ import pytest
 
 from smtprelay.config import Config, load_config
 from smtprelay.operations.dns_check import Finding, Lookups, plan, run
-from tests.dnsserver import TestDNSServer
+from tests.dnsserver import ANSWER_TIMEOUT, TestDNSServer
 from tests.support import base_config, write_config
 
 POOLS = {"bulk": {"addresses": [
@@ -30,7 +30,7 @@ def config(tmp_path: Path, **overrides: Any) -> Config:
 
 @pytest.fixture
 def lookups(dns_server: TestDNSServer) -> Lookups:
-    return Lookups([dns_server.nameserver], timeout=1.0)
+    return Lookups([dns_server.nameserver], timeout=ANSWER_TIMEOUT)
 
 
 async def test_each_pool_address_ptr_is_checked(tmp_path: Path, dns_server: TestDNSServer,
