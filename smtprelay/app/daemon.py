@@ -26,12 +26,14 @@ from smtprelay.delivery.capture import CaptureTransport
 from smtprelay.delivery.dns import MXResolver
 from smtprelay.delivery.ip_pools import SourceChooser, export_metrics, unbindable
 from smtprelay.delivery.mail_from import MailFromChecks
+from smtprelay.delivery.mta_sts_store import StsPolicyStore
 from smtprelay.delivery.notify_sender import DSNFactory
 from smtprelay.delivery.pool import ConnectionPool
 from smtprelay.delivery.providers import Providers, bundled
 from smtprelay.delivery.scheduler import DeliveryPolicy, Scheduler, Transport
 from smtprelay.delivery.simulator import SimulatorTransport
 from smtprelay.delivery.smtp_transport import SMTPTransport
+from smtprelay.delivery.tls_policy import TLSPlanner
 from smtprelay.delivery.tls_report import TLSReportCollector, TLSReportStore, database_path
 from smtprelay.delivery.tls_report_send import TLSReporter
 from smtprelay.events.engagement import EngagementRecorder
@@ -205,6 +207,8 @@ class Relay:
         self.tls_collector: TLSReportCollector | None = None
         self.tls_reporter: TLSReporter | None = None
         self._tls_round: asyncio.Future[Any] | None = None
+        # MTA-STS policies that outlive a restart (mx mode).
+        self.sts_store: StsPolicyStore | None = None
 
     @property
     def config(self) -> Config:
@@ -270,6 +274,11 @@ class Relay:
             dns_settings.nameservers or None, timeout=dns_settings.timeout))
         await self.mail_from.start(first_within=dns_settings.timeout + 1.0)
         await self._start_tls_counting()
+        if cfg.delivery.mode == "mx":
+            self.sts_store = StsPolicyStore(cfg.state_path)
+            gone = await asyncio.to_thread(self.sts_store.purge, time.time())
+            if gone:
+                log.info("MTA-STS: %d cached policies past their max_age dropped", gone)
         transport = self._transport()
         if transport is not None:
             # The mailbox simulator answers its domain in every delivery mode. It wakes
@@ -556,7 +565,8 @@ class Relay:
                               idle_timeout=delivery.idle_timeout, leases=self.leases)
         self.transport = SMTPTransport(
             self.live, resolver, pool, self.sources,
-            on_tls_outcome=self.tls_collector.record if self.tls_collector else None)
+            on_tls_outcome=self.tls_collector.record if self.tls_collector else None,
+            planner=TLSPlanner(self.live, sts_store=self.sts_store))
         for problem in unbindable(self.config):
             log.error("%s", problem)
         self._pool = pool
@@ -667,6 +677,8 @@ class Relay:
             await self.mail_from.stop()
         if self.transport is not None:
             await self.transport.close()
+        if self.sts_store is not None:  # after the transport: a refresh may be writing
+            await asyncio.to_thread(self.sts_store.close)
         # After the transport: the sessions it closed were counted.
         if self.tls_collector is not None:
             await self.tls_collector.close()

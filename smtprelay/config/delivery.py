@@ -88,7 +88,8 @@ class MtaStsConfig(Model):
     enabled: bool = True
     # The HTTPS port of policy hosts; 443 on the Internet (tests use another).
     port: int = Field(default=443, ge=1, le=65535)
-    # Policies kept in memory (least recently used dropped first), each for its max_age.
+    # Policies kept in memory (least recently used dropped first), each for its max_age;
+    # all of them are also kept in data_dir/state.db, so they outlive a restart.
     cache_size: int = Field(default=10000, ge=1)
     # Longest wait for a policy file (RFC 8461 3.3 suggests a minute at most).
     fetch_timeout: Duration = 60.0

@@ -18,8 +18,12 @@ resolver), as every other name delivery uses; the TLS certificate is still check
 against the name, so only the address comes from there.
 
 The cache lives in memory, bounded by delivery.mta_sts.cache_size (least recently
-used dropped first): after a restart policies are fetched again, which RFC 8461 10.2
-allows (it recommends, but does not require, a persistent cache).
+used dropped first), and on disk (delivery.mta_sts_store): a policy fetched before a
+restart stays in force after it until its max_age is over, as RFC 8461 10.2 means the
+cache to. A policy in use is fetched again once half its max_age has passed, in the
+background (without delaying the delivery that noticed), so that a domain with steady
+traffic never has its policy expire and start cold; a failed refresh is tried again an
+hour later at the soonest, and the cached policy stays in force meanwhile.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import asyncio
 import logging
 import re
 import socket
+import sqlite3
 import ssl
 import time
 from collections import OrderedDict
@@ -44,6 +49,7 @@ import dns.rdatatype
 import dns.resolver
 
 from smtprelay.delivery.dane import make_resolver
+from smtprelay.delivery.mta_sts_store import StoredPolicy, StsPolicyStore
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,10 @@ MAX_MAX_AGE = 31557600  # RFC 8461 3.2: about a year
 MAX_TXT_TTL = 3600.0
 NEGATIVE_TXT_TTL = 300.0
 FAILED_TXT_TTL = 30.0
+# A policy in use is fetched again after this share of its max_age; a refresh that
+# failed is tried again after REFRESH_RETRY seconds at the soonest.
+REFRESH_AFTER = 0.5
+REFRESH_RETRY = 3600.0
 _TXT_ID = re.compile(r"[A-Za-z0-9]{1,32}")
 _WELL_KNOWN = "/.well-known/mta-sts.txt"
 
@@ -183,6 +193,7 @@ class _Cached:
     policy: StsPolicy
     policy_id: str
     expires: float  # on MtaSts's clock
+    refresh_at: float  # on MtaSts's clock: fetch it again in the background from then
 
 
 class _FetchFailed(Exception):
@@ -197,8 +208,11 @@ class MtaSts:
 
     def __init__(self, nameservers: Sequence[str], *, timeout: float = 5.0, port: int = 443,
                  ca_file: str | None = None, cache_size: int = 10000,
-                 fetch_timeout: float = 60.0, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 fetch_timeout: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 store: StsPolicyStore | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
+        """`store`: where policies outlive the process (None: memory only); `wall`: the
+        clock of its expiry times, which must survive a restart (`clock` need not)."""
         self._dns = make_resolver(nameservers, timeout)
         self.port = port
         self._ca_file = ca_file
@@ -206,8 +220,14 @@ class MtaSts:
         self._cache_size = cache_size
         self._fetch_timeout = fetch_timeout
         self._clock = clock
+        self._store = store
+        self._wall = wall
+        # Domains the store was asked for and has no policy of: memory is up to date
+        # for them (every policy fetched since is written through it).
+        self._not_stored: OrderedDict[str, None] = OrderedDict()
         self._session: aiohttp.ClientSession | None = None
         self._inflight: dict[str, asyncio.Task[StsLookup]] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
         # domain -> (the TXT record's id or None, when to ask again)
         self._txt: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
 
@@ -225,11 +245,11 @@ class MtaSts:
             log.exception("MTA-STS lookup for %s failed", domain)
             return StsLookup(None, "sts-policy-fetch-error", f"internal error: {exc!r}")
 
-    def forget(self, domain: str) -> None:
-        self._cache.pop(domain.lower(), None)
-        self._txt.pop(domain.lower(), None)
-
     async def close(self) -> None:
+        refreshes = list(self._refreshing.values())
+        for task in refreshes:
+            task.cancel()
+        await asyncio.gather(*refreshes, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -246,13 +266,69 @@ class MtaSts:
         self._cache.move_to_end(domain)
         return entry
 
+    async def _stored(self, domain: str) -> _Cached | None:
+        """The policy the store kept for `domain` (from before a restart, or dropped
+        from memory as least recently used), back in memory."""
+        if self._store is None or domain in self._not_stored:
+            return None
+        policy = found = None
+        try:
+            found = await asyncio.to_thread(self._store.get, domain, self._wall())
+        except (sqlite3.Error, OSError) as exc:  # once per domain: then memory rules
+            log.error("MTA-STS policy of %s not read from %s: %s", domain,
+                      self._store.path, exc)
+        if found is not None:
+            try:
+                policy = parse_policy(found.text)
+            except StsPolicyError as exc:  # it parsed when fetched: a damaged row
+                log.error("MTA-STS policy of %s in %s not used: %s", domain,
+                          self._store.path, exc)
+        if found is None or policy is None:
+            self._not_stored[domain] = None
+            self._not_stored.move_to_end(domain)
+            while len(self._not_stored) > self._cache_size:
+                self._not_stored.popitem(last=False)
+            return None
+        # From wall-clock times to this process's clock.
+        offset = self._clock() - self._wall()
+        entry = _Cached(policy, found.policy_id, found.expires_at + offset,
+                        found.fetched_at + policy.max_age * REFRESH_AFTER + offset)
+        self._remember(domain, entry)
+        return entry
+
+    def _remember(self, domain: str, entry: _Cached) -> None:
+        self._cache[domain] = entry
+        self._cache.move_to_end(domain)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def _keep(self, domain: str, policy: StsPolicy, policy_id: str) -> None:
+        """A policy just fetched: in force from now for its max_age, in memory and in
+        the store."""
+        now = self._clock()
+        self._remember(domain, _Cached(policy, policy_id, now + policy.max_age,
+                                       now + policy.max_age * REFRESH_AFTER))
+        if self._store is None:
+            return
+        wall = self._wall()
+        stored = StoredPolicy(policy_id, policy.text, wall, wall + policy.max_age)
+        try:
+            await asyncio.to_thread(self._store.put, domain, stored)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("MTA-STS policy of %s not saved to %s (in force until a restart): %s",
+                      domain, self._store.path, exc)
+            return
+        self._not_stored.pop(domain, None)
+
     async def _lookup(self, domain: str) -> StsLookup:
-        cached = self._cached(domain)
+        cached = self._cached(domain) or await self._stored(domain)
         policy_id = await self._txt_id(domain)
         if policy_id is None:
             # No (usable) record, or DNS could not say: the cache, if any, still rules.
             return StsLookup(cached.policy if cached else None)
         if cached is not None and cached.policy_id == policy_id:
+            if cached.refresh_at <= self._clock():
+                self._refresh_later(domain, cached)
             return StsLookup(cached.policy)
         try:
             policy = await self._fetch(domain)
@@ -260,13 +336,36 @@ class MtaSts:
             log.warning("MTA-STS policy of %s not fetched (%s): %s", domain, exc.failure,
                         exc.detail)
             return StsLookup(cached.policy if cached else None, exc.failure, exc.detail)
-        self._cache[domain] = _Cached(policy, policy_id, self._clock() + policy.max_age)
-        self._cache.move_to_end(domain)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        await self._keep(domain, policy, policy_id)
         log.info("MTA-STS policy of %s: mode %s, mx %s, max_age %d", domain,
                  policy.mode.value, ",".join(policy.mx), policy.max_age)
         return StsLookup(policy)
+
+    def _refresh_later(self, domain: str, cached: _Cached) -> None:
+        if domain in self._refreshing:
+            return
+        # Not before an hour from now, whatever comes of this one.
+        cached.refresh_at = self._clock() + REFRESH_RETRY
+        task = asyncio.get_running_loop().create_task(self._refresh(domain, cached))
+        self._refreshing[domain] = task
+        task.add_done_callback(lambda _: self._refreshing.pop(domain, None))
+
+    async def _refresh(self, domain: str, cached: _Cached) -> None:
+        try:
+            policy = await self._fetch(domain)
+        except _FetchFailed as exc:
+            log.info("MTA-STS policy of %s not refreshed (%s): %s; the cached one stays "
+                     "in force until its max_age is over", domain, exc.failure, exc.detail)
+            return
+        except Exception:  # a bug here must not leave an exception nobody retrieves
+            log.exception("MTA-STS refresh of %s failed", domain)
+            return
+        current = self._cache.get(domain)
+        if current is not None and current.policy_id != cached.policy_id:
+            return  # a new id was published and its policy fetched meanwhile
+        await self._keep(domain, policy, cached.policy_id)
+        log.info("MTA-STS policy of %s refreshed: mode %s, max_age %d", domain,
+                 policy.mode.value, policy.max_age)
 
     async def _txt_id(self, domain: str) -> str | None:
         cached = self._txt.get(domain)

@@ -34,6 +34,7 @@ from smtprelay.delivery.client import ClientSettings, ConnectError, TLSPolicy
 from smtprelay.delivery.dane import DaneResolver, Security
 from smtprelay.delivery.model import Destination, Verdict
 from smtprelay.delivery.mta_sts import MtaSts, StsLookup, StsMode
+from smtprelay.delivery.mta_sts_store import StsPolicyStore
 
 log = logging.getLogger("smtprelay.delivery.tls")
 
@@ -61,10 +62,14 @@ class TLSPlanner:
     """Plans each delivery's TLS from the configuration in force; keeps the MTA-STS
     policy cache and the DANE lookups' cache across messages."""
 
-    def __init__(self, live: ConfigSource, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, live: ConfigSource, *, clock: Callable[[], float] = time.monotonic,
+                 sts_store: StsPolicyStore | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
+        """`sts_store`: where MTA-STS policies outlive a restart (None: memory only)."""
         self._live = live
         self._clock = clock
+        self._sts_store = sts_store
+        self._wall = wall
         self._sts: tuple[tuple[object, ...], MtaSts] | None = None
         self._dane: tuple[tuple[object, ...], DaneResolver] | None = None
 
@@ -149,7 +154,8 @@ class TLSPlanner:
                                      port=sts_config.port, ca_file=ca_file,
                                      cache_size=sts_config.cache_size,
                                      fetch_timeout=sts_config.fetch_timeout,
-                                     clock=self._clock))
+                                     clock=self._clock, store=self._sts_store,
+                                     wall=self._wall))
         return await self._sts[1].lookup(domain)
 
     @staticmethod

@@ -79,6 +79,29 @@ def test_mta_sts_enforce_skips_and_holds_mx_hosts_outside_the_policy(
     assert policies.fetches == {"enforce.test": 1, "held.test": 1}
 
 
+def test_mta_sts_policy_holds_across_a_restart_of_the_relay(
+        net: World, issuer: Issuer, policies: PolicyServer) -> None:
+    net.dns.add("_mta-sts.held.test", "TXT", '"v=STSv1; id=1;"')
+    net.dns.add("mta-sts.held.test", "A", POLICY_HOST)
+    policies.policies["held.test"] = policy("enforce", "*.held.test")
+    rogue = mx_host(net, "held.test", "mx.rogue.test", issuer.issue("mx.rogue.test"))
+    settings = {"tls_ca_file": str(issuer.ca_file),
+                "mta_sts": {"port": policies.port, "fetch_timeout": "5s"}}
+    net.start(**settings)
+    before = net.submit(["a@held.test"])
+    wait_for(lambda: state(net, before)[0] == "deferred")
+    net.stop()
+    # While the relay is down, the record and the policy file go (an attacker on the
+    # path); the policy fetched before the restart still holds the mail back.
+    net.dns.remove("_mta-sts.held.test", "TXT")
+    del policies.policies["held.test"]
+    net.start(**settings)
+    after = net.submit(["b@held.test"])
+    wait_for(lambda: state(net, after)[0] == "deferred")
+    assert "MTA-STS" in (state(net, after)[1] or "")
+    assert not rogue.sessions and policies.fetches == {"held.test": 1}
+
+
 def test_require_verified_from_the_configuration_file(net: World) -> None:
     sink = mx_host(net, "strict.test", "mx.strict.test", None)  # self-signed
     net.start(tls="require_verified")

@@ -1,6 +1,9 @@
-"""MTA-STS's pure parts: the policy file, the TXT record, MX patterns (RFC 8461)."""
+"""MTA-STS's pure parts: the policy file, the TXT record, MX patterns (RFC 8461); and the
+store that keeps policies over a restart."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +14,7 @@ from smtprelay.delivery.mta_sts import (
     parse_policy,
     parse_txt,
 )
+from smtprelay.delivery.mta_sts_store import StoredPolicy, StsPolicyStore
 
 
 def test_a_policy_parses_with_crlf_or_lf_and_ignores_unknown_keys() -> None:
@@ -63,3 +67,22 @@ def test_txt_records() -> None:
     for bad in (["v=STSv1;"], ["v=STSv1; id=has-dash"], ["v=STSv1; id=" + "a" * 33]):
         with pytest.raises(StsPolicyError):
             parse_txt(bad)
+
+
+def test_the_store_keeps_each_domain_s_latest_policy_until_it_expires(tmp_path: Path) -> None:
+    store = StsPolicyStore(tmp_path / "state.db")
+    try:
+        store.put("a.test", StoredPolicy("1", "version: STSv1\n", 1000.0, 1600.0))
+        store.put("b.test", StoredPolicy("7", "version: STSv1\n", 1000.0, 5000.0))
+        store.put("a.test", StoredPolicy("2", "mode: x\n", 1200.0, 1800.0))  # replaces
+        assert store.get("a.test", 1799.0) == StoredPolicy("2", "mode: x\n", 1200.0, 1800.0)
+        assert store.get("a.test", 1800.0) is None  # max_age over
+        assert store.get("c.test", 0.0) is None
+        assert store.purge(1800.0) == 1
+        # Another process (a restart) reads what this one wrote.
+        again = StsPolicyStore(tmp_path / "state.db")
+        assert again.get("b.test", 1900.0) == StoredPolicy("7", "version: STSv1\n",
+                                                           1000.0, 5000.0)
+        again.close()
+    finally:
+        store.close()

@@ -10,6 +10,7 @@ the transport reported, what the sinks received and the TLSOutcome it made.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import random
@@ -22,6 +23,8 @@ from cryptography.hazmat.primitives import serialization
 
 from smtprelay.delivery.dns import MXResolver
 from smtprelay.delivery.model import RecipientResult, Transaction, Verdict
+from smtprelay.delivery.mta_sts import MtaSts
+from smtprelay.delivery.mta_sts_store import StsPolicyStore
 from smtprelay.delivery.pool import ConnectionPool
 from smtprelay.delivery.smtp_transport import SMTPTransport
 from smtprelay.delivery.tls_outcome import TLSOutcome
@@ -34,6 +37,7 @@ from tests.unbound import Unbound
 from tests.unit.delivery.kit import BODY, SENDER, MonotonicClock, live, make_config, queued
 
 POLICY_HOST = "127.0.0.200"
+WALL_START = 1_800_000_000.0
 # The policy server's certificate names these domains' mta-sts hosts (not others).
 STS_DOMAINS = ("enforce.test", "testing.test", "cached.test", "aged.test", "gone.test")
 
@@ -55,7 +59,10 @@ class World:
         self.port = free_port()
         self.outcomes: list[TLSOutcome] = []
         self.clock = MonotonicClock()
+        # The wall clock moves with the monotonic one (MTA-STS expiry times on disk).
+        self.wall = lambda: WALL_START + self.clock.offset
         self.transports: list[SMTPTransport] = []
+        self.stores: list[StsPolicyStore] = []
         self._last = 1
 
     def address(self) -> str:
@@ -78,8 +85,15 @@ class World:
         self.dns.add(f"mta-sts.{domain}", "A", POLICY_HOST)
         self.policies.policies[domain] = text
 
+    def sts_store(self, path: Path | None = None) -> StsPolicyStore:
+        """The state database's MTA-STS tables, as a daemon start opens them."""
+        store = StsPolicyStore(path or self.tmp_path / "state.db")
+        self.stores.append(store)
+        return store
+
     def transport(self, *, configuration_sets: dict[str, Any] | None = None,
-                  nameserver: str | None = None, **delivery: Any) -> SMTPTransport:
+                  nameserver: str | None = None, sts_store: StsPolicyStore | None = None,
+                  **delivery: Any) -> SMTPTransport:
         settings: dict[str, Any] = {
             "port": self.port, "tls_ca_file": str(self.issuer.ca_file),
             "dns": {"nameservers": [nameserver or self.dns.nameserver], "timeout": "2s"},
@@ -91,7 +105,8 @@ class World:
                               rng=random.Random(1))
         pool = ConnectionPool(max_connections=10, max_per_domain=10, idle_timeout=30.0)
         transport = SMTPTransport(holder, resolver, pool, on_tls_outcome=self.outcomes.append,
-                                  planner=TLSPlanner(holder, clock=self.clock))
+                                  planner=TLSPlanner(holder, clock=self.clock,
+                                                     sts_store=sts_store, wall=self.wall))
         self.transports.append(transport)
         return transport
 
@@ -120,6 +135,8 @@ async def world(tmp_path: Path, dns_server: TestDNSServer, sinks: SinkFactory,
     finally:
         for transport in w.transports:
             await transport.close()
+        for store in w.stores:
+            store.close()
         await server.stop()
 
 
@@ -310,6 +327,110 @@ async def test_mta_sts_cached_policy_holds_for_max_age_then_expires(world: World
     world.clock.advance(2)
     assert (await world.send(transport, "aged.test")).verdict is Verdict.DELIVERED
     assert world.policies.fetches["aged.test"] == 1
+
+
+async def test_mta_sts_policy_outlives_a_restart(world: World) -> None:
+    world.mx_host("aged.test", "mx.rogue.test", world.issuer.issue("mx.rogue.test"))
+    world.sts("aged.test", policy("enforce", "mx1.aged.test", max_age=600))
+    before = world.transport(sts_store=world.sts_store())
+    assert (await world.send(before, "aged.test")).verdict is Verdict.DEFERRED
+    await before.close()
+    # The relay restarts; an attacker now strips the TXT record and blocks the policy
+    # host. The policy from before the restart still sends nothing to the rogue MX.
+    world.dns.remove("_mta-sts.aged.test", "TXT")
+    del world.policies.policies["aged.test"]
+    world.clock.advance(599)
+    after = world.transport(sts_store=world.sts_store())
+    result = await world.send(after, "aged.test")
+    assert result.verdict is Verdict.DEFERRED and "MTA-STS" in result.diagnostic
+    assert world.policies.fetches["aged.test"] == 1
+    world.clock.advance(2)  # its max_age is over, counted from the fetch before the restart
+    assert (await world.send(after, "aged.test")).verdict is Verdict.DELIVERED
+
+
+async def test_mta_sts_store_that_cannot_be_opened_leaves_the_policy_in_memory(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    world.mx_host("aged.test", "mx.rogue.test", world.issuer.issue("mx.rogue.test"))
+    world.sts("aged.test", policy("enforce", "mx1.aged.test"))
+    (world.tmp_path / "a-directory.db").mkdir()
+    transport = world.transport(sts_store=world.sts_store(world.tmp_path / "a-directory.db"))
+    with caplog.at_level(logging.ERROR):
+        for _ in range(2):
+            assert (await world.send(transport, "aged.test")).verdict is Verdict.DEFERRED
+    assert world.policies.fetches["aged.test"] == 1
+    assert "a-directory.db" in caplog.text and "not saved" in caplog.text
+    assert caplog.text.count("not read from") == 1  # not once per message
+
+
+def mta_sts(world: World, store: StsPolicyStore) -> MtaSts:
+    return MtaSts([world.dns.nameserver], port=world.policies.port,
+                  ca_file=str(world.issuer.ca_file), clock=world.clock, store=store,
+                  wall=world.wall)
+
+
+async def saved(store: StsPolicyStore, domain: str, now: float, *, after: float) -> float:
+    """When the stored policy of `domain` was fetched, once that is later than `after`
+    (a background refresh writes it)."""
+    for _ in range(500):
+        found = await asyncio.to_thread(store.get, domain, now)
+        if found is not None and found.fetched_at > after:
+            return found.fetched_at
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no policy of {domain} saved after {after}")
+
+
+async def test_mta_sts_policy_in_use_is_refreshed_before_it_expires(world: World) -> None:
+    world.sts("cached.test", policy("enforce", "mx1.cached.test", max_age=1000))
+    store = world.sts_store()
+    sts = mta_sts(world, store)
+    try:
+        assert (await sts.lookup("cached.test")).policy is not None
+        world.clock.advance(499)  # less than half its max_age: used as it is
+        assert (await sts.lookup("cached.test")).policy is not None
+        assert world.policies.fetches["cached.test"] == 1
+        world.clock.advance(2)  # past half: used, and fetched again in the background
+        assert (await sts.lookup("cached.test")).policy is not None
+        assert await saved(store, "cached.test", world.wall(), after=WALL_START) == (
+            WALL_START + 501)
+        assert world.policies.fetches["cached.test"] == 2
+        # The refresh counts max_age from itself: at 1100 s the policy is still in force
+        # though the record and the policy host are gone.
+        world.dns.remove("_mta-sts.cached.test", "TXT")
+        del world.policies.policies["cached.test"]
+        world.clock.advance(599)
+        assert (await sts.lookup("cached.test")).policy is not None
+        world.clock.advance(401)  # 1000 s after the refresh
+        assert (await sts.lookup("cached.test")).policy is None
+    finally:
+        await sts.close()
+
+
+async def test_mta_sts_failed_refresh_keeps_the_policy_and_waits_an_hour(
+        world: World) -> None:
+    world.sts("cached.test", policy("enforce", "mx1.cached.test", max_age=86400))
+    store = world.sts_store()
+    sts = mta_sts(world, store)
+    try:
+        assert (await sts.lookup("cached.test")).policy is not None
+        del world.policies.policies["cached.test"]  # the policy host answers 404 now
+        world.clock.advance(43201)
+        assert (await sts.lookup("cached.test")).policy is not None
+        for _ in range(500):  # the background refresh asks, and fails
+            if world.policies.fetches["cached.test"] == 2:
+                break
+            await asyncio.sleep(0.01)
+        world.clock.advance(3599)
+        for _ in range(3):  # within the hour: not asked again
+            assert (await sts.lookup("cached.test")).policy is not None
+        assert world.policies.fetches["cached.test"] == 2
+        world.policies.policies["cached.test"] = policy("enforce", "mx1.cached.test",
+                                                        max_age=86400)
+        world.clock.advance(2)
+        assert (await sts.lookup("cached.test")).policy is not None
+        assert await saved(store, "cached.test", world.wall(), after=WALL_START) == (
+            WALL_START + 43201 + 3601)
+    finally:
+        await sts.close()
 
 
 async def test_mta_sts_policy_host_with_a_wrong_certificate_is_no_policy(
