@@ -395,6 +395,8 @@ class AdminAPI:
         r.add_get(f"{PREFIX}/queue/{{message_id}}", self.queue_get)
         r.add_delete(f"{PREFIX}/queue/{{message_id}}", self.queue_delete)
         r.add_post(f"{PREFIX}/queue/{{message_id}}/retry", self.queue_retry)
+        r.add_post(f"{PREFIX}/queue/{{message_id}}/hold", self.queue_hold)
+        r.add_post(f"{PREFIX}/queue/{{message_id}}/release", self.queue_release)
         sets = f"{PREFIX}/configuration-sets"
         r.add_get(sets, self.sets_list)
         r.add_get(f"{sets}/{{name}}", self.set_get)
@@ -508,6 +510,20 @@ class AdminAPI:
         due = await asyncio.to_thread(queue_ops.retry, self._queue, message_id, self._clock())
         self._services.wake_scheduler()
         log.info("admin api: msg=%s %d recipient(s) due now", message_id, due)
+        return web.json_response({"message_id": message_id, "recipients_due": due})
+
+    async def queue_hold(self, request: web.Request) -> web.Response:
+        message_id = request.match_info["message_id"]
+        held = await asyncio.to_thread(queue_ops.hold, self._queue, message_id)
+        log.info("admin api: msg=%s %d recipient(s) held", message_id, held)
+        return web.json_response({"message_id": message_id, "recipients_held": held})
+
+    async def queue_release(self, request: web.Request) -> web.Response:
+        message_id = request.match_info["message_id"]
+        due = await asyncio.to_thread(queue_ops.release, self._queue, message_id,
+                                      self._clock())
+        self._services.wake_scheduler()
+        log.info("admin api: msg=%s released, %d recipient(s) due now", message_id, due)
         return web.json_response({"message_id": message_id, "recipients_due": due})
 
     async def queue_retry_all(self, _request: web.Request) -> web.Response:

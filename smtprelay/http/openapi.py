@@ -233,6 +233,12 @@ _SCHEMAS: dict[str, Any] = {
                        "recipients_due": {"type": "integer", "minimum": 0}},
         "required": ["message_id", "recipients_due"], "additionalProperties": False,
     },
+    "HoldResult": {
+        "type": "object",
+        "properties": {"message_id": {"type": "string"},
+                       "recipients_held": {"type": "integer", "minimum": 1}},
+        "required": ["message_id", "recipients_held"], "additionalProperties": False,
+    },
     "MessageDeleted": {
         "type": "object",
         "properties": {"message_id": {"type": "string"}, "deleted": {"const": True}},
@@ -626,6 +632,21 @@ _PATHS: dict[str, Any] = {
     },
     "/queue/{message_id}/retry": {"post": {
         "operationId": "retryMessage", "summary": "A message's waiting recipients due now.",
+        "parameters": [_MESSAGE_ID],
+        "responses": {**_ok("How many recipients are due.", "RetryResult"),
+                      **_errors(404, 409)}}},
+    "/queue/{message_id}/hold": {"post": {
+        "operationId": "holdMessage",
+        "summary": "Keep a message's waiting recipients from delivery until it is released "
+                   "or retried (smtprelay queue hold); a flush leaves it held. 409: no "
+                   "recipient is waiting.",
+        "parameters": [_MESSAGE_ID],
+        "responses": {**_ok("How many recipients are held.", "HoldResult"),
+                      **_errors(404, 409)}}},
+    "/queue/{message_id}/release": {"post": {
+        "operationId": "releaseMessage",
+        "summary": "A held message's recipients due now (smtprelay queue release). 409: "
+                   "the message is not held.",
         "parameters": [_MESSAGE_ID],
         "responses": {**_ok("How many recipients are due.", "RetryResult"),
                       **_errors(404, 409)}}},

@@ -233,16 +233,22 @@ def net(admin_env: None, net: World) -> World:
     return net
 
 
-def test_queue_list_show_retry_and_delete_a_message_a_host_keeps_deferring(
-        net: World) -> None:
+def deferred_and_delivered(net: World) -> tuple[RunningRelay, Admin, str, str]:
+    """A relay whose MX keeps deferring a@dest.test (next try in an hour) and took
+    b@dest.test: the relay, its admin client, and the two messages' ids."""
     net.smtp_host("dest.test", rcpt_replies={"a@dest.test": "451 4.2.0 greylisted"})
     relay = net.start(top={"http": ADMIN_HTTP},
                       retry={"first": "1h", "max_interval": "2h", "max_lifetime": "1d"})
-    admin = Admin(relay.http_port)
-    held = net.submit(["a@dest.test"])
+    deferred = net.submit(["a@dest.test"])
     delivered = net.submit(["b@dest.test"])
-    net.wait_states(held, {"a@dest.test": "deferred"})
+    net.wait_states(deferred, {"a@dest.test": "deferred"})
     net.wait_final(delivered)
+    return relay, Admin(relay.http_port), deferred, delivered
+
+
+def test_queue_list_show_retry_and_delete_a_message_a_host_keeps_deferring(
+        net: World) -> None:
+    relay, admin, held, delivered = deferred_and_delivered(net)
 
     waiting = admin.get("/api/v1/queue?state=deferred").json
     assert [m["id"] for m in waiting["items"]] == [held]
@@ -285,6 +291,32 @@ def test_queue_list_show_retry_and_delete_a_message_a_host_keeps_deferring(
     assert admin.get("/api/v1/queue?state=pending").json["items"] == []
     assert admin.get("/api/v1/queue?state=resting").status == 400
     assert admin.call("PATCH", "/api/v1/queue").status == 405
+
+
+def test_queue_hold_keeps_a_message_through_a_flush_until_released(net: World) -> None:
+    _, admin, waiting, delivered = deferred_and_delivered(net)
+
+    held = admin.post(f"/api/v1/queue/{waiting}/hold")
+    assert held.status == 200 and held.json == {"message_id": waiting, "recipients_held": 1}
+    assert [m["id"] for m in admin.get("/api/v1/queue?state=held").json["items"]] == [waiting]
+    assert admin.get(f"/api/v1/queue/{waiting}").json["recipients"][0]["held"] is True
+    assert admin.post(f"/api/v1/queue/{waiting}/hold").status == 409  # nothing left to hold
+    # A flush leaves it held: nothing is due.
+    assert admin.post("/api/v1/queue/retry").json["recipients_due"] == 0
+    assert net.message(waiting).recipients[0].attempts == 1
+
+    released = admin.post(f"/api/v1/queue/{waiting}/release")
+    assert released.status == 200 and released.json == {"message_id": waiting,
+                                                         "recipients_due": 1}
+    wait_for(lambda: net.message(waiting).recipients[0].attempts == 2)
+    again = admin.post(f"/api/v1/queue/{waiting}/release")
+    assert again.status == 409 and "not held" in again.json["error"]["message"]
+    finished = admin.post(f"/api/v1/queue/{delivered}/hold")
+    assert finished.status == 409
+    for action in ("hold", "release"):
+        gone = admin.post(f"/api/v1/queue/no-such-message/{action}")
+        assert gone.status == 404 and "no-such-message" in gone.json["error"]["message"]
+    assert net.message(delivered).recipients[0].state.value == "delivered"
 
 
 # ------------------------------------------------------------------------- pauses
