@@ -99,10 +99,13 @@ class Relay:
     built in `start()`, each after what it needs.
     """
 
-    def __init__(self, config: Config, path: str | None = None) -> None:
-        # The configuration file: worker processes (server.workers) read it themselves.
+    def __init__(self, config: Config, path: str | None = None, source: str = "") -> None:
+        # The configuration file and the text `config` was read from: worker processes
+        # (server.workers) are handed the text, and that of each reload since, rather
+        # than reading a file that may have changed (or broken) since without a reload.
         self.path = path
-        self.live = Live(config)
+        self._source_at_start = source
+        self.live = Live(config, source=source)
         # DSNs to senders; the delivery mode and `delivery.dsn` need a restart.
         self._dsns = _dsn_factory(config)
         self.spool = Spool(config.spool_path,
@@ -232,7 +235,7 @@ class Relay:
             # from any thread, as tests call reload from theirs.
             asyncio.run_coroutine_threadsafe(self.http.reload_certificates(), self._loop)
         if self.workers is not None:
-            self.workers.reload()  # each reads the file after us
+            self.workers.reload()  # each asks us for the text now in force
 
     async def start(self) -> None:
         cfg = self.config
@@ -500,7 +503,9 @@ class Relay:
         assert self.engagements is not None  # made before the listeners
         serve_engagements(self._channel, self.engagements)
         self.workers = WorkerSet(count, self.path, sockets, self._channel, metrics_dir,
-                                 http_sockets=self._http_sockets)
+                                 http_sockets=self._http_sockets,
+                                 config_texts=lambda: (self._source_at_start,
+                                                       self.live.source))
         await self.workers.start()
 
     async def _refresh_pauses(self) -> None:
@@ -732,8 +737,8 @@ def _dsn_factory(config: Config) -> DSNFactory | None:
                       return_full_message=delivery.dsn.return_content == "full")
 
 
-async def serve(config: Config, path: str | None = None) -> None:
-    relay = Relay(config, path)
+async def serve(config: Config, path: str | None = None, source: str = "") -> None:
+    relay = Relay(config, path, source)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -754,7 +759,7 @@ async def serve(config: Config, path: str | None = None) -> None:
     log.info("stopped")
 
 
-def run(config: Config, path: str | None = None) -> None:
+def run(config: Config, path: str | None = None, source: str = "") -> None:
     """Check every file first (ConfigError), then hold data_dir (DataDirError), then serve."""
     from smtprelay.app import datadir
 
@@ -765,6 +770,6 @@ def run(config: Config, path: str | None = None) -> None:
         try:
             import uvloop
         except ImportError:
-            asyncio.run(serve(config, path))
+            asyncio.run(serve(config, path, source))
         else:
-            uvloop.run(serve(config, path))
+            uvloop.run(serve(config, path, source))

@@ -52,11 +52,14 @@ class Live:
 
     def __init__(self, config: Config, *, signer: dkim.Signer | None = None,
                  keyring: tokens.KeyRing | None = None, smarthost_password: str | None = None,
-                 tls_context: ssl.SSLContext | None = None) -> None:
+                 tls_context: ssl.SSLContext | None = None, source: str = "") -> None:
         self._now = _InForce(config, signer if signer is not None else dkim.Signer(),
                              keyring if keyring is not None else tokens.KeyRing(),
                              smarthost_password)
         self._tls = tls_context
+        # The text of the file `config` was read from, then of each reload's: what a
+        # worker process started later is handed (app.workers).
+        self.source = source
 
     @property
     def config(self) -> Config:
@@ -93,16 +96,18 @@ class Live:
         self._now = _InForce(config, signer, keyring, password)
         self._tls = tls_context
 
-    def reload(self, path: str) -> bool:
-        """SIGHUP: the configuration at `path` with its DKIM keys and smarthost password,
-        and the tracking keys again (after `smtprelay tracking-keys rotate`).
+    def reload(self, path: str, text: str | None = None) -> bool:
+        """SIGHUP: the configuration at `path` (or `text`, as that file) with its DKIM
+        keys and smarthost password, and the tracking keys again (after `smtprelay
+        tracking-keys rotate`).
 
         False, with the reason logged and nothing changed, when the file, a DKIM key, the
         smarthost password or the tracking keys cannot be used. Restart-only keys keep
         their running values, with a warning.
         """
         try:
-            new = preflight.load_checked(path).config
+            loaded = preflight.load_checked(path, text=text)
+            new = loaded.config
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", "; ".join(
                 exc.problems))
@@ -122,6 +127,7 @@ class Live:
             log.error("reload refused, keeping the running config: %s", exc)
             return False
         self._now = _InForce(config, signer, keyring, password)
+        self.source = loaded.text
         _log_dkim(signer)
         log.info("tracking keys loaded: signing with key %d", keyring.active().id)
         log.info("configuration reloaded from %s", path)

@@ -20,20 +20,25 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from smtprelay.config import Config, ConfigError, LoadedConfig, load_config
+from smtprelay.config import Config, ConfigError, LoadedConfig, load_config, parse_config
 from smtprelay.delivery.providers import ProviderTableError, load_table
 from smtprelay.delivery.smtp_transport import SmarthostPasswordError, smarthost_password
 from smtprelay.infra import tls
 from smtprelay.transform import dkim, tokens
 
 
-def load_checked(path: str | Path | None, *, dkim_keys: bool = True) -> LoadedConfig:
+def load_checked(path: str | Path | None, *, dkim_keys: bool = True,
+                 text: str | None = None) -> LoadedConfig:
     """The configuration at `path`, refused (ConfigError) unless `serve` could start on it.
 
     dkim_keys=False leaves the DKIM key files out (for `smtprelay dkim keygen`, which
-    creates a key the configuration may already name).
+    creates a key the configuration may already name). `text`: that text as the file at
+    `path`, rather than what the file holds now.
     """
-    loaded = load_config(path)
+    if text is not None and path is not None:
+        loaded = parse_config(text, Path(path))
+    else:
+        loaded = load_config(path)
     found = problems(loaded.config, dkim_keys=dkim_keys)
     if found:
         raise ConfigError(loaded.path, found)

@@ -8,8 +8,10 @@ answers 250 once the supervisor has it on disk. It serves the HTTP listeners too
 clicks, opens and unsubscribes go to the supervisor's recorder over the channel, and
 every other request to the supervisor's HTTP server (smtprelay.http.forward). What
 every worker must agree on (rates, quotas, lockouts, connection counts) it asks the
-supervisor's shared state. It reads the configuration, the keys and the state database
-itself, as the CLI does. SIGHUP reloads it, SIGTERM drains its sessions; when the
+supervisor's shared state. The configuration's text comes from the supervisor (the
+text it started with, then that of its last reload: app.workers); the keys and the
+state database it reads itself, as the CLI does. SIGHUP reloads it (with the text the
+supervisor has in force), SIGTERM drains its sessions; when the
 channel closes (the supervisor is gone) it stops at once, since it could acknowledge
 nothing.
 """
@@ -25,13 +27,14 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from smtprelay.app.control import LoopLag
 from smtprelay.app.live import Live
-from smtprelay.app.workers import ENVIRONMENT
+from smtprelay.app.workers import ENVIRONMENT, read_memory_file
 from smtprelay.auth.authenticator import Authenticator
 from smtprelay.auth.stores import api_key_store, credential_store
-from smtprelay.config import Config, load_config
+from smtprelay.config import Config, LoadedConfig, load_config, parse_config
 from smtprelay.delivery.dns import MXResolver
 from smtprelay.delivery.mail_from import MailFromChecks
 from smtprelay.events.remote import RemoteEngagements
@@ -73,11 +76,15 @@ def transform_processes(setting: int | str, workers: int) -> int:
 class Worker:
     def __init__(self, config: Config, path: str, index: int, channel_fd: int,
                  sockets: dict[str, socket.socket], workers: int = 1,
-                 http_sockets: Sequence[tuple[socket.socket, bool]] = ()) -> None:
+                 http_sockets: Sequence[tuple[socket.socket, bool]] = (), *,
+                 source: str = "", in_force: str = "") -> None:
+        """`config` read from `source`, the supervisor's text at its start; `in_force`,
+        the text of its last reload, is applied over it as that reload was."""
         self.index = index
         self.workers = workers
         self.path = path
-        self.live = Live(config)
+        self.live = Live(config, source=source)
+        self._in_force = in_force
         self._channel_fd = channel_fd
         self._sockets = sockets
         self._http_sockets = http_sockets
@@ -105,6 +112,11 @@ class Worker:
         self.channel = ChannelClient(reader, writer, remote.ERRORS)
         shared = StateClient(self.channel)
         await asyncio.to_thread(self.live.open)
+        if self._in_force and self._in_force != self.live.source:
+            # Started after the supervisor reloaded: the same reload, so that the keys
+            # that need a restart keep their values from the start here too.
+            await asyncio.to_thread(self.live.reload, self.path, self._in_force)
+            config = self.live.config
         for store in (self.credentials, self.suppression, self.contacts, self.pauses.store):
             await asyncio.to_thread(store.open)
         if config.api.sesv2:
@@ -157,7 +169,22 @@ class Worker:
 
     def reload(self) -> None:
         """SIGHUP, passed on by the supervisor after its own reload."""
-        self.live.reload(self.path)
+        task = asyncio.ensure_future(self._reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload(self) -> None:
+        if self.channel is None:
+            return
+        try:
+            text = await self.channel.call("config_in_force")
+        except Exception as exc:  # the channel is closing: the worker stops anyway
+            log.error("worker %d: reload: the supervisor did not say what is in force: %s",
+                      self.index, exc)
+            return
+        # Even with the text unchanged: the DKIM and tracking keys are read again. A
+        # supervisor started without the text ("") leaves the file to be read.
+        self.live.reload(self.path, text if isinstance(text, str) and text else None)
         self.live.reload_tls()
         if self.http is not None:
             # Renewed tracking-domain certificates; the listeners stay.
@@ -222,17 +249,26 @@ async def serve(worker: Worker) -> None:
     stopping.cancel()
 
 
+def _loaded(path: str, text: str) -> LoadedConfig:
+    """The supervisor's text at its start, as the file at `path`; the file itself when
+    the supervisor had no text."""
+    return parse_config(text, Path(path)) if text else load_config(path)
+
+
 def main() -> int:
     settings = json.loads(os.environ.pop(ENVIRONMENT))  # app.workers wrote it
     path = settings["config"]
-    config = load_config(path).config
+    texts = json.loads(read_memory_file(settings["config_texts"]))
+    loaded = _loaded(path, texts["start"])
+    config = loaded.config
     logs.setup(config.logging.level, config.logging.format,
                process=f"worker{settings['index']}")
     sockets = {name: socket.socket(fileno=fd) for name, fd in settings["listeners"].items()}
     http_sockets = [(socket.socket(fileno=fd), bool(secure))
                     for fd, secure in settings.get("http", [])]
     worker = Worker(config, path, settings["index"], settings["channel"], sockets,
-                    settings.get("workers", 1), http_sockets)
+                    settings.get("workers", 1), http_sockets, source=loaded.text,
+                    in_force=texts["now"])
     try:
         import uvloop
     except ImportError:

@@ -3,8 +3,12 @@ once, starts the worker processes on them, serves their channel, and starts agai
 worker that dies.
 
 Each worker gets, as inherited file descriptors, every submission and HTTP listener's
-socket and its end of a socketpair for the channel (state.channel), and as
-SMTPRELAY_WORKER a JSON object naming them. A worker serves until its channel or its
+socket, its end of a socketpair for the channel (state.channel) and an in-memory file
+holding the configuration's text, and as SMTPRELAY_WORKER a JSON object naming them.
+The text is the supervisor's, not the file's: the text it started with and the text of
+its last reload, so a worker started again after a crash runs what the others run
+(restart-only keys included) even when the file has been edited, or broken, since; a
+reload (SIGHUP) asks the supervisor for the text in force. A worker serves until its channel or its
 SIGTERM ends it; a worker that exits otherwise is started again on the same sockets
 (connections that arrived meanwhile wait in the listen backlog), after a pause that
 doubles while workers keep dying young, so a broken install does not spin.
@@ -20,8 +24,9 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +61,13 @@ class WorkersNotListening(RuntimeError):
 class WorkerSet:
     def __init__(self, count: int, config_path: str, sockets: dict[str, socket.socket],
                  channel: ChannelServer[Holdings], metrics_dir: Path | None = None, *,
-                 http_sockets: Sequence[tuple[socket.socket, bool]] = ()) -> None:
+                 http_sockets: Sequence[tuple[socket.socket, bool]] = (),
+                 config_texts: Callable[[], tuple[str, str]] = lambda: ("", "")) -> None:
         """`sockets`: the submission listeners' by name; `http_sockets`: the HTTP
-        listeners', each with whether it is TLS (http.server.bind_listeners)."""
+        listeners', each with whether it is TLS (http.server.bind_listeners);
+        `config_texts`: the configuration's text at the supervisor's start and now (""
+        for either: the worker reads the file)."""
+        self._config_texts = config_texts
         self.count = count
         self._http_sockets = list(http_sockets)
         # Where the workers write their metrics (infra.metrics.exposition reads them).
@@ -81,6 +90,7 @@ class WorkerSet:
         self.reports: dict[int, dict[str, Any]] = {}
         channel.register("worker_ready", self._worker_ready)
         channel.register("worker_status", self._worker_status)
+        channel.register("config_in_force", self._config_in_force)
 
     @property
     def all_ready(self) -> bool:
@@ -101,6 +111,9 @@ class WorkerSet:
         if self.all_ready:
             self._all_listening.set()
         return None
+
+    async def _config_in_force(self, _: Holdings, args: tuple[object, ...]) -> object:
+        return self._config_texts()[1]
 
     async def _worker_status(self, _: Holdings, args: tuple[object, ...]) -> object:
         (report,) = args
@@ -140,19 +153,24 @@ class WorkerSet:
         self._channel.serve(reader, writer, f"worker {index}")
         listeners = {name: sock.fileno() for name, sock in self._sockets.items()}
         http = [[sock.fileno(), secure] for sock, secure in self._http_sockets]
+        at_start, in_force = self._config_texts()
+        texts = _memory_file(json.dumps({"start": at_start, "now": in_force}).encode())
         env = child_environment()
         if self._metrics_dir is not None:
             env[metrics.WORKER_METRICS_ENV] = str(self._metrics_dir)
         env[ENVIRONMENT] = json.dumps({"index": index, "workers": self.count,
                                        "config": self._config_path,
+                                       "config_texts": texts,
                                        "channel": theirs.fileno(), "listeners": listeners,
                                        "http": http})
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-P", "-m", "smtprelay.app.worker", env=env,
-                pass_fds=[theirs.fileno(), *listeners.values(), *(fd for fd, _ in http)])
+                pass_fds=[theirs.fileno(), texts, *listeners.values(),
+                          *(fd for fd, _ in http)])
         finally:
             theirs.close()
+            os.close(texts)
         self._processes[index] = process
         self._ready.pop(index, None)
         watcher = asyncio.create_task(self._watch(index, process, time.monotonic()))
@@ -211,6 +229,29 @@ class WorkerSet:
                 await asyncio.wait(pending, timeout=5)
         for sock in self._sockets.values():
             sock.close()
+
+
+def _memory_file(data: bytes) -> int:
+    """A file descriptor of an unnamed file holding `data`, read from its start: in
+    memory (memfd) where the system has it, so the configuration's secrets touch no
+    disk."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("smtprelay-config", 0)
+    else:  # an unlinked temporary file
+        handle = tempfile.TemporaryFile()  # noqa: SIM115 - its descriptor outlives it
+        fd = os.dup(handle.fileno())
+        handle.close()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def read_memory_file(fd: int) -> bytes:
+    """What `_memory_file` wrote, in the process that inherited `fd` (which it closes)."""
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
 
 
 def _hang_up(process: asyncio.subprocess.Process) -> None:

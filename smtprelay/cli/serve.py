@@ -34,7 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = loaded.config
     logs.setup(config.logging.level, config.logging.format)
     try:
-        daemon.run(config, str(loaded.path))
+        daemon.run(config, str(loaded.path), loaded.text)
     except (TLSSetupError, SpoolError, SchemaTooNew, SmarthostPasswordError, DKIMKeyError,
             KeyRingError, DataDirError, WorkersNotListening) as exc:
         raise CommandError(str(exc)) from None

@@ -17,7 +17,13 @@ from smtprelay.config.lists import (
     TopicConfig,
     check_name,
 )
-from smtprelay.config.loading import ENV_CONFIG, ConfigError, LoadedConfig, load_config
+from smtprelay.config.loading import (
+    ENV_CONFIG,
+    ConfigError,
+    LoadedConfig,
+    load_config,
+    parse_config,
+)
 from smtprelay.config.schema import Config
 from smtprelay.config.server import (
     HTTPConfig,
@@ -81,6 +87,7 @@ __all__ = [
     "check_selector",
     "is_simulator_address",
     "load_config",
+    "parse_config",
     "parse_host_port",
     "parse_nameserver",
 ]

@@ -31,10 +31,12 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class LoadedConfig:
-    """A validated configuration and the file it came from."""
+    """A validated configuration, the file it came from and the text it was read from
+    (worker processes are handed that text, not the file: app.workers)."""
 
     config: Config
     path: Path
+    text: str = ""
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -142,6 +144,12 @@ def load_config(path: str | Path | None) -> LoadedConfig:
         raise ConfigError(file_path, ["the file does not exist"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file_path, [f"cannot be read: {exc}"]) from None
+    return parse_config(text, file_path)
+
+
+def parse_config(text: str, file_path: Path) -> LoadedConfig:
+    """`text` as the configuration file at `file_path` (its relative paths are taken
+    from there); ConfigError listing every problem."""
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -159,4 +167,4 @@ def load_config(path: str | Path | None) -> LoadedConfig:
     except ValidationError as exc:
         problems = [line for error in exc.errors() for line in _describe(error)]
         raise ConfigError(file_path, problems) from None
-    return LoadedConfig(config=config, path=file_path)
+    return LoadedConfig(config=config, path=file_path, text=text)

@@ -211,6 +211,57 @@ def test_sighup_reaches_both_workers_and_drops_no_session(
     open_session.quit()
 
 
+def mail_from_code(daemon: DaemonProcess, cred: dict[str, str], sender: str) -> int:
+    with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=20) as smtp:
+        smtp.starttls(context=client_context())
+        smtp.login(cred["username"], cred["password"])
+        return smtp.mail(sender)[0]
+
+
+def replace_worker(daemon: DaemonProcess, index: int) -> None:
+    """kill -9 worker `index`; return once its replacement listens."""
+    victim = worker_pids(daemon)[index]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while worker_pids(daemon).get(index) == victim:
+        assert time.monotonic() < deadline, daemon.log()[-3000:]
+        time.sleep(0.05)
+
+
+def test_a_restarted_worker_runs_the_configuration_in_force_not_the_file(
+        tmp_path: Path, daemons: list[DaemonProcess]) -> None:
+    daemon, cred = start(tmp_path)
+    daemons.append(daemon)
+    text = daemon.config_path.read_text()
+    fresh = text.replace("news@example.org", "news@example.org\n    - fresh.example")
+    assert fresh != text
+    # Edited, not reloaded: the relay still runs the old text, and so does a worker
+    # started again after a crash (before: it read the file, and took the new sender).
+    daemon.config_path.write_text(fresh)
+    replace_worker(daemon, 0)
+    with only(daemon, 0):
+        assert mail_from_code(daemon, cred, "app@fresh.example") != 250
+        assert mail_from_code(daemon, cred, "app@example.com") == 250
+    # A broken file does not keep a worker from starting again (before: it exited at
+    # once, over and over).
+    daemon.config_path.write_text("server: [unclosed\n")
+    replace_worker(daemon, 1)
+    with only(daemon, 1):
+        assert send(daemon, cred, "after a crash")[0] == 250
+    # A reload: each worker takes the text the supervisor took.
+    daemon.config_path.write_text(fresh)
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_log("configuration reloaded", timeout=10)
+    daemon.config_path.write_text("server: [unclosed\n")  # after the supervisor read it
+    deadline = time.monotonic() + 10
+    for index in (0, 1):
+        with only(daemon, index):
+            while mail_from_code(daemon, cred, "app@fresh.example") != 250:
+                assert time.monotonic() < deadline, f"worker {index} did not reload"
+                time.sleep(0.05)
+    assert "ended with" not in daemon.log().split("configuration reloaded")[-1]
+
+
 def test_status_shows_each_worker_with_its_sessions_and_loop_lag(
         tmp_path: Path, daemons: list[DaemonProcess]) -> None:
     daemon, _ = start(tmp_path)
