@@ -22,7 +22,17 @@ call each per round, so drift in the machine's load hits them alike); median and
 (nearest rank) of wall time, or with --clock cpu of the thread's CPU time (time spent
 waiting for a core left out; in a VM, time stolen by the host still counts).
 
+With --instructions: instructions per message instead of time, counted by valgrind's
+callgrind (the same code gives the same count within about 0.1 %, whatever else the
+machine does), for run_features.py's newsletter (15 KB, 18 links, the issue-17
+message): transform on, DKIM (RSA 2048 + Ed25519) of the message as submitted, and
+transform on + DKIM. Each cell is its own process under callgrind, counting from
+after its warm-up calls to the end of its timed ones; --repeats of each (default 3),
+median. --baseline CHECKOUT counts another checkout's smtprelay the same way and
+prints the ratios.
+
     /tmp/venv/bin/python bench/transform_cost.py [--runs 51] [--clock wall|cpu] [--json]
+    /tmp/venv/bin/python bench/transform_cost.py --instructions [--baseline DIR] [--runs 50]
 """
 
 from __future__ import annotations
@@ -33,15 +43,21 @@ import binascii
 import functools
 import json
 import math
+import os
 import random
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The smtprelay measured: this checkout's, or (--instructions --baseline) another's.
+sys.path.insert(0, os.environ.get("TRANSFORM_COST_TREE")
+                or str(Path(__file__).resolve().parent.parent))
 
 from smtprelay.config import ConfigurationSetConfig
 from smtprelay.mail.headers import parse_header_section
@@ -391,6 +407,100 @@ def print_table(rows: list[dict[str, Any]], clock: str) -> None:
             print(f"{row['label']}: {'; '.join(row['problems'])}")
 
 
+# ------------------------------------------------------------ instructions (callgrind)
+
+_TREE_ENV = "TRANSFORM_COST_TREE"  # read at the top, before the imports
+INSTRUCTION_CELLS = ("transform_on", "dkim", "transform_on_dkim")
+_FEATURES_HEAD = ("X-SES-CONFIGURATION-SET: newsletter\r\n"
+                  "From: Example News <news@example.com>\r\nTo: <rcpt@example.net>\r\n"
+                  "Subject: The November letter\r\nDate: Sun, 22 Nov 2026 17:47:41 +0000\r\n"
+                  "Message-ID: <letter-2026-11@example.com>\r\nMIME-Version: 1.0\r\n")
+
+
+def _features_stage() -> Stage:
+    """run_features.py's newsletter, as the pipeline hands it to the transform."""
+    raw = sized_newsletter(_FEATURES_HEAD, 15 * 1024, 18, vml=False)
+    received_at = time.time()
+    message_id = new_message_id(received_at)
+    data = normalised(raw, message_id, received_at)
+    return Stage(data, message_id, received_at,
+                 ConfigurationSetConfig.model_validate(TRACKED_SET),
+                 tracking.Transformer(KeyRing.generate()), signing_keys())
+
+
+def _callgrind(state: str) -> None:
+    """Instrumentation on or off in this process, which runs under callgrind. Not
+    subprocess.run: valgrind takes the command only while this process runs code."""
+    control = subprocess.Popen(["callgrind_control", "-i", state, str(os.getpid())],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while control.poll() is None:
+        pass
+
+
+def counted_cell(cell: str, runs: int) -> None:
+    """The child's side: `runs` calls of `cell`, with instrumentation on around them."""
+    stage = _features_stage()
+    call: Callable[[], Any] = {
+        "transform_on": stage.transform, "dkim": functools.partial(stage.sign, stage.data),
+        "transform_on_dkim": stage.both}[cell]
+    for _ in range(5):
+        call()
+    _callgrind("on")
+    for _ in range(runs):
+        call()
+    _callgrind("off")
+
+
+def count_instructions(cell: str, runs: int, tree: Path | None) -> float:
+    """Instructions per call of `cell`, with `tree`'s smtprelay (None: this one's)."""
+    with tempfile.TemporaryDirectory(prefix="transform-cost-") as directory:
+        out = Path(directory) / "callgrind.out"
+        env = {**os.environ, _TREE_ENV: str(tree) if tree else ""}
+        subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                        f"--callgrind-out-file={out}", sys.executable, __file__,
+                        "--count-cell", cell, "--runs", str(runs)],
+                       check=True, env=env, capture_output=True, timeout=1800)
+        for line in out.read_text().splitlines():
+            if line.startswith("totals:"):
+                return int(line.split()[1]) / runs
+    raise RuntimeError(f"callgrind wrote no totals for {cell}")
+
+
+def measure_instructions(runs: int, repeats: int, baseline: Path | None
+                         ) -> dict[str, dict[str, Any]]:
+    """Per tree and cell: every repeat's instructions per message and their median;
+    the trees and cells take turns, so nothing but the code differs between them."""
+    trees: dict[str, Path | None] = {"smtprelay": None}
+    if baseline is not None:
+        trees["baseline"] = baseline.resolve()
+    counts: dict[str, dict[str, list[float]]] = {
+        name: {cell: [] for cell in INSTRUCTION_CELLS} for name in trees}
+    for _ in range(repeats):
+        for cell in INSTRUCTION_CELLS:
+            for name, tree in trees.items():
+                counts[name][cell].append(count_instructions(cell, runs, tree))
+    return {name: {cell: {"runs": values, "median": statistics.median(values)}
+                   for cell, values in cells.items()} for name, cells in counts.items()}
+
+
+def print_instructions(result: dict[str, dict[str, Any]]) -> None:
+    print("instructions per message (callgrind), run_features.py's newsletter: 15 KB, "
+          "18 links")
+    names = list(result)
+    print(f"{'cell':<20} " + " ".join(f"{name:>14}" for name in names)
+          + ("   ratio smtprelay/baseline" if "baseline" in result else ""))
+    for cell in INSTRUCTION_CELLS:
+        medians = [result[name][cell]["median"] for name in names]
+        line = f"{cell:<20} " + " ".join(f"{m:>14,.0f}" for m in medians)
+        if "baseline" in result:
+            line += f"   {medians[0] / medians[1]:.3f}"
+        print(line)
+    for name in names:
+        for cell in INSTRUCTION_CELLS:
+            runs = ", ".join(f"{v:,.0f}" for v in result[name][cell]["runs"])
+            print(f"  {name} {cell}: {runs}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=51,
@@ -398,6 +508,13 @@ def main() -> int:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="time the cells by the wall clock or the thread's CPU time")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per message under callgrind instead")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="--instructions: processes per cell (median)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="--instructions: another checkout to count the same way")
+    parser.add_argument("--count-cell", choices=INSTRUCTION_CELLS, help=argparse.SUPPRESS)
     parser.add_argument("--write-message", nargs=2, metavar=("KIND", "PATH"),
                         help=f"write one of the messages ({', '.join(KINDS)}) as a client "
                              "would submit it, and exit")
@@ -405,6 +522,21 @@ def main() -> int:
     if args.write_message:
         kind, path = args.write_message
         Path(path).write_bytes(raw_message(kind))
+        return 0
+    if args.count_cell:
+        counted_cell(args.count_cell, args.runs)
+        return 0
+    if args.instructions:
+        if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+            print("--instructions needs valgrind (apt install valgrind)", file=sys.stderr)
+            return 2
+        runs = args.runs if args.runs != 51 else 50
+        result = measure_instructions(runs, max(3, args.repeats), args.baseline)
+        if args.json:
+            json.dump({"runs": runs, "instructions": result}, sys.stdout, indent=2)
+            print()
+        else:
+            print_instructions(result)
         return 0
     rows = measure(args.runs, time.thread_time if args.clock == "cpu" else time.perf_counter)
     if args.json:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import json
 import os
@@ -279,13 +280,13 @@ def encode(payload: Payload, keyring: KeyRing) -> str:
 class Issuer:
     """The tokens of one message for one recipient (or the whole message).
 
-    What its tokens share (key, time, message id, recipient) is encoded once, and a
-    URL's compressed tail once per message: a newsletter links to the same page from
-    its picture, its title and its button (and the Outlook twin of the button), and
-    setting up a compressor is most of what a click token costs.
+    What its tokens share (key, time, message id, recipient) is encoded once; a URL's
+    compressed tail once per process (`_click_tail`): a newsletter links to the same
+    page from its picture, its title and its button, every copy of a campaign carries
+    the same links, and deflating is most of what a click token costs.
     """
 
-    __slots__ = ("_common", "_flags", "_key", "_key_id", "_tails")
+    __slots__ = ("_common", "_flags", "_key", "_key_id")
 
     def __init__(self, keyring: KeyRing, message_id: str, recipient: int | str | None,
                  issued_at: int) -> None:
@@ -308,7 +309,6 @@ class Issuer:
             write_varint(common, recipient)
         self._common = bytes(common)
         self._flags = flags
-        self._tails: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[int, bytes]] = {}
 
     def open(self) -> str:
         return self._sign(Kind.OPEN, self._flags, self._common)
@@ -332,10 +332,7 @@ class Issuer:
         """ValueError if `url` is not http(s) or the token would be too long."""
         if not _is_web_url(url):
             raise ValueError("a click token's URL must be http or https")
-        packed = self._tails.get((url, tags))
-        if packed is None:
-            packed = self._tails[(url, tags)] = _click_tail(url, tags)
-        compressed, tail = packed
+        compressed, tail = _click_tail(url, tags)
         body = bytearray(self._common)
         write_varint(body, link_index)
         body += tail
@@ -350,6 +347,9 @@ class Issuer:
         return token
 
 
+# Per process, not per message: a campaign's messages (one copy per recipient) carry
+# the same links, and deflating each was a fifth of tracking a newsletter's links.
+@functools.lru_cache(maxsize=4096)
 def _click_tail(url: str, tags: tuple[tuple[str, str], ...]) -> tuple[int, bytes]:
     """The compressed flag and the click tail: tags and URL, deflated if that is shorter."""
     tail = bytearray()

@@ -13,11 +13,13 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smtprelay.app.preflight import load_checked
 from smtprelay.config import ConfigError, load_config
 from smtprelay.transform import dkim
-from tests.support import base_config, write_config
+from tests.support import base_config, examples, write_config
 
 MESSAGE = (b"Received: from app ([127.0.0.1]) by relay.test; Sun, 22 Nov 2026 17:47:42 +0000\r\n"
            b"From: App <app@example.com>\r\nTo: someone@example.net,\r\n  other@example.net\r\n"
@@ -159,6 +161,15 @@ def test_existing_signature_is_kept_and_ours_goes_first(rsa_key: dkim.SigningKey
 @pytest.mark.parametrize("body", [b"", b"\r\n", b"\r\n\r\n", b"no final line end",
                                   b" \t \r\n\t\r\n", b"x" * 200_000 + b"  \r\n" * 5])
 def test_relaxed_body_matches_dkimpy(body: bytes) -> None:
+    from dkim.canonicalization import Relaxed
+
+    assert dkim.canonical_body(body) == Relaxed.canonicalize_body(body)
+
+
+@settings(max_examples=examples(1000), deadline=None)
+@given(st.binary(max_size=300).map(lambda raw: raw.translate(
+    bytes.maketrans(b"abcdefgh", b"  \t\t\r\n\r\n"))))
+def test_relaxed_body_matches_dkimpy_on_any_blanks_and_line_ends(body: bytes) -> None:
     from dkim.canonicalization import Relaxed
 
     assert dkim.canonical_body(body) == Relaxed.canonicalize_body(body)
