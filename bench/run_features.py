@@ -99,12 +99,13 @@ TRACKING_DOMAIN = transform_cost.TRACKING_DOMAIN
 # Selectors: smtprelay's two keys, and the OpenDKIM milter's key.
 RELAY_KEYS = {"rsa": "r2026", "ed25519": "e2026"}
 MILTER_SELECTOR = "o2026"
-ORDER = ("smtprelay", "workers", "postfix", "opendkim")
+ORDER = ("smtprelay", "workers", "postfix", "opendkim", "baseline")
 LABELS = {"smtprelay": "smtprelay w1", "workers": "smtprelay wN", "postfix": "postfix",
-          "opendkim": "pf+opendkim"}
+          "opendkim": "pf+opendkim", "baseline": "baseline w1"}
 # What the messages at the sink must show, per server.
 EXPECTED_ALGORITHMS = {"smtprelay": ["ed25519-sha256", "rsa-sha256"],
                        "workers": ["ed25519-sha256", "rsa-sha256"],
+                       "baseline": ["ed25519-sha256", "rsa-sha256"],
                        "postfix": [], "opendkim": ["rsa-sha256"]}
 # Issue 17's targets, at TARGET_SESSIONS: (name, ratio key, lowest, highest).
 TARGET_SESSIONS = 50
@@ -181,7 +182,7 @@ def problems(name: str, kept: list[bytes], links: int) -> list[str]:
         if got["dkim"] != EXPECTED_ALGORITHMS[name]:
             wrong.append(f"DKIM-Signature a= {got['dkim']}, expected "
                          f"{EXPECTED_ALGORITHMS[name]}")
-        if name in ("smtprelay", "workers"):
+        if name in ("smtprelay", "workers", "baseline"):
             if not (got["list_unsubscribe"] and got["one_click"]):
                 wrong.append("no one-click List-Unsubscribe")
             if got["tracked_links"] != links or got["untracked_links"]:
@@ -229,9 +230,11 @@ def make_keys(directory: Path) -> dict[str, tuple[Path, dkim.PrivateKey]]:
 
 def feature_relay(workers: int, sink: Sink, nameserver: str,
                   keys: dict[str, tuple[Path, dkim.PrivateKey]],
-                  args: argparse.Namespace) -> RelayProcess:
-    """A RelayProcess (not started) with the tracked set, both DKIM keys and MX delivery."""
+                  args: argparse.Namespace, source: Path | None = None) -> RelayProcess:
+    """A RelayProcess (not started) with the tracked set, both DKIM keys and MX delivery;
+    `source`: another checkout's smtprelay (--baseline)."""
     relay = RelayProcess(
+        source=source,
         limits={"max_connections": 5000, "max_connections_per_ip": 5000},
         log_level=args.log_level, server={"workers": workers},
         delivery={"mode": "mx", "port": sink.port, "dns": {"nameservers": [nameserver]},
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sessions", type=int, nargs="+", default=[50, 10])
-    p.add_argument("--servers", nargs="+", choices=ORDER, default=list(ORDER),
+    p.add_argument("--servers", nargs="+", choices=ORDER, default=list(ORDER[:4]),
                    help="which servers to run (default all four)")
     p.add_argument("--workers", type=int, default=2,
                    help="server.workers of the second smtprelay (the first has 1)")
@@ -337,7 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=int, default=2,
                    help="messages per cell kept from the sink and checked for the features")
     p.add_argument("--log-level", default="info", help="smtprelay's logging.level")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="another checkout (an earlier commit) run as the server "
+                        "'baseline', workers: 1, beside this one")
     args = p.parse_args(argv)
+    if "baseline" in args.servers and args.baseline is None:
+        p.error("the server baseline needs --baseline CHECKOUT")
     if DNSMASQ is None:
         p.error("needs dnsmasq (apt-get install dnsmasq-base)")
     if "opendkim" in args.servers and not Path(OPENDKIM).exists():
@@ -375,9 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         sink = Sink(SINK_ADDRESS, workdir / "smtp-sink.log").start()
         sink.keep = args.keep
         for name in args.servers:
-            if name in ("smtprelay", "workers"):
-                relay = feature_relay(1 if name == "smtprelay" else args.workers, sink,
-                                      nameserver, keys, args)
+            if name in ("smtprelay", "workers", "baseline"):
+                relay = feature_relay(args.workers if name == "workers" else 1, sink,
+                                      nameserver, keys, args,
+                                      args.baseline if name == "baseline" else None)
                 relays.append(relay)
                 relay.start()
                 targets.append(RelayTarget(relay, name))
@@ -491,6 +500,8 @@ def summarise(runs: list[dict[str, Any]], sessions_list: list[int],
                 ("w2_vs_postfix", "workers", "postfix", "delivered_msgs_per_s"),
                 ("w2_vs_w1", "workers", "smtprelay", "delivered_msgs_per_s"),
                 ("cpu_w2_vs_w1", "workers", "smtprelay", "cpu_ms_per_msg"),
+                ("w1_vs_baseline", "smtprelay", "baseline", "delivered_msgs_per_s"),
+                ("cpu_w1_vs_baseline", "smtprelay", "baseline", "cpu_ms_per_msg"),
                 ("opendkim_vs_postfix", "opendkim", "postfix", "delivered_msgs_per_s")):
             a, b = row.get(top, {}).get(field), row.get(bottom, {}).get(field)
             if a and b:
