@@ -4,6 +4,7 @@ A Unix socket at data_dir/control.sock, mode 0600, so only the relay's user (and
 can ask. A client writes one line, `status`, and reads one line of JSON back: the
 process, its event loop's lag, the connections counted in the shared state, the queue,
 and each worker process with its pid, sessions and loop lag as it last reported them.
+A request with arguments is one line of JSON instead: {"request": NAME, ...}.
 """
 
 from __future__ import annotations
@@ -60,14 +61,18 @@ class LoopLag:
 
 
 Answer = Callable[[], Awaitable[dict[str, Any]]]
+AnswerTo = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class ControlServer:
-    """`requests`: what the relay answers, by request line (status, drain, undrain)."""
+    """`requests`: what the relay answers, by request line (status, drain, undrain);
+    `with_arguments`: by the "request" of a JSON line, given the whole object."""
 
-    def __init__(self, path: Path, requests: dict[str, Answer]) -> None:
+    def __init__(self, path: Path, requests: dict[str, Answer],
+                 with_arguments: dict[str, AnswerTo] | None = None) -> None:
         self.path = path
         self._requests = requests
+        self._with_arguments = with_arguments or {}
         self._server: asyncio.Server | None = None
         self.started_at = time.time()
 
@@ -88,16 +93,30 @@ class ControlServer:
                       writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(_REQUEST_TIMEOUT):
-                request = (await reader.readline()).strip().decode("ascii", "replace")
-                handler = self._requests.get(request)
-                if handler is not None:
-                    answer: dict[str, Any] = await handler()
-                else:
-                    answer = {"error": f"unknown request {request[:40]!r}; try: "
-                                       + ", ".join(self._requests)}
+                line = (await reader.readline()).strip()
+                answer = await self._answer_to(line)
                 writer.write(json.dumps(answer).encode() + b"\n")
                 await writer.drain()
         except (TimeoutError, OSError) as exc:
             log.info("control client went away: %s", exc)
         finally:
             writer.close()
+
+    async def _answer_to(self, line: bytes) -> dict[str, Any]:
+        if line.startswith(b"{"):
+            try:
+                arguments = json.loads(line)
+            except ValueError as exc:
+                return {"error": f"a request line starting with {{ must be JSON: {exc}"}
+            name = arguments.get("request") if isinstance(arguments, dict) else None
+            takes = self._with_arguments.get(name) if isinstance(name, str) else None
+            if takes is None:
+                return {"error": f"unknown request {str(name)[:40]!r}; with arguments: "
+                                 + ", ".join(self._with_arguments)}
+            return await takes(arguments)
+        request = line.decode("ascii", "replace")
+        handler = self._requests.get(request)
+        if handler is None:
+            return {"error": f"unknown request {request[:40]!r}; try: "
+                             + ", ".join(self._requests)}
+        return await handler()

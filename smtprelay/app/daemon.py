@@ -49,6 +49,8 @@ from smtprelay.http.forward import internal_socket
 from smtprelay.http.server import HTTPServer, bind_listeners
 from smtprelay.http.ses import ses_api
 from smtprelay.infra import heap, metrics
+from smtprelay.operations import ip_pools as pool_ops
+from smtprelay.operations.errors import OperationError
 from smtprelay.operations.nodes import NodeControl
 from smtprelay.policy.pauses import PausedSets
 from smtprelay.policy.quota import Quotas
@@ -353,7 +355,8 @@ class Relay:
         self.control = ControlServer(control_path(cfg.server.data_dir), {
             "status": self.status, "drain": self.drain, "undrain": self.undrain,
             "tls-report-send": lambda: self.send_tls_reports(include_today=False),
-            "tls-report-send-today": lambda: self.send_tls_reports(include_today=True)})
+            "tls-report-send-today": lambda: self.send_tls_reports(include_today=True)},
+            with_arguments={"warmup-day": self.set_warmup_day})
         await self.control.start()
         self._depth_task = asyncio.create_task(self._refresh_depth())
         self._purge_task = asyncio.create_task(self._purge_finished())
@@ -507,6 +510,24 @@ class Relay:
                                  config_texts=lambda: (self._source_at_start,
                                                        self.live.source))
         await self.workers.start()
+
+    async def set_warmup_day(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """`smtprelay ip-pools warmup`: the admin API's PUT .../warmup over the control
+        socket, so that the counters in use (this process's, or the cluster's) change."""
+        pool, address, day = (arguments.get(key) for key in ("pool", "address", "day"))
+        if not (isinstance(pool, str) and isinstance(address, str)
+                and isinstance(day, int) and not isinstance(day, bool)):
+            return {"error": "warmup-day needs pool and address (text) and day (a whole "
+                             "number)"}
+        try:
+            changed = await pool_ops.set_day(self.config, self.warmup, pool, address, day,
+                                             now=time.time())
+        except OperationError as exc:
+            return {"error": str(exc)}
+        except StateUnavailable as exc:
+            return {"error": f"the warm-up counters cannot be changed: {exc}"}
+        log.info("control: ip pool=%s address=%s put on warm-up day %d", pool, address, day)
+        return pool_ops.progress_json(changed)
 
     async def _refresh_pauses(self) -> None:
         try:

@@ -22,6 +22,7 @@ from smtprelay.cli import (
     dns_check,
     events,
     feedback,
+    ip_pools,
     pauses,
     queue,
     send_probe,
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # In the order `smtprelay --help` lists them.
     for group in (serve, status, cluster, credentials, api_keys, queue, dkim, tracking_keys,
-                  dns_check, suppression, contacts, feedback, stats, pauses, tls_report, events):
+                  dns_check, suppression, contacts, feedback, stats, ip_pools, pauses,
+                  tls_report, events):
         group.register(sub, common, listing)
     send_probe.register(sub, common)
     admin_tokens.register(sub, common, listing)

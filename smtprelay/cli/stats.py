@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from smtprelay.cli.common import EXIT_OK, CommandError, format_time, print_json, state_config
+from smtprelay.cli.ip_pools import print_pools
 from smtprelay.operations import ip_pools as pool_ops
 from smtprelay.operations import stats as ops
 from smtprelay.operations.queue import SpoolConnection
@@ -134,23 +135,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _print_pools(pools: list[dict[str, Any]] | str) -> None:
-    """Each pool address's warm-up: day, percentage, and today's sends against caps."""
     if isinstance(pools, str):
         print()
         print(f"IP pools: {pools}")
-        return
-    if not pools:
-        return
-    print()
-    print("IP pools, warm-up today (UTC): sent against the day's cap, in all and per "
-          "mailbox provider")
-    print(f"{'POOL':<14} {'ADDRESS':<26} {'DAY':>4} {'WARMUP%':>7} {'STATUS':<11} "
-          f"{'SENT':>8} {'CAP':>8} {'PER PROVIDER':>12}  BY PROVIDER")
-    for item in pools:
-        caps = item["caps"]
-        sent = item["sent_today"]
-        by_provider = ", ".join(f"{p}={n}" for p, n in sent["by_provider"].items()) or "-"
-        print(f"{item['PoolName']:<14} {item['Ip']:<26} {item['day']:>4} "
-              f"{item['WarmupPercentage']:>6}% {item['WarmupStatus']:<11} "
-              f"{sent['total']:>8} {caps['total'] if caps else '-':>8} "
-              f"{caps['per_provider'] if caps else '-':>12}  {by_provider}")
+    elif pools:
+        print()
+        print_pools(pools)

@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
+from smtprelay.app.control import control_path
 from smtprelay.auth.stores import credential_store
+from smtprelay.cli.status import ask
 from smtprelay.state.warmup import day_of
 from tests.e2e.admin_client import ADMIN_HTTP, ENV, SECRET, Admin
 from tests.e2e.delivery_world import World, wait_for
@@ -231,6 +233,48 @@ def test_the_admin_api_refuses_unknown_pools_addresses_and_days(
     done = admin.put(path, body={"day": 31}).json
     assert (done["WarmupStatus"], done["WarmupPercentage"], done["caps"]) == ("DONE", 100,
                                                                               None)
+
+
+def test_the_cli_puts_an_address_on_a_warmup_day_through_the_running_relay(
+        net: World, tmp_path: Path) -> None:
+    net.smtp_host("dest.test")
+    relay = net.start(top=top(tmp_path, {"addresses": [address(A)], "warmup": TABLE}))
+    admin = Admin(relay.http_port)
+    moved = cli(net, "ip-pools", "warmup", "bulk", A, "--day", "2")
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout.strip() == (f"bulk {A}: warm-up day 2, 50% (IN_PROGRESS); caps "
+                                    "today 6 in all, 4 per mailbox provider")
+    # The relay's own counters (the ones its deliveries count against) changed.
+    [status] = admin.get("/api/v1/ip-pools/bulk").json["items"]
+    assert (status["day"], status["caps"]) == (2, {"total": 6, "per_provider": 4})
+
+    def listed() -> list[dict[str, Any]]:
+        shown = cli(net, "ip-pools", "list", "--json")
+        assert shown.returncode == 0, shown.stderr
+        found: list[dict[str, Any]] = json.loads(shown.stdout)
+        return found
+
+    # `list` reads what the relay saved (the state database, within a second).
+    assert wait_for(lambda: listed()[0]["day"] == 2)
+    assert listed() == [status]
+    [line] = [line for line in cli(net, "ip-pools", "list").stdout.splitlines() if A in line]
+    assert line.split()[:5] == ["bulk", A, "2", "50%", "IN_PROGRESS"]
+    for args, reason in ((("nope", A), "no IP pool 'nope' in the configuration"),
+                         (("bulk", B), f"{B} is not an address of IP pool 'bulk'"),
+                         (("bulk", A, "--day", "0"), "day must be from 1 to 366"),
+                         (("bulk", A, "--day", "two"), "invalid int value: 'two'")):
+        command = [*args, "--day", "2"] if "--day" not in args else list(args)
+        refused = cli(net, "ip-pools", "warmup", *command)
+        assert refused.returncode != 0 and reason in refused.stderr, refused.stderr
+    # The control socket's request itself, with wrong types (the CLI never sends them).
+    control = str(control_path(relay.config.server.data_dir))
+    for wrong in ({"day": "2"}, {"day": True}, {"day": 2.0}, {"address": None}):
+        request = {"request": "warmup-day", "pool": "bulk", "address": A, "day": 2, **wrong}
+        assert "needs pool and address" in ask(control, json.dumps(request))["error"]
+    assert admin.get("/api/v1/ip-pools/bulk").json["items"][0]["day"] == 2  # unchanged
+    net.stop()
+    down = cli(net, "ip-pools", "warmup", "bulk", A, "--day", "3")
+    assert down.returncode == 1 and "no relay is running" in down.stderr
 
 
 def events(tmp_path: Path, kind: str) -> list[dict[str, Any]]:
