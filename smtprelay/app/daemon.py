@@ -212,8 +212,10 @@ class Relay:
         self.tls_collector: TLSReportCollector | None = None
         self.tls_reporter: TLSReporter | None = None
         self._tls_round: asyncio.Future[Any] | None = None
-        # MTA-STS policies that outlive a restart (mx mode).
+        # MTA-STS policies that outlive a restart (mx mode), and the planner that
+        # keeps them in memory.
         self.sts_store: StsPolicyStore | None = None
+        self.tls_planner: TLSPlanner | None = None
 
     @property
     def config(self) -> Config:
@@ -356,7 +358,8 @@ class Relay:
             "status": self.status, "drain": self.drain, "undrain": self.undrain,
             "tls-report-send": lambda: self.send_tls_reports(include_today=False),
             "tls-report-send-today": lambda: self.send_tls_reports(include_today=True)},
-            with_arguments={"warmup-day": self.set_warmup_day})
+            with_arguments={"warmup-day": self.set_warmup_day,
+                            "mta-sts-forget": self.forget_sts_policy})
         await self.control.start()
         self._depth_task = asyncio.create_task(self._refresh_depth())
         self._purge_task = asyncio.create_task(self._purge_finished())
@@ -529,6 +532,18 @@ class Relay:
         log.info("control: ip pool=%s address=%s put on warm-up day %d", pool, address, day)
         return pool_ops.progress_json(changed)
 
+    async def forget_sts_policy(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """`smtprelay mta-sts forget`: out of the cache the transport uses, and the store."""
+        domain = arguments.get("domain")
+        if not isinstance(domain, str) or not domain.strip():
+            return {"error": "mta-sts-forget needs a domain"}
+        if self.tls_planner is None:
+            return {"error": "this relay does not deliver to MX hosts (delivery.mode is "
+                             f"{self.config.delivery.mode}): it keeps no MTA-STS policies"}
+        forgotten = await self.tls_planner.forget_sts(domain)
+        log.info("control: MTA-STS policy of %s forgotten=%s", domain, forgotten)
+        return {"domain": domain, "forgotten": forgotten}
+
     async def _refresh_pauses(self) -> None:
         try:
             await asyncio.to_thread(self.pauses.refresh)
@@ -582,6 +597,7 @@ class Relay:
             log.info("delivery mode=capture directory=%s", self.config.capture_dir)
             return CaptureTransport(self.config.capture_dir)
         resolver = MXResolver(delivery.dns.nameservers or None, timeout=delivery.dns.timeout)
+        self.tls_planner = TLSPlanner(self.live, sts_store=self.sts_store)
         if isinstance(self.shared, RedisState):
             # The per-destination limits hold across the cluster (state.leases).
             self.leases = self.shared.leases(self.config.store.lease_ttl)
@@ -592,7 +608,7 @@ class Relay:
         self.transport = SMTPTransport(
             self.live, resolver, pool, self.sources,
             on_tls_outcome=self.tls_collector.record if self.tls_collector else None,
-            planner=TLSPlanner(self.live, sts_store=self.sts_store))
+            planner=self.tls_planner)
         for problem in unbindable(self.config):
             log.error("%s", problem)
         self._pool = pool

@@ -23,6 +23,7 @@ from smtprelay.cli import (
     events,
     feedback,
     ip_pools,
+    mta_sts,
     pauses,
     queue,
     send_probe,
@@ -52,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # In the order `smtprelay --help` lists them.
     for group in (serve, status, cluster, credentials, api_keys, queue, dkim, tracking_keys,
-                  dns_check, suppression, contacts, feedback, stats, ip_pools, pauses,
-                  tls_report, events):
+                  dns_check, suppression, contacts, feedback, stats, ip_pools, mta_sts,
+                  pauses, tls_report, events):
         group.register(sub, common, listing)
     send_probe.register(sub, common)
     admin_tokens.register(sub, common, listing)

@@ -9,7 +9,9 @@ import socket
 import time
 from typing import Any
 
+from smtprelay.app.control import control_path
 from smtprelay.cli.common import EXIT_OK, CommandError, config_from, print_json
+from smtprelay.config import Config
 from smtprelay.operations.nodes import safe_to_stop
 
 _TIMEOUT = 10.0
@@ -53,16 +55,22 @@ def _ms(value: float | None) -> str:
 def ask_relay(args: argparse.Namespace, request: str = "status") -> dict[str, Any]:
     """The running relay's answer over its control socket; CommandError naming what to
     do when nothing answers."""
-    from smtprelay.app.control import control_path
-
     config = config_from(args)
+    answer = ask_relay_if_running(config, request)
+    if answer is None:
+        raise CommandError(f"no relay is running on server.data_dir {config.server.data_dir} "
+                           f"(nothing answers on {control_path(config.server.data_dir)}); "
+                           "start it with `smtprelay serve`")
+    return answer
+
+
+def ask_relay_if_running(config: Config, request: str) -> dict[str, Any] | None:
+    """As ask_relay, but None when no relay is running (nothing answers)."""
     path = control_path(config.server.data_dir)
     try:
         return ask(str(path), request)
     except (FileNotFoundError, ConnectionRefusedError):
-        raise CommandError(f"no relay is running on server.data_dir {config.server.data_dir} "
-                           f"(nothing answers on {path}); start it with `smtprelay serve`") \
-            from None
+        return None
     except PermissionError:
         raise CommandError(f"{path} is the relay user's only: run this as that user (or "
                            "root)") from None

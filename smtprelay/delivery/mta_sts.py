@@ -245,6 +245,21 @@ class MtaSts:
             log.exception("MTA-STS lookup for %s failed", domain)
             return StsLookup(None, "sts-policy-fetch-error", f"internal error: {exc!r}")
 
+    async def forget(self, domain: str) -> bool:
+        """Drop what is known of `domain`'s policy, in memory and in the store (an
+        operator's way out of a policy the domain itself got wrong); whether a policy
+        was known. The next message to it looks the policy up afresh."""
+        domain = domain.strip().rstrip(".").lower()
+        refresh = self._refreshing.get(domain)
+        if refresh is not None:
+            refresh.cancel()  # it would put the policy back
+        known = self._cache.pop(domain, None) is not None
+        self._txt.pop(domain, None)
+        self._not_stored.pop(domain, None)
+        if self._store is not None:
+            known = await asyncio.to_thread(self._store.forget, domain) or known
+        return known
+
     async def close(self) -> None:
         refreshes = list(self._refreshing.values())
         for task in refreshes:

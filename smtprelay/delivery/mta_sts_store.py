@@ -54,6 +54,21 @@ class StsPolicyStore(Store):
                 (domain, policy.policy_id, policy.text, policy.fetched_at,
                  policy.expires_at))
 
+    def listing(self, now: float) -> list[tuple[str, StoredPolicy]]:
+        """Every domain's policy still within its max_age at `now`, by domain."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT domain, policy_id, policy, fetched_at, expires_at FROM"
+                " mta_sts_policies WHERE expires_at > ? ORDER BY domain", (now,)).fetchall()
+        return [(str(r[0]), StoredPolicy(str(r[1]), str(r[2]), float(r[3]), float(r[4])))
+                for r in rows]
+
+    def forget(self, domain: str) -> bool:
+        """Drop `domain`'s policy; whether there was one."""
+        with self.transaction() as conn:
+            return bool(conn.execute("DELETE FROM mta_sts_policies WHERE domain = ?",
+                                     (domain,)).rowcount)
+
     def purge(self, now: float) -> int:
         """Drop the policies past their max_age; how many went."""
         with self.transaction() as conn:

@@ -22,6 +22,7 @@ also asked for a CA-signed certificate.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -87,6 +88,15 @@ class TLSPlanner:
                 plan = self._sts_plan(sts, domain, base, destination)
             plans[i] = plan
         return plans
+
+    async def forget_sts(self, domain: str) -> bool:
+        """Drop `domain`'s MTA-STS policy from the cache and the store (MtaSts.forget)."""
+        if self._sts is not None:
+            return await self._sts[1].forget(domain)
+        if self._sts_store is not None:  # nothing delivered since the start
+            return await asyncio.to_thread(self._sts_store.forget,
+                                           domain.strip().rstrip(".").lower())
+        return False
 
     async def close(self) -> None:
         if self._sts is not None:

@@ -9,7 +9,11 @@ decided shows in the spool (state and last reply).
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -79,14 +83,21 @@ def test_mta_sts_enforce_skips_and_holds_mx_hosts_outside_the_policy(
     assert policies.fetches == {"enforce.test": 1, "held.test": 1}
 
 
-def test_mta_sts_policy_holds_across_a_restart_of_the_relay(
-        net: World, issuer: Issuer, policies: PolicyServer) -> None:
+def rogue_under_enforce(net: World, issuer: Issuer, policies: PolicyServer,
+                        max_age: int = 86400) -> tuple[SmtpSink, dict[str, Any]]:
+    """held.test: an enforce policy naming *.held.test, and one MX outside it (a sink
+    with a valid certificate for its own name); the relay settings that apply it."""
     net.dns.add("_mta-sts.held.test", "TXT", '"v=STSv1; id=1;"')
     net.dns.add("mta-sts.held.test", "A", POLICY_HOST)
-    policies.policies["held.test"] = policy("enforce", "*.held.test")
+    policies.policies["held.test"] = policy("enforce", "*.held.test", max_age=max_age)
     rogue = mx_host(net, "held.test", "mx.rogue.test", issuer.issue("mx.rogue.test"))
-    settings = {"tls_ca_file": str(issuer.ca_file),
-                "mta_sts": {"port": policies.port, "fetch_timeout": "5s"}}
+    return rogue, {"tls_ca_file": str(issuer.ca_file),
+                   "mta_sts": {"port": policies.port, "fetch_timeout": "5s"}}
+
+
+def test_mta_sts_policy_holds_across_a_restart_of_the_relay(
+        net: World, issuer: Issuer, policies: PolicyServer) -> None:
+    rogue, settings = rogue_under_enforce(net, issuer, policies)
     net.start(**settings)
     before = net.submit(["a@held.test"])
     wait_for(lambda: state(net, before)[0] == "deferred")
@@ -100,6 +111,49 @@ def test_mta_sts_policy_holds_across_a_restart_of_the_relay(
     wait_for(lambda: state(net, after)[0] == "deferred")
     assert "MTA-STS" in (state(net, after)[1] or "")
     assert not rogue.sessions and policies.fetches == {"held.test": 1}
+
+
+def cli(net: World, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "smtprelay", *args, "-c",
+                           str(net.tmp_path / "smtprelay.yaml")],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_mta_sts_list_and_forget_with_the_relay_running_and_stopped(
+        net: World, issuer: Issuer, policies: PolicyServer) -> None:
+    rogue, settings = rogue_under_enforce(net, issuer, policies, max_age=604800)
+    net.start(**settings)
+    first = net.submit(["a@held.test"])
+    wait_for(lambda: state(net, first)[0] == "deferred")
+    net.stop()
+    listed = cli(net, "mta-sts", "list", "--json")  # the relay stopped: the store
+    assert listed.returncode == 0, listed.stderr
+    [kept] = json.loads(listed.stdout)
+    assert (kept["domain"], kept["id"], kept["mode"], kept["mx"], kept["max_age"]) == (
+        "held.test", "1", "enforce", ["*.held.test"], 604800)
+    assert kept["expires_at"] - kept["fetched_at"] == 604800
+    text = cli(net, "mta-sts", "list").stdout
+    assert "held.test" in text and "enforce" in text and "*.held.test" in text
+
+    net.start(**settings)
+    second = net.submit(["b@held.test"])  # the policy read back and in memory again
+    wait_for(lambda: state(net, second)[0] == "deferred")
+    # The domain takes its record down: the kept policy would hold for a week more.
+    # Forgotten through the running relay, memory and store, the next message goes.
+    net.dns.remove("_mta-sts.held.test", "TXT")
+    forgot = cli(net, "mta-sts", "forget", "HELD.test.")
+    assert forgot.returncode == 0, forgot.stderr
+    assert "MTA-STS policy of held.test forgotten" in forgot.stdout
+    third = net.submit(["c@held.test"])
+    assert net.wait_final(third) == {"c@held.test": "delivered"}
+    assert len(rogue.received) == 1
+    assert json.loads(cli(net, "mta-sts", "list", "--json").stdout) == []
+    again = cli(net, "mta-sts", "forget", "held.test", "--json")
+    assert json.loads(again.stdout) == {"domain": "held.test", "forgotten": False}
+    net.stop()
+    stopped = cli(net, "mta-sts", "forget", "held.test")
+    assert stopped.returncode == 0 and "no MTA-STS policy of held.test was kept" in (
+        stopped.stdout)
 
 
 def test_require_verified_from_the_configuration_file(net: World) -> None:

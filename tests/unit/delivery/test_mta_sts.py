@@ -78,11 +78,15 @@ def test_the_store_keeps_each_domain_s_latest_policy_until_it_expires(tmp_path: 
         assert store.get("a.test", 1799.0) == StoredPolicy("2", "mode: x\n", 1200.0, 1800.0)
         assert store.get("a.test", 1800.0) is None  # max_age over
         assert store.get("c.test", 0.0) is None
+        assert [d for d, _ in store.listing(1700.0)] == ["a.test", "b.test"]
+        assert [d for d, _ in store.listing(1800.0)] == ["b.test"]
         assert store.purge(1800.0) == 1
         # Another process (a restart) reads what this one wrote.
         again = StsPolicyStore(tmp_path / "state.db")
         assert again.get("b.test", 1900.0) == StoredPolicy("7", "version: STSv1\n",
                                                            1000.0, 5000.0)
+        assert again.forget("b.test") and not again.forget("b.test")
+        assert store.listing(0.0) == []
         again.close()
     finally:
         store.close()

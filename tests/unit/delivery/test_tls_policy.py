@@ -433,6 +433,25 @@ async def test_mta_sts_failed_refresh_keeps_the_policy_and_waits_an_hour(
         await sts.close()
 
 
+async def test_mta_sts_forget_drops_the_policy_from_memory_and_store(world: World) -> None:
+    world.sts("cached.test", policy("enforce", "mx1.cached.test", max_age=1000))
+    store = world.sts_store()
+    sts = mta_sts(world, store)
+    try:
+        assert (await sts.lookup("cached.test")).policy is not None
+        world.clock.advance(501)  # a background refresh starts; forget cancels it
+        assert (await sts.lookup("cached.test")).policy is not None
+        world.dns.remove("_mta-sts.cached.test", "TXT")
+        assert await sts.forget("Cached.Test.")
+        assert not await sts.forget("cached.test")
+        assert store.listing(world.wall()) == []
+        assert (await sts.lookup("cached.test")).policy is None  # looked up afresh
+        assert store.listing(world.wall()) == []  # the cancelled refresh wrote nothing
+    finally:
+        await sts.close()
+    assert store.listing(world.wall()) == []
+
+
 async def test_mta_sts_policy_host_with_a_wrong_certificate_is_no_policy(
         world: World) -> None:
     # mta-sts.badname.test is not in the policy server's certificate.
