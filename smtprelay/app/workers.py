@@ -236,7 +236,7 @@ def _memory_file(data: bytes) -> int:
     memory (memfd) where the system has it, so the configuration's secrets touch no
     disk."""
     if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("smtprelay-config", 0)
+        fd = os.memfd_create("smtprelay-config")  # close-on-exec: pass_fds hands it on
     else:  # an unlinked temporary file
         handle = tempfile.TemporaryFile()  # noqa: SIM115 - its descriptor outlives it
         fd = os.dup(handle.fileno())
