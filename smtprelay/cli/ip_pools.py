@@ -9,7 +9,7 @@ import json
 import time
 from typing import Any
 
-from smtprelay.cli.common import EXIT_OK, CommandError, config_from, print_json
+from smtprelay.cli.common import EXIT_OK, CommandError, print_json, state_config
 from smtprelay.cli.status import ask_relay
 from smtprelay.config.ip_pools import MAX_WARMUP_DAYS
 from smtprelay.operations import ip_pools as pool_ops
@@ -35,7 +35,7 @@ def register(sub: Any, common: argparse.ArgumentParser,
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    config = config_from(args)
+    config = state_config(args)
     try:
         found = pool_ops.read_report(config, now=time.time())
     except StateUnavailable as exc:

@@ -8,7 +8,7 @@ import json
 import time
 from typing import Any
 
-from smtprelay.cli.common import EXIT_OK, CommandError, config_from, format_time, print_json
+from smtprelay.cli.common import EXIT_OK, CommandError, format_time, print_json, state_config
 from smtprelay.cli.status import ask_relay_if_running
 from smtprelay.delivery.mta_sts import StsPolicyError, parse_policy
 from smtprelay.delivery.mta_sts_store import StoredPolicy, StsPolicyStore
@@ -41,7 +41,7 @@ def policy_json(domain: str, stored: StoredPolicy) -> dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    store = StsPolicyStore(config_from(args).state_path)
+    store = StsPolicyStore(state_config(args).state_path)
     try:
         found = [policy_json(domain, stored) for domain, stored in store.listing(time.time())]
     finally:
@@ -60,7 +60,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    config = config_from(args)
+    config = state_config(args)
     domain = args.domain.strip().rstrip(".").lower()
     answer = ask_relay_if_running(
         config, json.dumps({"request": "mta-sts-forget", "domain": domain}))

@@ -24,8 +24,9 @@ def test_root_cli_creates_databases_as_the_data_dir_owner() -> None:
         nobody = 65534
         os.chown(data_dir, nobody, nobody)
         config = write_config(top / "c.yaml", base_config(data_dir))
-        for command in (["queue", "list"], ["credentials", "create", "acme"],
-                        ["api-keys", "create", "acme"]):
+        for command in (["mta-sts", "list"], ["mta-sts", "forget", "example.test"],
+                        ["ip-pools", "list"], ["queue", "list"],
+                        ["credentials", "create", "acme"], ["api-keys", "create", "acme"]):
             run = subprocess.run([sys.executable, "-m", "smtprelay", *command, "-c", str(config)],
                                  capture_output=True, text=True, timeout=60)
             assert run.returncode == 0, run.stderr
