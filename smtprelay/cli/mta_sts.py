@@ -12,6 +12,7 @@ from smtprelay.cli.common import EXIT_OK, CommandError, format_time, print_json,
 from smtprelay.cli.status import ask_relay_if_running
 from smtprelay.delivery.mta_sts import StsPolicyError, parse_policy
 from smtprelay.delivery.mta_sts_store import StoredPolicy, StsPolicyStore
+from smtprelay.infra.logs import escape_controls
 
 
 def register(sub: Any, common: argparse.ArgumentParser,
@@ -54,8 +55,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{'DOMAIN':<32} {'MODE':<8} {'FETCHED':<20} {'EXPIRES':<20} MX")
     for item in found:
+        # The MX patterns are the policy host's words: no control characters reach the
+        # terminal.
         print(f"{item['domain']:<32} {item['mode']:<8} {format_time(item['fetched_at']):<20} "
-              f"{format_time(item['expires_at']):<20} {', '.join(item['mx'])}")
+              f"{format_time(item['expires_at']):<20} "
+              f"{escape_controls(', '.join(item['mx']))}")
     return EXIT_OK
 
 

@@ -12,15 +12,19 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from smtprelay.config import load_config
+from smtprelay.delivery.mta_sts_store import StoredPolicy, StsPolicyStore
 from tests.e2e.delivery_world import World, wait_for
 from tests.sinks import SmtpSink
-from tests.support import free_port
+from tests.support import base_config, free_port, write_config
 from tests.tlspeers import Issued, Issuer, PolicyServer, policy
 from tests.unbound import Unbound
 
@@ -154,6 +158,20 @@ def test_mta_sts_list_and_forget_with_the_relay_running_and_stopped(
     stopped = cli(net, "mta-sts", "forget", "held.test")
     assert stopped.returncode == 0 and "no MTA-STS policy of held.test was kept" in (
         stopped.stdout)
+
+
+def test_mta_sts_list_shows_a_hostile_policy_s_control_characters_escaped(
+        tmp_path: Path) -> None:
+    config = write_config(tmp_path / "smtprelay.yaml", base_config(tmp_path / "var"))
+    store = StsPolicyStore(load_config(config).config.state_path)
+    text = "version: STSv1\r\nmode: enforce\r\nmx: mx.\x1b[2Jevil.test\r\nmax_age: 600\r\n"
+    now = time.time()
+    store.put("evil.test", StoredPolicy("1", text, now, now + 600))
+    store.close()
+    shown = subprocess.run([sys.executable, "-m", "smtprelay", "mta-sts", "list", "-c",
+                            str(config)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "mx.\\x1b[2Jevil.test" in shown.stdout
 
 
 def test_require_verified_from_the_configuration_file(net: World) -> None:
