@@ -38,6 +38,7 @@ from enum import StrEnum
 from smtprelay.delivery import dane
 from smtprelay.delivery.dane import TLSARecord
 from smtprelay.delivery.model import Destination, RecipientResult, Transaction, Verdict
+from smtprelay.infra.logs import escape_controls
 
 log = logging.getLogger("smtprelay.delivery.client")
 
@@ -799,7 +800,9 @@ class Connection:
                         raise _Broken(f"malformed reply from {self.remote_mta} while "
                                       f"{phase}: {line[:100]!r}", status="4.5.0")
                     code = int(head)
-                    lines.append(line[4:])
+                    # The remote's words reach logs, DSNs, the queue's listing on a
+                    # terminal: control characters go in as visible escapes.
+                    lines.append(escape_controls(line[4:]))
                     if sep != "-":
                         break
         except TimeoutError:

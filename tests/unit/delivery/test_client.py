@@ -319,6 +319,13 @@ async def test_451_on_end_of_data_defers(sinks: SinkFactory) -> None:
     assert results[0].verdict is Verdict.DEFERRED and results[0].retry_after == 300
 
 
+async def test_control_characters_in_a_reply_are_kept_as_escapes(sinks: SinkFactory) -> None:
+    sink = sinks.smtp(data_reply="451 4.3.0 busy\x1b[2J\x07 try later")
+    [result] = await deliver(sink, txn("a@example.net"))
+    assert result.verdict is Verdict.DEFERRED
+    assert result.diagnostic == "smtp; 451 4.3.0 busy\\x1b[2J\\x07 try later"
+
+
 @pytest.mark.parametrize(("reply", "verdict", "status"), [
     ("451 4.3.0 Sender domain temporarily unresolvable", Verdict.DEFERRED, "4.3.0"),
     ("553 5.7.1 Sender address rejected", Verdict.BOUNCED, "5.7.1"),
