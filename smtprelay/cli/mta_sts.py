@@ -10,7 +10,7 @@ from typing import Any
 
 from smtprelay.cli.common import EXIT_OK, CommandError, format_time, print_json, state_config
 from smtprelay.cli.status import ask_relay_if_running
-from smtprelay.delivery.mta_sts import StsPolicyError, parse_policy
+from smtprelay.delivery.mta_sts import StsPolicyError, bare_name, parse_policy
 from smtprelay.delivery.mta_sts_store import StoredPolicy, StsPolicyStore
 from smtprelay.infra.logs import escape_controls
 
@@ -65,7 +65,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     config = state_config(args)
-    domain = args.domain.strip().rstrip(".").lower()
+    domain = bare_name(args.domain)
     answer = ask_relay_if_running(
         config, json.dumps({"request": "mta-sts-forget", "domain": domain}))
     if answer is None:  # no relay running: the store is all there is

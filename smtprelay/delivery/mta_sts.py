@@ -94,10 +94,16 @@ class StsPolicy:
         return tuple(line.strip() for line in self.text.splitlines() if line.strip())
 
 
+def bare_name(name: str) -> str:
+    """A domain or host name as policies are kept and matched: no blanks, no final
+    dot, lower case."""
+    return name.strip().rstrip(".").lower()
+
+
 def mx_matches(pattern: str, host: str) -> bool:
     """RFC 8461 4.1: an exact name, or "*." matching exactly one leftmost label."""
-    pattern = pattern.strip().rstrip(".").lower()
-    host = host.strip().rstrip(".").lower()
+    pattern = bare_name(pattern)
+    host = bare_name(host)
     if pattern.startswith("*."):
         label, _, rest = host.partition(".")
         return bool(label) and rest == pattern[2:]
@@ -233,7 +239,7 @@ class MtaSts:
 
     async def lookup(self, domain: str) -> StsLookup:
         """The policy in force for ``domain``. Never raises (but can be cancelled)."""
-        domain = domain.strip().rstrip(".").lower()
+        domain = bare_name(domain)
         task = self._inflight.get(domain)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._lookup(domain))
@@ -249,7 +255,7 @@ class MtaSts:
         """Drop what is known of `domain`'s policy, in memory and in the store (an
         operator's way out of a policy the domain itself got wrong); whether a policy
         was known. The next message to it looks the policy up afresh."""
-        domain = domain.strip().rstrip(".").lower()
+        domain = bare_name(domain)
         refresh = self._refreshing.get(domain)
         if refresh is not None:
             refresh.cancel()  # it would put the policy back

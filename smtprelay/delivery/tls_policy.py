@@ -34,7 +34,7 @@ from smtprelay.config import Config, ConfigSource
 from smtprelay.delivery.client import ClientSettings, ConnectError, TLSPolicy
 from smtprelay.delivery.dane import DaneResolver, Security
 from smtprelay.delivery.model import Destination, Verdict
-from smtprelay.delivery.mta_sts import MtaSts, StsLookup, StsMode
+from smtprelay.delivery.mta_sts import MtaSts, StsLookup, StsMode, bare_name
 from smtprelay.delivery.mta_sts_store import StsPolicyStore
 
 log = logging.getLogger("smtprelay.delivery.tls")
@@ -94,8 +94,7 @@ class TLSPlanner:
         if self._sts is not None:
             return await self._sts[1].forget(domain)
         if self._sts_store is not None:  # nothing delivered since the start
-            return await asyncio.to_thread(self._sts_store.forget,
-                                           domain.strip().rstrip(".").lower())
+            return await asyncio.to_thread(self._sts_store.forget, bare_name(domain))
         return False
 
     async def close(self) -> None:

@@ -63,6 +63,7 @@ class World:
         self.wall = lambda: WALL_START + self.clock.offset
         self.transports: list[SMTPTransport] = []
         self.stores: list[StsPolicyStore] = []
+        self.policy_caches: list[MtaSts] = []
         self._last = 1
 
     def address(self) -> str:
@@ -135,6 +136,8 @@ async def world(tmp_path: Path, dns_server: TestDNSServer, sinks: SinkFactory,
     finally:
         for transport in w.transports:
             await transport.close()
+        for cache in w.policy_caches:
+            await cache.close()
         for store in w.stores:
             store.close()
         await server.stop()
@@ -362,10 +365,15 @@ async def test_mta_sts_store_that_cannot_be_opened_leaves_the_policy_in_memory(
     assert caplog.text.count("not read from") == 1  # not once per message
 
 
-def mta_sts(world: World, store: StsPolicyStore) -> MtaSts:
-    return MtaSts([world.dns.nameserver], port=world.policies.port,
-                  ca_file=str(world.issuer.ca_file), clock=world.clock, store=store,
-                  wall=world.wall)
+def mta_sts(world: World) -> tuple[MtaSts, StsPolicyStore]:
+    """An MtaSts on this world's DNS and policy server, with a store (both closed when
+    the test ends)."""
+    store = world.sts_store()
+    sts = MtaSts([world.dns.nameserver], port=world.policies.port,
+                 ca_file=str(world.issuer.ca_file), clock=world.clock, store=store,
+                 wall=world.wall)
+    world.policy_caches.append(sts)
+    return sts, store
 
 
 async def saved(store: StsPolicyStore, domain: str, now: float, *, after: float) -> float:
@@ -381,74 +389,63 @@ async def saved(store: StsPolicyStore, domain: str, now: float, *, after: float)
 
 async def test_mta_sts_policy_in_use_is_refreshed_before_it_expires(world: World) -> None:
     world.sts("cached.test", policy("enforce", "mx1.cached.test", max_age=1000))
-    store = world.sts_store()
-    sts = mta_sts(world, store)
-    try:
-        assert (await sts.lookup("cached.test")).policy is not None
-        world.clock.advance(499)  # less than half its max_age: used as it is
-        assert (await sts.lookup("cached.test")).policy is not None
-        assert world.policies.fetches["cached.test"] == 1
-        world.clock.advance(2)  # past half: used, and fetched again in the background
-        assert (await sts.lookup("cached.test")).policy is not None
-        assert await saved(store, "cached.test", world.wall(), after=WALL_START) == (
-            WALL_START + 501)
-        assert world.policies.fetches["cached.test"] == 2
-        # The refresh counts max_age from itself: at 1100 s the policy is still in force
-        # though the record and the policy host are gone.
-        world.dns.remove("_mta-sts.cached.test", "TXT")
-        del world.policies.policies["cached.test"]
-        world.clock.advance(599)
-        assert (await sts.lookup("cached.test")).policy is not None
-        world.clock.advance(401)  # 1000 s after the refresh
-        assert (await sts.lookup("cached.test")).policy is None
-    finally:
-        await sts.close()
+    sts, store = mta_sts(world)
+    assert (await sts.lookup("cached.test")).policy is not None
+    world.clock.advance(499)  # less than half its max_age: used as it is
+    assert (await sts.lookup("cached.test")).policy is not None
+    assert world.policies.fetches["cached.test"] == 1
+    world.clock.advance(2)  # past half: used, and fetched again in the background
+    assert (await sts.lookup("cached.test")).policy is not None
+    assert await saved(store, "cached.test", world.wall(), after=WALL_START) == (
+        WALL_START + 501)
+    assert world.policies.fetches["cached.test"] == 2
+    # The refresh counts max_age from itself: at 1100 s the policy is still in force
+    # though the record and the policy host are gone.
+    world.dns.remove("_mta-sts.cached.test", "TXT")
+    del world.policies.policies["cached.test"]
+    world.clock.advance(599)
+    assert (await sts.lookup("cached.test")).policy is not None
+    world.clock.advance(401)  # 1000 s after the refresh
+    assert (await sts.lookup("cached.test")).policy is None
 
 
 async def test_mta_sts_failed_refresh_keeps_the_policy_and_waits_an_hour(
         world: World) -> None:
     world.sts("cached.test", policy("enforce", "mx1.cached.test", max_age=86400))
-    store = world.sts_store()
-    sts = mta_sts(world, store)
-    try:
+    sts, store = mta_sts(world)
+    assert (await sts.lookup("cached.test")).policy is not None
+    del world.policies.policies["cached.test"]  # the policy host answers 404 now
+    world.clock.advance(43201)
+    assert (await sts.lookup("cached.test")).policy is not None
+    for _ in range(500):  # the background refresh asks, and fails
+        if world.policies.fetches["cached.test"] == 2:
+            break
+        await asyncio.sleep(0.01)
+    world.clock.advance(3599)
+    for _ in range(3):  # within the hour: not asked again
         assert (await sts.lookup("cached.test")).policy is not None
-        del world.policies.policies["cached.test"]  # the policy host answers 404 now
-        world.clock.advance(43201)
-        assert (await sts.lookup("cached.test")).policy is not None
-        for _ in range(500):  # the background refresh asks, and fails
-            if world.policies.fetches["cached.test"] == 2:
-                break
-            await asyncio.sleep(0.01)
-        world.clock.advance(3599)
-        for _ in range(3):  # within the hour: not asked again
-            assert (await sts.lookup("cached.test")).policy is not None
-        assert world.policies.fetches["cached.test"] == 2
-        world.policies.policies["cached.test"] = policy("enforce", "mx1.cached.test",
-                                                        max_age=86400)
-        world.clock.advance(2)
-        assert (await sts.lookup("cached.test")).policy is not None
-        assert await saved(store, "cached.test", world.wall(), after=WALL_START) == (
-            WALL_START + 43201 + 3601)
-    finally:
-        await sts.close()
+    assert world.policies.fetches["cached.test"] == 2
+    world.policies.policies["cached.test"] = policy("enforce", "mx1.cached.test",
+                                                    max_age=86400)
+    world.clock.advance(2)
+    assert (await sts.lookup("cached.test")).policy is not None
+    assert await saved(store, "cached.test", world.wall(), after=WALL_START) == (
+        WALL_START + 43201 + 3601)
 
 
 async def test_mta_sts_forget_drops_the_policy_from_memory_and_store(world: World) -> None:
     world.sts("cached.test", policy("enforce", "mx1.cached.test", max_age=1000))
-    store = world.sts_store()
-    sts = mta_sts(world, store)
-    try:
-        assert (await sts.lookup("cached.test")).policy is not None
-        world.clock.advance(501)  # a background refresh starts; forget cancels it
-        assert (await sts.lookup("cached.test")).policy is not None
-        world.dns.remove("_mta-sts.cached.test", "TXT")
-        assert await sts.forget("Cached.Test.")
-        assert not await sts.forget("cached.test")
-        assert store.listing(world.wall()) == []
-        assert (await sts.lookup("cached.test")).policy is None  # looked up afresh
-        assert store.listing(world.wall()) == []  # the cancelled refresh wrote nothing
-    finally:
-        await sts.close()
+    sts, store = mta_sts(world)
+    assert (await sts.lookup("cached.test")).policy is not None
+    world.clock.advance(501)  # a background refresh starts; forget cancels it
+    assert (await sts.lookup("cached.test")).policy is not None
+    world.dns.remove("_mta-sts.cached.test", "TXT")
+    assert await sts.forget("Cached.Test.")
+    assert not await sts.forget("cached.test")
+    assert store.listing(world.wall()) == []
+    assert (await sts.lookup("cached.test")).policy is None  # looked up afresh
+    assert store.listing(world.wall()) == []  # the cancelled refresh wrote nothing
+    await sts.close()
     assert store.listing(world.wall()) == []
 
 
